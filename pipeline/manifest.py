@@ -1,0 +1,127 @@
+"""The manifest: a typed list of segments that every dataset adapter produces and the extractor consumes.
+
+A *call* (a phone call, a video, a dialogue) is the unit a label belongs to; its *segments* are the pieces that
+are encoded separately (≤ 40 s of audio each, with their own transcript).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True)
+class Segment:
+    segment_id: str               # unique within the manifest (e.g. the audio file name)
+    call_id: str
+    index: int                    # position within the call, 0-based, contiguous after planning
+    split: str                    # train | valid | test | "" (unlabelled, e.g. new calls to predict)
+    label: str                    # base label of the call ("" when unlabelled)
+    audio_path: str               # absolute path
+    text: str
+    start: float | None = None    # seconds into audio_path; None = from the beginning
+    end: float | None = None      # None = to the end
+    variant: str = "orig"         # "orig" or an augmentation's name
+    source_row: str = ""          # where it came from ("train.csv:17"), for error messages
+
+    def with_(self, **changes) -> "Segment":
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Issue:
+    """A problem found in the input: the item is named, the reason given, the run goes on without it."""
+
+    where: str        # file and row, or segment id
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.reason}"
+
+
+@dataclass
+class Manifest:
+    dataset: str
+    label_scheme: str
+    segments: list[Segment]
+    issues: list[Issue] = field(default_factory=list)
+    notes: dict = field(default_factory=dict)   # e.g. how the split was made
+
+    def __len__(self) -> int:
+        return len(self.segments)
+
+    def calls(self) -> dict[str, list[Segment]]:
+        """Segments grouped by call, in segment order."""
+        out: dict[str, list[Segment]] = {}
+        for s in self.segments:
+            out.setdefault(s.call_id, []).append(s)
+        for segs in out.values():
+            segs.sort(key=lambda s: s.index)
+        return out
+
+    def digest(self, with_file_stats: bool = True) -> str:
+        """Hash of everything in the manifest that changes the cached numbers or their labels.
+
+        Audio files enter by size and mtime, so an edited recording makes a different fingerprint.
+        """
+        h = hashlib.sha256()
+        h.update(json.dumps([self.dataset, self.label_scheme]).encode())
+        stats: dict[str, list] = {}
+        for s in self.segments:
+            row = asdict(s)
+            row.pop("source_row")
+            h.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())
+            if with_file_stats and s.audio_path not in stats:
+                try:
+                    st = os.stat(s.audio_path)
+                    stats[s.audio_path] = [st.st_size, st.st_mtime_ns]
+                except OSError:
+                    stats[s.audio_path] = ["missing"]
+        h.update(json.dumps(sorted(stats.items())).encode())
+        return h.hexdigest()
+
+    def summary(self) -> dict:
+        calls = self.calls()
+        per_split: dict[str, int] = {}
+        per_label: dict[str, int] = {}
+        for segs in calls.values():
+            per_split[segs[0].split] = per_split.get(segs[0].split, 0) + 1
+            per_label[segs[0].label] = per_label.get(segs[0].label, 0) + 1
+        return {"segments": len(self.segments), "calls": len(calls),
+                "calls_per_split": per_split, "calls_per_label": per_label}
+
+
+class PathRefused(ValueError):
+    """A CSV named a path outside the dataset directory without the user allowing it."""
+
+
+def resolve_audio(name: str, data_dir: Path, search: tuple[str, ...] = ("audio", ""),
+                  allow_outside: bool = False) -> Path | None:
+    """Find an audio file named in a CSV under each search folder of data_dir (``.wav`` may be omitted).
+
+    Absolute paths, and relative ones that climb out of data_dir (``../x.wav``), raise PathRefused unless
+    allow_outside: a CSV from elsewhere must not make us read arbitrary files. Returns None when nothing
+    exists (the caller reports it).
+    """
+    p = Path(name)
+    root = data_dir.resolve()
+    if p.is_absolute():
+        if not allow_outside:
+            raise PathRefused(f"absolute path {name} (pass --allow-outside-paths to permit it)")
+        candidates = [p]
+    else:
+        candidates = [data_dir / sub / p for sub in search]
+    for c in candidates:
+        options = (c,) if c.suffix.lower() == ".wav" else (c, c.with_name(c.name + ".wav"))
+        for cand in options:
+            r = cand.resolve()
+            if not allow_outside and root != r and root not in r.parents:
+                raise PathRefused(f"path {name} escapes the dataset directory {data_dir} "
+                                  f"(pass --allow-outside-paths to permit it)")
+            if r.is_file():
+                return r
+    return None

@@ -1,0 +1,326 @@
+"""The cache store: one Zarr v3 group holding encoder hidden states, their lengths, the segment table and state.
+
+Layout (DESIGN.md, "The cache contract"):
+
+    audio/hidden  float16 (N, A, Da)   audio/length int32 (N,)    A = audio frames per segment (999 by default)
+    text/hidden   float16 (N, T, Dt)   text/length  int32 (N,)    T = text tokens per segment (199 by default)
+    table/<field> (N,)                 call_id, segment_index, split, label, source_path, start, end, variant, segment_id
+    done          bool (N,)            a row counts only once its hidden states are written
+    skipped       bool (N,), skip_reason str (N,)   rows whose input was bad; the reason says why
+    attrs         schema_version, fingerprint, settings, manifest_digest, package version, timestamps
+
+Hidden-state arrays are chunked one segment per chunk and sharded ``shard_size`` segments per shard file, so a
+store of 100k segments is ~thousands of files, and a writer that owns whole shards never races another.
+``done`` is chunked per shard too, so flipping a shard's flags is one atomic chunk write (LocalStore writes
+through a temp file + rename).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+import zarr.codecs
+
+from . import __version__
+from .fingerprint import diff_settings
+from .manifest import Segment
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+TABLE_STR_FIELDS = ("call_id", "split", "label", "source_path", "variant", "segment_id")
+TABLE_FIELDS = TABLE_STR_FIELDS + ("segment_index", "start", "end")
+
+
+class StoreError(Exception):
+    """A store that cannot be used as asked; the message says why and what to do."""
+
+
+class FingerprintMismatch(StoreError):
+    pass
+
+
+@dataclass(frozen=True)
+class StoreShape:
+    n: int                 # segments (rows)
+    audio_frames: int      # rows of audio hidden states per segment (999 in the paper's setting)
+    audio_dim: int
+    text_tokens: int       # rows of text hidden states per segment (199)
+    text_dim: int
+    shard_size: int = 16   # segments per shard file
+
+
+CODECS = ("blosc-zstd", "blosc-lz4", "zstd", "none")
+
+
+def make_compressors(codec: str):
+    """Compressor chain by name. Benchmarked in bench/store_codecs.py (docs/benchmarks.md)."""
+    if codec == "blosc-zstd":
+        return (zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle", typesize=2),)
+    if codec == "blosc-lz4":
+        return (zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle", typesize=2),)
+    if codec == "zstd":
+        return (zarr.codecs.ZstdCodec(level=3),)
+    if codec == "none":
+        return None
+    raise StoreError(f"unknown codec {codec!r}; valid: {', '.join(CODECS)}")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _dir_bytes(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(root, f))
+            except OSError:
+                pass
+    return total
+
+
+class CacheStore:
+    """Read/write access to one cache store. Create with :meth:`create`, open with :meth:`open`."""
+
+    def __init__(self, path: str | Path, group: zarr.Group):
+        self.path = Path(path)
+        self.group = group
+        self._check_schema()
+
+    # ----------------------------------------------------------------- opening
+    @classmethod
+    def open(cls, path: str | Path, mode: str = "r") -> "CacheStore":
+        path = Path(path)
+        if not (path / "zarr.json").is_file():
+            raise StoreError(f"{path}: no cache store here (run msmtfn-extract to build one)")
+        try:
+            group = zarr.open_group(str(path), mode=mode)
+        except Exception as e:  # zarr raises several types for damaged metadata
+            raise StoreError(f"{path}: cannot open as a Zarr store ({e}); rebuild it with msmtfn-extract --overwrite")
+        return cls(path, group)
+
+    @classmethod
+    def create(cls, path: str | Path, shape: StoreShape, segments: list[Segment], *, fingerprint: str,
+               settings: dict, manifest_digest: str, codec: str = "blosc-zstd", notes: dict | None = None,
+               dataset: str = "", label_scheme: str = "marketcalls") -> "CacheStore":
+        path = Path(path)
+        group = zarr.open_group(str(path), mode="w")
+        n, s = shape.n, max(1, min(shape.shard_size, shape.n or 1))
+        comp = make_compressors(codec)
+        for mod, rows, dim in (("audio", shape.audio_frames, shape.audio_dim), ("text", shape.text_tokens, shape.text_dim)):
+            group.create_array(f"{mod}/hidden", shape=(n, rows, dim), chunks=(1, rows, dim), shards=(s, rows, dim),
+                               dtype="float16", compressors=comp, fill_value=0)
+            group.create_array(f"{mod}/length", shape=(n,), chunks=(s,), dtype="int32", fill_value=0)
+        group.create_array("done", shape=(n,), chunks=(s,), dtype="bool", fill_value=False)
+        group.create_array("skipped", shape=(n,), chunks=(s,), dtype="bool", fill_value=False)
+        group.create_array("skip_reason", shape=(n,), chunks=(max(1, n),), dtype=str, fill_value="")
+        cols = {
+            "call_id": [x.call_id for x in segments], "split": [x.split for x in segments],
+            "label": [x.label for x in segments], "source_path": [x.audio_path for x in segments],
+            "variant": [x.variant for x in segments], "segment_id": [x.segment_id for x in segments],
+        }
+        chunk = max(1, n)
+        for name, values in cols.items():
+            a = group.create_array(f"table/{name}", shape=(n,), chunks=(chunk,), dtype=str, fill_value="")
+            if n:
+                a[:] = np.array(values, dtype=object).astype(str)
+        num = {
+            "segment_index": np.array([x.index for x in segments], dtype=np.int32),
+            "start": np.array([np.nan if x.start is None else x.start for x in segments], dtype=np.float64),
+            "end": np.array([np.nan if x.end is None else x.end for x in segments], dtype=np.float64),
+        }
+        for name, values in num.items():
+            a = group.create_array(f"table/{name}", shape=(n,), chunks=(chunk,), dtype=values.dtype,
+                                   fill_value=0 if values.dtype.kind == "i" else np.nan)
+            if n:
+                a[:] = values
+        group.attrs.update({
+            "schema_version": SCHEMA_VERSION,
+            "dataset": dataset,
+            "label_scheme": label_scheme,
+            "fingerprint": fingerprint,
+            "manifest_digest": manifest_digest,
+            "settings": settings,
+            "shape": asdict(shape),
+            "codec": codec,
+            "notes": notes or {},
+            "package_version": __version__,
+            "created": _now(),
+            "updated": _now(),
+        })
+        return cls(path, group)
+
+    @classmethod
+    def open_or_create(cls, path: str | Path, shape: StoreShape, segments: list[Segment], *, fingerprint: str,
+                       settings: dict, manifest_digest: str, codec: str = "blosc-zstd", overwrite: bool = False,
+                       notes: dict | None = None, dataset: str = "", label_scheme: str = "marketcalls",
+                       ) -> "CacheStore":
+        """The extractor's entry: resume a store made with the same fingerprint, refuse any other."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            if not (path / "zarr.json").is_file():
+                if any(path.iterdir()):
+                    raise StoreError(f"{path}: exists and is not a cache store; choose another --out or "
+                                     "remove it")
+            else:
+                store = cls.open(path, mode="r+")
+                if store.fingerprint != fingerprint:
+                    diffs = diff_settings(store.settings, settings)
+                    if store.attrs.get("manifest_digest") != manifest_digest:
+                        diffs.append("the manifest (dataset rows, labels, splits or audio files) changed")
+                    what = "; ".join(diffs) or "encoder weights changed"
+                    raise FingerprintMismatch(
+                        f"{path}: was built with different settings ({what}); use the same settings to resume, "
+                        "another --out, or --overwrite to rebuild it")
+                return store
+        return cls.create(path, shape, segments, fingerprint=fingerprint, settings=settings,
+                          manifest_digest=manifest_digest, codec=codec, notes=notes, dataset=dataset,
+                          label_scheme=label_scheme)
+
+    def _check_schema(self) -> None:
+        v = self.group.attrs.get("schema_version")
+        if v is None:
+            raise StoreError(f"{self.path}: not an msmtfn cache (no schema_version); rebuild with msmtfn-extract")
+        if v > SCHEMA_VERSION:
+            raise StoreError(f"{self.path}: schema version {v} is newer than this msmtfn understands "
+                             f"({SCHEMA_VERSION}); upgrade msmtfn")
+        if v != SCHEMA_VERSION:
+            raise StoreError(f"{self.path}: unknown schema version {v}; rebuild with msmtfn-extract --overwrite")
+
+    # --------------------------------------------------------------- properties
+    @property
+    def attrs(self) -> dict:
+        return dict(self.group.attrs)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.group.attrs["fingerprint"]
+
+    @property
+    def label_scheme(self) -> str:
+        return self.group.attrs.get("label_scheme", "marketcalls")
+
+    @property
+    def dataset(self) -> str:
+        return self.group.attrs.get("dataset", "")
+
+    @property
+    def settings(self) -> dict:
+        return dict(self.group.attrs["settings"])
+
+    @property
+    def shape(self) -> StoreShape:
+        return StoreShape(**self.group.attrs["shape"])
+
+    @property
+    def n(self) -> int:
+        return self.shape.n
+
+    def array(self, name: str) -> zarr.Array:
+        return self.group[name]
+
+    def done(self) -> np.ndarray:
+        return np.asarray(self.group["done"][:], dtype=bool)
+
+    def skipped(self) -> np.ndarray:
+        return np.asarray(self.group["skipped"][:], dtype=bool)
+
+    def skip_reasons(self) -> np.ndarray:
+        return np.asarray(self.group["skip_reason"][:]).astype(object)
+
+    def table(self) -> dict[str, np.ndarray]:
+        out = {}
+        for name in TABLE_FIELDS:
+            v = self.group[f"table/{name}"][:]
+            out[name] = np.asarray(v).astype(object) if name in TABLE_STR_FIELDS else np.asarray(v)
+        return out
+
+    def lengths(self, modality: str) -> np.ndarray:
+        return np.asarray(self.group[f"{modality}/length"][:], dtype=np.int32)
+
+    # ----------------------------------------------------------------- writing
+    def shard_ranges(self) -> list[range]:
+        s = self.group["audio/hidden"].shards[0]
+        return [range(i, min(i + s, self.n)) for i in range(0, self.n, s)]
+
+    def write_slab(self, start: int, audio: np.ndarray, audio_len: np.ndarray, text: np.ndarray,
+                   text_len: np.ndarray) -> None:
+        """Write contiguous rows [start, start+len). Done flags are separate (:meth:`set_done`), always after."""
+        stop = start + len(audio_len)
+        self.group["audio/hidden"][start:stop] = audio
+        self.group["text/hidden"][start:stop] = text
+        self.group["audio/length"][start:stop] = audio_len
+        self.group["text/length"][start:stop] = text_len
+
+    def read_slab(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        return (self.group["audio/hidden"][start:stop], self.group["audio/length"][start:stop],
+                self.group["text/hidden"][start:stop], self.group["text/length"][start:stop])
+
+    def set_flags(self, start: int, stop: int, done: np.ndarray, skipped: np.ndarray) -> None:
+        """Set done/skipped flags of rows [start, stop) in one write each (one chunk when shard-aligned)."""
+        self.group["done"][start:stop] = done
+        self.group["skipped"][start:stop] = skipped
+
+    def set_skip_reasons(self, reasons: dict[int, str]) -> None:
+        if not reasons:
+            return
+        arr = self.group["skip_reason"]
+        cur = np.asarray(arr[:]).astype(object)
+        for i, r in reasons.items():
+            cur[i] = r
+        arr[:] = cur.astype(str)
+
+    def touch(self, **attrs) -> None:
+        self.group.attrs.update({"updated": _now(), **attrs})
+
+    # --------------------------------------------------------------------- info
+    def info(self) -> dict:
+        shape = self.shape
+        done, skipped = self.done(), self.skipped()
+        table = self.table()
+        calls_per_split: dict[str, int] = {}
+        calls_per_label: dict[str, int] = {}
+        seen: set[str] = set()
+        for cid, split, lab in zip(table["call_id"], table["split"], table["label"]):
+            if cid in seen:
+                continue
+            seen.add(cid)
+            calls_per_split[split or "(none)"] = calls_per_split.get(split or "(none)", 0) + 1
+            calls_per_label[lab or "(none)"] = calls_per_label.get(lab or "(none)", 0) + 1
+        seg_per_variant: dict[str, int] = {}
+        for v in table["variant"]:
+            seg_per_variant[v] = seg_per_variant.get(v, 0) + 1
+        raw = 2 * shape.n * (shape.audio_frames * shape.audio_dim + shape.text_tokens * shape.text_dim)
+        hidden_disk = _dir_bytes(self.path / "audio" / "hidden") + _dir_bytes(self.path / "text" / "hidden")
+        written_raw = 2 * int(done.sum()) * (shape.audio_frames * shape.audio_dim + shape.text_tokens * shape.text_dim)
+        a = self.attrs
+        return {
+            "path": str(self.path),
+            "schema_version": a["schema_version"],
+            "dataset": a.get("dataset"), "label_scheme": a.get("label_scheme"),
+            "fingerprint": a["fingerprint"],
+            "package_version": a.get("package_version"),
+            "created": a.get("created"), "updated": a.get("updated"),
+            "settings": a["settings"],
+            "codec": a.get("codec"),
+            "shape": asdict(shape),
+            "segments_total": shape.n,
+            "segments_done": int(done.sum()),
+            "segments_skipped": int(skipped.sum()),
+            "segments_pending": int((~done & ~skipped).sum()),
+            "calls": len(seen),
+            "calls_per_split": calls_per_split,
+            "calls_per_label": calls_per_label,
+            "segments_per_variant": seg_per_variant,
+            "bytes_on_disk": _dir_bytes(self.path),
+            "hidden_bytes_uncompressed": raw,
+            "compression_ratio_written": (written_raw / hidden_disk) if hidden_disk and written_raw else math.nan,
+        }
