@@ -56,7 +56,7 @@ class StoreShape:
     shard_size: int = 16   # segments per shard file
 
 
-CODECS = ("blosc-zstd", "blosc-lz4", "zstd", "none")
+CODECS = ("zstd", "blosc-zstd", "blosc-lz4", "none")
 
 
 def make_compressors(codec: str):
@@ -109,9 +109,11 @@ class CacheStore:
 
     @classmethod
     def create(cls, path: str | Path, shape: StoreShape, segments: list[Segment], *, fingerprint: str,
-               settings: dict, manifest_digest: str, codec: str = "blosc-zstd", notes: dict | None = None,
+               settings: dict, manifest_digest: str, codec: str = "zstd", notes: dict | None = None,
                dataset: str = "", label_scheme: str = "marketcalls") -> "CacheStore":
         path = Path(path)
+        if segments and len(segments) != shape.n:
+            raise StoreError(f"{path}: {len(segments)} segments for a store of {shape.n} rows")
         group = zarr.open_group(str(path), mode="w")
         n, s = shape.n, max(1, min(shape.shard_size, shape.n or 1))
         comp = make_compressors(codec)
@@ -130,7 +132,7 @@ class CacheStore:
         chunk = max(1, n)
         for name, values in cols.items():
             a = group.create_array(f"table/{name}", shape=(n,), chunks=(chunk,), dtype=str, fill_value="")
-            if n:
+            if segments:
                 a[:] = np.array(values, dtype=object).astype(str)
         num = {
             "segment_index": np.array([x.index for x in segments], dtype=np.int32),
@@ -140,7 +142,7 @@ class CacheStore:
         for name, values in num.items():
             a = group.create_array(f"table/{name}", shape=(n,), chunks=(chunk,), dtype=values.dtype,
                                    fill_value=0 if values.dtype.kind == "i" else np.nan)
-            if n:
+            if segments:
                 a[:] = values
         group.attrs.update({
             "schema_version": SCHEMA_VERSION,
@@ -160,7 +162,7 @@ class CacheStore:
 
     @classmethod
     def open_or_create(cls, path: str | Path, shape: StoreShape, segments: list[Segment], *, fingerprint: str,
-                       settings: dict, manifest_digest: str, codec: str = "blosc-zstd", overwrite: bool = False,
+                       settings: dict, manifest_digest: str, codec: str = "zstd", overwrite: bool = False,
                        notes: dict | None = None, dataset: str = "", label_scheme: str = "marketcalls",
                        ) -> "CacheStore":
         """The extractor's entry: resume a store made with the same fingerprint, refuse any other."""

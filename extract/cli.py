@@ -1,0 +1,161 @@
+"""``msmtfn-extract``: a thin click layer over :func:`extract.run.extract` and :meth:`CacheStore.info`.
+
+Exit codes: 0 all segments encoded; 3 finished but some inputs were skipped (named in report.json and the
+summary); 1 a user error (one line saying what to fix); 2 bad command-line usage.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import click
+
+from pipeline.store import CODECS, CacheStore, StoreError
+
+from .audio import RATE_POLICIES
+from .run import PAPER_AUDIO_MODEL, PAPER_TEXT_MODEL, ExtractConfig, extract
+
+EXIT_SKIPPED = 3
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def format_info(info: dict) -> str:
+    s = info["settings"]
+    lines = [
+        f"store            {info['path']}",
+        f"dataset          {info.get('dataset')}  (labels: {info.get('label_scheme')})",
+        f"schema version   {info['schema_version']}   package {info.get('package_version')}",
+        f"fingerprint      {info['fingerprint']}",
+        f"created/updated  {info.get('created')} / {info.get('updated')}",
+        f"audio encoder    {s['audio']['model']}  layer {s['audio']['layer']}  weights {s['audio']['weights']}",
+        f"                 rate policy {s['audio']['rate_policy']} ({s['audio']['input_rate']} Hz in), "
+        f"pool {s['audio']['pool']}, ≤{info['shape']['audio_frames']}×{info['shape']['audio_dim']} per segment",
+        f"text encoder     {s['text']['model']}  layer {s['text']['layer']}  weights {s['text']['weights']}",
+        f"                 ≤{info['shape']['text_tokens']}×{info['shape']['text_dim']} tokens per segment",
+        f"compute dtype    {s['compute_dtype']} (stored float16); segments ≤ {s['segmentation']['max_seconds']} s",
+        f"segments         {info['segments_done']}/{info['segments_total']} done, "
+        f"{info['segments_skipped']} skipped, {info['segments_pending']} pending",
+        f"calls            {info['calls']}  per split: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(info["calls_per_split"].items())),
+        "calls per label  " + ", ".join(f"{k} {v}" for k, v in sorted(info["calls_per_label"].items())),
+        "variants         " + ", ".join(f"{k} {v}" for k, v in sorted(info["segments_per_variant"].items())),
+        f"on disk          {_fmt_bytes(info['bytes_on_disk'])} (codec {info.get('codec')}); "
+        f"compression ratio {info['compression_ratio_written']:.2f}× on written rows",
+    ]
+    return "\n".join(lines)
+
+
+class _DefaultGroup(click.Group):
+    """``msmtfn-extract --dataset X`` runs extraction; ``msmtfn-extract info STORE`` is a subcommand."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] in self.commands:
+            return super().parse_args(ctx, args)
+        return super().parse_args(ctx, ["run", *args]) if args else super().parse_args(ctx, args)
+
+
+@click.group(cls=_DefaultGroup, invoke_without_command=True,
+             context_settings={"help_option_names": ["-h", "--help"]})
+@click.pass_context
+def main(ctx):
+    """Encode a dataset's calls with frozen audio and text encoders into a resumable Zarr cache.
+
+    \b
+      msmtfn-extract --dataset marketcalls --data-dir data/marketcalls --device cuda
+      msmtfn-extract info cache/marketcalls.zarr
+    """
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+
+
+@main.command("run", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--dataset", required=True, help="marketcalls | csv | demo (see README).")
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="The dataset's folder.")
+@click.option("--out", default=None, help="Store path (default cache/<dataset>.zarr).")
+@click.option("--audio-model", default=PAPER_AUDIO_MODEL, show_default=True, help="Hub id or local folder.")
+@click.option("--text-model", default=PAPER_TEXT_MODEL, show_default=True, help="Hub id or local folder.")
+@click.option("--audio-revision", default=None, help="Hub revision (branch, tag or commit) of the audio model.")
+@click.option("--text-revision", default=None, help="Hub revision of the text model.")
+@click.option("--audio-layer", default=-1, show_default=True, help="Hidden-state layer (HF index; -1 = last).")
+@click.option("--text-layer", default=-1, show_default=True, help="Hidden-state layer (HF index; -1 = last).")
+@click.option("--device", default="cpu", show_default=True, help="cpu | cuda | cuda:N")
+@click.option("--dtype", default="auto", show_default=True,
+              type=click.Choice(["auto", "float32", "float16", "bfloat16"]),
+              help="Compute dtype (auto: float16 on CUDA, float32 on CPU). Stored as float16.")
+@click.option("--max-seconds", default=40.0, show_default=True, help="Longer segments are split into equal pieces.")
+@click.option("--rate-policy", default="encoder", show_default=True, type=click.Choice(RATE_POLICIES),
+              help="encoder: resample to the encoder's rate; paper-8k: 8 kHz fed unresampled (paper parity).")
+@click.option("--audio-pool", default=0, show_default=True,
+              help="Audio frames averaged per stored row (0: 2 for 'encoder', 1 for 'paper-8k').")
+@click.option("--max-text-tokens", default=199, show_default=True)
+@click.option("--batch-seconds", default=0.0, show_default=True,
+              help="Padded audio seconds per batch (0: 1280 on CUDA, 160 on CPU).")
+@click.option("--batch-size", "max_batch", default=64, show_default=True, help="Segments per batch at most.")
+@click.option("--num-workers", default=2, show_default=True, help="Decode/resample/tokenise worker processes.")
+@click.option("--shard-size", default=16, show_default=True, help="Segments per shard file.")
+@click.option("--codec", default="zstd", show_default=True, type=click.Choice(CODECS))
+@click.option("--overwrite", is_flag=True, help="Rebuild the store if it was made with other settings.")
+@click.option("--allow-outside-paths", is_flag=True,
+              help="Let CSVs name audio outside --data-dir (absolute paths, ../).")
+@click.option("--trust-remote-code", is_flag=True, help="Allow model code from the hub (off by default).")
+@click.option("--seed", default=0, show_default=True, help="Seed of a generated train/valid/test split.")
+@click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def run_cmd(as_json: bool, quiet: bool, **kw):
+    """Encode a dataset into a resumable Zarr cache (the default command).
+
+    \b
+      msmtfn-extract --dataset marketcalls --data-dir data/marketcalls --device cuda
+      msmtfn-extract info cache/marketcalls.zarr      # describe a store
+
+    Exit status: 0 all encoded; 3 some inputs skipped (see report.json); 1 error.
+    """
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s")
+    cfg = ExtractConfig(**kw)
+    try:
+        res = extract(cfg, progress=not quiet)
+    except (StoreError, ValueError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+    except KeyboardInterrupt:
+        click.echo("interrupted: finished shards are kept; run the same command again to resume", err=True)
+        sys.exit(130)
+    summary = {"store": str(res.store), "segments_total": res.total, "segments_done": res.done,
+               "segments_skipped": res.skipped, "encoded_this_run": res.computed,
+               "audio_seconds": round(res.audio_seconds, 1), "elapsed_s": round(res.elapsed, 2),
+               "segments_per_s": round(res.segments_per_second, 2), "report": str(res.report)}
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        click.echo(f"{res.store}: {res.done}/{res.total} segments done, {res.skipped} skipped; encoded "
+                   f"{res.computed} ({res.audio_seconds:.1f} s of audio) in {res.elapsed:.1f} s "
+                   f"= {res.segments_per_second:.1f} segments/s; report {res.report}")
+        for it in res.issues[:20]:
+            click.echo(f"  skipped {it.get('source')}: {it['reason']}", err=True)
+        if len(res.issues) > 20:
+            click.echo(f"  … and {len(res.issues) - 20} more in {res.report}", err=True)
+    if res.skipped or res.done < res.total or res.manifest_skipped:
+        sys.exit(EXIT_SKIPPED)
+
+
+@main.command("info")
+@click.argument("store", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
+def info_cmd(store: str, as_json: bool):
+    """Describe a cache store: settings, fingerprint, progress, counts, size."""
+    try:
+        info = CacheStore.open(store).info()
+    except StoreError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(json.dumps(info, indent=2, ensure_ascii=False) if as_json else format_info(info))
+
+
+if __name__ == "__main__":
+    main()

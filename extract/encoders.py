@@ -1,0 +1,244 @@
+"""Frozen encoders: a HuBERT-family audio model and a BERT/RoBERTa-family text model, loaded with
+``transformers`` Auto classes from a hub id or a local folder.
+
+Batching must not change the numbers. Text models mask padding exactly. HuBERT-base's front end does not:
+its first conv is followed by a GroupNorm over time, so zero padding shifts every frame of a padded segment.
+``AudioEncoder.encode`` therefore runs the conv front end on groups of *equal-length* segments (alone when
+lengths differ), then pads the frame features and runs projection + transformer for the whole batch with an
+attention mask — which HF wav2vec2/HuBERT encoders honour exactly (padded frames are zeroed before the
+positional conv). Layer-norm front ends (large models) are padding-safe per frame and run as one batch.
+``tests/test_extract_encoders.py`` proves batched == alone for both.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pipeline.fingerprint import hash_state_dict
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_dtype(name: str, device: str) -> str:
+    if name == "auto":
+        return "float16" if device.startswith("cuda") else "float32"
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; valid: auto, {', '.join(DTYPES)}")
+    return name
+
+
+class _Captured(Exception):
+    """Raised from a forward hook to stop the encoder once the wanted layer has run (saves the rest)."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+def _select_layer(layers, run, layer: int):
+    """Run ``run()`` and return the hidden states HF would list as ``hidden_states[layer]``.
+
+    0 is the input to the first block, i the output of block i, -1 (or len) the model's last hidden state.
+    """
+    n = len(layers)
+    idx = layer + n + 1 if layer < 0 else layer
+    if not 0 <= idx <= n:
+        raise ValueError(f"layer {layer} out of range for a {n}-layer encoder")
+    if idx == n:
+        return run()
+
+    def grab_in(_m, args, kwargs=None):
+        raise _Captured(args[0] if args else kwargs["hidden_states"])
+
+    def grab_out(_m, _args, out):
+        raise _Captured(out[0] if isinstance(out, tuple) else out)
+
+    handle = (layers[0].register_forward_pre_hook(grab_in, with_kwargs=True) if idx == 0
+              else layers[idx - 1].register_forward_hook(grab_out))
+    try:
+        run()
+    except _Captured as c:
+        return c.value
+    finally:
+        handle.remove()
+    raise RuntimeError("layer hook did not fire")
+
+
+def _load(auto_cls, model_id: str, revision: str | None, trust_remote_code: bool):
+    return auto_cls.from_pretrained(model_id, revision=revision, trust_remote_code=trust_remote_code)
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    model: str
+    revision: str | None = None
+    layer: int = -1
+
+
+class AudioEncoder:
+    def __init__(self, spec: EncoderSpec, device: str = "cpu", dtype: str = "float32", pool: int = 2,
+                 trust_remote_code: bool = False):
+        from transformers import AutoFeatureExtractor, AutoModel
+
+        self.spec, self.device, self.pool = spec, torch.device(device), pool
+        self.dtype = DTYPES[dtype]
+        self.feature_extractor = _load(AutoFeatureExtractor, spec.model, spec.revision, trust_remote_code)
+        model = _load(AutoModel, spec.model, spec.revision, trust_remote_code)
+        self.weights_hash = hash_state_dict(model.state_dict())
+        self.model = model.eval().requires_grad_(False).to(self.device, self.dtype)
+        cfg = self.model.config
+        self.hidden_size = int(cfg.hidden_size)
+        self.sampling_rate = int(self.feature_extractor.sampling_rate)
+        self.group_norm = getattr(cfg, "feat_extract_norm", "layer") == "group"
+        # wav2vec2/HuBERT/WavLM/data2vec-audio expose these three parts; other models take the plain path
+        self.split = all(hasattr(self.model, a) for a in ("feature_extractor", "feature_projection", "encoder"))
+        self.layers = self.model.encoder.layers if hasattr(self.model, "encoder") else None
+        if self.layers is None and spec.layer != -1:
+            raise ValueError(f"{spec.model}: cannot select layer {spec.layer} (no encoder.layers)")
+
+    def frames(self, samples) -> np.ndarray:
+        """Encoder frames for inputs of ``samples`` samples (before pooling)."""
+        t = torch.as_tensor(np.atleast_1d(samples), dtype=torch.long)
+        return np.asarray(self.model._get_feat_extract_output_lengths(t)).astype(np.int64).clip(min=0)
+
+    def min_samples(self) -> int:
+        """Fewest samples that give one stored (pooled) frame."""
+        lo, hi = 1, 1 << 16
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.frames(mid)[0] >= self.pool:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    def preprocess(self, wave: np.ndarray) -> np.ndarray:
+        """Per-segment normalisation by the model's own feature extractor (runs in loader workers).
+
+        The audio has already been brought to the policy's input rate; under ``paper-8k`` that is on purpose
+        not the extractor's rate, so we pass the extractor its own rate to get the same normalisation.
+        """
+        out = self.feature_extractor(wave, sampling_rate=self.sampling_rate, return_tensors="np")
+        return np.asarray(out["input_values"][0], dtype=np.float32)
+
+    @torch.inference_mode()
+    def encode(self, waves: list[torch.Tensor]) -> tuple[torch.Tensor, np.ndarray]:
+        """Encode preprocessed 1-D waves (CPU tensors, pinned when on GPU). Returns (hidden (B, F, H) on the
+        device in the compute dtype, pooled valid lengths (B,))."""
+        n = np.array([len(w) for w in waves])
+        frames = self.frames(n)
+        if self.split:
+            hidden = self._encode_split(waves, n, frames)
+        else:
+            hidden = self._encode_plain(waves, n, frames)
+        p = self.pool
+        if p > 1:
+            fp = hidden.shape[1] // p
+            hidden = hidden[:, : fp * p].reshape(hidden.shape[0], fp, p, hidden.shape[2]).mean(dim=2)
+        return hidden, (frames // p).astype(np.int32)
+
+    def _groups(self, n: np.ndarray) -> list[list[int]]:
+        if not self.group_norm:
+            return [list(range(len(n)))]
+        groups: dict[int, list[int]] = {}
+        for i, length in enumerate(n):
+            groups.setdefault(int(length), []).append(i)
+        return list(groups.values())
+
+    def _stack(self, waves, idx: list[int], length: int) -> torch.Tensor:
+        x = torch.zeros(len(idx), length, dtype=torch.float32, pin_memory=self.device.type == "cuda")
+        for j, i in enumerate(idx):
+            x[j, : len(waves[i])] = waves[i]
+        return x.to(self.device, non_blocking=True).to(self.dtype)
+
+    def _encode_split(self, waves, n, frames) -> torch.Tensor:
+        m = self.model
+        fmax = int(frames.max())
+        feats = None
+        for idx in self._groups(n):
+            f = m.feature_extractor(self._stack(waves, idx, int(n[idx].max()))).transpose(1, 2)
+            if feats is None:
+                feats = torch.zeros(len(waves), fmax, f.shape[2], device=self.device, dtype=f.dtype)
+            for j, i in enumerate(idx):
+                feats[i, : frames[i]] = f[j, : frames[i]]
+        mask = torch.arange(fmax, device=self.device)[None, :] < torch.as_tensor(frames, device=self.device)[:, None]
+        hs = m.feature_projection(feats)
+        hs = hs[0] if isinstance(hs, tuple) else hs  # wav2vec2 returns (hidden, normed features)
+
+        def run():
+            return m.encoder(hs, attention_mask=mask).last_hidden_state
+
+        return _select_layer(self.layers, run, self.spec.layer)
+
+    def _encode_plain(self, waves, n, frames) -> torch.Tensor:
+        fmax = int(frames.max())
+        out = None
+        for idx in ([[i] for i in range(len(waves))] if self.group_norm else self._groups(n)):
+            x = self._stack(waves, idx, int(n[idx].max()))
+
+            def run():
+                return self.model(x).last_hidden_state
+
+            h = run() if self.layers is None else _select_layer(self.layers, run, self.spec.layer)
+            if out is None:
+                out = torch.zeros(len(waves), fmax, h.shape[2], device=self.device, dtype=h.dtype)
+            for j, i in enumerate(idx):
+                out[i, : frames[i]] = h[j, : frames[i]]
+        return out
+
+
+class TextEncoder:
+    def __init__(self, spec: EncoderSpec, device: str = "cpu", dtype: str = "float32", max_tokens: int = 199,
+                 trust_remote_code: bool = False):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.spec, self.device, self.max_tokens = spec, torch.device(device), max_tokens
+        self.dtype = DTYPES[dtype]
+        self.tokenizer = _load(AutoTokenizer, spec.model, spec.revision, trust_remote_code)
+        model = _load(AutoModel, spec.model, spec.revision, trust_remote_code)
+        self.weights_hash = hash_state_dict(model.state_dict())
+        self.model = model.eval().requires_grad_(False).to(self.device, self.dtype)
+        self.hidden_size = int(self.model.config.hidden_size)
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if limit and max_tokens > limit:
+            raise ValueError(f"--max-text-tokens {max_tokens} exceeds {spec.model}'s {limit} positions")
+        self.tokenizer_hash = self._tokenizer_hash()
+
+    def _tokenizer_hash(self) -> str:
+        import hashlib
+
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        text = backend.to_str() if backend is not None else repr(sorted(self.tokenizer.get_vocab().items()))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def tokenize(self, text: str) -> tuple[list[int], bool]:
+        """Token ids (with special tokens) cut to ``max_tokens``, and whether the text was truncated."""
+        enc = self.tokenizer(text, truncation=True, max_length=self.max_tokens, return_overflowing_tokens=True)
+        ids = enc["input_ids"]
+        if ids and isinstance(ids[0], list):
+            return list(ids[0]), len(ids) > 1
+        return list(ids), False
+
+    @torch.inference_mode()
+    def encode(self, ids: list[list[int]]) -> tuple[torch.Tensor, np.ndarray]:
+        lengths = np.array([len(x) for x in ids], dtype=np.int32)
+        pad = self.tokenizer.pad_token_id or 0
+        t = torch.full((len(ids), int(lengths.max())), pad, dtype=torch.long)
+        for i, x in enumerate(ids):
+            t[i, : len(x)] = torch.as_tensor(x)
+        mask = (torch.arange(t.shape[1])[None, :] < torch.as_tensor(lengths)[:, None]).long()
+        t, mask = t.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True)
+        layers = getattr(getattr(self.model, "encoder", None), "layer", None)
+
+        def run():
+            return self.model(input_ids=t, attention_mask=mask).last_hidden_state
+
+        if layers is None:
+            if self.spec.layer != -1:
+                raise ValueError(f"{self.spec.model}: cannot select layer {self.spec.layer}")
+            return run(), lengths
+        return _select_layer(layers, run, self.spec.layer), lengths

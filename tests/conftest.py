@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny encoders built once per session and saved like real checkpoints, small WAV writers."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+
+@pytest.fixture(scope="session")
+def tiny_encoders(tmp_path_factory) -> dict[str, Path]:
+    """{'group': audio dir, 'layer': audio dir, 'text': text dir} — random weights, loaded via from_pretrained."""
+    from extract.tiny import build_tiny_encoders
+
+    root = tmp_path_factory.mktemp("encoders")
+    group, text = build_tiny_encoders(root, norm="group")
+    layer, _ = build_tiny_encoders(root, norm="layer")
+    return {"group": group, "layer": layer, "text": text}
+
+
+def write_wav(path: Path, seconds: float, rate: int = 8000, *, seed: int = 0, channels: int = 1,
+              freq: float = 180.0) -> Path:
+    """A voice-like test signal (harmonics + noise)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(round(seconds * rate))) / rate
+    x = sum(np.sin(2 * np.pi * freq * k * t) / k for k in range(1, 6)) * 0.1 + 0.01 * rng.standard_normal(len(t))
+    x = x.astype(np.float32)
+    if channels > 1:
+        x = np.stack([x * (1 + 0.1 * c) for c in range(channels)], axis=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, x, rate)
+    return path
+
+
+def write_marketcalls(root: Path, calls: int = 9, segments: int = 3, *, seconds=(1.0, 3.0), seed: int = 0,
+                      rate: int = 8000) -> Path:
+    """A small dataset in the released MarketCalls format (train/valid/test CSVs + audio/)."""
+    rng = np.random.default_rng(seed)
+    words = "好的可以我想了解一下价格不需要谢谢再见"
+    rows = {"train": [], "valid": [], "test": []}
+    for c in range(calls):
+        split = ("train", "valid", "test")[c % 3]
+        label = "ABCDE"[c % 5]
+        for k in range(segments):
+            name = f"1380000{c:04d}_{k}"
+            write_wav(root / "audio" / f"{name}.wav", float(rng.uniform(*seconds)), rate, seed=seed + 31 * c + k,
+                      freq=120 + 20 * (c % 4))
+            text = "".join(rng.choice(list(words), size=int(rng.integers(4, 20))))
+            rows[split].append({"phone": f"1380000{c:04d}", "Audio_id": name, "text": text, "label": label})
+    for split, rs in rows.items():
+        with open(root / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=["phone", "Audio_id", "text", "label"])
+            w.writeheader()
+            w.writerows(rs)
+    return root
