@@ -2,12 +2,14 @@
 ``transformers`` Auto classes from a hub id or a local folder.
 
 Batching must not change the numbers. Text models mask padding exactly. HuBERT-base's front end does not:
-its first conv is followed by a GroupNorm over time, so zero padding shifts every frame of a padded segment.
-``AudioEncoder.encode`` therefore runs the conv front end on groups of *equal-length* segments (alone when
-lengths differ), then pads the frame features and runs projection + transformer for the whole batch with an
-attention mask — which HF wav2vec2/HuBERT encoders honour exactly (padded frames are zeroed before the
-positional conv). Layer-norm front ends (large models) are padding-safe per frame and run as one batch.
-``tests/test_extract_encoders.py`` proves batched == alone for both.
+its first conv is followed by a GroupNorm over *time*, so zero padding shifts every frame of a padded segment.
+But that GroupNorm is the only place where time steps mix in the front end (the convs are unpadded, so a valid
+frame only ever sees valid samples). ``AudioEncoder.encode`` therefore runs the whole padded batch through the
+convs and takes that one GroupNorm's statistics over each segment's valid frames only ("masked group norm"),
+then runs projection + transformer with an attention mask, which HF wav2vec2/HuBERT encoders honour exactly
+(padded frames are zeroed before the positional conv). Layer-norm front ends (large models) normalise per frame
+and are padding-safe as they are. Unknown front ends fall back to running equal-length groups separately.
+``tests/test_extract.py`` proves stored rows == each segment through the plain HF model alone, for both norms.
 """
 from __future__ import annotations
 
@@ -97,8 +99,22 @@ class AudioEncoder:
         # wav2vec2/HuBERT/WavLM/data2vec-audio expose these three parts; other models take the plain path
         self.split = all(hasattr(self.model, a) for a in ("feature_extractor", "feature_projection", "encoder"))
         self.layers = self.model.encoder.layers if hasattr(self.model, "encoder") else None
+        self.masked_group_norm = self.split and self.group_norm and self._front_end_is_standard()
         if self.layers is None and spec.layer != -1:
             raise ValueError(f"{spec.model}: cannot select layer {spec.layer} (no encoder.layers)")
+
+    def _front_end_is_standard(self) -> bool:
+        """GroupNorm in the first conv layer only, plain unpadded convs after it (wav2vec2/HuBERT-base)."""
+        layers = getattr(self.model.feature_extractor, "conv_layers", None)
+        if not layers:
+            return False
+        first = layers[0]
+        if not isinstance(getattr(first, "layer_norm", None), torch.nn.GroupNorm):
+            return False
+        convs_ok = all(isinstance(getattr(lay, "conv", None), torch.nn.Conv1d) and lay.conv.padding in ((0,), 0)
+                       for lay in layers)
+        no_other_norm = all(not hasattr(lay, "layer_norm") for lay in layers[1:])
+        return convs_ok and no_other_norm
 
     def frames(self, samples) -> np.ndarray:
         """Encoder frames for inputs of ``samples`` samples (before pooling)."""
@@ -158,13 +174,17 @@ class AudioEncoder:
     def _encode_split(self, waves, n, frames) -> torch.Tensor:
         m = self.model
         fmax = int(frames.max())
-        feats = None
-        for idx in self._groups(n):
-            f = m.feature_extractor(self._stack(waves, idx, int(n[idx].max()))).transpose(1, 2)
-            if feats is None:
-                feats = torch.zeros(len(waves), fmax, f.shape[2], device=self.device, dtype=f.dtype)
-            for j, i in enumerate(idx):
-                feats[i, : frames[i]] = f[j, : frames[i]]
+        if self.masked_group_norm:
+            feats = self._masked_front_end(self._stack(waves, list(range(len(waves))), int(n.max())), n)
+            feats = feats.transpose(1, 2)[:, :fmax]
+        else:
+            feats = None
+            for idx in self._groups(n):
+                f = m.feature_extractor(self._stack(waves, idx, int(n[idx].max()))).transpose(1, 2)
+                if feats is None:
+                    feats = torch.zeros(len(waves), fmax, f.shape[2], device=self.device, dtype=f.dtype)
+                for j, i in enumerate(idx):
+                    feats[i, : frames[i]] = f[j, : frames[i]]
         mask = torch.arange(fmax, device=self.device)[None, :] < torch.as_tensor(frames, device=self.device)[:, None]
         hs = m.feature_projection(feats)
         hs = hs[0] if isinstance(hs, tuple) else hs  # wav2vec2 returns (hidden, normed features)
@@ -173,6 +193,28 @@ class AudioEncoder:
             return m.encoder(hs, attention_mask=mask).last_hidden_state
 
         return _select_layer(self.layers, run, self.spec.layer)
+
+    def _masked_front_end(self, x: torch.Tensor, n: np.ndarray) -> torch.Tensor:
+        """The conv feature encoder on a zero-padded batch, with the first layer's GroupNorm statistics taken
+        over each segment's valid frames only: the same numbers as each segment alone."""
+        layers = self.model.feature_extractor.conv_layers
+        first = layers[0]
+        h = first.conv(x[:, None, :])
+        t_valid = (torch.as_tensor(n, device=h.device) - first.conv.kernel_size[0]) // first.conv.stride[0] + 1
+        gn: torch.nn.GroupNorm = first.layer_norm
+        b, c, t = h.shape
+        g = gn.num_groups
+        mask = (torch.arange(t, device=h.device)[None, :] < t_valid[:, None]).view(b, 1, 1, t)
+        hg = h.float().view(b, g, c // g, t)
+        count = (t_valid.view(b, 1, 1, 1) * (c // g)).float()
+        mean = (hg * mask).sum(dim=(2, 3), keepdim=True) / count
+        var = (((hg - mean) * mask) ** 2).sum(dim=(2, 3), keepdim=True) / count
+        hn = ((hg - mean) * torch.rsqrt(var + gn.eps)).view(b, c, t)
+        hn = hn * gn.weight.float()[None, :, None] + gn.bias.float()[None, :, None]
+        h = first.activation(hn.to(h.dtype))
+        for layer in layers[1:]:
+            h = layer(h)
+        return h
 
     def _encode_plain(self, waves, n, frames) -> torch.Tensor:
         fmax = int(frames.max())

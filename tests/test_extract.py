@@ -81,19 +81,27 @@ def test_stored_rows_equal_each_segment_encoded_alone(tmp_path, tiny_encoders, n
     rows = [seg for seg in load_manifest("marketcalls", data).segments]
     by_id = {r.segment_id: r for r in rows}
     table = s.table()
+    from transformers import AutoModel
+
     audio = AudioEncoder(EncoderSpec(str(tiny_encoders[norm])), pool=2)
     text = TextEncoder(EncoderSpec(str(tiny_encoders["text"])))
+    plain_audio = AutoModel.from_pretrained(tiny_encoders[norm]).eval()
+    plain_text = AutoModel.from_pretrained(tiny_encoders["text"]).eval()
     segs = [by_id[sid] for sid in table["segment_id"]]
     src = SegmentSource(segs, 16000, 640000, audio.min_samples(), audio.feature_extractor, text)
     A, T = s.array("audio/hidden")[:], s.array("text/hidden")[:]
     al, tl = s.lengths("audio"), s.lengths("text")
+    assert len(set(al.tolist())) > 5, "segments of many lengths share batches"
     for i in range(len(segs)):
         item = src[i]
-        ha, la = audio.encode([item["wave"]])
-        ht, lt = text.encode([item["ids"]])
-        assert la[0] == al[i] and lt[0] == tl[i]
-        ref_a = ha[0, : la[0]].numpy().astype(np.float16).astype(np.float32)
-        ref_t = ht[0, : lt[0]].numpy().astype(np.float16).astype(np.float32)
+        with torch.no_grad():  # the reference: the plain HF forward on this segment alone, no padding at all
+            ha = plain_audio(item["wave"][None]).last_hidden_state[0]
+            ht = plain_text(input_ids=torch.tensor([item["ids"]])).last_hidden_state[0]
+        la, lt = ha.shape[0] // 2, ht.shape[0]
+        ha = ha[: 2 * la].reshape(la, 2, -1).mean(1)  # frame pairs, as stored
+        assert la == al[i] and lt == tl[i]
+        ref_a = ha.numpy().astype(np.float16).astype(np.float32)
+        ref_t = ht.numpy().astype(np.float16).astype(np.float32)
         # fp32 compute; both sides rounded once to float16: identical up to a rare last-bit flip
         np.testing.assert_allclose(A[i, : la[0]].astype(np.float32), ref_a, rtol=2e-3, atol=2e-3)
         np.testing.assert_allclose(T[i, : lt[0]].astype(np.float32), ref_t, rtol=2e-3, atol=2e-3)
@@ -110,9 +118,10 @@ def test_group_norm_batching_would_differ_without_the_design(tiny_encoders):
         padded = m(torch.cat([w, torch.zeros(1, 6000)], 1)).last_hidden_state[:, : alone.shape[1]]
     assert (alone - padded).abs().max() > 1e-2
     enc = AudioEncoder(EncoderSpec(str(tiny_encoders["group"])), pool=1)
-    waves = [w[0], torch.randn(18000)]
+    assert enc.masked_group_norm
+    waves = [w[0], torch.randn(18000), torch.randn(720)]
     batched, lengths = enc.encode(waves)
-    torch.testing.assert_close(batched[0, : lengths[0]], enc.encode([w[0]])[0][0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(batched[0, : lengths[0]], alone[0], rtol=1e-4, atol=1e-5)
 
 
 def test_layer_selection_matches_hf_hidden_states(tiny_encoders):
