@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from pipeline.datasets import load_manifest
 from pipeline.fingerprint import compute_fingerprint
+from pipeline.lock import StoreLock
 from pipeline.manifest import Segment
 from pipeline.store import CODECS, CacheStore, StoreShape
 
@@ -205,6 +206,13 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> ExtractResult:
     fingerprint = compute_fingerprint(settings, digest)
     shape = StoreShape(n=len(rows), audio_frames=audio_frames, audio_dim=audio.hidden_size,
                        text_tokens=cfg.max_text_tokens, text_dim=text.hidden_size, shard_size=cfg.shard_size)
+    with StoreLock(out):
+        return _extract_into(cfg, out, manifest, rows, durations, audio, text, policy, shape, settings, digest,
+                             fingerprint, max_samples, t0, progress)
+
+
+def _extract_into(cfg, out, manifest, rows, durations, audio, text, policy, shape, settings, digest, fingerprint,
+                  max_samples, t0, progress) -> ExtractResult:
     store = CacheStore.open_or_create(out, shape, rows, fingerprint=fingerprint, settings=settings,
                                       manifest_digest=digest, codec=cfg.codec, overwrite=cfg.overwrite,
                                       notes=manifest.notes, dataset=cfg.dataset, label_scheme=manifest.label_scheme)

@@ -339,3 +339,23 @@ def test_policy_rates():
     assert AudioPolicy("paper-8k", 16000).input_rate == 8000
     with pytest.raises(ValueError):
         AudioPolicy("nope", 16000)
+
+
+# ------------------------------------------------------------------- lock
+def test_one_writer_per_store_and_stale_lock_taken_over(tmp_path, tiny_encoders):
+    import socket
+
+    from pipeline.lock import StoreLock, StoreLocked
+
+    data = write_marketcalls(tmp_path / "mc", calls=3, segments=1)
+    out = tmp_path / "c.zarr"
+    with StoreLock(out):  # a live writer (this process) holds the store
+        with pytest.raises(StoreLocked, match="another msmtfn-extract is writing it"):
+            extract(_cfg(data, out, tiny_encoders), progress=False)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    Path(str(out) + ".lock").write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    res = extract(_cfg(data, out, tiny_encoders), progress=False)  # the dead owner's lock is stale
+    assert res.done == res.total and not Path(str(out) + ".lock").exists()
+    Path(str(out) + ".lock").write_text(json.dumps({"pid": 1, "host": "another-host"}))
+    with pytest.raises(StoreLocked, match="another-host"):
+        extract(_cfg(data, out, tiny_encoders), progress=False)

@@ -1,0 +1,1 @@
+"""Where both stages meet: the demo, and (later) prediction on new recordings. Only public APIs of extract/ and train/."""
