@@ -44,7 +44,8 @@ class _Captured(Exception):
 def _select_layer(layers, run, layer: int):
     """Run ``run()`` and return the hidden states HF would list as ``hidden_states[layer]``.
 
-    0 is the input to the first block, i the output of block i, -1 (or len) the model's last hidden state.
+    0 is the input to the first block, i the output of block i, -1 (or len) the model's ``last_hidden_state``
+    (for pre-LN models that includes the final LayerNorm, which transformers 5 leaves out of hidden_states[-1]).
     """
     n = len(layers)
     idx = layer + n + 1 if layer < 0 else layer
