@@ -58,6 +58,19 @@ class LabelScheme:
     def encode_all(self, labels) -> dict[str, np.ndarray]:
         return {t.name: self.encode(labels, t.name) for t in self.tasks}
 
+    def class_map(self, source: str | int, target: str | int) -> np.ndarray | None:
+        """Index map from ``source`` task classes to ``target`` classes when every source class falls inside
+        one target class (5 → 4, 3, 2; 4 → 3, 2; 3 → 2), else None. Lets a single-head model (no MTL) report
+        the coarser tasks with the same maps the heads use."""
+        s, t = self.task(source), self.task(target)
+        out = []
+        for c in range(s.num_classes):
+            members = {t.base_to_class[b] for b, k in s.base_to_class.items() if k == c}
+            if len(members) != 1:
+                return None
+            out.append(members.pop())
+        return np.array(out, dtype=np.int64)
+
 
 def _task_from_groups(name: str, groups: list[str]) -> Task:
     """``groups`` like ["A", "B", "C", "DE"]: each string is one class made of those base labels."""

@@ -1,0 +1,104 @@
+"""Training settings: one frozen dataclass; the CLI and config files (TOML/JSON) map onto its fields."""
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+MODALITIES = ("both", "text", "audio")
+POOLINGS = ("flatten", "cls", "mean")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    cache: str
+    out: str | None = None              # run folder; default runs/<dataset>/<run-name>
+    device: str = "auto"                # auto = cuda when available
+    seed: int = 0
+    epochs: int = 60
+    patience: int = 8                   # epochs without a better validation score before stopping
+    lr: float = 1e-4                    # see README: 1e-5 (paper) is too slow for a fusion net on frozen features
+    weight_decay: float = 0.01
+    warmup: float = 0.05                # fraction of steps with linear warm-up (then cosine decay)
+    batch_calls: int = 8                # calls per optimizer step (before accumulation)
+    grad_accum: int = 1
+    clip_norm: float = 1.0
+    amp: bool = True                    # bf16 autocast on CUDA (ignored on CPU)
+    task: str = "5"                     # task that selects the checkpoint and is reported first
+    modality: str = "both"              # both | text | audio
+    mtl: bool = True                    # False: only the --task head trains
+    bigru: bool = True                  # False: segment vectors are mean-pooled over the call
+    cross_attention: bool = True
+    bottleneck: bool = True
+    d_model: int = 0                    # 0 = the text encoder's width from the cache
+    heads: int = 12
+    ffn: int = 3072
+    dropout: float = 0.3
+    cross_layers: int = 4               # chained cross-modal layers (text queries audio)
+    text_layers: int = 1                # text self-attention layers before them
+    bottleneck_tokens: int = 4
+    bottleneck_layers: int = 2
+    pooling: str = "flatten"            # segment vector: flatten (paper) | cls | mean
+    gru_hidden: int = 128
+    gru_layers: int = 2
+    head_hidden: int = 512
+    loss_weights: dict = field(default_factory=dict)   # task -> weight; missing tasks weigh 1
+    max_cache_gb: float = 0.0           # 0 = auto: load to the device when it fits, else stream from the store
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.modality not in MODALITIES:
+            raise ConfigError(f"modality {self.modality!r}: valid are {', '.join(MODALITIES)}")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"pooling {self.pooling!r}: valid are {', '.join(POOLINGS)}")
+        for name in ("epochs", "batch_calls", "grad_accum", "heads", "cross_layers", "bottleneck_tokens"):
+            if getattr(self, name) < (0 if name in ("cross_layers",) else 1):
+                raise ConfigError(f"{name} must be positive, not {getattr(self, name)}")
+        object.__setattr__(self, "task", str(self.task))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def with_(self, **changes) -> "TrainConfig":
+        return replace(self, **changes)
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> "TrainConfig":
+        clean = {}
+        valid = cls.keys()
+        for key, value in data.items():
+            k = key.replace("-", "_")
+            if k.startswith("no_") and k[3:] in ("mtl", "bigru", "cross_attention", "bottleneck"):
+                k, value = k[3:], not value
+            if k not in valid:
+                raise ConfigError(f"{source}: unknown key {key!r}; valid keys: {', '.join(valid)}")
+            clean[k] = value
+        return cls(**clean)
+
+    @classmethod
+    def read_file(cls, path: str | Path) -> dict:
+        """Keys of a TOML or JSON file (option names, with - or _; ``no-bigru = true`` works too)."""
+        path = Path(path)
+        try:
+            if path.suffix.lower() == ".json":
+                data = json.loads(path.read_text(encoding="utf-8"))
+            else:
+                data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{path}: cannot read config ({e})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a table of settings")
+        return data
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides) -> "TrainConfig":
+        return cls.from_dict({**cls.read_file(path), **overrides}, source=str(path))

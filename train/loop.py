@@ -1,0 +1,198 @@
+"""Stage 2: fit the fusion network, Bi-GRU and heads on cached tensors; select on validation; test once."""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .checkpoint import WEIGHTS, atomic_write_json, load_weights, save_weights, write_run_config
+from .config import TrainConfig
+from .data import Batches, CallData, FeatureSource, TrainError, open_cache
+from .metrics import all_task_metrics
+from .model import MSMTFN, ModelDims, build_model
+from .plots import confusion_matrices, learning_curves
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainError(f"--device {name}: CUDA is not available here; use --device cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def default_run_dir(cfg: TrainConfig, dataset: str) -> Path:
+    flags = [cfg.modality] + [n for n, on in (("no-mtl", not cfg.mtl), ("no-bigru", not cfg.bigru),
+                                               ("no-xattn", not cfg.cross_attention),
+                                               ("no-bottleneck", not cfg.bottleneck)) if on]
+    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{'-'.join(flags)}-s{cfg.seed}"
+    return Path("runs") / (dataset or "cache") / name
+
+
+def warmup_cosine(total_steps: int, warmup: float):
+    w = max(1, int(round(warmup * total_steps)))
+
+    def factor(step: int) -> float:
+        if step < w:
+            return (step + 1) / w
+        progress = (step - w) / max(1, total_steps - w)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _forward(model: MSMTFN, batch, device: torch.device, amp: bool):
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+        return model(batch.audio, batch.audio_len, batch.text, batch.text_len, batch.seg_counts)
+
+
+def _loss(logits: dict, labels: dict, weights: dict) -> torch.Tensor:
+    return sum(weights[t] * F.cross_entropy(logits[t].float(), labels[t]) for t in logits)
+
+
+@torch.no_grad()
+def evaluate(model: MSMTFN, batches: Batches, data: CallData, weights: dict, device, amp: bool):
+    """(mean loss per call, metrics per task, {task: probabilities (calls, k)}) on one split."""
+    model.eval()
+    total, n = 0.0, 0
+    probs: dict[str, list] = {t: [] for t in model.heads}
+    order: list[int] = []
+    for batch in batches:
+        logits = _forward(model, batch, device, amp)
+        total += float(_loss(logits, batch.labels, weights)) * len(batch.calls)
+        n += len(batch.calls)
+        for t, v in logits.items():
+            probs[t].append(torch.softmax(v.float(), -1).cpu())
+        order.extend(batch.calls)
+    probs_np = {t: torch.cat(v).numpy() for t, v in probs.items()}
+    preds = {t: p.argmax(-1) for t, p in probs_np.items()}
+    y_true = {t: data.labels[t][order].numpy() for t in data.labels}
+    return total / max(1, n), all_task_metrics(data.scheme, y_true, preds), probs_np
+
+
+def fit(cfg: TrainConfig) -> dict:
+    """Train one configuration; writes the run folder and returns its metrics (``metrics['run_dir']``)."""
+    t_start = time.perf_counter()
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    store = open_cache(cfg.cache)
+    data = CallData(store)
+    scheme = data.scheme
+    dims = ModelDims(audio_dim=data.audio_dim, text_dim=data.text_dim, text_tokens=data.text_tokens,
+                     tasks={t.name: t.num_classes for t in scheme.tasks})
+    model = build_model(cfg, dims).to(device)
+    amp = cfg.amp and device.type == "cuda"
+    run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg, store.dataset)
+    (run_dir / "plots").mkdir(parents=True, exist_ok=True)
+    splits = {s: data.indices(s) for s in ("train", "valid", "test")}
+    n_params = sum(p.numel() for p in model.parameters())
+    write_run_config(run_dir, cfg, dims, {"cache": {"path": str(store.path), "fingerprint": store.fingerprint,
+                                                    "settings": store.settings, "label_scheme": scheme.name},
+                                          "parameters": n_params})
+    log.info("%d train / %d valid / %d test calls; %.2fM parameters; device %s", len(splits["train"]),
+             len(splits["valid"]), len(splits["test"]), n_params / 1e6, device)
+
+    source = FeatureSource(data, device, cfg.max_cache_gb)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    full_text = model.pooling == "flatten"
+    make = lambda calls, shuffle: Batches(data, source, calls, cfg.batch_calls, shuffle, gen if shuffle else None,  # noqa: E731
+                                          full_text=full_text)
+    train_b, val_b, test_b = make(splits["train"], True), make(splits["valid"], False), make(splits["test"], False)
+    weights = {t: float(cfg.loss_weights.get(t, 1.0)) for t in model.heads}
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train_b) / cfg.grad_accum)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.epochs * steps_per_epoch, cfg.warmup))  # once
+
+    history: list[dict] = []
+    best_score, best_epoch, bad = None, 0, 0
+    weights_path = run_dir / WEIGHTS
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        running, seen = 0.0, 0
+        opt.zero_grad(set_to_none=True)
+        bar = tqdm(train_b, desc=f"epoch {epoch}", leave=False, disable=not cfg.progress, unit="batch")
+        for i, batch in enumerate(bar):
+            logits = _forward(model, batch, device, amp)
+            loss = _loss(logits, batch.labels, weights)
+            (loss / cfg.grad_accum).backward()
+            if (i + 1) % cfg.grad_accum == 0 or i + 1 == len(train_b):
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+            running += float(loss.detach()) * len(batch.calls)
+            seen += len(batch.calls)
+            bar.set_postfix(loss=f"{running / seen:.4f}", refresh=False)
+        val_loss, val, _ = evaluate(model, val_b, data, weights, device, amp)
+        sel = val[cfg.task]
+        score = (sel["macro_f1"], sel["accuracy"], -val_loss)   # ties broken by accuracy, then loss
+        row = {"epoch": epoch, "train_loss": running / max(1, seen), "val_loss": val_loss,
+               "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+        for t, m in val.items():
+            row.update({f"val_{t}_accuracy": m["accuracy"], f"val_{t}_macro_f1": m["macro_f1"]})
+        history.append(row)
+        improved = best_score is None or score > best_score
+        if improved:
+            best_score, best_epoch, bad = score, epoch, 0
+            save_weights(model, weights_path)
+        else:
+            bad += 1
+        log.info("epoch %d: train loss %.4f, val loss %.4f, val %s-class acc %.3f mF1 %.3f%s", epoch,
+                 row["train_loss"], val_loss, cfg.task, sel["accuracy"], sel["macro_f1"], " *" if improved else "")
+        _write_history(run_dir / "history.csv", history)
+        if bad >= cfg.patience:
+            log.info("early stop: no better validation score for %d epochs", cfg.patience)
+            break
+
+    load_weights(model, weights_path, device)           # the validation-selected checkpoint
+    val_loss, val, _ = evaluate(model, val_b, data, weights, device, amp)
+    test, test_loss = {}, None
+    if splits["test"]:
+        test_loss, test, _ = evaluate(model, test_b, data, weights, device, amp)   # once, at the end
+    else:
+        log.warning("no test calls in %s; reporting validation only", store.path)
+    metrics = {
+        "run_dir": str(run_dir), "best_epoch": best_epoch, "epochs_run": len(history),
+        "selection": {"task": cfg.task, "metric": "validation macro-F1 (ties: accuracy, then loss)"},
+        "val_loss": val_loss, "test_loss": test_loss, "val": val, "test": test,
+        "classes": {t.name: list(t.classes) for t in scheme.tasks},
+        "calls": {s: len(v) for s, v in splits.items()}, "config": cfg.to_dict(),
+        "cache_fingerprint": store.fingerprint, "device": str(device),
+        "seconds": time.perf_counter() - t_start,
+        "epoch_seconds": float(np.median([h["seconds"] for h in history])),
+    }
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    classes = {t.name: t.classes for t in scheme.tasks}
+    learning_curves(history, cfg.task, run_dir / "plots" / "learning_curves.png")
+    confusion_matrices(val, classes, "validation (best checkpoint)", run_dir / "plots" / "confusion_valid.png")
+    if test:
+        confusion_matrices(test, classes, "test (best checkpoint)", run_dir / "plots" / "confusion_test.png")
+    return metrics
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    keys = list(dict.fromkeys(k for h in history for k in h))
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(history)
+    os.replace(tmp, path)

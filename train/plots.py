@@ -1,0 +1,43 @@
+"""PNG plots of a run: learning curves and confusion matrices (matplotlib, no display needed)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def learning_curves(history: list[dict], task: str, path: Path) -> None:
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax1.plot(epochs, [h["train_loss"] for h in history], label="train")
+    ax1.plot(epochs, [h["val_loss"] for h in history], label="validation")
+    ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend(), ax1.set_title("loss")
+    for key, label in ((f"val_{task}_accuracy", "accuracy"), (f"val_{task}_macro_f1", "macro-F1")):
+        ax2.plot(epochs, [h.get(key, float("nan")) for h in history], label=label)
+    ax2.set_xlabel("epoch"), ax2.set_ylim(0, 1), ax2.legend(), ax2.set_title(f"validation, {task}-class task")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def confusion_matrices(metrics: dict[str, dict], classes: dict[str, tuple[str, ...]], title: str, path: Path) -> None:
+    tasks = [t for t in metrics if "confusion" in metrics[t]]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.6), squeeze=False)
+    for ax, t in zip(axes[0], tasks):
+        cm = metrics[t]["confusion"]
+        ax.imshow(cm, cmap="Blues")
+        names = classes[t]
+        ax.set_xticks(range(len(names)), names, rotation=45, fontsize=8)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        for i, row in enumerate(cm):
+            for j, v in enumerate(row):
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=8)
+        ax.set_xlabel("predicted"), ax.set_ylabel("true")
+        ax.set_title(f"{t}-class, acc {100 * metrics[t]['accuracy']:.1f}%", fontsize=9)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
