@@ -14,6 +14,20 @@ class ConfigError(ValueError):
     pass
 
 
+NEGATABLE = ("mtl", "bigru", "cross_attention", "bottleneck")
+
+
+def normalise_keys(data: dict) -> dict:
+    """Option names → field names: dashes to underscores, ``no-bigru = true`` → ``bigru = False``."""
+    out = {}
+    for key, value in data.items():
+        k = key.replace("-", "_")
+        if k.startswith("no_") and k[3:] in NEGATABLE:
+            k, value = k[3:], not value
+        out[k] = value
+    return out
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     cache: str
@@ -73,15 +87,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "config") -> "TrainConfig":
-        clean = {}
         valid = cls.keys()
-        for key, value in data.items():
-            k = key.replace("-", "_")
-            if k.startswith("no_") and k[3:] in ("mtl", "bigru", "cross_attention", "bottleneck"):
-                k, value = k[3:], not value
-            if k not in valid:
+        clean = normalise_keys(data)
+        for key in clean:
+            if key not in valid:
                 raise ConfigError(f"{source}: unknown key {key!r}; valid keys: {', '.join(valid)}")
-            clean[k] = value
         return cls(**clean)
 
     @classmethod

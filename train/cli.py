@@ -1,0 +1,105 @@
+"""``msmtfn-train``: a thin click layer over :func:`train.loop.fit`.
+
+Every option is a :class:`TrainConfig` field; ``--config FILE`` (TOML or JSON, keys = option names) sets any of
+them, and options given on the command line win over the file.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+import click
+from click.core import ParameterSource
+
+from .checkpoint import CheckpointError
+from .config import MODALITIES, POOLINGS, ConfigError, TrainConfig, normalise_keys
+from .data import TrainError
+from .loop import fit
+from .report import format_summary
+
+D = TrainConfig.__dataclass_fields__
+
+
+def _default(name):
+    return D[name].default
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--cache", default=None, help="Cache store made by msmtfn-extract (required here or in --config).")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help="TOML/JSON file whose keys are these options' names.")
+@click.option("--out", default=None, help="Run folder (default runs/<dataset>/<time>-<flags>-s<seed>).")
+@click.option("--device", default=_default("device"), show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--seed", default=_default("seed"), show_default=True)
+@click.option("--epochs", default=_default("epochs"), show_default=True)
+@click.option("--patience", default=_default("patience"), show_default=True,
+              help="Stop after this many epochs without a better validation score.")
+@click.option("--lr", default=_default("lr"), show_default=True, help="AdamW learning rate (paper: 1e-5).")
+@click.option("--weight-decay", default=_default("weight_decay"), show_default=True)
+@click.option("--warmup", default=_default("warmup"), show_default=True, help="Warm-up fraction of all steps.")
+@click.option("--batch-calls", default=_default("batch_calls"), show_default=True, help="Calls per step.")
+@click.option("--grad-accum", default=_default("grad_accum"), show_default=True, help="Steps accumulated.")
+@click.option("--clip-norm", default=_default("clip_norm"), show_default=True)
+@click.option("--amp/--no-amp", default=_default("amp"), show_default=True, help="bf16 autocast on CUDA.")
+@click.option("--task", default=_default("task"), show_default=True,
+              help="Task that selects the checkpoint and is reported first (5|4|3|2 for MarketCalls).")
+@click.option("--modality", type=click.Choice(MODALITIES), default=_default("modality"), show_default=True)
+@click.option("--mtl/--no-mtl", default=True, show_default=True, help="--no-mtl: only the --task head trains.")
+@click.option("--bigru/--no-bigru", default=True, show_default=True,
+              help="--no-bigru: segment vectors are mean-pooled over the call.")
+@click.option("--cross-attention/--no-cross-attention", default=True, show_default=True)
+@click.option("--bottleneck/--no-bottleneck", default=True, show_default=True)
+@click.option("--d-model", default=_default("d_model"), show_default=True, help="0 = text encoder width.")
+@click.option("--heads", default=_default("heads"), show_default=True)
+@click.option("--ffn", default=_default("ffn"), show_default=True)
+@click.option("--dropout", default=_default("dropout"), show_default=True)
+@click.option("--cross-layers", default=_default("cross_layers"), show_default=True)
+@click.option("--text-layers", default=_default("text_layers"), show_default=True)
+@click.option("--bottleneck-tokens", default=_default("bottleneck_tokens"), show_default=True)
+@click.option("--bottleneck-layers", default=_default("bottleneck_layers"), show_default=True)
+@click.option("--pooling", type=click.Choice(POOLINGS), default=_default("pooling"), show_default=True,
+              help="Segment vector: flatten (paper), CLS or mean.")
+@click.option("--gru-hidden", default=_default("gru_hidden"), show_default=True)
+@click.option("--gru-layers", default=_default("gru_layers"), show_default=True)
+@click.option("--head-hidden", default=_default("head_hidden"), show_default=True)
+@click.option("--loss-weight", "loss_weights", multiple=True, metavar="TASK=W",
+              help="Weight of a task's loss (repeatable; default 1 each).")
+@click.option("--max-cache-gb", default=_default("max_cache_gb"), show_default=True,
+              help="Features kept on the device at most (0 = auto); beyond it they stream from the store.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON instead of the table.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or per-epoch log lines.")
+@click.pass_context
+def main(ctx, config_file, as_json, quiet, **opts):
+    """Train MSMT-FN on a cache made by msmtfn-extract.
+
+    \b
+      msmtfn-train --cache cache/marketcalls.zarr --device cuda
+      msmtfn-train --cache cache/marketcalls.zarr --modality text --no-bigru --seed 3 --out runs/ablation-1
+      msmtfn-train --config my-run.toml --seed 2
+    """
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        weights = {}
+        for item in opts.pop("loss_weights"):
+            task, _, w = item.partition("=")
+            try:
+                weights[task.strip()] = float(w)
+            except ValueError:
+                raise ConfigError(f"--loss-weight {item!r}: expected TASK=NUMBER, e.g. 2=0.5") from None
+        given = {k: v for k, v in opts.items() if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+        if weights:
+            given["loss_weights"] = weights
+        base = TrainConfig.read_file(config_file) if config_file else {}
+        merged = {**{k: v for k, v in opts.items() if v is not None}, **normalise_keys(base), **given}
+        if not merged.get("cache"):
+            raise ConfigError("--cache is required (on the command line or in --config)")
+        merged["progress"] = not quiet
+        cfg = TrainConfig.from_dict(merged, source=config_file or "options")
+        metrics = fit(cfg)
+    except (ConfigError, TrainError, CheckpointError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(json.dumps(metrics, indent=2, default=str) if as_json else format_summary(metrics))
+
+
+if __name__ == "__main__":
+    main()
