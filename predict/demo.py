@@ -28,15 +28,18 @@ def run_demo(data_dir: Path, cache: Path, runs: Path, *, audio_model: str | None
              text_model: str | None = None, device: str = "cpu", epochs: int = 12, calls: int = 48,
              seed: int = 0, progress: bool = True) -> dict:
     t0 = time.perf_counter()
-    if audio_model is None or text_model is None:
+    tiny = audio_model is None or text_model is None
+    if tiny:
         a, t = build_tiny_encoders(cache.parent / "tiny-encoders")
         audio_model, text_model = audio_model or str(a), text_model or str(t)
     res = extract(ExtractConfig(dataset="demo", data_dir=str(data_dir), out=str(cache), audio_model=audio_model,
                                 text_model=text_model, device=device, num_workers=0, overwrite=True,
-                                dataset_options={"n_calls": calls, "seed": seed}), progress=progress)
+                                seed=seed, dataset_options={"n_calls": calls}), progress=progress)
     logging.getLogger(__name__).info("extracted %d segments in %.1f s", res.done, res.elapsed)
+    # the tiny encoders are 32 wide: size the fusion network to them (real encoders get the paper's sizes)
+    sizes = dict(heads=4, ffn=128, head_hidden=64, gru_hidden=32) if tiny else {}
     metrics = fit(TrainConfig(cache=str(cache), out=str(runs), device=device, epochs=epochs, seed=seed,
-                              lr=1e-3, batch_calls=8, patience=epochs))
+                              lr=1e-3, batch_calls=8, patience=epochs, progress=progress, **sizes))
     metrics["demo_seconds"] = time.perf_counter() - t0
     return metrics
 

@@ -52,7 +52,9 @@ def _default(name):
 @click.option("--d-model", default=_default("d_model"), show_default=True, help="0 = text encoder width.")
 @click.option("--heads", default=_default("heads"), show_default=True)
 @click.option("--ffn", default=_default("ffn"), show_default=True)
-@click.option("--dropout", default=_default("dropout"), show_default=True)
+@click.option("--dropout", default=_default("dropout"), show_default=True, help="Residual/FFN/head dropout.")
+@click.option("--attn-dropout", default=_default("attn_dropout"), show_default=True,
+              help="Dropout on attention weights (slow on CPU).")
 @click.option("--cross-layers", default=_default("cross_layers"), show_default=True)
 @click.option("--text-layers", default=_default("text_layers"), show_default=True)
 @click.option("--bottleneck-tokens", default=_default("bottleneck_tokens"), show_default=True)

@@ -52,7 +52,8 @@ class TrainConfig:
     d_model: int = 0                    # 0 = the text encoder's width from the cache
     heads: int = 12
     ffn: int = 3072
-    dropout: float = 0.3
+    dropout: float = 0.3                # residual, FFN, segment-vector and head dropout (paper: 0.3)
+    attn_dropout: float = 0.0           # dropout on attention weights (cheap on GPU, slow on CPU)
     cross_layers: int = 4               # chained cross-modal layers (text queries audio)
     text_layers: int = 1                # text self-attention layers before them
     bottleneck_tokens: int = 4

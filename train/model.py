@@ -69,9 +69,9 @@ class FeedForward(nn.Sequential):
 class SelfBlock(nn.Module):
     """Pre-LN transformer layer: self-attention + FFN."""
 
-    def __init__(self, d: int, heads: int, ffn: int, dropout: float):
+    def __init__(self, d: int, heads: int, ffn: int, dropout: float, attn_dropout: float = 0.0):
         super().__init__()
-        self.n1, self.att, self.n2, self.ff = nn.LayerNorm(d), Attention(d, heads, dropout), nn.LayerNorm(d), \
+        self.n1, self.att, self.n2, self.ff = nn.LayerNorm(d), Attention(d, heads, attn_dropout), nn.LayerNorm(d), \
             FeedForward(d, ffn, dropout)
         self.drop = nn.Dropout(dropout)
 
@@ -84,12 +84,12 @@ class SelfBlock(nn.Module):
 class CrossModalLayer(nn.Module):
     """Cross-attention (queries from the main stream, keys/values from the other), then self-attention, FFN."""
 
-    def __init__(self, d: int, heads: int, ffn: int, dropout: float, cross: bool):
+    def __init__(self, d: int, heads: int, ffn: int, dropout: float, cross: bool, attn_dropout: float = 0.0):
         super().__init__()
-        self.cross = Attention(d, heads, dropout) if cross else None
+        self.cross = Attention(d, heads, attn_dropout) if cross else None
         if cross:
             self.nq, self.nkv = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.block = SelfBlock(d, heads, ffn, dropout)
+        self.block = SelfBlock(d, heads, ffn, dropout, attn_dropout)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x, x_valid, other=None, other_valid=None):
@@ -102,10 +102,10 @@ class BottleneckLayer(nn.Module):
     """Attention-bottleneck fusion (Nagrani et al. 2021): each stream attends over its tokens and the shared
     bottleneck tokens; the bottleneck's new value is the mean of the streams' updates of it."""
 
-    def __init__(self, d: int, heads: int, ffn: int, dropout: float, two_streams: bool):
+    def __init__(self, d: int, heads: int, ffn: int, dropout: float, two_streams: bool, attn_dropout: float = 0.0):
         super().__init__()
-        self.main = SelfBlock(d, heads, ffn, dropout)
-        self.other = SelfBlock(d, heads, ffn, dropout) if two_streams else None
+        self.main = SelfBlock(d, heads, ffn, dropout, attn_dropout)
+        self.other = SelfBlock(d, heads, ffn, dropout, attn_dropout) if two_streams else None
 
     def forward(self, x, x_valid, b, other=None, other_valid=None):
         nb = b.shape[1]
@@ -142,13 +142,13 @@ class MSMTFN(nn.Module):
         if self.uses_audio:
             self.audio_proj = nn.Linear(dims.audio_dim, d) if dims.audio_dim != d else nn.Identity()
             self.cls_audio = nn.Parameter(torch.randn(1, 1, d) * 0.02)
-        h, f, p = cfg.heads, cfg.ffn, cfg.dropout
-        self.main_layers = nn.ModuleList(SelfBlock(d, h, f, p) for _ in range(cfg.text_layers))
-        self.cross_layers = nn.ModuleList(CrossModalLayer(d, h, f, p, cross=two and cfg.cross_attention)
-                                          for _ in range(cfg.cross_layers))
+        h, f, p, pa = cfg.heads, cfg.ffn, cfg.dropout, cfg.attn_dropout
+        self.main_layers = nn.ModuleList(SelfBlock(d, h, f, p, pa) for _ in range(cfg.text_layers))
+        self.cross_layers = nn.ModuleList(CrossModalLayer(d, h, f, p, cross=two and cfg.cross_attention,
+                                                          attn_dropout=pa) for _ in range(cfg.cross_layers))
         if cfg.bottleneck:
             self.bottleneck_tokens = nn.Parameter(torch.randn(1, cfg.bottleneck_tokens, d) * 0.02)
-            self.bottleneck_layers = nn.ModuleList(BottleneckLayer(d, h, f, p, two_streams=two)
+            self.bottleneck_layers = nn.ModuleList(BottleneckLayer(d, h, f, p, two_streams=two, attn_dropout=pa)
                                                    for _ in range(cfg.bottleneck_layers))
         self.final_norm = nn.LayerNorm(d)
         if self.pooling == "flatten":
