@@ -34,7 +34,9 @@ def run_demo(data_dir: Path, cache: Path, runs: Path, *, audio_model: str | None
         audio_model, text_model = audio_model or str(a), text_model or str(t)
     res = extract(ExtractConfig(dataset="demo", data_dir=str(data_dir), out=str(cache), audio_model=audio_model,
                                 text_model=text_model, device=device, num_workers=0, overwrite=True,
-                                seed=seed, dataset_options={"n_calls": calls}), progress=progress)
+                                seed=seed, dataset_options={"n_calls": calls},
+                                # demo transcripts are ~20 tokens: 48 rows instead of 199 keeps the smoke run fast
+                                max_text_tokens=48), progress=progress)
     logging.getLogger(__name__).info("extracted %d segments in %.1f s", res.done, res.elapsed)
     # the tiny encoders are 32 wide: size the fusion network to them (real encoders get the paper's sizes)
     sizes = dict(heads=4, ffn=128, head_hidden=64, gru_hidden=32) if tiny else {}
