@@ -1,16 +1,29 @@
 """Dataset adapters: each reads a dataset in the form its users have it and returns one :class:`Manifest`.
 
-Per-row problems (missing audio, a duplicate segment id, a path escaping the dataset folder) become
-``manifest.issues`` and the row is left out; problems that make the whole dataset unusable (unknown labels,
-missing columns, nothing usable) raise :class:`ManifestError` with one line naming the file and the fix.
+``load_manifest(name, data_dir, allow_outside_paths=False, seed=0, **options)`` with ``name`` one of
+:data:`DATASETS`:
+
+- ``marketcalls`` — the released MarketCalls CSVs (see :mod:`pipeline.datasets.marketcalls`);
+  options ``csv_path``, ``split_ratios``;
+- ``csv`` — the generic CSV for your own calls (see :mod:`pipeline.datasets.generic_csv`);
+  options ``csv_path``, ``label_scheme``, ``split_ratios``;
+- ``demo`` — a generated smoke dataset in the MarketCalls format (see :mod:`pipeline.datasets.demo`);
+  options ``n_calls``, ``use_espeak``.
+
+Per-row problems (missing audio, a duplicate segment id, a path escaping the dataset folder, a bad split value)
+become ``manifest.issues`` and the row is left out; notes that keep the row (an empty transcript, a call whose
+segments disagree on the label) are issues whose reason starts with ``warning:``. Problems that make the dataset
+unusable (unknown labels, missing columns, no CSV, nothing usable) raise :class:`ManifestError` with one line
+naming the file and the fix. ``manifest.notes`` records where the split came from.
 """
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Callable
 
 from ..manifest import Manifest
-from ._common import ManifestError
+from ._common import ManifestError, stratified_split
 from .demo import generate_demo, load_demo
 from .generic_csv import load_generic_csv
 from .marketcalls import load_marketcalls
@@ -22,16 +35,27 @@ DATASETS: dict[str, Callable[..., Manifest]] = {
 }
 
 
+def dataset_options(name: str) -> list[str]:
+    """The options an adapter accepts besides data_dir, allow_outside_paths and seed."""
+    params = inspect.signature(DATASETS[name]).parameters
+    return [p for p in params if p not in ("data_dir", "allow_outside_paths", "seed", "dataset")]
+
+
 def load_manifest(name: str, data_dir: str | Path, *, allow_outside_paths: bool = False, seed: int = 0,
                   **options) -> Manifest:
+    """Read dataset ``name`` from ``data_dir`` into a :class:`Manifest` (see the module docstring)."""
     try:
         adapter = DATASETS[name]
     except KeyError:
         raise ManifestError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}") from None
+    unknown = sorted(set(options) - set(dataset_options(name)))
+    if unknown:
+        raise ManifestError(f"dataset {name!r} has no option(s) {', '.join(unknown)}; valid: "
+                            f"{', '.join(dataset_options(name)) or 'none'}")
     data_dir = Path(data_dir)
     if name != "demo" and not data_dir.is_dir():
         raise ManifestError(f"{data_dir}: no such folder (pass the dataset's folder as --data-dir)")
     return adapter(data_dir, allow_outside_paths=allow_outside_paths, seed=seed, **options)
 
 
-__all__ = ["DATASETS", "ManifestError", "generate_demo", "load_manifest"]
+__all__ = ["DATASETS", "ManifestError", "dataset_options", "generate_demo", "load_manifest", "stratified_split"]

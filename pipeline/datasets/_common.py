@@ -5,41 +5,106 @@ import csv
 import io
 import random
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
-from ..labels import get_scheme
-from ..manifest import Issue, Manifest, Segment
+from ..labels import LabelScheme, get_scheme
+from ..manifest import SPLITS, Issue, Manifest, Segment
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "valid": "valid", "val": "valid", "validation": "valid",
                  "dev": "valid", "test": "test", "testing": "test"}
+DEFAULT_RATIOS = (0.8, 0.1, 0.1)
 
 
 class ManifestError(ValueError):
     """The dataset cannot be read as asked; the message names the file and the fix."""
 
 
-def read_csv(path: Path, issues: list[Issue]) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """Rows of a CSV as (line number, {lower-cased column: value}). Tries UTF-8 (with BOM), then GB18030 (Chinese
-    Excel exports); bytes that fit neither are replaced and the file is named in ``issues``."""
-    raw = path.read_bytes()
-    for enc in ("utf-8-sig", "gb18030"):
+# --------------------------------------------------------------------------------------------------- CSV reading
+
+def _decodes(line: bytes, encoding: str) -> bool:
+    try:
+        line.decode(encoding)
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def decode_csv_bytes(raw: bytes, name: str, issues: list[Issue]) -> tuple[str, str]:
+    """Text of a CSV file and the encoding used: UTF-8 (BOM allowed), else GB18030 (Chinese Excel exports).
+
+    When neither decodes the whole file, lines are decoded one by one in the file's main encoding, and bytes that
+    fit neither encoding are replaced by U+FFFD; each such line is named in ``issues`` (``name:line``). One bad
+    row never makes the rest of the file unreadable.
+    """
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    try:
+        return raw.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        pass
+    lines = raw.split(b"\n")   # 0x0A is never part of a multi-byte character in UTF-8 or GB18030
+    utf8_ok = sum(1 for ln in lines if not ln.isascii() and _decodes(ln, "utf-8"))
+    if utf8_ok == 0:            # no line reads as UTF-8 text: a GB18030 (GBK, GB2312) export
         try:
-            text = raw.decode(enc)
-            break
+            text = raw.decode("gb18030")
+            return (text[1:] if text.startswith("\ufeff") else text), "gb18030"
         except UnicodeDecodeError:
+            pass
+    # (a UTF-8 file with a few broken lines can happen to decode as GB18030 as a whole: that is mojibake)
+    gb_ok = sum(1 for ln in lines if not ln.isascii() and _decodes(ln, "gb18030") and not _decodes(ln, "utf-8"))
+    main = "utf-8" if utf8_ok >= gb_ok else "gb18030"
+    other = "gb18030" if main == "utf-8" else "utf-8"
+    out = []
+    for i, ln in enumerate(lines, start=1):
+        try:
+            out.append(ln.decode(main))
             continue
-    else:
-        text = raw.decode("utf-8", errors="replace")
-        issues.append(Issue(path.name, "warning: bytes that are neither UTF-8 nor GB18030 were replaced by U+FFFD"))
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    if reader.fieldnames is None:
-        raise ManifestError(f"{path}: empty CSV (no header row)")
-    fields = [f.strip().lower() for f in reader.fieldnames]
-    rows = []
-    for i, row in enumerate(reader, start=2):
-        rows.append((i, {k.strip().lower(): (v or "").strip() if isinstance(v, str) else ""
-                         for k, v in row.items() if k is not None}))
-    return fields, rows
+        except UnicodeDecodeError:
+            pass
+        if main == "gb18030" and _decodes(ln, other):
+            out.append(ln.decode(other))    # a UTF-8 line pasted into a GB18030 file; valid UTF-8 is unambiguous
+            continue
+        out.append(ln.decode(main, errors="replace"))
+        issues.append(Issue(f"{name}:{i}", f"warning: bytes that are not valid {main.upper()} were replaced by "
+                                           "U+FFFD (re-save the file as UTF-8)"))
+    return "\n".join(out), main
+
+
+def read_csv(path: Path, issues: list[Issue]) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """Rows of a CSV as (line number where the row starts, {lower-cased column: stripped value}).
+
+    Blank rows are skipped, extra columns kept (adapters ignore what they do not know), short rows padded with "".
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ManifestError(f"{path}: cannot read ({e.strerror or e})") from None
+    text, _ = decode_csv_bytes(raw, path.name, issues)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header: list[str] | None = None
+    rows: list[tuple[int, dict[str, str]]] = []
+    line = 0
+    try:
+        for rec in reader:
+            start, line = line + 1, reader.line_num
+            if not rec or all(not v.strip() for v in rec):
+                continue
+            if header is None:
+                header = [h.replace("\ufeff", "").strip().lower() for h in rec]
+                continue
+            row: dict[str, str] = {}
+            for k, v in zip(header, rec):
+                if k and k not in row:          # a repeated column name: the first one counts
+                    row[k] = v.replace("\x00", "").strip()
+            for k in header:
+                row.setdefault(k, "")
+            rows.append((start, row))
+    except csv.Error as e:
+        raise ManifestError(f"{path}:{line + 1}: unreadable CSV ({e}); check the quoting on that line") from None
+    if header is None:
+        raise ManifestError(f"{path}: empty CSV (no header row); write the column names on the first line")
+    return header, rows
 
 
 def require_columns(path: Path, fields: list[str], required: dict[str, tuple[str, ...]]) -> dict[str, str]:
@@ -53,85 +118,169 @@ def require_columns(path: Path, fields: list[str], required: dict[str, tuple[str
         else:
             found[name] = hit
     if missing:
-        raise ManifestError(f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(fields) or 'none'}")
+        found_cols = ", ".join(f for f in fields if f) or "none"
+        raise ManifestError(f"{path}: missing column(s) {', '.join(missing)}; found {found_cols}. "
+                            "Rename the header or add the column")
     return found
 
+
+# --------------------------------------------------------------------------------------------------- values
 
 def normalise_split(value: str) -> str | None:
     return SPLIT_ALIASES.get(value.strip().lower())
 
 
 def last_int(name: str) -> int | None:
-    nums = re.findall(r"\d+", Path(name).stem)
+    """The last integer in a file name's stem: ``13800001111_3.wav`` → 3, ``call_10`` → 10."""
+    nums = re.findall(r"\d+", Path(name.replace("\\", "/")).stem)
     return int(nums[-1]) if nums else None
 
 
-def stratified_split(call_labels: dict[str, str], ratios: tuple[float, float, float], seed: int) -> dict[str, str]:
-    """Deterministic call-level split, stratified by label: each label's calls are shuffled with ``seed`` and
-    dealt out by ``ratios`` (train, valid, test); every split gets at least one call when there are ≥ 3."""
-    by_label: dict[str, list[str]] = {}
-    for cid in sorted(call_labels):
-        by_label.setdefault(call_labels[cid], []).append(cid)
-    out: dict[str, str] = {}
-    rng = random.Random(seed)
-    leftovers: list[str] = []
-    for label in sorted(by_label):
-        ids = by_label[label]
-        rng.shuffle(ids)
-        n = len(ids)
-        n_valid, n_test = int(n * ratios[1]), int(n * ratios[2])
-        for cid in ids[:n_test]:
-            out[cid] = "test"
-        for cid in ids[n_test: n_test + n_valid]:
-            out[cid] = "valid"
-        for cid in ids[n_test + n_valid:]:
-            out[cid] = "train"
-        leftovers.extend(ids[n_test + n_valid:])
-    # small datasets: make sure valid and test are not empty, taking from train's largest labels
-    for split in ("test", "valid"):
-        if split not in out.values() and len(out) >= 3:
-            counts: dict[str, int] = {}
-            for cid in leftovers:
-                if out[cid] == "train":
-                    counts[call_labels[cid]] = counts.get(call_labels[cid], 0) + 1
-            label = max(sorted(counts), key=lambda k: counts[k])
-            cid = next(c for c in reversed(leftovers) if out[c] == "train" and call_labels[c] == label)
-            out[cid] = split
-    return out
+def parse_ratios(value) -> tuple[float, float, float]:
+    """``split_ratios`` as given by code (a sequence) or a command line ("0.8,0.1,0.1"), normalised to sum 1."""
+    if value is None:
+        return DEFAULT_RATIOS
+    if isinstance(value, str):
+        value = [v for v in re.split(r"[,/:\s]+", value.strip()) if v]
+    try:
+        vals = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        vals = ()
+    if len(vals) != 3 or any(v < 0 for v in vals) or vals[0] <= 0:
+        raise ManifestError(f"split_ratios {value!r}: give three non-negative numbers train,valid,test "
+                            "with train > 0, e.g. 0.8,0.1,0.1")
+    total = sum(vals)
+    return (vals[0] / total, vals[1] / total, vals[2] / total)
+
+
+def label_lookup(scheme: LabelScheme) -> dict[str, str]:
+    """Case-insensitive lookup of a scheme's base labels (``a`` → ``A``)."""
+    return {lab.lower(): lab for lab in scheme.base_labels}
+
+
+def scheme_or_error(name: str) -> LabelScheme:
+    try:
+        return get_scheme(name)
+    except KeyError as e:
+        raise ManifestError(f"label_scheme: {e.args[0]}") from None
 
 
 def check_labels(rows: list[tuple[str, str]], scheme_name: str, allow_empty: bool) -> None:
-    """``rows`` = (where, label). Unknown labels stop the manifest, listing the offending rows."""
-    scheme = get_scheme(scheme_name)
-    bad = [(w, lab) for w, lab in rows if not (scheme.is_valid(lab) or (allow_empty and lab == ""))]
+    """``rows`` = (where, label as written). Unknown labels stop the manifest, listing the offending rows."""
+    scheme = scheme_or_error(scheme_name)
+    valid = label_lookup(scheme)
+    bad = [(w, lab) for w, lab in rows if lab.lower() not in valid and not (allow_empty and lab == "")]
     if bad:
         shown = "; ".join(f"{w} {lab!r}" for w, lab in bad[:10])
         more = f"; and {len(bad) - 10} more" if len(bad) > 10 else ""
-        raise ManifestError(f"unknown label(s) in {len(bad)} row(s): {shown}{more}. Valid labels: "
+        raise ManifestError(f"unknown label(s) in {len(bad)} row(s): {shown}{more}. Valid labels ({scheme.name}): "
                             f"{', '.join(scheme.base_labels)}" + (" or empty (unlabelled)" if allow_empty else "")
-                            + ". Fix the rows or remove them.")
+                            + ". Fix those rows or remove them")
 
 
-def build_manifest(dataset: str, scheme: str, calls: dict[str, list[tuple[float, int, Segment]]],
-                   issues: list[Issue], notes: dict) -> Manifest:
+# --------------------------------------------------------------------------------------------------- splits
+
+def _apportion(counts: dict[str, int], total: int, rng: random.Random) -> dict[str, int]:
+    """Integers per label summing to ``total``, each ≤ its count and proportional to it (largest remainders)."""
+    n = sum(counts.values())
+    if n == 0 or total <= 0:
+        return {k: 0 for k in counts}
+    quota = {k: c * total / n for k, c in counts.items()}
+    out = {k: int(q) for k, q in quota.items()}
+    order = sorted(counts, key=lambda k: (-(quota[k] - out[k]), -counts[k], rng.random()))
+    left = total - sum(out.values())
+    while left > 0:
+        progressed = False
+        for k in order:
+            if left and out[k] < counts[k]:
+                out[k] += 1
+                left -= 1
+                progressed = True
+        if not progressed:
+            break
+    return out
+
+
+def stratified_split(call_labels: dict[str, str], ratios: Sequence[float] = DEFAULT_RATIOS,
+                     seed: int = 0) -> dict[str, str]:
+    """Deterministic call-level split stratified by label.
+
+    The split sizes are ``round(n × ratio)`` for valid and test (at least one call each when there are ≥ 3 calls
+    and the ratio is > 0; train keeps at least one); each split's calls are shared out over the labels in
+    proportion to their counts (largest remainders), and within a label the calls are drawn after a shuffle seeded
+    with ``seed``. The same calls, labels, ratios and seed always give the same split.
+    """
+    ratios = parse_ratios(ratios)
+    by_label: dict[str, list[str]] = {}
+    for cid in sorted(call_labels):
+        by_label.setdefault(call_labels[cid], []).append(cid)
+    rng = random.Random(seed)
+    for label in sorted(by_label):
+        rng.shuffle(by_label[label])
+    n = len(call_labels)
+    n_valid, n_test = round(n * ratios[1]), round(n * ratios[2])
+    if n >= 3:
+        n_valid = max(n_valid, 1 if ratios[1] > 0 else 0)
+        n_test = max(n_test, 1 if ratios[2] > 0 else 0)
+    while n_valid + n_test > max(n - 1, 0):      # train keeps at least one call
+        if n_valid >= n_test and n_valid > 0:
+            n_valid -= 1
+        else:
+            n_test -= 1
+    out: dict[str, str] = {}
+    remaining = {lab: list(ids) for lab, ids in sorted(by_label.items())}
+    for split, size in (("test", n_test), ("valid", n_valid)):
+        take = _apportion({lab: len(ids) for lab, ids in remaining.items()}, size, rng)
+        for lab, k in take.items():
+            for cid in remaining[lab][:k]:
+                out[cid] = split
+            remaining[lab] = remaining[lab][k:]
+    for ids in remaining.values():
+        for cid in ids:
+            out[cid] = "train"
+    return out
+
+
+def split_counts(assign: dict[str, str]) -> dict[str, int]:
+    return {s: sum(1 for v in assign.values() if v == s) for s in SPLITS}
+
+
+# --------------------------------------------------------------------------------------------------- assembling
+
+Item = tuple[float, int, Segment]     # (order key, file order, segment)
+
+
+def majority_labels(calls: dict[str, list[Item]], issues: list[Issue]) -> dict[str, list[Item]]:
+    """A call has one label; where its segments disagree, the most frequent wins (ties: the first in label
+    order) and the call is named in ``issues``. Empty labels (unlabelled rows) only win when nothing else is set."""
+    for cid, items in calls.items():
+        labels = [seg.label for _, _, seg in items]
+        if len(set(labels)) <= 1:
+            continue
+        counts: dict[str, int] = {}
+        for lab in labels:
+            counts[lab] = counts.get(lab, 0) + 1
+        named = {k: v for k, v in counts.items() if k} or counts
+        best = max(sorted(named), key=lambda k: named[k])
+        shown = ", ".join(f"{k or 'empty'}×{v}" for k, v in sorted(counts.items()))
+        where = items[0][2].source_row
+        issues.append(Issue(f"call {cid}" + (f" ({where})" if where else ""),
+                            f"warning: its segments carry different labels ({shown}); the call is labelled {best!r}"))
+        calls[cid] = [(o, f, seg.with_(label=best)) for o, f, seg in items]
+    return calls
+
+
+def build_manifest(dataset: str, scheme: str, calls: dict[str, list[Item]], issues: list[Issue],
+                   notes: dict) -> Manifest:
     """Order each call's segments by (order key, file order), number them 0..k-1, and check something is left."""
     segments: list[Segment] = []
     for cid in calls:
         for i, (_, _, seg) in enumerate(sorted(calls[cid], key=lambda x: (x[0], x[1]))):
             segments.append(seg.with_(index=i))
     if not segments:
-        first = "; ".join(str(x) for x in issues[:3])
-        raise ManifestError(f"{dataset}: no usable rows" + (f" ({first})" if first else ""))
+        errors = [x for x in issues if not x.reason.startswith("warning:")] or issues
+        first = "; ".join(str(x) for x in errors[:3])
+        more = f"; and {len(errors) - 3} more" if len(errors) > 3 else ""
+        raise ManifestError(f"{dataset}: no usable rows" + (f" ({first}{more})" if first else "")
+                            + ". Fix those rows (all issues are listed in manifest.issues)")
     return Manifest(dataset=dataset, label_scheme=scheme, segments=segments, issues=issues, notes=notes)
-
-
-def majority_labels(calls: dict[str, list[tuple[float, int, Segment]]], issues: list[Issue]) -> dict[str, list]:
-    """A call has one label; where its segments disagree, the most frequent wins and the call is named."""
-    for cid, items in calls.items():
-        labels = [seg.label for _, _, seg in items]
-        if len(set(labels)) > 1:
-            counts = {lab: labels.count(lab) for lab in labels}
-            best = max(sorted(counts), key=lambda k: counts[k])
-            issues.append(Issue(f"call {cid}", f"warning: segments carry labels {sorted(counts)}; using {best!r}"))
-            calls[cid] = [(o, f, seg.with_(label=best)) for o, f, seg in items]
-    return calls
