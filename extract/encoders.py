@@ -75,6 +75,30 @@ def _load(auto_cls, model_id: str, revision: str | None, trust_remote_code: bool
     return auto_cls.from_pretrained(model_id, revision=revision, trust_remote_code=trust_remote_code)
 
 
+def _load_frozen(spec, device: torch.device, dtype: torch.dtype, trust_remote_code: bool):
+    """(frozen eval model on the device, hash of its weights as loaded — the encoder's identity)."""
+    from transformers import AutoModel
+
+    model = _load(AutoModel, spec.model, spec.revision, trust_remote_code)
+    weights_hash = hash_state_dict(model.state_dict())
+    return model.eval().requires_grad_(False).to(device, dtype), weights_hash
+
+
+class Tokenize:
+    """Token ids (special tokens included) cut to ``max_tokens``, and whether the text was cut. Picklable, so
+    loader workers tokenise."""
+
+    def __init__(self, tokenizer, max_tokens: int):
+        self.tokenizer, self.max_tokens = tokenizer, max_tokens
+
+    def __call__(self, text: str) -> tuple[list[int], bool]:
+        enc = self.tokenizer(text, truncation=True, max_length=self.max_tokens, return_overflowing_tokens=True)
+        ids = enc["input_ids"]
+        if ids and isinstance(ids[0], list):
+            return list(ids[0]), len(ids) > 1
+        return list(ids), False
+
+
 @dataclass(frozen=True)
 class EncoderSpec:
     model: str
@@ -85,14 +109,12 @@ class EncoderSpec:
 class AudioEncoder:
     def __init__(self, spec: EncoderSpec, device: str = "cpu", dtype: str = "float32", pool: int = 2,
                  trust_remote_code: bool = False):
-        from transformers import AutoFeatureExtractor, AutoModel
+        from transformers import AutoFeatureExtractor
 
         self.spec, self.device, self.pool = spec, torch.device(device), pool
         self.dtype = DTYPES[dtype]
         self.feature_extractor = _load(AutoFeatureExtractor, spec.model, spec.revision, trust_remote_code)
-        model = _load(AutoModel, spec.model, spec.revision, trust_remote_code)
-        self.weights_hash = hash_state_dict(model.state_dict())
-        self.model = model.eval().requires_grad_(False).to(self.device, self.dtype)
+        self.model, self.weights_hash = _load_frozen(spec, self.device, self.dtype, trust_remote_code)
         cfg = self.model.config
         self.hidden_size = int(cfg.hidden_size)
         self.sampling_rate = int(self.feature_extractor.sampling_rate)
@@ -237,14 +259,13 @@ class AudioEncoder:
 class TextEncoder:
     def __init__(self, spec: EncoderSpec, device: str = "cpu", dtype: str = "float32", max_tokens: int = 199,
                  trust_remote_code: bool = False):
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoTokenizer
 
         self.spec, self.device, self.max_tokens = spec, torch.device(device), max_tokens
         self.dtype = DTYPES[dtype]
         self.tokenizer = _load(AutoTokenizer, spec.model, spec.revision, trust_remote_code)
-        model = _load(AutoModel, spec.model, spec.revision, trust_remote_code)
-        self.weights_hash = hash_state_dict(model.state_dict())
-        self.model = model.eval().requires_grad_(False).to(self.device, self.dtype)
+        self.model, self.weights_hash = _load_frozen(spec, self.device, self.dtype, trust_remote_code)
+        self.tokenize = Tokenize(self.tokenizer, max_tokens)
         self.hidden_size = int(self.model.config.hidden_size)
         limit = getattr(self.model.config, "max_position_embeddings", None)
         if limit and max_tokens > limit:
@@ -257,14 +278,6 @@ class TextEncoder:
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
         text = backend.to_str() if backend is not None else repr(sorted(self.tokenizer.get_vocab().items()))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-    def tokenize(self, text: str) -> tuple[list[int], bool]:
-        """Token ids (with special tokens) cut to ``max_tokens``, and whether the text was truncated."""
-        enc = self.tokenizer(text, truncation=True, max_length=self.max_tokens, return_overflowing_tokens=True)
-        ids = enc["input_ids"]
-        if ids and isinstance(ids[0], list):
-            return list(ids[0]), len(ids) > 1
-        return list(ids), False
 
     @torch.inference_mode()
     def encode(self, ids: list[list[int]]) -> tuple[torch.Tensor, np.ndarray]:

@@ -98,7 +98,7 @@ class SegmentSource(torch.utils.data.Dataset):
                  text_encoder: TextEncoder):
         self.rows, self.rate, self.max_samples, self.min_samples = rows, rate, max_samples, min_samples
         self.fe = feature_extractor
-        self.tokenize = _Tokenize(text_encoder.tokenizer, text_encoder.max_tokens)
+        self.tokenize = text_encoder.tokenize
 
     def __len__(self):
         return len(self.rows)
@@ -125,18 +125,6 @@ class SegmentSource(torch.utils.data.Dataset):
             item["warnings"].append("empty transcript (encoded as special tokens only)")
         item["ids"], item["truncated"] = self.tokenize(seg.text)
         return item
-
-
-class _Tokenize:
-    def __init__(self, tokenizer, max_tokens: int):
-        self.tokenizer, self.max_tokens = tokenizer, max_tokens
-
-    def __call__(self, text: str) -> tuple[list[int], bool]:
-        enc = self.tokenizer(text, truncation=True, max_length=self.max_tokens, return_overflowing_tokens=True)
-        ids = enc["input_ids"]
-        if ids and isinstance(ids[0], list):
-            return list(ids[0]), len(ids) > 1
-        return list(ids), False
 
 
 def _collate(items):

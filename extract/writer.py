@@ -3,12 +3,17 @@
 Rows are buffered per shard; a shard is written in one piece when every row this run owes it has arrived
 (a whole-shard write encodes each chunk once, instead of read-modify-writing the shard per row), and only then
 are its ``done`` flags flipped. A crash therefore loses at most the shards in flight, never a row marked done.
+Complete shards are compressed and written by a small thread pool: shards (and their ``done`` chunks) are
+disjoint, and zstd releases the GIL, so writing scales with cores instead of capping a GPU at one core's
+compression speed (bench/extract_throughput.py measures it).
 """
 from __future__ import annotations
 
 import logging
 import queue
+import os
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,7 +41,7 @@ class _Shard:
 
 
 class ShardWriter:
-    def __init__(self, store: CacheStore, todo: np.ndarray, max_queue: int = 8):
+    def __init__(self, store: CacheStore, todo: np.ndarray, max_queue: int = 8, write_threads: int = 0):
         self.store = store
         shape = store.shape
         self._dims = (shape.audio_frames, shape.audio_dim, shape.text_tokens, shape.text_dim)
@@ -54,6 +59,10 @@ class ShardWriter:
         self.rows_written = 0
         self.bytes_written = 0
         self.skipped: dict[int, str] = {}
+        self._pool = ThreadPoolExecutor(max_workers=write_threads or min(8, os.cpu_count() or 1),
+                                        thread_name_prefix="shard-write")
+        self._inflight: list[Future] = []
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="cache-writer", daemon=True)
         self._thread.start()
 
@@ -71,6 +80,7 @@ class ShardWriter:
         """Flush everything and stop; raises WriteFailed if any write failed."""
         self._q.put(None)
         self._thread.join()
+        self._pool.shutdown(wait=True)
         self._check()
 
     def _check(self) -> None:
@@ -88,8 +98,12 @@ class ShardWriter:
             try:
                 self._handle(item)
             except BaseException as e:  # disk full, permission, store errors: stop writing, report upstream
-                log.error("cache write failed: %s", e)
-                self.error = e
+                self._fail(e)
+
+    def _fail(self, e: BaseException) -> None:
+        if self.error is None:
+            log.error("cache write failed: %s", e)
+            self.error = e
 
     def _buffers(self, sh: _Shard) -> None:
         if sh.audio is not None:
@@ -137,13 +151,28 @@ class ShardWriter:
         sh = self._shards[k]
         if sh.owed:
             return
-        if sh.ok:
-            self.store.write_slab(sh.start, sh.audio, sh.audio_len, sh.text, sh.text_len)
-            self.bytes_written += sh.audio.nbytes + sh.text.nbytes
-        rows = np.arange(sh.start, sh.stop)
-        done = self._done_before[sh.start: sh.stop] | np.isin(rows, list(sh.ok))
-        skipped = np.isin(rows, list(sh.failed)) & ~done
-        self.store.set_flags(sh.start, sh.stop, done, skipped)  # after the data: a done row is always whole
-        self.rows_written += len(sh.ok)
-        self.skipped.update(sh.failed)
         del self._shards[k]
+        # bound the memory held by queued shards: wait for the oldest when many are in flight
+        self._inflight = [f for f in self._inflight if not f.done()]
+        while len(self._inflight) >= 2 * self._pool._max_workers:
+            self._inflight.pop(0).result()
+        self._inflight.append(self._pool.submit(self._flush, sh))
+
+    def _flush(self, sh: _Shard) -> None:
+        if self.error is not None:
+            return
+        try:
+            if sh.ok:
+                self.store.write_slab(sh.start, sh.audio, sh.audio_len, sh.text, sh.text_len)
+            rows = np.arange(sh.start, sh.stop)
+            done = self._done_before[sh.start: sh.stop] | np.isin(rows, list(sh.ok))
+            skipped = np.isin(rows, list(sh.failed)) & ~done
+            self.store.set_flags(sh.start, sh.stop, done, skipped)  # after the data: a done row is always whole
+        except BaseException as e:
+            self._fail(e)
+            return
+        with self._lock:
+            if sh.ok:
+                self.bytes_written += sh.audio.nbytes + sh.text.nbytes
+            self.rows_written += len(sh.ok)
+            self.skipped.update(sh.failed)
