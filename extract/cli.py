@@ -102,6 +102,8 @@ def main(ctx):
 @click.option("--num-workers", default=2, show_default=True, help="Decode/resample/tokenise worker processes.")
 @click.option("--shard-size", default=16, show_default=True, help="Segments per shard file.")
 @click.option("--codec", default="zstd", show_default=True, type=click.Choice(CODECS))
+@click.option("--write-threads", default=0, show_default=True,
+              help="Threads compressing and writing shards (0 = cores, at most 8).")
 @click.option("--overwrite", is_flag=True, help="Rebuild the store if it was made with other settings.")
 @click.option("--allow-outside-paths", is_flag=True,
               help="Let CSVs name audio outside --data-dir (absolute paths, ../).")

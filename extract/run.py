@@ -56,6 +56,7 @@ class ExtractConfig:
     shard_size: int = 16                    # segments per shard file
     block_shards: int = 32                  # shards sorted together for length bucketing
     codec: str = "zstd"
+    write_threads: int = 0                  # shard compression/write threads; 0 = cores (at most 8)
     overwrite: bool = False
     allow_outside_paths: bool = False
     trust_remote_code: bool = False
@@ -222,7 +223,7 @@ def _extract_into(cfg, out, manifest, rows, durations, audio, text, policy, shap
         source, batch_sampler=batches, collate_fn=_collate, num_workers=cfg.num_workers,
         prefetch_factor=4 if cfg.num_workers else None, persistent_workers=False)
 
-    writer = ShardWriter(store, todo)
+    writer = ShardWriter(store, todo, write_threads=cfg.write_threads)
     warnings: list[dict] = []
     truncated = 0
     audio_seconds = 0.0
@@ -253,8 +254,7 @@ def _extract_into(cfg, out, manifest, rows, durations, audio, text, policy, shap
         loop_seconds = time.perf_counter() - t_loop
     finally:
         bar.close()
-        if writer.error is None and writer._thread.is_alive():
-            writer.close()
+        writer.close(raise_errors=False)  # on Ctrl-C or an error: keep every shard already complete
     elapsed = time.perf_counter() - t0
 
     # skip reasons: this run's failures; rows done since earlier runs lose their old reason
@@ -283,6 +283,7 @@ def _extract_into(cfg, out, manifest, rows, durations, audio, text, policy, shap
     report_path.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
     return ExtractResult(store=out, total=len(rows), done=int(final_done.sum()), skipped=len(reasons),
                          computed=computed, audio_seconds=audio_seconds, elapsed=elapsed, report=report_path,
-                         issues=skipped_rows + [{"source": m["where"], "reason": m["reason"]} for m in manifest_issues],
+                         issues=skipped_rows + [{"source": m["where"], "reason": m["reason"]} for m in manifest_issues
+                                                if not m["reason"].startswith("warning")],
                          loop_seconds=loop_seconds,
                          manifest_skipped=sum(1 for m in manifest_issues if not m["reason"].startswith("warning")))

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.store import CacheStore
+from pipeline.store import CacheStore, StoreError
 
 log = logging.getLogger(__name__)
 
 
-class WriteFailed(Exception):
+class WriteFailed(StoreError):
     pass
 
 
@@ -76,16 +76,20 @@ class ShardWriter:
         self._check()
         self._q.put(("skip", row, reason))
 
-    def close(self) -> None:
-        """Flush everything and stop; raises WriteFailed if any write failed."""
-        self._q.put(None)
-        self._thread.join()
-        self._pool.shutdown(wait=True)
-        self._check()
+    def close(self, raise_errors: bool = True) -> None:
+        """Write every complete shard and stop (idempotent); raises WriteFailed if a write failed."""
+        if self._thread.is_alive():
+            self._q.put(None)
+            self._thread.join()
+            self._pool.shutdown(wait=True)
+        if raise_errors:
+            self._check()
 
     def _check(self) -> None:
         if self.error is not None:
-            raise WriteFailed(f"writing {self.store.path} failed: {self.error}") from self.error
+            raise WriteFailed(f"writing {self.store.path} failed: {self.error}; every shard marked done is intact — "
+                              "fix the cause (disk space, permissions) and run the same command to resume") \
+                from self.error
 
     # ------------------------------------------------------------ writer thread
     def _run(self) -> None:

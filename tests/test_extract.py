@@ -361,3 +361,36 @@ def test_one_writer_per_store_and_stale_lock_taken_over(tmp_path, tiny_encoders)
     Path(str(out) + ".lock").write_text(json.dumps({"pid": 1, "host": "another-host"}))
     with pytest.raises(StoreLocked, match="another-host"):
         extract(_cfg(data, out, tiny_encoders), progress=False)
+
+
+def test_write_failure_stops_cleanly_and_a_rerun_resumes(tmp_path, tiny_encoders, monkeypatch):
+    import errno
+
+    from extract.writer import WriteFailed
+
+    data = write_marketcalls(tmp_path / "mc", calls=8, segments=3)
+    ref = extract(_cfg(data, tmp_path / "ref.zarr", tiny_encoders, shard_size=2), progress=False)
+    real_write = CacheStore.write_slab
+    calls = {"n": 0}
+
+    def failing_write(self, *args, **kw):  # the disk fills up after two shards
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, *args, **kw)
+
+    monkeypatch.setattr(CacheStore, "write_slab", failing_write)
+    out = tmp_path / "full.zarr"
+    with pytest.raises(WriteFailed, match="No space left.*run the same command to resume"):
+        extract(_cfg(data, out, tiny_encoders, shard_size=2, write_threads=1), progress=False)
+    done = CacheStore.open(out).done()
+    assert 0 < done.sum() < len(done), "the shards written before the failure are kept, and marked done"
+    a, b = _store_arrays(ref.store), _store_arrays(out)
+    np.testing.assert_array_equal(a["audio/hidden"][done], b["audio/hidden"][done])
+    assert not Path(str(out) + ".lock").exists(), "the lock is released on failure"
+    monkeypatch.setattr(CacheStore, "write_slab", real_write)
+    again = extract(_cfg(data, out, tiny_encoders, shard_size=2), progress=False)
+    assert again.computed == len(done) - done.sum()
+    b = _store_arrays(out)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
