@@ -66,15 +66,26 @@ def write_run_config(run_dir: Path, cfg: TrainConfig, dims: ModelDims, extra: di
     atomic_write_json(run_dir / CONFIG, {"train": cfg.to_dict(), "dims": asdict(dims), **extra})
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[MSMTFN, TrainConfig, dict]:
-    """Rebuild a trained model from its run folder: (model in eval mode, its config, the whole config.json)."""
+def read_run_config(run_dir: str | Path) -> dict:
+    """The whole config.json of a run: ``train`` (the TrainConfig), ``dims``, ``cache`` (path, fingerprint,
+    settings, label scheme) and ``parameters``."""
     run_dir = Path(run_dir)
     try:
-        meta = json.loads((run_dir / CONFIG).read_text(encoding="utf-8"))
+        return json.loads((run_dir / CONFIG).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"{run_dir}: no readable {CONFIG} ({e})") from None
-    cfg = TrainConfig.from_dict(meta["train"])
-    dims = ModelDims(**meta["dims"])
+        raise CheckpointError(f"{run_dir}: no readable {CONFIG} ({e}); is this a msmtfn-train run folder?") from None
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[MSMTFN, TrainConfig]:
+    """Rebuild a trained model from its run folder: (model in eval mode on ``device``, its TrainConfig).
+    The rest of config.json (dims, cache fingerprint, label scheme) is :func:`read_run_config`."""
+    run_dir = Path(run_dir)
+    meta = read_run_config(run_dir)
+    try:
+        cfg = TrainConfig.from_dict(meta["train"])
+        dims = ModelDims(**meta["dims"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{run_dir / CONFIG}: not a msmtfn-train config ({e})") from None
     model = build_model(cfg, dims).to(device)
     load_weights(model, run_dir / WEIGHTS, torch.device(device))
-    return model.eval(), cfg, meta
+    return model.eval(), cfg

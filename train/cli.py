@@ -68,6 +68,9 @@ def _default(name):
               help="Weight of a task's loss (repeatable; default 1 each).")
 @click.option("--max-cache-gb", default=_default("max_cache_gb"), show_default=True,
               help="Features kept on the device at most (0 = auto); beyond it they stream from the store.")
+@click.option("--plots/--no-plots", default=True, show_default=True, help="PNG plots in <run>/plots.")
+@click.option("--threads", default=_default("threads"), show_default=True,
+              help="CPU threads for torch (0 = default; 1 is steadier on a shared CPU).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON instead of the table.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or per-epoch log lines.")
 @click.pass_context

@@ -1,4 +1,7 @@
-"""Training settings: one frozen dataclass; the CLI and config files (TOML/JSON) map onto its fields."""
+"""Training settings: one frozen dataclass; the CLI and config files (TOML/JSON) map onto its fields.
+
+Config files use the option names as keys (``batch-calls`` or ``batch_calls``; ``no-bigru = true`` works too);
+options given on the command line override the file. Defaults are explained in ``train/__init__.py``."""
 from __future__ import annotations
 
 import json
@@ -14,7 +17,7 @@ class ConfigError(ValueError):
     pass
 
 
-NEGATABLE = ("mtl", "bigru", "cross_attention", "bottleneck")
+NEGATABLE = ("mtl", "bigru", "cross_attention", "bottleneck", "plots", "amp")
 
 
 def normalise_keys(data: dict) -> dict:
@@ -36,7 +39,7 @@ class TrainConfig:
     seed: int = 0
     epochs: int = 60
     patience: int = 8                   # epochs without a better validation score before stopping
-    lr: float = 1e-4                    # see README: 1e-5 (paper) is too slow for a fusion net on frozen features
+    lr: float = 3e-4                    # paper 1e-5 is too slow for layers trained from scratch (train/__init__.py)
     weight_decay: float = 0.01
     warmup: float = 0.05                # fraction of steps with linear warm-up (then cosine decay)
     batch_calls: int = 8                # calls per optimizer step (before accumulation)
@@ -58,12 +61,14 @@ class TrainConfig:
     text_layers: int = 1                # text self-attention layers before them
     bottleneck_tokens: int = 4
     bottleneck_layers: int = 2
-    pooling: str = "flatten"            # segment vector: flatten (paper) | cls | mean
+    pooling: str = "mean"               # segment vector: mean (masked) | cls | flatten (paper; see train/__init__.py)
     gru_hidden: int = 128
     gru_layers: int = 2
     head_hidden: int = 512
     loss_weights: dict = field(default_factory=dict)   # task -> weight; missing tasks weigh 1
     max_cache_gb: float = 0.0           # 0 = auto: load to the device when it fits, else stream from the store
+    plots: bool = True                  # PNG learning curves + confusion matrices in <run>/plots
+    threads: int = 0                    # CPU threads for torch (0 = torch's default); 1 is steadier on a busy CPU
     progress: bool = True
 
     def __post_init__(self):

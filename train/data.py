@@ -27,9 +27,9 @@ class TrainError(Exception):
 
 @dataclass
 class Batch:
-    audio: torch.Tensor        # (S, A, Da) float, S = all segments of the batch's calls, in call order
-    audio_len: torch.Tensor    # (S,)
-    text: torch.Tensor         # (S, T, Dt)
+    audio: torch.Tensor | None  # (S, A, Da) float16, S = all segments of the batch's calls, in call order; None
+    audio_len: torch.Tensor     # (S,)                                      when the model does not use audio
+    text: torch.Tensor | None   # (S, T, Dt) (None when the model does not use text)
     text_len: torch.Tensor     # (S,)
     seg_counts: torch.Tensor   # (B,) segments per call
     labels: dict[str, torch.Tensor]   # task -> (B,)
@@ -37,7 +37,11 @@ class Batch:
 
 
 class CallData:
-    """Calls of one cache with their row indices, labels and splits."""
+    """Calls of one cache with their row indices (segment order), labels and splits.
+
+    A sample is (call id, variant): augmented variants of a call are extra training samples; validation and
+    test use the original recordings only, so they are scored once per call.
+    """
 
     def __init__(self, store: CacheStore):
         self.store = store
@@ -48,35 +52,54 @@ class CallData:
                              "msmtfn-extract command to resume it, then train")
         self.scheme: LabelScheme = get_scheme(store.label_scheme)
         t = store.table()
-        rows_by_call: dict[str, list[int]] = {}
-        for i, cid in enumerate(t["call_id"]):
-            rows_by_call.setdefault(cid, []).append(i)
+        rows_by_call: dict[tuple[str, str], list[int]] = {}
+        for i, (cid, var) in enumerate(zip(t["call_id"], t["variant"])):
+            rows_by_call.setdefault((cid, var or "orig"), []).append(i)
         self.calls: list[str] = []
+        self.variants: list[str] = []
         self.rows: list[np.ndarray] = []
         self.split: list[str] = []
         base: list[str] = []
-        dropped = []
+        dropped, unlabelled, held_out_variants = [], 0, 0
         n_skipped_segments = 0
-        for cid, rows in rows_by_call.items():
+        usable = done & ~skipped
+        for (cid, variant), rows in rows_by_call.items():
             rows = sorted(rows, key=lambda r: (t["segment_index"][r], r))
-            keep = [r for r in rows if done[r]]
-            n_skipped_segments += len(rows) - len(keep)
-            label, split = t["label"][rows[0]], t["split"][rows[0]]
-            if not keep:
-                dropped.append(cid)
-                continue
+            labels = {t["label"][r] for r in rows}
+            splits = {t["split"][r] for r in rows}
+            if len(labels) > 1 or len(splits) > 1:
+                raise TrainError(f"{store.path}: call {cid!r} has segments with different labels or splits "
+                                 f"({', '.join(sorted(labels))} / {', '.join(sorted(splits))}); a label belongs to a "
+                                 "whole call: fix the dataset and re-run msmtfn-extract")
+            label, split = labels.pop(), splits.pop()
             if split not in SPLITS or not self.scheme.is_valid(label):
+                unlabelled += 1
                 continue  # unlabelled calls (e.g. new calls to predict) are not training data
+            if variant != "orig" and split != "train":
+                held_out_variants += 1
+                continue
+            keep = [r for r in rows if usable[r]]
+            n_skipped_segments += len(rows) - len(keep)
+            if not keep:
+                dropped.append(cid if variant == "orig" else f"{cid} ({variant})")
+                continue
             self.calls.append(cid)
+            self.variants.append(variant)
             self.rows.append(np.asarray(keep, dtype=np.int64))
             self.split.append(split)
             base.append(label)
         if n_skipped_segments:
-            log.warning("%s: %d segments were skipped at extraction (bad input; see its report.json) and are left "
-                        "out of their calls", store.path, n_skipped_segments)
+            log.warning("%s: %d segments were skipped at extraction (bad input; see skip_reason in the store) and "
+                        "are left out of their calls", store.path, n_skipped_segments)
         if dropped:
             log.warning("%d calls have no usable segment and are dropped: %s", len(dropped),
-                        ", ".join(dropped[:10]) + (" …" if len(dropped) > 10 else ""))
+                        ", ".join(dropped[:20]) + (" …" if len(dropped) > 20 else ""))
+        if unlabelled:
+            log.info("%d calls without a %s label or a train/valid/test split are not used", unlabelled,
+                     self.scheme.name)
+        if held_out_variants:
+            log.info("%d augmented variants of validation/test calls are not used (evaluation is on originals)",
+                     held_out_variants)
         if not self.calls:
             raise TrainError(f"{store.path}: no labelled calls in train/valid/test")
         self.base_labels = base
@@ -96,27 +119,36 @@ class CallData:
     def used_rows(self) -> np.ndarray:
         return np.concatenate(self.rows)
 
-    def used_bytes(self) -> int:
-        per_row = 2 * (self.audio_frames * self.audio_dim + self.text_tokens * self.text_dim)
+    def used_bytes(self, modalities: tuple[str, ...] = ("audio", "text")) -> int:
+        per_row = 2 * (("audio" in modalities) * self.audio_frames * self.audio_dim
+                       + ("text" in modalities) * self.text_tokens * self.text_dim)
         return int(len(self.used_rows()) * per_row)
 
 
 class FeatureSource:
-    """Rows of hidden states by index: resident on the device, or read from the store per batch."""
+    """Rows of hidden states by index: resident on the device (float16, loaded once), or read from the store per
+    batch. Only the modalities the model uses are ever read (``--modality text`` never touches audio)."""
 
-    def __init__(self, data: CallData, device: torch.device, max_gb: float = 0.0):
-        self.data, self.device = data, device
-        need = data.used_bytes()
+    LOAD_ROWS = 256   # rows per read while loading (bounds host memory)
+
+    def __init__(self, data: CallData, device: torch.device, max_gb: float = 0.0,
+                 modalities: tuple[str, ...] = ("audio", "text")):
+        self.data, self.device, self.modalities = data, device, tuple(modalities)
+        need = data.used_bytes(self.modalities)
         budget = max_gb * 2**30 if max_gb else self._auto_budget(device)
         self.resident = need <= budget
         self._map = None
+        self.audio = self.text = None
         if self.resident:
             rows = np.sort(data.used_rows())
-            log.info("loading %.2f GB of cached features onto %s", need / 2**30, device)
+            log.info("loading %.2f GB of cached features (%s) onto %s", need / 2**30, "+".join(self.modalities),
+                     device)
             self._map = torch.full((data.store.n,), -1, dtype=torch.long)
             self._map[torch.as_tensor(rows)] = torch.arange(len(rows))
-            self.audio = self._read("audio/hidden", rows).to(device)
-            self.text = self._read("text/hidden", rows).to(device)
+            if "audio" in self.modalities:
+                self.audio = self._load("audio/hidden", rows)
+            if "text" in self.modalities:
+                self.text = self._load("text/hidden", rows)
         else:
             log.info("streaming features from %s (%.2f GB does not fit the %.2f GB budget)", data.store.path,
                      need / 2**30, budget / 2**30)
@@ -133,25 +165,41 @@ class FeatureSource:
         except (ValueError, OSError, AttributeError):
             return 4 * 2**30
 
+    def _load(self, name: str, rows: np.ndarray) -> torch.Tensor:
+        """All ``rows`` of one array into one float16 tensor on the device, read a few hundred rows at a time."""
+        arr = self.data.store.array(name)
+        out = torch.empty((len(rows),) + tuple(arr.shape[1:]), dtype=torch.float16, device=self.device)
+        for i in range(0, len(rows), self.LOAD_ROWS):
+            out[i: i + self.LOAD_ROWS] = self._read(name, rows[i: i + self.LOAD_ROWS]).to(self.device)
+        return out
+
     def _read(self, name: str, rows: np.ndarray) -> torch.Tensor:
         arr = self.data.store.array(name)
-        if len(rows) and rows[-1] - rows[0] + 1 == len(rows):   # contiguous: one slice read
+        if len(rows) and rows[-1] - rows[0] + 1 == len(rows) and np.all(np.diff(rows) == 1):  # one slice read
             out = arr[int(rows[0]): int(rows[-1]) + 1]
         else:
             out = arr.get_orthogonal_selection((rows, slice(None), slice(None)))
         return torch.from_numpy(np.ascontiguousarray(out))
 
-    def get(self, rows: np.ndarray, a_max: int, t_max: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(audio (S, a_max, Da), text (S, t_max, Dt)) float16 on the device; rows cut to the batch's longest."""
+    def get(self, rows: np.ndarray, a_max: int, t_max: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(audio (S, a_max, Da), text (S, t_max, Dt)) float16 on the device, None for an unused modality; rows
+        cut to the batch's longest."""
         if self.resident:
-            idx = self._map[torch.as_tensor(rows)].to(self.audio.device)
-            return self.audio[idx, :a_max], self.text[idx, :t_max]
-        a = self._read("audio/hidden", rows)[:, :a_max]
-        t = self._read("text/hidden", rows)[:, :t_max]
+            idx = self._map[torch.as_tensor(rows)].to(self.device)
+            a = self.audio[idx, :a_max] if self.audio is not None else None
+            t = self.text[idx, :t_max] if self.text is not None else None
+            return a, t
         pin = self.device.type == "cuda"
-        if pin:
-            a, t = a.pin_memory(), t.pin_memory()
-        return a.to(self.device, non_blocking=pin), t.to(self.device, non_blocking=pin)
+        out = []
+        for mod, width in (("audio", a_max), ("text", t_max)):
+            if mod not in self.modalities:
+                out.append(None)
+                continue
+            x = self._read(f"{mod}/hidden", rows)[:, :width]
+            if pin:
+                x = x.pin_memory()
+            out.append(x.to(self.device, non_blocking=pin))
+        return out[0], out[1]
 
 
 class Batches:

@@ -33,6 +33,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def seed_everything(seed: int) -> None:
+    """Python, NumPy and torch RNGs (bit-repeatable runs on CPU; CUDA kernels may still differ run to run)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -90,8 +91,10 @@ def evaluate(model: MSMTFN, batches: Batches, data: CallData, weights: dict, dev
 def fit(cfg: TrainConfig) -> dict:
     """Train one configuration; writes the run folder and returns its metrics (``metrics['run_dir']``)."""
     t_start = time.perf_counter()
-    seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
     store = open_cache(cfg.cache)
     data = CallData(store)
     scheme = data.scheme
@@ -100,7 +103,9 @@ def fit(cfg: TrainConfig) -> dict:
     model = build_model(cfg, dims).to(device)
     amp = cfg.amp and device.type == "cuda"
     run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg, store.dataset)
-    (run_dir / "plots").mkdir(parents=True, exist_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.plots:
+        (run_dir / "plots").mkdir(exist_ok=True)
     splits = {s: data.indices(s) for s in ("train", "valid", "test")}
     n_params = sum(p.numel() for p in model.parameters())
     write_run_config(run_dir, cfg, dims, {"cache": {"path": str(store.path), "fingerprint": store.fingerprint,
@@ -109,7 +114,7 @@ def fit(cfg: TrainConfig) -> dict:
     log.info("%d train / %d valid / %d test calls; %.2fM parameters; device %s", len(splits["train"]),
              len(splits["valid"]), len(splits["test"]), n_params / 1e6, device)
 
-    source = FeatureSource(data, device, cfg.max_cache_gb)
+    source = FeatureSource(data, device, cfg.max_cache_gb, modalities=model.modalities)
     gen = torch.Generator().manual_seed(cfg.seed)
     full_text = model.pooling == "flatten"
     make = lambda calls, shuffle: Batches(data, source, calls, cfg.batch_calls, shuffle, gen if shuffle else None,  # noqa: E731
@@ -180,11 +185,12 @@ def fit(cfg: TrainConfig) -> dict:
         "epoch_seconds": float(np.median([h["seconds"] for h in history])),
     }
     atomic_write_json(run_dir / "metrics.json", metrics)
-    classes = {t.name: t.classes for t in scheme.tasks}
-    learning_curves(history, cfg.task, run_dir / "plots" / "learning_curves.png")
-    confusion_matrices(val, classes, "validation (best checkpoint)", run_dir / "plots" / "confusion_valid.png")
-    if test:
-        confusion_matrices(test, classes, "test (best checkpoint)", run_dir / "plots" / "confusion_test.png")
+    if cfg.plots:
+        classes = {t.name: t.classes for t in scheme.tasks}
+        learning_curves(history, cfg.task, run_dir / "plots" / "learning_curves.png")
+        confusion_matrices(val, classes, "validation (best checkpoint)", run_dir / "plots" / "confusion_valid.png")
+        if test:
+            confusion_matrices(test, classes, "test (best checkpoint)", run_dir / "plots" / "confusion_test.png")
     return metrics
 
 

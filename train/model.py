@@ -8,7 +8,7 @@ Per segment (all segments of a batch at once):
                        ─► bottleneck fusion ×bottleneck_layers: the text stream attends over [text; B] and the
                           audio stream over [audio; B]; B = mean of both updates, so audio reaches the text
                           stream through B in the next layer (and through cross-attention above)
-                       ─► segment vector: flatten (T+1)·d → d (paper) | CLS | masked mean
+                       ─► segment vector: masked mean (default) | CLS | flatten (T+1)·d → d (paper)
     audio (A×Da) ─proj─► [CLS_a; audio] ───────────────┘ (keys/values of cross-attention; bottleneck stream)
 
 Per call: Bi-GRU (packed, 2 layers × 128 per direction) over the call's segment vectors → call vector →
@@ -134,6 +134,7 @@ class MSMTFN(nn.Module):
         self.d = d
         self.uses_text = cfg.modality in ("both", "text")
         self.uses_audio = cfg.modality in ("both", "audio")
+        self.modalities = tuple(m for m, on in (("audio", self.uses_audio), ("text", self.uses_text)) if on)
         two = cfg.modality == "both"
         self.pooling = "cls" if (main_is_audio and cfg.pooling == "flatten") else cfg.pooling
         if self.uses_text:
@@ -169,7 +170,8 @@ class MSMTFN(nn.Module):
         return torch.cat([cls.expand(x.shape[0], -1, -1), x], 1), _valid(lengths, x.shape[1])
 
     def segment_vectors(self, audio, audio_len, text, text_len) -> torch.Tensor:
-        """(S, d): one vector per segment."""
+        """(S, d): one vector per segment. ``audio`` (S, A, Da) / ``text`` (S, T, Dt) in any float dtype (cast to
+        the model's), rows past ``audio_len`` / ``text_len`` are masked; an unused modality may be None."""
         t = a = t_valid = a_valid = None
         if self.uses_text:
             t, t_valid = self._stream(text, text_len, self.text_proj, self.cls_text)
