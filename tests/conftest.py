@@ -9,6 +9,17 @@ import pytest
 import soundfile as sf
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models gain nothing from 2 threads, and OpenMP spin-waits make them 10-50x slower on a busy CPU."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_encoders(tmp_path_factory) -> dict[str, Path]:
     """{'group': audio dir, 'layer': audio dir, 'text': text dir} — random weights, loaded via from_pretrained."""

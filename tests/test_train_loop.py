@@ -25,13 +25,7 @@ SMALL = dict(d_model=32, heads=4, ffn=64, gru_hidden=16, head_hidden=32, cross_l
              dropout=0.1, progress=False, device="cpu", plots=False)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from 2 threads, and OpenMP spin-waits make them 10-50x slower on a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small(cache, **kw) -> TrainConfig:
