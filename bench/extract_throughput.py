@@ -11,6 +11,7 @@ and BERT-base from their configs with random weights (same FLOPs as the real che
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import shutil
@@ -155,7 +156,7 @@ if __name__ == "__main__":
                         text_model=str(text_dir), device=args.device, num_workers=args.workers,
                         batch_seconds=args.batch_seconds, dtype=args.dtype, overwrite=True)
     # warm-up on a few segments (model load, kernels), excluded from the timing
-    extract(ExtractConfig(**{**cfg.__dict__, "out": str(tmp / "warm.zarr")}), progress=False)
+    extract(dataclasses.replace(cfg, out=str(tmp / "warm.zarr")), progress=False)
     res = extract(cfg, progress=False)
     ours = res.computed / res.loop_seconds
     n_naive, t_naive = naive(tmp / "naive.zarr", res.store, audio_dir, text_dir, args.device, args.naive_segments)

@@ -271,7 +271,7 @@ def _extract_into(cfg, out, manifest, rows, durations, audio, text, policy, shap
     manifest_issues = [{"where": x.where, "reason": x.reason} for x in manifest.issues]
     report = {
         "store": str(out), "fingerprint": fingerprint, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "config": {k: v for k, v in asdict(cfg).items()},
+        "config": asdict(cfg),
         "segments_total": len(rows), "segments_done": int(final_done.sum()),
         "segments_encoded_this_run": computed, "segments_skipped": len(reasons),
         "text_truncated": truncated, "audio_seconds_this_run": round(audio_seconds, 3),

@@ -59,8 +59,8 @@ class ShardWriter:
         self.rows_written = 0
         self.bytes_written = 0
         self.skipped: dict[int, str] = {}
-        self._pool = ThreadPoolExecutor(max_workers=write_threads or min(8, os.cpu_count() or 1),
-                                        thread_name_prefix="shard-write")
+        self._write_threads = write_threads or min(8, os.cpu_count() or 1)
+        self._pool = ThreadPoolExecutor(max_workers=self._write_threads, thread_name_prefix="shard-write")
         self._inflight: list[Future] = []
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="cache-writer", daemon=True)
@@ -116,9 +116,7 @@ class ShardWriter:
         a, da, t, dt = self._dims
         if self._done_before[sh.start: sh.stop].any():
             # rows finished by an earlier run share this shard: keep their bytes
-            sh.audio, sh.audio_len, sh.text, sh.text_len = (np.asarray(x) for x in self.store.read_slab(sh.start, sh.stop))
-            sh.audio, sh.text = sh.audio.copy(), sh.text.copy()
-            sh.audio_len, sh.text_len = sh.audio_len.copy(), sh.text_len.copy()
+            sh.audio, sh.audio_len, sh.text, sh.text_len = (np.array(x) for x in self.store.read_slab(sh.start, sh.stop))
         else:
             sh.audio = np.zeros((n, a, da), np.float16)
             sh.text = np.zeros((n, t, dt), np.float16)
@@ -158,7 +156,7 @@ class ShardWriter:
         del self._shards[k]
         # bound the memory held by queued shards: wait for the oldest when many are in flight
         self._inflight = [f for f in self._inflight if not f.done()]
-        while len(self._inflight) >= 2 * self._pool._max_workers:
+        while len(self._inflight) >= 2 * self._write_threads:
             self._inflight.pop(0).result()
         self._inflight.append(self._pool.submit(self._flush, sh))
 
