@@ -11,7 +11,7 @@ import logging
 import click
 from click.core import ParameterSource
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, read_run_config
 from .config import MODALITIES, POOLINGS, ConfigError, TrainConfig, normalise_keys
 from .data import TrainError
 from .loop import fit
@@ -66,21 +66,28 @@ def _default(name):
 @click.option("--head-hidden", default=_default("head_hidden"), show_default=True)
 @click.option("--loss-weight", "loss_weights", multiple=True, metavar="TASK=W",
               help="Weight of a task's loss (repeatable; default 1 each).")
+@click.option("--augment-variants", "augment_variants", multiple=True, metavar="all|NAME",
+              help="Cached augmentation variants to sample for training calls (repeatable or comma-separated; "
+                   "default none). Validation and test always use the original recordings.")
 @click.option("--max-cache-gb", default=_default("max_cache_gb"), show_default=True,
               help="Features kept on the device at most (0 = auto); beyond it they stream from the store.")
 @click.option("--plots/--no-plots", default=True, show_default=True, help="PNG plots in <run>/plots.")
 @click.option("--threads", default=_default("threads"), show_default=True,
               help="CPU threads for torch (0 = default; 1 is steadier on a shared CPU).")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None, metavar="RUN_DIR",
+              help="Continue this run folder from its last finished epoch, with its own settings (same result "
+                   "as an uninterrupted run on CPU); a finished run is only reported.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON instead of the table.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or per-epoch log lines.")
 @click.pass_context
-def main(ctx, config_file, as_json, quiet, **opts):
+def main(ctx, config_file, resume_dir, as_json, quiet, **opts):
     """Train MSMT-FN on a cache made by msmtfn-extract.
 
     \b
       msmtfn-train --cache cache/marketcalls.zarr --device cuda
       msmtfn-train --cache cache/marketcalls.zarr --modality text --no-bigru --seed 3 --out runs/ablation-1
       msmtfn-train --config my-run.toml --seed 2
+      msmtfn-train --resume runs/marketcalls/20261125-101500-both-s0     # after a crash or Ctrl-C
     """
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s")
     try:
@@ -94,13 +101,17 @@ def main(ctx, config_file, as_json, quiet, **opts):
         given = {k: v for k, v in opts.items() if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
         if weights:
             given["loss_weights"] = weights
+        if not opts["augment_variants"]:
+            opts.pop("augment_variants")
         base = TrainConfig.read_file(config_file) if config_file else {}
+        if resume_dir:   # the run's own settings; options given here must agree (checked by fit)
+            base = {**read_run_config(resume_dir).get("train", {}), "out": resume_dir}
         merged = {**{k: v for k, v in opts.items() if v is not None}, **normalise_keys(base), **given}
         if not merged.get("cache"):
             raise ConfigError("--cache is required (on the command line or in --config)")
         merged["progress"] = not quiet
         cfg = TrainConfig.from_dict(merged, source=config_file or "options")
-        metrics = fit(cfg)
+        metrics = fit(cfg, resume=bool(resume_dir))
     except (ConfigError, TrainError, CheckpointError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(json.dumps(metrics, indent=2, default=str) if as_json else format_summary(metrics))

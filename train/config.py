@@ -66,6 +66,7 @@ class TrainConfig:
     gru_layers: int = 2
     head_hidden: int = 512
     loss_weights: dict = field(default_factory=dict)   # task -> weight; missing tasks weigh 1
+    augment_variants: tuple = ()        # cached augmentation variants sampled in training: () none, ("all",), names
     max_cache_gb: float = 0.0           # 0 = auto: load to the device when it fits, else stream from the store
     plots: bool = True                  # PNG learning curves + confusion matrices in <run>/plots
     threads: int = 0                    # CPU threads for torch (0 = torch's default); 1 is steadier on a busy CPU
@@ -80,6 +81,10 @@ class TrainConfig:
             if getattr(self, name) < (0 if name in ("cross_layers",) else 1):
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)}")
         object.__setattr__(self, "task", str(self.task))
+        av = self.augment_variants
+        names = [av] if isinstance(av, str) else list(av or ())
+        names = [n.strip() for part in names for n in str(part).split(",") if n.strip()]
+        object.__setattr__(self, "augment_variants", tuple(names))
 
     def to_dict(self) -> dict:
         return asdict(self)

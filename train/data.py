@@ -6,6 +6,7 @@ once as float16 and indexed there; otherwise batches are read from the store by 
 """
 from __future__ import annotations
 
+import copy
 import logging
 import queue
 import threading
@@ -39,8 +40,9 @@ class Batch:
 class CallData:
     """Calls of one cache with their row indices (segment order), labels and splits.
 
-    A sample is (call id, variant): augmented variants of a call are extra training samples; validation and
-    test use the original recordings only, so they are scored once per call.
+    Each (call id, variant) is an entry; :meth:`indices` lists the original recordings only. Augmented variants
+    of training calls are alternatives that :meth:`variant_choices` offers the training batches (one version of
+    each call per epoch); validation and test never see them.
     """
 
     def __init__(self, store: CacheStore):
@@ -114,15 +116,38 @@ class CallData:
         self.text_len = torch.as_tensor(store.lengths("text"))
 
     def indices(self, split: str) -> list[int]:
-        return [i for i, s in enumerate(self.split) if s == split]
+        """Calls of ``split``, original recordings only."""
+        return [i for i, s in enumerate(self.split) if s == split and self.variants[i] == "orig"]
 
-    def used_rows(self) -> np.ndarray:
-        return np.concatenate(self.rows)
+    @property
+    def variant_names(self) -> list[str]:
+        return sorted({v for v in self.variants if v != "orig"})
 
-    def used_bytes(self, modalities: tuple[str, ...] = ("audio", "text")) -> int:
+    def variant_choices(self, calls: list[int], names: tuple[str, ...]) -> list[list[int]] | None:
+        """For each original call, [itself, its cached variants named in ``names`` ("all" = every one)], or None
+        when no variant is asked for."""
+        if not names:
+            return None
+        valid = self.variant_names
+        wanted = set(valid) if "all" in names else set(names)
+        unknown = sorted(wanted - set(valid))
+        if unknown:
+            raise TrainError(f"{self.store.path}: no augmentation variant {', '.join(map(repr, unknown))} in this "
+                             f"cache; cached variants: {', '.join(valid) or 'none (extract with --augment)'}")
+        by_call: dict[str, list[int]] = {}
+        for i, (cid, var) in enumerate(zip(self.calls, self.variants)):
+            if var in wanted and self.split[i] == "train":
+                by_call.setdefault(cid, []).append(i)
+        return [[c] + by_call.get(self.calls[c], []) for c in calls]
+
+    def used_rows(self, calls: list[int] | None = None) -> np.ndarray:
+        """Store rows of ``calls`` (default: every entry, variants included)."""
+        return np.concatenate([self.rows[c] for c in (range(len(self.rows)) if calls is None else calls)])
+
+    def used_bytes(self, modalities: tuple[str, ...] = ("audio", "text"), calls: list[int] | None = None) -> int:
         per_row = 2 * (("audio" in modalities) * self.audio_frames * self.audio_dim
                        + ("text" in modalities) * self.text_tokens * self.text_dim)
-        return int(len(self.used_rows()) * per_row)
+        return int(len(self.used_rows(calls)) * per_row)
 
 
 class FeatureSource:
@@ -132,15 +157,15 @@ class FeatureSource:
     LOAD_ROWS = 256   # rows per read while loading (bounds host memory)
 
     def __init__(self, data: CallData, device: torch.device, max_gb: float = 0.0,
-                 modalities: tuple[str, ...] = ("audio", "text")):
+                 modalities: tuple[str, ...] = ("audio", "text"), calls: list[int] | None = None):
         self.data, self.device, self.modalities = data, device, tuple(modalities)
-        need = data.used_bytes(self.modalities)
+        need = data.used_bytes(self.modalities, calls)
         budget = max_gb * 2**30 if max_gb else self._auto_budget(device)
         self.resident = need <= budget
         self._map = None
         self.audio = self.text = None
         if self.resident:
-            rows = np.sort(data.used_rows())
+            rows = np.sort(data.used_rows(calls))
             log.info("loading %.2f GB of cached features (%s) onto %s", need / 2**30, "+".join(self.modalities),
                      device)
             self._map = torch.full((data.store.n,), -1, dtype=torch.long)
@@ -181,11 +206,27 @@ class FeatureSource:
             out = arr.get_orthogonal_selection((rows, slice(None), slice(None)))
         return torch.from_numpy(np.ascontiguousarray(out))
 
+    def view(self, modalities: tuple[str, ...]) -> "FeatureSource":
+        """The same loaded features serving a model that uses fewer modalities (a sweep loads the cache once)."""
+        missing = set(modalities) - set(self.modalities)
+        if missing:
+            raise ValueError(f"features loaded without {', '.join(sorted(missing))}")
+        other = copy.copy(self)
+        other.modalities = tuple(modalities)
+        if "audio" not in modalities:
+            other.audio = None
+        if "text" not in modalities:
+            other.text = None
+        return other
+
     def get(self, rows: np.ndarray, a_max: int, t_max: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(audio (S, a_max, Da), text (S, t_max, Dt)) float16 on the device, None for an unused modality; rows
         cut to the batch's longest."""
         if self.resident:
-            idx = self._map[torch.as_tensor(rows)].to(self.device)
+            idx = self._map[torch.as_tensor(rows)]
+            if bool((idx < 0).any()):   # a row that was not loaded would silently read another row
+                raise TrainError("internal: batch asks for cache rows that were not loaded")
+            idx = idx.to(self.device)
             a = self.audio[idx, :a_max] if self.audio is not None else None
             t = self.text[idx, :t_max] if self.text is not None else None
             return a, t
@@ -206,8 +247,9 @@ class Batches:
     """Iterates batches of whole calls; streaming sources are read ahead by a background thread."""
 
     def __init__(self, data: CallData, source: FeatureSource, calls: list[int], batch_calls: int,
-                 shuffle: bool, generator: torch.Generator | None, full_text: bool, prefetch: int = 2):
-        self.data, self.source, self.calls = data, source, calls
+                 shuffle: bool, generator: torch.Generator | None, full_text: bool, prefetch: int = 2,
+                 choices: list[list[int]] | None = None):
+        self.data, self.source, self.calls, self.choices = data, source, calls, choices
         self.batch_calls, self.shuffle, self.generator = batch_calls, shuffle, generator
         self.full_text, self.prefetch = full_text, prefetch
 
@@ -216,6 +258,9 @@ class Batches:
 
     def _groups(self) -> list[list[int]]:
         order = self.calls
+        if self.choices is not None:   # one version of each call this epoch: the original or a cached variant
+            pick = torch.randint(0, 2**31 - 1, (len(order),), generator=self.generator).tolist()
+            order = [ch[p % len(ch)] for ch, p in zip(self.choices, pick)]
         if self.shuffle:
             perm = torch.randperm(len(order), generator=self.generator).tolist()
             order = [order[i] for i in perm]
@@ -264,3 +309,23 @@ def open_cache(path: str) -> CacheStore:
         return CacheStore.open(path)
     except StoreError as e:
         raise TrainError(str(e)) from None
+
+
+@dataclass
+class LoadedCache:
+    """A cache opened, checked and its features loaded once, so that many runs (a sweep) train from it."""
+
+    store: CacheStore
+    data: CallData
+    source: FeatureSource
+
+    @property
+    def device(self) -> torch.device:
+        return self.source.device
+
+
+def load_cache(path: str, device: torch.device, max_gb: float = 0.0,
+               modalities: tuple[str, ...] = ("audio", "text")) -> LoadedCache:
+    store = open_cache(path)
+    data = CallData(store)
+    return LoadedCache(store, data, FeatureSource(data, device, max_gb, modalities=modalities))

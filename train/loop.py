@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import os
@@ -14,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checkpoint import WEIGHTS, atomic_write_json, load_weights, save_weights, write_run_config
+from .checkpoint import (STATE, WEIGHTS, atomic_write_json, load_train_state, load_weights, read_run_config,
+                         restore_train_state, save_train_state, save_weights, write_run_config)
 from .config import TrainConfig
-from .data import Batches, CallData, FeatureSource, TrainError, open_cache
+from .data import Batches, CallData, FeatureSource, LoadedCache, TrainError, open_cache
 from .metrics import all_task_metrics
 from .model import MSMTFN, ModelDims, build_model
 from .plots import confusion_matrices, learning_curves
@@ -88,47 +90,100 @@ def evaluate(model: MSMTFN, batches: Batches, data: CallData, weights: dict, dev
     return total / max(1, n), all_task_metrics(data.scheme, y_true, preds), probs_np
 
 
-def fit(cfg: TrainConfig) -> dict:
-    """Train one configuration; writes the run folder and returns its metrics (``metrics['run_dir']``)."""
+# settings that may differ between a run and its resumption: they do not change the numbers
+RESUME_FREE = ("device", "threads", "progress", "plots", "max_cache_gb", "out", "cache")  # cache: by fingerprint
+
+
+def _check_resumable(run_dir: Path, cfg: TrainConfig, fingerprint: str) -> None:
+    meta = read_run_config(run_dir)
+    old = {k: v for k, v in meta.get("train", {}).items() if k not in RESUME_FREE}
+    new = {k: v for k, v in json.loads(json.dumps(cfg.to_dict(), default=list)).items() if k not in RESUME_FREE}
+    changed = [f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if changed:
+        raise TrainError(f"{run_dir}: cannot resume with different settings ({'; '.join(changed[:5])}); resume with "
+                         "the run's own settings, or train into a new --out")
+    if meta.get("cache", {}).get("fingerprint") != fingerprint:
+        raise TrainError(f"{run_dir}: was trained on a cache with fingerprint {meta.get('cache', {}).get('fingerprint')}"
+                         f", not {fingerprint}; resume on the same cache or train into a new --out")
+
+
+def fit(cfg: TrainConfig, *, resume: bool = False, loaded: LoadedCache | None = None) -> dict:
+    """Train one configuration; writes the run folder and returns its metrics (``metrics['run_dir']``).
+
+    ``resume=True`` continues the run in ``cfg.out`` from its last finished epoch (``train_state.pt``) and gives
+    the same result as an uninterrupted run on CPU; a finished run is returned as it is. ``loaded`` is a cache
+    already in memory (:func:`train.data.load_cache`), shared by the trials of a sweep."""
     t_start = time.perf_counter()
-    device = resolve_device(cfg.device)
+    device = loaded.device if loaded is not None else resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if resume and not cfg.out:
+        raise TrainError("--resume needs the run folder (--out or --resume RUN_DIR)")
+    run_dir = Path(cfg.out) if cfg.out else None
+    if resume and run_dir is not None and (run_dir / "metrics.json").is_file():
+        store = loaded.store if loaded is not None else open_cache(cfg.cache)
+        _check_resumable(run_dir, cfg, store.fingerprint)
+        log.info("%s: already finished; nothing to resume", run_dir)
+        return {**json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")), "resumed": "finished"}
     seed_everything(cfg.seed)
-    store = open_cache(cfg.cache)
-    data = CallData(store)
+    store = loaded.store if loaded is not None else open_cache(cfg.cache)
+    data = loaded.data if loaded is not None else CallData(store)
     scheme = data.scheme
     dims = ModelDims(audio_dim=data.audio_dim, text_dim=data.text_dim, text_tokens=data.text_tokens,
                      tasks={t.name: t.num_classes for t in scheme.tasks})
     model = build_model(cfg, dims).to(device)
     amp = cfg.amp and device.type == "cuda"
-    run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg, store.dataset)
+    run_dir = run_dir or default_run_dir(cfg, store.dataset)
+    state_path = run_dir / STATE
+    state = None
+    if resume and state_path.is_file():
+        _check_resumable(run_dir, cfg, store.fingerprint)
+        state = load_train_state(state_path)
+    elif resume:
+        log.info("%s: no %s yet; starting the run from its first epoch", run_dir, STATE)
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.plots:
         (run_dir / "plots").mkdir(exist_ok=True)
     splits = {s: data.indices(s) for s in ("train", "valid", "test")}
+    choices = data.variant_choices(splits["train"], cfg.augment_variants)
     n_params = sum(p.numel() for p in model.parameters())
     write_run_config(run_dir, cfg, dims, {"cache": {"path": str(store.path), "fingerprint": store.fingerprint,
                                                     "settings": store.settings, "label_scheme": scheme.name},
                                           "parameters": n_params})
     log.info("%d train / %d valid / %d test calls; %.2fM parameters; device %s", len(splits["train"]),
              len(splits["valid"]), len(splits["test"]), n_params / 1e6, device)
+    if choices:
+        log.info("training samples each call's original or one of %d cached variants per epoch",
+                 sum(len(c) - 1 for c in choices))
 
-    source = FeatureSource(data, device, cfg.max_cache_gb, modalities=model.modalities)
+    if loaded is not None:
+        source = loaded.source.view(model.modalities)
+    else:
+        needed = sorted({c for ch in (choices or []) for c in ch} | {c for v in splits.values() for c in v})
+        source = FeatureSource(data, device, cfg.max_cache_gb, modalities=model.modalities, calls=needed)
     gen = torch.Generator().manual_seed(cfg.seed)
     full_text = model.pooling == "flatten"
-    make = lambda calls, shuffle: Batches(data, source, calls, cfg.batch_calls, shuffle, gen if shuffle else None,  # noqa: E731
-                                          full_text=full_text)
-    train_b, val_b, test_b = make(splits["train"], True), make(splits["valid"], False), make(splits["test"], False)
+    make = lambda calls, shuffle, ch=None: Batches(data, source, calls, cfg.batch_calls, shuffle,  # noqa: E731
+                                                   gen if shuffle else None, full_text=full_text, choices=ch)
+    train_b = make(splits["train"], True, choices)
+    val_b, test_b = make(splits["valid"], False), make(splits["test"], False)
     weights = {t: float(cfg.loss_weights.get(t, 1.0)) for t in model.heads}
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_b) / cfg.grad_accum)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.epochs * steps_per_epoch, cfg.warmup))  # once
 
     history: list[dict] = []
-    best_score, best_epoch, bad = None, 0, 0
+    best_score, best_epoch, bad, first = None, 0, 0, 1
+    if state is not None:
+        first = restore_train_state(state, model, opt, sched, gen, state_path) + 1
+        history, best_epoch, bad = state["history"], state["best_epoch"], state["bad"]
+        best_score = tuple(state["best_score"]) if state["best_score"] is not None else None
+        log.info("%s: resuming after epoch %d (best so far: epoch %d)", run_dir, first - 1, best_epoch)
     weights_path = run_dir / WEIGHTS
-    for epoch in range(1, cfg.epochs + 1):
+    stopped = state is not None and state.get("stopped", False)
+    for epoch in range(first, cfg.epochs + 1):
+        if stopped:
+            break
         t0 = time.perf_counter()
         model.train()
         running, seen = 0.0, 0
@@ -163,9 +218,12 @@ def fit(cfg: TrainConfig) -> dict:
         log.info("epoch %d: train loss %.4f, val loss %.4f, val %s-class acc %.3f mF1 %.3f%s", epoch,
                  row["train_loss"], val_loss, cfg.task, sel["accuracy"], sel["macro_f1"], " *" if improved else "")
         _write_history(run_dir / "history.csv", history)
-        if bad >= cfg.patience:
+        stopped = bad >= cfg.patience
+        # after the best weights: a kill between the two files re-runs this epoch, which rewrites the same weights
+        save_train_state(state_path, epoch=epoch, model=model, opt=opt, sched=sched, gen=gen, history=history,
+                         best_score=best_score, best_epoch=best_epoch, bad=bad, stopped=stopped)
+        if stopped:
             log.info("early stop: no better validation score for %d epochs", cfg.patience)
-            break
 
     load_weights(model, weights_path, device)           # the validation-selected checkpoint
     val_loss, val, _ = evaluate(model, val_b, data, weights, device, amp)
@@ -182,15 +240,18 @@ def fit(cfg: TrainConfig) -> dict:
         "calls": {s: len(v) for s, v in splits.items()}, "config": cfg.to_dict(),
         "cache_fingerprint": store.fingerprint, "device": str(device),
         "seconds": time.perf_counter() - t_start,
-        "epoch_seconds": float(np.median([h["seconds"] for h in history])),
+        "epoch_seconds": float(np.median([h["seconds"] for h in history])) if history else float("nan"),
     }
-    atomic_write_json(run_dir / "metrics.json", metrics)
+    if state is not None:
+        metrics["resumed_after_epoch"] = first - 1
     if cfg.plots:
         classes = {t.name: t.classes for t in scheme.tasks}
         learning_curves(history, cfg.task, run_dir / "plots" / "learning_curves.png")
         confusion_matrices(val, classes, "validation (best checkpoint)", run_dir / "plots" / "confusion_valid.png")
         if test:
             confusion_matrices(test, classes, "test (best checkpoint)", run_dir / "plots" / "confusion_test.png")
+    atomic_write_json(run_dir / "metrics.json", metrics)   # last: its presence marks the run finished
+    state_path.unlink(missing_ok=True)                      # optimizer state is 3x the model; not needed now
     return metrics
 
 

@@ -1,0 +1,203 @@
+"""Training crash-safety: a run killed with SIGKILL and resumed ends exactly like an uninterrupted one (CPU), a
+finished run is not retrained, and damaged or mismatched checkpoints are refused with one clear line."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pipeline.synthetic import write_synthetic_store
+from train.checkpoint import STATE, CheckpointError, load_run
+from train.cli import main as train_cli
+from train.config import TrainConfig
+from train.data import TrainError
+from train.loop import fit
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SMALL = dict(d_model=32, heads=4, ffn=64, gru_hidden=16, head_hidden=32, cross_layers=1, bottleneck_layers=1,
+             dropout=0.2, progress=False, device="cpu", plots=False, threads=1, epochs=6, patience=100, lr=1e-3)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return write_synthetic_store(tmp_path_factory.mktemp("resume") / "s.zarr", calls=60, segments_per_call=(1, 4),
+                                 audio_frames=12, text_tokens=6, seed=5)
+
+
+def _cfg(store, out, **kw) -> TrainConfig:
+    return TrainConfig(cache=str(store.path), out=str(out), **{**SMALL, **kw})
+
+
+def _history(run_dir) -> list[dict]:
+    rows = list(csv.DictReader(open(Path(run_dir) / "history.csv")))
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def _same_run(a: dict, b: dict) -> None:
+    assert Path(a["run_dir"], "model.safetensors").read_bytes() == Path(b["run_dir"], "model.safetensors").read_bytes()
+    assert a["val"] == b["val"] and a["test"] == b["test"] and a["best_epoch"] == b["best_epoch"]
+    assert _history(a["run_dir"]) == _history(b["run_dir"])
+
+
+def _argv(cfg: TrainConfig) -> list[str]:
+    return ["--cache", cfg.cache, "--out", cfg.out, "--device", "cpu", "--threads", "1", "--epochs", str(cfg.epochs),
+            "--patience", str(cfg.patience), "--lr", str(cfg.lr), "--d-model", "32", "--heads", "4", "--ffn", "64",
+            "--gru-hidden", "16", "--head-hidden", "32", "--cross-layers", "1", "--bottleneck-layers", "1",
+            "--dropout", "0.2", "--no-plots", "-q"]
+
+
+def test_sigkill_mid_training_then_resume_equals_uninterrupted(store, tmp_path):
+    ref = fit(_cfg(store, tmp_path / "ref"))
+    cfg = _cfg(store, tmp_path / "killed")
+    state = Path(cfg.out) / STATE
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    code = "import sys; from train.cli import main; sys.exit(main())"
+    proc = subprocess.Popen([sys.executable, "-c", code, *_argv(cfg)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if state.is_file() and len(_history(cfg.out)) >= 2:   # at least two epochs done, the third under way
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()[-500:]}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (Path(cfg.out) / "metrics.json").exists()
+    done_before = len(_history(cfg.out))
+    assert 2 <= done_before < cfg.epochs
+
+    result = CliRunner().invoke(train_cli, ["--resume", cfg.out, "--threads", "1", "-q", "--json"])
+    assert result.exit_code == 0, result.output
+    resumed = json.loads(result.output)
+    assert resumed["resumed_after_epoch"] >= done_before - 1
+    _same_run(resumed, ref)
+    assert not state.exists()   # removed once the run finished
+
+
+def test_interrupt_after_each_epoch_resumes_identically(store, tmp_path, monkeypatch):
+    """Stop the run (as Ctrl-C would) right after epoch k's state is saved, for several k; resume; compare."""
+    import train.loop as loop
+
+    ref = fit(_cfg(store, tmp_path / "ref", augment_variants=()))
+    real_save = loop.save_train_state
+    for k in (1, 3, 5):
+        def stop_after(path, *, epoch, **kw):
+            real_save(path, epoch=epoch, **kw)
+            if epoch == k:
+                raise KeyboardInterrupt
+        monkeypatch.setattr(loop, "save_train_state", stop_after)
+        cfg = _cfg(store, tmp_path / f"stop{k}")
+        with pytest.raises(KeyboardInterrupt):
+            fit(cfg)
+        monkeypatch.setattr(loop, "save_train_state", real_save)
+        resumed = fit(cfg, resume=True)
+        assert resumed["resumed_after_epoch"] == k
+        _same_run(resumed, ref)
+
+
+def test_early_stopped_state_resumes_to_the_same_end(store, tmp_path, monkeypatch):
+    import train.loop as loop
+
+    kw = dict(patience=1, epochs=8, lr=3e-2)
+    ref = fit(_cfg(store, tmp_path / "ref", **kw))
+    assert ref["epochs_run"] < 8, "the setting should stop early"
+    real_save = loop.save_train_state
+
+    def crash_at_stop(path, **state):
+        real_save(path, **state)
+        if state["stopped"]:
+            raise KeyboardInterrupt    # killed after the stop was decided, before the test evaluation
+    monkeypatch.setattr(loop, "save_train_state", crash_at_stop)
+    cfg = _cfg(store, tmp_path / "run", **kw)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg)
+    monkeypatch.setattr(loop, "save_train_state", real_save)
+    _same_run(fit(cfg, resume=True), ref)
+
+
+def test_finished_run_is_not_retrained(store, tmp_path):
+    cfg = _cfg(store, tmp_path / "run", epochs=2)
+    first = fit(cfg)
+    mtime = Path(first["run_dir"], "model.safetensors").stat().st_mtime_ns
+    again = fit(cfg, resume=True)
+    assert again["resumed"] == "finished" and again["val"] == first["val"]
+    assert Path(first["run_dir"], "model.safetensors").stat().st_mtime_ns == mtime
+
+
+def test_resume_refuses_other_settings_or_cache(store, tmp_path, monkeypatch):
+    import train.loop as loop
+
+    cfg = _cfg(store, tmp_path / "run", epochs=3)
+    real_save = loop.save_train_state
+
+    def stop(path, **state):
+        real_save(path, **state)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(loop, "save_train_state", stop)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg)
+    monkeypatch.setattr(loop, "save_train_state", real_save)
+    with pytest.raises(TrainError, match=r"cannot resume with different settings \(lr: 0.001 → 0.002\)"):
+        fit(cfg.with_(lr=2e-3), resume=True)
+    other = write_synthetic_store(tmp_path / "other.zarr", calls=20, segments_per_call=(1, 2), audio_frames=12,
+                                  text_tokens=6, seed=9)
+    with pytest.raises(TrainError, match="trained on a cache with fingerprint"):
+        fit(cfg.with_(cache=str(other.path)), resume=True)
+    # settings that do not change the numbers may differ
+    assert fit(cfg.with_(plots=True, max_cache_gb=1.0), resume=True)["resumed_after_epoch"] == 1
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "pickle"])
+def test_damaged_training_state_is_refused_clearly(store, tmp_path, monkeypatch, damage):
+    import train.loop as loop
+
+    cfg = _cfg(store, tmp_path / "run", epochs=3)
+    real_save = loop.save_train_state
+
+    def stop(path, **state):
+        real_save(path, **state)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(loop, "save_train_state", stop)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg)
+    monkeypatch.setattr(loop, "save_train_state", real_save)
+    state = Path(cfg.out) / STATE
+    data = state.read_bytes()
+    if damage == "truncate":
+        state.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        state.write_bytes(os.urandom(len(data)))
+    elif damage == "empty":
+        state.write_bytes(b"")
+    else:   # a pickle that would run code if loaded without weights_only
+        import pickle
+
+        class Evil:
+            def __reduce__(self):
+                return (os.system, ("touch " + str(tmp_path / "pwned"),))
+        state.write_bytes(pickle.dumps({"format": 1, "x": Evil()}))
+    with pytest.raises(CheckpointError, match=r"train_state.pt: not a readable training state .*delete it"):
+        fit(cfg, resume=True)
+    assert not (tmp_path / "pwned").exists()
+    result = CliRunner().invoke(train_cli, ["--resume", cfg.out, "-q"])
+    assert result.exit_code == 1 and "not a readable training state" in result.output
+
+
+def test_damaged_best_weights_are_refused_clearly(store, tmp_path):
+    run = fit(_cfg(store, tmp_path / "run", epochs=1))
+    w = Path(run["run_dir"], "model.safetensors")
+    w.write_bytes(w.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="model.safetensors: not a readable checkpoint"):
+        load_run(run["run_dir"])
+    torch.manual_seed(0)  # keep the global RNG tidy for later tests
