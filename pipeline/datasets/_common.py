@@ -165,17 +165,31 @@ def scheme_or_error(name: str) -> LabelScheme:
         raise ManifestError(f"label_scheme: {e.args[0]}") from None
 
 
-def check_labels(rows: list[tuple[str, str]], scheme_name: str, allow_empty: bool) -> None:
-    """``rows`` = (where, label as written). Unknown labels stop the manifest, listing the offending rows."""
+def check_labels(rows: list[tuple[str, str]], scheme_name: str, allow_empty: bool,
+                 issues: list[Issue] | None = None) -> set[str]:
+    """``rows`` = (where, label as written). A row with an unknown label is named in ``issues`` and its ``where``
+    returned, so the adapter leaves it out and the run goes on. When most rows are unknown the labels are not
+    this scheme's at all (a wrong column or dataset), and the manifest stops, listing the offending rows."""
     scheme = scheme_or_error(scheme_name)
     valid = label_lookup(scheme)
     bad = [(w, lab) for w, lab in rows if lab.lower() not in valid and not (allow_empty and lab == "")]
-    if bad:
+    accepted = f"{', '.join(scheme.base_labels)}" + (" or empty (unlabelled)" if allow_empty else "")
+    if bad and (issues is None or 2 * len(bad) > len(rows)):
         shown = "; ".join(f"{w} {lab!r}" for w, lab in bad[:10])
         more = f"; and {len(bad) - 10} more" if len(bad) > 10 else ""
         raise ManifestError(f"unknown label(s) in {len(bad)} row(s): {shown}{more}. Valid labels ({scheme.name}): "
-                            f"{', '.join(scheme.base_labels)}" + (" or empty (unlabelled)" if allow_empty else "")
-                            + ". Fix those rows or remove them")
+                            f"{accepted}. Fix those rows or remove them")
+    for w, lab in bad:
+        issues.append(Issue(w, f"unknown label {lab!r} (valid: {accepted}); row skipped"))
+    return {w for w, _ in bad}
+
+
+def drop_rows(calls: dict[str, list[Item]], wheres: set[str]) -> dict[str, list[Item]]:
+    """``calls`` without the segments whose source row is in ``wheres`` (calls left empty disappear)."""
+    if not wheres:
+        return calls
+    out = {cid: [it for it in items if it[2].source_row not in wheres] for cid, items in calls.items()}
+    return {cid: items for cid, items in out.items() if items}
 
 
 # --------------------------------------------------------------------------------------------------- splits

@@ -42,8 +42,9 @@ import math
 from pathlib import Path
 
 from ..manifest import Issue, Manifest, PathRefused, Segment, resolve_audio
-from ._common import (ManifestError, build_manifest, check_labels, label_lookup, majority_labels, normalise_split,
-                      parse_ratios, read_csv, require_columns, scheme_or_error, split_counts, stratified_split)
+from ._common import (ManifestError, build_manifest, check_labels, drop_rows, label_lookup, majority_labels,
+                      normalise_split, parse_ratios, read_csv, require_columns, scheme_or_error, split_counts,
+                      stratified_split)
 
 COLUMNS = {"call": ("call_id",), "audio": ("audio",)}
 DEFAULT_NAMES = ("calls.csv", "manifest.csv")
@@ -171,7 +172,7 @@ def load_generic_csv(data_dir: Path, *, allow_outside_paths: bool = False, seed:
         seg = Segment(segment_id=seg_id, call_id=call_id, index=0, split=split, label=label, audio_path=str(audio),
                       text=text, start=start, end=end, source_row=where)
         calls.setdefault(call_id, []).append((order_key, order, seg))
-    check_labels(labels_seen, scheme.name, allow_empty=True)
+    calls = drop_rows(calls, check_labels(labels_seen, scheme.name, allow_empty=True, issues=issues))
     calls = majority_labels(calls, issues)
     notes: dict = {"split": "column" if any_split else "none", "sources": [path.name]}
     if any_split:

@@ -19,9 +19,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..manifest import Issue, Manifest, PathRefused, Segment, resolve_audio
-from ._common import (ManifestError, build_manifest, check_labels, label_lookup, last_int, majority_labels,
-                      normalise_split, parse_ratios, read_csv, require_columns, scheme_or_error, split_counts,
-                      stratified_split)
+from ._common import (ManifestError, build_manifest, check_labels, drop_rows, label_lookup, last_int,
+                      majority_labels, normalise_split, parse_ratios, read_csv, require_columns, scheme_or_error,
+                      split_counts, stratified_split)
 
 SPLIT_FILES = {"train": ("train.csv",), "valid": ("valid.csv", "val.csv", "dev.csv"), "test": ("test.csv",)}
 COLUMNS = {"call": ("phone",), "audio": ("audio_id",), "text": ("text",), "label": ("label",)}
@@ -134,7 +134,7 @@ def load_marketcalls(data_dir: Path, *, allow_outside_paths: bool = False, seed:
                           audio_path=str(audio), text=text, source_row=where)
             calls.setdefault(call_id, []).append((key, order, seg))
             order += 1
-    check_labels(labels_seen, scheme.name, allow_empty=False)
+    calls = drop_rows(calls, check_labels(labels_seen, scheme.name, allow_empty=False, issues=issues))
     calls = majority_labels(calls, issues)
     notes: dict = {"split": split_mode, "sources": [p.name for p, _ in sources]}
     if split_mode == "files":
