@@ -14,6 +14,7 @@ import click
 from pipeline.store import CODECS, CacheStore, StoreError
 
 from .audio import RATE_POLICIES
+from .augment import TRANSFORMS
 from .run import PAPER_AUDIO_MODEL, PAPER_TEXT_MODEL, ExtractConfig, extract
 
 EXIT_SKIPPED = 3
@@ -108,7 +109,11 @@ def main(ctx):
 @click.option("--allow-outside-paths", is_flag=True,
               help="Let CSVs name audio outside --data-dir (absolute paths, ../).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code from the hub (off by default).")
-@click.option("--seed", default=0, show_default=True, help="Seed of a generated train/valid/test split.")
+@click.option("--seed", default=0, show_default=True,
+              help="Seed of a generated train/valid/test split and of the augmentation draws.")
+@click.option("--augment", default="", metavar="NAME,…",
+              help="Augmented copies of the training rows, cached as extra rows: " + ", ".join(TRANSFORMS) + ".")
+@click.option("--variants", default=1, show_default=True, help="Copies per training row and augmentation.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def run_cmd(as_json: bool, quiet: bool, **kw):
@@ -121,8 +126,8 @@ def run_cmd(as_json: bool, quiet: bool, **kw):
     Exit status: 0 all encoded; 3 some inputs skipped (see report.json); 1 error.
     """
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s")
-    cfg = ExtractConfig(**kw)
     try:
+        cfg = ExtractConfig(**kw)
         res = extract(cfg, progress=not quiet)
     except (StoreError, ValueError, OSError) as e:
         raise click.ClickException(str(e)) from None

@@ -23,6 +23,8 @@ from pipeline.manifest import Segment
 from pipeline.store import CODECS, CacheStore, StoreShape
 
 from .audio import RATE_POLICIES, AudioError, AudioPolicy, load_segment
+from .augment import AugmentError, Augmenter, add_variant_rows, parse_augment
+from .augment import settings as augment_settings
 from .encoders import AudioEncoder, EncoderSpec, TextEncoder, resolve_dtype
 from .segmentation import plan_segments
 from .writer import ShardWriter
@@ -60,12 +62,19 @@ class ExtractConfig:
     overwrite: bool = False
     allow_outside_paths: bool = False
     trust_remote_code: bool = False
-    seed: int = 0                           # for a dataset's generated split
+    seed: int = 0                           # for a dataset's generated split and the augmentation draws
+    augment: tuple = ()                     # audio augmentations for training rows (extract/augment.py)
+    variants: int = 1                       # augmented copies per training row and augmentation
     dataset_options: dict = field(default_factory=dict)
 
     @property
     def out_path(self) -> Path:
         return Path(self.out) if self.out else Path("cache") / f"{self.dataset}.zarr"
+
+    def __post_init__(self):
+        object.__setattr__(self, "augment", parse_augment(self.augment))
+        if self.augment and self.variants < 1:
+            raise AugmentError(f"--variants must be at least 1, not {self.variants}")
 
     @property
     def pool(self) -> int:
@@ -96,8 +105,9 @@ class SegmentSource(torch.utils.data.Dataset):
     """Decodes, resamples, normalises and tokenises one planned row; runs in DataLoader workers."""
 
     def __init__(self, rows: list[Segment], rate: int, max_samples: int, min_samples: int, feature_extractor,
-                 text_encoder: TextEncoder):
+                 text_encoder: TextEncoder, augmenter: Augmenter | None = None):
         self.rows, self.rate, self.max_samples, self.min_samples = rows, rate, max_samples, min_samples
+        self.augmenter = augmenter
         self.fe = feature_extractor
         self.tokenize = text_encoder.tokenize
 
@@ -109,6 +119,10 @@ class SegmentSource(torch.utils.data.Dataset):
         item = {"row": i, "warnings": []}
         try:
             x, warnings = load_segment(seg.audio_path, seg.start, seg.end, self.rate)
+            if seg.variant != "orig":
+                x = self.augmenter(x, self.rate, seg)
+                if len(x) > self.max_samples:   # a slowed-down copy of a full-length segment: cut, as planned
+                    x = x[: self.max_samples]
             item["warnings"] += warnings
             if len(x) < self.min_samples:
                 raise AudioError(f"too short ({len(x)} samples at {self.rate} Hz; the encoder needs "
@@ -165,7 +179,7 @@ def build_settings(cfg: ExtractConfig, audio: AudioEncoder, text: TextEncoder, p
         "compute_dtype": dtype,
         "store_dtype": "float16",
         "segmentation": {"max_seconds": cfg.max_seconds, "long_segments": "equal pieces"},
-        "augmentation": {"variants": []},
+        "augmentation": augment_settings(cfg.augment, cfg.variants, cfg.seed),
     }
 
 
@@ -179,7 +193,8 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> ExtractResult:
     manifest = load_manifest(cfg.dataset, cfg.data_dir, allow_outside_paths=cfg.allow_outside_paths, seed=cfg.seed,
                              **cfg.dataset_options)
     rows, durations = plan_segments(manifest, cfg.max_seconds, workers=max(1, cfg.num_workers))
-    log.info("%s: %d calls, %d segments (%d rows after splitting long segments), %d manifest issues",
+    rows, durations = add_variant_rows(rows, durations, cfg.augment, cfg.variants, cfg.max_seconds)
+    log.info("%s: %d calls, %d segments (%d rows with long segments split and augmented copies), %d manifest issues",
              cfg.dataset, len(manifest.calls()), len(manifest), len(rows), len(manifest.issues))
 
     dtype = resolve_dtype(cfg.dtype, cfg.device)
@@ -218,7 +233,8 @@ def _extract_into(cfg, out, manifest, rows, durations, audio, text, policy, shap
     budget = int((cfg.batch_seconds or (1280.0 if cfg.device.startswith("cuda") else 160.0)) * policy.input_rate)
     batches = [b for b in make_batches(lengths, blocks, max(budget, max_samples), cfg.max_batch) if todo[b].any()]
 
-    source = SegmentSource(rows, policy.input_rate, max_samples, audio.min_samples(), audio.feature_extractor, text)
+    source = SegmentSource(rows, policy.input_rate, max_samples, audio.min_samples(), audio.feature_extractor, text,
+                           Augmenter(cfg.augment, cfg.seed) if cfg.augment else None)
     loader = torch.utils.data.DataLoader(
         source, batch_sampler=batches, collate_fn=_collate, num_workers=cfg.num_workers,
         prefetch_factor=4 if cfg.num_workers else None, persistent_workers=False)

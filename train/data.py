@@ -124,13 +124,18 @@ class CallData:
         return sorted({v for v in self.variants if v != "orig"})
 
     def variant_choices(self, calls: list[int], names: tuple[str, ...]) -> list[list[int]] | None:
-        """For each original call, [itself, its cached variants named in ``names`` ("all" = every one)], or None
-        when no variant is asked for."""
+        """For each original call, [itself, its cached variants named in ``names``], or None when no variant is
+        asked for. A name is "all", a variant ("noise-2") or an augmentation ("noise": all of its copies)."""
         if not names:
             return None
         valid = self.variant_names
-        wanted = set(valid) if "all" in names else set(names)
-        unknown = sorted(wanted - set(valid))
+        wanted: set[str] = set()
+        unknown = []
+        for n in names:   # "all", an exact variant ("noise-2") or a family ("noise" = noise-1, noise-2, …)
+            hit = set(valid) if n == "all" else {v for v in valid if n in (v, v.rsplit("-", 1)[0])}
+            wanted |= hit
+            if not hit:
+                unknown.append(n)
         if unknown:
             raise TrainError(f"{self.store.path}: no augmentation variant {', '.join(map(repr, unknown))} in this "
                              f"cache; cached variants: {', '.join(valid) or 'none (extract with --augment)'}")
