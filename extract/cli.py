@@ -11,6 +11,7 @@ import sys
 
 import click
 
+from pipeline.cli import DefaultCommandGroup
 from pipeline.store import CODECS, CacheStore, StoreError
 
 from .audio import RATE_POLICIES
@@ -54,16 +55,7 @@ def format_info(info: dict) -> str:
     return "\n".join(lines)
 
 
-class _DefaultGroup(click.Group):
-    """``msmtfn-extract --dataset X`` runs extraction; ``msmtfn-extract info STORE`` is a subcommand."""
-
-    def parse_args(self, ctx, args):
-        if args and args[0] in self.commands:
-            return super().parse_args(ctx, args)
-        return super().parse_args(ctx, ["run", *args]) if args else super().parse_args(ctx, args)
-
-
-@click.group(cls=_DefaultGroup, invoke_without_command=True,
+@click.group(cls=DefaultCommandGroup, invoke_without_command=True,
              context_settings={"help_option_names": ["-h", "--help"]})
 @click.pass_context
 def main(ctx):

@@ -20,7 +20,7 @@ from pipeline.datasets import load_manifest
 from pipeline.fingerprint import compute_fingerprint
 from pipeline.lock import StoreLock
 from pipeline.manifest import Segment
-from pipeline.store import CODECS, CacheStore, StoreShape
+from pipeline.store import CODECS, CacheStore, StoreShape, remove_partial_writes
 
 from .audio import RATE_POLICIES, AudioError, AudioPolicy, load_segment
 from .augment import AugmentError, Augmenter, add_variant_rows, parse_augment
@@ -217,6 +217,8 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> ExtractResult:
 
 def _extract_into(cfg, out, manifest, rows, durations, audio, text, policy, shape, settings, digest, fingerprint,
                   max_samples, t0, progress) -> ExtractResult:
+    if removed := remove_partial_writes(out):
+        log.info("%s: removed %d partial chunk files left by an interrupted run", out, removed)
     store = CacheStore.open_or_create(out, shape, rows, fingerprint=fingerprint, settings=settings,
                                       manifest_digest=digest, codec=cfg.codec, overwrite=cfg.overwrite,
                                       notes=manifest.notes, dataset=cfg.dataset, label_scheme=manifest.label_scheme)

@@ -326,3 +326,20 @@ class CacheStore:
             "hidden_bytes_uncompressed": raw,
             "compression_ratio_written": (written_raw / hidden_disk) if hidden_disk and written_raw else math.nan,
         }
+
+
+def remove_partial_writes(path: str | Path) -> int:
+    """Delete the ``*.partial`` temporary files a killed writer left in a local store (zarr's LocalStore writes
+    each chunk to one and renames it into place, so they are never part of the data). Call with the store's lock
+    held; returns how many were removed."""
+    root = Path(path)
+    if not root.is_dir():
+        return 0
+    n = 0
+    for tmp in root.rglob("*.partial"):
+        try:
+            tmp.unlink()
+            n += 1
+        except FileNotFoundError:
+            pass
+    return n

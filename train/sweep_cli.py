@@ -1,0 +1,97 @@
+"""``msmtfn-sweep``: a thin click layer over :func:`train.sweep.run_sweep` and :func:`train.sweep.report`."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import click
+
+from pipeline.cli import DefaultCommandGroup
+
+from .checkpoint import CheckpointError
+from .config import ConfigError
+from .data import TrainError
+from .sweep import SweepOptions, report, run_sweep
+
+
+def _parse_set(items: tuple[str, ...]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. epochs=20")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except ValueError:
+            out[key.strip()] = raw   # a plain string such as modality=text
+    return out
+
+
+@click.group(cls=DefaultCommandGroup, invoke_without_command=True,
+             context_settings={"help_option_names": ["-h", "--help"]})
+@click.pass_context
+def main(ctx):
+    """Train many configurations × seeds on one cache (loaded once) and tabulate them.
+
+    \b
+      msmtfn-sweep --cache cache/marketcalls.zarr --grid paper-ablation --seeds 5 --device cuda
+      msmtfn-sweep --cache cache/marketcalls.zarr --grid my.toml --resume     # only the missing trials
+      msmtfn-sweep report runs/sweeps/paper-ablation                          # tables + chart again
+    """
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+
+
+@main.command("run", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--cache", required=True, help="Cache store made by msmtfn-extract.")
+@click.option("--grid", required=True, help="Grid TOML file, or a preset: paper-ablation.")
+@click.option("--seeds", default=None, type=int, help="Seeds 0..N-1 for every configuration (default: the grid's).")
+@click.option("--out", default=None, help="Sweep folder (default runs/sweeps/<grid name>).")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--resume", is_flag=True, help="Continue a sweep: finished trials are kept, interrupted ones continue.")
+@click.option("--parallel", default=1, show_default=True,
+              help="Trials trained at once in threads on the one loaded cache (see docs/benchmarks.md).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a training setting in every trial (repeatable), e.g. --set epochs=20.")
+@click.option("--max-cache-gb", default=0.0, show_default=True, help="Features kept on the device (0 = auto).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of the table.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or log lines.")
+def run_cmd(cache, grid, seeds, out, device, resume, parallel, overrides, max_cache_gb, as_json, quiet):
+    """Run a sweep (the default command). Exit status 0; 3 when some trial failed (named in trials.csv)."""
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        summary = run_sweep(SweepOptions(cache=cache, grid=grid, out=out, seeds=seeds, device=device, resume=resume,
+                                         parallel=parallel, overrides=_parse_set(overrides),
+                                         max_cache_gb=max_cache_gb, progress=not quiet))
+    except (ConfigError, TrainError, CheckpointError) as e:
+        raise click.ClickException(str(e)) from None
+    except KeyboardInterrupt:
+        click.echo("interrupted: finished trials are kept; --resume continues the rest", err=True)
+        sys.exit(130)
+    _print(summary, as_json)
+    if summary.get("failed"):
+        sys.exit(3)
+
+
+@main.command("report")
+@click.argument("sweep_dir", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+def report_cmd(sweep_dir, as_json):
+    """Rewrite results.csv, results.md and results.png of a sweep folder from its trials."""
+    try:
+        _print(report(sweep_dir), as_json)
+    except (TrainError, OSError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _print(summary: dict, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in summary.items() if k != "markdown"}, indent=2, default=str))
+    else:
+        click.echo(summary["markdown"])
+        click.echo(f"written: {summary['sweep']}/results.csv, results.md, results.png, trials.csv")
+
+
+if __name__ == "__main__":
+    main()
