@@ -118,11 +118,18 @@ def run_cmd(as_json: bool, quiet: bool, **kw):
     Exit status: 0 all encoded; 3 some inputs skipped (see report.json); 1 error.
     """
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s")
+    if quiet:   # transformers' own "Loading weights" bars too
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     try:
         cfg = ExtractConfig(**kw)
         res = extract(cfg, progress=not quiet)
-    except (StoreError, ValueError, OSError) as e:
+    except (StoreError, ValueError) as e:
         raise click.ClickException(str(e)) from None
+    except OSError as e:   # e.g. the disk filled up while the store was being created
+        raise click.ClickException(f"{e}; fix the cause (disk space, permissions) and run the same command again: "
+                                   "finished shards are kept") from None
     except KeyboardInterrupt:
         click.echo("interrupted: finished shards are kept; run the same command again to resume", err=True)
         sys.exit(130)

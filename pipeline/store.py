@@ -34,6 +34,7 @@ from .manifest import Segment
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+CREATING = "msmtfn_creating"     # root attribute present only while CacheStore.create is still writing
 TABLE_STR_FIELDS = ("call_id", "split", "label", "source_path", "variant", "segment_id")
 TABLE_FIELDS = TABLE_STR_FIELDS + ("segment_index", "start", "end")
 
@@ -114,7 +115,9 @@ class CacheStore:
         path = Path(path)
         if segments and len(segments) != shape.n:
             raise StoreError(f"{path}: {len(segments)} segments for a store of {shape.n} rows")
-        group = zarr.open_group(str(path), mode="w")
+        # marked until the last write below, so a creation cut short (disk full, kill) is known to be ours and
+        # rebuilt by the next run instead of refused as a foreign store
+        group = zarr.open_group(str(path), mode="w", attributes={CREATING: True})
         n, s = shape.n, max(1, min(shape.shard_size, shape.n or 1))
         comp = make_compressors(codec)
         for mod, rows, dim in (("audio", shape.audio_frames, shape.audio_dim), ("text", shape.text_tokens, shape.text_dim)):
@@ -144,7 +147,7 @@ class CacheStore:
                                    fill_value=0 if values.dtype.kind == "i" else np.nan)
             if segments:
                 a[:] = values
-        group.attrs.update({
+        group.attrs.put({   # replaces the CREATING mark in the same write
             "schema_version": SCHEMA_VERSION,
             "dataset": dataset,
             "label_scheme": label_scheme,
@@ -172,6 +175,8 @@ class CacheStore:
                 if any(path.iterdir()):
                     raise StoreError(f"{path}: exists and is not a cache store; choose another --out or "
                                      "remove it")
+            elif _creation_cut_short(path):
+                log.warning("%s: its creation was cut short (no data in it yet); creating it again", path)
             else:
                 store = cls.open(path, mode="r+")
                 if store.fingerprint != fingerprint:
@@ -326,6 +331,14 @@ class CacheStore:
             "hidden_bytes_uncompressed": raw,
             "compression_ratio_written": (written_raw / hidden_disk) if hidden_disk and written_raw else math.nan,
         }
+
+
+def _creation_cut_short(path: Path) -> bool:
+    try:
+        attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+    except Exception:   # damaged metadata: not provably ours; open() will explain
+        return False
+    return bool(attrs.get(CREATING)) and "schema_version" not in attrs
 
 
 def remove_partial_writes(path: str | Path) -> int:
