@@ -4,6 +4,7 @@ an uninterrupted run makes."""
 from __future__ import annotations
 
 import errno
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,3 +62,24 @@ def test_disk_full_after_n_bytes_then_resume(reference, tmp_path, monkeypatch, b
     got = CacheStore.open(out)
     for k in ARRAYS:
         np.testing.assert_array_equal(np.asarray(got.array(k)[:]), want[k], err_msg=k)
+
+
+def test_model_code_in_a_checkpoint_never_runs_without_the_flag(tmp_path, tiny_encoders):
+    """A model folder whose config points at its own Python code (``auto_map``): without --trust-remote-code that
+    code is never imported; with the flag it is (so the check can fail)."""
+    import json
+    import shutil
+
+    from extract.encoders import EncoderSpec, TextEncoder
+
+    evil = Path(shutil.copytree(tiny_encoders["text"], tmp_path / "evil-text"))
+    marker = tmp_path / "code-ran"
+    cfg = json.loads((evil / "config.json").read_text())
+    cfg["auto_map"] = {"AutoConfig": "evil_code.EvilConfig", "AutoModel": "evil_code.EvilModel"}
+    (evil / "config.json").write_text(json.dumps(cfg))
+    (evil / "evil_code.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n"
+                                       "from transformers import BertConfig as EvilConfig, BertModel as EvilModel\n")
+    TextEncoder(EncoderSpec(str(evil), None, -1), "cpu", "float32", max_tokens=16)
+    assert not marker.exists(), "checkpoint code ran without --trust-remote-code"
+    TextEncoder(EncoderSpec(str(evil), None, -1), "cpu", "float32", max_tokens=16, trust_remote_code=True)
+    assert marker.exists()

@@ -103,8 +103,9 @@ def _check_resumable(run_dir: Path, cfg: TrainConfig, fingerprint: str) -> None:
         raise TrainError(f"{run_dir}: cannot resume with different settings ({'; '.join(changed[:5])}); resume with "
                          "the run's own settings, or train into a new --out")
     if meta.get("cache", {}).get("fingerprint") != fingerprint:
-        raise TrainError(f"{run_dir}: was trained on a cache with fingerprint {meta.get('cache', {}).get('fingerprint')}"
-                         f", not {fingerprint}; resume on the same cache or train into a new --out")
+        was = meta.get("cache", {}).get("fingerprint")
+        raise TrainError(f"{run_dir}: was trained on a cache with fingerprint {was}, not {fingerprint}; resume on the "
+                         "same cache or train into a new --out")
 
 
 def fit(cfg: TrainConfig, *, resume: bool = False, loaded: LoadedCache | None = None) -> dict:

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, atomic_write_bytes, atomic_write_json
+from .checkpoint import atomic_write_bytes, atomic_write_json
 from .config import ConfigError, TrainConfig, normalise_keys
 from .data import TrainError, load_cache
 from .loop import fit, resolve_device
@@ -133,7 +133,8 @@ def parse_grid(data: dict, name: str = "sweep", source: str = "", seeds=None) ->
         t = dict(t)
         tname = str(t.pop("name", f"trial {i + 1}"))
         paper = t.pop("paper", {}) or {}
-        named.append((tname, _check_keys(t, f"{source}: trial {tname!r}"), {str(k): float(v) for k, v in paper.items()}))
+        settings = _check_keys(t, f"{source}: trial {tname!r}")
+        named.append((tname, settings, {str(k): float(v) for k, v in paper.items()}))
     if not named:
         named = [("", {}, {})]
     configs = []
@@ -207,8 +208,9 @@ def run_sweep(opts: SweepOptions) -> dict:
     if manifest.exists():
         old = json.loads(manifest.read_text(encoding="utf-8"))
         if old.get("cache", {}).get("fingerprint") != loaded.store.fingerprint:
-            raise TrainError(f"{root}: this sweep was run on another cache (fingerprint "
-                             f"{old.get('cache', {}).get('fingerprint')}); resume it on that cache or use another --out")
+            was = old.get("cache", {}).get("fingerprint")
+            raise TrainError(f"{root}: this sweep was run on another cache (fingerprint {was}); resume it on that "
+                             "cache or use another --out")
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(manifest, record)
 
@@ -234,8 +236,8 @@ def run_sweep(opts: SweepOptions) -> dict:
             m = fit(cfg, resume=True, loaded=loaded)
             st = "resumed" if m.get("resumed_after_epoch") else "done"
             return (config.name, seed), {"status": st, "run_dir": str(d), "seconds": time.perf_counter() - t0}
-        except (ConfigError, TrainError, CheckpointError, RuntimeError, ValueError, OSError) as e:
-            log.error("trial %s seed %d failed: %s", config.name, seed, e)
+        except Exception as e:  # noqa: BLE001 — any failure of one trial (a bad combination, out of memory, a bug
+            log.error("trial %s seed %d failed: %s", config.name, seed, e)   # it hits) must not stop the others
             d.mkdir(parents=True, exist_ok=True)
             (d / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
             return (config.name, seed), {"status": f"failed: {str(e).splitlines()[0][:200]}", "run_dir": str(d),
@@ -359,8 +361,8 @@ def _markdown(spec: SweepSpec, rows: list[dict], tasks: list[str], primary: str,
     order = [primary] + [t for t in tasks if t != primary]
     head = ["configuration", "seeds"] + [f"acc{t}" for t in order] + [f"F1{t} (weighted)" for t in order] + \
            [f"paper {k}" for k in papers]
-    lines = [f"### {spec.name}: test mean ± std over seeds (checkpoints selected on validation; sorted by acc{primary})",
-             "", "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    title = f"### {spec.name}: test mean ± std over seeds (checkpoints selected on validation; sorted by acc{primary})"
+    lines = [title, "", "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
         cells = [r["configuration"], f"{r['seeds_done']}/{r['seeds']}"]
         cells += [_fmt(r.get(f"accuracy_{t}_mean", math.nan), r.get(f"accuracy_{t}_std", math.nan)) for t in order]
