@@ -67,6 +67,15 @@ def arrays(path: Path) -> dict[str, np.ndarray]:
     return {n: np.asarray(s.array(n)[:]) for n in ARRAYS}
 
 
+def same_up_to_rounding(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per row: equal, or for float arrays within float16 rounding (CPU BLAS may sum in another order on another
+    thread count or memory alignment, moving a value one float16 step); a wrong row differs by far more."""
+    if a.dtype.kind != "f":
+        return np.all((a == b).reshape(len(a), -1), axis=1)
+    x, y = a.astype(np.float32), b.astype(np.float32)
+    return np.all((np.abs(x - y) <= 1e-4 + 2**-9 * np.abs(y)).reshape(len(a), -1), axis=1)
+
+
 def done_count(path: Path) -> int:
     try:
         return int(CacheStore.open(path).done().sum())
@@ -161,7 +170,7 @@ def run(kills: int = 20, seed: int = 0, workdir: Path | None = None, calls: int 
             rows = np.flatnonzero(got["done"])
             stats["rows_checked_after_kills"] += len(rows)
             for name in ("audio/hidden", "audio/length", "text/hidden", "text/length"):
-                bad = ~np.all((got[name][rows] == want[name][rows]).reshape(len(rows), -1), axis=1)
+                bad = ~same_up_to_rounding(got[name][rows], want[name][rows])
                 stats["bad_done_rows"] += int(bad.sum())
         log(f"kill {stats['kills']:>2}: {'start-up' if startup else 'mid-run '}  done {max(0, done_count(out))}/{n}"
             f"  partial chunk files {len(partial)}")
@@ -171,11 +180,13 @@ def run(kills: int = 20, seed: int = 0, workdir: Path | None = None, calls: int 
         raise RuntimeError(f"final run failed: {r.stderr[-2000:]}")
     got = arrays(out)
     table = CacheStore.open(out).table()
-    mismatched = [k for k in ARRAYS if not np.array_equal(got[k], want[k])]
+    bit_identical = all(np.array_equal(got[k], want[k]) for k in ARRAYS)
+    mismatched = [k for k in ARRAYS if not same_up_to_rounding(got[k], want[k]).all()]
     mismatched += [f"table/{k}" for k in want_table if not np.array_equal(
         table[k], want_table[k], equal_nan=table[k].dtype.kind == "f")]
     ids = list(table["segment_id"])
-    result = {**stats, "segments": n, "identical": not mismatched, "mismatched": mismatched,
+    result = {**stats, "segments": n, "identical": not mismatched, "bit_identical": bit_identical,
+              "mismatched": mismatched,
               "segments_done": int(got["done"].sum()), "duplicate_segment_ids": len(ids) - len(set(ids)),
               "items_lost": int(n - got["done"].sum()), "leftover_partial_files": len(list(out.rglob("*.partial"))),
               "seconds_uninterrupted": round(t_ref, 1), "seconds_with_kills": round(t_killed, 1),
@@ -198,8 +209,8 @@ def main() -> int:
     ok = res["identical"] and res["bad_done_rows"] == 0 and res["items_lost"] == 0 and not res["duplicate_segment_ids"]
     print(f"{res['kills']} SIGKILLs ({res['kills_with_partial_chunk_files']} mid chunk write, "
           f"{res['kills_during_startup']} during start-up); rows flagged done and checked after kills: "
-          f"{res['rows_checked_after_kills']}, wrong: {res['bad_done_rows']}; final store bit-identical: "
-          f"{res['identical']}; items lost: {res['items_lost']}; time with kills / uninterrupted: "
+          f"{res['rows_checked_after_kills']}, wrong: {res['bad_done_rows']}; final store equal to the "
+          f"reference: {res['identical']} (bit-identical: {res['bit_identical']}); items lost: {res['items_lost']}; time with kills / uninterrupted: "
           f"{res['time_ratio_killed_vs_uninterrupted']}x")
     return 0 if ok else 1
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import write_marketcalls
+from conftest import assert_same_features, write_marketcalls
 from extract.augment import AugmentError, parse_augment
 from extract.cli import main as extract_cli
 from extract.run import ExtractConfig, extract
@@ -49,10 +49,10 @@ def test_variants_are_extra_training_rows_tagged_and_complete(augmented):
     ids = list(t["segment_id"])
     a, b = ids.index(train_orig[0]), ids.index(f"{train_orig[0]}~noise-1")
     audio, text = s.array("audio/hidden"), s.array("text/hidden")
-    assert not np.array_equal(audio[a], audio[b])
-    np.testing.assert_array_equal(text[a], text[b])
+    assert np.abs(audio[a].astype(np.float32) - audio[b]).max() > 0.01   # more than rounding
+    assert_same_features(text[a], text[b])
     c = ids.index(f"{train_orig[0]}~noise-2")
-    assert not np.array_equal(audio[b], audio[c]), "two draws of one augmentation differ"
+    assert np.abs(audio[b].astype(np.float32) - audio[c]).max() > 0.01, "two draws of one augmentation differ"
 
 
 def test_variant_extraction_is_repeatable(augmented):
@@ -61,7 +61,7 @@ def test_variant_extraction_is_repeatable(augmented):
     again = CacheStore.open(extract(cfg, progress=False).store)
     first = augmented["store"]
     for name in ("audio/hidden", "audio/length", "text/hidden"):
-        np.testing.assert_array_equal(np.asarray(first.array(name)[:]), np.asarray(again.array(name)[:]), name)
+        assert_same_features(np.asarray(first.array(name)[:]), np.asarray(again.array(name)[:]), name)
     assert again.fingerprint == first.fingerprint
 
 

@@ -1,5 +1,5 @@
 """The 20-kill extraction run (bench/kill_resume.py) as a test: `python3 -m pytest -m slow` (a few minutes).
-The default test run has the quick version (tests/test_extract.py::test_sigkill_then_resume_is_bit_identical)."""
+The default test run has the quick version (tests/test_extract.py::test_sigkill_then_resume_matches_uninterrupted)."""
 from __future__ import annotations
 
 import importlib.util
@@ -11,7 +11,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench" / "kill_resume.py"
 
 
 @pytest.mark.slow
-def test_twenty_sigkills_then_resume_is_bit_identical(tmp_path):
+def test_twenty_sigkills_then_resume_matches_uninterrupted(tmp_path):
     spec = importlib.util.spec_from_file_location("kill_resume", BENCH)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

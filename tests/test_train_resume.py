@@ -126,6 +126,38 @@ def test_early_stopped_state_resumes_to_the_same_end(store, tmp_path, monkeypatc
     _same_run(fit(cfg, resume=True), ref)
 
 
+@pytest.mark.parametrize("every", [3, 0])
+def test_sparser_states_still_resume_to_the_same_end(store, tmp_path, monkeypatch, every):
+    """--state-every 3 saves on epochs 3 and 6 and on every improvement; 0 saves none, so a resume starts over."""
+    import train.loop as loop
+
+    ref = fit(_cfg(store, tmp_path / "ref"))
+    saved, real_save, real_history = [], loop.save_train_state, loop._write_history
+
+    def record(path, *, epoch, **kw):
+        saved.append((epoch, kw["best_epoch"]))
+        real_save(path, epoch=epoch, **kw)
+
+    def crash_in_epoch_5(path, history):
+        real_history(path, history)
+        if len(history) == 5:
+            raise KeyboardInterrupt        # after epoch 5's best weights, before any state of epoch 5
+    monkeypatch.setattr(loop, "save_train_state", record)
+    monkeypatch.setattr(loop, "_write_history", crash_in_epoch_5)
+    cfg = _cfg(store, tmp_path / "run", state_every=every)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg)
+    if every:   # epoch 3 by the count, others only when they improved (so the state matches the weights file)
+        assert 3 in [e for e, _ in saved] and all(e == 3 or best == e for e, best in saved), saved
+    else:
+        assert saved == [] and not (Path(cfg.out) / STATE).exists()
+    last = max(e for e, _ in saved) if every else None
+    monkeypatch.setattr(loop, "_write_history", real_history)
+    resumed = fit(cfg, resume=True)
+    assert resumed.get("resumed_after_epoch") == last
+    _same_run(resumed, ref)
+
+
 def test_finished_run_is_not_retrained(store, tmp_path):
     cfg = _cfg(store, tmp_path / "run", epochs=2)
     first = fit(cfg)

@@ -74,6 +74,8 @@ def _default(name):
 @click.option("--plots/--no-plots", default=True, show_default=True, help="PNG plots in <run>/plots.")
 @click.option("--threads", default=_default("threads"), show_default=True,
               help="CPU threads for torch (0 = default; 1 is steadier on a shared CPU).")
+@click.option("--state-every", default=_default("state_every"), show_default=True,
+              help="Epochs between resumable training states (model + optimizer + RNGs); 0 = none.")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None, metavar="RUN_DIR",
               help="Continue this run folder from its last finished epoch, with its own settings (same result "
                    "as an uninterrupted run on CPU); a finished run is only reported.")

@@ -70,6 +70,7 @@ class TrainConfig:
     max_cache_gb: float = 0.0           # 0 = auto: load to the device when it fits, else stream from the store
     plots: bool = True                  # PNG learning curves + confusion matrices in <run>/plots
     threads: int = 0                    # CPU threads for torch (0 = torch's default); 1 is steadier on a busy CPU
+    state_every: int = 1                # epochs between resumable training states (train_state.pt); 0 = none
     progress: bool = True
 
     def __post_init__(self):
@@ -80,6 +81,8 @@ class TrainConfig:
         for name in ("epochs", "batch_calls", "grad_accum", "heads", "cross_layers", "bottleneck_tokens"):
             if getattr(self, name) < (0 if name in ("cross_layers",) else 1):
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)}")
+        if self.state_every < 0:
+            raise ConfigError(f"state_every must be 0 (no resumable states) or positive, not {self.state_every}")
         object.__setattr__(self, "task", str(self.task))
         av = self.augment_variants
         names = [av] if isinstance(av, str) else list(av or ())

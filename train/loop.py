@@ -91,7 +91,8 @@ def evaluate(model: MSMTFN, batches: Batches, data: CallData, weights: dict, dev
 
 
 # settings that may differ between a run and its resumption: they do not change the numbers
-RESUME_FREE = ("device", "threads", "progress", "plots", "max_cache_gb", "out", "cache")  # cache: by fingerprint
+RESUME_FREE = ("device", "threads", "progress", "plots", "max_cache_gb", "out", "cache",  # cache: by fingerprint
+               "state_every")
 
 
 def _check_resumable(run_dir: Path, cfg: TrainConfig, fingerprint: str) -> None:
@@ -181,10 +182,8 @@ def fit(cfg: TrainConfig, *, resume: bool = False, loaded: LoadedCache | None = 
         best_score = tuple(state["best_score"]) if state["best_score"] is not None else None
         log.info("%s: resuming after epoch %d (best so far: epoch %d)", run_dir, first - 1, best_epoch)
     weights_path = run_dir / WEIGHTS
-    stopped = state is not None and state.get("stopped", False)
-    for epoch in range(first, cfg.epochs + 1):
-        if stopped:
-            break
+    stopped = state is not None and state.get("stopped", False)   # killed after an early stop was decided
+    for epoch in range(first, cfg.epochs + 1) if not stopped else ():
         t0 = time.perf_counter()
         model.train()
         running, seen = 0.0, 0
@@ -220,11 +219,14 @@ def fit(cfg: TrainConfig, *, resume: bool = False, loaded: LoadedCache | None = 
                  row["train_loss"], val_loss, cfg.task, sel["accuracy"], sel["macro_f1"], " *" if improved else "")
         _write_history(run_dir / "history.csv", history)
         stopped = bad >= cfg.patience
-        # after the best weights: a kill between the two files re-runs this epoch, which rewrites the same weights
-        save_train_state(state_path, epoch=epoch, model=model, opt=opt, sched=sched, gen=gen, history=history,
-                         best_score=best_score, best_epoch=best_epoch, bad=bad, stopped=stopped)
+        # also on every improvement, so the state never trails the best-weights file it describes; written after
+        # that file: a kill between the two re-runs this epoch, which rewrites the same weights
+        if cfg.state_every and (improved or stopped or epoch % cfg.state_every == 0 or epoch == cfg.epochs):
+            save_train_state(state_path, epoch=epoch, model=model, opt=opt, sched=sched, gen=gen, history=history,
+                             best_score=best_score, best_epoch=best_epoch, bad=bad, stopped=stopped)
         if stopped:
             log.info("early stop: no better validation score for %d epochs", cfg.patience)
+            break
 
     load_weights(model, weights_path, device)           # the validation-selected checkpoint
     val_loss, val, _ = evaluate(model, val_b, data, weights, device, amp)
