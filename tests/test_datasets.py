@@ -456,3 +456,23 @@ def test_demo_spoken_by_espeak(tmp_path):
     _check_cues(m)
     again = generate_demo(tmp_path / "f", n_calls=15, seed=1, use_espeak=True)
     assert _digest(again) == _digest(root)
+
+
+def test_benchmark_label_schemes_map_labels_to_every_task():
+    from pipeline.labels import get_scheme
+
+    s = get_scheme("sentiment")
+    assert s.level == "segment" and s.task("score").is_regression and s.task("score").num_classes == 1
+    got = s.encode_all(["-3", "-0.4", "0", "0.5", "2.6", "1.5"])
+    np.testing.assert_allclose(got["score"], [-3, -0.4, 0, 0.5, 2.6, 1.5], rtol=1e-6)
+    assert got["2"].tolist() == [0, 0, 1, 1, 1, 1]          # negative vs non-negative
+    assert got["7"].tolist() == [0, 3, 3, 3, 6, 5]          # round half to even, like the field's code
+    assert got["5"].tolist() == [0, 2, 2, 2, 4, 4]          # clipped to [-2, 2] first
+    assert not s.is_valid("3.5") and not s.is_valid("nan") and not s.is_valid("pos") and s.is_valid("-2.25")
+    with pytest.raises(ValueError, match="sentiment score"):
+        s.encode(["4"], "score")
+    m = get_scheme("meld")
+    got = m.encode_all(["joy/positive", "anger/negative", "neutral/neutral"])
+    assert got["emotion"].tolist() == [4, 6, 0] and got["sentiment"].tolist() == [1, 2, 0]
+    assert not m.is_valid("joy") and m.selection == "weighted_f1"
+    assert m.class_map("emotion", "sentiment") is None and s.class_map("7", "2") is None

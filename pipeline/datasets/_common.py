@@ -172,8 +172,9 @@ def check_labels(rows: list[tuple[str, str]], scheme_name: str, allow_empty: boo
     this scheme's at all (a wrong column or dataset), and the manifest stops, listing the offending rows."""
     scheme = scheme_or_error(scheme_name)
     valid = label_lookup(scheme)
-    bad = [(w, lab) for w, lab in rows if lab.lower() not in valid and not (allow_empty and lab == "")]
-    accepted = f"{', '.join(scheme.base_labels)}" + (" or empty (unlabelled)" if allow_empty else "")
+    bad = [(w, lab) for w, lab in rows if lab.lower() not in valid and not scheme.is_valid(lab)
+           and not (allow_empty and lab == "")]
+    accepted = scheme.accepted() + (" or empty (unlabelled)" if allow_empty else "")
     if bad and (issues is None or 2 * len(bad) > len(rows)):
         shown = "; ".join(f"{w} {lab!r}" for w, lab in bad[:10])
         more = f"; and {len(bad) - 10} more" if len(bad) > 10 else ""

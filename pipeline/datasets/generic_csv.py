@@ -173,7 +173,8 @@ def load_generic_csv(data_dir: Path, *, allow_outside_paths: bool = False, seed:
                       text=text, start=start, end=end, source_row=where)
         calls.setdefault(call_id, []).append((order_key, order, seg))
     calls = drop_rows(calls, check_labels(labels_seen, scheme.name, allow_empty=True, issues=issues))
-    calls = majority_labels(calls, issues)
+    if scheme.level == "call":   # segment-level schemes (sentiment, meld) keep each segment's own label
+        calls = majority_labels(calls, issues)
     notes: dict = {"split": "column" if any_split else "none", "sources": [path.name]}
     if any_split:
         for cid, items in calls.items():
