@@ -33,6 +33,7 @@ class Task:
     base_to_class: dict[str, int] = field(default_factory=dict)   # base label -> class index, where finite
     kind: str = "class"            # "class" | "regression"
     target: Callable[[str], float] | None = None   # label -> class index or value, where no finite map exists
+    value_range: tuple[float, float] | None = None  # a regression's valid values (predictions are clipped to it)
 
     @property
     def num_classes(self) -> int:
@@ -79,11 +80,13 @@ class LabelScheme:
     def encode(self, labels, task: str | int) -> np.ndarray:
         """Map base labels to ``task``'s targets: class indices (int64) or values (float32, a regression)."""
         t = self.task(task)
-        try:
-            return np.array([t.encode_one(lab) for lab in labels],
-                            dtype=np.float32 if t.is_regression else np.int64)
-        except (KeyError, ValueError) as e:
-            raise ValueError(f"label {e.args[0]!r} is not {self.accepted()}") from None
+        out = []
+        for lab in labels:
+            try:
+                out.append(t.encode_one(lab))
+            except (KeyError, ValueError):
+                raise ValueError(f"label {lab!r} is not {self.accepted()}") from None
+        return np.array(out, dtype=np.float32 if t.is_regression else np.int64)
 
     def encode_all(self, labels) -> dict[str, np.ndarray]:
         return {t.name: self.encode(labels, t.name) for t in self.tasks}
@@ -148,7 +151,7 @@ SENTIMENT = LabelScheme(
     name="sentiment",
     base_labels=(),
     tasks=(
-        Task("score", (), kind="regression", target=sentiment_score),
+        Task("score", (), kind="regression", target=sentiment_score, value_range=(-3.0, 3.0)),
         Task("2", ("negative", "non-negative"), target=lambda label: int(sentiment_score(label) >= 0)),
         Task("5", tuple(str(v) for v in range(-2, 3)), target=_rounded(-2, 2)),
         Task("7", tuple(str(v) for v in range(-3, 4)), target=_rounded(-3, 3)),

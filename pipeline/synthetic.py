@@ -33,6 +33,7 @@ class SyntheticCall:
     text: np.ndarray         # (S, T, Dt)
     text_len: np.ndarray     # (S,)
     split: str | None = None
+    segment_labels: list[str] | None = None   # one label per segment (segment-level schemes: sentiment, meld)
 
 
 def random_call(rng: np.random.Generator, index: int, n_segments: int, shape: StoreShape,
@@ -116,13 +117,14 @@ def write_synthetic_store(path: str | Path, *, calls: int | None = None,
     if fill is None and label_fn is None:
         meta = [(random_labels[c], default_split[c]) for c in range(calls)]
     else:
-        meta = [(call.label, call.split or default_split[c]) for c, call in generate()]
+        meta = [(call.segment_labels or call.label, call.split or default_split[c]) for c, call in generate()]
     segs: list[Segment] = []
     for c in range(calls):
         label, split = meta[c]
         for i in range(counts[c]):
             segs.append(Segment(segment_id=f"call{c:05d}_{i}", call_id=f"call{c:05d}", index=i, split=split,
-                                label=label, audio_path=f"/synthetic/call{c:05d}_{i}.wav", text=""))
+                                label=label if isinstance(label, str) else label[i],
+                                audio_path=f"/synthetic/call{c:05d}_{i}.wav", text=""))
     store = CacheStore.create(path, shape, segs, fingerprint=f"synthetic-{seed}", manifest_digest="synthetic",
                               settings={"dataset": dataset, "synthetic": True, "seed": seed}, codec=codec,
                               dataset=dataset, label_scheme=label_scheme)

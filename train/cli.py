@@ -42,7 +42,8 @@ def _default(name):
 @click.option("--clip-norm", default=_default("clip_norm"), show_default=True)
 @click.option("--amp/--no-amp", default=_default("amp"), show_default=True, help="bf16 autocast on CUDA.")
 @click.option("--task", default=_default("task"), show_default=True,
-              help="Task that selects the checkpoint and is reported first (5|4|3|2 for MarketCalls).")
+              help="Task that selects the checkpoint and is reported first: 5|4|3|2 for MarketCalls, "
+                   "score|2|5|7 for CMU-MOSI/MOSEI, emotion|sentiment for MELD (default: the first).")
 @click.option("--modality", type=click.Choice(MODALITIES), default=_default("modality"), show_default=True)
 @click.option("--mtl/--no-mtl", default=True, show_default=True, help="--no-mtl: only the --task head trains.")
 @click.option("--bigru/--no-bigru", default=True, show_default=True,

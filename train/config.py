@@ -46,7 +46,7 @@ class TrainConfig:
     grad_accum: int = 1
     clip_norm: float = 1.0
     amp: bool = True                    # bf16 autocast on CUDA (ignored on CPU)
-    task: str = "5"                     # task that selects the checkpoint and is reported first
+    task: str = ""                      # task that selects the checkpoint; "" = the dataset's main task (first)
     modality: str = "both"              # both | text | audio
     mtl: bool = True                    # False: only the --task head trains
     bigru: bool = True                  # False: segment vectors are mean-pooled over the call

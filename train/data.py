@@ -33,8 +33,10 @@ class Batch:
     text: torch.Tensor | None   # (S, T, Dt) (None when the model does not use text)
     text_len: torch.Tensor     # (S,)
     seg_counts: torch.Tensor   # (B,) segments per call
-    labels: dict[str, torch.Tensor]   # task -> (B,)
+    labels: dict[str, torch.Tensor]   # task -> (B,) call-level labels, or (S,) segment-level ones
     calls: list[int]           # indices into CallData.calls
+    mask: torch.Tensor | None = None  # (S,) segment-level: True where the segment has a label (others: context)
+    rows: np.ndarray | None = None    # (S,) store rows of the batch's segments
 
 
 class CallData:
@@ -53,6 +55,7 @@ class CallData:
             raise TrainError(f"{store.path}: {pending} of {store.n} segments are not extracted yet; re-run the same "
                              "msmtfn-extract command to resume it, then train")
         self.scheme: LabelScheme = get_scheme(store.label_scheme)
+        self.level = self.scheme.level   # "call": one label per call | "segment": one per segment (utterance)
         t = store.table()
         rows_by_call: dict[tuple[str, str], list[int]] = {}
         for i, (cid, var) in enumerate(zip(t["call_id"], t["variant"])):
@@ -69,6 +72,12 @@ class CallData:
             rows = sorted(rows, key=lambda r: (t["segment_index"][r], r))
             labels = {t["label"][r] for r in rows}
             splits = {t["split"][r] for r in rows}
+            if self.level == "segment":   # each segment its own label; the call needs one labelled segment
+                if len(splits) > 1:
+                    raise TrainError(f"{store.path}: call {cid!r} has segments in different splits "
+                                     f"({', '.join(sorted(splits))}); a call (video, dialogue) belongs to one split: "
+                                     "fix the dataset and re-run msmtfn-extract")
+                labels = {next((lab for lab in labels if self.scheme.is_valid(lab)), "")}
             if len(labels) > 1 or len(splits) > 1:
                 raise TrainError(f"{store.path}: call {cid!r} has segments with different labels or splits "
                                  f"({', '.join(sorted(labels))} / {', '.join(sorted(splits))}); a label belongs to a "
@@ -105,7 +114,18 @@ class CallData:
         if not self.calls:
             raise TrainError(f"{store.path}: no labelled calls in train/valid/test")
         self.base_labels = base
-        self.labels = {k: torch.as_tensor(v) for k, v in self.scheme.encode_all(base).items()}
+        if self.level == "segment":
+            # per store row; a row without a valid label stays in its call as context but is never scored
+            self.mask = torch.as_tensor(np.array([self.scheme.is_valid(x) for x in t["label"]], dtype=bool))
+            filled = [x if ok else base[0] for x, ok in zip(t["label"], self.mask.tolist())]
+            self.labels = {k: torch.as_tensor(v) for k, v in self.scheme.encode_all(filled).items()}
+            n_scored = int(self.mask[torch.as_tensor(self.used_rows())].sum())
+            if n_scored < len(self.used_rows()):
+                log.info("%d segments without a %s label are used as context only", len(self.used_rows()) - n_scored,
+                         self.scheme.name)
+        else:
+            self.mask = None
+            self.labels = {k: torch.as_tensor(v) for k, v in self.scheme.encode_all(base).items()}
         for s in ("train", "valid"):
             if s not in self.split:
                 raise TrainError(f"{store.path}: no calls in the {s} split; the trainer needs train and valid")
@@ -144,6 +164,13 @@ class CallData:
             if var in wanted and self.split[i] == "train":
                 by_call.setdefault(cid, []).append(i)
         return [[c] + by_call.get(self.calls[c], []) for c in calls]
+
+    def targets(self, group: list[int], rows: np.ndarray) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """Labels of a batch: per call (B,), or per segment (S,) with the mask of labelled segments."""
+        if self.level == "segment":
+            idx = torch.as_tensor(rows)
+            return {k: v[idx] for k, v in self.labels.items()}, self.mask[idx]
+        return {k: v[group] for k, v in self.labels.items()}, None
 
     def used_rows(self, calls: list[int] | None = None) -> np.ndarray:
         """Store rows of ``calls`` (default: every entry, variants included)."""
@@ -279,9 +306,11 @@ class Batches:
         t_max = d.text_tokens if self.full_text else int(t_len.max())  # flatten pooling needs all T rows
         audio, text = self.source.get(rows, a_max, t_max)
         dev = self.source.device
+        labels, mask = d.targets(group, rows)
         return Batch(audio=audio, audio_len=a_len.to(dev), text=text, text_len=t_len.to(dev),
                      seg_counts=torch.as_tensor([len(d.rows[c]) for c in group], device=dev),
-                     labels={k: v[group].to(dev) for k, v in d.labels.items()}, calls=group)
+                     labels={k: v.to(dev) for k, v in labels.items()}, calls=group,
+                     mask=mask.to(dev) if mask is not None else None, rows=rows)
 
     def __iter__(self):
         groups = self._groups()

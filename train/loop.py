@@ -15,11 +15,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from pipeline.labels import get_scheme
+
 from .checkpoint import (STATE, WEIGHTS, atomic_write_json, load_train_state, load_weights, read_run_config,
                          restore_train_state, save_train_state, save_weights, write_run_config)
 from .config import TrainConfig
 from .data import Batches, CallData, FeatureSource, LoadedCache, TrainError, open_cache
-from .metrics import all_task_metrics
+from .metrics import all_task_metrics, headline, selection_score
 from .model import MSMTFN, ModelDims, build_model
 from .plots import confusion_matrices, learning_curves
 
@@ -66,28 +68,73 @@ def _forward(model: MSMTFN, batch, device: torch.device, amp: bool):
         return model(batch.audio, batch.audio_len, batch.text, batch.text_len, batch.seg_counts)
 
 
-def _loss(logits: dict, labels: dict, weights: dict) -> torch.Tensor:
-    return sum(weights[t] * F.cross_entropy(logits[t].float(), labels[t]) for t in logits)
+def _loss(logits: dict, labels: dict, weights: dict, mask: torch.Tensor | None = None,
+          regression: frozenset = frozenset()) -> torch.Tensor:
+    """Weighted sum over tasks: cross-entropy, or L1 for a regression (the MAE the field reports). ``mask``
+    (segment-level labels) leaves out the segments without a label."""
+    total = 0.0
+    for t, out in logits.items():
+        y = labels[t]
+        out = out.float()
+        if mask is not None:
+            out, y = out[mask], y[mask]
+        if t in regression:
+            total = total + weights[t] * F.l1_loss(out.squeeze(-1), y.float())
+        else:
+            total = total + weights[t] * F.cross_entropy(out, y)
+    return total
+
+
+def regression_tasks(scheme) -> frozenset:
+    return frozenset(t.name for t in scheme.tasks if t.is_regression)
 
 
 @torch.no_grad()
 def evaluate(model: MSMTFN, batches: Batches, data: CallData, weights: dict, device, amp: bool):
-    """(mean loss per call, metrics per task, {task: probabilities (calls, k)}) on one split."""
+    """(mean loss per scored item, metrics per task, {task: probabilities (items, k) or values (items,)}) on one
+    split; an item is a call, or a labelled segment where labels belong to segments."""
     model.eval()
+    regression = regression_tasks(data.scheme)
     total, n = 0.0, 0
-    probs: dict[str, list] = {t: [] for t in model.heads}
-    order: list[int] = []
+    outs: dict[str, list] = {t: [] for t in model.heads}
+    y: dict[str, list] = {t: [] for t in data.labels}
     for batch in batches:
         logits = _forward(model, batch, device, amp)
-        total += float(_loss(logits, batch.labels, weights)) * len(batch.calls)
-        n += len(batch.calls)
+        mask = batch.mask
+        items = int(mask.sum()) if mask is not None else len(batch.calls)
+        if not items:
+            continue
+        total += float(_loss(logits, batch.labels, weights, mask, regression)) * items
+        n += items
         for t, v in logits.items():
-            probs[t].append(torch.softmax(v.float(), -1).cpu())
-        order.extend(batch.calls)
-    probs_np = {t: torch.cat(v).numpy() for t, v in probs.items()}
-    preds = {t: p.argmax(-1) for t, p in probs_np.items()}
-    y_true = {t: data.labels[t][order].numpy() for t in data.labels}
-    return total / max(1, n), all_task_metrics(data.scheme, y_true, preds), probs_np
+            v = v.float() if mask is None else v[mask].float()
+            outs[t].append(v.squeeze(-1).cpu() if t in regression else torch.softmax(v, -1).cpu())
+        for t, v in batch.labels.items():
+            y[t].append((v if mask is None else v[mask]).cpu())
+    outs_np = {t: torch.cat(v).numpy() for t, v in outs.items() if v}
+    preds = {t: (p if t in regression else p.argmax(-1)) for t, p in outs_np.items()}
+    y_true = {t: torch.cat(v).numpy() for t, v in y.items() if v}
+    if not n:
+        raise TrainError("nothing labelled to evaluate in this split")
+    return total / n, all_task_metrics(data.scheme, y_true, preds), outs_np
+
+
+HISTORY_METRICS = ("accuracy", "macro_f1", "weighted_f1", "mae", "corr")
+SELECTION_TEXT = {"macro_f1": "validation macro-F1 (ties: accuracy, then loss)",
+                  "weighted_f1": "validation weighted F1 (ties: accuracy, then loss)",
+                  "accuracy": "validation accuracy (ties: loss)",
+                  "mae": "validation MAE (ties: correlation, then loss)"}
+
+
+def resolve_task(cfg: TrainConfig, store) -> TrainConfig:
+    """``task=""`` means the dataset's main task: the first of its label scheme (MarketCalls 5, MOSI score)."""
+    scheme = get_scheme(store.label_scheme)
+    if not cfg.task:
+        return cfg.with_(task=scheme.tasks[0].name)
+    if cfg.task not in scheme.task_names:
+        raise TrainError(f"--task {cfg.task}: {store.path} has label scheme {scheme.name!r}, whose tasks are "
+                         f"{', '.join(scheme.task_names)}")
+    return cfg
 
 
 # settings that may differ between a run and its resumption: they do not change the numbers
@@ -122,17 +169,18 @@ def fit(cfg: TrainConfig, *, resume: bool = False, loaded: LoadedCache | None = 
     if resume and not cfg.out:
         raise TrainError("--resume needs the run folder (--out or --resume RUN_DIR)")
     run_dir = Path(cfg.out) if cfg.out else None
+    store = loaded.store if loaded is not None else open_cache(cfg.cache)
+    cfg = resolve_task(cfg, store)
     if resume and run_dir is not None and (run_dir / "metrics.json").is_file():
-        store = loaded.store if loaded is not None else open_cache(cfg.cache)
         _check_resumable(run_dir, cfg, store.fingerprint)
         log.info("%s: already finished; nothing to resume", run_dir)
         return {**json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")), "resumed": "finished"}
     seed_everything(cfg.seed)
-    store = loaded.store if loaded is not None else open_cache(cfg.cache)
     data = loaded.data if loaded is not None else CallData(store)
     scheme = data.scheme
+    regression = regression_tasks(scheme)
     dims = ModelDims(audio_dim=data.audio_dim, text_dim=data.text_dim, text_tokens=data.text_tokens,
-                     tasks={t.name: t.num_classes for t in scheme.tasks})
+                     tasks={t.name: t.num_classes for t in scheme.tasks}, level=scheme.level)
     model = build_model(cfg, dims).to(device)
     amp = cfg.amp and device.type == "cuda"
     run_dir = run_dir or default_run_dir(cfg, store.dataset)
@@ -191,7 +239,7 @@ def fit(cfg: TrainConfig, *, resume: bool = False, loaded: LoadedCache | None = 
         bar = tqdm(train_b, desc=f"epoch {epoch}", leave=False, disable=not cfg.progress, unit="batch")
         for i, batch in enumerate(bar):
             logits = _forward(model, batch, device, amp)
-            loss = _loss(logits, batch.labels, weights)
+            loss = _loss(logits, batch.labels, weights, batch.mask, regression)
             (loss / cfg.grad_accum).backward()
             if (i + 1) % cfg.grad_accum == 0 or i + 1 == len(train_b):
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
@@ -203,11 +251,11 @@ def fit(cfg: TrainConfig, *, resume: bool = False, loaded: LoadedCache | None = 
             bar.set_postfix(loss=f"{running / seen:.4f}", refresh=False)
         val_loss, val, _ = evaluate(model, val_b, data, weights, device, amp)
         sel = val[cfg.task]
-        score = (sel["macro_f1"], sel["accuracy"], -val_loss)   # ties broken by accuracy, then loss
+        score = selection_score(sel, scheme.selection, val_loss)
         row = {"epoch": epoch, "train_loss": running / max(1, seen), "val_loss": val_loss,
                "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
         for t, m in val.items():
-            row.update({f"val_{t}_accuracy": m["accuracy"], f"val_{t}_macro_f1": m["macro_f1"]})
+            row.update({f"val_{t}_{k}": m[k] for k in HISTORY_METRICS if k in m})
         history.append(row)
         improved = best_score is None or score > best_score
         if improved:
@@ -215,8 +263,8 @@ def fit(cfg: TrainConfig, *, resume: bool = False, loaded: LoadedCache | None = 
             save_weights(model, weights_path)
         else:
             bad += 1
-        log.info("epoch %d: train loss %.4f, val loss %.4f, val %s-class acc %.3f mF1 %.3f%s", epoch,
-                 row["train_loss"], val_loss, cfg.task, sel["accuracy"], sel["macro_f1"], " *" if improved else "")
+        log.info("epoch %d: train loss %.4f, val loss %.4f, val task %s %s%s", epoch, row["train_loss"], val_loss,
+                 cfg.task, headline(sel), " *" if improved else "")
         _write_history(run_dir / "history.csv", history)
         stopped = bad >= cfg.patience
         # also on every improvement, so the state never trails the best-weights file it describes; written after
@@ -237,9 +285,11 @@ def fit(cfg: TrainConfig, *, resume: bool = False, loaded: LoadedCache | None = 
         log.warning("no test calls in %s; reporting validation only", store.path)
     metrics = {
         "run_dir": str(run_dir), "best_epoch": best_epoch, "epochs_run": len(history),
-        "selection": {"task": cfg.task, "metric": "validation macro-F1 (ties: accuracy, then loss)"},
+        "selection": {"task": cfg.task, "metric": SELECTION_TEXT["mae" if cfg.task in regression
+                                                                 else scheme.selection]},
         "val_loss": val_loss, "test_loss": test_loss, "val": val, "test": test,
-        "classes": {t.name: list(t.classes) for t in scheme.tasks},
+        "classes": {t.name: list(t.classes) for t in scheme.tasks if not t.is_regression},
+        "level": scheme.level,
         "calls": {s: len(v) for s, v in splits.items()}, "config": cfg.to_dict(),
         "cache_fingerprint": store.fingerprint, "device": str(device),
         "seconds": time.perf_counter() - t_start,
@@ -249,6 +299,7 @@ def fit(cfg: TrainConfig, *, resume: bool = False, loaded: LoadedCache | None = 
         metrics["resumed_after_epoch"] = first - 1
     if cfg.plots:
         classes = {t.name: t.classes for t in scheme.tasks}
+        classes.update({f"{t}:head": c for t, c in classes.items()})
         learning_curves(history, cfg.task, run_dir / "plots" / "learning_curves.png")
         confusion_matrices(val, classes, "validation (best checkpoint)", run_dir / "plots" / "confusion_valid.png")
         if test:

@@ -12,7 +12,10 @@ Per segment (all segments of a batch at once):
     audio (A×Da) ─proj─► [CLS_a; audio] ───────────────┘ (keys/values of cross-attention; bottleneck stream)
 
 Per call: Bi-GRU (packed, 2 layers × 128 per direction) over the call's segment vectors → call vector →
-one head per task (dropout, d → 512 → k). Unlike the paper's public code, audio changes the output: nothing
+one head per task (dropout, d → 512 → k). Where labels belong to segments (``ModelDims.level == "segment"``:
+CMU-MOSI/MOSEI utterances in a video, MELD utterances in a dialogue) the heads read each segment's vector joined
+with the Bi-GRU's output at that segment (its context in the call) instead. A regression task has a width-1
+head. Unlike the paper's public code, audio changes the output: nothing
 masks it out, and the fused text stream *is* what the heads read.
 
 Ablations (``TrainConfig``): ``cross_attention=False`` drops the cross-attention sub-layers (self-attention and
@@ -38,7 +41,8 @@ class ModelDims:
     audio_dim: int
     text_dim: int
     text_tokens: int
-    tasks: dict            # task name -> number of classes
+    tasks: dict            # task name -> number of classes (1 for a regression)
+    level: str = "call"    # "call": one output per call | "segment": one output per segment
 
 
 class Attention(nn.Module):
@@ -158,7 +162,10 @@ class MSMTFN(nn.Module):
         if cfg.bigru:
             self.gru = nn.GRU(d, cfg.gru_hidden, num_layers=cfg.gru_layers, batch_first=True, bidirectional=True,
                               dropout=p if cfg.gru_layers > 1 else 0.0)
-            self.call_proj = nn.Sequential(nn.Linear(4 * cfg.gru_hidden, d), nn.GELU())
+            if dims.level == "segment":   # the segment itself + its context: the GRU output at its position
+                self.seg_proj = nn.Sequential(nn.Linear(d + 2 * cfg.gru_hidden, d), nn.GELU())
+            else:
+                self.call_proj = nn.Sequential(nn.Linear(4 * cfg.gru_hidden, d), nn.GELU())
         tasks = dims.tasks if cfg.mtl else {cfg.task: dims.tasks[cfg.task]}
         self.heads = nn.ModuleDict({name: nn.Sequential(nn.Dropout(p), nn.Linear(d, cfg.head_hidden), nn.GELU(),
                                                         nn.Dropout(p), nn.Linear(cfg.head_hidden, k))
@@ -214,13 +221,32 @@ class MSMTFN(nn.Module):
         # last layer's final states: forward direction after the last segment, backward after the first
         return self.call_proj(torch.cat([mean, h_n[-2], h_n[-1]], dim=1))
 
+    def context_vectors(self, seg: torch.Tensor, seg_counts: torch.Tensor) -> torch.Tensor:
+        """(S, d): each segment vector joined with the Bi-GRU's output at its place in its call (segment-level
+        labels); without the Bi-GRU, the segment vectors alone (no context)."""
+        if not self.cfg.bigru:
+            return seg
+        counts = seg_counts.tolist()
+        padded = nn.utils.rnn.pad_sequence(list(torch.split(seg, counts)), batch_first=True)   # (B, Smax, d)
+        packed = pack_padded_sequence(padded, seg_counts.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = self.gru(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=padded.shape[1])
+        mask = torch.arange(padded.shape[1], device=seg.device)[None, :] < seg_counts[:, None]
+        return self.seg_proj(torch.cat([seg, out[mask]], dim=1))   # mask keeps call order, segments in order
+
     def forward(self, audio, audio_len, text, text_len, seg_counts) -> dict[str, torch.Tensor]:
+        """{task: (B, k)} for call-level labels, {task: (S, k)} for segment-level ones (k = 1: a regression)."""
         seg = self.segment_vectors(audio, audio_len, text, text_len)
-        call = self.call_vectors(seg, seg_counts)
-        return {name: head(call) for name, head in self.heads.items()}
+        if self.dims.level == "segment":
+            x = self.context_vectors(seg, seg_counts)
+        else:
+            x = self.call_vectors(seg, seg_counts)
+        return {name: head(x) for name, head in self.heads.items()}
 
 
 def build_model(cfg: TrainConfig, dims: ModelDims) -> MSMTFN:
+    if not cfg.task:   # the dataset's main task
+        cfg = cfg.with_(task=next(iter(dims.tasks)))
     if cfg.task not in dims.tasks:
         raise ConfigError(f"task {cfg.task!r} is not one of this dataset's tasks: {', '.join(dims.tasks)}")
     if cfg.modality == "both" and not cfg.cross_attention and not cfg.bottleneck:

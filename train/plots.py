@@ -15,9 +15,14 @@ def learning_curves(history: list[dict], task: str, path: Path) -> None:
     ax1.plot(epochs, [h["train_loss"] for h in history], label="train")
     ax1.plot(epochs, [h["val_loss"] for h in history], label="validation")
     ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend(), ax1.set_title("loss")
-    for key, label in ((f"val_{task}_accuracy", "accuracy"), (f"val_{task}_macro_f1", "macro-F1")):
-        ax2.plot(epochs, [h.get(key, float("nan")) for h in history], label=label)
-    ax2.set_xlabel("epoch"), ax2.set_ylim(0, 1), ax2.legend(), ax2.set_title(f"validation, {task}-class task")
+    regression = f"val_{task}_mae" in (history[0] if history else {})
+    keys = (("mae", "MAE"), ("corr", "correlation")) if regression else (("accuracy", "accuracy"),
+                                                                          ("macro_f1", "macro-F1"))
+    for key, label in keys:
+        ax2.plot(epochs, [h.get(f"val_{task}_{key}", float("nan")) for h in history], label=label)
+    if not regression:
+        ax2.set_ylim(0, 1)
+    ax2.set_xlabel("epoch"), ax2.legend(), ax2.set_title(f"validation, task {task}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -2,26 +2,43 @@
 from __future__ import annotations
 
 
+def _cells(m: dict) -> str:
+    if "mae" in m:   # a regression: MAE and correlation in the accuracy / macro-F1 columns' place
+        return f"{'MAE ' + format(m['mae'], '.3f'):>14}{'r ' + format(m['corr'], '.3f'):>14}{'':>10}"
+    return f"{100 * m['accuracy']:>14.2f}{100 * m['macro_f1']:>14.2f}{100 * m['weighted_f1']:>10.2f}"
+
+
 def format_summary(metrics: dict) -> str:
     sel = metrics["config"]["task"]
     tasks = [sel] + [t for t in metrics["val"] if t != sel]
     has_test = bool(metrics.get("test"))
-    head = f"{'task':<8}{'val acc':>9}{'val mF1':>9}{'val wF1':>9}"
+    head = f"{'task':<10}{'val acc':>14}{'val mF1':>14}{'val wF1':>10}"
     if has_test:
-        head += f"{'test acc':>10}{'test mF1':>10}{'test wF1':>10}"
+        head += f"{'test acc':>14}{'test mF1':>14}{'test wF1':>10}"
+    metric = metrics.get("selection", {}).get("metric", "validation macro-F1")
     lines = [f"run {metrics['run_dir']}  best epoch {metrics['best_epoch']}/{metrics['epochs_run']} "
-             f"(selected on validation {sel}-class macro-F1)", head, "-" * len(head)]
+             f"(selected on task {sel}: {metric})", head, "-" * len(head)]
     for t in tasks:
         v = metrics["val"].get(t)
         if v is None:
             continue
-        name = f"{t}-class" + ("*" if "derived_from" in v else "")
-        row = f"{name:<8}{100 * v['accuracy']:>9.2f}{100 * v['macro_f1']:>9.2f}{100 * v['weighted_f1']:>9.2f}"
+        label = f"{t}-class" if t.isdigit() else t
+        name = label + ("*" if "derived_from" in v else "")
+        row = f"{name:<10}{_cells(v)}"
         if has_test and t in metrics["test"]:
-            s = metrics["test"][t]
-            row += f"{100 * s['accuracy']:>10.2f}{100 * s['macro_f1']:>10.2f}{100 * s['weighted_f1']:>10.2f}"
+            row += _cells(metrics["test"][t])
         lines.append(row)
-    if any("derived_from" in v for v in metrics["val"].values()):
+        if "accuracy_nonzero" in v:   # CMU-MOSI/MOSEI's second Acc2 convention: zero-labelled items left out
+            row = f"{label + ' nz':<10}{100 * v['accuracy_nonzero']:>14.2f}{'':>14}{100 * v['weighted_f1_nonzero']:>10.2f}"
+            if has_test and "accuracy_nonzero" in metrics["test"].get(t, {}):
+                s = metrics["test"][t]
+                row += f"{100 * s['accuracy_nonzero']:>14.2f}{'':>14}{100 * s['weighted_f1_nonzero']:>10.2f}"
+            lines.append(row)
+    derived = {v["derived_from"] for v in metrics["val"].values() if "derived_from" in v}
+    if derived & {t for t, v in metrics["val"].items() if "mae" in v}:
+        lines.append("* derived from the regression head's value (clipped, rounded), as the field reports them; "
+                     "'nz': negative vs positive, zero-labelled items left out")
+    elif derived:
         lines.append("* derived from the single trained head through the label maps (no multi-task learning)")
     calls = metrics.get("calls", {})
     lines.append("calls: " + ", ".join(f"{k} {v}" for k, v in calls.items()))

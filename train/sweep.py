@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 # set by the sweep itself, never by a grid file
 RESERVED = ("cache", "out", "seed", "device", "progress")
 METRICS = ("accuracy", "macro_f1", "weighted_f1")
+REGRESSION_METRICS = ("mae", "corr")
 PRESETS = ("paper-ablation",)
 
 
@@ -315,9 +316,11 @@ def aggregate(root: Path) -> tuple[SweepSpec, list[dict], list[str]]:
                 if t not in tasks:
                     tasks.append(t)
         for t in tasks:
-            for k in METRICS:
-                vals = [100 * (m["test"] or m["val"])[t][k] for m in runs if t in (m["test"] or m["val"])]
-                row[f"{k}_{t}_mean"], row[f"{k}_{t}_std"] = _mean_std(vals)
+            for k in METRICS + REGRESSION_METRICS + ("accuracy_nonzero",):
+                scale = 1 if k in REGRESSION_METRICS else 100
+                vals = [scale * (m["test"] or m["val"])[t][k] for m in runs if k in (m["test"] or m["val"]).get(t, {})]
+                if vals:
+                    row[f"{k}_{t}_mean"], row[f"{k}_{t}_std"] = _mean_std(vals)
         for key, val in config.paper.items():
             row[f"paper_{key}"] = val
         row["_paper"] = config.paper
@@ -339,11 +342,17 @@ def report(root: str | Path) -> dict:
         raise TrainError(f"{root}: not a sweep folder (no sweep.json)")
     spec, rows, tasks = aggregate(root)
     primary = _primary(spec, tasks)
-    key = f"accuracy_{primary}_mean"
-    rows.sort(key=lambda r: -r[key] if not math.isnan(r.get(key, float("nan"))) else math.inf)
+    lower_better = _is_regression(rows, primary)   # sorted by MAE (lower first) for a regression task
+    key = f"mae_{primary}_mean" if lower_better else f"accuracy_{primary}_mean"
+    sign = 1 if lower_better else -1
+    rows.sort(key=lambda r: sign * r[key] if not math.isnan(r.get(key, float("nan"))) else math.inf)
     papers = sorted({k for r in rows for k in r["_paper"]})
-    fields = ["configuration", "seeds_done", "seeds"] + [f"{k}_{t}_{s}" for t in tasks for k in METRICS
-                                                         for s in ("mean", "std")] + [f"paper_{k}" for k in papers]
+    present = [k for k in METRICS + REGRESSION_METRICS + ("accuracy_nonzero",)
+               if any(f"{k}_{t}_mean" in r for r in rows for t in tasks)]
+    fields = ["configuration", "seeds_done", "seeds"] + [f"{k}_{t}_{s}" for t in tasks for k in present
+                                                         for s in ("mean", "std")
+                                                         if any(f"{k}_{t}_mean" in r for r in rows)] + \
+             [f"paper_{k}" for k in papers]
     _write_csv(root / "results.csv", rows, fields)
     md = _markdown(spec, rows, tasks, primary, papers)
     atomic_write_bytes(root / "results.md", md.encode("utf-8"))
@@ -353,21 +362,34 @@ def report(root: str | Path) -> dict:
                                                                         for r in rows], "markdown": md}
 
 
-def _fmt(mean: float, std: float) -> str:
-    return "–" if math.isnan(mean) else f"{mean:.2f} ± {std:.2f}"
+def _is_regression(rows: list[dict], task: str) -> bool:
+    return any(f"mae_{task}_mean" in r for r in rows)
+
+
+def _fmt(mean: float, std: float, digits: int = 2) -> str:
+    return "–" if math.isnan(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def _markdown(spec: SweepSpec, rows: list[dict], tasks: list[str], primary: str, papers: list[str]) -> str:
     order = [primary] + [t for t in tasks if t != primary]
-    head = ["configuration", "seeds"] + [f"acc{t}" for t in order] + [f"F1{t} (weighted)" for t in order] + \
+    reg = [t for t in order if _is_regression(rows, t)]
+    cls = [t for t in order if t not in reg]
+    nz = [t for t in cls if any(f"accuracy_nonzero_{t}_mean" in r for r in rows)]
+    head = ["configuration", "seeds"] + [h for t in reg for h in (f"MAE {t}", f"Corr {t}")] + \
+           [f"acc{t}" for t in cls] + [f"acc{t} non-zero" for t in nz] + [f"F1{t} (weighted)" for t in cls] + \
            [f"paper {k}" for k in papers]
-    title = f"### {spec.name}: test mean ± std over seeds (checkpoints selected on validation; sorted by acc{primary})"
+    by = f"MAE {primary}" if primary in reg else f"acc{primary}"
+    title = f"### {spec.name}: test mean ± std over seeds (checkpoints selected on validation; sorted by {by})"
     lines = [title, "", "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
         cells = [r["configuration"], f"{r['seeds_done']}/{r['seeds']}"]
-        cells += [_fmt(r.get(f"accuracy_{t}_mean", math.nan), r.get(f"accuracy_{t}_std", math.nan)) for t in order]
+        cells += [_fmt(r.get(f"{k}_{t}_mean", math.nan), r.get(f"{k}_{t}_std", math.nan), 3)
+                  for t in reg for k in REGRESSION_METRICS]
+        cells += [_fmt(r.get(f"accuracy_{t}_mean", math.nan), r.get(f"accuracy_{t}_std", math.nan)) for t in cls]
+        cells += [_fmt(r.get(f"accuracy_nonzero_{t}_mean", math.nan), r.get(f"accuracy_nonzero_{t}_std", math.nan))
+                  for t in nz]
         cells += [_fmt(r.get(f"weighted_f1_{t}_mean", math.nan), r.get(f"weighted_f1_{t}_std", math.nan))
-                  for t in order]
+                  for t in cls]
         cells += [f"{r['_paper'][k]:.2f}" if k in r["_paper"] else "" for k in papers]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
@@ -383,16 +405,17 @@ def _bar_chart(spec: SweepSpec, rows: list[dict], task: str, path: Path) -> None
     import matplotlib.pyplot as plt
 
     names = [r["configuration"] for r in rows]
-    means = [r.get(f"accuracy_{task}_mean", math.nan) for r in rows]
-    stds = [r.get(f"accuracy_{task}_std", math.nan) for r in rows]
+    metric = "mae" if _is_regression(rows, task) else "accuracy"
+    means = [r.get(f"{metric}_{task}_mean", math.nan) for r in rows]
+    stds = [r.get(f"{metric}_{task}_std", math.nan) for r in rows]
     fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(rows) + 2), 4))
     x = np.arange(len(rows))
     ax.bar(x, means, yerr=stds, capsize=4, color="#4c72b0", label="this sweep (mean ± std over seeds)")
-    paper = [r["_paper"].get(f"acc{task}", math.nan) for r in rows]
+    paper = [r["_paper"].get(f"{'mae' if metric == 'mae' else 'acc'}{task}", math.nan) for r in rows]
     if not all(math.isnan(p) for p in paper):
         ax.scatter(x, paper, marker="D", color="#dd8452", zorder=3, label="paper")
     ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel(f"test accuracy, {task}-class task (%)")
+    ax.set_ylabel(f"test MAE, task {task}" if metric == "mae" else f"test accuracy, {task}-class task (%)")
     ax.set_title(spec.name)
     ax.legend(fontsize=8)
     fig.tight_layout()
