@@ -8,6 +8,10 @@ def _cells(m: dict) -> str:
     return f"{100 * m['accuracy']:>14.2f}{100 * m['macro_f1']:>14.2f}{100 * m['weighted_f1']:>10.2f}"
 
 
+def _nonzero_cells(m: dict) -> str:
+    return f"{100 * m['accuracy_nonzero']:>14.2f}{'':>14}{100 * m['weighted_f1_nonzero']:>10.2f}"
+
+
 def format_summary(metrics: dict) -> str:
     sel = metrics["config"]["task"]
     tasks = [sel] + [t for t in metrics["val"] if t != sel]
@@ -29,10 +33,9 @@ def format_summary(metrics: dict) -> str:
             row += _cells(metrics["test"][t])
         lines.append(row)
         if "accuracy_nonzero" in v:   # CMU-MOSI/MOSEI's second Acc2 convention: zero-labelled items left out
-            row = f"{label + ' nz':<10}{100 * v['accuracy_nonzero']:>14.2f}{'':>14}{100 * v['weighted_f1_nonzero']:>10.2f}"
+            row = f"{label + ' nz':<10}{_nonzero_cells(v)}"
             if has_test and "accuracy_nonzero" in metrics["test"].get(t, {}):
-                s = metrics["test"][t]
-                row += f"{100 * s['accuracy_nonzero']:>14.2f}{'':>14}{100 * s['weighted_f1_nonzero']:>10.2f}"
+                row += _nonzero_cells(metrics["test"][t])
             lines.append(row)
     derived = {v["derived_from"] for v in metrics["val"].values() if "derived_from" in v}
     if derived & {t for t, v in metrics["val"].items() if "mae" in v}:
