@@ -212,11 +212,17 @@ def test_sdk_form_mosei_aligned_keys_and_split_file_option(tmp_path):
     assert [s.segment_id for s in m.calls()["vidA"]] == ["vidA[1]", "vidA[2]", "vidA[0]"]
     assert [s.label for s in m.calls()["vidA"]] == ["2.4", "0.0", "-1.4"]
     assert m.calls()["vidB"][0].split == "valid" and m.notes["split_file"] == "my_split.csv"
+    # an older MOSEI release: the score in LabelsSentiment beside LabelsEmotions; the sentiment file is chosen
+    (root / "CMU_MOSEI_Labels.csd").rename(root / "CMU_MOSEI_LabelsSentiment.csd")
+    write_csd(root / "CMU_MOSEI_LabelsEmotions.csd", "Emotion Labels",
+              {"vidA[0]": (np.full((1, 6), 9.0, dtype=np.float32), np.array([[4.0, 6.0]]))})
     json_split = root / "folds.json"
     json_split.write_text(json.dumps({"train": ["vidA", "vidB"], "valid": ["vidC"], "test": ["vidD"]}))
     m2 = load_manifest("mosei", root, split_file=json_split, audio_dir=tmp_path / "elsewhere/Audio/WAV_16000/Full")
     assert {c: segs[0].split for c, segs in m2.calls().items()} == {"vidA": "train", "vidB": "train",
                                                                      "vidC": "valid", "vidD": "test"}
+    assert m2.notes["sources"][0] == "CMU_MOSEI_LabelsSentiment.csd"
+    assert [s.label for s in m2.calls()["vidA"]] == ["2.4", "0.0", "-1.4"]
 
 
 def test_sdk_form_structural_problems_name_the_file_and_the_fix(tmp_path):

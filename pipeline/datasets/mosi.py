@@ -368,6 +368,9 @@ def _find_csd(data_dir: Path, kind: str, option: Path | None, dataset: str) -> P
     norm = {p: p.name.lower().replace("_", "").replace("-", "") for p in found}
     if kind == "labels":
         hits = [p for p in found if "label" in norm[p]]
+        # older SDK releases split MOSEI's labels: LabelsSentiment (the score) beside LabelsEmotions (not it)
+        hits = [p for p in hits if "emotion" not in norm[p]] or hits
+        hits = [p for p in hits if "sentiment" in norm[p] or "opinion" in norm[p]] or hits
     else:
         hits = [p for p in found if "timestampedwords" in norm[p] and "vector" not in norm[p]]
     if len(hits) > 1:   # several: prefer the one named after this dataset (CMU_MOSI_… vs CMU_MOSEI_…)
