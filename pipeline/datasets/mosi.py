@@ -27,6 +27,9 @@ after aligning to the labels) are read too. Audio is one file per video (the per
 ``audio_dir`` names the folder). Segment ids are ``<video>[<k>]``, k the row of the video's label intervals (or
 the key's own ``[k]``), the SDK's own notation.
 
+Which form: ``label_csv`` given, or ``DATA_DIR/label.csv`` present → CSV form (unless ``labels_csd`` is given);
+otherwise the SDK form (the ``.csd`` files are searched for under DATA_DIR).
+
 **Splits**, by video: the option ``split_file`` (a CSV with ``video_id`` and ``split``/``mode`` columns, a JSON
 ``{"train": [ids], "valid": [...], "test": [...]}`` or ``{id: split}``, or the SDK's ``cmu_mosi_std_folds.py`` /
 ``cmu_mosei_std_folds.py``, read as data, never run); else the CSV's ``mode`` column; else a folds file in
