@@ -39,14 +39,118 @@ class AudioPolicy:
 
 
 def probe_duration(path: str) -> float | None:
-    """Seconds of audio in a file from its header, or None when it cannot be read (reported at extraction)."""
+    """Seconds of audio in a file from its header, or None when it cannot be read (reported at extraction).
+
+    Containers soundfile cannot read (mp4, m4a, webm, …, by extension) are asked through PyAV.
+    """
     try:
+        if _is_container(path):
+            return _av_duration(path)
         info = sf.info(path)
     except Exception:
         return None
     if info.samplerate <= 0:
         return None
     return info.frames / info.samplerate
+
+
+# Extensions that soundfile (libsndfile) cannot read: decoded with PyAV (FFmpeg). Everything else stays with
+# soundfile, so a corrupt WAV is still refused rather than half-decoded by FFmpeg.
+CONTAINER_EXTS = frozenset({".mp4", ".m4a", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".flv", ".aac", ".wma",
+                            ".3gp"})
+
+
+PREROLL = 0.2   # seconds decoded before ``start`` after a seek (codec warm-up, e.g. AAC's overlapping frames)
+
+
+def _is_container(path: str) -> bool:
+    return os.path.splitext(path)[1].lower() in CONTAINER_EXTS
+
+
+def _av():
+    try:
+        import av
+    except ImportError:
+        raise AudioError("cannot decode this container: PyAV is not installed (pip install av)") from None
+    return av
+
+
+def _av_duration(path: str) -> float | None:
+    av = _av()
+    with av.open(path) as c:
+        if not c.streams.audio:
+            return None
+        st = c.streams.audio[0]
+        if st.duration is not None and st.time_base is not None:
+            return float(st.duration * st.time_base)
+        return c.duration / av.time_base if c.duration is not None else None
+
+
+def _read_av(path: str, start: float | None, end: float | None) -> tuple[np.ndarray, int]:
+    """[start, end) of the first audio track of a container as (samples × channels float32, rate).
+
+    Seeks near ``start`` (to the key frame before it) and decodes only up to ``end``; sample positions are counted
+    from the first decoded frame's timestamp, so encoder priming (negative timestamps) and the padding of the last
+    AAC frame (past the stream's duration) are cut off.
+    """
+    av = _av()
+    with av.open(path) as c:
+        if not c.streams.audio:
+            raise AudioError("no audio track in the file (a video without sound)")
+        st = c.streams.audio[0]
+        duration = float(st.duration * st.time_base) if st.duration is not None and st.time_base else None
+        t0 = max(0.0, start or 0.0)
+        if duration is not None and t0 >= duration > 0:
+            raise AudioError(f"start {start}s is past the end of the file ({duration:.2f}s)")
+        t1 = end if end is not None else duration
+        if duration is not None and t1 is not None:
+            t1 = min(t1, duration)
+        if t0 > PREROLL and st.time_base:    # a little early: the frames right after a seek can be incomplete
+            c.seek(int((t0 - PREROLL) / st.time_base), stream=st, backward=True)
+        # format conversion only (planar float, same layout and rate): the resampler adds no delay
+        conv = av.AudioResampler(format="fltp")
+        chunks: list[np.ndarray] = []
+        first: float | None = None
+        sr = 0
+        n = 0
+        for frame in c.decode(st):
+            if first is None:
+                first = float(frame.time) if frame.time is not None else 0.0
+                sr = frame.sample_rate
+            for out in conv.resample(frame):
+                a = out.to_ndarray()
+                chunks.append(a.reshape(-1, out.samples))
+                n += out.samples
+            if t1 is not None and first + n / sr >= t1:
+                break
+        else:
+            for out in conv.resample(None):     # flush
+                chunks.append(out.to_ndarray().reshape(-1, out.samples))
+        if not chunks:
+            raise AudioError("empty audio (0 samples)")
+    data = np.concatenate(chunks, axis=1).T.astype(np.float32, copy=False)
+    skip = max(0, int(round((t0 - first) * sr)))
+    stop = data.shape[0] if t1 is None else max(skip, int(round((t1 - first) * sr)))
+    if skip >= data.shape[0] and start:
+        raise AudioError(f"start {start}s is past the end of the file")
+    return data[skip:stop], sr
+
+
+def _read_sf(path: str, start: float | None, end: float | None) -> tuple[np.ndarray, int]:
+    with sf.SoundFile(path) as f:
+        sr = f.samplerate
+        first = 0 if start is None else max(0, int(round(start * sr)))
+        last = f.frames if end is None else min(f.frames, int(round(end * sr)))
+        if first >= f.frames and f.frames > 0:
+            raise AudioError(f"start {start}s is past the end of the file ({f.frames / sr:.2f}s)")
+        f.seek(min(first, f.frames))
+        return f.read(frames=max(0, last - first), dtype="float32", always_2d=True), sr
+
+
+def _first_line(e: Exception) -> str:
+    if isinstance(e, OSError) and e.strerror:     # FFmpeg errors: the reason without errno and path
+        return e.strerror
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def load_segment(path: str, start: float | None, end: float | None, rate: int) -> tuple[np.ndarray, list[str]]:
@@ -61,21 +165,13 @@ def load_segment(path: str, start: float | None, end: float | None, rate: int) -
     if os.path.getsize(path) == 0:
         raise AudioError("empty file (0 bytes)")
     try:
-        with sf.SoundFile(path) as f:
-            sr = f.samplerate
-            first = 0 if start is None else max(0, int(round(start * sr)))
-            last = f.frames if end is None else min(f.frames, int(round(end * sr)))
-            if first >= f.frames and f.frames > 0:
-                raise AudioError(f"start {start}s is past the end of the file ({f.frames / sr:.2f}s)")
-            f.seek(min(first, f.frames))
-            data = f.read(frames=max(0, last - first), dtype="float32", always_2d=True)
+        data, sr = _read_av(path, start, end) if _is_container(path) else _read_sf(path, start, end)
     except AudioError:
         raise
     except FileNotFoundError:
         raise AudioError("audio file not found") from None
-    except Exception as e:  # soundfile raises LibsndfileError/RuntimeError for corrupt or non-audio files
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise AudioError(f"cannot decode audio ({msg})") from None
+    except Exception as e:  # LibsndfileError/RuntimeError or FFmpeg errors for corrupt or non-audio files
+        raise AudioError(f"cannot decode audio ({_first_line(e)})") from None
     if data.shape[0] == 0:
         raise AudioError("empty audio (0 samples)")
     if not np.isfinite(data).all():

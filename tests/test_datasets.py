@@ -284,7 +284,7 @@ def test_dataset_level_errors(tmp_path):
         load_manifest("marketcalls", tmp_path)
     with pytest.raises(ManifestError, match="no option.*n_calls"):
         load_manifest("marketcalls", tmp_path, n_calls=3)
-    assert set(DATASETS) == {"marketcalls", "csv", "demo"}
+    assert set(DATASETS) == {"marketcalls", "csv", "demo", "mosi", "mosei", "meld"}
 
 
 # ------------------------------------------------------------------------------------------------ generic csv

@@ -8,7 +8,12 @@
 - ``csv`` — the generic CSV for your own calls (see :mod:`pipeline.datasets.generic_csv`);
   options ``csv_path``, ``label_scheme``, ``split_ratios``;
 - ``demo`` — a generated smoke dataset in the MarketCalls format (see :mod:`pipeline.datasets.demo`);
-  options ``n_calls``, ``use_espeak``.
+  options ``n_calls``, ``use_espeak``;
+- ``mosi``, ``mosei`` — CMU-MOSI / CMU-MOSEI, MMSA ``label.csv`` or CMU SDK ``.csd`` form (see
+  :mod:`pipeline.datasets.mosi`); options ``label_csv``, ``labels_csd``, ``words_csd``, ``audio_dir``,
+  ``split_file``, ``split_ratios``;
+- ``meld`` — MELD's ``*_sent_emo.csv`` and clips (see :mod:`pipeline.datasets.meld`); options ``csv_dir``,
+  ``clips_dir``.
 
 Per-row problems (missing audio, a duplicate segment id, a path escaping the dataset folder, a bad split value)
 become ``manifest.issues`` and the row is left out; notes that keep the row (an empty transcript, a call whose
@@ -27,11 +32,16 @@ from ._common import ManifestError, stratified_split
 from .demo import generate_demo, load_demo
 from .generic_csv import load_generic_csv
 from .marketcalls import load_marketcalls
+from .meld import load_meld
+from .mosi import load_mosei, load_mosi
 
 DATASETS: dict[str, Callable[..., Manifest]] = {
     "marketcalls": load_marketcalls,
     "csv": load_generic_csv,
     "demo": load_demo,
+    "mosi": load_mosi,
+    "mosei": load_mosei,
+    "meld": load_meld,
 }
 
 

@@ -1,0 +1,223 @@
+"""MELD (Multimodal EmotionLines Dataset), as released in ``MELD.Raw``.
+
+A call is a dialogue; its segments are the dialogue's utterances in ``Utterance_ID`` order, each labelled
+``<emotion>/<sentiment>`` in lower case (label scheme ``meld``, e.g. ``joy/positive``). Dialogue ids restart in
+every split, so ids carry the split's MELD name: call ``dev/dia12``, segment ``dev/dia12_utt3``.
+
+CSVs ``train_sent_emo.csv``, ``dev_sent_emo.csv`` (the valid split), ``test_sent_emo.csv`` with columns
+``Utterance, Emotion, Sentiment, Dialogue_ID, Utterance_ID`` (``Sr No., Speaker, Season, Episode, StartTime,
+EndTime`` are ignored), looked up in DATA_DIR, ``DATA_DIR/MELD.Raw``, ``DATA_DIR/MELD``, ``DATA_DIR/data/MELD``
+(option ``csv_dir``). The files are UTF-8, cp1252 or Latin-1; quotes garbled by a double encoding (``heâ\\x80\\x99s``)
+are repaired where the repair is exact.
+
+Clips ``dia{D}_utt{U}.wav`` (extracted beforehand, preferred) or ``.mp4`` (decoded with PyAV at extraction), in
+the split's folder: ``train_splits/`` or ``train/``; ``dev_splits_complete/``, ``dev_splits/`` or ``dev/``;
+``output_repeated_splits_test/``, ``test_splits/`` or ``test/``; looked up next to the CSVs, in DATA_DIR and in
+``DATA_DIR/MELD.Raw`` (option ``clips_dir``: the folder holding the split folders). A missing or empty clip (MELD
+lacks a few, e.g. ``dev/dia110_utt7``) is named in ``manifest.issues`` and left out; a clip that exists but cannot
+be decoded is reported by the extraction and skipped there.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from pathlib import Path
+
+from ..labels import MELD_EMOTIONS, MELD_SENTIMENTS
+from ..manifest import Issue, Manifest, Segment
+from ._common import ManifestError, build_manifest, check_labels, drop_rows, require_columns
+
+log = logging.getLogger(__name__)
+
+SCHEME = "meld"
+# (MELD's split name, our split, CSV name, clip folders in order of preference)
+SPLITS = (("train", "train", "train_sent_emo.csv", ("train_splits", "train")),
+          ("dev", "valid", "dev_sent_emo.csv", ("dev_splits_complete", "dev_splits", "dev")),
+          ("test", "test", "test_sent_emo.csv", ("output_repeated_splits_test", "test_splits", "test")))
+COLUMNS = {"text": ("utterance",), "emotion": ("emotion",), "sentiment": ("sentiment",),
+           "dialogue": ("dialogue_id",), "utterance": ("utterance_id",)}
+HOMES = ("", "MELD.Raw", "MELD", "data/MELD")
+CLIP_EXTS = (".wav", ".mp4")
+
+
+# --------------------------------------------------------------------------------------------------- text
+
+def repair_text(s: str) -> str:
+    """Undo the double encoding found in MELD's text (UTF-8 bytes read as Latin-1/cp1252: ``â\\x80\\x99`` → ’) and
+    map stray C1 control characters (cp1252 bytes read as Latin-1: ``\\x92``) to their cp1252 characters.
+
+    Only exact repairs are made: a string that does not decode as UTF-8 after re-encoding is kept as it is.
+    """
+    if s.isascii():
+        return s
+    for enc in ("latin-1", "cp1252"):
+        try:
+            fixed = s.encode(enc).decode("utf-8")
+        except (UnicodeEncodeError, UnicodeDecodeError):
+            continue
+        if fixed != s:
+            s = fixed
+            break
+    if any("\x80" <= ch <= "\x9f" for ch in s):
+        s = "".join(bytes([ord(ch)]).decode("cp1252", errors="ignore") or ch if "\x80" <= ch <= "\x9f" else ch
+                    for ch in s)
+    return s
+
+
+def decode_meld_bytes(raw: bytes) -> tuple[str, str]:
+    """Text and encoding: UTF-8 (BOM allowed), else cp1252, else Latin-1 (which reads any byte).
+
+    MELD is English, so the GB18030 guess of the shared CSV reader would turn cp1252 quotes into Chinese
+    characters; this reader keeps to the encodings the MELD files come in.
+    """
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    for enc in ("utf-8", "cp1252"):
+        try:
+            return raw.decode(enc), enc
+        except UnicodeDecodeError:
+            pass
+    return raw.decode("latin-1"), "latin-1"
+
+
+def read_meld_csv(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]], str]:
+    """Rows as (line where the row starts, {lower-cased column: repaired, stripped value}) and the encoding."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ManifestError(f"{path}: cannot read ({e.strerror or e})") from None
+    text, enc = decode_meld_bytes(raw)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header: list[str] | None = None
+    rows: list[tuple[int, dict[str, str]]] = []
+    line = 0
+    try:
+        for rec in reader:
+            start, line = line + 1, reader.line_num
+            if not rec or all(not v.strip() for v in rec):
+                continue
+            if header is None:
+                header = [h.replace("\ufeff", "").strip().lower() for h in rec]
+                continue
+            row = {k: repair_text(v.replace("\x00", "")).strip() for k, v in zip(header, rec) if k}
+            for k in header:
+                row.setdefault(k, "")
+            rows.append((start, row))
+    except csv.Error as e:
+        raise ManifestError(f"{path}:{line + 1}: unreadable CSV ({e}); check the quoting on that line") from None
+    if header is None:
+        raise ManifestError(f"{path}: empty CSV (no header row)")
+    return header, rows, enc
+
+
+# --------------------------------------------------------------------------------------------------- files
+
+def _under(base: Path, option: str | Path | None) -> Path | None:
+    if option is None or option == "":
+        return None
+    p = Path(option)
+    return p if p.is_absolute() else base / p
+
+
+def _find_csvs(data_dir: Path, csv_dir: Path | None) -> dict[str, Path]:
+    homes = [csv_dir] if csv_dir is not None else [data_dir / h for h in HOMES]
+    for home in homes:
+        found = {name: home / csv_name for name, _, csv_name, _ in SPLITS if (home / csv_name).is_file()}
+        if found:
+            return found
+    where = str(csv_dir) if csv_dir is not None else f"{data_dir} (or its MELD.Raw/, MELD/, data/MELD/)"
+    raise ManifestError(f"{where}: no MELD CSV found; expected train_sent_emo.csv, dev_sent_emo.csv, "
+                        "test_sent_emo.csv (from MELD.Raw), or name their folder with the csv_dir option")
+
+
+def _find_clip_dir(roots: list[Path], folders: tuple[str, ...]) -> Path | None:
+    for root in roots:
+        for name in folders:
+            if (root / name).is_dir():
+                return root / name
+    return None
+
+
+def _int(value: str) -> int | None:
+    try:
+        x = float(value)
+    except ValueError:
+        return None
+    return int(x) if x.is_integer() and x >= 0 else None
+
+
+# --------------------------------------------------------------------------------------------------- adapter
+
+def load_meld(data_dir: Path, *, allow_outside_paths: bool = False, seed: int = 0, csv_dir: str | Path | None = None,
+              clips_dir: str | Path | None = None) -> Manifest:
+    """MELD from its CSVs and clips (see the module docstring). The split is MELD's own (``seed`` is unused)."""
+    data_dir = Path(data_dir)
+    csvs = _find_csvs(data_dir, _under(data_dir, csv_dir))
+    clips_root = _under(data_dir, clips_dir)
+    if clips_root is not None and not clips_root.is_dir():
+        raise ManifestError(f"{clips_root}: no such folder (check the clips_dir option)")
+    issues: list[Issue] = []
+    labels_seen: list[tuple[str, str]] = []
+    calls: dict[str, list] = {}
+    notes: dict = {"split": "files", "sources": [p.name for p in csvs.values()], "clip_dirs": {}, "encodings": {}}
+    order = 0
+    any_dir = False
+    for name, split, _, folders in SPLITS:
+        path = csvs.get(name)
+        if path is None:
+            notes.setdefault("missing_splits", []).append(split)
+            continue
+        fields, rows, enc = read_meld_csv(path)
+        notes["encodings"][path.name] = enc
+        cols = require_columns(path, fields, COLUMNS)
+        roots = [clips_root] if clips_root is not None else list(dict.fromkeys(
+            [path.parent, data_dir, data_dir / "MELD.Raw"]))
+        clip_dir = _find_clip_dir(roots, folders)
+        if clip_dir is None:
+            issues.append(Issue(path.name, f"no clip folder for the {name} split (expected {' or '.join(folders)} "
+                                           f"in {' or '.join(str(r) for r in roots)}; extract {name}.tar.gz there "
+                                           f"or pass clips_dir); its {len(rows)} utterances skipped"))
+            continue
+        any_dir = True
+        notes["clip_dirs"][name] = str(clip_dir.resolve())
+        seen: dict[str, str] = {}
+        for line, row in rows:
+            where = f"{path.name}:{line}"
+            dia, utt = _int(row[cols["dialogue"]]), _int(row[cols["utterance"]])
+            if dia is None or utt is None:
+                issues.append(Issue(where, f"Dialogue_ID {row[cols['dialogue']]!r} / Utterance_ID "
+                                           f"{row[cols['utterance']]!r} are not whole numbers; row skipped"))
+                continue
+            stem = f"dia{dia}_utt{utt}"
+            seg_id = f"{name}/{stem}"
+            if seg_id in seen:
+                issues.append(Issue(where, f"duplicate utterance {stem} (first at {seen[seg_id]}); row skipped"))
+                continue
+            clip = next((clip_dir / (stem + ext) for ext in CLIP_EXTS if (clip_dir / (stem + ext)).is_file()), None)
+            if clip is None:
+                issues.append(Issue(where, f"clip {stem}.mp4 (or .wav) not found in {clip_dir}; row skipped"))
+                continue
+            if clip.stat().st_size == 0:
+                issues.append(Issue(where, f"clip {clip.name} is empty (0 bytes); row skipped (download it again)"))
+                continue
+            seen[seg_id] = where
+            label = f"{row[cols['emotion']].lower()}/{row[cols['sentiment']].lower()}"
+            labels_seen.append((where, label))
+            text = row[cols["text"]]
+            if not text:
+                issues.append(Issue(where, "warning: empty transcript (kept; the text encoder sees only its special "
+                                           "tokens)"))
+            seg = Segment(segment_id=seg_id, call_id=f"{name}/dia{dia}", index=0, split=split, label=label,
+                          audio_path=str(clip.resolve()), text=text, source_row=where)
+            calls.setdefault(seg.call_id, []).append((float(utt), order, seg))
+            order += 1
+    if not any_dir:
+        raise ManifestError(f"{data_dir}: no MELD clip folder found (train_splits/, dev_splits_complete/, "
+                            "output_repeated_splits_test/ or train/, dev/, test/ next to the CSVs or in DATA_DIR); "
+                            "extract the clips there or name their folder with the clips_dir option")
+    calls = drop_rows(calls, check_labels(labels_seen, SCHEME, allow_empty=False, issues=issues))
+    notes["emotions"], notes["sentiments"] = list(MELD_EMOTIONS), list(MELD_SENTIMENTS)
+    log.info("meld: %d dialogues, %d utterances, %d issues", len(calls), sum(len(v) for v in calls.values()),
+             len(issues))
+    return build_manifest("meld", SCHEME, calls, issues, notes)
