@@ -12,6 +12,7 @@ import sys
 import click
 
 from pipeline.cli import DefaultCommandGroup
+from pipeline.datasets import DATASETS, dataset_options
 from pipeline.store import CODECS, CacheStore, StoreError
 
 from .audio import RATE_POLICIES
@@ -47,7 +48,8 @@ def format_info(info: dict) -> str:
         f"{info['segments_skipped']} skipped, {info['segments_pending']} pending",
         f"calls            {info['calls']}  per split: "
         + ", ".join(f"{k} {v}" for k, v in sorted(info["calls_per_split"].items())),
-        "calls per label  " + ", ".join(f"{k} {v}" for k, v in sorted(info["calls_per_label"].items())),
+        *(f"{name:<17}" + ", ".join(f"{k} {v}" for k, v in per.items())
+          for name, per in info.get("labels", {"calls per label": info["calls_per_label"]}).items()),
         "variants         " + ", ".join(f"{k} {v}" for k, v in sorted(info["segments_per_variant"].items())),
         f"on disk          {_fmt_bytes(info['bytes_on_disk'])} (codec {info.get('codec')}); "
         f"compression ratio {info['compression_ratio_written']:.2f}× on written rows",
@@ -69,8 +71,26 @@ def main(ctx):
         click.echo(ctx.get_help())
 
 
+def parse_options(items: tuple[str, ...], dataset: str) -> dict:
+    """``KEY=VALUE`` pairs for the dataset adapter; a VALUE that reads as JSON (48, 0.5, true) is that value."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r}: write KEY=VALUE", param_hint="--option")
+        key = key.strip().replace("-", "_")
+        if dataset in DATASETS and key not in dataset_options(dataset):
+            raise click.BadParameter(f"dataset {dataset!r} has no option {key!r}; its options: "
+                                     f"{', '.join(dataset_options(dataset)) or 'none'}", param_hint="--option")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
 @main.command("run", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--dataset", required=True, help="marketcalls | csv | demo (see README).")
+@click.option("--dataset", required=True, help=" | ".join(DATASETS) + " (see README).")
 @click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="The dataset's folder.")
 @click.option("--out", default=None, help="Store path (default cache/<dataset>.zarr).")
 @click.option("--audio-model", default=PAPER_AUDIO_MODEL, show_default=True, help="Hub id or local folder.")
@@ -106,9 +126,11 @@ def main(ctx):
 @click.option("--augment", default="", metavar="NAME,…",
               help="Augmented copies of the training rows, cached as extra rows: " + ", ".join(TRANSFORMS) + ".")
 @click.option("--variants", default=1, show_default=True, help="Copies per training row and augmentation.")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="A dataset adapter option (repeatable), e.g. split_file=folds.py, label_scheme=sentiment.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def run_cmd(as_json: bool, quiet: bool, **kw):
+def run_cmd(as_json: bool, quiet: bool, options: tuple[str, ...], **kw):
     """Encode a dataset into a resumable Zarr cache (the default command).
 
     \b
@@ -123,7 +145,7 @@ def run_cmd(as_json: bool, quiet: bool, **kw):
 
         hf_logging.disable_progress_bar()
     try:
-        cfg = ExtractConfig(**kw)
+        cfg = ExtractConfig(**kw, dataset_options=parse_options(options, kw["dataset"]))
         res = extract(cfg, progress=not quiet)
     except (StoreError, ValueError) as e:
         raise click.ClickException(str(e)) from None

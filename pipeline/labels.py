@@ -176,6 +176,36 @@ MELD = LabelScheme(
 SCHEMES: dict[str, LabelScheme] = {x.name: x for x in (MARKETCALLS, SENTIMENT, MELD)}
 
 
+def label_counts(scheme_name: str, call_ids, labels) -> dict[str, dict[str, int]]:
+    """What a dataset's labels look like, for summaries: calls per label where a label belongs to a call;
+    segments per class of each classification task where it belongs to a segment (a MOSI score is not a
+    class)."""
+    try:
+        scheme = get_scheme(scheme_name)
+    except KeyError:
+        scheme = None
+    if scheme is None or scheme.level == "call":
+        seen: set[str] = set()
+        per: dict[str, int] = {}
+        for cid, lab in zip(call_ids, labels):
+            if cid not in seen:
+                seen.add(cid)
+                per[lab or "(none)"] = per.get(lab or "(none)", 0) + 1
+        return {"calls per label": dict(sorted(per.items()))}
+    out: dict[str, dict[str, int]] = {}
+    valid = [lab for lab in labels if scheme.is_valid(lab)]
+    for task in scheme.tasks:
+        if task.is_regression:
+            continue
+        per = {c: 0 for c in task.classes}
+        for k in scheme.encode(valid, task.name):
+            per[task.classes[k]] += 1
+        if len(valid) < len(labels):
+            per["(none)"] = len(labels) - len(valid)
+        out[f"segments per {task.name}" + ("-class" if task.name.isdigit() else "")] = per
+    return out
+
+
 def get_scheme(name: str) -> LabelScheme:
     try:
         return SCHEMES[name]

@@ -86,13 +86,14 @@ class Manifest:
 
     def summary(self) -> dict:
         calls = self.calls()
+        from .labels import label_counts
+
         per_split: dict[str, int] = {}
-        per_label: dict[str, int] = {}
         for segs in calls.values():
             per_split[segs[0].split] = per_split.get(segs[0].split, 0) + 1
-            per_label[segs[0].label] = per_label.get(segs[0].label, 0) + 1
-        return {"segments": len(self.segments), "calls": len(calls),
-                "calls_per_split": per_split, "calls_per_label": per_label}
+        counts = label_counts(self.label_scheme, [s.call_id for s in self.segments], [s.label for s in self.segments])
+        return {"segments": len(self.segments), "calls": len(calls), "calls_per_split": per_split,
+                "calls_per_label": counts.get("calls per label", {}), "labels": counts}
 
 
 class PathRefused(ValueError):

@@ -29,6 +29,7 @@ import zarr.codecs
 
 from . import __version__
 from .fingerprint import diff_settings
+from .labels import label_counts
 from .manifest import Segment
 
 log = logging.getLogger(__name__)
@@ -294,14 +295,13 @@ class CacheStore:
         done, skipped = self.done(), self.skipped()
         table = self.table()
         calls_per_split: dict[str, int] = {}
-        calls_per_label: dict[str, int] = {}
         seen: set[str] = set()
-        for cid, split, lab in zip(table["call_id"], table["split"], table["label"]):
+        for cid, split in zip(table["call_id"], table["split"]):
             if cid in seen:
                 continue
             seen.add(cid)
             calls_per_split[split or "(none)"] = calls_per_split.get(split or "(none)", 0) + 1
-            calls_per_label[lab or "(none)"] = calls_per_label.get(lab or "(none)", 0) + 1
+        labels = label_counts(self.label_scheme, table["call_id"], table["label"])
         seg_per_variant: dict[str, int] = {}
         for v in table["variant"]:
             seg_per_variant[v] = seg_per_variant.get(v, 0) + 1
@@ -325,7 +325,8 @@ class CacheStore:
             "segments_pending": int((~done & ~skipped).sum()),
             "calls": len(seen),
             "calls_per_split": calls_per_split,
-            "calls_per_label": calls_per_label,
+            "calls_per_label": labels.get("calls per label", {}),
+            "labels": labels,   # calls per label, or segments per class of each task (segment-level labels)
             "segments_per_variant": seg_per_variant,
             "bytes_on_disk": _dir_bytes(self.path),
             "hidden_bytes_uncompressed": raw,

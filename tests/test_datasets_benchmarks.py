@@ -526,3 +526,48 @@ def test_extract_meld_store_has_per_utterance_labels(tmp_path, tiny_encoders, on
     assert len(set(t["label"][t["call_id"] == "train/dia0"])) == 2, "each utterance keeps its own label"
     al = s.lengths("audio")
     assert np.all(al > 0) and np.abs(s.array("audio/hidden")[:]).sum() > 0
+
+
+def test_mosi_sdk_files_extract_with_cli_options_then_train_the_regression(tmp_path, tiny_encoders, one_torch_thread):
+    """The user's path: msmtfn-extract --dataset mosi --option split_file=... then msmtfn-train on the store."""
+    from click.testing import CliRunner
+
+    from extract.cli import main as extract_cli
+    from train.cli import main as train_cli
+
+    root = make_sdk(tmp_path / "mosi")
+    pairs = (("vidA", "train"), ("vidB", "valid"), ("vidC", "train"), ("vidD", "test"))
+    write_csv(tmp_path / "my_split.csv", [{"video_id": v, "split": s} for v, s in pairs])
+    out = tmp_path / "mosi.zarr"
+    args = ["--dataset", "mosi", "--data-dir", str(root), "--out", str(out), "--audio-model",
+            str(tiny_encoders["group"]), "--text-model", str(tiny_encoders["text"]), "--num-workers", "0", "-q",
+            "--option", f"split_file={tmp_path / 'my_split.csv'}"]
+    r = CliRunner().invoke(extract_cli, args + ["--option", "nope=1"])
+    assert r.exit_code == 2 and "has no option 'nope'" in r.output and not out.exists()
+    r = CliRunner().invoke(extract_cli, args)
+    assert r.exit_code == 0, r.output
+    from pipeline.store import CacheStore
+
+    t = CacheStore.open(out).table()
+    assert {c: s for c, s in zip(t["call_id"], t["split"])} == dict(pairs)
+    r = CliRunner().invoke(train_cli, ["--cache", str(out), "--out", str(tmp_path / "run"), "--epochs", "2",
+                                       "--d-model", "32", "--heads", "4", "--ffn", "64", "--gru-hidden", "8",
+                                       "--head-hidden", "16", "--cross-layers", "1", "--bottleneck-layers", "1",
+                                       "--device", "cpu", "--threads", "1", "--no-plots", "-q", "--json"])
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.output)
+    assert m["config"]["task"] == "score" and m["level"] == "segment"
+    n_test = int((t["split"] == "test").sum())
+    assert m["test"]["score"]["n"] == n_test and m["test"]["7"]["derived_from"] == "score"
+    assert "accuracy_nonzero" in m["test"]["2"]
+
+
+def test_summaries_count_segment_labels_per_class():
+    from pipeline.labels import label_counts
+
+    got = label_counts("meld", ["d0", "d0", "d1"], ["joy/positive", "", "anger/negative"])
+    assert got["segments per emotion"]["joy"] == 1 and got["segments per emotion"]["(none)"] == 1
+    assert got["segments per sentiment"] == {"neutral": 0, "positive": 1, "negative": 1, "(none)": 1}
+    got = label_counts("sentiment", ["v", "v"], ["-1.2", "0.4"])
+    assert got["segments per 2-class"] == {"negative": 1, "non-negative": 1} and "segments per score" not in got
+    assert label_counts("marketcalls", ["c1", "c1", "c2"], ["B", "B", "A"]) == {"calls per label": {"A": 1, "B": 1}}
