@@ -197,3 +197,24 @@ def test_sweep_on_another_cache_is_refused(cache, tmp_path):
         run_sweep(SweepOptions(cache=str(other.path), grid=str(grid), out=str(out), seeds=1, device="cpu",
                                resume=True, progress=False))
     assert report(out)["rows"][0]["seeds_done"] == 1
+
+
+def test_sweep_on_a_regression_dataset_reports_mae_and_the_derived_accuracies(tmp_path):
+    from test_train_segments import _sentiment_call   # tests/ is on sys.path (conftest's folder)
+
+    store = write_synthetic_store(tmp_path / "s.zarr", calls=30, segments_per_call=(2, 4), audio_frames=8,
+                                  audio_dim=16, text_tokens=6, text_dim=16, seed=1, fill=_sentiment_call,
+                                  label_scheme="sentiment", dataset="mosi")
+    grid = tmp_path / "b.toml"
+    grid.write_text('[[trial]]\nname = "full"\n\n[[trial]]\nname = "text"\nmodality = "text"\n')
+    run_sweep(SweepOptions(cache=str(store.path), grid=str(grid), seeds=2, device="cpu", out=str(tmp_path / "out"),
+                           progress=False, overrides={"epochs": 1, "d_model": 32, "heads": 4, "ffn": 64,
+                                                      "gru_hidden": 8, "head_hidden": 16, "cross_layers": 1,
+                                                      "bottleneck_layers": 1, "threads": 1, "plots": False}))
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "sorted by MAE score" in md and "| MAE score | Corr score | acc2 |" in md and "acc2 non-zero" in md
+    assert ":head" not in md
+    rows = list(csv.DictReader(open(tmp_path / "out" / "results.csv")))
+    maes = [float(r["mae_score_mean"]) for r in rows]
+    assert maes == sorted(maes) and all(m > 0 for m in maes), "lowest MAE first"
+    assert "accuracy_2:head_mean" in rows[0]

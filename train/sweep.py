@@ -373,7 +373,7 @@ def _fmt(mean: float, std: float, digits: int = 2) -> str:
 def _markdown(spec: SweepSpec, rows: list[dict], tasks: list[str], primary: str, papers: list[str]) -> str:
     order = [primary] + [t for t in tasks if t != primary]
     reg = [t for t in order if _is_regression(rows, t)]
-    cls = [t for t in order if t not in reg]
+    cls = [t for t in order if t not in reg and ":" not in t]   # class heads beside a regression: CSV only
     nz = [t for t in cls if any(f"accuracy_nonzero_{t}_mean" in r for r in rows)]
     head = ["configuration", "seeds"] + [h for t in reg for h in (f"MAE {t}", f"Corr {t}")] + \
            [f"acc{t}" for t in cls] + [f"acc{t} non-zero" for t in nz] + [f"F1{t} (weighted)" for t in cls] + \
