@@ -20,7 +20,8 @@ class Segment:
     call_id: str
     index: int                    # position within the call, 0-based, contiguous after planning
     split: str                    # train | valid | test | "" (unlabelled, e.g. new calls to predict)
-    label: str                    # base label of the call ("" when unlabelled)
+    label: str                    # base label of the call, or of this segment where the scheme's level is
+                                  # "segment" (MOSI/MOSEI, MELD); "" when unlabelled
     audio_path: str               # absolute path
     text: str
     start: float | None = None    # seconds into audio_path; None = from the beginning
