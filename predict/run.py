@@ -238,7 +238,7 @@ def _plan_call(pred: Predictor, path: str, call_id: str, transcripts: dict | Non
             result.status = f"skipped: no transcript rows for call_id {call_id} in {transcripts_path}"
             return result, []
     else:
-        pieces = asr(x, duration)
+        pieces = asr(x, CUT_RATE)
     bounds = cut_recording(x, CUT_RATE, pred.cutter)
     texts = assign_text(pieces, bounds)
     segs = [Segment(segment_id=f"{call_id}#{i}", call_id=call_id, index=i, split="", label="",

@@ -119,7 +119,13 @@ class AsrTranscriber:
         fe = getattr(self.pipe, "feature_extractor", None)
         self.rate = int(getattr(fe, "sampling_rate", self.RATE) or self.RATE)
 
-    def __call__(self, x: np.ndarray, duration: float) -> list[Piece]:
+    def __call__(self, x: np.ndarray, rate: int) -> list[Piece]:
+        """Timed pieces of the recording ``x`` (mono float32 at ``rate`` Hz)."""
+        duration = len(x) / rate
+        if rate != self.rate:   # the model's own rate; soxr, as extract resamples
+            import soxr
+
+            x = soxr.resample(x, rate, self.rate, quality="HQ").astype(np.float32, copy=False)
         out = self.pipe({"raw": x, "sampling_rate": self.rate}, return_timestamps=True,
                         chunk_length_s=self.chunk_seconds, batch_size=self.batch_size)
         return pieces_from_chunks(out.get("chunks") or [], duration, fallback_text=out.get("text", ""))

@@ -295,3 +295,74 @@ def test_csv_helpers_round_trip_quotes(tmp_path):
         w.writerow(["c1", "x", "1", "bad row", "client"])
     got = read_transcript_csv(p)
     assert got == {"c1": [Piece(0.0, 1.0, "first"), Piece(2.5, 4.0, 'he said "yes, please"')]}
+
+
+# ------------------------------------------------------------------------------------ speech recognition
+def _byte_symbols() -> list[str]:
+    """GPT-2's byte → printable-character table (what a byte-level BPE vocabulary is made of)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+def build_tiny_whisper(folder: Path) -> Path:
+    """A randomly initialised Whisper (16 wide, 1+1 layers) with a byte-level tokenizer (no merges) carrying
+    Whisper's special and timestamp tokens, saved like a hub checkpoint: the real ASR pipeline code path, offline.
+    Its transcripts are random bytes; only the timing structure is meaningful."""
+    import torch
+    from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor,
+                              WhisperForConditionalGeneration, WhisperTokenizer)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(_byte_symbols())}), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    eot = "<|endoftext|>"
+    tok = WhisperTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), unk_token=eot, bos_token=eot,
+                           eos_token=eot, pad_token=eot)
+    tok.add_special_tokens({"additional_special_tokens": [
+        "<|startoftranscript|>", "<|en|>", "<|zh|>", "<|translate|>", "<|transcribe|>", "<|startoflm|>",
+        "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]})
+    tok.add_tokens([f"<|{i * 0.02:.2f}|>" for i in range(1501)])
+    ids = tok.convert_tokens_to_ids
+    torch.manual_seed(0)
+    cfg = WhisperConfig(vocab_size=len(tok), num_mel_bins=80, d_model=16, encoder_layers=1, decoder_layers=1,
+                        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+                        max_source_positions=1500, max_target_positions=64,
+                        decoder_start_token_id=ids("<|startoftranscript|>"), eos_token_id=ids(eot),
+                        pad_token_id=ids(eot), bos_token_id=ids(eot))
+    model = WhisperForConditionalGeneration(cfg).eval()
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=ids("<|startoftranscript|>"), eos_token_id=ids(eot), pad_token_id=ids(eot),
+        bos_token_id=ids(eot), no_timestamps_token_id=ids("<|notimestamps|>"), is_multilingual=False,
+        max_initial_timestamp_index=50, max_length=32, begin_suppress_tokens=[ids(eot)], suppress_tokens=[])
+    model.save_pretrained(folder)
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_asr_transcripts_through_the_transformers_pipeline(tiny_run, tmp_path):
+    from predict.transcripts import AsrTranscriber
+
+    whisper = build_tiny_whisper(tmp_path / "tiny-whisper")
+    paths, _, _ = _new_calls(tmp_path / "calls", [])
+    x, rate = sf.read(paths[0], dtype="float32")
+    assert rate == 8000   # the transcriber brings it to the model's 16 kHz
+    pieces = AsrTranscriber(str(whisper))(x, rate)
+    assert pieces and all(0.0 <= p.start <= p.end <= 20.0 + 1e-6 and p.text for p in pieces), pieces
+
+    out, segs_out = tmp_path / "p.csv", tmp_path / "s.csv"
+    res = CliRunner().invoke(predict_cli, ["--run", str(tiny_run["run"]), "--audio", paths[0], "--asr", str(whisper),
+                                           "--out", str(out), "--segments-out", str(segs_out), "-q"])
+    assert res.exit_code == 0, res.output
+    (row,) = csv.DictReader(open(out, encoding="utf-8"))
+    assert row["status"] == "ok" and row["pred_5"] in "ABCDE"
+    seg_rows = list(csv.DictReader(open(segs_out, encoding="utf-8")))
+    # every recognised piece reaches exactly one segment, in time order
+    assert " ".join(s["text"] for s in seg_rows if s["text"]) == " ".join(p.text for p in pieces)
