@@ -28,8 +28,10 @@ def _expand(patterns: tuple[str, ...]) -> list[str]:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False),
               help="msmtfn-train run folder (config.json + model.safetensors).")
-@click.option("--audio", multiple=True, required=True,
+@click.option("--audio", multiple=True,
               help="Recordings (repeatable; globs like 'calls/*.wav' are expanded). Call id = file stem.")
+# the shell expands `--audio calls/*.wav` into one --audio value followed by the other files: take those as well
+@click.argument("more_audio", nargs=-1, type=click.Path())
 @click.option("--transcripts", default=None, type=click.Path(dir_okay=False),
               help="CSV call_id,start,end,text (seconds into the recording).")
 @click.option("--asr", default=None, help="Speech recognition model (hub id or folder) instead of --transcripts.")
@@ -51,9 +53,12 @@ def _expand(patterns: tuple[str, ...]) -> list[str]:
 @click.option("--threads", default=0, show_default=True, help="CPU threads for torch (0 = torch's default).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code from the hub (encoders, ASR).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, warnings only.")
-def main(run_dir, audio, transcripts, asr, out, segments_out, as_json, device, dtype, audio_model, text_model,
-         cutter, search_seconds, batch_calls, num_workers, threads, trust_remote_code, quiet):
-    """Predict purchase intent (the run's tasks) for new recordings."""
+def main(run_dir, audio, more_audio, transcripts, asr, out, segments_out, as_json, device, dtype, audio_model,
+         text_model, cutter, search_seconds, batch_calls, num_workers, threads, trust_remote_code, quiet):
+    """Predict purchase intent (the run's tasks) for new recordings: --audio FILE… (files may follow)."""
+    audio = tuple(audio) + tuple(more_audio)
+    if not audio:
+        raise click.UsageError("no recordings: give --audio FILE (or a glob such as 'calls/*.wav')")
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s")
     if threads:
         import torch

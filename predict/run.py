@@ -110,10 +110,11 @@ class PredictResult:
         return len(self.calls) - self.predicted
 
     def summary(self) -> str:
-        s = (f"predicted {self.predicted} of {len(self.calls)} recordings in {self.elapsed:.1f} s")
+        s = f"predicted {self.predicted} of {len(self.calls)} recordings in {self.elapsed:.1f} s"
         if self.skipped:
-            reasons = sorted({c.status.removeprefix("skipped: ") for c in self.calls if not c.ok})
-            s += f"; skipped {self.skipped} ({'; '.join(reasons[:3])}{' …' if len(reasons) > 3 else ''})"
+            ids = [c.call_id for c in self.calls if not c.ok]
+            s += (f"; skipped {self.skipped}: {', '.join(ids[:5])}{' …' if len(ids) > 5 else ''} (reasons in the "
+                  "status column)")
         return s
 
     def to_json(self) -> dict:
@@ -178,6 +179,9 @@ class Predictor:
         except CutterError as e:
             raise PredictError(str(e)) from None
         self.device = torch.device(cfg.device)
+        log.info("%s: tasks %s; segments of at most %.0f s cut by %s; encoders %s, %s", run,
+                 ", ".join(t["name"] for t in self.tasks), max_s, cfg.cutter, self.encoders.cfg.audio_model,
+                 self.encoders.cfg.text_model)
         self.amp = self.train_cfg.amp and self.device.type == "cuda"
 
     # -------------------------------------------------------------------------------- model over calls
