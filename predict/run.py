@@ -292,10 +292,11 @@ def _finish_group(pred: Predictor, group: list[tuple[CallResult, list[Segment]]]
                 result.predictions[task["name"]] = _decode(task, v)
 
 
-def predict_calls(cfg: PredictConfig) -> PredictResult:
-    """Predict every recording of ``cfg.audio``; unusable ones are returned with their reason, never raised."""
+def predict_calls(cfg: PredictConfig, predictor: Predictor | None = None) -> PredictResult:
+    """Predict every recording of ``cfg.audio``; unusable ones are returned with their reason, never raised.
+    ``predictor``: a :class:`Predictor` already loaded (many calls of predict_calls with one model)."""
     t0 = time.perf_counter()
-    pred = Predictor(cfg)
+    pred = predictor or Predictor(cfg)
     transcripts = None
     asr = None
     try:

@@ -4,6 +4,7 @@ transcripts named and skipped, encoders other than the run's refused with one li
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from pathlib import Path
@@ -370,3 +371,77 @@ def test_asr_transcripts_through_the_transformers_pipeline(tiny_run, tmp_path):
     seg_rows = list(csv.DictReader(open(segs_out, encoding="utf-8")))
     # every recognised piece reaches exactly one segment, in time order
     assert " ".join(s["text"] for s in seg_rows if s["text"]) == " ".join(p.text for p in pieces)
+
+
+def test_segment_level_and_regression_heads_give_per_segment_rows(tiny_run, tmp_path):
+    """A run whose scheme labels segments (CMU-MOSI-like ``sentiment``: a regression score and classes) answers per
+    segment: its rows go to --segments-out, with the value for the regression and probabilities for the classes.
+    The model here is a stand-in with segment-level heads (what train/ builds for such schemes)."""
+    import torch
+
+    from pipeline.labels import get_scheme
+    from predict.run import output_tasks, segments_csv
+
+    class SegmentHeads(torch.nn.Module):
+        uses_audio = uses_text = True
+        pooling = "mean"
+
+        def __init__(self):
+            super().__init__()
+            self.heads = torch.nn.ModuleDict({"score": torch.nn.Identity(), "2": torch.nn.Identity(),
+                                              "5": torch.nn.Identity(), "7": torch.nn.Identity()})
+
+        def forward(self, audio, audio_len, text, text_len, seg_counts):
+            assert int(seg_counts.sum()) == audio.shape[0] == text.shape[0]
+            v = text.float().sum(1)[:, :7] / text_len[:, None]          # (S, 7): one row per segment
+            return {"score": v[:, :1], "2": v[:, :2], "5": v[:, :5], "7": v}
+
+    paths, csv_path, _ = _new_calls(tmp_path / "calls", ["callA", "callB"])
+    cfg = PredictConfig(run=str(tiny_run["run"]), audio=tuple(paths[:2]), transcripts=str(csv_path), progress=False)
+    pred = Predictor(cfg)
+    pred.model, pred.scheme = SegmentHeads(), get_scheme("sentiment")
+    pred.tasks = output_tasks(pred.scheme, list(pred.model.heads), "score")
+    result = predict_calls(cfg, predictor=pred)
+    assert result.predicted == 2
+    rows = list(csv.DictReader(io.StringIO(segments_csv(result))))
+    assert len(rows) == sum(c.segments for c in result.calls) >= 6
+    for r in rows:
+        float(r["pred_score"])
+        for task, classes in (("2", ["negative", "non-negative"]), ("7", [str(v) for v in range(-3, 4)])):
+            probs = {c: float(r[f"p_{task}_{c}"]) for c in classes}
+            assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
+            assert r[f"pred_{task}"] == max(probs, key=probs.get)
+    assert len({r["pred_score"] for r in rows}) > 1            # each segment its own answer
+    assert all(not c.predictions for c in result.calls)        # nothing at call level
+
+
+def test_single_head_run_reports_coarser_tasks_through_the_label_maps(tiny_run, tmp_path):
+    """--no-mtl runs have only the --task head; the coarser tasks' probabilities are its classes summed through
+    the scheme's maps (D+E = D + E), so they agree with the head by construction."""
+    import torch
+
+    from predict.run import output_tasks
+
+    class OneHead(torch.nn.Module):
+        uses_audio = uses_text = True
+        pooling = "mean"
+
+        def __init__(self):
+            super().__init__()
+            self.heads = torch.nn.ModuleDict({"5": torch.nn.Identity()})
+
+        def forward(self, audio, audio_len, text, text_len, seg_counts):
+            per_seg = text.float().sum(1)[:, :5] / text_len[:, None]
+            return {"5": torch.stack([c.mean(0) for c in torch.split(per_seg, seg_counts.tolist())])}
+
+    paths, csv_path, _ = _new_calls(tmp_path / "calls", ["callA", "callB"])
+    cfg = PredictConfig(run=str(tiny_run["run"]), audio=tuple(paths[:2]), transcripts=str(csv_path), progress=False)
+    pred = Predictor(cfg)
+    pred.model = OneHead()
+    pred.tasks = output_tasks(pred.scheme, ["5"], "5")
+    assert [t["name"] for t in pred.tasks] == ["5", "4", "3", "2"]
+    for call in predict_calls(cfg, predictor=pred).calls:
+        p5, p2 = call.predictions["5"]["probs"], call.predictions["2"]["probs"]
+        assert p2["D+E"] == pytest.approx(p5["D"] + p5["E"])
+        assert p2["A+B+C"] == pytest.approx(p5["A"] + p5["B"] + p5["C"])
+        assert call.predictions["3"]["probs"]["B+C"] == pytest.approx(p5["B"] + p5["C"])
