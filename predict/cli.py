@@ -59,6 +59,8 @@ def main(run_dir, audio, more_audio, transcripts, asr, out, segments_out, as_jso
     audio = tuple(audio) + tuple(more_audio)
     if not audio:
         raise click.UsageError("no recordings: give --audio FILE (or a glob such as 'calls/*.wav')")
+    if bool(transcripts) == bool(asr):
+        raise click.UsageError("give exactly one of --transcripts CSV or --asr MODEL")
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s")
     if threads:
         import torch

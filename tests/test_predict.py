@@ -230,9 +230,10 @@ def test_predict_end_to_end_with_bad_recordings(tiny_run, tmp_path):
 
 def test_library_call_matches_cli_and_json(tiny_run, tmp_path):
     paths, csv_path, _ = _new_calls(tmp_path / "calls", ["callA", "callB"])
-    result = predict_calls(PredictConfig(run=str(tiny_run["run"]), audio=tuple(paths[:2]),
+    result = predict_calls(PredictConfig(run=str(tiny_run["run"]), audio=(paths[0], paths[1], paths[0]),
                                          transcripts=str(csv_path), progress=False))
-    assert result.predicted == 2 and result.skipped == 0
+    assert result.predicted == 2 and result.skipped == 1
+    assert result.calls[2].status == f"skipped: duplicate call id (also {paths[0]})"
     out = tmp_path / "p.csv"
     res = CliRunner().invoke(predict_cli, ["--run", str(tiny_run["run"]), "--audio", paths[0], "--audio", paths[1],
                                            "--transcripts", str(csv_path), "--out", str(out), "--json", "-q"])
@@ -288,6 +289,8 @@ def test_bad_run_folder_and_missing_transcript_source(tmp_path):
     res = CliRunner().invoke(predict_cli, ["--run", str(tmp_path), "--audio", "a.wav", "--transcripts", "t.csv",
                                            "--out", str(tmp_path / "p.csv"), "-q"])
     assert res.exit_code == 1 and "config.json" in res.output and len(res.output.strip().splitlines()) == 1
+    res = CliRunner().invoke(predict_cli, ["--run", str(tmp_path), "--audio", "a.wav", "--out", "p.csv"])
+    assert res.exit_code == 2 and "exactly one of --transcripts CSV or --asr MODEL" in res.output
 
 
 def test_csv_helpers_round_trip_quotes(tmp_path):
