@@ -1,0 +1,91 @@
+"""``msmtfn-predict``: a trained run applied to new recordings (thin layer over :func:`predict.run.predict_calls`).
+
+Exit status: 0 something was predicted (recordings that could not be used are rows with their reason), 1 nothing
+was predicted or an error stopped the run (one line saying what to fix), 2 bad usage.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import sys
+
+import click
+
+from .run import PredictConfig, PredictError, predict_calls, result_json, write_outputs
+from .segmenter import CUTTERS
+
+
+def _expand(patterns: tuple[str, ...]) -> list[str]:
+    """Shell globs the shell did not expand (quoted, or on Windows); a name that matches nothing is kept, so it
+    is reported as missing rather than silently dropped."""
+    out: list[str] = []
+    for p in patterns:
+        hits = sorted(glob.glob(p)) if any(ch in p for ch in "*?[") else []
+        out.extend(hits or [p])
+    return out
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False),
+              help="msmtfn-train run folder (config.json + model.safetensors).")
+@click.option("--audio", multiple=True,
+              help="Recordings (repeatable; globs like 'calls/*.wav' are expanded). Call id = file stem.")
+# the shell expands `--audio calls/*.wav` into one --audio value followed by the other files: take those as well
+@click.argument("more_audio", nargs=-1, type=click.Path())
+@click.option("--transcripts", default=None, type=click.Path(dir_okay=False),
+              help="CSV call_id,start,end,text (seconds into the recording).")
+@click.option("--asr", default=None, help="Speech recognition model (hub id or folder) instead of --transcripts.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="predictions.csv: one row per call.")
+@click.option("--segments-out", default=None, type=click.Path(dir_okay=False),
+              help="Per-segment CSV: call, index, start, end, status, text (and segment-level predictions).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of the summary line.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N")
+@click.option("--dtype", default="run", show_default=True,
+              help="Encoders' compute dtype: run (the cache's; float32 on CPU), float32, float16, bfloat16.")
+@click.option("--audio-model", default=None, help="Where to read the run's audio encoder (identity is checked).")
+@click.option("--text-model", default=None, help="Where to read the run's text encoder (identity is checked).")
+@click.option("--cutter", type=click.Choice(CUTTERS), default="energy", show_default=True,
+              help="Where long recordings are cut: quietest frames (energy) or Silero VAD non-speech (vad).")
+@click.option("--search-seconds", default=10.0, show_default=True,
+              help="How far before the segment limit a pause is looked for.")
+@click.option("--batch-calls", default=0, show_default=True, help="Calls per model batch (0 = the run's).")
+@click.option("--num-workers", default=0, show_default=True, help="Decode/tokenise processes for the encoders.")
+@click.option("--threads", default=0, show_default=True, help="CPU threads for torch (0 = torch's default).")
+@click.option("--trust-remote-code", is_flag=True, help="Allow model code from the hub (encoders, ASR).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar, warnings only.")
+def main(run_dir, audio, more_audio, transcripts, asr, out, segments_out, as_json, device, dtype, audio_model,
+         text_model, cutter, search_seconds, batch_calls, num_workers, threads, trust_remote_code, quiet):
+    """Predict purchase intent (the run's tasks) for new recordings: --audio FILE… (files may follow)."""
+    audio = tuple(audio) + tuple(more_audio)
+    if not audio:
+        raise click.UsageError("no recordings: give --audio FILE (or a glob such as 'calls/*.wav')")
+    if bool(transcripts) == bool(asr):
+        raise click.UsageError("give exactly one of --transcripts CSV or --asr MODEL")
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    if quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    try:
+        cfg = PredictConfig(run=run_dir, audio=tuple(_expand(audio)), transcripts=transcripts, asr=asr,
+                            device=device, dtype=dtype, audio_model=audio_model, text_model=text_model,
+                            cutter=cutter, search_seconds=search_seconds, batch_calls=batch_calls,
+                            num_workers=num_workers, trust_remote_code=trust_remote_code, progress=not quiet)
+        result = predict_calls(cfg)
+        write_outputs(result, out, segments_out)
+    except (PredictError, OSError) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(result_json(result))
+    else:
+        click.echo(f"{result.summary()} → {out}" + (f", {segments_out}" if segments_out else ""))
+    sys.exit(0 if result.predicted else 1)
+
+
+if __name__ == "__main__":
+    main()

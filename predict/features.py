@@ -1,0 +1,157 @@
+"""The run's encoders, rebuilt from its cache settings, and the features of new segments.
+
+A trained run only makes sense on features made exactly like its training cache. ``config.json`` of a run
+records the cache's settings (``extract.run.build_settings``: encoder ids, revisions, weight hashes, layers, rate
+policy, pooling, max lengths, compute dtype, segmentation); :class:`RunEncoders` rebuilds the encoders from
+them with extract's own classes and recomputes the same settings for what it loaded, and refuses (one line,
+naming what differs) when the weights or the tokenizer are not the ones the run was trained on — whatever
+``--audio-model``/``--text-model`` points at. Segments are decoded, normalised and tokenised by extract's
+``SegmentSource`` and encoded by ``AudioEncoder``/``TextEncoder`` in length-bucketed batches, then rounded to
+float16 like the store, so a segment's features equal what ``msmtfn-extract`` writes for it (to float16
+rounding where CPU BLAS sums in another order for another batch).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from extract.audio import AudioPolicy
+from extract.encoders import AudioEncoder, EncoderSpec, TextEncoder, resolve_dtype
+from extract.run import ExtractConfig, SegmentSource, build_settings, make_batches
+from pipeline.fingerprint import diff_settings
+from pipeline.manifest import Segment
+
+log = logging.getLogger(__name__)
+
+# settings that may differ from the run's without changing the numbers: where the models are read from (the
+# weights and tokenizer hashes say what they are), the dataset's name, training-only augmentation, the dtype the
+# encoders compute in (float16 on GPU vs float32 on CPU differ at float16 rounding; logged)
+LOCATION_KEYS = ("audio.model", "audio.revision", "text.model", "text.revision")
+FREE_KEYS = ("dataset", "augmentation", "compute_dtype")
+
+
+class ModelMismatch(Exception):
+    """The given encoders are not the ones the run was trained on."""
+
+
+@dataclass
+class SegmentFeatures:
+    """One encoded segment: float16 hidden states cut to their valid rows."""
+
+    audio: np.ndarray    # (audio_len, Da) float16
+    text: np.ndarray     # (text_len, Dt) float16
+    warnings: list[str]
+    text_truncated: bool
+
+
+def run_settings(meta: dict, run_dir) -> dict:
+    try:
+        settings = meta["cache"]["settings"]
+        settings["audio"]["weights"], settings["text"]["weights"]   # noqa: B018 — KeyError if not extract's
+    except (KeyError, TypeError):
+        raise ModelMismatch(f"{run_dir}/config.json: no encoder settings of the training cache (cache.settings); "
+                            "is this a msmtfn-train run folder?") from None
+    return settings
+
+
+class RunEncoders:
+    """Audio and text encoders exactly as the run's cache was extracted (or refused)."""
+
+    def __init__(self, settings: dict, *, device: str = "cpu", dtype: str = "run", audio_model: str | None = None,
+                 text_model: str | None = None, trust_remote_code: bool = False, run_dir: str = "run"):
+        a, t = settings["audio"], settings["text"]
+        run_dtype = settings.get("compute_dtype", "float32")
+        if dtype == "run":
+            # float16 on CPU is slow and partly unsupported: compute in float32 there (stored as float16 anyway)
+            dtype = run_dtype if not (run_dtype == "float16" and not device.startswith("cuda")) else "float32"
+        dtype = resolve_dtype(dtype, device)
+        if dtype != run_dtype:
+            log.warning("encoders compute in %s; the run's cache was extracted in %s (features differ at float16 "
+                        "rounding)", dtype, run_dtype)
+        seg = settings.get("segmentation", {})
+        self.cfg = ExtractConfig(
+            dataset=settings.get("dataset", ""), data_dir="", audio_model=audio_model or a["model"],
+            text_model=text_model or t["model"], audio_revision=None if audio_model else a.get("revision"),
+            text_revision=None if text_model else t.get("revision"), audio_layer=int(a.get("layer", -1)),
+            text_layer=int(t.get("layer", -1)), device=device, dtype=dtype,
+            max_seconds=float(seg.get("max_seconds", 40.0)), rate_policy=a.get("rate_policy", "encoder"),
+            audio_pool=int(a.get("pool", 0)), max_text_tokens=int(t.get("max_tokens", 199)),
+            trust_remote_code=trust_remote_code)
+        c = self.cfg
+        try:
+            self.audio = AudioEncoder(EncoderSpec(c.audio_model, c.audio_revision, c.audio_layer), device, dtype,
+                                      pool=c.pool, trust_remote_code=trust_remote_code)
+            self.text = TextEncoder(EncoderSpec(c.text_model, c.text_revision, c.text_layer), device, dtype,
+                                    max_tokens=c.max_text_tokens, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelMismatch(f"{run_dir}: cannot load the run's encoders ({first}); pass local copies with "
+                                "--audio-model/--text-model") from None
+        self.policy = AudioPolicy(c.rate_policy, self.audio.sampling_rate)
+        self.max_samples = int(round(c.max_seconds * self.policy.input_rate))
+        self.audio_frames = int(self.audio.frames(self.max_samples)[0]) // c.pool
+        mine = build_settings(c, self.audio, self.text, self.policy, dtype, self.audio_frames)
+        self.settings = mine
+        self._check_identity(settings, mine, run_dir)
+        self.min_samples = self.audio.min_samples()
+
+    @staticmethod
+    def _check_identity(run: dict, mine: dict, run_dir) -> None:
+        drop = set(LOCATION_KEYS) | set(FREE_KEYS)
+
+        def keep(d: dict) -> dict:
+            out = {}
+            for k, v in d.items():
+                if k in drop:
+                    continue
+                if isinstance(v, dict):
+                    v = {kk: vv for kk, vv in v.items() if f"{k}.{kk}" not in drop}
+                out[k] = v
+            return out
+
+        diffs = diff_settings(keep(run), keep(mine))
+        if diffs:
+            names = {"audio.weights": "audio encoder weights", "text.weights": "text encoder weights",
+                     "text.tokenizer": "tokenizer"}
+            what = "; ".join(f"{names.get(d.split(':')[0], d.split(':')[0])} ({d.split(': ', 1)[1]})"
+                             for d in diffs[:4])
+            raise ModelMismatch(f"{run_dir}/config.json: the encoders loaded ({mine['audio']['model']}, "
+                                f"{mine['text']['model']}) are not the ones this run was trained on: {what}; pass "
+                                "the run's encoders with --audio-model/--text-model")
+
+    @property
+    def max_seconds(self) -> float:
+        return self.cfg.max_seconds
+
+    def encode(self, segments: list[Segment], *, batch_seconds: float = 0.0, max_batch: int = 64,
+               num_workers: int = 0) -> list[SegmentFeatures | str]:
+        """Features of each segment, or the reason it cannot be encoded (unreadable, too short)."""
+        source = SegmentSource(segments, self.policy.input_rate, self.max_samples, self.min_samples,
+                               self.audio.feature_extractor, self.text)
+        rate = self.policy.input_rate
+        lengths = np.array([min(self.max_samples, int(round(((s.end or 0.0) - (s.start or 0.0)) * rate)))
+                            for s in segments], dtype=np.int64)
+        budget = int((batch_seconds or (1280.0 if self.cfg.device.startswith("cuda") else 160.0)) * rate)
+        batches = make_batches(lengths, [range(len(segments))], max(budget, self.max_samples), max_batch)
+        loader = torch.utils.data.DataLoader(source, batch_sampler=batches, collate_fn=list,
+                                             num_workers=num_workers)
+        out: list[SegmentFeatures | str | None] = [None] * len(segments)
+        for items in loader:
+            ok = [it for it in items if "error" not in it]
+            for it in items:
+                if "error" in it:
+                    out[it["row"]] = it["error"]
+            if not ok:
+                continue
+            a_hidden, a_len = self.audio.encode([it["wave"] for it in ok])
+            t_hidden, t_len = self.text.encode([it["ids"] for it in ok])
+            # float16, as the store keeps them and training read them
+            a_np = a_hidden.to(torch.float16).cpu().numpy()
+            t_np = t_hidden.to(torch.float16).cpu().numpy()
+            for j, it in enumerate(ok):
+                out[it["row"]] = SegmentFeatures(audio=a_np[j, : a_len[j]].copy(), text=t_np[j, : t_len[j]].copy(),
+                                                 warnings=it["warnings"], text_truncated=it["truncated"])
+        return out

@@ -1,0 +1,409 @@
+"""``predict_calls``: a trained run applied to new, unlabelled recordings.
+
+    recording ──decode (extract.audio.load_segment)──► cut at pauses ≤ max_seconds (predict/segmenter.py)
+              ──► transcript per segment (CSV by time, or ASR; predict/transcripts.py)
+              ──► the run's encoders, rebuilt and identity-checked from its cache settings (predict/features.py)
+              ──► the run's model (train.checkpoint.load_run), whole calls per batch ──► one row per call
+
+A recording that cannot be used (missing, empty, not audio, NaN samples, no transcript, no segment long enough
+for the encoder) is a row with ``status = skipped: <reason>``; the others are predicted. Calls are processed in
+groups so that memory stays bounded however many recordings there are; the output is a fixed function of the
+inputs (model in eval mode, no sampling).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from extract.audio import AudioError, load_segment
+from pipeline.labels import LabelScheme, get_scheme
+from pipeline.manifest import Segment
+from train.checkpoint import CheckpointError, load_run, read_run_config
+
+from .features import ModelMismatch, RunEncoders, SegmentFeatures, run_settings
+from .segmenter import CutterConfig, CutterError, cut_recording
+from .transcripts import AsrTranscriber, Piece, TranscriptError, assign_text, read_transcript_csv
+
+log = logging.getLogger(__name__)
+
+CUT_RATE = 16000     # the rate recordings are decoded at for cutting (and for ASR)
+
+
+class PredictError(Exception):
+    """Something that stops the whole prediction (a bad run folder, wrong encoders, unusable transcripts)."""
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    run: str                                # msmtfn-train run folder (config.json + model.safetensors)
+    audio: tuple[str, ...]                  # recordings; call id = file stem
+    transcripts: str | None = None          # CSV call_id,start,end,text
+    asr: str | None = None                  # or: a speech recognition model (hub id or folder)
+    device: str = "cpu"
+    dtype: str = "run"                      # encoders' compute dtype: run = the cache's (float32 on CPU)
+    audio_model: str | None = None          # override where the run's encoders are read from (identity checked)
+    text_model: str | None = None
+    cutter: str = "energy"                  # energy | vad
+    search_seconds: float = 10.0            # window before the limit in which a pause is looked for
+    batch_calls: int = 0                    # calls per model batch; 0 = the run's --batch-calls
+    group_calls: int = 32                   # calls decoded and encoded together (bounds memory)
+    batch_seconds: float = 0.0              # padded audio seconds per encoder batch (0: 1280 CUDA, 160 CPU)
+    num_workers: int = 0                    # decode/tokenise processes for the encoders
+    trust_remote_code: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "audio", tuple(str(a) for a in self.audio))
+        if bool(self.transcripts) == bool(self.asr):
+            raise PredictError("give exactly one of --transcripts CSV or --asr MODEL")
+
+
+@dataclass
+class SegmentResult:
+    call_id: str
+    index: int
+    start: float
+    end: float
+    text: str
+    status: str = "ok"
+    predictions: dict = field(default_factory=dict)   # segment-level runs: task -> {label, probs} | {value}
+
+
+@dataclass
+class CallResult:
+    call_id: str
+    source: str
+    status: str                   # ok | skipped: <reason>
+    segments: int = 0             # segments that reached the model
+    duration: float | None = None
+    predictions: dict = field(default_factory=dict)   # task -> {"label": class, "probs": {class: p}} | {"value": x}
+    segment_rows: list[SegmentResult] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass
+class PredictResult:
+    calls: list[CallResult]
+    tasks: list[dict]             # [{"name", "classes", "kind", "level"}] in output order
+    run: str
+    elapsed: float
+
+    @property
+    def predicted(self) -> int:
+        return sum(c.ok for c in self.calls)
+
+    @property
+    def skipped(self) -> int:
+        return len(self.calls) - self.predicted
+
+    def summary(self) -> str:
+        s = f"predicted {self.predicted} of {len(self.calls)} recordings in {self.elapsed:.1f} s"
+        if self.skipped:
+            ids = [c.call_id for c in self.calls if not c.ok]
+            s += (f"; skipped {self.skipped}: {', '.join(ids[:5])}{' …' if len(ids) > 5 else ''} (reasons in the "
+                  "status column)")
+        return s
+
+    def to_json(self) -> dict:
+        return {"run": self.run, "tasks": self.tasks, "predicted": self.predicted, "skipped": self.skipped,
+                "calls": [asdict(c) for c in self.calls]}
+
+
+# ------------------------------------------------------------------------------------------------------ tasks
+def output_tasks(scheme: LabelScheme, heads: list[str], main: str) -> list[dict]:
+    """The scheme's tasks the run can predict: its heads, plus (a single-head run, --no-mtl) the coarser tasks
+    reached from the main head through the scheme's class maps (their probabilities summed over the map)."""
+    out = []
+    for t in scheme.tasks:
+        entry = {"name": t.name, "classes": list(t.classes), "kind": t.kind, "level": scheme.level}
+        if t.name in heads:
+            out.append({**entry, "from": t.name, "map": None})
+        elif scheme.class_map(main, t.name) is not None:
+            out.append({**entry, "from": main, "map": scheme.class_map(main, t.name).tolist()})
+    return out
+
+
+def _decode(task: dict, row: torch.Tensor) -> dict:
+    if task["kind"] == "regression":
+        return {"value": float(row.float().reshape(-1)[0])}
+    p = torch.softmax(row.float(), -1).cpu().numpy().astype(np.float64)
+    if task["map"] is not None:   # coarser task through the label map: sum the mapped classes
+        q = np.zeros(len(task["classes"]))
+        np.add.at(q, np.asarray(task["map"]), p)
+        p = q
+    return {"label": task["classes"][int(p.argmax())], "probs": dict(zip(task["classes"], p.tolist()))}
+
+
+# ------------------------------------------------------------------------------------------------ the run
+class Predictor:
+    """The run's model, scheme and encoders, loaded once."""
+
+    def __init__(self, cfg: PredictConfig):
+        self.cfg = cfg
+        run = Path(cfg.run)
+        try:
+            meta = read_run_config(run)
+            self.model, self.train_cfg = load_run(run, cfg.device)
+        except CheckpointError as e:
+            raise PredictError(str(e)) from None
+        try:
+            self.scheme = get_scheme(meta["cache"]["label_scheme"])
+        except KeyError as e:
+            raise PredictError(f"{run}/config.json: {e.args[0] if e.args else 'no label scheme'}") from None
+        self.tasks = output_tasks(self.scheme, list(self.model.heads), self.train_cfg.task)
+        self.text_tokens = int(meta["dims"]["text_tokens"])
+        try:
+            self.encoders = RunEncoders(run_settings(meta, run), device=cfg.device, dtype=cfg.dtype,
+                                        audio_model=cfg.audio_model, text_model=cfg.text_model,
+                                        trust_remote_code=cfg.trust_remote_code, run_dir=str(run))
+        except ModelMismatch as e:
+            raise PredictError(str(e)) from None
+        max_s = self.encoders.max_seconds
+        try:
+            self.cutter = CutterConfig(method=cfg.cutter, max_seconds=max_s,
+                                       search_seconds=min(cfg.search_seconds, max_s / 2),
+                                       min_seconds=min(1.0, max_s / 4))
+        except CutterError as e:
+            raise PredictError(str(e)) from None
+        self.device = torch.device(cfg.device)
+        log.info("%s: tasks %s; segments of at most %.0f s cut by %s; encoders %s, %s", run,
+                 ", ".join(t["name"] for t in self.tasks), max_s, cfg.cutter, self.encoders.cfg.audio_model,
+                 self.encoders.cfg.text_model)
+        self.amp = self.train_cfg.amp and self.device.type == "cuda"
+
+    # -------------------------------------------------------------------------------- model over calls
+    @torch.inference_mode()
+    def predict_features(self, calls: list[list[SegmentFeatures]]) -> list[dict[str, torch.Tensor]]:
+        """Per call, the raw head outputs: {task: (C,) call-level or (segments, C) segment-level}."""
+        m = self.model
+        bc = self.cfg.batch_calls or self.train_cfg.batch_calls
+        out: list[dict[str, torch.Tensor]] = []
+        full_text = m.pooling == "flatten"    # as in training: flatten needs every text row
+        for i in range(0, len(calls), bc):
+            group = calls[i: i + bc]
+            segs = [s for call in group for s in call]
+            a_len = torch.as_tensor([len(s.audio) for s in segs], dtype=torch.int32)
+            t_len = torch.as_tensor([len(s.text) for s in segs], dtype=torch.int32)
+            audio = text = None
+            if m.uses_audio:
+                audio = torch.zeros(len(segs), int(a_len.max()), segs[0].audio.shape[1], dtype=torch.float16)
+                for j, s in enumerate(segs):
+                    audio[j, : len(s.audio)] = torch.from_numpy(s.audio)
+                audio = audio.to(self.device)
+            if m.uses_text:
+                width = self.text_tokens if full_text else int(t_len.max())
+                text = torch.zeros(len(segs), width, segs[0].text.shape[1], dtype=torch.float16)
+                for j, s in enumerate(segs):
+                    text[j, : len(s.text)] = torch.from_numpy(s.text)
+                text = text.to(self.device)
+            counts = torch.as_tensor([len(c) for c in group], device=self.device)
+            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                logits = m(audio, a_len.to(self.device), text, t_len.to(self.device), counts)
+            logits = {k: v.float().cpu() for k, v in logits.items()}
+            seg_start = 0
+            for k, call in enumerate(group):
+                per = {}
+                for name, v in logits.items():
+                    if self.scheme.level == "segment" and v.shape[0] == len(segs):
+                        per[name] = v[seg_start: seg_start + len(call)]   # segment-level head: (segments, C)
+                    else:
+                        per[name] = v[k]
+                out.append(per)
+                seg_start += len(call)
+        return out
+
+
+def _plan_call(pred: Predictor, path: str, call_id: str, transcripts: dict | None, transcripts_path: str | None,
+               asr: AsrTranscriber | None) -> tuple[CallResult, list[Segment]]:
+    result = CallResult(call_id=call_id, source=path, status="ok")
+    try:
+        x, _ = load_segment(path, None, None, CUT_RATE)
+    except AudioError as e:
+        result.status = f"skipped: {e}"
+        return result, []
+    duration = len(x) / CUT_RATE
+    result.duration = round(duration, 3)
+    if transcripts is not None:
+        pieces: list[Piece] | None = transcripts.get(call_id)
+        if pieces is None:
+            result.status = f"skipped: no transcript rows for call_id {call_id} in {transcripts_path}"
+            return result, []
+    else:
+        pieces = asr(x, CUT_RATE)
+    bounds = cut_recording(x, CUT_RATE, pred.cutter)
+    texts = assign_text(pieces, bounds)
+    segs = [Segment(segment_id=f"{call_id}#{i}", call_id=call_id, index=i, split="", label="",
+                    audio_path=os.path.abspath(path), text=t, start=a, end=b, source_row=path)
+            for i, ((a, b), t) in enumerate(zip(bounds, texts))]
+    result.segment_rows = [SegmentResult(call_id, i, round(a, 4), round(b, 4), t)
+                           for i, ((a, b), t) in enumerate(zip(bounds, texts))]
+    return result, segs
+
+
+def _finish_group(pred: Predictor, group: list[tuple[CallResult, list[Segment]]]) -> None:
+    """Encode the group's segments, run the model over its calls, fill in the results."""
+    segs = [s for _, ss in group for s in ss]
+    feats = pred.encoders.encode(segs, batch_seconds=pred.cfg.batch_seconds,
+                                 num_workers=pred.cfg.num_workers) if segs else []
+    usable: list[tuple[CallResult, list[SegmentFeatures], list[SegmentResult]]] = []
+    k = 0
+    for result, ss in group:
+        fs, kept = [], []
+        for row in result.segment_rows:
+            f = feats[k]
+            k += 1
+            if isinstance(f, SegmentFeatures):
+                fs.append(f)
+                kept.append(row)
+            else:
+                row.status = f"skipped: {f}"
+        if not fs:
+            reasons = sorted({r.status.removeprefix("skipped: ") for r in result.segment_rows})
+            result.status = f"skipped: no segment could be encoded ({'; '.join(reasons)})"
+            continue
+        if len(fs) < len(result.segment_rows):
+            log.warning("%s: %d of %d segments cannot be encoded and are left out of the call",
+                        result.source, len(result.segment_rows) - len(fs), len(result.segment_rows))
+        usable.append((result, fs, kept))
+    outputs = pred.predict_features([fs for _, fs, _ in usable])
+    for (result, fs, kept), out in zip(usable, outputs):
+        result.segments = len(fs)
+        for task in pred.tasks:
+            v = out.get(task["from"])
+            if v is None:
+                continue
+            if v.dim() == 2:
+                for row, seg_v in zip(kept, v):
+                    row.predictions[task["name"]] = _decode(task, seg_v)
+            elif v.dim() == 1:
+                result.predictions[task["name"]] = _decode(task, v)
+
+
+def predict_calls(cfg: PredictConfig, predictor: Predictor | None = None) -> PredictResult:
+    """Predict every recording of ``cfg.audio``; unusable ones are returned with their reason, never raised.
+    ``predictor``: a :class:`Predictor` already loaded (many calls of predict_calls with one model)."""
+    t0 = time.perf_counter()
+    pred = predictor or Predictor(cfg)
+    transcripts = None
+    asr = None
+    try:
+        if cfg.transcripts:
+            transcripts = read_transcript_csv(cfg.transcripts)
+        else:
+            asr = AsrTranscriber(cfg.asr, device=cfg.device, trust_remote_code=cfg.trust_remote_code)
+    except TranscriptError as e:
+        raise PredictError(str(e)) from None
+    results: list[CallResult] = []
+    seen: dict[str, str] = {}
+    group: list[tuple[CallResult, list[Segment]]] = []
+    for path in tqdm(cfg.audio, desc="predict", unit="call", disable=not cfg.progress):
+        call_id = Path(path).stem
+        if call_id in seen:
+            results.append(CallResult(call_id, path, f"skipped: duplicate call id (also {seen[call_id]})"))
+            continue
+        seen[call_id] = path
+        result, segs = _plan_call(pred, path, call_id, transcripts, cfg.transcripts, asr)
+        results.append(result)
+        if not result.ok:
+            continue
+        group.append((result, segs))
+        if len(group) >= cfg.group_calls:
+            _finish_group(pred, group)
+            group = []
+    if group:
+        _finish_group(pred, group)
+    for r in results:
+        if not r.ok:
+            log.warning("%s: %s", r.source, r.status)
+    return PredictResult(calls=results, tasks=[{k: t[k] for k in ("name", "classes", "kind", "level")}
+                                               for t in pred.tasks],
+                         run=str(cfg.run), elapsed=time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------------------------------------- output
+def _fmt(x: float) -> str:
+    return f"{x:.6f}"
+
+
+def _task_columns(tasks: list[dict]) -> list[str]:
+    cols = []
+    for t in tasks:
+        cols.append(f"pred_{t['name']}")
+        cols += [f"p_{t['name']}_{c}" for c in t["classes"]]
+    return cols
+
+
+def _task_values(tasks: list[dict], preds: dict) -> list[str]:
+    vals = []
+    for t in tasks:
+        p = preds.get(t["name"])
+        if p is None:
+            vals += [""] * (1 + len(t["classes"]))
+        elif "value" in p:
+            vals.append(_fmt(p["value"]))
+        else:
+            vals.append(p["label"])
+            vals += [_fmt(p["probs"][c]) for c in t["classes"]]
+    return vals
+
+
+def _tasks_at(result: PredictResult, level: str) -> list[dict]:
+    """Tasks with columns at ``level``: the scheme's level, or where the model's heads actually answered (a
+    segment-level scheme on a model with call-level heads)."""
+    rows = [c.predictions for c in result.calls] if level == "call" else \
+        [s.predictions for c in result.calls for s in c.segment_rows]
+    return [t for t in result.tasks if t["level"] == level or any(t["name"] in p for p in rows)]
+
+
+def calls_csv(result: PredictResult) -> str:
+    call_tasks = _tasks_at(result, "call")
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["call_id", "source", "status", "segments", "duration_s", *_task_columns(call_tasks)])
+    for c in result.calls:
+        w.writerow([c.call_id, c.source, c.status, c.segments, "" if c.duration is None else f"{c.duration:.3f}",
+                    *_task_values(call_tasks, c.predictions)])
+    return buf.getvalue()
+
+
+def segments_csv(result: PredictResult) -> str:
+    seg_tasks = _tasks_at(result, "segment")
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["call_id", "segment", "start", "end", "status", "text", *_task_columns(seg_tasks)])
+    for c in result.calls:
+        for s in c.segment_rows:
+            w.writerow([s.call_id, s.index, f"{s.start:.4f}", f"{s.end:.4f}", s.status, s.text,
+                        *_task_values(seg_tasks, s.predictions)])
+    return buf.getvalue()
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_outputs(result: PredictResult, out: str | Path, segments_out: str | Path | None = None) -> None:
+    write_atomic(out, calls_csv(result))
+    if segments_out:
+        write_atomic(segments_out, segments_csv(result))
+
+
+def result_json(result: PredictResult) -> str:
+    return json.dumps(result.to_json(), ensure_ascii=False, indent=2)

@@ -1,0 +1,156 @@
+"""Transcripts of new recordings: from a CSV of timed utterances or from a speech recognition model.
+
+Both give timed pieces of text ``(start, end, text)`` per recording; :func:`assign_text` hands each piece to the
+segment it overlaps most (ties: the earlier segment), so an utterance that straddles a cut is not counted
+twice, and joins a segment's pieces in time order. Cuts are placed in pauses (predict/segmenter.py), so a piece
+rarely straddles one.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+REQUIRED = ("call_id", "start", "end", "text")
+
+
+class TranscriptError(Exception):
+    """A transcript source that cannot be used at all (one line naming the file and the fix)."""
+
+
+@dataclass(frozen=True)
+class Piece:
+    start: float
+    end: float
+    text: str
+
+
+def read_transcript_csv(path: str | Path) -> dict[str, list[Piece]]:
+    """``call_id,start,end,text`` (call_id = the recording's file stem; other columns are ignored; header names
+    case-insensitive; UTF-8 or GB18030). Returns pieces by call id, in time order."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise TranscriptError(f"{path}: cannot read the transcripts ({e.strerror or e}); check --transcripts") from None
+    for enc in ("utf-8-sig", "gb18030"):
+        try:
+            text = raw.decode(enc)
+            break
+        except UnicodeDecodeError:
+            continue
+    else:
+        raise TranscriptError(f"{path}: neither UTF-8 nor GB18030; save the transcripts as UTF-8")
+    reader = csv.DictReader(text.splitlines())
+    fields = {(f or "").strip().lower(): f for f in (reader.fieldnames or [])}
+    missing = [c for c in REQUIRED if c not in fields]
+    if missing:
+        raise TranscriptError(f"{path}: missing column {', '.join(missing)} (found: {', '.join(fields) or 'none'}); "
+                              f"the transcripts CSV needs {','.join(REQUIRED)}")
+    out: dict[str, list[Piece]] = {}
+    bad = []
+    for n, row in enumerate(reader, start=2):
+        cid = (row[fields["call_id"]] or "").strip()
+        try:
+            start, end = float(row[fields["start"]]), float(row[fields["end"]])
+            if not (math.isfinite(start) and math.isfinite(end) and end >= start >= 0):
+                raise ValueError
+        except (TypeError, ValueError):
+            bad.append(n)
+            continue
+        if cid:
+            out.setdefault(cid, []).append(Piece(start, end, (row[fields["text"]] or "").strip()))
+    if bad:
+        log.warning("%s: %d rows without valid start/end seconds are ignored (lines %s)", path, len(bad),
+                    ", ".join(map(str, bad[:10])) + (" …" if len(bad) > 10 else ""))
+    return {cid: sorted(p, key=lambda x: (x.start, x.end)) for cid, p in out.items()}
+
+
+def assign_text(pieces: list[Piece], bounds: list[tuple[float, float]]) -> list[str]:
+    """The text of each segment ``bounds[i] = (start, end)``: the pieces whose largest overlap is with it.
+
+    A piece overlapping no segment (past the end of the audio) goes to the nearest one, so no words are lost; a
+    zero-length piece (a word timestamp) counts as overlapping the segment that contains it."""
+    texts: list[list[str]] = [[] for _ in bounds]
+    if not bounds:
+        return []
+    starts = np.array([b[0] for b in bounds])
+    ends = np.array([b[1] for b in bounds])
+    for p in sorted(pieces, key=lambda x: (x.start, x.end)):
+        if not p.text:
+            continue
+        overlap = np.minimum(ends, p.end) - np.maximum(starts, p.start)
+        if p.end <= p.start:   # a point: the segment containing it
+            overlap = np.where((starts <= p.start) & (p.start < ends), 1.0, -np.inf)
+        if overlap.max() <= 0:
+            mid = (p.start + p.end) / 2
+            i = int(np.argmin(np.maximum(starts - mid, 0) + np.maximum(mid - ends, 0)))
+        else:
+            i = int(np.argmax(overlap))   # first maximum: ties go to the earlier segment
+        texts[i].append(p.text)
+    return [" ".join(t) for t in texts]
+
+
+# ------------------------------------------------------------------------------------------ speech recognition
+class AsrTranscriber:
+    """``transformers.pipeline("automatic-speech-recognition", model, return_timestamps=True)`` over a whole
+    recording (chunked by 30 s windows inside the pipeline); chunk timestamps → :class:`Piece`."""
+
+    RATE = 16000
+
+    def __init__(self, model: str, device: str = "cpu", chunk_seconds: float = 30.0, batch_size: int = 8,
+                 trust_remote_code: bool = False):
+        from transformers import pipeline
+
+        try:
+            self.pipe = pipeline("automatic-speech-recognition", model=model, device=torch_device(device),
+                                 trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TranscriptError(f"--asr {model}: cannot load the speech recognition model ({first}); give a hub "
+                                  "id or a local folder, or use --transcripts CSV") from None
+        self.model, self.chunk_seconds, self.batch_size = model, chunk_seconds, batch_size
+        fe = getattr(self.pipe, "feature_extractor", None)
+        self.rate = int(getattr(fe, "sampling_rate", self.RATE) or self.RATE)
+
+    def __call__(self, x: np.ndarray, rate: int) -> list[Piece]:
+        """Timed pieces of the recording ``x`` (mono float32 at ``rate`` Hz)."""
+        duration = len(x) / rate
+        if rate != self.rate:   # the model's own rate; soxr, as extract resamples
+            import soxr
+
+            x = soxr.resample(x, rate, self.rate, quality="HQ").astype(np.float32, copy=False)
+        out = self.pipe({"raw": x, "sampling_rate": self.rate}, return_timestamps=True,
+                        chunk_length_s=self.chunk_seconds, batch_size=self.batch_size)
+        return pieces_from_chunks(out.get("chunks") or [], duration, fallback_text=out.get("text", ""))
+
+
+def torch_device(device: str):
+    import torch
+
+    return torch.device(device)
+
+
+def pieces_from_chunks(chunks: list[dict], duration: float, fallback_text: str = "") -> list[Piece]:
+    """ASR pipeline chunks ``{"timestamp": (start, end), "text": …}`` → pieces. A missing start follows the
+    previous chunk; a missing end (the last chunk, cut off) runs to the end of the recording."""
+    pieces: list[Piece] = []
+    prev_end = 0.0
+    for ch in chunks:
+        ts = ch.get("timestamp") or (None, None)
+        start = ts[0] if ts[0] is not None else prev_end
+        end = ts[1] if len(ts) > 1 and ts[1] is not None else duration
+        start, end = float(min(max(start, 0.0), duration)), float(min(max(end, start), duration))
+        text = (ch.get("text") or "").strip()
+        if text:
+            pieces.append(Piece(start, end, text))
+        prev_end = end
+    if not pieces and fallback_text.strip():   # a model without timestamps: the whole text over the recording
+        pieces.append(Piece(0.0, duration, fallback_text.strip()))
+    return pieces

@@ -1,0 +1,450 @@
+"""msmtfn-predict: long recordings cut at pauses below the limit, features equal to extract's, a tiny trained run
+applied to new recordings (deterministic, probabilities per task summing to 1), bad recordings and missing
+transcripts named and skipped, encoders other than the run's refused with one line."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from conftest import assert_same_features, write_marketcalls
+from extract.run import ExtractConfig, extract
+from pipeline.store import CacheStore
+from predict.cli import main as predict_cli
+from predict.run import PredictConfig, PredictError, Predictor, _plan_call, predict_calls
+from predict.segmenter import CutterConfig, choose_cuts, cut_recording, vad_available
+from predict.transcripts import Piece, assign_text, pieces_from_chunks, read_transcript_csv
+from train.config import TrainConfig
+from train.loop import fit
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+MAX_SECONDS = 8.0   # the tiny run's segment limit (its cache setting), so short test recordings get cut
+
+
+def bursty(seconds: float, rate: int, seed: int, burst=(2.0, 9.0), pause=(0.4, 1.5), speech_level=0.3):
+    """Speech-like bursts (harmonics with a syllable-rate envelope and noise) between quiet pauses.
+    Returns (samples, [(pause_start, pause_end), …])."""
+    rng = np.random.default_rng(seed)
+    parts, pauses, t = [], [], 0.0
+    while round((seconds - t) * rate) > 0:
+        d = min(float(rng.uniform(*burst)), seconds - t)
+        n = int(round(d * rate))
+        tt = np.arange(n) / rate
+        f0 = float(rng.uniform(110, 240))
+        voice = sum(np.sin(2 * np.pi * f0 * k * tt) / k for k in range(1, 6))
+        envelope = 0.6 + 0.4 * np.sin(2 * np.pi * 4.0 * tt) ** 2      # ~4 syllables/s, never silent
+        parts.append(speech_level * voice * envelope + 0.02 * rng.standard_normal(n))
+        t += n / rate
+        if round((seconds - t) * rate) <= 0:
+            break
+        p = min(float(rng.uniform(*pause)), seconds - t)
+        n = int(round(p * rate))
+        pauses.append((t, t + n / rate))
+        parts.append(0.002 * rng.standard_normal(n))
+        t += n / rate
+    return np.concatenate(parts).astype(np.float32), pauses
+
+
+def in_a_pause(cut: float, pauses) -> bool:
+    return any(a <= cut <= b for a, b in pauses)
+
+
+# ---------------------------------------------------------------------------------------------- cutting
+@pytest.mark.parametrize("method", ["energy", "vad"])
+def test_three_minute_recording_is_cut_below_the_limit_in_its_pauses(method):
+    if method == "vad" and not vad_available():
+        pytest.skip("silero-vad is not installed")
+    rate = 16000
+    for seed in range(3):
+        x, pauses = bursty(180.0, rate, seed)
+        segs = cut_recording(x, rate, CutterConfig(method=method, max_seconds=40.0))
+        assert segs[0][0] == 0.0 and segs[-1][1] == pytest.approx(len(x) / rate)
+        assert all(b0 == a1 for (_, b0), (a1, _) in zip(segs[:-1], segs[1:])), "segments must tile the recording"
+        lengths = [b - a for a, b in segs]
+        assert max(lengths) <= 40.0, lengths
+        assert len(segs) >= 5 and min(lengths[:-1]) >= 30.0, lengths   # cuts near the limit, not every pause
+        cuts = [a for a, _ in segs[1:]]
+        assert all(in_a_pause(c, pauses) for c in cuts), (method, seed, cuts, pauses)
+
+
+def test_a_recording_without_pauses_is_still_cut_below_the_limit():
+    rate = 8000
+    x = (0.1 * np.random.default_rng(0).standard_normal(int(95.5 * rate))).astype(np.float32)
+    segs = cut_recording(x, rate, CutterConfig(max_seconds=40.0))
+    assert max(b - a for a, b in segs) <= 40.0 and segs[-1][1] == pytest.approx(95.5)
+    assert min(b - a for a, b in segs) >= 1.0          # no tail too short for the encoder
+
+
+def test_cut_goes_to_the_middle_of_the_longest_quiet_run():
+    score = np.full(1000, 60.0)          # 10 s of "speech" at 10 ms frames
+    score[300:320] = 0.0                 # short pause at 3.0–3.2 s
+    score[700:800] = 0.0                 # long pause at 7.0–8.0 s
+    cuts = choose_cuts(score, 0.01, 10.0, CutterConfig(max_seconds=9.0, search_seconds=8.0, min_seconds=0.5), 3.0)
+    assert cuts == [pytest.approx(7.5, abs=0.011)]
+
+
+# ----------------------------------------------------------------------------------------- transcripts
+def test_text_goes_to_the_segment_it_overlaps_most():
+    bounds = [(0.0, 10.0), (10.0, 20.0), (20.0, 25.0)]
+    pieces = [Piece(1, 3, "a"), Piece(8, 11, "b"), Piece(9.5, 12, "c"), Piece(19, 21, "d"), Piece(30, 31, "e"),
+              Piece(15, 15, "f")]
+    assert assign_text(pieces, bounds) == ["a b", "c f d", "e"]
+
+
+def test_asr_chunks_become_timed_pieces():
+    chunks = [{"timestamp": (0.0, 4.2), "text": " 你好"}, {"timestamp": (4.2, None), "text": "再见 "},
+              {"timestamp": (5.0, 6.0), "text": "  "}]
+    assert pieces_from_chunks(chunks, 9.0) == [Piece(0.0, 4.2, "你好"), Piece(4.2, 9.0, "再见")]
+    assert pieces_from_chunks([], 3.0, fallback_text="好的") == [Piece(0.0, 3.0, "好的")]
+
+
+def test_transcript_csv_without_a_column_is_one_line(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text("call_id,text\nc1,hello\n", encoding="utf-8")
+    with pytest.raises(Exception) as e:
+        read_transcript_csv(p)
+    assert "missing column start, end" in str(e.value) and str(p) in str(e.value) and "\n" not in str(e.value)
+
+
+# ----------------------------------------------------------------------------------------- a tiny run
+@pytest.fixture(scope="module")
+def tiny_run(tiny_encoders, tmp_path_factory):
+    """A marketcalls-format dataset extracted with the tiny encoders (segment limit 8 s) and a 2-epoch run."""
+    root = tmp_path_factory.mktemp("predict")
+    data = write_marketcalls(root / "data", calls=9, segments=2)
+    cache = root / "cache.zarr"
+    extract(ExtractConfig(dataset="marketcalls", data_dir=str(data), out=str(cache),
+                          audio_model=str(tiny_encoders["group"]), text_model=str(tiny_encoders["text"]),
+                          num_workers=0, max_text_tokens=32, max_seconds=MAX_SECONDS), progress=False)
+    m = fit(TrainConfig(cache=str(cache), out=str(root / "run"), d_model=32, heads=4, ffn=64, gru_hidden=16,
+                        head_hidden=32, cross_layers=1, bottleneck_layers=1, epochs=2, patience=2, lr=1e-3,
+                        batch_calls=4, device="cpu", plots=False, progress=False))
+    return {"root": root, "data": data, "cache": cache, "run": Path(m["run_dir"]), **tiny_encoders}
+
+
+def _new_calls(folder: Path, transcripts_for: list[str]) -> tuple[list[str], Path, dict]:
+    """Two 20 s recordings (8 kHz) with transcripts, one without; returns (paths, transcripts.csv, pauses)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths, pauses = [], {}
+    for i, name in enumerate(["callA", "callB", "callC"]):
+        x, p = bursty(20.0, 8000, seed=10 + i, burst=(2.0, 5.0))
+        sf.write(folder / f"{name}.wav", x, 8000)
+        paths.append(str(folder / f"{name}.wav"))
+        pauses[name] = p
+    rows = [("callA", 0.0, 3.0, "你好我想了解一下"), ("callA", 3.5, 9.0, "价格多少"), ("callA", 12.0, 19.5, "好的谢谢"),
+            ("callB", 0.5, 18.0, "不需要谢谢再见")]
+    csv_path = folder / "transcripts.csv"
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["call_id", "start", "end", "text"])
+        w.writerows(r for r in rows if r[0] in transcripts_for)
+    return paths, csv_path, pauses
+
+
+def test_features_equal_what_extract_writes(tiny_run, tmp_path):
+    """A recording run through predict's path (decode, cut, CSV text, the run's encoders rebuilt from config.json)
+    gives the features msmtfn-extract stored for the same audio and text."""
+    store = CacheStore.open(tiny_run["cache"])
+    table = store.table()
+    lengths_a, lengths_t = store.lengths("audio"), store.lengths("text")
+    pred = Predictor(PredictConfig(run=str(tiny_run["run"]), audio=(), transcripts="unused.csv", progress=False))
+    rows = [int(i) for i in np.flatnonzero(table["segment_index"] == 0)[:3]]
+    texts = {}
+    for f in ("train.csv", "valid.csv", "test.csv"):
+        for r in csv.DictReader(open(tiny_run["data"] / f, encoding="utf-8")):
+            texts[r["Audio_id"]] = r["text"]
+    for row in rows:
+        path = table["source_path"][row]
+        stem = Path(path).stem
+        dur = sf.info(path).duration
+        result, segs = _plan_call(pred, path, stem, {stem: [Piece(0.0, dur, texts[stem])]}, "t.csv", None)
+        assert result.ok and len(segs) == 1
+        (f,) = pred.encoders.encode(segs)
+        assert len(f.audio) == lengths_a[row] and len(f.text) == lengths_t[row]
+        assert_same_features(f.audio, store.array("audio/hidden")[row, : lengths_a[row]], err_msg=stem)
+        assert_same_features(f.text, store.array("text/hidden")[row, : lengths_t[row]], err_msg=stem)
+        assert np.abs(f.audio.astype(np.float32)).max() > 0
+
+
+def test_predict_end_to_end_with_bad_recordings(tiny_run, tmp_path):
+    paths, csv_path, pauses = _new_calls(tmp_path / "calls", ["callA", "callB"])
+    bad = tmp_path / "calls"
+    (bad / "notaudio.wav").write_text("this is not a wav file")
+    (bad / "empty.wav").write_bytes(b"")
+    nan = np.zeros(8000, dtype=np.float32)
+    nan[100] = np.nan
+    sf.write(bad / "nan.wav", nan, 8000, subtype="FLOAT")
+    inputs = paths + [str(bad / "notaudio.wav"), str(bad / "empty.wav"), str(bad / "nan.wav"),
+                      str(bad / "missing.wav")]
+    out, segs_out = tmp_path / "predictions.csv", tmp_path / "segments.csv"
+    # as a shell gives `--audio calls/*.wav`: one --audio value, the other files after it
+    args = ["--run", str(tiny_run["run"]), "--transcripts", str(csv_path), "--out", str(out), "--segments-out",
+            str(segs_out), "-q", "--audio", *inputs]
+    res = CliRunner().invoke(predict_cli, args)
+    assert res.exit_code == 0, res.output
+    summary = [line for line in res.output.splitlines() if line.strip()]
+    assert len(summary) == 1 and summary[0].startswith("predicted 2 of 7 recordings"), res.output
+
+    rows = {r["call_id"]: r for r in csv.DictReader(open(out, encoding="utf-8"))}
+    assert list(rows) == ["callA", "callB", "callC", "notaudio", "empty", "nan", "missing"]
+    assert rows["callA"]["status"] == rows["callB"]["status"] == "ok"
+    assert rows["callC"]["status"] == f"skipped: no transcript rows for call_id callC in {csv_path}"
+    assert rows["notaudio"]["status"].startswith("skipped: cannot decode audio")
+    assert rows["empty"]["status"] == "skipped: empty file (0 bytes)"
+    assert rows["nan"]["status"] == "skipped: audio has 1 NaN/inf samples"
+    assert rows["missing"]["status"] == "skipped: audio file not found"
+    for name in ("callA", "callB"):
+        r = rows[name]
+        # 20 s at an 8 s limit, pauses looked for in the last 4 s before it: 3 or 4 segments
+        assert int(r["segments"]) in (3, 4) and float(r["duration_s"]) == pytest.approx(20.0, abs=0.01)
+        for task, classes in (("5", "A B C D E"), ("4", "A B C D+E"), ("3", "A B+C D+E"), ("2", "A+B+C D+E")):
+            probs = {c: float(r[f"p_{task}_{c}"]) for c in classes.split()}
+            assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5), (name, task, probs)
+            assert all(0 < p < 1 for p in probs.values())
+            assert r[f"pred_{task}"] == max(probs, key=probs.get)
+    assert rows["callC"]["pred_5"] == "" and rows["missing"]["segments"] == "0"
+
+    seg_rows = list(csv.DictReader(open(segs_out, encoding="utf-8")))
+    a = [s for s in seg_rows if s["call_id"] == "callA"]
+    assert [int(s["segment"]) for s in a] == list(range(int(rows["callA"]["segments"])))
+    assert all(s["status"] == "ok" for s in a) and float(a[-1]["end"]) == pytest.approx(20.0, abs=0.01)
+    assert all(float(s["end"]) - float(s["start"]) <= MAX_SECONDS for s in a)
+    assert all(in_a_pause(float(s["start"]), pauses["callA"]) for s in a[1:]), (a, pauses["callA"])
+    # every transcript row reaches exactly one segment, in order
+    assert " ".join(s["text"] for s in a if s["text"]) == "你好我想了解一下 价格多少 好的谢谢"
+
+    # deterministic: the same inputs give byte-identical outputs
+    first = out.read_bytes(), segs_out.read_bytes()
+    res2 = CliRunner().invoke(predict_cli, args)
+    assert res2.exit_code == 0, res2.output
+    assert (out.read_bytes(), segs_out.read_bytes()) == first
+
+
+def test_library_call_matches_cli_and_json(tiny_run, tmp_path):
+    paths, csv_path, _ = _new_calls(tmp_path / "calls", ["callA", "callB"])
+    result = predict_calls(PredictConfig(run=str(tiny_run["run"]), audio=(paths[0], paths[1], paths[0]),
+                                         transcripts=str(csv_path), progress=False))
+    assert result.predicted == 2 and result.skipped == 1
+    assert result.calls[2].status == f"skipped: duplicate call id (also {paths[0]})"
+    out = tmp_path / "p.csv"
+    res = CliRunner().invoke(predict_cli, ["--run", str(tiny_run["run"]), "--audio", paths[0], "--audio", paths[1],
+                                           "--transcripts", str(csv_path), "--out", str(out), "--json", "-q"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["predicted"] == 2 and [t["name"] for t in data["tasks"]] == ["5", "4", "3", "2"]
+    for call, lib in zip(data["calls"], result.calls):
+        assert call["predictions"]["5"]["probs"] == pytest.approx(lib.predictions["5"]["probs"], abs=1e-6)
+
+
+def test_nothing_predicted_exits_1_with_one_line(tiny_run, tmp_path):
+    paths, csv_path, _ = _new_calls(tmp_path / "calls", [])
+    res = CliRunner().invoke(predict_cli, ["--run", str(tiny_run["run"]), "--audio", paths[0], "--transcripts",
+                                           str(csv_path), "--out", str(tmp_path / "p.csv"), "-q"])
+    assert res.exit_code == 1
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and re.fullmatch(r"predicted 0 of 1 recordings in [\d.]+ s; skipped 1: callA \(reasons in "
+                                            r"the status column\) → .*p\.csv", lines[0]), lines
+    (row,) = csv.DictReader(open(tmp_path / "p.csv", encoding="utf-8"))
+    assert row["status"] == f"skipped: no transcript rows for call_id callA in {csv_path}"
+
+
+def test_other_encoders_than_the_runs_are_refused_with_one_line(tiny_run, tmp_path):
+    from extract.tiny import build_tiny_audio_encoder, build_tiny_text_encoder
+
+    other_text = build_tiny_text_encoder(tmp_path / "text-seed1", seed=1)
+    paths, csv_path, _ = _new_calls(tmp_path / "calls", ["callA"])
+    base = ["--run", str(tiny_run["run"]), "--audio", paths[0], "--transcripts", str(csv_path),
+            "--out", str(tmp_path / "p.csv"), "-q"]
+    res = CliRunner().invoke(predict_cli, base + ["--text-model", str(other_text)])
+    assert res.exit_code == 1
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "text encoder weights" in lines[0] and "audio encoder" not in lines[0], lines
+    assert str(tiny_run["run"]) in lines[0] and "--audio-model/--text-model" in lines[0]
+    assert not (tmp_path / "p.csv").exists()
+
+    other_audio = build_tiny_audio_encoder(tmp_path / "audio-layer", norm="layer")
+    res = CliRunner().invoke(predict_cli, base + ["--audio-model", str(other_audio)])
+    assert res.exit_code == 1 and "audio encoder weights" in res.output, res.output
+
+    # a copy of the run's own encoders in another folder is accepted: identity is by weights, not by path
+    import shutil
+
+    copy = tmp_path / "copy-of-text"
+    shutil.copytree(tiny_run["text"], copy)
+    res = CliRunner().invoke(predict_cli, base + ["--text-model", str(copy)])
+    assert res.exit_code == 0, res.output
+
+
+def test_bad_run_folder_and_missing_transcript_source(tmp_path):
+    with pytest.raises(PredictError, match="exactly one of"):
+        PredictConfig(run=str(tmp_path), audio=("a.wav",))
+    res = CliRunner().invoke(predict_cli, ["--run", str(tmp_path), "--audio", "a.wav", "--transcripts", "t.csv",
+                                           "--out", str(tmp_path / "p.csv"), "-q"])
+    assert res.exit_code == 1 and "config.json" in res.output and len(res.output.strip().splitlines()) == 1
+    res = CliRunner().invoke(predict_cli, ["--run", str(tmp_path), "--audio", "a.wav", "--out", "p.csv"])
+    assert res.exit_code == 2 and "exactly one of --transcripts CSV or --asr MODEL" in res.output
+
+
+def test_csv_helpers_round_trip_quotes(tmp_path):
+    p = tmp_path / "t.csv"
+    with open(p, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["Call_ID", "Start", "End", "Text", "speaker"])
+        w.writerow(["c1", "2.5", "4", 'he said "yes, please"', "agent"])
+        w.writerow(["c1", "0", "1", "first", "client"])
+        w.writerow(["c1", "x", "1", "bad row", "client"])
+    got = read_transcript_csv(p)
+    assert got == {"c1": [Piece(0.0, 1.0, "first"), Piece(2.5, 4.0, 'he said "yes, please"')]}
+
+
+# ------------------------------------------------------------------------------------ speech recognition
+def _byte_symbols() -> list[str]:
+    """GPT-2's byte → printable-character table (what a byte-level BPE vocabulary is made of)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+def build_tiny_whisper(folder: Path) -> Path:
+    """A randomly initialised Whisper (16 wide, 1+1 layers) with a byte-level tokenizer (no merges) carrying
+    Whisper's special and timestamp tokens, saved like a hub checkpoint: the real ASR pipeline code path, offline.
+    Its transcripts are random bytes; only the timing structure is meaningful."""
+    import torch
+    from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor,
+                              WhisperForConditionalGeneration, WhisperTokenizer)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(_byte_symbols())}), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    eot = "<|endoftext|>"
+    tok = WhisperTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), unk_token=eot, bos_token=eot,
+                           eos_token=eot, pad_token=eot)
+    tok.add_special_tokens({"additional_special_tokens": [
+        "<|startoftranscript|>", "<|en|>", "<|zh|>", "<|translate|>", "<|transcribe|>", "<|startoflm|>",
+        "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]})
+    tok.add_tokens([f"<|{i * 0.02:.2f}|>" for i in range(1501)])
+    ids = tok.convert_tokens_to_ids
+    torch.manual_seed(0)
+    cfg = WhisperConfig(vocab_size=len(tok), num_mel_bins=80, d_model=16, encoder_layers=1, decoder_layers=1,
+                        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+                        max_source_positions=1500, max_target_positions=64,
+                        decoder_start_token_id=ids("<|startoftranscript|>"), eos_token_id=ids(eot),
+                        pad_token_id=ids(eot), bos_token_id=ids(eot))
+    model = WhisperForConditionalGeneration(cfg).eval()
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=ids("<|startoftranscript|>"), eos_token_id=ids(eot), pad_token_id=ids(eot),
+        bos_token_id=ids(eot), no_timestamps_token_id=ids("<|notimestamps|>"), is_multilingual=False,
+        max_initial_timestamp_index=50, max_length=32, begin_suppress_tokens=[ids(eot)], suppress_tokens=[])
+    model.save_pretrained(folder)
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_asr_transcripts_through_the_transformers_pipeline(tiny_run, tmp_path):
+    from predict.transcripts import AsrTranscriber
+
+    whisper = build_tiny_whisper(tmp_path / "tiny-whisper")
+    paths, _, _ = _new_calls(tmp_path / "calls", [])
+    x, rate = sf.read(paths[0], dtype="float32")
+    assert rate == 8000   # the transcriber brings it to the model's 16 kHz
+    pieces = AsrTranscriber(str(whisper))(x, rate)
+    assert pieces and all(0.0 <= p.start <= p.end <= 20.0 + 1e-6 and p.text for p in pieces), pieces
+
+    out, segs_out = tmp_path / "p.csv", tmp_path / "s.csv"
+    res = CliRunner().invoke(predict_cli, ["--run", str(tiny_run["run"]), "--audio", paths[0], "--asr", str(whisper),
+                                           "--out", str(out), "--segments-out", str(segs_out), "-q"])
+    assert res.exit_code == 0, res.output
+    (row,) = csv.DictReader(open(out, encoding="utf-8"))
+    assert row["status"] == "ok" and row["pred_5"] in "ABCDE"
+    seg_rows = list(csv.DictReader(open(segs_out, encoding="utf-8")))
+    # every recognised piece reaches exactly one segment, in time order
+    assert " ".join(s["text"] for s in seg_rows if s["text"]) == " ".join(p.text for p in pieces)
+
+
+def test_segment_level_and_regression_heads_give_per_segment_rows(tiny_run, tmp_path):
+    """A run whose scheme labels segments (CMU-MOSI-like ``sentiment``: a regression score and classes) answers per
+    segment: its rows go to --segments-out, with the value for the regression and probabilities for the classes.
+    The model here is a stand-in with segment-level heads (what train/ builds for such schemes)."""
+    import torch
+
+    from pipeline.labels import get_scheme
+    from predict.run import output_tasks, segments_csv
+
+    class SegmentHeads(torch.nn.Module):
+        uses_audio = uses_text = True
+        pooling = "mean"
+
+        def __init__(self):
+            super().__init__()
+            self.heads = torch.nn.ModuleDict({"score": torch.nn.Identity(), "2": torch.nn.Identity(),
+                                              "5": torch.nn.Identity(), "7": torch.nn.Identity()})
+
+        def forward(self, audio, audio_len, text, text_len, seg_counts):
+            assert int(seg_counts.sum()) == audio.shape[0] == text.shape[0]
+            v = text.float().sum(1)[:, :7] / text_len[:, None]          # (S, 7): one row per segment
+            return {"score": v[:, :1], "2": v[:, :2], "5": v[:, :5], "7": v}
+
+    paths, csv_path, _ = _new_calls(tmp_path / "calls", ["callA", "callB"])
+    cfg = PredictConfig(run=str(tiny_run["run"]), audio=tuple(paths[:2]), transcripts=str(csv_path), progress=False)
+    pred = Predictor(cfg)
+    pred.model, pred.scheme = SegmentHeads(), get_scheme("sentiment")
+    pred.tasks = output_tasks(pred.scheme, list(pred.model.heads), "score")
+    result = predict_calls(cfg, predictor=pred)
+    assert result.predicted == 2
+    rows = list(csv.DictReader(io.StringIO(segments_csv(result))))
+    assert len(rows) == sum(c.segments for c in result.calls) >= 6
+    for r in rows:
+        float(r["pred_score"])
+        for task, classes in (("2", ["negative", "non-negative"]), ("7", [str(v) for v in range(-3, 4)])):
+            probs = {c: float(r[f"p_{task}_{c}"]) for c in classes}
+            assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
+            assert r[f"pred_{task}"] == max(probs, key=probs.get)
+    assert len({r["pred_score"] for r in rows}) > 1            # each segment its own answer
+    assert all(not c.predictions for c in result.calls)        # nothing at call level
+
+
+def test_single_head_run_reports_coarser_tasks_through_the_label_maps(tiny_run, tmp_path):
+    """--no-mtl runs have only the --task head; the coarser tasks' probabilities are its classes summed through
+    the scheme's maps (D+E = D + E), so they agree with the head by construction."""
+    import torch
+
+    from predict.run import output_tasks
+
+    class OneHead(torch.nn.Module):
+        uses_audio = uses_text = True
+        pooling = "mean"
+
+        def __init__(self):
+            super().__init__()
+            self.heads = torch.nn.ModuleDict({"5": torch.nn.Identity()})
+
+        def forward(self, audio, audio_len, text, text_len, seg_counts):
+            per_seg = text.float().sum(1)[:, :5] / text_len[:, None]
+            return {"5": torch.stack([c.mean(0) for c in torch.split(per_seg, seg_counts.tolist())])}
+
+    paths, csv_path, _ = _new_calls(tmp_path / "calls", ["callA", "callB"])
+    cfg = PredictConfig(run=str(tiny_run["run"]), audio=tuple(paths[:2]), transcripts=str(csv_path), progress=False)
+    pred = Predictor(cfg)
+    pred.model = OneHead()
+    pred.tasks = output_tasks(pred.scheme, ["5"], "5")
+    assert [t["name"] for t in pred.tasks] == ["5", "4", "3", "2"]
+    for call in predict_calls(cfg, predictor=pred).calls:
+        p5, p2 = call.predictions["5"]["probs"], call.predictions["2"]["probs"]
+        assert p2["D+E"] == pytest.approx(p5["D"] + p5["E"])
+        assert p2["A+B+C"] == pytest.approx(p5["A"] + p5["B"] + p5["C"])
+        assert call.predictions["3"]["probs"]["B+C"] == pytest.approx(p5["B"] + p5["C"])
