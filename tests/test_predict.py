@@ -448,3 +448,41 @@ def test_single_head_run_reports_coarser_tasks_through_the_label_maps(tiny_run, 
         assert p2["D+E"] == pytest.approx(p5["D"] + p5["E"])
         assert p2["A+B+C"] == pytest.approx(p5["A"] + p5["B"] + p5["C"])
         assert call.predictions["3"]["probs"]["B+C"] == pytest.approx(p5["B"] + p5["C"])
+
+
+def test_a_trained_mosi_run_predicts_a_score_for_every_segment(tiny_encoders, tmp_path):
+    """The real thing end to end for segment-level labels: CMU-MOSI SDK files extracted with the tiny encoders,
+    a regression run trained on them, then new whole-video recordings predicted segment by segment."""
+    from predict.run import segments_csv
+    from test_datasets_benchmarks import make_sdk, write_csv
+
+    root = make_sdk(tmp_path / "mosi")
+    split = write_csv(tmp_path / "split.csv", [{"video_id": v, "split": s} for v, s in
+                                               (("vidA", "train"), ("vidB", "valid"), ("vidC", "train"),
+                                                ("vidD", "test"))])
+    cache = tmp_path / "mosi.zarr"
+    extract(ExtractConfig(dataset="mosi", data_dir=str(root), out=str(cache), audio_model=str(tiny_encoders["group"]),
+                          text_model=str(tiny_encoders["text"]), num_workers=0, max_text_tokens=32,
+                          max_seconds=MAX_SECONDS, dataset_options={"split_file": str(split)}), progress=False)
+    m = fit(TrainConfig(cache=str(cache), out=str(tmp_path / "run"), d_model=32, heads=4, ffn=64, gru_hidden=16,
+                        head_hidden=32, cross_layers=1, bottleneck_layers=1, epochs=1, device="cpu", plots=False,
+                        progress=False))
+    assert m["level"] == "segment" and m["config"]["task"] == "score"
+    wavs = sorted((root / "Raw" / "Audio" / "WAV_16000" / "Full").glob("*.wav"))[:2]
+    rows = []
+    for w in wavs:
+        seconds = sf.info(str(w)).duration
+        rows += [{"call_id": w.stem, "start": 0.0, "end": seconds / 2, "text": "really good movie"},
+                 {"call_id": w.stem, "start": seconds / 2, "end": seconds, "text": "but the ending was bad"}]
+    transcripts = write_csv(tmp_path / "t.csv", rows)
+    cfg = PredictConfig(run=m["run_dir"], audio=tuple(map(str, wavs)), transcripts=str(transcripts), progress=False)
+    result = predict_calls(cfg)
+    assert result.predicted == 2
+    seg_rows = list(csv.DictReader(io.StringIO(segments_csv(result))))
+    assert len(seg_rows) == sum(c.segments for c in result.calls) >= 2
+    for r in seg_rows:
+        assert np.isfinite(float(r["pred_score"]))
+        probs = {c: float(r[f"p_7_{c}"]) for c in [str(v) for v in range(-3, 4)]}
+        assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
+    again = list(csv.DictReader(io.StringIO(segments_csv(predict_calls(cfg)))))
+    assert again == seg_rows, "deterministic"
