@@ -12,7 +12,7 @@ import sys
 import click
 
 from pipeline.cli import DefaultCommandGroup
-from pipeline.store import CODECS, CacheStore, StoreError
+from pipeline.store import CODECS, CacheStore, StoreError, resolve_storage_options
 
 from .audio import RATE_POLICIES
 from .augment import TRANSFORMS
@@ -69,6 +69,18 @@ def main(ctx):
         click.echo(ctx.get_help())
 
 
+def _storage_options(raw: str | None) -> dict:
+    if not raw:
+        return resolve_storage_options()
+    try:
+        opts = json.loads(raw)
+    except ValueError as e:
+        raise click.BadParameter(f"not JSON ({e})", param_hint="--storage-options") from None
+    if not isinstance(opts, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--storage-options")
+    return opts
+
+
 @main.command("run", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--dataset", required=True, help="marketcalls | csv | demo (see README).")
 @click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="The dataset's folder.")
@@ -106,9 +118,16 @@ def main(ctx):
 @click.option("--augment", default="", metavar="NAME,…",
               help="Augmented copies of the training rows, cached as extra rows: " + ", ".join(TRANSFORMS) + ".")
 @click.option("--variants", default=1, show_default=True, help="Copies per training row and augmentation.")
+@click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
+              help="Encode on the workers of this dask scheduler (they must reach --data-dir, the models and --out).")
+@click.option("--workers", default=0, show_default=True,
+              help="Encode on a local dask cluster of N worker processes (one per GPU with dask-cuda on cuda).")
+@click.option("--storage-options", default=None, metavar="JSON",
+              help="fsspec options of a URL --out, e.g. '{\"endpoint_url\": \"http://host:9000\"}' "
+                   "(default: $MSMTFN_STORAGE_OPTIONS; S3 also reads AWS_ENDPOINT_URL and the AWS_* credentials).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def run_cmd(as_json: bool, quiet: bool, **kw):
+def run_cmd(as_json: bool, quiet: bool, storage_options: str | None, **kw):
     """Encode a dataset into a resumable Zarr cache (the default command).
 
     \b
@@ -123,7 +142,7 @@ def run_cmd(as_json: bool, quiet: bool, **kw):
 
         hf_logging.disable_progress_bar()
     try:
-        cfg = ExtractConfig(**kw)
+        cfg = ExtractConfig(**kw, storage_options=_storage_options(storage_options))
         res = extract(cfg, progress=not quiet)
     except (StoreError, ValueError) as e:
         raise click.ClickException(str(e)) from None

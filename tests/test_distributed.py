@@ -1,0 +1,152 @@
+"""Distributed extraction on a CPU LocalCluster (2 worker processes): same store as one process, a killed worker
+changes nothing, and resume works across single-process and distributed runs."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import assert_same_features, write_marketcalls
+from extract.run import ExtractConfig, extract
+from pipeline.store import CacheStore
+
+distributed = pytest.importorskip("distributed")
+
+ARRAYS = ["audio/hidden", "audio/length", "text/hidden", "text/length", "done", "skipped", "skip_reason"]
+
+
+def _cfg(data: Path, out: Path, enc: dict, **kw) -> ExtractConfig:
+    # shards of 2 rows, blocks of 2 shards: many small tasks from a small dataset
+    base = dict(dataset="marketcalls", data_dir=str(data), out=str(out), audio_model=str(enc["group"]),
+                text_model=str(enc["text"]), num_workers=0, shard_size=2, block_shards=2, write_threads=1)
+    base.update(kw)
+    return ExtractConfig(**base)
+
+
+def _arrays(path) -> dict[str, np.ndarray]:
+    s = CacheStore.open(path)
+    return {n: np.asarray(s.array(n)[:]) for n in ARRAYS}
+
+
+def _same(a: dict, b: dict) -> bool:
+    """Asserts equal to float16 rounding; returns whether every array is bit for bit equal too."""
+    for k in a:
+        assert_same_features(a[k], b[k], err_msg=k)
+    return all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # processes=True: real worker processes, as on a cluster; one thread each (one task at a time per worker)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as lc:
+        with distributed.Client(lc) as client:
+            # import torch/transformers in the workers up front, so that test timings show the work
+            client.run(lambda: bool(__import__("extract.distributed")))
+            yield client
+
+
+def test_distributed_equals_single_process_and_resumes_across_modes(tmp_path, tiny_encoders, cluster,
+                                                                    one_torch_thread):
+    data = write_marketcalls(tmp_path / "mc", calls=8, segments=3)
+    ref = extract(_cfg(data, tmp_path / "ref.zarr", tiny_encoders), progress=False)
+    t = time.perf_counter()
+    res = extract(_cfg(data, tmp_path / "dist.zarr", tiny_encoders), progress=False, client=cluster)
+    print(f"distributed run {time.perf_counter() - t:.1f}s")
+    assert (res.total, res.done, res.computed, res.skipped) == (24, 24, 24, 0)
+    a, b = _arrays(ref.store), _arrays(res.store)
+    bitwise = _same(a, b)
+    print("distributed == single-process bit for bit:", bitwise)
+    # both worker processes took part, and the report lists every row once
+    assert CacheStore.open(res.store).done().all()
+    assert not Path(str(res.store) + ".lock").exists()
+
+    # a second distributed run has nothing to do; a single-process run on the distributed store neither
+    assert extract(_cfg(data, res.store, tiny_encoders), progress=False, client=cluster).computed == 0
+    assert extract(_cfg(data, res.store, tiny_encoders), progress=False).computed == 0
+
+    # a store left half done (rows 6–13 and 20–21 pending, their bytes zeroed) is finished by a distributed run
+    s = CacheStore.open(res.store, mode="r+")
+    for lo, hi in ((6, 14), (20, 22)):
+        s.write_slab(lo, np.zeros((hi - lo, *a["audio/hidden"].shape[1:]), np.float16), np.zeros(hi - lo, np.int32),
+                     np.zeros((hi - lo, *a["text/hidden"].shape[1:]), np.float16), np.zeros(hi - lo, np.int32))
+        s.set_flags(lo, hi, np.zeros(hi - lo, bool), np.zeros(hi - lo, bool))
+    again = extract(_cfg(data, res.store, tiny_encoders), progress=False, client=cluster)
+    assert again.computed == 10 and again.done == 24
+    _same(a, _arrays(res.store))
+
+
+def test_worker_with_other_encoder_weights_refuses(tmp_path, tiny_encoders, cluster):
+    """A worker that loads different weights than the driver fingerprinted fails its block with one line;
+    nothing is marked done for it."""
+    from extract.distributed import DistributedError
+
+    data = write_marketcalls(tmp_path / "mc", calls=2, segments=2)
+    out = tmp_path / "c.zarr"
+    cfg = _cfg(data, out, tiny_encoders)
+    from extract import distributed as dist
+
+    real = dist.worker_spec
+
+    def wrong_weights(*a, **kw):
+        import dataclasses
+
+        return dataclasses.replace(real(*a, **kw), audio_weights="0" * 32)
+
+    dist.worker_spec = wrong_weights
+    try:
+        with pytest.raises(DistributedError, match="other encoder weights.*run the same command to resume"):
+            extract(cfg, progress=False, client=cluster)
+    finally:
+        dist.worker_spec = real
+    assert not CacheStore.open(out).done().any()
+    assert not Path(str(out) + ".lock").exists()
+
+
+def test_killed_worker_tasks_rerun_elsewhere_same_store(tmp_path, tiny_encoders, cluster, one_torch_thread):
+    """Last in this module: it kills one of the shared cluster's workers (its nanny starts a new one)."""
+    data = write_marketcalls(tmp_path / "mc", calls=8, segments=4, seconds=(2.0, 6.0))
+    ref = extract(_cfg(data, tmp_path / "ref.zarr", tiny_encoders), progress=False)
+    out = tmp_path / "killed.zarr"
+    seen: dict = {"killed": None, "rescheduled": []}
+    client = cluster
+    pids = client.run(os.getpid)          # {worker address: pid}
+
+    def watch():
+        # once the first block is committed (and before the last), SIGKILL a worker that is mid-task
+        while seen["killed"] is None:
+            try:
+                d = CacheStore.open(out).done()
+            except Exception:
+                d = None
+            if d is not None and d.any():
+                if d.all():
+                    return
+                busy = [w for w, keys in client.processing().items() if keys and w in pids]
+                if busy:
+                    os.kill(pids[busy[0]], signal.SIGKILL)
+                    seen["killed"] = busy[0]
+                    break
+            time.sleep(0.05)
+        # the scheduler marks tasks that were running on a worker that died ("suspicious") and reruns them
+        t_end = time.time() + 30
+        while time.time() < t_end and not seen["rescheduled"]:
+            seen["rescheduled"] = client.run_on_scheduler(
+                lambda dask_scheduler: [k for k, ts in dask_scheduler.tasks.items() if ts.suspicious > 0])
+            time.sleep(0.1)
+
+    th = threading.Thread(target=watch, daemon=True)
+    th.start()
+    res = extract(_cfg(data, out, tiny_encoders), progress=False, client=client)
+    th.join(timeout=60)
+    assert seen["killed"], "no worker was killed mid-run; make the dataset larger"
+    assert seen["rescheduled"], "the killed worker's task was not rerun elsewhere"
+    assert res.done == res.total == 32 and res.computed == 32
+    print("killed", seen["killed"], "rescheduled", seen["rescheduled"],
+          "bit for bit:", _same(_arrays(ref.store), _arrays(out)))
+    # a later run, single-process, finds nothing to do
+    assert extract(_cfg(data, out, tiny_encoders), progress=False).computed == 0
