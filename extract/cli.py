@@ -106,6 +106,8 @@ def _storage_options(raw: str | None) -> dict:
 @click.option("--batch-size", "max_batch", default=64, show_default=True, help="Segments per batch at most.")
 @click.option("--num-workers", default=2, show_default=True, help="Decode/resample/tokenise worker processes.")
 @click.option("--shard-size", default=16, show_default=True, help="Segments per shard file.")
+@click.option("--block-shards", default=32, show_default=True,
+              help="Shards sorted by length and batched together; one such block is one distributed task.")
 @click.option("--codec", default="zstd", show_default=True, type=click.Choice(CODECS))
 @click.option("--write-threads", default=0, show_default=True,
               help="Threads compressing and writing shards (0 = cores, at most 8).")
@@ -141,6 +143,7 @@ def run_cmd(as_json: bool, quiet: bool, storage_options: str | None, **kw):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+        logging.getLogger("distributed").setLevel(logging.WARNING)   # dask's cluster start/stop lines
     try:
         cfg = ExtractConfig(**kw, storage_options=_storage_options(storage_options))
         res = extract(cfg, progress=not quiet)

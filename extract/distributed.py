@@ -203,8 +203,9 @@ def cluster_client(cfg: ExtractConfig, client=None):
             else:
                 cluster = LocalCUDACluster(n_workers=cfg.workers, threads_per_worker=1)
         if cluster is None:
+            # a random dashboard port: two local clusters on one machine never collide
             cluster = LocalCluster(n_workers=cfg.workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=None)
+                                   dashboard_address=":0", silence_logs=logging.WARNING)
     with cluster, Client(cluster) as c:
         yield c
 

@@ -107,6 +107,47 @@ def test_worker_with_other_encoder_weights_refuses(tmp_path, tiny_encoders, clus
     assert not Path(str(out) + ".lock").exists()
 
 
+def test_cli_on_a_scheduler_into_s3(tmp_path, tiny_encoders, cluster, one_torch_thread):
+    """``msmtfn-extract --scheduler tcp://… --out s3://…``: the workers write straight into the bucket (a moto
+    server on 127.0.0.1) with the --storage-options the driver was given; the store equals a local run's."""
+    moto_server = pytest.importorskip("moto.server")
+    pytest.importorskip("s3fs")
+    import json
+    import logging
+
+    from click.testing import CliRunner
+
+    from extract.cli import main as extract_cli
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        opts = {"endpoint_url": f"http://{host}:{port}", "key": "testing", "secret": "testing"}
+        import s3fs
+
+        s3fs.S3FileSystem(skip_instance_cache=True, **opts).mkdir("dist")
+        data = write_marketcalls(tmp_path / "mc", calls=6, segments=2)
+        ref = extract(_cfg(data, tmp_path / "ref.zarr", tiny_encoders), progress=False)
+        args = ["--dataset", "marketcalls", "--data-dir", str(data), "--audio-model", str(tiny_encoders["group"]),
+                "--text-model", str(tiny_encoders["text"]), "--num-workers", "0", "--shard-size", "2",
+                "--block-shards", "2", "--write-threads", "1", "-q", "--json"]
+        url = "s3://dist/mc.zarr"
+        r = CliRunner().invoke(extract_cli, [*args, "--out", url, "--scheduler", cluster.scheduler.address,
+                                             "--storage-options", json.dumps(opts)])
+        assert r.exit_code == 0, r.output
+        summary = json.loads(r.output.strip().splitlines()[-1])
+        assert summary["encoded_this_run"] == 12 and summary["report"] == f"{url}/report.json"
+        s = CacheStore.open(url, storage_options=opts)
+        b = {n: np.asarray(s.array(n)[:]) for n in ARRAYS}
+        print("distributed into S3 == local single-process bit for bit:", _same(_arrays(ref.store), b))
+        r = CliRunner().invoke(extract_cli, [*args, "--out", url, "--storage-options", "{not json"])
+        assert r.exit_code == 2 and "--storage-options" in r.output
+    finally:
+        server.stop()
+
+
 def test_killed_worker_tasks_rerun_elsewhere_same_store(tmp_path, tiny_encoders, cluster, one_torch_thread):
     """Last in this module: it kills one of the shared cluster's workers (its nanny starts a new one)."""
     data = write_marketcalls(tmp_path / "mc", calls=8, segments=4, seconds=(2.0, 6.0))
