@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import pickle
 import threading
 import time
 import uuid
@@ -228,6 +229,11 @@ class _Totals:
     stats: EncodeStats = field(default_factory=EncodeStats)
     skipped: dict[int, str] = field(default_factory=dict)
     per_worker: dict[str, int] = field(default_factory=dict)
+    task_bytes: int = 0        # pickled task arguments sent through the scheduler
+    result_bytes: int = 0      # pickled results sent back
+    hidden_bytes: int = 0      # float16 hidden states the workers wrote themselves (uncompressed)
+    blocks: int = 0
+    task_seconds: float = 0.0  # summed time inside the tasks (encoder load + encode + write)
 
 
 def extract_distributed(cfg: ExtractConfig, out, manifest, rows, durations, audio, text, policy, shape, settings,
@@ -244,6 +250,8 @@ def extract_distributed(cfg: ExtractConfig, out, manifest, rows, durations, audi
             if todo[blk.start:blk.stop].any()]
     spec = worker_spec(cfg, out, audio, text, max_samples, settings)
     totals = _Totals()
+    row_bytes = 2 * (shape.audio_frames * shape.audio_dim + shape.text_tokens * shape.text_dim)
+    n_workers = 0
     bar = tqdm(total=int(todo.sum()), unit="seg", desc="extract", disable=not progress, smoothing=0.1)
     t_loop = time.perf_counter()
     try:
@@ -254,10 +262,11 @@ def extract_distributed(cfg: ExtractConfig, out, manifest, rows, durations, audi
             futures = {}
             run = uuid.uuid4().hex[:8]   # keys unique per run: a resumed run never gets an older run's result
             for blk, batches in plan:
-                f = cl.submit(encode_block, spec, blk.start, rows[blk.start:blk.stop], batches,
-                              done[blk.start:blk.stop].copy(), len(rows), pure=False,
-                              key=f"msmtfn-block-{run}-{blk.start}")
+                args = (spec, blk.start, rows[blk.start:blk.stop], batches, done[blk.start:blk.stop].copy(), len(rows))
+                totals.task_bytes += len(pickle.dumps(args))   # ms per block; says what the scheduler carries
+                f = cl.submit(encode_block, *args, pure=False, key=f"msmtfn-block-{run}-{blk.start}")
                 futures[f] = blk
+            n_workers = len(cl.scheduler_info().get("workers", {}))
             for fut in as_completed(list(futures)):
                 blk = futures[fut]
                 try:
@@ -270,14 +279,24 @@ def extract_distributed(cfg: ExtractConfig, out, manifest, rows, durations, audi
                         "every block marked done is intact — fix the cause and run the same command to resume"
                     ) from e
                 _commit(store, res, totals)
+                totals.result_bytes += len(pickle.dumps(res))
+                totals.hidden_bytes += res["stats"].computed * row_bytes
+                totals.blocks += 1
+                totals.task_seconds += res["load_s"] + res["encode_s"]
                 bar.update(int(todo[blk.start:blk.stop].sum()))
                 bar.set_postfix(skipped=len(totals.skipped), refresh=False)
         loop_seconds = time.perf_counter() - t_loop
     finally:
         bar.close()
-    log.info("%s: rows encoded per worker: %s", out, totals.per_worker)
+    log.info("%s: rows encoded per worker: %s; the scheduler carried %d B of tasks and %d B of results for %d B of "
+             "hidden states", out, totals.per_worker, totals.task_bytes, totals.result_bytes, totals.hidden_bytes)
     totals.stats.warnings.sort(key=lambda w: w["row"])
-    return finish_run(cfg, out, store, rows, manifest, fingerprint, totals.skipped, totals.stats, t0, loop_seconds)
+    extra = {"distributed": {"workers": n_workers, "blocks": totals.blocks, "rows_per_worker": totals.per_worker,
+                             "task_bytes": totals.task_bytes, "result_bytes": totals.result_bytes,
+                             "hidden_bytes_written_by_workers": totals.hidden_bytes,
+                             "task_seconds": round(totals.task_seconds, 3)}}
+    return finish_run(cfg, out, store, rows, manifest, fingerprint, totals.skipped, totals.stats, t0, loop_seconds,
+                      extra)
 
 
 def _commit(store: CacheStore, res: dict, totals: _Totals) -> None:

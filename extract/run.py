@@ -324,7 +324,7 @@ def _extract_into(cfg, out, manifest, rows, durations, audio, text, policy, shap
 
 
 def finish_run(cfg: ExtractConfig, out, store: CacheStore, rows, manifest, fingerprint: str, skipped: dict,
-               stats: EncodeStats, t0: float, loop_seconds: float) -> ExtractResult:
+               stats: EncodeStats, t0: float, loop_seconds: float, extra: dict | None = None) -> ExtractResult:
     """Skip reasons into the store, report.json beside the data, the result."""
     elapsed = time.perf_counter() - t0
     computed, audio_seconds, truncated, warnings = stats.computed, stats.audio_seconds, stats.truncated, stats.warnings
@@ -350,6 +350,7 @@ def finish_run(cfg: ExtractConfig, out, store: CacheStore, rows, manifest, finge
         "elapsed_s": round(elapsed, 3),
         "segments_per_s": round(computed / elapsed, 3) if elapsed else None,
         "skipped": skipped_rows, "manifest_issues": manifest_issues, "warnings": warnings,
+        **(extra or {}),
     }
     report_path = store.write_text("report.json", json.dumps(report, indent=2, ensure_ascii=False))
     return ExtractResult(store=out, total=len(rows), done=int(final_done.sum()), skipped=len(reasons),

@@ -2,6 +2,7 @@
 changes nothing, and resume works across single-process and distributed runs."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -61,7 +62,10 @@ def test_distributed_equals_single_process_and_resumes_across_modes(tmp_path, ti
     a, b = _arrays(ref.store), _arrays(res.store)
     bitwise = _same(a, b)
     print("distributed == single-process bit for bit:", bitwise)
-    # both worker processes took part, and the report lists every row once
+    # the report says what went through the scheduler: metadata of kB, while the workers wrote the hidden states
+    rep = json.loads(Path(res.report).read_text())["distributed"]
+    assert rep["blocks"] == 6 and sum(rep["rows_per_worker"].values()) == 24 and rep["workers"] == 2
+    assert 0 < rep["task_bytes"] + rep["result_bytes"] < rep["hidden_bytes_written_by_workers"] / 20
     assert CacheStore.open(res.store).done().all()
     assert not Path(str(res.store) + ".lock").exists()
 
@@ -112,7 +116,6 @@ def test_cli_on_a_scheduler_into_s3(tmp_path, tiny_encoders, cluster, one_torch_
     server on 127.0.0.1) with the --storage-options the driver was given; the store equals a local run's."""
     moto_server = pytest.importorskip("moto.server")
     pytest.importorskip("s3fs")
-    import json
     import logging
 
     from click.testing import CliRunner
