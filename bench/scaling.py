@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from extract.distributed import worker_encoders, worker_spec  # noqa: E402
+from extract.distributed import cluster_client, worker_encoders, worker_spec  # noqa: E402
 from extract.encoders import AudioEncoder, EncoderSpec, TextEncoder  # noqa: E402
 from extract.run import ExtractConfig, extract  # noqa: E402
 from extract.tiny import build_tiny_encoders  # noqa: E402
@@ -157,8 +157,7 @@ def main() -> None:
             out = work / f"{size}-w{n}.zarr"
             shutil.rmtree(out, ignore_errors=True)
             cfg = ExtractConfig(**base, out=str(out), workers=n)
-            with distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                          silence_logs=logging.ERROR) as lc, distributed.Client(lc) as client:
+            with cluster_client(cfg) as client:   # the LocalCluster msmtfn-extract --workers N starts
                 warm(client, cfg)
                 load = os.getloadavg()[0]
                 cpu0, drv0 = client.run(time.process_time), time.process_time()
