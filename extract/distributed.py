@@ -259,10 +259,12 @@ def extract_distributed(cfg: ExtractConfig, out, manifest, rows, durations, audi
     bar = tqdm(total=int(todo.sum()), unit="seg", desc="extract", disable=not progress, smoothing=0.1)
     t_loop = time.perf_counter()
     try:
-        with cluster_client(cfg, client) as cl:
-            log.info("%s: %d blocks of ≤ %d rows on %d dask workers (%s)", out, len(plan),
-                     cfg.block_shards * shape.shard_size, len(cl.scheduler_info().get("workers", {})),
-                     cl.scheduler.address)
+        # nothing to do (a finished store): no cluster to start
+        with (cluster_client(cfg, client) if plan else contextlib.nullcontext()) as cl:
+            if plan:
+                log.info("%s: %d blocks of ≤ %d rows on %d dask workers (%s)", out, len(plan),
+                         cfg.block_shards * shape.shard_size, len(cl.scheduler_info().get("workers", {})),
+                         cl.scheduler.address)
             futures = {}
             run = uuid.uuid4().hex[:8]   # keys unique per run: a resumed run never gets an older run's result
             for blk, batches in plan:
@@ -270,8 +272,8 @@ def extract_distributed(cfg: ExtractConfig, out, manifest, rows, durations, audi
                 totals.task_bytes += len(pickle.dumps(args))   # ms per block; says what the scheduler carries
                 f = cl.submit(encode_block, *args, pure=False, key=f"msmtfn-block-{run}-{blk.start}")
                 futures[f] = blk
-            n_workers = len(cl.scheduler_info().get("workers", {}))
-            for fut in as_completed(list(futures)):
+            n_workers = len(cl.scheduler_info().get("workers", {})) if plan else 0
+            for fut in (as_completed(list(futures)) if futures else ()):
                 blk = futures[fut]
                 try:
                     res = fut.result()

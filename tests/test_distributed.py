@@ -72,6 +72,10 @@ def test_distributed_equals_single_process_and_resumes_across_modes(tmp_path, ti
     # a second distributed run has nothing to do; a single-process run on the distributed store neither
     assert extract(_cfg(data, res.store, tiny_encoders), progress=False, client=cluster).computed == 0
     assert extract(_cfg(data, res.store, tiny_encoders), progress=False).computed == 0
+    # --workers 2 on a finished store: nothing to submit, so no local cluster is started at all
+    t = time.perf_counter()
+    assert extract(_cfg(data, res.store, tiny_encoders, workers=2), progress=False).computed == 0
+    assert time.perf_counter() - t < 8, "a finished store must not wait for worker processes to start"
 
     # a store left half done (rows 6–13 and 20–21 pending, their bytes zeroed) is finished by a distributed run
     s = CacheStore.open(res.store, mode="r+")
