@@ -156,7 +156,7 @@ def test_cli_on_a_scheduler_into_s3(tmp_path, tiny_encoders, cluster, one_torch_
 
 
 def test_killed_worker_tasks_rerun_elsewhere_same_store(tmp_path, tiny_encoders, cluster, one_torch_thread):
-    """Last in this module: it kills one of the shared cluster's workers (its nanny starts a new one)."""
+    """After the other tests on the shared cluster: it kills one of its workers (its nanny starts a new one)."""
     data = write_marketcalls(tmp_path / "mc", calls=8, segments=4, seconds=(2.0, 6.0))
     ref = extract(_cfg(data, tmp_path / "ref.zarr", tiny_encoders), progress=False)
     out = tmp_path / "killed.zarr"
@@ -198,3 +198,23 @@ def test_killed_worker_tasks_rerun_elsewhere_same_store(tmp_path, tiny_encoders,
           "bit for bit:", _same(_arrays(ref.store), _arrays(out)))
     # a later run, single-process, finds nothing to do
     assert extract(_cfg(data, out, tiny_encoders), progress=False).computed == 0
+
+
+def test_cli_workers_starts_a_local_cluster(tmp_path, tiny_encoders, one_torch_thread):
+    """``--workers 2``: msmtfn-extract starts (and stops) its own LocalCluster; loader processes inside the
+    workers (--num-workers 1) are allowed there; the store equals a single-process run's."""
+    from click.testing import CliRunner
+
+    from extract.cli import main as extract_cli
+
+    data = write_marketcalls(tmp_path / "mc", calls=4, segments=2)
+    ref = extract(_cfg(data, tmp_path / "ref.zarr", tiny_encoders), progress=False)
+    out = tmp_path / "w2.zarr"
+    r = CliRunner().invoke(extract_cli, [
+        "--dataset", "marketcalls", "--data-dir", str(data), "--audio-model", str(tiny_encoders["group"]),
+        "--text-model", str(tiny_encoders["text"]), "--num-workers", "1", "--shard-size", "2", "--block-shards", "2",
+        "--write-threads", "1", "--workers", "2", "--out", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["segments_done"] == 8 and rep["distributed"]["workers"] == 2 and rep["distributed"]["blocks"] == 2
+    print("--workers 2 == single-process bit for bit:", _same(_arrays(ref.store), _arrays(out)))
