@@ -13,7 +13,7 @@ import click
 
 from pipeline.cli import DefaultCommandGroup
 from pipeline.datasets import DATASETS, dataset_options
-from pipeline.store import CODECS, CacheStore, StoreError
+from pipeline.store import CODECS, CacheStore, StoreError, resolve_storage_options
 
 from .audio import RATE_POLICIES
 from .augment import TRANSFORMS
@@ -89,6 +89,18 @@ def parse_options(items: tuple[str, ...], dataset: str) -> dict:
     return out
 
 
+def _storage_options(raw: str | None) -> dict:
+    if not raw:
+        return resolve_storage_options()
+    try:
+        opts = json.loads(raw)
+    except ValueError as e:
+        raise click.BadParameter(f"not JSON ({e})", param_hint="--storage-options") from None
+    if not isinstance(opts, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--storage-options")
+    return opts
+
+
 @main.command("run", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--dataset", required=True, help=" | ".join(DATASETS) + " (see README).")
 @click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="The dataset's folder.")
@@ -114,6 +126,8 @@ def parse_options(items: tuple[str, ...], dataset: str) -> dict:
 @click.option("--batch-size", "max_batch", default=64, show_default=True, help="Segments per batch at most.")
 @click.option("--num-workers", default=2, show_default=True, help="Decode/resample/tokenise worker processes.")
 @click.option("--shard-size", default=16, show_default=True, help="Segments per shard file.")
+@click.option("--block-shards", default=32, show_default=True,
+              help="Shards sorted by length and batched together; one such block is one distributed task.")
 @click.option("--codec", default="zstd", show_default=True, type=click.Choice(CODECS))
 @click.option("--write-threads", default=0, show_default=True,
               help="Threads compressing and writing shards (0 = cores, at most 8).")
@@ -126,11 +140,18 @@ def parse_options(items: tuple[str, ...], dataset: str) -> dict:
 @click.option("--augment", default="", metavar="NAME,…",
               help="Augmented copies of the training rows, cached as extra rows: " + ", ".join(TRANSFORMS) + ".")
 @click.option("--variants", default=1, show_default=True, help="Copies per training row and augmentation.")
+@click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
+              help="Encode on the workers of this dask scheduler (they must reach --data-dir, the models and --out).")
+@click.option("--workers", default=0, show_default=True,
+              help="Encode on a local dask cluster of N worker processes (one per GPU with dask-cuda on cuda).")
+@click.option("--storage-options", default=None, metavar="JSON",
+              help="fsspec options of a URL --out, e.g. '{\"endpoint_url\": \"http://host:9000\"}' "
+                   "(default: $MSMTFN_STORAGE_OPTIONS; S3 also reads AWS_ENDPOINT_URL and the AWS_* credentials).")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
               help="A dataset adapter option (repeatable), e.g. split_file=folds.py, label_scheme=sentiment.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def run_cmd(as_json: bool, quiet: bool, options: tuple[str, ...], **kw):
+def run_cmd(as_json: bool, quiet: bool, storage_options: str | None, options: tuple[str, ...], **kw):
     """Encode a dataset into a resumable Zarr cache (the default command).
 
     \b
@@ -144,8 +165,10 @@ def run_cmd(as_json: bool, quiet: bool, options: tuple[str, ...], **kw):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+        logging.getLogger("distributed").setLevel(logging.WARNING)   # dask's cluster start/stop lines
     try:
-        cfg = ExtractConfig(**kw, dataset_options=parse_options(options, kw["dataset"]))
+        cfg = ExtractConfig(**kw, storage_options=_storage_options(storage_options),
+                            dataset_options=parse_options(options, kw["dataset"]))
         res = extract(cfg, progress=not quiet)
     except (StoreError, ValueError) as e:
         raise click.ClickException(str(e)) from None

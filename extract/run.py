@@ -20,7 +20,7 @@ from pipeline.datasets import load_manifest
 from pipeline.fingerprint import compute_fingerprint
 from pipeline.lock import StoreLock
 from pipeline.manifest import Segment
-from pipeline.store import CODECS, CacheStore, StoreShape, remove_partial_writes
+from pipeline.store import CODECS, CacheStore, StoreShape, is_url, remove_partial_writes
 
 from .audio import RATE_POLICIES, AudioError, AudioPolicy, load_segment
 from .augment import AugmentError, Augmenter, add_variant_rows, parse_augment
@@ -66,10 +66,21 @@ class ExtractConfig:
     augment: tuple = ()                     # audio augmentations for training rows (extract/augment.py)
     variants: int = 1                       # augmented copies per training row and augmentation
     dataset_options: dict = field(default_factory=dict)
+    # scale-out (extract/distributed.py); none of these changes the numbers, so none is in the fingerprint
+    scheduler: str | None = None            # tcp://host:port of a running dask scheduler
+    workers: int = 0                        # >0: a LocalCluster (LocalCUDACluster on cuda) of this many workers
+    storage_options: dict = field(default_factory=dict)   # fsspec options of a URL --out (s3://…)
 
     @property
-    def out_path(self) -> Path:
+    def out_path(self) -> Path | str:
+        """A local Path, or the URL string of a remote store (fsspec: s3://, gs://, memory://…)."""
+        if self.out and is_url(self.out):
+            return self.out.rstrip("/")
         return Path(self.out) if self.out else Path("cache") / f"{self.dataset}.zarr"
+
+    @property
+    def distributed(self) -> bool:
+        return bool(self.scheduler) or self.workers > 0
 
     def __post_init__(self):
         object.__setattr__(self, "augment", parse_augment(self.augment))
@@ -83,14 +94,14 @@ class ExtractConfig:
 
 @dataclass
 class ExtractResult:
-    store: Path
+    store: Path | str                       # a local Path or a store URL
     total: int
     done: int
     skipped: int
     computed: int                           # rows encoded by this run
     audio_seconds: float
     elapsed: float
-    report: Path
+    report: Path | str
     issues: list[dict] = field(default_factory=list)
     manifest_skipped: int = 0               # dataset rows left out before extraction (not warnings)
     loop_seconds: float = 0.0               # the encode loop alone, writes flushed (no model load)
@@ -183,7 +194,9 @@ def build_settings(cfg: ExtractConfig, audio: AudioEncoder, text: TextEncoder, p
     }
 
 
-def extract(cfg: ExtractConfig, progress: bool = True) -> ExtractResult:
+def extract(cfg: ExtractConfig, progress: bool = True, client=None) -> ExtractResult:
+    """Encode ``cfg.dataset`` into ``cfg.out``. With ``cfg.scheduler``/``cfg.workers`` (or a dask ``client``) the
+    encoding fans out to dask workers (extract/distributed.py); the store comes out the same."""
     t0 = time.perf_counter()
     if cfg.rate_policy not in RATE_POLICIES:
         raise ValueError(f"unknown --rate-policy {cfg.rate_policy!r}; valid: {', '.join(RATE_POLICIES)}")
@@ -198,9 +211,11 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> ExtractResult:
              cfg.dataset, len(manifest.calls()), len(manifest), len(rows), len(manifest.issues))
 
     dtype = resolve_dtype(cfg.dtype, cfg.device)
-    audio = AudioEncoder(EncoderSpec(cfg.audio_model, cfg.audio_revision, cfg.audio_layer), cfg.device, dtype,
+    # distributed: the driver needs only the encoders' identity and sizes; it leaves the GPUs to the workers
+    device = "cpu" if client is not None or cfg.distributed else cfg.device
+    audio = AudioEncoder(EncoderSpec(cfg.audio_model, cfg.audio_revision, cfg.audio_layer), device, dtype,
                          pool=cfg.pool, trust_remote_code=cfg.trust_remote_code)
-    text = TextEncoder(EncoderSpec(cfg.text_model, cfg.text_revision, cfg.text_layer), cfg.device, dtype,
+    text = TextEncoder(EncoderSpec(cfg.text_model, cfg.text_revision, cfg.text_layer), device, dtype,
                        max_tokens=cfg.max_text_tokens, trust_remote_code=cfg.trust_remote_code)
     policy = AudioPolicy(cfg.rate_policy, audio.sampling_rate)
     max_samples = int(round(cfg.max_seconds * policy.input_rate))
@@ -210,22 +225,30 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> ExtractResult:
     fingerprint = compute_fingerprint(settings, digest)
     shape = StoreShape(n=len(rows), audio_frames=audio_frames, audio_dim=audio.hidden_size,
                        text_tokens=cfg.max_text_tokens, text_dim=text.hidden_size, shard_size=cfg.shard_size)
-    with StoreLock(out):
+    with StoreLock(out, storage_options=cfg.storage_options):
+        if client is not None or cfg.distributed:
+            from .distributed import extract_distributed   # dask is imported only when asked for
+
+            return extract_distributed(cfg, out, manifest, rows, durations, audio, text, policy, shape, settings,
+                                       digest, fingerprint, max_samples, t0, progress, client=client)
         return _extract_into(cfg, out, manifest, rows, durations, audio, text, policy, shape, settings, digest,
                              fingerprint, max_samples, t0, progress)
 
 
-def _extract_into(cfg, out, manifest, rows, durations, audio, text, policy, shape, settings, digest, fingerprint,
-                  max_samples, t0, progress) -> ExtractResult:
+def open_store(cfg: ExtractConfig, out, manifest, rows, shape, settings, digest, fingerprint) -> CacheStore:
+    """Open the store to resume it, or create it; call with the store's lock held."""
     if removed := remove_partial_writes(out):
         log.info("%s: removed %d partial chunk files left by an interrupted run", out, removed)
-    store = CacheStore.open_or_create(out, shape, rows, fingerprint=fingerprint, settings=settings,
-                                      manifest_digest=digest, codec=cfg.codec, overwrite=cfg.overwrite,
-                                      notes=manifest.notes, dataset=cfg.dataset, label_scheme=manifest.label_scheme)
-    done = store.done()
-    todo = ~done
-    log.info("%s: %d of %d segments already done; %d to encode", out, int(done.sum()), len(rows), int(todo.sum()))
+    return CacheStore.open_or_create(out, shape, rows, fingerprint=fingerprint, settings=settings,
+                                     manifest_digest=digest, codec=cfg.codec, overwrite=cfg.overwrite,
+                                     notes=manifest.notes, dataset=cfg.dataset, label_scheme=manifest.label_scheme,
+                                     storage_options=cfg.storage_options)
 
+
+def plan_blocks(cfg: ExtractConfig, store: CacheStore, rows, durations, policy: AudioPolicy, max_samples: int,
+                ) -> list[tuple[range, list[list[int]]]]:
+    """(block of rows, its batches) for every block of ``block_shards`` whole shards. Batches never cross a
+    block, so a block is a unit that one process can encode and write alone (the distributed task)."""
     # planned lengths in input samples (unknown/unreadable files count as the maximum; they fail fast)
     lengths = np.array([min(max_samples, int(round(durations.get(s.segment_id, cfg.max_seconds) * policy.input_rate)))
                         for s in rows], dtype=np.int64)
@@ -233,7 +256,53 @@ def _extract_into(cfg, out, manifest, rows, durations, audio, text, policy, shap
     blocks = [range(shard_ranges[i].start, shard_ranges[min(i + cfg.block_shards, len(shard_ranges)) - 1].stop)
               for i in range(0, len(shard_ranges), cfg.block_shards)]
     budget = int((cfg.batch_seconds or (1280.0 if cfg.device.startswith("cuda") else 160.0)) * policy.input_rate)
-    batches = [b for b in make_batches(lengths, blocks, max(budget, max_samples), cfg.max_batch) if todo[b].any()]
+    return [(block, make_batches(lengths, [block], max(budget, max_samples), cfg.max_batch)) for block in blocks]
+
+
+@dataclass
+class EncodeStats:
+    """What an encode loop reports besides the rows it wrote (small: it travels back from dask workers)."""
+    warnings: list[dict] = field(default_factory=list)
+    truncated: int = 0
+    audio_seconds: float = 0.0
+    computed: int = 0
+
+
+def encode_batches(loader, rows, todo: np.ndarray, audio: AudioEncoder, text: TextEncoder, writer: ShardWriter,
+                   input_rate: int, bar=None) -> EncodeStats:
+    """Encode every batch the loader yields and hand the rows still to do to ``writer`` (which does not wait)."""
+    st = EncodeStats()
+    for items in loader:
+        ok = [it for it in items if "error" not in it]
+        for it in items:
+            for w in it["warnings"]:
+                st.warnings.append({"row": it["row"], "segment_id": rows[it["row"]].segment_id, "warning": w})
+            if "error" in it and todo[it["row"]]:
+                writer.skip(it["row"], it["error"])
+        if ok:
+            a_hidden, a_len = audio.encode([it["wave"] for it in ok])
+            t_hidden, t_len = text.encode([it["ids"] for it in ok])
+            keep = [j for j, it in enumerate(ok) if todo[it["row"]]]
+            a_np = a_hidden[keep].to(torch.float16).cpu().numpy()
+            t_np = t_hidden[keep].to(torch.float16).cpu().numpy()
+            writer.put([ok[j]["row"] for j in keep], a_np, a_len[keep], t_np, t_len[keep])
+            st.truncated += sum(1 for j in keep if ok[j]["truncated"])
+            st.audio_seconds += float(sum(len(ok[j]["wave"]) for j in keep)) / input_rate
+            st.computed += len(keep)
+        if bar is not None:
+            bar.update(sum(1 for it in items if todo[it["row"]]))
+            bar.set_postfix(skipped=len(writer.skipped), refresh=False)
+    return st
+
+
+def _extract_into(cfg, out, manifest, rows, durations, audio, text, policy, shape, settings, digest, fingerprint,
+                  max_samples, t0, progress) -> ExtractResult:
+    store = open_store(cfg, out, manifest, rows, shape, settings, digest, fingerprint)
+    done = store.done()
+    todo = ~done
+    log.info("%s: %d of %d segments already done; %d to encode", out, int(done.sum()), len(rows), int(todo.sum()))
+    batches = [b for _, bs in plan_blocks(cfg, store, rows, durations, policy, max_samples) for b in bs
+               if todo[b].any()]
 
     source = SegmentSource(rows, policy.input_rate, max_samples, audio.min_samples(), audio.feature_extractor, text,
                            Augmenter(cfg.augment, cfg.seed) if cfg.augment else None)
@@ -242,42 +311,27 @@ def _extract_into(cfg, out, manifest, rows, durations, audio, text, policy, shap
         prefetch_factor=4 if cfg.num_workers else None, persistent_workers=False)
 
     writer = ShardWriter(store, todo, write_threads=cfg.write_threads)
-    warnings: list[dict] = []
-    truncated = 0
-    audio_seconds = 0.0
-    computed = 0
     t_loop = time.perf_counter()
     bar = tqdm(total=int(todo.sum()), unit="seg", desc="extract", disable=not progress, smoothing=0.1)
     try:
-        for items in loader:
-            ok = [it for it in items if "error" not in it]
-            for it in items:
-                for w in it["warnings"]:
-                    warnings.append({"row": it["row"], "segment_id": rows[it["row"]].segment_id, "warning": w})
-                if "error" in it and todo[it["row"]]:
-                    writer.skip(it["row"], it["error"])
-            if ok:
-                a_hidden, a_len = audio.encode([it["wave"] for it in ok])
-                t_hidden, t_len = text.encode([it["ids"] for it in ok])
-                keep = [j for j, it in enumerate(ok) if todo[it["row"]]]
-                a_np = a_hidden[keep].to(torch.float16).cpu().numpy()
-                t_np = t_hidden[keep].to(torch.float16).cpu().numpy()
-                writer.put([ok[j]["row"] for j in keep], a_np, a_len[keep], t_np, t_len[keep])
-                truncated += sum(1 for j in keep if ok[j]["truncated"])
-                audio_seconds += float(sum(len(ok[j]["wave"]) for j in keep)) / policy.input_rate
-                computed += len(keep)
-            bar.update(sum(1 for it in items if todo[it["row"]]))
-            bar.set_postfix(skipped=len(writer.skipped), refresh=False)
+        stats = encode_batches(loader, rows, todo, audio, text, writer, policy.input_rate, bar)
         writer.close()
         loop_seconds = time.perf_counter() - t_loop
     finally:
         bar.close()
         writer.close(raise_errors=False)  # on Ctrl-C or an error: keep every shard already complete
+    return finish_run(cfg, out, store, rows, manifest, fingerprint, writer.skipped, stats, t0, loop_seconds)
+
+
+def finish_run(cfg: ExtractConfig, out, store: CacheStore, rows, manifest, fingerprint: str, skipped: dict,
+               stats: EncodeStats, t0: float, loop_seconds: float, extra: dict | None = None) -> ExtractResult:
+    """Skip reasons into the store, report.json beside the data, the result."""
     elapsed = time.perf_counter() - t0
+    computed, audio_seconds, truncated, warnings = stats.computed, stats.audio_seconds, stats.truncated, stats.warnings
 
     # skip reasons: this run's failures; rows done since earlier runs lose their old reason
     final_done = store.done()
-    reasons = {int(i): r for i, r in writer.skipped.items()}
+    reasons = {int(i): r for i, r in skipped.items()}
     old = store.skip_reasons()
     stale = {int(i): "" for i in np.flatnonzero((old != "") & final_done)}
     store.set_skip_reasons({**stale, **reasons})
@@ -296,9 +350,9 @@ def _extract_into(cfg, out, manifest, rows, durations, audio, text, policy, shap
         "elapsed_s": round(elapsed, 3),
         "segments_per_s": round(computed / elapsed, 3) if elapsed else None,
         "skipped": skipped_rows, "manifest_issues": manifest_issues, "warnings": warnings,
+        **(extra or {}),
     }
-    report_path = out / "report.json"
-    report_path.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    report_path = store.write_text("report.json", json.dumps(report, indent=2, ensure_ascii=False))
     return ExtractResult(store=out, total=len(rows), done=int(final_done.sum()), skipped=len(reasons),
                          computed=computed, audio_seconds=audio_seconds, elapsed=elapsed, report=report_path,
                          issues=skipped_rows + [{"source": m["where"], "reason": m["reason"]} for m in manifest_issues

@@ -3,6 +3,11 @@
 Beside, not inside, because ``--overwrite`` empties the store's folder. A lock left by a process that no longer
 runs on this host is stale and taken over; a lock from another host is refused, with the file to delete if that
 process is known to be gone.
+
+A remote store (``s3://bucket/NAME.zarr``) gets a lock *object* beside it, ``s3://bucket/NAME.zarr.lock``, created
+with fsspec's ``mode="create"``: on S3 that is a conditional PUT (``If-None-Match: *``), so of two writers racing
+for it exactly one wins. Other filesystems without an atomic create fall back to check-then-write, which narrows
+the race to milliseconds but does not close it (docs/scaling.md says so). The owner rules are the same.
 """
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import socket
 import time
 from pathlib import Path
 
-from .store import StoreError
+from .store import StoreError, is_url, remote_fs
 
 
 class StoreLocked(StoreError):
@@ -30,12 +35,40 @@ def _alive(pid: int) -> bool:
 
 
 class StoreLock:
-    def __init__(self, store: str | Path):
-        self.path = Path(str(store).rstrip("/") + ".lock")
+    def __init__(self, store: str | Path, storage_options: dict | None = None):
+        self.remote = is_url(store)
+        lock = str(store).rstrip("/") + ".lock"
+        self.path: Path | str = lock if self.remote else Path(lock)
+        self.storage_options = storage_options
         self.owned = False
+
+    def _refuse(self, owner: dict) -> StoreLocked:
+        who = f"pid {owner.get('pid')} on {owner.get('host')} since {owner.get('since')}" if owner else "?"
+        return StoreLocked(f"{str(self.path)[:-len('.lock')]}: another msmtfn-extract is writing it ({who}); "
+                           f"wait for it, or delete {self.path} if that process is gone")
+
+    def _acquire_remote(self, me: dict) -> "StoreLock":
+        fs, key = remote_fs(self.path, self.storage_options)
+        for _ in range(2):
+            try:
+                fs.pipe_file(key, json.dumps(me).encode(), mode="create")
+            except FileExistsError:
+                try:
+                    owner = json.loads(fs.cat_file(key) or b"{}")
+                except (OSError, ValueError):
+                    owner = {}
+                if owner.get("host") == me["host"] and isinstance(owner.get("pid"), int) and not _alive(owner["pid"]):
+                    fs.rm_file(key)  # stale: its process is gone
+                    continue
+                raise self._refuse(owner) from None
+            self.owned = True
+            return self
+        raise StoreLocked(f"{self.path}: could not take the lock")
 
     def acquire(self) -> "StoreLock":
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        if self.remote:
+            return self._acquire_remote(me)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(2):
             try:
@@ -48,9 +81,7 @@ class StoreLock:
                 if owner.get("host") == me["host"] and isinstance(owner.get("pid"), int) and not _alive(owner["pid"]):
                     self.path.unlink(missing_ok=True)  # stale: its process is gone
                     continue
-                who = f"pid {owner.get('pid')} on {owner.get('host')} since {owner.get('since')}" if owner else "?"
-                raise StoreLocked(f"{self.path.with_suffix('')}: another msmtfn-extract is writing it ({who}); "
-                                  f"wait for it, or delete {self.path} if that process is gone") from None
+                raise self._refuse(owner) from None
             with os.fdopen(fd, "w") as f:
                 json.dump(me, f)
             self.owned = True
@@ -59,7 +90,14 @@ class StoreLock:
 
     def release(self) -> None:
         if self.owned:
-            self.path.unlink(missing_ok=True)
+            if self.remote:
+                fs, key = remote_fs(self.path, self.storage_options)
+                try:
+                    fs.rm_file(key)
+                except FileNotFoundError:
+                    pass
+            else:
+                self.path.unlink(missing_ok=True)
             self.owned = False
 
     def __enter__(self) -> "StoreLock":

@@ -13,10 +13,16 @@ Hidden-state arrays are chunked one segment per chunk and sharded ``shard_size``
 store of 100k segments is ~thousands of files, and a writer that owns whole shards never races another.
 ``done`` is chunked per shard too, so flipping a shard's flags is one atomic chunk write (LocalStore writes
 through a temp file + rename).
+
+A store may also live at an fsspec URL (``s3://bucket/name.zarr``, ``gs://…``, ``memory://…``): the group is opened
+through zarr's ``FsspecStore`` with ``storage_options`` (given, or JSON in ``MSMTFN_STORAGE_OPTIONS``; an S3
+endpoint also comes from ``AWS_ENDPOINT_URL``). Object stores write each object whole, so a killed writer
+leaves no partial chunk there; the shard-ownership and done-after-data rules are the same.
 """
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 import math
 import os
@@ -78,6 +84,65 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+STORAGE_OPTIONS_ENV = "MSMTFN_STORAGE_OPTIONS"
+
+
+def is_url(path) -> bool:
+    """An fsspec URL (s3://, gs://, memory://…). Local paths, and file:// URLs, take the local code path."""
+    s = str(path)
+    return "://" in s and not s.startswith("file://")
+
+
+def _location(path) -> Path | str:
+    """A local store as a Path; a remote one as its URL string (a Path would fold 's3://' into 's3:/')."""
+    if is_url(path):
+        return str(path).rstrip("/")
+    s = str(path)
+    return Path(s[len("file://"):] if s.startswith("file://") else s)
+
+
+def resolve_storage_options(given: dict | None = None) -> dict:
+    """fsspec options for a remote store: ``given``, else JSON from the MSMTFN_STORAGE_OPTIONS variable."""
+    if given:
+        return dict(given)
+    raw = os.environ.get(STORAGE_OPTIONS_ENV, "").strip()
+    if not raw:
+        return {}
+    try:
+        opts = json.loads(raw)
+    except ValueError as e:
+        raise StoreError(f"{STORAGE_OPTIONS_ENV} is not JSON ({e}); set it to e.g. "
+                         '\'{"endpoint_url": "http://host:9000"}\' or unset it') from None
+    if not isinstance(opts, dict):
+        raise StoreError(f"{STORAGE_OPTIONS_ENV} must be a JSON object, not {raw!r}")
+    return opts
+
+
+def remote_fs(url: str, opts: dict | None = None):
+    """(synchronous fsspec filesystem, path inside it) for a store URL; a fresh instance, so that listings cached
+    by an earlier call never hide what another process wrote since."""
+    import fsspec
+
+    return fsspec.url_to_fs(url, skip_instance_cache=True, **resolve_storage_options(opts))
+
+
+def _open_zarr_group(loc: Path | str, mode: str, opts: dict | None = None, **kw) -> zarr.Group:
+    if isinstance(loc, str):
+        from zarr.storage import FsspecStore
+
+        store = FsspecStore.from_url(loc, storage_options=resolve_storage_options(opts), read_only=(mode == "r"))
+        return zarr.open_group(store, mode=mode, **kw)
+    return zarr.open_group(str(loc), mode=mode, **kw)
+
+
+def _remote_bytes(url: str, opts: dict | None) -> int:
+    fs, root = remote_fs(url, opts)
+    try:
+        return int(fs.du(root))
+    except (FileNotFoundError, OSError):
+        return 0
+
+
 def _dir_bytes(path: Path) -> int:
     total = 0
     for root, _, files in os.walk(path):
@@ -92,33 +157,48 @@ def _dir_bytes(path: Path) -> int:
 class CacheStore:
     """Read/write access to one cache store. Create with :meth:`create`, open with :meth:`open`."""
 
-    def __init__(self, path: str | Path, group: zarr.Group):
-        self.path = Path(path)
+    def __init__(self, path: str | Path, group: zarr.Group, storage_options: dict | None = None):
+        self.path = _location(path)         # a Path, or the URL string of a remote store
         self.group = group
+        self.storage_options = dict(storage_options or {})
         self._check_schema()
+
+    @property
+    def remote(self) -> bool:
+        return isinstance(self.path, str)
+
+    def write_text(self, name: str, text: str) -> Path | str:
+        """Write a small file (report.json) inside the store; returns its path or URL."""
+        if not self.remote:
+            (self.path / name).write_text(text, encoding="utf-8")
+            return self.path / name
+        fs, root = remote_fs(self.path, self.storage_options)
+        fs.pipe_file(f"{root}/{name}", text.encode("utf-8"))
+        return f"{self.path}/{name}"
 
     # ----------------------------------------------------------------- opening
     @classmethod
-    def open(cls, path: str | Path, mode: str = "r") -> "CacheStore":
-        path = Path(path)
-        if not (path / "zarr.json").is_file():
+    def open(cls, path: str | Path, mode: str = "r", storage_options: dict | None = None) -> "CacheStore":
+        path = _location(path)
+        if not _has_metadata(path, storage_options):
             raise StoreError(f"{path}: no cache store here (run msmtfn-extract to build one)")
         try:
-            group = zarr.open_group(str(path), mode=mode)
+            group = _open_zarr_group(path, mode, storage_options)
         except Exception as e:  # zarr raises several types for damaged metadata
             raise StoreError(f"{path}: cannot open as a Zarr store ({e}); rebuild it with msmtfn-extract --overwrite")
-        return cls(path, group)
+        return cls(path, group, storage_options)
 
     @classmethod
     def create(cls, path: str | Path, shape: StoreShape, segments: list[Segment], *, fingerprint: str,
                settings: dict, manifest_digest: str, codec: str = "zstd", notes: dict | None = None,
-               dataset: str = "", label_scheme: str = "marketcalls") -> "CacheStore":
-        path = Path(path)
+               dataset: str = "", label_scheme: str = "marketcalls",
+               storage_options: dict | None = None) -> "CacheStore":
+        path = _location(path)
         if segments and len(segments) != shape.n:
             raise StoreError(f"{path}: {len(segments)} segments for a store of {shape.n} rows")
         # marked until the last write below, so a creation cut short (disk full, kill) is known to be ours and
         # rebuilt by the next run instead of refused as a foreign store
-        group = zarr.open_group(str(path), mode="w", attributes={CREATING: True})
+        group = _open_zarr_group(path, "w", storage_options, attributes={CREATING: True})
         n, s = shape.n, max(1, min(shape.shard_size, shape.n or 1))
         comp = make_compressors(codec)
         for mod, rows, dim in (("audio", shape.audio_frames, shape.audio_dim), ("text", shape.text_tokens, shape.text_dim)):
@@ -162,24 +242,24 @@ class CacheStore:
             "created": _now(),
             "updated": _now(),
         })
-        return cls(path, group)
+        return cls(path, group, storage_options)
 
     @classmethod
     def open_or_create(cls, path: str | Path, shape: StoreShape, segments: list[Segment], *, fingerprint: str,
                        settings: dict, manifest_digest: str, codec: str = "zstd", overwrite: bool = False,
                        notes: dict | None = None, dataset: str = "", label_scheme: str = "marketcalls",
-                       ) -> "CacheStore":
+                       storage_options: dict | None = None) -> "CacheStore":
         """The extractor's entry: resume a store made with the same fingerprint, refuse any other."""
-        path = Path(path)
-        if path.exists() and not overwrite:
-            if not (path / "zarr.json").is_file():
-                if any(path.iterdir()):
+        path = _location(path)
+        if _exists(path, storage_options) and not overwrite:
+            if not _has_metadata(path, storage_options):
+                if not _is_empty(path, storage_options):
                     raise StoreError(f"{path}: exists and is not a cache store; choose another --out or "
                                      "remove it")
-            elif _creation_cut_short(path):
+            elif _creation_cut_short(path, storage_options):
                 log.warning("%s: its creation was cut short (no data in it yet); creating it again", path)
             else:
-                store = cls.open(path, mode="r+")
+                store = cls.open(path, mode="r+", storage_options=storage_options)
                 if store.fingerprint != fingerprint:
                     diffs = diff_settings(store.settings, settings)
                     if store.attrs.get("manifest_digest") != manifest_digest:
@@ -191,7 +271,7 @@ class CacheStore:
                 return store
         return cls.create(path, shape, segments, fingerprint=fingerprint, settings=settings,
                           manifest_digest=manifest_digest, codec=codec, notes=notes, dataset=dataset,
-                          label_scheme=label_scheme)
+                          label_scheme=label_scheme, storage_options=storage_options)
 
     def _check_schema(self) -> None:
         v = self.group.attrs.get("schema_version")
@@ -306,7 +386,10 @@ class CacheStore:
         for v in table["variant"]:
             seg_per_variant[v] = seg_per_variant.get(v, 0) + 1
         raw = 2 * shape.n * (shape.audio_frames * shape.audio_dim + shape.text_tokens * shape.text_dim)
-        hidden_disk = _dir_bytes(self.path / "audio" / "hidden") + _dir_bytes(self.path / "text" / "hidden")
+        if self.remote:
+            hidden_disk = sum(_remote_bytes(f"{self.path}/{m}/hidden", self.storage_options) for m in ("audio", "text"))
+        else:
+            hidden_disk = _dir_bytes(self.path / "audio" / "hidden") + _dir_bytes(self.path / "text" / "hidden")
         written_raw = 2 * int(done.sum()) * (shape.audio_frames * shape.audio_dim + shape.text_tokens * shape.text_dim)
         a = self.attrs
         return {
@@ -328,15 +411,50 @@ class CacheStore:
             "calls_per_label": labels.get("calls per label", {}),
             "labels": labels,   # calls per label, or segments per class of each task (segment-level labels)
             "segments_per_variant": seg_per_variant,
-            "bytes_on_disk": _dir_bytes(self.path),
+            "bytes_on_disk": _remote_bytes(self.path, self.storage_options) if self.remote else _dir_bytes(self.path),
             "hidden_bytes_uncompressed": raw,
             "compression_ratio_written": (written_raw / hidden_disk) if hidden_disk and written_raw else math.nan,
         }
 
 
-def _creation_cut_short(path: Path) -> bool:
+def _reach(url: str, opts: dict | None, key: str) -> bool:
+    """Whether ``key`` exists under a store URL; an unreachable endpoint, missing credentials or a missing fsspec
+    backend (s3fs) become one StoreError line."""
     try:
-        attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+        fs, root = remote_fs(url, opts)
+        return bool(fs.exists(f"{root}/{key}" if key else root))
+    except StoreError:
+        raise
+    except Exception as e:  # botocore, aiohttp and fsspec raise many types; the message is what helps
+        raise StoreError(f"{url}: cannot reach the store ({type(e).__name__}: {e}); check the URL, the credentials "
+                         "and the endpoint (AWS_ENDPOINT_URL or MSMTFN_STORAGE_OPTIONS)") from None
+
+
+def _exists(loc: Path | str, opts: dict | None = None) -> bool:
+    if isinstance(loc, Path):
+        return loc.exists()
+    return _reach(loc, opts, "")
+
+
+def _has_metadata(loc: Path | str, opts: dict | None = None) -> bool:
+    if isinstance(loc, Path):
+        return (loc / "zarr.json").is_file()
+    return _reach(loc, opts, "zarr.json")
+
+
+def _is_empty(loc: Path | str, opts: dict | None = None) -> bool:
+    if isinstance(loc, Path):
+        return not any(loc.iterdir())
+    fs, root = remote_fs(loc, opts)
+    try:
+        return not fs.ls(root)
+    except FileNotFoundError:
+        return True
+
+
+def _creation_cut_short(path: Path | str, opts: dict | None = None) -> bool:
+    try:
+        attrs = dict(_open_zarr_group(path, "r", opts).attrs)
     except Exception:   # damaged metadata: not provably ours; open() will explain
         return False
     return bool(attrs.get(CREATING)) and "schema_version" not in attrs
@@ -345,7 +463,9 @@ def _creation_cut_short(path: Path) -> bool:
 def remove_partial_writes(path: str | Path) -> int:
     """Delete the ``*.partial`` temporary files a killed writer left in a local store (zarr's LocalStore writes
     each chunk to one and renames it into place, so they are never part of the data). Call with the store's lock
-    held; returns how many were removed."""
+    held; returns how many were removed. Remote (object) stores have none: an object is written whole or not at all."""
+    if is_url(path):
+        return 0
     root = Path(path)
     if not root.is_dir():
         return 0

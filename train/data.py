@@ -338,9 +338,10 @@ class Batches:
             yield item
 
 
-def open_cache(path: str) -> CacheStore:
+def open_cache(path: str, storage_options: dict | None = None) -> CacheStore:
+    """A store path or URL (s3://bucket/NAME.zarr: fsspec options from MSMTFN_STORAGE_OPTIONS, AWS_ENDPOINT_URL)."""
     try:
-        return CacheStore.open(path)
+        return CacheStore.open(path, storage_options=storage_options)
     except StoreError as e:
         raise TrainError(str(e)) from None
 
