@@ -173,12 +173,18 @@ class MSMTFN(nn.Module):
         self.modalities = tuple(m for m, on in (("audio", self.uses_audio), ("text", self.uses_text)) if on)
         self.two = cfg.modality == "both"
         self.pooling = "cls" if (main_is_audio and cfg.pooling == "flatten") else cfg.pooling
+        # each modality: standardised per dimension with the training rows' statistics (train/normalise.py; set by
+        # set_feature_stats, saved with the weights), then projected to d
         if self.uses_text:
-            self.text_proj = nn.Linear(dims.text_dim, d) if dims.text_dim != d else nn.Identity()
+            self.text_proj = nn.Linear(dims.text_dim, d)
             self.cls_text = nn.Parameter(torch.randn(1, 1, d) * 0.02)
+            self.register_buffer("text_mean", torch.zeros(dims.text_dim))
+            self.register_buffer("text_std", torch.ones(dims.text_dim))
         if self.uses_audio:
-            self.audio_proj = nn.Linear(dims.audio_dim, d) if dims.audio_dim != d else nn.Identity()
+            self.audio_proj = nn.Linear(dims.audio_dim, d)
             self.cls_audio = nn.Parameter(torch.randn(1, 1, d) * 0.02)
+            self.register_buffer("audio_mean", torch.zeros(dims.audio_dim))
+            self.register_buffer("audio_std", torch.ones(dims.audio_dim))
         h, f, p, pa = cfg.heads, cfg.ffn or 4 * d, cfg.dropout, cfg.attn_dropout
         # the text branch (the audio branch when modality == "audio"): the backbone the heads read
         self.main_layers = nn.ModuleList(SelfBlock(d, h, f, p, pa) for _ in range(cfg.text_branch_layers))
@@ -208,9 +214,16 @@ class MSMTFN(nn.Module):
                                                         nn.Dropout(p), nn.Linear(cfg.head_hidden, k))
                                     for name, k in tasks.items()})
 
+    def set_feature_stats(self, modality: str, mean, std) -> None:
+        """Per-dimension mean and std of ``modality``'s hidden states over the training rows."""
+        getattr(self, f"{modality}_mean").copy_(torch.as_tensor(mean))
+        getattr(self, f"{modality}_std").copy_(torch.as_tensor(std))
+
     # --------------------------------------------------------------- segments
-    def _stream(self, x, lengths, proj, cls):
-        x = proj(x.to(cls.dtype))
+    def _stream(self, x, lengths, modality):
+        proj, cls = getattr(self, f"{modality}_proj"), getattr(self, f"cls_{modality}")
+        mean, std = getattr(self, f"{modality}_mean"), getattr(self, f"{modality}_std")
+        x = proj((x.to(cls.dtype) - mean.to(cls.dtype)) / std.to(cls.dtype))
         return torch.cat([cls.expand(x.shape[0], -1, -1), x], 1), _valid(lengths, x.shape[1])
 
     def _pool(self, x, valid):
@@ -224,12 +237,12 @@ class MSMTFN(nn.Module):
         """(S, d): one vector per segment. ``audio`` (S, A, Da) / ``text`` (S, T, Dt) in any float dtype (cast to
         the model's), rows past ``audio_len`` / ``text_len`` are masked; an unused modality may be None."""
         if self.cfg.modality == "audio":
-            x, x_valid = self._stream(audio, audio_len, self.audio_proj, self.cls_audio)
+            x, x_valid = self._stream(audio, audio_len, "audio")
         else:
-            x, x_valid = self._stream(text, text_len, self.text_proj, self.cls_text)
+            x, x_valid = self._stream(text, text_len, "text")
         y = y_valid = None
         if self.two:
-            a, a_valid = self._stream(audio, audio_len, self.audio_proj, self.cls_audio)
+            a, a_valid = self._stream(audio, audio_len, "audio")
             if self.cfg.cross_attention:
                 y, y_valid = x, x_valid              # the cross-modal branch starts from the same projected text
                 for layer in self.second_layers:     # chained: each takes the previous output
