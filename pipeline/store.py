@@ -30,8 +30,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import zarr
-import zarr.codecs
 
 from . import __version__
 from .fingerprint import diff_settings
@@ -69,6 +67,8 @@ CODECS = ("zstd", "blosc-zstd", "blosc-lz4", "none")
 
 def make_compressors(codec: str):
     """Compressor chain by name. Benchmarked in bench/store_codecs.py (docs/benchmarks.md)."""
+    import zarr.codecs   # here, not at import: the CLIs answer --help without loading zarr
+
     if codec == "blosc-zstd":
         return (zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle", typesize=2),)
     if codec == "blosc-lz4":
@@ -127,6 +127,8 @@ def remote_fs(url: str, opts: dict | None = None):
 
 
 def _open_zarr_group(loc: Path | str, mode: str, opts: dict | None = None, **kw) -> zarr.Group:
+    import zarr
+
     if isinstance(loc, str):
         from zarr.storage import FsspecStore
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from extract.audio import AudioError, load_segment
+from extract import AudioError, load_segment
 from pipeline.labels import LabelScheme, get_scheme
 from pipeline.manifest import Segment
 from train.checkpoint import CheckpointError, load_run, read_run_config
