@@ -13,8 +13,9 @@ import sys
 import click
 
 from pipeline.cache_settings import CacheSettings, cache_fields
-from pipeline.cli import DefaultCommandGroup
+from pipeline.cli import DefaultCommandGroup, RenamedOption
 from pipeline.datasets import DATASETS, dataset_options
+from pipeline.devices import DEVICE_HELP
 from pipeline.store import CODECS, CacheStore, StoreError, resolve_storage_options
 
 from .augment import TRANSFORMS
@@ -130,12 +131,16 @@ def _storage_options(raw: str | None) -> dict:
 @click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="The dataset's folder.")
 @click.option("--out", default=None, help="Store path (default cache/<dataset>.zarr).")
 @cache_options   # one option per CacheSettings field: --audio-model … --seed (pipeline/cache_settings.py)
-@click.option("--device", default=_run_default("device"), show_default=True, help="cpu | cuda | cuda:N")
+@click.option("--device", default=_run_default("device"), show_default=True, help=DEVICE_HELP)
 @click.option("--batch-seconds", default=_run_default("batch_seconds"), show_default=True,
               help="Padded audio seconds per batch (0: 1280 on CUDA, 160 on CPU).")
-@click.option("--batch-size", "max_batch", default=_run_default("max_batch"), show_default=True, help="Segments per batch at most.")
-@click.option("--num-workers", default=_run_default("num_workers"), show_default=True, help="Decode/resample/tokenise worker processes.")
-@click.option("--shard-size", default=_run_default("shard_size"), show_default=True, help="Segments per shard file.")
+@click.option("--batch-size", "max_batch", default=_run_default("max_batch"), show_default=True,
+              help="Segments per batch at most.")
+@click.option("--loader-workers", "--num-workers", "num_workers", cls=RenamedOption, old="--num-workers",
+              default=_run_default("num_workers"), show_default=True,
+              help="Decode/resample/tokenise processes feeding the encoders (in each dask worker too).")
+@click.option("--shard-size", default=_run_default("shard_size"), show_default=True,
+              help="Segments per shard file.")
 @click.option("--block-shards", default=_run_default("block_shards"), show_default=True,
               help="Shards sorted by length and batched together; one such block is one distributed task.")
 @click.option("--codec", default=_run_default("codec"), show_default=True, type=click.Choice(CODECS))
@@ -147,7 +152,8 @@ def _storage_options(raw: str | None) -> dict:
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code from the hub (off by default).")
 @click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
               help="Encode on the workers of this dask scheduler (they must reach --data-dir, the models and --out).")
-@click.option("--workers", default=_run_default("workers"), show_default=True,
+@click.option("--dask-workers", "--workers", "workers", cls=RenamedOption, old="--workers",
+              default=_run_default("workers"), show_default=True,
               help="Encode on a local dask cluster of N worker processes (one per GPU with dask-cuda on cuda).")
 @click.option("--storage-options", default=None, metavar="JSON",
               help="fsspec options of a URL --out, e.g. '{\"endpoint_url\": \"http://host:9000\"}' "

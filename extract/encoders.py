@@ -252,7 +252,8 @@ class AudioEncoder:
 
 
 class TextEncoder:
-    def __init__(self, spec: EncoderSpec, device: str = "cpu", dtype: str = "float32", max_tokens: int = MAX_TEXT_TOKENS,
+    def __init__(self, spec: EncoderSpec, device: str = "cpu", dtype: str = "float32",
+                 max_tokens: int = MAX_TEXT_TOKENS,
                  trust_remote_code: bool = False):
         from transformers import AutoTokenizer
 

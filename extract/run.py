@@ -14,12 +14,12 @@ import time
 
 from tqdm.auto import tqdm
 
-from pipeline.cache_settings import PAPER_AUDIO_MODEL, PAPER_TEXT_MODEL, CacheSettings  # noqa: F401 — re-exported
 from pipeline.lock import StoreLock
 
 from .augment import Augmenter
-from .encode import EncodeStats, SegmentSource, encode_batches, make_batches, make_loader  # noqa: F401
-from .plan import ExtractConfig, ExtractPlan, ExtractResult, finish_run, make_plan, open_store, plan_blocks  # noqa: F401
+from .config import ExtractConfig, ExtractResult
+from .encode import SegmentSource, encode_batches, make_loader
+from .plan import ExtractPlan, finish_run, make_plan, open_store, plan_blocks
 from .writer import ShardWriter
 
 log = logging.getLogger(__name__)

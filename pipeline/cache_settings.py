@@ -122,7 +122,7 @@ class CacheSettings:
     @classmethod
     def from_attrs(cls, settings: dict) -> tuple["CacheSettings", "EncoderFacts"]:
         """The settings and encoder facts a store (or a run's ``config.json`` → ``cache.settings``) was made
-        with; the inverse of :meth:`to_attrs` (``dtype`` comes back as the resolved compute dtype)."""
+        with; the inverse of :meth:`to_attrs` (``dtype`` and ``audio_pool`` come back resolved)."""
         a, t = settings["audio"], settings["text"]
         seg, aug = settings.get("segmentation", {}), settings.get("augmentation", {}) or {}
         transforms = tuple((aug.get("transforms") or {}).keys())

@@ -28,13 +28,18 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import __version__
+from .atomic import atomic_write_text
 from .fingerprint import diff_settings
 from .labels import label_counts
 from .manifest import Segment
+
+if TYPE_CHECKING:
+    import zarr
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +177,7 @@ class CacheStore:
     def write_text(self, name: str, text: str) -> Path | str:
         """Write a small file (report.json) inside the store; returns its path or URL."""
         if not self.remote:
-            (self.path / name).write_text(text, encoding="utf-8")
+            atomic_write_text(self.path / name, text)
             return self.path / name
         fs, root = remote_fs(self.path, self.storage_options)
         fs.pipe_file(f"{root}/{name}", text.encode("utf-8"))

@@ -14,19 +14,21 @@ from pathlib import Path
 
 import click
 
-from extract.run import ExtractConfig, extract
-from extract.tiny import build_tiny_encoders
-from train.config import TrainConfig
-from train.loop import fit
-from train.report import format_summary
+from pipeline.devices import DEVICE_HELP
+
 
 SMOKE_NOTE = ("NOTE: tiny encoders with random weights — a smoke run of the pipeline, not the paper's models; "
               "pass --audio-model/--text-model (hub ids or folders) for real features.")
 
 
 def run_demo(data_dir: Path, cache: Path, runs: Path, *, audio_model: str | None = None,
-             text_model: str | None = None, device: str = "cpu", epochs: int = 12, calls: int = 48,
+             text_model: str | None = None, device: str = "auto", epochs: int = 12, calls: int = 48,
              seed: int = 0, progress: bool = True) -> dict:
+    # torch, transformers and both stages: imported here, not at import (``msmtfn-demo --help`` stays fast)
+    from extract import ExtractConfig, build_tiny_encoders, extract
+    from train.config import TrainConfig
+    from train.loop import fit
+
     t0 = time.perf_counter()
     tiny = audio_model is None or text_model is None
     if tiny:
@@ -52,7 +54,7 @@ def run_demo(data_dir: Path, cache: Path, runs: Path, *, audio_model: str | None
 @click.option("--out", default="runs/demo", show_default=True, help="Run folder for the trained model.")
 @click.option("--audio-model", default=None, help="Real audio encoder (hub id or folder) instead of the tiny one.")
 @click.option("--text-model", default=None, help="Real text encoder instead of the tiny one.")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--epochs", default=12, show_default=True)
 @click.option("--calls", default=48, show_default=True, help="Calls to generate.")
 @click.option("--seed", default=0, show_default=True)
@@ -64,6 +66,8 @@ def main(data_dir, cache, out, audio_model, text_model, device, epochs, calls, s
         click.echo(SMOKE_NOTE)
     metrics = run_demo(Path(data_dir), Path(cache), Path(out), audio_model=audio_model, text_model=text_model,
                        device=device, epochs=epochs, calls=calls, seed=seed)
+    from train.report import format_summary
+
     click.echo(format_summary(metrics))
     click.echo(f"run folder: {metrics['run_dir']}   cache: {cache}   total {metrics['demo_seconds']:.1f} s")
     if tiny:
