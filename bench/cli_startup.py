@@ -35,16 +35,17 @@ _IMPORTS = ("import sys, json; import {module}\n"
             "print(json.dumps([m for m in {heavy!r} if m in sys.modules]))")
 
 
-def time_help(name: str, entry: str, env: dict, repeat: int) -> tuple[float, list[str]]:
+def time_help(name: str, entry: str, env: dict, repeat: int, tree: str) -> tuple[float, list[str]]:
     module, func = entry.split(":")
     code = _RUN.format(name=name, module=module, func=func)
     times = []
     for i in range(repeat + 1):
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], env=env, check=True, stdout=subprocess.DEVNULL)
+        # cwd = the tree: ``python -c`` puts the working folder first on sys.path
+        subprocess.run([sys.executable, "-c", code], env=env, cwd=tree, check=True, stdout=subprocess.DEVNULL)
         if i:   # the first run only warms the file cache
             times.append(time.perf_counter() - t0)
-    out = subprocess.run([sys.executable, "-c", _IMPORTS.format(module=module, heavy=HEAVY)], env=env,
+    out = subprocess.run([sys.executable, "-c", _IMPORTS.format(module=module, heavy=HEAVY)], env=env, cwd=tree,
                          check=True, capture_output=True, text=True).stdout
     return statistics.median(times), json.loads(out)
 
@@ -58,7 +59,7 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": args.tree}
     rows = {}
     for name, entry in COMMANDS.items():
-        median, heavy = time_help(name, entry, env, args.repeat)
+        median, heavy = time_help(name, entry, env, args.repeat, args.tree)
         rows[name] = {"help_s": round(median, 2), "imports": heavy}
         if not args.json:
             print(f"{name:<16} {median:6.2f} s   imports: {', '.join(heavy) or '-'}", flush=True)

@@ -1,6 +1,6 @@
 """The cache store: one Zarr v3 group holding encoder hidden states, their lengths, the segment table and state.
 
-Layout (DESIGN.md, "The cache contract"):
+Layout (docs/cache-format.md; the settings in pipeline/cache_settings.py):
 
     audio/hidden  float16 (N, A, Da)   audio/length int32 (N,)    A = audio frames per segment (999 by default)
     text/hidden   float16 (N, T, Dt)   text/length  int32 (N,)    T = text tokens per segment (199 by default)
