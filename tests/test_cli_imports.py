@@ -31,4 +31,5 @@ def test_help_imports_no_heavy_library():
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert "--loader-workers" in out.stdout and "--max-text-tokens" in out.stdout
+    assert "--num-workers" not in out.stdout and "--workers " not in out.stdout   # old spellings: hidden aliases
     assert out.stdout.strip().endswith("LOADED"), out.stdout.splitlines()[-1]
