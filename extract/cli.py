@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from pipeline.cache_settings import CacheSettings, cache_fields
+from pipeline.cache_settings import BATCH_SECONDS_CPU, BATCH_SECONDS_CUDA, CacheSettings, cache_fields
 from pipeline.cli import DefaultCommandGroup, RenamedOption
 from pipeline.datasets import DATASETS, dataset_options
 from pipeline.devices import DEVICE_HELP
@@ -133,7 +133,7 @@ def _storage_options(raw: str | None) -> dict:
 @cache_options   # one option per CacheSettings field: --audio-model … --seed (pipeline/cache_settings.py)
 @click.option("--device", default=_run_default("device"), show_default=True, help=DEVICE_HELP)
 @click.option("--batch-seconds", default=_run_default("batch_seconds"), show_default=True,
-              help="Padded audio seconds per batch (0: 1280 on CUDA, 160 on CPU).")
+              help=f"Padded audio seconds per batch (0: {BATCH_SECONDS_CUDA:g} on CUDA, {BATCH_SECONDS_CPU:g} on CPU).")
 @click.option("--batch-size", "max_batch", default=_run_default("max_batch"), show_default=True,
               help="Segments per batch at most.")
 @click.option("--loader-workers", "--num-workers", "num_workers", cls=RenamedOption, old="--num-workers",

@@ -28,7 +28,7 @@ class ExtractConfig:
     device: str = "auto"                    # auto: cuda when available
     batch_seconds: float = 0.0              # padded audio seconds per batch; 0 = the device's default
     max_batch: int = MAX_BATCH              # segments per batch at most
-    num_workers: int = 2                    # decode/resample/tokenise processes
+    num_workers: int = 2                    # decode/resample/tokenise processes (--loader-workers)
     shard_size: int = SHARD_SIZE            # segments per shard file
     block_shards: int = 32                  # shards sorted together for length bucketing
     codec: str = "zstd"
@@ -39,7 +39,7 @@ class ExtractConfig:
     dataset_options: dict = field(default_factory=dict)
     # scale-out (extract/distributed.py)
     scheduler: str | None = None            # tcp://host:port of a running dask scheduler
-    workers: int = 0                        # >0: a LocalCluster (LocalCUDACluster on cuda) of this many workers
+    workers: int = 0                        # --dask-workers: a LocalCluster (LocalCUDACluster on cuda) of N workers
     storage_options: dict = field(default_factory=dict)   # fsspec options of a URL --out (s3://…)
 
     def __init__(self, dataset: str, data_dir: str, cache: CacheSettings | None = None, **kw):

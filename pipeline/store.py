@@ -34,6 +34,7 @@ import numpy as np
 
 from . import __version__
 from .atomic import atomic_write_text
+from .cache_settings import SHARD_SIZE
 from .fingerprint import diff_settings
 from .labels import label_counts
 from .manifest import Segment
@@ -62,9 +63,9 @@ class StoreShape:
     n: int                 # segments (rows)
     audio_frames: int      # rows of audio hidden states per segment (999 in the paper's setting)
     audio_dim: int
-    text_tokens: int       # rows of text hidden states per segment (199)
+    text_tokens: int       # rows of text hidden states per segment (MAX_TEXT_TOKENS by default)
     text_dim: int
-    shard_size: int = 16   # segments per shard file
+    shard_size: int = SHARD_SIZE   # segments per shard file
 
 
 CODECS = ("zstd", "blosc-zstd", "blosc-lz4", "none")
