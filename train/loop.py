@@ -23,6 +23,7 @@ from .config import TrainConfig
 from .data import Batches, CallData, FeatureSource, LoadedCache, TrainError, open_cache
 from .metrics import all_task_metrics, headline, selection_score
 from .model import MSMTFN, ModelDims, build_model
+from .normalise import feature_stats
 from .plots import confusion_matrices, learning_curves
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,11 @@ def fit(cfg: TrainConfig, *, resume: bool = False, loaded: LoadedCache | None = 
     regression = regression_tasks(scheme)
     dims = ModelDims(audio_dim=data.audio_dim, text_dim=data.text_dim, text_tokens=data.text_tokens,
                      tasks={t.name: t.num_classes for t in scheme.tasks}, level=scheme.level)
-    model = build_model(cfg, dims).to(device)
+    model = build_model(cfg, dims)
+    train_rows = data.used_rows(data.indices("train"))
+    for m in model.modalities:     # from the training split only; a resumed state restores the same buffers
+        model.set_feature_stats(m, *feature_stats(store, train_rows, m))
+    model = model.to(device)
     amp = cfg.amp and device.type == "cuda"
     run_dir = run_dir or default_run_dir(cfg, store.dataset)
     state_path = run_dir / STATE
