@@ -15,7 +15,7 @@ import click
 from pipeline.cache_settings import BATCH_SECONDS_CPU, BATCH_SECONDS_CUDA, CacheSettings, cache_fields
 from pipeline.cli import DefaultCommandGroup, RenamedOption
 from pipeline.datasets import DATASETS, dataset_options
-from pipeline.devices import DEVICE_HELP
+from pipeline.device import DEVICE_HELP
 from pipeline.store import CODECS, CacheStore, StoreError, resolve_storage_options
 
 from .augment import TRANSFORMS

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.cache_settings import batch_seconds_for, resolve_dtype
-from pipeline.devices import resolve_device
+from pipeline.device import resolve_device
 from pipeline.datasets import load_manifest
 from pipeline.fingerprint import compute_fingerprint
 from pipeline.manifest import Manifest, Segment
@@ -51,7 +51,7 @@ def make_plan(cfg: ExtractConfig, progress: bool = True, *, on_workers: bool = F
     ``on_workers`` or ``cfg.distributed``) and compute the fingerprint. Raises ValueError/StoreError with one
     line for bad settings."""
     t0 = time.perf_counter()
-    cfg = replace(cfg, device=resolve_device(cfg.device))
+    cfg = replace(cfg, device=str(resolve_device(cfg.device)))
     cfg.cache.check()
     if cfg.codec not in CODECS:
         raise ValueError(f"unknown --codec {cfg.codec!r}; valid: {', '.join(CODECS)}")

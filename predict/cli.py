@@ -12,7 +12,7 @@ import sys
 import click
 
 from pipeline.cli import RenamedOption
-from pipeline.devices import DEVICE_HELP, resolve_device
+from pipeline.device import DEVICE_HELP, resolve_device
 
 from .segmenter import CUTTERS
 
@@ -78,9 +78,9 @@ def main(run_dir, audio, more_audio, transcripts, asr, out, segments_out, as_jso
         hf_logging.disable_progress_bar()
     try:
         cfg = PredictConfig(run=run_dir, audio=tuple(_expand(audio)), transcripts=transcripts, asr=asr,
-                            device=resolve_device(device), dtype=dtype, audio_model=audio_model, text_model=text_model,
-                            cutter=cutter, search_seconds=search_seconds, batch_calls=batch_calls,
-                            num_workers=num_workers, trust_remote_code=trust_remote_code, progress=not quiet)
+                            device=str(resolve_device(device)), dtype=dtype, audio_model=audio_model,
+                            text_model=text_model, cutter=cutter, search_seconds=search_seconds,
+                            batch_calls=batch_calls, num_workers=num_workers, trust_remote_code=trust_remote_code, progress=not quiet)
         result = predict_calls(cfg)
         write_outputs(result, out, segments_out)
     except (PredictError, OSError) as e:

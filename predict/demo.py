@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.devices import DEVICE_HELP
+from pipeline.device import DEVICE_HELP
 
 
 SMOKE_NOTE = ("NOTE: tiny encoders with random weights — a smoke run of the pipeline, not the paper's models; "
