@@ -80,7 +80,8 @@ def main(run_dir, audio, more_audio, transcripts, asr, out, segments_out, as_jso
         cfg = PredictConfig(run=run_dir, audio=tuple(_expand(audio)), transcripts=transcripts, asr=asr,
                             device=str(resolve_device(device)), dtype=dtype, audio_model=audio_model,
                             text_model=text_model, cutter=cutter, search_seconds=search_seconds,
-                            batch_calls=batch_calls, num_workers=num_workers, trust_remote_code=trust_remote_code, progress=not quiet)
+                            batch_calls=batch_calls, num_workers=num_workers, trust_remote_code=trust_remote_code,
+                            progress=not quiet)
         result = predict_calls(cfg)
         write_outputs(result, out, segments_out)
     except (PredictError, OSError) as e:
