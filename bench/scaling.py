@@ -155,7 +155,7 @@ def main() -> None:
             out = work / f"{size}-w{n}.zarr"
             shutil.rmtree(out, ignore_errors=True)
             cfg = ExtractConfig(**base, out=str(out), workers=n)
-            with cluster_client(cfg) as client:   # the LocalCluster msmtfn-extract --workers N starts
+            with cluster_client(cfg) as client:   # the LocalCluster msmtfn-extract --dask-workers N starts
                 warm(client, cfg)
                 load = os.getloadavg()[0]
                 cpu0, drv0 = client.run(time.process_time), time.process_time()
