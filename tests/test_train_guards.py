@@ -98,6 +98,7 @@ def test_reported_scores_come_from_the_validation_selected_checkpoint(tmp_path):
                               "macro_f1", float(r["val_loss"])) for r in rows]
     assert m["best_epoch"] == 1 + max(range(len(scores)), key=scores.__getitem__), "first best validation epoch"
     best = rows[m["best_epoch"] - 1]
+    assert m["val_loss"] == pytest.approx(float(best["val_loss"]), rel=1e-6), "history's validation is the val split"
     assert m["val"]["5"]["macro_f1"] == pytest.approx(float(best["val_5_macro_f1"]), abs=1e-9)
     assert m["val"]["5"]["accuracy"] == pytest.approx(float(best["val_5_accuracy"]), abs=1e-9)
     # the test figures are what the saved checkpoint scores on the test split

@@ -279,8 +279,11 @@ class MSMTFN(nn.Module):
         out, h_n = self.gru(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=padded.shape[1])
         mean = (out * mask).sum(1) / seg_counts[:, None].to(out.dtype)
-        # last layer's final states: forward direction after the last segment, backward after the first
-        return self.call_proj(torch.cat([mean, h_n[-2], h_n[-1]], dim=1))
+        # last layer's final states: forward direction after the last segment, backward after the first. The
+        # mean of the segment vectors rides beside the GRU (a residual path): without it the heads wait ~10
+        # epochs for the GRU to pass anything on (docs/model.md, bench/learning_robustness.py)
+        seg_mean = (padded * mask).sum(1) / seg_counts[:, None].to(padded.dtype)
+        return seg_mean + self.call_proj(torch.cat([mean, h_n[-2], h_n[-1]], dim=1))
 
     def context_vectors(self, seg: torch.Tensor, seg_counts: torch.Tensor) -> torch.Tensor:
         """(S, d): each segment vector joined with the Bi-GRU's output at its place in its call (segment-level
