@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from extract.audio import AudioError, load_segment
+from extract import AudioError, load_segment
+from pipeline.atomic import atomic_write_text
 from pipeline.labels import LabelScheme, get_scheme
 from pipeline.manifest import Segment
 from train.checkpoint import CheckpointError, load_run, read_run_config
@@ -408,9 +409,7 @@ def segments_csv(result: PredictResult) -> str:
 def write_atomic(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def write_outputs(result: PredictResult, out: str | Path, segments_out: str | Path | None = None) -> None:

@@ -11,11 +11,7 @@ import logging
 import click
 from click.core import ParameterSource
 
-from .checkpoint import CheckpointError, read_run_config
 from .config import MODALITIES, POOLINGS, ConfigError, TrainConfig, normalise_keys
-from .data import TrainError
-from .loop import fit
-from .report import format_summary
 
 D = TrainConfig.__dataclass_fields__
 
@@ -104,6 +100,12 @@ def main(ctx, config_file, resume_dir, as_json, quiet, **opts):
       msmtfn-train --resume runs/marketcalls/20261125-101500-both-s0     # after a crash or Ctrl-C
     """
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s")
+    # torch and the model: imported once the options are read (``--help`` answers at once)
+    from .checkpoint import CheckpointError, read_run_config
+    from .data import TrainError
+    from .loop import fit
+    from .report import format_summary
+
     try:
         weights = {}
         for item in opts.pop("loss_weights"):

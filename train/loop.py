@@ -5,7 +5,6 @@ import csv
 import json
 import logging
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from pipeline.atomic import atomic_path
 from pipeline.labels import get_scheme
 
 from .checkpoint import (STATE, WEIGHTS, atomic_write_json, load_train_state, load_weights, read_run_config,
@@ -328,9 +328,7 @@ def fit(cfg: TrainConfig, *, resume: bool = False, loaded: LoadedCache | None = 
 
 def _write_history(path: Path, history: list[dict]) -> None:
     keys = list(dict.fromkeys(k for h in history for k in h))
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(history)
-    os.replace(tmp, path)
