@@ -3,7 +3,8 @@ held, load time, the time to assemble every training batch, and the epoch time o
 same MarketCalls-shape cache (877 calls, 3-6 segments, 999 audio / 199 text rows, valid lengths uniform in
 [1/3, 1] of the rows as in pipeline/synthetic.py). Record the output in docs/benchmarks.md.
 
-    python bench/packed_features.py                      # CPU, width 64 (memory scales linearly with the width)
+    python bench/packed_features.py --epochs 0           # CPU, width 64: memory, load, batch assembly
+    python bench/packed_features.py --calls 120 --epochs 1   # CPU: epoch time of fit on each layout
     python bench/packed_features.py --width 768 --device cuda --epochs 3
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ def main() -> int:
     ap.add_argument("--calls", type=int, default=877)
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=2, help="epochs of fit per layout (0: memory and batches only)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
@@ -60,10 +61,13 @@ def main() -> int:
         if device.type == "cuda":
             torch.cuda.synchronize()
         assemble_s = time.perf_counter() - t0
-        cfg = TrainConfig(cache=str(cache), out=str(work / f"run-{packed}"), device=args.device, epochs=args.epochs,
-                          patience=args.epochs, plots=False, progress=False, state_every=0, **model)
-        m = fit(cfg, loaded=LoadedCache(loaded.store, data, src))
-        rows[packed] = (src.resident_bytes, load_s, assemble_s, m["epoch_seconds"], n)
+        epoch_s = float("nan")
+        if args.epochs:
+            cfg = TrainConfig(cache=str(cache), out=str(work / f"run-{packed}"), device=args.device,
+                              epochs=args.epochs, patience=args.epochs, plots=False, progress=False, state_every=0,
+                              **model)
+            epoch_s = fit(cfg, loaded=LoadedCache(loaded.store, data, src))["epoch_seconds"]
+        rows[packed] = (src.resident_bytes, load_s, assemble_s, epoch_s, n)
         feature_bytes = {True: data.packed_bytes(), False: data.used_bytes()}
         del loaded, src
     segs = rows[True][4]

@@ -272,15 +272,9 @@ class FeatureSource:
         packed = self.audio if mod == "audio" else self.text
         lengths = self._lengths[mod][idx].clamp(max=width)
         out = torch.zeros((len(idx), width, packed.shape[1]), dtype=packed.dtype, device=packed.device)
-        total = int(lengths.sum())
-        if total:
-            starts = self._offsets[mod][idx]
-            before = torch.cumsum(lengths, 0) - lengths              # where each row starts in the gathered block
-            pos = torch.arange(total, device=packed.device) - torch.repeat_interleave(before, lengths,
-                                                                                      output_size=total)
-            src = torch.repeat_interleave(starts, lengths, output_size=total) + pos
-            valid = torch.arange(width, device=packed.device)[None, :] < lengths[:, None]
-            out[valid] = packed[src]
+        at = torch.arange(width, device=packed.device)[None, :]
+        valid = at < lengths[:, None]                               # row-major: the packed order of each row
+        out[valid] = packed[(self._offsets[mod][idx][:, None] + at)[valid]]
         return out
 
     @property
