@@ -41,7 +41,8 @@ def amortisation(cache: Path, work: Path, trials: int, epochs: int, device: str,
     train_cfg.write_text(flat, encoding="utf-8")                 # msmtfn-train --config: the same settings
 
     # N separate msmtfn-train processes (each starts Python + torch and loads the cache itself)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads),
+           "PYTHONPATH": os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
     t0 = time.perf_counter()
     for seed in range(trials):
         cmd = [sys.executable, "-m", "train.cli", "--cache", str(cache), "--config", str(train_cfg),

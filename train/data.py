@@ -6,9 +6,10 @@ once as float16 and indexed there; otherwise batches are read from the store by 
 
 Resident features are packed: each modality is one (valid rows of all segments, d) tensor plus per-segment
 offsets and lengths, never the store's (segments, 999, d) padded block, so memory is the sum of valid rows (a
-MarketCalls cache holds about 60 % of its padded size; CMU-MOSEI's short utterances far less). Padded batches are
-assembled from it on the device; since the store's padding rows are zeros (the extractor's writer zeroes them),
-a batch holds exactly the numbers the padded layout gave (tests/test_train_packed.py).
+MarketCalls-shape cache holds 64 % of its padded size, bench/packed_features.py; CMU-MOSEI's utterances of a few
+seconds far less). Padded batches are assembled from it on the device; since the store's padding rows are zeros
+(the extractor's writer zeroes them), a batch holds exactly the numbers the padded layout gave
+(tests/test_train_packed.py).
 """
 from __future__ import annotations
 

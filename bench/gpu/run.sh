@@ -7,7 +7,7 @@
 #   DRY_RUN=1 bash bench/gpu/run.sh                       # CPU, tiny sizes, < 1 minute (tests/test_gpu_bench.py)
 #
 # OUT: folder for results.json/results.md (default: a new temp folder). BUDGET: seconds for the measurements
-# (default 320 on a device, so that install + measurements stay within 6 minutes). PYTHON: interpreter.
+# (default 300 on a device, so that install + measurements stay within 6 minutes). PYTHON: interpreter.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
@@ -93,10 +93,10 @@ if [[ -n "$dry" ]]; then
     args+=(--dry-run)
     budget="${BUDGET:-150}"
 else
-    budget="${BUDGET:-320}"
+    budget="${BUDGET:-300}"
 fi
-# the driver saves results after every part; the hard limit leaves it 30 s past its budget
-timeout --signal=INT --kill-after=10 $(( ${budget%.*} + 30 )) "$PY" "$root/bench/gpu/measure.py" "${args[@]}" \
+# the driver saves results after every part; the hard limit leaves it 25 s past its budget
+timeout --signal=INT --kill-after=10 $(( ${budget%.*} + 25 )) "$PY" "$root/bench/gpu/measure.py" "${args[@]}" \
     --budget "$budget"
 rc=$?
 echo "== results in $OUT (results.json, results.md); rc $rc; $(( $(date +%s) - t0 )) s in all"
