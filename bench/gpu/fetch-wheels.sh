@@ -33,14 +33,15 @@ dl() {
 rm -rf "$dest"
 mkdir -p "$dest"
 dl $(for p in "${main[@]}"; do pin "$p"; done)
+got=()
 for p in "${nodeps[@]}"; do   # one at a time: a backport that has no cp312 wheel is simply not needed there
-    dl --no-deps "$(pin "$p")" 2>/dev/null || echo "  (no cp312 wheel of $p: not needed on Python 3.12)"
+    if dl --no-deps "$(pin "$p")" 2>/dev/null; then got+=("$p"); else echo "  (no cp312 wheel of $p: not needed on 3.12)"; fi
 done
 for p in "${on_image[@]}"; do
     rm -f "$dest/$p"-[0-9]*.whl
 done
 printf '%s\n' "${main[@]}" > "$dest/main.txt"
-printf '%s\n' "${nodeps[@]}" > "$dest/nodeps.txt"
+printf '%s\n' "${got[@]}" > "$dest/nodeps.txt"
 size_mib=$(( $(du -sk "$dest" | cut -f1) / 1024 ))
 echo "$(ls "$dest"/*.whl | wc -l) wheels, ${size_mib} MiB in $dest"
 if (( size_mib > limit_mib )); then

@@ -21,7 +21,8 @@ t0=$(date +%s)
 
 echo "== what this machine has"
 "$PY" - <<'PYEOF'
-import os, platform
+import os, platform, warnings
+warnings.simplefilter("ignore")
 print(f"python {platform.python_version()} ({os.cpu_count()} CPUs)")
 try:
     import torch
