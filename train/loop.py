@@ -120,7 +120,7 @@ def evaluate(model: MSMTFN, batches: Batches, data: CallData, weights: dict, dev
             call_of_item = np.repeat(call_of_item, batch.seg_counts.cpu().numpy())[mask.cpu().numpy()]
         groups.append(call_of_item)
     outs_np = {t: torch.cat(v).numpy() for t, v in outs.items() if v}
-    preds = {t: (p if t in regression else p.argmax(-1)) for t, p in outs_np.items()}
+    preds = outs_np      # probabilities / values: reported_predictions derives every task from them (one rule)
     y_true = {t: torch.cat(v).numpy() for t, v in y.items() if v}
     if not n:
         raise TrainError("nothing labelled to evaluate in this split")
