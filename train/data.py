@@ -54,7 +54,9 @@ class CallData:
     each call per epoch); validation and test never see them.
     """
 
-    def __init__(self, store: CacheStore):
+    def __init__(self, store: CacheStore, scoring: bool = False):
+        """``scoring=True`` (``msmtfn-predict --cache``): calls without a label or a train/valid/test split are
+        kept too (``labelled`` says which are), and no split is required; training never uses this."""
         self.store = store
         done, skipped = store.done(), store.skipped()
         pending = int((~done & ~skipped).sum())
@@ -72,6 +74,7 @@ class CallData:
         self.rows: list[np.ndarray] = []
         self.split: list[str] = []
         base: list[str] = []
+        self.labelled: list[bool] = []
         dropped, unlabelled, held_out_variants = [], 0, 0
         n_skipped_segments = 0
         usable = done & ~skipped
@@ -90,7 +93,8 @@ class CallData:
                                  f"({', '.join(sorted(labels))} / {', '.join(sorted(splits))}); a label belongs to a "
                                  "whole call: fix the dataset and re-run msmtfn-extract")
             label, split = labels.pop(), splits.pop()
-            if split not in SPLITS or not self.scheme.is_valid(label):
+            has_label = split in SPLITS and self.scheme.is_valid(label)
+            if not has_label and not (scoring and variant == "orig"):
                 unlabelled += 1
                 continue  # unlabelled calls (e.g. new calls to predict) are not training data
             if variant != "orig" and split != "train":
@@ -104,8 +108,9 @@ class CallData:
             self.calls.append(cid)
             self.variants.append(variant)
             self.rows.append(np.asarray(keep, dtype=np.int64))
-            self.split.append(split)
+            self.split.append(split if split in SPLITS else "")
             base.append(label)
+            self.labelled.append(self.scheme.is_valid(label))
         if n_skipped_segments:
             log.warning("%s: %d segments were skipped at extraction (bad input; see skip_reason in the store) and "
                         "are left out of their calls", store.path, n_skipped_segments)
@@ -119,12 +124,23 @@ class CallData:
             log.info("%d augmented variants of validation/test calls are not used (evaluation is on originals)",
                      held_out_variants)
         if not self.calls:
-            raise TrainError(f"{store.path}: no labelled calls in train/valid/test")
+            raise TrainError(f"{store.path}: no labelled calls in train/valid/test" if not scoring else
+                             f"{store.path}: no call with a usable segment")
+        # unlabelled calls (scoring only) carry any valid label as a stand-in, never scored against
+        stand_in = next((b for b, ok in zip(base, self.labelled) if ok), None) or \
+            next((x for x in t["label"] if self.scheme.is_valid(x)), None) or \
+            (self.scheme.base_labels[0] if self.scheme.base_labels else "0")
+        base = [b if ok else stand_in for b, ok in zip(base, self.labelled)]
         self.base_labels = base
         if self.level == "segment":
             # per store row; a row without a valid label stays in its call as context but is never scored
-            self.mask = torch.as_tensor(np.array([self.scheme.is_valid(x) for x in t["label"]], dtype=bool))
-            filled = [x if ok else base[0] for x, ok in zip(t["label"], self.mask.tolist())]
+            mask = np.array([self.scheme.is_valid(x) for x in t["label"]], dtype=bool)
+            for c, ok in enumerate(self.labelled):   # a call with no label at all: every segment is scored
+                if not ok:
+                    mask[self.rows[c]] = True
+            self.labelled_row = torch.as_tensor(np.array([self.scheme.is_valid(x) for x in t["label"]], dtype=bool))
+            self.mask = torch.as_tensor(mask)
+            filled = [x if self.scheme.is_valid(x) else stand_in for x in t["label"]]
             self.labels = {k: torch.as_tensor(v) for k, v in self.scheme.encode_all(filled).items()}
             n_scored = int(self.mask[torch.as_tensor(self.used_rows())].sum())
             if n_scored < len(self.used_rows()):
@@ -133,7 +149,7 @@ class CallData:
         else:
             self.mask = None
             self.labels = {k: torch.as_tensor(v) for k, v in self.scheme.encode_all(base).items()}
-        for s in ("train", "valid"):
+        for s in ("train", "valid") if not scoring else ():
             if s not in self.split:
                 raise TrainError(f"{store.path}: no calls in the {s} split; the trainer needs train and valid")
         shape = store.shape
@@ -143,8 +159,8 @@ class CallData:
         self.text_len = torch.as_tensor(store.lengths("text"))
 
     def indices(self, split: str) -> list[int]:
-        """Calls of ``split``, original recordings only."""
-        return [i for i, s in enumerate(self.split) if s == split and self.variants[i] == "orig"]
+        """Calls of ``split`` ("all": every call), original recordings only."""
+        return [i for i, s in enumerate(self.split) if (split == "all" or s == split) and self.variants[i] == "orig"]
 
     @property
     def variant_names(self) -> list[str]:
