@@ -180,10 +180,10 @@ def stage_times(cfg, audio_dir: Path, text_dir: Path, data_dir: Path, tmp: Path,
     from extract.writer import ShardWriter
     from pipeline.store import CacheStore, StoreShape
 
-    dev, dtype = cfg.device, resolve_dtype(cfg.dtype, cfg.device)
-    audio = AudioEncoder(EncoderSpec(str(audio_dir)), dev, dtype, pool=cfg.pool)
-    text = TextEncoder(EncoderSpec(str(text_dir)), dev, dtype, max_tokens=cfg.max_text_tokens)
-    policy = AudioPolicy(cfg.rate_policy, audio.sampling_rate)
+    dev, dtype = cfg.device, resolve_dtype(cfg.cache.dtype, cfg.device)
+    audio = AudioEncoder(EncoderSpec(str(audio_dir)), dev, dtype, pool=cfg.cache.pool)
+    text = TextEncoder(EncoderSpec(str(text_dir)), dev, dtype, max_tokens=cfg.cache.max_text_tokens)
+    policy = AudioPolicy(cfg.cache.rate_policy, audio.sampling_rate)
     rows = list(csv.DictReader(open(data_dir / "data.csv", encoding="utf-8")))[:batch]
     out: dict = {"attention": {"audio": audio.model.config._attn_implementation,
                                "text": text.model.config._attn_implementation},
@@ -224,9 +224,9 @@ def stage_times(cfg, audio_dir: Path, text_dir: Path, data_dir: Path, tmp: Path,
     # write: the same rows through the shard writer into a fresh store of the run's shape
     reps_w = max(1, 64 // len(rows))
     n = reps_w * len(rows)
-    shape = StoreShape(n=n, audio_frames=a_np.shape[1], audio_dim=a_np.shape[2], text_tokens=cfg.max_text_tokens,
+    shape = StoreShape(n=n, audio_frames=a_np.shape[1], audio_dim=a_np.shape[2], text_tokens=cfg.cache.max_text_tokens,
                        text_dim=t_np.shape[2], shard_size=cfg.shard_size)
-    tt = np.zeros((len(rows), cfg.max_text_tokens, t_np.shape[2]), np.float16)
+    tt = np.zeros((len(rows), cfg.cache.max_text_tokens, t_np.shape[2]), np.float16)
     tt[:, : t_np.shape[1]] = t_np
     store = CacheStore.create(tmp / "stage-write.zarr", shape, [], fingerprint="x", settings={}, manifest_digest="x")
     t0 = time.perf_counter()
@@ -267,7 +267,7 @@ def part_extract(policy: str, sz: Sizes, device: str, tmp: Path, encoders: tuple
         shutil.rmtree(work / "ours.zarr", ignore_errors=True)
     reset_peak(device)
     n_naive, t_naive = naive(work / "naive.zarr", ref_store or res.store, audio_dir, text_dir, device,
-                             sz.naive_segments, ref_data, rate=8000 if policy == "paper-8k" else None, pool=cfg.pool)
+                             sz.naive_segments, ref_data, rate=8000 if policy == "paper-8k" else None, pool=cfg.cache.pool)
     naive_rate = n_naive / t_naive
     naive_mem = gpu_peak_mib(device)
     from pipeline.store import CacheStore
@@ -446,7 +446,7 @@ def speedups(device: str, results: dict) -> dict:
     import inspect
 
     import extract.encoders as enc
-    import extract.run as run
+    import extract.encode as encode
     import train.data as data
     from extract.writer import ShardWriter
 
@@ -456,7 +456,7 @@ def speedups(device: str, results: dict) -> dict:
         "sdpa_attention": st.get("attention"),
         "compute_dtype_extract": enc.resolve_dtype("auto", device),
         "bf16_autocast_train": device.startswith("cuda"),
-        "length_bucketed_batches": hasattr(run, "make_batches"),
+        "length_bucketed_batches": hasattr(encode, "make_batches"),
         "pinned_memory_non_blocking": "pin_memory" in inspect.getsource(enc.AudioEncoder._stack),
         "writer_threads": ShardWriter.__init__.__defaults__[-1] or min(8, os.cpu_count() or 1),
         "resampling_on_gpu": False,     # soxr in the loader processes (extract/audio.py)
