@@ -44,8 +44,9 @@ CLIP_EXTS = (".wav", ".mp4")
 # --------------------------------------------------------------------------------------------------- text
 
 def repair_text(s: str) -> str:
-    """Undo the double encoding found in MELD's text (UTF-8 bytes read as Latin-1/cp1252: ``â\\x80\\x99`` → ’) and
-    map stray C1 control characters (cp1252 bytes read as Latin-1: ``\\x92``) to their cp1252 characters.
+    """Undo the double encoding found in MELD's text (UTF-8 bytes read as Latin-1/cp1252: ``â\\x80\\x99`` → ’),
+    map stray C1 control characters (cp1252 bytes read as Latin-1: ``\\x92``) to their cp1252 characters and
+    no-break spaces to spaces, so the 2019 files read as the current ones.
 
     Only exact repairs are made: a string that does not decode as UTF-8 after re-encoding is kept as it is.
     """
@@ -62,7 +63,8 @@ def repair_text(s: str) -> str:
     if any("\x80" <= ch <= "\x9f" for ch in s):
         s = "".join(bytes([ord(ch)]).decode("cp1252", errors="ignore") or ch if "\x80" <= ch <= "\x9f" else ch
                     for ch in s)
-    return s
+    # the 2019 release has U+00A0 where the current files have a space (after the repair: Â\xa0 is one NBSP)
+    return s.replace("\xa0", " ")
 
 
 def decode_meld_bytes(raw: bytes) -> tuple[str, str]:

@@ -15,7 +15,11 @@ columns such as ``annotation``, ``label_T`` are ignored). Audio, looked up under
   ``Raw/Audio/WAV_16000/Full/<video_id>.wav`` (MOSI), ``Raw/Audio/Full/WAV_16000/<video_id>.wav`` (MOSEI),
   ``<video_id>.wav`` (``.mp4`` accepted too).
 
-Segment ids are ``<video_id>_<clip_id>``; utterances are ordered by ``start`` where given, else by ``clip_id``.
+The community MOSI reformatting ``id,text,label,mode`` (``id`` = ``<video_id>_<clip_id>``, e.g. ``03bSnISJMiM_1``,
+clip k = row k-1 of the video's ``.csd`` intervals) is read as the same thing.
+
+Segment ids are ``<video_id>_<clip_id>``; utterances are ordered by ``start`` where given, else by ``clip_id``
+(a number, or MOSEI's start time ``82_7645`` = 82.7645 s).
 
 **SDK form** (CMU Multimodal SDK computational sequences, HDF5 ``.csd``): a labels sequence
 (``CMU_MOSI_Opinion_Labels.csd``, ``CMU_MOSEI_Labels.csd``; option ``labels_csd``) whose ``data/<video>``
@@ -44,6 +48,7 @@ import bisect
 import json
 import logging
 import math
+import os
 import re
 from pathlib import Path
 
@@ -104,12 +109,27 @@ class AudioFinder:
     def __init__(self, root: Path, templates: tuple[str, ...]):
         self.root, self.templates = root, templates
         self.hit: str | None = None
+        self._listings: dict[str, frozenset[str]] = {}
+
+    def _listing(self, folder: str) -> frozenset[str]:
+        # one listdir per folder instead of ~40 stat calls per row: a dataset with audio for a few of its 20k
+        # rows (a partial download) is read in a second, not in half a minute
+        if folder not in self._listings:
+            try:
+                self._listings[folder] = frozenset(os.listdir(self.root / folder))
+            except OSError:
+                self._listings[folder] = frozenset()
+        return self._listings[folder]
 
     def find(self, **names: str) -> Path | None:
         order = ([self.hit] if self.hit else []) + [t for t in self.templates if t != self.hit]
         for t in order:
             rel = t.format(**names)
+            folder, _, base = rel.rpartition("/")
+            listing = self._listing(folder)
             for ext in AUDIO_EXTS:
+                if base + ext not in listing:
+                    continue
                 p = self.root / (rel + ext)
                 if p.is_file():
                     self.hit = t
@@ -278,10 +298,27 @@ def _seconds(value: str) -> float | None:
     return x if math.isfinite(x) and x >= 0 else None
 
 
+def _split_id(row: dict[str, str]) -> dict[str, str]:
+    """``id`` = ``VIDEO_CLIP`` (``03bSnISJMiM_1``; video ids may hold ``_`` themselves, the clip never does)."""
+    vid, sep, clip = row["id"].rpartition("_")
+    return {**row, "video_id": vid if sep else row["id"], "clip_id": clip if sep else ""}
+
+
+def _clip_seconds(clip: str) -> float | None:
+    """Order key of a clip id: its number (MOSI ``3``), or the start time MOSEI writes as ``82_7645`` (82.7645 s)."""
+    m = re.fullmatch(r"(\d+)(?:[_.](\d+))?", clip)
+    if m is None:
+        return None
+    return float(f"{m.group(1)}.{m.group(2) or 0}")
+
+
 def _load_csv_form(path: Path, data_dir: Path, audio_root: Path, issues: list[Issue],
                    labels_seen: list[tuple[str, str]]) -> tuple[dict[str, list], dict[str, str] | None, dict]:
     """Returns (calls, split per video from the mode column or None, notes)."""
     fields, rows = read_csv(path, issues)
+    if "id" in fields and "video_id" not in fields and "clip_id" not in fields:
+        rows = [(line, _split_id(row)) for line, row in rows]      # the community form id,text,label,mode
+        fields = [*fields, "video_id", "clip_id"]
     cols = require_columns(path, fields, CSV_COLUMNS)
     split_col = next((c for c in ("mode", "split") if c in fields), None)
     start_col = next((c for c in START_COLS if c in fields), None)
@@ -348,9 +385,8 @@ def _load_csv_form(path: Path, data_dir: Path, audio_root: Path, issues: list[Is
         if not text:
             issues.append(Issue(where, "warning: empty transcript (kept; the text encoder sees only its special "
                                        "tokens)"))
-        try:
-            key = start if start is not None else float(clip)
-        except ValueError:
+        key = start if start is not None else _clip_seconds(clip)
+        if key is None:
             key = float(order)
         seg = Segment(segment_id=seg_id, call_id=vid, index=0, split=split or "", label=label,
                       audio_path=str(audio), text=text, start=start, end=end, source_row=where)
