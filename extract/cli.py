@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from pipeline.cli import DefaultCommandGroup
+from pipeline.cli import DefaultCommandGroup, device_callback
 from pipeline.datasets import DATASETS, dataset_options
 from pipeline.store import CODECS, CacheStore, StoreError, resolve_storage_options
 
@@ -102,7 +102,7 @@ def _storage_options(raw: str | None) -> dict:
 
 
 @main.command("run", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--dataset", required=True, help=" | ".join(DATASETS) + " (see README).")
+@click.option("--dataset", required=True, type=click.Choice(list(DATASETS)), help="The adapter (see README).")
 @click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="The dataset's folder.")
 @click.option("--out", default=None, help="Store path (default cache/<dataset>.zarr).")
 @click.option("--audio-model", default=PAPER_AUDIO_MODEL, show_default=True, help="Hub id or local folder.")
@@ -111,7 +111,8 @@ def _storage_options(raw: str | None) -> dict:
 @click.option("--text-revision", default=None, help="Hub revision of the text model.")
 @click.option("--audio-layer", default=-1, show_default=True, help="Hidden-state layer (HF index; -1 = last).")
 @click.option("--text-layer", default=-1, show_default=True, help="Hidden-state layer (HF index; -1 = last).")
-@click.option("--device", default="cpu", show_default=True, help="cpu | cuda | cuda:N")
+@click.option("--device", default="cpu", show_default=True, help="cpu | cuda | cuda:N",
+              callback=device_callback())
 @click.option("--dtype", default="auto", show_default=True,
               type=click.Choice(["auto", "float32", "float16", "bfloat16"]),
               help="Compute dtype (auto: float16 on CUDA, float32 on CPU). Stored as float16.")

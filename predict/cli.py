@@ -11,6 +11,8 @@ import sys
 
 import click
 
+from pipeline.cli import device_callback
+
 from .run import PredictConfig, PredictError, predict_calls, result_json, write_outputs
 from .segmenter import CUTTERS
 
@@ -39,7 +41,7 @@ def _expand(patterns: tuple[str, ...]) -> list[str]:
 @click.option("--segments-out", default=None, type=click.Path(dir_okay=False),
               help="Per-segment CSV: call, index, start, end, status, text (and segment-level predictions).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of the summary line.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N", callback=device_callback())
 @click.option("--dtype", default="run", show_default=True,
               help="Encoders' compute dtype: run (the cache's; float32 on CPU), float32, float16, bfloat16.")
 @click.option("--audio-model", default=None, help="Where to read the run's audio encoder (identity is checked).")

@@ -16,6 +16,7 @@ import click
 
 from extract.run import ExtractConfig, extract
 from extract.tiny import build_tiny_encoders
+from pipeline.cli import device_option
 from train.config import TrainConfig
 from train.loop import fit
 from train.report import format_summary
@@ -58,6 +59,7 @@ def run_demo(data_dir: Path, cache: Path, runs: Path, *, audio_model: str | None
 @click.option("--seed", default=0, show_default=True)
 def main(data_dir, cache, out, audio_model, text_model, device, epochs, calls, seed):
     """Run the whole pipeline on a generated demo dataset (no downloads)."""
+    device = device_option(device)    # no CUDA here, or --device gpu: one line, exit 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     tiny = audio_model is None or text_model is None
     if tiny:

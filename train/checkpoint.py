@@ -31,8 +31,22 @@ class CheckpointError(Exception):
     pass
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def _file_mode() -> int:
+    """The mode a plain ``open`` gives a new file: mkstemp's 0600 would leave the run's metrics.json, config.json
+    and model.safetensors unreadable to teammates."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _temp_beside(path: Path) -> tuple[int, str]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.fchmod(fd, _file_mode())
+    return fd, tmp
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = _temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -49,10 +63,11 @@ def atomic_write_json(path: Path, obj) -> None:
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = _temp_beside(path)
     os.close(fd)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, tmp)
+        os.chmod(tmp, _file_mode())      # safetensors writes a file of its own in place of the temp one
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
