@@ -159,7 +159,7 @@ def run_cmd(as_json: bool, quiet: bool, storage_options: str | None, options: tu
       msmtfn-extract --dataset marketcalls --data-dir data/marketcalls --device cuda
       msmtfn-extract info cache/marketcalls.zarr      # describe a store
 
-    Exit status: 0 all encoded; 3 some inputs skipped (see report.json); 1 error.
+    Exit status: 0 all encoded; 3 some inputs skipped (see report.json); 1 error; 2 bad usage.
     """
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s")
     if quiet:   # transformers' own "Loading weights" bars too
