@@ -5,8 +5,9 @@ import csv
 import io
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from ..labels import LabelScheme, get_scheme
 from ..manifest import SPLITS, Issue, Manifest, Segment
@@ -30,19 +31,36 @@ def _decodes(line: bytes, encoding: str) -> bool:
         return False
 
 
-def decode_csv_bytes(raw: bytes, name: str, issues: list[Issue]) -> tuple[str, str]:
-    """Text of a CSV file and the encoding used: UTF-8 (BOM allowed), else GB18030 (Chinese Excel exports).
+CJK_ENCODINGS = ("utf-8", "gb18030")       # the default: UTF-8, else a Chinese Excel export
+WESTERN_ENCODINGS = ("utf-8", "cp1252", "latin-1")     # English files (MELD); latin-1 reads any byte
 
-    When neither decodes the whole file, lines are decoded one by one in the file's main encoding, and bytes that
-    fit neither encoding are replaced by U+FFFD; each such line is named in ``issues`` (``name:line``). One bad
-    row never makes the rest of the file unreadable.
+
+def decode_csv_bytes(raw: bytes, name: str, issues: list[Issue],
+                     encodings: Sequence[str] = CJK_ENCODINGS) -> tuple[str, str]:
+    """Text of a CSV file and the encoding used: the first of ``encodings`` that decodes the whole file (a UTF-8
+    BOM is dropped).
+
+    With the default UTF-8/GB18030 pair, a file neither decodes whole is read line by line in its main encoding,
+    and bytes that fit neither are replaced by U+FFFD; each such line is named in ``issues`` (``name:line``): one
+    bad row never makes the rest of the file unreadable. (A GB18030 guess is never made for a file with UTF-8
+    lines in it: a UTF-8 file with a few broken lines can decode as GB18030 as a whole, which is mojibake.)
     """
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
+    encodings = tuple(encodings)
     try:
-        return raw.decode("utf-8"), "utf-8"
+        return raw.decode(encodings[0]), encodings[0]
     except UnicodeDecodeError:
         pass
+    if encodings != CJK_ENCODINGS:
+        for enc in encodings[1:]:
+            try:
+                return raw.decode(enc), enc
+            except UnicodeDecodeError:
+                continue
+        issues.append(Issue(name, f"warning: not {' or '.join(e.upper() for e in encodings)}; bytes that do not "
+                                  f"fit {encodings[0].upper()} were replaced by U+FFFD (re-save the file as UTF-8)"))
+        return raw.decode(encodings[0], errors="replace"), encodings[0]
     lines = raw.split(b"\n")   # 0x0A is never part of a multi-byte character in UTF-8 or GB18030
     utf8_ok = sum(1 for ln in lines if not ln.isascii() and _decodes(ln, "utf-8"))
     if utf8_ok == 0:            # no line reads as UTF-8 text: a GB18030 (GBK, GB2312) export
@@ -71,16 +89,25 @@ def decode_csv_bytes(raw: bytes, name: str, issues: list[Issue]) -> tuple[str, s
     return "\n".join(out), main
 
 
-def read_csv(path: Path, issues: list[Issue]) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """Rows of a CSV as (line number where the row starts, {lower-cased column: stripped value}).
+class CsvTable(NamedTuple):
+    header: list[str]                            # lower-cased, stripped column names
+    rows: list[tuple[int, dict[str, str]]]       # (line where the row starts, {column: value})
+    encoding: str
+
+
+def read_csv(path: Path, issues: list[Issue], *, encodings: Sequence[str] = CJK_ENCODINGS,
+             clean: Callable[[str], str] | None = None) -> CsvTable:
+    """The one CSV reader of the adapters: rows as (line number where the row starts, {lower-cased column:
+    stripped value}), decoded with the first of ``encodings`` that fits (see :func:`decode_csv_bytes`).
 
     Blank rows are skipped, extra columns kept (adapters ignore what they do not know), short rows padded with "".
+    ``clean`` repairs each value before it is stripped (MELD's garbled quotes).
     """
     try:
         raw = path.read_bytes()
     except OSError as e:
         raise ManifestError(f"{path}: cannot read ({e.strerror or e})") from None
-    text, _ = decode_csv_bytes(raw, path.name, issues)
+    text, encoding = decode_csv_bytes(raw, path.name, issues, encodings)
     reader = csv.reader(io.StringIO(text, newline=""))
     header: list[str] | None = None
     rows: list[tuple[int, dict[str, str]]] = []
@@ -96,7 +123,8 @@ def read_csv(path: Path, issues: list[Issue]) -> tuple[list[str], list[tuple[int
             row: dict[str, str] = {}
             for k, v in zip(header, rec):
                 if k and k not in row:          # a repeated column name: the first one counts
-                    row[k] = v.replace("\x00", "").strip()
+                    v = v.replace("\x00", "")
+                    row[k] = (clean(v) if clean else v).strip()
             for k in header:
                 row.setdefault(k, "")
             rows.append((start, row))
@@ -104,7 +132,7 @@ def read_csv(path: Path, issues: list[Issue]) -> tuple[list[str], list[tuple[int
         raise ManifestError(f"{path}:{line + 1}: unreadable CSV ({e}); check the quoting on that line") from None
     if header is None:
         raise ManifestError(f"{path}: empty CSV (no header row); write the column names on the first line")
-    return header, rows
+    return CsvTable(header, rows, encoding)
 
 
 def require_columns(path: Path, fields: list[str], required: dict[str, tuple[str, ...]]) -> dict[str, str]:

@@ -89,7 +89,7 @@ def load_generic_csv(data_dir: Path, *, allow_outside_paths: bool = False, seed:
         raise ManifestError(f"{path}: no such CSV (the csv dataset reads DATA_DIR/calls.csv or manifest.csv, or "
                             "the file given with the csv_path option)")
     issues: list[Issue] = []
-    fields, rows = read_csv(path, issues)
+    fields, rows, _ = read_csv(path, issues)
     cols = require_columns(path, fields, COLUMNS)
     calls: dict[str, list] = {}
     labels_seen: list[tuple[str, str]] = []

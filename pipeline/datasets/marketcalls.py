@@ -75,7 +75,7 @@ def load_marketcalls(data_dir: Path, *, allow_outside_paths: bool = False, seed:
     per_split = sources[0][1] is not None
     split_mode = None
     for path, file_split in sources:
-        fields, rows = read_csv(path, issues)
+        fields, rows, _ = read_csv(path, issues)
         cols = require_columns(path, fields, COLUMNS)
         has_split, has_segno = "split" in fields, "segment_number" in fields
         if split_mode is None:

@@ -19,14 +19,13 @@ be decoded is reported by the extraction and skipped there.
 """
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from pathlib import Path
 
 from ..labels import MELD_EMOTIONS, MELD_SENTIMENTS
 from ..manifest import Issue, Manifest, Segment
-from ._common import ManifestError, build_manifest, check_labels, drop_rows, require_columns
+from ._common import (WESTERN_ENCODINGS, ManifestError, build_manifest, check_labels, drop_rows, read_csv,
+                      require_columns)
 
 log = logging.getLogger(__name__)
 
@@ -65,52 +64,6 @@ def repair_text(s: str) -> str:
                     for ch in s)
     # the 2019 release has U+00A0 where the current files have a space (after the repair: Â\xa0 is one NBSP)
     return s.replace("\xa0", " ")
-
-
-def decode_meld_bytes(raw: bytes) -> tuple[str, str]:
-    """Text and encoding: UTF-8 (BOM allowed), else cp1252, else Latin-1 (which reads any byte).
-
-    MELD is English, so the GB18030 guess of the shared CSV reader would turn cp1252 quotes into Chinese
-    characters; this reader keeps to the encodings the MELD files come in.
-    """
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    for enc in ("utf-8", "cp1252"):
-        try:
-            return raw.decode(enc), enc
-        except UnicodeDecodeError:
-            pass
-    return raw.decode("latin-1"), "latin-1"
-
-
-def read_meld_csv(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]], str]:
-    """Rows as (line where the row starts, {lower-cased column: repaired, stripped value}) and the encoding."""
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise ManifestError(f"{path}: cannot read ({e.strerror or e})") from None
-    text, enc = decode_meld_bytes(raw)
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header: list[str] | None = None
-    rows: list[tuple[int, dict[str, str]]] = []
-    line = 0
-    try:
-        for rec in reader:
-            start, line = line + 1, reader.line_num
-            if not rec or all(not v.strip() for v in rec):
-                continue
-            if header is None:
-                header = [h.replace("\ufeff", "").strip().lower() for h in rec]
-                continue
-            row = {k: repair_text(v.replace("\x00", "")).strip() for k, v in zip(header, rec) if k}
-            for k in header:
-                row.setdefault(k, "")
-            rows.append((start, row))
-    except csv.Error as e:
-        raise ManifestError(f"{path}:{line + 1}: unreadable CSV ({e}); check the quoting on that line") from None
-    if header is None:
-        raise ManifestError(f"{path}: empty CSV (no header row)")
-    return header, rows, enc
 
 
 # --------------------------------------------------------------------------------------------------- files
@@ -170,7 +123,8 @@ def load_meld(data_dir: Path, *, allow_outside_paths: bool = False, seed: int = 
         if path is None:
             notes.setdefault("missing_splits", []).append(split)
             continue
-        fields, rows, enc = read_meld_csv(path)
+        # MELD is English: the GB18030 guess of the default would turn cp1252 quotes into Chinese characters
+        fields, rows, enc = read_csv(path, issues, encodings=WESTERN_ENCODINGS, clean=repair_text)
         notes["encodings"][path.name] = enc
         cols = require_columns(path, fields, COLUMNS)
         roots = [clips_root] if clips_root is not None else list(dict.fromkeys(

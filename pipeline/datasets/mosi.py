@@ -218,7 +218,7 @@ def _folds_from_json(path: Path) -> dict[str, str]:
 
 def _folds_from_csv(path: Path) -> dict[str, str]:
     issues: list[Issue] = []
-    fields, rows = read_csv(path, issues)
+    fields, rows, _ = read_csv(path, issues)
     cols = require_columns(path, fields, {"video": ("video_id", "video", "id"), "split": ("split", "mode", "fold")})
     out: dict[str, str] = {}
     for line, row in rows:
@@ -315,7 +315,7 @@ def _clip_seconds(clip: str) -> float | None:
 def _load_csv_form(path: Path, data_dir: Path, audio_root: Path, issues: list[Issue],
                    labels_seen: list[tuple[str, str]]) -> tuple[dict[str, list], dict[str, str] | None, dict]:
     """Returns (calls, split per video from the mode column or None, notes)."""
-    fields, rows = read_csv(path, issues)
+    fields, rows, _ = read_csv(path, issues)
     if "id" in fields and "video_id" not in fields and "clip_id" not in fields:
         rows = [(line, _split_id(row)) for line, row in rows]      # the community form id,text,label,mode
         fields = [*fields, "video_id", "clip_id"]
