@@ -476,3 +476,29 @@ def test_benchmark_label_schemes_map_labels_to_every_task():
     assert got["emotion"].tolist() == [4, 6, 0] and got["sentiment"].tolist() == [1, 2, 0]
     assert not m.is_valid("joy") and m.selection == "weighted_f1"
     assert m.class_map("emotion", "sentiment") is None and s.class_map("7", "2") is None
+
+
+def test_adapter_registry_protocol(tmp_path, monkeypatch):
+    """Each registered adapter names an existing label scheme and its options; a new dataset registers with one
+    call and is read through the same checks (its folder must exist unless it makes it)."""
+    from pipeline.datasets import Adapter, register
+    from pipeline.labels import get_scheme
+    from pipeline.manifest import Manifest, Segment
+
+    for name, adapter in DATASETS.items():
+        assert adapter.name == name and get_scheme(adapter.label_scheme)
+        assert "data_dir" not in adapter.options and "seed" not in adapter.options
+    assert DATASETS["demo"].makes_data_dir and not DATASETS["meld"].makes_data_dir
+
+    def load_toy(data_dir, *, allow_outside_paths=False, seed=0, greeting="hi"):
+        seg = Segment(segment_id="t0", call_id="t", index=0, split="train", label="A",
+                      audio_path=str(data_dir / "t.wav"), text=greeting)
+        return Manifest(dataset="toy", label_scheme="marketcalls", segments=[seg])
+
+    monkeypatch.setitem(DATASETS, "toy", DATASETS["marketcalls"])      # undone after the test
+    register(Adapter("toy", load_toy, "marketcalls"))
+    assert load_manifest("toy", tmp_path, greeting="hello").segments[0].text == "hello"
+    with pytest.raises(ManifestError, match="no such folder"):
+        load_manifest("toy", tmp_path / "missing")
+    with pytest.raises(ManifestError, match="has no option"):
+        load_manifest("toy", tmp_path, n_calls=3)
