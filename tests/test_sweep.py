@@ -81,11 +81,19 @@ def test_tiny_grid_two_seeds_tables_from_trial_metrics(cache, tmp_path):
                 assert float(r[f"{k}_{t}_mean"]) == pytest.approx(np.mean(vals))
                 assert float(r[f"{k}_{t}_std"]) == pytest.approx(np.std(vals, ddof=1))
         assert r["seeds_done"] == "2"
-    accs = [float(r["accuracy_5_mean"]) for r in rows]
-    assert accs == sorted(accs, reverse=True), "sorted by the primary task's mean test accuracy"
+    for r in rows:   # validation beside test, from the same trials, never mixed
+        (config,) = [c for c in spec.configurations if c.name == r["configuration"]]
+        ms = [json.loads((trial_dir(out, config, seed) / "metrics.json").read_text()) for seed in (0, 1)]
+        assert float(r["val_accuracy_5_mean"]) == pytest.approx(np.mean([100 * m["val"]["5"]["accuracy"] for m in ms]))
+        half = [100 * (m["test"]["5"]["ci95"]["accuracy"][1] - m["test"]["5"]["ci95"]["accuracy"][0]) / 2 for m in ms]
+        assert float(r["ci_accuracy_5"]) == pytest.approx(np.mean(half)) and float(r["ci_accuracy_5"]) > 0
+        assert r["selected_on"] == "5: validation macro-F1"
+    accs = [float(r["val_accuracy_5_mean"]) for r in rows]
+    assert accs == sorted(accs, reverse=True), "sorted by the primary task's mean validation accuracy"
     assert next(r for r in rows if r["configuration"] == "full")["paper_acc2"] == "76.6"
     md = (out / "results.md").read_text()
-    assert "| full |" in md and "76.60" in md and "73.29" in md and "±" in md
+    assert "| full |" in md and "76.60" in md and "73.29" in md and "±" in md and "sorted by val acc5" in md
+    assert "| val acc5 | test acc5 | 95% CI ± |" in md and "different validation criteria" not in md
     assert (out / "results.png").stat().st_size > 1000
     trials = list(csv.DictReader(open(out / "trials.csv")))
     assert len(trials) == 4 and {t["status"] for t in trials} == {"done"}
@@ -181,6 +189,8 @@ def test_paper_ablation_preset(cache, tmp_path):
                      "text only", "audio only"]
     assert spec.configurations[0].paper == {"acc2": 76.60, "acc5": 49.04}
     assert spec.configurations[1].settings["mtl"] is False and spec.configurations[1].paper == {"acc2": 71.23}
+    # every row is selected on the same validation criterion (the base's task 5), so the ACC2 column compares alike
+    assert all(c.settings.get("task", "5") == "5" for c in spec.configurations)
     assert spec.configurations[2].paper == {"acc2": 73.29} and spec.seeds == (0, 1, 2, 3, 4)
     for c in spec.configurations:   # every row is a valid training configuration
         TrainConfig.from_dict({**c.settings, "cache": str(cache)})
@@ -212,9 +222,10 @@ def test_sweep_on_a_regression_dataset_reports_mae_and_the_derived_accuracies(tm
                                                       "gru_hidden": 8, "head_hidden": 16, "cross_layers": 1,
                                                       "bottleneck_layers": 1, "threads": 1, "plots": False}))
     md = (tmp_path / "out" / "results.md").read_text()
-    assert "sorted by MAE score" in md and "| MAE score | Corr score | acc2 |" in md and "acc2 non-zero" in md
+    assert "sorted by val MAE score" in md and "| val MAE score | test MAE score | 95% CI ± | Corr score | acc2 |" in md
+    assert "acc2 non-zero" in md
     assert ":head" not in md
     rows = list(csv.DictReader(open(tmp_path / "out" / "results.csv")))
-    maes = [float(r["mae_score_mean"]) for r in rows]
-    assert maes == sorted(maes) and all(m > 0 for m in maes), "lowest MAE first"
+    maes = [float(r["val_mae_score_mean"]) for r in rows]
+    assert maes == sorted(maes) and all(m > 0 for m in maes), "lowest validation MAE first"
     assert "accuracy_2:head_mean" in rows[0]

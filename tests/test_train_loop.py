@@ -178,7 +178,7 @@ def test_run_folder_cli_and_config_file(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('cache = "x"\nlearning_rate = 1\n')
     r = CliRunner().invoke(train_cli, ["--config", str(bad)])
-    assert r.exit_code == 1 and "unknown key 'learning_rate'" in r.output and "lr" in r.output
+    assert r.exit_code == 2 and "unknown key 'learning_rate'" in r.output and "lr" in r.output
 
 
 def test_json_config_and_no_mtl_run(tmp_path):

@@ -12,7 +12,7 @@ from pipeline.synthetic import write_synthetic_store
 from train.config import ConfigError, TrainConfig
 from train.data import CallData
 from train.metrics import all_task_metrics
-from train.model import ModelDims, build_model
+from train.model import ModelDims, audio_path_problem, build_model
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -89,19 +89,45 @@ def _names(model) -> set[str]:
 def test_ablation_flags_change_the_architecture_as_claimed():
     full = _names(model_for())
     assert any(".cross." in n for n in full) and "bottleneck_tokens" in full and any(n.startswith("gru.") for n in full)
+    assert any(n.startswith("bottleneck_layers.1.text.") for n in full) and any(n.startswith("join.") for n in full)
     no_x = _names(model_for(cross_attention=False))
-    assert not any(".cross." in n for n in no_x) and any(n.startswith("cross_layers.0.block") for n in no_x)
-    assert not any("bottleneck" in n for n in _names(model_for(bottleneck=False)))
+    # the second branch is the audio itself: self-attention + FFN layers, no cross-attention sub-layers
+    assert not any(".cross." in n for n in no_x) and any(n.startswith("second_layers.0.att.") for n in no_x)
+    no_b = _names(model_for(bottleneck=False))
+    assert not any("bottleneck" in n for n in no_b) and any(n.startswith("second_layers.1.cross.") for n in no_b)
     assert not any(n.startswith("gru.") for n in _names(model_for(bigru=False)))
     assert set(model_for(mtl=False, task="3").heads) == {"3"} and set(model_for().heads) == {"5", "4", "3", "2"}
     text_only = _names(model_for(modality="text"))
-    assert not any("audio" in n for n in text_only) and not any(".cross." in n for n in text_only)
+    assert not any("audio" in n or "second" in n or "bottleneck" in n for n in text_only)
     audio_only = _names(model_for(modality="audio"))
     assert not any("text" in n for n in audio_only)
     assert "flatten.weight" in _names(model_for(pooling="flatten"))
     assert not any("flatten" in n for n in full | _names(model_for(pooling="cls")))
-    with pytest.raises(ConfigError, match="nothing fuses audio"):
-        model_for(cross_attention=False, bottleneck=False)
+    # both ablations at once still fuse: the pooled audio branch joins the text branch
+    assert "join.0.weight" in _names(model_for(cross_attention=False, bottleneck=False))
+
+
+def test_two_branches_start_from_the_same_projected_text_and_audio_enters_only_the_second():
+    """The text branch's own layers never see audio (audio reaches it only through B), and the cross-modal branch
+    starts from the same [CLS; text] as the text branch."""
+    model = model_for()
+    audio, alen, text, tlen, counts = inputs([2])
+    seen = {}
+    def grab(name):
+        def hook(module, args):
+            seen[name] = args[0].clone()
+        return hook
+    hooks = [model.main_layers[0].register_forward_pre_hook(grab("text")),
+             model.second_layers[0].register_forward_pre_hook(grab("cross"))]
+    with torch.no_grad():
+        model(audio, alen, text, tlen, counts)
+    torch.testing.assert_close(seen["text"], seen["cross"])
+    seen.clear()
+    with torch.no_grad():
+        model(torch.randn_like(audio), alen, text, tlen, counts)
+    for h in hooks:
+        h.remove()
+    torch.testing.assert_close(seen["text"], seen["cross"])
 
 
 def test_cross_layers_are_chained():
@@ -109,14 +135,120 @@ def test_cross_layers_are_chained():
     model = model_for()
     audio, alen, text, tlen, counts = inputs([2])
     seen = []
-    hook = model.cross_layers[1].register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
+    hook = model.second_layers[1].register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
     with torch.no_grad():
         model(audio, alen, text, tlen, counts)
-        for p in model.cross_layers[0].parameters():
+        for p in model.second_layers[0].parameters():
             p.mul_(0.0)   # layer 0 becomes the identity (residual only)
         model(audio, alen, text, tlen, counts)
     hook.remove()
     assert not torch.allclose(seen[0], seen[1])
+
+
+def test_bottleneck_tokens_are_updated_by_both_branches_in_every_layer():
+    """B after a layer is the mean of the text branch's and the second branch's updates of it, and the next layer
+    (and the segment vector) reads that new B, not the learned initial tokens."""
+    model = model_for()
+    audio, alen, text, tlen, counts = inputs([2])
+    got = []
+    def grab(module, args, out):
+        got.append((args[4].clone(), out[2].clone()))
+    hooks = [layer.register_forward_hook(grab) for layer in model.bottleneck_layers]
+    with torch.no_grad():
+        model(audio, alen, text, tlen, counts)
+    (b_in0, b_out0), (b_in1, b_out1) = got
+    torch.testing.assert_close(b_in0, model.bottleneck_tokens.detach().expand_as(b_in0))
+    torch.testing.assert_close(b_in1, b_out0)          # chained through B
+    assert not torch.allclose(b_out0, b_in0, atol=1e-4) and not torch.allclose(b_out1, b_in1, atol=1e-4)
+    # the second branch's share: other audio gives another B
+    got.clear()
+    with torch.no_grad():
+        model(torch.randn_like(audio), alen, text, tlen, counts)
+    for h in hooks:
+        h.remove()
+    assert not torch.allclose(got[0][1], b_out0, atol=1e-5)
+
+
+# every combination of the fusion flags and layer counts a user can type; see audio_path_problem
+GRID = [dict(cross_attention=x, bottleneck=b, cross_layers=c, bottleneck_layers=bl, text_branch_layers=t)
+        for x in (True, False) for b in (True, False) for c in (0, 1, 2) for bl in ((0, 1, 2) if b else (2,))
+        for t in (0, 1)]
+
+
+def _id(kw):
+    return (f"{'x' if kw['cross_attention'] else 'nox'}{kw['cross_layers']}-"
+            f"{'b' if kw['bottleneck'] else 'nob'}{kw['bottleneck_layers'] if kw['bottleneck'] else ''}-"
+            f"t{kw['text_branch_layers']}")
+
+
+@pytest.mark.parametrize("kw", GRID, ids=_id)
+def test_every_accepted_both_model_sends_audio_to_every_head_and_trains_every_parameter(kw):
+    torch.manual_seed(0)
+    cfg = small(**kw)
+    model = build_model(cfg, DIMS, check_audio_path=False).eval()
+    # full lengths: no padding row, so every activation row must reach the loss
+    audio, alen, text, tlen, counts = inputs([2, 1])
+    alen, tlen = torch.full_like(alen, audio.shape[1]), torch.full_like(tlen, text.shape[1])
+    audio.requires_grad_(True)
+    out = model(audio, alen, text, tlen, counts)
+    per_head = {}
+    for t, v in out.items():
+        g = torch.autograd.grad(v.sum(), audio, retain_graph=True, allow_unused=True)[0]
+        per_head[t] = 0.0 if g is None else g.abs().sum().item()
+    problem = audio_path_problem(cfg)
+    if problem:
+        assert all(g == 0 for g in per_head.values()), (problem, per_head)
+        with pytest.raises(ConfigError, match="--modality both: "):
+            build_model(cfg, DIMS)
+        return
+    assert all(g > 0 for g in per_head.values()), per_head
+    # no activation computed for nothing: every row of every sequence-shaped module output gets a gradient
+    grads = {}
+
+    def keep(name):
+        def hook(module, args, output):
+            for j, o in enumerate(output if isinstance(output, tuple) else (output,)):
+                if isinstance(o, torch.Tensor) and o.dim() == 3 and o.requires_grad:
+                    o.register_hook(lambda g, key=f"{name}[{j}]": grads.__setitem__(key, g))
+        return hook
+    hooks = [m.register_forward_hook(keep(n)) for n, m in model.named_modules()
+             if n and not isinstance(m, (torch.nn.GRU, torch.nn.ModuleList, torch.nn.ModuleDict))]
+    model.zero_grad()
+    out = model(audio, alen, text, tlen, counts)
+    sum(v.sum() for v in out.values()).backward()
+    for h in hooks:
+        h.remove()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert not dead, f"parameters without a gradient: {dead}"
+    dead_rows = {k: int((g.abs().sum(-1) == 0).sum()) for k, g in grads.items() if (g.abs().sum(-1) == 0).any()}
+    assert not dead_rows, f"activations computed but never reaching the loss: {dead_rows}"
+    assert grads, "the hooks saw no activations"
+
+
+@pytest.mark.parametrize("kw", [dict(pooling="flatten"), dict(pooling="cls"), dict(bigru=False),
+                                dict(mtl=False, task="2"), dict(level="segment")], ids=str)
+def test_audio_reaches_every_head_under_other_settings(kw):
+    dims = DIMS if "level" not in kw else ModelDims(**{**DIMS.__dict__, "level": kw.pop("level")})
+    torch.manual_seed(0)
+    model = build_model(small(**kw), dims).eval()
+    audio, alen, text, tlen, counts = inputs([2, 3])
+    audio.requires_grad_(True)
+    out = model(audio, alen, text, tlen, counts)
+    for t, v in out.items():
+        g = torch.autograd.grad(v.sum(), audio, retain_graph=True)[0]
+        assert g.abs().sum() > 0, t
+
+
+def test_refused_settings_exit_2_with_one_line(tmp_path):
+    from click.testing import CliRunner
+    from train.cli import main as train_cli
+    store = write_synthetic_store(tmp_path / "c.zarr", calls=10, seed=1)
+    for args in (["--cross-layers", "0"], ["--bottleneck-layers", "0"]):
+        r = CliRunner().invoke(train_cli, ["--cache", str(store.path), "--out", str(tmp_path / "r"), *args])
+        assert r.exit_code == 2, r.output
+        lines = [ln for ln in r.output.splitlines() if ln.strip()]
+        assert len(lines) == 1 and args[0] in lines[0], r.output
+    assert not (tmp_path / "r").exists(), "nothing is written for refused settings"
 
 
 def test_without_bigru_segment_order_does_not_matter_with_it_does():
@@ -188,8 +320,7 @@ def _with_weights_of(full, **kw):
     return ablated
 
 
-@pytest.mark.parametrize("flag", [{"cross_attention": False}, {"bottleneck": False}, {"bigru": False},
-                                  {"pooling": "cls"}])
+@pytest.mark.parametrize("flag", [{"bottleneck": False}, {"bigru": False}, {"pooling": "cls"}])
 def test_each_ablation_changes_the_computation(flag):
     """Same weights for everything the two models share; the removed part alone makes the outputs differ."""
     full = model_for()

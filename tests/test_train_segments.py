@@ -107,17 +107,20 @@ def test_segment_level_model_outputs_one_row_per_segment_and_loads_back(tmp_path
     assert out["score"].shape == (s, 1) and out["7"].shape == (s, 7) and out["2"].shape == (s, 2)
     assert batch.labels["score"].shape == (s,) and batch.mask.shape == (s,)
     # a segment's output depends on the other segments of its call (context) ...
+    counts = batch.seg_counts.tolist()
+    multi = [c for c, n in enumerate(counts) if n > 1]
+    assert multi, f"the batch needs a call with more than one segment: {counts}"
+    c = multi[0]
+    start, stop = sum(counts[:c]), sum(counts[:c + 1])
     with torch.no_grad():
-        first = batch.seg_counts[0].item()
-        if first > 1:
-            audio = batch.audio.clone()
-            audio[1:first] = 0
-            text = batch.text.clone()
-            text[1:first] = 0
-            alt = model(audio, batch.audio_len, text, batch.text_len, batch.seg_counts)
-            assert not torch.allclose(alt["score"][0], out["score"][0])
-            # ... but not on other calls
-            torch.testing.assert_close(alt["score"][first:], out["score"][first:])
+        audio, text = batch.audio.clone(), batch.text.clone()
+        audio[start + 1: stop] = 0
+        text[start + 1: stop] = 0
+        alt = model(audio, batch.audio_len, text, batch.text_len, batch.seg_counts)
+    assert not torch.allclose(alt["score"][start], out["score"][start])
+    # ... but not on other calls
+    torch.testing.assert_close(alt["score"][:start], out["score"][:start])
+    torch.testing.assert_close(alt["score"][stop:], out["score"][stop:])
 
 
 def test_regression_metrics_match_hand_computed_values():

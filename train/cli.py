@@ -32,6 +32,11 @@ def _check_task(value):
     return value
 
 
+class SettingsError(click.ClickException):
+    """One line, exit status 2 (bad usage, as the README's exit codes say)."""
+    exit_code = 2
+
+
 def _default(name):
     return D[name].default
 
@@ -62,18 +67,24 @@ def _default(name):
 @click.option("--mtl/--no-mtl", default=True, show_default=True, help="--no-mtl: only the --task head trains.")
 @click.option("--bigru/--no-bigru", default=True, show_default=True,
               help="--no-bigru: segment vectors are mean-pooled over the call.")
-@click.option("--cross-attention/--no-cross-attention", default=True, show_default=True)
-@click.option("--bottleneck/--no-bottleneck", default=True, show_default=True)
+@click.option("--cross-attention/--no-cross-attention", default=True, show_default=True,
+              help="--no-cross-attention: the second branch is the audio itself (no text queries).")
+@click.option("--bottleneck/--no-bottleneck", default=True, show_default=True,
+              help="--no-bottleneck: the pooled text and second branches are joined directly.")
 @click.option("--d-model", default=_default("d_model"), show_default=True, help="0 = text encoder width.")
 @click.option("--heads", default=_default("heads"), show_default=True)
-@click.option("--ffn", default=_default("ffn"), show_default=True)
+@click.option("--ffn", default=_default("ffn"), show_default=True, help="FFN width; 0 = 4 x d_model.")
 @click.option("--dropout", default=_default("dropout"), show_default=True, help="Residual/FFN/head dropout.")
 @click.option("--attn-dropout", default=_default("attn_dropout"), show_default=True,
               help="Dropout on attention weights (slow on CPU).")
-@click.option("--cross-layers", default=_default("cross_layers"), show_default=True)
-@click.option("--text-layers", default=_default("text_layers"), show_default=True)
-@click.option("--bottleneck-tokens", default=_default("bottleneck_tokens"), show_default=True)
-@click.option("--bottleneck-layers", default=_default("bottleneck_layers"), show_default=True)
+@click.option("--cross-layers", default=_default("cross_layers"), show_default=True,
+              help="Chained layers of the cross-modal branch (cross-attention to audio, self-attention, FFN).")
+@click.option("--text-branch-layers", default=_default("text_branch_layers"), show_default=True,
+              help="Self-attention layers of the text branch (the backbone the heads read).")
+@click.option("--bottleneck-tokens", default=_default("bottleneck_tokens"), show_default=True,
+              help="Learned tokens B through which the branches exchange.")
+@click.option("--bottleneck-layers", default=_default("bottleneck_layers"), show_default=True,
+              help="Bottleneck fusion layers (each branch attends over [its tokens; B]).")
 @click.option("--pooling", type=click.Choice(POOLINGS), default=_default("pooling"), show_default=True,
               help="Segment vector: flatten (paper), CLS or mean.")
 @click.option("--gru-hidden", default=_default("gru_hidden"), show_default=True)
@@ -129,7 +140,9 @@ def main(ctx, config_file, resume_dir, as_json, quiet, **opts):
         merged["progress"] = not quiet
         cfg = TrainConfig.from_dict(merged, source=config_file or "options")
         metrics = fit(cfg, resume=bool(resume_dir))
-    except (ConfigError, TrainError, CheckpointError) as e:
+    except ConfigError as e:        # settings that cannot work: bad usage, exit 2 like click's own usage errors
+        raise SettingsError(str(e)) from None
+    except (TrainError, CheckpointError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(json.dumps(metrics, indent=2, default=str) if as_json else format_summary(metrics))
 

@@ -18,6 +18,7 @@ class ConfigError(ValueError):
 
 
 NEGATABLE = ("mtl", "bigru", "cross_attention", "bottleneck", "plots", "amp")
+RENAMED = {"text_layers": "text_branch_layers"}   # older run folders' config.json; not the extractor's --text-layer
 
 
 def normalise_keys(data: dict) -> dict:
@@ -27,6 +28,7 @@ def normalise_keys(data: dict) -> dict:
         k = key.replace("-", "_")
         if k.startswith("no_") and k[3:] in NEGATABLE:
             k, value = k[3:], not value
+        k = RENAMED.get(k, k)
         out[k] = value
     return out
 
@@ -54,11 +56,11 @@ class TrainConfig:
     bottleneck: bool = True
     d_model: int = 0                    # 0 = the text encoder's width from the cache
     heads: int = 12
-    ffn: int = 3072
+    ffn: int = 0                        # 0 = 4 × d_model (3072 at the paper's 768)
     dropout: float = 0.3                # residual, FFN, segment-vector and head dropout (paper: 0.3)
     attn_dropout: float = 0.0           # dropout on attention weights (cheap on GPU, slow on CPU)
-    cross_layers: int = 4               # chained cross-modal layers (text queries audio)
-    text_layers: int = 1                # text self-attention layers before them
+    cross_layers: int = 4               # chained cross-modal layers of the second branch (text queries audio)
+    text_branch_layers: int = 1         # self-attention layers of the text branch (the backbone the heads read)
     bottleneck_tokens: int = 4
     bottleneck_layers: int = 2
     pooling: str = "mean"               # segment vector: mean (masked) | cls | flatten (paper; see train/__init__.py)
@@ -78,9 +80,12 @@ class TrainConfig:
             raise ConfigError(f"modality {self.modality!r}: valid are {', '.join(MODALITIES)}")
         if self.pooling not in POOLINGS:
             raise ConfigError(f"pooling {self.pooling!r}: valid are {', '.join(POOLINGS)}")
-        for name in ("epochs", "batch_calls", "grad_accum", "heads", "cross_layers", "bottleneck_tokens"):
-            if getattr(self, name) < (0 if name in ("cross_layers",) else 1):
+        for name in ("epochs", "batch_calls", "grad_accum", "heads", "bottleneck_tokens"):
+            if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)}")
+        for name in ("cross_layers", "text_branch_layers", "bottleneck_layers", "ffn", "d_model"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be 0 or more, not {getattr(self, name)}")
         if self.state_every < 0:
             raise ConfigError(f"state_every must be 0 (no resumable states) or positive, not {self.state_every}")
         object.__setattr__(self, "task", str(self.task))

@@ -23,8 +23,9 @@ from .checkpoint import (STATE, WEIGHTS, atomic_write_json, load_train_state, lo
                          restore_train_state, save_train_state, save_weights, write_run_config)
 from .config import TrainConfig
 from .data import Batches, CallData, FeatureSource, LoadedCache, TrainError, open_cache
-from .metrics import all_task_metrics, headline, selection_score
+from .metrics import BOOTSTRAP, all_task_metrics, bootstrap_intervals, headline, selection_score
 from .model import MSMTFN, ModelDims, build_model
+from .normalise import feature_stats
 from .plots import confusion_matrices, learning_curves
 
 log = logging.getLogger(__name__)
@@ -91,14 +92,17 @@ def regression_tasks(scheme) -> frozenset:
 
 
 @torch.no_grad()
-def evaluate(model: MSMTFN, batches: Batches, data: CallData, weights: dict, device, amp: bool):
+def evaluate(model: MSMTFN, batches: Batches, data: CallData, weights: dict, device, amp: bool,
+             intervals: bool = False):
     """(mean loss per scored item, metrics per task, {task: probabilities (items, k) or values (items,)}) on one
-    split; an item is a call, or a labelled segment where labels belong to segments."""
+    split; an item is a call, or a labelled segment where labels belong to segments. ``intervals``: each task's
+    metrics also get ``ci95``, bootstrap intervals over the split's calls (train/metrics.py)."""
     model.eval()
     regression = regression_tasks(data.scheme)
     total, n = 0.0, 0
     outs: dict[str, list] = {t: [] for t in model.heads}
     y: dict[str, list] = {t: [] for t in data.labels}
+    groups: list[np.ndarray] = []
     for batch in batches:
         logits = _forward(model, batch, device, amp)
         mask = batch.mask
@@ -112,12 +116,20 @@ def evaluate(model: MSMTFN, batches: Batches, data: CallData, weights: dict, dev
             outs[t].append(v.squeeze(-1).cpu() if t in regression else torch.softmax(v, -1).cpu())
         for t, v in batch.labels.items():
             y[t].append((v if mask is None else v[mask]).cpu())
+        call_of_item = np.asarray(batch.calls)
+        if mask is not None:
+            call_of_item = np.repeat(call_of_item, batch.seg_counts.cpu().numpy())[mask.cpu().numpy()]
+        groups.append(call_of_item)
     outs_np = {t: torch.cat(v).numpy() for t, v in outs.items() if v}
     preds = {t: (p if t in regression else p.argmax(-1)) for t, p in outs_np.items()}
     y_true = {t: torch.cat(v).numpy() for t, v in y.items() if v}
     if not n:
         raise TrainError("nothing labelled to evaluate in this split")
-    return total / n, all_task_metrics(data.scheme, y_true, preds), outs_np
+    metrics = all_task_metrics(data.scheme, y_true, preds)
+    if intervals:
+        for t, ci in bootstrap_intervals(data.scheme, y_true, preds, np.concatenate(groups)).items():
+            metrics[t]["ci95"] = ci
+    return total / n, metrics, outs_np
 
 
 HISTORY_METRICS = ("accuracy", "macro_f1", "weighted_f1", "mae", "corr")
@@ -182,7 +194,11 @@ def fit(cfg: TrainConfig, *, resume: bool = False, loaded: LoadedCache | None = 
     regression = regression_tasks(scheme)
     dims = ModelDims(audio_dim=data.audio_dim, text_dim=data.text_dim, text_tokens=data.text_tokens,
                      tasks={t.name: t.num_classes for t in scheme.tasks}, level=scheme.level)
-    model = build_model(cfg, dims).to(device)
+    model = build_model(cfg, dims)
+    train_rows = data.used_rows(data.indices("train"))
+    for m in model.modalities:     # from the training split only; a resumed state restores the same buffers
+        model.set_feature_stats(m, *feature_stats(store, train_rows, m))
+    model = model.to(device)
     amp = cfg.amp and device.type == "cuda"
     run_dir = run_dir or default_run_dir(cfg, store.dataset)
     state_path = run_dir / STATE
@@ -278,10 +294,10 @@ def fit(cfg: TrainConfig, *, resume: bool = False, loaded: LoadedCache | None = 
             break
 
     load_weights(model, weights_path, device)           # the validation-selected checkpoint
-    val_loss, val, _ = evaluate(model, val_b, data, weights, device, amp)
+    val_loss, val, _ = evaluate(model, val_b, data, weights, device, amp, intervals=True)
     test, test_loss = {}, None
     if splits["test"]:
-        test_loss, test, _ = evaluate(model, test_b, data, weights, device, amp)   # once, at the end
+        test_loss, test, _ = evaluate(model, test_b, data, weights, device, amp, intervals=True)   # once, at the end
     else:
         log.warning("no test calls in %s; reporting validation only", store.path)
     metrics = {
@@ -291,6 +307,7 @@ def fit(cfg: TrainConfig, *, resume: bool = False, loaded: LoadedCache | None = 
         "val_loss": val_loss, "test_loss": test_loss, "val": val, "test": test,
         "classes": {t.name: list(t.classes) for t in scheme.tasks if not t.is_regression},
         "level": scheme.level,
+        "intervals": f"ci95: 95 % percentile bootstrap over the split's calls, {BOOTSTRAP} resamples, seed 0",
         "calls": {s: len(v) for s, v in splits.items()}, "config": cfg.to_dict(),
         "cache_fingerprint": store.fingerprint, "device": str(device),
         "seconds": time.perf_counter() - t_start,

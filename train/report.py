@@ -8,6 +8,16 @@ def _cells(m: dict) -> str:
     return f"{100 * m['accuracy']:>14.2f}{100 * m['macro_f1']:>14.2f}{100 * m['weighted_f1']:>10.2f}"
 
 
+def _ci_cell(m: dict) -> str:
+    """The 95 % bootstrap interval of the accuracy (MAE for a regression) beside the test figures."""
+    ci = m.get("ci95", {})
+    key, scale, digits = ("mae", 1, 3) if "mae" in m else ("accuracy", 100, 1)
+    if key not in ci:
+        return f"{'':>16}"
+    lo, hi = ci[key]
+    return f"{f'[{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]':>16}"
+
+
 def _nonzero_cells(m: dict) -> str:
     return f"{100 * m['accuracy_nonzero']:>14.2f}{'':>14}{100 * m['weighted_f1_nonzero']:>10.2f}"
 
@@ -18,7 +28,7 @@ def format_summary(metrics: dict) -> str:
     has_test = bool(metrics.get("test"))
     head = f"{'task':<10}{'val acc':>14}{'val mF1':>14}{'val wF1':>10}"
     if has_test:
-        head += f"{'test acc':>14}{'test mF1':>14}{'test wF1':>10}"
+        head += f"{'test acc':>14}{'test mF1':>14}{'test wF1':>10}{'test 95% CI':>16}"
     metric = metrics.get("selection", {}).get("metric", "validation macro-F1")
     lines = [f"run {metrics['run_dir']}  best epoch {metrics['best_epoch']}/{metrics['epochs_run']} "
              f"(selected on task {sel}: {metric})", head, "-" * len(head)]
@@ -30,7 +40,7 @@ def format_summary(metrics: dict) -> str:
         name = label + ("*" if "derived_from" in v else "")
         row = f"{name:<10}{_cells(v)}"
         if has_test and t in metrics["test"]:
-            row += _cells(metrics["test"][t])
+            row += _cells(metrics["test"][t]) + _ci_cell(metrics["test"][t])
         lines.append(row)
         if "accuracy_nonzero" in v:   # CMU-MOSI/MOSEI's second Acc2 convention: zero-labelled items left out
             row = f"{label + ' nz':<10}{_nonzero_cells(v)}"
@@ -43,6 +53,9 @@ def format_summary(metrics: dict) -> str:
                      "'nz': negative vs positive, zero-labelled items left out")
     elif derived:
         lines.append("* derived from the single trained head through the label maps (no multi-task learning)")
+    if has_test:
+        lines.append("mF1 = macro-F1 (classes weigh alike), wF1 = weighted F1 (by class size); test 95% CI = "
+                     "bootstrap interval of test acc (MAE) over test calls")
     calls = metrics.get("calls", {})
     lines.append("calls: " + ", ".join(f"{k} {v}" for k, v in calls.items()))
     return "\n".join(lines)

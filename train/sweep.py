@@ -295,8 +295,14 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
+SPLITS_REPORTED = (("test", ""), ("val", "val_"))   # metrics.json key, column prefix: never mixed
+
+
 def aggregate(root: Path) -> tuple[SweepSpec, list[dict], list[str]]:
-    """Per configuration: mean ± std over its finished seeds of each task's test metrics (percent)."""
+    """Per configuration: mean ± std over its finished seeds of each task's test metrics (percent; columns
+    ``{metric}_{task}_mean``), the same for validation (``val_…``), the mean half-width of the test figures' 95 %
+    bootstrap intervals (``ci_…``) and how the checkpoints were selected (``selected_on``). A run without a test
+    split leaves the test columns empty; validation figures never stand in for test ones."""
     record = json.loads((root / "sweep.json").read_text(encoding="utf-8"))
     s = record["spec"]
     spec = SweepSpec(s["name"], tuple(Configuration(c["name"], c["settings"], c.get("paper", {}))
@@ -309,18 +315,24 @@ def aggregate(root: Path) -> tuple[SweepSpec, list[dict], list[str]]:
             if p.is_file():
                 runs.append(json.loads(p.read_text(encoding="utf-8")))
         row = {"configuration": config.name, "seeds_done": len(runs), "seeds": len(spec.seeds)}
+        selected = sorted({f"{m['selection']['task']}: {m['selection']['metric'].split(' (')[0]}"
+                           for m in runs if "selection" in m})
+        row["selected_on"] = "; ".join(selected)
         for m in runs:
-            split = m["test"] or m["val"]
-            row["split"] = "test" if m["test"] else "valid"
-            for t in split:
+            for t in list(m.get("test") or {}) + list(m["val"]):
                 if t not in tasks:
                     tasks.append(t)
         for t in tasks:
             for k in METRICS + REGRESSION_METRICS + ("accuracy_nonzero",):
                 scale = 1 if k in REGRESSION_METRICS else 100
-                vals = [scale * (m["test"] or m["val"])[t][k] for m in runs if k in (m["test"] or m["val"]).get(t, {})]
-                if vals:
-                    row[f"{k}_{t}_mean"], row[f"{k}_{t}_std"] = _mean_std(vals)
+                for split, prefix in SPLITS_REPORTED:
+                    vals = [scale * m[split][t][k] for m in runs if k in (m.get(split) or {}).get(t, {})]
+                    if vals:
+                        row[f"{prefix}{k}_{t}_mean"], row[f"{prefix}{k}_{t}_std"] = _mean_std(vals)
+                halves = [scale * (m["test"][t]["ci95"][k][1] - m["test"][t]["ci95"][k][0]) / 2 for m in runs
+                          if k in (m.get("test") or {}).get(t, {}).get("ci95", {})]
+                if halves:
+                    row[f"ci_{k}_{t}"] = float(np.mean(halves))
         for key, val in config.paper.items():
             row[f"paper_{key}"] = val
         row["_paper"] = config.paper
@@ -343,16 +355,18 @@ def report(root: str | Path) -> dict:
     spec, rows, tasks = aggregate(root)
     primary = _primary(spec, tasks)
     lower_better = _is_regression(rows, primary)   # sorted by MAE (lower first) for a regression task
-    key = f"mae_{primary}_mean" if lower_better else f"accuracy_{primary}_mean"
+    # sorted on validation, the split the checkpoints were chosen on; test is read, never optimised
+    key = f"val_mae_{primary}_mean" if lower_better else f"val_accuracy_{primary}_mean"
     sign = 1 if lower_better else -1
     rows.sort(key=lambda r: sign * r[key] if not math.isnan(r.get(key, float("nan"))) else math.inf)
     papers = sorted({k for r in rows for k in r["_paper"]})
     present = [k for k in METRICS + REGRESSION_METRICS + ("accuracy_nonzero",)
-               if any(f"{k}_{t}_mean" in r for r in rows for t in tasks)]
-    fields = ["configuration", "seeds_done", "seeds"] + [f"{k}_{t}_{s}" for t in tasks for k in present
-                                                         for s in ("mean", "std")
-                                                         if any(f"{k}_{t}_mean" in r for r in rows)] + \
-             [f"paper_{k}" for k in papers]
+               if any(f"{k}_{t}_mean" in r or f"val_{k}_{t}_mean" in r for r in rows for t in tasks)]
+    fields = ["configuration", "seeds_done", "seeds", "selected_on"] + \
+        [f"{prefix}{k}_{t}_{s}" for t in tasks for k in present for prefix in ("val_", "")
+         for s in ("mean", "std") if any(f"{prefix}{k}_{t}_mean" in r for r in rows)] + \
+        [f"ci_{k}_{t}" for t in tasks for k in present if any(f"ci_{k}_{t}" in r for r in rows)] + \
+        [f"paper_{k}" for k in papers]
     _write_csv(root / "results.csv", rows, fields)
     md = _markdown(spec, rows, tasks, primary, papers)
     atomic_write_bytes(root / "results.md", md.encode("utf-8"))
@@ -375,26 +389,36 @@ def _markdown(spec: SweepSpec, rows: list[dict], tasks: list[str], primary: str,
     reg = [t for t in order if _is_regression(rows, t)]
     cls = [t for t in order if t not in reg and ":" not in t]   # class heads beside a regression: CSV only
     nz = [t for t in cls if any(f"accuracy_nonzero_{t}_mean" in r for r in rows)]
-    head = ["configuration", "seeds"] + [h for t in reg for h in (f"MAE {t}", f"Corr {t}")] + \
-           [f"acc{t}" for t in cls] + [f"acc{t} non-zero" for t in nz] + [f"F1{t} (weighted)" for t in cls] + \
-           [f"paper {k}" for k in papers]
-    by = f"MAE {primary}" if primary in reg else f"acc{primary}"
-    title = f"### {spec.name}: test mean ± std over seeds (checkpoints selected on validation; sorted by {by})"
+    main_metric = "mae" if primary in reg else "accuracy"
+    main_name = f"MAE {primary}" if primary in reg else f"acc{primary}"
+    head = ["configuration", "seeds", "selected on", f"val {main_name}", f"test {main_name}", "95% CI ±"] + \
+        [h for t in reg if t != primary for h in (f"MAE {t}",)] + [h for t in reg for h in (f"Corr {t}",)] + \
+        [f"acc{t}" for t in cls if t != primary] + [f"acc{t} non-zero" for t in nz] + \
+        [f"F1{t} (weighted)" for t in cls] + [f"paper {k}" for k in papers]
+    title = (f"### {spec.name}: validation and test, mean ± std over seeds (checkpoints selected on validation; "
+             f"sorted by val {main_name})")
     lines = [title, "", "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    digits = 3 if primary in reg else 2
     for r in rows:
-        cells = [r["configuration"], f"{r['seeds_done']}/{r['seeds']}"]
-        cells += [_fmt(r.get(f"{k}_{t}_mean", math.nan), r.get(f"{k}_{t}_std", math.nan), 3)
-                  for t in reg for k in REGRESSION_METRICS]
-        cells += [_fmt(r.get(f"accuracy_{t}_mean", math.nan), r.get(f"accuracy_{t}_std", math.nan)) for t in cls]
-        cells += [_fmt(r.get(f"accuracy_nonzero_{t}_mean", math.nan), r.get(f"accuracy_nonzero_{t}_std", math.nan))
-                  for t in nz]
-        cells += [_fmt(r.get(f"weighted_f1_{t}_mean", math.nan), r.get(f"weighted_f1_{t}_std", math.nan))
-                  for t in cls]
+        get = lambda key: (r.get(f"{key}_mean", math.nan), r.get(f"{key}_std", math.nan))  # noqa: E731
+        ci = r.get(f"ci_{main_metric}_{primary}", math.nan)
+        cells = [r["configuration"], f"{r['seeds_done']}/{r['seeds']}", r.get("selected_on", ""),
+                 _fmt(*get(f"val_{main_metric}_{primary}"), digits), _fmt(*get(f"{main_metric}_{primary}"), digits),
+                 "–" if math.isnan(ci) else f"{ci:.{digits}f}"]
+        cells += [_fmt(*get(f"mae_{t}"), 3) for t in reg if t != primary]
+        cells += [_fmt(*get(f"corr_{t}"), 3) for t in reg]
+        cells += [_fmt(*get(f"accuracy_{t}")) for t in cls if t != primary]
+        cells += [_fmt(*get(f"accuracy_nonzero_{t}")) for t in nz]
+        cells += [_fmt(*get(f"weighted_f1_{t}")) for t in cls]
         cells += [f"{r['_paper'][k]:.2f}" if k in r["_paper"] else "" for k in papers]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("Macro-F1 and every std are in results.csv. Paper figures are the published ones (single runs); "
-                 "ours are this sweep's.")
+    lines.append("Columns after the first test one are test figures. '95% CI ±': mean half-width of one run's "
+                 "bootstrap interval over test calls (differences smaller than it are noise). Every validation "
+                 "figure, macro-F1 and std is in results.csv. Paper figures are the published ones (single runs).")
+    if len({r.get("selected_on") for r in rows if r.get("selected_on")}) > 1:
+        lines.append("NOTE: rows were selected on different validation criteria ('selected on'): compare them "
+                     "with care.")
     return "\n".join(lines) + "\n"
 
 

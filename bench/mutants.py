@@ -1,0 +1,128 @@
+"""Break the model, the loss, the masks and the checkpoint selection on purpose, one mutation at a time, and check
+that a test fails for each ("killed"). A mutation that survives means a test that cannot catch that breakage.
+
+    python bench/mutants.py            # every mutation; prints killed/survived, exit 1 if any survived
+    python bench/mutants.py -k mask    # those whose name contains "mask"
+
+Each mutation is applied to a temporary copy of the tracked files (git ls-files), never to the work tree, and the
+listed tests run there with PYTHONPATH pointing at the copy. Results: docs/testing.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL, LOOP = "train/model.py", "train/loop.py"
+T_MODEL, T_GUARDS = "tests/test_train_model.py", "tests/test_train_guards.py"
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str
+    old: str          # must occur exactly once in file
+    new: str
+    tests: tuple[str, ...]
+
+
+MUTANTS = [
+    Mutant("loss on one head only", LOOP,
+           "    for t, out in logits.items():\n        y = labels[t]",
+           "    for t, out in list(logits.items())[:1]:\n        y = labels[t]", (T_GUARDS,)),
+    Mutant("text padding mask ignored", MODEL,
+           '            x, x_valid = self._stream(text, text_len, "text")',
+           '            x, x_valid = self._stream(text, text_len, "text")\n'
+           '            x_valid = torch.ones_like(x_valid)', (T_GUARDS,)),
+    Mutant("audio padding mask ignored", MODEL,
+           '            a, a_valid = self._stream(audio, audio_len, "audio")',
+           '            a, a_valid = self._stream(audio, audio_len, "audio")\n'
+           '            a_valid = torch.ones_like(a_valid)', (T_GUARDS,)),
+    Mutant("masked-mean pooling includes padding rows", MODEL,
+           "    m = valid[..., None].to(x.dtype)\n    return (x * m).sum(1) / m.sum(1)",
+           "    return x.mean(1)", (T_GUARDS,)),
+    Mutant("flatten pooling includes padding rows", MODEL,
+           "self.flatten((x * valid[..., None]).flatten(1))", "self.flatten(x.flatten(1))", (T_GUARDS,)),
+    Mutant("test scores from the last epoch, not the selected checkpoint", LOOP,
+           "    load_weights(model, weights_path, device)           # the validation-selected checkpoint",
+           "    pass", (T_GUARDS,)),
+    Mutant("checkpoint chosen on test instead of validation", LOOP,
+           "        val_loss, val, _ = evaluate(model, val_b, data, weights, device, amp)\n        sel = val[cfg.task]",
+           "        val_loss, val, _ = evaluate(model, test_b, data, weights, device, amp)\n        sel = val[cfg.task]",
+           (T_GUARDS,)),
+    Mutant("Bi-GRU call vector from the first layer's states", MODEL,
+           "torch.cat([mean, h_n[-2], h_n[-1]], dim=1)", "torch.cat([mean, h_n[0], h_n[1]], dim=1)", (T_GUARDS,)),
+    Mutant("bottleneck tokens never updated", MODEL,
+           "        return x, y, (b_text + b_second) / 2", "        return x, y, b", (T_MODEL,)),
+    Mutant("bottleneck tokens updated by the text branch only", MODEL,
+           "        return x, y, (b_text + b_second) / 2", "        return x, y, b_text", (T_MODEL,)),
+    Mutant("cross-modal layers not chained (each gets the branch's input)", MODEL,
+           "                for layer in self.second_layers:     # chained: each takes the previous output\n"
+           "                    y = layer(y, y_valid, a, a_valid)",
+           "                y0 = y\n                for layer in self.second_layers:\n"
+           "                    y = layer(y0, y_valid, a, a_valid)", (T_MODEL,)),
+    Mutant("cross-modal branch starts after the text branch's layers", MODEL,
+           "                y, y_valid = x, x_valid              # the cross-modal branch starts from the same projected text",
+           "                y, y_valid = x, x_valid\n                for layer in self.main_layers:\n"
+           "                    y = layer(y, y_valid)", (T_MODEL,)),
+    Mutant("last bottleneck layer computes the second branch's tokens for nothing", MODEL,
+           "last_rows=nb if last else 0)", "last_rows=0)\n        ys = ys[:, -nb:] if last else ys", (T_MODEL,)),
+    Mutant("audio-path check accepts everything", MODEL,
+           "    if cfg.modality != \"both\":\n        return None\n    if cfg.cross_attention",
+           "    return None\n    if cfg.cross_attention", (T_MODEL,)),
+    Mutant("final bottleneck tokens not read (text branch alone)", MODEL,
+           "            other = self.second_norm(b).mean(1)", "            other = self.second_norm(b).mean(1) * 0",
+           (T_MODEL,)),
+]
+
+
+def run(m: Mutant, timeout: int) -> tuple[str, float, str]:
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    with tempfile.TemporaryDirectory(prefix="mutant-") as tmp:
+        for f in files:
+            dst = Path(tmp) / f
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if (ROOT / f).is_file():
+                shutil.copy2(ROOT / f, dst)
+        target = Path(tmp) / m.file
+        src = target.read_text(encoding="utf-8")
+        if src.count(m.old) != 1:
+            return "stale", 0.0, f"the text to mutate occurs {src.count(m.old)} times in {m.file}: update MUTANTS"
+        target.write_text(src.replace(m.old, m.new), encoding="utf-8")
+        env = {**os.environ, "PYTHONPATH": tmp}
+        t0 = time.perf_counter()
+        try:
+            r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *m.tests],
+                               cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return "killed (timeout)", time.perf_counter() - t0, ""
+        took = time.perf_counter() - t0
+        failed = [ln for ln in r.stdout.splitlines() if ln.startswith("FAILED") or ln.startswith("ERROR")]
+        return ("killed" if r.returncode != 0 else "SURVIVED"), took, (failed[0] if failed else "")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-k", default="", help="only mutations whose name contains this")
+    ap.add_argument("--timeout", type=int, default=600)
+    args = ap.parse_args()
+    chosen = [m for m in MUTANTS if args.k.lower() in m.name.lower()]
+    bad = 0
+    print(f"{'mutation':<70} {'result':<16} {'s':>6}  first failing test")
+    for m in chosen:
+        result, took, detail = run(m, args.timeout)
+        bad += result in ("SURVIVED", "stale")
+        print(f"{m.name:<70} {result:<16} {took:6.1f}  {detail[:90]}", flush=True)
+    print(f"{len(chosen) - bad} of {len(chosen)} killed")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
