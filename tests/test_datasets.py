@@ -502,3 +502,23 @@ def test_adapter_registry_protocol(tmp_path, monkeypatch):
         load_manifest("toy", tmp_path / "missing")
     with pytest.raises(ManifestError, match="has no option"):
         load_manifest("toy", tmp_path, n_calls=3)
+
+
+def test_row_checks_are_worded_the_same_for_every_dataset(tmp_path):
+    from pipeline.datasets._common import RowChecks, option_path
+
+    issues = []
+    checks = RowChecks(issues)
+    assert checks.first_time("s1", "a.csv:2", "segment s1") and not checks.first_time("s1", "a.csv:5", "segment s1")
+    assert checks.one_split("c1", "train", "a.csv:2") == "train"
+    assert checks.one_split("c1", "test", "a.csv:3", kind="video") == "train"
+    assert checks.one_split("c2", None, "a.csv:4") is None and checks.splits == {"c1": "train"}
+    assert checks.transcript("a.csv:6", "") == ""
+    assert [(i.where, i.reason) for i in issues] == [
+        ("a.csv:5", "duplicate segment s1 (first at a.csv:2); row skipped"),
+        ("a.csv:3", "warning: video c1 is in train (a.csv:2) and in test; the segment is kept in train"),
+        ("a.csv:6", "warning: empty transcript (kept; the text encoder sees only its special tokens)")]
+    wav(tmp_path / "x.wav", seconds=1.5)
+    assert abs(checks.seconds(tmp_path / "x.wav") - 1.5) < 1e-3 and checks.seconds(tmp_path / "nope.wav") is None
+    assert option_path(tmp_path, "sub") == tmp_path / "sub" and option_path(tmp_path, "/abs") == Path("/abs")
+    assert option_path(tmp_path, None) is None and option_path(tmp_path, "") is None

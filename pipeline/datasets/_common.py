@@ -1,4 +1,5 @@
-"""Pieces every adapter shares: robust CSV reading, the stratified call-level split, label checks, ordering."""
+"""Pieces every adapter shares: the one CSV reader, the row checks, the stratified call-level split, label checks,
+ordering."""
 from __future__ import annotations
 
 import csv
@@ -150,6 +151,74 @@ def require_columns(path: Path, fields: list[str], required: dict[str, tuple[str
         raise ManifestError(f"{path}: missing column(s) {', '.join(missing)}; found {found_cols}. "
                             "Rename the header or add the column")
     return found
+
+
+# --------------------------------------------------------------------------------------------------- row checks
+
+def option_path(base: Path, option: str | Path | None) -> Path | None:
+    """A path option of an adapter (``csv_dir``, ``audio_dir``, ...): absolute as given, else relative to the
+    dataset folder; None when the option is not given."""
+    if option is None or option == "":
+        return None
+    p = Path(option)
+    return p if p.is_absolute() else base / p
+
+
+def audio_seconds(path: Path, cache: dict[Path, float | None]) -> float | None:
+    """Seconds of a soundfile-readable file; None for containers (mp4) and unreadable files, which the
+    extraction decodes or reports."""
+    if path not in cache:
+        try:
+            import soundfile as sf
+
+            info = sf.info(str(path))
+            cache[path] = info.frames / info.samplerate if info.samplerate > 0 else None
+        except Exception:
+            cache[path] = None
+    return cache[path]
+
+
+class RowChecks:
+    """The checks every adapter makes on its rows, worded the same in every dataset; what they find goes to
+    ``issues`` (a duplicate is left out by the caller, the others are warnings and the row is kept)."""
+
+    def __init__(self, issues: list[Issue]):
+        self.issues = issues
+        self._first: dict = {}
+        self._split: dict[str, tuple[str, str]] = {}
+        self._seconds: dict[Path, float | None] = {}
+
+    def first_time(self, key, where: str, what: str) -> bool:
+        """False, naming the row as a duplicate of the first, when ``key`` was seen before."""
+        if key in self._first:
+            self.issues.append(Issue(where, f"duplicate {what} (first at {self._first[key]}); row skipped"))
+            return False
+        self._first[key] = where
+        return True
+
+    def one_split(self, call_id: str, split: str | None, where: str, kind: str = "call") -> str | None:
+        """A call (video, dialogue) is in one split: the first one given; a different later one is a warning."""
+        if not split:
+            return split
+        first = self._split.setdefault(call_id, (split, where))
+        if first[0] != split:
+            self.issues.append(Issue(where, f"warning: {kind} {call_id} is in {first[0]} ({first[1]}) and in "
+                                            f"{split}; the segment is kept in {first[0]}"))
+        return first[0]
+
+    @property
+    def splits(self) -> dict[str, str]:
+        """call → split, as :meth:`one_split` kept them."""
+        return {cid: s for cid, (s, _) in self._split.items()}
+
+    def transcript(self, where: str, text: str) -> str:
+        if not text:
+            self.issues.append(Issue(where, "warning: empty transcript (kept; the text encoder sees only its "
+                                            "special tokens)"))
+        return text
+
+    def seconds(self, path: Path) -> float | None:
+        return audio_seconds(path, self._seconds)
 
 
 # --------------------------------------------------------------------------------------------------- values

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from ..labels import MELD_EMOTIONS, MELD_SENTIMENTS
 from ..manifest import Issue, Manifest, Segment
-from ._common import (WESTERN_ENCODINGS, ManifestError, build_manifest, check_labels, drop_rows, read_csv,
-                      require_columns)
+from ._common import (WESTERN_ENCODINGS, ManifestError, RowChecks, build_manifest, check_labels, drop_rows,
+                      option_path, read_csv, require_columns)
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +68,6 @@ def repair_text(s: str) -> str:
 
 # --------------------------------------------------------------------------------------------------- files
 
-def _under(base: Path, option: str | Path | None) -> Path | None:
-    if option is None or option == "":
-        return None
-    p = Path(option)
-    return p if p.is_absolute() else base / p
-
-
 def _find_csvs(data_dir: Path, csv_dir: Path | None) -> dict[str, Path]:
     homes = [csv_dir] if csv_dir is not None else [data_dir / h for h in HOMES]
     for home in homes:
@@ -108,11 +101,12 @@ def load_meld(data_dir: Path, *, allow_outside_paths: bool = False, seed: int = 
               clips_dir: str | Path | None = None) -> Manifest:
     """MELD from its CSVs and clips (see the module docstring). The split is MELD's own (``seed`` is unused)."""
     data_dir = Path(data_dir)
-    csvs = _find_csvs(data_dir, _under(data_dir, csv_dir))
-    clips_root = _under(data_dir, clips_dir)
+    csvs = _find_csvs(data_dir, option_path(data_dir, csv_dir))
+    clips_root = option_path(data_dir, clips_dir)
     if clips_root is not None and not clips_root.is_dir():
         raise ManifestError(f"{clips_root}: no such folder (check the clips_dir option)")
     issues: list[Issue] = []
+    checks = RowChecks(issues)
     labels_seen: list[tuple[str, str]] = []
     calls: dict[str, list] = {}
     notes: dict = {"split": "files", "sources": [p.name for p in csvs.values()], "clip_dirs": {}, "encodings": {}}
@@ -137,7 +131,6 @@ def load_meld(data_dir: Path, *, allow_outside_paths: bool = False, seed: int = 
             continue
         any_dir = True
         notes["clip_dirs"][name] = str(clip_dir.resolve())
-        seen: dict[str, str] = {}
         for line, row in rows:
             where = f"{path.name}:{line}"
             dia, utt = _int(row[cols["dialogue"]]), _int(row[cols["utterance"]])
@@ -147,9 +140,6 @@ def load_meld(data_dir: Path, *, allow_outside_paths: bool = False, seed: int = 
                 continue
             stem = f"dia{dia}_utt{utt}"
             seg_id = f"{name}/{stem}"
-            if seg_id in seen:
-                issues.append(Issue(where, f"duplicate utterance {stem} (first at {seen[seg_id]}); row skipped"))
-                continue
             clip = next((clip_dir / (stem + ext) for ext in CLIP_EXTS if (clip_dir / (stem + ext)).is_file()), None)
             if clip is None:
                 issues.append(Issue(where, f"clip {stem}.mp4 (or .wav) not found in {clip_dir}; row skipped"))
@@ -157,13 +147,11 @@ def load_meld(data_dir: Path, *, allow_outside_paths: bool = False, seed: int = 
             if clip.stat().st_size == 0:
                 issues.append(Issue(where, f"clip {clip.name} is empty (0 bytes); row skipped (download it again)"))
                 continue
-            seen[seg_id] = where
+            if not checks.first_time(seg_id, where, f"utterance {stem}"):
+                continue
             label = f"{row[cols['emotion']].lower()}/{row[cols['sentiment']].lower()}"
             labels_seen.append((where, label))
-            text = row[cols["text"]]
-            if not text:
-                issues.append(Issue(where, "warning: empty transcript (kept; the text encoder sees only its special "
-                                           "tokens)"))
+            text = checks.transcript(where, row[cols["text"]])
             seg = Segment(segment_id=seg_id, call_id=f"{name}/dia{dia}", index=0, split=split, label=label,
                           audio_path=str(clip.resolve()), text=text, source_row=where)
             calls.setdefault(seg.call_id, []).append((float(utt), order, seg))
