@@ -33,13 +33,16 @@ def confusion_matrices(metrics: dict[str, dict], classes: dict[str, tuple[str, .
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.6), squeeze=False)
     for ax, t in zip(axes[0], tasks):
         cm = metrics[t]["confusion"]
-        ax.imshow(cm, cmap="Blues")
+        ax.imshow(cm, cmap="Blues", vmin=0)
+        top = max(1, max(max(r) for r in cm))
         names = classes[t]
         ax.set_xticks(range(len(names)), names, rotation=45, fontsize=8)
         ax.set_yticks(range(len(names)), names, fontsize=8)
         for i, row in enumerate(cm):
             for j, v in enumerate(row):
-                ax.text(j, i, str(v), ha="center", va="center", fontsize=8)
+                # dark cells get white counts, light cells black ones: readable on every shade of the colour map
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=9,
+                        color="white" if v > 0.5 * top else "black")
         ax.set_xlabel("predicted"), ax.set_ylabel("true")
         ax.set_title(f"{t}-class, acc {100 * metrics[t]['accuracy']:.1f}%", fontsize=9)
     fig.suptitle(title)

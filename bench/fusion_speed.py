@@ -1,0 +1,111 @@
+"""Training epoch of today's fusion network vs an earlier revision's, on the same MarketCalls-shape cache, in one
+run; plus the FLOPs of one training step at the paper's widths (for the GPU command in docs/benchmarks.md).
+
+    python bench/fusion_speed.py --against 94dd25e --threads 1       # CPU, tiny widths (32), 877 calls
+    python bench/fusion_speed.py --flops-only                        # FLOPs per step at d = 768, no timing
+
+The earlier model is read from git (``git show REV:train/model.py``), so no old code lives in the tree. Both run
+through the same ``fit`` (same data path, optimizer, evaluation); the cache is written once (random values in the
+paper's row counts: 999 audio frames, 199 tokens; 3-6 segments per call; 80/10/10 split).
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.synthetic import write_synthetic_store  # noqa: E402
+from train import loop  # noqa: E402
+from train.config import TrainConfig  # noqa: E402
+from train.model import ModelDims, build_model  # noqa: E402
+
+TINY = dict(heads=4, ffn=128, head_hidden=64, gru_hidden=32)
+
+
+def previous_model_class(rev: str):
+    """MSMTFN as train/model.py was at ``rev``; its config fields mapped from today's names."""
+    src = subprocess.run(["git", "show", f"{rev}:train/model.py"], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout.replace("from .config import", "from train.config import")
+    mod = types.ModuleType(f"model_{rev}")
+    exec(compile(src, f"{rev}:train/model.py", "exec"), mod.__dict__)
+
+    def build(cfg: TrainConfig, dims: ModelDims):
+        d = cfg.d_model or dims.text_dim
+        shim = types.SimpleNamespace(**{**cfg.to_dict(), "text_layers": cfg.text_branch_layers,
+                                        "ffn": cfg.ffn or 4 * d})
+        shim.with_ = cfg.with_
+        model = mod.MSMTFN(shim, dims)
+        model.set_feature_stats = lambda *a: None     # that model had no input standardisation
+        return model
+    return build
+
+
+def timed_epoch(cache: Path, out: Path, cfg_kw: dict, builder=None) -> tuple[float, int]:
+    original = loop.build_model
+    if builder is not None:
+        loop.build_model = builder
+    try:
+        m = loop.fit(TrainConfig(cache=str(cache), out=str(out), **cfg_kw))
+    finally:
+        loop.build_model = original
+    return m["epoch_seconds"], sum(p.numel() for p in (builder or build_model)(
+        TrainConfig(cache="x", **{k: v for k, v in cfg_kw.items() if k not in ("out",)}),
+        ModelDims(32, 32, 199, {"5": 5, "4": 4, "3": 3, "2": 2})).parameters())
+
+
+def flops_per_step(batch_calls: int = 8, segments: int = 4) -> float:
+    """FLOPs of one forward + backward at d = 768 on batch_calls calls of ``segments`` 40 s segments each."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    dims = ModelDims(768, 768, 199, {"5": 5, "4": 4, "3": 3, "2": 2})
+    model = build_model(TrainConfig(cache="x", task="5", dropout=0.0), dims)
+    s = batch_calls * segments
+    audio, text = torch.randn(s, 999, 768), torch.randn(s, 199, 768)
+    alen, tlen = torch.full((s,), 999), torch.full((s,), 199)
+    counts = torch.full((batch_calls,), segments)
+    with FlopCounterMode(display=False) as fc:
+        out = model(audio, alen, text, tlen, counts)
+        sum(v.sum() for v in out.values()).backward()
+    return float(fc.get_total_flops())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--against", default="94dd25e", help="git revision of the model to compare with")
+    ap.add_argument("--calls", type=int, default=877)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--flops-only", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    flops = flops_per_step()
+    print(f"one training step at d = 768 (8 calls x 4 segments of 40 s, forward + backward): {flops / 1e12:.2f} "
+          "TFLOP (torch.utils.flop_counter)")
+    if args.flops_only:
+        return
+    with tempfile.TemporaryDirectory(prefix="msmtfn-fusion-speed-") as tmp:
+        cache = Path(tmp) / "c.zarr"
+        t0 = time.perf_counter()
+        write_synthetic_store(cache, calls=args.calls, segments_per_call=(3, 6), seed=0,
+                              split_fractions=(0.8, 0.1, 0.1), audio_frames=999, audio_dim=32, text_tokens=199,
+                              text_dim=32)
+        print(f"cache of {args.calls} calls written in {time.perf_counter() - t0:.1f} s", flush=True)
+        kw = dict(device="cpu", epochs=1, patience=1, batch_calls=8, progress=False, plots=False, state_every=0,
+                  threads=args.threads, **TINY)
+        new, n_new = timed_epoch(cache, Path(tmp) / "new", kw)
+        print(f"today's model: epoch {new:.1f} s ({n_new / 1e6:.2f} M parameters)", flush=True)
+        old, n_old = timed_epoch(cache, Path(tmp) / "old", kw, previous_model_class(args.against))
+        print(f"model at {args.against}: epoch {old:.1f} s ({n_old / 1e6:.2f} M parameters)")
+        print(f"speed-up: {old / new:.2f}x (same cache, same fit, {args.threads} thread(s))")
+
+
+if __name__ == "__main__":
+    main()
