@@ -23,7 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.synthetic import write_synthetic_store  # noqa: E402
+from tests.synthetic import write_synthetic_store  # noqa: E402 (a test fixture)
 from train import loop  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
 from train.model import ModelDims, build_model  # noqa: E402

@@ -124,7 +124,7 @@ def run(kills: int = 20, seed: int = 0, workdir: Path | None = None, calls: int 
     def command(out: Path) -> list[str]:
         return [sys.executable, "-m", "extract.cli", "--dataset", "marketcalls", "--data-dir", str(data),
                 "--out", str(out), "--audio-model", str(enc_audio), "--text-model", str(enc_text),
-                "--num-workers", "1", "--shard-size", "2", "--batch-seconds", "24",
+                "--loader-workers", "1", "--shard-size", "2", "--batch-seconds", "24",
                 "--write-threads", "2", "-q"]
 
     ref = work / "ref.zarr"

@@ -26,8 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from extract.run import ExtractConfig, extract  # noqa: E402
-from extract.tiny import build_tiny_encoders  # noqa: E402
+from extract import ExtractConfig, build_tiny_encoders, extract  # noqa: E402
 from predict.demo import TINY_SIZES  # noqa: E402
 from train import loop  # noqa: E402
 from train.config import TrainConfig  # noqa: E402

@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.synthetic import SyntheticCall, write_synthetic_store  # noqa: E402
+from tests.synthetic import SyntheticCall, write_synthetic_store  # noqa: E402 (a test fixture)
 from train.config import TrainConfig  # noqa: E402
 from train.loop import fit  # noqa: E402
 

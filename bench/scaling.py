@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from extract.distributed import cluster_client, worker_encoders, worker_spec  # noqa: E402
-from extract.encoders import AudioEncoder, EncoderSpec, TextEncoder  # noqa: E402
+from extract.plan import make_plan  # noqa: E402
 from extract.run import ExtractConfig, extract  # noqa: E402
 from extract.tiny import build_tiny_encoders  # noqa: E402
 from pipeline.store import CacheStore  # noqa: E402
@@ -99,10 +99,8 @@ def compare(a: dict, b: dict) -> str:
 
 def warm(client, cfg: ExtractConfig) -> None:
     """Load the encoders in every worker now (as a long run's first task would), so the timed loop is the work."""
-    audio = AudioEncoder(EncoderSpec(cfg.audio_model), "cpu", "float32", pool=cfg.pool)
-    text = TextEncoder(EncoderSpec(cfg.text_model), "cpu", "float32", max_tokens=cfg.max_text_tokens)
-    spec = worker_spec(cfg, cfg.out, audio, text, 0, {"compute_dtype": "float32"})
-    client.run(lambda s: bool(worker_encoders(s)), spec)
+    plan = make_plan(cfg, progress=False, on_workers=True)
+    client.run(lambda s: bool(worker_encoders(s)), worker_spec(plan))
 
 
 def main() -> None:
@@ -157,7 +155,7 @@ def main() -> None:
             out = work / f"{size}-w{n}.zarr"
             shutil.rmtree(out, ignore_errors=True)
             cfg = ExtractConfig(**base, out=str(out), workers=n)
-            with cluster_client(cfg) as client:   # the LocalCluster msmtfn-extract --workers N starts
+            with cluster_client(cfg) as client:   # the LocalCluster msmtfn-extract --dask-workers N starts
                 warm(client, cfg)
                 load = os.getloadavg()[0]
                 cpu0, drv0 = client.run(time.process_time), time.process_time()

@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.synthetic import write_synthetic_store  # noqa: E402
+from tests.synthetic import write_synthetic_store  # noqa: E402 (a test fixture)
 from train.sweep import SweepOptions, run_sweep  # noqa: E402
 
 

@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.store import CacheStore  # noqa: E402
-from pipeline.synthetic import write_synthetic_store  # noqa: E402
+from tests.synthetic import write_synthetic_store  # noqa: E402 (a test fixture)
 from train.config import TrainConfig  # noqa: E402
 from train.data import Batch, CallData  # noqa: E402
 from train.loop import _forward, _loss, fit  # noqa: E402

@@ -15,8 +15,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-RATE_POLICIES = ("encoder", "paper-8k")
-PAPER_RATE = 8000
+from pipeline.cache_settings import PAPER_RATE, RATE_POLICIES  # noqa: F401 — re-exported
 
 
 class AudioError(Exception):

@@ -5,19 +5,21 @@ summary); 1 a user error (one line saying what to fix); 2 bad command-line usage
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
 
 import click
 
-from pipeline.cli import DefaultCommandGroup, device_callback
+from pipeline.cache_settings import BATCH_SECONDS_CPU, BATCH_SECONDS_CUDA, CacheSettings, cache_fields
+from pipeline.cli import DefaultCommandGroup, RenamedOption, device_callback
 from pipeline.datasets import DATASETS, dataset_options
+from pipeline.device import DEVICE_HELP
 from pipeline.store import CODECS, CacheStore, StoreError, resolve_storage_options
 
-from .audio import RATE_POLICIES
 from .augment import TRANSFORMS
-from .run import PAPER_AUDIO_MODEL, PAPER_TEXT_MODEL, ExtractConfig, extract
+from .config import ExtractConfig
 
 EXIT_SKIPPED = 3
 
@@ -55,6 +57,29 @@ def format_info(info: dict) -> str:
         f"compression ratio {info['compression_ratio_written']:.2f}× on written rows",
     ]
     return "\n".join(lines)
+
+
+def _run_default(name: str):
+    return ExtractConfig.__dataclass_fields__[name].default
+
+
+def cache_options(command):
+    """The options of every :class:`CacheSettings` field, in field order (name, default, choices, help from the
+    field): a new cache setting is a new option without touching this file."""
+    for f in reversed(dataclasses.fields(CacheSettings)):
+        m = f.metadata
+        kw = {"default": m.get("cli_default", f.default), "help": m["help"], "show_default": f.default is not None}
+        if "choices" in m:
+            kw["type"] = click.Choice(m["choices"])
+        if "metavar" in m:
+            kw["metavar"] = m["metavar"]
+        if f.name == "augment":
+            kw["help"] += ": " + ", ".join(TRANSFORMS) + "."
+            kw["show_default"] = False
+        if f.default is None:
+            kw["type"] = str
+        command = click.option("--" + f.name.replace("_", "-"), f.name, **kw)(command)
+    return command
 
 
 @click.group(cls=DefaultCommandGroup, invoke_without_command=True,
@@ -105,45 +130,31 @@ def _storage_options(raw: str | None) -> dict:
 @click.option("--dataset", required=True, type=click.Choice(list(DATASETS)), help="The adapter (see README).")
 @click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="The dataset's folder.")
 @click.option("--out", default=None, help="Store path (default cache/<dataset>.zarr).")
-@click.option("--audio-model", default=PAPER_AUDIO_MODEL, show_default=True, help="Hub id or local folder.")
-@click.option("--text-model", default=PAPER_TEXT_MODEL, show_default=True, help="Hub id or local folder.")
-@click.option("--audio-revision", default=None, help="Hub revision (branch, tag or commit) of the audio model.")
-@click.option("--text-revision", default=None, help="Hub revision of the text model.")
-@click.option("--audio-layer", default=-1, show_default=True, help="Hidden-state layer (HF index; -1 = last).")
-@click.option("--text-layer", default=-1, show_default=True, help="Hidden-state layer (HF index; -1 = last).")
-@click.option("--device", default="cpu", show_default=True, help="cpu | cuda | cuda:N",
+@cache_options   # one option per CacheSettings field: --audio-model … --seed (pipeline/cache_settings.py)
+@click.option("--device", default=_run_default("device"), show_default=True, help=DEVICE_HELP,
               callback=device_callback())
-@click.option("--dtype", default="auto", show_default=True,
-              type=click.Choice(["auto", "float32", "float16", "bfloat16"]),
-              help="Compute dtype (auto: float16 on CUDA, float32 on CPU). Stored as float16.")
-@click.option("--max-seconds", default=40.0, show_default=True, help="Longer segments are split into equal pieces.")
-@click.option("--rate-policy", default="encoder", show_default=True, type=click.Choice(RATE_POLICIES),
-              help="encoder: resample to the encoder's rate; paper-8k: 8 kHz fed unresampled (paper parity).")
-@click.option("--audio-pool", default=0, show_default=True,
-              help="Audio frames averaged per stored row (0: 2 for 'encoder', 1 for 'paper-8k').")
-@click.option("--max-text-tokens", default=199, show_default=True)
-@click.option("--batch-seconds", default=0.0, show_default=True,
-              help="Padded audio seconds per batch (0: 1280 on CUDA, 160 on CPU).")
-@click.option("--batch-size", "max_batch", default=64, show_default=True, help="Segments per batch at most.")
-@click.option("--num-workers", default=2, show_default=True, help="Decode/resample/tokenise worker processes.")
-@click.option("--shard-size", default=16, show_default=True, help="Segments per shard file.")
-@click.option("--block-shards", default=32, show_default=True,
+@click.option("--batch-seconds", default=_run_default("batch_seconds"), show_default=True,
+              help=f"Padded audio seconds per batch (0: {BATCH_SECONDS_CUDA:g} on CUDA, {BATCH_SECONDS_CPU:g} on CPU).")
+@click.option("--batch-size", "max_batch", default=_run_default("max_batch"), show_default=True,
+              help="Segments per batch at most.")
+@click.option("--loader-workers", "--num-workers", "num_workers", cls=RenamedOption, old="--num-workers",
+              default=_run_default("num_workers"), show_default=True,
+              help="Decode/resample/tokenise processes feeding the encoders (in each dask worker too).")
+@click.option("--shard-size", default=_run_default("shard_size"), show_default=True,
+              help="Segments per shard file.")
+@click.option("--block-shards", default=_run_default("block_shards"), show_default=True,
               help="Shards sorted by length and batched together; one such block is one distributed task.")
-@click.option("--codec", default="zstd", show_default=True, type=click.Choice(CODECS))
-@click.option("--write-threads", default=0, show_default=True,
+@click.option("--codec", default=_run_default("codec"), show_default=True, type=click.Choice(CODECS))
+@click.option("--write-threads", default=_run_default("write_threads"), show_default=True,
               help="Threads compressing and writing shards (0 = cores, at most 8).")
 @click.option("--overwrite", is_flag=True, help="Rebuild the store if it was made with other settings.")
 @click.option("--allow-outside-paths", is_flag=True,
               help="Let CSVs name audio outside --data-dir (absolute paths, ../).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code from the hub (off by default).")
-@click.option("--seed", default=0, show_default=True,
-              help="Seed of a generated train/valid/test split and of the augmentation draws.")
-@click.option("--augment", default="", metavar="NAME,…",
-              help="Augmented copies of the training rows, cached as extra rows: " + ", ".join(TRANSFORMS) + ".")
-@click.option("--variants", default=1, show_default=True, help="Copies per training row and augmentation.")
 @click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
               help="Encode on the workers of this dask scheduler (they must reach --data-dir, the models and --out).")
-@click.option("--workers", default=0, show_default=True,
+@click.option("--dask-workers", "--workers", "workers", cls=RenamedOption, old="--workers",
+              default=_run_default("workers"), show_default=True,
               help="Encode on a local dask cluster of N worker processes (one per GPU with dask-cuda on cuda).")
 @click.option("--storage-options", default=None, metavar="JSON",
               help="fsspec options of a URL --out, e.g. '{\"endpoint_url\": \"http://host:9000\"}' "
@@ -168,8 +179,11 @@ def run_cmd(as_json: bool, quiet: bool, storage_options: str | None, options: tu
         hf_logging.disable_progress_bar()
         logging.getLogger("distributed").setLevel(logging.WARNING)   # dask's cluster start/stop lines
     try:
-        cfg = ExtractConfig(**kw, storage_options=_storage_options(storage_options),
+        cache = CacheSettings(**{k: kw.pop(k) for k in cache_fields()})
+        cfg = ExtractConfig(cache=cache, **kw, storage_options=_storage_options(storage_options),
                             dataset_options=parse_options(options, kw["dataset"]))
+        from .run import extract   # torch and transformers: imported once the options are read
+
         res = extract(cfg, progress=not quiet)
     except (StoreError, ValueError) as e:
         raise click.ClickException(str(e)) from None

@@ -1,7 +1,7 @@
 """Scale-out extraction on dask.distributed: the driver plans, the workers encode and write, the driver commits.
 
 The unit of work is a **block**: ``block_shards`` whole shards, exactly the rows that the single-process path
-sorts and batches together (``run.plan_blocks``). So a worker computes every row in the same batch as a
+sorts and batches together (``plan.plan_blocks``). So a worker computes every row in the same batch as a
 single-process run would, and blocks own disjoint shards (and disjoint ``length`` chunks): zarr has no locks
 across processes, and none is needed when no two writers ever share a chunk or shard object.
 
@@ -25,20 +25,19 @@ import pickle
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
+from pipeline.cache_settings import CacheSettings, EncoderFacts
 from pipeline.manifest import Segment
 from pipeline.store import CacheStore, StoreError
 
-from .audio import AudioPolicy
 from .augment import Augmenter
-from .encoders import AudioEncoder, EncoderSpec, TextEncoder
-from .run import (EncodeStats, ExtractConfig, ExtractResult, SegmentSource, _collate, encode_batches, finish_run,
-                  open_store, plan_blocks)
+from .encode import EncodeStats, SegmentSource, encode_batches, make_loader
+from .encoders import Encoders, load_encoders
+from .plan import ExtractConfig, ExtractPlan, ExtractResult, finish_run, open_store, plan_blocks
 from .writer import ShardWriter
 
 log = logging.getLogger(__name__)
@@ -53,53 +52,40 @@ class WorkerSpec:
     """Everything a worker needs besides its block: small, pickled into every task."""
     store: str                              # path or URL that every worker can reach
     storage_options: dict
-    audio: EncoderSpec
-    text: EncoderSpec
+    cache: CacheSettings                    # the settings the driver fingerprinted (dtype resolved)
+    facts: EncoderFacts                     # what the driver's encoders reported: a worker that loads other
+                                            # weights refuses to write
     device: str
-    dtype: str
-    pool: int
-    max_tokens: int
     trust_remote_code: bool
-    rate_policy: str
-    max_samples: int
-    augment: tuple
-    seed: int
     num_workers: int
     write_threads: int
-    # the encoders the driver fingerprinted: a worker that loads anything else refuses to write
-    audio_weights: str
-    text_weights: str
-    tokenizer: str
 
     @property
     def encoder_key(self) -> tuple:
-        return (self.audio, self.text, self.device, self.dtype, self.pool, self.max_tokens, self.trust_remote_code)
+        return (self.cache, self.device, self.trust_remote_code)
 
 
 # ----------------------------------------------------------------------------------------------- worker side
-_ENCODERS: dict[tuple, tuple[AudioEncoder, TextEncoder]] = {}
+_ENCODERS: dict[tuple, Encoders] = {}
 _LOAD_LOCK = threading.Lock()
 
 
-def worker_encoders(spec: WorkerSpec) -> tuple[AudioEncoder, TextEncoder]:
+def worker_encoders(spec: WorkerSpec) -> Encoders:
     """The encoders of this worker process, loaded by its first task and reused by every later one."""
     with _LOAD_LOCK:
         if spec.encoder_key not in _ENCODERS:
             _ENCODERS.clear()   # one setting at a time: a new one frees the old models (GPU memory)
-            audio = AudioEncoder(spec.audio, spec.device, spec.dtype, pool=spec.pool,
-                                 trust_remote_code=spec.trust_remote_code)
-            text = TextEncoder(spec.text, spec.device, spec.dtype, max_tokens=spec.max_tokens,
-                               trust_remote_code=spec.trust_remote_code)
-            _ENCODERS[spec.encoder_key] = (audio, text)
-        audio, text = _ENCODERS[spec.encoder_key]
+            _ENCODERS[spec.encoder_key] = load_encoders(spec.cache, spec.device,
+                                                        trust_remote_code=spec.trust_remote_code)
+        enc = _ENCODERS[spec.encoder_key]
     # checked on every task: a model folder may differ between nodes, or change between runs under the same path
-    got = (audio.weights_hash, text.weights_hash, text.tokenizer_hash)
-    want = (spec.audio_weights, spec.text_weights, spec.tokenizer)
+    got, want = enc.facts.identity, spec.facts.identity
     if got != want:
         raise DistributedError(
-            f"worker loaded other encoder weights than the driver for {spec.audio.model} / {spec.text.model} "
-            f"(hashes {got} vs {want}); give every node the same model folders or hub revisions")
-    return audio, text
+            f"worker loaded other encoder weights than the driver for {spec.cache.audio_model} / "
+            f"{spec.cache.text_model} (hashes {got} vs {want}); give every node the same model folders or hub "
+            "revisions")
+    return enc
 
 
 class _Window:
@@ -142,7 +128,7 @@ def encode_block(spec: WorkerSpec, start: int, rows: list[Segment], batches: lis
     """A dask task: encode rows [start, start + len(rows)) in ``batches`` and write their shards. Returns small
     metadata only."""
     t0 = time.perf_counter()
-    audio, text = worker_encoders(spec)
+    enc = worker_encoders(spec)
     t_loaded = time.perf_counter()
     stop = start + len(rows)
     store = CacheStore.open(spec.store, mode="r+", storage_options=spec.storage_options)
@@ -152,17 +138,15 @@ def encode_block(spec: WorkerSpec, start: int, rows: list[Segment], batches: lis
     todo[start:stop] = ~done_before
     proxy = _FlagsToDriver(store, done_all)
     window = _Window(rows, start, n)
-    policy = AudioPolicy(spec.rate_policy, audio.sampling_rate)
-    source = SegmentSource(window, policy.input_rate, spec.max_samples, audio.min_samples(), audio.feature_extractor,
-                           text, Augmenter(spec.augment, spec.seed) if spec.augment else None)
+    c = spec.cache
+    source = SegmentSource(window, enc.policy.input_rate, enc.max_samples, enc.audio.min_samples(),
+                           enc.audio.feature_extractor, enc.text, Augmenter(c.augment, c.seed) if c.augment else None)
     # dask worker processes are daemons unless configured otherwise, and daemons cannot start loader processes
     num_workers = 0 if multiprocessing.current_process().daemon else spec.num_workers
-    loader = torch.utils.data.DataLoader(
-        source, batch_sampler=batches, collate_fn=_collate, num_workers=num_workers,
-        prefetch_factor=4 if num_workers else None, persistent_workers=False)
+    loader = make_loader(source, batches, num_workers)
     writer = ShardWriter(proxy, todo, write_threads=spec.write_threads)
     try:
-        stats = encode_batches(loader, window, todo, audio, text, writer, policy.input_rate)
+        stats = encode_batches(loader, window, todo, enc.audio, enc.text, writer, enc.policy.input_rate)
         writer.close()
     finally:
         writer.close(raise_errors=False)
@@ -215,17 +199,15 @@ def cluster_client(cfg: ExtractConfig, client=None):
         yield c
 
 
-def worker_spec(cfg: ExtractConfig, out, audio: AudioEncoder, text: TextEncoder, max_samples: int,
-                settings: dict) -> WorkerSpec:
+def worker_spec(plan: ExtractPlan) -> WorkerSpec:
+    cfg = plan.cfg
     device = cfg.device
     if device.startswith("cuda") and cfg.workers and not cfg.scheduler:
         device = "cuda"   # LocalCUDACluster gives each worker one GPU as its cuda:0
-    return WorkerSpec(
-        store=str(out), storage_options=dict(cfg.storage_options), audio=audio.spec, text=text.spec, device=device,
-        dtype=settings["compute_dtype"], pool=cfg.pool, max_tokens=cfg.max_text_tokens,
-        trust_remote_code=cfg.trust_remote_code, rate_policy=cfg.rate_policy, max_samples=max_samples,
-        augment=cfg.augment, seed=cfg.seed, num_workers=cfg.num_workers, write_threads=cfg.write_threads,
-        audio_weights=audio.weights_hash, text_weights=text.weights_hash, tokenizer=text.tokenizer_hash)
+    return WorkerSpec(store=str(plan.out), storage_options=dict(cfg.storage_options),
+                      cache=replace(cfg.cache, dtype=plan.enc.facts.compute_dtype), facts=plan.enc.facts,
+                      device=device, trust_remote_code=cfg.trust_remote_code, num_workers=cfg.num_workers,
+                      write_threads=cfg.write_threads)
 
 
 @dataclass
@@ -240,39 +222,38 @@ class _Totals:
     task_seconds: float = 0.0  # summed time inside the tasks (encoder load + encode + write)
 
 
-def extract_distributed(cfg: ExtractConfig, out, manifest, rows, durations, audio, text, policy, shape, settings,
-                        digest, fingerprint, max_samples, t0, progress, client=None) -> ExtractResult:
+def extract_distributed(plan: ExtractPlan, client=None) -> ExtractResult:
     """Called by ``run.extract`` with the store's lock held; same result as ``run._extract_into``."""
     from distributed import as_completed
 
-    store = open_store(cfg, out, manifest, rows, shape, settings, digest, fingerprint)
+    cfg, out, rows, shape = plan.cfg, plan.out, plan.rows, plan.shape
+    store = open_store(plan)
     done = store.done()
     todo = ~done
     log.info("%s: %d of %d segments already done; %d to encode", out, int(done.sum()), len(rows), int(todo.sum()))
-    plan = [(blk, [b for b in bs if todo[b].any()])
-            for blk, bs in plan_blocks(cfg, store, rows, durations, policy, max_samples)
-            if todo[blk.start:blk.stop].any()]
-    spec = worker_spec(cfg, out, audio, text, max_samples, settings)
+    pending = [(blk, [b for b in bs if todo[b].any()]) for blk, bs in plan_blocks(plan, store)
+               if todo[blk.start:blk.stop].any()]
+    spec = worker_spec(plan)
     totals = _Totals()
     row_bytes = 2 * (shape.audio_frames * shape.audio_dim + shape.text_tokens * shape.text_dim)
     n_workers = 0
-    bar = tqdm(total=int(todo.sum()), unit="seg", desc="extract", disable=not progress, smoothing=0.1)
+    bar = tqdm(total=int(todo.sum()), unit="seg", desc="extract", disable=not plan.progress, smoothing=0.1)
     t_loop = time.perf_counter()
     try:
         # nothing to do (a finished store): no cluster to start
-        with (cluster_client(cfg, client) if plan else contextlib.nullcontext()) as cl:
-            if plan:
-                log.info("%s: %d blocks of ≤ %d rows on %d dask workers (%s)", out, len(plan),
+        with (cluster_client(cfg, client) if pending else contextlib.nullcontext()) as cl:
+            if pending:
+                log.info("%s: %d blocks of ≤ %d rows on %d dask workers (%s)", out, len(pending),
                          cfg.block_shards * shape.shard_size, len(cl.scheduler_info().get("workers", {})),
                          cl.scheduler.address)
             futures = {}
             run = uuid.uuid4().hex[:8]   # keys unique per run: a resumed run never gets an older run's result
-            for blk, batches in plan:
+            for blk, batches in pending:
                 args = (spec, blk.start, rows[blk.start:blk.stop], batches, done[blk.start:blk.stop].copy(), len(rows))
                 totals.task_bytes += len(pickle.dumps(args))   # ms per block; says what the scheduler carries
                 f = cl.submit(encode_block, *args, pure=False, key=f"msmtfn-block-{run}-{blk.start}")
                 futures[f] = blk
-            n_workers = len(cl.scheduler_info().get("workers", {})) if plan else 0
+            n_workers = len(cl.scheduler_info().get("workers", {})) if pending else 0
             for fut in (as_completed(list(futures)) if futures else ()):
                 blk = futures[fut]
                 try:
@@ -301,8 +282,7 @@ def extract_distributed(cfg: ExtractConfig, out, manifest, rows, durations, audi
                              "task_bytes": totals.task_bytes, "result_bytes": totals.result_bytes,
                              "hidden_bytes_written_by_workers": totals.hidden_bytes,
                              "task_seconds": round(totals.task_seconds, 3)}}
-    return finish_run(cfg, out, store, rows, manifest, fingerprint, totals.skipped, totals.stats, t0, loop_seconds,
-                      extra)
+    return finish_run(plan, store, totals.skipped, totals.stats, loop_seconds, extra)
 
 
 def _commit(store: CacheStore, res: dict, totals: _Totals) -> None:

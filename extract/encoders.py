@@ -20,19 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.cache_settings import MAX_TEXT_TOKENS, CacheSettings, EncoderFacts, resolve_dtype
 from pipeline.fingerprint import hash_state_dict
+
+from .audio import AudioPolicy
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def resolve_dtype(name: str, device: str) -> str:
-    if name == "auto":
-        return "float16" if device.startswith("cuda") else "float32"
-    if name not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; valid: auto, {', '.join(DTYPES)}")
-    return name
 
 
 class _Captured(Exception):
@@ -321,7 +316,8 @@ class AudioEncoder:
 
 
 class TextEncoder:
-    def __init__(self, spec: EncoderSpec, device: str = "cpu", dtype: str = "float32", max_tokens: int = 199,
+    def __init__(self, spec: EncoderSpec, device: str = "cpu", dtype: str = "float32",
+                 max_tokens: int = MAX_TEXT_TOKENS,
                  trust_remote_code: bool = False):
         from transformers import AutoTokenizer
 
@@ -363,3 +359,31 @@ class TextEncoder:
                 raise ValueError(f"{self.spec.model}: cannot select layer {self.spec.layer}")
             return run(), lengths
         return _select_layer(layers, run, self.spec.layer), lengths
+
+
+@dataclass
+class Encoders:
+    """Both encoders loaded for one :class:`CacheSettings`, with what they imply for the audio front end."""
+    audio: AudioEncoder
+    text: TextEncoder
+    policy: AudioPolicy
+    max_samples: int          # input samples of a segment of max_seconds
+    facts: EncoderFacts       # recorded next to the settings (weights, tokenizer, rates, frames, dtype)
+
+
+def load_encoders(cache: CacheSettings, device: str, *, trust_remote_code: bool = False) -> Encoders:
+    """The audio and text encoders ``cache`` names, on ``device`` in its compute dtype: the one loader of
+    extraction, the dask workers and msmtfn-predict."""
+    dtype = resolve_dtype(cache.dtype, device)
+    audio = AudioEncoder(EncoderSpec(cache.audio_model, cache.audio_revision, cache.audio_layer), device, dtype,
+                         pool=cache.pool, trust_remote_code=trust_remote_code)
+    text = TextEncoder(EncoderSpec(cache.text_model, cache.text_revision, cache.text_layer), device, dtype,
+                       max_tokens=cache.max_text_tokens, trust_remote_code=trust_remote_code)
+    policy = AudioPolicy(cache.rate_policy, audio.sampling_rate)
+    max_samples = int(round(cache.max_seconds * policy.input_rate))
+    facts = EncoderFacts(
+        audio_weights=audio.weights_hash, text_weights=text.weights_hash, tokenizer=text.tokenizer_hash,
+        encoder_rate=audio.sampling_rate, input_rate=policy.input_rate,
+        audio_frames=int(audio.frames(max_samples)[0]) // cache.pool,
+        normalize=bool(getattr(audio.feature_extractor, "do_normalize", False)), compute_dtype=dtype)
+    return Encoders(audio, text, policy, max_samples, facts)

@@ -34,7 +34,7 @@ class DefaultCommandGroup(click.Group):
         return super().parse_args(ctx, args)
 
 
-def device_option(value: str, *, allow_auto: bool = False) -> str:
+def device_option(value: str, *, allow_auto: bool = True) -> str:
     """A ``--device`` value checked by :func:`pipeline.device.check_device`; a bad one is a usage error (exit 2)."""
     from .device import DeviceError, check_device
 
@@ -44,6 +44,24 @@ def device_option(value: str, *, allow_auto: bool = False) -> str:
         raise click.BadParameter(str(e), param_hint="'--device'") from None
 
 
-def device_callback(allow_auto: bool = False):
+def device_callback(allow_auto: bool = True):
     """``callback=`` of a click ``--device`` option (the check above, at parse time)."""
     return lambda ctx, param, value: value if value is None else device_option(value, allow_auto=allow_auto)
+
+
+class RenamedOption(click.Option):
+    """An option that was renamed: the old spelling (``old=``, also given among the names) still works, and
+    ``--help`` shows only the new one. ``@click.option("--loader-workers", "--num-workers", "num_workers",
+    cls=RenamedOption, old="--num-workers")``."""
+
+    def __init__(self, *args, old: str | tuple[str, ...] = (), **kw):
+        super().__init__(*args, **kw)
+        self.old_names = (old,) if isinstance(old, str) else tuple(old)
+
+    def get_help_record(self, ctx):
+        shown = self.opts
+        self.opts = [o for o in shown if o not in self.old_names]
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.opts = shown

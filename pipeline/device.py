@@ -1,11 +1,14 @@
-"""``--device`` values, checked the same way by every command: one line saying what to pass instead of torch's
-50-line ``AssertionError: Torch not compiled with CUDA enabled`` deep inside model loading.
+"""``--device`` names shared by every command: auto | cpu | cuda | cuda:N, checked the same way everywhere: one
+line saying what to pass instead of torch's 50-line ``AssertionError: Torch not compiled with CUDA enabled`` deep
+inside model loading.
 
 torch is imported only for ``cuda``/``mps``/``auto``, so checking ``cpu`` costs nothing.
 """
 from __future__ import annotations
 
 import re
+
+DEVICE_HELP = "auto | cpu | cuda | cuda:N (auto: cuda when available)"
 
 DEVICE_FORM = re.compile(r"(cpu|cuda|mps)(?::(\d+))?")
 
@@ -14,7 +17,7 @@ class DeviceError(ValueError):
     """The device cannot be used here; the message says what to pass instead."""
 
 
-def check_device(name: str, *, allow_auto: bool = False) -> str:
+def check_device(name: str, *, allow_auto: bool = True) -> str:
     """``name`` normalised (``CUDA:0`` → ``cuda:0``) when this machine has that device, else :class:`DeviceError`.
 
     ``auto`` (where ``allow_auto``) is kept as it is; :func:`resolve_device` turns it into cuda or cpu.

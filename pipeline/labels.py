@@ -1,7 +1,7 @@
 """Label schemes: the one place where task label maps are defined.
 
 MarketCalls segments carry a five-class purchase-intent label A–E. The derived tasks are fixed maps
-(DESIGN.md): 4-class A|B|C|D+E, 3-class A|B+C|D+E, 2-class A+B+C|D+E. Training, metrics and prediction all
+(README, "Label schemes"): 4-class A|B|C|D+E, 3-class A|B+C|D+E, 2-class A+B+C|D+E. Training, metrics and prediction all
 read these maps from here, so the 2-class metric can never use a different grouping than the 2-class head
 (a defect of the paper's public code).
 

@@ -1,6 +1,6 @@
 """The cache store: one Zarr v3 group holding encoder hidden states, their lengths, the segment table and state.
 
-Layout (DESIGN.md, "The cache contract"):
+Layout (docs/cache-format.md; the settings in pipeline/cache_settings.py):
 
     audio/hidden  float16 (N, A, Da)   audio/length int32 (N,)    A = audio frames per segment (999 by default)
     text/hidden   float16 (N, T, Dt)   text/length  int32 (N,)    T = text tokens per segment (199 by default)
@@ -28,15 +28,19 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import zarr
-import zarr.codecs
 
 from . import __version__
+from .atomic import atomic_write_text
+from .cache_settings import SHARD_SIZE
 from .fingerprint import diff_settings
 from .labels import label_counts
 from .manifest import Segment
+
+if TYPE_CHECKING:
+    import zarr
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +63,9 @@ class StoreShape:
     n: int                 # segments (rows)
     audio_frames: int      # rows of audio hidden states per segment (999 in the paper's setting)
     audio_dim: int
-    text_tokens: int       # rows of text hidden states per segment (199)
+    text_tokens: int       # rows of text hidden states per segment (MAX_TEXT_TOKENS by default)
     text_dim: int
-    shard_size: int = 16   # segments per shard file
+    shard_size: int = SHARD_SIZE   # segments per shard file
 
 
 CODECS = ("zstd", "blosc-zstd", "blosc-lz4", "none")
@@ -69,6 +73,8 @@ CODECS = ("zstd", "blosc-zstd", "blosc-lz4", "none")
 
 def make_compressors(codec: str):
     """Compressor chain by name. Benchmarked in bench/store_codecs.py (docs/benchmarks.md)."""
+    import zarr.codecs   # here, not at import: the CLIs answer --help without loading zarr
+
     if codec == "blosc-zstd":
         return (zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle", typesize=2),)
     if codec == "blosc-lz4":
@@ -127,6 +133,8 @@ def remote_fs(url: str, opts: dict | None = None):
 
 
 def _open_zarr_group(loc: Path | str, mode: str, opts: dict | None = None, **kw) -> zarr.Group:
+    import zarr
+
     if isinstance(loc, str):
         from zarr.storage import FsspecStore
 
@@ -170,7 +178,7 @@ class CacheStore:
     def write_text(self, name: str, text: str) -> Path | str:
         """Write a small file (report.json) inside the store; returns its path or URL."""
         if not self.remote:
-            (self.path / name).write_text(text, encoding="utf-8")
+            atomic_write_text(self.path / name, text)
             return self.path / name
         fs, root = remote_fs(self.path, self.storage_options)
         fs.pipe_file(f"{root}/{name}", text.encode("utf-8"))

@@ -11,9 +11,9 @@ import sys
 
 import click
 
-from pipeline.cli import device_callback
+from pipeline.cli import RenamedOption, device_callback
+from pipeline.device import DEVICE_HELP, resolve_device
 
-from .run import PredictConfig, PredictError, predict_calls, result_json, write_outputs
 from .segmenter import CUTTERS
 
 
@@ -41,7 +41,7 @@ def _expand(patterns: tuple[str, ...]) -> list[str]:
 @click.option("--segments-out", default=None, type=click.Path(dir_okay=False),
               help="Per-segment CSV: call, index, start, end, status, text (and segment-level predictions).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of the summary line.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N", callback=device_callback())
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP, callback=device_callback())
 @click.option("--dtype", default="run", show_default=True,
               help="Encoders' compute dtype: run (the cache's; float32 on CPU), float32, float16, bfloat16.")
 @click.option("--audio-model", default=None, help="Where to read the run's audio encoder (identity is checked).")
@@ -51,7 +51,8 @@ def _expand(patterns: tuple[str, ...]) -> list[str]:
 @click.option("--search-seconds", default=10.0, show_default=True,
               help="How far before the segment limit a pause is looked for.")
 @click.option("--batch-calls", default=0, show_default=True, help="Calls per model batch (0 = the run's).")
-@click.option("--num-workers", default=0, show_default=True, help="Decode/tokenise processes for the encoders.")
+@click.option("--loader-workers", "--num-workers", "num_workers", cls=RenamedOption, old="--num-workers", default=0,
+              show_default=True, help="Decode/tokenise processes for the encoders.")
 @click.option("--threads", default=0, show_default=True, help="CPU threads for torch (0 = torch's default).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code from the hub (encoders, ASR).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, warnings only.")
@@ -64,6 +65,9 @@ def main(run_dir, audio, more_audio, transcripts, asr, out, segments_out, as_jso
     if bool(transcripts) == bool(asr):
         raise click.UsageError("give exactly one of --transcripts CSV or --asr MODEL")
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s")
+    # torch, transformers and the trained model's code: imported once the options are read (fast --help)
+    from .run import PredictConfig, PredictError, predict_calls, result_json, write_outputs
+
     if threads:
         import torch
 
@@ -74,9 +78,10 @@ def main(run_dir, audio, more_audio, transcripts, asr, out, segments_out, as_jso
         hf_logging.disable_progress_bar()
     try:
         cfg = PredictConfig(run=run_dir, audio=tuple(_expand(audio)), transcripts=transcripts, asr=asr,
-                            device=device, dtype=dtype, audio_model=audio_model, text_model=text_model,
-                            cutter=cutter, search_seconds=search_seconds, batch_calls=batch_calls,
-                            num_workers=num_workers, trust_remote_code=trust_remote_code, progress=not quiet)
+                            device=str(resolve_device(device)), dtype=dtype, audio_model=audio_model,
+                            text_model=text_model, cutter=cutter, search_seconds=search_seconds,
+                            batch_calls=batch_calls, num_workers=num_workers, trust_remote_code=trust_remote_code,
+                            progress=not quiet)
         result = predict_calls(cfg)
         write_outputs(result, out, segments_out)
     except (PredictError, OSError) as e:

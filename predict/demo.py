@@ -19,6 +19,7 @@ from pathlib import Path
 import click
 
 from pipeline.cli import device_option
+from pipeline.device import DEVICE_HELP
 
 SMOKE_NOTE = ("NOTE: tiny encoders with random weights — the method working on a generated task, not the paper's "
               "models on real calls; pass --audio-model/--text-model (hub ids or folders) for real features.")
@@ -29,11 +30,11 @@ TINY_SIZES = dict(heads=4, ffn=128, head_hidden=64, gru_hidden=32, cross_layers=
 
 
 def run_demo(data_dir: Path, cache: Path, runs: Path, *, audio_model: str | None = None,
-             text_model: str | None = None, device: str = "cpu", epochs: int = DEMO_EPOCHS,
+             text_model: str | None = None, device: str = "auto", epochs: int = DEMO_EPOCHS,
              calls: int = DEMO_CALLS, seed: int = 0, fresh: bool = False, progress: bool = True) -> dict:
     """{"both": metrics, "text": metrics, "audio": metrics, ...}: each as in its run's metrics.json."""
-    from extract.run import ExtractConfig, extract
-    from extract.tiny import build_tiny_encoders
+    # torch, transformers and both stages: imported here, not at import (``msmtfn-demo --help`` stays fast)
+    from extract import ExtractConfig, build_tiny_encoders, extract
     from train.config import TrainConfig
     from train.loop import fit
 
@@ -97,7 +98,7 @@ def format_demo_table(result: dict) -> str:
 @click.option("--out", default="runs/demo", show_default=True, help="Run folders: OUT/both, OUT/text, OUT/audio.")
 @click.option("--audio-model", default=None, help="Real audio encoder (hub id or folder) instead of the tiny one.")
 @click.option("--text-model", default=None, help="Real text encoder instead of the tiny one.")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--epochs", default=DEMO_EPOCHS, show_default=True)
 @click.option("--calls", default=DEMO_CALLS, show_default=True, help="Calls to generate.")
 @click.option("--seed", default=0, show_default=True)

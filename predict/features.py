@@ -1,9 +1,10 @@
 """The run's encoders, rebuilt from its cache settings, and the features of new segments.
 
 A trained run only makes sense on features made exactly like its training cache. ``config.json`` of a run
-records the cache's settings (``extract.run.build_settings``: encoder ids, revisions, weight hashes, layers, rate
-policy, pooling, max lengths, compute dtype, segmentation); :class:`RunEncoders` rebuilds the encoders from
-them with extract's own classes and recomputes the same settings for what it loaded, and refuses (one line,
+records the cache's settings (the store's ``settings`` attribute, docs/cache-format.md: encoder ids, revisions,
+weight hashes, layers, rate policy, pooling, max lengths, compute dtype, segmentation); :class:`RunEncoders` reads
+them back with ``CacheSettings.from_attrs``, loads the encoders with extract's own loader and recomputes the same
+attribute for what it loaded, and refuses (one line,
 naming what differs) when the weights or the tokenizer are not the ones the run was trained on — whatever
 ``--audio-model``/``--text-model`` points at. Segments are decoded, normalised and tokenised by extract's
 ``SegmentSource`` and encoded by ``AudioEncoder``/``TextEncoder`` in length-bucketed batches, then rounded to
@@ -13,24 +14,16 @@ rounding where CPU BLAS sums in another order for another batch).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
-import torch
 
-from extract.audio import AudioPolicy
-from extract.encoders import AudioEncoder, EncoderSpec, TextEncoder, resolve_dtype
-from extract.run import ExtractConfig, SegmentSource, build_settings, make_batches
+from extract import SegmentSource, load_encoders, make_batches, make_loader
+from pipeline.cache_settings import MAX_BATCH, CacheSettings, batch_seconds_for, encoder_identity, resolve_dtype
 from pipeline.fingerprint import diff_settings
 from pipeline.manifest import Segment
 
 log = logging.getLogger(__name__)
-
-# settings that may differ from the run's without changing the numbers: where the models are read from (the
-# weights and tokenizer hashes say what they are), the dataset's name, training-only augmentation, the dtype the
-# encoders compute in (float16 on GPU vs float32 on CPU differ at float16 rounding; logged)
-LOCATION_KEYS = ("audio.model", "audio.revision", "text.model", "text.revision")
-FREE_KEYS = ("dataset", "augmentation", "compute_dtype")
 
 
 class ModelMismatch(Exception):
@@ -62,7 +55,6 @@ class RunEncoders:
 
     def __init__(self, settings: dict, *, device: str = "cpu", dtype: str = "run", audio_model: str | None = None,
                  text_model: str | None = None, trust_remote_code: bool = False, run_dir: str = "run"):
-        a, t = settings["audio"], settings["text"]
         run_dtype = settings.get("compute_dtype", "float32")
         if dtype == "run":
             # float16 on CPU is slow and partly unsupported: compute in float32 there (stored as float16 anyway)
@@ -71,48 +63,30 @@ class RunEncoders:
         if dtype != run_dtype:
             log.warning("encoders compute in %s; the run's cache was extracted in %s (features differ at float16 "
                         "rounding)", dtype, run_dtype)
-        seg = settings.get("segmentation", {})
-        self.cfg = ExtractConfig(
-            dataset=settings.get("dataset", ""), data_dir="", audio_model=audio_model or a["model"],
-            text_model=text_model or t["model"], audio_revision=None if audio_model else a.get("revision"),
-            text_revision=None if text_model else t.get("revision"), audio_layer=int(a.get("layer", -1)),
-            text_layer=int(t.get("layer", -1)), device=device, dtype=dtype,
-            max_seconds=float(seg.get("max_seconds", 40.0)), rate_policy=a.get("rate_policy", "encoder"),
-            audio_pool=int(a.get("pool", 0)), max_text_tokens=int(t.get("max_tokens", 199)),
-            trust_remote_code=trust_remote_code)
-        c = self.cfg
+        chosen, _ = CacheSettings.from_attrs(settings)
+        # where the models are read from may differ (their hashes are checked below)
+        self.cfg = replace(chosen, dtype=dtype, audio_model=audio_model or chosen.audio_model,
+                           text_model=text_model or chosen.text_model,
+                           audio_revision=None if audio_model else chosen.audio_revision,
+                           text_revision=None if text_model else chosen.text_revision)
+        self.device = device
         try:
-            self.audio = AudioEncoder(EncoderSpec(c.audio_model, c.audio_revision, c.audio_layer), device, dtype,
-                                      pool=c.pool, trust_remote_code=trust_remote_code)
-            self.text = TextEncoder(EncoderSpec(c.text_model, c.text_revision, c.text_layer), device, dtype,
-                                    max_tokens=c.max_text_tokens, trust_remote_code=trust_remote_code)
+            enc = load_encoders(self.cfg, device, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ModelMismatch(f"{run_dir}: cannot load the run's encoders ({first}); pass local copies with "
                                 "--audio-model/--text-model") from None
-        self.policy = AudioPolicy(c.rate_policy, self.audio.sampling_rate)
-        self.max_samples = int(round(c.max_seconds * self.policy.input_rate))
-        self.audio_frames = int(self.audio.frames(self.max_samples)[0]) // c.pool
-        mine = build_settings(c, self.audio, self.text, self.policy, dtype, self.audio_frames)
+        self.audio, self.text, self.policy, self.max_samples = enc.audio, enc.text, enc.policy, enc.max_samples
+        self.audio_frames = enc.facts.audio_frames
+        # augmentation is training-only: this attribute is compared without it (FREE_KEYS)
+        mine = self.cfg.to_attrs(settings.get("dataset", ""), enc.facts, {"variants": []})
         self.settings = mine
         self._check_identity(settings, mine, run_dir)
         self.min_samples = self.audio.min_samples()
 
     @staticmethod
     def _check_identity(run: dict, mine: dict, run_dir) -> None:
-        drop = set(LOCATION_KEYS) | set(FREE_KEYS)
-
-        def keep(d: dict) -> dict:
-            out = {}
-            for k, v in d.items():
-                if k in drop:
-                    continue
-                if isinstance(v, dict):
-                    v = {kk: vv for kk, vv in v.items() if f"{k}.{kk}" not in drop}
-                out[k] = v
-            return out
-
-        diffs = diff_settings(keep(run), keep(mine))
+        diffs = diff_settings(encoder_identity(run), encoder_identity(mine))
         if diffs:
             names = {"audio.weights": "audio encoder weights", "text.weights": "text encoder weights",
                      "text.tokenizer": "tokenizer"}
@@ -126,7 +100,7 @@ class RunEncoders:
     def max_seconds(self) -> float:
         return self.cfg.max_seconds
 
-    def encode(self, segments: list[Segment], *, batch_seconds: float = 0.0, max_batch: int = 64,
+    def encode(self, segments: list[Segment], *, batch_seconds: float = 0.0, max_batch: int = MAX_BATCH,
                num_workers: int = 0) -> list[SegmentFeatures | str]:
         """Features of each segment, or the reason it cannot be encoded (unreadable, too short)."""
         source = SegmentSource(segments, self.policy.input_rate, self.max_samples, self.min_samples,
@@ -134,10 +108,9 @@ class RunEncoders:
         rate = self.policy.input_rate
         lengths = np.array([min(self.max_samples, int(round(((s.end or 0.0) - (s.start or 0.0)) * rate)))
                             for s in segments], dtype=np.int64)
-        budget = int((batch_seconds or (1280.0 if self.cfg.device.startswith("cuda") else 160.0)) * rate)
+        budget = int(batch_seconds_for(batch_seconds, self.device) * rate)
         batches = make_batches(lengths, [range(len(segments))], max(budget, self.max_samples), max_batch)
-        loader = torch.utils.data.DataLoader(source, batch_sampler=batches, collate_fn=list,
-                                             num_workers=num_workers)
+        loader = make_loader(source, batches, num_workers)
         out: list[SegmentFeatures | str | None] = [None] * len(segments)
         for items in loader:
             ok = [it for it in items if "error" not in it]
@@ -149,8 +122,8 @@ class RunEncoders:
             a_hidden, a_len = self.audio.encode([it["wave"] for it in ok])
             t_hidden, t_len = self.text.encode([it["ids"] for it in ok])
             # float16, as the store keeps them and training read them
-            a_np = a_hidden.to(torch.float16).cpu().numpy()
-            t_np = t_hidden.to(torch.float16).cpu().numpy()
+            a_np = a_hidden.half().cpu().numpy()
+            t_np = t_hidden.half().cpu().numpy()
             for j, it in enumerate(ok):
                 out[it["row"]] = SegmentFeatures(audio=a_np[j, : a_len[j]].copy(), text=t_np[j, : t_len[j]].copy(),
                                                  warnings=it["warnings"], text_truncated=it["truncated"])

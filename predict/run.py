@@ -25,10 +25,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from extract.audio import AudioError, load_segment
+from extract import AudioError, load_segment
+from pipeline.atomic import atomic_write_text
 from pipeline.labels import LabelScheme, get_scheme
 from pipeline.manifest import Segment
 from train.checkpoint import CheckpointError, load_run, read_run_config
+from train.metrics import reported_predictions
 
 from .features import ModelMismatch, RunEncoders, SegmentFeatures, run_settings
 from .segmenter import CutterConfig, CutterError, cut_recording
@@ -123,28 +125,42 @@ class PredictResult:
 
 
 # ------------------------------------------------------------------------------------------------------ tasks
-def output_tasks(scheme: LabelScheme, heads: list[str], main: str) -> list[dict]:
-    """The scheme's tasks the run can predict: its heads, plus (a single-head run, --no-mtl) the coarser tasks
-    reached from the main head through the scheme's class maps (their probabilities summed over the map)."""
+def output_tasks(scheme: LabelScheme, heads: dict[str, int]) -> list[dict]:
+    """Every task the run reports, in the metrics' order and by their rule (train.metrics.reported_predictions):
+    its heads, the coarser tasks of a single-head run, the classes a regression's score falls in and, beside a
+    regression, the class heads as ``<task>:head``. ``heads``: head name -> width (1 for a regression)."""
+    probe = {h: (np.zeros(1) if k == 1 else np.full((1, k), 1.0 / k)) for h, k in heads.items()}
     out = []
-    for t in scheme.tasks:
-        entry = {"name": t.name, "classes": list(t.classes), "kind": t.kind, "level": scheme.level}
-        if t.name in heads:
-            out.append({**entry, "from": t.name, "map": None})
-        elif scheme.class_map(main, t.name) is not None:
-            out.append({**entry, "from": main, "map": scheme.class_map(main, t.name).tolist()})
+    for name, rep in reported_predictions(scheme, probe).items():
+        t = scheme.task(name.split(":")[0])
+        out.append({"name": name, "classes": list(t.classes), "kind": t.kind, "level": scheme.level})
     return out
 
 
-def _decode(task: dict, row: torch.Tensor) -> dict:
-    if task["kind"] == "regression":
-        return {"value": float(row.float().reshape(-1)[0])}
-    p = torch.softmax(row.float(), -1).cpu().numpy().astype(np.float64)
-    if task["map"] is not None:   # coarser task through the label map: sum the mapped classes
-        q = np.zeros(len(task["classes"]))
-        np.add.at(q, np.asarray(task["map"]), p)
-        p = q
-    return {"label": task["classes"][int(p.argmax())], "probs": dict(zip(task["classes"], p.tolist()))}
+def decode(scheme: LabelScheme, tasks: list[dict], outputs: dict[str, torch.Tensor]) -> list[dict]:
+    """Per item (a call, or each segment of a segment-level run), {task: {"label", "probs"} or {"value"}} from the
+    raw head outputs {head: (items, k) logits or (items, 1) values}, through the metrics' rule."""
+    probs = {}
+    for name, v in outputs.items():
+        v = v.float()
+        probs[name] = v.reshape(-1).numpy().astype(np.float64) if v.shape[-1] == 1 and \
+            scheme.task(name).is_regression else torch.softmax(v, -1).numpy().astype(np.float64)
+    reported = reported_predictions(scheme, probs)
+    n = len(next(iter(probs.values())))
+    items: list[dict] = [{} for _ in range(n)]
+    for t in tasks:
+        rep = reported.get(t["name"])
+        if rep is None:
+            continue
+        for i in range(n):
+            if t["kind"] == "regression":
+                items[i][t["name"]] = {"value": float(rep.pred[i])}
+            else:
+                d = {"label": t["classes"][int(rep.pred[i])]}
+                if rep.probs is not None:
+                    d["probs"] = dict(zip(t["classes"], rep.probs[i].tolist()))
+                items[i][t["name"]] = d
+    return items
 
 
 # ------------------------------------------------------------------------------------------------ the run
@@ -163,7 +179,7 @@ class Predictor:
             self.scheme = get_scheme(meta["cache"]["label_scheme"])
         except KeyError as e:
             raise PredictError(f"{run}/config.json: {e.args[0] if e.args else 'no label scheme'}") from None
-        self.tasks = output_tasks(self.scheme, list(self.model.heads), self.train_cfg.task)
+        self.tasks = output_tasks(self.scheme, {h: m[-1].out_features for h, m in self.model.heads.items()})
         self.text_tokens = int(meta["dims"]["text_tokens"])
         try:
             self.encoders = RunEncoders(run_settings(meta, run), device=cfg.device, dtype=cfg.dtype,
@@ -281,15 +297,13 @@ def _finish_group(pred: Predictor, group: list[tuple[CallResult, list[Segment]]]
     outputs = pred.predict_features([fs for _, fs, _ in usable])
     for (result, fs, kept), out in zip(usable, outputs):
         result.segments = len(fs)
-        for task in pred.tasks:
-            v = out.get(task["from"])
-            if v is None:
-                continue
-            if v.dim() == 2:
-                for row, seg_v in zip(kept, v):
-                    row.predictions[task["name"]] = _decode(task, seg_v)
-            elif v.dim() == 1:
-                result.predictions[task["name"]] = _decode(task, v)
+        segment_level = {h: v for h, v in out.items() if v.dim() == 2}
+        call_level = {h: v[None] for h, v in out.items() if v.dim() == 1}
+        if segment_level:
+            for row, answer in zip(kept, decode(pred.scheme, pred.tasks, segment_level)):
+                row.predictions.update(answer)
+        if call_level:
+            result.predictions.update(decode(pred.scheme, pred.tasks, call_level)[0])
 
 
 def predict_calls(cfg: PredictConfig, predictor: Predictor | None = None) -> PredictResult:
@@ -354,9 +368,10 @@ def _task_values(tasks: list[dict], preds: dict) -> list[str]:
             vals += [""] * (1 + len(t["classes"]))
         elif "value" in p:
             vals.append(_fmt(p["value"]))
-        else:
+            vals += [""] * len(t["classes"])
+        else:   # classes derived from a regression's score have a label but no probabilities
             vals.append(p["label"])
-            vals += [_fmt(p["probs"][c]) for c in t["classes"]]
+            vals += [_fmt(p["probs"][c]) if "probs" in p else "" for c in t["classes"]]
     return vals
 
 
@@ -394,9 +409,7 @@ def segments_csv(result: PredictResult) -> str:
 def write_atomic(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def write_outputs(result: PredictResult, out: str | Path, segments_out: str | Path | None = None) -> None:

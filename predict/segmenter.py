@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.cache_settings import MAX_SECONDS
+
 log = logging.getLogger(__name__)
 
 CUTTERS = ("energy", "vad")
@@ -34,7 +36,7 @@ class CutterError(Exception):
 @dataclass(frozen=True)
 class CutterConfig:
     method: str = "energy"          # energy | vad
-    max_seconds: float = 40.0       # no segment is longer (the run's segmentation setting)
+    max_seconds: float = MAX_SECONDS  # no segment is longer (the run's segmentation setting)
     search_seconds: float = 10.0    # how far before the limit a pause is looked for
     min_seconds: float = 1.0        # no cut leaves a piece shorter than this (a tail too short to encode)
     hop_seconds: float = 0.01       # energy frame hop (and frame length)

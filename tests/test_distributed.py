@@ -103,7 +103,8 @@ def test_worker_with_other_encoder_weights_refuses(tmp_path, tiny_encoders, clus
     def wrong_weights(*a, **kw):
         import dataclasses
 
-        return dataclasses.replace(real(*a, **kw), audio_weights="0" * 32)
+        spec = real(*a, **kw)
+        return dataclasses.replace(spec, facts=dataclasses.replace(spec.facts, audio_weights="0" * 32))
 
     dist.worker_spec = wrong_weights
     try:

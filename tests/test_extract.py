@@ -186,7 +186,7 @@ def test_rerun_skips_finished_segments(tmp_path, tiny_encoders):
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_encoders, one_torch_thread, calls, attempts):
     data = write_marketcalls(tmp_path / "mc", calls=calls, segments=4, seconds=(4.0, 12.0))
     common = ["--dataset", "marketcalls", "--data-dir", str(data), "--audio-model", str(tiny_encoders["group"]),
-              "--text-model", str(tiny_encoders["text"]), "--num-workers", "0", "--shard-size", "2", "-q",
+              "--text-model", str(tiny_encoders["text"]), "--loader-workers", "0", "--shard-size", "2", "-q",
               "--batch-seconds", "40"]
     # one thread everywhere: tiny models gain nothing from more, and a busy CPU makes OpenMP spin
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}

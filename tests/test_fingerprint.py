@@ -110,3 +110,41 @@ def test_unchanged_inputs_resume_without_refusal(built, tmp_path):
     out = Path(shutil.copytree(cfg.out, tmp_path / "c.zarr"))
     again = extract(replace(cfg, out=str(out), num_workers=1, write_threads=1, batch_seconds=7.0), progress=False)
     assert again.computed == 0 and again.done == again.total   # workers, threads, batching change no number
+
+
+# ----------------------------------------------------------------------------------------------- the contract
+FACTS = dict(audio_weights="a" * 32, text_weights="b" * 32, tokenizer="c" * 32, encoder_rate=16000,
+             audio_frames=999, normalize=False, compute_dtype="float32")
+NON_DEFAULT = dict(rate_policy="paper-8k", audio_layer=6, text_layer=-2, max_text_tokens=64, max_seconds=20.0,
+                   augment=("gain", "speed"), variants=2, seed=3, audio_revision="v1", text_revision="main")
+
+
+@pytest.mark.parametrize("chosen, pinned", [({}, "4b44f8b47b5112c61b5d39b32ffac2e8"),
+                                            (NON_DEFAULT, "e08c8a6277cd812048ec2921fdf8060d")])
+def test_fingerprint_unchanged_by_the_settings_dataclass(chosen, pinned):
+    """Compatibility pin: these hex values were computed by the code before CacheSettings existed
+    (extract.run.build_settings) for the same settings and encoder facts; a store it wrote must still open."""
+    from extract.augment import settings as augment_settings
+    from pipeline.cache_settings import CacheSettings, EncoderFacts
+    from pipeline.fingerprint import compute_fingerprint
+
+    c = CacheSettings(**chosen)
+    facts = EncoderFacts(**FACTS, input_rate=c.input_rate(16000))
+    attrs = c.to_attrs("marketcalls", facts, augment_settings(c.augment, c.variants, c.seed))
+    assert compute_fingerprint(attrs, "d" * 64) == pinned
+    back, back_facts = CacheSettings.from_attrs(attrs)   # and it reads back to the same settings
+    assert back == replace(c, dtype="float32", audio_pool=c.pool) and back_facts == facts   # resolved values
+
+
+def test_every_cache_setting_is_an_extract_option():
+    """Adding a CacheSettings field adds its msmtfn-extract option (name and default from the field)."""
+    from dataclasses import fields
+
+    from extract.cli import run_cmd
+    from pipeline.cache_settings import CacheSettings
+
+    opts = {p.name: p for p in run_cmd.params}
+    for f in fields(CacheSettings):
+        assert f.name in opts, f.name
+        assert opts[f.name].opts == ["--" + f.name.replace("_", "-")]
+        assert opts[f.name].default == f.metadata.get("cli_default", f.default)

@@ -3,6 +3,7 @@ the interval has the width the binomial spread predicts, and segment-level items
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from sklearn.metrics import f1_score
 
 from pipeline.labels import MARKETCALLS, get_scheme
@@ -47,3 +48,20 @@ def test_segment_level_items_are_resampled_by_call():
     by_call = bootstrap_intervals(scheme, y, {"score": pred}, calls)["score"]["mae"]
     by_item = bootstrap_intervals(scheme, y, {"score": pred})["score"]["mae"]
     assert by_call[1] - by_call[0] > by_item[1] - by_item[0]
+
+
+def test_metrics_and_predict_derive_a_coarser_task_by_one_rule():
+    """5-class probabilities [.34, 0, 0, .33, .33]: A is the most probable class, but D+E (.66) is the most
+    probable 2-class answer. The metrics and msmtfn-predict both say D+E (the issue that found them disagreeing)."""
+    import torch
+
+    from predict.run import decode, output_tasks
+
+    p5 = np.array([[0.34, 0.0, 0.0, 0.33, 0.33]])
+    truth = {t: MARKETCALLS.encode(["D"], t) for t in ("5", "4", "3", "2")}
+    m = all_task_metrics(MARKETCALLS, truth, {"5": p5})
+    assert m["2"]["accuracy"] == 1.0 and m["5"]["accuracy"] == 0.0 and m["2"]["derived_from"] == "5"
+    tasks = output_tasks(MARKETCALLS, {"5": 5})
+    (answer,) = decode(MARKETCALLS, tasks, {"5": torch.log(torch.tensor(p5) + 1e-12)})
+    assert answer["5"]["label"] == "A" and answer["2"]["label"] == "D+E"
+    assert answer["2"]["probs"]["D+E"] == pytest.approx(0.66, abs=1e-6)

@@ -403,24 +403,30 @@ def test_segment_level_and_regression_heads_give_per_segment_rows(tiny_run, tmp_
     cfg = PredictConfig(run=str(tiny_run["run"]), audio=tuple(paths[:2]), transcripts=str(csv_path), progress=False)
     pred = Predictor(cfg)
     pred.model, pred.scheme = SegmentHeads(), get_scheme("sentiment")
-    pred.tasks = output_tasks(pred.scheme, list(pred.model.heads), "score")
+    pred.tasks = output_tasks(pred.scheme, {"score": 1, "2": 2, "5": 5, "7": 7})
     result = predict_calls(cfg, predictor=pred)
     assert result.predicted == 2
     rows = list(csv.DictReader(io.StringIO(segments_csv(result))))
     assert len(rows) == sum(c.segments for c in result.calls) >= 6
+    scheme = get_scheme("sentiment")
     for r in rows:
-        float(r["pred_score"])
+        score = float(r["pred_score"])
         for task, classes in (("2", ["negative", "non-negative"]), ("7", [str(v) for v in range(-3, 4)])):
-            probs = {c: float(r[f"p_{task}_{c}"]) for c in classes}
+            # the class heads trained beside the score: their own probabilities, as "<task>:head"
+            probs = {c: float(r[f"p_{task}:head_{c}"]) for c in classes}
             assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
-            assert r[f"pred_{task}"] == max(probs, key=probs.get)
+            assert r[f"pred_{task}:head"] == max(probs, key=probs.get)
+            # the reported class comes from the score, where the metrics take Acc2/Acc7 from
+            lo, hi = scheme.task("score").value_range
+            expected = scheme.task(task).classes[scheme.task(task).encode_one(repr(min(max(score, lo), hi)))]
+            assert r[f"pred_{task}"] == expected and r[f"p_{task}_{classes[0]}"] == ""
     assert len({r["pred_score"] for r in rows}) > 1            # each segment its own answer
     assert all(not c.predictions for c in result.calls)        # nothing at call level
 
 
 def test_single_head_run_reports_coarser_tasks_through_the_label_maps(tiny_run, tmp_path):
     """--no-mtl runs have only the --task head; the coarser tasks' probabilities are its classes summed through
-    the scheme's maps (D+E = D + E), so they agree with the head by construction."""
+    the scheme's maps (D+E = D + E) and each takes its most probable class: the metrics' rule too."""
     import torch
 
     from predict.run import output_tasks
@@ -441,13 +447,14 @@ def test_single_head_run_reports_coarser_tasks_through_the_label_maps(tiny_run, 
     cfg = PredictConfig(run=str(tiny_run["run"]), audio=tuple(paths[:2]), transcripts=str(csv_path), progress=False)
     pred = Predictor(cfg)
     pred.model = OneHead()
-    pred.tasks = output_tasks(pred.scheme, ["5"], "5")
+    pred.tasks = output_tasks(pred.scheme, {"5": 5})
     assert [t["name"] for t in pred.tasks] == ["5", "4", "3", "2"]
     for call in predict_calls(cfg, predictor=pred).calls:
         p5, p2 = call.predictions["5"]["probs"], call.predictions["2"]["probs"]
         assert p2["D+E"] == pytest.approx(p5["D"] + p5["E"])
         assert p2["A+B+C"] == pytest.approx(p5["A"] + p5["B"] + p5["C"])
         assert call.predictions["3"]["probs"]["B+C"] == pytest.approx(p5["B"] + p5["C"])
+        assert call.predictions["2"]["label"] == max(p2, key=p2.get)
 
 
 def test_a_trained_mosi_run_predicts_a_score_for_every_segment(tiny_encoders, tmp_path):
@@ -482,7 +489,8 @@ def test_a_trained_mosi_run_predicts_a_score_for_every_segment(tiny_encoders, tm
     assert len(seg_rows) == sum(c.segments for c in result.calls) >= 2
     for r in seg_rows:
         assert np.isfinite(float(r["pred_score"]))
-        probs = {c: float(r[f"p_7_{c}"]) for c in [str(v) for v in range(-3, 4)]}
+        probs = {c: float(r[f"p_7:head_{c}"]) for c in [str(v) for v in range(-3, 4)]}
         assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
+        assert r["pred_7"] in [str(v) for v in range(-3, 4)]     # from the score, as Acc7 is computed
     again = list(csv.DictReader(io.StringIO(segments_csv(predict_calls(cfg)))))
     assert again == seg_rows, "deterministic"

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline.synthetic import write_synthetic_store
+from synthetic import write_synthetic_store
 from train.config import ConfigError, TrainConfig
 from train.data import TrainError
 from train.loop import fit

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from pipeline.synthetic import write_synthetic_store
+from synthetic import write_synthetic_store
 from train.checkpoint import load_run
 from train.config import TrainConfig
 from train.data import Batches, CallData, FeatureSource

@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 
 from pipeline.store import CacheStore
-from pipeline.synthetic import SyntheticCall, write_synthetic_store
+from synthetic import SyntheticCall, write_synthetic_store
 from train.checkpoint import CheckpointError, load_run, read_run_config
 from train.cli import main as train_cli
 from train.config import TrainConfig

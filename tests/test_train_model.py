@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipeline.labels import MARKETCALLS
-from pipeline.synthetic import write_synthetic_store
+from synthetic import write_synthetic_store
 from train.config import ConfigError, TrainConfig
 from train.data import CallData
 from train.metrics import all_task_metrics

@@ -15,7 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeline.synthetic import write_synthetic_store
+from synthetic import write_synthetic_store
 from train.checkpoint import STATE, CheckpointError, load_run
 from train.cli import main as train_cli
 from train.config import TrainConfig

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.synthetic import SyntheticCall, write_synthetic_store
+from synthetic import SyntheticCall, write_synthetic_store
 from train.checkpoint import load_run
 from train.config import TrainConfig
 from train.data import Batches, CallData, FeatureSource

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import random
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -18,6 +16,8 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from pipeline.atomic import atomic_path, atomic_write_bytes, atomic_write_json  # noqa: F401 — re-exported
 
 from .config import TrainConfig
 from .model import MSMTFN, ModelDims, build_model
@@ -31,47 +31,9 @@ class CheckpointError(Exception):
     pass
 
 
-def _file_mode() -> int:
-    """The mode a plain ``open`` gives a new file: mkstemp's 0600 would leave the run's metrics.json, config.json
-    and model.safetensors unreadable to teammates."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def _temp_beside(path: Path) -> tuple[int, str]:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.fchmod(fd, _file_mode())
-    return fd, tmp
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = _temp_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str).encode("utf-8"))
-
-
 def save_weights(model: torch.nn.Module, path: Path) -> None:
-    fd, tmp = _temp_beside(path)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, tmp)
-        os.chmod(tmp, _file_mode())      # safetensors writes a file of its own in place of the temp one
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
 
 
 def load_weights(model: torch.nn.Module, path: Path, device: torch.device) -> None:

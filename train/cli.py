@@ -14,13 +14,14 @@ from click.core import ParameterSource
 from pipeline.cli import device_callback
 from pipeline.labels import SCHEMES
 
-from .checkpoint import CheckpointError, read_run_config
 from .config import MODALITIES, POOLINGS, ConfigError, TrainConfig, normalise_keys
-from .data import TrainError
-from .loop import fit
-from .report import format_summary
 
 D = TrainConfig.__dataclass_fields__
+
+
+class SettingsError(click.ClickException):
+    """One line, exit status 2 (bad usage, as the README's exit codes say)."""
+    exit_code = 2
 
 
 def _check_task(value):
@@ -30,11 +31,6 @@ def _check_task(value):
         raise click.BadParameter(f"{value!r} is no dataset's task; " + "; ".join(
             f"{s.name}: {', '.join(s.task_names)}" for s in SCHEMES.values()), param_hint="'--task'")
     return value
-
-
-class SettingsError(click.ClickException):
-    """One line, exit status 2 (bad usage, as the README's exit codes say)."""
-    exit_code = 2
 
 
 def _default(name):
@@ -47,7 +43,7 @@ def _default(name):
               help="TOML/JSON file whose keys are these options' names.")
 @click.option("--out", default=None, help="Run folder (default runs/<dataset>/<time>-<flags>-s<seed>).")
 @click.option("--device", default=_default("device"), show_default=True, help="auto | cpu | cuda | cuda:N",
-              callback=device_callback(allow_auto=True))
+              callback=device_callback())
 @click.option("--seed", default=_default("seed"), show_default=True)
 @click.option("--epochs", default=_default("epochs"), show_default=True)
 @click.option("--patience", default=_default("patience"), show_default=True,
@@ -118,6 +114,12 @@ def main(ctx, config_file, resume_dir, as_json, quiet, **opts):
       msmtfn-train --resume runs/marketcalls/20261125-101500-both-s0     # after a crash or Ctrl-C
     """
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s")
+    # torch and the model: imported once the options are read (``--help`` answers at once)
+    from .checkpoint import CheckpointError, read_run_config
+    from .data import TrainError
+    from .loop import fit
+    from .report import format_summary
+
     try:
         weights = {}
         for item in opts.pop("loss_weights"):

@@ -5,7 +5,6 @@ import csv
 import json
 import logging
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from pipeline.atomic import atomic_path
 from pipeline.device import DeviceError
 from pipeline.device import resolve_device as pipeline_device
 from pipeline.labels import get_scheme
@@ -121,7 +121,7 @@ def evaluate(model: MSMTFN, batches: Batches, data: CallData, weights: dict, dev
             call_of_item = np.repeat(call_of_item, batch.seg_counts.cpu().numpy())[mask.cpu().numpy()]
         groups.append(call_of_item)
     outs_np = {t: torch.cat(v).numpy() for t, v in outs.items() if v}
-    preds = {t: (p if t in regression else p.argmax(-1)) for t, p in outs_np.items()}
+    preds = outs_np      # probabilities / values: reported_predictions derives every task from them (one rule)
     y_true = {t: torch.cat(v).numpy() for t, v in y.items() if v}
     if not n:
         raise TrainError("nothing labelled to evaluate in this split")
@@ -329,9 +329,7 @@ def fit(cfg: TrainConfig, *, resume: bool = False, loaded: LoadedCache | None = 
 
 def _write_history(path: Path, history: list[dict]) -> None:
     keys = list(dict.fromkeys(k for h in history for k in h))
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(history)
-    os.replace(tmp, path)

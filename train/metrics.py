@@ -4,6 +4,7 @@ predicted value the way the field reports CMU-MOSI/MOSEI (Acc2 in both conventio
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
@@ -44,34 +45,56 @@ def nonzero_binary(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
             "weighted_f1_nonzero": float(f1_score(t, p, average="weighted", zero_division=0))}
 
 
-def reported_predictions(scheme, preds: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, str | None]]:
-    """The one rule for what every reported task predicts: {reported name: (predictions, derived_from)}.
+@dataclass(frozen=True)
+class Reported:
+    pred: np.ndarray                  # class indices, or values for a regression
+    derived_from: str | None          # the head it comes from when the task has none of its own
+    probs: np.ndarray | None = None   # (items, classes) when known: a head's softmax, or summed through a map
 
-    Values for a regression, class indices otherwise. Tasks without a head of their own (single-task training)
-    are derived from a finer task's predicted class through the scheme's label maps. Where a regression head
-    exists (CMU-MOSI/MOSEI), every classification task is derived from its value, as the field reports them, and
-    a class head trained beside it (multi-task learning) is reported as ``<task>:head``. The metrics and
-    ``msmtfn-predict`` both use this function, so a published figure describes what users get."""
-    out: dict[str, tuple[np.ndarray, str | None]] = {}
-    reg = next((t for t in scheme.tasks if t.is_regression and t.name in preds), None)
+
+def reported_predictions(scheme, outputs: dict[str, np.ndarray]) -> dict[str, Reported]:
+    """The one rule for what every reported task predicts (the metrics, the run's prediction files and
+    ``msmtfn-predict`` all call this, so a published figure describes what users get).
+
+    ``outputs``: per head, class probabilities (items, k) or class indices (items,), or values for a
+    regression. A task with its own head takes that head's most probable class. A task without one (single-task
+    training) is derived from a finer head through the scheme's label map: its classes' probabilities are the
+    sums of the finer classes mapped to them and it takes the most probable (with class indices alone: the map
+    of the index, the same thing for one-hot probabilities). Where a regression head exists (CMU-MOSI/MOSEI),
+    every classification task comes from its value (clipped and rounded), as the field reports them, and a class
+    head trained beside it is reported as ``<task>:head``."""
+    out: dict[str, Reported] = {}
+    reg = next((t for t in scheme.tasks if t.is_regression and t.name in outputs), None)
+
+    def own(name: str, x: np.ndarray) -> Reported:
+        x = np.asarray(x)
+        return Reported(x.argmax(-1), None, x) if x.ndim == 2 else Reported(x.astype(np.int64), None)
+
     for task in scheme.tasks:
         if task.is_regression:
-            if task.name in preds:
-                out[task.name] = (np.asarray(preds[task.name]), None)
+            if task.name in outputs:
+                out[task.name] = Reported(np.asarray(outputs[task.name], dtype=np.float64).reshape(-1), None)
             continue
         if reg is not None:
-            out[task.name] = (classes_from_values(task, preds[reg.name], reg.value_range), reg.name)
-            if task.name in preds:
-                out[f"{task.name}:head"] = (np.asarray(preds[task.name]), None)
+            values = np.asarray(outputs[reg.name], dtype=np.float64).reshape(-1)
+            out[task.name] = Reported(classes_from_values(task, values, reg.value_range), reg.name)
+            if task.name in outputs:
+                out[f"{task.name}:head"] = own(task.name, outputs[task.name])
             continue
-        if task.name in preds:
-            out[task.name] = (np.asarray(preds[task.name]), None)
+        if task.name in outputs:
+            out[task.name] = own(task.name, outputs[task.name])
             continue
-        for src, p in preds.items():
+        for src, x in outputs.items():
             m = scheme.class_map(src, task.name)
-            if m is not None:
-                out[task.name] = (m[np.asarray(p)], src)
-                break
+            if m is None:
+                continue
+            x = np.asarray(x)
+            if x.ndim == 2:
+                probs = x @ np.eye(task.num_classes)[m]          # (items, fine) -> (items, coarse), summed
+                out[task.name] = Reported(probs.argmax(-1), src, probs)
+            else:
+                out[task.name] = Reported(m[x.astype(np.int64)], src)
+            break
     return out
 
 
@@ -80,11 +103,12 @@ def _task_of(scheme, name: str):
 
 
 def all_task_metrics(scheme, y_true: dict[str, np.ndarray], preds: dict[str, np.ndarray]) -> dict[str, dict]:
-    """Metrics for every reported task (:func:`reported_predictions`) from ``preds`` (class indices, or values
-    for a regression); derived tasks are marked ``derived_from``."""
+    """Metrics for every reported task (:func:`reported_predictions`) from each head's ``preds`` (probabilities or
+    class indices, or values for a regression); derived tasks are marked ``derived_from``."""
     out: dict[str, dict] = {}
     reg = next((t for t in scheme.tasks if t.is_regression and t.name in preds), None)
-    for name, (p, src) in reported_predictions(scheme, preds).items():
+    for name, rep in reported_predictions(scheme, preds).items():
+        p, src = rep.pred, rep.derived_from
         task = _task_of(scheme, name)
         truth = y_true[task.name]
         if task.is_regression:
@@ -94,7 +118,7 @@ def all_task_metrics(scheme, y_true: dict[str, np.ndarray], preds: dict[str, np.
         if src is not None:
             out[name]["derived_from"] = src
         if reg is not None and src == reg.name and task.num_classes == 2:
-            out[name].update(nonzero_binary(y_true[reg.name], preds[reg.name]))
+            out[name].update(nonzero_binary(y_true[reg.name], np.asarray(preds[reg.name]).reshape(-1)))
     return out
 
 
@@ -151,7 +175,8 @@ def bootstrap_intervals(scheme, y_true: dict[str, np.ndarray], preds: dict[str, 
         idx = [np.concatenate([members[g] for g in row]) for row in draws]
     lo_q, hi_q = 100 * (1 - level) / 2, 100 * (1 + level) / 2
     out: dict[str, dict[str, list[float]]] = {}
-    for name, (p, _src) in reported_predictions(scheme, preds).items():
+    for name, rep in reported_predictions(scheme, preds).items():
+        p = rep.pred
         task = _task_of(scheme, name)
         truth = np.asarray(y_true[task.name])
         metrics = ("mae", "corr") if task.is_regression else ("accuracy", "macro_f1", "weighted_f1")

@@ -9,10 +9,7 @@ import click
 
 from pipeline.cli import DefaultCommandGroup, device_callback
 
-from .checkpoint import CheckpointError
 from .config import ConfigError
-from .data import TrainError
-from .sweep import SweepOptions, report, run_sweep
 
 
 def _parse_set(items: tuple[str, ...]) -> dict:
@@ -61,6 +58,11 @@ def main(ctx):
 def run_cmd(cache, grid, seeds, out, device, resume, parallel, overrides, max_cache_gb, as_json, quiet):
     """Run a sweep (the default command). Exit status 0; 3 when some trial failed (named in trials.csv)."""
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s")
+    # torch and the trainer: imported once the options are read (``--help`` answers at once)
+    from .checkpoint import CheckpointError
+    from .data import TrainError
+    from .sweep import SweepOptions, run_sweep
+
     try:
         summary = run_sweep(SweepOptions(cache=cache, grid=grid, out=out, seeds=seeds, device=device, resume=resume,
                                          parallel=parallel, overrides=_parse_set(overrides),
@@ -80,6 +82,9 @@ def run_cmd(cache, grid, seeds, out, device, resume, parallel, overrides, max_ca
 @click.option("--json", "as_json", is_flag=True)
 def report_cmd(sweep_dir, as_json):
     """Rewrite results.csv, results.md and results.png of a sweep folder from its trials."""
+    from .data import TrainError
+    from .sweep import report
+
     try:
         _print(report(sweep_dir), as_json)
     except (TrainError, OSError, ValueError) as e:

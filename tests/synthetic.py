@@ -21,8 +21,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .manifest import Segment
-from .store import CacheStore, StoreShape
+from pipeline.manifest import Segment
+from pipeline.store import CacheStore, StoreShape
 
 
 @dataclass
