@@ -63,8 +63,10 @@ def test_cuda_without_cuda_and_unknown_devices_are_usage_errors(tmp_path, no_cud
 
 def test_device_check_forms(monkeypatch):
     assert check_device("cpu") == "cpu" and check_device(" CPU ") == "cpu"
-    assert check_device("auto", allow_auto=True) == "auto"
-    for bad in ("auto", "gpu", "cpu:0", "cuda:x", "", "cuda0"):
+    assert check_device("auto") == "auto"
+    with pytest.raises(DeviceError, match="unknown device 'auto'; use cpu, cuda or cuda:N"):
+        check_device("auto", allow_auto=False)
+    for bad in ("gpu", "cpu:0", "cuda:x", "", "cuda0"):
         with pytest.raises(DeviceError, match="unknown device"):
             check_device(bad)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
