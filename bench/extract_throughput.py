@@ -33,17 +33,26 @@ from extract.writer import ShardWriter  # noqa: E402
 from pipeline.store import CacheStore  # noqa: E402
 
 
-def make_dataset(root: Path, n: int, seconds: float, rate: int = 8000, seed: int = 0) -> Path:
-    """n segments in MarketCalls format, lengths uniform in [seconds/2, seconds] (or all equal with --fixed)."""
+def make_dataset(root: Path, n: int, seconds: float, rate: int = 8000, seed: int = 0, fixed: bool = False,
+                 link: bool = False) -> Path:
+    """n segments in MarketCalls format, lengths uniform in [seconds/2, seconds] (all equal with ``fixed``).
+    ``link``: every row's file is a hard link to one recording (fixed length only), so that thousands of rows
+    cost no disk writes; decoding still reads each file."""
     import csv
 
     rng = np.random.default_rng(seed)
     (root / "audio").mkdir(parents=True, exist_ok=True)
     rows = []
+    first = None
     for i in range(n):
-        dur = seconds if args.fixed else float(rng.uniform(seconds / 2, seconds))
-        x = (0.1 * rng.standard_normal(int(dur * rate))).astype(np.float32)
-        sf.write(root / "audio" / f"c{i // 5:05d}_{i % 5}.wav", x, rate)
+        path = root / "audio" / f"c{i // 5:05d}_{i % 5}.wav"
+        if link and first is not None:
+            os.link(first, path)
+        else:
+            dur = seconds if fixed or link else float(rng.uniform(seconds / 2, seconds))
+            x = (0.1 * rng.standard_normal(int(dur * rate))).astype(np.float32)
+            sf.write(path, x, rate)
+            first = path
         rows.append({"phone": f"c{i // 5:05d}", "Audio_id": f"c{i // 5:05d}_{i % 5}", "text":
                      "您好我们这边是做保险的请问您有兴趣了解一下吗" * int(rng.integers(1, 6)), "label": "ABCDE"[i // 5 % 5],
                      "split": ("train", "valid", "test")[i // 5 % 3]})
@@ -54,8 +63,11 @@ def make_dataset(root: Path, n: int, seconds: float, rate: int = 8000, seed: int
     return root
 
 
-def naive(store_path: Path, ref_store: Path, audio_dir: Path, text_dir: Path, device: str, limit: int) -> tuple[int, float]:
-    """One segment at a time, fp32, plain forward, synchronous per-row writes (into a copy of the store)."""
+def naive(store_path: Path, ref_store: Path, audio_dir: Path, text_dir: Path, device: str, limit: int,
+          data_dir: str | Path, rate: int | None = None, pool: int = 2) -> tuple[int, float]:
+    """One segment at a time, fp32, plain forward, synchronous per-row writes (into a copy of the store).
+    ``rate``: input rate handed to the encoder (None = its own; 8000 = the paper-8k policy), ``pool``: frames
+    averaged per stored row (2 for the encoder policy, 1 for paper-8k)."""
     from transformers import AutoFeatureExtractor, AutoModel, AutoTokenizer
 
     fe = AutoFeatureExtractor.from_pretrained(audio_dir)
@@ -70,7 +82,7 @@ def naive(store_path: Path, ref_store: Path, audio_dir: Path, text_dir: Path, de
     texts = {}
     import csv
 
-    for r in csv.DictReader(open(Path(args.data) / "data.csv", encoding="utf-8")):
+    for r in csv.DictReader(open(Path(data_dir) / "data.csv", encoding="utf-8")):
         texts[r["Audio_id"]] = r["text"]
     A, T = store.shape.audio_frames, store.shape.text_tokens
     if device.startswith("cuda"):
@@ -78,11 +90,11 @@ def naive(store_path: Path, ref_store: Path, audio_dir: Path, text_dir: Path, de
     t0 = time.perf_counter()
     n = min(limit, store.n)
     for i in range(n):
-        x, _ = load_segment(table["source_path"][i], None, None, fe.sampling_rate)
+        x, _ = load_segment(table["source_path"][i], None, None, rate or fe.sampling_rate)
         with torch.no_grad():
             iv = torch.as_tensor(fe(x, sampling_rate=fe.sampling_rate, return_tensors="np")["input_values"])
             h = am(iv.to(device)).last_hidden_state[0]
-            h = h[: h.shape[0] // 2 * 2].reshape(-1, 2, h.shape[1]).mean(1)[:A].float().cpu().numpy()
+            h = h[: h.shape[0] // pool * pool].reshape(-1, pool, h.shape[1]).mean(1)[:A].float().cpu().numpy()
             enc = tok(texts[table["segment_id"][i]], truncation=True, max_length=T, return_tensors="pt")
             th = tm(**{k: v.to(device) for k, v in enc.items()}).last_hidden_state[0].float().cpu().numpy()
         a = np.zeros((1, A, h.shape[1]), np.float16)
@@ -150,7 +162,7 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)
     tmp = Path(args.keep or tempfile.mkdtemp(prefix="msmtfn-bench-"))
     tmp.mkdir(parents=True, exist_ok=True)
-    args.data = str(make_dataset(tmp / "data", args.segments, args.seconds))
+    args.data = str(make_dataset(tmp / "data", args.segments, args.seconds, fixed=args.fixed))
     audio_dir, text_dir = build_tiny_encoders(tmp / "enc", size=args.size)
     cfg = ExtractConfig(dataset="marketcalls", data_dir=args.data, out=str(tmp / "ours.zarr"), audio_model=str(audio_dir),
                         text_model=str(text_dir), device=args.device, num_workers=args.workers,
@@ -159,7 +171,8 @@ if __name__ == "__main__":
     extract(dataclasses.replace(cfg, out=str(tmp / "warm.zarr")), progress=False)
     res = extract(cfg, progress=False)
     ours = res.computed / res.loop_seconds
-    n_naive, t_naive = naive(tmp / "naive.zarr", res.store, audio_dir, text_dir, args.device, args.naive_segments)
+    n_naive, t_naive = naive(tmp / "naive.zarr", res.store, audio_dir, text_dir, args.device, args.naive_segments,
+                             args.data)
     naive_rate = n_naive / t_naive
     w_one, _, _ = write_throughput(tmp, threads=1)
     w_ours, w_raw, nbytes = write_throughput(tmp)

@@ -36,6 +36,7 @@ def previous_model_class(rev: str):
     src = subprocess.run(["git", "show", f"{rev}:train/model.py"], cwd=ROOT, capture_output=True, text=True,
                          check=True).stdout.replace("from .config import", "from train.config import")
     mod = types.ModuleType(f"model_{rev}")
+    sys.modules[mod.__name__] = mod      # dataclasses look their module up
     exec(compile(src, f"{rev}:train/model.py", "exec"), mod.__dict__)
 
     def build(cfg: TrainConfig, dims: ModelDims):

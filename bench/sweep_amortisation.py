@@ -28,6 +28,45 @@ from tests.synthetic import write_synthetic_store  # noqa: E402 (a test fixture)
 from train.sweep import SweepOptions, run_sweep  # noqa: E402
 
 
+def amortisation(cache: Path, work: Path, trials: int, epochs: int, device: str, threads: int,
+                 parallel: int = 1) -> dict:
+    """Seconds of ``trials`` separate msmtfn-train processes vs one msmtfn-sweep of the same trials (in this
+    process, sequential, and with ``parallel`` trials at once when that is not 1), on ``cache``."""
+    model = {"d_model": 64, "heads": 4, "ffn": 128, "gru_hidden": 32, "head_hidden": 64, "cross_layers": 2,
+             "bottleneck_layers": 1}
+    settings = {**model, "epochs": epochs, "plots": False, "threads": threads}
+    flat = "".join(f"{k} = {str(v).lower() if isinstance(v, bool) else v}\n" for k, v in settings.items())
+    grid, train_cfg = work / "grid.toml", work / "train.toml"
+    grid.write_text("[base]\n" + flat, encoding="utf-8")       # msmtfn-sweep: every trial's settings
+    train_cfg.write_text(flat, encoding="utf-8")                 # msmtfn-train --config: the same settings
+
+    # N separate msmtfn-train processes (each starts Python + torch and loads the cache itself)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads),
+           "PYTHONPATH": os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+    t0 = time.perf_counter()
+    for seed in range(trials):
+        cmd = [sys.executable, "-m", "train.cli", "--cache", str(cache), "--config", str(train_cfg),
+               "--seed", str(seed), "--out", str(work / "separate" / f"s{seed}"), "--device", device, "-q"]
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+        if r.returncode != 0:
+            raise RuntimeError(f"msmtfn-train failed: {r.stderr[-1500:]}")
+    t_separate = time.perf_counter() - t0
+
+    # one msmtfn-sweep (in this process: the same library call the CLI makes)
+    results = {}
+    for p in sorted({1, parallel}):
+        out = work / f"sweep-p{p}"
+        shutil.rmtree(out, ignore_errors=True)
+        t0 = time.perf_counter()
+        s = run_sweep(SweepOptions(cache=str(cache), grid=str(grid), out=str(out), seeds=trials,
+                                   device=device, parallel=p, progress=False,
+                                   overrides={"threads": max(1, threads // p)}))
+        results[p] = time.perf_counter() - t0
+        assert not s["failed"], s["failed"]
+    return {"separate_s": t_separate, "sweep_s": results[1], "parallel_s": results.get(parallel),
+            "parallel": parallel}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=6)
@@ -48,43 +87,14 @@ def main() -> int:
                               audio_dim=args.width, text_tokens=199, text_dim=args.width, seed=0,
                               split_fractions=(0.8, 0.1, 0.1))
         print(f"cache written in {time.perf_counter() - t0:.1f} s: {cache}")
-    model = {"d_model": 64, "heads": 4, "ffn": 128, "gru_hidden": 32, "head_hidden": 64, "cross_layers": 2,
-             "bottleneck_layers": 1}
-    settings = {**model, "epochs": args.epochs, "plots": False, "threads": args.threads}
-    flat = "".join(f"{k} = {str(v).lower() if isinstance(v, bool) else v}\n" for k, v in settings.items())
-    grid, train_cfg = work / "grid.toml", work / "train.toml"
-    grid.write_text("[base]\n" + flat, encoding="utf-8")       # msmtfn-sweep: every trial's settings
-    train_cfg.write_text(flat, encoding="utf-8")                 # msmtfn-train --config: the same settings
-
-    # N separate msmtfn-train processes (each starts Python + torch and loads the cache itself)
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(ROOT)}
-    t0 = time.perf_counter()
-    for seed in range(args.trials):
-        cmd = [sys.executable, "-m", "train.cli", "--cache", str(cache), "--config", str(train_cfg),
-               "--seed", str(seed), "--out", str(work / "separate" / f"s{seed}"), "--device", args.device, "-q"]
-        r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
-        if r.returncode != 0:
-            raise SystemExit(f"msmtfn-train failed: {r.stderr[-1500:]}")
-    t_separate = time.perf_counter() - t0
-
-    # one msmtfn-sweep (in this process: the same library call the CLI makes)
-    results = {}
-    for parallel in sorted({1, args.parallel}):
-        out = work / f"sweep-p{parallel}"
-        shutil.rmtree(out, ignore_errors=True)
-        t0 = time.perf_counter()
-        s = run_sweep(SweepOptions(cache=str(cache), grid=str(grid), out=str(out), seeds=args.trials,
-                                   device=args.device, parallel=parallel, progress=False,
-                                   overrides={"threads": max(1, args.threads // parallel)}))
-        results[parallel] = time.perf_counter() - t0
-        assert not s["failed"], s["failed"]
-    t_sweep = results[1]
+    r = amortisation(cache, work, args.trials, args.epochs, args.device, args.threads, args.parallel)
+    t_separate, t_sweep = r["separate_s"], r["sweep_s"]
     print(f"{args.trials} trials × {args.epochs} epoch(s), {args.calls} calls, width {args.width}, device "
           f"{args.device}, {args.threads} torch thread(s) (shared out between parallel trials)")
     print(f"  separate msmtfn-train processes : {t_separate:8.1f} s")
     print(f"  msmtfn-sweep, one cache load    : {t_sweep:8.1f} s   → {t_separate / t_sweep:.2f}× faster")
     if args.parallel != 1:
-        tp = results[args.parallel]
+        tp = r["parallel_s"]
         print(f"  msmtfn-sweep --parallel {args.parallel}       : {tp:8.1f} s   → {t_sweep / tp:.2f}× the "
               "sequential sweep")
     return 0

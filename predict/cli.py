@@ -34,10 +34,16 @@ def _expand(patterns: tuple[str, ...]) -> list[str]:
               help="Recordings (repeatable; globs like 'calls/*.wav' are expanded). Call id = file stem.")
 # the shell expands `--audio calls/*.wav` into one --audio value followed by the other files: take those as well
 @click.argument("more_audio", nargs=-1, type=click.Path())
+@click.option("--cache", default=None,
+              help="Score the calls of an existing cache (the run's own, or new calls extracted with the run's "
+                   "encoder settings) instead of recordings.")
+@click.option("--split", type=click.Choice(["test", "valid", "train", "all"]), default="test", show_default=True,
+              help="With --cache: which calls (all = every call, unlabelled ones included).")
 @click.option("--transcripts", default=None, type=click.Path(dir_okay=False),
               help="CSV call_id,start,end,text (seconds into the recording).")
 @click.option("--asr", default=None, help="Speech recognition model (hub id or folder) instead of --transcripts.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="predictions.csv: one row per call.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="predictions.csv: one row per call (per scored segment with --cache on a segment-level run).")
 @click.option("--segments-out", default=None, type=click.Path(dir_okay=False),
               help="Per-segment CSV: call, index, start, end, status, text (and segment-level predictions).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of the summary line.")
@@ -56,10 +62,17 @@ def _expand(patterns: tuple[str, ...]) -> list[str]:
 @click.option("--threads", default=0, show_default=True, help="CPU threads for torch (0 = torch's default).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code from the hub (encoders, ASR).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, warnings only.")
-def main(run_dir, audio, more_audio, transcripts, asr, out, segments_out, as_json, device, dtype, audio_model,
-         text_model, cutter, search_seconds, batch_calls, num_workers, threads, trust_remote_code, quiet):
-    """Predict purchase intent (the run's tasks) for new recordings: --audio FILE… (files may follow)."""
+def main(run_dir, audio, more_audio, cache, split, transcripts, asr, out, segments_out, as_json, device, dtype,
+         audio_model, text_model, cutter, search_seconds, batch_calls, num_workers, threads, trust_remote_code, quiet):
+    """Predict purchase intent (the run's tasks) for new recordings: --audio FILE… (files may follow); or for
+    the calls of a cache: --cache STORE [--split test|valid|train|all]."""
     audio = tuple(audio) + tuple(more_audio)
+    if cache:
+        if audio or transcripts or asr:
+            raise click.UsageError("--cache scores a cache's calls: give it without --audio/--transcripts/--asr")
+        logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s")
+        _score_cache(run_dir, cache, split, out, device, batch_calls, threads)
+        return
     if not audio:
         raise click.UsageError("no recordings: give --audio FILE (or a glob such as 'calls/*.wav')")
     if bool(transcripts) == bool(asr):
@@ -92,6 +105,26 @@ def main(run_dir, audio, more_audio, transcripts, asr, out, segments_out, as_jso
     else:
         click.echo(f"{result.summary()} → {out}" + (f", {segments_out}" if segments_out else ""))
     sys.exit(0 if result.predicted else 1)
+
+
+def _score_cache(run_dir, cache, split, out, device, batch_calls, threads) -> None:
+    """The same inference path as training's evaluation (train.predictions): one CSV row per call or segment."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    from pipeline.atomic import atomic_write_text
+    from train.checkpoint import CheckpointError
+    from train.data import TrainError
+    from train.predictions import score_cache
+
+    try:
+        text, rows = score_cache(run_dir, cache, split, str(resolve_device(device)), batch_calls)
+        atomic_write_text(out, text)
+    except (TrainError, CheckpointError, OSError) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    click.echo(f"scored {rows} {'rows' if rows != 1 else 'row'} of {cache} ({split}) → {out}")
 
 
 if __name__ == "__main__":

@@ -21,16 +21,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from extract import AudioError, load_segment
 from pipeline.atomic import atomic_write_text
-from pipeline.labels import LabelScheme, get_scheme
+from pipeline.labels import get_scheme
 from pipeline.manifest import Segment
 from train.checkpoint import CheckpointError, load_run, read_run_config
-from train.metrics import reported_predictions
+from train.predictions import decode, head_widths, output_tasks, task_columns, task_values
 
 from .features import ModelMismatch, RunEncoders, SegmentFeatures, run_settings
 from .segmenter import CutterConfig, CutterError, cut_recording
@@ -124,45 +123,6 @@ class PredictResult:
                 "calls": [asdict(c) for c in self.calls]}
 
 
-# ------------------------------------------------------------------------------------------------------ tasks
-def output_tasks(scheme: LabelScheme, heads: dict[str, int]) -> list[dict]:
-    """Every task the run reports, in the metrics' order and by their rule (train.metrics.reported_predictions):
-    its heads, the coarser tasks of a single-head run, the classes a regression's score falls in and, beside a
-    regression, the class heads as ``<task>:head``. ``heads``: head name -> width (1 for a regression)."""
-    probe = {h: (np.zeros(1) if k == 1 else np.full((1, k), 1.0 / k)) for h, k in heads.items()}
-    out = []
-    for name, rep in reported_predictions(scheme, probe).items():
-        t = scheme.task(name.split(":")[0])
-        out.append({"name": name, "classes": list(t.classes), "kind": t.kind, "level": scheme.level})
-    return out
-
-
-def decode(scheme: LabelScheme, tasks: list[dict], outputs: dict[str, torch.Tensor]) -> list[dict]:
-    """Per item (a call, or each segment of a segment-level run), {task: {"label", "probs"} or {"value"}} from the
-    raw head outputs {head: (items, k) logits or (items, 1) values}, through the metrics' rule."""
-    probs = {}
-    for name, v in outputs.items():
-        v = v.float()
-        probs[name] = v.reshape(-1).numpy().astype(np.float64) if v.shape[-1] == 1 and \
-            scheme.task(name).is_regression else torch.softmax(v, -1).numpy().astype(np.float64)
-    reported = reported_predictions(scheme, probs)
-    n = len(next(iter(probs.values())))
-    items: list[dict] = [{} for _ in range(n)]
-    for t in tasks:
-        rep = reported.get(t["name"])
-        if rep is None:
-            continue
-        for i in range(n):
-            if t["kind"] == "regression":
-                items[i][t["name"]] = {"value": float(rep.pred[i])}
-            else:
-                d = {"label": t["classes"][int(rep.pred[i])]}
-                if rep.probs is not None:
-                    d["probs"] = dict(zip(t["classes"], rep.probs[i].tolist()))
-                items[i][t["name"]] = d
-    return items
-
-
 # ------------------------------------------------------------------------------------------------ the run
 class Predictor:
     """The run's model, scheme and encoders, loaded once."""
@@ -179,7 +139,7 @@ class Predictor:
             self.scheme = get_scheme(meta["cache"]["label_scheme"])
         except KeyError as e:
             raise PredictError(f"{run}/config.json: {e.args[0] if e.args else 'no label scheme'}") from None
-        self.tasks = output_tasks(self.scheme, {h: m[-1].out_features for h, m in self.model.heads.items()})
+        self.tasks = output_tasks(self.scheme, head_widths(self.model))
         self.text_tokens = int(meta["dims"]["text_tokens"])
         try:
             self.encoders = RunEncoders(run_settings(meta, run), device=cfg.device, dtype=cfg.dtype,
@@ -348,33 +308,6 @@ def predict_calls(cfg: PredictConfig, predictor: Predictor | None = None) -> Pre
 
 
 # ------------------------------------------------------------------------------------------------- output
-def _fmt(x: float) -> str:
-    return f"{x:.6f}"
-
-
-def _task_columns(tasks: list[dict]) -> list[str]:
-    cols = []
-    for t in tasks:
-        cols.append(f"pred_{t['name']}")
-        cols += [f"p_{t['name']}_{c}" for c in t["classes"]]
-    return cols
-
-
-def _task_values(tasks: list[dict], preds: dict) -> list[str]:
-    vals = []
-    for t in tasks:
-        p = preds.get(t["name"])
-        if p is None:
-            vals += [""] * (1 + len(t["classes"]))
-        elif "value" in p:
-            vals.append(_fmt(p["value"]))
-            vals += [""] * len(t["classes"])
-        else:   # classes derived from a regression's score have a label but no probabilities
-            vals.append(p["label"])
-            vals += [_fmt(p["probs"][c]) if "probs" in p else "" for c in t["classes"]]
-    return vals
-
-
 def _tasks_at(result: PredictResult, level: str) -> list[dict]:
     """Tasks with columns at ``level``: the scheme's level, or where the model's heads actually answered (a
     segment-level scheme on a model with call-level heads)."""
@@ -387,10 +320,10 @@ def calls_csv(result: PredictResult) -> str:
     call_tasks = _tasks_at(result, "call")
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["call_id", "source", "status", "segments", "duration_s", *_task_columns(call_tasks)])
+    w.writerow(["call_id", "source", "status", "segments", "duration_s", *task_columns(call_tasks)])
     for c in result.calls:
         w.writerow([c.call_id, c.source, c.status, c.segments, "" if c.duration is None else f"{c.duration:.3f}",
-                    *_task_values(call_tasks, c.predictions)])
+                    *task_values(call_tasks, c.predictions)])
     return buf.getvalue()
 
 
@@ -398,11 +331,11 @@ def segments_csv(result: PredictResult) -> str:
     seg_tasks = _tasks_at(result, "segment")
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["call_id", "segment", "start", "end", "status", "text", *_task_columns(seg_tasks)])
+    w.writerow(["call_id", "segment", "start", "end", "status", "text", *task_columns(seg_tasks)])
     for c in result.calls:
         for s in c.segment_rows:
             w.writerow([s.call_id, s.index, f"{s.start:.4f}", f"{s.end:.4f}", s.status, s.text,
-                        *_task_values(seg_tasks, s.predictions)])
+                        *task_values(seg_tasks, s.predictions)])
     return buf.getvalue()
 
 

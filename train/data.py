@@ -3,6 +3,13 @@
 A sample is a whole call: all of its segments, in order, however many (the paper's code cut calls into chunks
 of 3 segments and dropped calls over 21; we do neither). When the used rows fit on the device they are loaded
 once as float16 and indexed there; otherwise batches are read from the store by a prefetching thread.
+
+Resident features are packed: each modality is one (valid rows of all segments, d) tensor plus per-segment
+offsets and lengths, never the store's (segments, 999, d) padded block, so memory is the sum of valid rows (a
+MarketCalls-shape cache holds 64 % of its padded size, bench/packed_features.py; CMU-MOSEI's utterances of a few
+seconds far less). Padded batches are assembled from it on the device; since the store's padding rows are zeros
+(the extractor's writer zeroes them), a batch holds exactly the numbers the padded layout gave
+(tests/test_train_packed.py).
 """
 from __future__ import annotations
 
@@ -47,7 +54,9 @@ class CallData:
     each call per epoch); validation and test never see them.
     """
 
-    def __init__(self, store: CacheStore):
+    def __init__(self, store: CacheStore, scoring: bool = False):
+        """``scoring=True`` (``msmtfn-predict --cache``): calls without a label or a train/valid/test split are
+        kept too (``labelled`` says which are), and no split is required; training never uses this."""
         self.store = store
         done, skipped = store.done(), store.skipped()
         pending = int((~done & ~skipped).sum())
@@ -65,6 +74,7 @@ class CallData:
         self.rows: list[np.ndarray] = []
         self.split: list[str] = []
         base: list[str] = []
+        self.labelled: list[bool] = []
         dropped, unlabelled, held_out_variants = [], 0, 0
         n_skipped_segments = 0
         usable = done & ~skipped
@@ -83,7 +93,8 @@ class CallData:
                                  f"({', '.join(sorted(labels))} / {', '.join(sorted(splits))}); a label belongs to a "
                                  "whole call: fix the dataset and re-run msmtfn-extract")
             label, split = labels.pop(), splits.pop()
-            if split not in SPLITS or not self.scheme.is_valid(label):
+            has_label = split in SPLITS and self.scheme.is_valid(label)
+            if not has_label and not (scoring and variant == "orig"):
                 unlabelled += 1
                 continue  # unlabelled calls (e.g. new calls to predict) are not training data
             if variant != "orig" and split != "train":
@@ -97,8 +108,9 @@ class CallData:
             self.calls.append(cid)
             self.variants.append(variant)
             self.rows.append(np.asarray(keep, dtype=np.int64))
-            self.split.append(split)
+            self.split.append(split if split in SPLITS else "")
             base.append(label)
+            self.labelled.append(self.scheme.is_valid(label))
         if n_skipped_segments:
             log.warning("%s: %d segments were skipped at extraction (bad input; see skip_reason in the store) and "
                         "are left out of their calls", store.path, n_skipped_segments)
@@ -112,12 +124,23 @@ class CallData:
             log.info("%d augmented variants of validation/test calls are not used (evaluation is on originals)",
                      held_out_variants)
         if not self.calls:
-            raise TrainError(f"{store.path}: no labelled calls in train/valid/test")
+            raise TrainError(f"{store.path}: no labelled calls in train/valid/test" if not scoring else
+                             f"{store.path}: no call with a usable segment")
+        # unlabelled calls (scoring only) carry any valid label as a stand-in, never scored against
+        stand_in = next((b for b, ok in zip(base, self.labelled) if ok), None) or \
+            next((x for x in t["label"] if self.scheme.is_valid(x)), None) or \
+            (self.scheme.base_labels[0] if self.scheme.base_labels else "0")
+        base = [b if ok else stand_in for b, ok in zip(base, self.labelled)]
         self.base_labels = base
         if self.level == "segment":
             # per store row; a row without a valid label stays in its call as context but is never scored
-            self.mask = torch.as_tensor(np.array([self.scheme.is_valid(x) for x in t["label"]], dtype=bool))
-            filled = [x if ok else base[0] for x, ok in zip(t["label"], self.mask.tolist())]
+            mask = np.array([self.scheme.is_valid(x) for x in t["label"]], dtype=bool)
+            for c, ok in enumerate(self.labelled):   # a call with no label at all: every segment is scored
+                if not ok:
+                    mask[self.rows[c]] = True
+            self.labelled_row = torch.as_tensor(np.array([self.scheme.is_valid(x) for x in t["label"]], dtype=bool))
+            self.mask = torch.as_tensor(mask)
+            filled = [x if self.scheme.is_valid(x) else stand_in for x in t["label"]]
             self.labels = {k: torch.as_tensor(v) for k, v in self.scheme.encode_all(filled).items()}
             n_scored = int(self.mask[torch.as_tensor(self.used_rows())].sum())
             if n_scored < len(self.used_rows()):
@@ -126,7 +149,7 @@ class CallData:
         else:
             self.mask = None
             self.labels = {k: torch.as_tensor(v) for k, v in self.scheme.encode_all(base).items()}
-        for s in ("train", "valid"):
+        for s in ("train", "valid") if not scoring else ():
             if s not in self.split:
                 raise TrainError(f"{store.path}: no calls in the {s} split; the trainer needs train and valid")
         shape = store.shape
@@ -136,8 +159,8 @@ class CallData:
         self.text_len = torch.as_tensor(store.lengths("text"))
 
     def indices(self, split: str) -> list[int]:
-        """Calls of ``split``, original recordings only."""
-        return [i for i, s in enumerate(self.split) if s == split and self.variants[i] == "orig"]
+        """Calls of ``split`` ("all": every call), original recordings only."""
+        return [i for i, s in enumerate(self.split) if (split == "all" or s == split) and self.variants[i] == "orig"]
 
     @property
     def variant_names(self) -> list[str]:
@@ -176,6 +199,16 @@ class CallData:
         """Store rows of ``calls`` (default: every entry, variants included)."""
         return np.concatenate([self.rows[c] for c in (range(len(self.rows)) if calls is None else calls)])
 
+    def packed_bytes(self, modalities: tuple[str, ...] = ("audio", "text"), calls: list[int] | None = None) -> int:
+        """float16 bytes of the valid rows of ``calls`` (what packed resident features hold, offsets aside)."""
+        rows = torch.as_tensor(self.used_rows(calls))
+        n = 0
+        if "audio" in modalities:
+            n += int(self.audio_len[rows].clamp(max=self.audio_frames).sum()) * self.audio_dim
+        if "text" in modalities:
+            n += int(self.text_len[rows].clamp(max=self.text_tokens).sum()) * self.text_dim
+        return 2 * n
+
     def used_bytes(self, modalities: tuple[str, ...] = ("audio", "text"), calls: list[int] | None = None) -> int:
         per_row = 2 * (("audio" in modalities) * self.audio_frames * self.audio_dim
                        + ("text" in modalities) * self.text_tokens * self.text_dim)
@@ -184,22 +217,28 @@ class CallData:
 
 class FeatureSource:
     """Rows of hidden states by index: resident on the device (float16, loaded once), or read from the store per
-    batch. Only the modalities the model uses are ever read (``--modality text`` never touches audio)."""
+    batch. Only the modalities the model uses are ever read (``--modality text`` never touches audio).
+
+    Resident features are packed (valid rows only, see the module doc); ``packed=False`` keeps the padded
+    (segments, rows, d) layout, for comparison (tests, bench/packed_features.py)."""
 
     LOAD_ROWS = 256   # rows per read while loading (bounds host memory)
 
     def __init__(self, data: CallData, device: torch.device, max_gb: float = 0.0,
-                 modalities: tuple[str, ...] = ("audio", "text"), calls: list[int] | None = None):
-        self.data, self.device, self.modalities = data, device, tuple(modalities)
-        need = data.used_bytes(self.modalities, calls)
+                 modalities: tuple[str, ...] = ("audio", "text"), calls: list[int] | None = None,
+                 packed: bool = True):
+        self.data, self.device, self.modalities, self.packed = data, device, tuple(modalities), packed
+        need = (data.packed_bytes if packed else data.used_bytes)(self.modalities, calls)
         budget = max_gb * 2**30 if max_gb else self._auto_budget(device)
         self.resident = need <= budget
         self._map = None
         self.audio = self.text = None
+        self._offsets: dict[str, torch.Tensor] = {}   # packed: modality -> (rows + 1,) start of each row's block
+        self._lengths: dict[str, torch.Tensor] = {}   # packed: modality -> (rows,) valid rows of each
         if self.resident:
             rows = np.sort(data.used_rows(calls))
-            log.info("loading %.2f GB of cached features (%s) onto %s", need / 2**30, "+".join(self.modalities),
-                     device)
+            log.info("loading %.2f GB of cached features (%s, %s) onto %s", need / 2**30, "+".join(self.modalities),
+                     "valid rows packed" if packed else "padded", device)
             self._map = torch.full((data.store.n,), -1, dtype=torch.long)
             self._map[torch.as_tensor(rows)] = torch.arange(len(rows))
             if "audio" in self.modalities:
@@ -223,12 +262,45 @@ class FeatureSource:
             return 4 * 2**30
 
     def _load(self, name: str, rows: np.ndarray) -> torch.Tensor:
-        """All ``rows`` of one array into one float16 tensor on the device, read a few hundred rows at a time."""
+        """All ``rows`` of one array into one float16 tensor on the device, read a few hundred rows at a time:
+        packed (valid rows only, with offsets and lengths kept aside) or padded as stored."""
         arr = self.data.store.array(name)
-        out = torch.empty((len(rows),) + tuple(arr.shape[1:]), dtype=torch.float16, device=self.device)
+        if not self.packed:
+            out = torch.empty((len(rows),) + tuple(arr.shape[1:]), dtype=torch.float16, device=self.device)
+            for i in range(0, len(rows), self.LOAD_ROWS):
+                out[i: i + self.LOAD_ROWS] = self._read(name, rows[i: i + self.LOAD_ROWS]).to(self.device)
+            return out
+        mod, width = name.split("/")[0], int(arr.shape[1])
+        lengths = (self.data.audio_len if mod == "audio" else self.data.text_len)[torch.as_tensor(rows)]
+        lengths = lengths.to(torch.long).clamp(0, width)
+        offsets = torch.zeros(len(rows) + 1, dtype=torch.long)
+        torch.cumsum(lengths, 0, out=offsets[1:])
+        out = torch.empty((int(offsets[-1]), int(arr.shape[2])), dtype=torch.float16, device=self.device)
         for i in range(0, len(rows), self.LOAD_ROWS):
-            out[i: i + self.LOAD_ROWS] = self._read(name, rows[i: i + self.LOAD_ROWS]).to(self.device)
+            x = self._read(name, rows[i: i + self.LOAD_ROWS])
+            n = lengths[i: i + self.LOAD_ROWS]
+            valid = torch.arange(width)[None, :] < n[:, None]     # row-major: each row's valid rows, in order
+            out[int(offsets[i]): int(offsets[i + len(n)])] = x[valid].to(self.device)
+        self._offsets[mod], self._lengths[mod] = offsets.to(self.device), lengths.to(self.device)
         return out
+
+    def _unpack(self, mod: str, idx: torch.Tensor, width: int) -> torch.Tensor:
+        """(S, width, d) zero-padded batch of the packed rows ``idx``, assembled on the device."""
+        packed = self.audio if mod == "audio" else self.text
+        lengths = self._lengths[mod][idx].clamp(max=width)
+        out = torch.zeros((len(idx), width, packed.shape[1]), dtype=packed.dtype, device=packed.device)
+        at = torch.arange(width, device=packed.device)[None, :]
+        valid = at < lengths[:, None]                               # row-major: the packed order of each row
+        out[valid] = packed[(self._offsets[mod][idx][:, None] + at)[valid]]
+        return out
+
+    @property
+    def resident_bytes(self) -> int:
+        """Bytes the resident features hold on the device (offsets and lengths included); 0 when streaming."""
+        tensors = [t for t in (self.audio, self.text) if t is not None]
+        tensors += [t for m, t in self._offsets.items() if m in self.modalities]
+        tensors += [t for m, t in self._lengths.items() if m in self.modalities]
+        return int(sum(t.numel() * t.element_size() for t in tensors))
 
     def _read(self, name: str, rows: np.ndarray) -> torch.Tensor:
         arr = self.data.store.array(name)
@@ -259,6 +331,10 @@ class FeatureSource:
             if bool((idx < 0).any()):   # a row that was not loaded would silently read another row
                 raise TrainError("internal: batch asks for cache rows that were not loaded")
             idx = idx.to(self.device)
+            if self.packed:
+                a = self._unpack("audio", idx, a_max) if self.audio is not None else None
+                t = self._unpack("text", idx, t_max) if self.text is not None else None
+                return a, t
             a = self.audio[idx, :a_max] if self.audio is not None else None
             t = self.text[idx, :t_max] if self.text is not None else None
             return a, t
@@ -360,7 +436,7 @@ class LoadedCache:
 
 
 def load_cache(path: str, device: torch.device, max_gb: float = 0.0,
-               modalities: tuple[str, ...] = ("audio", "text")) -> LoadedCache:
+               modalities: tuple[str, ...] = ("audio", "text"), packed: bool = True) -> LoadedCache:
     store = open_cache(path)
     data = CallData(store)
-    return LoadedCache(store, data, FeatureSource(data, device, max_gb, modalities=modalities))
+    return LoadedCache(store, data, FeatureSource(data, device, max_gb, modalities=modalities, packed=packed))

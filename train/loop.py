@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from pipeline.atomic import atomic_path
+from pipeline.atomic import atomic_path, atomic_write_text
 from pipeline.device import DeviceError
 from pipeline.device import resolve_device as pipeline_device
 from pipeline.labels import get_scheme
@@ -26,6 +26,7 @@ from .data import Batches, CallData, FeatureSource, LoadedCache, TrainError, ope
 from .metrics import BOOTSTRAP, all_task_metrics, bootstrap_intervals, headline, selection_score
 from .model import MSMTFN, ModelDims, build_model
 from .normalise import feature_stats
+from .predictions import Scored, head_widths, output_tasks, prediction_table, run_model
 from .plots import confusion_matrices, learning_curves
 
 log = logging.getLogger(__name__)
@@ -91,45 +92,23 @@ def regression_tasks(scheme) -> frozenset:
     return frozenset(t.name for t in scheme.tasks if t.is_regression)
 
 
-@torch.no_grad()
 def evaluate(model: MSMTFN, batches: Batches, data: CallData, weights: dict, device, amp: bool,
-             intervals: bool = False):
-    """(mean loss per scored item, metrics per task, {task: probabilities (items, k) or values (items,)}) on one
-    split; an item is a call, or a labelled segment where labels belong to segments. ``intervals``: each task's
-    metrics also get ``ci95``, bootstrap intervals over the split's calls (train/metrics.py)."""
-    model.eval()
-    regression = regression_tasks(data.scheme)
-    total, n = 0.0, 0
-    outs: dict[str, list] = {t: [] for t in model.heads}
-    y: dict[str, list] = {t: [] for t in data.labels}
-    groups: list[np.ndarray] = []
-    for batch in batches:
-        logits = _forward(model, batch, device, amp)
-        mask = batch.mask
-        items = int(mask.sum()) if mask is not None else len(batch.calls)
-        if not items:
-            continue
-        total += float(_loss(logits, batch.labels, weights, mask, regression)) * items
-        n += items
-        for t, v in logits.items():
-            v = v.float() if mask is None else v[mask].float()
-            outs[t].append(v.squeeze(-1).cpu() if t in regression else torch.softmax(v, -1).cpu())
-        for t, v in batch.labels.items():
-            y[t].append((v if mask is None else v[mask]).cpu())
-        call_of_item = np.asarray(batch.calls)
-        if mask is not None:
-            call_of_item = np.repeat(call_of_item, batch.seg_counts.cpu().numpy())[mask.cpu().numpy()]
-        groups.append(call_of_item)
-    outs_np = {t: torch.cat(v).numpy() for t, v in outs.items() if v}
-    preds = outs_np      # probabilities / values: reported_predictions derives every task from them (one rule)
-    y_true = {t: torch.cat(v).numpy() for t, v in y.items() if v}
-    if not n:
+             intervals: bool = False) -> tuple[float, dict, Scored]:
+    """(mean loss per scored item, metrics per task, the scored items) on one split; an item is a call, or a
+    labelled segment where labels belong to segments. The items come from train.predictions.run_model, the one
+    inference path that msmtfn-predict uses too. ``intervals``: each task's metrics also get ``ci95``, bootstrap
+    intervals over the split's calls (train/metrics.py)."""
+    scored = run_model(model, batches, data, weights, device, amp, _loss)
+    on = scored.labelled
+    if not on.any():
         raise TrainError("nothing labelled to evaluate in this split")
+    preds = {t: v[on] for t, v in scored.outputs.items()}   # probabilities / values: every task derives from them
+    y_true = {t: v[on] for t, v in scored.truth.items()}
     metrics = all_task_metrics(data.scheme, y_true, preds)
     if intervals:
-        for t, ci in bootstrap_intervals(data.scheme, y_true, preds, np.concatenate(groups)).items():
+        for t, ci in bootstrap_intervals(data.scheme, y_true, preds, scored.calls[on]).items():
             metrics[t]["ci95"] = ci
-    return total / n, metrics, outs_np
+    return scored.loss, metrics, scored
 
 
 HISTORY_METRICS = ("accuracy", "macro_f1", "weighted_f1", "mae", "corr")
@@ -294,10 +273,13 @@ def fit(cfg: TrainConfig, *, resume: bool = False, loaded: LoadedCache | None = 
             break
 
     load_weights(model, weights_path, device)           # the validation-selected checkpoint
-    val_loss, val, _ = evaluate(model, val_b, data, weights, device, amp, intervals=True)
+    val_loss, val, val_scored = evaluate(model, val_b, data, weights, device, amp, intervals=True)
+    tasks = output_tasks(scheme, head_widths(model))
+    atomic_write_text(run_dir / "predictions_valid.csv", prediction_table(val_scored, data, tasks))
     test, test_loss = {}, None
     if splits["test"]:
-        test_loss, test, _ = evaluate(model, test_b, data, weights, device, amp, intervals=True)   # once, at the end
+        test_loss, test, test_scored = evaluate(model, test_b, data, weights, device, amp, intervals=True)  # once
+        atomic_write_text(run_dir / "predictions_test.csv", prediction_table(test_scored, data, tasks))
     else:
         log.warning("no test calls in %s; reporting validation only", store.path)
     metrics = {
