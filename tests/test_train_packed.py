@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline.synthetic import write_synthetic_store
+from synthetic import write_synthetic_store
 from train.config import TrainConfig
 from train.data import Batches, CallData, FeatureSource, LoadedCache, load_cache
 from train.loop import fit
