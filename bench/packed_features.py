@@ -1,7 +1,7 @@
 """Resident training features, padded (segments x 999 rows, as before) vs packed (valid rows + offsets): memory
 held, load time, the time to assemble every training batch, and the epoch time of ``fit`` on each layout, on the
 same MarketCalls-shape cache (877 calls, 3-6 segments, 999 audio / 199 text rows, valid lengths uniform in
-[1/3, 1] of the rows as in pipeline/synthetic.py). Record the output in docs/benchmarks.md.
+[1/3, 1] of the rows as in tests/synthetic.py). Record the output in docs/benchmarks.md.
 
     python bench/packed_features.py --epochs 0           # CPU, width 64: memory, load, batch assembly
     python bench/packed_features.py --calls 120 --epochs 1   # CPU: epoch time of fit on each layout
@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.synthetic import write_synthetic_store  # noqa: E402
+from tests.synthetic import write_synthetic_store  # noqa: E402 (a test fixture)
 from train.config import TrainConfig  # noqa: E402
 from train.data import Batches, LoadedCache, load_cache  # noqa: E402
 from train.loop import fit  # noqa: E402

@@ -148,165 +148,204 @@ def _check_resumable(run_dir: Path, cfg: TrainConfig, fingerprint: str) -> None:
                          "same cache or train into a new --out")
 
 
+class TrainingRun:
+    """One training run, in three rooms: :meth:`start` (cache, model, run folder, optimizer; or a resumed state),
+    :meth:`epoch` (one training pass, validation, selection, states) and :meth:`finish` (the selected checkpoint
+    on validation and test, prediction files, metrics, plots). :func:`fit` runs them in order."""
+
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False, loaded: LoadedCache | None = None):
+        self.cfg, self.resume, self.loaded = cfg, resume, loaded
+        self.t_start = time.perf_counter()
+        self.finished: dict | None = None     # an already finished run's metrics (resume): nothing to do
+
+    # ------------------------------------------------------------------------------------------ start
+    def start(self) -> "TrainingRun":
+        cfg, loaded, resume = self.cfg, self.loaded, self.resume
+        self.device = device = loaded.device if loaded is not None else resolve_device(cfg.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        if resume and not cfg.out:
+            raise TrainError("--resume needs the run folder (--out or --resume RUN_DIR)")
+        run_dir = Path(cfg.out) if cfg.out else None
+        self.store = store = loaded.store if loaded is not None else open_cache(cfg.cache)
+        self.cfg = cfg = resolve_task(cfg, store)
+        if resume and run_dir is not None and (run_dir / "metrics.json").is_file():
+            _check_resumable(run_dir, cfg, store.fingerprint)
+            log.info("%s: already finished; nothing to resume", run_dir)
+            self.finished = {**json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")),
+                             "resumed": "finished"}
+            return self
+        seed_everything(cfg.seed)
+        self.data = data = loaded.data if loaded is not None else CallData(store)
+        self.scheme = scheme = data.scheme
+        self.regression = regression_tasks(scheme)
+        dims = ModelDims(audio_dim=data.audio_dim, text_dim=data.text_dim, text_tokens=data.text_tokens,
+                         tasks={t.name: t.num_classes for t in scheme.tasks}, level=scheme.level)
+        model = build_model(cfg, dims)
+        train_rows = data.used_rows(data.indices("train"))
+        for m in model.modalities:     # from the training split only; a resumed state restores the same buffers
+            model.set_feature_stats(m, *feature_stats(store, train_rows, m))
+        self.model = model = model.to(device)
+        self.amp = cfg.amp and device.type == "cuda"
+        self.run_dir = run_dir = run_dir or default_run_dir(cfg, store.dataset)
+        self.state_path = run_dir / STATE
+        self.weights_path = run_dir / WEIGHTS
+        state = None
+        if resume and self.state_path.is_file():
+            _check_resumable(run_dir, cfg, store.fingerprint)
+            state = load_train_state(self.state_path)
+        elif resume:
+            log.info("%s: no %s yet; starting the run from its first epoch", run_dir, STATE)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.plots:
+            (run_dir / "plots").mkdir(exist_ok=True)
+        self.splits = splits = {s: data.indices(s) for s in ("train", "valid", "test")}
+        choices = data.variant_choices(splits["train"], cfg.augment_variants)
+        n_params = sum(p.numel() for p in model.parameters())
+        write_run_config(run_dir, cfg, dims, {"cache": {"path": str(store.path), "fingerprint": store.fingerprint,
+                                                        "settings": store.settings, "label_scheme": scheme.name},
+                                              "parameters": n_params})
+        log.info("%d train / %d valid / %d test calls; %.2fM parameters; device %s", len(splits["train"]),
+                 len(splits["valid"]), len(splits["test"]), n_params / 1e6, device)
+        if choices:
+            log.info("training samples each call's original or one of %d cached variants per epoch",
+                     sum(len(c) - 1 for c in choices))
+        if loaded is not None:
+            source = loaded.source.view(model.modalities)
+        else:
+            needed = sorted({c for ch in (choices or []) for c in ch} | {c for v in splits.values() for c in v})
+            source = FeatureSource(data, device, cfg.max_cache_gb, modalities=model.modalities, calls=needed)
+        self.gen = gen = torch.Generator().manual_seed(cfg.seed)
+        full_text = model.pooling == "flatten"
+        make = lambda calls, shuffle, ch=None: Batches(data, source, calls, cfg.batch_calls, shuffle,  # noqa: E731
+                                                       gen if shuffle else None, full_text=full_text, choices=ch)
+        self.train_b = make(splits["train"], True, choices)
+        self.val_b, self.test_b = make(splits["valid"], False), make(splits["test"], False)
+        self.weights = {t: float(cfg.loss_weights.get(t, 1.0)) for t in model.heads}
+        self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        steps_per_epoch = math.ceil(len(self.train_b) / cfg.grad_accum)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(  # one scheduler for the whole run
+            self.opt, warmup_cosine(cfg.epochs * steps_per_epoch, cfg.warmup))
+        self.history: list[dict] = []
+        self.best_score, self.best_epoch, self.bad, self.first = None, 0, 0, 1
+        self.resumed_state = state is not None
+        if state is not None:
+            self.first = restore_train_state(state, model, self.opt, self.sched, gen, self.state_path) + 1
+            self.history, self.best_epoch, self.bad = state["history"], state["best_epoch"], state["bad"]
+            self.best_score = tuple(state["best_score"]) if state["best_score"] is not None else None
+            log.info("%s: resuming after epoch %d (best so far: epoch %d)", run_dir, self.first - 1, self.best_epoch)
+        self.stopped = state is not None and state.get("stopped", False)  # killed after an early stop was decided
+        return self
+
+    # ------------------------------------------------------------------------------------------ epochs
+    def epochs(self) -> range:
+        return range(self.first, self.cfg.epochs + 1) if not self.stopped else range(0)
+
+    def epoch(self, epoch: int) -> bool:
+        """Train one epoch, score validation, keep the best checkpoint; True when early stopping ends the run."""
+        cfg, model, opt, data = self.cfg, self.model, self.opt, self.data
+        t0 = time.perf_counter()
+        model.train()
+        running, seen = 0.0, 0
+        opt.zero_grad(set_to_none=True)
+        bar = tqdm(self.train_b, desc=f"epoch {epoch}", leave=False, disable=not cfg.progress, unit="batch")
+        for i, batch in enumerate(bar):
+            logits = _forward(model, batch, self.device, self.amp)
+            loss = _loss(logits, batch.labels, self.weights, batch.mask, self.regression)
+            (loss / cfg.grad_accum).backward()
+            if (i + 1) % cfg.grad_accum == 0 or i + 1 == len(self.train_b):
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+                opt.step()
+                self.sched.step()
+                opt.zero_grad(set_to_none=True)
+            running += float(loss.detach()) * len(batch.calls)
+            seen += len(batch.calls)
+            bar.set_postfix(loss=f"{running / seen:.4f}", refresh=False)
+        val_loss, val, _ = evaluate(model, self.val_b, data, self.weights, self.device, self.amp)
+        sel = val[cfg.task]
+        score = selection_score(sel, self.scheme.selection, val_loss)
+        row = {"epoch": epoch, "train_loss": running / max(1, seen), "val_loss": val_loss,
+               "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+        for t, m in val.items():
+            row.update({f"val_{t}_{k}": m[k] for k in HISTORY_METRICS if k in m})
+        self.history.append(row)
+        improved = self.best_score is None or score > self.best_score
+        if improved:
+            self.best_score, self.best_epoch, self.bad = score, epoch, 0
+            save_weights(model, self.weights_path)
+        else:
+            self.bad += 1
+        log.info("epoch %d: train loss %.4f, val loss %.4f, val task %s %s%s", epoch, row["train_loss"], val_loss,
+                 cfg.task, headline(sel), " *" if improved else "")
+        _write_history(self.run_dir / "history.csv", self.history)
+        self.stopped = self.bad >= cfg.patience
+        # also on every improvement, so the state never trails the best-weights file it describes; written after
+        # that file: a kill between the two re-runs this epoch, which rewrites the same weights
+        if cfg.state_every and (improved or self.stopped or epoch % cfg.state_every == 0 or epoch == cfg.epochs):
+            save_train_state(self.state_path, epoch=epoch, model=model, opt=opt, sched=self.sched, gen=self.gen,
+                             history=self.history, best_score=self.best_score, best_epoch=self.best_epoch,
+                             bad=self.bad, stopped=self.stopped)
+        if self.stopped:
+            log.info("early stop: no better validation score for %d epochs", cfg.patience)
+        return self.stopped
+
+    # ------------------------------------------------------------------------------------------ finish
+    def finish(self) -> dict:
+        cfg, model, data, scheme, run_dir = self.cfg, self.model, self.data, self.scheme, self.run_dir
+        device, amp, weights = self.device, self.amp, self.weights
+        load_weights(model, self.weights_path, device)           # the validation-selected checkpoint
+        val_loss, val, val_scored = evaluate(model, self.val_b, data, weights, device, amp, intervals=True)
+        tasks = output_tasks(scheme, head_widths(model))
+        atomic_write_text(run_dir / "predictions_valid.csv", prediction_table(val_scored, data, tasks))
+        test, test_loss = {}, None
+        if self.splits["test"]:
+            test_loss, test, test_scored = evaluate(model, self.test_b, data, weights, device, amp,
+                                                    intervals=True)   # once, at the end
+            atomic_write_text(run_dir / "predictions_test.csv", prediction_table(test_scored, data, tasks))
+        else:
+            log.warning("no test calls in %s; reporting validation only", self.store.path)
+        history = self.history
+        metrics = {
+            "run_dir": str(run_dir), "best_epoch": self.best_epoch, "epochs_run": len(history),
+            "selection": {"task": cfg.task, "metric": SELECTION_TEXT["mae" if cfg.task in self.regression
+                                                                     else scheme.selection]},
+            "val_loss": val_loss, "test_loss": test_loss, "val": val, "test": test,
+            "classes": {t.name: list(t.classes) for t in scheme.tasks if not t.is_regression},
+            "level": scheme.level,
+            "intervals": f"ci95: 95 % percentile bootstrap over the split's calls, {BOOTSTRAP} resamples, seed 0",
+            "calls": {s: len(v) for s, v in self.splits.items()}, "config": cfg.to_dict(),
+            "cache_fingerprint": self.store.fingerprint, "device": str(device),
+            "seconds": time.perf_counter() - self.t_start,
+            "epoch_seconds": float(np.median([h["seconds"] for h in history])) if history else float("nan"),
+        }
+        if self.resumed_state:
+            metrics["resumed_after_epoch"] = self.first - 1
+        if cfg.plots:
+            classes = {t.name: t.classes for t in scheme.tasks}
+            classes.update({f"{t}:head": c for t, c in classes.items()})
+            plots = run_dir / "plots"
+            learning_curves(history, cfg.task, plots / "learning_curves.png")
+            confusion_matrices(val, classes, "validation (best checkpoint)", plots / "confusion_valid.png")
+            if test:
+                confusion_matrices(test, classes, "test (best checkpoint)", plots / "confusion_test.png")
+        atomic_write_json(run_dir / "metrics.json", metrics)   # last: its presence marks the run finished
+        self.state_path.unlink(missing_ok=True)                 # optimizer state is 3x the model; not needed now
+        return metrics
+
+
 def fit(cfg: TrainConfig, *, resume: bool = False, loaded: LoadedCache | None = None) -> dict:
     """Train one configuration; writes the run folder and returns its metrics (``metrics['run_dir']``).
 
     ``resume=True`` continues the run in ``cfg.out`` from its last finished epoch (``train_state.pt``) and gives
     the same result as an uninterrupted run on CPU; a finished run is returned as it is. ``loaded`` is a cache
     already in memory (:func:`train.data.load_cache`), shared by the trials of a sweep."""
-    t_start = time.perf_counter()
-    device = loaded.device if loaded is not None else resolve_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if resume and not cfg.out:
-        raise TrainError("--resume needs the run folder (--out or --resume RUN_DIR)")
-    run_dir = Path(cfg.out) if cfg.out else None
-    store = loaded.store if loaded is not None else open_cache(cfg.cache)
-    cfg = resolve_task(cfg, store)
-    if resume and run_dir is not None and (run_dir / "metrics.json").is_file():
-        _check_resumable(run_dir, cfg, store.fingerprint)
-        log.info("%s: already finished; nothing to resume", run_dir)
-        return {**json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")), "resumed": "finished"}
-    seed_everything(cfg.seed)
-    data = loaded.data if loaded is not None else CallData(store)
-    scheme = data.scheme
-    regression = regression_tasks(scheme)
-    dims = ModelDims(audio_dim=data.audio_dim, text_dim=data.text_dim, text_tokens=data.text_tokens,
-                     tasks={t.name: t.num_classes for t in scheme.tasks}, level=scheme.level)
-    model = build_model(cfg, dims)
-    train_rows = data.used_rows(data.indices("train"))
-    for m in model.modalities:     # from the training split only; a resumed state restores the same buffers
-        model.set_feature_stats(m, *feature_stats(store, train_rows, m))
-    model = model.to(device)
-    amp = cfg.amp and device.type == "cuda"
-    run_dir = run_dir or default_run_dir(cfg, store.dataset)
-    state_path = run_dir / STATE
-    state = None
-    if resume and state_path.is_file():
-        _check_resumable(run_dir, cfg, store.fingerprint)
-        state = load_train_state(state_path)
-    elif resume:
-        log.info("%s: no %s yet; starting the run from its first epoch", run_dir, STATE)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.plots:
-        (run_dir / "plots").mkdir(exist_ok=True)
-    splits = {s: data.indices(s) for s in ("train", "valid", "test")}
-    choices = data.variant_choices(splits["train"], cfg.augment_variants)
-    n_params = sum(p.numel() for p in model.parameters())
-    write_run_config(run_dir, cfg, dims, {"cache": {"path": str(store.path), "fingerprint": store.fingerprint,
-                                                    "settings": store.settings, "label_scheme": scheme.name},
-                                          "parameters": n_params})
-    log.info("%d train / %d valid / %d test calls; %.2fM parameters; device %s", len(splits["train"]),
-             len(splits["valid"]), len(splits["test"]), n_params / 1e6, device)
-    if choices:
-        log.info("training samples each call's original or one of %d cached variants per epoch",
-                 sum(len(c) - 1 for c in choices))
-
-    if loaded is not None:
-        source = loaded.source.view(model.modalities)
-    else:
-        needed = sorted({c for ch in (choices or []) for c in ch} | {c for v in splits.values() for c in v})
-        source = FeatureSource(data, device, cfg.max_cache_gb, modalities=model.modalities, calls=needed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    full_text = model.pooling == "flatten"
-    make = lambda calls, shuffle, ch=None: Batches(data, source, calls, cfg.batch_calls, shuffle,  # noqa: E731
-                                                   gen if shuffle else None, full_text=full_text, choices=ch)
-    train_b = make(splits["train"], True, choices)
-    val_b, test_b = make(splits["valid"], False), make(splits["test"], False)
-    weights = {t: float(cfg.loss_weights.get(t, 1.0)) for t in model.heads}
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train_b) / cfg.grad_accum)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.epochs * steps_per_epoch, cfg.warmup))  # once
-
-    history: list[dict] = []
-    best_score, best_epoch, bad, first = None, 0, 0, 1
-    if state is not None:
-        first = restore_train_state(state, model, opt, sched, gen, state_path) + 1
-        history, best_epoch, bad = state["history"], state["best_epoch"], state["bad"]
-        best_score = tuple(state["best_score"]) if state["best_score"] is not None else None
-        log.info("%s: resuming after epoch %d (best so far: epoch %d)", run_dir, first - 1, best_epoch)
-    weights_path = run_dir / WEIGHTS
-    stopped = state is not None and state.get("stopped", False)   # killed after an early stop was decided
-    for epoch in range(first, cfg.epochs + 1) if not stopped else ():
-        t0 = time.perf_counter()
-        model.train()
-        running, seen = 0.0, 0
-        opt.zero_grad(set_to_none=True)
-        bar = tqdm(train_b, desc=f"epoch {epoch}", leave=False, disable=not cfg.progress, unit="batch")
-        for i, batch in enumerate(bar):
-            logits = _forward(model, batch, device, amp)
-            loss = _loss(logits, batch.labels, weights, batch.mask, regression)
-            (loss / cfg.grad_accum).backward()
-            if (i + 1) % cfg.grad_accum == 0 or i + 1 == len(train_b):
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-            running += float(loss.detach()) * len(batch.calls)
-            seen += len(batch.calls)
-            bar.set_postfix(loss=f"{running / seen:.4f}", refresh=False)
-        val_loss, val, _ = evaluate(model, val_b, data, weights, device, amp)
-        sel = val[cfg.task]
-        score = selection_score(sel, scheme.selection, val_loss)
-        row = {"epoch": epoch, "train_loss": running / max(1, seen), "val_loss": val_loss,
-               "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
-        for t, m in val.items():
-            row.update({f"val_{t}_{k}": m[k] for k in HISTORY_METRICS if k in m})
-        history.append(row)
-        improved = best_score is None or score > best_score
-        if improved:
-            best_score, best_epoch, bad = score, epoch, 0
-            save_weights(model, weights_path)
-        else:
-            bad += 1
-        log.info("epoch %d: train loss %.4f, val loss %.4f, val task %s %s%s", epoch, row["train_loss"], val_loss,
-                 cfg.task, headline(sel), " *" if improved else "")
-        _write_history(run_dir / "history.csv", history)
-        stopped = bad >= cfg.patience
-        # also on every improvement, so the state never trails the best-weights file it describes; written after
-        # that file: a kill between the two re-runs this epoch, which rewrites the same weights
-        if cfg.state_every and (improved or stopped or epoch % cfg.state_every == 0 or epoch == cfg.epochs):
-            save_train_state(state_path, epoch=epoch, model=model, opt=opt, sched=sched, gen=gen, history=history,
-                             best_score=best_score, best_epoch=best_epoch, bad=bad, stopped=stopped)
-        if stopped:
-            log.info("early stop: no better validation score for %d epochs", cfg.patience)
+    run = TrainingRun(cfg, resume=resume, loaded=loaded).start()
+    if run.finished is not None:
+        return run.finished
+    for epoch in run.epochs():
+        if run.epoch(epoch):
             break
-
-    load_weights(model, weights_path, device)           # the validation-selected checkpoint
-    val_loss, val, val_scored = evaluate(model, val_b, data, weights, device, amp, intervals=True)
-    tasks = output_tasks(scheme, head_widths(model))
-    atomic_write_text(run_dir / "predictions_valid.csv", prediction_table(val_scored, data, tasks))
-    test, test_loss = {}, None
-    if splits["test"]:
-        test_loss, test, test_scored = evaluate(model, test_b, data, weights, device, amp, intervals=True)  # once
-        atomic_write_text(run_dir / "predictions_test.csv", prediction_table(test_scored, data, tasks))
-    else:
-        log.warning("no test calls in %s; reporting validation only", store.path)
-    metrics = {
-        "run_dir": str(run_dir), "best_epoch": best_epoch, "epochs_run": len(history),
-        "selection": {"task": cfg.task, "metric": SELECTION_TEXT["mae" if cfg.task in regression
-                                                                 else scheme.selection]},
-        "val_loss": val_loss, "test_loss": test_loss, "val": val, "test": test,
-        "classes": {t.name: list(t.classes) for t in scheme.tasks if not t.is_regression},
-        "level": scheme.level,
-        "intervals": f"ci95: 95 % percentile bootstrap over the split's calls, {BOOTSTRAP} resamples, seed 0",
-        "calls": {s: len(v) for s, v in splits.items()}, "config": cfg.to_dict(),
-        "cache_fingerprint": store.fingerprint, "device": str(device),
-        "seconds": time.perf_counter() - t_start,
-        "epoch_seconds": float(np.median([h["seconds"] for h in history])) if history else float("nan"),
-    }
-    if state is not None:
-        metrics["resumed_after_epoch"] = first - 1
-    if cfg.plots:
-        classes = {t.name: t.classes for t in scheme.tasks}
-        classes.update({f"{t}:head": c for t, c in classes.items()})
-        learning_curves(history, cfg.task, run_dir / "plots" / "learning_curves.png")
-        confusion_matrices(val, classes, "validation (best checkpoint)", run_dir / "plots" / "confusion_valid.png")
-        if test:
-            confusion_matrices(test, classes, "test (best checkpoint)", run_dir / "plots" / "confusion_test.png")
-    atomic_write_json(run_dir / "metrics.json", metrics)   # last: its presence marks the run finished
-    state_path.unlink(missing_ok=True)                      # optimizer state is 3x the model; not needed now
-    return metrics
+    return run.finish()
 
 
 def _write_history(path: Path, history: list[dict]) -> None:

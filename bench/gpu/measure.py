@@ -308,7 +308,7 @@ def part_writer(sz: Sizes, tmp: Path) -> dict:
 def training_cache(path: Path, sz: Sizes) -> Path:
     """MarketCalls-shape store (uncompressed: its write and load are not what is measured here). Rows are
     slices of one random pool, so that 7 GB of float16 are written in seconds, not minutes of random draws."""
-    from pipeline.synthetic import SyntheticCall, write_synthetic_store
+    from tests.synthetic import SyntheticCall, write_synthetic_store
 
     if (path / "zarr.json").is_file():
         return path
