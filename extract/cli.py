@@ -13,7 +13,7 @@ import sys
 import click
 
 from pipeline.cache_settings import BATCH_SECONDS_CPU, BATCH_SECONDS_CUDA, CacheSettings, cache_fields
-from pipeline.cli import DefaultCommandGroup, RenamedOption
+from pipeline.cli import DefaultCommandGroup, RenamedOption, device_callback
 from pipeline.datasets import DATASETS, dataset_options
 from pipeline.device import DEVICE_HELP
 from pipeline.store import CODECS, CacheStore, StoreError, resolve_storage_options
@@ -127,11 +127,12 @@ def _storage_options(raw: str | None) -> dict:
 
 
 @main.command("run", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--dataset", required=True, help=" | ".join(DATASETS) + " (see README).")
+@click.option("--dataset", required=True, type=click.Choice(list(DATASETS)), help="The adapter (see README).")
 @click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="The dataset's folder.")
 @click.option("--out", default=None, help="Store path (default cache/<dataset>.zarr).")
 @cache_options   # one option per CacheSettings field: --audio-model … --seed (pipeline/cache_settings.py)
-@click.option("--device", default=_run_default("device"), show_default=True, help=DEVICE_HELP)
+@click.option("--device", default=_run_default("device"), show_default=True, help=DEVICE_HELP,
+              callback=device_callback())
 @click.option("--batch-seconds", default=_run_default("batch_seconds"), show_default=True,
               help=f"Padded audio seconds per batch (0: {BATCH_SECONDS_CUDA:g} on CUDA, {BATCH_SECONDS_CPU:g} on CPU).")
 @click.option("--batch-size", "max_batch", default=_run_default("max_batch"), show_default=True,
@@ -169,7 +170,7 @@ def run_cmd(as_json: bool, quiet: bool, storage_options: str | None, options: tu
       msmtfn-extract --dataset marketcalls --data-dir data/marketcalls --device cuda
       msmtfn-extract info cache/marketcalls.zarr      # describe a store
 
-    Exit status: 0 all encoded; 3 some inputs skipped (see report.json); 1 error.
+    Exit status: 0 all encoded; 3 some inputs skipped (see report.json); 1 error; 2 bad usage.
     """
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s")
     if quiet:   # transformers' own "Loading weights" bars too

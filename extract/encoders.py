@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -66,15 +67,76 @@ def _select_layer(layers, run, layer: int):
     raise RuntimeError("layer hook did not fire")
 
 
-def _load(auto_cls, model_id: str, revision: str | None, trust_remote_code: bool):
-    return auto_cls.from_pretrained(model_id, revision=revision, trust_remote_code=trust_remote_code)
+class EncoderLoadError(ValueError):
+    """An encoder that cannot be loaded; one line saying why and what to pass instead."""
 
 
-def _load_frozen(spec, device: torch.device, dtype: torch.dtype, trust_remote_code: bool):
+def _looks_like_path(model_id: str) -> bool:
+    # hub ids are NAME or ORG/NAME; anything else (./x, /x, ~/x, a/b/c, C:\x) is meant as a folder
+    return model_id.startswith((".", "/", "~")) or "\\" in model_id or model_id.count("/") > 1 or \
+        (len(model_id) > 1 and model_id[1] == ":")
+
+
+def _hub_reachable(timeout: float = 5.0) -> bool:
+    """One request to the hub (no retries): transformers would otherwise retry for a minute without a network."""
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    try:
+        urllib.request.urlopen(constants.ENDPOINT, timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return True             # the server answered
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _load(auto_cls, model_id: str, revision: str | None, trust_remote_code: bool, option: str = "--audio-model"):
+    """``from_pretrained`` of a folder or a hub id, with one-line errors for a missing folder and an unreachable
+    hub. A hub id already in the local cache loads without any network."""
+    from huggingface_hub import constants
+
+    hint = f"pass an existing model folder or a hub id (ORG/NAME) with {option}"
+    path = Path(model_id).expanduser()
+    if path.is_dir() or _looks_like_path(model_id):
+        if not path.exists():
+            raise EncoderLoadError(f"{option} {model_id}: the folder does not exist; {hint}")
+        try:
+            return auto_cls.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        except OSError as e:
+            raise EncoderLoadError(f"{option} {model_id}: not a usable model folder ({_first_line(e)}); save the "
+                                   "model there with save_pretrained, or download it with `hf download ID "
+                                   "--local-dir DIR`") from None
+    kw = dict(revision=revision, trust_remote_code=trust_remote_code)
+    try:
+        return auto_cls.from_pretrained(model_id, local_files_only=True, **kw)
+    except OSError:
+        pass                    # not in the local cache (or not complete there): download
+    offline = constants.HF_HUB_OFFLINE
+    if offline or not _hub_reachable():
+        why = "downloads are off (HF_HUB_OFFLINE=1)" if offline else f"{constants.ENDPOINT} cannot be reached"
+        raise EncoderLoadError(f"{option} {model_id}: not in the local Hugging Face cache and {why}; download it "
+                               f"where there is internet (`hf download {model_id} --local-dir DIR`), copy DIR here "
+                               f"and pass {option} DIR")
+    try:
+        return auto_cls.from_pretrained(model_id, **kw)
+    except OSError as e:
+        raise EncoderLoadError(f"{option} {model_id}: cannot load it from the hub ({_first_line(e)}); check the id "
+                               f"(and {option.replace('model', 'revision')}), or {hint}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _load_frozen(spec, device: torch.device, dtype: torch.dtype, trust_remote_code: bool, option: str):
     """(frozen eval model on the device, hash of its weights as loaded — the encoder's identity)."""
     from transformers import AutoModel
 
-    model = _load(AutoModel, spec.model, spec.revision, trust_remote_code)
+    model = _load(AutoModel, spec.model, spec.revision, trust_remote_code, option)
     weights_hash = hash_state_dict(model.state_dict())
     return model.eval().requires_grad_(False).to(device, dtype), weights_hash
 
@@ -108,8 +170,10 @@ class AudioEncoder:
 
         self.spec, self.device, self.pool = spec, torch.device(device), pool
         self.dtype = DTYPES[dtype]
-        self.feature_extractor = _load(AutoFeatureExtractor, spec.model, spec.revision, trust_remote_code)
-        self.model, self.weights_hash = _load_frozen(spec, self.device, self.dtype, trust_remote_code)
+        self.feature_extractor = _load(AutoFeatureExtractor, spec.model, spec.revision, trust_remote_code,
+                                       "--audio-model")
+        self.model, self.weights_hash = _load_frozen(spec, self.device, self.dtype, trust_remote_code,
+                                                     "--audio-model")
         cfg = self.model.config
         self.hidden_size = int(cfg.hidden_size)
         self.sampling_rate = int(self.feature_extractor.sampling_rate)
@@ -259,8 +323,9 @@ class TextEncoder:
 
         self.spec, self.device, self.max_tokens = spec, torch.device(device), max_tokens
         self.dtype = DTYPES[dtype]
-        self.tokenizer = _load(AutoTokenizer, spec.model, spec.revision, trust_remote_code)
-        self.model, self.weights_hash = _load_frozen(spec, self.device, self.dtype, trust_remote_code)
+        self.tokenizer = _load(AutoTokenizer, spec.model, spec.revision, trust_remote_code, "--text-model")
+        self.model, self.weights_hash = _load_frozen(spec, self.device, self.dtype, trust_remote_code,
+                                                     "--text-model")
         self.tokenize = Tokenize(self.tokenizer, max_tokens)
         self.hidden_size = int(self.model.config.hidden_size)
         limit = getattr(self.model.config, "max_position_embeddings", None)

@@ -4,6 +4,20 @@ from __future__ import annotations
 import click
 
 
+_IMPLIED = "pipeline.cli.implied_default"
+
+
+class _ImpliedContext(click.Context):
+    """The default command's context when its name was not typed: help and errors show ``msmtfn-extract
+    [OPTIONS]``, the command as the user runs it, not ``msmtfn-extract run [OPTIONS]``."""
+
+    @property
+    def command_path(self) -> str:
+        if self.parent is not None and self.parent.meta.get(_IMPLIED):
+            return self.parent.command_path
+        return super().command_path
+
+
 class DefaultCommandGroup(click.Group):
     """A group whose first subcommand is the default: ``msmtfn-extract --dataset X`` means ``run --dataset X``,
     while ``msmtfn-extract info STORE`` still reaches ``info``."""
@@ -13,7 +27,26 @@ class DefaultCommandGroup(click.Group):
     def parse_args(self, ctx, args):
         if args and args[0] in self.commands:
             return super().parse_args(ctx, args)
-        return super().parse_args(ctx, [self.default, *args]) if args else super().parse_args(ctx, args)
+        if args:
+            ctx.meta[_IMPLIED] = True
+            self.commands[self.default].context_class = _ImpliedContext
+            return super().parse_args(ctx, [self.default, *args])
+        return super().parse_args(ctx, args)
+
+
+def device_option(value: str, *, allow_auto: bool = True) -> str:
+    """A ``--device`` value checked by :func:`pipeline.device.check_device`; a bad one is a usage error (exit 2)."""
+    from .device import DeviceError, check_device
+
+    try:
+        return check_device(value, allow_auto=allow_auto)
+    except DeviceError as e:
+        raise click.BadParameter(str(e), param_hint="'--device'") from None
+
+
+def device_callback(allow_auto: bool = True):
+    """``callback=`` of a click ``--device`` option (the check above, at parse time)."""
+    return lambda ctx, param, value: value if value is None else device_option(value, allow_auto=allow_auto)
 
 
 class RenamedOption(click.Option):

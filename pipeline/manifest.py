@@ -106,11 +106,12 @@ def resolve_audio(name: str, data_dir: Path, search: tuple[str, ...] = ("audio",
     """Find an audio file named in a CSV under each search folder of data_dir (``.wav`` may be omitted).
 
     Absolute paths, and relative ones that climb out of data_dir (``../x.wav``), raise PathRefused unless
-    allow_outside: a CSV from elsewhere must not make us read arbitrary files. Returns None when nothing
-    exists (the caller reports it).
+    allow_outside: a CSV from elsewhere must not make us read arbitrary files. The check is on the path the CSV
+    names, not on where a symlink inside the dataset points: links placed by the dataset's owner (``audio/`` on
+    another disk) are theirs to make. Returns None when nothing exists (the caller reports it).
     """
     p = Path(name)
-    root = data_dir.resolve()
+    root = os.path.abspath(data_dir)
     if p.is_absolute():
         if not allow_outside:
             raise PathRefused(f"absolute path {name} (pass --allow-outside-paths to permit it)")
@@ -120,10 +121,10 @@ def resolve_audio(name: str, data_dir: Path, search: tuple[str, ...] = ("audio",
     for c in candidates:
         options = (c,) if c.suffix.lower() == ".wav" else (c, c.with_name(c.name + ".wav"))
         for cand in options:
-            r = cand.resolve()
-            if not allow_outside and root != r and root not in r.parents:
+            named = os.path.normpath(os.path.abspath(cand))     # `..` collapsed, symlinks not followed
+            if not allow_outside and os.path.commonpath([root, named]) != root:
                 raise PathRefused(f"path {name} escapes the dataset directory {data_dir} "
                                   f"(pass --allow-outside-paths to permit it)")
-            if r.is_file():
-                return r
+            if cand.is_file():
+                return cand.resolve()
     return None

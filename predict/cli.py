@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from pipeline.cli import RenamedOption
+from pipeline.cli import RenamedOption, device_callback
 from pipeline.device import DEVICE_HELP, resolve_device
 
 from .segmenter import CUTTERS
@@ -47,7 +47,7 @@ def _expand(patterns: tuple[str, ...]) -> list[str]:
 @click.option("--segments-out", default=None, type=click.Path(dir_okay=False),
               help="Per-segment CSV: call, index, start, end, status, text (and segment-level predictions).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of the summary line.")
-@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP, callback=device_callback())
 @click.option("--dtype", default="run", show_default=True,
               help="Encoders' compute dtype: run (the cache's; float32 on CPU), float32, float16, bfloat16.")
 @click.option("--audio-model", default=None, help="Where to read the run's audio encoder (identity is checked).")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import click
 
+from pipeline.cli import device_option
 from pipeline.device import DEVICE_HELP
 
 SMOKE_NOTE = ("NOTE: tiny encoders with random weights — the method working on a generated task, not the paper's "
@@ -106,6 +107,7 @@ def format_demo_table(result: dict) -> str:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def main(data_dir, cache, out, audio_model, text_model, device, epochs, calls, seed, fresh, as_json, quiet):
     """Run the whole pipeline on a generated demo dataset (no downloads): fused vs text-only vs audio-only."""
+    device = device_option(device)    # no CUDA here, or --device gpu: one line, exit 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     from transformers.utils import logging as hf_logging
 

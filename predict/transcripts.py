@@ -33,7 +33,8 @@ class Piece:
 
 def read_transcript_csv(path: str | Path) -> dict[str, list[Piece]]:
     """``call_id,start,end,text`` (call_id = the recording's file stem; other columns are ignored; header names
-    case-insensitive; UTF-8 or GB18030). Returns pieces by call id, in time order."""
+    case-insensitive; UTF-8 or GB18030). As in the extract CSV, an empty ``start`` is the beginning and an empty
+    ``end`` the end of the recording (``end`` = inf here). Returns pieces by call id, in time order."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -58,8 +59,10 @@ def read_transcript_csv(path: str | Path) -> dict[str, list[Piece]]:
     for n, row in enumerate(reader, start=2):
         cid = (row[fields["call_id"]] or "").strip()
         try:
-            start, end = float(row[fields["start"]]), float(row[fields["end"]])
-            if not (math.isfinite(start) and math.isfinite(end) and end >= start >= 0):
+            raw_start, raw_end = (row[fields["start"]] or "").strip(), (row[fields["end"]] or "").strip()
+            start = float(raw_start) if raw_start else 0.0
+            end = float(raw_end) if raw_end else math.inf
+            if not (math.isfinite(start) and not math.isnan(end) and end >= start >= 0):
                 raise ValueError
         except (TypeError, ValueError):
             bad.append(n)
@@ -85,11 +88,12 @@ def assign_text(pieces: list[Piece], bounds: list[tuple[float, float]]) -> list[
     for p in sorted(pieces, key=lambda x: (x.start, x.end)):
         if not p.text:
             continue
-        overlap = np.minimum(ends, p.end) - np.maximum(starts, p.start)
-        if p.end <= p.start:   # a point: the segment containing it
+        end = p.end if math.isfinite(p.end) else max(float(ends.max()), p.start)   # empty end: the recording's
+        overlap = np.minimum(ends, end) - np.maximum(starts, p.start)
+        if end <= p.start:   # a point: the segment containing it
             overlap = np.where((starts <= p.start) & (p.start < ends), 1.0, -np.inf)
         if overlap.max() <= 0:
-            mid = (p.start + p.end) / 2
+            mid = (p.start + end) / 2
             i = int(np.argmin(np.maximum(starts - mid, 0) + np.maximum(mid - ends, 0)))
         else:
             i = int(np.argmax(overlap))   # first maximum: ties go to the earlier segment

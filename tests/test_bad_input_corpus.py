@@ -26,8 +26,11 @@ def _args(data: Path, out: Path, enc: dict) -> list[str]:
             "--text-model", str(enc["text"]), "--num-workers", "1", "--max-text-tokens", "32", "-q"]
 
 
-def test_bad_input_corpus(tmp_path, tiny_encoders):
-    expected = make_bad_inputs.make_corpus(tmp_path, long=True)
+@pytest.mark.parametrize("long_seconds", [
+    pytest.param(200, id="200s-recording"),     # the default suite: ≤ 40 s pieces shown on 5 pieces
+    pytest.param(make_bad_inputs.LONG_SECONDS, id="3-hour-recording", marks=pytest.mark.slow)])
+def test_bad_input_corpus(tmp_path, tiny_encoders, long_seconds):
+    expected = make_bad_inputs.make_corpus(tmp_path, long=True, long_seconds=long_seconds)
     out = tmp_path / "corpus.zarr"
     r = CliRunner().invoke(extract_cli, _args(tmp_path / "corpus", out, tiny_encoders))
     assert r.exit_code == 3, r.output          # 3 = finished, some inputs skipped (documented in the README)
@@ -69,9 +72,9 @@ def test_bad_input_corpus(tmp_path, tiny_encoders):
             assert manifest_names(exp["call_id"], reason), f"{name}: not named ({reason!r})"
             assert not any(sid in by_id for sid in ids), f"{name}: should not be in the store"
     assert report["text_truncated"] >= 1
-    # the 3-hour recording: planned in ≤ 40 s pieces, all encoded
-    long_id = expected["3-hour recording"]["segment_ids"][0]
-    assert len(by_id[long_id]) == make_bad_inputs.LONG_SECONDS // 40
+    # the long recording (3 hours in the slow form): planned in ≤ 40 s pieces, all encoded
+    long_id = expected["long recording"]["segment_ids"][0]
+    assert len(by_id[long_id]) == long_seconds // 40
     assert (table["end"][by_id[long_id]] - table["start"][by_id[long_id]] <= 40.0 + 1e-6).all()
     # the 200-segment call keeps its order
     rows200 = [by_id[s][0] for s in expected["call with 200 segments"]["segment_ids"]]

@@ -476,3 +476,49 @@ def test_benchmark_label_schemes_map_labels_to_every_task():
     assert got["emotion"].tolist() == [4, 6, 0] and got["sentiment"].tolist() == [1, 2, 0]
     assert not m.is_valid("joy") and m.selection == "weighted_f1"
     assert m.class_map("emotion", "sentiment") is None and s.class_map("7", "2") is None
+
+
+def test_adapter_registry_protocol(tmp_path, monkeypatch):
+    """Each registered adapter names an existing label scheme and its options; a new dataset registers with one
+    call and is read through the same checks (its folder must exist unless it makes it)."""
+    from pipeline.datasets import Adapter, register
+    from pipeline.labels import get_scheme
+    from pipeline.manifest import Manifest, Segment
+
+    for name, adapter in DATASETS.items():
+        assert adapter.name == name and get_scheme(adapter.label_scheme)
+        assert "data_dir" not in adapter.options and "seed" not in adapter.options
+    assert DATASETS["demo"].makes_data_dir and not DATASETS["meld"].makes_data_dir
+
+    def load_toy(data_dir, *, allow_outside_paths=False, seed=0, greeting="hi"):
+        seg = Segment(segment_id="t0", call_id="t", index=0, split="train", label="A",
+                      audio_path=str(data_dir / "t.wav"), text=greeting)
+        return Manifest(dataset="toy", label_scheme="marketcalls", segments=[seg])
+
+    monkeypatch.setitem(DATASETS, "toy", DATASETS["marketcalls"])      # undone after the test
+    register(Adapter("toy", load_toy, "marketcalls"))
+    assert load_manifest("toy", tmp_path, greeting="hello").segments[0].text == "hello"
+    with pytest.raises(ManifestError, match="no such folder"):
+        load_manifest("toy", tmp_path / "missing")
+    with pytest.raises(ManifestError, match="has no option"):
+        load_manifest("toy", tmp_path, n_calls=3)
+
+
+def test_row_checks_are_worded_the_same_for_every_dataset(tmp_path):
+    from pipeline.datasets._common import RowChecks, option_path
+
+    issues = []
+    checks = RowChecks(issues)
+    assert checks.first_time("s1", "a.csv:2", "segment s1") and not checks.first_time("s1", "a.csv:5", "segment s1")
+    assert checks.one_split("c1", "train", "a.csv:2") == "train"
+    assert checks.one_split("c1", "test", "a.csv:3", kind="video") == "train"
+    assert checks.one_split("c2", None, "a.csv:4") is None and checks.splits == {"c1": "train"}
+    assert checks.transcript("a.csv:6", "") == ""
+    assert [(i.where, i.reason) for i in issues] == [
+        ("a.csv:5", "duplicate segment s1 (first at a.csv:2); row skipped"),
+        ("a.csv:3", "warning: video c1 is in train (a.csv:2) and in test; the segment is kept in train"),
+        ("a.csv:6", "warning: empty transcript (kept; the text encoder sees only its special tokens)")]
+    wav(tmp_path / "x.wav", seconds=1.5)
+    assert abs(checks.seconds(tmp_path / "x.wav") - 1.5) < 1e-3 and checks.seconds(tmp_path / "nope.wav") is None
+    assert option_path(tmp_path, "sub") == tmp_path / "sub" and option_path(tmp_path, "/abs") == Path("/abs")
+    assert option_path(tmp_path, None) is None and option_path(tmp_path, "") is None

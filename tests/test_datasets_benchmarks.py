@@ -425,7 +425,11 @@ def test_meld_manifest_from_cp1252_csvs_and_clips(tmp_path):
 
 
 def test_meld_repairs_double_encoded_text_and_names_missing_columns(tmp_path):
-    from pipeline.datasets.meld import decode_meld_bytes, repair_text
+    from pipeline.datasets._common import WESTERN_ENCODINGS, decode_csv_bytes
+    from pipeline.datasets.meld import repair_text
+
+    def decode_meld_bytes(raw):
+        return decode_csv_bytes(raw, "x.csv", [], WESTERN_ENCODINGS)
 
     assert repair_text("Oh my God, he\u00e2\u0080\u0099s lost it.") == "Oh my God, he\u2019s lost it."
     assert repair_text("he\x92s") == "he\u2019s"

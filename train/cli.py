@@ -11,6 +11,9 @@ import logging
 import click
 from click.core import ParameterSource
 
+from pipeline.cli import device_callback
+from pipeline.labels import SCHEMES
+
 from .config import MODALITIES, POOLINGS, ConfigError, TrainConfig, normalise_keys
 
 D = TrainConfig.__dataclass_fields__
@@ -19,6 +22,15 @@ D = TrainConfig.__dataclass_fields__
 class SettingsError(click.ClickException):
     """One line, exit status 2 (bad usage, as the README's exit codes say)."""
     exit_code = 2
+
+
+def _check_task(value):
+    """A task no dataset has is bad usage (exit 2); one this cache's dataset lacks is named by fit."""
+    known = {t for s in SCHEMES.values() for t in s.task_names}
+    if value and str(value) not in known:
+        raise click.BadParameter(f"{value!r} is no dataset's task; " + "; ".join(
+            f"{s.name}: {', '.join(s.task_names)}" for s in SCHEMES.values()), param_hint="'--task'")
+    return value
 
 
 def _default(name):
@@ -30,7 +42,8 @@ def _default(name):
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="TOML/JSON file whose keys are these options' names.")
 @click.option("--out", default=None, help="Run folder (default runs/<dataset>/<time>-<flags>-s<seed>).")
-@click.option("--device", default=_default("device"), show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--device", default=_default("device"), show_default=True, help="auto | cpu | cuda | cuda:N",
+              callback=device_callback())
 @click.option("--seed", default=_default("seed"), show_default=True)
 @click.option("--epochs", default=_default("epochs"), show_default=True)
 @click.option("--patience", default=_default("patience"), show_default=True,
@@ -44,7 +57,8 @@ def _default(name):
 @click.option("--amp/--no-amp", default=_default("amp"), show_default=True, help="bf16 autocast on CUDA.")
 @click.option("--task", default=_default("task"), show_default=True,
               help="Task that selects the checkpoint and is reported first: 5|4|3|2 for MarketCalls, "
-                   "score|2|5|7 for CMU-MOSI/MOSEI, emotion|sentiment for MELD (default: the first).")
+                   "score|2|5|7 for CMU-MOSI/MOSEI, emotion|sentiment for MELD (default: the first).",
+              callback=lambda ctx, param, v: _check_task(v))
 @click.option("--modality", type=click.Choice(MODALITIES), default=_default("modality"), show_default=True)
 @click.option("--mtl/--no-mtl", default=True, show_default=True, help="--no-mtl: only the --task head trains.")
 @click.option("--bigru/--no-bigru", default=True, show_default=True,

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from pipeline.atomic import atomic_path, atomic_write_text
+from pipeline.device import DeviceError
+from pipeline.device import resolve_device as pipeline_device
 from pipeline.labels import get_scheme
 
 from .checkpoint import (STATE, WEIGHTS, atomic_write_json, load_train_state, load_weights, read_run_config,
@@ -31,11 +33,10 @@ log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainError(f"--device {name}: CUDA is not available here; use --device cpu")
-    return torch.device(name)
+    try:
+        return pipeline_device(name)
+    except DeviceError as e:     # a device from a --config file or a resumed run's settings
+        raise TrainError(str(e)) from None
 
 
 def seed_everything(seed: int) -> None:

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from pipeline.cli import DefaultCommandGroup
+from pipeline.cli import DefaultCommandGroup, device_callback
 
 from .config import ConfigError
 
@@ -45,7 +45,8 @@ def main(ctx):
 @click.option("--grid", required=True, help="Grid TOML file, or a preset: paper-ablation.")
 @click.option("--seeds", default=None, type=int, help="Seeds 0..N-1 for every configuration (default: the grid's).")
 @click.option("--out", default=None, help="Sweep folder (default runs/sweeps/<grid name>).")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N",
+              callback=device_callback(allow_auto=True))
 @click.option("--resume", is_flag=True, help="Continue a sweep: finished trials are kept, interrupted ones continue.")
 @click.option("--parallel", default=1, show_default=True,
               help="Trials trained at once in threads on the one loaded cache (see docs/benchmarks.md).")

@@ -1,7 +1,8 @@
 """Dataset adapters: each reads a dataset in the form its users have it and returns one :class:`Manifest`.
 
 ``load_manifest(name, data_dir, allow_outside_paths=False, seed=0, **options)`` with ``name`` one of
-:data:`DATASETS`:
+:data:`DATASETS` (each an :class:`Adapter`; a new dataset is one module with a ``load`` function, registered with
+:func:`register`):
 
 - ``marketcalls`` — the released MarketCalls CSVs (see :mod:`pipeline.datasets.marketcalls`);
   options ``csv_path``, ``split_ratios``;
@@ -24,6 +25,7 @@ naming the file and the fix. ``manifest.notes`` records where the split came fro
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -35,20 +37,49 @@ from .marketcalls import load_marketcalls
 from .meld import load_meld
 from .mosi import load_mosei, load_mosi
 
-DATASETS: dict[str, Callable[..., Manifest]] = {
-    "marketcalls": load_marketcalls,
-    "csv": load_generic_csv,
-    "demo": load_demo,
-    "mosi": load_mosi,
-    "mosei": load_mosei,
-    "meld": load_meld,
-}
+COMMON_PARAMETERS = ("data_dir", "allow_outside_paths", "seed", "dataset")
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """What the registry knows of a dataset.
+
+    ``load(data_dir, *, allow_outside_paths, seed, **options) -> Manifest`` reads it (its keyword parameters
+    besides those three are the dataset's options); ``label_scheme`` is the scheme its labels are in (the default
+    one where an option chooses); ``makes_data_dir`` is True for a dataset that generates its folder rather than
+    reading an existing one.
+    """
+    name: str
+    load: Callable[..., Manifest]
+    label_scheme: str
+    makes_data_dir: bool = False
+
+    @property
+    def options(self) -> list[str]:
+        return [p for p in inspect.signature(self.load).parameters if p not in COMMON_PARAMETERS]
+
+
+DATASETS: dict[str, Adapter] = {}
+
+
+def register(adapter: Adapter) -> Adapter:
+    """Add a dataset to :data:`DATASETS` (``--dataset NAME``, ``load_manifest(NAME, ...)``)."""
+    DATASETS[adapter.name] = adapter
+    return adapter
+
+
+for _adapter in (Adapter("marketcalls", load_marketcalls, "marketcalls"),
+                 Adapter("csv", load_generic_csv, "marketcalls"),
+                 Adapter("demo", load_demo, "marketcalls", makes_data_dir=True),
+                 Adapter("mosi", load_mosi, "sentiment"),
+                 Adapter("mosei", load_mosei, "sentiment"),
+                 Adapter("meld", load_meld, "meld")):
+    register(_adapter)
 
 
 def dataset_options(name: str) -> list[str]:
     """The options an adapter accepts besides data_dir, allow_outside_paths and seed."""
-    params = inspect.signature(DATASETS[name]).parameters
-    return [p for p in params if p not in ("data_dir", "allow_outside_paths", "seed", "dataset")]
+    return DATASETS[name].options
 
 
 def load_manifest(name: str, data_dir: str | Path, *, allow_outside_paths: bool = False, seed: int = 0,
@@ -63,9 +94,10 @@ def load_manifest(name: str, data_dir: str | Path, *, allow_outside_paths: bool 
         raise ManifestError(f"dataset {name!r} has no option(s) {', '.join(unknown)}; valid: "
                             f"{', '.join(dataset_options(name)) or 'none'}")
     data_dir = Path(data_dir)
-    if name != "demo" and not data_dir.is_dir():
+    if not adapter.makes_data_dir and not data_dir.is_dir():
         raise ManifestError(f"{data_dir}: no such folder (pass the dataset's folder as --data-dir)")
-    return adapter(data_dir, allow_outside_paths=allow_outside_paths, seed=seed, **options)
+    return adapter.load(data_dir, allow_outside_paths=allow_outside_paths, seed=seed, **options)
 
 
-__all__ = ["DATASETS", "ManifestError", "dataset_options", "generate_demo", "load_manifest", "stratified_split"]
+__all__ = ["DATASETS", "Adapter", "ManifestError", "dataset_options", "generate_demo", "load_manifest", "register",
+           "stratified_split"]

@@ -1,12 +1,14 @@
-"""Pieces every adapter shares: robust CSV reading, the stratified call-level split, label checks, ordering."""
+"""Pieces every adapter shares: the one CSV reader, the row checks, the stratified call-level split, label checks,
+ordering."""
 from __future__ import annotations
 
 import csv
 import io
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from ..labels import LabelScheme, get_scheme
 from ..manifest import SPLITS, Issue, Manifest, Segment
@@ -30,19 +32,36 @@ def _decodes(line: bytes, encoding: str) -> bool:
         return False
 
 
-def decode_csv_bytes(raw: bytes, name: str, issues: list[Issue]) -> tuple[str, str]:
-    """Text of a CSV file and the encoding used: UTF-8 (BOM allowed), else GB18030 (Chinese Excel exports).
+CJK_ENCODINGS = ("utf-8", "gb18030")       # the default: UTF-8, else a Chinese Excel export
+WESTERN_ENCODINGS = ("utf-8", "cp1252", "latin-1")     # English files (MELD); latin-1 reads any byte
 
-    When neither decodes the whole file, lines are decoded one by one in the file's main encoding, and bytes that
-    fit neither encoding are replaced by U+FFFD; each such line is named in ``issues`` (``name:line``). One bad
-    row never makes the rest of the file unreadable.
+
+def decode_csv_bytes(raw: bytes, name: str, issues: list[Issue],
+                     encodings: Sequence[str] = CJK_ENCODINGS) -> tuple[str, str]:
+    """Text of a CSV file and the encoding used: the first of ``encodings`` that decodes the whole file (a UTF-8
+    BOM is dropped).
+
+    With the default UTF-8/GB18030 pair, a file neither decodes whole is read line by line in its main encoding,
+    and bytes that fit neither are replaced by U+FFFD; each such line is named in ``issues`` (``name:line``): one
+    bad row never makes the rest of the file unreadable. (A GB18030 guess is never made for a file with UTF-8
+    lines in it: a UTF-8 file with a few broken lines can decode as GB18030 as a whole, which is mojibake.)
     """
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
+    encodings = tuple(encodings)
     try:
-        return raw.decode("utf-8"), "utf-8"
+        return raw.decode(encodings[0]), encodings[0]
     except UnicodeDecodeError:
         pass
+    if encodings != CJK_ENCODINGS:
+        for enc in encodings[1:]:
+            try:
+                return raw.decode(enc), enc
+            except UnicodeDecodeError:
+                continue
+        issues.append(Issue(name, f"warning: not {' or '.join(e.upper() for e in encodings)}; bytes that do not "
+                                  f"fit {encodings[0].upper()} were replaced by U+FFFD (re-save the file as UTF-8)"))
+        return raw.decode(encodings[0], errors="replace"), encodings[0]
     lines = raw.split(b"\n")   # 0x0A is never part of a multi-byte character in UTF-8 or GB18030
     utf8_ok = sum(1 for ln in lines if not ln.isascii() and _decodes(ln, "utf-8"))
     if utf8_ok == 0:            # no line reads as UTF-8 text: a GB18030 (GBK, GB2312) export
@@ -71,16 +90,25 @@ def decode_csv_bytes(raw: bytes, name: str, issues: list[Issue]) -> tuple[str, s
     return "\n".join(out), main
 
 
-def read_csv(path: Path, issues: list[Issue]) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """Rows of a CSV as (line number where the row starts, {lower-cased column: stripped value}).
+class CsvTable(NamedTuple):
+    header: list[str]                            # lower-cased, stripped column names
+    rows: list[tuple[int, dict[str, str]]]       # (line where the row starts, {column: value})
+    encoding: str
+
+
+def read_csv(path: Path, issues: list[Issue], *, encodings: Sequence[str] = CJK_ENCODINGS,
+             clean: Callable[[str], str] | None = None) -> CsvTable:
+    """The one CSV reader of the adapters: rows as (line number where the row starts, {lower-cased column:
+    stripped value}), decoded with the first of ``encodings`` that fits (see :func:`decode_csv_bytes`).
 
     Blank rows are skipped, extra columns kept (adapters ignore what they do not know), short rows padded with "".
+    ``clean`` repairs each value before it is stripped (MELD's garbled quotes).
     """
     try:
         raw = path.read_bytes()
     except OSError as e:
         raise ManifestError(f"{path}: cannot read ({e.strerror or e})") from None
-    text, _ = decode_csv_bytes(raw, path.name, issues)
+    text, encoding = decode_csv_bytes(raw, path.name, issues, encodings)
     reader = csv.reader(io.StringIO(text, newline=""))
     header: list[str] | None = None
     rows: list[tuple[int, dict[str, str]]] = []
@@ -96,7 +124,8 @@ def read_csv(path: Path, issues: list[Issue]) -> tuple[list[str], list[tuple[int
             row: dict[str, str] = {}
             for k, v in zip(header, rec):
                 if k and k not in row:          # a repeated column name: the first one counts
-                    row[k] = v.replace("\x00", "").strip()
+                    v = v.replace("\x00", "")
+                    row[k] = (clean(v) if clean else v).strip()
             for k in header:
                 row.setdefault(k, "")
             rows.append((start, row))
@@ -104,7 +133,7 @@ def read_csv(path: Path, issues: list[Issue]) -> tuple[list[str], list[tuple[int
         raise ManifestError(f"{path}:{line + 1}: unreadable CSV ({e}); check the quoting on that line") from None
     if header is None:
         raise ManifestError(f"{path}: empty CSV (no header row); write the column names on the first line")
-    return header, rows
+    return CsvTable(header, rows, encoding)
 
 
 def require_columns(path: Path, fields: list[str], required: dict[str, tuple[str, ...]]) -> dict[str, str]:
@@ -122,6 +151,74 @@ def require_columns(path: Path, fields: list[str], required: dict[str, tuple[str
         raise ManifestError(f"{path}: missing column(s) {', '.join(missing)}; found {found_cols}. "
                             "Rename the header or add the column")
     return found
+
+
+# --------------------------------------------------------------------------------------------------- row checks
+
+def option_path(base: Path, option: str | Path | None) -> Path | None:
+    """A path option of an adapter (``csv_dir``, ``audio_dir``, ...): absolute as given, else relative to the
+    dataset folder; None when the option is not given."""
+    if option is None or option == "":
+        return None
+    p = Path(option)
+    return p if p.is_absolute() else base / p
+
+
+def audio_seconds(path: Path, cache: dict[Path, float | None]) -> float | None:
+    """Seconds of a soundfile-readable file; None for containers (mp4) and unreadable files, which the
+    extraction decodes or reports."""
+    if path not in cache:
+        try:
+            import soundfile as sf
+
+            info = sf.info(str(path))
+            cache[path] = info.frames / info.samplerate if info.samplerate > 0 else None
+        except Exception:
+            cache[path] = None
+    return cache[path]
+
+
+class RowChecks:
+    """The checks every adapter makes on its rows, worded the same in every dataset; what they find goes to
+    ``issues`` (a duplicate is left out by the caller, the others are warnings and the row is kept)."""
+
+    def __init__(self, issues: list[Issue]):
+        self.issues = issues
+        self._first: dict = {}
+        self._split: dict[str, tuple[str, str]] = {}
+        self._seconds: dict[Path, float | None] = {}
+
+    def first_time(self, key, where: str, what: str) -> bool:
+        """False, naming the row as a duplicate of the first, when ``key`` was seen before."""
+        if key in self._first:
+            self.issues.append(Issue(where, f"duplicate {what} (first at {self._first[key]}); row skipped"))
+            return False
+        self._first[key] = where
+        return True
+
+    def one_split(self, call_id: str, split: str | None, where: str, kind: str = "call") -> str | None:
+        """A call (video, dialogue) is in one split: the first one given; a different later one is a warning."""
+        if not split:
+            return split
+        first = self._split.setdefault(call_id, (split, where))
+        if first[0] != split:
+            self.issues.append(Issue(where, f"warning: {kind} {call_id} is in {first[0]} ({first[1]}) and in "
+                                            f"{split}; the segment is kept in {first[0]}"))
+        return first[0]
+
+    @property
+    def splits(self) -> dict[str, str]:
+        """call → split, as :meth:`one_split` kept them."""
+        return {cid: s for cid, (s, _) in self._split.items()}
+
+    def transcript(self, where: str, text: str) -> str:
+        if not text:
+            self.issues.append(Issue(where, "warning: empty transcript (kept; the text encoder sees only its "
+                                            "special tokens)"))
+        return text
+
+    def seconds(self, path: Path) -> float | None:
+        return audio_seconds(path, self._seconds)
 
 
 # --------------------------------------------------------------------------------------------------- values

@@ -42,7 +42,7 @@ import math
 from pathlib import Path
 
 from ..manifest import Issue, Manifest, PathRefused, Segment, resolve_audio
-from ._common import (ManifestError, build_manifest, check_labels, drop_rows, label_lookup, majority_labels,
+from ._common import (ManifestError, RowChecks, build_manifest, check_labels, drop_rows, label_lookup, majority_labels,
                       normalise_split, parse_ratios, read_csv, require_columns, scheme_or_error, split_counts,
                       stratified_split)
 
@@ -64,17 +64,6 @@ def _seconds(value: str, where: str, name: str, issues: list[Issue]) -> tuple[bo
     return True, x
 
 
-def _duration(path: Path, cache: dict[Path, float | None]) -> float | None:
-    if path not in cache:
-        try:
-            import soundfile as sf
-            info = sf.info(str(path))
-            cache[path] = info.frames / info.samplerate if info.samplerate > 0 else None
-        except Exception:   # a format soundfile cannot read: the extractor reports it
-            cache[path] = None
-    return cache[path]
-
-
 def load_generic_csv(data_dir: Path, *, allow_outside_paths: bool = False, seed: int = 0,
                      csv_path: str | Path | None = None, label_scheme: str = "marketcalls",
                      split_ratios=None) -> Manifest:
@@ -89,14 +78,12 @@ def load_generic_csv(data_dir: Path, *, allow_outside_paths: bool = False, seed:
         raise ManifestError(f"{path}: no such CSV (the csv dataset reads DATA_DIR/calls.csv or manifest.csv, or "
                             "the file given with the csv_path option)")
     issues: list[Issue] = []
-    fields, rows = read_csv(path, issues)
+    fields, rows, _ = read_csv(path, issues)
     cols = require_columns(path, fields, COLUMNS)
     calls: dict[str, list] = {}
     labels_seen: list[tuple[str, str]] = []
-    seen_rows: dict[tuple, str] = {}
+    checks = RowChecks(issues)
     seen_ids: set[str] = set()
-    call_split: dict[str, tuple[str, str]] = {}
-    durations: dict[Path, float | None] = {}
     any_split = "split" in fields and any(r.get("split") for _, r in rows)
     for order, (line, row) in enumerate(rows):
         where = f"{path.name}:{line}"
@@ -131,7 +118,7 @@ def load_generic_csv(data_dir: Path, *, allow_outside_paths: bool = False, seed:
             issues.append(Issue(where, f"audio file {audio_name} not found (paths are relative to {data_dir}); "
                                        "row skipped"))
             continue
-        dur = _duration(audio, durations) if start is not None or end is not None else None
+        dur = checks.seconds(audio) if start is not None or end is not None else None
         if dur is not None and start is not None and start >= dur:
             issues.append(Issue(where, f"start {start:g} s is past the end of {audio_name} ({dur:.2f} s); "
                                        "row skipped"))
@@ -139,22 +126,11 @@ def load_generic_csv(data_dir: Path, *, allow_outside_paths: bool = False, seed:
         if dur is not None and end is not None and end > dur + 0.05:
             issues.append(Issue(where, f"warning: end {end:g} s is past the end of {audio_name} ({dur:.2f} s); "
                                        "the segment stops at the end of the file"))
-        key = (call_id, str(audio), start, end)
-        if key in seen_rows:
-            issues.append(Issue(where, f"duplicate segment (same call_id, audio, start, end as {seen_rows[key]}); "
-                                       "row skipped"))
+        if not checks.first_time((call_id, str(audio), start, end), where,
+                                 "segment: same call_id, audio, start and end"):
             continue
-        seen_rows[key] = where
-        if split:
-            first = call_split.setdefault(call_id, (split, where))
-            if first[0] != split:
-                issues.append(Issue(where, f"warning: call {call_id} is in {first[0]} ({first[1]}) and in {split}; "
-                                           f"the segment is kept in {first[0]}"))
-                split = first[0]
-        text = row.get("text", "")
-        if not text:
-            issues.append(Issue(where, "warning: empty transcript (kept; the text encoder sees only its "
-                                       "special tokens)"))
+        split = checks.one_split(call_id, split, where)
+        text = checks.transcript(where, row.get("text", ""))
         order_key = start if start is not None else 0.0
         if row.get("segment", ""):
             try:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..manifest import Issue, Manifest, PathRefused, Segment, resolve_audio
-from ._common import (ManifestError, build_manifest, check_labels, drop_rows, label_lookup, last_int,
+from ._common import (ManifestError, RowChecks, build_manifest, check_labels, drop_rows, label_lookup, last_int,
                       majority_labels, normalise_split, parse_ratios, read_csv, require_columns, scheme_or_error,
                       split_counts, stratified_split)
 
@@ -67,15 +67,14 @@ def load_marketcalls(data_dir: Path, *, allow_outside_paths: bool = False, seed:
     canonical = label_lookup(scheme)
     issues: list[Issue] = []
     calls: dict[str, list] = {}
-    call_split: dict[str, tuple[str, str]] = {}     # call -> (split, where first seen)
+    checks = RowChecks(issues)
     labels_seen: list[tuple[str, str]] = []
-    seen_ids: dict[str, str] = {}
     order = 0
     sources = _find_csvs(data_dir, csv_path)
     per_split = sources[0][1] is not None
     split_mode = None
     for path, file_split in sources:
-        fields, rows = read_csv(path, issues)
+        fields, rows, _ = read_csv(path, issues)
         cols = require_columns(path, fields, COLUMNS)
         has_split, has_segno = "split" in fields, "segment_number" in fields
         if split_mode is None:
@@ -106,16 +105,9 @@ def load_marketcalls(data_dir: Path, *, allow_outside_paths: bool = False, seed:
                                            f"{data_dir}; row skipped"))
                 continue
             seg_id = _segment_id(audio_id)
-            if seg_id in seen_ids:
-                issues.append(Issue(where, f"duplicate segment {seg_id} (first at {seen_ids[seg_id]}); row skipped"))
+            if not checks.first_time(seg_id, where, f"segment {seg_id}"):
                 continue
-            seen_ids[seg_id] = where
-            if split is not None:
-                first = call_split.setdefault(call_id, (split, where))
-                if first[0] != split:
-                    issues.append(Issue(where, f"warning: call {call_id} is in {first[0]} ({first[1]}) and in "
-                                               f"{split}; the segment is kept in {first[0]}"))
-                    split = first[0]
+            split = checks.one_split(call_id, split, where)
             key = None
             if has_segno and row.get("segment_number", ""):
                 try:
@@ -126,10 +118,7 @@ def load_marketcalls(data_dir: Path, *, allow_outside_paths: bool = False, seed:
             if key is None:
                 n = last_int(audio_id)
                 key = float(n) if n is not None else float("inf")
-            text = row[cols["text"]]
-            if not text:
-                issues.append(Issue(where, "warning: empty transcript (kept; the text encoder sees only its "
-                                           "special tokens)"))
+            text = checks.transcript(where, row[cols["text"]])
             seg = Segment(segment_id=seg_id, call_id=call_id, index=0, split=split or "", label=label,
                           audio_path=str(audio), text=text, source_row=where)
             calls.setdefault(call_id, []).append((key, order, seg))

@@ -19,14 +19,13 @@ be decoded is reported by the extraction and skipped there.
 """
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from pathlib import Path
 
 from ..labels import MELD_EMOTIONS, MELD_SENTIMENTS
 from ..manifest import Issue, Manifest, Segment
-from ._common import ManifestError, build_manifest, check_labels, drop_rows, require_columns
+from ._common import (WESTERN_ENCODINGS, ManifestError, RowChecks, build_manifest, check_labels, drop_rows,
+                      option_path, read_csv, require_columns)
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +43,9 @@ CLIP_EXTS = (".wav", ".mp4")
 # --------------------------------------------------------------------------------------------------- text
 
 def repair_text(s: str) -> str:
-    """Undo the double encoding found in MELD's text (UTF-8 bytes read as Latin-1/cp1252: ``â\\x80\\x99`` → ’) and
-    map stray C1 control characters (cp1252 bytes read as Latin-1: ``\\x92``) to their cp1252 characters.
+    """Undo the double encoding found in MELD's text (UTF-8 bytes read as Latin-1/cp1252: ``â\\x80\\x99`` → ’),
+    map stray C1 control characters (cp1252 bytes read as Latin-1: ``\\x92``) to their cp1252 characters and
+    no-break spaces to spaces, so the 2019 files read as the current ones.
 
     Only exact repairs are made: a string that does not decode as UTF-8 after re-encoding is kept as it is.
     """
@@ -62,63 +62,11 @@ def repair_text(s: str) -> str:
     if any("\x80" <= ch <= "\x9f" for ch in s):
         s = "".join(bytes([ord(ch)]).decode("cp1252", errors="ignore") or ch if "\x80" <= ch <= "\x9f" else ch
                     for ch in s)
-    return s
-
-
-def decode_meld_bytes(raw: bytes) -> tuple[str, str]:
-    """Text and encoding: UTF-8 (BOM allowed), else cp1252, else Latin-1 (which reads any byte).
-
-    MELD is English, so the GB18030 guess of the shared CSV reader would turn cp1252 quotes into Chinese
-    characters; this reader keeps to the encodings the MELD files come in.
-    """
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    for enc in ("utf-8", "cp1252"):
-        try:
-            return raw.decode(enc), enc
-        except UnicodeDecodeError:
-            pass
-    return raw.decode("latin-1"), "latin-1"
-
-
-def read_meld_csv(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]], str]:
-    """Rows as (line where the row starts, {lower-cased column: repaired, stripped value}) and the encoding."""
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise ManifestError(f"{path}: cannot read ({e.strerror or e})") from None
-    text, enc = decode_meld_bytes(raw)
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header: list[str] | None = None
-    rows: list[tuple[int, dict[str, str]]] = []
-    line = 0
-    try:
-        for rec in reader:
-            start, line = line + 1, reader.line_num
-            if not rec or all(not v.strip() for v in rec):
-                continue
-            if header is None:
-                header = [h.replace("\ufeff", "").strip().lower() for h in rec]
-                continue
-            row = {k: repair_text(v.replace("\x00", "")).strip() for k, v in zip(header, rec) if k}
-            for k in header:
-                row.setdefault(k, "")
-            rows.append((start, row))
-    except csv.Error as e:
-        raise ManifestError(f"{path}:{line + 1}: unreadable CSV ({e}); check the quoting on that line") from None
-    if header is None:
-        raise ManifestError(f"{path}: empty CSV (no header row)")
-    return header, rows, enc
+    # the 2019 release has U+00A0 where the current files have a space (after the repair: Â\xa0 is one NBSP)
+    return s.replace("\xa0", " ")
 
 
 # --------------------------------------------------------------------------------------------------- files
-
-def _under(base: Path, option: str | Path | None) -> Path | None:
-    if option is None or option == "":
-        return None
-    p = Path(option)
-    return p if p.is_absolute() else base / p
-
 
 def _find_csvs(data_dir: Path, csv_dir: Path | None) -> dict[str, Path]:
     homes = [csv_dir] if csv_dir is not None else [data_dir / h for h in HOMES]
@@ -153,11 +101,12 @@ def load_meld(data_dir: Path, *, allow_outside_paths: bool = False, seed: int = 
               clips_dir: str | Path | None = None) -> Manifest:
     """MELD from its CSVs and clips (see the module docstring). The split is MELD's own (``seed`` is unused)."""
     data_dir = Path(data_dir)
-    csvs = _find_csvs(data_dir, _under(data_dir, csv_dir))
-    clips_root = _under(data_dir, clips_dir)
+    csvs = _find_csvs(data_dir, option_path(data_dir, csv_dir))
+    clips_root = option_path(data_dir, clips_dir)
     if clips_root is not None and not clips_root.is_dir():
         raise ManifestError(f"{clips_root}: no such folder (check the clips_dir option)")
     issues: list[Issue] = []
+    checks = RowChecks(issues)
     labels_seen: list[tuple[str, str]] = []
     calls: dict[str, list] = {}
     notes: dict = {"split": "files", "sources": [p.name for p in csvs.values()], "clip_dirs": {}, "encodings": {}}
@@ -168,7 +117,8 @@ def load_meld(data_dir: Path, *, allow_outside_paths: bool = False, seed: int = 
         if path is None:
             notes.setdefault("missing_splits", []).append(split)
             continue
-        fields, rows, enc = read_meld_csv(path)
+        # MELD is English: the GB18030 guess of the default would turn cp1252 quotes into Chinese characters
+        fields, rows, enc = read_csv(path, issues, encodings=WESTERN_ENCODINGS, clean=repair_text)
         notes["encodings"][path.name] = enc
         cols = require_columns(path, fields, COLUMNS)
         roots = [clips_root] if clips_root is not None else list(dict.fromkeys(
@@ -181,7 +131,6 @@ def load_meld(data_dir: Path, *, allow_outside_paths: bool = False, seed: int = 
             continue
         any_dir = True
         notes["clip_dirs"][name] = str(clip_dir.resolve())
-        seen: dict[str, str] = {}
         for line, row in rows:
             where = f"{path.name}:{line}"
             dia, utt = _int(row[cols["dialogue"]]), _int(row[cols["utterance"]])
@@ -191,9 +140,6 @@ def load_meld(data_dir: Path, *, allow_outside_paths: bool = False, seed: int = 
                 continue
             stem = f"dia{dia}_utt{utt}"
             seg_id = f"{name}/{stem}"
-            if seg_id in seen:
-                issues.append(Issue(where, f"duplicate utterance {stem} (first at {seen[seg_id]}); row skipped"))
-                continue
             clip = next((clip_dir / (stem + ext) for ext in CLIP_EXTS if (clip_dir / (stem + ext)).is_file()), None)
             if clip is None:
                 issues.append(Issue(where, f"clip {stem}.mp4 (or .wav) not found in {clip_dir}; row skipped"))
@@ -201,13 +147,11 @@ def load_meld(data_dir: Path, *, allow_outside_paths: bool = False, seed: int = 
             if clip.stat().st_size == 0:
                 issues.append(Issue(where, f"clip {clip.name} is empty (0 bytes); row skipped (download it again)"))
                 continue
-            seen[seg_id] = where
+            if not checks.first_time(seg_id, where, f"utterance {stem}"):
+                continue
             label = f"{row[cols['emotion']].lower()}/{row[cols['sentiment']].lower()}"
             labels_seen.append((where, label))
-            text = row[cols["text"]]
-            if not text:
-                issues.append(Issue(where, "warning: empty transcript (kept; the text encoder sees only its special "
-                                           "tokens)"))
+            text = checks.transcript(where, row[cols["text"]])
             seg = Segment(segment_id=seg_id, call_id=f"{name}/dia{dia}", index=0, split=split, label=label,
                           audio_path=str(clip.resolve()), text=text, source_row=where)
             calls.setdefault(seg.call_id, []).append((float(utt), order, seg))

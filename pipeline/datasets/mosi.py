@@ -15,7 +15,11 @@ columns such as ``annotation``, ``label_T`` are ignored). Audio, looked up under
   ``Raw/Audio/WAV_16000/Full/<video_id>.wav`` (MOSI), ``Raw/Audio/Full/WAV_16000/<video_id>.wav`` (MOSEI),
   ``<video_id>.wav`` (``.mp4`` accepted too).
 
-Segment ids are ``<video_id>_<clip_id>``; utterances are ordered by ``start`` where given, else by ``clip_id``.
+The community MOSI reformatting ``id,text,label,mode`` (``id`` = ``<video_id>_<clip_id>``, e.g. ``03bSnISJMiM_1``,
+clip k = row k-1 of the video's ``.csd`` intervals) is read as the same thing.
+
+Segment ids are ``<video_id>_<clip_id>``; utterances are ordered by ``start`` where given, else by ``clip_id``
+(a number, or MOSEI's start time ``82_7645`` = 82.7645 s).
 
 **SDK form** (CMU Multimodal SDK computational sequences, HDF5 ``.csd``): a labels sequence
 (``CMU_MOSI_Opinion_Labels.csd``, ``CMU_MOSEI_Labels.csd``; option ``labels_csd``) whose ``data/<video>``
@@ -44,14 +48,15 @@ import bisect
 import json
 import logging
 import math
+import os
 import re
 from pathlib import Path
 
 import numpy as np
 
 from ..manifest import Issue, Manifest, Segment
-from ._common import (ManifestError, build_manifest, check_labels, drop_rows, normalise_split, parse_ratios,
-                      read_csv, require_columns, split_counts, stratified_split)
+from ._common import (ManifestError, RowChecks, build_manifest, check_labels, drop_rows, normalise_split,
+                      option_path, parse_ratios, read_csv, require_columns, split_counts, stratified_split)
 
 log = logging.getLogger(__name__)
 
@@ -91,25 +96,33 @@ def _safe_id(name: str) -> bool:
     return bool(name) and "/" not in name and "\\" not in name and name not in (".", "..")
 
 
-def _under(base: Path, option: str | Path | None) -> Path | None:
-    if option is None or option == "":
-        return None
-    p = Path(option)
-    return p if p.is_absolute() else base / p
-
-
 class AudioFinder:
     """Finds a video's or an utterance's file among the known layouts; remembers the layout that worked."""
 
     def __init__(self, root: Path, templates: tuple[str, ...]):
         self.root, self.templates = root, templates
         self.hit: str | None = None
+        self._listings: dict[str, frozenset[str]] = {}
+
+    def _listing(self, folder: str) -> frozenset[str]:
+        # one listdir per folder instead of ~40 stat calls per row: a dataset with audio for a few of its 20k
+        # rows (a partial download) is read in a second, not in half a minute
+        if folder not in self._listings:
+            try:
+                self._listings[folder] = frozenset(os.listdir(self.root / folder))
+            except OSError:
+                self._listings[folder] = frozenset()
+        return self._listings[folder]
 
     def find(self, **names: str) -> Path | None:
         order = ([self.hit] if self.hit else []) + [t for t in self.templates if t != self.hit]
         for t in order:
             rel = t.format(**names)
+            folder, _, base = rel.rpartition("/")
+            listing = self._listing(folder)
             for ext in AUDIO_EXTS:
+                if base + ext not in listing:
+                    continue
                 p = self.root / (rel + ext)
                 if p.is_file():
                     self.hit = t
@@ -119,18 +132,6 @@ class AudioFinder:
     def expected(self, **names: str) -> str:
         return ", ".join(t.format(**names) + ".wav|mp4" for t in self.templates[:4]) + " (under " + \
             f"{self.root})"
-
-
-def _wav_duration(path: Path, cache: dict[Path, float | None]) -> float | None:
-    """Seconds of a soundfile-readable file (None for containers and unreadable files: extraction reports those)."""
-    if path not in cache:
-        try:
-            import soundfile as sf
-            info = sf.info(str(path))
-            cache[path] = info.frames / info.samplerate if info.samplerate > 0 else None
-        except Exception:
-            cache[path] = None
-    return cache[path]
 
 
 # --------------------------------------------------------------------------------------------------- splits
@@ -198,7 +199,7 @@ def _folds_from_json(path: Path) -> dict[str, str]:
 
 def _folds_from_csv(path: Path) -> dict[str, str]:
     issues: list[Issue] = []
-    fields, rows = read_csv(path, issues)
+    fields, rows, _ = read_csv(path, issues)
     cols = require_columns(path, fields, {"video": ("video_id", "video", "id"), "split": ("split", "mode", "fold")})
     out: dict[str, str] = {}
     for line, row in rows:
@@ -278,10 +279,27 @@ def _seconds(value: str) -> float | None:
     return x if math.isfinite(x) and x >= 0 else None
 
 
+def _split_id(row: dict[str, str]) -> dict[str, str]:
+    """``id`` = ``VIDEO_CLIP`` (``03bSnISJMiM_1``; video ids may hold ``_`` themselves, the clip never does)."""
+    vid, sep, clip = row["id"].rpartition("_")
+    return {**row, "video_id": vid if sep else row["id"], "clip_id": clip if sep else ""}
+
+
+def _clip_seconds(clip: str) -> float | None:
+    """Order key of a clip id: its number (MOSI ``3``), or the start time MOSEI writes as ``82_7645`` (82.7645 s)."""
+    m = re.fullmatch(r"(\d+)(?:[_.](\d+))?", clip)
+    if m is None:
+        return None
+    return float(f"{m.group(1)}.{m.group(2) or 0}")
+
+
 def _load_csv_form(path: Path, data_dir: Path, audio_root: Path, issues: list[Issue],
                    labels_seen: list[tuple[str, str]]) -> tuple[dict[str, list], dict[str, str] | None, dict]:
     """Returns (calls, split per video from the mode column or None, notes)."""
-    fields, rows = read_csv(path, issues)
+    fields, rows, _ = read_csv(path, issues)
+    if "id" in fields and "video_id" not in fields and "clip_id" not in fields:
+        rows = [(line, _split_id(row)) for line, row in rows]      # the community form id,text,label,mode
+        fields = [*fields, "video_id", "clip_id"]
     cols = require_columns(path, fields, CSV_COLUMNS)
     split_col = next((c for c in ("mode", "split") if c in fields), None)
     start_col = next((c for c in START_COLS if c in fields), None)
@@ -289,9 +307,7 @@ def _load_csv_form(path: Path, data_dir: Path, audio_root: Path, issues: list[Is
     timed = start_col is not None and end_col is not None
     per_utt, per_video = AudioFinder(audio_root, PER_UTTERANCE), AudioFinder(audio_root, PER_VIDEO)
     calls: dict[str, list] = {}
-    video_split: dict[str, tuple[str, str]] = {}
-    seen: dict[str, str] = {}
-    durations: dict[Path, float | None] = {}
+    checks = RowChecks(issues)
     for order, (line, row) in enumerate(rows):
         where = f"{path.name}:{line}"
         vid, clip = row[cols["video"]], row[cols["clip"]]
@@ -299,9 +315,6 @@ def _load_csv_form(path: Path, data_dir: Path, audio_root: Path, issues: list[Is
             issues.append(Issue(where, f"video_id {vid!r} / clip_id {clip!r} empty or not a plain name; row skipped"))
             continue
         seg_id = f"{vid}_{clip}"
-        if seg_id in seen:
-            issues.append(Issue(where, f"duplicate utterance {seg_id} (first at {seen[seg_id]}); row skipped"))
-            continue
         label = score_label(row[cols["label"]])
         split = None
         if split_col is not None:
@@ -322,7 +335,7 @@ def _load_csv_form(path: Path, data_dir: Path, audio_root: Path, issues: list[Is
                 issues.append(Issue(where, f"audio of video {vid} not found; looked for {per_video.expected(v=vid)}; "
                                            "row skipped"))
                 continue
-            dur = _wav_duration(audio, durations)
+            dur = checks.seconds(audio)
             if dur is not None and start >= dur:
                 issues.append(Issue(where, f"start {start:g} s is past the end of {audio.name} ({dur:.2f} s); "
                                            "row skipped"))
@@ -336,26 +349,18 @@ def _load_csv_form(path: Path, data_dir: Path, audio_root: Path, issues: list[Is
                 issues.append(Issue(where, f"audio of utterance {seg_id} not found; looked for "
                                            f"{per_utt.expected(v=vid, c=clip)}{hint}; row skipped"))
                 continue
+        if not checks.first_time(seg_id, where, f"utterance {seg_id}"):
+            continue
         labels_seen.append((where, label))
-        seen[seg_id] = where
-        if split is not None:
-            first = video_split.setdefault(vid, (split, where))
-            if first[0] != split:
-                issues.append(Issue(where, f"warning: video {vid} is in {first[0]} ({first[1]}) and in {split}; "
-                                           f"the utterance is kept in {first[0]}"))
-                split = first[0]
-        text = row[cols["text"]]
-        if not text:
-            issues.append(Issue(where, "warning: empty transcript (kept; the text encoder sees only its special "
-                                       "tokens)"))
-        try:
-            key = start if start is not None else float(clip)
-        except ValueError:
+        split = checks.one_split(vid, split, where, kind="video")
+        text = checks.transcript(where, row[cols["text"]])
+        key = start if start is not None else _clip_seconds(clip)
+        if key is None:
             key = float(order)
         seg = Segment(segment_id=seg_id, call_id=vid, index=0, split=split or "", label=label,
                       audio_path=str(audio), text=text, start=start, end=end, source_row=where)
         calls.setdefault(vid, []).append((key, order, seg))
-    splits = {v: s for v, (s, _) in video_split.items()} if split_col is not None else None
+    splits = checks.splits if split_col is not None else None
     notes = {"form": "csv", "sources": [path.name], "audio": "per video with start/end" if timed else "per utterance"}
     return calls, splits, notes
 
@@ -464,11 +469,10 @@ def _load_sdk_form(data_dir: Path, dataset: str, labels_csd: Path | None, words_
     words = _read_words(words_path, issues)
     finder = AudioFinder(audio_root, PER_VIDEO)
     audio_of: dict[str, Path | None] = {}
-    durations: dict[Path, float | None] = {}
+    checks = RowChecks(issues)
     calls: dict[str, list] = {}
     widths: set[int] = set()
     no_words: set[str] = set()
-    seen: set[str] = set()
     order = 0
     with _open_csd(labels_path) as f:
         for key, vid, clip, feats, ivs in _entries(_csd_data(f, labels_path), labels_path, issues):
@@ -486,7 +490,7 @@ def _load_sdk_form(data_dir: Path, dataset: str, labels_csd: Path | None, words_
                 no_words.add(vid)
                 issues.append(Issue(f"{words_path.name}", f"warning: no words for video {vid}; its transcripts "
                                                           "are empty"))
-            dur = _wav_duration(audio, durations)
+            dur = checks.seconds(audio)
             mids = [m for m, _ in words.get(vid, ())]
             for r in range(ivs.shape[0]):
                 if clip is None:            # one entry per video: row r is utterance r
@@ -494,10 +498,8 @@ def _load_sdk_form(data_dir: Path, dataset: str, labels_csd: Path | None, words_
                 else:                       # one entry per utterance (SDK-aligned keys)
                     seg_id = key if ivs.shape[0] == 1 else f"{key}#{r}"
                 where = f"{labels_path.name}:{seg_id}"
-                if seg_id in seen:
-                    issues.append(Issue(where, f"duplicate utterance {seg_id}; skipped"))
+                if not checks.first_time(seg_id, where, f"utterance {seg_id}"):
                     continue
-                seen.add(seg_id)
                 start, end = float(ivs[r, 0]), float(ivs[r, 1])
                 if not (math.isfinite(start) and math.isfinite(end)) or end <= start or start < 0:
                     issues.append(Issue(where, f"interval [{start}, {end}] is not a time span; utterance skipped"))
@@ -534,10 +536,10 @@ def load_mosi(data_dir: Path, *, allow_outside_paths: bool = False, seed: int = 
     data_dir = Path(data_dir)
     issues: list[Issue] = []
     labels_seen: list[tuple[str, str]] = []
-    audio_root = _under(data_dir, audio_dir) or data_dir
+    audio_root = option_path(data_dir, audio_dir) or data_dir
     if audio_dir is not None and not audio_root.is_dir():
         raise ManifestError(f"{audio_root}: no such folder (check the audio_dir option)")
-    csv_path = _under(data_dir, label_csv)
+    csv_path = option_path(data_dir, label_csv)
     if csv_path is None and labels_csd is None:
         csv_path = next((data_dir / n for n in LABEL_CSV_NAMES if (data_dir / n).is_file()), None)
     split_of: dict[str, str] | None = None
@@ -549,7 +551,7 @@ def load_mosi(data_dir: Path, *, allow_outside_paths: bool = False, seed: int = 
             notes["split"] = "column"
     else:
         try:
-            calls, notes = _load_sdk_form(data_dir, dataset, _under(data_dir, labels_csd), _under(data_dir, words_csd),
+            calls, notes = _load_sdk_form(data_dir, dataset, option_path(data_dir, labels_csd), option_path(data_dir, words_csd),
                                           audio_root, issues, labels_seen)
         except ManifestError as e:
             if labels_csd is None and "no labels computational sequence" in str(e):
@@ -560,7 +562,7 @@ def load_mosi(data_dir: Path, *, allow_outside_paths: bool = False, seed: int = 
                                     "<video>.wav) found; download one of them into this folder") from None
             raise
     calls = drop_rows(calls, check_labels(labels_seen, SCHEME, allow_empty=False, issues=issues))
-    split_path = _under(data_dir, split_file)
+    split_path = option_path(data_dir, split_file)
     if split_path is None and split_of is None:
         split_path = _find_split_file(data_dir)
     if split_path is not None:
