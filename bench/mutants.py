@@ -119,7 +119,7 @@ def main() -> int:
     for m in chosen:
         result, took, detail = run(m, args.timeout)
         bad += result in ("SURVIVED", "stale")
-        print(f"{m.name:<70} {result:<16} {took:6.1f}  {detail[:90]}", flush=True)
+        print(f"{m.name:<70} {result:<16} {took:6.1f}  {detail}", flush=True)
     print(f"{len(chosen) - bad} of {len(chosen)} killed")
     return 1 if bad else 0
 
