@@ -29,6 +29,7 @@ from pipeline.atomic import atomic_write_text
 from pipeline.labels import get_scheme
 from pipeline.manifest import Segment
 from train.checkpoint import CheckpointError, load_run, read_run_config
+from train.data import pad_segments
 from train.predictions import decode, head_widths, output_tasks, task_columns, task_values
 
 from .features import ModelMismatch, RunEncoders, SegmentFeatures, run_settings
@@ -173,18 +174,10 @@ class Predictor:
             segs = [s for call in group for s in call]
             a_len = torch.as_tensor([len(s.audio) for s in segs], dtype=torch.int32)
             t_len = torch.as_tensor([len(s.text) for s in segs], dtype=torch.int32)
-            audio = text = None
-            if m.uses_audio:
-                audio = torch.zeros(len(segs), int(a_len.max()), segs[0].audio.shape[1], dtype=torch.float16)
-                for j, s in enumerate(segs):
-                    audio[j, : len(s.audio)] = torch.from_numpy(s.audio)
-                audio = audio.to(self.device)
-            if m.uses_text:
-                width = self.text_tokens if full_text else int(t_len.max())
-                text = torch.zeros(len(segs), width, segs[0].text.shape[1], dtype=torch.float16)
-                for j, s in enumerate(segs):
-                    text[j, : len(s.text)] = torch.from_numpy(s.text)
-                text = text.to(self.device)
+            # padded by the trainer's own routine, exactly as training and evaluation batches are
+            audio = pad_segments([s.audio for s in segs], int(a_len.max()), self.device) if m.uses_audio else None
+            width = self.text_tokens if full_text else int(t_len.max())
+            text = pad_segments([s.text for s in segs], width, self.device) if m.uses_text else None
             counts = torch.as_tensor([len(c) for c in group], device=self.device)
             with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 logits = m(audio, a_len.to(self.device), text, t_len.to(self.device), counts)

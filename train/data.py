@@ -215,6 +215,28 @@ class CallData:
         return int(len(self.used_rows(calls)) * per_row)
 
 
+def pad_packed(packed: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor, idx: torch.Tensor,
+               width: int) -> torch.Tensor:
+    """(S, width, d) zero-padded batch of the packed segments ``idx``: the one place batches are padded, for
+    training, evaluation and msmtfn-predict alike. ``packed`` (rows, d) holds each segment's valid rows in order,
+    segment i from ``offsets[i]`` for ``lengths[i]`` rows."""
+    lengths = lengths[idx].clamp(max=width)
+    out = torch.zeros((len(idx), width, packed.shape[1]), dtype=packed.dtype, device=packed.device)
+    at = torch.arange(width, device=packed.device)[None, :]
+    valid = at < lengths[:, None]                               # row-major: the packed order of each row
+    out[valid] = packed[(offsets[idx][:, None] + at)[valid]]
+    return out
+
+
+def pad_segments(rows: list[np.ndarray], width: int, device: torch.device) -> torch.Tensor:
+    """(S, width, d) float16 batch of in-memory segments (each (valid rows, d)), through :func:`pad_packed`."""
+    lengths = torch.as_tensor([len(r) for r in rows], dtype=torch.long)
+    offsets = torch.zeros(len(rows) + 1, dtype=torch.long)
+    torch.cumsum(lengths, 0, out=offsets[1:])
+    packed = torch.from_numpy(np.concatenate(rows).astype(np.float16, copy=False)).to(device)
+    return pad_packed(packed, offsets.to(device), lengths.to(device), torch.arange(len(rows), device=device), width)
+
+
 class FeatureSource:
     """Rows of hidden states by index: resident on the device (float16, loaded once), or read from the store per
     batch. Only the modalities the model uses are ever read (``--modality text`` never touches audio).
@@ -287,12 +309,7 @@ class FeatureSource:
     def _unpack(self, mod: str, idx: torch.Tensor, width: int) -> torch.Tensor:
         """(S, width, d) zero-padded batch of the packed rows ``idx``, assembled on the device."""
         packed = self.audio if mod == "audio" else self.text
-        lengths = self._lengths[mod][idx].clamp(max=width)
-        out = torch.zeros((len(idx), width, packed.shape[1]), dtype=packed.dtype, device=packed.device)
-        at = torch.arange(width, device=packed.device)[None, :]
-        valid = at < lengths[:, None]                               # row-major: the packed order of each row
-        out[valid] = packed[(self._offsets[mod][idx][:, None] + at)[valid]]
-        return out
+        return pad_packed(packed, self._offsets[mod], self._lengths[mod], idx, width)
 
     @property
     def resident_bytes(self) -> int:
