@@ -14,6 +14,7 @@ import json
 import logging
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -21,6 +22,7 @@ import click
 from pipeline.cli import device_option
 from pipeline.device import DEVICE_HELP
 
+log = logging.getLogger(__name__)
 SMOKE_NOTE = ("NOTE: tiny encoders with random weights — the method working on a generated task, not the paper's "
               "models on real calls; pass --audio-model/--text-model (hub ids or folders) for real features.")
 MODALITIES = ("both", "text", "audio")
@@ -35,8 +37,10 @@ def run_demo(data_dir: Path, cache: Path, runs: Path, *, audio_model: str | None
     """{"both": metrics, "text": metrics, "audio": metrics, ...}: each as in its run's metrics.json."""
     # torch, transformers and both stages: imported here, not at import (``msmtfn-demo --help`` stays fast)
     from extract import ExtractConfig, build_tiny_encoders, extract
+    from pipeline.store import FingerprintMismatch
     from train.config import TrainConfig
-    from train.loop import fit
+    from train.data import open_cache
+    from train.loop import fit, resume_problem
 
     t0 = time.perf_counter()
     if fresh:
@@ -47,18 +51,30 @@ def run_demo(data_dir: Path, cache: Path, runs: Path, *, audio_model: str | None
         a, t = build_tiny_encoders(cache.parent / "tiny-encoders")
         audio_model, text_model = audio_model or str(a), text_model or str(t)
     # an unchanged second run finds every segment done (the store's resume) and extracts nothing
-    res = extract(ExtractConfig(dataset="demo", data_dir=str(data_dir), out=str(cache), audio_model=audio_model,
-                                text_model=text_model, device=device, num_workers=0, seed=seed,
-                                dataset_options={"n_calls": calls},
-                                # demo transcripts are ~20 tokens: 48 rows instead of 199 keeps the run fast
-                                max_text_tokens=48), progress=progress)
-    logging.getLogger(__name__).info("extracted %d segments in %.1f s", res.done, res.elapsed)
+    ecfg = ExtractConfig(dataset="demo", data_dir=str(data_dir), out=str(cache), audio_model=audio_model,
+                         text_model=text_model, device=device, num_workers=0, seed=seed,
+                         dataset_options={"n_calls": calls},
+                         # demo transcripts are ~20 tokens: 48 rows instead of 199 keeps the run fast
+                         max_text_tokens=48)
+    try:
+        res = extract(ecfg, progress=progress)
+    except FingerprintMismatch:
+        # the demo's own cache, built for other --calls/--seed/encoders: rebuild it and the runs trained on it
+        log.warning("%s was built with other demo settings: rebuilding it and retraining", cache)
+        shutil.rmtree(runs, ignore_errors=True)
+        res = extract(replace(ecfg, overwrite=True), progress=progress)
+    log.info("extracted %d segments in %.1f s", res.done, res.elapsed)
+    store = open_cache(str(cache))
     sizes = TINY_SIZES if tiny else {}
     out: dict = {}
     for modality in MODALITIES:
         cfg = TrainConfig(cache=str(cache), out=str(runs / modality), device=device, epochs=epochs, seed=seed,
                           patience=epochs, batch_calls=8, modality=modality, progress=progress, threads=1,
                           **sizes)
+        problem = resume_problem(cfg, store)
+        if problem:   # a run of the demo's own, with other settings (--epochs, ...): train it again
+            log.warning("%s: retraining (%s)", cfg.out, problem.split(": ", 1)[-1])
+            shutil.rmtree(cfg.out, ignore_errors=True)
         out[modality] = fit(cfg, resume=True)    # a finished run with these settings is reported, not retrained
     out["demo_seconds"] = time.perf_counter() - t0
     out["cache"] = str(cache)

@@ -63,3 +63,16 @@ def test_table_names_the_run_folders_and_explains_the_columns(tmp_path):
     assert "macro-F1" in out and "95% CI" in out and "metrics.json" in out and "fused − best single modality" in out
     assert "Writing model shards" not in out and "Loading weights" not in out
     assert "epoch 1" not in out, "-q hides our progress bars too"
+
+
+def test_other_demo_settings_rebuild_what_they_change(tmp_path, caplog):
+    """--calls/--seed change the data and the cache; --epochs the runs: the demo rebuilds those, never crashes."""
+    data, cache, runs = _paths(tmp_path)
+    run_demo(data, cache, runs, calls=20, epochs=1, progress=False)
+    more = run_demo(data, cache, runs, calls=25, epochs=1, progress=False)
+    assert more["both"]["calls"]["train"] + more["both"]["calls"]["valid"] + more["both"]["calls"]["test"] == 25
+    assert "resumed" not in more["both"] and "rebuilding" in caplog.text
+    longer = run_demo(data, cache, runs, calls=25, epochs=2, progress=False)
+    assert longer["both"]["epochs_run"] == 2 and "retraining" in caplog.text
+    again = run_demo(data, cache, runs, calls=25, epochs=2, progress=False)
+    assert again["both"].get("resumed") == "finished"

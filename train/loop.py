@@ -19,7 +19,7 @@ from pipeline.device import DeviceError
 from pipeline.device import resolve_device as pipeline_device
 from pipeline.labels import get_scheme
 
-from .checkpoint import (STATE, WEIGHTS, atomic_write_json, load_train_state, load_weights, read_run_config,
+from .checkpoint import (STATE, WEIGHTS, CheckpointError, atomic_write_json, load_train_state, load_weights, read_run_config,
                          restore_train_state, save_train_state, save_weights, write_run_config)
 from .config import TrainConfig
 from .data import Batches, CallData, FeatureSource, LoadedCache, TrainError, open_cache
@@ -331,6 +331,19 @@ class TrainingRun:
         atomic_write_json(run_dir / "metrics.json", metrics)   # last: its presence marks the run finished
         self.state_path.unlink(missing_ok=True)                 # optimizer state is 3x the model; not needed now
         return metrics
+
+
+def resume_problem(cfg: TrainConfig, store) -> str | None:
+    """Why ``fit(cfg, resume=True)`` could not continue or report ``cfg.out`` (other settings, another cache),
+    or None when it can (or there is nothing there yet)."""
+    run_dir = Path(cfg.out) if cfg.out else None
+    if run_dir is None or not (run_dir / "config.json").is_file():
+        return None
+    try:
+        _check_resumable(run_dir, resolve_task(cfg, store), store.fingerprint)
+    except (TrainError, CheckpointError) as e:
+        return str(e)
+    return None
 
 
 def fit(cfg: TrainConfig, *, resume: bool = False, loaded: LoadedCache | None = None) -> dict:
