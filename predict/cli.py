@@ -59,7 +59,8 @@ def _expand(patterns: tuple[str, ...]) -> list[str]:
 @click.option("--batch-calls", default=0, show_default=True, help="Calls per model batch (0 = the run's).")
 @click.option("--loader-workers", "--num-workers", "num_workers", cls=RenamedOption, old="--num-workers", default=0,
               show_default=True, help="Decode/tokenise processes for the encoders.")
-@click.option("--threads", default=0, show_default=True, help="CPU threads for torch (0 = torch's default).")
+@click.option("--threads", default=0, show_default=True,
+              help="CPU threads for torch (0 = the run's --threads, else torch's default).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code from the hub (encoders, ASR).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, warnings only.")
 def main(run_dir, audio, more_audio, cache, split, transcripts, asr, out, segments_out, as_json, device, dtype,
@@ -81,10 +82,6 @@ def main(run_dir, audio, more_audio, cache, split, transcripts, asr, out, segmen
     # torch, transformers and the trained model's code: imported once the options are read (fast --help)
     from .run import PredictConfig, PredictError, predict_calls, result_json, write_outputs
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
     if quiet:
         from transformers.utils import logging as hf_logging
 
@@ -93,8 +90,8 @@ def main(run_dir, audio, more_audio, cache, split, transcripts, asr, out, segmen
         cfg = PredictConfig(run=run_dir, audio=tuple(_expand(audio)), transcripts=transcripts, asr=asr,
                             device=str(resolve_device(device)), dtype=dtype, audio_model=audio_model,
                             text_model=text_model, cutter=cutter, search_seconds=search_seconds,
-                            batch_calls=batch_calls, num_workers=num_workers, trust_remote_code=trust_remote_code,
-                            progress=not quiet)
+                            batch_calls=batch_calls, num_workers=num_workers, threads=threads,
+                            trust_remote_code=trust_remote_code, progress=not quiet)
         result = predict_calls(cfg)
         write_outputs(result, out, segments_out)
     except (PredictError, OSError) as e:
@@ -109,17 +106,13 @@ def main(run_dir, audio, more_audio, cache, split, transcripts, asr, out, segmen
 
 def _score_cache(run_dir, cache, split, out, device, batch_calls, threads) -> None:
     """The same inference path as training's evaluation (train.predictions): one CSV row per call or segment."""
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
     from pipeline.atomic import atomic_write_text
     from train.checkpoint import CheckpointError
     from train.data import TrainError
     from train.predictions import score_cache
 
     try:
-        text, rows = score_cache(run_dir, cache, split, str(resolve_device(device)), batch_calls)
+        text, rows = score_cache(run_dir, cache, split, str(resolve_device(device)), batch_calls, threads=threads)
         atomic_write_text(out, text)
     except (TrainError, CheckpointError, OSError) as e:
         click.echo(f"error: {e}", err=True)

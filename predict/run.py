@@ -30,7 +30,7 @@ from pipeline.labels import get_scheme
 from pipeline.manifest import Segment
 from train.checkpoint import CheckpointError, load_run, read_run_config
 from train.data import pad_segments
-from train.predictions import decode, head_widths, output_tasks, task_columns, task_values
+from train.predictions import use_threads, decode, head_widths, output_tasks, task_columns, task_values
 
 from .features import ModelMismatch, RunEncoders, SegmentFeatures, run_settings
 from .segmenter import CutterConfig, CutterError, cut_recording
@@ -61,6 +61,7 @@ class PredictConfig:
     group_calls: int = 32                   # calls decoded and encoded together (bounds memory)
     batch_seconds: float = 0.0              # padded audio seconds per encoder batch (0: 1280 CUDA, 160 CPU)
     num_workers: int = 0                    # decode/tokenise processes for the encoders
+    threads: int = 0                        # CPU threads for torch; 0 = the run's --threads (else torch's default)
     trust_remote_code: bool = False
     progress: bool = True
 
@@ -134,6 +135,8 @@ class Predictor:
         try:
             meta = read_run_config(run)
             self.model, self.train_cfg = load_run(run, cfg.device)
+            # on CPU the thread count changes float sums: the run's count gives the run's numbers
+            use_threads(cfg.threads or self.train_cfg.threads)
         except CheckpointError as e:
             raise PredictError(str(e)) from None
         try:

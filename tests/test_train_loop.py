@@ -256,3 +256,16 @@ def test_skipped_unlabelled_and_inconsistent_rows(tmp_path, caplog):
     labels[:] = lab.astype(str)
     with pytest.raises(TrainError, match="call00004.*different labels"):
         CallData(s)
+
+
+def test_a_runs_config_json_is_a_config_file_and_bad_heads_name_a_fix(tmp_path):
+    store = write_synthetic_store(tmp_path / "c.zarr", calls=20, seed=2)
+    first = fit(small(store.path, out=str(tmp_path / "a"), epochs=1, lr=1e-3, seed=5))
+    again = CliRunner().invoke(train_cli, ["--config", str(Path(first["run_dir"]) / "config.json"),
+                                           "--cache", str(store.path), "--out", str(tmp_path / "b"), "--json", "-q"])
+    assert again.exit_code == 0, again.output
+    second = json.loads(again.output)
+    same = lambda c: json.loads(json.dumps({k: v for k, v in c.items() if k not in ("out", "progress")}))  # noqa
+    assert same(second["config"]) == same(first["config"])
+    r = CliRunner().invoke(train_cli, ["--cache", str(store.path), "--out", str(tmp_path / "c"), "--d-model", "32"])
+    assert r.exit_code == 2 and "pass --heads" in r.output and "Traceback" not in r.output

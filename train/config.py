@@ -126,6 +126,9 @@ class TrainConfig:
             raise ConfigError(f"{path}: cannot read config ({e})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a table of settings")
+        if isinstance(data.get("train"), dict) and "dims" in data:
+            # a run folder's config.json: train again with that run's settings (its folder and cache path aside)
+            data = {k: v for k, v in data["train"].items() if k not in ("out", "cache")}
         return data
 
     @classmethod

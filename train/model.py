@@ -58,7 +58,10 @@ class Attention(nn.Module):
     def __init__(self, d: int, heads: int, dropout: float):
         super().__init__()
         if d % heads:
-            raise ConfigError(f"d_model {d} is not divisible by heads {heads}")
+            fits = [h for h in (1, 2, 4, 8, 12, 16) if d % h == 0]
+            raise ConfigError(f"d_model {d} is not divisible by --heads {heads}: pass --heads "
+                              f"{' or '.join(map(str, fits[-3:]))} (or another --d-model; the tiny demo encoders "
+                              "are 32 wide)")
         self.h, self.dropout = heads, dropout
         self.q, self.kv, self.o = nn.Linear(d, d), nn.Linear(d, 2 * d), nn.Linear(d, d)
 

@@ -195,8 +195,15 @@ def prediction_table(scored: Scored, data, tasks: list[dict]) -> str:
 SCORE_SPLITS = ("test", "valid", "train", "all")
 
 
+def use_threads(n: int) -> None:
+    """torch's CPU threads (0: leave them). CPU float sums depend on the thread count, so scoring with the
+    run's own ``--threads`` reproduces its numbers to the last digit."""
+    if n:
+        torch.set_num_threads(n)
+
+
 def score_cache(run_dir, cache: str, split: str = "test", device: str = "cpu", batch_calls: int = 0,
-                storage_options: dict | None = None) -> tuple[str, int]:
+                storage_options: dict | None = None, threads: int = 0) -> tuple[str, int]:
     """(CSV text, rows) of a trained run over the calls of an existing cache: the run's own cache (its
     ``--split test`` output equals the run's predictions_test.csv) or a cache of new calls extracted with the
     run's encoder settings (unlabelled calls are scored too; their ``true_*`` cells stay empty)."""
@@ -210,6 +217,7 @@ def score_cache(run_dir, cache: str, split: str = "test", device: str = "cpu", b
     meta = read_run_config(run_dir)
     dev = torch.device(device)
     model, cfg = load_run(run_dir, dev)
+    use_threads(threads or cfg.threads)
     store = open_cache(cache, storage_options)
     run_cache = meta.get("cache", {})
     if store.label_scheme != run_cache.get("label_scheme"):
