@@ -157,6 +157,10 @@ def task_values(tasks: list[dict], preds: dict) -> list[str]:
     return vals
 
 
+def _time(x) -> str:
+    return f"{float(x):.4f}" if np.isfinite(float(x)) else ""
+
+
 def prediction_table(scored: Scored, data, tasks: list[dict]) -> str:
     """CSV: one row per call (or scored segment) with msmtfn-predict's columns and ``true_<task>``."""
     scheme = data.scheme
@@ -174,11 +178,13 @@ def prediction_table(scored: Scored, data, tasks: list[dict]) -> str:
         rows = data.rows[c]
         if segment_level:
             r = int(rows[int(scored.segments[i])])
-            lead = [data.calls[c], int(table["segment_index"][r]), f"{float(table['start'][r]):.4f}",
-                    f"{float(table['end'][r]):.4f}", "ok", ""]
+            lead = [data.calls[c], int(table["segment_index"][r]), _time(table["start"][r]), _time(table["end"][r]),
+                    "ok", ""]
         else:
             seconds = float(sum(float(table["end"][r]) - float(table["start"][r]) for r in rows))
-            lead = [data.calls[c], table["source_path"][int(rows[0])], "ok", len(rows), f"{seconds:.3f}"]
+            # whole-file segments have no start/end in the table: no duration to report
+            lead = [data.calls[c], table["source_path"][int(rows[0])], "ok", len(rows),
+                    f"{seconds:.3f}" if np.isfinite(seconds) else ""]
         true = []
         for t in truths:
             if not scored.labelled[i]:

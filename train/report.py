@@ -54,8 +54,9 @@ def format_summary(metrics: dict) -> str:
     elif derived:
         lines.append("* derived from the single trained head through the label maps (no multi-task learning)")
     if has_test:
+        main = metrics["test"].get(sel, {})
         lines.append("mF1 = macro-F1 (classes weigh alike), wF1 = weighted F1 (by class size); test 95% CI = "
-                     "bootstrap interval of test acc (MAE) over test calls")
+                     f"bootstrap interval of test {'MAE' if 'mae' in main else 'accuracy'} over test calls")
     calls = metrics.get("calls", {})
     lines.append("calls: " + ", ".join(f"{k} {v}" for k, v in calls.items()))
     return "\n".join(lines)
