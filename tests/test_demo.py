@@ -30,28 +30,10 @@ def test_fused_model_beats_text_only_and_audio_only_by_20_points(tmp_path, monke
         assert (tmp_path / "runs" / "demo" / m / "metrics.json").is_file()
 
 
-def test_second_run_reuses_everything_and_fresh_rebuilds(tmp_path):
-    data, cache, runs = _paths(tmp_path)
-    first = run_demo(data, cache, runs, calls=20, epochs=1, progress=False)
-    weights = {m: (runs / m / "model.safetensors").stat().st_mtime_ns for m in MODALITIES}
-    csv_time = (data / "train.csv").stat().st_mtime_ns
-    def hidden_files():   # the encoded features: an unchanged second run extracts nothing (the store's resume)
-        return {p: p.stat().st_mtime_ns for p in (cache / "audio" / "hidden").rglob("*") if p.is_file()}
-    store_files = hidden_files()
-    assert store_files
-    second = run_demo(data, cache, runs, calls=20, epochs=1, progress=False)
-    for m in MODALITIES:
-        assert second[m].get("resumed") == "finished", "a finished run is reported, not retrained"
-        assert second[m]["test"] == first[m]["test"]
-        assert (runs / m / "model.safetensors").stat().st_mtime_ns == weights[m]
-    assert (data / "train.csv").stat().st_mtime_ns == csv_time and hidden_files() == store_files
-    assert (cache.parent / "tiny-encoders").is_dir()
-    third = run_demo(data, cache, runs, calls=20, epochs=1, progress=False, fresh=True)
-    assert "resumed" not in third["both"]
-    assert (runs / "both" / "model.safetensors").stat().st_mtime_ns != weights["both"]
-
-
-def test_table_names_the_run_folders_and_explains_the_columns(tmp_path):
+def test_table_reuse_rebuild_retrain_and_fresh(tmp_path, caplog):
+    """One demo folder through a newcomer's sequence: the table names the run folders and explains its columns;
+    a second run reuses data, encoders, cache and runs; other --calls rebuild the data and cache, other
+    --epochs retrain, never a traceback; --fresh rebuilds everything."""
     data, cache, runs = _paths(tmp_path)
     r = CliRunner().invoke(demo_cli, ["--data-dir", str(data), "--cache", str(cache), "--out", str(runs),
                                       "--calls", "20", "--epochs", "1", "-q"])
@@ -64,15 +46,26 @@ def test_table_names_the_run_folders_and_explains_the_columns(tmp_path):
     assert "Writing model shards" not in out and "Loading weights" not in out
     assert "epoch 1" not in out, "-q hides our progress bars too"
 
+    weights = {m: (runs / m / "model.safetensors").stat().st_mtime_ns for m in MODALITIES}
+    csv_time = (data / "train.csv").stat().st_mtime_ns
 
-def test_other_demo_settings_rebuild_what_they_change(tmp_path, caplog):
-    """--calls/--seed change the data and the cache; --epochs the runs: the demo rebuilds those, never crashes."""
-    data, cache, runs = _paths(tmp_path)
-    run_demo(data, cache, runs, calls=20, epochs=1, progress=False)
+    def hidden_files():   # the encoded features: an unchanged second run extracts nothing (the store's resume)
+        return {p: p.stat().st_mtime_ns for p in (cache / "audio" / "hidden").rglob("*") if p.is_file()}
+    store_files = hidden_files()
+    assert store_files
+    second = run_demo(data, cache, runs, calls=20, epochs=1, progress=False)
+    for m in MODALITIES:
+        assert second[m].get("resumed") == "finished", "a finished run is reported, not retrained"
+        assert (runs / m / "model.safetensors").stat().st_mtime_ns == weights[m]
+    assert (data / "train.csv").stat().st_mtime_ns == csv_time and hidden_files() == store_files
+    assert (cache.parent / "tiny-encoders").is_dir()
+
     more = run_demo(data, cache, runs, calls=25, epochs=1, progress=False)
-    assert more["both"]["calls"]["train"] + more["both"]["calls"]["valid"] + more["both"]["calls"]["test"] == 25
+    assert sum(more["both"]["calls"].values()) == 25
     assert "resumed" not in more["both"] and "rebuilding" in caplog.text
     longer = run_demo(data, cache, runs, calls=25, epochs=2, progress=False)
     assert longer["both"]["epochs_run"] == 2 and "retraining" in caplog.text
-    again = run_demo(data, cache, runs, calls=25, epochs=2, progress=False)
-    assert again["both"].get("resumed") == "finished"
+
+    fresh = run_demo(data, cache, runs, calls=25, epochs=2, progress=False, fresh=True)
+    assert "resumed" not in fresh["both"]
+    assert fresh["both"]["test"] == longer["both"]["test"], "the same settings rebuilt give the same numbers"
