@@ -18,10 +18,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..manifest import Issue, Manifest, PathRefused, Segment, resolve_audio
-from ._common import (ManifestError, RowChecks, build_manifest, check_labels, drop_rows, label_lookup, last_int,
-                      majority_labels, normalise_split, parse_ratios, read_csv, require_columns, scheme_or_error,
-                      split_counts, stratified_split)
+from ..manifest import Issue, Manifest
+from ._common import ManifestError, last_int, read_csv, require_columns
+from .pipeline import Parsed, RawRow, split_or_problem, to_manifest
 
 SPLIT_FILES = {"train": ("train.csv",), "valid": ("valid.csv", "val.csv", "dev.csv"), "test": ("test.csv",)}
 COLUMNS = {"call": ("phone",), "audio": ("audio_id",), "text": ("text",), "label": ("label",)}
@@ -59,84 +58,50 @@ def _segment_id(audio_id: str) -> str:
     return sid[:-4] if sid.lower().endswith(".wav") else sid
 
 
-def load_marketcalls(data_dir: Path, *, allow_outside_paths: bool = False, seed: int = 0,
-                     split_ratios=None, csv_path: str | Path | None = None,
-                     dataset: str = "marketcalls") -> Manifest:
-    data_dir = Path(data_dir)
-    scheme = scheme_or_error("marketcalls")
-    canonical = label_lookup(scheme)
+def _order(row: dict[str, str], audio_id: str, warnings: list[str]) -> float:
+    """The ``segment_number`` column, else the last number in the file name, else file order."""
+    if row.get("segment_number", ""):
+        try:
+            return float(row["segment_number"])
+        except ValueError:
+            warnings.append(f"warning: segment_number {row['segment_number']!r} is not a number; ordered by the "
+                            "file name instead")
+    n = last_int(audio_id)
+    return float(n) if n is not None else float("inf")
+
+
+def parse_marketcalls(data_dir: Path, csv_path: str | Path | None = None) -> Parsed:
+    """The rows of the MarketCalls CSVs (see the module docstring)."""
     issues: list[Issue] = []
-    calls: dict[str, list] = {}
-    checks = RowChecks(issues)
-    labels_seen: list[tuple[str, str]] = []
-    order = 0
+    rows: list[RawRow] = []
     sources = _find_csvs(data_dir, csv_path)
-    per_split = sources[0][1] is not None
     split_mode = None
     for path, file_split in sources:
-        fields, rows, _ = read_csv(path, issues)
+        fields, table, _ = read_csv(path, issues)
         cols = require_columns(path, fields, COLUMNS)
-        has_split, has_segno = "split" in fields, "segment_number" in fields
         if split_mode is None:
-            split_mode = "files" if per_split else ("column" if has_split else "generated")
-        for line, row in rows:
-            where = f"{path.name}:{line}"
-            call_id, audio_id = row[cols["call"]], row[cols["audio"]]
-            label_raw = row[cols["label"]]
-            if not call_id or not audio_id:
-                issues.append(Issue(where, f"empty {'phone' if not call_id else 'Audio_id'}; row skipped"))
-                continue
-            labels_seen.append((where, label_raw))
-            label = canonical.get(label_raw.lower(), label_raw)
-            split = file_split
+            split_mode = "files" if file_split else ("column" if "split" in fields else "generated")
+        for line, row in table:
+            audio_id, warnings = row[cols["audio"]], []
+            split, problem = file_split or "", None
             if split_mode == "column":
-                split = normalise_split(row.get("split", ""))
-                if split is None:
-                    issues.append(Issue(where, f"unknown split {row.get('split', '')!r} (use train, valid/val/dev "
-                                               "or test); row skipped"))
-                    continue
-            try:
-                audio = resolve_audio(audio_id, data_dir, allow_outside=allow_outside_paths)
-            except PathRefused as e:
-                issues.append(Issue(where, f"{e}; row skipped"))
-                continue
-            if audio is None:
-                issues.append(Issue(where, f"audio file {audio_id} not found in {data_dir / 'audio'} or "
-                                           f"{data_dir}; row skipped"))
-                continue
-            seg_id = _segment_id(audio_id)
-            if not checks.first_time(seg_id, where, f"segment {seg_id}"):
-                continue
-            split = checks.one_split(call_id, split, where)
-            key = None
-            if has_segno and row.get("segment_number", ""):
-                try:
-                    key = float(row["segment_number"])
-                except ValueError:
-                    issues.append(Issue(where, f"warning: segment_number {row['segment_number']!r} is not a "
-                                               "number; ordered by the file name instead"))
-            if key is None:
-                n = last_int(audio_id)
-                key = float(n) if n is not None else float("inf")
-            text = checks.transcript(where, row[cols["text"]])
-            seg = Segment(segment_id=seg_id, call_id=call_id, index=0, split=split or "", label=label,
-                          audio_path=str(audio), text=text, source_row=where)
-            calls.setdefault(call_id, []).append((key, order, seg))
-            order += 1
-    calls = drop_rows(calls, check_labels(labels_seen, scheme.name, allow_empty=False, issues=issues))
-    calls = majority_labels(calls, issues)
+                split, problem = split_or_problem(row.get("split", ""), allow_empty=False)
+            rows.append(RawRow(call_id=row[cols["call"]], segment_id=_segment_id(audio_id), audio=audio_id,
+                               where=f"{path.name}:{line}", label=row[cols["label"]], split=split,
+                               text=row[cols["text"]], order=_order(row, audio_id, warnings), problem=problem,
+                               warnings=tuple(warnings)))
     notes: dict = {"split": split_mode, "sources": [p.name for p, _ in sources]}
     if split_mode == "files":
         notes["split_files"] = {s: p.name for p, s in sources}
         missing = [s for s in SPLIT_FILES if s not in notes["split_files"]]
         if missing:
             notes["missing_splits"] = missing
-    elif split_mode == "generated":
-        ratios = parse_ratios(split_ratios)
-        labels = {cid: items[0][2].label for cid, items in calls.items()}
-        assign = stratified_split(labels, ratios, seed)
-        calls = {cid: [(o, f, s.with_(split=assign[cid])) for o, f, s in items] for cid, items in calls.items()}
-        notes.update({"split_method": "call-level, stratified by label, seeded shuffle",
-                      "split_ratios": [round(r, 6) for r in ratios], "split_seed": seed,
-                      "split_counts": split_counts(assign)})
-    return build_manifest(dataset, scheme.name, calls, issues, notes)
+    return Parsed(rows, data_dir, notes, ids=("phone", "Audio_id"), issues=issues,
+                  not_found=f"audio file {{audio}} not found in {data_dir / 'audio'} or {{data_dir}}; row skipped")
+
+
+def load_marketcalls(data_dir: Path, *, allow_outside_paths: bool = False, seed: int = 0,
+                     split_ratios=None, csv_path: str | Path | None = None,
+                     dataset: str = "marketcalls") -> Manifest:
+    return to_manifest(dataset, "marketcalls", parse_marketcalls(Path(data_dir), csv_path),
+                       allow_outside_paths=allow_outside_paths, split_ratios=split_ratios, seed=seed)

@@ -1,0 +1,149 @@
+"""The one pipeline from an adapter's raw rows to a :class:`Manifest`.
+
+An adapter only parses: it turns its files into :class:`RawRow` records (ids, label, audio path as written,
+text, times, the split it names, and a problem with the row if parsing found one) inside a :class:`Parsed`.
+:func:`to_manifest` then does what every dataset needs, worded the same everywhere: path checks (absolute paths
+and ``..`` need ``allow_outside_paths``), duration probing, duplicates, split conflicts, empty transcripts, label
+validation, majority call labels, a generated split where none is given, and issue reporting.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..manifest import Issue, Manifest, PathRefused, Segment, resolve_audio
+from ._common import (RowChecks, build_manifest, check_labels, drop_rows, label_lookup, majority_labels,
+                      normalise_split, parse_ratios, scheme_or_error, split_counts, stratified_split)
+
+
+@dataclass(frozen=True)
+class RawRow:
+    """One segment as the dataset's files give it. ``audio`` is the path as written (relative to the dataset
+    folder); ``split`` is a normalised split or "" (none given); ``order`` sorts the call's segments (ties: file
+    order); ``problem`` (set by the parser) leaves the row out with that reason; ``warnings`` are kept-row notes."""
+    call_id: str
+    segment_id: str
+    audio: str
+    where: str                      # FILE:LINE of the row, for issues
+    label: str = ""
+    split: str = ""
+    text: str = ""
+    start: float | None = None
+    end: float | None = None
+    order: float = math.inf
+    problem: str | None = None
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass
+class Parsed:
+    """What an adapter's parser returns: the rows, how to find their audio, and notes for the manifest.
+
+    ``search``: folders under ``data_dir`` where audio is looked up; ``not_found``: the issue for a missing file
+    (``{audio}`` and ``{data_dir}`` are filled in); ``duplicate``: how a duplicate row is named; ``ids``: the column
+    names reported when a row's call id or audio is empty; ``split``: where the split came from (``files``,
+    ``column``, ``none``: a split is generated for the labelled calls); ``issues``: found while reading files."""
+    rows: list[RawRow]
+    data_dir: Path
+    notes: dict
+    search: tuple[str, ...] = ("audio", "")
+    not_found: str = "audio file {audio} not found in {data_dir}; row skipped"
+    duplicate: str = "segment {segment_id}"
+    ids: tuple[str, str] = ("call_id", "audio")
+    same_by_audio: bool = False     # duplicates: same call, resolved audio file, start and end (not the id)
+    issues: list[Issue] = field(default_factory=list)
+
+
+def split_or_problem(given: str, allow_empty: bool) -> tuple[str, str | None]:
+    """(normalised split or "", problem) for a split value as written in a file."""
+    split = normalise_split(given) or ""
+    if not split and (given or not allow_empty):
+        return "", f"unknown split {given!r} (use train, valid/val/dev or test); row skipped"
+    return split, None
+
+
+def _segments(parsed: Parsed, checks: RowChecks, canonical: dict[str, str], allow_outside_paths: bool,
+              labels_seen: list[tuple[str, str]]) -> dict[str, list]:
+    issues = checks.issues
+    calls: dict[str, list] = {}
+    seen_ids: set[str] = set()
+    for order, row in enumerate(parsed.rows):
+        where = row.where
+        if not row.call_id or not row.audio:
+            issues.append(Issue(where, f"empty {parsed.ids[0] if not row.call_id else parsed.ids[1]}; row skipped"))
+            continue
+        labels_seen.append((where, row.label))
+        if row.problem:
+            issues.append(Issue(where, row.problem))
+            continue
+        try:
+            audio = resolve_audio(row.audio, parsed.data_dir, search=parsed.search, allow_outside=allow_outside_paths)
+        except PathRefused as e:
+            issues.append(Issue(where, f"{e}; row skipped"))
+            continue
+        if audio is None:
+            issues.append(Issue(where, parsed.not_found.replace("{audio}", row.audio).replace("{data_dir}", str(parsed.data_dir))))
+            continue
+        start, end = row.start, row.end
+        dur = checks.seconds(audio) if start is not None or end is not None else None
+        if dur is not None and start is not None and start >= dur:
+            issues.append(Issue(where, f"start {start:g} s is past the end of {row.audio} ({dur:.2f} s); "
+                                       "row skipped"))
+            continue
+        if dur is not None and end is not None and end > dur + 0.05:
+            issues.append(Issue(where, f"warning: end {end:g} s is past the end of {row.audio} ({dur:.2f} s); "
+                                       "the segment stops at the end of the file"))
+        key = (row.call_id, str(audio), start, end) if parsed.same_by_audio else row.segment_id
+        if not checks.first_time(key, where, parsed.duplicate.replace("{segment_id}", row.segment_id)):
+            continue
+        split = checks.one_split(row.call_id, row.split, where)
+        text = checks.transcript(where, row.text)
+        issues.extend(Issue(where, w) for w in row.warnings)
+        seg_id, k = row.segment_id, 2
+        while seg_id in seen_ids:
+            seg_id, k = f"{row.segment_id}#{k}", k + 1
+        seen_ids.add(seg_id)
+        seg = Segment(segment_id=seg_id, call_id=row.call_id, index=0, split=split or "",
+                      label=canonical.get(row.label.lower(), row.label), audio_path=str(audio), text=text,
+                      start=start, end=end, source_row=where)
+        calls.setdefault(row.call_id, []).append((row.order, order, seg))
+    return calls
+
+
+def generate_split(calls: dict[str, list], split_ratios, seed: int, notes: dict) -> dict[str, list]:
+    """A call-level split of the labelled calls, stratified by label (unlabelled calls get none)."""
+    labelled = {cid: items[0][2].label for cid, items in calls.items() if items[0][2].label}
+    if not labelled:
+        return calls
+    ratios = parse_ratios(split_ratios)
+    assign = stratified_split(labelled, ratios, seed)
+    notes.update({"split": "generated", "split_method": "call-level, stratified by label, seeded shuffle",
+                  "split_ratios": [round(r, 6) for r in ratios], "split_seed": seed,
+                  "split_counts": split_counts(assign)})
+    return {cid: [(o, f, s.with_(split=assign.get(cid, ""))) for o, f, s in items] for cid, items in calls.items()}
+
+
+def to_manifest(dataset: str, scheme_name: str, parsed: Parsed, *, allow_outside_paths: bool = False,
+                allow_empty_labels: bool = False, split_ratios=None, seed: int = 0) -> Manifest:
+    """The manifest of ``parsed``'s rows after every shared check (see the module docstring)."""
+    scheme = scheme_or_error(scheme_name)
+    issues = parsed.issues
+    checks = RowChecks(issues)
+    labels_seen: list[tuple[str, str]] = []
+    calls = _segments(parsed, checks, label_lookup(scheme), allow_outside_paths, labels_seen)
+    calls = drop_rows(calls, check_labels(labels_seen, scheme.name, allow_empty=allow_empty_labels, issues=issues))
+    if scheme.level == "call":   # segment-level schemes (sentiment, meld) keep each segment's own label
+        calls = majority_labels(calls, issues)
+    notes = parsed.notes
+    if notes.get("split") in ("none", "generated"):
+        calls = generate_split(calls, split_ratios, seed, notes)
+    elif notes.get("split") == "column":
+        for cid, items in calls.items():
+            seg = items[0][2]
+            if seg.label and not seg.split:
+                issues.append(Issue(f"call {cid} ({seg.source_row})", "warning: labelled but no split given; "
+                                    "it is extracted but not used for training or scoring"))
+    if allow_empty_labels:
+        notes["unlabelled_calls"] = sum(1 for items in calls.values() if not items[0][2].label)
+    return build_manifest(dataset, scheme.name, calls, issues, notes)
