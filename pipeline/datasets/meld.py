@@ -23,9 +23,9 @@ import logging
 from pathlib import Path
 
 from ..labels import MELD_EMOTIONS, MELD_SENTIMENTS
-from ..manifest import Issue, Manifest, Segment
-from ._common import (WESTERN_ENCODINGS, ManifestError, RowChecks, build_manifest, check_labels, drop_rows,
-                      option_path, read_csv, require_columns)
+from ..manifest import Issue, Manifest
+from ._common import WESTERN_ENCODINGS, ManifestError, option_path, read_csv, require_columns
+from .pipeline import Parsed, RawRow, to_manifest
 
 log = logging.getLogger(__name__)
 
@@ -97,28 +97,40 @@ def _int(value: str) -> int | None:
 
 # --------------------------------------------------------------------------------------------------- adapter
 
-def load_meld(data_dir: Path, *, allow_outside_paths: bool = False, seed: int = 0, csv_dir: str | Path | None = None,
-              clips_dir: str | Path | None = None) -> Manifest:
-    """MELD from its CSVs and clips (see the module docstring). The split is MELD's own (``seed`` is unused)."""
-    data_dir = Path(data_dir)
+def _row(row: dict[str, str], cols: dict[str, str], where: str, name: str, split: str, clip_dir: Path) -> RawRow:
+    dia, utt = _int(row[cols["dialogue"]]), _int(row[cols["utterance"]])
+    stem = f"dia{dia}_utt{utt}"
+    clip = next((clip_dir / (stem + ext) for ext in CLIP_EXTS if (clip_dir / (stem + ext)).is_file()), None)
+    problem = None
+    if dia is None or utt is None:
+        problem = (f"Dialogue_ID {row[cols['dialogue']]!r} / Utterance_ID {row[cols['utterance']]!r} are not "
+                   "whole numbers; row skipped")
+    elif clip is None:
+        problem = f"clip {stem}.mp4 (or .wav) not found in {clip_dir}; row skipped"
+    elif clip.stat().st_size == 0:
+        problem = f"clip {clip.name} is empty (0 bytes); row skipped (download it again)"
+    return RawRow(call_id=f"{name}/dia{dia}", segment_id=f"{name}/{stem}",
+                  audio=str(clip.resolve()) if clip is not None and problem is None else stem, where=where,
+                  label=f"{row[cols['emotion']].lower()}/{row[cols['sentiment']].lower()}", split=split,
+                  text=row[cols["text"]], order=float(utt or 0), problem=problem)
+
+
+def parse_meld(data_dir: Path, csv_dir: str | Path | None = None, clips_dir: str | Path | None = None) -> Parsed:
+    """The utterances of MELD's CSVs, with their clips (see the module docstring)."""
     csvs = _find_csvs(data_dir, option_path(data_dir, csv_dir))
     clips_root = option_path(data_dir, clips_dir)
     if clips_root is not None and not clips_root.is_dir():
         raise ManifestError(f"{clips_root}: no such folder (check the clips_dir option)")
     issues: list[Issue] = []
-    checks = RowChecks(issues)
-    labels_seen: list[tuple[str, str]] = []
-    calls: dict[str, list] = {}
+    rows: list[RawRow] = []
     notes: dict = {"split": "files", "sources": [p.name for p in csvs.values()], "clip_dirs": {}, "encodings": {}}
-    order = 0
-    any_dir = False
     for name, split, _, folders in SPLITS:
         path = csvs.get(name)
         if path is None:
             notes.setdefault("missing_splits", []).append(split)
             continue
         # MELD is English: the GB18030 guess of the default would turn cp1252 quotes into Chinese characters
-        fields, rows, enc = read_csv(path, issues, encodings=WESTERN_ENCODINGS, clean=repair_text)
+        fields, table, enc = read_csv(path, issues, encodings=WESTERN_ENCODINGS, clean=repair_text)
         notes["encodings"][path.name] = enc
         cols = require_columns(path, fields, COLUMNS)
         roots = [clips_root] if clips_root is not None else list(dict.fromkeys(
@@ -127,41 +139,23 @@ def load_meld(data_dir: Path, *, allow_outside_paths: bool = False, seed: int = 
         if clip_dir is None:
             issues.append(Issue(path.name, f"no clip folder for the {name} split (expected {' or '.join(folders)} "
                                            f"in {' or '.join(str(r) for r in roots)}; extract {name}.tar.gz there "
-                                           f"or pass clips_dir); its {len(rows)} utterances skipped"))
+                                           f"or pass clips_dir); its {len(table)} utterances skipped"))
             continue
-        any_dir = True
         notes["clip_dirs"][name] = str(clip_dir.resolve())
-        for line, row in rows:
-            where = f"{path.name}:{line}"
-            dia, utt = _int(row[cols["dialogue"]]), _int(row[cols["utterance"]])
-            if dia is None or utt is None:
-                issues.append(Issue(where, f"Dialogue_ID {row[cols['dialogue']]!r} / Utterance_ID "
-                                           f"{row[cols['utterance']]!r} are not whole numbers; row skipped"))
-                continue
-            stem = f"dia{dia}_utt{utt}"
-            seg_id = f"{name}/{stem}"
-            clip = next((clip_dir / (stem + ext) for ext in CLIP_EXTS if (clip_dir / (stem + ext)).is_file()), None)
-            if clip is None:
-                issues.append(Issue(where, f"clip {stem}.mp4 (or .wav) not found in {clip_dir}; row skipped"))
-                continue
-            if clip.stat().st_size == 0:
-                issues.append(Issue(where, f"clip {clip.name} is empty (0 bytes); row skipped (download it again)"))
-                continue
-            if not checks.first_time(seg_id, where, f"utterance {stem}"):
-                continue
-            label = f"{row[cols['emotion']].lower()}/{row[cols['sentiment']].lower()}"
-            labels_seen.append((where, label))
-            text = checks.transcript(where, row[cols["text"]])
-            seg = Segment(segment_id=seg_id, call_id=f"{name}/dia{dia}", index=0, split=split, label=label,
-                          audio_path=str(clip.resolve()), text=text, source_row=where)
-            calls.setdefault(seg.call_id, []).append((float(utt), order, seg))
-            order += 1
-    if not any_dir:
+        rows += [_row(row, cols, f"{path.name}:{line}", name, split, clip_dir) for line, row in table]
+    if not notes["clip_dirs"]:
         raise ManifestError(f"{data_dir}: no MELD clip folder found (train_splits/, dev_splits_complete/, "
                             "output_repeated_splits_test/ or train/, dev/, test/ next to the CSVs or in DATA_DIR); "
                             "extract the clips there or name their folder with the clips_dir option")
-    calls = drop_rows(calls, check_labels(labels_seen, SCHEME, allow_empty=False, issues=issues))
     notes["emotions"], notes["sentiments"] = list(MELD_EMOTIONS), list(MELD_SENTIMENTS)
-    log.info("meld: %d dialogues, %d utterances, %d issues", len(calls), sum(len(v) for v in calls.values()),
-             len(issues))
-    return build_manifest("meld", SCHEME, calls, issues, notes)
+    return Parsed(rows, data_dir, notes, duplicate="utterance {last}", found_by_parser=True,
+                  labels_of_kept_rows=True, issues=issues)
+
+
+def load_meld(data_dir: Path, *, allow_outside_paths: bool = False, seed: int = 0, csv_dir: str | Path | None = None,
+              clips_dir: str | Path | None = None) -> Manifest:
+    """MELD from its CSVs and clips (see the module docstring). The split is MELD's own (``seed`` is unused)."""
+    manifest = to_manifest("meld", SCHEME, parse_meld(Path(data_dir), csv_dir, clips_dir))
+    log.info("meld: %d dialogues, %d utterances, %d issues", len({s.call_id for s in manifest.segments}),
+             len(manifest.segments), len(manifest.issues))
+    return manifest

@@ -41,7 +41,7 @@ class Parsed:
     """What an adapter's parser returns: the rows, how to find their audio, and notes for the manifest.
 
     ``search``: folders under ``data_dir`` where audio is looked up; ``not_found``: the issue for a missing file
-    (``{audio}`` and ``{data_dir}`` are filled in); ``duplicate``: how a duplicate row is named; ``ids``: the column
+    (``{audio}`` and ``{data_dir}`` are filled in); ``duplicate``: how a duplicate row is named (``{segment_id}``; ``{last}``: its part after the last ``/``); ``ids``: the column
     names reported when a row's call id or audio is empty; ``split``: where the split came from (``files``,
     ``column``, ``none``: a split is generated for the labelled calls); ``issues``: found while reading files."""
     rows: list[RawRow]
@@ -52,6 +52,8 @@ class Parsed:
     duplicate: str = "segment {segment_id}"
     ids: tuple[str, str] = ("call_id", "audio")
     same_by_audio: bool = False     # duplicates: same call, resolved audio file, start and end (not the id)
+    found_by_parser: bool = False   # the parser built the audio paths from ids and found the files itself
+    labels_of_kept_rows: bool = False   # label check over the rows kept after the duplicate check, not all rows
     issues: list[Issue] = field(default_factory=list)
 
 
@@ -73,12 +75,14 @@ def _segments(parsed: Parsed, checks: RowChecks, canonical: dict[str, str], allo
         if not row.call_id or not row.audio:
             issues.append(Issue(where, f"empty {parsed.ids[0] if not row.call_id else parsed.ids[1]}; row skipped"))
             continue
-        labels_seen.append((where, row.label))
+        if not parsed.labels_of_kept_rows:
+            labels_seen.append((where, row.label))
         if row.problem:
             issues.append(Issue(where, row.problem))
             continue
         try:
-            audio = resolve_audio(row.audio, parsed.data_dir, search=parsed.search, allow_outside=allow_outside_paths)
+            audio = Path(row.audio) if parsed.found_by_parser else resolve_audio(
+                row.audio, parsed.data_dir, search=parsed.search, allow_outside=allow_outside_paths)
         except PathRefused as e:
             issues.append(Issue(where, f"{e}; row skipped"))
             continue
@@ -95,8 +99,11 @@ def _segments(parsed: Parsed, checks: RowChecks, canonical: dict[str, str], allo
             issues.append(Issue(where, f"warning: end {end:g} s is past the end of {row.audio} ({dur:.2f} s); "
                                        "the segment stops at the end of the file"))
         key = (row.call_id, str(audio), start, end) if parsed.same_by_audio else row.segment_id
-        if not checks.first_time(key, where, parsed.duplicate.replace("{segment_id}", row.segment_id)):
+        if not checks.first_time(key, where, parsed.duplicate.replace("{segment_id}", row.segment_id)
+                                 .replace("{last}", row.segment_id.rpartition("/")[2])):
             continue
+        if parsed.labels_of_kept_rows:
+            labels_seen.append((where, row.label))
         split = checks.one_split(row.call_id, row.split, where)
         text = checks.transcript(where, row.text)
         issues.extend(Issue(where, w) for w in row.warnings)
