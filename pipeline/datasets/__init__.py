@@ -1,8 +1,9 @@
 """Dataset adapters: each reads a dataset in the form its users have it and returns one :class:`Manifest`.
 
 ``load_manifest(name, data_dir, allow_outside_paths=False, seed=0, **options)`` with ``name`` one of
-:data:`DATASETS` (each an :class:`Adapter`; a new dataset is one module with a ``load`` function, registered with
-:func:`register`):
+:data:`DATASETS` (each an :class:`Adapter`; a new dataset is one module that parses its files into
+:class:`~pipeline.datasets.pipeline.RawRow` records and passes them to :func:`~pipeline.datasets.pipeline.to_manifest`,
+which makes every shared check; its ``load`` is registered with :func:`register`):
 
 - ``marketcalls`` — the released MarketCalls CSVs (see :mod:`pipeline.datasets.marketcalls`);
   options ``csv_path``, ``split_ratios``;
