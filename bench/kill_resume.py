@@ -127,14 +127,17 @@ def run(kills: int = 20, seed: int = 0, workdir: Path | None = None, calls: int 
                 "--loader-workers", "1", "--shard-size", "2", "--batch-seconds", "24",
                 "--write-threads", "2", "-q"]
 
+    def run_to_end(store: Path, what: str) -> tuple[dict, dict]:
+        """Extract into ``store`` until done; its arrays and segment table."""
+        r = subprocess.run(command(store), env=env, capture_output=True, text=True, cwd=ROOT)
+        if r.returncode != 0:
+            raise RuntimeError(f"{what} run failed: {r.stderr[-2000:]}")
+        return arrays(store), CacheStore.open(store).table()
+
     ref = work / "ref.zarr"
     t0 = time.perf_counter()
-    r = subprocess.run(command(ref), env=env, capture_output=True, text=True, cwd=ROOT)
+    want, want_table = run_to_end(ref, "reference")
     t_ref = time.perf_counter() - t0
-    if r.returncode != 0:
-        raise RuntimeError(f"reference run failed: {r.stderr[-2000:]}")
-    want = arrays(ref)
-    want_table = CacheStore.open(ref).table()
     n = len(want["done"])
     log(f"reference: {n} segments in {t_ref:.1f} s")
 
@@ -174,12 +177,8 @@ def run(kills: int = 20, seed: int = 0, workdir: Path | None = None, calls: int 
                 stats["bad_done_rows"] += int(bad.sum())
         log(f"kill {stats['kills']:>2}: {'start-up' if startup else 'mid-run '}  done {max(0, done_count(out))}/{n}"
             f"  partial chunk files {len(partial)}")
-    r = subprocess.run(command(out), env=env, capture_output=True, text=True, cwd=ROOT)
+    got, table = run_to_end(out, "final")
     t_killed = time.perf_counter() - t0
-    if r.returncode != 0:
-        raise RuntimeError(f"final run failed: {r.stderr[-2000:]}")
-    got = arrays(out)
-    table = CacheStore.open(out).table()
     bit_identical = all(np.array_equal(got[k], want[k]) for k in ARRAYS)
     mismatched = [k for k in ARRAYS if not same_up_to_rounding(got[k], want[k]).all()]
     mismatched += [f"table/{k}" for k in want_table if not np.array_equal(

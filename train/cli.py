@@ -55,7 +55,7 @@ def _default(name):
 @click.option("--grad-accum", default=_default("grad_accum"), show_default=True, help="Steps accumulated.")
 @click.option("--clip-norm", default=_default("clip_norm"), show_default=True)
 @click.option("--amp/--no-amp", default=_default("amp"), show_default=True, help="bf16 autocast on CUDA.")
-@click.option("--task", default=_default("task"), show_default=True,
+@click.option("--task", default=_default("task"), show_default=False,
               help="Task that selects the checkpoint and is reported first: 5|4|3|2 for MarketCalls, "
                    "score|2|5|7 for CMU-MOSI/MOSEI, emotion|sentiment for MELD (default: the first).",
               callback=lambda ctx, param, v: _check_task(v))

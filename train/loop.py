@@ -195,7 +195,7 @@ class TrainingRun:
             _check_resumable(run_dir, cfg, store.fingerprint)
             state = load_train_state(self.state_path)
         elif resume:
-            log.info("%s: no %s yet; starting the run from its first epoch", run_dir, STATE)
+            log.debug("%s: no %s yet; starting the run from its first epoch", run_dir, STATE)
         run_dir.mkdir(parents=True, exist_ok=True)
         if cfg.plots:
             (run_dir / "plots").mkdir(exist_ok=True)

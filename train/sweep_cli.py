@@ -56,7 +56,9 @@ def main(ctx):
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of the table.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or log lines.")
 def run_cmd(cache, grid, seeds, out, device, resume, parallel, overrides, max_cache_gb, as_json, quiet):
-    """Run a sweep (the default command). Exit status 0; 3 when some trial failed (named in trials.csv)."""
+    """Run a sweep (the default command). Exit status 0; 3 when some trial failed (named in trials.csv).
+
+    `msmtfn-sweep report SWEEP_DIR` rebuilds a sweep folder's tables and chart."""
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s")
     # torch and the trainer: imported once the options are read (``--help`` answers at once)
     from .checkpoint import CheckpointError
