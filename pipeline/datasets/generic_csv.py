@@ -66,6 +66,7 @@ def _row(row: dict[str, str], cols: dict[str, str], where: str, any_split: bool)
     call_id, audio_name = row[cols["call"]], row[cols["audio"]]
     start, bad_start = _seconds(row.get("start", ""), "start")
     end, bad_end = _seconds(row.get("end", ""), "end")
+    unread = None if call_id and audio_name else f"empty {'audio' if call_id else 'call_id'}; row skipped"
     problem = bad_start or bad_end
     if problem is None and end is not None and end <= (start or 0.0):
         problem = f"end {end:g} is not after start {start or 0.0:g}; row skipped"
@@ -82,8 +83,8 @@ def _row(row: dict[str, str], cols: dict[str, str], where: str, any_split: bool)
     if start is not None or end is not None:
         seg_id += f"@{start or 0.0:g}-" + (f"{end:g}" if end is not None else "end")
     return RawRow(call_id=call_id, segment_id=seg_id, audio=audio_name, where=where, label=row.get("label", ""),
-                  split=split, text=row.get("text", ""), start=start, end=end, order=order, problem=problem,
-                  warnings=warnings)
+                  split=split, text=row.get("text", ""), start=start, end=end, order=order, unread=unread,
+                  problem=problem, warnings=warnings)
 
 
 def parse_generic_csv(data_dir: Path, csv_path: str | Path | None = None) -> Parsed:
@@ -101,7 +102,8 @@ def parse_generic_csv(data_dir: Path, csv_path: str | Path | None = None) -> Par
     any_split = "split" in fields and any(r.get("split") for _, r in table)
     rows = [_row(row, cols, f"{path.name}:{line}", any_split) for line, row in table]
     return Parsed(rows, data_dir, {"split": "column" if any_split else "none", "sources": [path.name]},
-                  search=("",), not_found="audio file {audio} not found (paths are relative to {data_dir}); row skipped",
+                  search=("",),
+                  not_found="audio file {audio} not found (paths are relative to {data_dir}); row skipped",
                   duplicate="segment: same call_id, audio, start and end", same_by_audio=True, issues=issues)
 
 

@@ -82,21 +82,22 @@ def parse_marketcalls(data_dir: Path, csv_path: str | Path | None = None) -> Par
         if split_mode is None:
             split_mode = "files" if file_split else ("column" if "split" in fields else "generated")
         for line, row in table:
-            audio_id, warnings = row[cols["audio"]], []
+            call_id, audio_id, warnings = row[cols["call"]], row[cols["audio"]], []
+            unread = None if call_id and audio_id else f"empty {'Audio_id' if call_id else 'phone'}; row skipped"
             split, problem = file_split or "", None
             if split_mode == "column":
                 split, problem = split_or_problem(row.get("split", ""), allow_empty=False)
-            rows.append(RawRow(call_id=row[cols["call"]], segment_id=_segment_id(audio_id), audio=audio_id,
+            rows.append(RawRow(call_id=call_id, segment_id=_segment_id(audio_id), audio=audio_id,
                                where=f"{path.name}:{line}", label=row[cols["label"]], split=split,
-                               text=row[cols["text"]], order=_order(row, audio_id, warnings), problem=problem,
-                               warnings=tuple(warnings)))
+                               text=row[cols["text"]], order=_order(row, audio_id, warnings), unread=unread,
+                               problem=problem, warnings=tuple(warnings)))
     notes: dict = {"split": split_mode, "sources": [p.name for p, _ in sources]}
     if split_mode == "files":
         notes["split_files"] = {s: p.name for p, s in sources}
         missing = [s for s in SPLIT_FILES if s not in notes["split_files"]]
         if missing:
             notes["missing_splits"] = missing
-    return Parsed(rows, data_dir, notes, ids=("phone", "Audio_id"), issues=issues,
+    return Parsed(rows, data_dir, notes, issues=issues,
                   not_found=f"audio file {{audio}} not found in {data_dir / 'audio'} or {{data_dir}}; row skipped")
 
 

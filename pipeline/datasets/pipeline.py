@@ -9,6 +9,7 @@ validation, majority call labels, a generated split where none is given, and iss
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,7 @@ class RawRow:
     start: float | None = None
     end: float | None = None
     order: float = math.inf
+    unread: str | None = None       # the row cannot be read at all (no ids): reported, its label not checked
     problem: str | None = None
     warnings: tuple[str, ...] = ()
 
@@ -41,8 +43,8 @@ class Parsed:
     """What an adapter's parser returns: the rows, how to find their audio, and notes for the manifest.
 
     ``search``: folders under ``data_dir`` where audio is looked up; ``not_found``: the issue for a missing file
-    (``{audio}`` and ``{data_dir}`` are filled in); ``duplicate``: how a duplicate row is named (``{segment_id}``; ``{last}``: its part after the last ``/``); ``ids``: the column
-    names reported when a row's call id or audio is empty; ``split``: where the split came from (``files``,
+    (``{audio}`` and ``{data_dir}`` are filled in); ``duplicate``: how a duplicate row is named (``{segment_id}``;
+    ``{last}``: its part after the last ``/``); ``notes["split"]``: where the split came from (``files``,
     ``column``, ``none``: a split is generated for the labelled calls); ``issues``: found while reading files."""
     rows: list[RawRow]
     data_dir: Path
@@ -50,10 +52,12 @@ class Parsed:
     search: tuple[str, ...] = ("audio", "")
     not_found: str = "audio file {audio} not found in {data_dir}; row skipped"
     duplicate: str = "segment {segment_id}"
-    ids: tuple[str, str] = ("call_id", "audio")
+    call_kind: str = "call"         # what a call is called in split-conflict warnings (video, dialogue)
     same_by_audio: bool = False     # duplicates: same call, resolved audio file, start and end (not the id)
     found_by_parser: bool = False   # the parser built the audio paths from ids and found the files itself
     labels_of_kept_rows: bool = False   # label check over the rows kept after the duplicate check, not all rows
+    warn_empty_text: bool = True    # False where the parser words its own transcript warnings
+    warn_end_past_file: bool = True
     issues: list[Issue] = field(default_factory=list)
 
 
@@ -72,8 +76,8 @@ def _segments(parsed: Parsed, checks: RowChecks, canonical: dict[str, str], allo
     seen_ids: set[str] = set()
     for order, row in enumerate(parsed.rows):
         where = row.where
-        if not row.call_id or not row.audio:
-            issues.append(Issue(where, f"empty {parsed.ids[0] if not row.call_id else parsed.ids[1]}; row skipped"))
+        if row.unread:
+            issues.append(Issue(where, row.unread))
             continue
         if not parsed.labels_of_kept_rows:
             labels_seen.append((where, row.label))
@@ -87,16 +91,18 @@ def _segments(parsed: Parsed, checks: RowChecks, canonical: dict[str, str], allo
             issues.append(Issue(where, f"{e}; row skipped"))
             continue
         if audio is None:
-            issues.append(Issue(where, parsed.not_found.replace("{audio}", row.audio).replace("{data_dir}", str(parsed.data_dir))))
+            issues.append(Issue(where, parsed.not_found.replace("{audio}", row.audio)
+                                .replace("{data_dir}", str(parsed.data_dir))))
             continue
         start, end = row.start, row.end
         dur = checks.seconds(audio) if start is not None or end is not None else None
+        shown = audio.name if parsed.found_by_parser else row.audio
         if dur is not None and start is not None and start >= dur:
-            issues.append(Issue(where, f"start {start:g} s is past the end of {row.audio} ({dur:.2f} s); "
+            issues.append(Issue(where, f"start {start:g} s is past the end of {shown} ({dur:.2f} s); "
                                        "row skipped"))
             continue
-        if dur is not None and end is not None and end > dur + 0.05:
-            issues.append(Issue(where, f"warning: end {end:g} s is past the end of {row.audio} ({dur:.2f} s); "
+        if dur is not None and end is not None and end > dur + 0.05 and parsed.warn_end_past_file:
+            issues.append(Issue(where, f"warning: end {end:g} s is past the end of {shown} ({dur:.2f} s); "
                                        "the segment stops at the end of the file"))
         key = (row.call_id, str(audio), start, end) if parsed.same_by_audio else row.segment_id
         if not checks.first_time(key, where, parsed.duplicate.replace("{segment_id}", row.segment_id)
@@ -104,8 +110,8 @@ def _segments(parsed: Parsed, checks: RowChecks, canonical: dict[str, str], allo
             continue
         if parsed.labels_of_kept_rows:
             labels_seen.append((where, row.label))
-        split = checks.one_split(row.call_id, row.split, where)
-        text = checks.transcript(where, row.text)
+        split = checks.one_split(row.call_id, row.split, where, kind=parsed.call_kind)
+        text = checks.transcript(where, row.text) if parsed.warn_empty_text else row.text
         issues.extend(Issue(where, w) for w in row.warnings)
         seg_id, k = row.segment_id, 2
         while seg_id in seen_ids:
@@ -132,8 +138,12 @@ def generate_split(calls: dict[str, list], split_ratios, seed: int, notes: dict)
 
 
 def to_manifest(dataset: str, scheme_name: str, parsed: Parsed, *, allow_outside_paths: bool = False,
-                allow_empty_labels: bool = False, split_ratios=None, seed: int = 0) -> Manifest:
-    """The manifest of ``parsed``'s rows after every shared check (see the module docstring)."""
+                allow_empty_labels: bool = False, split_ratios=None, seed: int = 0,
+                assign_splits: Callable[[dict[str, list]], dict[str, list]] | None = None) -> Manifest:
+    """The manifest of ``parsed``'s rows after every shared check (see the module docstring).
+
+    ``assign_splits`` replaces the default split rule (a split generated for the labelled calls when the files
+    name none) for a dataset with its own (standard folds files)."""
     scheme = scheme_or_error(scheme_name)
     issues = parsed.issues
     checks = RowChecks(issues)
@@ -143,7 +153,9 @@ def to_manifest(dataset: str, scheme_name: str, parsed: Parsed, *, allow_outside
     if scheme.level == "call":   # segment-level schemes (sentiment, meld) keep each segment's own label
         calls = majority_labels(calls, issues)
     notes = parsed.notes
-    if notes.get("split") in ("none", "generated"):
+    if assign_splits is not None:
+        calls = assign_splits(calls)
+    elif notes.get("split") in ("none", "generated"):
         calls = generate_split(calls, split_ratios, seed, notes)
     elif notes.get("split") == "column":
         for cid, items in calls.items():
