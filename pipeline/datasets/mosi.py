@@ -54,9 +54,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..manifest import Issue, Manifest, Segment
-from ._common import (ManifestError, RowChecks, build_manifest, check_labels, drop_rows, normalise_split,
-                      option_path, parse_ratios, read_csv, require_columns, split_counts, stratified_split)
+from ..manifest import Issue, Manifest
+from ._common import (ManifestError, audio_seconds, normalise_split, option_path, parse_ratios, read_csv,
+                      require_columns, split_counts, stratified_split)
+from .pipeline import Parsed, RawRow, to_manifest
 
 log = logging.getLogger(__name__)
 
@@ -293,12 +294,12 @@ def _clip_seconds(clip: str) -> float | None:
     return float(f"{m.group(1)}.{m.group(2) or 0}")
 
 
-def _load_csv_form(path: Path, data_dir: Path, audio_root: Path, issues: list[Issue],
-                   labels_seen: list[tuple[str, str]]) -> tuple[dict[str, list], dict[str, str] | None, dict]:
-    """Returns (calls, split per video from the mode column or None, notes)."""
-    fields, rows, _ = read_csv(path, issues)
+def _parse_csv_form(path: Path, audio_root: Path) -> Parsed:
+    """The utterances of a ``label.csv`` (``notes["split"]`` is "column" when it has a mode/split column)."""
+    issues: list[Issue] = []
+    fields, table, _ = read_csv(path, issues)
     if "id" in fields and "video_id" not in fields and "clip_id" not in fields:
-        rows = [(line, _split_id(row)) for line, row in rows]      # the community form id,text,label,mode
+        table = [(line, _split_id(row)) for line, row in table]      # the community form id,text,label,mode
         fields = [*fields, "video_id", "clip_id"]
     cols = require_columns(path, fields, CSV_COLUMNS)
     split_col = next((c for c in ("mode", "split") if c in fields), None)
@@ -306,63 +307,41 @@ def _load_csv_form(path: Path, data_dir: Path, audio_root: Path, issues: list[Is
     end_col = next((c for c in END_COLS if c in fields), None)
     timed = start_col is not None and end_col is not None
     per_utt, per_video = AudioFinder(audio_root, PER_UTTERANCE), AudioFinder(audio_root, PER_VIDEO)
-    calls: dict[str, list] = {}
-    checks = RowChecks(issues)
-    for order, (line, row) in enumerate(rows):
-        where = f"{path.name}:{line}"
+    rows: list[RawRow] = []
+    for order, (line, row) in enumerate(table):
         vid, clip = row[cols["video"]], row[cols["clip"]]
+        seg_id, audio, problem, unread = f"{vid}_{clip}", None, None, None
+        split = start = end = None
         if not _safe_id(vid) or not _safe_id(clip):
-            issues.append(Issue(where, f"video_id {vid!r} / clip_id {clip!r} empty or not a plain name; row skipped"))
-            continue
-        seg_id = f"{vid}_{clip}"
-        label = score_label(row[cols["label"]])
-        split = None
-        if split_col is not None:
-            split = normalise_split(row[split_col])
-            if split is None:
-                issues.append(Issue(where, f"unknown {split_col} {row[split_col]!r} (use train, valid or test); "
-                                           "row skipped"))
-                continue
-        start = end = None
-        if timed and (row[start_col] or row[end_col]):
+            unread = f"video_id {vid!r} / clip_id {clip!r} empty or not a plain name; row skipped"
+        elif split_col is not None and (split := normalise_split(row[split_col])) is None:
+            problem = f"unknown {split_col} {row[split_col]!r} (use train, valid or test); row skipped"
+        elif timed and (row[start_col] or row[end_col]):
             start, end = _seconds(row[start_col]), _seconds(row[end_col])
-            if start is None or end is None or end <= start:
-                issues.append(Issue(where, f"{start_col}/{end_col} {row[start_col]!r}/{row[end_col]!r} are not "
-                                           "seconds with end after start; row skipped"))
-                continue
             audio = per_video.find(v=vid)
-            if audio is None:
-                issues.append(Issue(where, f"audio of video {vid} not found; looked for {per_video.expected(v=vid)}; "
-                                           "row skipped"))
-                continue
-            dur = checks.seconds(audio)
-            if dur is not None and start >= dur:
-                issues.append(Issue(where, f"start {start:g} s is past the end of {audio.name} ({dur:.2f} s); "
-                                           "row skipped"))
-                continue
+            if start is None or end is None or end <= start:
+                problem = (f"{start_col}/{end_col} {row[start_col]!r}/{row[end_col]!r} are not seconds with end "
+                           "after start; row skipped")
+            elif audio is None:
+                problem = f"audio of video {vid} not found; looked for {per_video.expected(v=vid)}; row skipped"
         else:
             audio = per_utt.find(v=vid, c=clip)
             if audio is None:
                 whole = per_video.find(v=vid)
                 hint = (f"; only the whole video {whole.name} is there: add start,end columns (seconds) to "
                         f"{path.name}") if whole is not None else ""
-                issues.append(Issue(where, f"audio of utterance {seg_id} not found; looked for "
-                                           f"{per_utt.expected(v=vid, c=clip)}{hint}; row skipped"))
-                continue
-        if not checks.first_time(seg_id, where, f"utterance {seg_id}"):
-            continue
-        labels_seen.append((where, label))
-        split = checks.one_split(vid, split, where, kind="video")
-        text = checks.transcript(where, row[cols["text"]])
+                problem = (f"audio of utterance {seg_id} not found; looked for {per_utt.expected(v=vid, c=clip)}"
+                           f"{hint}; row skipped")
         key = start if start is not None else _clip_seconds(clip)
-        if key is None:
-            key = float(order)
-        seg = Segment(segment_id=seg_id, call_id=vid, index=0, split=split or "", label=label,
-                      audio_path=str(audio), text=text, start=start, end=end, source_row=where)
-        calls.setdefault(vid, []).append((key, order, seg))
-    splits = checks.splits if split_col is not None else None
+        rows.append(RawRow(call_id=vid, segment_id=seg_id, audio=str(audio), where=f"{path.name}:{line}",
+                           label=score_label(row[cols["label"]]), split=split or "", text=row[cols["text"]],
+                           start=start, end=end, order=float(order) if key is None else key, unread=unread,
+                           problem=problem))
     notes = {"form": "csv", "sources": [path.name], "audio": "per video with start/end" if timed else "per utterance"}
-    return calls, splits, notes
+    if split_col is not None:
+        notes["split"] = "column"
+    return Parsed(rows, path.parent, notes, duplicate="utterance {segment_id}", call_kind="video",
+                  found_by_parser=True, labels_of_kept_rows=True, warn_end_past_file=False, issues=issues)
 
 
 # --------------------------------------------------------------------------------------------------- SDK form
@@ -461,19 +440,19 @@ def _read_words(path: Path, issues: list[Issue]) -> dict[str, list[tuple[float, 
     return words
 
 
-def _load_sdk_form(data_dir: Path, dataset: str, labels_csd: Path | None, words_csd: Path | None,
-                   audio_root: Path, issues: list[Issue],
-                   labels_seen: list[tuple[str, str]]) -> tuple[dict[str, list], dict]:
+def _parse_sdk_form(data_dir: Path, dataset: str, labels_csd: Path | None, words_csd: Path | None,
+                    audio_root: Path) -> Parsed:
+    """The utterances of the CMU SDK's labels .csd, with their words from the words .csd."""
+    issues: list[Issue] = []
     labels_path = _find_csd(data_dir, "labels", labels_csd, dataset)
     words_path = _find_csd(data_dir, "words", words_csd, dataset)
     words = _read_words(words_path, issues)
     finder = AudioFinder(audio_root, PER_VIDEO)
     audio_of: dict[str, Path | None] = {}
-    checks = RowChecks(issues)
-    calls: dict[str, list] = {}
+    seconds: dict[Path, float | None] = {}
+    rows: list[RawRow] = []
     widths: set[int] = set()
     no_words: set[str] = set()
-    order = 0
     with _open_csd(labels_path) as f:
         for key, vid, clip, feats, ivs in _entries(_csd_data(f, labels_path), labels_path, issues):
             widths.add(int(feats.shape[1]))
@@ -490,37 +469,34 @@ def _load_sdk_form(data_dir: Path, dataset: str, labels_csd: Path | None, words_
                 no_words.add(vid)
                 issues.append(Issue(f"{words_path.name}", f"warning: no words for video {vid}; its transcripts "
                                                           "are empty"))
-            dur = checks.seconds(audio)
+            dur = audio_seconds(audio, seconds)
             mids = [m for m, _ in words.get(vid, ())]
             for r in range(ivs.shape[0]):
                 if clip is None:            # one entry per video: row r is utterance r
                     seg_id = f"{vid}[{r}]"
                 else:                       # one entry per utterance (SDK-aligned keys)
                     seg_id = key if ivs.shape[0] == 1 else f"{key}#{r}"
-                where = f"{labels_path.name}:{seg_id}"
-                if not checks.first_time(seg_id, where, f"utterance {seg_id}"):
-                    continue
                 start, end = float(ivs[r, 0]), float(ivs[r, 1])
+                problem, text, warnings = None, "", ()
                 if not (math.isfinite(start) and math.isfinite(end)) or end <= start or start < 0:
-                    issues.append(Issue(where, f"interval [{start}, {end}] is not a time span; utterance skipped"))
-                    continue
-                if dur is not None and start >= dur:
-                    issues.append(Issue(where, f"starts at {start:g} s, past the end of {audio.name} ({dur:.2f} s); "
-                                               "utterance skipped (is it the right audio?)"))
-                    continue
-                label = score_label(feats[r, 0])
-                labels_seen.append((where, label))
-                lo, hi = bisect.bisect_left(mids, start), bisect.bisect_left(mids, end)   # midpoints in [start, end)
-                text = " ".join(w for _, w in words.get(vid, [])[lo:hi])
-                if not text and vid in words:
-                    issues.append(Issue(where, "warning: no words inside the interval; empty transcript (kept)"))
-                seg = Segment(segment_id=seg_id, call_id=vid, index=0, split="", label=label,
-                              audio_path=str(audio), text=text, start=start, end=end, source_row=where)
-                calls.setdefault(vid, []).append((start, order, seg))
-                order += 1
+                    problem = f"interval [{start}, {end}] is not a time span; utterance skipped"
+                elif dur is not None and start >= dur:
+                    problem = (f"starts at {start:g} s, past the end of {audio.name} ({dur:.2f} s); utterance "
+                               "skipped (is it the right audio?)")
+                else:
+                    # the words whose midpoints are in [start, end)
+                    lo, hi = bisect.bisect_left(mids, start), bisect.bisect_left(mids, end)
+                    text = " ".join(w for _, w in words.get(vid, [])[lo:hi])
+                    if not text and vid in words:
+                        warnings = ("warning: no words inside the interval; empty transcript (kept)",)
+                rows.append(RawRow(call_id=vid, segment_id=seg_id, audio=str(audio),
+                                   where=f"{labels_path.name}:{seg_id}", label=score_label(feats[r, 0]), text=text,
+                                   start=start, end=end, order=start, problem=problem, warnings=warnings))
     notes = {"form": "sdk", "sources": [labels_path.name, words_path.name],
              "label_column": "features[:, 0] (sentiment)" + ("" if widths <= {1} else f" of {max(widths)}")}
-    return calls, notes
+    return Parsed(rows, data_dir, notes, duplicate="utterance {segment_id}", call_kind="video",
+                  found_by_parser=True, labels_of_kept_rows=True, warn_empty_text=False, warn_end_past_file=False,
+                  issues=issues)
 
 
 # --------------------------------------------------------------------------------------------------- adapter
@@ -534,25 +510,20 @@ def load_mosi(data_dir: Path, *, allow_outside_paths: bool = False, seed: int = 
     ``allow_outside_paths`` is accepted for the common signature: paths here come from ids, never from the files.
     """
     data_dir = Path(data_dir)
-    issues: list[Issue] = []
-    labels_seen: list[tuple[str, str]] = []
     audio_root = option_path(data_dir, audio_dir) or data_dir
     if audio_dir is not None and not audio_root.is_dir():
         raise ManifestError(f"{audio_root}: no such folder (check the audio_dir option)")
     csv_path = option_path(data_dir, label_csv)
     if csv_path is None and labels_csd is None:
         csv_path = next((data_dir / n for n in LABEL_CSV_NAMES if (data_dir / n).is_file()), None)
-    split_of: dict[str, str] | None = None
     if csv_path is not None:
         if not csv_path.is_file():
             raise ManifestError(f"{csv_path}: no such CSV (check the label_csv option)")
-        calls, split_of, notes = _load_csv_form(csv_path, data_dir, audio_root, issues, labels_seen)
-        if split_of is not None:
-            notes["split"] = "column"
+        parsed = _parse_csv_form(csv_path, audio_root)
     else:
         try:
-            calls, notes = _load_sdk_form(data_dir, dataset, option_path(data_dir, labels_csd), option_path(data_dir, words_csd),
-                                          audio_root, issues, labels_seen)
+            parsed = _parse_sdk_form(data_dir, dataset, option_path(data_dir, labels_csd),
+                                     option_path(data_dir, words_csd), audio_root)
         except ManifestError as e:
             if labels_csd is None and "no labels computational sequence" in str(e):
                 raise ManifestError(f"{data_dir}: neither label.csv (MMSA/MMML form: video_id,clip_id,text,label,"
@@ -561,18 +532,23 @@ def load_mosi(data_dir: Path, *, allow_outside_paths: bool = False, seed: int = 
                                     f"CMU_{dataset.upper()}_TimestampedWords.csd + Raw/Audio/WAV_16000/Full/"
                                     "<video>.wav) found; download one of them into this folder") from None
             raise
-    calls = drop_rows(calls, check_labels(labels_seen, SCHEME, allow_empty=False, issues=issues))
+    notes, column = parsed.notes, parsed.notes.get("split") == "column"
     split_path = option_path(data_dir, split_file)
-    if split_path is None and split_of is None:
+    if split_path is None and not column:
         split_path = _find_split_file(data_dir)
-    if split_path is not None:
-        calls = _apply_splits(calls, read_split_file(split_path), split_path.name, issues)
-        notes.update({"split": "file", "split_file": split_path.name})
-    elif split_of is None:
-        calls = _generated_split(calls, dataset, split_ratios, seed, notes) if calls else calls
-    log.info("%s: %d videos, %d utterances (%s form), %d issues", dataset, len(calls),
-             sum(len(v) for v in calls.values()), notes["form"], len(issues))
-    return build_manifest(dataset, SCHEME, calls, issues, notes)
+
+    def assign_splits(calls: dict[str, list]) -> dict[str, list]:
+        if split_path is not None:
+            notes.update({"split": "file", "split_file": split_path.name})
+            return _apply_splits(calls, read_split_file(split_path), split_path.name, parsed.issues)
+        if not column and calls:
+            return _generated_split(calls, dataset, split_ratios, seed, notes)
+        return calls
+
+    manifest = to_manifest(dataset, SCHEME, parsed, assign_splits=assign_splits)
+    log.info("%s: %d videos, %d utterances (%s form), %d issues", dataset, len({s.call_id for s in manifest.segments}),
+             len(manifest.segments), notes["form"], len(manifest.issues))
+    return manifest
 
 
 def load_mosei(data_dir: Path, *, allow_outside_paths: bool = False, seed: int = 0,
