@@ -21,7 +21,7 @@ from ._common import (RowChecks, build_manifest, check_labels, drop_rows, label_
 @dataclass(frozen=True)
 class RawRow:
     """One segment as the dataset's files give it. ``audio`` is the path as written (relative to the dataset
-    folder); ``split`` is a normalised split or "" (none given); ``order`` sorts the call's segments (ties: file
+    folder), or the file the parser found where ``Parsed.found_by_parser``; ``split`` is a normalised split or "" (none given); ``order`` sorts the call's segments (ties: file
     order); ``problem`` (set by the parser) leaves the row out with that reason; ``warnings`` are kept-row notes."""
     call_id: str
     segment_id: str
