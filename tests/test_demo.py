@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from predict.demo import MODALITIES, main as demo_cli, run_demo
@@ -14,6 +15,7 @@ def _paths(tmp_path: Path) -> tuple[Path, Path, Path]:
     return tmp_path / "data", tmp_path / "cache" / "demo.zarr", tmp_path / "runs"
 
 
+@pytest.mark.slow   # the shipped demo, ~40 s: `python3 -m pytest -m slow` (figures in docs/benchmarks.md)
 def test_fused_model_beats_text_only_and_audio_only_by_20_points(tmp_path, monkeypatch):
     """The shipped demo settings (200 calls, 20 epochs). Text alone can reach 60 %, the voice alone 40 %."""
     monkeypatch.chdir(tmp_path)
