@@ -30,7 +30,7 @@ from pipeline.labels import get_scheme
 from pipeline.manifest import Segment
 from train.checkpoint import CheckpointError, load_run, read_run_config
 from train.data import pad_segments
-from train.predictions import use_threads, decode, head_widths, output_tasks, task_columns, task_values
+from train.predictions import model_outputs, use_threads, decode, head_widths, output_tasks, task_columns, task_values
 
 from .features import ModelMismatch, RunEncoders, SegmentFeatures, run_settings
 from .segmenter import CutterConfig, CutterError, cut_recording
@@ -182,8 +182,8 @@ class Predictor:
             width = self.text_tokens if full_text else int(t_len.max())
             text = pad_segments([s.text for s in segs], width, self.device) if m.uses_text else None
             counts = torch.as_tensor([len(c) for c in group], device=self.device)
-            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                logits = m(audio, a_len.to(self.device), text, t_len.to(self.device), counts)
+            logits = model_outputs(m, audio, a_len.to(self.device), text, t_len.to(self.device), counts,
+                                   self.device, self.amp)
             logits = {k: v.float().cpu() for k, v in logits.items()}
             seg_start = 0
             for k, call in enumerate(group):

@@ -26,7 +26,8 @@ from .data import Batches, CallData, FeatureSource, LoadedCache, TrainError, ope
 from .metrics import BOOTSTRAP, all_task_metrics, bootstrap_intervals, headline, selection_score
 from .model import MSMTFN, ModelDims, build_model
 from .normalise import feature_stats
-from .predictions import Scored, head_widths, output_tasks, prediction_table, run_model
+from .predictions import (Scored, head_widths, model_outputs, output_tasks, prediction_table, regression_tasks,
+                          run_model)
 from .plots import confusion_matrices, learning_curves
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,8 @@ def warmup_cosine(total_steps: int, warmup: float):
 
 
 def _forward(model: MSMTFN, batch, device: torch.device, amp: bool):
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-        return model(batch.audio, batch.audio_len, batch.text, batch.text_len, batch.seg_counts)
+    return model_outputs(model, batch.audio, batch.audio_len, batch.text, batch.text_len, batch.seg_counts,
+                         device, amp)
 
 
 def _loss(logits: dict, labels: dict, weights: dict, mask: torch.Tensor | None = None,
@@ -86,10 +87,6 @@ def _loss(logits: dict, labels: dict, weights: dict, mask: torch.Tensor | None =
         else:
             total = total + weights[t] * F.cross_entropy(out, y)
     return total
-
-
-def regression_tasks(scheme) -> frozenset:
-    return frozenset(t.name for t in scheme.tasks if t.is_regression)
 
 
 def evaluate(model: MSMTFN, batches: Batches, data: CallData, weights: dict, device, amp: bool,

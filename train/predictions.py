@@ -69,6 +69,17 @@ def decode(scheme, tasks: list[dict], logits: dict[str, torch.Tensor]) -> list[d
 
 
 # ------------------------------------------------------------------------------------------- the model run
+def regression_tasks(scheme) -> frozenset:
+    return frozenset(t.name for t in scheme.tasks if t.is_regression)
+
+
+def model_outputs(model, audio, audio_len, text, text_len, seg_counts, device, amp: bool) -> dict:
+    """The model's raw head outputs, under bf16 autocast on CUDA when ``amp``: the one forward call of training,
+    evaluation and msmtfn-predict."""
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+        return model(audio, audio_len, text, text_len, seg_counts)
+
+
 @dataclass
 class Scored:
     """One split (or any calls) through the model: one entry per scored item — a call, or a scored segment."""
@@ -86,14 +97,14 @@ def run_model(model, batches, data, weights: dict, device, amp: bool, loss_fn=No
     training (train.loop._loss), on the labelled items only (None: no loss)."""
     model.eval()
     scheme = data.scheme
-    regression = frozenset(t.name for t in scheme.tasks if t.is_regression)
+    regression = regression_tasks(scheme)
     outs: dict[str, list] = {t: [] for t in model.heads}
     y: dict[str, list] = {t: [] for t in data.labels}
     lab, calls, segs = [], [], []
     total, n = 0.0, 0
     for batch in batches:
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(batch.audio, batch.audio_len, batch.text, batch.text_len, batch.seg_counts)
+        logits = model_outputs(model, batch.audio, batch.audio_len, batch.text, batch.text_len, batch.seg_counts,
+                               device, amp)
         counts = batch.seg_counts.cpu().numpy()
         if batch.mask is not None:       # segment level: the scored segments
             keep = batch.mask.cpu().numpy()
