@@ -1,5 +1,7 @@
 """Training epoch of today's fusion network vs an earlier revision's, on the same MarketCalls-shape cache, in one
 run; plus the FLOPs of one training step at the paper's widths (for the GPU command in docs/benchmarks.md).
+Today's model is timed twice: as shipped (segments in length groups, train.model.MSMTFN.LENGTH_GROUPS) and with
+every batch padded to its longest segment, so the ratio splits into the architecture's share and the grouping's.
 
     python bench/fusion_speed.py --against 94dd25e --threads 1       # CPU, tiny widths (32), 877 calls
     python bench/fusion_speed.py --flops-only                        # FLOPs per step at d = 768, no timing
@@ -26,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from tests.synthetic import write_synthetic_store  # noqa: E402 (a test fixture)
 from train import loop  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
-from train.model import ModelDims, build_model  # noqa: E402
+from train.model import MSMTFN, ModelDims, build_model  # noqa: E402
 
 TINY = dict(heads=4, ffn=128, head_hidden=64, gru_hidden=32)
 
@@ -103,9 +105,16 @@ def main() -> None:
                   threads=args.threads, **TINY)
         new, n_new = timed_epoch(cache, Path(tmp) / "new", kw)
         print(f"today's model: epoch {new:.1f} s ({n_new / 1e6:.2f} M parameters)", flush=True)
+        grouped, MSMTFN.LENGTH_GROUPS = MSMTFN.LENGTH_GROUPS, {}
+        try:
+            padded, _ = timed_epoch(cache, Path(tmp) / "padded", kw)
+        finally:
+            MSMTFN.LENGTH_GROUPS = grouped
+        print(f"today's model, each batch padded to its longest segment: epoch {padded:.1f} s", flush=True)
         old, n_old = timed_epoch(cache, Path(tmp) / "old", kw, previous_model_class(args.against))
         print(f"model at {args.against}: epoch {old:.1f} s ({n_old / 1e6:.2f} M parameters)")
-        print(f"speed-up: {old / new:.2f}x (same cache, same fit, {args.threads} thread(s))")
+        print(f"speed-up: {old / new:.2f}x (same cache, same fit, {args.threads} thread(s)); architecture "
+              f"{old / padded:.2f}x, length groups {padded / new:.2f}x")
 
 
 if __name__ == "__main__":

@@ -4,19 +4,31 @@ reach 60 %, audio alone 40 %), 200 calls, tiny random encoders, on CPU.
 
     python bench/learning_robustness.py                              # seeds 0-4 x 15/20/40 epochs, shipped model
     python bench/learning_robustness.py --variants all --seeds 0 1 2 --epochs 20
+    python bench/learning_robustness.py --calls 160 --epochs 15 --variants shipped no-bottleneck \
+        --settings '{"heads": 4, "ffn": 192, "lr": 1e-3, "dropout": 0.3, "cross_layers": 4}'
 
-Variants (monkeypatched here, never switches in the product): ``shipped``; ``no-standardisation`` (raw cached
-features into the projections); ``no-gru-residual`` (call vector from the Bi-GRU alone); ``serial`` (the previous
-one-stream model, read from git); and the ablations ``no-bottleneck``, ``no-cross-attention``, ``text-only``,
-``audio-only``, and the paper's choices where ours differ: ``paper-batching`` (1 call per step, 4
-accumulated), ``paper-lr`` (1e-5), ``flatten-pooling``, ``cls-pooling`` (plain settings). Prints per run the best validation 5-class accuracy, its test accuracy and
-the first epoch whose validation accuracy reached --learned; writes --json. Results: docs/model.md.
+Variants (monkeypatched here, never switches in the product):
+* ``shipped``; ``no-standardisation`` (raw cached features into the projections); ``no-gru-residual`` (call vector
+  from the Bi-GRU alone); ``serial`` (the previous one-stream model, read from git); ``one-padded-batch`` (no
+  length groups: the same model, another float rounding);
+* the ablations ``no-bottleneck``, ``no-cross-attention``, ``text-only``, ``audio-only``, and
+  ``no-bottleneck-3-text-layers`` (a depth control);
+* the bottleneck designs tried against its slower learning (``BOTTLENECK_TRIALS``, docs/model.md);
+* the paper's choices where ours differ: ``paper-batching`` (1 call per step, 4 accumulated), ``paper-lr``
+  (1e-5), ``flatten-pooling``, ``cls-pooling``, ``post-ln`` (post-LN layers), ``relu`` (ReLU for every GELU),
+  ``paper-stopping`` (the checkpoint of lowest validation loss: compare test5), and ``stride-2``, ``stride-4``
+  (``--audio-stride``).
+
+Prints per run the best validation 5-class accuracy over the epochs, the test accuracy of the checkpoint that
+validation selected, and the first epoch whose validation accuracy reached --learned; writes --json. Results:
+docs/model.md.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,16 +44,80 @@ from extract import ExtractConfig, build_tiny_encoders, extract  # noqa: E402
 from predict.demo import TINY_SIZES  # noqa: E402
 from train import loop  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
-from train.model import MSMTFN  # noqa: E402
+from train.model import MSMTFN, BottleneckLayer, CrossModalLayer, SelfBlock, _masked_mean  # noqa: E402
 
+# designs tried against the bottleneck's slower learning (docs/model.md), not in the product
+BOTTLENECK_TRIALS = ("bn-sum-deltas", "bn-zero-init", "bn-from-second", "bn-mbt-readout", "bn-mbt-zero-init",
+                     "bn-text-before-exchange")
 VARIANTS = ("shipped", "no-standardisation", "no-gru-residual", "serial", "no-bottleneck", "no-cross-attention",
-            "text-only", "audio-only", "paper-batching", "paper-lr", "flatten-pooling", "cls-pooling")
+            "text-only", "audio-only", "paper-batching", "paper-lr", "flatten-pooling", "cls-pooling", "stride-2",
+            "stride-4", "one-padded-batch", "no-bottleneck-3-text-layers", "post-ln", "relu", "paper-stopping",
+            *BOTTLENECK_TRIALS)
 # variants that are plain settings of the shipped model (ablations a user can run)
 SETTINGS = {"no-bottleneck": {"bottleneck": False}, "no-cross-attention": {"cross_attention": False},
             "text-only": {"modality": "text"}, "audio-only": {"modality": "audio"},
             # the paper's choices where ours differ: one call per step with 4 accumulated, lr 1e-5, pooling
             "paper-batching": {"batch_calls": 1, "grad_accum": 4}, "paper-lr": {"lr": 1e-5},
-            "flatten-pooling": {"pooling": "flatten"}, "cls-pooling": {"pooling": "cls"}}
+            "flatten-pooling": {"pooling": "flatten"}, "cls-pooling": {"pooling": "cls"},
+            "stride-2": {"audio_stride": 2}, "stride-4": {"audio_stride": 4},
+            "no-bottleneck-3-text-layers": {"bottleneck": False, "text_branch_layers": 3}}
+
+
+def bottleneck_trial(variant: str, undo: list) -> None:
+    """Monkeypatch one of BOTTLENECK_TRIALS: B ← B + both deltas (sum, not mean); the bottleneck layers' residual
+    outputs zero-initialised (each starts as the identity); the final B from the second branch's update alone; the
+    MBT readout (Nagrani et al.: pooled text branch + pooled second branch after the exchange, B not read); MBT +
+    zero-init; the text branch read before the exchange (its tokens then only write B)."""
+    def setattr_undo(obj, name, value):
+        old = obj.__dict__[name]
+        setattr(obj, name, value)
+        undo.append(lambda: setattr(obj, name, old))
+
+    layer_fwd = BottleneckLayer.forward
+    if variant == "bn-sum-deltas":
+        def fwd(self, x, xv, y, yv, b, last=False):
+            x, y, mean = layer_fwd(self, x, xv, y, yv, b, last)
+            return x, y, 2 * mean - b
+        setattr_undo(BottleneckLayer, "forward", fwd)
+    if variant in ("bn-zero-init", "bn-mbt-zero-init"):
+        init = MSMTFN.__init__
+
+        def zero_init(self, cfg, dims):
+            init(self, cfg, dims)
+            for layer in getattr(self, "bottleneck_layers", []):
+                for block in (layer.text, layer.second):
+                    for lin in (block.att.o, block.ff[3]):
+                        torch.nn.init.zeros_(lin.weight)
+                        torch.nn.init.zeros_(lin.bias)
+        setattr_undo(MSMTFN, "__init__", zero_init)
+    if variant == "bn-from-second":
+        def fwd(self, x, xv, y, yv, b, last=False):
+            if not last:
+                return layer_fwd(self, x, xv, y, yv, b, last)
+            nb = b.shape[1]
+            ones = torch.ones(b.shape[:2], dtype=torch.bool, device=b.device)
+            x = self.text(torch.cat([x, b], 1), torch.cat([xv, ones], 1))[:, :-nb]
+            return x, None, self.second(torch.cat([y, b], 1), torch.cat([yv, ones], 1), last_rows=nb)
+        setattr_undo(BottleneckLayer, "forward", fwd)
+    if variant in ("bn-mbt-readout", "bn-mbt-zero-init", "bn-text-before-exchange"):
+        def seg(self, audio, alen, text, tlen):
+            x, xv = self._stream(text, tlen, "text")
+            a, av = self._stream(audio, alen, "audio")
+            y = x
+            for layer in self.second_layers:
+                y = layer(y, xv, a, av)
+            for layer in self.main_layers:
+                x = layer(x, xv)
+            before, b = x, self.bottleneck_tokens.expand(x.shape[0], -1, -1)
+            n = len(self.bottleneck_layers)
+            for i, layer in enumerate(self.bottleneck_layers):
+                x, y, b = layer_fwd(layer, x, xv, y, xv, b, last=i == n - 1 and variant == "bn-text-before-exchange")
+            if variant == "bn-text-before-exchange":
+                v, other = self._pool(self.final_norm(before), xv), self.second_norm(b).mean(1)
+            else:
+                v, other = self._pool(self.final_norm(x), xv), _masked_mean(self.second_norm(y), xv)
+            return self.seg_drop(self.join(torch.cat([v, other], 1)))
+        setattr_undo(MSMTFN, "_segment_vectors", seg)
 
 
 def demo_cache(work: Path, calls: int) -> Path:
@@ -75,6 +151,39 @@ class patched:
                 return orig(model, seg, counts) - (residual if model.cfg.bigru else 0)
             MSMTFN.call_vectors = gru_only
             self.undo.append(lambda: setattr(MSMTFN, "call_vectors", orig))
+        elif self.variant == "post-ln":      # the paper's (BERT's) layers: normalise after each residual sum
+            block_fwd, cross_fwd = SelfBlock.forward, CrossModalLayer.forward
+
+            def block(self, x, valid, last_rows=0):
+                q = x[:, -last_rows:] if last_rows else x
+                x = self.n1(q + self.drop(self.att(q, x, valid)))
+                return self.n2(x + self.drop(self.ff(x)))
+
+            def cross(self, x, x_valid, audio, audio_valid):
+                return self.block(self.nq(x + self.drop(self.cross(x, audio, audio_valid))), x_valid)
+            SelfBlock.forward, CrossModalLayer.forward = block, cross
+            self.undo.append(lambda: (setattr(SelfBlock, "forward", block_fwd),
+                                      setattr(CrossModalLayer, "forward", cross_fwd)))
+        elif self.variant == "relu":         # ReLU wherever the model has GELU (FFN, joins, heads)
+            init = MSMTFN.__init__
+
+            def relu_init(model, cfg, dims):
+                init(model, cfg, dims)
+                for mod in list(model.modules()):
+                    for name, child in list(mod.named_children()):
+                        if isinstance(child, torch.nn.GELU):
+                            setattr(mod, name, torch.nn.ReLU())
+            MSMTFN.__init__ = relu_init
+            self.undo.append(lambda: setattr(MSMTFN, "__init__", init))
+        elif self.variant == "paper-stopping":   # the checkpoint with the lowest validation loss
+            score = loop.selection_score
+            loop.selection_score = lambda m, selection, loss: (-loss,)
+            self.undo.append(lambda: setattr(loop, "selection_score", score))
+        elif self.variant in BOTTLENECK_TRIALS:
+            bottleneck_trial(self.variant, self.undo)
+        elif self.variant == "one-padded-batch":
+            groups, MSMTFN.LENGTH_GROUPS = MSMTFN.LENGTH_GROUPS, {}
+            self.undo.append(lambda: setattr(MSMTFN, "LENGTH_GROUPS", groups))
         elif self.variant == "serial":
             from fusion_speed import previous_model_class
             orig = loop.build_model
@@ -96,6 +205,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=TINY_SIZES["lr"])
     ap.add_argument("--variants", nargs="+", default=["shipped"], help=f"any of {', '.join(VARIANTS)} or all")
     ap.add_argument("--against", default="94dd25e", help="git revision of the serial model")
+    ap.add_argument("--settings", type=json.loads, default={},
+                    help='JSON of training settings over the demo sizes, e.g. \'{"lr": 1e-3, "dropout": 0.3}\'')
     ap.add_argument("--learned", type=float, default=0.8, help="validation 5-class accuracy that counts as learned")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -109,13 +220,14 @@ def main() -> None:
         for epochs in args.epochs:
             for seed in args.seeds:
                 t0 = time.perf_counter()
-                out = work / "runs" / f"{variant}-e{epochs}-s{seed}"
+                out = work / "runs" / f"{variant}-c{args.calls}-e{epochs}-s{seed}"
+                shutil.rmtree(out, ignore_errors=True)      # a scratch run of this script, maybe other settings
                 with patched(variant, args.against):
                     m = loop.fit(TrainConfig(cache=str(cache), out=str(out), device="cpu", epochs=epochs,
                                              patience=epochs, seed=seed, progress=False,
                                              plots=False, state_every=0, threads=1,
                                              **{**TINY_SIZES, "lr": args.lr, "batch_calls": 8,
-                                                **SETTINGS.get(variant, {})}))
+                                                **args.settings, **SETTINGS.get(variant, {})}))
                 hist = list(csv.DictReader(open(out / "history.csv")))
                 val = [float(h["val_5_accuracy"]) for h in hist]
                 reached = next((i + 1 for i, v in enumerate(val) if v >= args.learned), None)

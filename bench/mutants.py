@@ -80,6 +80,16 @@ MUTANTS = [
     Mutant("final bottleneck tokens not read (text branch alone)", MODEL,
            "            other = self.second_norm(b).mean(1)", "            other = self.second_norm(b).mean(1) * 0",
            (T_MODEL,)),
+    Mutant("length groups written back in sorted order", MODEL,
+           "            out[idx] = v", "            out[torch.sort(idx).values] = v", (T_MODEL,)),
+    Mutant("length groups trimmed to their shortest text", MODEL,
+           "else text[idx, :max(1, int(text_len[idx].max()))]", "else text[idx, :max(1, int(text_len[idx].min()))]",
+           (T_MODEL,)),
+    Mutant("length groups never formed", MODEL,
+           "        return None if best == 1 else list(order.tensor_split(best))", "        return None", (T_MODEL,)),
+    Mutant("stacked audio frames keep padding frames", MODEL,
+           "    x = F.pad(x * real[..., None].to(x.dtype), (0, 0, 0, -a % stride))",
+           "    x = F.pad(x, (0, 0, 0, -a % stride))", (T_GUARDS,)),
 ]
 
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("extract_paper-8k", "extract_encoder", "writer", "train", "sweep")
+PARTS = ("extract_paper-8k", "extract_encoder", "writer", "train", "train_groups", "sweep")
 
 
 def positive(x) -> bool:
@@ -58,6 +58,10 @@ def test_dry_run_writes_every_measurement(tmp_path):
     for key in ("epoch_s", "fit_wall_s", "cpu_busy_ratio", "host_peak_rss_mib", "packed_feature_gib"):
         assert positive(t[key]), (key, t[key])
     assert t["packed_feature_gib"] < t["padded_feature_gib"]
+
+    g = res["parts"]["train_groups"]
+    assert len(g["ms_per_step"]) == 4 and all(positive(v) for v in g["ms_per_step"].values()), g
+    assert g["shipped"].startswith("up to 9 groups, 30,000 row pairs")      # the CPU rule in train/model.py
 
     s = res["parts"]["sweep"]
     assert s["trials"] == res["sizes"]["sweep_trials"]

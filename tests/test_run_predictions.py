@@ -31,7 +31,8 @@ def _score(run_dir: str, cache: str, split: str, out: Path) -> CliRunner:
     return r
 
 
-@pytest.mark.parametrize("kw", [{}, {"mtl": False, "task": "5"}, {"threads": 2}], ids=["mtl", "no-mtl", "2-threads"])
+@pytest.mark.parametrize("kw", [{}, {"mtl": False, "task": "5", "audio_stride": 2}, {"threads": 2}],
+                         ids=["mtl", "no-mtl-audio-stride-2", "2-threads"])
 def test_call_level_run_files_reproduce_and_match_metrics(tmp_path, kw):
     store = write_synthetic_store(tmp_path / "c.zarr", calls=40, seed=3, audio_frames=12, text_tokens=6)
     m = fit(TrainConfig(cache=str(store.path), out=str(tmp_path / "run"), **{**SMALL, **kw}))

@@ -46,8 +46,9 @@ def test_loss_sums_every_head_with_its_weight():
 
 @pytest.mark.parametrize("pooling", ["mean", "cls", "flatten"])
 @pytest.mark.parametrize("modality", ["both", "text", "audio"])
-def test_padding_rows_never_change_the_output(pooling, modality):
-    model = _model(pooling=pooling, modality=modality)
+@pytest.mark.parametrize("audio_stride", [1, 3])
+def test_padding_rows_never_change_the_output(pooling, modality, audio_stride):
+    model = _model(pooling=pooling, modality=modality, audio_stride=audio_stride)
     g = torch.Generator().manual_seed(1)
     counts = torch.tensor([2, 3])
     s, frames = 5, 20

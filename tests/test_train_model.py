@@ -12,7 +12,7 @@ from synthetic import write_synthetic_store
 from train.config import ConfigError, TrainConfig
 from train.data import CallData
 from train.metrics import all_task_metrics
-from train.model import ModelDims, audio_path_problem, build_model
+from train.model import MSMTFN, ModelDims, audio_path_problem, build_model
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -243,11 +243,12 @@ def test_refused_settings_exit_2_with_one_line(tmp_path):
     from click.testing import CliRunner
     from train.cli import main as train_cli
     store = write_synthetic_store(tmp_path / "c.zarr", calls=10, seed=1)
-    for args in (["--cross-layers", "0"], ["--bottleneck-layers", "0"]):
+    for args, named in ((["--cross-layers", "0"], "--cross-layers"), (["--bottleneck-layers", "0"],
+                        "--bottleneck-layers"), (["--audio-stride", "0"], "audio_stride")):
         r = CliRunner().invoke(train_cli, ["--cache", str(store.path), "--out", str(tmp_path / "r"), *args])
         assert r.exit_code == 2, r.output
         lines = [ln for ln in r.output.splitlines() if ln.strip()]
-        assert len(lines) == 1 and args[0] in lines[0], r.output
+        assert len(lines) == 1 and named in lines[0], r.output
     assert not (tmp_path / "r").exists(), "nothing is written for refused settings"
 
 
@@ -354,3 +355,88 @@ def test_unused_modality_may_be_missing():
         b = model_for(modality="text")(audio, alen, text, tlen, counts)
         torch.testing.assert_close(a["5"], b["5"])
         model_for(modality="audio")(audio, alen, None, tlen, counts)
+
+
+# ---------------------------------------------------------- compute strategies that must not change the result
+@pytest.mark.parametrize("variant", [{}, {"pooling": "flatten"}, {"pooling": "cls"}, {"bottleneck": False},
+                                     {"cross_attention": False}, {"modality": "text"}, {"modality": "audio"},
+                                     {"audio_stride": 3}])
+def test_length_groups_give_the_one_padded_batch_result(variant, monkeypatch):
+    """Segments run in groups of similar length, each trimmed to its own longest rows; outputs and gradients must
+    equal those of the whole batch padded to its longest segment."""
+    counts = [5, 7, 4, 8, 6]
+    audio, alen, text, tlen, seg_counts = inputs(counts, seed=3, frames=30)
+    alen[0], tlen[1] = 30, DIMS.text_tokens      # some segment fills each width
+    widths = []
+    orig = MSMTFN._segment_vectors
+
+    def recording(self, a, al, t, tl):
+        widths.append((None if a is None else a.shape[1], None if t is None else t.shape[1], len(al if tl is None
+                                                                                              else tl)))
+        return orig(self, a, al, t, tl)
+
+    def run(groups):
+        model = model_for(**variant)       # eval mode: no dropout
+        monkeypatch.setattr(MSMTFN, "LENGTH_GROUPS", groups)
+        monkeypatch.setattr(MSMTFN, "_segment_vectors", recording)
+        out = model(audio, alen, text, tlen, seg_counts)
+        sum((v * torch.arange(1, v.shape[1] + 1)).sum() for v in out.values()).backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    whole, g_whole = run({"cpu": (1, 0)})
+    assert widths == [(30, DIMS.text_tokens, 30)]
+    widths.clear()
+    grouped, g_grouped = run({"cpu": (6, 0)})      # no per-group cost: as many groups as save padded rows
+    assert len(widths) >= 3 and sum(w[2] for w in widths) == 30, widths
+    main = 1 if variant.get("modality") == "audio" else 0      # the length the groups are sorted on
+    assert min(w[main] for w in widths) < max(w[main] for w in widths), "groups must be trimmed to their own rows"
+    for t in whole:
+        torch.testing.assert_close(grouped[t], whole[t], rtol=1e-4, atol=1e-5)
+    assert g_grouped.keys() == g_whole.keys()
+    for n in g_whole:
+        torch.testing.assert_close(g_grouped[n], g_whole[n], rtol=1e-3, atol=1e-5, msg=n)
+
+
+def test_length_groups_only_where_they_save_more_than_they_cost():
+    """The shipped CPU rule: a batch of 40 s segments (999 frames, up to 199 tokens) is split; a batch of the
+    demo's ~1 s segments stays one batch (its groups' dispatch would cost more than its padding)."""
+    model = model_for()
+    g = torch.Generator().manual_seed(0)
+    long_t, long_a = torch.randint(2, 200, (36,), generator=g), torch.randint(333, 1000, (36,), generator=g)
+    groups = model.length_groups(long_a, long_t, "cpu")
+    assert groups is not None and len(groups) >= 4
+    assert sorted(torch.cat(groups).tolist()) == list(range(36))
+    firsts = [long_t[idx].max() for idx in groups]
+    assert firsts == sorted(firsts), "groups follow text length"
+    short_t, short_a = torch.randint(4, 10, (28,), generator=g), torch.randint(37, 62, (28,), generator=g)
+    assert model.length_groups(short_a, short_t, "cpu") is None
+    assert model.length_groups(long_a, long_t, "mps") is None, "a device without a rule: one batch"
+
+
+def test_stack_frames_puts_stride_frames_side_by_side_and_zeroes_padding():
+    from train.model import stack_frames
+    x = torch.arange(2 * 5 * 2, dtype=torch.float32).view(2, 5, 2) + 1
+    out, lengths = stack_frames(x, torch.tensor([5, 3]), 2)
+    assert out.shape == (2, 3, 4) and lengths.tolist() == [3, 2]
+    torch.testing.assert_close(out[0, 0], torch.cat([x[0, 0], x[0, 1]]))
+    torch.testing.assert_close(out[0, 2], torch.cat([x[0, 4], torch.zeros(2)]))      # partial: zero-filled
+    torch.testing.assert_close(out[1, 1], torch.cat([x[1, 2], torch.zeros(2)]))      # frame 3 is padding
+    assert (out[1, 2] == 0).all()
+    same, n = stack_frames(x, torch.tensor([5, 3]), 1)
+    assert same is x and n.tolist() == [5, 3]
+
+
+def test_audio_stride_reads_every_frame_and_shortens_the_audio_keys():
+    model = model_for(audio_stride=4)
+    assert model.audio_proj.in_features == 4 * DIMS.audio_dim
+    audio, alen, text, tlen, counts = inputs([2, 3], frames=21)
+    alen[:] = 21
+    seen = []
+    model.second_layers[0].cross.register_forward_hook(lambda m, args, out: seen.append(args[1].shape[1]))
+    with torch.no_grad():
+        before = model(audio, alen, text, tlen, counts)
+        changed = audio.clone()
+        changed[:, 20] += 1.0       # only the last frame: alone in its (partial) row
+        after = model(changed, alen, text, tlen, counts)
+    assert seen[0] == 1 + 6, "keys: [CLS; ceil(21 / 4) rows]"
+    assert not torch.allclose(before["5"], after["5"]), "every frame must reach the output"

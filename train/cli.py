@@ -75,6 +75,10 @@ def _default(name):
               help="Dropout on attention weights (slow on CPU).")
 @click.option("--cross-layers", default=_default("cross_layers"), show_default=True,
               help="Chained layers of the cross-modal branch (cross-attention to audio, self-attention, FFN).")
+@click.option("--audio-stride", default=_default("audio_stride"), show_default=True,
+              help="Audio frames stacked side by side into one row before the model reads them: 4 makes HuBERT's "
+                   "20 ms frames 80 ms rows and the attention over audio ~4x cheaper (1 = every frame, the paper's; "
+                   "docs/model.md has its measured cost).")
 @click.option("--text-branch-layers", default=_default("text_branch_layers"), show_default=True,
               help="Self-attention layers of the text branch (the backbone the heads read).")
 @click.option("--bottleneck-tokens", default=_default("bottleneck_tokens"), show_default=True,

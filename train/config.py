@@ -60,6 +60,7 @@ class TrainConfig:
     dropout: float = 0.3                # residual, FFN, segment-vector and head dropout (paper: 0.3)
     attn_dropout: float = 0.0           # dropout on attention weights (cheap on GPU, slow on CPU)
     cross_layers: int = 4               # chained cross-modal layers of the second branch (text queries audio)
+    audio_stride: int = 1               # audio frames stacked side by side into one row (4: HuBERT's 20 ms → 80 ms)
     text_branch_layers: int = 1         # self-attention layers of the text branch (the backbone the heads read)
     bottleneck_tokens: int = 4
     bottleneck_layers: int = 2
@@ -80,7 +81,7 @@ class TrainConfig:
             raise ConfigError(f"modality {self.modality!r}: valid are {', '.join(MODALITIES)}")
         if self.pooling not in POOLINGS:
             raise ConfigError(f"pooling {self.pooling!r}: valid are {', '.join(POOLINGS)}")
-        for name in ("epochs", "batch_calls", "grad_accum", "heads", "bottleneck_tokens"):
+        for name in ("epochs", "batch_calls", "grad_accum", "heads", "bottleneck_tokens", "audio_stride"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)}")
         for name in ("cross_layers", "text_branch_layers", "bottleneck_layers", "ffn", "d_model"):

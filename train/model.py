@@ -22,6 +22,10 @@ with the Bi-GRU's output at that segment (its context in the call) instead. A re
 head. Unlike the paper's public code, audio changes the output (nothing masks it out; see
 :func:`audio_path_problem`).
 
+``audio_stride=N`` stacks N audio frames side by side into one row before the projection (N× fewer audio keys;
+default 1, every frame). The segments of a batch run in length groups where that saves padded work
+(:meth:`MSMTFN.length_groups`); the result is that of one padded batch.
+
 Ablations (``TrainConfig``), each "both" variant still reads audio:
 * ``cross_attention=False``: the second branch is the audio sequence itself ([CLS_a; audio], self-attention
   + FFN ×cross_layers, no text queries); the bottleneck then fuses text and audio as in Nagrani et al.
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -141,6 +146,18 @@ def _valid(lengths: torch.Tensor, width: int) -> torch.Tensor:
     return torch.cat([torch.ones_like(ar[:, :1]), ar], 1)
 
 
+def stack_frames(x: torch.Tensor, lengths: torch.Tensor, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each run of ``stride`` frames → one row of their features side by side (frame stacking), padding frames
+    past ``lengths`` zeroed (a last, partial run is zero-filled). (S, A, D), (S,) → (S, ceil(A/stride),
+    stride·D), ceil(lengths/stride). Nothing is lost: the projection after it sees every frame."""
+    if stride == 1:
+        return x, lengths
+    s, a, d = x.shape
+    real = torch.arange(a, device=x.device)[None, :] < lengths[:, None]
+    x = F.pad(x * real[..., None].to(x.dtype), (0, 0, 0, -a % stride))
+    return x.reshape(s, -1, stride * d), (lengths + stride - 1) // stride
+
+
 def _masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     m = valid[..., None].to(x.dtype)
     return (x * m).sum(1) / m.sum(1)
@@ -184,7 +201,7 @@ class MSMTFN(nn.Module):
             self.register_buffer("text_mean", torch.zeros(dims.text_dim))
             self.register_buffer("text_std", torch.ones(dims.text_dim))
         if self.uses_audio:
-            self.audio_proj = nn.Linear(dims.audio_dim, d)
+            self.audio_proj = nn.Linear(dims.audio_dim * cfg.audio_stride, d)
             self.cls_audio = nn.Parameter(torch.randn(1, 1, d) * 0.02)
             self.register_buffer("audio_mean", torch.zeros(dims.audio_dim))
             self.register_buffer("audio_std", torch.ones(dims.audio_dim))
@@ -226,7 +243,10 @@ class MSMTFN(nn.Module):
     def _stream(self, x, lengths, modality):
         proj, cls = getattr(self, f"{modality}_proj"), getattr(self, f"cls_{modality}")
         mean, std = getattr(self, f"{modality}_mean"), getattr(self, f"{modality}_std")
-        x = proj((x.to(cls.dtype) - mean.to(cls.dtype)) / std.to(cls.dtype))
+        x = (x.to(cls.dtype) - mean.to(cls.dtype)) / std.to(cls.dtype)
+        if modality == "audio":   # stride frames per row: the attention over audio has stride× fewer keys
+            x, lengths = stack_frames(x, lengths, self.cfg.audio_stride)
+        x = proj(x)
         return torch.cat([cls.expand(x.shape[0], -1, -1), x], 1), _valid(lengths, x.shape[1])
 
     def _pool(self, x, valid):
@@ -236,9 +256,66 @@ class MSMTFN(nn.Module):
             return x[:, 0]
         return _masked_mean(x, valid)
 
+    # Segments of a batch run in groups of similar text length, each padded only to its own longest rows: padding
+    # rows cost as much as real ones and are then thrown away. Device type -> (most groups, the fixed cost of one
+    # more group in padded row pairs): a group costs ~ its segments × T × (A + T) row pairs (attention dominates)
+    # plus that much overhead; the grouping with the least total wins. CPU: measured at width 32 (a pair ~0.2 µs,
+    # a group's dispatch ~5 ms: 40 s segments gain 1.7x, the demo's 1 s segments stay one batch,
+    # bench/fusion_speed.py); CUDA: launches ~2 ms vs ~2 ns a pair at 768, not measured yet (bench/gpu/run.sh).
+    LENGTH_GROUPS = {"cpu": (9, 30_000), "cuda": (4, 1_000_000)}
+
+    def length_groups(self, audio_len, text_len, device_type: str) -> list[torch.Tensor] | None:
+        """Index groups (sorted by the backbone's length) that minimise padded work + per-group overhead, or None
+        when one padded batch is cheapest."""
+        most, overhead = self.LENGTH_GROUPS.get(device_type, (1, 0))
+        key = text_len if self.cfg.modality != "audio" else audio_len
+        n = len(key)
+        if most <= 1 or n < 2:
+            return None
+        order = torch.argsort(key, stable=True)
+        at = order.cpu().numpy()
+        stride = self.cfg.audio_stride
+        lens = key.cpu().numpy()[at].astype(np.float64)           # ascending: a part's longest is its last
+        if self.cfg.modality == "audio":
+            lens = np.ceil(lens / stride)
+        elif self.pooling == "flatten":                          # text keeps every row: only audio is trimmed
+            lens = np.full(n, lens[-1])
+        other = np.ceil(audio_len.cpu().numpy()[at] / stride) if self.cfg.modality == "both" else np.zeros(n)
+        one = n * lens[-1] * (other.max() + lens[-1])
+        if one <= 2 * overhead:       # any split costs more than the whole batch
+            return None
+        best, best_cost = 1, one
+        for k in range(2, min(most, n) + 1):
+            cost = k * overhead + sum(len(p) * lens[p[-1]] * (other[p].max() + lens[p[-1]])
+                                      for p in np.array_split(np.arange(n), k))
+            if cost < best_cost:
+                best, best_cost = k, cost
+        return None if best == 1 else list(order.tensor_split(best))
+
     def segment_vectors(self, audio, audio_len, text, text_len) -> torch.Tensor:
         """(S, d): one vector per segment. ``audio`` (S, A, Da) / ``text`` (S, T, Dt) in any float dtype (cast to
-        the model's), rows past ``audio_len`` / ``text_len`` are masked; an unused modality may be None."""
+        the model's), rows past ``audio_len`` / ``text_len`` are masked; an unused modality may be None.
+
+        The result does not depend on how the batch is padded or grouped (up to float rounding): padding rows are
+        masked everywhere, so each group is trimmed to its own longest segment."""
+        groups = self.length_groups(audio_len, text_len, (audio if text is None else text).device.type)
+        if groups is None:
+            return self._segment_vectors(audio, audio_len, text, text_len)
+        out = None
+        for idx in groups:
+            a = t = None
+            if audio is not None:
+                a = audio[idx, :max(1, int(audio_len[idx].max()))]
+            if text is not None:   # flatten pooling reads every text row (padding included, zeroed)
+                t = text[idx] if self.pooling == "flatten" else text[idx, :max(1, int(text_len[idx].max()))]
+            v = self._segment_vectors(a, None if audio is None else audio_len[idx], t,
+                                      None if text is None else text_len[idx])
+            if out is None:
+                out = v.new_empty((len(audio_len if text_len is None else text_len), v.shape[1]))
+            out[idx] = v
+        return out
+
+    def _segment_vectors(self, audio, audio_len, text, text_len) -> torch.Tensor:
         if self.cfg.modality == "audio":
             x, x_valid = self._stream(audio, audio_len, "audio")
         else:

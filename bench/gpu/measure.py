@@ -411,6 +411,48 @@ def part_train(sz: Sizes, device: str, tmp: Path) -> dict:
     return out
 
 
+def part_train_groups(sz: Sizes, device: str) -> dict:
+    """One training step (8 calls, 3-6 segments of random lengths as in the training cache, bf16 autocast on
+    CUDA) with the segments run as one padded batch vs in up to 2, 4, 9 length groups (no per-group cost), and
+    the number the shipped rule (train.model.MSMTFN.LENGTH_GROUPS) picks: the figures that set the CUDA rule,
+    which CPU runs cannot."""
+    from train.config import TrainConfig
+    from train.model import MSMTFN, ModelDims, build_model
+
+    d, (a_rows, t_rows) = sz.width, sz.frames
+    torch.manual_seed(0)
+    model = build_model(TrainConfig(cache="-", task="5", dropout=0.0, heads=12 if d % 12 == 0 else 4),
+                        ModelDims(d, d, t_rows, {"5": 5, "4": 4, "3": 3, "2": 2})).to(device).train()
+    g = torch.Generator().manual_seed(0)
+    counts = torch.randint(3, 7, (8,), generator=g)
+    s = int(counts.sum())
+    alen, tlen = torch.randint(a_rows // 3, a_rows + 1, (s,), generator=g), torch.randint(2, t_rows + 1, (s,), generator=g)
+    audio, text = torch.randn(s, a_rows, d, generator=g), torch.randn(s, t_rows, d, generator=g)
+    audio, text, alen, tlen, counts = (x.to(device) for x in (audio, text, alen, tlen, counts))
+    kind, saved = torch.device(device).type, MSMTFN.LENGTH_GROUPS
+    out = {"segments": s, "ms_per_step": {}}
+    try:
+        for groups in ((1, 0), (2, 0), (4, 0), (9, 0)):
+            MSMTFN.LENGTH_GROUPS = {**saved, kind: groups}
+            times = []
+            for i in range(7):
+                sync(device)
+                t0 = time.perf_counter()
+                with torch.autocast(kind, dtype=torch.bfloat16, enabled=kind == "cuda"):
+                    logits = model(audio, alen, text, tlen, counts)
+                sum(v.float().sum() for v in logits.values()).backward()
+                sync(device)
+                times.append(time.perf_counter() - t0)
+            out["ms_per_step"][f"up to {groups[0]} groups"] = 1e3 * float(np.median(times[2:]))
+        MSMTFN.LENGTH_GROUPS = saved
+        chosen = model.length_groups(alen, tlen, kind)
+    finally:
+        MSMTFN.LENGTH_GROUPS = saved
+    most, overhead = saved.get(kind, (1, 0))
+    out["shipped"] = f"up to {most} groups, {overhead:,} row pairs a group; here {len(chosen or [0])}"
+    return out
+
+
 def kernel_time_ratio(cfg, tmp: Path) -> dict:
     """No pynvml: one profiled epoch; CUDA kernel time over wall time."""
     from torch.profiler import ProfilerActivity, profile
@@ -510,6 +552,9 @@ def markdown(res: dict) -> str:
                 fmt(p.get("gpu_kernel_time_ratio") or p.get("cpu_busy_ratio"), ".2f") + " (kernel/CPU busy ratio)")
             row(k, "GPU peak MiB; features padded / packed GiB", f"{fmt(p['gpu_peak_mib'], '.0f')}; "
                 f"{p['padded_feature_gib']:.2f} / {p['packed_feature_gib']:.2f}")
+        elif k == "train_groups":
+            row(k, f"ms per training step, {p['segments']} segments: one padded batch vs length groups "
+                f"(shipped: {p['shipped']})", "; ".join(f"{g}: {v:.1f}" for g, v in p["ms_per_step"].items()))
         elif k == "sweep":
             row(k, f"{p['trials']} separate msmtfn-train vs one msmtfn-sweep, s",
                 f"{p['separate_processes_s']:.1f} vs {p['sweep_s']:.1f} = {p['speedup']:.2f}x")
@@ -523,7 +568,7 @@ def main() -> int:
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes (the test)")
     ap.add_argument("--device", default=None, help="default: cuda when available (cpu for --dry-run)")
     ap.add_argument("--budget", type=float, default=None, help="wall-clock seconds for all parts")
-    ap.add_argument("--parts", default="extract_paper-8k,extract_encoder,writer,train,sweep")
+    ap.add_argument("--parts", default="extract_paper-8k,extract_encoder,writer,train,train_groups,sweep")
     args = ap.parse_args()
     sz = DRY if args.dry_run else DEVICE
     device = args.device or ("cpu" if args.dry_run or not torch.cuda.is_available() else "cuda")
@@ -575,6 +620,8 @@ def main() -> int:
                     p = part_writer(sz, tmp)
                 elif part == "train":
                     p = part_train(sz, device, tmp)
+                elif part == "train_groups":
+                    p = part_train_groups(sz, device)
                 elif part == "sweep":
                     p = part_sweep(sz, device, tmp)
                 else:
