@@ -5,6 +5,7 @@ every batch padded to its longest segment, so the ratio splits into the architec
 
     python bench/fusion_speed.py --against 94dd25e --threads 1       # CPU, tiny widths (32), 877 calls
     python bench/fusion_speed.py --flops-only                        # FLOPs per step at d = 768, no timing
+    python bench/fusion_speed.py --short-segments                    # demo-length segments: groups or not
 
 The earlier model is read from git (``git show REV:train/model.py``), so no old code lives in the tree. Both run
 through the same ``fit`` (same data path, optimizer, evaluation); the cache is written once (random values in the
@@ -20,12 +21,13 @@ import time
 import types
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.synthetic import write_synthetic_store  # noqa: E402 (a test fixture)
+from tests.synthetic import SyntheticCall, write_synthetic_store  # noqa: E402 (a test fixture)
 from train import loop  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
 from train.model import MSMTFN, ModelDims, build_model  # noqa: E402
@@ -81,14 +83,44 @@ def flops_per_step(batch_calls: int = 8, segments: int = 4) -> float:
     return float(fc.get_total_flops())
 
 
+def short_segments(args) -> None:
+    """Where grouping does not pay: the rule must leave such batches whole (train.model.MSMTFN.LENGTH_GROUPS)."""
+    def fill(rng, index, n_segments, shape):
+        return SyntheticCall(label="ABCDE"[int(rng.integers(0, 5))],
+                             audio=rng.standard_normal((n_segments, shape.audio_frames, 32), dtype=np.float32),
+                             audio_len=rng.integers(37, 62, size=n_segments),
+                             text=rng.standard_normal((n_segments, shape.text_tokens, 32), dtype=np.float32),
+                             text_len=rng.integers(4, 10, size=n_segments))
+
+    with tempfile.TemporaryDirectory(prefix="msmtfn-fusion-speed-") as tmp:
+        cache = Path(tmp) / "short.zarr"
+        write_synthetic_store(cache, calls=200, segments_per_call=(2, 5), seed=0, split_fractions=(0.8, 0.1, 0.1),
+                              audio_frames=61, audio_dim=32, text_tokens=48, text_dim=32, fill=fill)
+        kw = dict(device="cpu", epochs=3, patience=3, batch_calls=8, progress=False, plots=False, state_every=0,
+                  threads=args.threads, **TINY)
+        shipped, _ = timed_epoch(cache, Path(tmp) / "shipped", kw)
+        rule, MSMTFN.LENGTH_GROUPS = MSMTFN.LENGTH_GROUPS, {"cpu": (9, 0)}
+        try:
+            forced, _ = timed_epoch(cache, Path(tmp) / "forced", kw)
+        finally:
+            MSMTFN.LENGTH_GROUPS = rule
+        print(f"200 calls of ~1 s segments: epoch {shipped:.2f} s as shipped, {forced:.2f} s forced into up to 9 "
+              f"length groups: grouping would be {forced / shipped:.2f}x slower")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--against", default="94dd25e", help="git revision of the model to compare with")
     ap.add_argument("--calls", type=int, default=877)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--flops-only", action="store_true")
+    ap.add_argument("--short-segments", action="store_true",
+                    help="only: the demo's segment lengths (~1 s: 37-61 frames, 4-9 tokens), today's model as "
+                         "shipped vs forced into 9 length groups")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.short_segments:
+        return short_segments(args)
     flops = flops_per_step()
     print(f"one training step at d = 768 (8 calls x 4 segments of 40 s, forward + backward): {flops / 1e12:.2f} "
           "TFLOP (torch.utils.flop_counter)")
