@@ -6,6 +6,7 @@ every batch padded to its longest segment, so the ratio splits into the architec
     python bench/fusion_speed.py --against 94dd25e --threads 1       # CPU, tiny widths (32), 877 calls
     python bench/fusion_speed.py --flops-only                        # FLOPs per step at d = 768, no timing
     python bench/fusion_speed.py --short-segments                    # demo-length segments: groups or not
+    python bench/fusion_speed.py --profile                           # where a training step's CPU time goes
 
 The earlier model is read from git (``git show REV:train/model.py``), so no old code lives in the tree. Both run
 through the same ``fit`` (same data path, optimizer, evaluation); the cache is written once (random values in the
@@ -83,6 +84,33 @@ def flops_per_step(batch_calls: int = 8, segments: int = 4) -> float:
     return float(fc.get_total_flops())
 
 
+def profile_step() -> None:
+    """Self CPU time of one forward + backward by operator family, as shares of the step."""
+    from torch.profiler import profile
+
+    torch.manual_seed(0)
+    model = build_model(TrainConfig(cache="-", task="5", **TINY), ModelDims(32, 32, 199, {"5": 5, "4": 4, "3": 3,
+                                                                                         "2": 2})).train()
+    s = 36   # 8 calls of 3-6 segments; lengths as in the cache: audio from a third of 999 up, text 2-199
+    alen, tlen = torch.randint(333, 1000, (s,)), torch.randint(2, 200, (s,))
+    audio, text = torch.randn(s, int(alen.max()), 32), torch.randn(s, int(tlen.max()), 32)
+    counts = torch.tensor([4, 5, 4, 5, 4, 5, 4, 5])
+
+    def step():
+        sum(v.sum() for v in model(audio, alen, text, tlen, counts).values()).backward()
+    step()
+    with profile() as prof:
+        step()
+    rows = prof.key_averages()
+    total = sum(r.self_cpu_time_total for r in rows)
+    families = {"attention (scaled_dot_product)": "scaled_dot_product", "dropout masks (bernoulli)": "bernoulli",
+                "matrix products (mm, addmm, bmm)": ("aten::mm", "aten::addmm", "aten::bmm")}
+    for name, keys in families.items():
+        keys = (keys,) if isinstance(keys, str) else keys
+        share = sum(r.self_cpu_time_total for r in rows if any(k in r.key for k in keys)) / total
+        print(f"{name}: {share:.0%} of the step's self CPU time")
+
+
 def short_segments(args) -> None:
     """Where grouping does not pay: the rule must leave such batches whole (train.model.MSMTFN.LENGTH_GROUPS)."""
     def fill(rng, index, n_segments, shape):
@@ -114,6 +142,9 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=877)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--flops-only", action="store_true")
+    ap.add_argument("--profile", action="store_true",
+                    help="only: torch.profiler shares of one training step of today's model (36 segments of the "
+                         "cache's lengths, width 32)")
     ap.add_argument("--short-segments", action="store_true",
                     help="only: the demo's segment lengths (~1 s: 37-61 frames, 4-9 tokens), today's model as "
                          "shipped vs forced into 9 length groups")
@@ -121,6 +152,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.short_segments:
         return short_segments(args)
+    if args.profile:
+        return profile_step()
     flops = flops_per_step()
     print(f"one training step at d = 768 (8 calls x 4 segments of 40 s, forward + backward): {flops / 1e12:.2f} "
           "TFLOP (torch.utils.flop_counter)")
