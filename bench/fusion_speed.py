@@ -7,6 +7,7 @@ every batch padded to its longest segment, so the ratio splits into the architec
     python bench/fusion_speed.py --flops-only                        # FLOPs per step at d = 768, no timing
     python bench/fusion_speed.py --short-segments                    # demo-length segments: groups or not
     python bench/fusion_speed.py --profile                           # where a training step's CPU time goes
+    python bench/fusion_speed.py --splits                            # length groups: least-cost vs equal parts
 
 The earlier model is read from git (``git show REV:train/model.py``), so no old code lives in the tree. Both run
 through the same ``fit`` (same data path, optimizer, evaluation); the cache is written once (random values in the
@@ -111,6 +112,55 @@ def profile_step() -> None:
         print(f"{name}: {share:.0%} of the step's self CPU time")
 
 
+
+def equal_parts_groups(self, audio_len, text_len, device_type: str):
+    """The naive split (the first length-group rule): the sorted segments in k equal-size parts, k chosen by the
+    same cost model; stands in for MSMTFN.length_groups in --splits."""
+    most, overhead = MSMTFN.LENGTH_GROUPS[device_type]
+    order = torch.argsort(text_len, stable=True)
+    lens, other = text_len[order].double().numpy(), audio_len[order].double().numpy()
+    best, best_cost = 1, len(lens) * lens[-1] * (other.max() + lens[-1])
+    for k in range(2, min(most, len(lens)) + 1):
+        cost = k * overhead + sum(len(p) * lens[p[-1]] * (other[p].max() + lens[p[-1]])
+                                  for p in np.array_split(np.arange(len(lens)), k))
+        if cost < best_cost:
+            best, best_cost = k, cost
+    return None if best == 1 else list(order.tensor_split(best))
+
+
+def compare_splits(rounds: int = 4) -> None:
+    """Training steps (forward + backward) on 12 batches of the cache's lengths, the least-cost split as shipped
+    vs equal-size parts, alternating rounds so that a drifting machine slows both alike."""
+    torch.manual_seed(0)
+    model = build_model(TrainConfig(cache="-", task="5", **TINY), ModelDims(32, 32, 199, {"5": 5, "4": 4, "3": 3,
+                                                                                         "2": 2})).train()
+    g = torch.Generator().manual_seed(1)
+    batches = []
+    for _ in range(12):   # 8 calls of 3-6 segments; audio from a third of 999 up, text 2-199 (as in the cache)
+        counts = torch.randint(3, 7, (8,), generator=g)
+        s = int(counts.sum())
+        alen, tlen = torch.randint(333, 1000, (s,), generator=g), torch.randint(2, 200, (s,), generator=g)
+        batches.append((torch.randn(s, int(alen.max()), 32), alen, torch.randn(s, int(tlen.max()), 32), tlen, counts))
+    shipped = MSMTFN.length_groups
+
+    def timed(rule) -> float:
+        MSMTFN.length_groups = rule
+        t0 = time.perf_counter()
+        for b in batches:
+            sum(v.sum() for v in model(*b).values()).backward()
+        return time.perf_counter() - t0
+    try:
+        timed(shipped)                                      # warm-up
+        least, equal = [], []
+        for _ in range(rounds):
+            equal.append(timed(equal_parts_groups))
+            least.append(timed(shipped))
+    finally:
+        MSMTFN.length_groups = shipped
+    print(f"12 training steps, {rounds} alternating rounds: equal-size parts {sum(equal):.1f} s, least-cost split "
+          f"(shipped) {sum(least):.1f} s: {sum(least) / sum(equal):.3f}x the time; rounds "
+          f"{[round(x, 2) for x in equal]} vs {[round(x, 2) for x in least]}")
+
 def short_segments(args) -> None:
     """Where grouping does not pay: the rule must leave such batches whole (train.model.MSMTFN.LENGTH_GROUPS)."""
     def fill(rng, index, n_segments, shape):
@@ -145,6 +195,9 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true",
                     help="only: torch.profiler shares of one training step of today's model (36 segments of the "
                          "cache's lengths, width 32)")
+    ap.add_argument("--splits", action="store_true",
+                    help="only: training steps with length groups from the least-cost split (shipped) vs "
+                         "equal-size parts")
     ap.add_argument("--short-segments", action="store_true",
                     help="only: the demo's segment lengths (~1 s: 37-61 frames, 4-9 tokens), today's model as "
                          "shipped vs forced into 9 length groups")
@@ -154,6 +207,8 @@ def main() -> None:
         return short_segments(args)
     if args.profile:
         return profile_step()
+    if args.splits:
+        return compare_splits()
     flops = flops_per_step()
     print(f"one training step at d = 768 (8 calls x 4 segments of 40 s, forward + backward): {flops / 1e12:.2f} "
           "TFLOP (torch.utils.flop_counter)")

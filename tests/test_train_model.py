@@ -386,9 +386,12 @@ def test_length_groups_give_the_one_padded_batch_result(variant, monkeypatch):
     whole, g_whole = run({"cpu": (1, 0)})
     assert widths == [(30, DIMS.text_tokens, 30)]
     widths.clear()
-    grouped, g_grouped = run({"cpu": (6, 0)})      # no per-group cost: as many groups as save padded rows
-    assert len(widths) >= 3 and sum(w[2] for w in widths) == 30, widths
-    main = 1 if variant.get("modality") == "audio" else 0      # the length the groups are sorted on
+    # no per-group cost: every split saves padded rows, so 3 groups, each holding several lengths (more groups
+    # could hold one length each, and then trimming to the wrong end would go unseen)
+    grouped, g_grouped = run({"cpu": (3, 0)})
+    assert len(widths) == 3 and sum(w[2] for w in widths) == 30, widths
+    # the rows trimmed per group: text (sorted on), audio where text keeps every row (flatten) or is unused
+    main = 0 if variant.get("modality") == "audio" or variant.get("pooling") == "flatten" else 1
     assert min(w[main] for w in widths) < max(w[main] for w in widths), "groups must be trimmed to their own rows"
     for t in whole:
         torch.testing.assert_close(grouped[t], whole[t], rtol=1e-4, atol=1e-5)
@@ -412,6 +415,33 @@ def test_length_groups_only_where_they_save_more_than_they_cost():
     assert model.length_groups(short_a, short_t, "cpu") is None
     assert model.length_groups(long_a, long_t, "mps") is None, "a device without a rule: one batch"
 
+
+
+def test_cheapest_split_is_the_least_cost_contiguous_split():
+    """Against every contiguous split of small sorted batches (brute force): the least modelled cost, at most
+    ``most`` parts, parts that cover the order once; and the unit coarsening of large batches stays a split."""
+    import itertools
+
+    from train.model import cheapest_split
+
+    def cost(lens, other, overhead, parts):
+        return sum((b - a) * lens[b - 1] * (other[a:b].max() + lens[b - 1]) + overhead for a, b in parts)
+
+    rng = np.random.default_rng(0)
+    for _ in range(150):
+        n, most = int(rng.integers(1, 9)), int(rng.integers(1, 5))
+        overhead = float(rng.choice([0.0, 40.0, 4000.0]))
+        lens, other = np.sort(rng.integers(1, 50, n)).astype(float), rng.integers(0, 100, n).astype(float)
+        least = min(cost(lens, other, overhead, list(zip((0, *cut), (*cut, n))))
+                    for k in range(min(most, n)) for cut in itertools.combinations(range(1, n), k))
+        parts = cheapest_split(lens, other, overhead, most)
+        assert 1 <= len(parts) <= most
+        assert [a for a, _ in parts] == [0] + [b for _, b in parts[:-1]] and parts[-1][1] == n
+        assert cost(lens, other, overhead, parts) == pytest.approx(least)
+    lens, other = np.sort(rng.integers(2, 200, 700)).astype(float), rng.integers(333, 1000, 700).astype(float)
+    parts = cheapest_split(lens, other, 30_000, 9, units=64)
+    assert parts[0][0] == 0 and parts[-1][1] == 700 and all(a < b for a, b in parts) and len(parts) <= 9
+    assert all(parts[i][1] == parts[i + 1][0] for i in range(len(parts) - 1))
 
 def test_stack_frames_puts_stride_frames_side_by_side_and_zeroes_padding():
     from train.model import stack_frames

@@ -158,6 +158,40 @@ def stack_frames(x: torch.Tensor, lengths: torch.Tensor, stride: int) -> tuple[t
     return x.reshape(s, -1, stride * d), (lengths + stride - 1) // stride
 
 
+def cheapest_split(lens: np.ndarray, other: np.ndarray, overhead: float, most: int,
+                   units: int = 512) -> list[tuple[int, int]]:
+    """The split of items sorted by ``lens`` (ascending) into at most ``most`` contiguous parts with the least
+    Σ_part size · lens_max · (other_max + lens_max) + overhead · parts, as (start, end) pairs: an exact dynamic
+    programme over the sorted order (O(most · n²)). Over ``units`` items the order is first cut into ``units``
+    equal runs, so the tables stay small."""
+    n = len(lens)
+    cuts = np.linspace(0, n, min(n, units) + 1).round().astype(int)      # unit u = items cuts[u]:cuts[u + 1]
+    u = len(cuts) - 1
+    last = cuts[1:] - 1
+    ulen = lens[last]                                                     # sorted: a unit's longest is its last
+    uoth = np.maximum.reduceat(other, cuts[:-1])
+    i, e = np.arange(u)[:, None], np.arange(u)[None, :]                   # part = units i..e
+    omax = np.maximum.accumulate(np.where(e >= i, uoth[None, :], 0.0), axis=1)   # lengths are ≥ 0
+    size = cuts[1:][None, :] - cuts[:-1][:, None]
+    cost = np.where(e >= i, size * ulen[None, :] * (omax + ulen[None, :]) + overhead, np.inf)
+    prev = np.full(u + 1, np.inf)
+    prev[0] = 0.0                         # prev[i]: the least cost of units[:i] in the parts so far
+    starts, best, best_k = [], np.inf, 1
+    for k in range(1, min(most, u) + 1):
+        total = prev[:u, None] + cost     # [i, e]: units[:i] in k - 1 parts, units i..e the k-th
+        start = total.argmin(0)
+        prev = np.concatenate([[np.inf], total[start, np.arange(u)]])
+        starts.append(start)
+        if prev[u] < best:                # ties keep fewer parts
+            best, best_k = prev[u], k
+    parts, end = [], u
+    for k in range(best_k, 0, -1):
+        s = int(starts[k - 1][end - 1])
+        parts.append((int(cuts[s]), int(cuts[end])))
+        end = s
+    return parts[::-1]
+
+
 def _masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     m = valid[..., None].to(x.dtype)
     return (x * m).sum(1) / m.sum(1)
@@ -259,14 +293,16 @@ class MSMTFN(nn.Module):
     # Segments of a batch run in groups of similar text length, each padded only to its own longest rows: padding
     # rows cost as much as real ones and are then thrown away. Device type -> (most groups, the fixed cost of one
     # more group in padded row pairs): a group costs ~ its segments × T × (A + T) row pairs (attention dominates)
-    # plus that much overhead; the grouping with the least total wins. CPU: measured at width 32 (a pair ~0.2 µs,
-    # a group's dispatch ~5 ms: 40 s segments gain 1.7x, ~1 s segments (the demo's) stay one batch,
-    # bench/fusion_speed.py [--short-segments]); CUDA: launches ~2 ms vs ~2 ns a pair at 768, not measured yet (bench/gpu/run.sh).
+    # plus that much overhead; the contiguous split of the sorted order with the least total wins (exact:
+    # cheapest_split; steps ~5 % faster than equal-size parts, bench/fusion_speed.py --splits). CPU: measured at
+    # width 32 (a pair ~0.2 µs, a group's dispatch ~5 ms: 40 s segments gain 1.7x, ~1 s segments (the demo's) stay
+    # one batch, bench/fusion_speed.py [--short-segments]); CUDA: launches ~2 ms vs ~2 ns a pair at 768, not
+    # measured yet (bench/gpu/run.sh).
     LENGTH_GROUPS = {"cpu": (9, 30_000), "cuda": (4, 1_000_000)}
 
     def length_groups(self, audio_len, text_len, device_type: str) -> list[torch.Tensor] | None:
-        """Index groups (sorted by the backbone's length) that minimise padded work + per-group overhead, or None
-        when one padded batch is cheapest."""
+        """Index groups (runs of the segments sorted by the backbone's length) that minimise padded work +
+        per-group overhead, or None when one padded batch is cheapest."""
         most, overhead = self.LENGTH_GROUPS.get(device_type, (1, 0))
         key = text_len if self.cfg.modality != "audio" else audio_len
         n = len(key)
@@ -281,16 +317,10 @@ class MSMTFN(nn.Module):
         elif self.pooling == "flatten":                          # text keeps every row: only audio is trimmed
             lens = np.full(n, lens[-1])
         other = np.ceil(audio_len.cpu().numpy()[at] / stride) if self.cfg.modality == "both" else np.zeros(n)
-        one = n * lens[-1] * (other.max() + lens[-1])
-        if one <= 2 * overhead:       # any split costs more than the whole batch
+        if n * lens[-1] * (other.max() + lens[-1]) <= 2 * overhead:   # any split costs more than the whole batch
             return None
-        best, best_cost = 1, one
-        for k in range(2, min(most, n) + 1):
-            cost = k * overhead + sum(len(p) * lens[p[-1]] * (other[p].max() + lens[p[-1]])
-                                      for p in np.array_split(np.arange(n), k))
-            if cost < best_cost:
-                best, best_cost = k, cost
-        return None if best == 1 else list(order.tensor_split(best))
+        parts = cheapest_split(lens, other, overhead, most)
+        return None if len(parts) == 1 else [order[a:b] for a, b in parts]
 
     def segment_vectors(self, audio, audio_len, text, text_len) -> torch.Tensor:
         """(S, d): one vector per segment. ``audio`` (S, A, Da) / ``text`` (S, T, Dt) in any float dtype (cast to
