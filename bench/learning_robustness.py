@@ -20,8 +20,9 @@ Variants (monkeypatched here, never switches in the product):
   (``--audio-stride``).
 
 Prints per run the best validation 5-class accuracy over the epochs, the test accuracy of the checkpoint that
-validation selected, and the first epoch whose validation accuracy reached --learned; writes --json. Results:
-docs/model.md.
+validation selected, and the first epoch whose validation accuracy reached --learned; writes --json. ``--paired
+A.json B.json ...`` compares earlier runs seed by seed against A's first variant (mean difference, 95 % bootstrap
+interval). Results: docs/model.md.
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ from train.model import MSMTFN, BottleneckLayer, CrossModalLayer, SelfBlock, _ma
 
 # designs tried against the bottleneck's slower learning (docs/model.md), not in the product
 BOTTLENECK_TRIALS = ("bn-sum-deltas", "bn-zero-init", "bn-from-second", "bn-mbt-readout", "bn-mbt-zero-init",
-                     "bn-text-before-exchange")
+                     "bn-text-before-exchange", "bn-plus-direct")
 VARIANTS = ("shipped", "no-standardisation", "no-gru-residual", "serial", "no-bottleneck", "no-cross-attention",
             "text-only", "audio-only", "paper-batching", "paper-lr", "flatten-pooling", "cls-pooling", "stride-2",
             "stride-4", "one-padded-batch", "no-bottleneck-3-text-layers", "post-ln", "relu", "paper-stopping",
@@ -67,7 +68,8 @@ def bottleneck_trial(variant: str, undo: list) -> None:
     """Monkeypatch one of BOTTLENECK_TRIALS: B ← B + both deltas (sum, not mean); the bottleneck layers' residual
     outputs zero-initialised (each starts as the identity); the final B from the second branch's update alone; the
     MBT readout (Nagrani et al.: pooled text branch + pooled second branch after the exchange, B not read); MBT +
-    zero-init; the text branch read before the exchange (its tokens then only write B)."""
+    zero-init; the text branch read before the exchange (its tokens then only write B); the final B and the pooled
+    cross-modal branch (before the exchange, as --no-bottleneck reads it) both joined to the pooled text branch."""
     def setattr_undo(obj, name, value):
         old = obj.__dict__[name]
         setattr(obj, name, value)
@@ -99,6 +101,31 @@ def bottleneck_trial(variant: str, undo: list) -> None:
             x = self.text(torch.cat([x, b], 1), torch.cat([xv, ones], 1))[:, :-nb]
             return x, None, self.second(torch.cat([y, b], 1), torch.cat([yv, ones], 1), last_rows=nb)
         setattr_undo(BottleneckLayer, "forward", fwd)
+    if variant == "bn-plus-direct":
+        init = MSMTFN.__init__
+
+        def wider_join(self, cfg, dims):
+            init(self, cfg, dims)
+            if self.two and cfg.bottleneck:
+                self.join = torch.nn.Sequential(torch.nn.Linear(3 * self.d, self.d), torch.nn.GELU())
+                self.direct_norm = torch.nn.LayerNorm(self.d)
+        setattr_undo(MSMTFN, "__init__", wider_join)
+
+        def seg_direct(self, audio, alen, text, tlen):
+            x, xv = self._stream(text, tlen, "text")
+            a, av = self._stream(audio, alen, "audio")
+            y = x
+            for layer in self.second_layers:
+                y = layer(y, xv, a, av)
+            direct = _masked_mean(self.direct_norm(y), xv)
+            for layer in self.main_layers:
+                x = layer(x, xv)
+            b, n = self.bottleneck_tokens.expand(x.shape[0], -1, -1), len(self.bottleneck_layers)
+            for i, layer in enumerate(self.bottleneck_layers):
+                x, y, b = layer_fwd(layer, x, xv, y, xv, b, last=i == n - 1)
+            v = self._pool(self.final_norm(x), xv)
+            return self.seg_drop(self.join(torch.cat([v, self.second_norm(b).mean(1), direct], 1)))
+        setattr_undo(MSMTFN, "_segment_vectors", seg_direct)
     if variant in ("bn-mbt-readout", "bn-mbt-zero-init", "bn-text-before-exchange"):
         def seg(self, audio, alen, text, tlen):
             x, xv = self._stream(text, tlen, "text")
@@ -118,6 +145,36 @@ def bottleneck_trial(variant: str, undo: list) -> None:
                 v, other = self._pool(self.final_norm(x), xv), _masked_mean(self.second_norm(y), xv)
             return self.seg_drop(self.join(torch.cat([v, other], 1)))
         setattr_undo(MSMTFN, "_segment_vectors", seg)
+
+
+def paired(paths: list[str], resamples: int = 10_000) -> None:
+    """Each variant of the --json files against the first file's first variant, paired by seed (and epochs): the
+    mean difference of best val5 and test5 with a 95 % bootstrap interval over the shared seeds."""
+    def runs(rows, variant):
+        return {(r["epochs"], r["seed"]): r for r in rows if r["variant"] == variant}
+    first = json.loads(Path(paths[0]).read_text())
+    base_name = first[0]["variant"]
+    base = runs(first, base_name)
+    rng = np.random.default_rng(0)
+    print(f"against {Path(paths[0]).name}:{base_name}, paired by seed (95 % bootstrap interval, {resamples} "
+          "resamples)")
+    for path in paths:
+        rows = json.loads(Path(path).read_text())
+        for variant in dict.fromkeys(r["variant"] for r in rows):
+            these = runs(rows, variant)
+            keys = sorted(set(these) & set(base))
+            if not keys:
+                continue
+            cells = []
+            for k in ("best_val5", "test5"):
+                mine = np.array([these[key][k] for key in keys])
+                diff = mine - np.array([base[key][k] for key in keys])
+                boot = diff[rng.integers(0, len(keys), (resamples, len(keys)))].mean(1)
+                lo, hi = np.percentile(boot, [2.5, 97.5])
+                cells.append(f"{k} {mine.mean():.3f} ({diff.mean():+.3f} [{lo:+.3f}, {hi:+.3f}])")
+            learned = sum(these[key]["learned_at"] is not None for key in keys)
+            settings = json.dumps(rows[0].get("settings", {})) if rows[0].get("settings") else ""
+            print(f"{Path(path).name}:{variant} {settings}: {'; '.join(cells)}; learned {learned}/{len(keys)}")
 
 
 def demo_cache(work: Path, calls: int) -> Path:
@@ -209,7 +266,12 @@ def main() -> None:
                     help='JSON of training settings over the demo sizes, e.g. \'{"lr": 1e-3, "dropout": 0.3}\'')
     ap.add_argument("--learned", type=float, default=0.8, help="validation 5-class accuracy that counts as learned")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--paired", nargs="+", metavar="JSON", default=None,
+                    help="only: compare the --json files of earlier runs, seed by seed, against the first file's "
+                         "first variant")
     args = ap.parse_args()
+    if args.paired:
+        return paired(args.paired)
     variants = VARIANTS if args.variants == ["all"] else args.variants
     torch.set_num_threads(1)
     work = Path(args.work)
@@ -232,7 +294,7 @@ def main() -> None:
                 val = [float(h["val_5_accuracy"]) for h in hist]
                 reached = next((i + 1 for i, v in enumerate(val) if v >= args.learned), None)
                 row = {"variant": variant, "epochs": epochs, "seed": seed, "best_val5": max(val),
-                       "test5": m["test"]["5"]["accuracy"], "learned_at": reached,
+                       "test5": m["test"]["5"]["accuracy"], "learned_at": reached, "settings": args.settings,
                        "seconds": time.perf_counter() - t0}
                 rows.append(row)
                 print(f"{variant:<20}{epochs:>7}{seed:>5}{row['best_val5']:>10.3f}{row['test5']:>7.3f}"
