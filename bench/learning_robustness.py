@@ -64,6 +64,19 @@ SETTINGS = {"no-bottleneck": {"bottleneck": False}, "no-cross-attention": {"cros
             "no-bottleneck-3-text-layers": {"bottleneck": False, "text_branch_layers": 3}}
 
 
+def branches(model: MSMTFN, audio, alen, text, tlen):
+    """The text branch, its mask and the cross-modal branch before the exchange, as the shipped model builds them
+    (the same dropout draws in the same order)."""
+    x, xv = model._stream(text, tlen, "text")
+    a, av = model._stream(audio, alen, "audio")
+    y = x
+    for layer in model.second_layers:
+        y = layer(y, xv, a, av)
+    for layer in model.main_layers:
+        x = layer(x, xv)
+    return x, xv, y
+
+
 def bottleneck_trial(variant: str, undo: list) -> None:
     """Monkeypatch one of BOTTLENECK_TRIALS: B ← B + both deltas (sum, not mean); the bottleneck layers' residual
     outputs zero-initialised (each starts as the identity); the final B from the second branch's update alone; the
@@ -112,14 +125,8 @@ def bottleneck_trial(variant: str, undo: list) -> None:
         setattr_undo(MSMTFN, "__init__", wider_join)
 
         def seg_direct(self, audio, alen, text, tlen):
-            x, xv = self._stream(text, tlen, "text")
-            a, av = self._stream(audio, alen, "audio")
-            y = x
-            for layer in self.second_layers:
-                y = layer(y, xv, a, av)
+            x, xv, y = branches(self, audio, alen, text, tlen)
             direct = _masked_mean(self.direct_norm(y), xv)
-            for layer in self.main_layers:
-                x = layer(x, xv)
             b, n = self.bottleneck_tokens.expand(x.shape[0], -1, -1), len(self.bottleneck_layers)
             for i, layer in enumerate(self.bottleneck_layers):
                 x, y, b = layer_fwd(layer, x, xv, y, xv, b, last=i == n - 1)
@@ -128,13 +135,7 @@ def bottleneck_trial(variant: str, undo: list) -> None:
         setattr_undo(MSMTFN, "_segment_vectors", seg_direct)
     if variant in ("bn-mbt-readout", "bn-mbt-zero-init", "bn-text-before-exchange"):
         def seg(self, audio, alen, text, tlen):
-            x, xv = self._stream(text, tlen, "text")
-            a, av = self._stream(audio, alen, "audio")
-            y = x
-            for layer in self.second_layers:
-                y = layer(y, xv, a, av)
-            for layer in self.main_layers:
-                x = layer(x, xv)
+            x, xv, y = branches(self, audio, alen, text, tlen)
             before, b = x, self.bottleneck_tokens.expand(x.shape[0], -1, -1)
             n = len(self.bottleneck_layers)
             for i, layer in enumerate(self.bottleneck_layers):
