@@ -85,20 +85,31 @@ def flops_per_step(batch_calls: int = 8, segments: int = 4) -> float:
     return float(fc.get_total_flops())
 
 
+def tiny_model() -> MSMTFN:
+    """Today's model at the cache's tiny widths, in training mode, seeded."""
+    torch.manual_seed(0)
+    return build_model(TrainConfig(cache="-", task="5", **TINY),
+                       ModelDims(32, 32, 199, {"5": 5, "4": 4, "3": 3, "2": 2})).train()
+
+
+def cache_like_batch(counts: torch.Tensor, generator: torch.Generator | None = None) -> tuple:
+    """Model inputs for calls of ``counts`` segments with the cache's lengths: audio from a third of 999 frames
+    up, text 2-199 tokens, width 32."""
+    s = int(counts.sum())
+    alen, tlen = torch.randint(333, 1000, (s,), generator=generator), torch.randint(2, 200, (s,), generator=generator)
+    return (torch.randn(s, int(alen.max()), 32, generator=generator), alen,
+            torch.randn(s, int(tlen.max()), 32, generator=generator), tlen, counts)
+
+
 def profile_step() -> None:
     """Self CPU time of one forward + backward by operator family, as shares of the step."""
     from torch.profiler import profile
 
-    torch.manual_seed(0)
-    model = build_model(TrainConfig(cache="-", task="5", **TINY), ModelDims(32, 32, 199, {"5": 5, "4": 4, "3": 3,
-                                                                                         "2": 2})).train()
-    s = 36   # 8 calls of 3-6 segments; lengths as in the cache: audio from a third of 999 up, text 2-199
-    alen, tlen = torch.randint(333, 1000, (s,)), torch.randint(2, 200, (s,))
-    audio, text = torch.randn(s, int(alen.max()), 32), torch.randn(s, int(tlen.max()), 32)
-    counts = torch.tensor([4, 5, 4, 5, 4, 5, 4, 5])
+    model = tiny_model()
+    batch = cache_like_batch(torch.tensor([4, 5, 4, 5, 4, 5, 4, 5]))
 
     def step():
-        sum(v.sum() for v in model(audio, alen, text, tlen, counts).values()).backward()
+        sum(v.sum() for v in model(*batch).values()).backward()
     step()
     with profile() as prof:
         step()
@@ -110,7 +121,6 @@ def profile_step() -> None:
         keys = (keys,) if isinstance(keys, str) else keys
         share = sum(r.self_cpu_time_total for r in rows if any(k in r.key for k in keys)) / total
         print(f"{name}: {share:.0%} of the step's self CPU time")
-
 
 
 def equal_parts_groups(self, audio_len, text_len, device_type: str):
@@ -131,16 +141,9 @@ def equal_parts_groups(self, audio_len, text_len, device_type: str):
 def compare_splits(rounds: int = 4) -> None:
     """Training steps (forward + backward) on 12 batches of the cache's lengths, the least-cost split as shipped
     vs equal-size parts, alternating rounds so that a drifting machine slows both alike."""
-    torch.manual_seed(0)
-    model = build_model(TrainConfig(cache="-", task="5", **TINY), ModelDims(32, 32, 199, {"5": 5, "4": 4, "3": 3,
-                                                                                         "2": 2})).train()
+    model = tiny_model()
     g = torch.Generator().manual_seed(1)
-    batches = []
-    for _ in range(12):   # 8 calls of 3-6 segments; audio from a third of 999 up, text 2-199 (as in the cache)
-        counts = torch.randint(3, 7, (8,), generator=g)
-        s = int(counts.sum())
-        alen, tlen = torch.randint(333, 1000, (s,), generator=g), torch.randint(2, 200, (s,), generator=g)
-        batches.append((torch.randn(s, int(alen.max()), 32), alen, torch.randn(s, int(tlen.max()), 32), tlen, counts))
+    batches = [cache_like_batch(torch.randint(3, 7, (8,), generator=g), g) for _ in range(12)]   # 8 calls each
     shipped = MSMTFN.length_groups
 
     def timed(rule) -> float:
@@ -160,6 +163,7 @@ def compare_splits(rounds: int = 4) -> None:
     print(f"12 training steps, {rounds} alternating rounds: equal-size parts {sum(equal):.1f} s, least-cost split "
           f"(shipped) {sum(least):.1f} s: {sum(least) / sum(equal):.3f}x the time; rounds "
           f"{[round(x, 2) for x in equal]} vs {[round(x, 2) for x in least]}")
+
 
 def short_segments(args) -> None:
     """Where grouping does not pay: the rule must leave such batches whole (train.model.MSMTFN.LENGTH_GROUPS)."""

@@ -294,7 +294,7 @@ class MSMTFN(nn.Module):
     # rows cost as much as real ones and are then thrown away. Device type -> (most groups, the fixed cost of one
     # more group in padded row pairs): a group costs ~ its segments × T × (A + T) row pairs (attention dominates)
     # plus that much overhead; the contiguous split of the sorted order with the least total wins (exact:
-    # cheapest_split; steps ~5 % faster than equal-size parts, bench/fusion_speed.py --splits). CPU: measured at
+    # cheapest_split; steps 2.5-5 % faster than equal-size parts, bench/fusion_speed.py --splits). CPU: measured at
     # width 32 (a pair ~0.2 µs, a group's dispatch ~5 ms: 40 s segments gain 1.7x, ~1 s segments (the demo's) stay
     # one batch, bench/fusion_speed.py [--short-segments]); CUDA: launches ~2 ms vs ~2 ns a pair at 768, not
     # measured yet (bench/gpu/run.sh).
