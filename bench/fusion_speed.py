@@ -1,13 +1,16 @@
 """Training epoch of today's fusion network vs an earlier revision's, on the same MarketCalls-shape cache, in one
 run; plus the FLOPs of one training step at the paper's widths (for the GPU command in docs/benchmarks.md).
 Today's model is timed twice: as shipped (segments in length groups, train.model.MSMTFN.LENGTH_GROUPS) and with
-every batch padded to its longest segment, so the ratio splits into the architecture's share and the grouping's.
+every batch padded to its longest segment; the earlier model too, as it was and with its attention computed as
+today's (narrow heads padded for the CPU kernel, train.model.Attention.KERNEL_HEAD_DIM); so the ratio splits into
+the kernel's share, the architecture's and the grouping's.
 
     python bench/fusion_speed.py --against 94dd25e --threads 1       # CPU, tiny widths (32), 877 calls
     python bench/fusion_speed.py --flops-only                        # FLOPs per step at d = 768, no timing
     python bench/fusion_speed.py --short-segments                    # demo-length segments: groups or not
     python bench/fusion_speed.py --profile                           # where a training step's CPU time goes
     python bench/fusion_speed.py --splits                            # length groups: least-cost vs equal parts
+    python bench/fusion_speed.py --heads                             # 8-wide heads: as they are vs padded to 16
 
 The earlier model is read from git (``git show REV:train/model.py``), so no old code lives in the tree. Both run
 through the same ``fit`` (same data path, optimizer, evaluation); the cache is written once (random values in the
@@ -32,18 +35,22 @@ sys.path.insert(0, str(ROOT))
 from tests.synthetic import SyntheticCall, write_synthetic_store  # noqa: E402 (a test fixture)
 from train import loop  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
-from train.model import MSMTFN, ModelDims, build_model  # noqa: E402
+from train.model import MSMTFN, Attention, ModelDims, build_model  # noqa: E402
 
 TINY = dict(heads=4, ffn=128, head_hidden=64, gru_hidden=32)
 
 
-def previous_model_class(rev: str):
-    """MSMTFN as train/model.py was at ``rev``; its config fields mapped from today's names."""
+def previous_model_class(rev: str, todays_attention: bool = False):
+    """MSMTFN as train/model.py was at ``rev``; its config fields mapped from today's names. ``todays_attention``:
+    its attention computed as today's is (narrow heads padded for the CPU kernel; the same parameters and math), so
+    that the ratio can be split into the kernel's share and the rest."""
     src = subprocess.run(["git", "show", f"{rev}:train/model.py"], cwd=ROOT, capture_output=True, text=True,
                          check=True).stdout.replace("from .config import", "from train.config import")
-    mod = types.ModuleType(f"model_{rev}")
+    mod = types.ModuleType(f"model_{rev}{'_todays_attention' if todays_attention else ''}")
     sys.modules[mod.__name__] = mod      # dataclasses look their module up
     exec(compile(src, f"{rev}:train/model.py", "exec"), mod.__dict__)
+    if todays_attention:
+        mod.Attention.forward, mod.Attention.KERNEL_HEAD_DIM = Attention.forward, Attention.KERNEL_HEAD_DIM
 
     def build(cfg: TrainConfig, dims: ModelDims):
         d = cfg.d_model or dims.text_dim
@@ -138,31 +145,60 @@ def equal_parts_groups(self, audio_len, text_len, device_type: str):
     return None if best == 1 else list(order.tensor_split(best))
 
 
-def compare_splits(rounds: int = 4) -> None:
-    """Training steps (forward + backward) on 12 batches of the cache's lengths, the least-cost split as shipped
-    vs equal-size parts, alternating rounds so that a drifting machine slows both alike."""
+def alternating_steps(variants: dict, rounds: int = 4) -> dict[str, list[float]]:
+    """Seconds of 12 training steps (forward + backward; batches of 8 calls with the cache's lengths) per round for
+    each variant, a variant being a function that sets the model up (and returns what undoes it); the variants
+    alternate within each round so that a drifting machine slows all alike."""
     model = tiny_model()
     g = torch.Generator().manual_seed(1)
-    batches = [cache_like_batch(torch.randint(3, 7, (8,), generator=g), g) for _ in range(12)]   # 8 calls each
-    shipped = MSMTFN.length_groups
+    batches = [cache_like_batch(torch.randint(3, 7, (8,), generator=g), g) for _ in range(12)]
 
-    def timed(rule) -> float:
-        MSMTFN.length_groups = rule
-        t0 = time.perf_counter()
-        for b in batches:
-            sum(v.sum() for v in model(*b).values()).backward()
-        return time.perf_counter() - t0
-    try:
-        timed(shipped)                                      # warm-up
-        least, equal = [], []
-        for _ in range(rounds):
-            equal.append(timed(equal_parts_groups))
-            least.append(timed(shipped))
-    finally:
-        MSMTFN.length_groups = shipped
-    print(f"12 training steps, {rounds} alternating rounds: equal-size parts {sum(equal):.1f} s, least-cost split "
-          f"(shipped) {sum(least):.1f} s: {sum(least) / sum(equal):.3f}x the time; rounds "
-          f"{[round(x, 2) for x in equal]} vs {[round(x, 2) for x in least]}")
+    def timed(setup) -> float:
+        undo = setup()
+        try:
+            t0 = time.perf_counter()
+            for b in batches:
+                sum(v.sum() for v in model(*b).values()).backward()
+            return time.perf_counter() - t0
+        finally:
+            undo()
+    timed(next(iter(variants.values())))                # warm-up
+    seconds = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, setup in variants.items():
+            seconds[name].append(timed(setup))
+    return seconds
+
+
+def swap(owner, attr: str, value):
+    """A variant: ``owner.attr = value`` until undone."""
+    def setup():
+        kept = getattr(owner, attr)
+        setattr(owner, attr, value)
+        return lambda: setattr(owner, attr, kept)
+    return setup
+
+
+def report(seconds: dict[str, list[float]], baseline: str, shipped: str, what: str) -> None:
+    a, b = sum(seconds[baseline]), sum(seconds[shipped])
+    print(f"12 training steps, {len(seconds[shipped])} alternating rounds: {baseline} {a:.1f} s, {shipped} "
+          f"{b:.1f} s: {b / a:.3f}x the time ({what}); rounds "
+          f"{[round(x, 2) for x in seconds[baseline]]} vs {[round(x, 2) for x in seconds[shipped]]}")
+
+
+def compare_splits() -> None:
+    """Length groups: the least-cost split as shipped vs equal-size parts."""
+    report(alternating_steps({"equal-size parts": swap(MSMTFN, "length_groups", equal_parts_groups),
+                              "least-cost split (shipped)": lambda: (lambda: None)}),
+           "equal-size parts", "least-cost split (shipped)", "length groups")
+
+
+def compare_head_width() -> None:
+    """Attention heads 8 wide (width 32, 4 heads) computed as they are vs zero-padded to 16 as shipped
+    (train.model.Attention.KERNEL_HEAD_DIM)."""
+    report(alternating_steps({"heads as they are": swap(Attention, "KERNEL_HEAD_DIM", {}),
+                              "heads padded to 16 (shipped)": lambda: (lambda: None)}),
+           "heads as they are", "heads padded to 16 (shipped)", "attention head width")
 
 
 def short_segments(args) -> None:
@@ -202,6 +238,9 @@ def main() -> None:
     ap.add_argument("--splits", action="store_true",
                     help="only: training steps with length groups from the least-cost split (shipped) vs "
                          "equal-size parts")
+    ap.add_argument("--heads", action="store_true",
+                    help="only: training steps with 8-wide attention heads as they are vs zero-padded to 16 "
+                         "(shipped on CPU)")
     ap.add_argument("--short-segments", action="store_true",
                     help="only: the demo's segment lengths (~1 s: 37-61 frames, 4-9 tokens), today's model as "
                          "shipped vs forced into 9 length groups")
@@ -213,6 +252,8 @@ def main() -> None:
         return profile_step()
     if args.splits:
         return compare_splits()
+    if args.heads:
+        return compare_head_width()
     flops = flops_per_step()
     print(f"one training step at d = 768 (8 calls x 4 segments of 40 s, forward + backward): {flops / 1e12:.2f} "
           "TFLOP (torch.utils.flop_counter)")
@@ -236,9 +277,13 @@ def main() -> None:
             MSMTFN.LENGTH_GROUPS = grouped
         print(f"today's model, each batch padded to its longest segment: epoch {padded:.1f} s", flush=True)
         old, n_old = timed_epoch(cache, Path(tmp) / "old", kw, previous_model_class(args.against))
-        print(f"model at {args.against}: epoch {old:.1f} s ({n_old / 1e6:.2f} M parameters)")
-        print(f"speed-up: {old / new:.2f}x (same cache, same fit, {args.threads} thread(s)); architecture "
-              f"{old / padded:.2f}x, length groups {padded / new:.2f}x")
+        print(f"model at {args.against}: epoch {old:.1f} s ({n_old / 1e6:.2f} M parameters)", flush=True)
+        old_k, _ = timed_epoch(cache, Path(tmp) / "old-k", kw, previous_model_class(args.against, True))
+        print(f"model at {args.against}, its attention computed as today's (heads padded for the kernel): epoch "
+              f"{old_k:.1f} s")
+        print(f"speed-up: {old / new:.2f}x (same cache, same fit, {args.threads} thread(s)) = kernel "
+              f"{old / old_k:.2f}x (on the previous model) x architecture {old_k / padded:.2f}x x length groups "
+              f"{padded / new:.2f}x")
 
 
 if __name__ == "__main__":

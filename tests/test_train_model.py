@@ -12,7 +12,7 @@ from synthetic import write_synthetic_store
 from train.config import ConfigError, TrainConfig
 from train.data import CallData
 from train.metrics import all_task_metrics
-from train.model import MSMTFN, ModelDims, audio_path_problem, build_model
+from train.model import MSMTFN, Attention, ModelDims, audio_path_problem, build_model
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -398,6 +398,31 @@ def test_length_groups_give_the_one_padded_batch_result(variant, monkeypatch):
     assert g_grouped.keys() == g_whole.keys()
     for n in g_whole:
         torch.testing.assert_close(g_grouped[n], g_whole[n], rtol=1e-3, atol=1e-5, msg=n)
+
+
+@pytest.mark.parametrize("d, heads", [(32, 4), (24, 2), (12, 3)])
+def test_narrow_heads_padded_for_the_kernel_give_the_unpadded_result(d, heads, monkeypatch):
+    """On CPU, heads narrower than Attention.KERNEL_HEAD_DIM run zero-padded (a faster kernel); outputs and
+    gradients must equal those of the heads computed at their own width, with the softmax scaled by it."""
+    assert d // heads < Attention.KERNEL_HEAD_DIM["cpu"], "this test must exercise the padding"
+    dims = ModelDims(audio_dim=16, text_dim=d, text_tokens=8, tasks={"5": 5, "4": 4, "3": 3, "2": 2})
+    audio, alen, text, tlen, seg_counts = inputs([3, 2, 4], seed=5)
+    text = torch.randn(len(tlen), DIMS.text_tokens, d)
+
+    def run(widths):
+        monkeypatch.setattr(Attention, "KERNEL_HEAD_DIM", widths)
+        torch.manual_seed(0)
+        model = build_model(small(d_model=d, heads=heads), dims).eval()
+        out = model(audio, alen, text, tlen, seg_counts)
+        sum((v * torch.arange(1, v.shape[1] + 1)).sum() for v in out.values()).backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    padded, g_padded = run({"cpu": 16})
+    plain, g_plain = run({})
+    for t in plain:
+        torch.testing.assert_close(padded[t], plain[t], rtol=1e-5, atol=1e-6)
+    for n in g_plain:
+        torch.testing.assert_close(g_padded[n], g_plain[n], rtol=1e-4, atol=1e-6, msg=n)
 
 
 def test_length_groups_only_where_they_save_more_than_they_cost():
