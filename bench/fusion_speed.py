@@ -10,7 +10,7 @@ the kernel's share, the architecture's and the grouping's.
     python bench/fusion_speed.py --short-segments                    # demo-length segments: groups or not
     python bench/fusion_speed.py --profile                           # where a training step's CPU time goes
     python bench/fusion_speed.py --splits                            # length groups: least-cost vs equal parts
-    python bench/fusion_speed.py --heads                             # 8-wide heads: as they are vs padded to 16
+    python bench/fusion_speed.py --head-width                        # 8-wide heads: as they are vs padded to 16
 
 The earlier model is read from git (``git show REV:train/model.py``), so no old code lives in the tree. Both run
 through the same ``fit`` (same data path, optimizer, evaluation); the cache is written once (random values in the
@@ -193,9 +193,37 @@ def compare_splits() -> None:
            "equal-size parts", "least-cost split (shipped)", "length groups")
 
 
+def attention_by_head_width(reps: int = 3) -> None:
+    """Forward + backward of one masked attention (16 segments, 4 heads, 200 queries over 1,000 keys) at each head
+    width, as it is and zero-padded to wider heads: where the CPU kernel wants padding."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    mask = (torch.arange(1000)[None] < torch.randint(500, 1001, (16,), generator=g)[:, None])[:, None, None, :]
+
+    def seconds(hd: int, width: int) -> float:
+        q, k, v = (torch.randn(16, 4, n, hd, generator=g, requires_grad=True) for n in (200, 1000, 1000))
+
+        def step():
+            pad = (lambda t: F.pad(t, (0, width - hd))) if width > hd else (lambda t: t)
+            F.scaled_dot_product_attention(pad(q), pad(k), pad(v), attn_mask=mask, scale=hd ** -0.5)[..., :hd] \
+                .sum().backward()
+        step()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            step()
+        return (time.perf_counter() - t0) / reps
+    for hd in (4, 8, 12, 16, 24, 32, 64):
+        own = seconds(hd, hd)
+        padded = ", ".join(f"to {w}: {own / seconds(hd, w):.2f}x" for w in (16, 32, 64) if w > hd)
+        print(f"heads {hd:>2} wide: {own * 1e3:6.1f} ms{'; speed-up padded ' + padded if padded else ''}",
+              flush=True)
+
+
 def compare_head_width() -> None:
     """Attention heads 8 wide (width 32, 4 heads) computed as they are vs zero-padded to 16 as shipped
-    (train.model.Attention.KERNEL_HEAD_DIM)."""
+    (train.model.Attention.KERNEL_HEAD_DIM); first the attention alone at each head width."""
+    attention_by_head_width()
     report(alternating_steps({"heads as they are": swap(Attention, "KERNEL_HEAD_DIM", {}),
                               "heads padded to 16 (shipped)": lambda: (lambda: None)}),
            "heads as they are", "heads padded to 16 (shipped)", "attention head width")
@@ -238,7 +266,7 @@ def main() -> None:
     ap.add_argument("--splits", action="store_true",
                     help="only: training steps with length groups from the least-cost split (shipped) vs "
                          "equal-size parts")
-    ap.add_argument("--heads", action="store_true",
+    ap.add_argument("--head-width", action="store_true",
                     help="only: training steps with 8-wide attention heads as they are vs zero-padded to 16 "
                          "(shipped on CPU)")
     ap.add_argument("--short-segments", action="store_true",
@@ -252,7 +280,7 @@ def main() -> None:
         return profile_step()
     if args.splits:
         return compare_splits()
-    if args.heads:
+    if args.head_width:
         return compare_head_width()
     flops = flops_per_step()
     print(f"one training step at d = 768 (8 calls x 4 segments of 40 s, forward + backward): {flops / 1e12:.2f} "

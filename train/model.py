@@ -62,7 +62,8 @@ class Attention(nn.Module):
 
     # Heads narrower than this are computed zero-padded to it (same result: zeros add nothing to q·k, and the
     # output's padded columns are dropped). Torch's CPU flash kernel is slower on a head of 4-12 than on one of
-    # 16; at width 32 with 4 heads (8 wide) padding makes attention 1.5x faster (bench/fusion_speed.py --heads).
+    # 16 (8-wide heads padded: the attention 1.4x, a training step at width 32 1.2x faster; bench/fusion_speed.py
+    # --head-width).
     # CUDA kernels take any multiple of 8: no padding there.
     KERNEL_HEAD_DIM = {"cpu": 16}
 
