@@ -304,10 +304,10 @@ class MSMTFN(nn.Module):
     # rows cost as much as real ones and are then thrown away. Device type -> (most groups, the fixed cost of one
     # more group in padded row pairs): a group costs ~ its segments × T × (A + T) row pairs (attention dominates)
     # plus that much overhead; the contiguous split of the sorted order with the least total wins (exact:
-    # cheapest_split; steps 2.5-5 % faster than equal-size parts, bench/fusion_speed.py --splits). CPU: measured at
-    # width 32 (a pair ~0.2 µs, a group's dispatch ~5 ms: 40 s segments gain 1.7x, ~1 s segments (the demo's) stay
-    # one batch, bench/fusion_speed.py [--short-segments]); CUDA: launches ~2 ms vs ~2 ns a pair at 768, not
-    # measured yet (bench/gpu/run.sh).
+    # cheapest_split; steps 1-5 % faster than equal-size parts, bench/fusion_speed.py --splits). CPU: measured at
+    # width 32 before heads were padded for the kernel (a pair ~0.2 µs, a group's dispatch ~5 ms: 40 s segments
+    # gained 1.7x, 1.5-1.6x after; ~1 s segments (the demo's) stay one batch, bench/fusion_speed.py
+    # [--short-segments]); CUDA: launches ~2 ms vs ~2 ns a pair at 768, not measured yet (bench/gpu/run.sh).
     LENGTH_GROUPS = {"cpu": (9, 30_000), "cuda": (4, 1_000_000)}
 
     def length_groups(self, audio_len, text_len, device_type: str) -> list[torch.Tensor] | None:
