@@ -77,6 +77,22 @@ def _looks_like_path(model_id: str) -> bool:
         (len(model_id) > 1 and model_id[1] == ":")
 
 
+def _hint(option: str) -> str:
+    return f"pass an existing model folder or a hub id (ORG/NAME) with {option}"
+
+
+def _require_folder(model_id: str, option: str) -> None:
+    if _looks_like_path(model_id) and not Path(model_id).expanduser().exists():
+        raise EncoderLoadError(f"{option} {model_id}: the folder does not exist; {_hint(option)}")
+
+
+def check_model_folders(cache) -> None:
+    """Refuse an ``--audio-model``/``--text-model`` that names a folder that does not exist, before any work
+    (reading or generating the dataset) starts."""
+    _require_folder(cache.audio_model, "--audio-model")
+    _require_folder(cache.text_model, "--text-model")
+
+
 def _hub_reachable(timeout: float = 5.0) -> bool:
     """One request to the hub (no retries): transformers would otherwise retry for a minute without a network."""
     import urllib.error
@@ -98,11 +114,9 @@ def _load(auto_cls, model_id: str, revision: str | None, trust_remote_code: bool
     hub. A hub id already in the local cache loads without any network."""
     from huggingface_hub import constants
 
-    hint = f"pass an existing model folder or a hub id (ORG/NAME) with {option}"
     path = Path(model_id).expanduser()
     if path.is_dir() or _looks_like_path(model_id):
-        if not path.exists():
-            raise EncoderLoadError(f"{option} {model_id}: the folder does not exist; {hint}")
+        _require_folder(model_id, option)
         try:
             return auto_cls.from_pretrained(str(path), trust_remote_code=trust_remote_code)
         except OSError as e:
@@ -124,7 +138,7 @@ def _load(auto_cls, model_id: str, revision: str | None, trust_remote_code: bool
         return auto_cls.from_pretrained(model_id, **kw)
     except OSError as e:
         raise EncoderLoadError(f"{option} {model_id}: cannot load it from the hub ({_first_line(e)}); check the id "
-                               f"(and {option.replace('model', 'revision')}), or {hint}") from None
+                               f"(and {option.replace('model', 'revision')}), or {_hint(option)}") from None
 
 
 def _first_line(e: BaseException) -> str:

@@ -23,7 +23,7 @@ from .augment import add_variant_rows
 from .augment import settings as augment_settings
 from .config import ExtractConfig, ExtractResult
 from .encode import EncodeStats, make_batches
-from .encoders import Encoders, load_encoders
+from .encoders import Encoders, check_model_folders, load_encoders
 from .segmentation import plan_segments
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ def make_plan(cfg: ExtractConfig, progress: bool = True, *, on_workers: bool = F
     if cfg.codec not in CODECS:
         raise ValueError(f"unknown --codec {cfg.codec!r}; valid: {', '.join(CODECS)}")
     c = cfg.cache
+    check_model_folders(c)              # before the dataset is read (or the demo's generated)
     manifest = load_manifest(cfg.dataset, cfg.data_dir, allow_outside_paths=cfg.allow_outside_paths, seed=c.seed,
                              **cfg.dataset_options)
     rows, durations = plan_segments(manifest, c.max_seconds, workers=max(1, cfg.num_workers))

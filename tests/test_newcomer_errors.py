@@ -87,6 +87,17 @@ def test_train_device_from_a_config_file_is_checked_too(tmp_path, no_cuda):
         train_device(TrainConfig(cache="x", device="cuda").device)
 
 
+def test_a_missing_model_folder_is_refused_before_the_demo_data_is_generated(tmp_path):
+    data, out = tmp_path / "demo-data", tmp_path / "c.zarr"
+    for option in ("--audio-model", "--text-model"):
+        r = CliRunner().invoke(extract_cli, ["--dataset", "demo", "--data-dir", str(data), "--out", str(out),
+                                             option, "./no-such-model", "-q"])
+        assert r.exit_code == 1, r.output
+        (line,) = error_lines(r.output)
+        assert f"{option} ./no-such-model: the folder does not exist" in line
+        assert not data.exists() and not out.exists(), "nothing may be generated or written before the check"
+
+
 def test_missing_model_folder_and_unreachable_hub_say_so_in_one_line(tmp_path, monkeypatch):
     import urllib.error
     import urllib.request
