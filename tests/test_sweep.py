@@ -159,6 +159,17 @@ def test_failed_trial_is_reported_and_the_sweep_goes_on(cache, tmp_path):
     assert "| ok |" in (tmp_path / "sw" / "results.md").read_text()
 
 
+def test_every_trial_failed_is_an_error_in_one_line(cache, tmp_path):
+    grid = _grid(tmp_path, '\n[[trial]]\nname = "broken"\nheads = 3\n\n[[trial]]\nname = "broken-too"\nheads = 5\n')
+    r = CliRunner().invoke(sweep_cli, ["--cache", str(cache), "--grid", str(grid), "--out", str(tmp_path / "sw"),
+                                       "--seeds", "1", "--device", "cpu", "-q"])
+    assert r.exit_code == 1, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: every trial failed (2); the first, broken seed 0:")
+    assert "divisible" in lines[0] and "--resume" in lines[0]
+    assert (tmp_path / "sw" / "trials" / "broken").is_dir() and (tmp_path / "sw" / "trials.csv").is_file()
+
+
 def test_grid_product_names_and_bad_grids(tmp_path):
     spec = parse_grid({"base": {"epochs": 2}, "grid": {"lr": [1e-4, 3e-4], "no-bigru": [True, False]},
                        "trial": [{"name": "a"}, {"name": "b", "modality": "text"}]}, seeds=3)

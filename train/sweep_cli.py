@@ -56,7 +56,8 @@ def main(ctx):
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of the table.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or log lines.")
 def run_cmd(cache, grid, seeds, out, device, resume, parallel, overrides, max_cache_gb, as_json, quiet):
-    """Run a sweep (the default command). Exit status 0; 3 when some trial failed (named in trials.csv).
+    """Run a sweep (the default command). Exit status 0; 3 when some trial failed (named in trials.csv); 1 when
+    every trial failed.
 
     `msmtfn-sweep report SWEEP_DIR` rebuilds a sweep folder's tables and chart."""
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s")
@@ -74,8 +75,15 @@ def run_cmd(cache, grid, seeds, out, device, resume, parallel, overrides, max_ca
     except KeyboardInterrupt:
         click.echo("interrupted: finished trials are kept; --resume continues the rest", err=True)
         sys.exit(130)
+    failed = summary.get("failed") or []
+    if failed and not any(r.get("seeds_done") for r in summary["rows"]):   # nothing to compare: an error, not 3
+        first = failed[0]
+        raise click.ClickException(
+            f"every trial failed ({len(failed)}); the first, {first['configuration']} seed {first['seed']}: "
+            f"{first['reason'].removeprefix('failed: ')}; each trial's traceback is in its error.txt under "
+            f"{summary['sweep']}/trials; fix the cause and run the same command with --resume")
     _print(summary, as_json)
-    if summary.get("failed"):
+    if failed:
         sys.exit(3)
 
 
