@@ -207,6 +207,14 @@ def test_paper_ablation_preset(cache, tmp_path):
         TrainConfig.from_dict({**c.settings, "cache": str(cache)})
 
 
+def test_bottleneck_lr_preset_crosses_the_two_designs_with_three_learning_rates(cache):
+    spec = read_grid("bottleneck-lr")
+    combos = {(c.settings["bottleneck"], c.settings["lr"]) for c in spec.configurations}
+    assert combos == {(b, lr) for b in (True, False) for lr in (1e-4, 3e-4, 1e-3)} and spec.seeds == (0, 1, 2)
+    for c in spec.configurations:
+        TrainConfig.from_dict({**c.settings, "cache": str(cache)})
+
+
 def test_sweep_on_another_cache_is_refused(cache, tmp_path):
     grid = _grid(tmp_path, '\n[[trial]]\nname = "a"\n')
     out = tmp_path / "sw"

@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 RESERVED = ("cache", "out", "seed", "device", "progress")
 METRICS = ("accuracy", "macro_f1", "weighted_f1")
 REGRESSION_METRICS = ("mae", "corr")
-PRESETS = ("paper-ablation",)
+PRESETS = ("paper-ablation", "bottleneck-lr")
 
 
 @dataclass(frozen=True)
