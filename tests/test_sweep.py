@@ -207,10 +207,11 @@ def test_paper_ablation_preset(cache, tmp_path):
         TrainConfig.from_dict({**c.settings, "cache": str(cache)})
 
 
-def test_bottleneck_lr_preset_crosses_the_two_designs_with_three_learning_rates(cache):
+def test_bottleneck_lr_preset_crosses_the_two_designs_with_learning_rates_and_warm_ups(cache):
     spec = read_grid("bottleneck-lr")
-    combos = {(c.settings["bottleneck"], c.settings["lr"]) for c in spec.configurations}
-    assert combos == {(b, lr) for b in (True, False) for lr in (1e-4, 3e-4, 1e-3)} and spec.seeds == (0, 1, 2)
+    combos = {(c.settings["bottleneck"], c.settings["lr"], c.settings["warmup"]) for c in spec.configurations}
+    assert combos == {(b, lr, w) for b in (True, False) for lr in (1e-4, 3e-4, 1e-3) for w in (0.05, 0.2)}
+    assert len(spec.configurations) == 12 and spec.seeds == (0, 1, 2)
     for c in spec.configurations:
         TrainConfig.from_dict({**c.settings, "cache": str(cache)})
 
