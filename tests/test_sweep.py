@@ -19,7 +19,7 @@ from synthetic import write_synthetic_store
 from train.config import ConfigError, TrainConfig
 from train.data import TrainError
 from train.loop import fit
-from train.sweep import SweepOptions, parse_grid, read_grid, report, run_sweep, trial_dir
+from train.sweep import PRESETS, SweepOptions, parse_grid, read_grid, report, run_sweep, trial_dir
 from train.sweep_cli import main as sweep_cli
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -214,6 +214,8 @@ def test_bottleneck_lr_preset_crosses_the_two_designs_with_learning_rates_and_wa
     assert len(spec.configurations) == 12 and spec.seeds == (0, 1, 2)
     for c in spec.configurations:
         TrainConfig.from_dict({**c.settings, "cache": str(cache)})
+    help_text = "".join(CliRunner().invoke(sweep_cli, ["run", "--help"]).output.split())   # wrapped at hyphens
+    assert all(name in help_text for name in PRESETS), "every shipped preset is named in --grid's help"
 
 
 def test_sweep_on_another_cache_is_refused(cache, tmp_path):

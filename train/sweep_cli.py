@@ -42,7 +42,7 @@ def main(ctx):
 
 @main.command("run", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--cache", required=True, help="Cache store made by msmtfn-extract.")
-@click.option("--grid", required=True, help="Grid TOML file, or a preset: paper-ablation.")
+@click.option("--grid", required=True, help="Grid TOML file, or a preset: paper-ablation, bottleneck-lr.")
 @click.option("--seeds", default=None, type=int, help="Seeds 0..N-1 for every configuration (default: the grid's).")
 @click.option("--out", default=None, help="Sweep folder (default runs/sweeps/<grid name>).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N",
