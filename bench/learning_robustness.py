@@ -17,7 +17,9 @@ Variants (monkeypatched here, never switches in the product):
 * the paper's choices where ours differ: ``paper-batching`` (1 call per step, 4 accumulated), ``paper-lr``
   (1e-5), ``flatten-pooling``, ``cls-pooling``, ``post-ln`` (post-LN layers), ``relu`` (ReLU for every GELU),
   ``paper-stopping`` (the checkpoint of lowest validation loss: compare test5), and ``stride-2``, ``stride-4``
-  (``--audio-stride``).
+  (``--audio-stride``);
+* ``radam``: RAdam (decoupled weight decay) in place of AdamW, against the large early steps the bottleneck
+  suffers from (docs/model.md).
 
 Prints per run the best validation 5-class accuracy over the epochs, the test accuracy of the checkpoint that
 validation selected, and the first epoch whose validation accuracy reached --learned; writes --json. ``--paired
@@ -53,7 +55,7 @@ BOTTLENECK_TRIALS = ("bn-sum-deltas", "bn-zero-init", "bn-from-second", "bn-mbt-
 VARIANTS = ("shipped", "no-standardisation", "no-gru-residual", "serial", "no-bottleneck", "no-cross-attention",
             "text-only", "audio-only", "paper-batching", "paper-lr", "flatten-pooling", "cls-pooling", "stride-2",
             "stride-4", "one-padded-batch", "no-bottleneck-3-text-layers", "post-ln", "relu", "paper-stopping",
-            *BOTTLENECK_TRIALS)
+            "radam", *BOTTLENECK_TRIALS)
 # variants that are plain settings of the shipped model (ablations a user can run)
 SETTINGS = {"no-bottleneck": {"bottleneck": False}, "no-cross-attention": {"cross_attention": False},
             "text-only": {"modality": "text"}, "audio-only": {"modality": "audio"},
@@ -237,6 +239,10 @@ class patched:
             score = loop.selection_score
             loop.selection_score = lambda m, selection, loss: (-loss,)
             self.undo.append(lambda: setattr(loop, "selection_score", score))
+        elif self.variant == "radam":      # RAdam (decoupled weight decay) for AdamW: early steps rectified
+            adamw = torch.optim.AdamW
+            torch.optim.AdamW = lambda params, **kw: torch.optim.RAdam(params, decoupled_weight_decay=True, **kw)
+            self.undo.append(lambda: setattr(torch.optim, "AdamW", adamw))
         elif self.variant in BOTTLENECK_TRIALS:
             bottleneck_trial(self.variant, self.undo)
         elif self.variant == "one-padded-batch":
