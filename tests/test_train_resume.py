@@ -233,3 +233,42 @@ def test_damaged_best_weights_are_refused_clearly(store, tmp_path):
     with pytest.raises(CheckpointError, match="model.safetensors: not a readable checkpoint"):
         load_run(run["run_dir"])
     torch.manual_seed(0)  # keep the global RNG tidy for later tests
+
+
+def test_a_fresh_run_never_writes_over_another_run(store, tmp_path):
+    """Without --resume, an --out folder that holds a run (finished, or killed with a state) is refused and left
+    byte for byte; --overwrite replaces it; --resume and --overwrite together are bad usage."""
+    out = tmp_path / "run"
+    argv = _argv(_cfg(store, out, epochs=2))
+    first = CliRunner().invoke(train_cli, argv)
+    assert first.exit_code == 0, first.output
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert {"metrics.json", "config.json", "model.safetensors"} <= set(before)
+    again = CliRunner().invoke(train_cli, [*argv, "--seed", "1"])
+    assert again.exit_code == 1
+    assert f"{out}: holds a training run already" in again.output and "--overwrite" in again.output
+    assert "Traceback" not in again.output and len(again.output.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    # a killed run's resumable state counts too: nothing but the state is needed to refuse
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / STATE).write_bytes(b"state")
+    r = CliRunner().invoke(train_cli, _argv(_cfg(store, killed, epochs=2)))
+    assert r.exit_code == 1 and STATE in r.output and (killed / STATE).read_bytes() == b"state"
+    replaced = CliRunner().invoke(train_cli, [*argv, "--seed", "1", "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output
+    assert json.loads((out / "config.json").read_text())["train"]["seed"] == 1
+    assert (out / "model.safetensors").read_bytes() != before["model.safetensors"]
+    both = CliRunner().invoke(train_cli, ["--resume", str(out), "--overwrite"])
+    assert both.exit_code == 2 and "--overwrite" in both.output
+    # an empty folder made beforehand is not a run
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert fit(_cfg(store, empty, epochs=1))["best_epoch"] == 1
+
+
+def test_a_run_refused_at_start_leaves_no_folder(store, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(TrainError, match="noise"):          # this cache holds no augmentation variants
+        fit(_cfg(store, out, augment_variants=("noise",), plots=True))
+    assert not out.exists()

@@ -25,6 +25,7 @@ from .model import MSMTFN, ModelDims, build_model
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 STATE = "train_state.pt"
+METRICS = "metrics.json"        # written last: its presence marks a finished run
 
 
 class CheckpointError(Exception):

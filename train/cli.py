@@ -105,10 +105,12 @@ def _default(name):
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None, metavar="RUN_DIR",
               help="Continue this run folder from its last finished epoch, with its own settings (same result "
                    "as an uninterrupted run on CPU); a finished run is only reported.")
+@click.option("--overwrite", is_flag=True,
+              help="Train into an --out folder that holds a run already, replacing it (without it: refused).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON instead of the table.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or per-epoch log lines.")
 @click.pass_context
-def main(ctx, config_file, resume_dir, as_json, quiet, **opts):
+def main(ctx, config_file, resume_dir, overwrite, as_json, quiet, **opts):
     """Train MSMT-FN on a cache made by msmtfn-extract.
 
     \b
@@ -145,7 +147,9 @@ def main(ctx, config_file, resume_dir, as_json, quiet, **opts):
             raise ConfigError("--cache is required (on the command line or in --config)")
         merged["progress"] = not quiet
         cfg = TrainConfig.from_dict(merged, source=config_file or "options")
-        metrics = fit(cfg, resume=bool(resume_dir))
+        if resume_dir and overwrite:
+            raise ConfigError("--resume continues a run and --overwrite replaces it: pass one of them")
+        metrics = fit(cfg, resume=bool(resume_dir), overwrite=overwrite)
     except ConfigError as e:        # settings that cannot work: bad usage, exit 2 like click's own usage errors
         raise SettingsError(str(e)) from None
     except (TrainError, CheckpointError) as e:

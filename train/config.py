@@ -27,10 +27,42 @@ def normalise_keys(data: dict) -> dict:
     for key, value in data.items():
         k = key.replace("-", "_")
         if k.startswith("no_") and k[3:] in NEGATABLE:
-            k, value = k[3:], not value
+            # only a real true/false is negated: no-bigru = "false" stays a string, which the field refuses
+            k, value = k[3:], (not value) if isinstance(value, bool) else value
         k = RENAMED.get(k, k)
         out[k] = value
     return out
+
+
+# a field's annotation (a string: ``from __future__ import annotations``) -> the values it takes. Checked when a
+# config is made, because TOML, JSON and --set hand over whatever was written: bigru = "false" is a true string
+_TYPES = {"bool": ((bool,), "true or false"), "int": ((int,), "a whole number"),
+          "float": ((int, float), "a number"), "str": ((str,), "a string"), "dict": ((dict,), "a table")}
+
+
+def _type_problem(annotation: str, value) -> str | None:
+    """Why ``value`` does not fit the field ``annotation``, or None."""
+    if annotation == "str | None":
+        if value is None:
+            return None
+        annotation = "str"
+    if annotation not in _TYPES:        # tuple fields normalise themselves (augment_variants: a name or names)
+        return None
+    types, words = _TYPES[annotation]
+    if isinstance(value, types) and (annotation == "bool" or not isinstance(value, bool)):
+        return None
+    quoted = " (write it without quotes)" if isinstance(value, str) and _parses(value, annotation) else ""
+    return f"expected {words}, not {value!r}{quoted}"
+
+
+def _parses(text: str, annotation: str) -> bool:
+    if annotation == "bool":
+        return text.strip().lower() in ("true", "false")
+    try:
+        (int if annotation == "int" else float)(text)
+    except ValueError:
+        return False
+    return annotation in ("int", "float")
 
 
 @dataclass(frozen=True)
@@ -77,6 +109,12 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
+        if isinstance(self.task, int) and not isinstance(self.task, bool):
+            object.__setattr__(self, "task", str(self.task))     # task = 5 in TOML: the task named "5"
+        for f in fields(self):
+            problem = _type_problem(f.type, getattr(self, f.name))
+            if problem:
+                raise ConfigError(f"{f.name}: {problem}")
         if self.modality not in MODALITIES:
             raise ConfigError(f"modality {self.modality!r}: valid are {', '.join(MODALITIES)}")
         if self.pooling not in POOLINGS:
@@ -89,7 +127,20 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be 0 or more, not {getattr(self, name)}")
         if self.state_every < 0:
             raise ConfigError(f"state_every must be 0 (no resumable states) or positive, not {self.state_every}")
-        object.__setattr__(self, "task", str(self.task))
+        for name in ("patience", "gru_hidden", "gru_layers", "head_hidden"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be positive, not {getattr(self, name)}"
+                                  + (" (for no early stopping pass --patience equal to --epochs)"
+                                     if name == "patience" else ""))
+        for name, top in (("warmup", 1.0), ("dropout", 1.0), ("attn_dropout", 1.0)):
+            if not 0 <= getattr(self, name) < top:
+                raise ConfigError(f"{name} is a fraction from 0 up to (not including) 1, not {getattr(self, name)}")
+        for name in ("lr", "weight_decay", "clip_norm", "max_cache_gb", "threads"):   # lr 0: nothing moves
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be 0 or more, not {getattr(self, name)}")
+        for task, w in self.loss_weights.items():
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
+                raise ConfigError(f"loss_weights: the weight of task {task!r} must be a number ≥ 0, not {w!r}")
         av = self.augment_variants
         names = [av] if isinstance(av, str) else list(av or ())
         names = [n.strip() for part in names for n in str(part).split(",") if n.strip()]
@@ -112,7 +163,10 @@ class TrainConfig:
         for key in clean:
             if key not in valid:
                 raise ConfigError(f"{source}: unknown key {key!r}; valid keys: {', '.join(valid)}")
-        return cls(**clean)
+        try:
+            return cls(**clean)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
 
     @classmethod
     def read_file(cls, path: str | Path) -> dict:

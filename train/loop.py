@@ -19,8 +19,9 @@ from pipeline.device import DeviceError
 from pipeline.device import resolve_device as pipeline_device
 from pipeline.labels import get_scheme
 
-from .checkpoint import (STATE, WEIGHTS, CheckpointError, atomic_write_json, load_train_state, load_weights, read_run_config,
-                         restore_train_state, save_train_state, save_weights, write_run_config)
+from .checkpoint import (CONFIG, METRICS, STATE, WEIGHTS, CheckpointError, atomic_write_json, load_train_state,
+                         load_weights, read_run_config, restore_train_state, save_train_state, save_weights,
+                         write_run_config)
 from .config import TrainConfig
 from .data import Batches, CallData, FeatureSource, LoadedCache, TrainError, open_cache
 from .metrics import BOOTSTRAP, all_task_metrics, bootstrap_intervals, headline, selection_score
@@ -150,12 +151,25 @@ class TrainingRun:
     :meth:`epoch` (one training pass, validation, selection, states) and :meth:`finish` (the selected checkpoint
     on validation and test, prediction files, metrics, plots). :func:`fit` runs them in order."""
 
-    def __init__(self, cfg: TrainConfig, *, resume: bool = False, loaded: LoadedCache | None = None):
-        self.cfg, self.resume, self.loaded = cfg, resume, loaded
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
+                 loaded: LoadedCache | None = None):
+        self.cfg, self.resume, self.overwrite, self.loaded = cfg, resume, overwrite, loaded
         self.t_start = time.perf_counter()
         self.finished: dict | None = None     # an already finished run's metrics (resume): nothing to do
 
     # ------------------------------------------------------------------------------------------ start
+    def _claim(self, run_dir: Path) -> None:
+        """A fresh run may not write over another run's files unless told to (``overwrite``): a finished run's
+        weights and metrics, or a killed run's resumable state, would be lost."""
+        found = [n for n in (METRICS, CONFIG, WEIGHTS, STATE) if (run_dir / n).is_file()]
+        if not found:
+            return
+        if not self.overwrite:
+            raise TrainError(f"{run_dir}: holds a training run already ({', '.join(found)}); pass another --out, "
+                             f"--resume {run_dir} to continue or report it, or --overwrite to replace it")
+        for name in (METRICS, STATE):     # what would pass the old run off as this one if this one stops early
+            (run_dir / name).unlink(missing_ok=True)
+
     def start(self) -> "TrainingRun":
         cfg, loaded, resume = self.cfg, self.loaded, self.resume
         self.device = device = loaded.device if loaded is not None else resolve_device(cfg.device)
@@ -166,10 +180,10 @@ class TrainingRun:
         run_dir = Path(cfg.out) if cfg.out else None
         self.store = store = loaded.store if loaded is not None else open_cache(cfg.cache)
         self.cfg = cfg = resolve_task(cfg, store)
-        if resume and run_dir is not None and (run_dir / "metrics.json").is_file():
+        if resume and run_dir is not None and (run_dir / METRICS).is_file():
             _check_resumable(run_dir, cfg, store.fingerprint)
             log.info("%s: already finished; nothing to resume", run_dir)
-            self.finished = {**json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")),
+            self.finished = {**json.loads((run_dir / METRICS).read_text(encoding="utf-8")),
                              "resumed": "finished"}
             return self
         seed_everything(cfg.seed)
@@ -193,11 +207,13 @@ class TrainingRun:
             state = load_train_state(self.state_path)
         elif resume:
             log.debug("%s: no %s yet; starting the run from its first epoch", run_dir, STATE)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if cfg.plots:
-            (run_dir / "plots").mkdir(exist_ok=True)
+        else:
+            self._claim(run_dir)
         self.splits = splits = {s: data.indices(s) for s in ("train", "valid", "test")}
         choices = data.variant_choices(splits["train"], cfg.augment_variants)
+        run_dir.mkdir(parents=True, exist_ok=True)      # once the settings and the cache passed every check
+        if cfg.plots:
+            (run_dir / "plots").mkdir(exist_ok=True)
         n_params = sum(p.numel() for p in model.parameters())
         write_run_config(run_dir, cfg, dims, {"cache": {"path": str(store.path), "fingerprint": store.fingerprint,
                                                         "settings": store.settings, "label_scheme": scheme.name},
@@ -325,7 +341,7 @@ class TrainingRun:
             confusion_matrices(val, classes, "validation (best checkpoint)", plots / "confusion_valid.png")
             if test:
                 confusion_matrices(test, classes, "test (best checkpoint)", plots / "confusion_test.png")
-        atomic_write_json(run_dir / "metrics.json", metrics)   # last: its presence marks the run finished
+        atomic_write_json(run_dir / METRICS, metrics)   # last: its presence marks the run finished
         self.state_path.unlink(missing_ok=True)                 # optimizer state is 3x the model; not needed now
         return metrics
 
@@ -343,13 +359,15 @@ def resume_problem(cfg: TrainConfig, store) -> str | None:
     return None
 
 
-def fit(cfg: TrainConfig, *, resume: bool = False, loaded: LoadedCache | None = None) -> dict:
+def fit(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
+        loaded: LoadedCache | None = None) -> dict:
     """Train one configuration; writes the run folder and returns its metrics (``metrics['run_dir']``).
 
     ``resume=True`` continues the run in ``cfg.out`` from its last finished epoch (``train_state.pt``) and gives
-    the same result as an uninterrupted run on CPU; a finished run is returned as it is. ``loaded`` is a cache
-    already in memory (:func:`train.data.load_cache`), shared by the trials of a sweep."""
-    run = TrainingRun(cfg, resume=resume, loaded=loaded).start()
+    the same result as an uninterrupted run on CPU; a finished run is returned as it is. Without it a folder
+    that holds a run already is refused, unless ``overwrite=True``. ``loaded`` is a cache already in memory
+    (:func:`train.data.load_cache`), shared by the trials of a sweep."""
+    run = TrainingRun(cfg, resume=resume, overwrite=overwrite, loaded=loaded).start()
     if run.finished is not None:
         return run.finished
     for epoch in run.epochs():
