@@ -189,7 +189,7 @@ def test_grid_product_names_and_bad_grids(tmp_path):
     with pytest.raises(ConfigError, match="modality 'video'"):
         parse_grid({"trial": [{"name": "v", "modality": "video"}]})
     r = CliRunner().invoke(sweep_cli, ["--cache", "nowhere.zarr", "--grid", "nope.toml"])
-    assert r.exit_code == 1 and "no such grid file" in r.output and "paper-ablation" in r.output
+    assert r.exit_code == 2 and "no such grid file" in r.output and "paper-ablation" in r.output   # bad usage
 
 
 def test_paper_ablation_preset(cache, tmp_path):

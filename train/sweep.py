@@ -19,9 +19,10 @@ A grid file (TOML) names the trials::
     paper = { acc2 = 71.23 }    # published figures shown beside this row (acc<k> / f1<k>, percent)
 
 Each (configuration, seed) is a trial, trained by :func:`train.loop.fit` into ``<sweep>/trials/<slug>/s<seed>``
-(the same run folder as ``msmtfn-train``) from one in-memory copy of the cache. A finished trial
-(``metrics.json``) is never run again; an interrupted one continues from its last epoch (``--resume``); a trial
-that fails is recorded in ``trials.csv`` and the sweep goes on. ``results.csv``/``results.md``/``results.png``
+(the same run folder as ``msmtfn-train``) from one in-memory copy of the cache. Every setting (grid file,
+``--set``, seeds) is checked before anything is written. A finished trial (``metrics.json``) is never run again;
+an interrupted one continues from its last epoch (``--resume``); a sweep whose kept trials were run with other
+settings is refused; a trial that fails is recorded in ``trials.csv`` and the sweep goes on. ``results.csv``/``results.md``/``results.png``
 summarise mean ± std over seeds of every task's test accuracy and F1 (checkpoints selected on validation).
 """
 from __future__ import annotations
@@ -43,10 +44,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_write_bytes, atomic_write_json
+from .checkpoint import STATE, atomic_write_bytes, atomic_write_json
 from .config import ConfigError, TrainConfig, normalise_keys
 from .data import TrainError, load_cache
-from .loop import fit, resolve_device
+from .loop import fit, resolve_device, resume_problem
 
 log = logging.getLogger(__name__)
 
@@ -112,15 +113,55 @@ def resolve_grid(grid: str | Path) -> Path:
     raise ConfigError(f"{grid}: no such grid file; give a TOML file or a preset ({', '.join(PRESETS)})")
 
 
-def parse_grid(data: dict, name: str = "sweep", source: str = "", seeds=None) -> SweepSpec:
+def _check_value(where: str, key: str, value) -> None:
+    """One setting alone over the defaults, so a wrong value is named with its key and where it was written."""
+    try:
+        TrainConfig.from_dict({key: value, "cache": "-"}, source=where)
+    except ConfigError as e:
+        msg = str(e)
+        raise ConfigError(msg if msg.startswith(f"{where}:") else f"{where}: {msg}") from None
+    except (TypeError, ValueError) as e:   # a check that compared a value of the wrong type (e.g. "zero" < 1)
+        raise ConfigError(f"{where}: {key} = {value!r}: {e}") from None
+
+
+def _table(value, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a table (key = value lines under it), not {value!r}")
+    return value
+
+
+def _seeds(seeds, where: str) -> tuple[int, ...]:
+    """``3`` → seeds 0, 1, 2; a list → those seeds. Anything else is refused: "12" is not 12, nor seeds 1 and 2."""
+    whole = lambda v: isinstance(v, int) and not isinstance(v, bool)   # noqa: E731 — true is an int in Python
+    if whole(seeds):
+        if seeds < 1:
+            raise ConfigError(f"{where}: {seeds} seeds: give 1 or more, or a list of seeds such as [0, 1, 7]")
+        return tuple(range(seeds))
+    if isinstance(seeds, (list, tuple)) and seeds and all(whole(s) and s >= 0 for s in seeds):
+        if len(set(seeds)) != len(seeds):
+            raise ConfigError(f"{where}: seed listed twice in {list(seeds)}; each seed is one trial folder")
+        return tuple(seeds)
+    raise ConfigError(f"{where} = {seeds!r}: expected a whole number of seeds (seeds = 3 → 0, 1, 2) or a list "
+                      "of whole numbers ≥ 0 (seeds = [0, 1, 7])")
+
+
+def parse_grid(data: dict, name: str = "sweep", source: str = "", seeds=None, overrides: dict | None = None
+               ) -> SweepSpec:
+    """The configurations of a grid file's table, ``overrides`` (``--set``) over every one; each setting and each
+    configuration is checked as a TrainConfig here, so a bad value stops the sweep before anything is written."""
     known = {"name", "seeds", "task", "base", "grid", "trial"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{source or 'grid'}: unknown top-level key {key!r}; valid: {', '.join(sorted(known))} "
                               "(training settings go under [base], [grid] or [[trial]])")
     source = source or "grid"
-    base = _check_keys(data.get("base", {}), f"{source}: [base]")
-    raw_grid = data.get("grid", {})
+    base = _check_keys(_table(data.get("base", {}), f"{source}: [base]"), f"{source}: [base]")
+    for k, v in base.items():
+        _check_value(f"{source}: [base]", k, v)
+    overrides = _check_keys(overrides or {}, "--set")
+    for k, v in overrides.items():
+        _check_value("--set", k, v)
+    raw_grid = _table(data.get("grid", {}), f"{source}: [grid]")
     for k, v in raw_grid.items():
         if not isinstance(v, list) or not v:
             raise ConfigError(f"{source}: [grid] {k} must be a non-empty list of values, not {v!r}")
@@ -129,12 +170,25 @@ def parse_grid(data: dict, name: str = "sweep", source: str = "", seeds=None) ->
         pairs = [normalise_keys({k: x}).popitem() for x in values]
         grid[pairs[0][0]] = [v for _, v in pairs]
     _check_keys(dict.fromkeys(grid), f"{source}: [grid]")
+    for k, values in grid.items():
+        for v in values:
+            _check_value(f"{source}: [grid]", k, v)
+    trials = data.get("trial", [])
+    if not isinstance(trials, list) or not all(isinstance(t, dict) for t in trials):
+        raise ConfigError(f"{source}: trial must be [[trial]] tables (one per named configuration), not {trials!r}")
     named = []
-    for i, t in enumerate(data.get("trial", [])):
+    for i, t in enumerate(trials):
         t = dict(t)
         tname = str(t.pop("name", f"trial {i + 1}"))
-        paper = t.pop("paper", {}) or {}
-        settings = _check_keys(t, f"{source}: trial {tname!r}")
+        where = f"{source}: trial {tname!r}"
+        paper = _table(t.pop("paper", {}) or {}, f"{where}: paper")
+        for k, v in paper.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ConfigError(f"{where}: paper {k} = {v!r}: expected the published figure as a number in "
+                                  "percent (e.g. acc2 = 71.23); leave out figures the paper does not give")
+        settings = _check_keys(t, where)
+        for k, v in settings.items():
+            _check_value(where, k, v)
         named.append((tname, settings, {str(k): float(v) for k, v in paper.items()}))
     if not named:
         named = [("", {}, {})]
@@ -145,30 +199,30 @@ def parse_grid(data: dict, name: str = "sweep", source: str = "", seeds=None) ->
             combo = dict(zip(keys, values))
             label = ", ".join(f"{k}={_value_name(v)}" for k, v in combo.items())
             full = " | ".join(x for x in (tname, label) if x) or "base"
-            settings = {**base, **tset, **combo}
+            settings = {**base, **tset, **combo, **overrides}
             try:   # every configuration must be a valid TrainConfig before anything trains
                 TrainConfig.from_dict({**settings, "cache": "-"}, source=f"{source}: {full!r}")
-            except TypeError as e:
+            except ConfigError as e:
+                msg = str(e)
+                raise ConfigError(msg if msg.startswith(f"{source}:") else f"{source}: {full!r}: {msg}") from None
+            except (TypeError, ValueError) as e:
                 raise ConfigError(f"{source}: {full!r}: {e}") from None
             configs.append(Configuration(full, settings, paper if not combo else {}))  # figures of the paper's setting
     if len({c.slug for c in configs}) != len(configs):
         raise ConfigError(f"{source}: two configurations have the same name; give each [[trial]] its own name")
-    seeds = seeds if seeds is not None else data.get("seeds", 1)
-    seeds = tuple(range(int(seeds))) if isinstance(seeds, int) else tuple(int(s) for s in seeds)
-    if not seeds:
-        raise ConfigError(f"{source}: no seeds")
+    seeds = _seeds(seeds, "--seeds") if seeds is not None else _seeds(data.get("seeds", 1), f"{source}: seeds")
     task = data.get("task")
     return SweepSpec(name=str(data.get("name", name)), configurations=tuple(configs), seeds=seeds,
                      task=str(task) if task is not None else None, source=source)
 
 
-def read_grid(grid: str | Path, seeds=None) -> SweepSpec:
+def read_grid(grid: str | Path, seeds=None, overrides: dict | None = None) -> SweepSpec:
     path = resolve_grid(grid)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise ConfigError(f"{path}: cannot read the grid ({e})") from None
-    return parse_grid(data, name=path.stem, source=str(path), seeds=seeds)
+    return parse_grid(data, name=path.stem, source=str(path), seeds=seeds, overrides=overrides)
 
 
 # --------------------------------------------------------------------------- running
@@ -192,17 +246,25 @@ def trial_dir(root: Path, config: Configuration, seed: int) -> Path:
 
 def run_sweep(opts: SweepOptions) -> dict:
     """Run every missing trial; returns the summary (also written as results.csv/.md/.png in the sweep folder)."""
-    spec = read_grid(opts.grid, seeds=opts.seeds)
-    overrides = _check_keys(opts.overrides, "--set")
-    if overrides:
-        spec = SweepSpec(spec.name, tuple(Configuration(c.name, {**c.settings, **overrides}, c.paper)
-                                          for c in spec.configurations), spec.seeds, spec.task, spec.source)
+    spec = read_grid(opts.grid, seeds=opts.seeds, overrides=opts.overrides)
     root = Path(opts.out) if opts.out else Path("runs") / "sweeps" / spec.name
     manifest = root / "sweep.json"
     device = resolve_device(opts.device)
     if manifest.exists() and not opts.resume:
         raise TrainError(f"{root}: a sweep is already there; add --resume to run only its missing trials, or "
                          "choose another --out")
+    _check_value("--max-cache-gb", "max_cache_gb", opts.max_cache_gb)
+    # every trial's exact settings, made before the cache is loaded or anything is written
+    configs: dict[tuple[str, int], TrainConfig] = {}
+    for config, seed in spec.trials():
+        try:
+            configs[(config.name, seed)] = TrainConfig.from_dict(
+                {**config.settings, "cache": opts.cache, "out": str(trial_dir(root, config, seed)), "seed": seed,
+                 "device": str(device), "progress": False, "max_cache_gb": opts.max_cache_gb},
+                source=f"{spec.source}: {config.name!r} seed {seed}")
+        except (TypeError, ValueError) as e:   # checked in read_grid already; a ConfigError (exit 2) all the same
+            raise ConfigError(str(e) if isinstance(e, ConfigError) else f"{spec.source}: {config.name!r}: {e}") \
+                from None
     loaded = load_cache(opts.cache, device, opts.max_cache_gb)
     record = {"spec": spec.to_dict(), "cache": {"path": str(loaded.store.path),
                                                 "fingerprint": loaded.store.fingerprint}}
@@ -212,6 +274,7 @@ def run_sweep(opts: SweepOptions) -> dict:
             was = old.get("cache", {}).get("fingerprint")
             raise TrainError(f"{root}: this sweep was run on another cache (fingerprint {was}); resume it on that "
                              "cache or use another --out")
+    _check_kept_trials(root, configs, loaded.store)
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(manifest, record)
 
@@ -231,10 +294,7 @@ def run_sweep(opts: SweepOptions) -> dict:
         d = trial_dir(root, config, seed)
         t0 = time.perf_counter()
         try:
-            cfg = TrainConfig.from_dict({**config.settings, "cache": opts.cache, "out": str(d), "seed": seed,
-                                         "device": str(device), "progress": False,
-                                         "max_cache_gb": opts.max_cache_gb}, source=config.name)
-            m = fit(cfg, resume=True, loaded=loaded)
+            m = fit(configs[(config.name, seed)], resume=True, loaded=loaded)
             st = "resumed" if m.get("resumed_after_epoch") else "done"
             return (config.name, seed), {"status": st, "run_dir": str(d), "seconds": time.perf_counter() - t0}
         except Exception as e:  # noqa: BLE001 — any failure of one trial (a bad combination, out of memory, a bug
@@ -268,6 +328,23 @@ def run_sweep(opts: SweepOptions) -> dict:
     summary["failed"] = [{"configuration": c, "seed": sd, "reason": st["status"]} for (c, sd), st in status.items()
                          if st["status"].startswith("failed")]
     return summary
+
+
+def _check_kept_trials(root: Path, configs: dict[tuple[str, int], TrainConfig], store) -> None:
+    """A trial folder the sweep would keep (finished, or resumable from its training state) must hold a run with
+    the settings this sweep gives that trial: otherwise old results would be reported under new settings."""
+    problems = []
+    for cfg in configs.values():
+        d = Path(cfg.out)
+        # a folder with neither (a trial that failed before its first state) keeps nothing: it simply runs again
+        if (d / "metrics.json").is_file() or (d / STATE).is_file():
+            problem = resume_problem(cfg, store)   # msmtfn-train --resume's own check: same settings, same cache
+            if problem:
+                problems.append(problem)
+    if problems:
+        more = f" ({len(problems)} trials in all)" if len(problems) > 1 else ""
+        raise TrainError(f"{root}: a trial there was run with other settings{more}: {problems[0]} (a sweep's own "
+                         "settings are its grid file, --set and the seed)")
 
 
 def _write_trials(root: Path, spec: SweepSpec, status: dict) -> None:

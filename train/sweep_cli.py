@@ -9,7 +9,12 @@ import click
 
 from pipeline.cli import DefaultCommandGroup, device_callback
 
+from .cli import SettingsError
 from .config import ConfigError
+
+
+# a command line's words are strings: these are booleans there (json.loads knows only lower-case true/false)
+BOOLEANS = {"true": True, "yes": True, "false": False, "no": False}
 
 
 def _parse_set(items: tuple[str, ...]) -> dict:
@@ -18,8 +23,11 @@ def _parse_set(items: tuple[str, ...]) -> dict:
         key, sep, raw = item.partition("=")
         if not sep:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. epochs=20")
+        if raw.strip().lower() in BOOLEANS:
+            out[key.strip()] = BOOLEANS[raw.strip().lower()]
+            continue
         try:
-            out[key.strip()] = json.loads(raw)
+            out[key.strip()] = json.loads(raw)   # numbers and lists: lr=1e-4, augment_variants=["noise"]
         except ValueError:
             out[key.strip()] = raw   # a plain string such as modality=text
     return out
@@ -51,13 +59,14 @@ def main(ctx):
 @click.option("--parallel", default=1, show_default=True,
               help="Trials trained at once in threads on the one loaded cache (see docs/benchmarks.md).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a training setting in every trial (repeatable), e.g. --set epochs=20.")
+              help="Override a training setting in every trial (repeatable), e.g. --set epochs=20; "
+                   "true/false/yes/no (any case) are booleans: --set bigru=False.")
 @click.option("--max-cache-gb", default=0.0, show_default=True, help="Features kept on the device (0 = auto).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of the table.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or log lines.")
 def run_cmd(cache, grid, seeds, out, device, resume, parallel, overrides, max_cache_gb, as_json, quiet):
     """Run a sweep (the default command). Exit status 0; 3 when some trial failed (named in trials.csv); 1 when
-    every trial failed.
+    every trial failed; 2 for bad usage (a bad grid file, --set or --seeds value), before anything is written.
 
     `msmtfn-sweep report SWEEP_DIR` rebuilds a sweep folder's tables and chart."""
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s")
@@ -70,7 +79,9 @@ def run_cmd(cache, grid, seeds, out, device, resume, parallel, overrides, max_ca
         summary = run_sweep(SweepOptions(cache=cache, grid=grid, out=out, seeds=seeds, device=device, resume=resume,
                                          parallel=parallel, overrides=_parse_set(overrides),
                                          max_cache_gb=max_cache_gb, progress=not quiet))
-    except (ConfigError, TrainError, CheckpointError) as e:
+    except ConfigError as e:      # settings that cannot work: bad usage, exit 2 as in msmtfn-train
+        raise SettingsError(str(e)) from None
+    except (TrainError, CheckpointError) as e:
         raise click.ClickException(str(e)) from None
     except KeyboardInterrupt:
         click.echo("interrupted: finished trials are kept; --resume continues the rest", err=True)
