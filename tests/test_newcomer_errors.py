@@ -218,3 +218,28 @@ def test_predict_transcripts_keep_rows_with_an_empty_end(tmp_path):
     assert [p.text for p in pieces["c1"]] == ["hello there", "and the rest"]
     assert assign_text(pieces["c1"], [(0.0, 5.0), (5.0, 12.0)]) == ["hello there", "and the rest"]
     assert assign_text(pieces["c2"], [(0.0, 3.0)]) == ["whole call"]
+
+
+@pytest.mark.parametrize("line, key", [
+    ('bigru = "false"', "bigru"),            # a true string: trained WITH the Bi-GRU before
+    ('no-bigru = "false"', "bigru"),         # negated into False: trained WITHOUT it before
+    ('epochs = "2"', "epochs"), ('epochs = 2.5', "epochs"), ('lr = "fast"', "lr"), ('dropout = "0.1"', "dropout"),
+    ('loss-weights = "2=0.5"', "loss_weights"), ('loss-weights = { 2 = "half" }', "loss_weights"),
+    ('patience = 0', "patience"), ('lr = -0.1', "lr"), ('warmup = -1', "warmup"), ('dropout = 1.0', "dropout"),
+    ('bottleneck = 1', "bottleneck"),
+])
+def test_config_file_values_of_the_wrong_type_or_range_are_refused_in_one_line(tmp_path, line, key):
+    cfg = tmp_path / "my-run.toml"
+    cfg.write_text(f'cache = "{tmp_path / "c.zarr"}"\n{line}\n')
+    out = tmp_path / "run"
+    r = CliRunner().invoke(train_cli, ["--config", str(cfg), "--out", str(out), "--device", "cpu"])
+    assert r.exit_code == 2, r.output
+    assert f"{cfg}: {key}" in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert "Traceback" not in r.output and not out.exists()
+
+
+def test_config_values_of_the_right_type_still_pass():
+    from train.config import TrainConfig
+
+    c = TrainConfig.from_dict({"cache": "c.zarr", "no-bigru": True, "lr": 1, "task": 5, "loss-weights": {"2": 0}})
+    assert c.bigru is False and c.lr == 1 and c.task == "5" and c.loss_weights == {"2": 0}
