@@ -243,3 +243,12 @@ def test_config_values_of_the_right_type_still_pass():
 
     c = TrainConfig.from_dict({"cache": "c.zarr", "no-bigru": True, "lr": 1, "task": 5, "loss-weights": {"2": 0}})
     assert c.bigru is False and c.lr == 1 and c.task == "5" and c.loss_weights == {"2": 0}
+
+
+@pytest.mark.parametrize("line, words", [('device = "gpu"', "unknown device 'gpu'"), ("task = 6", "no dataset's task")])
+def test_a_device_or_task_in_a_config_file_is_checked_like_the_option(tmp_path, line, words):
+    cfg = tmp_path / "my-run.toml"
+    cfg.write_text(f'cache = "{tmp_path / "c.zarr"}"\n{line}\n')
+    r = CliRunner().invoke(train_cli, ["--config", str(cfg)])
+    assert r.exit_code == 2 and f"{cfg}: " in r.output and words in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1

@@ -12,6 +12,7 @@ import click
 from click.core import ParameterSource
 
 from pipeline.cli import device_callback
+from pipeline.device import DeviceError, check_device
 from pipeline.labels import SCHEMES
 
 from .config import MODALITIES, POOLINGS, ConfigError, TrainConfig, normalise_keys
@@ -146,7 +147,13 @@ def main(ctx, config_file, resume_dir, overwrite, as_json, quiet, **opts):
         if not merged.get("cache"):
             raise ConfigError("--cache is required (on the command line or in --config)")
         merged["progress"] = not quiet
-        cfg = TrainConfig.from_dict(merged, source=config_file or "options")
+        source = config_file or (f"{resume_dir}/config.json" if resume_dir else "options")
+        cfg = TrainConfig.from_dict(merged, source=source)
+        try:   # a device or task from a config file gets the command line's checks (exit 2), naming the file
+            check_device(cfg.device)
+            _check_task(cfg.task)
+        except (DeviceError, click.BadParameter) as e:
+            raise ConfigError(f"{source}: {e.message if isinstance(e, click.BadParameter) else e}") from None
         if resume_dir and overwrite:
             raise ConfigError("--resume continues a run and --overwrite replaces it: pass one of them")
         metrics = fit(cfg, resume=bool(resume_dir), overwrite=overwrite)
