@@ -7,6 +7,12 @@ import click
 _IMPLIED = "pipeline.cli.implied_default"
 
 
+class UsageError(click.ClickException):
+    """One line, exit status 2: bad usage (settings that cannot work, paths a command will not touch), as the
+    README's exit codes say; click's own usage errors also exit 2 but print the usage lines too."""
+    exit_code = 2
+
+
 class _ImpliedContext(click.Context):
     """The default command's context when its name was not typed: help and errors show ``msmtfn-extract
     [OPTIONS]``, the command as the user runs it, not ``msmtfn-extract run [OPTIONS]``."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import glob
 import logging
 import sys
+from pathlib import Path
 
 import click
 
@@ -18,12 +19,19 @@ from .segmenter import CUTTERS
 
 
 def _expand(patterns: tuple[str, ...]) -> list[str]:
-    """Shell globs the shell did not expand (quoted, or on Windows); a name that matches nothing is kept, so it
-    is reported as missing rather than silently dropped."""
+    """Shell globs the shell did not expand (quoted, or on Windows). A plain name that does not exist is kept, so
+    it is reported as missing rather than silently dropped; a pattern that matches nothing is bad usage (one line,
+    exit 2), not a recording whose call id is its stem ``*``."""
     out: list[str] = []
     for p in patterns:
-        hits = sorted(glob.glob(p)) if any(ch in p for ch in "*?[") else []
-        out.extend(hits or [p])
+        if not any(ch in p for ch in "*?[") or Path(p).exists():   # a file may have [ or ? in its name
+            out.append(p)
+            continue
+        hits = sorted(glob.glob(p))
+        if not hits:
+            raise click.BadParameter(f"{p!r}: no files match this pattern; check the folder and the file "
+                                     "extension (e.g. 'calls/*.wav')", param_hint="'--audio'")
+        out.extend(hits)
     return out
 
 
@@ -78,6 +86,7 @@ def main(run_dir, audio, more_audio, cache, split, transcripts, asr, out, segmen
         raise click.UsageError("no recordings: give --audio FILE (or a glob such as 'calls/*.wav')")
     if bool(transcripts) == bool(asr):
         raise click.UsageError("give exactly one of --transcripts CSV or --asr MODEL")
+    recordings = tuple(_expand(audio))
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s")
     # torch, transformers and the trained model's code: imported once the options are read (fast --help)
     from .run import PredictConfig, PredictError, predict_calls, result_json, write_outputs
@@ -87,7 +96,7 @@ def main(run_dir, audio, more_audio, cache, split, transcripts, asr, out, segmen
 
         hf_logging.disable_progress_bar()
     try:
-        cfg = PredictConfig(run=run_dir, audio=tuple(_expand(audio)), transcripts=transcripts, asr=asr,
+        cfg = PredictConfig(run=run_dir, audio=recordings, transcripts=transcripts, asr=asr,
                             device=str(resolve_device(device)), dtype=dtype, audio_model=audio_model,
                             text_model=text_model, cutter=cutter, search_seconds=search_seconds,
                             batch_calls=batch_calls, num_workers=num_workers, threads=threads,

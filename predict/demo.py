@@ -19,7 +19,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli import device_option
+from pipeline.cli import UsageError, device_option
 from pipeline.device import DEVICE_HELP
 
 log = logging.getLogger(__name__)
@@ -31,22 +31,137 @@ DEMO_CALLS, DEMO_EPOCHS = 200, 20
 TINY_SIZES = dict(heads=4, ffn=128, head_hidden=64, gru_hidden=32, cross_layers=2, dropout=0.1, lr=3e-3)
 
 
+class DemoError(ValueError):
+    """Settings the demo cannot run with, or a path it will not touch (not the demo's own): one line; the CLI
+    exits 2. Raised before anything is written or deleted."""
+
+
+def _has_files(path: Path) -> bool:
+    return path.is_file() or (path.is_dir() and any(p.is_file() for p in path.rglob("*")))
+
+
+def _store_dataset(cache: Path) -> str | None:
+    """The dataset a local store was extracted from (the attribute ``msmtfn-extract info`` shows); "" for a store
+    whose creation was cut short (no data in it yet); None when ``cache`` is no store we can read."""
+    from pipeline.store import CacheStore, StoreError, _creation_cut_short
+
+    if not (cache / "zarr.json").is_file():
+        return None
+    if _creation_cut_short(cache):
+        return ""
+    try:
+        store = CacheStore.open(cache)
+    except StoreError:
+        return None
+    return store.dataset or store.settings.get("dataset") or "unknown"
+
+
+def _demo_data_files(data_dir: Path) -> list[Path] | None:
+    """The files the demo generator wrote into ``data_dir`` (its demo.json lists them), or None when demo.json
+    is missing or not the generator's: then the folder is someone else's data."""
+    meta_path = data_dir / "demo.json"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("generator") != "msmtfn demo":
+        return None
+    audio = [data_dir / "audio" / Path(str(name)).name for name in meta.get("audio", [])]
+    return [*(data_dir / f"{split}.csv" for split in ("train", "valid", "test")), *audio, meta_path]
+
+
+def _is_demo_run(run_dir: Path) -> bool:
+    """A run folder the demo may delete: nothing in it yet, or a run trained on a demo store."""
+    if not _has_files(run_dir):
+        return True
+    try:
+        meta = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        return meta["cache"]["settings"].get("dataset") == "demo"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def check_demo(data_dir: Path, cache: Path, runs: Path, *, calls: int = DEMO_CALLS, epochs: int = DEMO_EPOCHS,
+               fresh: bool = False) -> None:
+    """Everything the demo can refuse, checked before any work: --calls, --epochs, and that the cache, the run
+    folders it may rebuild and (with ``fresh``) the data it deletes are the demo's own. :class:`DemoError`."""
+    from pipeline.datasets.demo import MIN_CALLS
+
+    if calls < MIN_CALLS:
+        raise DemoError(f"--calls {calls}: the demo needs at least {MIN_CALLS} calls (three rounds of the five "
+                        f"labels, so that train, valid and test each hold every label); pass --calls {MIN_CALLS} "
+                        "or more")
+    if epochs < 1:
+        raise DemoError(f"--epochs {epochs}: train for at least 1 epoch (default {DEMO_EPOCHS})")
+    # a rebuild (other --calls/--seed, --fresh) deletes the store: only ever the demo's own
+    if cache.exists():
+        dataset = _store_dataset(cache)
+        if dataset is None and _has_files(cache):
+            raise DemoError(f"--cache {cache}: exists and is not a cache store the demo can read; the demo will not "
+                            "write over it: pass another --cache (default cache/demo.zarr)")
+        if dataset not in (None, "", "demo"):
+            raise DemoError(f"--cache {cache}: holds a {dataset!r} store, not the demo's; the demo rebuilds its "
+                            "cache when settings change and would replace it: pass another --cache (default "
+                            "cache/demo.zarr)")
+    for modality in MODALITIES:   # the only folders under --out the demo writes, retrains or deletes
+        if not _is_demo_run(runs / modality):
+            raise DemoError(f"--out {runs}: {runs / modality} holds files that are not a demo run; the demo "
+                            "would retrain over it: pass another --out (default runs/demo)")
+    if fresh and data_dir.exists() and _demo_data_files(data_dir) is None and _has_files(data_dir):
+        raise DemoError(f"--data-dir {data_dir}: holds files that are not the demo's generated data (no demo.json "
+                        "of the generator); --fresh would delete them: pass another --data-dir (default data/demo)")
+
+
+def _remove_demo_runs(runs: Path) -> None:
+    """OUT/both, OUT/text, OUT/audio only: other folders under --out are the user's (check_demo vetted these)."""
+    for modality in MODALITIES:
+        shutil.rmtree(runs / modality, ignore_errors=True)
+
+
+def _remove_demo_data(data_dir: Path) -> None:
+    """The generated files only (check_demo vetted the folder); the folders too once nothing else is in them."""
+    for path in _demo_data_files(data_dir) or []:
+        path.unlink(missing_ok=True)
+    for folder in (data_dir / "audio", data_dir):
+        try:
+            folder.rmdir()
+        except OSError:   # absent, or holds files that are not the demo's: they stay
+            pass
+
+
+def _train_configs(cache: Path, runs: Path, *, device: str, epochs: int, seed: int, tiny: bool,
+                   progress: bool) -> dict:
+    from train.config import ConfigError, TrainConfig
+
+    sizes = TINY_SIZES if tiny else {}
+    try:
+        return {m: TrainConfig(cache=str(cache), out=str(runs / m), device=device, epochs=epochs, seed=seed,
+                               patience=epochs, batch_calls=8, modality=m, progress=progress, threads=1, **sizes)
+                for m in MODALITIES}
+    except ConfigError as e:
+        raise DemoError(str(e)) from None
+
+
 def run_demo(data_dir: Path, cache: Path, runs: Path, *, audio_model: str | None = None,
              text_model: str | None = None, device: str = "auto", epochs: int = DEMO_EPOCHS,
              calls: int = DEMO_CALLS, seed: int = 0, fresh: bool = False, progress: bool = True) -> dict:
-    """{"both": metrics, "text": metrics, "audio": metrics, ...}: each as in its run's metrics.json."""
+    """{"both": metrics, "text": metrics, "audio": metrics, ...}: each as in its run's metrics.json.
+    :class:`DemoError` (before anything is written or deleted) for bad settings or paths that are not the demo's."""
+    data_dir, cache, runs = Path(data_dir), Path(cache), Path(runs)
+    check_demo(data_dir, cache, runs, calls=calls, epochs=epochs, fresh=fresh)
+    tiny = audio_model is None or text_model is None
+    configs = _train_configs(cache, runs, device=device, epochs=epochs, seed=seed, tiny=tiny, progress=progress)
     # torch, transformers and both stages: imported here, not at import (``msmtfn-demo --help`` stays fast)
     from extract import ExtractConfig, build_tiny_encoders, extract
     from pipeline.store import FingerprintMismatch
-    from train.config import TrainConfig
     from train.data import open_cache
     from train.loop import fit, resume_problem
 
     t0 = time.perf_counter()
-    if fresh:
-        for path in (data_dir, cache, runs):
-            shutil.rmtree(path, ignore_errors=True)
-    tiny = audio_model is None or text_model is None
+    if fresh:   # only what the demo made (check_demo refused anything else)
+        _remove_demo_data(data_dir)
+        shutil.rmtree(cache, ignore_errors=True)
+        _remove_demo_runs(runs)
     if tiny:
         a, t = build_tiny_encoders(cache.parent / "tiny-encoders")
         audio_model, text_model = audio_model or str(a), text_model or str(t)
@@ -59,18 +174,14 @@ def run_demo(data_dir: Path, cache: Path, runs: Path, *, audio_model: str | None
     try:
         res = extract(ecfg, progress=progress)
     except FingerprintMismatch:
-        # the demo's own cache, built for other --calls/--seed/encoders: rebuild it and the runs trained on it
+        # the demo's own cache (check_demo), built for other --calls/--seed/encoders: rebuild it and the runs
         log.warning("%s was built with other demo settings: rebuilding it and retraining", cache)
-        shutil.rmtree(runs, ignore_errors=True)
+        _remove_demo_runs(runs)
         res = extract(replace(ecfg, overwrite=True), progress=progress)
     log.info("extracted %d segments in %.1f s", res.done, res.elapsed)
     store = open_cache(str(cache))
-    sizes = TINY_SIZES if tiny else {}
     out: dict = {}
-    for modality in MODALITIES:
-        cfg = TrainConfig(cache=str(cache), out=str(runs / modality), device=device, epochs=epochs, seed=seed,
-                          patience=epochs, batch_calls=8, modality=modality, progress=progress, threads=1,
-                          **sizes)
+    for modality, cfg in configs.items():
         problem = resume_problem(cfg, store)
         if problem:   # a run of the demo's own, with other settings (--epochs, ...): train it again
             log.warning("%s: retraining (%s)", cfg.out, problem.split(": ", 1)[-1])
@@ -118,12 +229,17 @@ def format_demo_table(result: dict) -> str:
 @click.option("--epochs", default=DEMO_EPOCHS, show_default=True)
 @click.option("--calls", default=DEMO_CALLS, show_default=True, help="Calls to generate.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--fresh", is_flag=True, help="Regenerate the data and rebuild the cache and the runs.")
+@click.option("--fresh", is_flag=True,
+              help="Regenerate the data and rebuild the cache and OUT/both|text|audio (only what the demo made).")
 @click.option("--json", "as_json", is_flag=True, help='Print {"both": metrics, "text": ..., "audio": ...} as JSON.')
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def main(data_dir, cache, out, audio_model, text_model, device, epochs, calls, seed, fresh, as_json, quiet):
     """Run the whole pipeline on a generated demo dataset (no downloads): fused vs text-only vs audio-only."""
     device = device_option(device)    # no CUDA here, or --device gpu: one line, exit 2
+    try:    # before the note and any import: a refusal is the only line printed
+        check_demo(Path(data_dir), Path(cache), Path(out), calls=calls, epochs=epochs, fresh=fresh)
+    except DemoError as e:
+        raise UsageError(str(e)) from None
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     from transformers.utils import logging as hf_logging
 
@@ -139,6 +255,8 @@ def main(data_dir, cache, out, audio_model, text_model, device, epochs, calls, s
         result = run_demo(Path(data_dir), Path(cache), Path(out), audio_model=audio_model, text_model=text_model,
                           device=device, epochs=epochs, calls=calls, seed=seed, fresh=fresh,
                           progress=not (quiet or as_json))
+    except DemoError as e:
+        raise UsageError(str(e)) from None
     except (TrainError, CheckpointError) as e:
         raise click.ClickException(f"{e} (msmtfn-demo --fresh rebuilds the demo)") from None
     if as_json:

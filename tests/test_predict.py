@@ -494,3 +494,23 @@ def test_a_trained_mosi_run_predicts_a_score_for_every_segment(tiny_encoders, tm
         assert r["pred_7"] in [str(v) for v in range(-3, 4)]     # from the score, as Acc7 is computed
     again = list(csv.DictReader(io.StringIO(segments_csv(predict_calls(cfg)))))
     assert again == seg_rows, "deterministic"
+
+
+def test_a_glob_that_matches_nothing_is_one_line_not_a_call_named_star(tmp_path):
+    """The pattern is refused before the run is read (exit 2); a plain missing name is still kept (a row that
+    says it is missing) and a matching pattern is expanded."""
+    from predict.cli import _expand
+
+    pattern = str(tmp_path / "nomatch" / "*.wav")
+    out = tmp_path / "p.csv"
+    res = CliRunner().invoke(predict_cli, ["--run", str(tmp_path / "run"), "--audio", pattern, "--transcripts",
+                                           str(tmp_path / "t.csv"), "--out", str(out), "-q"])
+    assert res.exit_code == 2, res.output
+    (line,) = [ln for ln in res.output.splitlines() if ln.startswith("Error")]
+    assert "'--audio'" in line and pattern in line and "no files match this pattern" in line, line
+    assert "Traceback" not in res.output and not out.exists()
+
+    for name in ("b.wav", "a.wav", "odd[1].wav"):
+        (tmp_path / name).write_bytes(b"")
+    assert _expand((str(tmp_path / "*.wav"),)) == [str(tmp_path / n) for n in ("a.wav", "b.wav", "odd[1].wav")]
+    assert _expand((str(tmp_path / "odd[1].wav"), "missing.wav")) == [str(tmp_path / "odd[1].wav"), "missing.wav"]

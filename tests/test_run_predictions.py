@@ -95,3 +95,26 @@ def test_new_unlabelled_calls_in_a_cache_are_scored_too(tmp_path):
     both = CliRunner().invoke(predict_cli, ["--run", m["run_dir"], "--cache", str(new.path), "--audio", "x.wav",
                                             "--out", str(out)])
     assert both.exit_code == 2
+
+
+def test_a_cache_of_other_settings_is_refused_naming_each_difference(tmp_path):
+    """Named as msmtfn-extract names them (setting: the run's → this cache's); where the encoders were read
+    from (text.model) may differ and is not named."""
+    import zarr
+
+    def settings(path: Path, **text) -> None:
+        group = zarr.open_group(str(path), mode="r+")
+        group.attrs["settings"] = {**group.attrs["settings"], "text": text}
+
+    run_store = write_synthetic_store(tmp_path / "c.zarr", calls=20, seed=5, audio_frames=8, text_tokens=4)
+    settings(run_store.path, model="/enc/a", max_tokens=48)
+    m = fit(TrainConfig(cache=str(run_store.path), out=str(tmp_path / "run"), **{**SMALL, "epochs": 1}))
+    other = write_synthetic_store(tmp_path / "o.zarr", calls=3, seed=5, audio_frames=8, text_tokens=4)
+    settings(other.path, model="/enc/b", max_tokens=64)
+    out = tmp_path / "p.csv"
+    r = CliRunner().invoke(predict_cli, ["--run", m["run_dir"], "--cache", str(other.path), "--split", "all",
+                                         "--out", str(out)])
+    assert r.exit_code == 1 and not out.exists()
+    (line,) = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert "extracted with other settings" in line and "text.max_tokens: 48 → 64" in line, line
+    assert "text.model" not in line and "seed" not in line, line

@@ -11,18 +11,13 @@ import logging
 import click
 from click.core import ParameterSource
 
-from pipeline.cli import device_callback
+from pipeline.cli import UsageError, device_callback
 from pipeline.device import DeviceError, check_device
 from pipeline.labels import SCHEMES
 
 from .config import MODALITIES, POOLINGS, ConfigError, TrainConfig, normalise_keys
 
 D = TrainConfig.__dataclass_fields__
-
-
-class SettingsError(click.ClickException):
-    """One line, exit status 2 (bad usage, as the README's exit codes say)."""
-    exit_code = 2
 
 
 def _check_task(value):
@@ -158,7 +153,7 @@ def main(ctx, config_file, resume_dir, overwrite, as_json, quiet, **opts):
             raise ConfigError("--resume continues a run and --overwrite replaces it: pass one of them")
         metrics = fit(cfg, resume=bool(resume_dir), overwrite=overwrite)
     except ConfigError as e:        # settings that cannot work: bad usage, exit 2 like click's own usage errors
-        raise SettingsError(str(e)) from None
+        raise UsageError(str(e)) from None
     except (TrainError, CheckpointError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(json.dumps(metrics, indent=2, default=str) if as_json else format_summary(metrics))

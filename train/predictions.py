@@ -225,6 +225,7 @@ def score_cache(run_dir, cache: str, split: str = "test", device: str = "cpu", b
     ``--split test`` output equals the run's predictions_test.csv) or a cache of new calls extracted with the
     run's encoder settings (unlabelled calls are scored too; their ``true_*`` cells stay empty)."""
     from pipeline.cache_settings import encoder_identity
+    from pipeline.fingerprint import diff_settings
 
     from .checkpoint import load_run, read_run_config
     from .data import Batches, CallData, FeatureSource, TrainError, open_cache
@@ -243,8 +244,12 @@ def score_cache(run_dir, cache: str, split: str = "test", device: str = "cpu", b
     mine, theirs = encoder_identity(store.settings), encoder_identity(run_cache.get("settings", {}))
     differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
     if differ:
-        raise TrainError(f"{cache}: extracted with other settings than {run_dir}'s cache ({', '.join(differ[:5])}); "
-                         "extract the calls with the run's encoder settings (msmtfn-extract info shows them)")
+        # named as msmtfn-extract names them ("text.max_tokens: 48 → 64"), the run's value first
+        named = diff_settings({k: theirs.get(k) for k in differ}, {k: mine.get(k) for k in differ})
+        more = "; …" if len(named) > 5 else ""
+        raise TrainError(f"{cache}: extracted with other settings than {run_dir}'s cache (run's → this cache's: "
+                         f"{'; '.join(named[:5])}{more}); extract the calls with the run's encoder settings "
+                         "(msmtfn-extract info shows them)")
     data = CallData(store, scoring=True)
     calls = data.indices(split)
     if not calls:

@@ -7,9 +7,8 @@ import sys
 
 import click
 
-from pipeline.cli import DefaultCommandGroup, device_callback
+from pipeline.cli import DefaultCommandGroup, UsageError, device_callback
 
-from .cli import SettingsError
 from .config import ConfigError
 
 
@@ -80,7 +79,7 @@ def run_cmd(cache, grid, seeds, out, device, resume, parallel, overrides, max_ca
                                          parallel=parallel, overrides=_parse_set(overrides),
                                          max_cache_gb=max_cache_gb, progress=not quiet))
     except ConfigError as e:      # settings that cannot work: bad usage, exit 2 as in msmtfn-train
-        raise SettingsError(str(e)) from None
+        raise UsageError(str(e)) from None
     except (TrainError, CheckpointError) as e:
         raise click.ClickException(str(e)) from None
     except KeyboardInterrupt:
