@@ -26,7 +26,8 @@ column        required  meaning
 
 Options: ``csv_path``, ``label_scheme`` (default ``marketcalls``), ``split_ratios``. A row that cannot be used
 (missing audio file, ``start``/``end`` not numbers or outside the file, a path refused, an exact duplicate of an
-earlier row) is reported in ``manifest.issues`` and left out; unknown labels stop with an error listing the rows.
+earlier row) is reported in ``manifest.issues`` and left out, as is a row with an unknown label; only when most
+rows carry unknown labels (a wrong column or label scheme) does the run stop, listing them (README, stage 1).
 
 Example::
 
