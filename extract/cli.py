@@ -200,7 +200,8 @@ def run_cmd(as_json: bool, quiet: bool, storage_options: str | None, options: tu
     if as_json:
         click.echo(json.dumps(summary))
     else:
-        click.echo(f"{res.store}: {res.done}/{res.total} segments done, {res.skipped} skipped; encoded "
+        left_out = f", {res.manifest_skipped} dataset rows left out before encoding" if res.manifest_skipped else ""
+        click.echo(f"{res.store}: {res.done}/{res.total} segments done, {res.skipped} skipped{left_out}; encoded "
                    f"{res.computed} ({res.audio_seconds:.1f} s of audio) in {res.elapsed:.1f} s "
                    f"= {res.segments_per_second:.1f} segments/s; report {res.report}")
         for it in res.issues[:20]:

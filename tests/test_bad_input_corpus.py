@@ -38,6 +38,9 @@ def test_bad_input_corpus(tmp_path, tiny_encoders, long_seconds):
     skipped = {s["segment_id"]: s["reason"] for s in report["skipped"]}
     manifest = report["manifest_issues"]
     warnings = report["warnings"]
+    left_out = sum(1 for m in manifest if not m["reason"].startswith("warning"))
+    # the summary line counts the rows left out of the dataset beside the segments skipped while encoding
+    assert left_out and f"{left_out} dataset rows left out before encoding" in r.output, r.output
     store = CacheStore.open(out)
     table = store.table()
     done, flagged = store.done(), store.skipped()
