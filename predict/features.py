@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -50,11 +51,33 @@ def run_settings(meta: dict, run_dir) -> dict:
     return settings
 
 
+def trained_from(run_dir, recorded_out: str | None) -> Path | None:
+    """The folder a run was trained from, when its recorded ``--out`` was relative and the run still sits at that
+    relative place under it (``/home/a/proj`` for ``/home/a/proj/runs/x`` trained with ``--out runs/x``)."""
+    if not recorded_out or Path(recorded_out).is_absolute():
+        return None
+    rel, here = Path(recorded_out).parts, Path(run_dir).resolve().parts
+    return Path(*here[:-len(rel)]) if rel and here[-len(rel):] == rel else None
+
+
+def locate_model(recorded: str, base: Path | None) -> str | None:
+    """A local encoder folder recorded relative to where the cache was made (``cache/tiny-encoders/...``) that
+    does not exist from here but does under the folder the run was trained from; None otherwise. Safe to guess:
+    the loaded weights are checked against the run's hashes all the same."""
+    if base is None or Path(recorded).is_absolute() or Path(recorded).exists():
+        return None
+    there = base / recorded
+    return str(there) if there.is_dir() else None
+
+
 class RunEncoders:
     """Audio and text encoders exactly as the run's cache was extracted (or refused)."""
 
     def __init__(self, settings: dict, *, device: str = "cpu", dtype: str = "run", audio_model: str | None = None,
-                 text_model: str | None = None, trust_remote_code: bool = False, run_dir: str = "run"):
+                 text_model: str | None = None, trust_remote_code: bool = False, run_dir: str = "run",
+                 base: Path | None = None):
+        """``base``: the folder the run was trained from (:func:`trained_from`), where relative encoder folders
+        are looked for when they are not found from the working directory."""
         run_dtype = settings.get("compute_dtype", "float32")
         if dtype == "run":
             # float16 on CPU is slow and partly unsupported: compute in float32 there (stored as float16 anyway)
@@ -64,6 +87,8 @@ class RunEncoders:
             log.warning("encoders compute in %s; the run's cache was extracted in %s (features differ at float16 "
                         "rounding)", dtype, run_dtype)
         chosen, _ = CacheSettings.from_attrs(settings)
+        audio_model = audio_model or locate_model(chosen.audio_model, base)
+        text_model = text_model or locate_model(chosen.text_model, base)
         # where the models are read from may differ (their hashes are checked below)
         self.cfg = replace(chosen, dtype=dtype, audio_model=audio_model or chosen.audio_model,
                            text_model=text_model or chosen.text_model,

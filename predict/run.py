@@ -32,7 +32,7 @@ from train.checkpoint import CheckpointError, load_run, read_run_config
 from train.data import pad_segments
 from train.predictions import model_outputs, use_threads, decode, head_widths, output_tasks, task_columns, task_values
 
-from .features import ModelMismatch, RunEncoders, SegmentFeatures, run_settings
+from .features import ModelMismatch, RunEncoders, SegmentFeatures, run_settings, trained_from
 from .segmenter import CutterConfig, CutterError, cut_recording
 from .transcripts import AsrTranscriber, Piece, TranscriptError, assign_text, read_transcript_csv
 
@@ -148,7 +148,8 @@ class Predictor:
         try:
             self.encoders = RunEncoders(run_settings(meta, run), device=cfg.device, dtype=cfg.dtype,
                                         audio_model=cfg.audio_model, text_model=cfg.text_model,
-                                        trust_remote_code=cfg.trust_remote_code, run_dir=str(run))
+                                        trust_remote_code=cfg.trust_remote_code, run_dir=str(run),
+                                        base=trained_from(run, meta.get("train", {}).get("out")))
         except ModelMismatch as e:
             raise PredictError(str(e)) from None
         max_s = self.encoders.max_seconds

@@ -514,3 +514,32 @@ def test_a_glob_that_matches_nothing_is_one_line_not_a_call_named_star(tmp_path)
         (tmp_path / name).write_bytes(b"")
     assert _expand((str(tmp_path / "*.wav"),)) == [str(tmp_path / n) for n in ("a.wav", "b.wav", "odd[1].wav")]
     assert _expand((str(tmp_path / "odd[1].wav"), "missing.wav")) == [str(tmp_path / "odd[1].wav"), "missing.wav"]
+
+
+def test_a_run_made_with_relative_paths_predicts_from_another_folder(tiny_encoders, tmp_path, monkeypatch):
+    """Encoders given as relative folders (as the demo records cache/tiny-encoders/...) are found from any
+    working directory through the folder the run was trained from; the weights are checked all the same."""
+    import shutil
+
+    proj = tmp_path / "proj"
+    write_marketcalls(proj / "data", calls=9, segments=2)
+    shutil.copytree(tiny_encoders["group"], proj / "enc" / "audio")
+    shutil.copytree(tiny_encoders["text"], proj / "enc" / "text")
+    monkeypatch.chdir(proj)
+    extract(ExtractConfig(dataset="marketcalls", data_dir="data", out="cache.zarr", audio_model="enc/audio",
+                          text_model="enc/text", num_workers=0, max_text_tokens=32, max_seconds=MAX_SECONDS),
+            progress=False)
+    fit(TrainConfig(cache="cache.zarr", out="runs/r", d_model=32, heads=4, ffn=64, gru_hidden=16, head_hidden=32,
+                    cross_layers=1, bottleneck_layers=1, epochs=1, patience=1, batch_calls=4, device="cpu",
+                    plots=False, progress=False))
+    elsewhere = tmp_path / "elsewhere"
+    paths, csv_path, _ = _new_calls(elsewhere / "calls", ["callA", "callB"])
+    monkeypatch.chdir(elsewhere)
+    args = ["--run", str(proj / "runs" / "r"), "--transcripts", str(csv_path), "--out", "p.csv", "-q",
+            "--audio", *paths[:2]]
+    res = CliRunner().invoke(predict_cli, args)
+    assert res.exit_code == 0, res.output
+    assert [r["status"] for r in csv.DictReader(open("p.csv", encoding="utf-8"))] == ["ok", "ok"]
+    shutil.move(str(proj / "runs"), str(tmp_path / "moved"))    # no longer where it was trained: not guessed
+    res = CliRunner().invoke(predict_cli, [*args[:1], str(tmp_path / "moved" / "r"), *args[2:]])
+    assert res.exit_code == 1 and "enc/audio" in res.output and "--audio-model" in res.output, res.output
