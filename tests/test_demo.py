@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from predict.demo import MODALITIES, main as demo_cli, run_demo
+from predict.demo import DEMO_WARMUP, MODALITIES, TINY_SIZES, main as demo_cli, run_demo
 
 
 def _paths(tmp_path: Path) -> tuple[Path, Path, Path]:
@@ -46,6 +46,8 @@ def test_table_reuse_rebuild_retrain_and_fresh(tmp_path, caplog):
     assert "macro-F1" in out and "95% CI" in out and "metrics.json" in out and "fused − best single modality" in out
     assert "Writing model shards" not in out and "Loading weights" not in out
     assert "epoch 1" not in out, "-q hides our progress bars too"
+    trained = json.loads((runs / "both" / "config.json").read_text())["train"]
+    assert trained["warmup"] == DEMO_WARMUP and trained["lr"] == TINY_SIZES["lr"]   # the demo's own schedule
 
     weights = {m: (runs / m / "model.safetensors").stat().st_mtime_ns for m in MODALITIES}
     csv_time = (data / "train.csv").stat().st_mtime_ns
