@@ -66,7 +66,8 @@ def main() -> int:
             cfg = TrainConfig(cache=str(cache), out=str(work / f"run-{packed}"), device=args.device,
                               epochs=args.epochs, patience=args.epochs, plots=False, progress=False, state_every=0,
                               **model)
-            epoch_s = fit(cfg, loaded=LoadedCache(loaded.store, data, src))["epoch_seconds"]
+            epoch_s = fit(cfg, overwrite=True,     # a second bench run in the same --workdir
+                          loaded=LoadedCache(loaded.store, data, src))["epoch_seconds"]
         rows[packed] = (src.resident_bytes, load_s, assemble_s, epoch_s, n)
         feature_bytes = {True: data.packed_bytes(), False: data.used_bytes()}
         del loaded, src

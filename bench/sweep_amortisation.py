@@ -46,7 +46,8 @@ def amortisation(cache: Path, work: Path, trials: int, epochs: int, device: str,
     t0 = time.perf_counter()
     for seed in range(trials):
         cmd = [sys.executable, "-m", "train.cli", "--cache", str(cache), "--config", str(train_cfg),
-               "--seed", str(seed), "--out", str(work / "separate" / f"s{seed}"), "--device", device, "-q"]
+               "--seed", str(seed), "--out", str(work / "separate" / f"s{seed}"), "--overwrite", "--device", device,
+               "-q"]   # --overwrite: a second bench run in the same --workdir
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
         if r.returncode != 0:
             raise RuntimeError(f"msmtfn-train failed: {r.stderr[-1500:]}")

@@ -187,10 +187,12 @@ def run_demo(data_dir: Path, cache: Path, runs: Path, *, audio_model: str | None
     out: dict = {}
     for modality, cfg in configs.items():
         problem = resume_problem(cfg, store)
-        if problem:   # a run of the demo's own, with other settings (--epochs, ...): train it again
+        if problem:   # a run of the demo's own, with other settings (--epochs, ...): train it again, replacing
+            # it only once the new run passed its start checks (a model that cannot be built keeps the old run)
             log.warning("%s: retraining (%s)", cfg.out, problem.split(": ", 1)[-1])
-            shutil.rmtree(cfg.out, ignore_errors=True)
-        out[modality] = fit(cfg, resume=True)    # a finished run with these settings is reported, not retrained
+            out[modality] = fit(cfg, overwrite=True)
+        else:         # a finished run with these settings is reported, not retrained
+            out[modality] = fit(cfg, resume=True)
     out["demo_seconds"] = time.perf_counter() - t0
     out["cache"] = str(cache)
     return out
@@ -253,6 +255,7 @@ def main(data_dir, cache, out, audio_model, text_model, device, epochs, calls, s
     if tiny and not as_json:
         click.echo(SMOKE_NOTE)
     from train.checkpoint import CheckpointError
+    from train.config import ConfigError
     from train.data import TrainError
 
     try:
@@ -261,6 +264,9 @@ def main(data_dir, cache, out, audio_model, text_model, device, epochs, calls, s
                           progress=not (quiet or as_json))
     except DemoError as e:
         raise UsageError(str(e)) from None
+    except ConfigError as e:   # e.g. encoders 32 wide given as real ones, with the paper's 12 heads
+        raise UsageError(f"{e} (with --audio-model/--text-model the demo trains the paper's sizes, for 768-wide "
+                         "encoders)") from None
     except (TrainError, CheckpointError) as e:
         raise click.ClickException(f"{e} (msmtfn-demo --fresh rebuilds the demo)") from None
     if as_json:

@@ -102,3 +102,16 @@ def test_too_few_calls_or_epochs_are_one_line_before_any_work(tmp_path, option, 
     assert expect in _error_line(r.output)
     assert len([ln for ln in r.output.splitlines() if ln.strip()]) == 1, r.output
     assert not data.exists() and not cache.parent.exists() and not runs.exists()
+
+
+def test_a_retrain_that_cannot_start_keeps_the_demos_runs(tmp_path):
+    """The demo's runs are replaced only once the new run passed its start checks: the tiny encoders passed as
+    'real' ones get the paper's 12 heads, which do not divide their width 32 — one line, the old runs intact."""
+    data, cache, runs = tmp_path / "data", tmp_path / "cache" / "demo.zarr", tmp_path / "runs"
+    assert CliRunner().invoke(demo_cli, _args(data, cache, runs, "--calls", "15", "--epochs", "1")).exit_code == 0
+    before = _snapshot(runs)
+    enc = cache.parent / "tiny-encoders"
+    r = CliRunner().invoke(demo_cli, _args(data, cache, runs, "--calls", "15", "--epochs", "1", "--audio-model",
+                                           str(enc / "audio-tiny-group"), "--text-model", str(enc / "text-tiny")))
+    assert r.exit_code == 2 and "--heads 12" in _error_line(r.output), r.output
+    assert _snapshot(runs) == before

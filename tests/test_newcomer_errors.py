@@ -252,3 +252,10 @@ def test_a_device_or_task_in_a_config_file_is_checked_like_the_option(tmp_path, 
     r = CliRunner().invoke(train_cli, ["--config", str(cfg)])
     assert r.exit_code == 2 and f"{cfg}: " in r.output and words in r.output, r.output
     assert len(r.output.strip().splitlines()) == 1
+
+
+def test_a_bad_value_is_blamed_on_where_it_was_written(tmp_path):
+    cfg = tmp_path / "ok.toml"
+    cfg.write_text(f'cache = "{tmp_path / "c.zarr"}"\n')
+    r = CliRunner().invoke(train_cli, ["--config", str(cfg), "--patience", "0"])
+    assert r.exit_code == 2 and "the command line: patience" in r.output and str(cfg) not in r.output, r.output

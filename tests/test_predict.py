@@ -529,17 +529,17 @@ def test_a_run_made_with_relative_paths_predicts_from_another_folder(tiny_encode
     extract(ExtractConfig(dataset="marketcalls", data_dir="data", out="cache.zarr", audio_model="enc/audio",
                           text_model="enc/text", num_workers=0, max_text_tokens=32, max_seconds=MAX_SECONDS),
             progress=False)
-    fit(TrainConfig(cache="cache.zarr", out="runs/r", d_model=32, heads=4, ffn=64, gru_hidden=16, head_hidden=32,
-                    cross_layers=1, bottleneck_layers=1, epochs=1, patience=1, batch_calls=4, device="cpu",
-                    plots=False, progress=False))
+    m = fit(TrainConfig(cache="cache.zarr", d_model=32, heads=4, ffn=64, gru_hidden=16, head_hidden=32,
+                        cross_layers=1, bottleneck_layers=1, epochs=1, patience=1, batch_calls=4, device="cpu",
+                        plots=False, progress=False))     # the default --out: runs/marketcalls/<time>-...
+    run = proj / m["run_dir"]
     elsewhere = tmp_path / "elsewhere"
     paths, csv_path, _ = _new_calls(elsewhere / "calls", ["callA", "callB"])
     monkeypatch.chdir(elsewhere)
-    args = ["--run", str(proj / "runs" / "r"), "--transcripts", str(csv_path), "--out", "p.csv", "-q",
-            "--audio", *paths[:2]]
+    args = ["--run", str(run), "--transcripts", str(csv_path), "--out", "p.csv", "-q", "--audio", *paths[:2]]
     res = CliRunner().invoke(predict_cli, args)
     assert res.exit_code == 0, res.output
     assert [r["status"] for r in csv.DictReader(open("p.csv", encoding="utf-8"))] == ["ok", "ok"]
-    shutil.move(str(proj / "runs"), str(tmp_path / "moved"))    # no longer where it was trained: not guessed
-    res = CliRunner().invoke(predict_cli, [*args[:1], str(tmp_path / "moved" / "r"), *args[2:]])
+    shutil.move(str(run), str(tmp_path / "moved"))    # no longer where it was trained: not guessed
+    res = CliRunner().invoke(predict_cli, [*args[:1], str(tmp_path / "moved"), *args[2:]])
     assert res.exit_code == 1 and "enc/audio" in res.output and "--audio-model" in res.output, res.output

@@ -117,6 +117,8 @@ def test_set_reads_command_line_booleans():
                       "modality=text", "augment_variants=[\"noise\"]", "task=2"))
     assert got == {"bigru": False, "mtl": False, "cross_attention": True, "bottleneck": True, "lr": 1e-4,
                    "modality": "text", "augment_variants": ["noise"], "task": 2}
+    # numbers the command line's own options take but JSON does not
+    assert _parse_set(("lr=.001", "epochs=020", "warmup=5.")) == {"lr": 0.001, "epochs": 20, "warmup": 5.0}
     for word in ("False", "no", "NO", "false"):   # no-bigru=False is the Bi-GRU kept, not dropped
         spec = parse_grid({}, overrides=_parse_set((f"no-bigru={word}",)))
         assert spec.configurations[0].settings["bigru"] is True

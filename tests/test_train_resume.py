@@ -255,6 +255,10 @@ def test_a_fresh_run_never_writes_over_another_run(store, tmp_path):
     (killed / STATE).write_bytes(b"state")
     r = CliRunner().invoke(train_cli, _argv(_cfg(store, killed, epochs=2)))
     assert r.exit_code == 1 and STATE in r.output and (killed / STATE).read_bytes() == b"state"
+    # --overwrite refused by a later start check (no such augmentation variant): the old run stays whole
+    refused = CliRunner().invoke(train_cli, [*argv, "--seed", "1", "--overwrite", "--augment-variants", "noise"])
+    assert refused.exit_code == 1 and "noise" in refused.output, refused.output
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     replaced = CliRunner().invoke(train_cli, [*argv, "--seed", "1", "--overwrite"])
     assert replaced.exit_code == 0, replaced.output
     assert json.loads((out / "config.json").read_text())["train"]["seed"] == 1

@@ -26,6 +26,7 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 STATE = "train_state.pt"
 METRICS = "metrics.json"        # written last: its presence marks a finished run
+HISTORY = "history.csv"
 
 
 class CheckpointError(Exception):

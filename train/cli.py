@@ -143,6 +143,10 @@ def main(ctx, config_file, resume_dir, overwrite, as_json, quiet, **opts):
             raise ConfigError("--cache is required (on the command line or in --config)")
         merged["progress"] = not quiet
         source = config_file or (f"{resume_dir}/config.json" if resume_dir else "options")
+        # each value is checked where it was written, so an error names the command line or the file it came from
+        TrainConfig.from_dict({**given, "cache": "-"}, source="the command line")
+        if base:
+            TrainConfig.from_dict({**base, "cache": "-"}, source=source)
         cfg = TrainConfig.from_dict(merged, source=source)
         try:   # a device or task from a config file gets the command line's checks (exit 2), naming the file
             check_device(cfg.device)

@@ -132,8 +132,10 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)}"
                                   + (" (for no early stopping pass --patience equal to --epochs)"
                                      if name == "patience" else ""))
-        for name, top in (("warmup", 1.0), ("dropout", 1.0), ("attn_dropout", 1.0)):
-            if not 0 <= getattr(self, name) < top:
+        if not 0 <= self.warmup <= 1:          # 1: the whole run warms up
+            raise ConfigError(f"warmup is the fraction of the steps that warm up, from 0 to 1, not {self.warmup}")
+        for name in ("dropout", "attn_dropout"):
+            if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{name} is a fraction from 0 up to (not including) 1, not {getattr(self, name)}")
         for name in ("lr", "weight_decay", "clip_norm", "max_cache_gb", "threads"):   # lr 0: nothing moves
             if getattr(self, name) < 0:

@@ -62,7 +62,7 @@ class CallData:
         pending = int((~done & ~skipped).sum())
         if pending:
             raise TrainError(f"{store.path}: {pending} of {store.n} segments are not extracted yet; re-run the same "
-                             "msmtfn-extract command to finish it first")
+                             "msmtfn-extract command to resume it first")
         self.scheme: LabelScheme = get_scheme(store.label_scheme)
         self.level = self.scheme.level   # "call": one label per call | "segment": one per segment (utterance)
         t = store.table()

@@ -19,9 +19,9 @@ from pipeline.device import DeviceError
 from pipeline.device import resolve_device as pipeline_device
 from pipeline.labels import get_scheme
 
-from .checkpoint import (CONFIG, METRICS, STATE, WEIGHTS, CheckpointError, atomic_write_json, load_train_state,
-                         load_weights, read_run_config, restore_train_state, save_train_state, save_weights,
-                         write_run_config)
+from .checkpoint import (CONFIG, HISTORY, METRICS, STATE, WEIGHTS, CheckpointError, atomic_write_json,
+                         load_train_state, load_weights, read_run_config, restore_train_state, save_train_state,
+                         save_weights, write_run_config)
 from .config import TrainConfig
 from .data import Batches, CallData, FeatureSource, LoadedCache, TrainError, open_cache
 from .metrics import BOOTSTRAP, all_task_metrics, bootstrap_intervals, headline, selection_score
@@ -158,17 +158,19 @@ class TrainingRun:
         self.finished: dict | None = None     # an already finished run's metrics (resume): nothing to do
 
     # ------------------------------------------------------------------------------------------ start
-    def _claim(self, run_dir: Path) -> None:
+    def _claim(self, run_dir: Path) -> list[Path]:
         """A fresh run may not write over another run's files unless told to (``overwrite``): a finished run's
-        weights and metrics, or a killed run's resumable state, would be lost."""
+        weights and metrics, or a killed run's resumable state, would be lost. Returns the old run's files to
+        remove (``overwrite``), once every start check has passed."""
         found = [n for n in (METRICS, CONFIG, WEIGHTS, STATE) if (run_dir / n).is_file()]
         if not found:
-            return
+            return []
         if not self.overwrite:
             raise TrainError(f"{run_dir}: holds a training run already ({', '.join(found)}); pass another --out, "
                              f"--resume {run_dir} to continue or report it, or --overwrite to replace it")
-        for name in (METRICS, STATE):     # what would pass the old run off as this one if this one stops early
-            (run_dir / name).unlink(missing_ok=True)
+        # everything of the old run a reader could take for this one's if this one stops early
+        return [run_dir / n for n in (METRICS, STATE, WEIGHTS, CONFIG, HISTORY)] + \
+            sorted(run_dir.glob("predictions_*.csv"))
 
     def start(self) -> "TrainingRun":
         cfg, loaded, resume = self.cfg, self.loaded, self.resume
@@ -199,6 +201,8 @@ class TrainingRun:
         self.model = model = model.to(device)
         self.amp = cfg.amp and device.type == "cuda"
         self.run_dir = run_dir = run_dir or default_run_dir(cfg, store.dataset)
+        if not cfg.out:   # recorded, so that predict can find relative encoder folders from elsewhere
+            self.cfg = cfg = cfg.with_(out=str(run_dir))
         self.state_path = run_dir / STATE
         self.weights_path = run_dir / WEIGHTS
         state = None
@@ -207,10 +211,11 @@ class TrainingRun:
             state = load_train_state(self.state_path)
         elif resume:
             log.debug("%s: no %s yet; starting the run from its first epoch", run_dir, STATE)
-        else:
-            self._claim(run_dir)
+        stale = [] if resume else self._claim(run_dir)
         self.splits = splits = {s: data.indices(s) for s in ("train", "valid", "test")}
         choices = data.variant_choices(splits["train"], cfg.augment_variants)
+        for path in stale:                              # --overwrite: only once the run cannot be refused
+            path.unlink(missing_ok=True)
         run_dir.mkdir(parents=True, exist_ok=True)      # once the settings and the cache passed every check
         if cfg.plots:
             (run_dir / "plots").mkdir(exist_ok=True)
@@ -290,7 +295,7 @@ class TrainingRun:
             self.bad += 1
         log.info("epoch %d: train loss %.4f, val loss %.4f, val task %s %s%s", epoch, row["train_loss"], val_loss,
                  cfg.task, headline(sel), " *" if improved else "")
-        _write_history(self.run_dir / "history.csv", self.history)
+        _write_history(self.run_dir / HISTORY, self.history)
         self.stopped = self.bad >= cfg.patience
         # also on every improvement, so the state never trails the best-weights file it describes; written after
         # that file: a kill between the two re-runs this epoch, which rewrites the same weights

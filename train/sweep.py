@@ -22,8 +22,8 @@ Each (configuration, seed) is a trial, trained by :func:`train.loop.fit` into ``
 (the same run folder as ``msmtfn-train``) from one in-memory copy of the cache. Every setting (grid file,
 ``--set``, seeds) is checked before anything is written. A finished trial (``metrics.json``) is never run again;
 an interrupted one continues from its last epoch (``--resume``); a sweep whose kept trials were run with other
-settings is refused; a trial that fails is recorded in ``trials.csv`` and the sweep goes on. ``results.csv``/``results.md``/``results.png``
-summarise mean ± std over seeds of every task's test accuracy and F1 (checkpoints selected on validation).
+settings is refused; a trial that fails is recorded in ``trials.csv`` and the sweep goes on.
+``results.csv``/``results.md``/``results.png`` summarise mean ± std over seeds of every task's test accuracy and F1 (checkpoints selected on validation).
 """
 from __future__ import annotations
 

@@ -16,6 +16,16 @@ from .config import ConfigError
 BOOLEANS = {"true": True, "yes": True, "false": False, "no": False}
 
 
+def _number(raw: str):
+    """A number as the command line's own options read it (``--lr .001``), else the text itself."""
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return raw
+
+
 def _parse_set(items: tuple[str, ...]) -> dict:
     out = {}
     for item in items:
@@ -28,7 +38,7 @@ def _parse_set(items: tuple[str, ...]) -> dict:
         try:
             out[key.strip()] = json.loads(raw)   # numbers and lists: lr=1e-4, augment_variants=["noise"]
         except ValueError:
-            out[key.strip()] = raw   # a plain string such as modality=text
+            out[key.strip()] = _number(raw)      # .001, 020 (not JSON), or a plain string such as modality=text
     return out
 
 
