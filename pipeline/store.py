@@ -264,7 +264,7 @@ class CacheStore:
                 if not _is_empty(path, storage_options):
                     raise StoreError(f"{path}: exists and is not a cache store; choose another --out or "
                                      "remove it")
-            elif _creation_cut_short(path, storage_options):
+            elif creation_cut_short(path, storage_options):
                 log.warning("%s: its creation was cut short (no data in it yet); creating it again", path)
             else:
                 store = cls.open(path, mode="r+", storage_options=storage_options)
@@ -460,7 +460,8 @@ def _is_empty(loc: Path | str, opts: dict | None = None) -> bool:
         return True
 
 
-def _creation_cut_short(path: Path | str, opts: dict | None = None) -> bool:
+def creation_cut_short(path: Path | str, opts: dict | None = None) -> bool:
+    """A store whose creation was interrupted before any data (its metadata says so): safe to create again."""
     try:
         attrs = dict(_open_zarr_group(path, "r", opts).attrs)
     except Exception:   # damaged metadata: not provably ours; open() will explain

@@ -47,11 +47,11 @@ def _has_files(path: Path) -> bool:
 def _store_dataset(cache: Path) -> str | None:
     """The dataset a local store was extracted from (the attribute ``msmtfn-extract info`` shows); "" for a store
     whose creation was cut short (no data in it yet); None when ``cache`` is no store we can read."""
-    from pipeline.store import CacheStore, StoreError, _creation_cut_short
+    from pipeline.store import CacheStore, StoreError, creation_cut_short
 
     if not (cache / "zarr.json").is_file():
         return None
-    if _creation_cut_short(cache):
+    if creation_cut_short(cache):
         return ""
     try:
         store = CacheStore.open(cache)

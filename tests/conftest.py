@@ -80,3 +80,20 @@ def write_marketcalls(root: Path, calls: int = 9, segments: int = 3, *, seconds=
             w.writeheader()
             w.writerows(rs)
     return root
+
+
+def tiny_sweep_base(epochs: int) -> str:
+    """A grid file's [base] of tiny trials (width 16, one layer each) for the sweep tests."""
+    return f"""
+[base]
+d_model = 16
+heads = 2
+ffn = 32
+gru_hidden = 8
+head_hidden = 16
+cross_layers = 1
+bottleneck_layers = 1
+epochs = {epochs}
+plots = false
+threads = 1
+"""

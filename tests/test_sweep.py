@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from conftest import tiny_sweep_base
 from synthetic import write_synthetic_store
 from train.config import ConfigError, TrainConfig
 from train.data import TrainError
@@ -25,19 +26,7 @@ from train.sweep_cli import main as sweep_cli
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ROOT = Path(__file__).resolve().parents[1]
 
-BASE = """
-[base]
-d_model = 16
-heads = 2
-ffn = 32
-gru_hidden = 8
-head_hidden = 16
-cross_layers = 1
-bottleneck_layers = 1
-epochs = 3
-plots = false
-threads = 1
-"""
+BASE = tiny_sweep_base(epochs=3)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from conftest import tiny_sweep_base
 from synthetic import write_synthetic_store
 from train.config import ConfigError
 from train.sweep import SweepOptions, parse_grid, run_sweep
@@ -17,19 +18,7 @@ from train.sweep_cli import main as sweep_cli
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-BASE = """
-[base]
-d_model = 16
-heads = 2
-ffn = 32
-gru_hidden = 8
-head_hidden = 16
-cross_layers = 1
-bottleneck_layers = 1
-epochs = 2
-plots = false
-threads = 1
-"""
+BASE = tiny_sweep_base(epochs=2)
 
 
 @pytest.fixture(scope="module")

@@ -242,10 +242,9 @@ def score_cache(run_dir, cache: str, split: str = "test", device: str = "cpu", b
         raise TrainError(f"{cache}: label scheme {store.label_scheme!r}, but {run_dir} was trained on "
                          f"{run_cache.get('label_scheme')!r}")
     mine, theirs = encoder_identity(store.settings), encoder_identity(run_cache.get("settings", {}))
-    differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-    if differ:
-        # named as msmtfn-extract names them ("text.max_tokens: 48 → 64"), the run's value first
-        named = diff_settings({k: theirs.get(k) for k in differ}, {k: mine.get(k) for k in differ})
+    # named as msmtfn-extract names them ("text.max_tokens: 48 → 64"), the run's value first
+    named = diff_settings(theirs, mine)
+    if named:
         more = "; …" if len(named) > 5 else ""
         raise TrainError(f"{cache}: extracted with other settings than {run_dir}'s cache (run's → this cache's: "
                          f"{'; '.join(named[:5])}{more}); extract the calls with the run's encoder settings "
