@@ -1,9 +1,10 @@
 """Training epoch of today's fusion network vs an earlier revision's, on the same MarketCalls-shape cache, in one
 run; plus the FLOPs of one training step at the paper's widths (for the GPU command in docs/benchmarks.md).
 Today's model is timed twice: as shipped (segments in length groups, train.model.MSMTFN.LENGTH_GROUPS) and with
-every batch padded to its longest segment; the earlier model too, as it was and with its attention computed as
-today's (narrow heads padded for the CPU kernel, train.model.Attention.KERNEL_HEAD_DIM); so the ratio splits into
-the kernel's share, the architecture's and the grouping's.
+every batch padded to its longest segment; the earlier model too, as it was and with today's CPU kernels (narrow
+heads padded for the attention kernel, train.model.Attention.KERNEL_HEAD_DIM; dropout masks drawn as
+train.model.Dropout draws them); so the ratio splits into the kernels' share, the architecture's and the
+grouping's.
 
     python bench/fusion_speed.py --against 94dd25e --threads 1       # CPU, tiny widths (32), 877 calls
     python bench/fusion_speed.py --flops-only                        # FLOPs per step at d = 768, no timing
@@ -11,6 +12,7 @@ the kernel's share, the architecture's and the grouping's.
     python bench/fusion_speed.py --profile                           # where a training step's CPU time goes
     python bench/fusion_speed.py --splits                            # length groups: least-cost vs equal parts
     python bench/fusion_speed.py --head-width                        # 8-wide heads: as they are vs padded to 16
+    python bench/fusion_speed.py --dropout                           # dropout masks: bernoulli_ vs uniform_ < keep
 
 The earlier model is read from git (``git show REV:train/model.py``), so no old code lives in the tree. Both run
 through the same ``fit`` (same data path, optimizer, evaluation); the cache is written once (random values in the
@@ -35,21 +37,22 @@ sys.path.insert(0, str(ROOT))
 from tests.synthetic import SyntheticCall, write_synthetic_store  # noqa: E402 (a test fixture)
 from train import loop  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
-from train.model import MSMTFN, Attention, ModelDims, build_model  # noqa: E402
+from train.model import MSMTFN, Attention, Dropout, ModelDims, build_model  # noqa: E402
 
 TINY = dict(heads=4, ffn=128, head_hidden=64, gru_hidden=32)
 
 
-def previous_model_class(rev: str, todays_attention: bool = False):
-    """MSMTFN as train/model.py was at ``rev``; its config fields mapped from today's names. ``todays_attention``:
-    its attention computed as today's is (narrow heads padded for the CPU kernel; the same parameters and math), so
-    that the ratio can be split into the kernel's share and the rest."""
+def previous_model_class(rev: str, todays_kernels: bool = False):
+    """MSMTFN as train/model.py was at ``rev``; its config fields mapped from today's names. ``todays_kernels``:
+    its attention computed as today's is (narrow heads padded for the CPU kernel) and its dropout masks drawn as
+    today's are (train.model.Dropout): the same parameters and math, so that the ratio can be split into the
+    kernels' share and the rest."""
     src = subprocess.run(["git", "show", f"{rev}:train/model.py"], cwd=ROOT, capture_output=True, text=True,
                          check=True).stdout.replace("from .config import", "from train.config import")
-    mod = types.ModuleType(f"model_{rev}{'_todays_attention' if todays_attention else ''}")
+    mod = types.ModuleType(f"model_{rev}{'_todays_kernels' if todays_kernels else ''}")
     sys.modules[mod.__name__] = mod      # dataclasses look their module up
     exec(compile(src, f"{rev}:train/model.py", "exec"), mod.__dict__)
-    if todays_attention:
+    if todays_kernels:
         mod.Attention.forward, mod.Attention.KERNEL_HEAD_DIM = Attention.forward, Attention.KERNEL_HEAD_DIM
 
     def build(cfg: TrainConfig, dims: ModelDims):
@@ -59,6 +62,10 @@ def previous_model_class(rev: str, todays_attention: bool = False):
         shim.with_ = cfg.with_
         model = mod.MSMTFN(shim, dims)
         model.set_feature_stats = lambda *a: None     # that model had no input standardisation
+        if todays_kernels:
+            for m in model.modules():
+                if type(m) is torch.nn.Dropout:
+                    m.__class__ = Dropout
         return model
     return build
 
@@ -234,6 +241,14 @@ def compare_head_width() -> None:
            "heads as they are", "heads padded to 16 (shipped)", "attention head width")
 
 
+def compare_dropout() -> None:
+    """Dropout masks drawn by torch's bernoulli_ (nn.Dropout) vs as uniform_ < keep (train.model.Dropout, shipped
+    on CPU): the same distribution, a cheaper draw."""
+    report(alternating_steps({"bernoulli_ masks": swap(Dropout, "forward", torch.nn.Dropout.forward),
+                              "uniform_ < keep (shipped)": as_shipped}),
+           "bernoulli_ masks", "uniform_ < keep (shipped)", "dropout mask")
+
+
 def short_segments(args) -> None:
     """Where grouping does not pay: the rule must leave such batches whole (train.model.MSMTFN.LENGTH_GROUPS)."""
     def fill(rng, index, n_segments, shape):
@@ -274,6 +289,9 @@ def main() -> None:
     ap.add_argument("--head-width", action="store_true",
                     help="only: training steps with 8-wide attention heads as they are vs zero-padded to 16 "
                          "(shipped on CPU)")
+    ap.add_argument("--dropout", action="store_true",
+                    help="only: training steps with dropout masks from torch's bernoulli_ vs uniform_ < keep "
+                         "(shipped on CPU)")
     ap.add_argument("--short-segments", action="store_true",
                     help="only: the demo's segment lengths (~1 s: 37-61 frames, 4-9 tokens), today's model as "
                          "shipped vs forced into 9 length groups")
@@ -287,6 +305,8 @@ def main() -> None:
         return compare_splits()
     if args.head_width:
         return compare_head_width()
+    if args.dropout:
+        return compare_dropout()
     flops = flops_per_step()
     print(f"one training step at d = 768 (8 calls x 4 segments of 40 s, forward + backward): {flops / 1e12:.2f} "
           "TFLOP (torch.utils.flop_counter)")
@@ -312,9 +332,9 @@ def main() -> None:
         old, n_old = timed_epoch(cache, Path(tmp) / "old", kw, previous_model_class(args.against))
         print(f"model at {args.against}: epoch {old:.1f} s ({n_old / 1e6:.2f} M parameters)", flush=True)
         old_k, _ = timed_epoch(cache, Path(tmp) / "old-k", kw, previous_model_class(args.against, True))
-        print(f"model at {args.against}, its attention computed as today's (heads padded for the kernel): epoch "
-              f"{old_k:.1f} s")
-        print(f"speed-up: {old / new:.2f}x (same cache, same fit, {args.threads} thread(s)) = kernel "
+        print(f"model at {args.against} with today's CPU kernels (heads padded for attention, uniform dropout "
+              f"masks): epoch {old_k:.1f} s")
+        print(f"speed-up: {old / new:.2f}x (same cache, same fit, {args.threads} thread(s)) = kernels "
               f"{old / old_k:.2f}x (on the previous model) x architecture {old_k / padded:.2f}x x length groups "
               f"{padded / new:.2f}x")
 

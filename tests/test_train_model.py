@@ -12,7 +12,7 @@ from synthetic import write_synthetic_store
 from train.config import ConfigError, TrainConfig
 from train.data import CallData
 from train.metrics import all_task_metrics
-from train.model import MSMTFN, Attention, ModelDims, audio_path_problem, build_model
+from train.model import MSMTFN, Attention, Dropout, ModelDims, audio_path_problem, build_model
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -423,6 +423,33 @@ def test_narrow_heads_padded_for_the_kernel_give_the_unpadded_result(d, heads, m
         torch.testing.assert_close(padded[t], plain[t], rtol=1e-5, atol=1e-6)
     for n in g_plain:
         torch.testing.assert_close(g_padded[n], g_plain[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.7])
+def test_cpu_dropout_mask_drops_a_fraction_p_and_rescales_the_rest(p):
+    """train.model.Dropout draws its CPU mask as uniform < 1 - p (cheaper than bernoulli_): it must still drop a
+    fraction p, scale what it keeps by 1 / (1 - p), pass gradients through the same mask, and be the identity in
+    eval mode."""
+    drop = Dropout(p).train()
+    x = (torch.rand(400_000) + 0.5).requires_grad_()
+    torch.manual_seed(0)
+    y = drop(x)
+    kept = y != 0
+    assert abs(1 - kept.float().mean().item() - p) < 0.005, "drops a fraction p"
+    torch.testing.assert_close(y[kept], x[kept] / (1 - p))
+    y.backward(torch.ones_like(y))
+    torch.testing.assert_close(x.grad, kept.float() / (1 - p))
+    torch.manual_seed(0)
+    assert torch.equal(drop(x), y), "seeded like any torch draw"
+    assert torch.equal(drop.eval()(x), x)
+    assert torch.equal(Dropout(0.0).train()(x), x)
+
+
+def test_the_model_draws_every_dropout_mask_with_the_cheaper_cpu_mask():
+    """The speed-up measured in bench/fusion_speed.py --dropout holds only if no layer keeps torch's nn.Dropout."""
+    model = model_for()
+    drops = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert drops and all(type(m) is Dropout for m in drops)
 
 
 def test_length_groups_only_where_they_save_more_than_they_cost():
