@@ -7,6 +7,7 @@ train.model.Dropout draws them); so the ratio splits into the kernels' share, th
 grouping's.
 
     python bench/fusion_speed.py --against 94dd25e --threads 1       # CPU, tiny widths (32), 877 calls
+    python bench/fusion_speed.py --against 94dd25e --rounds 2        # the same, each model twice, alternating
     python bench/fusion_speed.py --flops-only                        # FLOPs per step at d = 768, no timing
     python bench/fusion_speed.py --short-segments                    # demo-length segments: groups or not
     python bench/fusion_speed.py --profile                           # where a training step's CPU time goes
@@ -129,7 +130,7 @@ def profile_step() -> None:
         step()
     rows = prof.key_averages()
     total = sum(r.self_cpu_time_total for r in rows)
-    families = {"attention (scaled_dot_product)": "scaled_dot_product", "dropout masks (bernoulli)": "bernoulli",
+    families = {"attention (scaled_dot_product)": "scaled_dot_product", "dropout masks (bernoulli_, or uniform_ + lt_)": ("bernoulli", "aten::uniform_", "aten::lt_"),
                 "matrix products (mm, addmm, bmm)": ("aten::mm", "aten::addmm", "aten::bmm")}
     for name, keys in families.items():
         keys = (keys,) if isinstance(keys, str) else keys
@@ -241,9 +242,22 @@ def compare_head_width() -> None:
            "heads as they are", "heads padded to 16 (shipped)", "attention head width")
 
 
-def compare_dropout() -> None:
+def compare_dropout(reps: int = 50) -> None:
     """Dropout masks drawn by torch's bernoulli_ (nn.Dropout) vs as uniform_ < keep (train.model.Dropout, shipped
-    on CPU): the same distribution, a cheaper draw."""
+    on CPU): the same distribution, a cheaper draw. First the two draws alone on a tensor the size of a group's
+    FFN activations (36 segments x 100 rows x 128)."""
+    x = torch.randn(36 * 100 * 128)
+    draws = {"bernoulli_": lambda: torch.empty_like(x).bernoulli_(0.7),
+             "uniform_ < keep": lambda: torch.empty_like(x).uniform_().lt_(0.7)}
+    ns = {}
+    for name, draw in draws.items():
+        draw()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            draw()
+        ns[name] = (time.perf_counter() - t0) / reps / x.numel() * 1e9
+    print(f"one mask of {x.numel():,} values: bernoulli_ {ns['bernoulli_']:.1f} ns a value, uniform_ < keep "
+          f"{ns['uniform_ < keep']:.1f} ns: {ns['bernoulli_'] / ns['uniform_ < keep']:.2f}x faster", flush=True)
     report(alternating_steps({"bernoulli_ masks": swap(Dropout, "forward", torch.nn.Dropout.forward),
                               "uniform_ < keep (shipped)": as_shipped}),
            "bernoulli_ masks", "uniform_ < keep (shipped)", "dropout mask")
@@ -279,6 +293,10 @@ def main() -> None:
     ap.add_argument("--against", default="94dd25e", help="git revision of the model to compare with")
     ap.add_argument("--calls", type=int, default=877)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="time every model this many times, alternating (today's, the previous, ...), and report "
+                         "each round's ratio and that of the summed epochs: the machine's drift between models "
+                         "then cancels")
     ap.add_argument("--flops-only", action="store_true")
     ap.add_argument("--profile", action="store_true",
                     help="only: torch.profiler shares of one training step of today's model (36 segments of the "
@@ -296,6 +314,8 @@ def main() -> None:
                     help="only: the demo's segment lengths (~1 s: 37-61 frames, 4-9 tokens), today's model as "
                          "shipped vs forced into 9 length groups")
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds must be 1 or more")
     torch.set_num_threads(args.threads)
     if args.short_segments:
         return short_segments(args)
@@ -321,22 +341,35 @@ def main() -> None:
         print(f"cache of {args.calls} calls written in {time.perf_counter() - t0:.1f} s", flush=True)
         kw = dict(device="cpu", epochs=1, patience=1, batch_calls=8, progress=False, plots=False, state_every=0,
                   threads=args.threads, **TINY)
-        new, n_new = timed_epoch(cache, Path(tmp) / "new", kw)
-        print(f"today's model: epoch {new:.1f} s ({n_new / 1e6:.2f} M parameters)", flush=True)
-        grouped, MSMTFN.LENGTH_GROUPS = MSMTFN.LENGTH_GROUPS, {}
-        try:
-            padded, _ = timed_epoch(cache, Path(tmp) / "padded", kw)
-        finally:
-            MSMTFN.LENGTH_GROUPS = grouped
-        print(f"today's model, each batch padded to its longest segment: epoch {padded:.1f} s", flush=True)
-        old, n_old = timed_epoch(cache, Path(tmp) / "old", kw, previous_model_class(args.against))
-        print(f"model at {args.against}: epoch {old:.1f} s ({n_old / 1e6:.2f} M parameters)", flush=True)
-        old_k, _ = timed_epoch(cache, Path(tmp) / "old-k", kw, previous_model_class(args.against, True))
-        print(f"model at {args.against} with today's CPU kernels (heads padded for attention, uniform dropout "
-              f"masks): epoch {old_k:.1f} s")
-        print(f"speed-up: {old / new:.2f}x (same cache, same fit, {args.threads} thread(s)) = kernels "
-              f"{old / old_k:.2f}x (on the previous model) x architecture {old_k / padded:.2f}x x length groups "
-              f"{padded / new:.2f}x")
+        sums = dict.fromkeys(("new", "padded", "old", "old_k"), 0.0)
+        for r in range(1, args.rounds + 1):   # each round times every model once: drift between rounds cancels
+            tag = f" (round {r} of {args.rounds})" if args.rounds > 1 else ""
+            new, n_new = timed_epoch(cache, Path(tmp) / f"new{r}", kw)
+            print(f"today's model: epoch {new:.1f} s ({n_new / 1e6:.2f} M parameters){tag}", flush=True)
+            old, n_old = timed_epoch(cache, Path(tmp) / f"old{r}", kw, previous_model_class(args.against))
+            print(f"model at {args.against}: epoch {old:.1f} s ({n_old / 1e6:.2f} M parameters){tag}", flush=True)
+            grouped, MSMTFN.LENGTH_GROUPS = MSMTFN.LENGTH_GROUPS, {}
+            try:
+                padded, _ = timed_epoch(cache, Path(tmp) / f"padded{r}", kw)
+            finally:
+                MSMTFN.LENGTH_GROUPS = grouped
+            print(f"today's model, each batch padded to its longest segment: epoch {padded:.1f} s{tag}", flush=True)
+            old_k, _ = timed_epoch(cache, Path(tmp) / f"old-k{r}", kw, previous_model_class(args.against, True))
+            print(f"model at {args.against} with today's CPU kernels (heads padded for attention, uniform dropout "
+                  f"masks): epoch {old_k:.1f} s{tag}", flush=True)
+            speedup(old, old_k, padded, new, args.threads, f"round {r}" if args.rounds > 1 else "")
+            for k, v in (("new", new), ("padded", padded), ("old", old), ("old_k", old_k)):
+                sums[k] += v
+        if args.rounds > 1:
+            speedup(sums["old"], sums["old_k"], sums["padded"], sums["new"], args.threads,
+                    f"all {args.rounds} rounds, summed")
+
+
+def speedup(old: float, old_k: float, padded: float, new: float, threads: int, what: str) -> None:
+    print(f"speed-up{' (' + what + ')' if what else ''}: {old / new:.2f}x (same cache, same fit, {threads} "
+          f"thread(s)) = kernels {old / old_k:.2f}x (on the previous model) x architecture {old_k / padded:.2f}x x "
+          f"length groups {padded / new:.2f}x; against the previous model with today's kernels {old_k / new:.2f}x",
+          flush=True)
 
 
 if __name__ == "__main__":

@@ -92,8 +92,8 @@ class Attention(nn.Module):
 
 class Dropout(nn.Dropout):
     """``nn.Dropout`` whose mask, on CPU, is drawn as ``uniform < 1 - p``: the same Bernoulli(1 - p) mask and
-    1 / (1 - p) scale, but torch's CPU ``bernoulli_`` draws one number at a time, ~3x slower than ``uniform_``
-    (10 % of a training step at width 32; steps took 0.94x the time with this mask, bench/fusion_speed.py
+    1 / (1 - p) scale, but torch's CPU ``bernoulli_`` draws one number at a time, 1.9x slower than this draw
+    (10 % of a training step at width 32; steps took 0.94-0.95x the time with this mask, bench/fusion_speed.py
     --dropout). Elsewhere (CUDA's fused kernel), and in eval mode, torch's own."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
