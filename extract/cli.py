@@ -10,16 +10,20 @@ import json
 import logging
 import sys
 
+from pathlib import Path
+
 import click
 
 from pipeline.cache_settings import BATCH_SECONDS_CPU, BATCH_SECONDS_CUDA, CacheSettings, cache_fields
-from pipeline.cli import DefaultCommandGroup, RenamedOption, device_callback
+from pipeline.cli import DefaultCommandGroup, RenamedOption, UsageError, device_callback
 from pipeline.datasets import DATASETS, dataset_options
 from pipeline.device import DEVICE_HELP
+from pipeline.labels import SchemeFileError, resolve_scheme
 from pipeline.store import CODECS, CacheStore, StoreError, resolve_storage_options
 
 from .augment import TRANSFORMS
 from .config import ExtractConfig
+from .paths import check_data_dir, check_model_folders
 
 EXIT_SKIPPED = 3
 
@@ -36,7 +40,9 @@ def format_info(info: dict) -> str:
     s = info["settings"]
     lines = [
         f"store            {info['path']}",
-        f"dataset          {info.get('dataset')}  (labels: {info.get('label_scheme')})",
+        f"dataset          {info.get('dataset')}  (labels: {info.get('label_scheme')}"
+        + (", custom, defined in the store" if info.get("label_scheme_def") else "") + ")",
+        *_scheme_lines(info),
         f"schema version   {info['schema_version']}   package {info.get('package_version')}",
         f"fingerprint      {info['fingerprint']}",
         f"created/updated  {info.get('created')} / {info.get('updated')}",
@@ -57,6 +63,35 @@ def format_info(info: dict) -> str:
         f"compression ratio {info['compression_ratio_written']:.2f}× on written rows",
     ]
     return "\n".join(lines)
+
+
+def _scheme_lines(info: dict) -> list[str]:
+    """The label scheme's tasks and what each class means, for ``info``."""
+    tasks = info.get("label_tasks") or {}
+    lines = ["tasks            " + "; ".join(f"{k}: {' | '.join(v) if v else '(regression)'}"
+                                              for k, v in tasks.items())] if tasks else []
+    for i, (label, what) in enumerate((info.get("class_descriptions") or {}).items()):
+        lines.append(f"{'classes' if i == 0 else '':<17}{label}: {what}")
+    return lines
+
+
+def with_label_scheme(options: dict, label_scheme: str | None, dataset: str, data_dir: str) -> dict:
+    """``--label-scheme`` (or ``--option label_scheme=``) into the adapter's options, its file checked before any
+    work: a bad file is bad usage, one line naming the file and the key (exit 2)."""
+    if label_scheme is not None:
+        if "label_scheme" not in dataset_options(dataset):
+            raise UsageError(f"--label-scheme: dataset {dataset!r} has its own labels; a custom label scheme is for "
+                             "--dataset csv")
+        if options.get("label_scheme", label_scheme) != label_scheme:
+            raise UsageError(f"--label-scheme {label_scheme} and --option label_scheme={options['label_scheme']} "
+                             "disagree; give one of them")
+        options = {**options, "label_scheme": label_scheme}
+    if "label_scheme" in options:
+        try:
+            resolve_scheme(str(options["label_scheme"]), Path(data_dir))
+        except SchemeFileError as e:
+            raise UsageError(str(e)) from None
+    return options
 
 
 def _run_default(name: str):
@@ -114,6 +149,18 @@ def parse_options(items: tuple[str, ...], dataset: str) -> dict:
     return out
 
 
+def _kept(kw: dict) -> str:
+    """' (N of M segments done in STORE)' after an interrupt, or '' when the store cannot be read."""
+    try:
+        out = kw["out"] or f"cache/{kw['dataset']}.zarr"
+        if "://" in out:
+            return ""   # a remote store: no network round trip after a Ctrl-C
+        done = CacheStore.open(out).done()
+        return f" ({int(done.sum())} of {len(done)} segments done in {out})"
+    except Exception:   # interrupted before the store existed, or a second Ctrl-C: the plain message
+        return ""
+
+
 def _storage_options(raw: str | None) -> dict:
     if not raw:
         return resolve_storage_options()
@@ -160,10 +207,15 @@ def _storage_options(raw: str | None) -> dict:
               help="fsspec options of a URL --out, e.g. '{\"endpoint_url\": \"http://host:9000\"}' "
                    "(default: $MSMTFN_STORAGE_OPTIONS; S3 also reads AWS_ENDPOINT_URL and the AWS_* credentials).")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
-              help="A dataset adapter option (repeatable), e.g. split_file=folds.py, label_scheme=sentiment.")
+              help="A dataset adapter option (repeatable), e.g. split_file=folds.py, label_scheme=sentiment, "
+                   "no_text=true.")
+@click.option("--label-scheme", default=None, metavar="NAME|FILE.toml",
+              help="The generic CSV's labels: a built-in scheme or your own TOML file (README, Label schemes); "
+                   "copied into the store. Same as --option label_scheme=…")
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def run_cmd(as_json: bool, quiet: bool, storage_options: str | None, options: tuple[str, ...], **kw):
+def run_cmd(as_json: bool, quiet: bool, storage_options: str | None, options: tuple[str, ...],
+            label_scheme: str | None, **kw):
     """Encode a dataset into a resumable Zarr cache (the default command).
 
     \b
@@ -173,15 +225,20 @@ def run_cmd(as_json: bool, quiet: bool, storage_options: str | None, options: tu
     Exit status: 0 all encoded; 3 some inputs skipped (see report.json); 1 error; 2 bad usage.
     """
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s")
-    if quiet:   # transformers' own "Loading weights" bars too
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        logging.getLogger("distributed").setLevel(logging.WARNING)   # dask's cluster start/stop lines
     try:
         cache = CacheSettings(**{k: kw.pop(k) for k in cache_fields()})
+        dataset_opts = with_label_scheme(parse_options(options, kw["dataset"]), label_scheme, kw["dataset"],
+                                         kw["data_dir"])
         cfg = ExtractConfig(cache=cache, **kw, storage_options=_storage_options(storage_options),
-                            dataset_options=parse_options(options, kw["dataset"]))
+                            dataset_options=dataset_opts)
+        # missing or unusable folders are answered at once, before torch and transformers are imported
+        check_model_folders(cfg.cache)
+        check_data_dir(cfg.data_dir, DATASETS[cfg.dataset].makes_data_dir)
+        if quiet:   # transformers' own "Loading weights" bars too
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+            logging.getLogger("distributed").setLevel(logging.WARNING)   # dask's cluster start/stop lines
         from .run import extract   # torch and transformers: imported once the options are read
 
         res = extract(cfg, progress=not quiet)
@@ -189,9 +246,12 @@ def run_cmd(as_json: bool, quiet: bool, storage_options: str | None, options: tu
         raise click.ClickException(str(e)) from None
     except OSError as e:   # e.g. the disk filled up while the store was being created
         raise click.ClickException(f"{e}; fix the cause (disk space, permissions) and run the same command again: "
-                                   "finished shards are kept") from None
+                                   "every segment marked done is kept") from None
     except KeyboardInterrupt:
-        click.echo("interrupted: finished shards are kept; run the same command again to resume", err=True)
+        # one process writes partial shards on the way out; with dask the driver commits whole blocks only
+        kept = "every block the dask workers finished is kept" if kw.get("workers") or kw.get("scheduler") else \
+            "every encoded segment but the batch in flight is kept"
+        click.echo(f"interrupted: {kept}{_kept(kw)}; run the same command again to resume", err=True)
         sys.exit(130)
     summary = {"store": str(res.store), "segments_total": res.total, "segments_done": res.done,
                "segments_skipped": res.skipped, "encoded_this_run": res.computed,

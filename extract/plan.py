@@ -15,6 +15,7 @@ import numpy as np
 from pipeline.cache_settings import batch_seconds_for, resolve_dtype
 from pipeline.device import resolve_device
 from pipeline.datasets import load_manifest
+from pipeline.datasets.pipeline import short_rows
 from pipeline.fingerprint import compute_fingerprint
 from pipeline.manifest import Manifest, Segment
 from pipeline.store import CODECS, CacheStore, StoreShape, remove_partial_writes
@@ -84,7 +85,9 @@ def open_store(plan: ExtractPlan) -> CacheStore:
     return CacheStore.open_or_create(out, plan.shape, plan.rows, fingerprint=plan.fingerprint, settings=plan.settings,
                                      manifest_digest=plan.digest, codec=cfg.codec, overwrite=cfg.overwrite,
                                      notes=plan.manifest.notes, dataset=cfg.dataset,
-                                     label_scheme=plan.manifest.label_scheme, storage_options=cfg.storage_options)
+                                     label_scheme=plan.manifest.label_scheme, storage_options=cfg.storage_options,
+                                     seconds=[plan.durations.get(s.segment_id, np.nan) for s in plan.rows],
+                                     label_scheme_def=plan.manifest.label_scheme_def)
 
 
 def plan_blocks(plan: ExtractPlan, store: CacheStore) -> list[tuple[range, list[list[int]]]]:
@@ -99,6 +102,22 @@ def plan_blocks(plan: ExtractPlan, store: CacheStore) -> list[tuple[range, list[
               for i in range(0, len(shard_ranges), cfg.block_shards)]
     budget = int(batch_seconds_for(cfg.batch_seconds, cfg.device) * rate)
     return [(block, make_batches(lengths, [block], max(budget, max_samples), cfg.max_batch)) for block in blocks]
+
+
+def by_file(skipped_rows: list[dict], rows: list[Segment]) -> list[dict]:
+    """The summary's skip lines: the rows that failed for one reason in one audio file are one line naming the
+    file and the rows (report.json keeps every row under ``skipped``)."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in skipped_rows:
+        groups.setdefault((rows[r["row"]].audio_path, r["reason"]), []).append(r)
+    out = []
+    for (audio, reason), items in groups.items():
+        sources = list(dict.fromkeys(r["source"] for r in items))
+        if len(sources) == 1:
+            out.append(items[0])
+        else:
+            out.append({"source": short_rows(sources), "reason": f"{Path(audio).name}: {reason}", "rows": sources})
+    return out
 
 
 def finish_run(plan: ExtractPlan, store: CacheStore, skipped: dict, stats: EncodeStats, loop_seconds: float,
@@ -119,7 +138,8 @@ def finish_run(plan: ExtractPlan, store: CacheStore, skipped: dict, stats: Encod
     skipped_rows = [{"row": i, "segment_id": rows[i].segment_id, "call_id": rows[i].call_id,
                      "source": rows[i].source_row or rows[i].audio_path, "reason": r}
                     for i, r in sorted(reasons.items())]
-    manifest_issues = [{"where": x.where, "reason": x.reason} for x in plan.manifest.issues]
+    manifest_issues = [x.to_dict() for x in plan.manifest.issues]   # "rows": every row of a many-row issue
+    skipped_lines = by_file(skipped_rows, rows)   # one line per bad file (its rows named), as the summary says
     report = {
         "store": str(out), "fingerprint": plan.fingerprint, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": asdict(cfg),
@@ -128,13 +148,16 @@ def finish_run(plan: ExtractPlan, store: CacheStore, skipped: dict, stats: Encod
         "text_truncated": truncated, "audio_seconds_this_run": round(audio_seconds, 3),
         "elapsed_s": round(elapsed, 3),
         "segments_per_s": round(computed / elapsed, 3) if elapsed else None,
-        "skipped": skipped_rows, "manifest_issues": manifest_issues, "warnings": warnings,
+        "skipped": skipped_rows, "skipped_by_file": skipped_lines, "manifest_issues": manifest_issues,
+        "warnings": warnings,
         **(extra or {}),
     }
     report_path = store.write_text("report.json", json.dumps(report, indent=2, ensure_ascii=False))
     return ExtractResult(store=out, total=len(rows), done=int(final_done.sum()), skipped=len(reasons),
                          computed=computed, audio_seconds=audio_seconds, elapsed=elapsed, report=report_path,
-                         issues=skipped_rows + [{"source": m["where"], "reason": m["reason"]} for m in manifest_issues
-                                                if not m["reason"].startswith("warning")],
+                         issues=skipped_lines + [{"source": m["where"], "reason": m["reason"]}
+                                                         for m in manifest_issues
+                                                         if not m["reason"].startswith("warning")],
                          loop_seconds=loop_seconds,
-                         manifest_skipped=sum(1 for m in manifest_issues if not m["reason"].startswith("warning")))
+                         manifest_skipped=sum(len(m.get("rows") or [1]) for m in manifest_issues
+                                              if not m["reason"].startswith("warning")))

@@ -37,11 +37,16 @@ class Segment:
 class Issue:
     """A problem found in the input: the item is named, the reason given, the run goes on without it."""
 
-    where: str        # file and row, or segment id
+    where: str        # file and row, or segment id; for an issue of several rows, those rows in short
     reason: str
+    rows: tuple[str, ...] = ()   # every row (FILE:LINE) the issue covers, where it covers more than one
 
     def __str__(self) -> str:
         return f"{self.where}: {self.reason}"
+
+    def to_dict(self) -> dict:
+        """As report.json lists it (``rows`` only for an issue of several rows)."""
+        return {"where": self.where, "reason": self.reason, **({"rows": list(self.rows)} if self.rows else {})}
 
 
 @dataclass
@@ -51,6 +56,13 @@ class Manifest:
     segments: list[Segment]
     issues: list[Issue] = field(default_factory=list)
     notes: dict = field(default_factory=dict)   # e.g. how the split was made
+    label_scheme_def: dict | None = None        # a custom scheme's definition (pipeline/labels.py); None: built-in
+
+    @property
+    def scheme(self):
+        from .labels import scheme_from_record
+
+        return scheme_from_record(self.label_scheme, self.label_scheme_def)
 
     def __len__(self) -> int:
         return len(self.segments)
@@ -71,6 +83,8 @@ class Manifest:
         """
         h = hashlib.sha256()
         h.update(json.dumps([self.dataset, self.label_scheme]).encode())
+        if self.label_scheme_def is not None:   # a custom scheme's content; built-in digests are unchanged
+            h.update(json.dumps(self.label_scheme_def, sort_keys=True, ensure_ascii=False).encode())
         stats: dict[str, list] = {}
         for s in self.segments:
             row = asdict(s)
@@ -92,7 +106,8 @@ class Manifest:
         per_split: dict[str, int] = {}
         for segs in calls.values():
             per_split[segs[0].split] = per_split.get(segs[0].split, 0) + 1
-        counts = label_counts(self.label_scheme, [s.call_id for s in self.segments], [s.label for s in self.segments])
+        scheme = self.scheme if self.label_scheme_def else self.label_scheme   # a name may be unknown here
+        counts = label_counts(scheme, [s.call_id for s in self.segments], [s.label for s in self.segments])
         return {"segments": len(self.segments), "calls": len(calls), "calls_per_split": per_split,
                 "calls_per_label": counts.get("calls per label", {}), "labels": counts}
 

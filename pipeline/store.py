@@ -36,7 +36,7 @@ from . import __version__
 from .atomic import atomic_write_text
 from .cache_settings import SHARD_SIZE
 from .fingerprint import diff_settings
-from .labels import label_counts
+from .labels import LabelScheme, label_counts, scheme_from_record
 from .manifest import Segment
 
 if TYPE_CHECKING:
@@ -200,7 +200,11 @@ class CacheStore:
     def create(cls, path: str | Path, shape: StoreShape, segments: list[Segment], *, fingerprint: str,
                settings: dict, manifest_digest: str, codec: str = "zstd", notes: dict | None = None,
                dataset: str = "", label_scheme: str = "marketcalls",
-               storage_options: dict | None = None) -> "CacheStore":
+               storage_options: dict | None = None, seconds=None,
+               label_scheme_def: dict | None = None) -> "CacheStore":
+        """``seconds``: each planned row's audio seconds as probed (NaN where unknown), kept as ``table/seconds``
+        so that stages that never read audio (training's segment-length record, predict's ``duration_s``) know
+        them for whole-file segments, which have no start/end."""
         path = _location(path)
         if segments and len(segments) != shape.n:
             raise StoreError(f"{path}: {len(segments)} segments for a store of {shape.n} rows")
@@ -230,6 +234,7 @@ class CacheStore:
             "segment_index": np.array([x.index for x in segments], dtype=np.int32),
             "start": np.array([np.nan if x.start is None else x.start for x in segments], dtype=np.float64),
             "end": np.array([np.nan if x.end is None else x.end for x in segments], dtype=np.float64),
+            "seconds": np.full(n, np.nan) if seconds is None else np.asarray(seconds, dtype=np.float64),
         }
         for name, values in num.items():
             a = group.create_array(f"table/{name}", shape=(n,), chunks=(chunk,), dtype=values.dtype,
@@ -240,6 +245,8 @@ class CacheStore:
             "schema_version": SCHEMA_VERSION,
             "dataset": dataset,
             "label_scheme": label_scheme,
+            # a custom scheme's definition: training and predict read it from here, never from its file
+            **({"label_scheme_def": label_scheme_def} if label_scheme_def is not None else {}),
             "fingerprint": fingerprint,
             "manifest_digest": manifest_digest,
             "settings": settings,
@@ -256,7 +263,8 @@ class CacheStore:
     def open_or_create(cls, path: str | Path, shape: StoreShape, segments: list[Segment], *, fingerprint: str,
                        settings: dict, manifest_digest: str, codec: str = "zstd", overwrite: bool = False,
                        notes: dict | None = None, dataset: str = "", label_scheme: str = "marketcalls",
-                       storage_options: dict | None = None) -> "CacheStore":
+                       storage_options: dict | None = None, seconds=None,
+                       label_scheme_def: dict | None = None) -> "CacheStore":
         """The extractor's entry: resume a store made with the same fingerprint, refuse any other."""
         path = _location(path)
         if _exists(path, storage_options) and not overwrite:
@@ -279,7 +287,8 @@ class CacheStore:
                 return store
         return cls.create(path, shape, segments, fingerprint=fingerprint, settings=settings,
                           manifest_digest=manifest_digest, codec=codec, notes=notes, dataset=dataset,
-                          label_scheme=label_scheme, storage_options=storage_options)
+                          label_scheme=label_scheme, storage_options=storage_options, seconds=seconds,
+                          label_scheme_def=label_scheme_def)
 
     def _check_schema(self) -> None:
         v = self.group.attrs.get("schema_version")
@@ -303,6 +312,20 @@ class CacheStore:
     @property
     def label_scheme(self) -> str:
         return self.group.attrs.get("label_scheme", "marketcalls")
+
+    @property
+    def label_scheme_def(self) -> dict | None:
+        """A custom scheme's definition as extraction copied it (None: a built-in scheme, or an older store)."""
+        return self.group.attrs.get("label_scheme_def")
+
+    @property
+    def scheme(self) -> LabelScheme:
+        """The store's label scheme: its stored definition, else the built-in of that name."""
+        try:
+            return scheme_from_record(self.label_scheme, self.label_scheme_def)
+        except (KeyError, ValueError) as e:
+            raise StoreError(f"{self.path}: {e.args[0] if e.args else e}; rebuild it with msmtfn-extract "
+                             "--overwrite") from None
 
     @property
     def dataset(self) -> str:
@@ -338,6 +361,14 @@ class CacheStore:
             v = self.group[f"table/{name}"][:]
             out[name] = np.asarray(v).astype(object) if name in TABLE_STR_FIELDS else np.asarray(v)
         return out
+
+    def segment_seconds(self) -> np.ndarray:
+        """Each row's audio seconds: ``table/seconds`` (probed at extraction), else ``end - start`` (stores made
+        before it was kept); NaN where neither is known (an older store's whole-file segments)."""
+        if "seconds" in self.group["table"]:
+            return np.asarray(self.group["table/seconds"][:], dtype=np.float64)
+        table = self.group["table"]
+        return np.asarray(table["end"][:], dtype=np.float64) - np.asarray(table["start"][:], dtype=np.float64)
 
     def lengths(self, modality: str) -> np.ndarray:
         return np.asarray(self.group[f"{modality}/length"][:], dtype=np.int32)
@@ -389,7 +420,11 @@ class CacheStore:
                 continue
             seen.add(cid)
             calls_per_split[split or "(none)"] = calls_per_split.get(split or "(none)", 0) + 1
-        labels = label_counts(self.label_scheme, table["call_id"], table["label"])
+        try:
+            scheme = self.scheme
+        except StoreError:   # an unknown scheme name: describe the store anyway
+            scheme = None
+        labels = label_counts(scheme or self.label_scheme, table["call_id"], table["label"])
         seg_per_variant: dict[str, int] = {}
         for v in table["variant"]:
             seg_per_variant[v] = seg_per_variant.get(v, 0) + 1
@@ -404,6 +439,9 @@ class CacheStore:
             "path": str(self.path),
             "schema_version": a["schema_version"],
             "dataset": a.get("dataset"), "label_scheme": a.get("label_scheme"),
+            **({"label_scheme_def": a["label_scheme_def"]} if "label_scheme_def" in a else {}),
+            "label_tasks": {t.name: list(t.classes) for t in scheme.tasks} if scheme else {},
+            "class_descriptions": dict(scheme.class_descriptions) if scheme else {},
             "fingerprint": a["fingerprint"],
             "package_version": a.get("package_version"),
             "created": a.get("created"), "updated": a.get("updated"),

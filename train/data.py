@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.labels import LabelScheme, get_scheme
+from pipeline.labels import LabelScheme
 from pipeline.manifest import SPLITS
 from pipeline.store import CacheStore, StoreError
 
@@ -63,7 +63,10 @@ class CallData:
         if pending:
             raise TrainError(f"{store.path}: {pending} of {store.n} segments are not extracted yet; re-run the same "
                              "msmtfn-extract command to resume it first")
-        self.scheme: LabelScheme = get_scheme(store.label_scheme)
+        try:   # the store's own scheme: a custom one is defined in the store, not in a file
+            self.scheme: LabelScheme = store.scheme
+        except StoreError as e:
+            raise TrainError(str(e)) from None
         self.level = self.scheme.level   # "call": one label per call | "segment": one per segment (utterance)
         t = store.table()
         rows_by_call: dict[tuple[str, str], list[int]] = {}

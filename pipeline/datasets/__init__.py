@@ -6,9 +6,9 @@
 which makes every shared check; its ``load`` is registered with :func:`register`):
 
 - ``marketcalls`` — the released MarketCalls CSVs (see :mod:`pipeline.datasets.marketcalls`);
-  options ``csv_path``, ``split_ratios``;
+  options ``csv_path``, ``split_ratios``, ``no_text``;
 - ``csv`` — the generic CSV for your own calls (see :mod:`pipeline.datasets.generic_csv`);
-  options ``csv_path``, ``label_scheme``, ``split_ratios``;
+  options ``csv_path``, ``label_scheme`` (a built-in name or a custom ``.toml``), ``split_ratios``, ``no_text``;
 - ``demo`` — a generated smoke dataset in the MarketCalls format (see :mod:`pipeline.datasets.demo`);
   options ``n_calls``, ``use_espeak``;
 - ``mosi``, ``mosei`` — CMU-MOSI / CMU-MOSEI, MMSA ``label.csv`` or CMU SDK ``.csd`` form (see
@@ -18,7 +18,8 @@ which makes every shared check; its ``load`` is registered with :func:`register`
   ``clips_dir``.
 
 Per-row problems (missing audio, a duplicate segment id, a path escaping the dataset folder, a bad split value)
-become ``manifest.issues`` and the row is left out; notes that keep the row (an empty transcript, a call whose
+become ``manifest.issues`` and the row is left out (one missing or refused audio file named by several rows is one
+issue naming them, every row in ``Issue.rows``); notes that keep the row (an empty transcript, a call whose
 segments disagree on the label) are issues whose reason starts with ``warning:``. Problems that make the dataset
 unusable (unknown labels, missing columns, no CSV, nothing usable) raise :class:`ManifestError` with one line
 naming the file and the fix. ``manifest.notes`` records where the split came from.

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from ..labels import LabelScheme, get_scheme
+from ..labels import LabelScheme, SchemeFileError, resolve_scheme
 from ..manifest import SPLITS, Issue, Manifest, Segment
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "valid": "valid", "val": "valid", "validation": "valid",
@@ -153,6 +153,62 @@ def require_columns(path: Path, fields: list[str], required: dict[str, tuple[str
     return found
 
 
+def bool_option(value, name: str = "no_text") -> bool:
+    """A yes/no dataset option as code (True) or a command line (``--option no_text=true``) gives it."""
+    if isinstance(value, bool):
+        return value
+    v = str(value).strip().lower()
+    if v in ("true", "1", "yes", "on"):
+        return True
+    if v in ("false", "0", "no", "off", ""):
+        return False
+    raise ManifestError(f"option {name}={value!r}: write {name}=true or {name}=false")
+
+
+def _text_like(value: str) -> bool:
+    """A value that reads as words (a transcript), not a number, an id, a path or a file name."""
+    v = value.strip()
+    if not v or "/" in v or "\\" in v or re.search(r"\.(wav|mp3|mp4|flac|ogg|m4a)$", v, re.I):
+        return False
+    try:
+        float(v)
+        return False
+    except ValueError:
+        pass
+    letters = sum(ch.isalpha() for ch in v)
+    return letters >= 2 and (" " in v or any(ord(ch) > 0x2E7F for ch in v) or letters >= 12)
+
+
+def transcript_column_check(path: Path, header: list[str], rows: list[tuple[int, dict[str, str]]],
+                            text_col: str | None, ours: set[str], no_text: bool) -> bool:
+    """Stop (ManifestError, one line) when most rows have no transcript while a column that is not one of
+    ``ours`` holds text-like values: a misnamed ``text`` column. Returns True when most rows have no transcript
+    (the caller then words one summary note instead of a warning per row, where ``no_text`` says so)."""
+    if not rows:
+        return False
+    empty = sum(1 for _, r in rows if not (r.get(text_col, "") if text_col else ""))
+    if 2 * empty <= len(rows):
+        return False
+    if no_text:
+        return True
+    best, best_n = None, 0
+    for col in header:
+        if not col or col in ours or col == text_col:
+            continue
+        values = [r.get(col, "") for _, r in rows if r.get(col, "")]
+        words = [v for v in values if _text_like(v)]
+        # a transcript column: text in most rows, and the rows mostly differ (not a speaker or category column)
+        if 2 * len(words) > len(rows) and 2 * len(set(words)) > len(words) and len(words) > best_n:
+            best, best_n = col, len(words)
+    if best is not None:
+        target = text_col or "text"
+        raise ManifestError(f"{path}: {empty} of {len(rows)} rows have no transcript ({target!r} "
+                            f"{'is empty' if text_col else 'column missing'}) but column {best!r} holds text in "
+                            f"{best_n} rows; rename column {best!r} to {target!r}, or pass --option no_text=true if "
+                            "the calls have no transcripts")
+    return False
+
+
 # --------------------------------------------------------------------------------------------------- row checks
 
 def option_path(base: Path, option: str | Path | None) -> Path | None:
@@ -255,14 +311,16 @@ def label_lookup(scheme: LabelScheme) -> dict[str, str]:
     return {lab.lower(): lab for lab in scheme.base_labels}
 
 
-def scheme_or_error(name: str) -> LabelScheme:
+def scheme_or_error(name: "str | LabelScheme", base: Path | None = None) -> LabelScheme:
+    """A built-in scheme by name, a custom one from its TOML file (relative to the working folder, else to
+    ``base``), or a scheme as given; ManifestError with one line otherwise."""
     try:
-        return get_scheme(name)
-    except KeyError as e:
-        raise ManifestError(f"label_scheme: {e.args[0]}") from None
+        return resolve_scheme(name, base)
+    except SchemeFileError as e:
+        raise ManifestError(str(e)) from None
 
 
-def check_labels(rows: list[tuple[str, str]], scheme_name: str, allow_empty: bool,
+def check_labels(rows: list[tuple[str, str]], scheme_name: "str | LabelScheme", allow_empty: bool,
                  issues: list[Issue] | None = None) -> set[str]:
     """``rows`` = (where, label as written). A row with an unknown label is named in ``issues`` and its ``where``
     returned, so the adapter leaves it out and the run goes on. When most rows are unknown the labels are not
@@ -383,7 +441,7 @@ def majority_labels(calls: dict[str, list[Item]], issues: list[Issue]) -> dict[s
 
 
 def build_manifest(dataset: str, scheme: str, calls: dict[str, list[Item]], issues: list[Issue],
-                   notes: dict) -> Manifest:
+                   notes: dict, label_scheme_def: dict | None = None) -> Manifest:
     """Order each call's segments by (order key, file order), number them 0..k-1, and check something is left."""
     segments: list[Segment] = []
     for cid in calls:
@@ -395,4 +453,5 @@ def build_manifest(dataset: str, scheme: str, calls: dict[str, list[Item]], issu
         more = f"; and {len(errors) - 3} more" if len(errors) > 3 else ""
         raise ManifestError(f"{dataset}: no usable rows" + (f" ({first}{more})" if first else "")
                             + ". Fix those rows (all issues are listed in manifest.issues)")
-    return Manifest(dataset=dataset, label_scheme=scheme, segments=segments, issues=issues, notes=notes)
+    return Manifest(dataset=dataset, label_scheme=scheme, segments=segments, issues=issues, notes=notes,
+                    label_scheme_def=label_scheme_def)

@@ -14,8 +14,11 @@ column        required  meaning
 ``end``       no        seconds into the file where it ends; empty = the end. With ``start``/``end`` one long
                         recording can hold many segments (rows with the same ``audio``); segments longer than
                         40 s are cut into pieces at extraction
-``text``      no        the segment's transcript; empty is allowed (reported as a warning)
-``label``     no        the call's label in the label scheme (``marketcalls``: A–E, any case); empty = unlabelled
+``text``      no        the segment's transcript; empty is allowed (reported as a warning). When most rows have
+                        none while another column holds text (``transcript``), the read stops naming the rename;
+                        option ``no_text=true`` says the calls have no transcripts (one note, no per-row warnings)
+``label``     no        the call's label in the label scheme (``marketcalls``: A–E, any case; a custom scheme:
+                        its ``classes``); empty = unlabelled
                         (extracted, but not used for training or scoring). Segments of one call that disagree:
                         the most frequent label wins and the call is reported
 ``split``     no        train / valid (val, dev) / test. If the column is absent or empty everywhere, labelled
@@ -24,7 +27,8 @@ column        required  meaning
 ``segment``   no        order of the segment within its call (a number); default: ``start``, then row order
 ============  ========  ==========================================================================================
 
-Options: ``csv_path``, ``label_scheme`` (default ``marketcalls``), ``split_ratios``. A row that cannot be used
+Options: ``csv_path``, ``label_scheme`` (default ``marketcalls``; a built-in name or a custom scheme's ``.toml``
+file, see :mod:`pipeline.labels`), ``split_ratios``, ``no_text``. A row that cannot be used
 (missing audio file, ``start``/``end`` not numbers or outside the file, a path refused, an exact duplicate of an
 earlier row) is reported in ``manifest.issues`` and left out, as is a row with an unknown label; only when most
 rows carry unknown labels (a wrong column or label scheme) does the run stop, listing them (README, stage 1).
@@ -43,10 +47,12 @@ import math
 from pathlib import Path
 
 from ..manifest import Issue, Manifest
-from ._common import ManifestError, read_csv, require_columns, scheme_or_error
-from .pipeline import Parsed, RawRow, split_or_problem, to_manifest
+from ..labels import LabelScheme
+from ._common import ManifestError, bool_option, read_csv, require_columns, scheme_or_error, transcript_column_check
+from .pipeline import Parsed, RawRow, no_text_note, split_or_problem, to_manifest
 
 COLUMNS = {"call": ("call_id",), "audio": ("audio",)}
+OURS = {"call_id", "audio", "start", "end", "text", "label", "split", "segment"}
 DEFAULT_NAMES = ("calls.csv", "manifest.csv")
 
 
@@ -88,7 +94,7 @@ def _row(row: dict[str, str], cols: dict[str, str], where: str, any_split: bool)
                   problem=problem, warnings=warnings)
 
 
-def parse_generic_csv(data_dir: Path, csv_path: str | Path | None = None) -> Parsed:
+def parse_generic_csv(data_dir: Path, csv_path: str | Path | None = None, no_text: bool = False) -> Parsed:
     """The rows of the generic CSV (see the module docstring)."""
     if csv_path:
         path = Path(csv_path) if Path(csv_path).is_absolute() else data_dir / csv_path
@@ -100,18 +106,22 @@ def parse_generic_csv(data_dir: Path, csv_path: str | Path | None = None) -> Par
     issues: list[Issue] = []
     fields, table, _ = read_csv(path, issues)
     cols = require_columns(path, fields, COLUMNS)
+    transcript_column_check(path, fields, table, "text" if "text" in fields else None, OURS, no_text)
     any_split = "split" in fields and any(r.get("split") for _, r in table)
     rows = [_row(row, cols, f"{path.name}:{line}", any_split) for line, row in table]
-    return Parsed(rows, data_dir, {"split": "column" if any_split else "none", "sources": [path.name]},
-                  search=("",),
+    notes = {"split": "column" if any_split else "none", "sources": [path.name]}
+    if no_text:
+        issues.append(no_text_note(path.name, rows, notes))
+    return Parsed(rows, data_dir, notes, search=("",),
                   not_found="audio file {audio} not found (paths are relative to {data_dir}); row skipped",
-                  duplicate="segment: same call_id, audio, start and end", same_by_audio=True, issues=issues)
+                  duplicate="segment: same call_id, audio, start and end", same_by_audio=True, issues=issues,
+                  warn_empty_text=not no_text)
 
 
 def load_generic_csv(data_dir: Path, *, allow_outside_paths: bool = False, seed: int = 0,
-                     csv_path: str | Path | None = None, label_scheme: str = "marketcalls",
-                     split_ratios=None) -> Manifest:
-    scheme_or_error(label_scheme)      # a bad scheme is named before the files are read
-    return to_manifest("csv", label_scheme, parse_generic_csv(Path(data_dir), csv_path),
+                     csv_path: str | Path | None = None, label_scheme: "str | LabelScheme" = "marketcalls",
+                     split_ratios=None, no_text: bool = False) -> Manifest:
+    scheme = scheme_or_error(label_scheme, Path(data_dir))   # a bad scheme is named before the files are read
+    return to_manifest("csv", scheme, parse_generic_csv(Path(data_dir), csv_path, no_text=bool_option(no_text)),
                        allow_outside_paths=allow_outside_paths, allow_empty_labels=True, split_ratios=split_ratios,
                        seed=seed)

@@ -12,18 +12,21 @@ CSV columns ``phone`` (call id), ``Audio_id`` (segment audio file name, with or 
 
 Audio files are looked up in ``DATA_DIR/audio/`` then ``DATA_DIR/``. Segment order within a call: the
 ``segment_number`` column, else the last number in the file name (``..._10`` after ``..._9``), else file order.
-CSVs may be UTF-8 (with or without BOM) or GB18030/GBK (Chinese Excel exports).
+CSVs may be UTF-8 (with or without BOM) or GB18030/GBK (Chinese Excel exports). A ``text`` column empty in most
+rows while another column holds text stops the read (a misnamed column; rename it); option ``no_text=true`` says
+the calls really have no transcripts (one note instead of a warning per row).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..manifest import Issue, Manifest
-from ._common import ManifestError, last_int, read_csv, require_columns
-from .pipeline import Parsed, RawRow, split_or_problem, to_manifest
+from ._common import ManifestError, bool_option, last_int, read_csv, require_columns, transcript_column_check
+from .pipeline import Parsed, RawRow, no_text_note, split_or_problem, to_manifest
 
 SPLIT_FILES = {"train": ("train.csv",), "valid": ("valid.csv", "val.csv", "dev.csv"), "test": ("test.csv",)}
 COLUMNS = {"call": ("phone",), "audio": ("audio_id",), "text": ("text",), "label": ("label",)}
+OURS = {"phone", "audio_id", "text", "label", "split", "segment_number"}
 
 
 def _find_csvs(data_dir: Path, csv_path: str | Path | None) -> list[tuple[Path, str | None]]:
@@ -70,7 +73,7 @@ def _order(row: dict[str, str], audio_id: str, warnings: list[str]) -> float:
     return float(n) if n is not None else float("inf")
 
 
-def parse_marketcalls(data_dir: Path, csv_path: str | Path | None = None) -> Parsed:
+def parse_marketcalls(data_dir: Path, csv_path: str | Path | None = None, no_text: bool = False) -> Parsed:
     """The rows of the MarketCalls CSVs (see the module docstring)."""
     issues: list[Issue] = []
     rows: list[RawRow] = []
@@ -79,6 +82,7 @@ def parse_marketcalls(data_dir: Path, csv_path: str | Path | None = None) -> Par
     for path, file_split in sources:
         fields, table, _ = read_csv(path, issues)
         cols = require_columns(path, fields, COLUMNS)
+        transcript_column_check(path, fields, table, cols["text"], OURS, no_text)
         if split_mode is None:
             split_mode = "files" if file_split else ("column" if "split" in fields else "generated")
         for line, row in table:
@@ -97,12 +101,15 @@ def parse_marketcalls(data_dir: Path, csv_path: str | Path | None = None) -> Par
         missing = [s for s in SPLIT_FILES if s not in notes["split_files"]]
         if missing:
             notes["missing_splits"] = missing
-    return Parsed(rows, data_dir, notes, issues=issues,
+    if no_text:
+        issues.append(no_text_note(", ".join(notes["sources"]), rows, notes))
+    return Parsed(rows, data_dir, notes, issues=issues, warn_empty_text=not no_text,
                   not_found=f"audio file {{audio}} not found in {data_dir / 'audio'} or {{data_dir}}; row skipped")
 
 
 def load_marketcalls(data_dir: Path, *, allow_outside_paths: bool = False, seed: int = 0,
-                     split_ratios=None, csv_path: str | Path | None = None,
+                     split_ratios=None, csv_path: str | Path | None = None, no_text: bool = False,
                      dataset: str = "marketcalls") -> Manifest:
-    return to_manifest(dataset, "marketcalls", parse_marketcalls(Path(data_dir), csv_path),
+    parsed = parse_marketcalls(Path(data_dir), csv_path, no_text=bool_option(no_text))
+    return to_manifest(dataset, "marketcalls", parsed,
                        allow_outside_paths=allow_outside_paths, split_ratios=split_ratios, seed=seed)

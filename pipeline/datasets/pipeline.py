@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..labels import LabelScheme
 from ..manifest import Issue, Manifest, PathRefused, Segment, resolve_audio
 from ._common import (RowChecks, build_manifest, check_labels, drop_rows, label_lookup, majority_labels,
                       normalise_split, parse_ratios, scheme_or_error, split_counts, stratified_split)
@@ -61,6 +62,51 @@ class Parsed:
     issues: list[Issue] = field(default_factory=list)
 
 
+def no_text_note(name: str, rows: list[RawRow], notes: dict) -> Issue:
+    """The one note of a dataset that says it has no transcripts (option ``no_text``), instead of a warning per
+    row."""
+    empty = sum(1 for r in rows if not r.text)
+    notes["no_text"] = True
+    return Issue(name, f"warning: no transcripts (option no_text): {empty} of {len(rows)} rows have empty text; the "
+                       "text encoder sees only its special tokens there")
+
+
+def short_rows(wheres: list[str], shown: int = 5) -> str:
+    """``calls.csv:2, :3, :4, :5, :6, … :11 (10 rows)``: rows of one file by line, the file named once."""
+    cut = len(wheres) > shown + 1
+    parts, last_file = [], None
+    for w in (wheres[:shown] + wheres[-1:]) if cut else wheres:
+        file, sep, line = w.rpartition(":")
+        parts.append(f":{line}" if sep and file == last_file else w)
+        last_file = file if sep else None
+    if cut:
+        parts[-1] = f"… {parts[-1]}"
+    return f"{', '.join(parts)} ({len(wheres)} rows)"
+
+
+class SameProblem:
+    """Row issues with the same reason (one missing or refused audio file named by many rows) become one issue
+    naming the rows, in the place of the first; ``Issue.rows`` keeps every row for report.json."""
+
+    def __init__(self, issues: list[Issue]):
+        self.issues = issues
+        self._rows: dict[str, list[str]] = {}
+        self._at: dict[str, int] = {}
+
+    def add(self, where: str, reason: str) -> None:
+        if reason not in self._rows:
+            self._at[reason] = len(self.issues)
+            self.issues.append(Issue(where, reason))
+        self._rows.setdefault(reason, []).append(where)
+
+    def flush(self) -> None:
+        for reason, wheres in self._rows.items():
+            if len(wheres) > 1:
+                plural = reason.replace("; row skipped", "; rows skipped")
+                self.issues[self._at[reason]] = Issue(short_rows(wheres), plural, rows=tuple(wheres))
+        self._rows.clear()
+
+
 def split_or_problem(given: str, allow_empty: bool) -> tuple[str, str | None]:
     """(normalised split or "", problem) for a split value as written in a file."""
     split = normalise_split(given) or ""
@@ -72,6 +118,7 @@ def split_or_problem(given: str, allow_empty: bool) -> tuple[str, str | None]:
 def _segments(parsed: Parsed, checks: RowChecks, canonical: dict[str, str], allow_outside_paths: bool,
               labels_seen: list[tuple[str, str]]) -> dict[str, list]:
     issues = checks.issues
+    audio_issues = SameProblem(issues)
     calls: dict[str, list] = {}
     seen_ids: set[str] = set()
     for order, row in enumerate(parsed.rows):
@@ -88,11 +135,11 @@ def _segments(parsed: Parsed, checks: RowChecks, canonical: dict[str, str], allo
             audio = Path(row.audio) if parsed.found_by_parser else resolve_audio(
                 row.audio, parsed.data_dir, search=parsed.search, allow_outside=allow_outside_paths)
         except PathRefused as e:
-            issues.append(Issue(where, f"{e}; row skipped"))
+            audio_issues.add(where, f"{e}; row skipped")
             continue
         if audio is None:
-            issues.append(Issue(where, parsed.not_found.replace("{audio}", row.audio)
-                                .replace("{data_dir}", str(parsed.data_dir))))
+            audio_issues.add(where, parsed.not_found.replace("{audio}", row.audio)
+                             .replace("{data_dir}", str(parsed.data_dir)))
             continue
         start, end = row.start, row.end
         dur = checks.seconds(audio) if start is not None or end is not None else None
@@ -121,6 +168,7 @@ def _segments(parsed: Parsed, checks: RowChecks, canonical: dict[str, str], allo
                       label=canonical.get(row.label.lower(), row.label), audio_path=str(audio), text=text,
                       start=start, end=end, source_row=where)
         calls.setdefault(row.call_id, []).append((row.order, order, seg))
+    audio_issues.flush()
     return calls
 
 
@@ -137,7 +185,7 @@ def generate_split(calls: dict[str, list], split_ratios, seed: int, notes: dict)
     return {cid: [(o, f, s.with_(split=assign.get(cid, ""))) for o, f, s in items] for cid, items in calls.items()}
 
 
-def to_manifest(dataset: str, scheme_name: str, parsed: Parsed, *, allow_outside_paths: bool = False,
+def to_manifest(dataset: str, scheme_name: "str | LabelScheme", parsed: Parsed, *, allow_outside_paths: bool = False,
                 allow_empty_labels: bool = False, split_ratios=None, seed: int = 0,
                 assign_splits: Callable[[dict[str, list]], dict[str, list]] | None = None) -> Manifest:
     """The manifest of ``parsed``'s rows after every shared check (see the module docstring).
@@ -149,7 +197,7 @@ def to_manifest(dataset: str, scheme_name: str, parsed: Parsed, *, allow_outside
     checks = RowChecks(issues)
     labels_seen: list[tuple[str, str]] = []
     calls = _segments(parsed, checks, label_lookup(scheme), allow_outside_paths, labels_seen)
-    calls = drop_rows(calls, check_labels(labels_seen, scheme.name, allow_empty=allow_empty_labels, issues=issues))
+    calls = drop_rows(calls, check_labels(labels_seen, scheme, allow_empty=allow_empty_labels, issues=issues))
     if scheme.level == "call":   # segment-level schemes (sentiment, meld) keep each segment's own label
         calls = majority_labels(calls, issues)
     notes = parsed.notes
@@ -165,4 +213,4 @@ def to_manifest(dataset: str, scheme_name: str, parsed: Parsed, *, allow_outside
                                     "it is extracted but not used for training or scoring"))
     if allow_empty_labels:
         notes["unlabelled_calls"] = sum(1 for items in calls.values() if not items[0][2].label)
-    return build_manifest(dataset, scheme.name, calls, issues, notes)
+    return build_manifest(dataset, scheme.name, calls, issues, notes, label_scheme_def=scheme.definition)
