@@ -144,6 +144,8 @@ def encode_block(spec: WorkerSpec, start: int, rows: list[Segment], batches: lis
     # dask worker processes are daemons unless configured otherwise, and daemons cannot start loader processes
     num_workers = 0 if multiprocessing.current_process().daemon else spec.num_workers
     loader = make_loader(source, batches, num_workers)
+    # whole shards only (no checkpoint_seconds, no keep_partial): the driver flips done per finished block, so a
+    # partial write would be rewritten for nothing
     writer = ShardWriter(proxy, todo, write_threads=spec.write_threads)
     try:
         stats = encode_batches(loader, window, todo, enc.audio, enc.text, writer, enc.policy.input_rate)

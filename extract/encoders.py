@@ -24,6 +24,8 @@ from pipeline.cache_settings import MAX_TEXT_TOKENS, CacheSettings, EncoderFacts
 from pipeline.fingerprint import hash_state_dict
 
 from .audio import AudioPolicy
+# the path checks live in the light extract/paths.py (the CLI runs them before torch is imported)
+from .paths import ModelFolderError, check_model_folders, hint, looks_like_path, require_model_folder  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -71,29 +73,11 @@ class EncoderLoadError(ValueError):
     """An encoder that cannot be loaded; one line saying why and what to pass instead."""
 
 
-def _looks_like_path(model_id: str) -> bool:
-    # hub ids are NAME or ORG/NAME; anything else (./x, /x, ~/x, a/b/c, C:\x) is meant as a folder
-    return model_id.startswith((".", "/", "~")) or "\\" in model_id or model_id.count("/") > 1 or \
-        (len(model_id) > 1 and model_id[1] == ":")
+def _needs(auto_cls) -> str:
+    return {"AutoTokenizer": "tokenizer", "AutoFeatureExtractor": "feature extractor"}.get(auto_cls.__name__, "")
 
 
-def _hint(option: str) -> str:
-    return f"pass an existing model folder or a hub id (ORG/NAME) with {option}"
-
-
-def _require_folder(model_id: str, option: str) -> None:
-    if _looks_like_path(model_id) and not Path(model_id).expanduser().exists():
-        raise EncoderLoadError(f"{option} {model_id}: the folder does not exist; {_hint(option)}")
-
-
-def check_model_folders(cache) -> None:
-    """Refuse an ``--audio-model``/``--text-model`` that names a folder that does not exist, before any work
-    (reading or generating the dataset) starts."""
-    _require_folder(cache.audio_model, "--audio-model")
-    _require_folder(cache.text_model, "--text-model")
-
-
-def _hub_reachable(timeout: float = 5.0) -> bool:
+def hub_reachable(timeout: float = 5.0) -> bool:
     """One request to the hub (no retries): transformers would otherwise retry for a minute without a network."""
     import urllib.error
     import urllib.request
@@ -115,11 +99,11 @@ def _load(auto_cls, model_id: str, revision: str | None, trust_remote_code: bool
     from huggingface_hub import constants
 
     path = Path(model_id).expanduser()
-    if path.is_dir() or _looks_like_path(model_id):
-        _require_folder(model_id, option)
+    if path.is_dir() or looks_like_path(model_id):
+        require_model_folder(model_id, option, needs=_needs(auto_cls))
         try:
             return auto_cls.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-        except OSError as e:
+        except (OSError, ValueError) as e:   # ValueError: transformers' tokenizer messages
             raise EncoderLoadError(f"{option} {model_id}: not a usable model folder ({_first_line(e)}); save the "
                                    "model there with save_pretrained, or download it with `hf download ID "
                                    "--local-dir DIR`") from None
@@ -129,7 +113,7 @@ def _load(auto_cls, model_id: str, revision: str | None, trust_remote_code: bool
     except OSError:
         pass                    # not in the local cache (or not complete there): download
     offline = constants.HF_HUB_OFFLINE
-    if offline or not _hub_reachable():
+    if offline or not hub_reachable():
         why = "downloads are off (HF_HUB_OFFLINE=1)" if offline else f"{constants.ENDPOINT} cannot be reached"
         raise EncoderLoadError(f"{option} {model_id}: not in the local Hugging Face cache and {why}; download it "
                                f"where there is internet (`hf download {model_id} --local-dir DIR`), copy DIR here "
@@ -138,7 +122,7 @@ def _load(auto_cls, model_id: str, revision: str | None, trust_remote_code: bool
         return auto_cls.from_pretrained(model_id, **kw)
     except OSError as e:
         raise EncoderLoadError(f"{option} {model_id}: cannot load it from the hub ({_first_line(e)}); check the id "
-                               f"(and {option.replace('model', 'revision')}), or {_hint(option)}") from None
+                               f"(and {option.replace('model', 'revision')}), or {hint(option)}") from None
 
 
 def _first_line(e: BaseException) -> str:

@@ -1,8 +1,9 @@
 """Stage 1: dataset → manifest → planned rows → frozen encoders in length-bucketed batches → cache store.
 
-Resume is built in: rows whose ``done`` flag is set are never recomputed. Batches are a fixed function of the
-planned rows (not of what is left), so a resumed run computes every row in the same batch as an uninterrupted
-run would, and the store comes out bit for bit the same.
+Resume is built in: rows whose ``done`` flag is set are never recomputed, and an interrupt (Ctrl-C, an error)
+keeps every encoded row but the batch in flight; a SIGKILL loses at most the last ``CHECKPOINT_SECONDS`` of work
+(extract/writer.py). Batches are a fixed function of the planned rows (not of what is left), so a resumed run
+computes every row in the same batch as an uninterrupted run would, and the store comes out bit for bit the same.
 
 The plan (extract/plan.py) and the encode loop (extract/encode.py) are shared with the dask path
 (extract/distributed.py), which this module imports only when asked for (dask is heavy; no import circle).
@@ -20,7 +21,7 @@ from .augment import Augmenter
 from .config import ExtractConfig, ExtractResult
 from .encode import SegmentSource, encode_batches, make_loader
 from .plan import ExtractPlan, finish_run, make_plan, open_store, plan_blocks
-from .writer import ShardWriter
+from .writer import CHECKPOINT_SECONDS, ShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,8 @@ def _extract_into(plan: ExtractPlan) -> ExtractResult:
                            enc.audio.feature_extractor, enc.text, Augmenter(c.augment, c.seed) if c.augment else None)
     loader = make_loader(source, batches, cfg.num_workers)
 
-    writer = ShardWriter(store, todo, write_threads=cfg.write_threads)
+    # partial shards are written every CHECKPOINT_SECONDS too: a block's shards complete only near its end
+    writer = ShardWriter(store, todo, write_threads=cfg.write_threads, checkpoint_seconds=CHECKPOINT_SECONDS)
     t_loop = time.perf_counter()
     bar = tqdm(total=int(todo.sum()), unit="seg", desc="extract", disable=not plan.progress, smoothing=0.1)
     try:
@@ -60,5 +62,6 @@ def _extract_into(plan: ExtractPlan) -> ExtractResult:
         loop_seconds = time.perf_counter() - t_loop
     finally:
         bar.close()
-        writer.close(raise_errors=False)  # on Ctrl-C or an error: keep every shard already complete
+        # on Ctrl-C or an error: write every row already encoded (the batch in flight is lost), partial shards too
+        writer.close(raise_errors=False, keep_partial=True)
     return finish_run(plan, store, writer.skipped, stats, loop_seconds)

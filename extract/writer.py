@@ -2,10 +2,24 @@
 
 Rows are buffered per shard; a shard is written in one piece when every row this run owes it has arrived
 (a whole-shard write encodes each chunk once, instead of read-modify-writing the shard per row), and only then
-are its ``done`` flags flipped. A crash therefore loses at most the shards in flight, never a row marked done.
-Complete shards are compressed and written by a small thread pool: shards (and their ``done`` chunks) are
-disjoint, and zstd releases the GIL, so writing scales with cores instead of capping a GPU at one core's
-compression speed (bench/extract_throughput.py measures it).
+are its ``done`` flags flipped. A done row is therefore always whole.
+
+Batches are sorted by length within a block of many shards, so a shard's rows arrive spread over the whole block
+and a shard completes only near the block's end. So that an interrupt does not lose the block, a shard is also
+written while still *partial* (the rows encoded so far, flagged done; the others stay zero and not done):
+
+- on :meth:`close` with ``keep_partial`` (the single-process loop's Ctrl-C / error path): every encoded row but
+  the batch in flight is kept;
+- with ``checkpoint_seconds``: when a shard's oldest unwritten row has waited that long, so a SIGKILL loses at
+  most about that much work. Each shard is then written at most once per interval plus once when complete
+  (``shard_writes`` counts them; bench/checkpoint_writes.py measures the amplification).
+
+The last write of a shard is always the whole shard from the in-memory buffer (rows of earlier writes and of
+earlier runs are kept in, or read back into, it), and zarr encodes a whole-shard write from scratch, so a shard
+written partially first ends byte-identical to a one-shot write. Writes of one shard are serialised.
+Shards are compressed and written by a small thread pool: shards (and their ``done`` chunks) are disjoint, and
+zstd releases the GIL, so writing scales with cores instead of capping a GPU at one core's compression speed
+(bench/extract_throughput.py measures it).
 """
 from __future__ import annotations
 
@@ -13,6 +27,8 @@ import logging
 import queue
 import os
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -22,6 +38,8 @@ from pipeline.store import CacheStore, StoreError
 
 log = logging.getLogger(__name__)
 
+CHECKPOINT_SECONDS = 30.0   # the single-process default: a SIGKILL loses at most about this much encoded work
+
 
 class WriteFailed(StoreError):
     pass
@@ -29,6 +47,7 @@ class WriteFailed(StoreError):
 
 @dataclass
 class _Shard:
+    key: int                            # the shard's index in the store
     start: int
     stop: int
     owed: set[int]                      # rows of this shard this run still has to deliver
@@ -38,20 +57,38 @@ class _Shard:
     text_len: np.ndarray | None = None
     ok: set[int] = field(default_factory=set)
     failed: dict[int, str] = field(default_factory=dict)
+    dirty_since: float | None = None    # when the oldest row not yet written arrived (None: nothing unwritten)
+    counted: int = 0                    # rows of ``ok`` already counted in rows_written by an earlier write
+    pending: Future | None = None       # this shard's write in flight (writes of one shard never overlap)
+
+
+@dataclass(frozen=True)
+class _Write:
+    """One write of a shard: the buffers (a copy for a partial write, which the writer keeps filling), its rows."""
+    key: int
+    start: int
+    stop: int
+    arrays: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+    ok: frozenset[int]
+    failed: dict[int, str]
+    new_rows: int                       # rows flagged done for the first time by this write
+    final: bool
 
 
 class ShardWriter:
-    def __init__(self, store: CacheStore, todo: np.ndarray, max_queue: int = 8, write_threads: int = 0):
+    def __init__(self, store: CacheStore, todo: np.ndarray, max_queue: int = 8, write_threads: int = 0, *,
+                 checkpoint_seconds: float | None = None, clock: Callable[[], float] = time.monotonic):
         self.store = store
         shape = store.shape
         self._dims = (shape.audio_frames, shape.audio_dim, shape.text_tokens, shape.text_dim)
         self._done_before = store.done()
         self._shards: dict[int, _Shard] = {}
+        self._dirty: dict[int, _Shard] = {}       # shards with unwritten rows, oldest first
         self._row_shard: dict[int, int] = {}
         for k, r in enumerate(store.shard_ranges()):
             owed = {i for i in r if todo[i]}
             if owed:
-                self._shards[k] = _Shard(r.start, r.stop, owed)
+                self._shards[k] = _Shard(k, r.start, r.stop, owed)
                 for i in owed:
                     self._row_shard[i] = k
         self._q: queue.Queue = queue.Queue(maxsize=max_queue)
@@ -59,6 +96,10 @@ class ShardWriter:
         self.rows_written = 0
         self.bytes_written = 0
         self.skipped: dict[int, str] = {}
+        self.shard_writes: dict[int, int] = {}    # shard index → times written (partial writes included)
+        self._checkpoint = checkpoint_seconds if checkpoint_seconds and checkpoint_seconds > 0 else None
+        self._clock = clock
+        self._keep_partial = False
         self._write_threads = write_threads or min(8, os.cpu_count() or 1)
         self._pool = ThreadPoolExecutor(max_workers=self._write_threads, thread_name_prefix="shard-write")
         self._inflight: list[Future] = []
@@ -70,15 +111,18 @@ class ShardWriter:
     def put(self, rows: list[int], audio: np.ndarray, audio_len: np.ndarray, text: np.ndarray,
             text_len: np.ndarray) -> None:
         self._check()
-        self._q.put(("rows", rows, audio, audio_len, text, text_len))
+        self._q.put(("rows", self._clock(), rows, audio, audio_len, text, text_len))
 
     def skip(self, row: int, reason: str) -> None:
         self._check()
-        self._q.put(("skip", row, reason))
+        self._q.put(("skip", self._clock(), row, reason))
 
-    def close(self, raise_errors: bool = True) -> None:
-        """Write every complete shard and stop (idempotent); raises WriteFailed if a write failed."""
+    def close(self, raise_errors: bool = True, keep_partial: bool = False) -> None:
+        """Write every complete shard and stop (idempotent); raises WriteFailed if a write failed. With
+        ``keep_partial`` (an interrupt or an error upstream), shards still missing rows are written too, their
+        rows delivered so far flagged done, so that a rerun encodes only the rest."""
         if self._thread.is_alive():
+            self._keep_partial = keep_partial
             self._q.put(None)
             self._thread.join()
             self._pool.shutdown(wait=True)
@@ -93,14 +137,24 @@ class ShardWriter:
 
     # ------------------------------------------------------------ writer thread
     def _run(self) -> None:
+        # wake up at least this often to honour checkpoint_seconds when no batch arrives (a slow batch)
+        poll = min(1.0, self._checkpoint / 4) if self._checkpoint else None
         while True:
-            item = self._q.get()
+            try:
+                item = self._q.get(timeout=poll)
+            except queue.Empty:
+                item = ("tick", self._clock())
             if item is None:
+                if self._keep_partial and self.error is None:
+                    self._write_partial(lambda sh: True)
                 return
             if self.error is not None:
                 continue  # drain so the producer never blocks; nothing more is written
             try:
                 self._handle(item)
+                if self._checkpoint:
+                    now = item[1]
+                    self._write_partial(lambda sh: now - sh.dirty_since >= self._checkpoint)
             except BaseException as e:  # disk full, permission, store errors: stop writing, report upstream
                 self._fail(e)
 
@@ -124,14 +178,19 @@ class ShardWriter:
             sh.text_len = np.zeros(n, np.int32)
 
     def _handle(self, item) -> None:
-        if item[0] == "skip":
-            _, row, reason = item
-            sh = self._shards[self._row_shard[row]]
+        kind, at = item[0], item[1]
+        if kind == "tick":
+            return
+        if kind == "skip":
+            _, _, row, reason = item
+            k = self._row_shard[row]
+            sh = self._shards[k]
             sh.failed[row] = reason
             sh.owed.discard(row)
-            self._maybe_flush(self._row_shard[row])
+            self._mark_dirty(sh, at)
+            self._maybe_flush(k)
             return
-        _, rows, audio, audio_len, text, text_len = item
+        _, _, rows, audio, audio_len, text, text_len = item
         touched = set()
         for j, row in enumerate(rows):
             k = self._row_shard[row]
@@ -145,36 +204,65 @@ class ShardWriter:
             sh.audio_len[i], sh.text_len[i] = audio_len[j], text_len[j]
             sh.ok.add(row)
             sh.owed.discard(row)
+            self._mark_dirty(sh, at)
             touched.add(k)
         for k in sorted(touched):
             self._maybe_flush(k)
+
+    def _mark_dirty(self, sh: _Shard, at: float) -> None:
+        if sh.dirty_since is None:
+            sh.dirty_since = at
+            self._dirty[sh.key] = sh
 
     def _maybe_flush(self, k: int) -> None:
         sh = self._shards[k]
         if sh.owed:
             return
         del self._shards[k]
+        self._submit(sh, final=True)
+
+    def _write_partial(self, due: Callable[[_Shard], bool]) -> None:
+        """Write the shards with unwritten rows, oldest first, while ``due`` holds; they stay open for the rest."""
+        for sh in list(self._dirty.values()):
+            if not due(sh):
+                return   # the dict is in order of dirty_since: the rest waited less
+            self._submit(sh, final=False)
+
+    def _submit(self, sh: _Shard, final: bool) -> None:
+        if sh.pending is not None:
+            sh.pending.result()   # the shard's previous write first: a later write must land last
+        if sh.ok:
+            self._buffers(sh)
+        arrays = (sh.audio, sh.audio_len, sh.text, sh.text_len)
+        if not final and sh.ok:   # the writer thread keeps filling the buffers: write a snapshot
+            arrays = tuple(a.copy() for a in arrays)
+        w = _Write(sh.key, sh.start, sh.stop, arrays, frozenset(sh.ok), dict(sh.failed),
+                   len(sh.ok) - sh.counted, final)
+        sh.counted, sh.dirty_since = len(sh.ok), None
+        self._dirty.pop(sh.key, None)
         # bound the memory held by queued shards: wait for the oldest when many are in flight
         self._inflight = [f for f in self._inflight if not f.done()]
         while len(self._inflight) >= 2 * self._write_threads:
             self._inflight.pop(0).result()
-        self._inflight.append(self._pool.submit(self._flush, sh))
+        sh.pending = self._pool.submit(self._flush, w)
+        self._inflight.append(sh.pending)
 
-    def _flush(self, sh: _Shard) -> None:
+    def _flush(self, w: _Write) -> None:
         if self.error is not None:
             return
         try:
-            if sh.ok:
-                self.store.write_slab(sh.start, sh.audio, sh.audio_len, sh.text, sh.text_len)
-            rows = np.arange(sh.start, sh.stop)
-            done = self._done_before[sh.start: sh.stop] | np.isin(rows, list(sh.ok))
-            skipped = np.isin(rows, list(sh.failed)) & ~done
-            self.store.set_flags(sh.start, sh.stop, done, skipped)  # after the data: a done row is always whole
+            if w.ok:
+                self.store.write_slab(w.start, *w.arrays)
+            rows = np.arange(w.start, w.stop)
+            done = self._done_before[w.start: w.stop] | np.isin(rows, list(w.ok))
+            skipped = np.isin(rows, list(w.failed)) & ~done
+            self.store.set_flags(w.start, w.stop, done, skipped)  # after the data: a done row is always whole
         except BaseException as e:
             self._fail(e)
             return
         with self._lock:
-            if sh.ok:
-                self.bytes_written += sh.audio.nbytes + sh.text.nbytes
-            self.rows_written += len(sh.ok)
-            self.skipped.update(sh.failed)
+            if w.ok:
+                self.bytes_written += w.arrays[0].nbytes + w.arrays[2].nbytes
+            self.rows_written += w.new_rows
+            self.skipped.update(w.failed)
+            self.shard_writes[w.key] = self.shard_writes.get(w.key, 0) + 1
