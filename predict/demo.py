@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 SMOKE_NOTE = ("NOTE: tiny encoders with random weights — the method working on a generated task, not the paper's "
               "models on real calls; pass --audio-model/--text-model (hub ids or folders) for real features.")
 MODALITIES = ("both", "text", "audio")
+MODEL_NAMES = {"both": "fused", "text": "text only", "audio": "audio only"}
 DEMO_CALLS, DEMO_EPOCHS = 200, 20
 # the tiny encoders are 32 wide: the fusion network sized to them (real encoders get the paper's sizes)
 TINY_SIZES = dict(heads=4, ffn=128, head_hidden=64, gru_hidden=32, cross_layers=2, dropout=0.1, lr=3e-3)
@@ -148,9 +149,11 @@ def _train_configs(cache: Path, runs: Path, *, device: str, epochs: int, seed: i
 
 def run_demo(data_dir: Path, cache: Path, runs: Path, *, audio_model: str | None = None,
              text_model: str | None = None, device: str = "auto", epochs: int = DEMO_EPOCHS,
-             calls: int = DEMO_CALLS, seed: int = 0, fresh: bool = False, progress: bool = True) -> dict:
+             calls: int = DEMO_CALLS, seed: int = 0, fresh: bool = False, progress: bool = True,
+             say=log.info) -> dict:
     """{"both": metrics, "text": metrics, "audio": metrics, ...}: each as in its run's metrics.json.
-    :class:`DemoError` (before anything is written or deleted) for bad settings or paths that are not the demo's."""
+    :class:`DemoError` (before anything is written or deleted) for bad settings or paths that are not the demo's.
+    ``say`` gets one line before each model: ``training 2/3: text only → runs/demo/text``."""
     data_dir, cache, runs = Path(data_dir), Path(cache), Path(runs)
     check_demo(data_dir, cache, runs, calls=calls, epochs=epochs, fresh=fresh)
     tiny = audio_model is None or text_model is None
@@ -185,8 +188,11 @@ def run_demo(data_dir: Path, cache: Path, runs: Path, *, audio_model: str | None
     log.info("extracted %d segments in %.1f s", res.done, res.elapsed)
     store = open_cache(str(cache))
     out: dict = {}
-    for modality, cfg in configs.items():
+    for k, (modality, cfg) in enumerate(configs.items(), 1):
         problem = resume_problem(cfg, store)
+        done = not problem and (Path(cfg.out) / "metrics.json").is_file()
+        say(f"{'model' if done else 'training'} {k}/{len(configs)}: {MODEL_NAMES[modality]} → {cfg.out}"
+            + (" (finished earlier: reported)" if done else ""))
         if problem:   # a run of the demo's own, with other settings (--epochs, ...): train it again, replacing
             # it only once the new run passed its start checks (a model that cannot be built keeps the old run)
             log.warning("%s: retraining (%s)", cfg.out, problem.split(": ", 1)[-1])
@@ -210,7 +216,7 @@ def format_demo_table(result: dict) -> str:
     lines = [head, "-" * len(head)]
     for modality in MODALITIES:
         m = result[modality]
-        name = {"both": "fused", "text": "text only", "audio": "audio only"}[modality]
+        name = MODEL_NAMES[modality]
         lines.append(f"{name:<12}{pct(m['test'], '5'):>11}{ci(m['test'], '5'):>12}"
                      f"{pct(m['test'], '5', 'macro_f1'):>12}{pct(m['test'], '2'):>11}{pct(m['val'], '5'):>10}  "
                      f"{m['run_dir']}")
@@ -261,7 +267,7 @@ def main(data_dir, cache, out, audio_model, text_model, device, epochs, calls, s
     try:
         result = run_demo(Path(data_dir), Path(cache), Path(out), audio_model=audio_model, text_model=text_model,
                           device=device, epochs=epochs, calls=calls, seed=seed, fresh=fresh,
-                          progress=not (quiet or as_json))
+                          progress=not (quiet or as_json), say=log.info if as_json else click.echo)
     except DemoError as e:
         raise UsageError(str(e)) from None
     except ConfigError as e:   # e.g. encoders 32 wide given as real ones, with the paper's 12 heads

@@ -115,3 +115,15 @@ def test_a_retrain_that_cannot_start_keeps_the_demos_runs(tmp_path):
                                            str(enc / "audio-tiny-group"), "--text-model", str(enc / "text-tiny")))
     assert r.exit_code == 2 and "--heads 12" in _error_line(r.output), r.output
     assert _snapshot(runs) == before
+
+
+def test_the_demo_says_which_of_its_three_models_is_training(tmp_path):
+    data, cache, runs = tmp_path / "data", tmp_path / "cache" / "demo.zarr", tmp_path / "runs"
+    r = CliRunner().invoke(demo_cli, _args(data, cache, runs, "--calls", "15", "--epochs", "1"))
+    assert r.exit_code == 0, r.output
+    said = [ln for ln in r.output.splitlines() if "/3: " in ln]
+    assert said == [f"training 1/3: fused → {runs / 'both'}", f"training 2/3: text only → {runs / 'text'}",
+                    f"training 3/3: audio only → {runs / 'audio'}"]
+    again = CliRunner().invoke(demo_cli, _args(data, cache, runs, "--calls", "15", "--epochs", "1"))
+    assert [ln for ln in again.output.splitlines() if "/3: " in ln][1] == \
+        f"model 2/3: text only → {runs / 'text'} (finished earlier: reported)"

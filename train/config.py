@@ -5,6 +5,7 @@ options given on the command line override the file. Defaults are explained in `
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -15,6 +16,41 @@ POOLINGS = ("flatten", "cls", "mean")
 
 class ConfigError(ValueError):
     pass
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (a container's or taskset's share, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):   # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def default_threads(cores: int | None = None) -> int:
+    """torch CPU threads for training when ``--threads`` is 0 (measured: docs/benchmarks.md, bench/threads.py).
+
+    On 2 shared cores torch's default (one thread per core) made a first epoch 1.3-2.6x slower than 1 thread
+    (5x in issue 23; 2.1x faster only on an idle machine): OpenMP threads spin-wait for a core another process
+    holds. So 1 thread up to 2 cores; above that half the cores (the rest stay free for the batch prefetch thread
+    and other work), at most 8 (the fusion model's per-call matrices are too small to gain from more). Fixed by
+    the core count, not the momentary load, so a command's CPU sums repeat run after run."""
+    cores = available_cores() if cores is None else cores
+    return 1 if cores <= 2 else min(cores // 2, 8)
+
+
+def store_path_problem(cache: str) -> str | None:
+    """Why a local ``--cache`` path cannot be a store, in the trainer's own words, or None (URLs are left to the
+    store code). The command lines ask it before importing torch, so a typo is answered at once."""
+    if "://" in cache:
+        return None
+    if not (Path(cache) / "zarr.json").is_file():
+        return f"{cache}: no cache store here (run msmtfn-extract to build one)"
+    return None
+
+
+def effective_threads(threads: int) -> int:
+    """The thread count a run uses: ``threads`` when set, else :func:`default_threads`."""
+    return threads or default_threads()
 
 
 NEGATABLE = ("mtl", "bigru", "cross_attention", "bottleneck", "plots", "amp")
@@ -104,7 +140,7 @@ class TrainConfig:
     augment_variants: tuple = ()        # cached augmentation variants sampled in training: () none, ("all",), names
     max_cache_gb: float = 0.0           # 0 = auto: load to the device when it fits, else stream from the store
     plots: bool = True                  # PNG learning curves + confusion matrices in <run>/plots
-    threads: int = 0                    # CPU threads for torch (0 = torch's default); 1 is steadier on a busy CPU
+    threads: int = 0                    # CPU threads for torch; 0 = default_threads() by core count (above)
     state_every: int = 1                # epochs between resumable training states (train_state.pt); 0 = none
     progress: bool = True
 

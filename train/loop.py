@@ -17,12 +17,14 @@ from tqdm.auto import tqdm
 from pipeline.atomic import atomic_path, atomic_write_text
 from pipeline.device import DeviceError
 from pipeline.device import resolve_device as pipeline_device
-from pipeline.labels import get_scheme
+from pipeline.labels import scheme_record
+from pipeline.store import StoreError
+from pipeline.segment_profile import profile_rows
 
 from .checkpoint import (CONFIG, HISTORY, METRICS, STATE, WEIGHTS, CheckpointError, atomic_write_json,
                          load_train_state, load_weights, read_run_config, restore_train_state, save_train_state,
                          save_weights, write_run_config)
-from .config import TrainConfig
+from .config import TrainConfig, effective_threads
 from .data import Batches, CallData, FeatureSource, LoadedCache, TrainError, open_cache
 from .metrics import BOOTSTRAP, all_task_metrics, bootstrap_intervals, headline, selection_score
 from .model import MSMTFN, ModelDims, build_model
@@ -118,7 +120,10 @@ SELECTION_TEXT = {"macro_f1": "validation macro-F1 (ties: accuracy, then loss)",
 
 def resolve_task(cfg: TrainConfig, store) -> TrainConfig:
     """``task=""`` means the dataset's main task: the first of its label scheme (MarketCalls 5, MOSI score)."""
-    scheme = get_scheme(store.label_scheme)
+    try:
+        scheme = store.scheme
+    except StoreError as e:
+        raise TrainError(str(e)) from None
     if not cfg.task:
         return cfg.with_(task=scheme.tasks[0].name)
     if cfg.task not in scheme.task_names:
@@ -156,6 +161,9 @@ class TrainingRun:
         self.cfg, self.resume, self.overwrite, self.loaded = cfg, resume, overwrite, loaded
         self.t_start = time.perf_counter()
         self.finished: dict | None = None     # an already finished run's metrics (resume): nothing to do
+        self.run_dir: Path | None = None
+        self.saved_epoch, self.history = 0, []   # the last epoch in train_state.pt; finished epochs (Ctrl-C note)
+        self.saving: tuple[int, tuple | None] | None = None   # (epoch, the state file before) while it is written
 
     # ------------------------------------------------------------------------------------------ start
     def _claim(self, run_dir: Path) -> list[Path]:
@@ -175,11 +183,11 @@ class TrainingRun:
     def start(self) -> "TrainingRun":
         cfg, loaded, resume = self.cfg, self.loaded, self.resume
         self.device = device = loaded.device if loaded is not None else resolve_device(cfg.device)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        if cfg.threads or device.type == "cpu":   # 0 on CPU: by core count (config.default_threads); GPU: as it was
+            torch.set_num_threads(effective_threads(cfg.threads))
         if resume and not cfg.out:
             raise TrainError("--resume needs the run folder (--out or --resume RUN_DIR)")
-        run_dir = Path(cfg.out) if cfg.out else None
+        self.run_dir = run_dir = Path(cfg.out) if cfg.out else None
         self.store = store = loaded.store if loaded is not None else open_cache(cfg.cache)
         self.cfg = cfg = resolve_task(cfg, store)
         if resume and run_dir is not None and (run_dir / METRICS).is_file():
@@ -221,7 +229,9 @@ class TrainingRun:
             (run_dir / "plots").mkdir(exist_ok=True)
         n_params = sum(p.numel() for p in model.parameters())
         write_run_config(run_dir, cfg, dims, {"cache": {"path": str(store.path), "fingerprint": store.fingerprint,
-                                                        "settings": store.settings, "label_scheme": scheme.name},
+                                                        "settings": store.settings, "label_scheme": scheme.name,
+                                                        **scheme_record(scheme),
+                                                        "segmentation": segmentation_record(store, data, splits)},
                                               "parameters": n_params})
         log.info("%d train / %d valid / %d test calls; %.2fM parameters; device %s", len(splits["train"]),
                  len(splits["valid"]), len(splits["test"]), n_params / 1e6, device)
@@ -251,6 +261,7 @@ class TrainingRun:
             self.first = restore_train_state(state, model, self.opt, self.sched, gen, self.state_path) + 1
             self.history, self.best_epoch, self.bad = state["history"], state["best_epoch"], state["bad"]
             self.best_score = tuple(state["best_score"]) if state["best_score"] is not None else None
+            self.saved_epoch = self.first - 1
             log.info("%s: resuming after epoch %d (best so far: epoch %d)", run_dir, self.first - 1, self.best_epoch)
         self.stopped = state is not None and state.get("stopped", False)  # killed after an early stop was decided
         return self
@@ -300,12 +311,21 @@ class TrainingRun:
         # also on every improvement, so the state never trails the best-weights file it describes; written after
         # that file: a kill between the two re-runs this epoch, which rewrites the same weights
         if cfg.state_every and (improved or self.stopped or epoch % cfg.state_every == 0 or epoch == cfg.epochs):
+            self.saving = (epoch, _file_id(self.state_path))   # a Ctrl-C note tells a finished write by the file
             save_train_state(self.state_path, epoch=epoch, model=model, opt=opt, sched=self.sched, gen=self.gen,
                              history=self.history, best_score=self.best_score, best_epoch=self.best_epoch,
                              bad=self.bad, stopped=self.stopped)
+            self.saved_epoch, self.saving = epoch, None
         if self.stopped:
             log.info("early stop: no better validation score for %d epochs", cfg.patience)
         return self.stopped
+
+    def interrupt_note(self) -> str:
+        """The one line a Ctrl-C prints: what is kept and the command that continues the run."""
+        saved = self.saved_epoch
+        if self.saving is not None and _file_id(self.state_path) not in (None, self.saving[1]):
+            saved = self.saving[0]   # interrupted just after the new state replaced the old one (atomic rename)
+        return _interrupt_note(self.run_dir, saved, len(self.history), self.cfg.state_every)
 
     # ------------------------------------------------------------------------------------------ finish
     def finish(self) -> dict:
@@ -372,13 +392,45 @@ def fit(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     the same result as an uninterrupted run on CPU; a finished run is returned as it is. Without it a folder
     that holds a run already is refused, unless ``overwrite=True``. ``loaded`` is a cache already in memory
     (:func:`train.data.load_cache`), shared by the trials of a sweep."""
-    run = TrainingRun(cfg, resume=resume, overwrite=overwrite, loaded=loaded).start()
-    if run.finished is not None:
-        return run.finished
-    for epoch in run.epochs():
-        if run.epoch(epoch):
-            break
-    return run.finish()
+    run = TrainingRun(cfg, resume=resume, overwrite=overwrite, loaded=loaded)
+    try:
+        run.start()
+        if run.finished is not None:
+            return run.finished
+        for epoch in run.epochs():
+            if run.epoch(epoch):
+                break
+        return run.finish()
+    except KeyboardInterrupt:   # Ctrl-C: say what is kept and how to go on (TrainInterrupted is one)
+        raise TrainInterrupted(run.interrupt_note()) from None
+
+
+def _file_id(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+class TrainInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`fit`; ``str()`` is one line: what was kept and the command that continues the run."""
+
+
+def _interrupt_note(run_dir: Path | None, saved_epoch: int, finished_epochs: int, state_every: int) -> str:
+    if run_dir is None or not (run_dir / CONFIG).is_file():   # stopped while the cache or the model was loading
+        return "interrupted before the first epoch started; nothing was written: run the same command again"
+    resume = f"resume with: msmtfn-train --resume {run_dir}"
+    if saved_epoch and saved_epoch >= finished_epochs:
+        return f"interrupted: the last finished epoch is saved; {resume}"
+    if saved_epoch:
+        return (f"interrupted: epoch {saved_epoch} of {finished_epochs} finished is saved (states every "
+                f"{state_every} epochs); {resume}")
+    if (run_dir / STATE).is_file():   # a resumed run stopped before its saved state was read back
+        return f"interrupted: the saved epochs are kept; {resume}"
+    if not state_every:
+        return f"interrupted: no epoch is saved (--state-every 0); {resume} trains it again from epoch 1"
+    return f"interrupted in the first epoch: nothing to keep yet; {resume} starts it again"
 
 
 def _write_history(path: Path, history: list[dict]) -> None:
@@ -387,3 +439,12 @@ def _write_history(path: Path, history: list[dict]) -> None:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(history)
+
+
+def segmentation_record(store, data, splits) -> dict | None:
+    """How the run's training segments were made (pipeline/segment_profile.py), for msmtfn-predict to cut new
+    recordings alike."""
+    rows = [int(r) for c in splits["train"] for r in data.rows[c]]
+    max_seconds = float(store.settings.get("segmentation", {}).get("max_seconds", 40.0))
+    profile = profile_rows(store.table(), store.segment_seconds(), rows, max_seconds)
+    return profile.to_record() if profile else None

@@ -24,15 +24,22 @@ Each (configuration, seed) is a trial, trained by :func:`train.loop.fit` into ``
 an interrupted one continues from its last epoch (``--resume``); a sweep whose kept trials were run with other
 settings is refused; a trial that fails is recorded in ``trials.csv`` and the sweep goes on.
 ``results.csv``/``results.md``/``results.png`` summarise mean ± std over seeds of every task's test accuracy and F1 (checkpoints selected on validation).
+``best.json`` (and the link ``best`` where links can be made) names the trial selected by validation alone;
+:func:`resolve_run` turns a sweep folder into that trial's run folder (``msmtfn-predict --run SWEEP``). Log lines
+made while a trial runs start with ``[<configuration>/s<seed>]`` and are written around the progress bar.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import csv
 import itertools
 import json
 import logging
 import math
+import os
 import re
+import shlex
 import time
 import tomllib
 import traceback
@@ -41,13 +48,12 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
-from tqdm.auto import tqdm
+from pipeline.atomic import atomic_write_bytes, atomic_write_json
 
-from .checkpoint import STATE, atomic_write_bytes, atomic_write_json
 from .config import ConfigError, TrainConfig, normalise_keys
-from .data import TrainError, load_cache
-from .loop import fit, resolve_device, resume_problem
+
+# torch, numpy and the trainer are imported where they are used: reading and checking a grid file, and finding a
+# sweep's selected trial (msmtfn-predict --run SWEEP), answer without them
 
 log = logging.getLogger(__name__)
 
@@ -244,10 +250,233 @@ def trial_dir(root: Path, config: Configuration, seed: int) -> Path:
     return root / "trials" / config.slug / f"s{seed}"
 
 
+def trial_name(config: Configuration, seed: int) -> str:
+    return f"{config.name}/s{seed}"
+
+
+# --------------------------------------------------------------------------- log lines and Ctrl-C
+TRIAL: contextvars.ContextVar[str] = contextvars.ContextVar("msmtfn_sweep_trial", default="")
+_factory_installed = False
+
+
+def _name_trial_records() -> None:
+    """Every log record made while a trial runs (in its thread) starts with ``[<configuration>/s<seed>] ``,
+    whichever module logs it (the loop's epochs, early stopping, the data's warnings). Installed once; a record
+    made outside a trial is left as it is."""
+    global _factory_installed
+    if _factory_installed:
+        return
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args, **kwargs):
+        record = previous(*args, **kwargs)
+        name = TRIAL.get()
+        if name and isinstance(record.msg, str):
+            record.msg = f"[{name}] {record.msg}"
+        return record
+
+    logging.setLogRecordFactory(factory)
+    _factory_installed = True
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a sweep; ``str()`` is the one line that says what is kept and the command that resumes."""
+
+    def __init__(self, root: Path, command: str):
+        self.root, self.command = root, command
+        super().__init__(f"interrupted: finished trials are kept and the trial in flight continues from its last "
+                         f"saved epoch; resume with: {command}")
+
+
+def resume_command(opts: SweepOptions, root: Path) -> str:
+    """The msmtfn-sweep command that continues this sweep (the options that change what it runs, and --resume)."""
+    words = ["msmtfn-sweep", "--cache", opts.cache, "--grid", opts.grid, "--out", str(root)]
+    if opts.seeds is not None:
+        words += ["--seeds", str(opts.seeds)]
+    for key, value in (opts.overrides or {}).items():
+        words += ["--set", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
+    if opts.max_cache_gb:
+        words += ["--max-cache-gb", f"{opts.max_cache_gb:g}"]
+    return shlex.join(words + ["--resume"])
+
+
+# --------------------------------------------------------------------------- the selected trial: best.json, best
+BEST = "best.json"
+BEST_LINK = "best"
+# metrics.json's "selection" text (train.loop.SELECTION_TEXT) -> the validation metric it names
+_SELECTION_KEYS = (("validation macro-F1", "macro_f1"), ("validation weighted F1", "weighted_f1"),
+                   ("validation accuracy", "accuracy"), ("validation MAE", "mae"))
+
+
+class NoFinishedTrial(FileNotFoundError):
+    """A sweep folder given where a run folder is needed, but none of its trials has finished yet."""
+
+
+def _read_spec(root: Path) -> SweepSpec:
+    s = json.loads((root / "sweep.json").read_text(encoding="utf-8"))["spec"]
+    return SweepSpec(s["name"], tuple(Configuration(c["name"], c["settings"], c.get("paper", {}))
+                                      for c in s["configurations"]), tuple(s["seeds"]), s.get("task"), s["source"])
+
+
+def _selection_metric(runs: list[dict], task: str) -> str:
+    if any("mae" in m["val"].get(task, {}) for m in runs):
+        return "mae"
+    for m in runs:   # one metric for every trial: the scheme's (one cache, one scheme), as the trainer selected
+        text = m.get("selection", {}).get("metric", "")
+        for prefix, key in _SELECTION_KEYS:
+            if text.startswith(prefix) and key != "mae":
+                return key
+    return "macro_f1"
+
+
+def _score(m: dict, task: str, metric: str) -> tuple:
+    """Larger is better, as train.metrics.selection_score ranks a run's epochs: the metric, then accuracy (for
+    MAE: correlation), then the validation loss. NaN counts as the worst."""
+    v, loss = m["val"][task], m.get("val_loss")
+    worst = lambda x: -math.inf if x is None or (isinstance(x, float) and math.isnan(x)) else x  # noqa: E731
+    neg_loss = worst(None if loss is None else -loss)
+    if metric == "mae":
+        return (worst(-v["mae"]), worst(v.get("corr")), neg_loss)
+    return (worst(v.get(metric)), worst(v.get("accuracy")), neg_loss)
+
+
+def select_best(root: str | Path) -> dict | None:
+    """The trial a sweep selects, BY VALIDATION only, over all its finished trials: the best validation score
+    of the sweep's task (the grid's ``task``, else the base's, as results.md is sorted), ranked as the trainer
+    ranks epochs (the scheme's metric, then accuracy, then loss; MAE, then correlation, then loss for a
+    regression); a tie left after that goes to the trial first in the grid (configurations in order, then
+    seeds), as the trainer keeps its earliest epoch. None when no trial has finished."""
+    root = Path(root)
+    spec = _read_spec(root)
+    finished = []
+    for config, seed in spec.trials():
+        p = trial_dir(root, config, seed) / "metrics.json"
+        if p.is_file():
+            finished.append((config, seed, json.loads(p.read_text(encoding="utf-8"))))
+    if not finished:
+        return None
+    tasks: list[str] = []
+    for _, _, m in finished:
+        for t in list(m.get("test") or {}) + list(m["val"]):
+            if t not in tasks:
+                tasks.append(t)
+    task = _primary(spec, tasks)
+    runs = [m for _, _, m in finished if task in m["val"]]
+    metric = _selection_metric(runs, task)
+    best, best_score = None, None
+    for config, seed, m in finished:
+        if task not in m["val"]:
+            continue
+        score = _score(m, task, metric)
+        if best is None or score > best_score:   # strictly better: an equal score keeps the earlier trial
+            best, best_score = (config, seed, m), score
+    if best is None:
+        return None
+    config, seed, m = best
+    return {"run_dir": trial_dir(Path("."), config, seed).as_posix(),   # relative to the sweep folder
+            "configuration": config.name, "seed": seed, "settings": config.settings,
+            "task": task, "metric": metric, "value": m["val"][task][metric], "split": "valid",
+            "trials_finished": len(finished), "trials": len(spec.trials()),
+            "selected_by": f"validation {metric} of task {task} (ties: "
+                           f"{'correlation' if metric == 'mae' else 'accuracy'}, then validation loss, then grid "
+                           f"order) over {len(finished)} finished of {len(spec.trials())} trials"}
+
+
+def write_best(root: str | Path) -> dict | None:
+    """Write ``best.json`` (the selected trial, :func:`select_best`) and, where the filesystem allows links, the
+    link ``best`` -> that trial's run folder; with no finished trial, remove both. Returns the record."""
+    root = Path(root)
+    rec = select_best(root)
+    link = root / BEST_LINK
+    if rec is None:
+        (root / BEST).unlink(missing_ok=True)
+        if link.is_symlink():
+            link.unlink()
+        return None
+    atomic_write_json(root / BEST, rec)
+    _link(link, rec["run_dir"])
+    return rec
+
+
+def _link(link: Path, target: str) -> None:
+    if link.exists() and not link.is_symlink():   # a file or folder someone put there: never replaced
+        log.warning("%s exists and is not a link; the selected trial is named in %s only", link, BEST)
+        return
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    try:
+        tmp.unlink(missing_ok=True)
+        os.symlink(target, tmp, target_is_directory=True)
+        os.replace(tmp, link)                      # atomic: the link names the old trial or the new one
+    except (OSError, NotImplementedError) as e:    # no symlinks here (some Windows setups, some mounts): file only
+        log.debug("%s: no link (%s); %s names the selected trial", link, e, BEST)
+        for p in (tmp, link):
+            try:
+                if p.is_symlink():
+                    p.unlink()                     # a stale link would name another trial
+            except OSError:
+                pass
+
+
+def _write_best_quietly(root: Path) -> None:
+    try:
+        write_best(root)
+    except (OSError, ValueError, KeyError) as e:   # never hides the error or Ctrl-C that ended the sweep
+        log.warning("%s: could not write %s: %s", root, BEST, e)
+
+
+def resolve_run(path: str | Path) -> tuple[Path, str | None]:
+    """The run folder ``path`` names, and a note saying how it was chosen (None when ``path`` is taken as it is).
+
+    A sweep folder (it holds ``sweep.json``) or its ``best`` link (also where the link could not be made) stands
+    for the trial the sweep selected by validation (``best.json``, else :func:`select_best` over the finished
+    trials): that trial's run folder, and the note ``sweep SWEEP: using trial <configuration>/s<seed>
+    (validation macro_f1 of 5 = 0.71)``. Any other path is returned as it is (a run folder, or a path the
+    caller's own checks reject). A sweep with no finished trial raises :class:`NoFinishedTrial` (an OSError)
+    with one line. Reads files only: no torch, nothing written."""
+    p = Path(path)
+    if p.name == BEST_LINK and (p.parent / "sweep.json").is_file():
+        root = p.parent
+    elif (p / "sweep.json").is_file():
+        root = p
+    else:
+        return p, None
+    rec = None
+    try:
+        rec = json.loads((root / BEST).read_text(encoding="utf-8"))
+        if not (root / rec["run_dir"] / "metrics.json").is_file():
+            rec = None
+    except (OSError, ValueError, KeyError, TypeError):
+        rec = None
+    rec = rec or select_best(root)
+    if rec is None:
+        raise NoFinishedTrial(f"{root}: a sweep folder with no finished trial yet (see {root / 'trials.csv'}); "
+                              f"finish one (msmtfn-sweep ... --out {root} --resume) or give a trial's run folder "
+                              f"({root / 'trials'}/<configuration>/s<seed>)")
+    note = (f"sweep {root}: using trial {rec['configuration']}/s{rec['seed']} (validation {rec['metric']} of "
+            f"{rec['task']} = {rec['value']:.3g})")
+    return root / rec["run_dir"], note
+
+
 def run_sweep(opts: SweepOptions) -> dict:
-    """Run every missing trial; returns the summary (also written as results.csv/.md/.png in the sweep folder)."""
+    """Run every missing trial; returns the summary (also written as results.csv/.md/.png and best.json in the
+    sweep folder). Ctrl-C raises :class:`SweepInterrupted` (a KeyboardInterrupt) naming the command that resumes."""
     spec = read_grid(opts.grid, seeds=opts.seeds, overrides=opts.overrides)
     root = Path(opts.out) if opts.out else Path("runs") / "sweeps" / spec.name
+    try:
+        return _run_sweep(opts, spec, root)
+    except SweepInterrupted:
+        raise
+    except KeyboardInterrupt:
+        raise SweepInterrupted(root, resume_command(opts, root)) from None
+
+
+def _run_sweep(opts: SweepOptions, spec: SweepSpec, root: Path) -> dict:
+    from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from .data import TrainError, load_cache
+    from .loop import fit, resolve_device
+
     manifest = root / "sweep.json"
     device = resolve_device(opts.device)
     if manifest.exists() and not opts.resume:
@@ -293,35 +522,32 @@ def run_sweep(opts: SweepOptions) -> dict:
     def one(config: Configuration, seed: int) -> tuple[tuple[str, int], dict]:
         d = trial_dir(root, config, seed)
         t0 = time.perf_counter()
+        token = TRIAL.set(trial_name(config, seed))   # every log line of this trial (this thread) is named by it
         try:
             m = fit(configs[(config.name, seed)], resume=True, loaded=loaded)
             st = "resumed" if m.get("resumed_after_epoch") else "done"
             return (config.name, seed), {"status": st, "run_dir": str(d), "seconds": time.perf_counter() - t0}
         except Exception as e:  # noqa: BLE001 — any failure of one trial (a bad combination, out of memory, a bug
-            log.error("trial %s seed %d failed: %s", config.name, seed, e)   # it hits) must not stop the others
+            log.error("trial failed: %s (traceback: %s)", e, d / "error.txt")   # it hits) must not stop the others
             d.mkdir(parents=True, exist_ok=True)
             (d / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
             return (config.name, seed), {"status": f"failed: {str(e).splitlines()[0][:200]}", "run_dir": str(d),
                                          "seconds": time.perf_counter() - t0}
+        finally:
+            TRIAL.reset(token)
 
+    _name_trial_records()
     bar = tqdm(total=len(todo), unit="trial", desc=spec.name, disable=not opts.progress)
     t_start = time.perf_counter()
+    # log lines go through tqdm.write while the bar is shown, so they never run into it
+    redirect = logging_redirect_tqdm() if opts.progress else contextlib.nullcontext()
     try:
-        if opts.parallel <= 1:
-            for config, seed in todo:
-                key, st = one(config, seed)
-                status[key] = st
-                bar.update()
-                _write_trials(root, spec, status)
-        else:
-            with ThreadPoolExecutor(max_workers=opts.parallel) as ex:
-                for key, st in ex.map(lambda cs: one(*cs), todo):
-                    status[key] = st
-                    bar.update()
-                    _write_trials(root, spec, status)
+        with redirect:
+            _run_trials(opts, todo, one, status, bar, root, spec)
     finally:
         bar.close()
         _write_trials(root, spec, status)
+        _write_best_quietly(root)   # also after Ctrl-C: best.json follows every finished trial
     summary = report(root)
     summary["seconds"] = time.perf_counter() - t_start
     summary["trials_run"] = len(todo)
@@ -330,9 +556,29 @@ def run_sweep(opts: SweepOptions) -> dict:
     return summary
 
 
+def _run_trials(opts: SweepOptions, todo: list, one, status: dict, bar, root: Path, spec: SweepSpec) -> None:
+    if opts.parallel <= 1:
+        for config, seed in todo:
+            key, st = one(config, seed)
+            status[key] = st
+            bar.update()
+            _write_trials(root, spec, status)
+    else:
+        with ThreadPoolExecutor(max_workers=opts.parallel) as ex:
+            # each worker thread runs in a copy of this context: TRIAL set there stays its own
+            for key, st in ex.map(lambda cs: contextvars.copy_context().run(one, *cs), todo):
+                status[key] = st
+                bar.update()
+                _write_trials(root, spec, status)
+
+
 def _check_kept_trials(root: Path, configs: dict[tuple[str, int], TrainConfig], store) -> None:
     """A trial folder the sweep would keep (finished, or resumable from its training state) must hold a run with
     the settings this sweep gives that trial: otherwise old results would be reported under new settings."""
+    from .checkpoint import STATE
+    from .data import TrainError
+    from .loop import resume_problem
+
     problems = []
     for cfg in configs.values():
         d = Path(cfg.out)
@@ -366,6 +612,8 @@ def _write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
 
 # --------------------------------------------------------------------------- results
 def _mean_std(values: list[float]) -> tuple[float, float]:
+    import numpy as np
+
     if not values:
         return float("nan"), float("nan")
     a = np.asarray(values, dtype=float)
@@ -380,6 +628,8 @@ def aggregate(root: Path) -> tuple[SweepSpec, list[dict], list[str]]:
     ``{metric}_{task}_mean``), the same for validation (``val_…``), the mean half-width of the test figures' 95 %
     bootstrap intervals (``ci_…``) and how the checkpoints were selected (``selected_on``). A run without a test
     split leaves the test columns empty; validation figures never stand in for test ones."""
+    import numpy as np
+
     record = json.loads((root / "sweep.json").read_text(encoding="utf-8"))
     s = record["spec"]
     spec = SweepSpec(s["name"], tuple(Configuration(c["name"], c["settings"], c.get("paper", {}))
@@ -425,7 +675,10 @@ def _primary(spec: SweepSpec, tasks: list[str]) -> str:
 
 
 def report(root: str | Path) -> dict:
-    """Write results.csv, results.md and results.png from the trials' metrics; returns the summary."""
+    """Write results.csv, results.md, results.png and best.json (+ the ``best`` link) from the trials' metrics;
+    returns the summary (``best``: the selected trial's record, or None)."""
+    from .data import TrainError
+
     root = Path(root)
     if not (root / "sweep.json").is_file():
         raise TrainError(f"{root}: not a sweep folder (no sweep.json)")
@@ -449,8 +702,9 @@ def report(root: str | Path) -> dict:
     atomic_write_bytes(root / "results.md", md.encode("utf-8"))
     if rows and tasks:
         _bar_chart(spec, rows, primary, root / "results.png")
+    best = write_best(root)
     return {"sweep": str(root), "task": primary, "tasks": tasks, "rows": [{k: v for k, v in r.items() if k != "_paper"}
-                                                                        for r in rows], "markdown": md}
+                                                                        for r in rows], "markdown": md, "best": best}
 
 
 def _is_regression(rows: list[dict], task: str) -> bool:
@@ -501,6 +755,7 @@ def _markdown(spec: SweepSpec, rows: list[dict], tasks: list[str], primary: str,
 
 def _bar_chart(spec: SweepSpec, rows: list[dict], task: str, path: Path) -> None:
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -9,7 +9,7 @@ import click
 
 from pipeline.cli import DefaultCommandGroup, UsageError, device_callback
 
-from .config import ConfigError
+from .config import ConfigError, store_path_problem
 
 
 # a command line's words are strings: these are booleans there (json.loads knows only lower-case true/false)
@@ -79,21 +79,30 @@ def run_cmd(cache, grid, seeds, out, device, resume, parallel, overrides, max_ca
 
     `msmtfn-sweep report SWEEP_DIR` rebuilds a sweep folder's tables and chart."""
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s")
+    from .sweep import SweepOptions, read_grid, run_sweep   # light: reads and checks grids, no torch
+
+    try:   # the grid, --set, --seeds and the cache path: checked before torch is imported (one line at once)
+        opts = SweepOptions(cache=cache, grid=grid, out=out, seeds=seeds, device=device, resume=resume,
+                            parallel=parallel, overrides=_parse_set(overrides), max_cache_gb=max_cache_gb,
+                            progress=not quiet)
+        read_grid(opts.grid, seeds=opts.seeds, overrides=opts.overrides)
+    except ConfigError as e:      # settings that cannot work: bad usage, exit 2 as in msmtfn-train
+        raise UsageError(str(e)) from None
+    problem = store_path_problem(cache)
+    if problem:
+        raise click.ClickException(problem)
     # torch and the trainer: imported once the options are read (``--help`` answers at once)
     from .checkpoint import CheckpointError
     from .data import TrainError
-    from .sweep import SweepOptions, run_sweep
 
     try:
-        summary = run_sweep(SweepOptions(cache=cache, grid=grid, out=out, seeds=seeds, device=device, resume=resume,
-                                         parallel=parallel, overrides=_parse_set(overrides),
-                                         max_cache_gb=max_cache_gb, progress=not quiet))
-    except ConfigError as e:      # settings that cannot work: bad usage, exit 2 as in msmtfn-train
+        summary = run_sweep(opts)
+    except ConfigError as e:
         raise UsageError(str(e)) from None
     except (TrainError, CheckpointError) as e:
         raise click.ClickException(str(e)) from None
-    except KeyboardInterrupt:
-        click.echo("interrupted: finished trials are kept; --resume continues the rest", err=True)
+    except KeyboardInterrupt as e:   # sweep.SweepInterrupted: what is kept and the command that resumes
+        click.echo(str(e) or "interrupted: finished trials are kept; --resume continues the rest", err=True)
         sys.exit(130)
     failed = summary.get("failed") or []
     if failed and not any(r.get("seeds_done") for r in summary["rows"]):   # nothing to compare: an error, not 3
@@ -111,7 +120,8 @@ def run_cmd(cache, grid, seeds, out, device, resume, parallel, overrides, max_ca
 @click.argument("sweep_dir", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True)
 def report_cmd(sweep_dir, as_json):
-    """Rewrite results.csv, results.md and results.png of a sweep folder from its trials."""
+    """Rewrite results.csv, results.md, results.png and best.json (with the link ``best``) of a sweep folder from
+    its trials."""
     from .data import TrainError
     from .sweep import report
 
@@ -126,7 +136,13 @@ def _print(summary: dict, as_json: bool) -> None:
         click.echo(json.dumps({k: v for k, v in summary.items() if k != "markdown"}, indent=2, default=str))
     else:
         click.echo(summary["markdown"])
-        click.echo(f"written: {summary['sweep']}/results.csv, results.md, results.png, trials.csv")
+        best = summary.get("best")
+        click.echo(f"written: {summary['sweep']}/results.csv, results.md, results.png, trials.csv"
+                   + (", best.json" if best else ""))
+        if best:
+            click.echo(f"best by validation: {summary['sweep']}/best → {best['run_dir']} ({best['configuration']}, "
+                       f"seed {best['seed']}: validation {best['metric']} of {best['task']} = {best['value']:.3g}); "
+                       f"msmtfn-predict --run {summary['sweep']} uses it")
 
 
 if __name__ == "__main__":
