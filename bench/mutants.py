@@ -22,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MODEL, LOOP = "train/model.py", "train/loop.py"
 T_MODEL, T_GUARDS = "tests/test_train_model.py", "tests/test_train_guards.py"
+T_CUT = "tests/test_predict_cut.py"
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,17 @@ MUTANTS = [
     Mutant("stacked audio frames keep padding frames", MODEL,
            "    x = F.pad(x * real[..., None].to(x.dtype), (0, 0, 0, -a % stride))",
            "    x = F.pad(x, (0, 0, 0, -a % stride))", (T_GUARDS,)),
+    # predict cuts new recordings as the run's training segments were made (issue 23)
+    Mutant("predict cuts at pauses whatever the training segments were", "predict/run.py",
+           'cut = "rows" if profile is not None and profile.policy == "rows" and cfg.transcripts else "pauses"',
+           'cut = "pauses"', (T_CUT,)),
+    Mutant("transcript rows past the end of a truncated recording packed into it", "predict/run.py",
+           "    inside = [p for p in pieces if p.start <= duration]", "    inside = list(pieces)", (T_CUT,)),
+    Mutant("segment-length warning never fires on short segments", "pipeline/segment_profile.py",
+           "        if m < self.p5 / 2:", "        if m < self.p5 / 20:", (T_CUT,)),
+    Mutant("training segment policy read as pauses for timed rows", "pipeline/segment_profile.py",
+           'SegmentProfile("rows" if from_rows.mean() > 0.5 else "pauses"',
+           'SegmentProfile("pauses"', (T_CUT,)),
 ]
 
 

@@ -131,8 +131,10 @@ class RunEncoders:
         source = SegmentSource(segments, self.policy.input_rate, self.max_samples, self.min_samples,
                                self.audio.feature_extractor, self.text)
         rate = self.policy.input_rate
-        lengths = np.array([min(self.max_samples, int(round(((s.end or 0.0) - (s.start or 0.0)) * rate)))
-                            for s in segments], dtype=np.int64)
+        # an open end (to the end of the recording) counts as the longest, as extraction's plan counts it
+        lengths = np.array([self.max_samples if s.end is None else
+                            min(self.max_samples, int(round((s.end - (s.start or 0.0)) * rate))) for s in segments],
+                           dtype=np.int64)
         budget = int(batch_seconds_for(batch_seconds, self.device) * rate)
         batches = make_batches(lengths, [range(len(segments))], max(budget, self.max_samples), max_batch)
         loader = make_loader(source, batches, num_workers)

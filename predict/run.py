@@ -1,6 +1,7 @@
 """``predict_calls``: a trained run applied to new, unlabelled recordings.
 
-    recording ──decode (extract.audio.load_segment)──► cut at pauses ≤ max_seconds (predict/segmenter.py)
+    recording ──decode (extract.audio.load_segment)──► cut as the run's training segments were made: by the
+              transcript's rows, or at pauses into pieces of the training's lengths (predict/segmenter.py)
               ──► transcript per segment (CSV by time, or ASR; predict/transcripts.py)
               ──► the run's encoders, rebuilt and identity-checked from its cache settings (predict/features.py)
               ──► the run's model (train.checkpoint.load_run), whole calls per batch ──► one row per call
@@ -16,6 +17,7 @@ import csv
 import io
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,20 +27,24 @@ import torch
 from tqdm.auto import tqdm
 
 from extract import AudioError, load_segment
+from extract.segmentation import split_text
 from pipeline.atomic import atomic_write_text
 from pipeline.labels import get_scheme
 from pipeline.manifest import Segment
+from pipeline.segment_profile import SegmentProfile
 from train.checkpoint import CheckpointError, load_run, read_run_config
 from train.data import pad_segments
 from train.predictions import model_outputs, use_threads, decode, head_widths, output_tasks, task_columns, task_values
 
 from .features import ModelMismatch, RunEncoders, SegmentFeatures, run_settings, trained_from
 from .segmenter import CutterConfig, CutterError, cut_recording
-from .transcripts import AsrTranscriber, Piece, TranscriptError, assign_text, read_transcript_csv
+from .transcripts import AsrTranscriber, Piece, TranscriptError, assign_text, check_asr_model, read_transcript_csv
 
 log = logging.getLogger(__name__)
 
 CUT_RATE = 16000     # the rate recordings are decoded at for cutting (and for ASR)
+CUTS = ("auto", "rows", "pauses")
+OVERRUN_SECONDS = 1.0   # a transcript reaching further past the end of its recording is flagged in the status
 
 
 class PredictError(Exception):
@@ -55,6 +61,7 @@ class PredictConfig:
     dtype: str = "run"                      # encoders' compute dtype: run = the cache's (float32 on CPU)
     audio_model: str | None = None          # override where the run's encoders are read from (identity checked)
     text_model: str | None = None
+    cut: str = "auto"                       # auto (as the run's training segments) | rows | pauses
     cutter: str = "energy"                  # energy | vad
     search_seconds: float = 10.0            # window before the limit in which a pause is looked for
     batch_calls: int = 0                    # calls per model batch; 0 = the run's --batch-calls
@@ -69,6 +76,8 @@ class PredictConfig:
         object.__setattr__(self, "audio", tuple(str(a) for a in self.audio))
         if bool(self.transcripts) == bool(self.asr):
             raise PredictError("give exactly one of --transcripts CSV or --asr MODEL")
+        if self.cut not in CUTS:
+            raise PredictError(f"--cut {self.cut}: valid are {', '.join(CUTS)}")
 
 
 @dataclass
@@ -86,15 +95,19 @@ class SegmentResult:
 class CallResult:
     call_id: str
     source: str
-    status: str                   # ok | skipped: <reason>
+    status: str                   # ok | ok: <warnings> | skipped: <reason>
     segments: int = 0             # segments that reached the model
-    duration: float | None = None
+    duration: float | None = None  # seconds of audio in those segments (as predictions_test.csv counts them)
     predictions: dict = field(default_factory=dict)   # task -> {"label": class, "probs": {class: p}} | {"value": x}
     segment_rows: list[SegmentResult] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return self.status == "ok"
+        return self.status == "ok" or self.status.startswith("ok:")
+
+    def warn(self, warning: str) -> None:
+        """Predicted, with something the user must know (``ok: <warning>; <warning>``)."""
+        self.status = f"{self.status}; {warning}" if self.status.startswith("ok:") else f"ok: {warning}"
 
 
 @dataclass
@@ -103,6 +116,7 @@ class PredictResult:
     tasks: list[dict]             # [{"name", "classes", "kind", "level"}] in output order
     run: str
     elapsed: float
+    cut: str = ""                 # how the recordings were cut (the policy and why)
 
     @property
     def predicted(self) -> int:
@@ -112,8 +126,18 @@ class PredictResult:
     def skipped(self) -> int:
         return len(self.calls) - self.predicted
 
+    @property
+    def warned(self) -> list[CallResult]:
+        return [c for c in self.calls if c.status.startswith("ok:")]
+
     def summary(self) -> str:
         s = f"predicted {self.predicted} of {len(self.calls)} recordings in {self.elapsed:.1f} s"
+        if self.cut:
+            s += f" ({self.cut})"
+        if self.warned:
+            ids = [c.call_id for c in self.warned]
+            s += (f"; warnings for {len(ids)}: {', '.join(ids[:5])}{' …' if len(ids) > 5 else ''} (in the status "
+                  "column)")
         if self.skipped:
             ids = [c.call_id for c in self.calls if not c.ok]
             s += (f"; skipped {self.skipped}: {', '.join(ids[:5])}{' …' if len(ids) > 5 else ''} (reasons in the "
@@ -121,8 +145,8 @@ class PredictResult:
         return s
 
     def to_json(self) -> dict:
-        return {"run": self.run, "tasks": self.tasks, "predicted": self.predicted, "skipped": self.skipped,
-                "calls": [asdict(c) for c in self.calls]}
+        return {"run": self.run, "tasks": self.tasks, "cut": self.cut, "predicted": self.predicted,
+                "skipped": self.skipped, "calls": [asdict(c) for c in self.calls]}
 
 
 # ------------------------------------------------------------------------------------------------ the run
@@ -136,11 +160,11 @@ class Predictor:
             meta = read_run_config(run)
             self.model, self.train_cfg = load_run(run, cfg.device)
             # on CPU the thread count changes float sums: the run's count gives the run's numbers
-            use_threads(cfg.threads or self.train_cfg.threads)
+            use_threads(cfg.threads or self.train_cfg.threads, cfg.device)
         except CheckpointError as e:
             raise PredictError(str(e)) from None
         try:
-            self.scheme = get_scheme(meta["cache"]["label_scheme"])
+            self.scheme = get_scheme(meta["cache"]["label_scheme"], meta["cache"].get("label_scheme_def"))
         except KeyError as e:
             raise PredictError(f"{run}/config.json: {e.args[0] if e.args else 'no label scheme'}") from None
         self.tasks = output_tasks(self.scheme, head_widths(self.model))
@@ -152,17 +176,19 @@ class Predictor:
                                         base=trained_from(run, meta.get("train", {}).get("out")))
         except ModelMismatch as e:
             raise PredictError(str(e)) from None
-        max_s = self.encoders.max_seconds
+        self.max_seconds = max_s = self.encoders.max_seconds
+        self.profile = SegmentProfile.from_record(meta["cache"].get("segmentation"))
+        self.cut, self.cut_note = choose_cut(cfg, self.profile, max_s)
+        limit = self.profile.pause_limit if self.profile and self.cut == "pauses" else max_s
         try:
-            self.cutter = CutterConfig(method=cfg.cutter, max_seconds=max_s,
-                                       search_seconds=min(cfg.search_seconds, max_s / 2),
-                                       min_seconds=min(1.0, max_s / 4))
+            self.cutter = CutterConfig(method=cfg.cutter, max_seconds=limit,
+                                       search_seconds=min(cfg.search_seconds, limit / 2),
+                                       min_seconds=min(1.0, limit / 4))
         except CutterError as e:
             raise PredictError(str(e)) from None
         self.device = torch.device(cfg.device)
-        log.info("%s: tasks %s; segments of at most %.0f s cut by %s; encoders %s, %s", run,
-                 ", ".join(t["name"] for t in self.tasks), max_s, cfg.cutter, self.encoders.cfg.audio_model,
-                 self.encoders.cfg.text_model)
+        log.info("%s: tasks %s; %s; encoders %s, %s", run, ", ".join(t["name"] for t in self.tasks), self.cut_note,
+                 self.encoders.cfg.audio_model, self.encoders.cfg.text_model)
         self.amp = self.train_cfg.amp and self.device.type == "cuda"
 
     # -------------------------------------------------------------------------------- model over calls
@@ -199,6 +225,68 @@ class Predictor:
         return out
 
 
+def choose_cut(cfg: PredictConfig, profile: SegmentProfile | None, max_seconds: float) -> tuple[str, str]:
+    """(``rows`` | ``pauses``, what the summary says of it): ``--cut auto`` cuts as the run's training segments
+    were made — by the transcript's rows where the training rows were timed rows of longer recordings and a
+    transcripts CSV is given, else at pauses into pieces of the training's lengths."""
+    cut = cfg.cut
+    if cut == "auto":
+        cut = "rows" if profile is not None and profile.policy == "rows" and cfg.transcripts else "pauses"
+    if cut == "rows":
+        what = "the transcript's rows" if cfg.transcripts else "the speech recognizer's timed chunks"
+        why = "as the run's training segments" if profile is not None and profile.policy == "rows" else "--cut rows"
+        return cut, f"cut by {what} ({why})"
+    if profile is None:
+        return cut, (f"cut at pauses into pieces of ≤ {max_seconds:g} s (the run records no training segment "
+                     "lengths)")
+    note = f"cut at pauses into pieces of ≤ {profile.pause_limit:g} s (training: {profile.describe()})"
+    if profile.policy == "rows" and cfg.cut == "auto":
+        note += "; the run was trained on the timed rows of its recordings: --transcripts cuts alike"
+    return cut, note
+
+
+def row_bounds(pieces: list[Piece], duration: float, max_seconds: float
+               ) -> tuple[list[tuple[float, float | None]], list[str]]:
+    """Segments cut by the transcript's rows, as extraction cuts a CSV's timed rows: each row is a segment (its
+    end clipped to the recording; an empty end = to the end); a row over ``max_seconds`` becomes equal pieces
+    with its text shared out (extract.segmentation). Rows starting after the end are left out by the caller."""
+    bounds: list[tuple[float, float | None]] = []
+    texts: list[str] = []
+    for p in pieces:
+        end = min(p.end, duration)
+        span = end - p.start
+        if span <= 0:       # a point in time (a word's timestamp, a chunk clamped to the end): no audio to cut
+            log.warning("transcript row %g–%g s has no audio under it and is left out (--cut rows)", p.start, p.end)
+            continue
+        n = max(1, math.ceil(span / max_seconds - 1e-9))
+        if n == 1:
+            bounds.append((p.start, None if math.isinf(p.end) else end))
+            texts.append(p.text)
+            continue
+        step = span / n
+        for i, text in enumerate(split_text(p.text, n)):
+            bounds.append((p.start + i * step, p.start + (i + 1) * step if i < n - 1 else end))
+            texts.append(text)
+    return bounds, texts
+
+
+def _past_the_end(result: CallResult, pieces: list[Piece], duration: float) -> list[Piece]:
+    """The pieces that have audio under them; those starting at or after the recording's end are left out,
+    named in the log (those starting at its very end, as a speech recognizer's clamped chunks do, go to the last
+    segment), and a transcript reaching far past the end flags the call (a truncated recording)."""
+    inside = [p for p in pieces if p.start <= duration]
+    after = [p for p in pieces if p.start > duration]
+    reach = max((p.end if math.isfinite(p.end) else p.start for p in pieces), default=0.0)
+    if reach - duration > OVERRUN_SECONDS:
+        left = f"; {len(after)} {'rows' if len(after) != 1 else 'row'} after its end left out" if after else ""
+        result.warn(f"transcript runs {reach - duration:.0f} s past the audio (recording {duration:.1f} s{left})")
+    if after:
+        log.warning("%s: %d transcript rows start after the recording's end (%.2f s) and are left out: %s",
+                    result.source, len(after), duration,
+                    ", ".join(f"{p.start:g}–{p.end:g} s" for p in after[:5]) + (" …" if len(after) > 5 else ""))
+    return inside
+
+
 def _plan_call(pred: Predictor, path: str, call_id: str, transcripts: dict | None, transcripts_path: str | None,
                asr: AsrTranscriber | None) -> tuple[CallResult, list[Segment]]:
     result = CallResult(call_id=call_id, source=path, status="ok")
@@ -208,7 +296,6 @@ def _plan_call(pred: Predictor, path: str, call_id: str, transcripts: dict | Non
         result.status = f"skipped: {e}"
         return result, []
     duration = len(x) / CUT_RATE
-    result.duration = round(duration, 3)
     if transcripts is not None:
         pieces: list[Piece] | None = transcripts.get(call_id)
         if pieces is None:
@@ -216,12 +303,19 @@ def _plan_call(pred: Predictor, path: str, call_id: str, transcripts: dict | Non
             return result, []
     else:
         pieces = asr(x, CUT_RATE)
-    bounds = cut_recording(x, CUT_RATE, pred.cutter)
-    texts = assign_text(pieces, bounds)
+    pieces = _past_the_end(result, pieces, duration)
+    if pred.cut == "rows":
+        if not pieces:
+            result.status = f"skipped: no transcript row inside the recording's {duration:.1f} s (--cut rows)"
+            return result, []
+        bounds, texts = row_bounds(pieces, duration, pred.max_seconds)
+    else:
+        bounds = cut_recording(x, CUT_RATE, pred.cutter)
+        texts = assign_text(pieces, bounds)
     segs = [Segment(segment_id=f"{call_id}#{i}", call_id=call_id, index=i, split="", label="",
                     audio_path=os.path.abspath(path), text=t, start=a, end=b, source_row=path)
             for i, ((a, b), t) in enumerate(zip(bounds, texts))]
-    result.segment_rows = [SegmentResult(call_id, i, round(a, 4), round(b, 4), t)
+    result.segment_rows = [SegmentResult(call_id, i, round(a, 4), round(duration if b is None else b, 4), t)
                            for i, ((a, b), t) in enumerate(zip(bounds, texts))]
     return result, segs
 
@@ -254,6 +348,10 @@ def _finish_group(pred: Predictor, group: list[tuple[CallResult, list[Segment]]]
     outputs = pred.predict_features([fs for _, fs, _ in usable])
     for (result, fs, kept), out in zip(usable, outputs):
         result.segments = len(fs)
+        lengths = [row.end - row.start for row in kept]
+        result.duration = round(float(sum(lengths)), 3)
+        if pred.profile is not None and (far := pred.profile.far_outside(lengths)):
+            result.warn(far)
         segment_level = {h: v for h, v in out.items() if v.dim() == 2}
         call_level = {h: v[None] for h, v in out.items() if v.dim() == 1}
         if segment_level:
@@ -267,6 +365,11 @@ def predict_calls(cfg: PredictConfig, predictor: Predictor | None = None) -> Pre
     """Predict every recording of ``cfg.audio``; unusable ones are returned with their reason, never raised.
     ``predictor``: a :class:`Predictor` already loaded (many calls of predict_calls with one model)."""
     t0 = time.perf_counter()
+    try:
+        if cfg.asr:
+            check_asr_model(cfg.asr)      # before the run's models load: an unusable --asr answers at once
+    except TranscriptError as e:
+        raise PredictError(str(e)) from None
     pred = predictor or Predictor(cfg)
     transcripts = None
     asr = None
@@ -301,7 +404,7 @@ def predict_calls(cfg: PredictConfig, predictor: Predictor | None = None) -> Pre
             log.warning("%s: %s", r.source, r.status)
     return PredictResult(calls=results, tasks=[{k: t[k] for k in ("name", "classes", "kind", "level")}
                                                for t in pred.tasks],
-                         run=str(cfg.run), elapsed=time.perf_counter() - t0)
+                         run=str(cfg.run), elapsed=time.perf_counter() - t0, cut=pred.cut_note)
 
 
 # ------------------------------------------------------------------------------------------------- output

@@ -112,6 +112,7 @@ class AsrTranscriber:
                  trust_remote_code: bool = False):
         from transformers import pipeline
 
+        check_asr_model(model)
         try:
             self.pipe = pipeline("automatic-speech-recognition", model=model, device=torch_device(device),
                                  trust_remote_code=trust_remote_code)
@@ -133,6 +134,31 @@ class AsrTranscriber:
         out = self.pipe({"raw": x, "sampling_rate": self.rate}, return_timestamps=True,
                         chunk_length_s=self.chunk_seconds, batch_size=self.batch_size)
         return pieces_from_chunks(out.get("chunks") or [], duration, fallback_text=out.get("text", ""))
+
+
+def check_asr_model(model: str) -> None:
+    """Refuse at once, in one line, a speech recognition model that cannot load: a folder that is not a model
+    folder, or a hub id that is neither in the local Hugging Face cache nor downloadable (offline, or the hub
+    unreachable: transformers would retry for half a minute first)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    from extract.encoders import hub_reachable
+    from extract.paths import InputPathError, looks_like_path, require_model_folder
+
+    if Path(model).expanduser().exists() or looks_like_path(model):
+        try:
+            require_model_folder(model, "--asr")
+        except InputPathError as e:
+            raise TranscriptError(f"{e}; or use --transcripts CSV") from None
+        return
+    if isinstance(try_to_load_from_cache(model, "config.json"), str):
+        return                          # in the local cache: loads without the network
+    if constants.HF_HUB_OFFLINE or not hub_reachable():
+        why = "downloads are off (HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE else \
+            f"{constants.ENDPOINT} cannot be reached"
+        raise TranscriptError(f"--asr {model}: not in the local Hugging Face cache and {why}; download it where "
+                              f"there is internet (`hf download {model} --local-dir DIR`), copy DIR here and pass "
+                              "--asr DIR, or use --transcripts CSV")
 
 
 def torch_device(device: str):

@@ -117,9 +117,11 @@ def test_transcript_csv_without_a_column_is_one_line(tmp_path):
 # ----------------------------------------------------------------------------------------- a tiny run
 @pytest.fixture(scope="module")
 def tiny_run(tiny_encoders, tmp_path_factory):
-    """A marketcalls-format dataset extracted with the tiny encoders (segment limit 8 s) and a 2-epoch run."""
+    """A marketcalls-format dataset of 4-7.5 s segment files extracted with the tiny encoders (segment limit 8 s)
+    and a 2-epoch run; predict cuts new recordings at pauses into pieces of at most the training's 95th
+    percentile (~7.3 s)."""
     root = tmp_path_factory.mktemp("predict")
-    data = write_marketcalls(root / "data", calls=9, segments=2)
+    data = write_marketcalls(root / "data", calls=9, segments=2, seconds=(4.0, 7.5))
     cache = root / "cache.zarr"
     extract(ExtractConfig(dataset="marketcalls", data_dir=str(data), out=str(cache),
                           audio_model=str(tiny_encoders["group"]), text_model=str(tiny_encoders["text"]),
@@ -128,6 +130,14 @@ def tiny_run(tiny_encoders, tmp_path_factory):
                         head_hidden=32, cross_layers=1, bottleneck_layers=1, epochs=2, patience=2, lr=1e-3,
                         batch_calls=4, device="cpu", plots=False, progress=False))
     return {"root": root, "data": data, "cache": cache, "run": Path(m["run_dir"]), **tiny_encoders}
+
+
+def pause_limit(run: Path) -> float:
+    """The longest piece predict cuts for ``run``: its training segments' recorded 95th percentile."""
+    from pipeline.segment_profile import SegmentProfile
+
+    meta = json.loads((run / "config.json").read_text())
+    return SegmentProfile.from_record(meta["cache"]["segmentation"]).pause_limit
 
 
 def _new_calls(folder: Path, transcripts_for: list[str]) -> tuple[list[str], Path, dict]:
@@ -156,7 +166,10 @@ def test_features_equal_what_extract_writes(tiny_run, tmp_path):
     table = store.table()
     lengths_a, lengths_t = store.lengths("audio"), store.lengths("text")
     pred = Predictor(PredictConfig(run=str(tiny_run["run"]), audio=(), transcripts="unused.csv", progress=False))
-    rows = [int(i) for i in np.flatnonzero(table["segment_index"] == 0)[:3]]
+    # recordings no longer than the training's pieces, so that predict keeps each whole
+    short = (table["segment_index"] == 0) & (store.segment_seconds() <= pause_limit(tiny_run["run"]))
+    rows = [int(i) for i in np.flatnonzero(short)[:3]]
+    assert len(rows) == 3
     texts = {}
     for f in ("train.csv", "valid.csv", "test.csv"):
         for r in csv.DictReader(open(tiny_run["data"] / f, encoding="utf-8")):
@@ -201,10 +214,12 @@ def test_predict_end_to_end_with_bad_recordings(tiny_run, tmp_path):
     assert rows["empty"]["status"] == "skipped: empty file (0 bytes)"
     assert rows["nan"]["status"] == "skipped: audio has 1 NaN/inf samples"
     assert rows["missing"]["status"] == "skipped: audio file not found"
+    limit = pause_limit(tiny_run["run"])
+    assert 5.0 <= limit <= MAX_SECONDS      # the 6 training segments' 95th percentile
     for name in ("callA", "callB"):
         r = rows[name]
-        # 20 s at an 8 s limit, pauses looked for in the last 4 s before it: 3 or 4 segments
-        assert int(r["segments"]) in (3, 4) and float(r["duration_s"]) == pytest.approx(20.0, abs=0.01)
+        # 20 s cut at pauses into pieces of at most the training's length, cut in the second half of each window
+        assert 20 / limit <= int(r["segments"]) <= 40 / limit and float(r["duration_s"]) == pytest.approx(20.0, abs=0.01)
         for task, classes in (("5", "A B C D E"), ("4", "A B C D+E"), ("3", "A B+C D+E"), ("2", "A+B+C D+E")):
             probs = {c: float(r[f"p_{task}_{c}"]) for c in classes.split()}
             assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5), (name, task, probs)
@@ -216,7 +231,7 @@ def test_predict_end_to_end_with_bad_recordings(tiny_run, tmp_path):
     a = [s for s in seg_rows if s["call_id"] == "callA"]
     assert [int(s["segment"]) for s in a] == list(range(int(rows["callA"]["segments"])))
     assert all(s["status"] == "ok" for s in a) and float(a[-1]["end"]) == pytest.approx(20.0, abs=0.01)
-    assert all(float(s["end"]) - float(s["start"]) <= MAX_SECONDS for s in a)
+    assert all(float(s["end"]) - float(s["start"]) <= limit for s in a)
     assert all(in_a_pause(float(s["start"]), pauses["callA"]) for s in a[1:]), (a, pauses["callA"])
     # every transcript row reaches exactly one segment, in order
     assert " ".join(s["text"] for s in a if s["text"]) == "你好我想了解一下 价格多少 好的谢谢"
@@ -250,7 +265,8 @@ def test_nothing_predicted_exits_1_with_one_line(tiny_run, tmp_path):
                                            str(csv_path), "--out", str(tmp_path / "p.csv"), "-q"])
     assert res.exit_code == 1
     lines = [line for line in res.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and re.fullmatch(r"predicted 0 of 1 recordings in [\d.]+ s; skipped 1: callA \(reasons in "
+    assert len(lines) == 1 and re.fullmatch(r"predicted 0 of 1 recordings in [\d.]+ s \(cut at pauses into pieces of "
+                                            r"≤ [\d.]+ s \(training: .*\)\); skipped 1: callA \(reasons in "
                                             r"the status column\) → .*p\.csv", lines[0]), lines
     (row,) = csv.DictReader(open(tmp_path / "p.csv", encoding="utf-8"))
     assert row["status"] == f"skipped: no transcript rows for call_id callA in {csv_path}"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .config import effective_threads
 from .metrics import reported_predictions
 
 
@@ -181,6 +182,7 @@ def prediction_table(scored: Scored, data, tasks: list[dict]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     segment_level = scored.segments is not None
+    seconds_of = data.store.segment_seconds()
     head = (["call_id", "segment", "start", "end", "status", "text"] if segment_level else
             ["call_id", "source", "status", "segments", "duration_s"])
     w.writerow(head + task_columns(tasks) + [f"true_{t['name']}" for t in truths])
@@ -192,8 +194,9 @@ def prediction_table(scored: Scored, data, tasks: list[dict]) -> str:
             lead = [data.calls[c], int(table["segment_index"][r]), _time(table["start"][r]), _time(table["end"][r]),
                     "ok", ""]
         else:
-            seconds = float(sum(float(table["end"][r]) - float(table["start"][r]) for r in rows))
-            # whole-file segments have no start/end in the table: no duration to report
+            # the seconds of audio in the call's scored segments, as msmtfn-predict counts them (empty for an
+            # older store's whole-file segments, whose length it did not keep)
+            seconds = float(seconds_of[rows].sum())
             lead = [data.calls[c], table["source_path"][int(rows[0])], "ok", len(rows),
                     f"{seconds:.3f}" if np.isfinite(seconds) else ""]
         true = []
@@ -212,9 +215,12 @@ def prediction_table(scored: Scored, data, tasks: list[dict]) -> str:
 SCORE_SPLITS = ("test", "valid", "train", "all")
 
 
-def use_threads(n: int) -> None:
-    """torch's CPU threads (0: leave them). CPU float sums depend on the thread count, so scoring with the
-    run's own ``--threads`` reproduces its numbers to the last digit."""
+def use_threads(n: int, device: str = "cpu") -> None:
+    """torch's CPU threads: ``n``, or on the CPU when ``n`` is 0 the count training takes by default
+    (train.config.default_threads); on a GPU 0 leaves torch's own. CPU float sums depend on the thread count, so
+    scoring with the run's own count reproduces its numbers to the last digit."""
+    if str(device).startswith("cpu"):
+        n = effective_threads(n)
     if n:
         torch.set_num_threads(n)
 
@@ -235,12 +241,15 @@ def score_cache(run_dir, cache: str, split: str = "test", device: str = "cpu", b
     meta = read_run_config(run_dir)
     dev = torch.device(device)
     model, cfg = load_run(run_dir, dev)
-    use_threads(threads or cfg.threads)
+    use_threads(threads or cfg.threads, device)
     store = open_cache(cache, storage_options)
     run_cache = meta.get("cache", {})
-    if store.label_scheme != run_cache.get("label_scheme"):
-        raise TrainError(f"{cache}: label scheme {store.label_scheme!r}, but {run_dir} was trained on "
-                         f"{run_cache.get('label_scheme')!r}")
+    if (store.label_scheme, store.label_scheme_def) != (run_cache.get("label_scheme"),
+                                                        run_cache.get("label_scheme_def")):
+        same_name = store.label_scheme == run_cache.get("label_scheme")
+        raise TrainError(f"{cache}: label scheme {store.label_scheme!r}" + (" with another definition (its classes "
+                         "or tasks changed)" if same_name else "") + f", but {run_dir} was trained on "
+                         f"{run_cache.get('label_scheme')!r}; score a cache extracted with the run's label scheme")
     mine, theirs = encoder_identity(store.settings), encoder_identity(run_cache.get("settings", {}))
     # named as msmtfn-extract names them ("text.max_tokens: 48 → 64"), the run's value first
     named = diff_settings(theirs, mine)
