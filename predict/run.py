@@ -133,7 +133,7 @@ class PredictResult:
     def summary(self) -> str:
         s = f"predicted {self.predicted} of {len(self.calls)} recordings in {self.elapsed:.1f} s"
         if self.cut:
-            s += f" ({self.cut})"
+            s += f"; {self.cut}"
         if self.warned:
             ids = [c.call_id for c in self.warned]
             s += (f"; warnings for {len(ids)}: {', '.join(ids[:5])}{' …' if len(ids) > 5 else ''} (in the status "
@@ -234,8 +234,9 @@ def choose_cut(cfg: PredictConfig, profile: SegmentProfile | None, max_seconds: 
         cut = "rows" if profile is not None and profile.policy == "rows" and cfg.transcripts else "pauses"
     if cut == "rows":
         what = "the transcript's rows" if cfg.transcripts else "the speech recognizer's timed chunks"
-        why = "as the run's training segments" if profile is not None and profile.policy == "rows" else "--cut rows"
-        return cut, f"cut by {what} ({why})"
+        why = "as the run's training segments were" if profile is not None and profile.policy == "rows" else \
+            "as --cut rows asks"
+        return cut, f"cut by {what}, {why}"
     if profile is None:
         return cut, (f"cut at pauses into pieces of ≤ {max_seconds:g} s (the run records no training segment "
                      "lengths)")

@@ -265,8 +265,8 @@ def test_nothing_predicted_exits_1_with_one_line(tiny_run, tmp_path):
                                            str(csv_path), "--out", str(tmp_path / "p.csv"), "-q"])
     assert res.exit_code == 1
     lines = [line for line in res.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and re.fullmatch(r"predicted 0 of 1 recordings in [\d.]+ s \(cut at pauses into pieces of "
-                                            r"≤ [\d.]+ s \(training: .*\)\); skipped 1: callA \(reasons in "
+    assert len(lines) == 1 and re.fullmatch(r"predicted 0 of 1 recordings in [\d.]+ s; cut at pauses into pieces of "
+                                            r"≤ [\d.]+ s \(training: .*\); skipped 1: callA \(reasons in "
                                             r"the status column\) → .*p\.csv", lines[0]), lines
     (row,) = csv.DictReader(open(tmp_path / "p.csv", encoding="utf-8"))
     assert row["status"] == f"skipped: no transcript rows for call_id callA in {csv_path}"

@@ -133,7 +133,7 @@ def test_the_recording_route_and_the_cache_route_agree(rows_run, tmp_path):
     res = CliRunner().invoke(predict_cli, ["--run", str(rows_run["run"]), "--transcripts", str(csv_path), "--out",
                                            str(out), "-q", "--audio", *audio])
     assert res.exit_code == 0, res.output
-    assert "cut by the transcript's rows (as the run's training segments)" in res.output, res.output
+    assert "cut by the transcript's rows, as the run's training segments were" in res.output, res.output
     res = CliRunner().invoke(predict_cli, ["--run", str(rows_run["run"]), "--cache", str(rows_run["cache"]),
                                            "--split", "test", "--out", str(cached)])
     assert res.exit_code == 0, res.output
