@@ -343,10 +343,10 @@ class TrainingRun:
         else:
             log.warning("no test calls in %s; reporting validation only", self.store.path)
         history = self.history
+        selection = "mae" if cfg.task in self.regression else scheme.selection
         metrics = {
             "run_dir": str(run_dir), "best_epoch": self.best_epoch, "epochs_run": len(history),
-            "selection": {"task": cfg.task, "metric": SELECTION_TEXT["mae" if cfg.task in self.regression
-                                                                     else scheme.selection]},
+            "selection": {"task": cfg.task, "key": selection, "metric": SELECTION_TEXT[selection]},
             "val_loss": val_loss, "test_loss": test_loss, "val": val, "test": test,
             "classes": {t.name: list(t.classes) for t in scheme.tasks if not t.is_regression},
             "level": scheme.level,

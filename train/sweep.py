@@ -303,7 +303,7 @@ def resume_command(opts: SweepOptions, root: Path) -> str:
 # --------------------------------------------------------------------------- the selected trial: best.json, best
 BEST = "best.json"
 BEST_LINK = "best"
-# metrics.json's "selection" text (train.loop.SELECTION_TEXT) -> the validation metric it names
+# metrics.json's "selection" text (train.loop.SELECTION_TEXT) -> the metric it names, for runs without its "key"
 _SELECTION_KEYS = (("validation macro-F1", "macro_f1"), ("validation weighted F1", "weighted_f1"),
                    ("validation accuracy", "accuracy"), ("validation MAE", "mae"))
 
@@ -322,7 +322,10 @@ def _selection_metric(runs: list[dict], task: str) -> str:
     if any("mae" in m["val"].get(task, {}) for m in runs):
         return "mae"
     for m in runs:   # one metric for every trial: the scheme's (one cache, one scheme), as the trainer selected
-        text = m.get("selection", {}).get("metric", "")
+        key = m.get("selection", {}).get("key")
+        if key in ("macro_f1", "weighted_f1", "accuracy"):
+            return key
+        text = m.get("selection", {}).get("metric", "")   # runs made before the key was recorded
         for prefix, key in _SELECTION_KEYS:
             if text.startswith(prefix) and key != "mae":
                 return key
