@@ -8,6 +8,7 @@ Each command runs as its console script does (import the module, call ``main`` w
 interpreter; the median of ``--repeat`` runs after one warm-up run (so the OS file cache is warm, as it is for a
 user typing the command twice). It also lists which heavy libraries the bare import pulled in.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,20 +20,34 @@ import sys
 import time
 from pathlib import Path
 
-COMMANDS = {   # console script -> entry point (setup.cfg [options.entry_points])
+COMMANDS = {  # console script -> entry point (setup.cfg [options.entry_points])
     "msmtfn-extract": "extract.cli:main",
     "msmtfn-train": "train.cli:main",
     "msmtfn-sweep": "train.sweep_cli:main",
     "msmtfn-predict": "predict.cli:main",
     "msmtfn-demo": "predict.demo:main",
 }
-HEAVY = ("torch", "transformers", "dask", "distributed", "zarr", "numpy", "sklearn", "matplotlib", "soundfile")
+HEAVY = (
+    "torch",
+    "transformers",
+    "dask",
+    "distributed",
+    "zarr",
+    "numpy",
+    "sklearn",
+    "matplotlib",
+    "soundfile",
+)
 
-_RUN = ("import sys; sys.argv = [{name!r}, '--help']\n"
-        "from {module} import {func} as main\n"
-        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n")
-_IMPORTS = ("import sys, json; import {module}\n"
-            "print(json.dumps([m for m in {heavy!r} if m in sys.modules]))")
+_RUN = (
+    "import sys; sys.argv = [{name!r}, '--help']\n"
+    "from {module} import {func} as main\n"
+    "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+)
+_IMPORTS = (
+    "import sys, json; import {module}\n"
+    "print(json.dumps([m for m in {heavy!r} if m in sys.modules]))"
+)
 
 
 def time_help(name: str, entry: str, env: dict, repeat: int, tree: str) -> tuple[float, list[str]]:
@@ -42,17 +57,29 @@ def time_help(name: str, entry: str, env: dict, repeat: int, tree: str) -> tuple
     for i in range(repeat + 1):
         t0 = time.perf_counter()
         # cwd = the tree: ``python -c`` puts the working folder first on sys.path
-        subprocess.run([sys.executable, "-c", code], env=env, cwd=tree, check=True, stdout=subprocess.DEVNULL)
-        if i:   # the first run only warms the file cache
+        subprocess.run(
+            [sys.executable, "-c", code], env=env, cwd=tree, check=True, stdout=subprocess.DEVNULL
+        )
+        if i:  # the first run only warms the file cache
             times.append(time.perf_counter() - t0)
-    out = subprocess.run([sys.executable, "-c", _IMPORTS.format(module=module, heavy=HEAVY)], env=env, cwd=tree,
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", _IMPORTS.format(module=module, heavy=HEAVY)],
+        env=env,
+        cwd=tree,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return statistics.median(times), json.loads(out)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tree", default=str(Path(__file__).resolve().parents[1]), help="checkout to measure")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--tree", default=str(Path(__file__).resolve().parents[1]), help="checkout to measure"
+    )
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()

@@ -14,6 +14,7 @@ reference run has it too) so that many kills land mid-write, as they would with 
 When the kills are spent the command runs to the end, and every array
 and the segment table are compared with the reference. Prints the figures recorded in docs/reliability.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,10 +51,18 @@ def make_dataset(root: Path, calls: int, segments: int, seed: int) -> Path:
             name = f"1370000{c:04d}_{k}"
             sec = float(rng.uniform(3.0, 10.0))
             t = np.arange(int(sec * 8000)) / 8000
-            x = (0.1 * np.sin(2 * np.pi * (120 + 7 * c) * t) + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
+            x = (
+                0.1 * np.sin(2 * np.pi * (120 + 7 * c) * t) + 0.01 * rng.standard_normal(len(t))
+            ).astype(np.float32)
             sf.write(root / "audio" / f"{name}.wav", x, 8000)
-            rows[split].append({"phone": f"1370000{c:04d}", "Audio_id": name, "text": "好的" * (1 + k),
-                                "label": "ABCDE"[c % 5]})
+            rows[split].append(
+                {
+                    "phone": f"1370000{c:04d}",
+                    "Audio_id": name,
+                    "text": "好的" * (1 + k),
+                    "label": "ABCDE"[c % 5],
+                }
+            )
     for split, rs in rows.items():
         with open(root / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
             w = csv.DictWriter(f, fieldnames=["phone", "Audio_id", "text", "label"])
@@ -79,7 +88,7 @@ def same_up_to_rounding(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def done_count(path: Path) -> int:
     try:
         return int(CacheStore.open(path).done().sum())
-    except (StoreError, Exception):   # not created yet, or being created
+    except (StoreError, Exception):  # not created yet, or being created
         return -1
 
 
@@ -108,8 +117,15 @@ _local._atomic_write = _slow_atomic_write
 """
 
 
-def run(kills: int = 20, seed: int = 0, workdir: Path | None = None, calls: int = 60, segments: int = 4,
-        slow_writes: float = 0.02, log=print) -> dict:
+def run(
+    kills: int = 20,
+    seed: int = 0,
+    workdir: Path | None = None,
+    calls: int = 60,
+    segments: int = 4,
+    slow_writes: float = 0.02,
+    log=print,
+) -> dict:
     rnd = random.Random(seed)
     work = Path(workdir or tempfile.mkdtemp(prefix="kill-resume-"))
     enc_audio, enc_text = build_tiny_encoders(work / "encoders", norm="group")
@@ -122,10 +138,30 @@ def run(kills: int = 20, seed: int = 0, workdir: Path | None = None, calls: int 
         env["PYTHONPATH"] = f"{hook}{os.pathsep}{ROOT}"
 
     def command(out: Path) -> list[str]:
-        return [sys.executable, "-m", "extract.cli", "--dataset", "marketcalls", "--data-dir", str(data),
-                "--out", str(out), "--audio-model", str(enc_audio), "--text-model", str(enc_text),
-                "--loader-workers", "1", "--shard-size", "2", "--batch-seconds", "24",
-                "--write-threads", "2", "-q"]
+        return [
+            sys.executable,
+            "-m",
+            "extract.cli",
+            "--dataset",
+            "marketcalls",
+            "--data-dir",
+            str(data),
+            "--out",
+            str(out),
+            "--audio-model",
+            str(enc_audio),
+            "--text-model",
+            str(enc_text),
+            "--loader-workers",
+            "1",
+            "--shard-size",
+            "2",
+            "--batch-seconds",
+            "24",
+            "--write-threads",
+            "2",
+            "-q",
+        ]
 
     def run_to_end(store: Path, what: str) -> tuple[dict, dict]:
         """Extract into ``store`` until done; its arrays and segment table."""
@@ -143,15 +179,26 @@ def run(kills: int = 20, seed: int = 0, workdir: Path | None = None, calls: int 
 
     out = work / "killed.zarr"
     t0 = time.perf_counter()
-    stats = {"kills": 0, "kills_during_startup": 0, "kills_with_partial_chunk_files": 0, "partial_files_seen": 0,
-             "attempts_finished_before_kill": 0, "rows_checked_after_kills": 0, "bad_done_rows": 0}
+    stats = {
+        "kills": 0,
+        "kills_during_startup": 0,
+        "kills_with_partial_chunk_files": 0,
+        "partial_files_seen": 0,
+        "attempts_finished_before_kill": 0,
+        "rows_checked_after_kills": 0,
+        "bad_done_rows": 0,
+    }
     while stats["kills"] < kills:
         before = max(0, done_count(out))
         if before == n:
             raise RuntimeError("the store finished before all kills were spent; use more --calls")
-        leftover = set(out.rglob("*.partial")) if out.exists() else set()   # a start-up kill may precede clean-up
-        p = subprocess.Popen(command(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
-        startup = stats["kills"] % 5 == 2          # every fifth kill lands in start-up (model loading)
+        leftover = (
+            set(out.rglob("*.partial")) if out.exists() else set()
+        )  # a start-up kill may precede clean-up
+        p = subprocess.Popen(
+            command(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT
+        )
+        startup = stats["kills"] % 5 == 2  # every fifth kill lands in start-up (model loading)
         if startup:
             time.sleep(rnd.uniform(0.0, 3.0))
         else:
@@ -175,21 +222,35 @@ def run(kills: int = 20, seed: int = 0, workdir: Path | None = None, calls: int 
             for name in ("audio/hidden", "audio/length", "text/hidden", "text/length"):
                 bad = ~same_up_to_rounding(got[name][rows], want[name][rows])
                 stats["bad_done_rows"] += int(bad.sum())
-        log(f"kill {stats['kills']:>2}: {'start-up' if startup else 'mid-run '}  done {max(0, done_count(out))}/{n}"
-            f"  partial chunk files {len(partial)}")
+        log(
+            f"kill {stats['kills']:>2}: {'start-up' if startup else 'mid-run '}  done {max(0, done_count(out))}/{n}"
+            f"  partial chunk files {len(partial)}"
+        )
     got, table = run_to_end(out, "final")
     t_killed = time.perf_counter() - t0
     bit_identical = all(np.array_equal(got[k], want[k]) for k in ARRAYS)
     mismatched = [k for k in ARRAYS if not same_up_to_rounding(got[k], want[k]).all()]
-    mismatched += [f"table/{k}" for k in want_table if not np.array_equal(
-        table[k], want_table[k], equal_nan=table[k].dtype.kind == "f")]
+    mismatched += [
+        f"table/{k}"
+        for k in want_table
+        if not np.array_equal(table[k], want_table[k], equal_nan=table[k].dtype.kind == "f")
+    ]
     ids = list(table["segment_id"])
-    result = {**stats, "segments": n, "identical": not mismatched, "bit_identical": bit_identical,
-              "mismatched": mismatched,
-              "segments_done": int(got["done"].sum()), "duplicate_segment_ids": len(ids) - len(set(ids)),
-              "items_lost": int(n - got["done"].sum()), "leftover_partial_files": len(list(out.rglob("*.partial"))),
-              "seconds_uninterrupted": round(t_ref, 1), "seconds_with_kills": round(t_killed, 1),
-              "time_ratio_killed_vs_uninterrupted": round(t_killed / t_ref, 2), "workdir": str(work)}
+    result = {
+        **stats,
+        "segments": n,
+        "identical": not mismatched,
+        "bit_identical": bit_identical,
+        "mismatched": mismatched,
+        "segments_done": int(got["done"].sum()),
+        "duplicate_segment_ids": len(ids) - len(set(ids)),
+        "items_lost": int(n - got["done"].sum()),
+        "leftover_partial_files": len(list(out.rglob("*.partial"))),
+        "seconds_uninterrupted": round(t_ref, 1),
+        "seconds_with_kills": round(t_killed, 1),
+        "time_ratio_killed_vs_uninterrupted": round(t_killed / t_ref, 2),
+        "workdir": str(work),
+    }
     return result
 
 
@@ -198,19 +259,35 @@ def main() -> int:
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--calls", type=int, default=60)
-    ap.add_argument("--slow-writes", type=float, default=0.02,
-                    help="seconds each chunk write pauses half-way in the child processes (0 = off)")
+    ap.add_argument(
+        "--slow-writes",
+        type=float,
+        default=0.02,
+        help="seconds each chunk write pauses half-way in the child processes (0 = off)",
+    )
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
-    res = run(args.kills, args.seed, Path(args.workdir) if args.workdir else None, calls=args.calls,
-              slow_writes=args.slow_writes)
+    res = run(
+        args.kills,
+        args.seed,
+        Path(args.workdir) if args.workdir else None,
+        calls=args.calls,
+        slow_writes=args.slow_writes,
+    )
     print(json.dumps(res, indent=2))
-    ok = res["identical"] and res["bad_done_rows"] == 0 and res["items_lost"] == 0 and not res["duplicate_segment_ids"]
-    print(f"{res['kills']} SIGKILLs ({res['kills_with_partial_chunk_files']} mid chunk write, "
-          f"{res['kills_during_startup']} during start-up); rows flagged done and checked after kills: "
-          f"{res['rows_checked_after_kills']}, wrong: {res['bad_done_rows']}; final store equal to the "
-          f"reference: {res['identical']} (bit-identical: {res['bit_identical']}); items lost: {res['items_lost']}; time with kills / uninterrupted: "
-          f"{res['time_ratio_killed_vs_uninterrupted']}x")
+    ok = (
+        res["identical"]
+        and res["bad_done_rows"] == 0
+        and res["items_lost"] == 0
+        and not res["duplicate_segment_ids"]
+    )
+    print(
+        f"{res['kills']} SIGKILLs ({res['kills_with_partial_chunk_files']} mid chunk write, "
+        f"{res['kills_during_startup']} during start-up); rows flagged done and checked after kills: "
+        f"{res['rows_checked_after_kills']}, wrong: {res['bad_done_rows']}; final store equal to the "
+        f"reference: {res['identical']} (bit-identical: {res['bit_identical']}); items lost: {res['items_lost']}; time with kills / uninterrupted: "
+        f"{res['time_ratio_killed_vs_uninterrupted']}x"
+    )
     return 0 if ok else 1
 
 

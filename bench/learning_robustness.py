@@ -26,6 +26,7 @@ validation selected, and the first epoch whose validation accuracy reached --lea
 A.json B.json ...`` compares earlier runs seed by seed against A's first variant (mean difference, 95 % bootstrap
 interval). Results: docs/model.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,20 +51,53 @@ from train.config import TrainConfig  # noqa: E402
 from train.model import MSMTFN, BottleneckLayer, CrossModalLayer, SelfBlock, _masked_mean  # noqa: E402
 
 # designs tried against the bottleneck's slower learning (docs/model.md), not in the product
-BOTTLENECK_TRIALS = ("bn-sum-deltas", "bn-zero-init", "bn-from-second", "bn-mbt-readout", "bn-mbt-zero-init",
-                     "bn-text-before-exchange", "bn-plus-direct")
-VARIANTS = ("shipped", "no-standardisation", "no-gru-residual", "serial", "no-bottleneck", "no-cross-attention",
-            "text-only", "audio-only", "paper-batching", "paper-lr", "flatten-pooling", "cls-pooling", "stride-2",
-            "stride-4", "one-padded-batch", "no-bottleneck-3-text-layers", "post-ln", "relu", "paper-stopping",
-            "radam", *BOTTLENECK_TRIALS)
+BOTTLENECK_TRIALS = (
+    "bn-sum-deltas",
+    "bn-zero-init",
+    "bn-from-second",
+    "bn-mbt-readout",
+    "bn-mbt-zero-init",
+    "bn-text-before-exchange",
+    "bn-plus-direct",
+)
+VARIANTS = (
+    "shipped",
+    "no-standardisation",
+    "no-gru-residual",
+    "serial",
+    "no-bottleneck",
+    "no-cross-attention",
+    "text-only",
+    "audio-only",
+    "paper-batching",
+    "paper-lr",
+    "flatten-pooling",
+    "cls-pooling",
+    "stride-2",
+    "stride-4",
+    "one-padded-batch",
+    "no-bottleneck-3-text-layers",
+    "post-ln",
+    "relu",
+    "paper-stopping",
+    "radam",
+    *BOTTLENECK_TRIALS,
+)
 # variants that are plain settings of the shipped model (ablations a user can run)
-SETTINGS = {"no-bottleneck": {"bottleneck": False}, "no-cross-attention": {"cross_attention": False},
-            "text-only": {"modality": "text"}, "audio-only": {"modality": "audio"},
-            # the paper's choices where ours differ: one call per step with 4 accumulated, lr 1e-5, pooling
-            "paper-batching": {"batch_calls": 1, "grad_accum": 4}, "paper-lr": {"lr": 1e-5},
-            "flatten-pooling": {"pooling": "flatten"}, "cls-pooling": {"pooling": "cls"},
-            "stride-2": {"audio_stride": 2}, "stride-4": {"audio_stride": 4},
-            "no-bottleneck-3-text-layers": {"bottleneck": False, "text_branch_layers": 3}}
+SETTINGS = {
+    "no-bottleneck": {"bottleneck": False},
+    "no-cross-attention": {"cross_attention": False},
+    "text-only": {"modality": "text"},
+    "audio-only": {"modality": "audio"},
+    # the paper's choices where ours differ: one call per step with 4 accumulated, lr 1e-5, pooling
+    "paper-batching": {"batch_calls": 1, "grad_accum": 4},
+    "paper-lr": {"lr": 1e-5},
+    "flatten-pooling": {"pooling": "flatten"},
+    "cls-pooling": {"pooling": "cls"},
+    "stride-2": {"audio_stride": 2},
+    "stride-4": {"audio_stride": 4},
+    "no-bottleneck-3-text-layers": {"bottleneck": False, "text_branch_layers": 3},
+}
 
 
 def branches(model: MSMTFN, audio, alen, text, tlen):
@@ -85,6 +119,7 @@ def bottleneck_trial(variant: str, undo: list) -> None:
     MBT readout (Nagrani et al.: pooled text branch + pooled second branch after the exchange, B not read); MBT +
     zero-init; the text branch read before the exchange (its tokens then only write B); the final B and the pooled
     cross-modal branch (before the exchange, as --no-bottleneck reads it) both joined to the pooled text branch."""
+
     def setattr_undo(obj, name, value):
         old = obj.__dict__[name]
         setattr(obj, name, value)
@@ -92,9 +127,11 @@ def bottleneck_trial(variant: str, undo: list) -> None:
 
     layer_fwd = BottleneckLayer.forward
     if variant == "bn-sum-deltas":
+
         def fwd(self, x, xv, y, yv, b, last=False):
             x, y, mean = layer_fwd(self, x, xv, y, yv, b, last)
             return x, y, 2 * mean - b
+
         setattr_undo(BottleneckLayer, "forward", fwd)
     if variant in ("bn-zero-init", "bn-mbt-zero-init"):
         init = MSMTFN.__init__
@@ -106,15 +143,22 @@ def bottleneck_trial(variant: str, undo: list) -> None:
                     for lin in (block.att.o, block.ff[3]):
                         torch.nn.init.zeros_(lin.weight)
                         torch.nn.init.zeros_(lin.bias)
+
         setattr_undo(MSMTFN, "__init__", zero_init)
     if variant == "bn-from-second":
+
         def fwd(self, x, xv, y, yv, b, last=False):
             if not last:
                 return layer_fwd(self, x, xv, y, yv, b, last)
             nb = b.shape[1]
             ones = torch.ones(b.shape[:2], dtype=torch.bool, device=b.device)
             x = self.text(torch.cat([x, b], 1), torch.cat([xv, ones], 1))[:, :-nb]
-            return x, None, self.second(torch.cat([y, b], 1), torch.cat([yv, ones], 1), last_rows=nb)
+            return (
+                x,
+                None,
+                self.second(torch.cat([y, b], 1), torch.cat([yv, ones], 1), last_rows=nb),
+            )
+
         setattr_undo(BottleneckLayer, "forward", fwd)
     if variant == "bn-plus-direct":
         init = MSMTFN.__init__
@@ -122,8 +166,11 @@ def bottleneck_trial(variant: str, undo: list) -> None:
         def wider_join(self, cfg, dims):
             init(self, cfg, dims)
             if self.two and cfg.bottleneck:
-                self.join = torch.nn.Sequential(torch.nn.Linear(3 * self.d, self.d), torch.nn.GELU())
+                self.join = torch.nn.Sequential(
+                    torch.nn.Linear(3 * self.d, self.d), torch.nn.GELU()
+                )
                 self.direct_norm = torch.nn.LayerNorm(self.d)
+
         setattr_undo(MSMTFN, "__init__", wider_join)
 
         def seg_direct(self, audio, alen, text, tlen):
@@ -134,33 +181,42 @@ def bottleneck_trial(variant: str, undo: list) -> None:
                 x, y, b = layer_fwd(layer, x, xv, y, xv, b, last=i == n - 1)
             v = self._pool(self.final_norm(x), xv)
             return self.seg_drop(self.join(torch.cat([v, self.second_norm(b).mean(1), direct], 1)))
+
         setattr_undo(MSMTFN, "_segment_vectors", seg_direct)
     if variant in ("bn-mbt-readout", "bn-mbt-zero-init", "bn-text-before-exchange"):
+
         def seg(self, audio, alen, text, tlen):
             x, xv, y = branches(self, audio, alen, text, tlen)
             before, b = x, self.bottleneck_tokens.expand(x.shape[0], -1, -1)
             n = len(self.bottleneck_layers)
             for i, layer in enumerate(self.bottleneck_layers):
-                x, y, b = layer_fwd(layer, x, xv, y, xv, b, last=i == n - 1 and variant == "bn-text-before-exchange")
+                x, y, b = layer_fwd(
+                    layer, x, xv, y, xv, b, last=i == n - 1 and variant == "bn-text-before-exchange"
+                )
             if variant == "bn-text-before-exchange":
                 v, other = self._pool(self.final_norm(before), xv), self.second_norm(b).mean(1)
             else:
                 v, other = self._pool(self.final_norm(x), xv), _masked_mean(self.second_norm(y), xv)
             return self.seg_drop(self.join(torch.cat([v, other], 1)))
+
         setattr_undo(MSMTFN, "_segment_vectors", seg)
 
 
 def paired(paths: list[str], resamples: int = 10_000) -> None:
     """Each variant of the --json files against the first file's first variant, paired by seed (and epochs): the
     mean difference of best val5 and test5 with a 95 % bootstrap interval over the shared seeds."""
+
     def runs(rows, variant):
         return {(r["epochs"], r["seed"]): r for r in rows if r["variant"] == variant}
+
     first = json.loads(Path(paths[0]).read_text())
     base_name = first[0]["variant"]
     base = runs(first, base_name)
     rng = np.random.default_rng(0)
-    print(f"against {Path(paths[0]).name}:{base_name}, paired by seed (95 % bootstrap interval, {resamples} "
-          "resamples)")
+    print(
+        f"against {Path(paths[0]).name}:{base_name}, paired by seed (95 % bootstrap interval, {resamples} "
+        "resamples)"
+    )
     for path in paths:
         rows = json.loads(Path(path).read_text())
         for variant in dict.fromkeys(r["variant"] for r in rows):
@@ -177,15 +233,28 @@ def paired(paths: list[str], resamples: int = 10_000) -> None:
                 cells.append(f"{k} {mine.mean():.3f} ({diff.mean():+.3f} [{lo:+.3f}, {hi:+.3f}])")
             learned = sum(these[key]["learned_at"] is not None for key in keys)
             settings = json.dumps(rows[0].get("settings", {})) if rows[0].get("settings") else ""
-            print(f"{Path(path).name}:{variant} {settings}: {'; '.join(cells)}; learned {learned}/{len(keys)}")
+            print(
+                f"{Path(path).name}:{variant} {settings}: {'; '.join(cells)}; learned {learned}/{len(keys)}"
+            )
 
 
 def demo_cache(work: Path, calls: int) -> Path:
     a, t = build_tiny_encoders(work / "tiny-encoders")
     cache = work / f"demo{calls}.zarr"
-    extract(ExtractConfig(dataset="demo", data_dir=str(work / f"data{calls}"), out=str(cache), audio_model=str(a),
-                          text_model=str(t), device="cpu", num_workers=0, dataset_options={"n_calls": calls},
-                          max_text_tokens=48), progress=False)
+    extract(
+        ExtractConfig(
+            dataset="demo",
+            data_dir=str(work / f"data{calls}"),
+            out=str(cache),
+            audio_model=str(a),
+            text_model=str(t),
+            device="cpu",
+            num_workers=0,
+            dataset_options={"n_calls": calls},
+            max_text_tokens=48,
+        ),
+        progress=False,
+    )
     return cache
 
 
@@ -198,20 +267,26 @@ class patched:
     def __enter__(self):
         if self.variant == "no-standardisation":
             orig = loop.feature_stats
-            loop.feature_stats = lambda store, rows, m, **kw: tuple(np.array(x) * 0 + i for i, x in
-                                                                  enumerate(orig(store, rows, m, **kw)))
+            loop.feature_stats = lambda store, rows, m, **kw: tuple(
+                np.array(x) * 0 + i for i, x in enumerate(orig(store, rows, m, **kw))
+            )
             self.undo.append(lambda: setattr(loop, "feature_stats", orig))
         elif self.variant == "no-gru-residual":
             orig = MSMTFN.call_vectors
 
             def gru_only(model, seg, counts):
-                padded = torch.nn.utils.rnn.pad_sequence(list(torch.split(seg, counts.tolist())), batch_first=True)
+                padded = torch.nn.utils.rnn.pad_sequence(
+                    list(torch.split(seg, counts.tolist())), batch_first=True
+                )
                 mask = (torch.arange(padded.shape[1])[None, :] < counts[:, None])[..., None]
                 residual = (padded * mask).sum(1) / counts[:, None].to(padded.dtype)
                 return orig(model, seg, counts) - (residual if model.cfg.bigru else 0)
+
             MSMTFN.call_vectors = gru_only
             self.undo.append(lambda: setattr(MSMTFN, "call_vectors", orig))
-        elif self.variant == "post-ln":      # the paper's (BERT's) layers: normalise after each residual sum
+        elif (
+            self.variant == "post-ln"
+        ):  # the paper's (BERT's) layers: normalise after each residual sum
             block_fwd, cross_fwd = SelfBlock.forward, CrossModalLayer.forward
 
             def block(self, x, valid, last_rows=0):
@@ -220,11 +295,18 @@ class patched:
                 return self.n2(x + self.drop(self.ff(x)))
 
             def cross(self, x, x_valid, audio, audio_valid):
-                return self.block(self.nq(x + self.drop(self.cross(x, audio, audio_valid))), x_valid)
+                return self.block(
+                    self.nq(x + self.drop(self.cross(x, audio, audio_valid))), x_valid
+                )
+
             SelfBlock.forward, CrossModalLayer.forward = block, cross
-            self.undo.append(lambda: (setattr(SelfBlock, "forward", block_fwd),
-                                      setattr(CrossModalLayer, "forward", cross_fwd)))
-        elif self.variant == "relu":         # ReLU wherever the model has GELU (FFN, joins, heads)
+            self.undo.append(
+                lambda: (
+                    setattr(SelfBlock, "forward", block_fwd),
+                    setattr(CrossModalLayer, "forward", cross_fwd),
+                )
+            )
+        elif self.variant == "relu":  # ReLU wherever the model has GELU (FFN, joins, heads)
             init = MSMTFN.__init__
 
             def relu_init(model, cfg, dims):
@@ -233,15 +315,20 @@ class patched:
                     for name, child in list(mod.named_children()):
                         if isinstance(child, torch.nn.GELU):
                             setattr(mod, name, torch.nn.ReLU())
+
             MSMTFN.__init__ = relu_init
             self.undo.append(lambda: setattr(MSMTFN, "__init__", init))
-        elif self.variant == "paper-stopping":   # the checkpoint with the lowest validation loss
+        elif self.variant == "paper-stopping":  # the checkpoint with the lowest validation loss
             score = loop.selection_score
             loop.selection_score = lambda m, selection, loss: (-loss,)
             self.undo.append(lambda: setattr(loop, "selection_score", score))
-        elif self.variant == "radam":      # RAdam (decoupled weight decay) for AdamW: early steps rectified
+        elif (
+            self.variant == "radam"
+        ):  # RAdam (decoupled weight decay) for AdamW: early steps rectified
             adamw = torch.optim.AdamW
-            torch.optim.AdamW = lambda params, **kw: torch.optim.RAdam(params, decoupled_weight_decay=True, **kw)
+            torch.optim.AdamW = lambda params, **kw: torch.optim.RAdam(
+                params, decoupled_weight_decay=True, **kw
+            )
             self.undo.append(lambda: setattr(torch.optim, "AdamW", adamw))
         elif self.variant in BOTTLENECK_TRIALS:
             bottleneck_trial(self.variant, self.undo)
@@ -250,6 +337,7 @@ class patched:
             self.undo.append(lambda: setattr(MSMTFN, "LENGTH_GROUPS", groups))
         elif self.variant == "serial":
             from fusion_speed import previous_model_class
+
             orig = loop.build_model
             loop.build_model = previous_model_class(self.against)
             self.undo.append(lambda: setattr(loop, "build_model", orig))
@@ -261,21 +349,41 @@ class patched:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", default="/tmp/msmtfn-learning", help="data, encoders and cache (reused)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--work", default="/tmp/msmtfn-learning", help="data, encoders and cache (reused)"
+    )
     ap.add_argument("--calls", type=int, default=200)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--epochs", type=int, nargs="+", default=[15, 20, 40])
     ap.add_argument("--lr", type=float, default=TINY_SIZES["lr"])
-    ap.add_argument("--variants", nargs="+", default=["shipped"], help=f"any of {', '.join(VARIANTS)} or all")
+    ap.add_argument(
+        "--variants", nargs="+", default=["shipped"], help=f"any of {', '.join(VARIANTS)} or all"
+    )
     ap.add_argument("--against", default="94dd25e", help="git revision of the serial model")
-    ap.add_argument("--settings", type=json.loads, default={},
-                    help='JSON of training settings over the demo sizes, e.g. \'{"lr": 1e-3, "dropout": 0.3}\'')
-    ap.add_argument("--learned", type=float, default=0.8, help="validation 5-class accuracy that counts as learned")
+    ap.add_argument(
+        "--settings",
+        type=json.loads,
+        default={},
+        help='JSON of training settings over the demo sizes, e.g. \'{"lr": 1e-3, "dropout": 0.3}\'',
+    )
+    ap.add_argument(
+        "--learned",
+        type=float,
+        default=0.8,
+        help="validation 5-class accuracy that counts as learned",
+    )
     ap.add_argument("--json", default=None)
-    ap.add_argument("--paired", nargs="+", metavar="JSON", default=None,
-                    help="only: compare the --json files of earlier runs, seed by seed, against the first file's "
-                         "first variant")
+    ap.add_argument(
+        "--paired",
+        nargs="+",
+        metavar="JSON",
+        default=None,
+        help="only: compare the --json files of earlier runs, seed by seed, against the first file's "
+        "first variant",
+    )
     args = ap.parse_args()
     if args.paired:
         return paired(args.paired)
@@ -284,35 +392,68 @@ def main() -> None:
     work = Path(args.work)
     cache = demo_cache(work, args.calls)
     rows = []
-    print(f"{'variant':<20}{'epochs':>7}{'seed':>5}{'best val5':>10}{'test5':>7}{'learned@':>9}{'s':>7}", flush=True)
+    print(
+        f"{'variant':<20}{'epochs':>7}{'seed':>5}{'best val5':>10}{'test5':>7}{'learned@':>9}{'s':>7}",
+        flush=True,
+    )
     for variant in variants:
         for epochs in args.epochs:
             for seed in args.seeds:
                 t0 = time.perf_counter()
                 out = work / "runs" / f"{variant}-c{args.calls}-e{epochs}-s{seed}"
-                shutil.rmtree(out, ignore_errors=True)      # a scratch run of this script, maybe other settings
+                shutil.rmtree(
+                    out, ignore_errors=True
+                )  # a scratch run of this script, maybe other settings
                 with patched(variant, args.against):
-                    m = loop.fit(TrainConfig(cache=str(cache), out=str(out), device="cpu", epochs=epochs,
-                                             patience=epochs, seed=seed, progress=False,
-                                             plots=False, state_every=0, threads=1,
-                                             **{**TINY_SIZES, "lr": args.lr, "batch_calls": 8,
-                                                **args.settings, **SETTINGS.get(variant, {})}))
+                    m = loop.fit(
+                        TrainConfig(
+                            cache=str(cache),
+                            out=str(out),
+                            device="cpu",
+                            epochs=epochs,
+                            patience=epochs,
+                            seed=seed,
+                            progress=False,
+                            plots=False,
+                            state_every=0,
+                            threads=1,
+                            **{
+                                **TINY_SIZES,
+                                "lr": args.lr,
+                                "batch_calls": 8,
+                                **args.settings,
+                                **SETTINGS.get(variant, {}),
+                            },
+                        )
+                    )
                 hist = list(csv.DictReader(open(out / "history.csv")))
                 val = [float(h["val_5_accuracy"]) for h in hist]
                 reached = next((i + 1 for i, v in enumerate(val) if v >= args.learned), None)
-                row = {"variant": variant, "epochs": epochs, "seed": seed, "best_val5": max(val),
-                       "test5": m["test"]["5"]["accuracy"], "learned_at": reached, "settings": args.settings,
-                       "seconds": time.perf_counter() - t0}
+                row = {
+                    "variant": variant,
+                    "epochs": epochs,
+                    "seed": seed,
+                    "best_val5": max(val),
+                    "test5": m["test"]["5"]["accuracy"],
+                    "learned_at": reached,
+                    "settings": args.settings,
+                    "seconds": time.perf_counter() - t0,
+                }
                 rows.append(row)
-                print(f"{variant:<20}{epochs:>7}{seed:>5}{row['best_val5']:>10.3f}{row['test5']:>7.3f}"
-                      f"{str(reached or '-'):>9}{row['seconds']:>7.1f}", flush=True)
+                print(
+                    f"{variant:<20}{epochs:>7}{seed:>5}{row['best_val5']:>10.3f}{row['test5']:>7.3f}"
+                    f"{str(reached or '-'):>9}{row['seconds']:>7.1f}",
+                    flush=True,
+                )
     print("\nsummary (mean over seeds)")
     for variant in variants:
         for epochs in args.epochs:
             sel = [r for r in rows if r["variant"] == variant and r["epochs"] == epochs]
             ok = sum(r["learned_at"] is not None for r in sel)
-            print(f"{variant:<20} {epochs:>3} epochs: best val5 {np.mean([r['best_val5'] for r in sel]):.3f}, "
-                  f"test5 {np.mean([r['test5'] for r in sel]):.3f}, learned in {ok}/{len(sel)} seeds")
+            print(
+                f"{variant:<20} {epochs:>3} epochs: best val5 {np.mean([r['best_val5'] for r in sel]):.3f}, "
+                f"test5 {np.mean([r['test5'] for r in sel]):.3f}, learned in {ok}/{len(sel)} seeds"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

@@ -7,6 +7,7 @@ that a test fails for each ("killed"). A mutation that survives means a test tha
 Each mutation is applied to a temporary copy of the tracked files (git ls-files), never to the work tree, and the
 listed tests run there with PYTHONPATH pointing at the copy. Results: docs/testing.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,95 +30,214 @@ T_CUT = "tests/test_predict_cut.py"
 class Mutant:
     name: str
     file: str
-    old: str          # must occur exactly once in file
+    old: str  # must occur exactly once in file
     new: str
     tests: tuple[str, ...]
 
 
 MUTANTS = [
-    Mutant("loss on one head only", LOOP,
-           "    for t, out in logits.items():\n        y = labels[t]",
-           "    for t, out in list(logits.items())[:1]:\n        y = labels[t]", (T_GUARDS,)),
-    Mutant("text padding mask ignored", MODEL,
-           '            x, x_valid = self._stream(text, text_len, "text")',
-           '            x, x_valid = self._stream(text, text_len, "text")\n'
-           '            x_valid = torch.ones_like(x_valid)', (T_GUARDS,)),
-    Mutant("audio padding mask ignored", MODEL,
-           '            a, a_valid = self._stream(audio, audio_len, "audio")',
-           '            a, a_valid = self._stream(audio, audio_len, "audio")\n'
-           '            a_valid = torch.ones_like(a_valid)', (T_GUARDS,)),
-    Mutant("masked-mean pooling includes padding rows", MODEL,
-           "    m = valid[..., None].to(x.dtype)\n    return (x * m).sum(1) / m.sum(1)",
-           "    return x.mean(1)", (T_GUARDS,)),
-    Mutant("flatten pooling includes padding rows", MODEL,
-           "self.flatten((x * valid[..., None]).flatten(1))", "self.flatten(x.flatten(1))", (T_GUARDS,)),
-    Mutant("test scores from the last epoch, not the selected checkpoint", LOOP,
-           "        load_weights(model, self.weights_path, device)           # the validation-selected checkpoint",
-           "        pass", (T_GUARDS,)),
-    Mutant("checkpoint chosen on test instead of validation", LOOP,
-           "        val_loss, val, _ = evaluate(model, self.val_b, data, self.weights, self.device, self.amp)",
-           "        val_loss, val, _ = evaluate(model, self.test_b, data, self.weights, self.device, self.amp)",
-           (T_GUARDS,)),
-    Mutant("Bi-GRU call vector from the first layer's states", MODEL,
-           "torch.cat([mean, h_n[-2], h_n[-1]], dim=1)", "torch.cat([mean, h_n[0], h_n[1]], dim=1)", (T_GUARDS,)),
-    Mutant("bottleneck tokens never updated", MODEL,
-           "        return x, y, (b_text + b_second) / 2", "        return x, y, b", (T_MODEL,)),
-    Mutant("bottleneck tokens updated by the text branch only", MODEL,
-           "        return x, y, (b_text + b_second) / 2", "        return x, y, b_text", (T_MODEL,)),
-    Mutant("cross-modal layers not chained (each gets the branch's input)", MODEL,
-           "                for layer in self.second_layers:     # chained: each takes the previous output\n"
-           "                    y = layer(y, y_valid, a, a_valid)",
-           "                y0 = y\n                for layer in self.second_layers:\n"
-           "                    y = layer(y0, y_valid, a, a_valid)", (T_MODEL,)),
-    Mutant("cross-modal branch starts after the text branch's layers", MODEL,
-           "                y, y_valid = x, x_valid              # the cross-modal branch starts from the same projected text",
-           "                y, y_valid = x, x_valid\n                for layer in self.main_layers:\n"
-           "                    y = layer(y, y_valid)", (T_MODEL,)),
-    Mutant("last bottleneck layer computes the second branch's tokens for nothing", MODEL,
-           "last_rows=nb if last else 0)", "last_rows=0)\n        ys = ys[:, -nb:] if last else ys", (T_MODEL,)),
-    Mutant("audio-path check accepts everything", MODEL,
-           "    if cfg.modality != \"both\":\n        return None\n    if cfg.cross_attention",
-           "    return None\n    if cfg.cross_attention", (T_MODEL,)),
-    Mutant("final bottleneck tokens not read (text branch alone)", MODEL,
-           "            other = self.second_norm(b).mean(1)", "            other = self.second_norm(b).mean(1) * 0",
-           (T_MODEL,)),
-    Mutant("length groups written back in sorted order", MODEL,
-           "            out[idx] = v", "            out[torch.sort(idx).values] = v", (T_MODEL,)),
-    Mutant("length groups trimmed to their shortest text", MODEL,
-           "else text[idx, :max(1, int(text_len[idx].max()))]", "else text[idx, :max(1, int(text_len[idx].min()))]",
-           (T_MODEL,)),
-    Mutant("length groups never formed", MODEL,
-           "        return None if len(parts) == 1 else [order[a:b] for a, b in parts]", "        return None",
-           (T_MODEL,)),
-    Mutant("length-group split blind to audio lengths", MODEL,
-           "size * ulen[None, :] * (omax + ulen[None, :])", "size * ulen[None, :] * (uoth.max() + ulen[None, :])",
-           (T_MODEL,)),
-    Mutant("narrow heads padded for the kernel but scaled by the padded width", MODEL,
-           "dropout_p=self.dropout if self.training else 0.0, scale=hd ** -0.5)",
-           "dropout_p=self.dropout if self.training else 0.0)", (T_MODEL,)),
-    Mutant("CPU dropout mask keeps a fraction p instead of 1 - p", MODEL,
-           "uniform_().lt_(keep).div_(keep)", "uniform_().ge_(keep).div_(keep)", (T_MODEL,)),
-    Mutant("CPU dropout mask not rescaled by 1 / (1 - p)", MODEL,
-           "uniform_().lt_(keep).div_(keep)", "uniform_().lt_(keep)", (T_MODEL,)),
-    Mutant("stacked audio frames keep padding frames", MODEL,
-           "    x = F.pad(x * real[..., None].to(x.dtype), (0, 0, 0, -a % stride))",
-           "    x = F.pad(x, (0, 0, 0, -a % stride))", (T_GUARDS,)),
+    Mutant(
+        "loss on one head only",
+        LOOP,
+        "    for t, out in logits.items():\n        y = labels[t]",
+        "    for t, out in list(logits.items())[:1]:\n        y = labels[t]",
+        (T_GUARDS,),
+    ),
+    Mutant(
+        "text padding mask ignored",
+        MODEL,
+        '            x, x_valid = self._stream(text, text_len, "text")',
+        '            x, x_valid = self._stream(text, text_len, "text")\n'
+        "            x_valid = torch.ones_like(x_valid)",
+        (T_GUARDS,),
+    ),
+    Mutant(
+        "audio padding mask ignored",
+        MODEL,
+        '            a, a_valid = self._stream(audio, audio_len, "audio")',
+        '            a, a_valid = self._stream(audio, audio_len, "audio")\n'
+        "            a_valid = torch.ones_like(a_valid)",
+        (T_GUARDS,),
+    ),
+    Mutant(
+        "masked-mean pooling includes padding rows",
+        MODEL,
+        "    m = valid[..., None].to(x.dtype)\n    return (x * m).sum(1) / m.sum(1)",
+        "    return x.mean(1)",
+        (T_GUARDS,),
+    ),
+    Mutant(
+        "flatten pooling includes padding rows",
+        MODEL,
+        "self.flatten((x * valid[..., None]).flatten(1))",
+        "self.flatten(x.flatten(1))",
+        (T_GUARDS,),
+    ),
+    Mutant(
+        "test scores from the last epoch, not the selected checkpoint",
+        LOOP,
+        "        load_weights(model, self.weights_path, device)  # the validation-selected checkpoint",
+        "        pass",
+        (T_GUARDS,),
+    ),
+    Mutant(
+        "checkpoint chosen on test instead of validation",
+        LOOP,
+        "        val_loss, val, _ = evaluate(model, self.val_b, data, self.weights, self.device, self.amp)",
+        "        val_loss, val, _ = evaluate(model, self.test_b, data, self.weights, self.device, self.amp)",
+        (T_GUARDS,),
+    ),
+    Mutant(
+        "Bi-GRU call vector from the first layer's states",
+        MODEL,
+        "torch.cat([mean, h_n[-2], h_n[-1]], dim=1)",
+        "torch.cat([mean, h_n[0], h_n[1]], dim=1)",
+        (T_GUARDS,),
+    ),
+    Mutant(
+        "bottleneck tokens never updated",
+        MODEL,
+        "        return x, y, (b_text + b_second) / 2",
+        "        return x, y, b",
+        (T_MODEL,),
+    ),
+    Mutant(
+        "bottleneck tokens updated by the text branch only",
+        MODEL,
+        "        return x, y, (b_text + b_second) / 2",
+        "        return x, y, b_text",
+        (T_MODEL,),
+    ),
+    Mutant(
+        "cross-modal layers not chained (each gets the branch's input)",
+        MODEL,
+        "                for layer in self.second_layers:  # chained: each takes the previous output\n"
+        "                    y = layer(y, y_valid, a, a_valid)",
+        "                y0 = y\n                for layer in self.second_layers:\n"
+        "                    y = layer(y0, y_valid, a, a_valid)",
+        (T_MODEL,),
+    ),
+    Mutant(
+        "cross-modal branch starts after the text branch's layers",
+        MODEL,
+        "                y, y_valid = x, x_valid\n",
+        "                y, y_valid = x, x_valid\n                for layer in self.main_layers:\n"
+        "                    y = layer(y, y_valid)\n",
+        (T_MODEL,),
+    ),
+    Mutant(
+        "last bottleneck layer computes the second branch's tokens for nothing",
+        MODEL,
+        "last_rows=nb if last else 0\n        )",
+        "last_rows=0\n        )\n        ys = ys[:, -nb:] if last else ys",
+        (T_MODEL,),
+    ),
+    Mutant(
+        "audio-path check accepts everything",
+        MODEL,
+        '    if cfg.modality != "both":\n        return None\n    if cfg.cross_attention',
+        "    return None\n    if cfg.cross_attention",
+        (T_MODEL,),
+    ),
+    Mutant(
+        "final bottleneck tokens not read (text branch alone)",
+        MODEL,
+        "            other = self.second_norm(b).mean(1)",
+        "            other = self.second_norm(b).mean(1) * 0",
+        (T_MODEL,),
+    ),
+    Mutant(
+        "length groups written back in sorted order",
+        MODEL,
+        "            out[idx] = v",
+        "            out[torch.sort(idx).values] = v",
+        (T_MODEL,),
+    ),
+    Mutant(
+        "length groups trimmed to their shortest text",
+        MODEL,
+        "else text[idx, : max(1, int(text_len[idx].max()))]",
+        "else text[idx, : max(1, int(text_len[idx].min()))]",
+        (T_MODEL,),
+    ),
+    Mutant(
+        "length groups never formed",
+        MODEL,
+        "        return None if len(parts) == 1 else [order[a:b] for a, b in parts]",
+        "        return None",
+        (T_MODEL,),
+    ),
+    Mutant(
+        "length-group split blind to audio lengths",
+        MODEL,
+        "size * ulen[None, :] * (omax + ulen[None, :])",
+        "size * ulen[None, :] * (uoth.max() + ulen[None, :])",
+        (T_MODEL,),
+    ),
+    Mutant(
+        "narrow heads padded for the kernel but scaled by the padded width",
+        MODEL,
+        "            scale=hd**-0.5,\n",
+        "",
+        (T_MODEL,),
+    ),
+    Mutant(
+        "CPU dropout mask keeps a fraction p instead of 1 - p",
+        MODEL,
+        "uniform_().lt_(keep).div_(keep)",
+        "uniform_().ge_(keep).div_(keep)",
+        (T_MODEL,),
+    ),
+    Mutant(
+        "CPU dropout mask not rescaled by 1 / (1 - p)",
+        MODEL,
+        "uniform_().lt_(keep).div_(keep)",
+        "uniform_().lt_(keep)",
+        (T_MODEL,),
+    ),
+    Mutant(
+        "stacked audio frames keep padding frames",
+        MODEL,
+        "    x = F.pad(x * real[..., None].to(x.dtype), (0, 0, 0, -a % stride))",
+        "    x = F.pad(x, (0, 0, 0, -a % stride))",
+        (T_GUARDS,),
+    ),
     # predict cuts new recordings as the run's training segments were made (issue 23)
-    Mutant("predict cuts at pauses whatever the training segments were", "predict/run.py",
-           'cut = "rows" if profile is not None and profile.policy == "rows" and cfg.transcripts else "pauses"',
-           'cut = "pauses"', (T_CUT,)),
-    Mutant("transcript rows past the end of a truncated recording packed into it", "predict/run.py",
-           "    inside = [p for p in pieces if p.start <= duration]", "    inside = list(pieces)", (T_CUT,)),
-    Mutant("segment-length warning never fires on short segments", "pipeline/segment_profile.py",
-           "        if m < self.p5 / 2:", "        if m < self.p5 / 20:", (T_CUT,)),
-    Mutant("training segment policy read as pauses for timed rows", "pipeline/segment_profile.py",
-           'SegmentProfile("rows" if from_rows.mean() > 0.5 else "pauses"',
-           'SegmentProfile("pauses"', (T_CUT,)),
+    Mutant(
+        "predict cuts at pauses whatever the training segments were",
+        "predict/run.py",
+        'cut = "rows" if timed_rows and cfg.transcripts else "pauses"',
+        'cut = "pauses"',
+        (T_CUT,),
+    ),
+    Mutant(
+        "transcript rows past the end of a truncated recording packed into it",
+        "predict/run.py",
+        "    inside = [p for p in pieces if p.start <= duration]",
+        "    inside = list(pieces)",
+        (T_CUT,),
+    ),
+    Mutant(
+        "segment-length warning never fires on short segments",
+        "pipeline/segment_profile.py",
+        "        if m < self.p5 / 2:",
+        "        if m < self.p5 / 20:",
+        (T_CUT,),
+    ),
+    Mutant(
+        "training segment policy read as pauses for timed rows",
+        "pipeline/segment_profile.py",
+        '"rows" if from_rows.mean() > 0.5 else "pauses",',
+        '"pauses",',
+        (T_CUT,),
+    ),
 ]
 
 
 def run(m: Mutant, timeout: int) -> tuple[str, float, str]:
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     with tempfile.TemporaryDirectory(prefix="mutant-") as tmp:
         for f in files:
             dst = Path(tmp) / f
@@ -127,22 +247,36 @@ def run(m: Mutant, timeout: int) -> tuple[str, float, str]:
         target = Path(tmp) / m.file
         src = target.read_text(encoding="utf-8")
         if src.count(m.old) != 1:
-            return "stale", 0.0, f"the text to mutate occurs {src.count(m.old)} times in {m.file}: update MUTANTS"
+            return (
+                "stale",
+                0.0,
+                f"the text to mutate occurs {src.count(m.old)} times in {m.file}: update MUTANTS",
+            )
         target.write_text(src.replace(m.old, m.new), encoding="utf-8")
         env = {**os.environ, "PYTHONPATH": tmp}
         t0 = time.perf_counter()
         try:
-            r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *m.tests],
-                               cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout)
+            r = subprocess.run(
+                [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *m.tests],
+                cwd=tmp,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
         except subprocess.TimeoutExpired:
             return "killed (timeout)", time.perf_counter() - t0, ""
         took = time.perf_counter() - t0
-        failed = [ln for ln in r.stdout.splitlines() if ln.startswith("FAILED") or ln.startswith("ERROR")]
+        failed = [
+            ln for ln in r.stdout.splitlines() if ln.startswith("FAILED") or ln.startswith("ERROR")
+        ]
         return ("killed" if r.returncode != 0 else "SURVIVED"), took, (failed[0] if failed else "")
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("-k", default="", help="only mutations whose name contains this")
     ap.add_argument("--timeout", type=int, default=600)
     args = ap.parse_args()

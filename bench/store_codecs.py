@@ -6,6 +6,7 @@
 Hidden states are high-entropy float16 (mantissas barely compress); most of the gain comes from the zero
 padding after each segment's valid rows and from the exponent byte, which bit-shuffling exposes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,13 +30,19 @@ def synthetic(n: int, frames: int, dim: int, seed: int = 0) -> tuple[np.ndarray,
     for i, length in enumerate(lengths):
         # transformer hidden states: roughly normal per channel with channel-specific scales and a few outliers
         scale = rng.lognormal(0, 0.5, size=dim).astype(np.float32)
-        x[i, :length] = (rng.standard_normal((length, dim)).astype(np.float32) * scale).astype(np.float16)
+        x[i, :length] = (rng.standard_normal((length, dim)).astype(np.float32) * scale).astype(
+            np.float16
+        )
     return x, lengths.astype(np.int32)
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--store", default=None, help="take audio rows from this store instead of synthetic ones")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--store", default=None, help="take audio rows from this store instead of synthetic ones"
+    )
     ap.add_argument("--segments", type=int, default=64)
     args = ap.parse_args()
     if args.store:
@@ -48,13 +55,24 @@ if __name__ == "__main__":
         audio, lengths = synthetic(args.segments, 999, 768)
     n, frames, dim = audio.shape
     tmp = Path(tempfile.mkdtemp(prefix="msmtfn-codec-"))
-    print(f"{n} segments of {frames}x{dim} float16, {audio.nbytes / 2**20:.0f} MiB raw, "
-          f"{lengths.mean() / frames:.0%} valid rows on average")
+    print(
+        f"{n} segments of {frames}x{dim} float16, {audio.nbytes / 2**20:.0f} MiB raw, "
+        f"{lengths.mean() / frames:.0%} valid rows on average"
+    )
     print(f"{'codec':<12}{'ratio':>8}{'write MiB/s':>14}{'read MiB/s':>13}")
     for codec in CODECS:
-        shape = StoreShape(n=n, audio_frames=frames, audio_dim=dim, text_tokens=1, text_dim=1, shard_size=16)
-        s = CacheStore.create(tmp / f"{codec}.zarr", shape, [], fingerprint="x", settings={}, manifest_digest="x",
-                              codec=codec)
+        shape = StoreShape(
+            n=n, audio_frames=frames, audio_dim=dim, text_tokens=1, text_dim=1, shard_size=16
+        )
+        s = CacheStore.create(
+            tmp / f"{codec}.zarr",
+            shape,
+            [],
+            fingerprint="x",
+            settings={},
+            manifest_digest="x",
+            codec=codec,
+        )
         arr = s.array("audio/hidden")
         t0 = time.perf_counter()
         arr[:] = audio

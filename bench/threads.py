@@ -16,6 +16,7 @@ printed with its ratio to the best; one untimed epoch first warms the process up
 user's job on a shared machine does. ``uptime`` is printed before and after: other processes on the machine change
 the figures (OpenMP threads spin-wait for cores that others hold), so record it beside them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,18 @@ def uptime() -> str:
 
 
 def first_epoch(cache: Path, out: Path, threads: int, batch_calls: int) -> float:
-    cfg = TrainConfig(cache=str(cache), out=str(out), device="cpu", epochs=1, patience=1, threads=threads,
-                      batch_calls=batch_calls, plots=False, progress=False, state_every=0)
+    cfg = TrainConfig(
+        cache=str(cache),
+        out=str(out),
+        device="cpu",
+        epochs=1,
+        patience=1,
+        threads=threads,
+        batch_calls=batch_calls,
+        plots=False,
+        progress=False,
+        state_every=0,
+    )
     run = TrainingRun(cfg).start()
     t0 = time.perf_counter()
     run.epoch(1)
@@ -68,10 +79,16 @@ def start_load(k: int) -> list:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--calls", type=int, default=16, help="calls in the cache (80 %% train, 10 %% valid/test)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--calls", type=int, default=16, help="calls in the cache (80 %% train, 10 %% valid/test)"
+    )
     ap.add_argument("--batch-calls", type=int, default=8)
-    ap.add_argument("--rounds", type=int, default=2, help="first epochs timed per thread count (median)")
+    ap.add_argument(
+        "--rounds", type=int, default=2, help="first epochs timed per thread count (median)"
+    )
     ap.add_argument("--threads", default="", help="comma-separated counts (default 1..cores)")
     ap.add_argument("--audio-dim", type=int, default=768)
     ap.add_argument("--text-dim", type=int, default=384)
@@ -83,12 +100,23 @@ def main() -> None:
     try:
         print(f"before: {uptime()}", flush=True)
         t0 = time.perf_counter()
-        store = write_synthetic_store(tmp / "c.zarr", calls=args.calls, segments_per_call=(3, 6), seed=0,
-                                      split_fractions=(0.8, 0.1, 0.1), audio_frames=999, audio_dim=args.audio_dim,
-                                      text_tokens=199, text_dim=args.text_dim)
-        print(f"cache: {args.calls} calls, {store.n} segments, audio 999x{args.audio_dim}, text 199x{args.text_dim}; "
-              f"written in {time.perf_counter() - t0:.1f} s; {cores} cores available, torch's own default "
-              f"{torch.get_num_threads()} threads; default_threads() = {default_threads()}", flush=True)
+        store = write_synthetic_store(
+            tmp / "c.zarr",
+            calls=args.calls,
+            segments_per_call=(3, 6),
+            seed=0,
+            split_fractions=(0.8, 0.1, 0.1),
+            audio_frames=999,
+            audio_dim=args.audio_dim,
+            text_tokens=199,
+            text_dim=args.text_dim,
+        )
+        print(
+            f"cache: {args.calls} calls, {store.n} segments, audio 999x{args.audio_dim}, text 199x{args.text_dim}; "
+            f"written in {time.perf_counter() - t0:.1f} s; {cores} cores available, torch's own default "
+            f"{torch.get_num_threads()} threads; default_threads() = {default_threads()}",
+            flush=True,
+        )
         first_epoch(store.path, tmp / "warm-up", counts[0], args.batch_calls)
         load = start_load(args.load)
         if load:
@@ -98,7 +126,10 @@ def main() -> None:
             for n in counts:
                 s = first_epoch(store.path, tmp / f"r{r}-t{n}", n, args.batch_calls)
                 times[n].append(s)
-                print(f"  round {r + 1}, {n} thread{'s' if n > 1 else ''}: first epoch {s:.2f} s", flush=True)
+                print(
+                    f"  round {r + 1}, {n} thread{'s' if n > 1 else ''}: first epoch {s:.2f} s",
+                    flush=True,
+                )
         print(f"after: {uptime()}")
         for p in load:
             p.terminate()

@@ -13,17 +13,23 @@ Public API (what predict/ and other callers use; the submodules are internal):
 Names are imported on first use (PEP 562), so ``import extract`` (and ``msmtfn-extract --help``) does not load
 torch, transformers or dask.
 """
+
 from __future__ import annotations
 
 import importlib
 
 _WHERE = {
-    "ExtractConfig": "config", "ExtractResult": "config",
+    "ExtractConfig": "config",
+    "ExtractResult": "config",
     "extract": "run",
     "CacheSettings": "config",
-    "Encoders": "encoders", "load_encoders": "encoders",
-    "SegmentSource": "encode", "make_batches": "encode", "make_loader": "encode",
-    "AudioError": "audio", "load_segment": "audio",
+    "Encoders": "encoders",
+    "load_encoders": "encoders",
+    "SegmentSource": "encode",
+    "make_batches": "encode",
+    "make_loader": "encode",
+    "AudioError": "audio",
+    "load_segment": "audio",
     "build_tiny_encoders": "tiny",
     "main": "cli",
 }

@@ -6,6 +6,7 @@ Two sample-rate policies (both recorded in the cache fingerprint):
 * ``paper-8k``: the paper's public code fed 8 kHz phone audio to a 16 kHz HuBERT unresampled. For parity,
   audio is brought to 8 kHz and fed as if it were at the encoder's rate (a 40 s segment → 999 frames).
 """
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,8 @@ class AudioError(Exception):
 
 @dataclass(frozen=True)
 class AudioPolicy:
-    rate_policy: str       # "encoder" | "paper-8k"
-    encoder_rate: int      # the rate the encoder was trained on
+    rate_policy: str  # "encoder" | "paper-8k"
+    encoder_rate: int  # the rate the encoder was trained on
 
     @property
     def input_rate(self) -> int:
@@ -34,7 +35,9 @@ class AudioPolicy:
 
     def __post_init__(self):
         if self.rate_policy not in RATE_POLICIES:
-            raise ValueError(f"unknown rate policy {self.rate_policy!r}; valid: {', '.join(RATE_POLICIES)}")
+            raise ValueError(
+                f"unknown rate policy {self.rate_policy!r}; valid: {', '.join(RATE_POLICIES)}"
+            )
 
 
 def probe_duration(path: str) -> float | None:
@@ -55,11 +58,12 @@ def probe_duration(path: str) -> float | None:
 
 # Extensions that soundfile (libsndfile) cannot read: decoded with PyAV (FFmpeg). Everything else stays with
 # soundfile, so a corrupt WAV is still refused rather than half-decoded by FFmpeg.
-CONTAINER_EXTS = frozenset({".mp4", ".m4a", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".flv", ".aac", ".wma",
-                            ".3gp"})
+CONTAINER_EXTS = frozenset(
+    {".mp4", ".m4a", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".flv", ".aac", ".wma", ".3gp"}
+)
 
 
-PREROLL = 0.2   # seconds decoded before ``start`` after a seek (codec warm-up, e.g. AAC's overlapping frames)
+PREROLL = 0.2  # seconds decoded before ``start`` after a seek (codec warm-up, e.g. AAC's overlapping frames)
 
 
 def _is_container(path: str) -> bool:
@@ -70,7 +74,9 @@ def _av():
     try:
         import av
     except ImportError:
-        raise AudioError("cannot decode this container: PyAV is not installed (pip install av)") from None
+        raise AudioError(
+            "cannot decode this container: PyAV is not installed (pip install av)"
+        ) from None
     return av
 
 
@@ -97,14 +103,18 @@ def _read_av(path: str, start: float | None, end: float | None) -> tuple[np.ndar
         if not c.streams.audio:
             raise AudioError("no audio track in the file (a video without sound)")
         st = c.streams.audio[0]
-        duration = float(st.duration * st.time_base) if st.duration is not None and st.time_base else None
+        duration = (
+            float(st.duration * st.time_base) if st.duration is not None and st.time_base else None
+        )
         t0 = max(0.0, start or 0.0)
         if duration is not None and t0 >= duration > 0:
             raise AudioError(f"start {start}s is past the end of the file ({duration:.2f}s)")
         t1 = end if end is not None else duration
         if duration is not None and t1 is not None:
             t1 = min(t1, duration)
-        if t0 > PREROLL and st.time_base:    # a little early: the frames right after a seek can be incomplete
+        if (
+            t0 > PREROLL and st.time_base
+        ):  # a little early: the frames right after a seek can be incomplete
             c.seek(int((t0 - PREROLL) / st.time_base), stream=st, backward=True)
         # format conversion only (planar float, same layout and rate): the resampler adds no delay
         conv = av.AudioResampler(format="fltp")
@@ -123,7 +133,7 @@ def _read_av(path: str, start: float | None, end: float | None) -> tuple[np.ndar
             if t1 is not None and first + n / sr >= t1:
                 break
         else:
-            for out in conv.resample(None):     # flush
+            for out in conv.resample(None):  # flush
                 chunks.append(out.to_ndarray().reshape(-1, out.samples))
         if not chunks:
             raise AudioError("empty audio (0 samples)")
@@ -147,12 +157,14 @@ def _read_sf(path: str, start: float | None, end: float | None) -> tuple[np.ndar
 
 
 def _first_line(e: Exception) -> str:
-    if isinstance(e, OSError) and e.strerror:     # FFmpeg errors: the reason without errno and path
+    if isinstance(e, OSError) and e.strerror:  # FFmpeg errors: the reason without errno and path
         return e.strerror
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
-def load_segment(path: str, start: float | None, end: float | None, rate: int) -> tuple[np.ndarray, list[str]]:
+def load_segment(
+    path: str, start: float | None, end: float | None, rate: int
+) -> tuple[np.ndarray, list[str]]:
     """Decode [start, end) of ``path`` as mono float32 at ``rate``. Returns (samples, warnings).
 
     Raises AudioError for what cannot be encoded: unreadable, empty, non-finite samples.
@@ -169,7 +181,9 @@ def load_segment(path: str, start: float | None, end: float | None, rate: int) -
         raise
     except FileNotFoundError:
         raise AudioError("audio file not found") from None
-    except Exception as e:  # LibsndfileError/RuntimeError or FFmpeg errors for corrupt or non-audio files
+    except (
+        Exception
+    ) as e:  # LibsndfileError/RuntimeError or FFmpeg errors for corrupt or non-audio files
         raise AudioError(f"cannot decode audio ({_first_line(e)})") from None
     if data.shape[0] == 0:
         raise AudioError("empty audio (0 samples)")

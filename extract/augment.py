@@ -9,6 +9,7 @@ their ranges are part of the cache fingerprint.
 Transforms come from ``audiomentations`` (``speed`` is Kaldi-style speed perturbation: resampling that changes
 tempo and pitch together, as in ASR practice; ``tempo`` keeps the pitch).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,7 +25,7 @@ from pipeline.manifest import Segment
 @dataclass(frozen=True)
 class Transform:
     name: str
-    params: dict          # recorded in the fingerprint
+    params: dict  # recorded in the fingerprint
     description: str
 
     def build(self):
@@ -36,15 +37,23 @@ class Transform:
         if self.name == "speed":
             return _Speed(p["min_factor"], p["max_factor"])
         if self.name == "tempo":
-            return A.TimeStretch(min_rate=p["min_rate"], max_rate=p["max_rate"], leave_length_unchanged=False, p=1.0)
+            return A.TimeStretch(
+                min_rate=p["min_rate"], max_rate=p["max_rate"], leave_length_unchanged=False, p=1.0
+            )
         if self.name == "pitch":
-            return A.PitchShift(min_semitones=p["min_semitones"], max_semitones=p["max_semitones"], p=1.0)
+            return A.PitchShift(
+                min_semitones=p["min_semitones"], max_semitones=p["max_semitones"], p=1.0
+            )
         if self.name == "gain":
             return A.Gain(min_gain_db=p["min_gain_db"], max_gain_db=p["max_gain_db"], p=1.0)
         if self.name == "band":
-            return A.BandPassFilter(min_center_freq=p["min_center_freq"], max_center_freq=p["max_center_freq"],
-                                    min_bandwidth_fraction=p["min_bandwidth_fraction"],
-                                    max_bandwidth_fraction=p["max_bandwidth_fraction"], p=1.0)
+            return A.BandPassFilter(
+                min_center_freq=p["min_center_freq"],
+                max_center_freq=p["max_center_freq"],
+                min_bandwidth_fraction=p["min_bandwidth_fraction"],
+                max_bandwidth_fraction=p["max_bandwidth_fraction"],
+                p=1.0,
+            )
         raise KeyError(self.name)
 
 
@@ -56,18 +65,39 @@ class _Speed:
 
     def __call__(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
         factor = random.uniform(self.lo, self.hi)
-        return soxr.resample(samples, sample_rate, sample_rate / factor).astype(np.float32, copy=False)
+        return soxr.resample(samples, sample_rate, sample_rate / factor).astype(
+            np.float32, copy=False
+        )
 
 
-TRANSFORMS: dict[str, Transform] = {t.name: t for t in (
-    Transform("noise", {"min_snr_db": 10.0, "max_snr_db": 30.0}, "Gaussian noise at 10–30 dB SNR"),
-    Transform("speed", {"min_factor": 0.9, "max_factor": 1.1}, "speed ×0.9–1.1 (resampled: tempo and pitch)"),
-    Transform("tempo", {"min_rate": 0.9, "max_rate": 1.1}, "tempo ×0.9–1.1, pitch kept"),
-    Transform("pitch", {"min_semitones": -2.0, "max_semitones": 2.0}, "pitch shift ±2 semitones"),
-    Transform("gain", {"min_gain_db": -6.0, "max_gain_db": 6.0}, "gain ±6 dB"),
-    Transform("band", {"min_center_freq": 800.0, "max_center_freq": 2000.0, "min_bandwidth_fraction": 1.0,
-                       "max_bandwidth_fraction": 1.8}, "telephone-like band-pass"),
-)}
+TRANSFORMS: dict[str, Transform] = {
+    t.name: t
+    for t in (
+        Transform(
+            "noise", {"min_snr_db": 10.0, "max_snr_db": 30.0}, "Gaussian noise at 10–30 dB SNR"
+        ),
+        Transform(
+            "speed",
+            {"min_factor": 0.9, "max_factor": 1.1},
+            "speed ×0.9–1.1 (resampled: tempo and pitch)",
+        ),
+        Transform("tempo", {"min_rate": 0.9, "max_rate": 1.1}, "tempo ×0.9–1.1, pitch kept"),
+        Transform(
+            "pitch", {"min_semitones": -2.0, "max_semitones": 2.0}, "pitch shift ±2 semitones"
+        ),
+        Transform("gain", {"min_gain_db": -6.0, "max_gain_db": 6.0}, "gain ±6 dB"),
+        Transform(
+            "band",
+            {
+                "min_center_freq": 800.0,
+                "max_center_freq": 2000.0,
+                "min_bandwidth_fraction": 1.0,
+                "max_bandwidth_fraction": 1.8,
+            },
+            "telephone-like band-pass",
+        ),
+    )
+}
 
 
 class AugmentError(ValueError):
@@ -78,10 +108,16 @@ def parse_augment(names) -> tuple[str, ...]:
     """``"noise,speed"`` or ``["noise", "speed"]`` → ("noise", "speed"); unknown names are one clear error."""
     if isinstance(names, str):
         names = [names]
-    out = tuple(dict.fromkeys(n.strip().lower() for part in (names or ()) for n in str(part).split(",") if n.strip()))
+    out = tuple(
+        dict.fromkeys(
+            n.strip().lower() for part in (names or ()) for n in str(part).split(",") if n.strip()
+        )
+    )
     unknown = [n for n in out if n not in TRANSFORMS]
     if unknown:
-        raise AugmentError(f"unknown augmentation {', '.join(map(repr, unknown))}; valid: {', '.join(TRANSFORMS)}")
+        raise AugmentError(
+            f"unknown augmentation {', '.join(map(repr, unknown))}; valid: {', '.join(TRANSFORMS)}"
+        )
     return out
 
 
@@ -93,12 +129,21 @@ def settings(augment: tuple[str, ...], variants: int, seed: int) -> dict:
     """The fingerprint's ``augmentation`` entry."""
     if not augment:
         return {"variants": []}
-    return {"variants": variant_names(augment, variants), "seed": seed, "splits": ["train"],
-            "transforms": {n: TRANSFORMS[n].params for n in augment}}
+    return {
+        "variants": variant_names(augment, variants),
+        "seed": seed,
+        "splits": ["train"],
+        "transforms": {n: TRANSFORMS[n].params for n in augment},
+    }
 
 
-def add_variant_rows(rows: list[Segment], durations: dict[str, float], augment: tuple[str, ...], variants: int,
-                     max_seconds: float) -> tuple[list[Segment], dict[str, float]]:
+def add_variant_rows(
+    rows: list[Segment],
+    durations: dict[str, float],
+    augment: tuple[str, ...],
+    variants: int,
+    max_seconds: float,
+) -> tuple[list[Segment], dict[str, float]]:
     """Append one augmented copy of every training row per variant (originals keep their row numbers)."""
     if not augment:
         return rows, durations
@@ -127,14 +172,16 @@ class Augmenter:
         name = seg.variant.rsplit("-", 1)[0]
         digest = hashlib.sha256(f"{self.seed}:{seg.segment_id}".encode()).digest()
         py_state, np_state = random.getstate(), np.random.get_state()
-        try:   # audiomentations draws from both global generators
+        try:  # audiomentations draws from both global generators
             random.seed(int.from_bytes(digest[:8], "little"))
             np.random.seed(int.from_bytes(digest[8:12], "little"))
-            y = self._transforms[name](samples=np.ascontiguousarray(x, dtype=np.float32), sample_rate=rate)
+            y = self._transforms[name](
+                samples=np.ascontiguousarray(x, dtype=np.float32), sample_rate=rate
+            )
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)
         y = np.asarray(y, dtype=np.float32)
-        if not np.isfinite(y).all():   # a transform must never turn good audio into NaN rows
+        if not np.isfinite(y).all():  # a transform must never turn good audio into NaN rows
             y = np.nan_to_num(y, nan=0.0, posinf=1.0, neginf=-1.0)
         return y

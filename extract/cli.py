@@ -3,18 +3,23 @@
 Exit codes: 0 all segments encoded; 3 finished but some inputs were skipped (named in report.json and the
 summary); 1 a user error (one line saying what to fix); 2 bad command-line usage.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
 import sys
-
 from pathlib import Path
 
 import click
 
-from pipeline.cache_settings import BATCH_SECONDS_CPU, BATCH_SECONDS_CUDA, CacheSettings, cache_fields
+from pipeline.cache_settings import (
+    BATCH_SECONDS_CPU,
+    BATCH_SECONDS_CUDA,
+    CacheSettings,
+    cache_fields,
+)
 from pipeline.cli import DefaultCommandGroup, RenamedOption, UsageError, device_callback
 from pipeline.datasets import DATASETS, dataset_options
 from pipeline.device import DEVICE_HELP
@@ -41,7 +46,8 @@ def format_info(info: dict) -> str:
     lines = [
         f"store            {info['path']}",
         f"dataset          {info.get('dataset')}  (labels: {info.get('label_scheme')}"
-        + (", custom, defined in the store" if info.get("label_scheme_def") else "") + ")",
+        + (", custom, defined in the store" if info.get("label_scheme_def") else "")
+        + ")",
         *_scheme_lines(info),
         f"schema version   {info['schema_version']}   package {info.get('package_version')}",
         f"fingerprint      {info['fingerprint']}",
@@ -56,9 +62,14 @@ def format_info(info: dict) -> str:
         f"{info['segments_skipped']} skipped, {info['segments_pending']} pending",
         f"calls            {info['calls']}  per split: "
         + ", ".join(f"{k} {v}" for k, v in sorted(info["calls_per_split"].items())),
-        *(f"{name:<17}" + ", ".join(f"{k} {v}" for k, v in per.items())
-          for name, per in info.get("labels", {"calls per label": info["calls_per_label"]}).items()),
-        "variants         " + ", ".join(f"{k} {v}" for k, v in sorted(info["segments_per_variant"].items())),
+        *(
+            f"{name:<17}" + ", ".join(f"{k} {v}" for k, v in per.items())
+            for name, per in info.get(
+                "labels", {"calls per label": info["calls_per_label"]}
+            ).items()
+        ),
+        "variants         "
+        + ", ".join(f"{k} {v}" for k, v in sorted(info["segments_per_variant"].items())),
         f"on disk          {_fmt_bytes(info['bytes_on_disk'])} (codec {info.get('codec')}); "
         f"compression ratio {info['compression_ratio_written']:.2f}× on written rows",
     ]
@@ -68,8 +79,14 @@ def format_info(info: dict) -> str:
 def _scheme_lines(info: dict) -> list[str]:
     """The label scheme's tasks and what each class means, for ``info``."""
     tasks = info.get("label_tasks") or {}
-    lines = ["tasks            " + "; ".join(f"{k}: {' | '.join(v) if v else '(regression)'}"
-                                              for k, v in tasks.items())] if tasks else []
+    lines = (
+        [
+            "tasks            "
+            + "; ".join(f"{k}: {' | '.join(v) if v else '(regression)'}" for k, v in tasks.items())
+        ]
+        if tasks
+        else []
+    )
     for i, (label, what) in enumerate((info.get("class_descriptions") or {}).items()):
         lines.append(f"{'classes' if i == 0 else '':<17}{label}: {what}")
     return lines
@@ -80,11 +97,15 @@ def with_label_scheme(options: dict, label_scheme: str | None, dataset: str, dat
     work: a bad file is bad usage, one line naming the file and the key (exit 2)."""
     if label_scheme is not None:
         if "label_scheme" not in dataset_options(dataset):
-            raise UsageError(f"--label-scheme: dataset {dataset!r} has its own labels; a custom label scheme is for "
-                             "--dataset csv")
+            raise UsageError(
+                f"--label-scheme: dataset {dataset!r} has its own labels; a custom label scheme is for "
+                "--dataset csv"
+            )
         if options.get("label_scheme", label_scheme) != label_scheme:
-            raise UsageError(f"--label-scheme {label_scheme} and --option label_scheme={options['label_scheme']} "
-                             "disagree; give one of them")
+            raise UsageError(
+                f"--label-scheme {label_scheme} and --option label_scheme={options['label_scheme']} "
+                "disagree; give one of them"
+            )
         options = {**options, "label_scheme": label_scheme}
     if "label_scheme" in options:
         try:
@@ -103,7 +124,11 @@ def cache_options(command):
     field): a new cache setting is a new option without touching this file."""
     for f in reversed(dataclasses.fields(CacheSettings)):
         m = f.metadata
-        kw = {"default": m.get("cli_default", f.default), "help": m["help"], "show_default": f.default is not None}
+        kw = {
+            "default": m.get("cli_default", f.default),
+            "help": m["help"],
+            "show_default": f.default is not None,
+        }
         if "choices" in m:
             kw["type"] = click.Choice(m["choices"])
         if "metavar" in m:
@@ -117,8 +142,11 @@ def cache_options(command):
     return command
 
 
-@click.group(cls=DefaultCommandGroup, invoke_without_command=True,
-             context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=DefaultCommandGroup,
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.pass_context
 def main(ctx):
     """Encode a dataset's calls with frozen audio and text encoders into a resumable Zarr cache.
@@ -140,8 +168,11 @@ def parse_options(items: tuple[str, ...], dataset: str) -> dict:
             raise click.BadParameter(f"{item!r}: write KEY=VALUE", param_hint="--option")
         key = key.strip().replace("-", "_")
         if dataset in DATASETS and key not in dataset_options(dataset):
-            raise click.BadParameter(f"dataset {dataset!r} has no option {key!r}; its options: "
-                                     f"{', '.join(dataset_options(dataset)) or 'none'}", param_hint="--option")
+            raise click.BadParameter(
+                f"dataset {dataset!r} has no option {key!r}; its options: "
+                f"{', '.join(dataset_options(dataset)) or 'none'}",
+                param_hint="--option",
+            )
         try:
             out[key] = json.loads(value)
         except ValueError:
@@ -154,10 +185,10 @@ def _kept(kw: dict) -> str:
     try:
         out = kw["out"] or f"cache/{kw['dataset']}.zarr"
         if "://" in out:
-            return ""   # a remote store: no network round trip after a Ctrl-C
+            return ""  # a remote store: no network round trip after a Ctrl-C
         done = CacheStore.open(out).done()
         return f" ({int(done.sum())} of {len(done)} segments done in {out})"
-    except Exception:   # interrupted before the store existed, or a second Ctrl-C: the plain message
+    except Exception:  # interrupted before the store existed, or a second Ctrl-C: the plain message
         return ""
 
 
@@ -174,48 +205,124 @@ def _storage_options(raw: str | None) -> dict:
 
 
 @main.command("run", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--dataset", required=True, type=click.Choice(list(DATASETS)), help="The adapter (see README).")
-@click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="The dataset's folder.")
+@click.option(
+    "--dataset", required=True, type=click.Choice(list(DATASETS)), help="The adapter (see README)."
+)
+@click.option(
+    "--data-dir", required=True, type=click.Path(file_okay=False), help="The dataset's folder."
+)
 @click.option("--out", default=None, help="Store path (default cache/<dataset>.zarr).")
-@cache_options   # one option per CacheSettings field: --audio-model … --seed (pipeline/cache_settings.py)
-@click.option("--device", default=_run_default("device"), show_default=True, help=DEVICE_HELP,
-              callback=device_callback())
-@click.option("--batch-seconds", default=_run_default("batch_seconds"), show_default=True,
-              help=f"Padded audio seconds per batch (0: {BATCH_SECONDS_CUDA:g} on CUDA, {BATCH_SECONDS_CPU:g} on CPU).")
-@click.option("--batch-size", "max_batch", default=_run_default("max_batch"), show_default=True,
-              help="Segments per batch at most.")
-@click.option("--loader-workers", "--num-workers", "num_workers", cls=RenamedOption, old="--num-workers",
-              default=_run_default("num_workers"), show_default=True,
-              help="Decode/resample/tokenise processes feeding the encoders (in each dask worker too).")
-@click.option("--shard-size", default=_run_default("shard_size"), show_default=True,
-              help="Segments per shard file.")
-@click.option("--block-shards", default=_run_default("block_shards"), show_default=True,
-              help="Shards sorted by length and batched together; one such block is one distributed task.")
-@click.option("--codec", default=_run_default("codec"), show_default=True, type=click.Choice(CODECS))
-@click.option("--write-threads", default=_run_default("write_threads"), show_default=True,
-              help="Threads compressing and writing shards (0 = cores, at most 8).")
-@click.option("--overwrite", is_flag=True, help="Rebuild the store if it was made with other settings.")
-@click.option("--allow-outside-paths", is_flag=True,
-              help="Let CSVs name audio outside --data-dir (absolute paths, ../).")
-@click.option("--trust-remote-code", is_flag=True, help="Allow model code from the hub (off by default).")
-@click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
-              help="Encode on the workers of this dask scheduler (they must reach --data-dir, the models and --out).")
-@click.option("--dask-workers", "--workers", "workers", cls=RenamedOption, old="--workers",
-              default=_run_default("workers"), show_default=True,
-              help="Encode on a local dask cluster of N worker processes (one per GPU with dask-cuda on cuda).")
-@click.option("--storage-options", default=None, metavar="JSON",
-              help="fsspec options of a URL --out, e.g. '{\"endpoint_url\": \"http://host:9000\"}' "
-                   "(default: $MSMTFN_STORAGE_OPTIONS; S3 also reads AWS_ENDPOINT_URL and the AWS_* credentials).")
-@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
-              help="A dataset adapter option (repeatable), e.g. split_file=folds.py, label_scheme=sentiment, "
-                   "no_text=true.")
-@click.option("--label-scheme", default=None, metavar="NAME|FILE.toml",
-              help="The generic CSV's labels: a built-in scheme or your own TOML file (README, Label schemes); "
-                   "copied into the store. Same as --option label_scheme=…")
+@cache_options  # one option per CacheSettings field: --audio-model … --seed (pipeline/cache_settings.py)
+@click.option(
+    "--device",
+    default=_run_default("device"),
+    show_default=True,
+    help=DEVICE_HELP,
+    callback=device_callback(),
+)
+@click.option(
+    "--batch-seconds",
+    default=_run_default("batch_seconds"),
+    show_default=True,
+    help=f"Padded audio seconds per batch (0: {BATCH_SECONDS_CUDA:g} on CUDA, {BATCH_SECONDS_CPU:g} on CPU).",
+)
+@click.option(
+    "--batch-size",
+    "max_batch",
+    default=_run_default("max_batch"),
+    show_default=True,
+    help="Segments per batch at most.",
+)
+@click.option(
+    "--loader-workers",
+    "--num-workers",
+    "num_workers",
+    cls=RenamedOption,
+    old="--num-workers",
+    default=_run_default("num_workers"),
+    show_default=True,
+    help="Decode/resample/tokenise processes feeding the encoders (in each dask worker too).",
+)
+@click.option(
+    "--shard-size",
+    default=_run_default("shard_size"),
+    show_default=True,
+    help="Segments per shard file.",
+)
+@click.option(
+    "--block-shards",
+    default=_run_default("block_shards"),
+    show_default=True,
+    help="Shards sorted by length and batched together; one such block is one distributed task.",
+)
+@click.option(
+    "--codec", default=_run_default("codec"), show_default=True, type=click.Choice(CODECS)
+)
+@click.option(
+    "--write-threads",
+    default=_run_default("write_threads"),
+    show_default=True,
+    help="Threads compressing and writing shards (0 = cores, at most 8).",
+)
+@click.option(
+    "--overwrite", is_flag=True, help="Rebuild the store if it was made with other settings."
+)
+@click.option(
+    "--allow-outside-paths",
+    is_flag=True,
+    help="Let CSVs name audio outside --data-dir (absolute paths, ../).",
+)
+@click.option(
+    "--trust-remote-code", is_flag=True, help="Allow model code from the hub (off by default)."
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    metavar="tcp://HOST:PORT",
+    help="Encode on the workers of this dask scheduler (they must reach --data-dir, the models and --out).",
+)
+@click.option(
+    "--dask-workers",
+    "--workers",
+    "workers",
+    cls=RenamedOption,
+    old="--workers",
+    default=_run_default("workers"),
+    show_default=True,
+    help="Encode on a local dask cluster of N worker processes (one per GPU with dask-cuda on cuda).",
+)
+@click.option(
+    "--storage-options",
+    default=None,
+    metavar="JSON",
+    help='fsspec options of a URL --out, e.g. \'{"endpoint_url": "http://host:9000"}\' '
+    "(default: $MSMTFN_STORAGE_OPTIONS; S3 also reads AWS_ENDPOINT_URL and the AWS_* credentials).",
+)
+@click.option(
+    "--option",
+    "options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A dataset adapter option (repeatable), e.g. split_file=folds.py, label_scheme=sentiment, "
+    "no_text=true.",
+)
+@click.option(
+    "--label-scheme",
+    default=None,
+    metavar="NAME|FILE.toml",
+    help="The generic CSV's labels: a built-in scheme or your own TOML file (README, Label schemes); "
+    "copied into the store. Same as --option label_scheme=…",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def run_cmd(as_json: bool, quiet: bool, storage_options: str | None, options: tuple[str, ...],
-            label_scheme: str | None, **kw):
+def run_cmd(
+    as_json: bool,
+    quiet: bool,
+    storage_options: str | None,
+    options: tuple[str, ...],
+    label_scheme: str | None,
+    **kw,
+):
     """Encode a dataset into a resumable Zarr cache (the default command).
 
     \b
@@ -224,46 +331,75 @@ def run_cmd(as_json: bool, quiet: bool, storage_options: str | None, options: tu
 
     Exit status: 0 all encoded; 3 some inputs skipped (see report.json); 1 error; 2 bad usage.
     """
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s"
+    )
     try:
         cache = CacheSettings(**{k: kw.pop(k) for k in cache_fields()})
-        dataset_opts = with_label_scheme(parse_options(options, kw["dataset"]), label_scheme, kw["dataset"],
-                                         kw["data_dir"])
-        cfg = ExtractConfig(cache=cache, **kw, storage_options=_storage_options(storage_options),
-                            dataset_options=dataset_opts)
+        dataset_opts = with_label_scheme(
+            parse_options(options, kw["dataset"]), label_scheme, kw["dataset"], kw["data_dir"]
+        )
+        cfg = ExtractConfig(
+            cache=cache,
+            **kw,
+            storage_options=_storage_options(storage_options),
+            dataset_options=dataset_opts,
+        )
         # missing or unusable folders are answered at once, before torch and transformers are imported
         check_model_folders(cfg.cache)
         check_data_dir(cfg.data_dir, DATASETS[cfg.dataset].makes_data_dir)
-        if quiet:   # transformers' own "Loading weights" bars too
+        if quiet:  # transformers' own "Loading weights" bars too
             from transformers.utils import logging as hf_logging
 
             hf_logging.disable_progress_bar()
-            logging.getLogger("distributed").setLevel(logging.WARNING)   # dask's cluster start/stop lines
-        from .run import extract   # torch and transformers: imported once the options are read
+            logging.getLogger("distributed").setLevel(
+                logging.WARNING
+            )  # dask's cluster start/stop lines
+        from .run import extract  # torch and transformers: imported once the options are read
 
         res = extract(cfg, progress=not quiet)
     except (StoreError, ValueError) as e:
         raise click.ClickException(str(e)) from None
-    except OSError as e:   # e.g. the disk filled up while the store was being created
-        raise click.ClickException(f"{e}; fix the cause (disk space, permissions) and run the same command again: "
-                                   "every segment marked done is kept") from None
+    except OSError as e:  # e.g. the disk filled up while the store was being created
+        raise click.ClickException(
+            f"{e}; fix the cause (disk space, permissions) and run the same command again: "
+            "every segment marked done is kept"
+        ) from None
     except KeyboardInterrupt:
         # one process writes partial shards on the way out; with dask the driver commits whole blocks only
-        kept = "every block the dask workers finished is kept" if kw.get("workers") or kw.get("scheduler") else \
-            "every encoded segment but the batch in flight is kept"
-        click.echo(f"interrupted: {kept}{_kept(kw)}; run the same command again to resume", err=True)
+        kept = (
+            "every block the dask workers finished is kept"
+            if kw.get("workers") or kw.get("scheduler")
+            else "every encoded segment but the batch in flight is kept"
+        )
+        click.echo(
+            f"interrupted: {kept}{_kept(kw)}; run the same command again to resume", err=True
+        )
         sys.exit(130)
-    summary = {"store": str(res.store), "segments_total": res.total, "segments_done": res.done,
-               "segments_skipped": res.skipped, "encoded_this_run": res.computed,
-               "audio_seconds": round(res.audio_seconds, 1), "elapsed_s": round(res.elapsed, 2),
-               "segments_per_s": round(res.segments_per_second, 2), "report": str(res.report)}
+    summary = {
+        "store": str(res.store),
+        "segments_total": res.total,
+        "segments_done": res.done,
+        "segments_skipped": res.skipped,
+        "encoded_this_run": res.computed,
+        "audio_seconds": round(res.audio_seconds, 1),
+        "elapsed_s": round(res.elapsed, 2),
+        "segments_per_s": round(res.segments_per_second, 2),
+        "report": str(res.report),
+    }
     if as_json:
         click.echo(json.dumps(summary))
     else:
-        left_out = f", {res.manifest_skipped} dataset rows left out before encoding" if res.manifest_skipped else ""
-        click.echo(f"{res.store}: {res.done}/{res.total} segments done, {res.skipped} skipped{left_out}; encoded "
-                   f"{res.computed} ({res.audio_seconds:.1f} s of audio) in {res.elapsed:.1f} s "
-                   f"= {res.segments_per_second:.1f} segments/s; report {res.report}")
+        left_out = (
+            f", {res.manifest_skipped} dataset rows left out before encoding"
+            if res.manifest_skipped
+            else ""
+        )
+        click.echo(
+            f"{res.store}: {res.done}/{res.total} segments done, {res.skipped} skipped{left_out}; encoded "
+            f"{res.computed} ({res.audio_seconds:.1f} s of audio) in {res.elapsed:.1f} s "
+            f"= {res.segments_per_second:.1f} segments/s; report {res.report}"
+        )
         for it in res.issues[:20]:
             click.echo(f"  skipped {it.get('source')}: {it['reason']}", err=True)
         if len(res.issues) > 20:

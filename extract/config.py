@@ -2,6 +2,7 @@
 
 Light on purpose (no torch): the CLI builds the config before anything heavy is imported.
 """
+
 from __future__ import annotations
 
 from dataclasses import MISSING, dataclass, field, fields, replace
@@ -21,26 +22,27 @@ class ExtractConfig:
     A :class:`CacheSettings` field may also be given by name, ``ExtractConfig(dataset=…, data_dir=…,
     audio_layer=6)``, and ``dataclasses.replace(cfg, audio_layer=6)`` works the same way: it goes into ``cache``.
     """
+
     dataset: str
     data_dir: str
     cache: CacheSettings = CacheSettings()
-    out: str | None = None                  # default cache/<dataset>.zarr
-    device: str = "auto"                    # auto: cuda when available
-    batch_seconds: float = 0.0              # padded audio seconds per batch; 0 = the device's default
-    max_batch: int = MAX_BATCH              # segments per batch at most
-    num_workers: int = 2                    # decode/resample/tokenise processes (--loader-workers)
-    shard_size: int = SHARD_SIZE            # segments per shard file
-    block_shards: int = 32                  # shards sorted together for length bucketing
+    out: str | None = None  # default cache/<dataset>.zarr
+    device: str = "auto"  # auto: cuda when available
+    batch_seconds: float = 0.0  # padded audio seconds per batch; 0 = the device's default
+    max_batch: int = MAX_BATCH  # segments per batch at most
+    num_workers: int = 2  # decode/resample/tokenise processes (--loader-workers)
+    shard_size: int = SHARD_SIZE  # segments per shard file
+    block_shards: int = 32  # shards sorted together for length bucketing
     codec: str = "zstd"
-    write_threads: int = 0                  # shard compression/write threads; 0 = cores (at most 8)
+    write_threads: int = 0  # shard compression/write threads; 0 = cores (at most 8)
     overwrite: bool = False
     allow_outside_paths: bool = False
     trust_remote_code: bool = False
     dataset_options: dict = field(default_factory=dict)
     # scale-out (extract/distributed.py)
-    scheduler: str | None = None            # tcp://host:port of a running dask scheduler
-    workers: int = 0                        # --dask-workers: a LocalCluster (LocalCUDACluster on cuda) of N workers
-    storage_options: dict = field(default_factory=dict)   # fsspec options of a URL --out (s3://…)
+    scheduler: str | None = None  # tcp://host:port of a running dask scheduler
+    workers: int = 0  # --dask-workers: a LocalCluster (LocalCUDACluster on cuda) of N workers
+    storage_options: dict = field(default_factory=dict)  # fsspec options of a URL --out (s3://…)
 
     def __init__(self, dataset: str, data_dir: str, cache: CacheSettings | None = None, **kw):
         names = cache_fields()
@@ -57,7 +59,11 @@ class ExtractConfig:
         object.__setattr__(self, "data_dir", data_dir)
         object.__setattr__(self, "cache", cache)
         for name, f in own.items():
-            value = kw[name] if name in kw else (f.default_factory() if f.default is MISSING else f.default)
+            value = (
+                kw[name]
+                if name in kw
+                else (f.default_factory() if f.default is MISSING else f.default)
+            )
             object.__setattr__(self, name, value)
 
     @property
@@ -74,17 +80,17 @@ class ExtractConfig:
 
 @dataclass
 class ExtractResult:
-    store: Path | str                       # a local Path or a store URL
+    store: Path | str  # a local Path or a store URL
     total: int
     done: int
     skipped: int
-    computed: int                           # rows encoded by this run
+    computed: int  # rows encoded by this run
     audio_seconds: float
     elapsed: float
     report: Path | str
     issues: list[dict] = field(default_factory=list)
-    manifest_skipped: int = 0               # dataset rows left out before extraction (not warnings)
-    loop_seconds: float = 0.0               # the encode loop alone, writes flushed (no model load)
+    manifest_skipped: int = 0  # dataset rows left out before extraction (not warnings)
+    loop_seconds: float = 0.0  # the encode loop alone, writes flushed (no model load)
 
     @property
     def segments_per_second(self) -> float:

@@ -16,6 +16,7 @@ after a block's data is written, so "done means whole" holds as before. A task i
 shards with the same bytes; rows done before are read back and kept), so dask may rerun it on another worker when
 one dies, and a later run — distributed or not — resumes from the ``done`` flags.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -50,11 +51,12 @@ class DistributedError(StoreError):
 @dataclass(frozen=True)
 class WorkerSpec:
     """Everything a worker needs besides its block: small, pickled into every task."""
-    store: str                              # path or URL that every worker can reach
+
+    store: str  # path or URL that every worker can reach
     storage_options: dict
-    cache: CacheSettings                    # the settings the driver fingerprinted (dtype resolved)
-    facts: EncoderFacts                     # what the driver's encoders reported: a worker that loads other
-                                            # weights refuses to write
+    cache: CacheSettings  # the settings the driver fingerprinted (dtype resolved)
+    facts: EncoderFacts  # what the driver's encoders reported: a worker that loads other
+    # weights refuses to write
     device: str
     trust_remote_code: bool
     num_workers: int
@@ -74,9 +76,10 @@ def worker_encoders(spec: WorkerSpec) -> Encoders:
     """The encoders of this worker process, loaded by its first task and reused by every later one."""
     with _LOAD_LOCK:
         if spec.encoder_key not in _ENCODERS:
-            _ENCODERS.clear()   # one setting at a time: a new one frees the old models (GPU memory)
-            _ENCODERS[spec.encoder_key] = load_encoders(spec.cache, spec.device,
-                                                        trust_remote_code=spec.trust_remote_code)
+            _ENCODERS.clear()  # one setting at a time: a new one frees the old models (GPU memory)
+            _ENCODERS[spec.encoder_key] = load_encoders(
+                spec.cache, spec.device, trust_remote_code=spec.trust_remote_code
+            )
         enc = _ENCODERS[spec.encoder_key]
     # checked on every task: a model folder may differ between nodes, or change between runs under the same path
     got, want = enc.facts.identity, spec.facts.identity
@@ -84,7 +87,8 @@ def worker_encoders(spec: WorkerSpec) -> Encoders:
         raise DistributedError(
             f"worker loaded other encoder weights than the driver for {spec.cache.audio_model} / "
             f"{spec.cache.text_model} (hashes {got} vs {want}); give every node the same model folders or hub "
-            "revisions")
+            "revisions"
+        )
     return enc
 
 
@@ -120,11 +124,19 @@ class _FlagsToDriver:
         return self._done_before.copy()
 
     def set_flags(self, start: int, stop: int, done: np.ndarray, skipped: np.ndarray) -> None:
-        self.flags.append((start, stop, np.asarray(done, bool).copy(), np.asarray(skipped, bool).copy()))
+        self.flags.append(
+            (start, stop, np.asarray(done, bool).copy(), np.asarray(skipped, bool).copy())
+        )
 
 
-def encode_block(spec: WorkerSpec, start: int, rows: list[Segment], batches: list[list[int]],
-                 done_before: np.ndarray, n: int) -> dict:
+def encode_block(
+    spec: WorkerSpec,
+    start: int,
+    rows: list[Segment],
+    batches: list[list[int]],
+    done_before: np.ndarray,
+    n: int,
+) -> dict:
     """A dask task: encode rows [start, start + len(rows)) in ``batches`` and write their shards. Returns small
     metadata only."""
     t0 = time.perf_counter()
@@ -139,8 +151,15 @@ def encode_block(spec: WorkerSpec, start: int, rows: list[Segment], batches: lis
     proxy = _FlagsToDriver(store, done_all)
     window = _Window(rows, start, n)
     c = spec.cache
-    source = SegmentSource(window, enc.policy.input_rate, enc.max_samples, enc.audio.min_samples(),
-                           enc.audio.feature_extractor, enc.text, Augmenter(c.augment, c.seed) if c.augment else None)
+    source = SegmentSource(
+        window,
+        enc.policy.input_rate,
+        enc.max_samples,
+        enc.audio.min_samples(),
+        enc.audio.feature_extractor,
+        enc.text,
+        Augmenter(c.augment, c.seed) if c.augment else None,
+    )
     # dask worker processes are daemons unless configured otherwise, and daemons cannot start loader processes
     num_workers = 0 if multiprocessing.current_process().daemon else spec.num_workers
     loader = make_loader(source, batches, num_workers)
@@ -148,7 +167,9 @@ def encode_block(spec: WorkerSpec, start: int, rows: list[Segment], batches: lis
     # partial write would be rewritten for nothing
     writer = ShardWriter(proxy, todo, write_threads=spec.write_threads)
     try:
-        stats = encode_batches(loader, window, todo, enc.audio, enc.text, writer, enc.policy.input_rate)
+        stats = encode_batches(
+            loader, window, todo, enc.audio, enc.text, writer, enc.policy.input_rate
+        )
         writer.close()
     finally:
         writer.close(raise_errors=False)
@@ -158,9 +179,16 @@ def encode_block(spec: WorkerSpec, start: int, rows: list[Segment], batches: lis
         worker = get_worker().address
     except (ImportError, ValueError):
         worker = "local"
-    return {"start": start, "stop": stop, "flags": sorted(proxy.flags, key=lambda f: f[0]),
-            "skipped": dict(writer.skipped), "stats": stats, "worker": worker,
-            "load_s": t_loaded - t0, "encode_s": time.perf_counter() - t_loaded}
+    return {
+        "start": start,
+        "stop": stop,
+        "flags": sorted(proxy.flags, key=lambda f: f[0]),
+        "skipped": dict(writer.skipped),
+        "stats": stats,
+        "worker": worker,
+        "load_s": t_loaded - t0,
+        "encode_s": time.perf_counter() - t_loaded,
+    }
 
 
 # ----------------------------------------------------------------------------------------------- driver side
@@ -182,21 +210,34 @@ def cluster_client(cfg: ExtractConfig, client=None):
     # non-daemon workers may start the decode/tokenise loader processes (--num-workers). And no
     # MALLOC_TRIM_THRESHOLD_ (dask sets 64 KiB for its workers): glibc then stops adapting its mmap threshold, so
     # every large tensor is a fresh mmap and its page faults — 15 % more CPU per segment (docs/scaling.md)
-    environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
-               if k != "MALLOC_TRIM_THRESHOLD_"}
-    with dask.config.set({"distributed.worker.daemon": False, "distributed.nanny.pre-spawn-environ": environ}):
+    environ = {
+        k: v
+        for k, v in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
+        if k != "MALLOC_TRIM_THRESHOLD_"
+    }
+    with dask.config.set(
+        {"distributed.worker.daemon": False, "distributed.nanny.pre-spawn-environ": environ}
+    ):
         cluster = None
         if cfg.device.startswith("cuda"):
             try:
                 from dask_cuda import LocalCUDACluster
             except ImportError:
-                log.warning("dask-cuda is not installed: a plain LocalCluster; every worker uses %s", cfg.device)
+                log.warning(
+                    "dask-cuda is not installed: a plain LocalCluster; every worker uses %s",
+                    cfg.device,
+                )
             else:
                 cluster = LocalCUDACluster(n_workers=cfg.workers, threads_per_worker=1)
         if cluster is None:
             # a random dashboard port: two local clusters on one machine never collide
-            cluster = LocalCluster(n_workers=cfg.workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=":0", silence_logs=logging.WARNING)
+            cluster = LocalCluster(
+                n_workers=cfg.workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",
+                silence_logs=logging.WARNING,
+            )
     with cluster, Client(cluster) as c:
         yield c
 
@@ -205,11 +246,17 @@ def worker_spec(plan: ExtractPlan) -> WorkerSpec:
     cfg = plan.cfg
     device = cfg.device
     if device.startswith("cuda") and cfg.workers and not cfg.scheduler:
-        device = "cuda"   # LocalCUDACluster gives each worker one GPU as its cuda:0
-    return WorkerSpec(store=str(plan.out), storage_options=dict(cfg.storage_options),
-                      cache=replace(cfg.cache, dtype=plan.enc.facts.compute_dtype), facts=plan.enc.facts,
-                      device=device, trust_remote_code=cfg.trust_remote_code, num_workers=cfg.num_workers,
-                      write_threads=cfg.write_threads)
+        device = "cuda"  # LocalCUDACluster gives each worker one GPU as its cuda:0
+    return WorkerSpec(
+        store=str(plan.out),
+        storage_options=dict(cfg.storage_options),
+        cache=replace(cfg.cache, dtype=plan.enc.facts.compute_dtype),
+        facts=plan.enc.facts,
+        device=device,
+        trust_remote_code=cfg.trust_remote_code,
+        num_workers=cfg.num_workers,
+        write_threads=cfg.write_threads,
+    )
 
 
 @dataclass
@@ -217,9 +264,9 @@ class _Totals:
     stats: EncodeStats = field(default_factory=EncodeStats)
     skipped: dict[int, str] = field(default_factory=dict)
     per_worker: dict[str, int] = field(default_factory=dict)
-    task_bytes: int = 0        # pickled task arguments sent through the scheduler
-    result_bytes: int = 0      # pickled results sent back
-    hidden_bytes: int = 0      # float16 hidden states the workers wrote themselves (uncompressed)
+    task_bytes: int = 0  # pickled task arguments sent through the scheduler
+    result_bytes: int = 0  # pickled results sent back
+    hidden_bytes: int = 0  # float16 hidden states the workers wrote themselves (uncompressed)
     blocks: int = 0
     task_seconds: float = 0.0  # summed time inside the tasks (encoder load + encode + write)
 
@@ -232,31 +279,60 @@ def extract_distributed(plan: ExtractPlan, client=None) -> ExtractResult:
     store = open_store(plan)
     done = store.done()
     todo = ~done
-    log.info("%s: %d of %d segments already done; %d to encode", out, int(done.sum()), len(rows), int(todo.sum()))
-    pending = [(blk, [b for b in bs if todo[b].any()]) for blk, bs in plan_blocks(plan, store)
-               if todo[blk.start:blk.stop].any()]
+    log.info(
+        "%s: %d of %d segments already done; %d to encode",
+        out,
+        int(done.sum()),
+        len(rows),
+        int(todo.sum()),
+    )
+    pending = [
+        (blk, [b for b in bs if todo[b].any()])
+        for blk, bs in plan_blocks(plan, store)
+        if todo[blk.start : blk.stop].any()
+    ]
     spec = worker_spec(plan)
     totals = _Totals()
     row_bytes = 2 * (shape.audio_frames * shape.audio_dim + shape.text_tokens * shape.text_dim)
     n_workers = 0
-    bar = tqdm(total=int(todo.sum()), unit="seg", desc="extract", disable=not plan.progress, smoothing=0.1)
+    bar = tqdm(
+        total=int(todo.sum()), unit="seg", desc="extract", disable=not plan.progress, smoothing=0.1
+    )
     t_loop = time.perf_counter()
     try:
         # nothing to do (a finished store): no cluster to start
-        with (cluster_client(cfg, client) if pending else contextlib.nullcontext()) as cl:
+        with cluster_client(cfg, client) if pending else contextlib.nullcontext() as cl:
             if pending:
-                log.info("%s: %d blocks of ≤ %d rows on %d dask workers (%s)", out, len(pending),
-                         cfg.block_shards * shape.shard_size, len(cl.scheduler_info().get("workers", {})),
-                         cl.scheduler.address)
+                log.info(
+                    "%s: %d blocks of ≤ %d rows on %d dask workers (%s)",
+                    out,
+                    len(pending),
+                    cfg.block_shards * shape.shard_size,
+                    len(cl.scheduler_info().get("workers", {})),
+                    cl.scheduler.address,
+                )
             futures = {}
-            run = uuid.uuid4().hex[:8]   # keys unique per run: a resumed run never gets an older run's result
+            run = uuid.uuid4().hex[
+                :8
+            ]  # keys unique per run: a resumed run never gets an older run's result
             for blk, batches in pending:
-                args = (spec, blk.start, rows[blk.start:blk.stop], batches, done[blk.start:blk.stop].copy(), len(rows))
-                totals.task_bytes += len(pickle.dumps(args))   # ms per block; says what the scheduler carries
-                f = cl.submit(encode_block, *args, pure=False, key=f"msmtfn-block-{run}-{blk.start}")
+                args = (
+                    spec,
+                    blk.start,
+                    rows[blk.start : blk.stop],
+                    batches,
+                    done[blk.start : blk.stop].copy(),
+                    len(rows),
+                )
+                totals.task_bytes += len(
+                    pickle.dumps(args)
+                )  # ms per block; says what the scheduler carries
+                f = cl.submit(
+                    encode_block, *args, pure=False, key=f"msmtfn-block-{run}-{blk.start}"
+                )
                 futures[f] = blk
             n_workers = len(cl.scheduler_info().get("workers", {})) if pending else 0
-            for fut in (as_completed(list(futures)) if futures else ()):
+            for fut in as_completed(list(futures)) if futures else ():
                 blk = futures[fut]
                 try:
                     res = fut.result()
@@ -272,18 +348,32 @@ def extract_distributed(plan: ExtractPlan, client=None) -> ExtractResult:
                 totals.hidden_bytes += res["stats"].computed * row_bytes
                 totals.blocks += 1
                 totals.task_seconds += res["load_s"] + res["encode_s"]
-                bar.update(int(todo[blk.start:blk.stop].sum()))
+                bar.update(int(todo[blk.start : blk.stop].sum()))
                 bar.set_postfix(skipped=len(totals.skipped), refresh=False)
         loop_seconds = time.perf_counter() - t_loop
     finally:
         bar.close()
-    log.info("%s: rows encoded per worker: %s; the scheduler carried %d B of tasks and %d B of results for %d B of "
-             "hidden states", out, totals.per_worker, totals.task_bytes, totals.result_bytes, totals.hidden_bytes)
+    log.info(
+        "%s: rows encoded per worker: %s; the scheduler carried %d B of tasks and %d B of results for %d B of "
+        "hidden states",
+        out,
+        totals.per_worker,
+        totals.task_bytes,
+        totals.result_bytes,
+        totals.hidden_bytes,
+    )
     totals.stats.warnings.sort(key=lambda w: w["row"])
-    extra = {"distributed": {"workers": n_workers, "blocks": totals.blocks, "rows_per_worker": totals.per_worker,
-                             "task_bytes": totals.task_bytes, "result_bytes": totals.result_bytes,
-                             "hidden_bytes_written_by_workers": totals.hidden_bytes,
-                             "task_seconds": round(totals.task_seconds, 3)}}
+    extra = {
+        "distributed": {
+            "workers": n_workers,
+            "blocks": totals.blocks,
+            "rows_per_worker": totals.per_worker,
+            "task_bytes": totals.task_bytes,
+            "result_bytes": totals.result_bytes,
+            "hidden_bytes_written_by_workers": totals.hidden_bytes,
+            "task_seconds": round(totals.task_seconds, 3),
+        }
+    }
     return finish_run(plan, store, totals.skipped, totals.stats, loop_seconds, extra)
 
 

@@ -1,5 +1,6 @@
 """The encode loop shared by the single-process path (extract/run.py), the dask workers (extract/distributed.py)
 and msmtfn-predict: decode/tokenise in loader processes, length-bucketed batches, encoders, rows to a writer."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -18,9 +19,22 @@ from .writer import ShardWriter
 class SegmentSource(torch.utils.data.Dataset):
     """Decodes, resamples, normalises and tokenises one planned row; runs in DataLoader workers."""
 
-    def __init__(self, rows: list[Segment], rate: int, max_samples: int, min_samples: int, feature_extractor,
-                 text_encoder: TextEncoder, augmenter: Augmenter | None = None):
-        self.rows, self.rate, self.max_samples, self.min_samples = rows, rate, max_samples, min_samples
+    def __init__(
+        self,
+        rows: list[Segment],
+        rate: int,
+        max_samples: int,
+        min_samples: int,
+        feature_extractor,
+        text_encoder: TextEncoder,
+        augmenter: Augmenter | None = None,
+    ):
+        self.rows, self.rate, self.max_samples, self.min_samples = (
+            rows,
+            rate,
+            max_samples,
+            min_samples,
+        )
         self.augmenter = augmenter
         self.fe = feature_extractor
         self.tokenize = text_encoder.tokenize
@@ -35,17 +49,24 @@ class SegmentSource(torch.utils.data.Dataset):
             x, warnings = load_segment(seg.audio_path, seg.start, seg.end, self.rate)
             if seg.variant != "orig":
                 x = self.augmenter(x, self.rate, seg)
-                if len(x) > self.max_samples:   # a slowed-down copy of a full-length segment: cut, as planned
+                if (
+                    len(x) > self.max_samples
+                ):  # a slowed-down copy of a full-length segment: cut, as planned
                     x = x[: self.max_samples]
             item["warnings"] += warnings
             if len(x) < self.min_samples:
-                raise AudioError(f"too short ({len(x)} samples at {self.rate} Hz; the encoder needs "
-                                 f"{self.min_samples})")
+                raise AudioError(
+                    f"too short ({len(x)} samples at {self.rate} Hz; the encoder needs "
+                    f"{self.min_samples})"
+                )
             if len(x) > self.max_samples:
-                item["warnings"].append(f"{(len(x) - self.max_samples) / self.rate:.3f}s longer than planned; "
-                                        "end cut")
+                item["warnings"].append(
+                    f"{(len(x) - self.max_samples) / self.rate:.3f}s longer than planned; end cut"
+                )
                 x = x[: self.max_samples]
-            wave = self.fe(x, sampling_rate=self.fe.sampling_rate, return_tensors="np")["input_values"][0]
+            wave = self.fe(x, sampling_rate=self.fe.sampling_rate, return_tensors="np")[
+                "input_values"
+            ][0]
             item["wave"] = torch.from_numpy(np.asarray(wave, dtype=np.float32))
         except AudioError as e:
             item["error"] = str(e)
@@ -62,11 +83,19 @@ def _collate(items):
 
 def make_loader(source: SegmentSource, batches: list[list[int]], num_workers: int):
     """The DataLoader of ``source`` over the planned ``batches`` (items stay a list: rows can fail one by one)."""
-    return torch.utils.data.DataLoader(source, batch_sampler=batches, collate_fn=_collate, num_workers=num_workers,
-                                       prefetch_factor=4 if num_workers else None, persistent_workers=False)
+    return torch.utils.data.DataLoader(
+        source,
+        batch_sampler=batches,
+        collate_fn=_collate,
+        num_workers=num_workers,
+        prefetch_factor=4 if num_workers else None,
+        persistent_workers=False,
+    )
 
 
-def make_batches(lengths: np.ndarray, blocks: list[range], budget: int, max_batch: int) -> list[list[int]]:
+def make_batches(
+    lengths: np.ndarray, blocks: list[range], budget: int, max_batch: int
+) -> list[list[int]]:
     """Length-bucketed batches: within each block of rows, longest first, filled up to ``budget`` padded
     samples and ``max_batch`` rows. Depends only on the planned lengths, never on what is already done."""
     batches: list[list[int]] = []
@@ -87,21 +116,32 @@ def make_batches(lengths: np.ndarray, blocks: list[range], budget: int, max_batc
 @dataclass
 class EncodeStats:
     """What an encode loop reports besides the rows it wrote (small: it travels back from dask workers)."""
+
     warnings: list[dict] = field(default_factory=list)
     truncated: int = 0
     audio_seconds: float = 0.0
     computed: int = 0
 
 
-def encode_batches(loader, rows, todo: np.ndarray, audio: AudioEncoder, text: TextEncoder, writer: ShardWriter,
-                   input_rate: int, bar=None) -> EncodeStats:
+def encode_batches(
+    loader,
+    rows,
+    todo: np.ndarray,
+    audio: AudioEncoder,
+    text: TextEncoder,
+    writer: ShardWriter,
+    input_rate: int,
+    bar=None,
+) -> EncodeStats:
     """Encode every batch the loader yields and hand the rows still to do to ``writer`` (which does not wait)."""
     st = EncodeStats()
     for items in loader:
         ok = [it for it in items if "error" not in it]
         for it in items:
             for w in it["warnings"]:
-                st.warnings.append({"row": it["row"], "segment_id": rows[it["row"]].segment_id, "warning": w})
+                st.warnings.append(
+                    {"row": it["row"], "segment_id": rows[it["row"]].segment_id, "warning": w}
+                )
             if "error" in it and todo[it["row"]]:
                 writer.skip(it["row"], it["error"])
         if ok:

@@ -11,6 +11,7 @@ then runs projection + transformer with an attention mask, which HF wav2vec2/HuB
 and are padding-safe as they are. Unknown front ends fall back to running equal-length groups separately.
 ``tests/test_extract.py`` proves stored rows == each segment through the plain HF model alone, for both norms.
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,8 +25,15 @@ from pipeline.cache_settings import MAX_TEXT_TOKENS, CacheSettings, EncoderFacts
 from pipeline.fingerprint import hash_state_dict
 
 from .audio import AudioPolicy
+
 # the path checks live in the light extract/paths.py (the CLI runs them before torch is imported)
-from .paths import ModelFolderError, check_model_folders, hint, looks_like_path, require_model_folder  # noqa: F401
+from .paths import (  # noqa: F401
+    ModelFolderError,
+    check_model_folders,
+    hint,
+    looks_like_path,
+    require_model_folder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +66,11 @@ def _select_layer(layers, run, layer: int):
     def grab_out(_m, _args, out):
         raise _Captured(out[0] if isinstance(out, tuple) else out)
 
-    handle = (layers[0].register_forward_pre_hook(grab_in, with_kwargs=True) if idx == 0
-              else layers[idx - 1].register_forward_hook(grab_out))
+    handle = (
+        layers[0].register_forward_pre_hook(grab_in, with_kwargs=True)
+        if idx == 0
+        else layers[idx - 1].register_forward_hook(grab_out)
+    )
     try:
         run()
     except _Captured as c:
@@ -74,7 +85,9 @@ class EncoderLoadError(ValueError):
 
 
 def _needs(auto_cls) -> str:
-    return {"AutoTokenizer": "tokenizer", "AutoFeatureExtractor": "feature extractor"}.get(auto_cls.__name__, "")
+    return {"AutoTokenizer": "tokenizer", "AutoFeatureExtractor": "feature extractor"}.get(
+        auto_cls.__name__, ""
+    )
 
 
 def hub_reachable(timeout: float = 5.0) -> bool:
@@ -87,13 +100,19 @@ def hub_reachable(timeout: float = 5.0) -> bool:
     try:
         urllib.request.urlopen(constants.ENDPOINT, timeout=timeout).close()
     except urllib.error.HTTPError:
-        return True             # the server answered
+        return True  # the server answered
     except (OSError, ValueError):
         return False
     return True
 
 
-def _load(auto_cls, model_id: str, revision: str | None, trust_remote_code: bool, option: str = "--audio-model"):
+def _load(
+    auto_cls,
+    model_id: str,
+    revision: str | None,
+    trust_remote_code: bool,
+    option: str = "--audio-model",
+):
     """``from_pretrained`` of a folder or a hub id, with one-line errors for a missing folder and an unreachable
     hub. A hub id already in the local cache loads without any network."""
     from huggingface_hub import constants
@@ -103,26 +122,36 @@ def _load(auto_cls, model_id: str, revision: str | None, trust_remote_code: bool
         require_model_folder(model_id, option, needs=_needs(auto_cls))
         try:
             return auto_cls.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-        except (OSError, ValueError) as e:   # ValueError: transformers' tokenizer messages
-            raise EncoderLoadError(f"{option} {model_id}: not a usable model folder ({_first_line(e)}); save the "
-                                   "model there with save_pretrained, or download it with `hf download ID "
-                                   "--local-dir DIR`") from None
+        except (OSError, ValueError) as e:  # ValueError: transformers' tokenizer messages
+            raise EncoderLoadError(
+                f"{option} {model_id}: not a usable model folder ({_first_line(e)}); save the "
+                "model there with save_pretrained, or download it with `hf download ID "
+                "--local-dir DIR`"
+            ) from None
     kw = dict(revision=revision, trust_remote_code=trust_remote_code)
     try:
         return auto_cls.from_pretrained(model_id, local_files_only=True, **kw)
     except OSError:
-        pass                    # not in the local cache (or not complete there): download
+        pass  # not in the local cache (or not complete there): download
     offline = constants.HF_HUB_OFFLINE
     if offline or not hub_reachable():
-        why = "downloads are off (HF_HUB_OFFLINE=1)" if offline else f"{constants.ENDPOINT} cannot be reached"
-        raise EncoderLoadError(f"{option} {model_id}: not in the local Hugging Face cache and {why}; download it "
-                               f"where there is internet (`hf download {model_id} --local-dir DIR`), copy DIR here "
-                               f"and pass {option} DIR")
+        why = (
+            "downloads are off (HF_HUB_OFFLINE=1)"
+            if offline
+            else f"{constants.ENDPOINT} cannot be reached"
+        )
+        raise EncoderLoadError(
+            f"{option} {model_id}: not in the local Hugging Face cache and {why}; download it "
+            f"where there is internet (`hf download {model_id} --local-dir DIR`), copy DIR here "
+            f"and pass {option} DIR"
+        )
     try:
         return auto_cls.from_pretrained(model_id, **kw)
     except OSError as e:
-        raise EncoderLoadError(f"{option} {model_id}: cannot load it from the hub ({_first_line(e)}); check the id "
-                               f"(and {option.replace('model', 'revision')}), or {hint(option)}") from None
+        raise EncoderLoadError(
+            f"{option} {model_id}: cannot load it from the hub ({_first_line(e)}); check the id "
+            f"(and {option.replace('model', 'revision')}), or {hint(option)}"
+        ) from None
 
 
 def _first_line(e: BaseException) -> str:
@@ -130,7 +159,9 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def _load_frozen(spec, device: torch.device, dtype: torch.dtype, trust_remote_code: bool, option: str):
+def _load_frozen(
+    spec, device: torch.device, dtype: torch.dtype, trust_remote_code: bool, option: str
+):
     """(frozen eval model on the device, hash of its weights as loaded — the encoder's identity)."""
     from transformers import AutoModel
 
@@ -147,7 +178,9 @@ class Tokenize:
         self.tokenizer, self.max_tokens = tokenizer, max_tokens
 
     def __call__(self, text: str) -> tuple[list[int], bool]:
-        enc = self.tokenizer(text, truncation=True, max_length=self.max_tokens, return_overflowing_tokens=True)
+        enc = self.tokenizer(
+            text, truncation=True, max_length=self.max_tokens, return_overflowing_tokens=True
+        )
         ids = enc["input_ids"]
         if ids and isinstance(ids[0], list):
             return list(ids[0]), len(ids) > 1
@@ -162,22 +195,32 @@ class EncoderSpec:
 
 
 class AudioEncoder:
-    def __init__(self, spec: EncoderSpec, device: str = "cpu", dtype: str = "float32", pool: int = 2,
-                 trust_remote_code: bool = False):
+    def __init__(
+        self,
+        spec: EncoderSpec,
+        device: str = "cpu",
+        dtype: str = "float32",
+        pool: int = 2,
+        trust_remote_code: bool = False,
+    ):
         from transformers import AutoFeatureExtractor
 
         self.spec, self.device, self.pool = spec, torch.device(device), pool
         self.dtype = DTYPES[dtype]
-        self.feature_extractor = _load(AutoFeatureExtractor, spec.model, spec.revision, trust_remote_code,
-                                       "--audio-model")
-        self.model, self.weights_hash = _load_frozen(spec, self.device, self.dtype, trust_remote_code,
-                                                     "--audio-model")
+        self.feature_extractor = _load(
+            AutoFeatureExtractor, spec.model, spec.revision, trust_remote_code, "--audio-model"
+        )
+        self.model, self.weights_hash = _load_frozen(
+            spec, self.device, self.dtype, trust_remote_code, "--audio-model"
+        )
         cfg = self.model.config
         self.hidden_size = int(cfg.hidden_size)
         self.sampling_rate = int(self.feature_extractor.sampling_rate)
         self.group_norm = getattr(cfg, "feat_extract_norm", "layer") == "group"
         # wav2vec2/HuBERT/WavLM/data2vec-audio expose these three parts; other models take the plain path
-        self.split = all(hasattr(self.model, a) for a in ("feature_extractor", "feature_projection", "encoder"))
+        self.split = all(
+            hasattr(self.model, a) for a in ("feature_extractor", "feature_projection", "encoder")
+        )
         self.layers = self.model.encoder.layers if hasattr(self.model, "encoder") else None
         self.masked_group_norm = self.split and self.group_norm and self._front_end_is_standard()
         if self.layers is None and spec.layer != -1:
@@ -191,15 +234,20 @@ class AudioEncoder:
         first = layers[0]
         if not isinstance(getattr(first, "layer_norm", None), torch.nn.GroupNorm):
             return False
-        convs_ok = all(isinstance(getattr(lay, "conv", None), torch.nn.Conv1d) and lay.conv.padding in ((0,), 0)
-                       for lay in layers)
+        convs_ok = all(
+            isinstance(getattr(lay, "conv", None), torch.nn.Conv1d)
+            and lay.conv.padding in ((0,), 0)
+            for lay in layers
+        )
         no_other_norm = all(not hasattr(lay, "layer_norm") for lay in layers[1:])
         return convs_ok and no_other_norm
 
     def frames(self, samples) -> np.ndarray:
         """Encoder frames for inputs of ``samples`` samples (before pooling)."""
         t = torch.as_tensor(np.atleast_1d(samples), dtype=torch.long)
-        return np.asarray(self.model._get_feat_extract_output_lengths(t)).astype(np.int64).clip(min=0)
+        return (
+            np.asarray(self.model._get_feat_extract_output_lengths(t)).astype(np.int64).clip(min=0)
+        )
 
     def min_samples(self) -> int:
         """Fewest samples that give one stored (pooled) frame."""
@@ -234,7 +282,9 @@ class AudioEncoder:
         p = self.pool
         if p > 1:
             fp = hidden.shape[1] // p
-            hidden = hidden[:, : fp * p].reshape(hidden.shape[0], fp, p, hidden.shape[2]).mean(dim=2)
+            hidden = (
+                hidden[:, : fp * p].reshape(hidden.shape[0], fp, p, hidden.shape[2]).mean(dim=2)
+            )
         return hidden, (frames // p).astype(np.int32)
 
     def _groups(self, n: np.ndarray) -> list[list[int]]:
@@ -246,7 +296,9 @@ class AudioEncoder:
         return list(groups.values())
 
     def _stack(self, waves, idx: list[int], length: int) -> torch.Tensor:
-        x = torch.zeros(len(idx), length, dtype=torch.float32, pin_memory=self.device.type == "cuda")
+        x = torch.zeros(
+            len(idx), length, dtype=torch.float32, pin_memory=self.device.type == "cuda"
+        )
         for j, i in enumerate(idx):
             x[j, : len(waves[i])] = waves[i]
         return x.to(self.device, non_blocking=True).to(self.dtype)
@@ -255,17 +307,24 @@ class AudioEncoder:
         m = self.model
         fmax = int(frames.max())
         if self.masked_group_norm:
-            feats = self._masked_front_end(self._stack(waves, list(range(len(waves))), int(n.max())), n)
+            feats = self._masked_front_end(
+                self._stack(waves, list(range(len(waves))), int(n.max())), n
+            )
             feats = feats.transpose(1, 2)[:, :fmax]
         else:
             feats = None
             for idx in self._groups(n):
                 f = m.feature_extractor(self._stack(waves, idx, int(n[idx].max()))).transpose(1, 2)
                 if feats is None:
-                    feats = torch.zeros(len(waves), fmax, f.shape[2], device=self.device, dtype=f.dtype)
+                    feats = torch.zeros(
+                        len(waves), fmax, f.shape[2], device=self.device, dtype=f.dtype
+                    )
                 for j, i in enumerate(idx):
                     feats[i, : frames[i]] = f[j, : frames[i]]
-        mask = torch.arange(fmax, device=self.device)[None, :] < torch.as_tensor(frames, device=self.device)[:, None]
+        mask = (
+            torch.arange(fmax, device=self.device)[None, :]
+            < torch.as_tensor(frames, device=self.device)[:, None]
+        )
         hs = m.feature_projection(feats)
         hs = hs[0] if isinstance(hs, tuple) else hs  # wav2vec2 returns (hidden, normed features)
 
@@ -280,7 +339,9 @@ class AudioEncoder:
         layers = self.model.feature_extractor.conv_layers
         first = layers[0]
         h = first.conv(x[:, None, :])
-        t_valid = (torch.as_tensor(n, device=h.device) - first.conv.kernel_size[0]) // first.conv.stride[0] + 1
+        t_valid = (
+            torch.as_tensor(n, device=h.device) - first.conv.kernel_size[0]
+        ) // first.conv.stride[0] + 1
         gn: torch.nn.GroupNorm = first.layer_norm
         b, c, t = h.shape
         g = gn.num_groups
@@ -299,11 +360,11 @@ class AudioEncoder:
     def _encode_plain(self, waves, n, frames) -> torch.Tensor:
         fmax = int(frames.max())
         out = None
-        for idx in ([[i] for i in range(len(waves))] if self.group_norm else self._groups(n)):
+        for idx in [[i] for i in range(len(waves))] if self.group_norm else self._groups(n):
             x = self._stack(waves, idx, int(n[idx].max()))
 
             def run():
-                return self.model(x).last_hidden_state
+                return self.model(x).last_hidden_state  # noqa: B023 (called at once)
 
             h = run() if self.layers is None else _select_layer(self.layers, run, self.spec.layer)
             if out is None:
@@ -314,28 +375,42 @@ class AudioEncoder:
 
 
 class TextEncoder:
-    def __init__(self, spec: EncoderSpec, device: str = "cpu", dtype: str = "float32",
-                 max_tokens: int = MAX_TEXT_TOKENS,
-                 trust_remote_code: bool = False):
+    def __init__(
+        self,
+        spec: EncoderSpec,
+        device: str = "cpu",
+        dtype: str = "float32",
+        max_tokens: int = MAX_TEXT_TOKENS,
+        trust_remote_code: bool = False,
+    ):
         from transformers import AutoTokenizer
 
         self.spec, self.device, self.max_tokens = spec, torch.device(device), max_tokens
         self.dtype = DTYPES[dtype]
-        self.tokenizer = _load(AutoTokenizer, spec.model, spec.revision, trust_remote_code, "--text-model")
-        self.model, self.weights_hash = _load_frozen(spec, self.device, self.dtype, trust_remote_code,
-                                                     "--text-model")
+        self.tokenizer = _load(
+            AutoTokenizer, spec.model, spec.revision, trust_remote_code, "--text-model"
+        )
+        self.model, self.weights_hash = _load_frozen(
+            spec, self.device, self.dtype, trust_remote_code, "--text-model"
+        )
         self.tokenize = Tokenize(self.tokenizer, max_tokens)
         self.hidden_size = int(self.model.config.hidden_size)
         limit = getattr(self.model.config, "max_position_embeddings", None)
         if limit and max_tokens > limit:
-            raise ValueError(f"--max-text-tokens {max_tokens} exceeds {spec.model}'s {limit} positions")
+            raise ValueError(
+                f"--max-text-tokens {max_tokens} exceeds {spec.model}'s {limit} positions"
+            )
         self.tokenizer_hash = self._tokenizer_hash()
 
     def _tokenizer_hash(self) -> str:
         import hashlib
 
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        text = backend.to_str() if backend is not None else repr(sorted(self.tokenizer.get_vocab().items()))
+        text = (
+            backend.to_str()
+            if backend is not None
+            else repr(sorted(self.tokenizer.get_vocab().items()))
+        )
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @torch.inference_mode()
@@ -362,26 +437,44 @@ class TextEncoder:
 @dataclass
 class Encoders:
     """Both encoders loaded for one :class:`CacheSettings`, with what they imply for the audio front end."""
+
     audio: AudioEncoder
     text: TextEncoder
     policy: AudioPolicy
-    max_samples: int          # input samples of a segment of max_seconds
-    facts: EncoderFacts       # recorded next to the settings (weights, tokenizer, rates, frames, dtype)
+    max_samples: int  # input samples of a segment of max_seconds
+    facts: EncoderFacts  # recorded next to the settings (weights, tokenizer, rates, frames, dtype)
 
 
-def load_encoders(cache: CacheSettings, device: str, *, trust_remote_code: bool = False) -> Encoders:
+def load_encoders(
+    cache: CacheSettings, device: str, *, trust_remote_code: bool = False
+) -> Encoders:
     """The audio and text encoders ``cache`` names, on ``device`` in its compute dtype: the one loader of
     extraction, the dask workers and msmtfn-predict."""
     dtype = resolve_dtype(cache.dtype, device)
-    audio = AudioEncoder(EncoderSpec(cache.audio_model, cache.audio_revision, cache.audio_layer), device, dtype,
-                         pool=cache.pool, trust_remote_code=trust_remote_code)
-    text = TextEncoder(EncoderSpec(cache.text_model, cache.text_revision, cache.text_layer), device, dtype,
-                       max_tokens=cache.max_text_tokens, trust_remote_code=trust_remote_code)
+    audio = AudioEncoder(
+        EncoderSpec(cache.audio_model, cache.audio_revision, cache.audio_layer),
+        device,
+        dtype,
+        pool=cache.pool,
+        trust_remote_code=trust_remote_code,
+    )
+    text = TextEncoder(
+        EncoderSpec(cache.text_model, cache.text_revision, cache.text_layer),
+        device,
+        dtype,
+        max_tokens=cache.max_text_tokens,
+        trust_remote_code=trust_remote_code,
+    )
     policy = AudioPolicy(cache.rate_policy, audio.sampling_rate)
     max_samples = int(round(cache.max_seconds * policy.input_rate))
     facts = EncoderFacts(
-        audio_weights=audio.weights_hash, text_weights=text.weights_hash, tokenizer=text.tokenizer_hash,
-        encoder_rate=audio.sampling_rate, input_rate=policy.input_rate,
+        audio_weights=audio.weights_hash,
+        text_weights=text.weights_hash,
+        tokenizer=text.tokenizer_hash,
+        encoder_rate=audio.sampling_rate,
+        input_rate=policy.input_rate,
         audio_frames=int(audio.frames(max_samples)[0]) // cache.pool,
-        normalize=bool(getattr(audio.feature_extractor, "do_normalize", False)), compute_dtype=dtype)
+        normalize=bool(getattr(audio.feature_extractor, "do_normalize", False)),
+        compute_dtype=dtype,
+    )
     return Encoders(audio, text, policy, max_samples, facts)

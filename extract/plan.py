@@ -2,6 +2,7 @@
 loaded encoders, the store's shape and fingerprint (:class:`ExtractPlan`), and the steps both the single-process
 path (extract/run.py) and the dask driver (extract/distributed.py) take around their encode loops: open or resume
 the store, cut the rows into blocks of batches, and write the report."""
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.cache_settings import batch_seconds_for, resolve_dtype
-from pipeline.device import resolve_device
 from pipeline.datasets import load_manifest
 from pipeline.datasets.pipeline import short_rows
+from pipeline.device import resolve_device
 from pipeline.fingerprint import compute_fingerprint
 from pipeline.manifest import Manifest, Segment
 from pipeline.store import CODECS, CacheStore, StoreShape, remove_partial_writes
@@ -33,21 +34,24 @@ log = logging.getLogger(__name__)
 @dataclass
 class ExtractPlan:
     """Everything decided before encoding; what the single-process and the distributed encode loops take."""
+
     cfg: ExtractConfig
     out: Path | str
     manifest: Manifest
-    rows: list[Segment]                     # planned rows: long segments split, augmented copies appended
-    durations: dict[str, float]             # probed seconds per segment id
+    rows: list[Segment]  # planned rows: long segments split, augmented copies appended
+    durations: dict[str, float]  # probed seconds per segment id
     enc: Encoders
     shape: StoreShape
-    settings: dict                          # the store's ``settings`` attribute (CacheSettings.to_attrs)
-    digest: str                             # the manifest digest
+    settings: dict  # the store's ``settings`` attribute (CacheSettings.to_attrs)
+    digest: str  # the manifest digest
     fingerprint: str
-    t0: float                               # when the run started (perf_counter)
+    t0: float  # when the run started (perf_counter)
     progress: bool = True
 
 
-def make_plan(cfg: ExtractConfig, progress: bool = True, *, on_workers: bool = False) -> ExtractPlan:
+def make_plan(
+    cfg: ExtractConfig, progress: bool = True, *, on_workers: bool = False
+) -> ExtractPlan:
     """Read the dataset, plan the rows, load the encoders (on the CPU when dask workers will encode:
     ``on_workers`` or ``cfg.distributed``) and compute the fingerprint. Raises ValueError/StoreError with one
     line for bad settings."""
@@ -57,13 +61,24 @@ def make_plan(cfg: ExtractConfig, progress: bool = True, *, on_workers: bool = F
     if cfg.codec not in CODECS:
         raise ValueError(f"unknown --codec {cfg.codec!r}; valid: {', '.join(CODECS)}")
     c = cfg.cache
-    check_model_folders(c)              # before the dataset is read (or the demo's generated)
-    manifest = load_manifest(cfg.dataset, cfg.data_dir, allow_outside_paths=cfg.allow_outside_paths, seed=c.seed,
-                             **cfg.dataset_options)
+    check_model_folders(c)  # before the dataset is read (or the demo's generated)
+    manifest = load_manifest(
+        cfg.dataset,
+        cfg.data_dir,
+        allow_outside_paths=cfg.allow_outside_paths,
+        seed=c.seed,
+        **cfg.dataset_options,
+    )
     rows, durations = plan_segments(manifest, c.max_seconds, workers=max(1, cfg.num_workers))
     rows, durations = add_variant_rows(rows, durations, c.augment, c.variants, c.max_seconds)
-    log.info("%s: %d calls, %d segments (%d rows with long segments split and augmented copies), %d manifest issues",
-             cfg.dataset, len(manifest.calls()), len(manifest), len(rows), len(manifest.issues))
+    log.info(
+        "%s: %d calls, %d segments (%d rows with long segments split and augmented copies), %d manifest issues",
+        cfg.dataset,
+        len(manifest.calls()),
+        len(manifest),
+        len(rows),
+        len(manifest.issues),
+    )
     # distributed: the driver needs only the encoders' identity and sizes; it leaves the GPUs to the workers. The
     # compute dtype is the one the workers' device implies.
     device = "cpu" if on_workers or cfg.distributed else cfg.device
@@ -71,10 +86,28 @@ def make_plan(cfg: ExtractConfig, progress: bool = True, *, on_workers: bool = F
     enc = load_encoders(c_dev, device, trust_remote_code=cfg.trust_remote_code)
     settings = c.to_attrs(cfg.dataset, enc.facts, augment_settings(c.augment, c.variants, c.seed))
     digest = manifest.digest()
-    shape = StoreShape(n=len(rows), audio_frames=enc.facts.audio_frames, audio_dim=enc.audio.hidden_size,
-                       text_tokens=c.max_text_tokens, text_dim=enc.text.hidden_size, shard_size=cfg.shard_size)
-    return ExtractPlan(cfg, cfg.out_path, manifest, rows, durations, enc, shape, settings, digest,
-                       compute_fingerprint(settings, digest), t0, progress)
+    shape = StoreShape(
+        n=len(rows),
+        audio_frames=enc.facts.audio_frames,
+        audio_dim=enc.audio.hidden_size,
+        text_tokens=c.max_text_tokens,
+        text_dim=enc.text.hidden_size,
+        shard_size=cfg.shard_size,
+    )
+    return ExtractPlan(
+        cfg,
+        cfg.out_path,
+        manifest,
+        rows,
+        durations,
+        enc,
+        shape,
+        settings,
+        digest,
+        compute_fingerprint(settings, digest),
+        t0,
+        progress,
+    )
 
 
 def open_store(plan: ExtractPlan) -> CacheStore:
@@ -82,12 +115,22 @@ def open_store(plan: ExtractPlan) -> CacheStore:
     cfg, out = plan.cfg, plan.out
     if removed := remove_partial_writes(out):
         log.info("%s: removed %d partial chunk files left by an interrupted run", out, removed)
-    return CacheStore.open_or_create(out, plan.shape, plan.rows, fingerprint=plan.fingerprint, settings=plan.settings,
-                                     manifest_digest=plan.digest, codec=cfg.codec, overwrite=cfg.overwrite,
-                                     notes=plan.manifest.notes, dataset=cfg.dataset,
-                                     label_scheme=plan.manifest.label_scheme, storage_options=cfg.storage_options,
-                                     seconds=[plan.durations.get(s.segment_id, np.nan) for s in plan.rows],
-                                     label_scheme_def=plan.manifest.label_scheme_def)
+    return CacheStore.open_or_create(
+        out,
+        plan.shape,
+        plan.rows,
+        fingerprint=plan.fingerprint,
+        settings=plan.settings,
+        manifest_digest=plan.digest,
+        codec=cfg.codec,
+        overwrite=cfg.overwrite,
+        notes=plan.manifest.notes,
+        dataset=cfg.dataset,
+        label_scheme=plan.manifest.label_scheme,
+        storage_options=cfg.storage_options,
+        seconds=[plan.durations.get(s.segment_id, np.nan) for s in plan.rows],
+        label_scheme_def=plan.manifest.label_scheme_def,
+    )
 
 
 def plan_blocks(plan: ExtractPlan, store: CacheStore) -> list[tuple[range, list[list[int]]]]:
@@ -95,13 +138,29 @@ def plan_blocks(plan: ExtractPlan, store: CacheStore) -> list[tuple[range, list[
     block, so a block is a unit that one process can encode and write alone (the distributed task)."""
     cfg, rate, max_samples = plan.cfg, plan.enc.policy.input_rate, plan.enc.max_samples
     # planned lengths in input samples (unknown/unreadable files count as the maximum; they fail fast)
-    lengths = np.array([min(max_samples, int(round(plan.durations.get(s.segment_id, cfg.cache.max_seconds) * rate)))
-                        for s in plan.rows], dtype=np.int64)
+    lengths = np.array(
+        [
+            min(
+                max_samples,
+                int(round(plan.durations.get(s.segment_id, cfg.cache.max_seconds) * rate)),
+            )
+            for s in plan.rows
+        ],
+        dtype=np.int64,
+    )
     shard_ranges = store.shard_ranges()
-    blocks = [range(shard_ranges[i].start, shard_ranges[min(i + cfg.block_shards, len(shard_ranges)) - 1].stop)
-              for i in range(0, len(shard_ranges), cfg.block_shards)]
+    blocks = [
+        range(
+            shard_ranges[i].start,
+            shard_ranges[min(i + cfg.block_shards, len(shard_ranges)) - 1].stop,
+        )
+        for i in range(0, len(shard_ranges), cfg.block_shards)
+    ]
     budget = int(batch_seconds_for(cfg.batch_seconds, cfg.device) * rate)
-    return [(block, make_batches(lengths, [block], max(budget, max_samples), cfg.max_batch)) for block in blocks]
+    return [
+        (block, make_batches(lengths, [block], max(budget, max_samples), cfg.max_batch))
+        for block in blocks
+    ]
 
 
 def by_file(skipped_rows: list[dict], rows: list[Segment]) -> list[dict]:
@@ -116,16 +175,33 @@ def by_file(skipped_rows: list[dict], rows: list[Segment]) -> list[dict]:
         if len(sources) == 1:
             out.append(items[0])
         else:
-            out.append({"source": short_rows(sources), "reason": f"{Path(audio).name}: {reason}", "rows": sources})
+            out.append(
+                {
+                    "source": short_rows(sources),
+                    "reason": f"{Path(audio).name}: {reason}",
+                    "rows": sources,
+                }
+            )
     return out
 
 
-def finish_run(plan: ExtractPlan, store: CacheStore, skipped: dict, stats: EncodeStats, loop_seconds: float,
-               extra: dict | None = None) -> ExtractResult:
+def finish_run(
+    plan: ExtractPlan,
+    store: CacheStore,
+    skipped: dict,
+    stats: EncodeStats,
+    loop_seconds: float,
+    extra: dict | None = None,
+) -> ExtractResult:
     """Skip reasons into the store, report.json beside the data, the result."""
     cfg, out, rows = plan.cfg, plan.out, plan.rows
     elapsed = time.perf_counter() - plan.t0
-    computed, audio_seconds, truncated, warnings = stats.computed, stats.audio_seconds, stats.truncated, stats.warnings
+    computed, audio_seconds, truncated, warnings = (
+        stats.computed,
+        stats.audio_seconds,
+        stats.truncated,
+        stats.warnings,
+    )
 
     # skip reasons: this run's failures; rows done since earlier runs lose their old reason
     final_done = store.done()
@@ -135,29 +211,61 @@ def finish_run(plan: ExtractPlan, store: CacheStore, skipped: dict, stats: Encod
     store.set_skip_reasons({**stale, **reasons})
     store.touch()
 
-    skipped_rows = [{"row": i, "segment_id": rows[i].segment_id, "call_id": rows[i].call_id,
-                     "source": rows[i].source_row or rows[i].audio_path, "reason": r}
-                    for i, r in sorted(reasons.items())]
-    manifest_issues = [x.to_dict() for x in plan.manifest.issues]   # "rows": every row of a many-row issue
-    skipped_lines = by_file(skipped_rows, rows)   # one line per bad file (its rows named), as the summary says
+    skipped_rows = [
+        {
+            "row": i,
+            "segment_id": rows[i].segment_id,
+            "call_id": rows[i].call_id,
+            "source": rows[i].source_row or rows[i].audio_path,
+            "reason": r,
+        }
+        for i, r in sorted(reasons.items())
+    ]
+    manifest_issues = [
+        x.to_dict() for x in plan.manifest.issues
+    ]  # "rows": every row of a many-row issue
+    skipped_lines = by_file(
+        skipped_rows, rows
+    )  # one line per bad file (its rows named), as the summary says
     report = {
-        "store": str(out), "fingerprint": plan.fingerprint, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "store": str(out),
+        "fingerprint": plan.fingerprint,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": asdict(cfg),
-        "segments_total": len(rows), "segments_done": int(final_done.sum()),
-        "segments_encoded_this_run": computed, "segments_skipped": len(reasons),
-        "text_truncated": truncated, "audio_seconds_this_run": round(audio_seconds, 3),
+        "segments_total": len(rows),
+        "segments_done": int(final_done.sum()),
+        "segments_encoded_this_run": computed,
+        "segments_skipped": len(reasons),
+        "text_truncated": truncated,
+        "audio_seconds_this_run": round(audio_seconds, 3),
         "elapsed_s": round(elapsed, 3),
         "segments_per_s": round(computed / elapsed, 3) if elapsed else None,
-        "skipped": skipped_rows, "skipped_by_file": skipped_lines, "manifest_issues": manifest_issues,
+        "skipped": skipped_rows,
+        "skipped_by_file": skipped_lines,
+        "manifest_issues": manifest_issues,
         "warnings": warnings,
         **(extra or {}),
     }
     report_path = store.write_text("report.json", json.dumps(report, indent=2, ensure_ascii=False))
-    return ExtractResult(store=out, total=len(rows), done=int(final_done.sum()), skipped=len(reasons),
-                         computed=computed, audio_seconds=audio_seconds, elapsed=elapsed, report=report_path,
-                         issues=skipped_lines + [{"source": m["where"], "reason": m["reason"]}
-                                                         for m in manifest_issues
-                                                         if not m["reason"].startswith("warning")],
-                         loop_seconds=loop_seconds,
-                         manifest_skipped=sum(len(m.get("rows") or [1]) for m in manifest_issues
-                                              if not m["reason"].startswith("warning")))
+    return ExtractResult(
+        store=out,
+        total=len(rows),
+        done=int(final_done.sum()),
+        skipped=len(reasons),
+        computed=computed,
+        audio_seconds=audio_seconds,
+        elapsed=elapsed,
+        report=report_path,
+        issues=skipped_lines
+        + [
+            {"source": m["where"], "reason": m["reason"]}
+            for m in manifest_issues
+            if not m["reason"].startswith("warning")
+        ],
+        loop_seconds=loop_seconds,
+        manifest_skipped=sum(
+            len(m.get("rows") or [1])
+            for m in manifest_issues
+            if not m["reason"].startswith("warning")
+        ),
+    )

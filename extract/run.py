@@ -8,6 +8,7 @@ computes every row in the same batch as an uninterrupted run would, and the stor
 The plan (extract/plan.py) and the encode loop (extract/encode.py) are shared with the dask path
 (extract/distributed.py), which this module imports only when asked for (dask is heavy; no import circle).
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,7 +33,7 @@ def extract(cfg: ExtractConfig, progress: bool = True, client=None) -> ExtractRe
     plan = make_plan(cfg, progress, on_workers=client is not None)
     with StoreLock(plan.out, storage_options=cfg.storage_options):
         if client is not None or cfg.distributed:
-            from .distributed import extract_distributed   # dask is imported only when asked for
+            from .distributed import extract_distributed  # dask is imported only when asked for
 
             return extract_distributed(plan, client=client)
         return _extract_into(plan)
@@ -43,21 +44,39 @@ def _extract_into(plan: ExtractPlan) -> ExtractResult:
     store = open_store(plan)
     done = store.done()
     todo = ~done
-    log.info("%s: %d of %d segments already done; %d to encode", out, int(done.sum()), len(plan.rows),
-             int(todo.sum()))
+    log.info(
+        "%s: %d of %d segments already done; %d to encode",
+        out,
+        int(done.sum()),
+        len(plan.rows),
+        int(todo.sum()),
+    )
     batches = [b for _, bs in plan_blocks(plan, store) for b in bs if todo[b].any()]
 
     c = cfg.cache
-    source = SegmentSource(plan.rows, enc.policy.input_rate, enc.max_samples, enc.audio.min_samples(),
-                           enc.audio.feature_extractor, enc.text, Augmenter(c.augment, c.seed) if c.augment else None)
+    source = SegmentSource(
+        plan.rows,
+        enc.policy.input_rate,
+        enc.max_samples,
+        enc.audio.min_samples(),
+        enc.audio.feature_extractor,
+        enc.text,
+        Augmenter(c.augment, c.seed) if c.augment else None,
+    )
     loader = make_loader(source, batches, cfg.num_workers)
 
     # partial shards are written every CHECKPOINT_SECONDS too: a block's shards complete only near its end
-    writer = ShardWriter(store, todo, write_threads=cfg.write_threads, checkpoint_seconds=CHECKPOINT_SECONDS)
+    writer = ShardWriter(
+        store, todo, write_threads=cfg.write_threads, checkpoint_seconds=CHECKPOINT_SECONDS
+    )
     t_loop = time.perf_counter()
-    bar = tqdm(total=int(todo.sum()), unit="seg", desc="extract", disable=not plan.progress, smoothing=0.1)
+    bar = tqdm(
+        total=int(todo.sum()), unit="seg", desc="extract", disable=not plan.progress, smoothing=0.1
+    )
     try:
-        stats = encode_batches(loader, plan.rows, todo, enc.audio, enc.text, writer, enc.policy.input_rate, bar)
+        stats = encode_batches(
+            loader, plan.rows, todo, enc.audio, enc.text, writer, enc.policy.input_rate, bar
+        )
         writer.close()
         loop_seconds = time.perf_counter() - t_loop
     finally:

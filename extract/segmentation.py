@@ -4,6 +4,7 @@ A segment over ``max_seconds`` is cut into equal pieces of at most ``max_seconds
 its transcript is shared out over the pieces in proportion to time, at whitespace where there is any (the
 datasets give no word timings). Row order is call by call, segments in order, so a call's rows are contiguous.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,19 +22,23 @@ def split_text(text: str, parts: int) -> list[str]:
     words = text.split()
     if len(words) >= parts:  # whitespace-separated language: split between words
         k = len(words)
-        return [" ".join(words[round(i * k / parts): round((i + 1) * k / parts)]) for i in range(parts)]
+        return [
+            " ".join(words[round(i * k / parts) : round((i + 1) * k / parts)]) for i in range(parts)
+        ]
     k = len(text)  # Chinese and other unsegmented text: split between characters
-    return [text[round(i * k / parts): round((i + 1) * k / parts)] for i in range(parts)]
+    return [text[round(i * k / parts) : round((i + 1) * k / parts)] for i in range(parts)]
 
 
-def plan_segments(manifest: Manifest, max_seconds: float, workers: int = 8) -> tuple[list[Segment], dict[str, float]]:
+def plan_segments(
+    manifest: Manifest, max_seconds: float, workers: int = 8
+) -> tuple[list[Segment], dict[str, float]]:
     """Returns (rows, durations by segment_id). Unreadable files keep one row; extraction reports them."""
     paths = sorted({s.audio_path for s in manifest.segments})
     with ThreadPoolExecutor(max_workers=max(1, min(workers, os.cpu_count() or 1) * 2)) as ex:
         file_dur = dict(zip(paths, ex.map(probe_duration, paths)))
     rows: list[Segment] = []
     durations: dict[str, float] = {}
-    for call_id, segs in manifest.calls().items():
+    for segs in manifest.calls().values():
         out: list[Segment] = []
         for s in segs:
             fd = file_dur.get(s.audio_path)
@@ -50,8 +55,12 @@ def plan_segments(manifest: Manifest, max_seconds: float, workers: int = 8) -> t
                 continue
             step = dur / n
             for i, txt in enumerate(split_text(s.text, n)):
-                piece = s.with_(segment_id=f"{s.segment_id}#{i}", start=start + i * step,
-                                end=start + (i + 1) * step if i < n - 1 else end, text=txt)
+                piece = s.with_(
+                    segment_id=f"{s.segment_id}#{i}",
+                    start=start + i * step,
+                    end=start + (i + 1) * step if i < n - 1 else end,
+                    text=txt,
+                )
                 out.append(piece)
                 durations[piece.segment_id] = piece.end - piece.start
         rows.extend(seg.with_(index=i) for i, seg in enumerate(out))

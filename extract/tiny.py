@@ -5,6 +5,7 @@ They exist so that tests, the demo and CPU benchmarks run the exact loading path
 Their outputs are meaningless: a run on them is a smoke run, not the paper's models.
 ``size="base"`` builds HuBERT-base / BERT-base shapes (random weights cost the same FLOPs as the real ones).
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,7 +23,9 @@ def _vocab() -> list[str]:
     return SPECIAL + ascii_tokens + cjk
 
 
-def build_tiny_audio_encoder(folder: str | Path, *, norm: str = "group", size: str = "tiny", seed: int = 0) -> Path:
+def build_tiny_audio_encoder(
+    folder: str | Path, *, norm: str = "group", size: str = "tiny", seed: int = 0
+) -> Path:
     """A HuBERT-style encoder. ``norm="group"`` is HuBERT-base's front end (GroupNorm over time in the first
     conv: padding changes the outputs); ``norm="layer"`` is the large models' (per-frame LayerNorm)."""
     import torch
@@ -33,19 +36,35 @@ def build_tiny_audio_encoder(folder: str | Path, *, norm: str = "group", size: s
         raise ValueError(f"norm must be group or layer, not {norm!r}")
     torch.manual_seed(seed)
     if size == "base":
-        cfg = HubertConfig(feat_extract_norm=norm, do_stable_layer_norm=(norm == "layer"),
-                           conv_bias=(norm == "layer"))
+        cfg = HubertConfig(
+            feat_extract_norm=norm,
+            do_stable_layer_norm=(norm == "layer"),
+            conv_bias=(norm == "layer"),
+        )
     else:
         cfg = HubertConfig(
-            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-            conv_dim=(16,) * 7, conv_stride=(5, 2, 2, 2, 2, 2, 2), conv_kernel=(10, 3, 3, 3, 3, 2, 2),
-            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
-            feat_extract_norm=norm, do_stable_layer_norm=(norm == "layer"), conv_bias=(norm == "layer"),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            conv_dim=(16,) * 7,
+            conv_stride=(5, 2, 2, 2, 2, 2, 2),
+            conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+            num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=4,
+            feat_extract_norm=norm,
+            do_stable_layer_norm=(norm == "layer"),
+            conv_bias=(norm == "layer"),
         )
     model = HubertModel(cfg).eval()
     model.save_pretrained(folder)
-    fe = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
-                                  return_attention_mask=(norm == "layer"))
+    fe = Wav2Vec2FeatureExtractor(
+        feature_size=1,
+        sampling_rate=16000,
+        padding_value=0.0,
+        do_normalize=True,
+        return_attention_mask=(norm == "layer"),
+    )
     fe.save_pretrained(folder)
     return folder
 
@@ -63,17 +82,29 @@ def build_tiny_text_encoder(folder: str | Path, *, size: str = "tiny", seed: int
     if size == "base":
         cfg = BertConfig(vocab_size=len(vocab))
     else:
-        cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=64, max_position_embeddings=512)
+        cfg = BertConfig(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=512,
+        )
     BertModel(cfg).eval().save_pretrained(folder)
-    tok = BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True,
-                            tokenize_chinese_chars=True)
+    tok = BertTokenizerFast(
+        vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True, tokenize_chinese_chars=True
+    )
     tok.save_pretrained(folder)
     return folder
 
 
-def build_tiny_encoders(folder: str | Path, *, norm: str = "group", size: str = "tiny", seed: int = 0,
-                        ) -> tuple[Path, Path]:
+def build_tiny_encoders(
+    folder: str | Path,
+    *,
+    norm: str = "group",
+    size: str = "tiny",
+    seed: int = 0,
+) -> tuple[Path, Path]:
     """Build (or reuse) both encoders under ``folder``; returns (audio_dir, text_dir)."""
     folder = Path(folder)
     audio, text = folder / f"audio-{size}-{norm}", folder / f"text-{size}"

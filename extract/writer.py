@@ -21,11 +21,12 @@ Shards are compressed and written by a small thread pool: shards (and their ``do
 zstd releases the GIL, so writing scales with cores instead of capping a GPU at one core's compression speed
 (bench/extract_throughput.py measures it).
 """
+
 from __future__ import annotations
 
 import logging
-import queue
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -38,7 +39,9 @@ from pipeline.store import CacheStore, StoreError
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_SECONDS = 30.0   # the single-process default: a SIGKILL loses at most about this much encoded work
+CHECKPOINT_SECONDS = (
+    30.0  # the single-process default: a SIGKILL loses at most about this much encoded work
+)
 
 
 class WriteFailed(StoreError):
@@ -47,43 +50,56 @@ class WriteFailed(StoreError):
 
 @dataclass
 class _Shard:
-    key: int                            # the shard's index in the store
+    key: int  # the shard's index in the store
     start: int
     stop: int
-    owed: set[int]                      # rows of this shard this run still has to deliver
+    owed: set[int]  # rows of this shard this run still has to deliver
     audio: np.ndarray | None = None
     audio_len: np.ndarray | None = None
     text: np.ndarray | None = None
     text_len: np.ndarray | None = None
     ok: set[int] = field(default_factory=set)
     failed: dict[int, str] = field(default_factory=dict)
-    dirty_since: float | None = None    # when the oldest row not yet written arrived (None: nothing unwritten)
-    counted: int = 0                    # rows of ``ok`` already counted in rows_written by an earlier write
-    pending: Future | None = None       # this shard's write in flight (writes of one shard never overlap)
+    dirty_since: float | None = (
+        None  # when the oldest row not yet written arrived (None: nothing unwritten)
+    )
+    counted: int = 0  # rows of ``ok`` already counted in rows_written by an earlier write
+    pending: Future | None = (
+        None  # this shard's write in flight (writes of one shard never overlap)
+    )
 
 
 @dataclass(frozen=True)
 class _Write:
     """One write of a shard: the buffers (a copy for a partial write, which the writer keeps filling), its rows."""
+
     key: int
     start: int
     stop: int
     arrays: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
     ok: frozenset[int]
     failed: dict[int, str]
-    new_rows: int                       # rows flagged done for the first time by this write
+    new_rows: int  # rows flagged done for the first time by this write
     final: bool
 
 
 class ShardWriter:
-    def __init__(self, store: CacheStore, todo: np.ndarray, max_queue: int = 8, write_threads: int = 0, *,
-                 checkpoint_seconds: float | None = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        store: CacheStore,
+        todo: np.ndarray,
+        max_queue: int = 8,
+        write_threads: int = 0,
+        *,
+        checkpoint_seconds: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.store = store
         shape = store.shape
         self._dims = (shape.audio_frames, shape.audio_dim, shape.text_tokens, shape.text_dim)
         self._done_before = store.done()
         self._shards: dict[int, _Shard] = {}
-        self._dirty: dict[int, _Shard] = {}       # shards with unwritten rows, oldest first
+        self._dirty: dict[int, _Shard] = {}  # shards with unwritten rows, oldest first
         self._row_shard: dict[int, int] = {}
         for k, r in enumerate(store.shard_ranges()):
             owed = {i for i in r if todo[i]}
@@ -96,20 +112,32 @@ class ShardWriter:
         self.rows_written = 0
         self.bytes_written = 0
         self.skipped: dict[int, str] = {}
-        self.shard_writes: dict[int, int] = {}    # shard index → times written (partial writes included)
-        self._checkpoint = checkpoint_seconds if checkpoint_seconds and checkpoint_seconds > 0 else None
+        self.shard_writes: dict[
+            int, int
+        ] = {}  # shard index → times written (partial writes included)
+        self._checkpoint = (
+            checkpoint_seconds if checkpoint_seconds and checkpoint_seconds > 0 else None
+        )
         self._clock = clock
         self._keep_partial = False
         self._write_threads = write_threads or min(8, os.cpu_count() or 1)
-        self._pool = ThreadPoolExecutor(max_workers=self._write_threads, thread_name_prefix="shard-write")
+        self._pool = ThreadPoolExecutor(
+            max_workers=self._write_threads, thread_name_prefix="shard-write"
+        )
         self._inflight: list[Future] = []
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="cache-writer", daemon=True)
         self._thread.start()
 
     # ------------------------------------------------------------ producer side
-    def put(self, rows: list[int], audio: np.ndarray, audio_len: np.ndarray, text: np.ndarray,
-            text_len: np.ndarray) -> None:
+    def put(
+        self,
+        rows: list[int],
+        audio: np.ndarray,
+        audio_len: np.ndarray,
+        text: np.ndarray,
+        text_len: np.ndarray,
+    ) -> None:
         self._check()
         self._q.put(("rows", self._clock(), rows, audio, audio_len, text, text_len))
 
@@ -131,9 +159,10 @@ class ShardWriter:
 
     def _check(self) -> None:
         if self.error is not None:
-            raise WriteFailed(f"writing {self.store.path} failed: {self.error}; every shard marked done is intact — "
-                              "fix the cause (disk space, permissions) and run the same command to resume") \
-                from self.error
+            raise WriteFailed(
+                f"writing {self.store.path} failed: {self.error}; every shard marked done is intact — "
+                "fix the cause (disk space, permissions) and run the same command to resume"
+            ) from self.error
 
     # ------------------------------------------------------------ writer thread
     def _run(self) -> None:
@@ -154,8 +183,12 @@ class ShardWriter:
                 self._handle(item)
                 if self._checkpoint:
                     now = item[1]
-                    self._write_partial(lambda sh: now - sh.dirty_since >= self._checkpoint)
-            except BaseException as e:  # disk full, permission, store errors: stop writing, report upstream
+                    self._write_partial(
+                        lambda sh, now=now: now - sh.dirty_since >= self._checkpoint
+                    )
+            except (
+                BaseException
+            ) as e:  # disk full, permission, store errors: stop writing, report upstream
                 self._fail(e)
 
     def _fail(self, e: BaseException) -> None:
@@ -168,9 +201,11 @@ class ShardWriter:
             return
         n = sh.stop - sh.start
         a, da, t, dt = self._dims
-        if self._done_before[sh.start: sh.stop].any():
+        if self._done_before[sh.start : sh.stop].any():
             # rows finished by an earlier run share this shard: keep their bytes
-            sh.audio, sh.audio_len, sh.text, sh.text_len = (np.array(x) for x in self.store.read_slab(sh.start, sh.stop))
+            sh.audio, sh.audio_len, sh.text, sh.text_len = (
+                np.array(x) for x in self.store.read_slab(sh.start, sh.stop)
+            )
         else:
             sh.audio = np.zeros((n, a, da), np.float16)
             sh.text = np.zeros((n, t, dt), np.float16)
@@ -225,19 +260,27 @@ class ShardWriter:
         """Write the shards with unwritten rows, oldest first, while ``due`` holds; they stay open for the rest."""
         for sh in list(self._dirty.values()):
             if not due(sh):
-                return   # the dict is in order of dirty_since: the rest waited less
+                return  # the dict is in order of dirty_since: the rest waited less
             self._submit(sh, final=False)
 
     def _submit(self, sh: _Shard, final: bool) -> None:
         if sh.pending is not None:
-            sh.pending.result()   # the shard's previous write first: a later write must land last
+            sh.pending.result()  # the shard's previous write first: a later write must land last
         if sh.ok:
             self._buffers(sh)
         arrays = (sh.audio, sh.audio_len, sh.text, sh.text_len)
-        if not final and sh.ok:   # the writer thread keeps filling the buffers: write a snapshot
+        if not final and sh.ok:  # the writer thread keeps filling the buffers: write a snapshot
             arrays = tuple(a.copy() for a in arrays)
-        w = _Write(sh.key, sh.start, sh.stop, arrays, frozenset(sh.ok), dict(sh.failed),
-                   len(sh.ok) - sh.counted, final)
+        w = _Write(
+            sh.key,
+            sh.start,
+            sh.stop,
+            arrays,
+            frozenset(sh.ok),
+            dict(sh.failed),
+            len(sh.ok) - sh.counted,
+            final,
+        )
         sh.counted, sh.dirty_since = len(sh.ok), None
         self._dirty.pop(sh.key, None)
         # bound the memory held by queued shards: wait for the oldest when many are in flight
@@ -254,9 +297,11 @@ class ShardWriter:
             if w.ok:
                 self.store.write_slab(w.start, *w.arrays)
             rows = np.arange(w.start, w.stop)
-            done = self._done_before[w.start: w.stop] | np.isin(rows, list(w.ok))
+            done = self._done_before[w.start : w.stop] | np.isin(rows, list(w.ok))
             skipped = np.isin(rows, list(w.failed)) & ~done
-            self.store.set_flags(w.start, w.stop, done, skipped)  # after the data: a done row is always whole
+            self.store.set_flags(
+                w.start, w.stop, done, skipped
+            )  # after the data: a done row is always whole
         except BaseException as e:
             self._fail(e)
             return

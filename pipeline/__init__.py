@@ -1,2 +1,3 @@
 """Shared contract of msmtfn: dataset manifests, label schemes and the cache store between the two stages."""
+
 __version__ = "0.1.0"

@@ -1,6 +1,7 @@
 """The one way msmtfn writes a file that must never be seen half-written (run folders, reports, predictions):
 write a temporary file in the same folder, fsync it, give it the permissions a plain ``open()`` would (the umask),
 rename it over the target, fsync the folder. A crash leaves the old file or the new one, never a mix."""
+
 from __future__ import annotations
 
 import contextlib
@@ -29,7 +30,7 @@ def _umask() -> int:
 def _fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
-    except OSError:   # e.g. Windows: folders cannot be opened; the rename is still atomic
+    except OSError:  # e.g. Windows: folders cannot be opened; the rename is still atomic
         return
     try:
         os.fsync(fd)
@@ -70,4 +71,6 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def atomic_write_json(path: str | Path, obj) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str).encode("utf-8"))
+    atomic_write_bytes(
+        path, json.dumps(obj, indent=2, ensure_ascii=False, default=str).encode("utf-8")
+    )

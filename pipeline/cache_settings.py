@@ -15,6 +15,7 @@ row in README's option table. The CLI option appears by itself.
 Stores written before this module existed hold the very same attribute: the fingerprint of a store made with
 the same settings is unchanged (pinned by tests/test_fingerprint.py).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
@@ -23,15 +24,15 @@ from dataclasses import dataclass, field, fields
 PAPER_AUDIO_MODEL = "TencentGameMate/chinese-hubert-base"
 PAPER_TEXT_MODEL = "hfl/chinese-roberta-wwm-ext"
 RATE_POLICIES = ("encoder", "paper-8k")
-PAPER_RATE = 8000                 # Hz fed to the encoder under the paper-8k policy
+PAPER_RATE = 8000  # Hz fed to the encoder under the paper-8k policy
 DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
-STORE_DTYPE = "float16"           # hidden states are always stored as float16
-MAX_SECONDS = 40.0                # the paper's segment length: longer segments are split into equal pieces
-MAX_TEXT_TOKENS = 199             # the paper's text length (CLS + 197 + SEP at most)
-SHARD_SIZE = 16                   # segments per shard file (one file per shard of each hidden-state array)
-MAX_BATCH = 64                    # segments per encoder batch at most
-BATCH_SECONDS_CUDA = 1280.0       # padded audio seconds per encoder batch on a GPU ...
-BATCH_SECONDS_CPU = 160.0         # ... and on a CPU (bench/extract_throughput.py)
+STORE_DTYPE = "float16"  # hidden states are always stored as float16
+MAX_SECONDS = 40.0  # the paper's segment length: longer segments are split into equal pieces
+MAX_TEXT_TOKENS = 199  # the paper's text length (CLS + 197 + SEP at most)
+SHARD_SIZE = 16  # segments per shard file (one file per shard of each hidden-state array)
+MAX_BATCH = 64  # segments per encoder batch at most
+BATCH_SECONDS_CUDA = 1280.0  # padded audio seconds per encoder batch on a GPU ...
+BATCH_SECONDS_CPU = 160.0  # ... and on a CPU (bench/extract_throughput.py)
 
 # keys of the settings attribute that say where the models were read from, not what they are (the weight and
 # tokenizer hashes say that), and keys that do not change the features of one segment: predict may differ there
@@ -41,7 +42,9 @@ FREE_KEYS = ("dataset", "augmentation", "compute_dtype")
 
 def batch_seconds_for(batch_seconds: float, device: str) -> float:
     """Padded audio seconds per encoder batch: the given value, or the device's default when it is 0."""
-    return batch_seconds or (BATCH_SECONDS_CUDA if str(device).startswith("cuda") else BATCH_SECONDS_CPU)
+    return batch_seconds or (
+        BATCH_SECONDS_CUDA if str(device).startswith("cuda") else BATCH_SECONDS_CPU
+    )
 
 
 def resolve_dtype(name: str, device: str) -> str:
@@ -64,20 +67,36 @@ class CacheSettings:
 
     audio_model: str = _opt(PAPER_AUDIO_MODEL, "Hub id or local folder.")
     text_model: str = _opt(PAPER_TEXT_MODEL, "Hub id or local folder.")
-    audio_revision: str | None = _opt(None, "Hub revision (branch, tag or commit) of the audio model.")
+    audio_revision: str | None = _opt(
+        None, "Hub revision (branch, tag or commit) of the audio model."
+    )
     text_revision: str | None = _opt(None, "Hub revision of the text model.")
     audio_layer: int = _opt(-1, "Hidden-state layer (HF index; -1 = last).")
     text_layer: int = _opt(-1, "Hidden-state layer (HF index; -1 = last).")
-    dtype: str = _opt("auto", "Compute dtype (auto: float16 on CUDA, float32 on CPU). Stored as float16.",
-                      choices=DTYPE_CHOICES)
+    dtype: str = _opt(
+        "auto",
+        "Compute dtype (auto: float16 on CUDA, float32 on CPU). Stored as float16.",
+        choices=DTYPE_CHOICES,
+    )
     max_seconds: float = _opt(MAX_SECONDS, "Longer segments are split into equal pieces.")
-    rate_policy: str = _opt("encoder", "encoder: resample to the encoder's rate; paper-8k: 8 kHz fed unresampled "
-                            "(paper parity).", choices=RATE_POLICIES)
-    audio_pool: int = _opt(0, "Audio frames averaged per stored row (0: 2 for 'encoder', 1 for 'paper-8k').")
-    max_text_tokens: int = _opt(MAX_TEXT_TOKENS, "Text rows stored per segment (longer transcripts are cut).")
+    rate_policy: str = _opt(
+        "encoder",
+        "encoder: resample to the encoder's rate; paper-8k: 8 kHz fed unresampled (paper parity).",
+        choices=RATE_POLICIES,
+    )
+    audio_pool: int = _opt(
+        0, "Audio frames averaged per stored row (0: 2 for 'encoder', 1 for 'paper-8k')."
+    )
+    max_text_tokens: int = _opt(
+        MAX_TEXT_TOKENS, "Text rows stored per segment (longer transcripts are cut)."
+    )
     # augmented copies of the training rows (extract/augment.py validates the names)
-    augment: tuple[str, ...] = _opt((), "Augmented copies of the training rows, cached as extra rows",
-                                    metavar="NAME,…", cli_default="")
+    augment: tuple[str, ...] = _opt(
+        (),
+        "Augmented copies of the training rows, cached as extra rows",
+        metavar="NAME,…",
+        cli_default="",
+    )
     variants: int = _opt(1, "Copies per training row and augmentation.")
     # also seeds a dataset's generated train/valid/test split (which the manifest digest covers)
     seed: int = _opt(0, "Seed of a generated train/valid/test split and of the augmentation draws.")
@@ -94,25 +113,41 @@ class CacheSettings:
     def check(self) -> None:
         """One clear error for a value no extraction can use."""
         if self.rate_policy not in RATE_POLICIES:
-            raise ValueError(f"unknown --rate-policy {self.rate_policy!r}; valid: {', '.join(RATE_POLICIES)}")
+            raise ValueError(
+                f"unknown --rate-policy {self.rate_policy!r}; valid: {', '.join(RATE_POLICIES)}"
+            )
         if self.dtype not in DTYPE_CHOICES:
             raise ValueError(f"unknown --dtype {self.dtype!r}; valid: {', '.join(DTYPE_CHOICES)}")
         if self.augment and self.variants < 1:
             raise ValueError(f"--variants must be at least 1, not {self.variants}")
 
     # ------------------------------------------------------------------ the store's ``settings`` attribute
-    def to_attrs(self, dataset: str, facts: "EncoderFacts", augmentation: dict) -> dict:
+    def to_attrs(self, dataset: str, facts: EncoderFacts, augmentation: dict) -> dict:
         """The store's ``settings`` attribute, which the fingerprint hashes (key names and value types are the
         contract: changing either changes every fingerprint). ``augmentation`` is extract/augment.py's
         description of ``augment``/``variants``/``seed`` (with each transform's parameters)."""
         return {
             "dataset": dataset,
-            "audio": {"model": self.audio_model, "revision": self.audio_revision, "weights": facts.audio_weights,
-                      "layer": self.audio_layer, "rate_policy": self.rate_policy, "input_rate": facts.input_rate,
-                      "encoder_rate": facts.encoder_rate, "pool": self.pool, "frames": facts.audio_frames,
-                      "normalize": facts.normalize},
-            "text": {"model": self.text_model, "revision": self.text_revision, "weights": facts.text_weights,
-                     "tokenizer": facts.tokenizer, "layer": self.text_layer, "max_tokens": self.max_text_tokens},
+            "audio": {
+                "model": self.audio_model,
+                "revision": self.audio_revision,
+                "weights": facts.audio_weights,
+                "layer": self.audio_layer,
+                "rate_policy": self.rate_policy,
+                "input_rate": facts.input_rate,
+                "encoder_rate": facts.encoder_rate,
+                "pool": self.pool,
+                "frames": facts.audio_frames,
+                "normalize": facts.normalize,
+            },
+            "text": {
+                "model": self.text_model,
+                "revision": self.text_revision,
+                "weights": facts.text_weights,
+                "tokenizer": facts.tokenizer,
+                "layer": self.text_layer,
+                "max_tokens": self.max_text_tokens,
+            },
             "compute_dtype": facts.compute_dtype,
             "store_dtype": STORE_DTYPE,
             "segmentation": {"max_seconds": self.max_seconds, "long_segments": "equal pieces"},
@@ -120,7 +155,7 @@ class CacheSettings:
         }
 
     @classmethod
-    def from_attrs(cls, settings: dict) -> tuple["CacheSettings", "EncoderFacts"]:
+    def from_attrs(cls, settings: dict) -> tuple[CacheSettings, EncoderFacts]:
         """The settings and encoder facts a store (or a run's ``config.json`` → ``cache.settings``) was made
         with; the inverse of :meth:`to_attrs` (``dtype`` and ``audio_pool`` come back resolved)."""
         a, t = settings["audio"], settings["text"]
@@ -128,19 +163,33 @@ class CacheSettings:
         transforms = tuple((aug.get("transforms") or {}).keys())
         d = {f.name: f.default for f in fields(cls)}
         chosen = cls(
-            audio_model=a["model"], text_model=t["model"], audio_revision=a.get("revision"),
-            text_revision=t.get("revision"), audio_layer=int(a.get("layer", d["audio_layer"])),
-            text_layer=int(t.get("layer", d["text_layer"])), dtype=settings.get("compute_dtype", "float32"),
+            audio_model=a["model"],
+            text_model=t["model"],
+            audio_revision=a.get("revision"),
+            text_revision=t.get("revision"),
+            audio_layer=int(a.get("layer", d["audio_layer"])),
+            text_layer=int(t.get("layer", d["text_layer"])),
+            dtype=settings.get("compute_dtype", "float32"),
             max_seconds=float(seg.get("max_seconds", d["max_seconds"])),
-            rate_policy=a.get("rate_policy", d["rate_policy"]), audio_pool=int(a.get("pool", d["audio_pool"])),
-            max_text_tokens=int(t.get("max_tokens", d["max_text_tokens"])), augment=transforms,
-            variants=len(aug.get("variants", ())) // len(transforms) if transforms else d["variants"],
-            seed=int(aug.get("seed", d["seed"])))
+            rate_policy=a.get("rate_policy", d["rate_policy"]),
+            audio_pool=int(a.get("pool", d["audio_pool"])),
+            max_text_tokens=int(t.get("max_tokens", d["max_text_tokens"])),
+            augment=transforms,
+            variants=len(aug.get("variants", ())) // len(transforms)
+            if transforms
+            else d["variants"],
+            seed=int(aug.get("seed", d["seed"])),
+        )
         facts = EncoderFacts(
-            audio_weights=a.get("weights", ""), text_weights=t.get("weights", ""), tokenizer=t.get("tokenizer", ""),
-            encoder_rate=int(a.get("encoder_rate", 0)), input_rate=int(a.get("input_rate", 0)),
-            audio_frames=int(a.get("frames", 0)), normalize=bool(a.get("normalize", False)),
-            compute_dtype=settings.get("compute_dtype", "float32"))
+            audio_weights=a.get("weights", ""),
+            text_weights=t.get("weights", ""),
+            tokenizer=t.get("tokenizer", ""),
+            encoder_rate=int(a.get("encoder_rate", 0)),
+            input_rate=int(a.get("input_rate", 0)),
+            audio_frames=int(a.get("frames", 0)),
+            normalize=bool(a.get("normalize", False)),
+            compute_dtype=settings.get("compute_dtype", "float32"),
+        )
         return chosen, facts
 
 
@@ -149,14 +198,16 @@ class EncoderFacts:
     """What the loaded encoders say about themselves (measured, not chosen); recorded next to the settings so
     that a cache names exactly which weights made it."""
 
-    audio_weights: str        # hash of the audio model's state dict (pipeline.fingerprint.hash_state_dict)
+    audio_weights: (
+        str  # hash of the audio model's state dict (pipeline.fingerprint.hash_state_dict)
+    )
     text_weights: str
-    tokenizer: str            # hash of the tokenizer's vocabulary and settings
-    encoder_rate: int         # Hz the audio encoder was trained on
-    input_rate: int           # Hz of the samples handed to it (the rate policy's choice)
-    audio_frames: int         # stored audio rows per segment (after pooling)
-    normalize: bool           # the feature extractor's zero-mean/unit-variance step
-    compute_dtype: str        # the resolved compute dtype
+    tokenizer: str  # hash of the tokenizer's vocabulary and settings
+    encoder_rate: int  # Hz the audio encoder was trained on
+    input_rate: int  # Hz of the samples handed to it (the rate policy's choice)
+    audio_frames: int  # stored audio rows per segment (after pooling)
+    normalize: bool  # the feature extractor's zero-mean/unit-variance step
+    compute_dtype: str  # the resolved compute dtype
 
     @property
     def identity(self) -> tuple[str, str, str]:

@@ -1,8 +1,8 @@
 """Pieces shared by the stages' command lines (``click``)."""
+
 from __future__ import annotations
 
 import click
-
 
 _IMPLIED = "pipeline.cli.implied_default"
 
@@ -10,6 +10,7 @@ _IMPLIED = "pipeline.cli.implied_default"
 class UsageError(click.ClickException):
     """One line, exit status 2: bad usage (settings that cannot work, paths a command will not touch), as the
     README's exit codes say; click's own usage errors also exit 2 but print the usage lines too."""
+
     exit_code = 2
 
 
@@ -52,7 +53,9 @@ def device_option(value: str, *, allow_auto: bool = True) -> str:
 
 def device_callback(allow_auto: bool = True):
     """``callback=`` of a click ``--device`` option (the check above, at parse time)."""
-    return lambda ctx, param, value: value if value is None else device_option(value, allow_auto=allow_auto)
+    return lambda ctx, param, value: (
+        value if value is None else device_option(value, allow_auto=allow_auto)
+    )
 
 
 class RenamedOption(click.Option):

@@ -4,6 +4,7 @@ inside model loading.
 
 torch is imported only for ``cuda``/``mps``/``auto``, so checking ``cpu`` costs nothing.
 """
+
 from __future__ import annotations
 
 import re
@@ -34,17 +35,27 @@ def check_device(name: str, *, allow_auto: bool = True) -> str:
         import torch
 
         if not torch.cuda.is_available():
-            why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
-            raise DeviceError(f"device {name!r}: CUDA is not available on this machine ({why}); use --device cpu")
+            why = (
+                "this torch is built without CUDA"
+                if torch.version.cuda is None
+                else "no CUDA GPU is visible"
+            )
+            raise DeviceError(
+                f"device {name!r}: CUDA is not available on this machine ({why}); use --device cpu"
+            )
         count = torch.cuda.device_count()
         if index is not None and int(index) >= count:
-            raise DeviceError(f"device {name!r}: this machine has {count} CUDA device(s), cuda:0 to "
-                              f"cuda:{count - 1}")
+            raise DeviceError(
+                f"device {name!r}: this machine has {count} CUDA device(s), cuda:0 to "
+                f"cuda:{count - 1}"
+            )
     if kind == "mps":
         import torch
 
         if not torch.backends.mps.is_available():
-            raise DeviceError(f"device {name!r}: Apple's MPS is not available on this machine; use --device cpu")
+            raise DeviceError(
+                f"device {name!r}: Apple's MPS is not available on this machine; use --device cpu"
+            )
     return value
 
 

@@ -1,4 +1,5 @@
 """Fingerprints: one hash of everything that changes the cached numbers, so a stale cache is never reused."""
+
 from __future__ import annotations
 
 import hashlib

@@ -15,14 +15,15 @@ in the store's segment table:
   [-2, 2] / [-3, 3] and rounded, as in the field's code);
 - ``meld``: ``"<emotion>/<sentiment>"`` ("joy/positive"); tasks ``emotion`` (7) and ``sentiment`` (3).
 """
+
 from __future__ import annotations
 
 import math
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -31,12 +32,20 @@ import numpy as np
 class Task:
     """One task derived from a base label: a classification (``classes``) or a regression (``kind``)."""
 
-    name: str                      # "5", "4", "3", "2" for MarketCalls
-    classes: tuple[str, ...]       # display names of the task's classes, in index order; () for a regression
-    base_to_class: dict[str, int] = field(default_factory=dict)   # base label -> class index, where finite
-    kind: str = "class"            # "class" | "regression"
-    target: Callable[[str], float] | None = None   # label -> class index or value, where no finite map exists
-    value_range: tuple[float, float] | None = None  # a regression's valid values (predictions are clipped to it)
+    name: str  # "5", "4", "3", "2" for MarketCalls
+    classes: tuple[
+        str, ...
+    ]  # display names of the task's classes, in index order; () for a regression
+    base_to_class: dict[str, int] = field(
+        default_factory=dict
+    )  # base label -> class index, where finite
+    kind: str = "class"  # "class" | "regression"
+    target: Callable[[str], float] | None = (
+        None  # label -> class index or value, where no finite map exists
+    )
+    value_range: tuple[float, float] | None = (
+        None  # a regression's valid values (predictions are clipped to it)
+    )
 
     @property
     def num_classes(self) -> int:
@@ -56,21 +65,31 @@ class LabelScheme:
     """A base label set and the tasks derived from it."""
 
     name: str
-    base_labels: tuple[str, ...]   # every valid label, where finite (else ``valid`` decides)
+    base_labels: tuple[str, ...]  # every valid label, where finite (else ``valid`` decides)
     tasks: tuple[Task, ...] = field(default_factory=tuple)
-    level: str = "call"            # "call": one label per call | "segment": one label per segment (utterance)
-    selection: str = "macro_f1"    # validation metric that picks the checkpoint (of the main task; "mae" for a
-    valid: Callable[[str], bool] | None = None   # regression, lower is better); label check without base_labels
-    describe: str = ""             # what a label looks like, for error messages
-    class_descriptions: dict[str, str] = field(default_factory=dict)   # base label -> what it means (README, info)
-    definition: dict | None = None   # a custom scheme's checked TOML content (stored in the cache); None = built-in
+    level: str = "call"  # "call": one label per call | "segment": one label per segment (utterance)
+    selection: str = (
+        "macro_f1"  # validation metric that picks the checkpoint (of the main task; "mae" for a
+    )
+    valid: Callable[[str], bool] | None = (
+        None  # regression, lower is better); label check without base_labels
+    )
+    describe: str = ""  # what a label looks like, for error messages
+    class_descriptions: dict[str, str] = field(
+        default_factory=dict
+    )  # base label -> what it means (README, info)
+    definition: dict | None = (
+        None  # a custom scheme's checked TOML content (stored in the cache); None = built-in
+    )
 
     def task(self, name: str | int) -> Task:
         for t in self.tasks:
             if t.name == str(name):
                 return t
-        raise KeyError(f"unknown task {name!r} for label scheme {self.name!r}; "
-                       f"valid: {', '.join(t.name for t in self.tasks)}")
+        raise KeyError(
+            f"unknown task {name!r} for label scheme {self.name!r}; "
+            f"valid: {', '.join(t.name for t in self.tasks)}"
+        )
 
     @property
     def task_names(self) -> tuple[str, ...]:
@@ -129,10 +148,11 @@ MARKETCALLS = LabelScheme(
     ),
     # the paper (its summary in shared/paper/) names A–E the five purchase-intent categories of its 5-class task
     # and defines none of them one by one: nothing more is claimed here
-    class_descriptions={lab: f"purchase-intent category {lab} of the five (A–E) the MarketCalls paper defines"
-                        for lab in "ABCDE"},
+    class_descriptions={
+        lab: f"purchase-intent category {lab} of the five (A–E) the MarketCalls paper defines"
+        for lab in "ABCDE"
+    },
 )
-
 
 
 def sentiment_score(label: str) -> float:
@@ -161,11 +181,16 @@ SENTIMENT = LabelScheme(
     base_labels=(),
     tasks=(
         Task("score", (), kind="regression", target=sentiment_score, value_range=(-3.0, 3.0)),
-        Task("2", ("negative", "non-negative"), target=lambda label: int(sentiment_score(label) >= 0)),
+        Task(
+            "2", ("negative", "non-negative"), target=lambda label: int(sentiment_score(label) >= 0)
+        ),
         Task("5", tuple(str(v) for v in range(-2, 3)), target=_rounded(-2, 2)),
         Task("7", tuple(str(v) for v in range(-3, 4)), target=_rounded(-3, 3)),
     ),
-    level="segment", selection="mae", valid=_is_score, describe="a sentiment score in [-3, 3]",
+    level="segment",
+    selection="mae",
+    valid=_is_score,
+    describe="a sentiment score in [-3, 3]",
 )
 
 MELD_EMOTIONS = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger")
@@ -174,18 +199,27 @@ MELD = LabelScheme(
     name="meld",
     base_labels=tuple(f"{e}/{s}" for e in MELD_EMOTIONS for s in MELD_SENTIMENTS),
     tasks=(
-        Task("emotion", MELD_EMOTIONS, {f"{e}/{s}": i for i, e in enumerate(MELD_EMOTIONS) for s in MELD_SENTIMENTS}),
-        Task("sentiment", MELD_SENTIMENTS,
-             {f"{e}/{s}": i for e in MELD_EMOTIONS for i, s in enumerate(MELD_SENTIMENTS)}),
+        Task(
+            "emotion",
+            MELD_EMOTIONS,
+            {f"{e}/{s}": i for i, e in enumerate(MELD_EMOTIONS) for s in MELD_SENTIMENTS},
+        ),
+        Task(
+            "sentiment",
+            MELD_SENTIMENTS,
+            {f"{e}/{s}": i for e in MELD_EMOTIONS for i, s in enumerate(MELD_SENTIMENTS)},
+        ),
     ),
-    level="segment", selection="weighted_f1", describe="<emotion>/<sentiment>, e.g. joy/positive "
+    level="segment",
+    selection="weighted_f1",
+    describe="<emotion>/<sentiment>, e.g. joy/positive "
     f"(emotions: {', '.join(MELD_EMOTIONS)}; sentiments: {', '.join(MELD_SENTIMENTS)})",
 )
 
 SCHEMES: dict[str, LabelScheme] = {x.name: x for x in (MARKETCALLS, SENTIMENT, MELD)}
 
 
-def label_counts(scheme_name: "str | LabelScheme", call_ids, labels) -> dict[str, dict[str, int]]:
+def label_counts(scheme_name: str | LabelScheme, call_ids, labels) -> dict[str, dict[str, int]]:
     """What a dataset's labels look like, for summaries: calls per label where a label belongs to a call;
     segments per class of each classification task where it belongs to a segment (a MOSI score is not a
     class). ``scheme_name``: a built-in scheme's name or a scheme (a custom one)."""
@@ -233,11 +267,17 @@ def get_scheme(name: str, definition: dict | None = None) -> LabelScheme:
 # A user's scheme is a TOML file (README, "Label schemes"); its checked content (the *definition*) is copied into
 # the cache store and each run's config.json, so training and predict never read the file again.
 
-SELECTION_METRICS = ("macro_f1", "weighted_f1", "accuracy")   # what train/metrics.py selection_score knows
+SELECTION_METRICS = (
+    "macro_f1",
+    "weighted_f1",
+    "accuracy",
+)  # what train/metrics.py selection_score knows
 LEVELS = ("call", "segment")
 SCHEME_KEYS = ("name", "classes", "tasks", "selection", "level", "descriptions")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-_CLASS = re.compile(r"^[^+,:\s](?:[^+,:]*[^+,:\s])?$")   # no "+" (it joins a group's members), "," or ":"
+_CLASS = re.compile(
+    r"^[^+,:\s](?:[^+,:]*[^+,:\s])?$"
+)  # no "+" (it joins a group's members), "," or ":"
 
 
 class SchemeFileError(ValueError):
@@ -245,7 +285,7 @@ class SchemeFileError(ValueError):
 
 
 def _fail(source: str, key: str, why: str) -> SchemeFileError:
-    return SchemeFileError(f"{source}: key {key!r}: {why} (format: README, \"Label schemes\")")
+    return SchemeFileError(f'{source}: key {key!r}: {why} (format: README, "Label schemes")')
 
 
 def _str_list(source: str, key: str, value, what: str) -> list[str]:
@@ -259,12 +299,16 @@ def _check_tasks(source: str, tasks, classes: list[str]) -> list[dict]:
     returns the stored form (a list keeps the order: the first task is the main one)."""
     if isinstance(tasks, dict):
         items = list(tasks.items())
-    elif isinstance(tasks, list) and all(isinstance(t, dict) and set(t) == {"name", "groups"} for t in tasks):
+    elif isinstance(tasks, list) and all(
+        isinstance(t, dict) and set(t) == {"name", "groups"} for t in tasks
+    ):
         items = [(t["name"], t["groups"]) for t in tasks]
     else:
         raise _fail(source, "tasks", "must be a table of task name = list of groups of classes")
     if not items:
-        raise _fail(source, "tasks", "is empty; leave it out for one task with every class on its own")
+        raise _fail(
+            source, "tasks", "is empty; leave it out for one task with every class on its own"
+        )
     out, seen = [], set()
     for name, groups in items:
         key = f"tasks.{name}"
@@ -274,21 +318,33 @@ def _check_tasks(source: str, tasks, classes: list[str]) -> list[dict]:
             raise _fail(source, key, "the task is defined twice")
         seen.add(name)
         if not isinstance(groups, list) or len(groups) < 2:
-            raise _fail(source, key, "must be a list of at least two groups, e.g. [[\"a\", \"b\"], [\"c\"]]")
+            raise _fail(
+                source, key, 'must be a list of at least two groups, e.g. [["a", "b"], ["c"]]'
+            )
         where: dict[str, int] = {}
         for i, grp in enumerate(groups):
             _str_list(source, key, grp, "classes in each group")
             for c in grp:
                 if c not in classes:
-                    raise _fail(source, key, f"group {i + 1} names {c!r}, which is not in classes "
-                                             f"({', '.join(classes)})")
+                    raise _fail(
+                        source,
+                        key,
+                        f"group {i + 1} names {c!r}, which is not in classes "
+                        f"({', '.join(classes)})",
+                    )
                 if c in where:
-                    raise _fail(source, key, f"class {c!r} is in two groups ({where[c] + 1} and {i + 1})")
+                    raise _fail(
+                        source, key, f"class {c!r} is in two groups ({where[c] + 1} and {i + 1})"
+                    )
                 where[c] = i
         missing = [c for c in classes if c not in where]
         if missing:
-            raise _fail(source, key, f"class(es) {', '.join(map(repr, missing))} in no group; every class must be "
-                                     "in exactly one group")
+            raise _fail(
+                source,
+                key,
+                f"class(es) {', '.join(map(repr, missing))} in no group; every class must be "
+                "in exactly one group",
+            )
         out.append({"name": name, "groups": [list(g) for g in groups]})
     return out
 
@@ -297,7 +353,7 @@ def check_definition(data, source: str = "label scheme") -> dict:
     """A custom scheme's content checked key by key (SchemeFileError names ``source`` and the key); returns the
     definition as stored: every key present, defaults filled in, tasks as a list."""
     if not isinstance(data, dict):
-        raise SchemeFileError(f"{source}: a label scheme is a TOML table (README, \"Label schemes\")")
+        raise SchemeFileError(f'{source}: a label scheme is a TOML table (README, "Label schemes")')
     unknown = [k for k in data if k not in SCHEME_KEYS]
     if unknown:
         raise _fail(source, unknown[0], f"unknown key; valid keys: {', '.join(SCHEME_KEYS)}")
@@ -312,41 +368,79 @@ def check_definition(data, source: str = "label scheme") -> dict:
     classes = _str_list(source, "classes", data["classes"], "labels as written in the CSV")
     bad = next((c for c in classes if not _CLASS.match(c)), None)
     if bad is not None:
-        raise _fail(source, "classes", f"{bad!r}: a class has no '+', ',' or ':' and no leading or trailing space")
+        raise _fail(
+            source,
+            "classes",
+            f"{bad!r}: a class has no '+', ',' or ':' and no leading or trailing space",
+        )
     folded: dict[str, str] = {}
-    for c in classes:   # labels are matched case-insensitively, so "Keen" and "keen" are one class
+    for c in classes:  # labels are matched case-insensitively, so "Keen" and "keen" are one class
         if c.lower() in folded:
-            raise _fail(source, "classes", f"duplicate class {c!r}" + (f" (same as {folded[c.lower()]!r} but for "
-                                                                       "case)" if folded[c.lower()] != c else ""))
+            raise _fail(
+                source,
+                "classes",
+                f"duplicate class {c!r}"
+                + (
+                    f" (same as {folded[c.lower()]!r} but for case)"
+                    if folded[c.lower()] != c
+                    else ""
+                ),
+            )
         folded[c.lower()] = c
     if len(classes) < 2:
         raise _fail(source, "classes", "needs at least two classes")
     selection = data.get("selection", "macro_f1")
     if selection not in SELECTION_METRICS:
-        raise _fail(source, "selection", f"{selection!r} is not one of {', '.join(SELECTION_METRICS)}")
+        raise _fail(
+            source, "selection", f"{selection!r} is not one of {', '.join(SELECTION_METRICS)}"
+        )
     level = data.get("level", "call")
     if level not in LEVELS:
         raise _fail(source, "level", f"{level!r} is not one of {', '.join(LEVELS)}")
     descriptions = data.get("descriptions", {})
-    if not isinstance(descriptions, dict) or not all(isinstance(v, str) for v in descriptions.values()):
-        raise _fail(source, "descriptions", "must be a table of class = \"what it means\"")
+    if not isinstance(descriptions, dict) or not all(
+        isinstance(v, str) for v in descriptions.values()
+    ):
+        raise _fail(source, "descriptions", 'must be a table of class = "what it means"')
     stray = next((k for k in descriptions if k not in classes), None)
     if stray is not None:
         raise _fail(source, f"descriptions.{stray}", "is not in classes")
     tasks = data.get("tasks")
-    tasks = [{"name": str(len(classes)), "groups": [[c] for c in classes]}] if tasks is None \
+    tasks = (
+        [{"name": str(len(classes)), "groups": [[c] for c in classes]}]
+        if tasks is None
         else _check_tasks(source, tasks, classes)
-    return {"name": name, "classes": list(classes), "tasks": tasks, "selection": selection, "level": level,
-            "descriptions": dict(descriptions)}
+    )
+    return {
+        "name": name,
+        "classes": list(classes),
+        "tasks": tasks,
+        "selection": selection,
+        "level": level,
+        "descriptions": dict(descriptions),
+    }
 
 
 def scheme_from_definition(data, source: str = "label scheme") -> LabelScheme:
     """The :class:`LabelScheme` of a custom scheme's content (a TOML file's table or a stored definition)."""
     d = check_definition(data, source)
-    tasks = tuple(Task(name=t["name"], classes=tuple("+".join(g) for g in t["groups"]),
-                       base_to_class={c: i for i, g in enumerate(t["groups"]) for c in g}) for t in d["tasks"])
-    return LabelScheme(name=d["name"], base_labels=tuple(d["classes"]), tasks=tasks, level=d["level"],
-                       selection=d["selection"], class_descriptions=d["descriptions"], definition=d)
+    tasks = tuple(
+        Task(
+            name=t["name"],
+            classes=tuple("+".join(g) for g in t["groups"]),
+            base_to_class={c: i for i, g in enumerate(t["groups"]) for c in g},
+        )
+        for t in d["tasks"]
+    )
+    return LabelScheme(
+        name=d["name"],
+        base_labels=tuple(d["classes"]),
+        tasks=tasks,
+        level=d["level"],
+        selection=d["selection"],
+        class_descriptions=d["descriptions"],
+        definition=d,
+    )
 
 
 def load_scheme_file(path: str | Path) -> LabelScheme:
@@ -355,7 +449,9 @@ def load_scheme_file(path: str | Path) -> LabelScheme:
     try:
         text = p.read_bytes().decode("utf-8")
     except OSError as e:
-        raise SchemeFileError(f"{p}: cannot read the label scheme file ({e.strerror or e})") from None
+        raise SchemeFileError(
+            f"{p}: cannot read the label scheme file ({e.strerror or e})"
+        ) from None
     except UnicodeDecodeError:
         raise SchemeFileError(f"{p}: not UTF-8; save the label scheme file as UTF-8") from None
     try:
@@ -365,7 +461,7 @@ def load_scheme_file(path: str | Path) -> LabelScheme:
     return scheme_from_definition(data, str(p))
 
 
-def resolve_scheme(value: "str | LabelScheme", base: Path | None = None) -> LabelScheme:
+def resolve_scheme(value: str | LabelScheme, base: Path | None = None) -> LabelScheme:
     """A dataset's ``label_scheme`` option: a built-in name, or a ``.toml`` file (as given, else relative to
     ``base``, the dataset folder)."""
     if isinstance(value, LabelScheme):
@@ -378,10 +474,14 @@ def resolve_scheme(value: "str | LabelScheme", base: Path | None = None) -> Labe
         if not p.is_file() and base is not None and not p.is_absolute() and (base / p).is_file():
             p = base / p
         if not p.is_file():
-            raise SchemeFileError(f"{value}: no such label scheme file (label_scheme / --label-scheme)")
+            raise SchemeFileError(
+                f"{value}: no such label scheme file (label_scheme / --label-scheme)"
+            )
         return load_scheme_file(p)
-    raise SchemeFileError(f"label_scheme: unknown label scheme {value!r}; valid: {', '.join(SCHEMES)}, or a "
-                          "FILE.toml of your own (README, \"Label schemes\")")
+    raise SchemeFileError(
+        f"label_scheme: unknown label scheme {value!r}; valid: {', '.join(SCHEMES)}, or a "
+        'FILE.toml of your own (README, "Label schemes")'
+    )
 
 
 def scheme_from_record(name: str, definition: dict | None = None) -> LabelScheme:

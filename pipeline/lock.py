@@ -9,6 +9,7 @@ with fsspec's ``mode="create"``: on S3 that is a conditional PUT (``If-None-Matc
 for it exactly one wins. Other filesystems without an atomic create fall back to check-then-write, which narrows
 the race to milliseconds but does not close it (docs/scaling.md says so). The owner rules are the same.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,11 +44,17 @@ class StoreLock:
         self.owned = False
 
     def _refuse(self, owner: dict) -> StoreLocked:
-        who = f"pid {owner.get('pid')} on {owner.get('host')} since {owner.get('since')}" if owner else "?"
-        return StoreLocked(f"{str(self.path)[:-len('.lock')]}: another msmtfn-extract is writing it ({who}); "
-                           f"wait for it, or delete {self.path} if that process is gone")
+        who = (
+            f"pid {owner.get('pid')} on {owner.get('host')} since {owner.get('since')}"
+            if owner
+            else "?"
+        )
+        return StoreLocked(
+            f"{str(self.path)[: -len('.lock')]}: another msmtfn-extract is writing it ({who}); "
+            f"wait for it, or delete {self.path} if that process is gone"
+        )
 
-    def _acquire_remote(self, me: dict) -> "StoreLock":
+    def _acquire_remote(self, me: dict) -> StoreLock:
         fs, key = remote_fs(self.path, self.storage_options)
         for _ in range(2):
             try:
@@ -57,7 +64,11 @@ class StoreLock:
                     owner = json.loads(fs.cat_file(key) or b"{}")
                 except (OSError, ValueError):
                     owner = {}
-                if owner.get("host") == me["host"] and isinstance(owner.get("pid"), int) and not _alive(owner["pid"]):
+                if (
+                    owner.get("host") == me["host"]
+                    and isinstance(owner.get("pid"), int)
+                    and not _alive(owner["pid"])
+                ):
                     fs.rm_file(key)  # stale: its process is gone
                     continue
                 raise self._refuse(owner) from None
@@ -65,8 +76,12 @@ class StoreLock:
             return self
         raise StoreLocked(f"{self.path}: could not take the lock")
 
-    def acquire(self) -> "StoreLock":
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    def acquire(self) -> StoreLock:
+        me = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
         if self.remote:
             return self._acquire_remote(me)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,7 +93,11 @@ class StoreLock:
                     owner = json.loads(self.path.read_text() or "{}")
                 except (OSError, ValueError):
                     owner = {}
-                if owner.get("host") == me["host"] and isinstance(owner.get("pid"), int) and not _alive(owner["pid"]):
+                if (
+                    owner.get("host") == me["host"]
+                    and isinstance(owner.get("pid"), int)
+                    and not _alive(owner["pid"])
+                ):
                     self.path.unlink(missing_ok=True)  # stale: its process is gone
                     continue
                 raise self._refuse(owner) from None
@@ -100,7 +119,7 @@ class StoreLock:
                 self.path.unlink(missing_ok=True)
             self.owned = False
 
-    def __enter__(self) -> "StoreLock":
+    def __enter__(self) -> StoreLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

@@ -3,6 +3,7 @@
 A *call* (a phone call, a video, a dialogue) is the unit a label belongs to; its *segments* are the pieces that
 are encoded separately (≤ 40 s of audio each, with their own transcript).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,20 +17,20 @@ SPLITS = ("train", "valid", "test")
 
 @dataclass(frozen=True)
 class Segment:
-    segment_id: str               # unique within the manifest (e.g. the audio file name)
+    segment_id: str  # unique within the manifest (e.g. the audio file name)
     call_id: str
-    index: int                    # position within the call, 0-based, contiguous after planning
-    split: str                    # train | valid | test | "" (unlabelled, e.g. new calls to predict)
-    label: str                    # base label of the call, or of this segment where the scheme's level is
-                                  # "segment" (MOSI/MOSEI, MELD); "" when unlabelled
-    audio_path: str               # absolute path
+    index: int  # position within the call, 0-based, contiguous after planning
+    split: str  # train | valid | test | "" (unlabelled, e.g. new calls to predict)
+    label: str  # base label of the call, or of this segment where the scheme's level is
+    # "segment" (MOSI/MOSEI, MELD); "" when unlabelled
+    audio_path: str  # absolute path
     text: str
-    start: float | None = None    # seconds into audio_path; None = from the beginning
-    end: float | None = None      # None = to the end
-    variant: str = "orig"         # "orig" or an augmentation's name
-    source_row: str = ""          # where it came from ("train.csv:17"), for error messages
+    start: float | None = None  # seconds into audio_path; None = from the beginning
+    end: float | None = None  # None = to the end
+    variant: str = "orig"  # "orig" or an augmentation's name
+    source_row: str = ""  # where it came from ("train.csv:17"), for error messages
 
-    def with_(self, **changes) -> "Segment":
+    def with_(self, **changes) -> Segment:
         return replace(self, **changes)
 
 
@@ -37,16 +38,22 @@ class Segment:
 class Issue:
     """A problem found in the input: the item is named, the reason given, the run goes on without it."""
 
-    where: str        # file and row, or segment id; for an issue of several rows, those rows in short
+    where: str  # file and row, or segment id; for an issue of several rows, those rows in short
     reason: str
-    rows: tuple[str, ...] = ()   # every row (FILE:LINE) the issue covers, where it covers more than one
+    rows: tuple[
+        str, ...
+    ] = ()  # every row (FILE:LINE) the issue covers, where it covers more than one
 
     def __str__(self) -> str:
         return f"{self.where}: {self.reason}"
 
     def to_dict(self) -> dict:
         """As report.json lists it (``rows`` only for an issue of several rows)."""
-        return {"where": self.where, "reason": self.reason, **({"rows": list(self.rows)} if self.rows else {})}
+        return {
+            "where": self.where,
+            "reason": self.reason,
+            **({"rows": list(self.rows)} if self.rows else {}),
+        }
 
 
 @dataclass
@@ -55,8 +62,10 @@ class Manifest:
     label_scheme: str
     segments: list[Segment]
     issues: list[Issue] = field(default_factory=list)
-    notes: dict = field(default_factory=dict)   # e.g. how the split was made
-    label_scheme_def: dict | None = None        # a custom scheme's definition (pipeline/labels.py); None: built-in
+    notes: dict = field(default_factory=dict)  # e.g. how the split was made
+    label_scheme_def: dict | None = (
+        None  # a custom scheme's definition (pipeline/labels.py); None: built-in
+    )
 
     @property
     def scheme(self):
@@ -83,7 +92,9 @@ class Manifest:
         """
         h = hashlib.sha256()
         h.update(json.dumps([self.dataset, self.label_scheme]).encode())
-        if self.label_scheme_def is not None:   # a custom scheme's content; built-in digests are unchanged
+        if (
+            self.label_scheme_def is not None
+        ):  # a custom scheme's content; built-in digests are unchanged
             h.update(json.dumps(self.label_scheme_def, sort_keys=True, ensure_ascii=False).encode())
         stats: dict[str, list] = {}
         for s in self.segments:
@@ -106,18 +117,28 @@ class Manifest:
         per_split: dict[str, int] = {}
         for segs in calls.values():
             per_split[segs[0].split] = per_split.get(segs[0].split, 0) + 1
-        scheme = self.scheme if self.label_scheme_def else self.label_scheme   # a name may be unknown here
-        counts = label_counts(scheme, [s.call_id for s in self.segments], [s.label for s in self.segments])
-        return {"segments": len(self.segments), "calls": len(calls), "calls_per_split": per_split,
-                "calls_per_label": counts.get("calls per label", {}), "labels": counts}
+        scheme = (
+            self.scheme if self.label_scheme_def else self.label_scheme
+        )  # a name may be unknown here
+        counts = label_counts(
+            scheme, [s.call_id for s in self.segments], [s.label for s in self.segments]
+        )
+        return {
+            "segments": len(self.segments),
+            "calls": len(calls),
+            "calls_per_split": per_split,
+            "calls_per_label": counts.get("calls per label", {}),
+            "labels": counts,
+        }
 
 
 class PathRefused(ValueError):
     """A CSV named a path outside the dataset directory without the user allowing it."""
 
 
-def resolve_audio(name: str, data_dir: Path, search: tuple[str, ...] = ("audio", ""),
-                  allow_outside: bool = False) -> Path | None:
+def resolve_audio(
+    name: str, data_dir: Path, search: tuple[str, ...] = ("audio", ""), allow_outside: bool = False
+) -> Path | None:
     """Find an audio file named in a CSV under each search folder of data_dir (``.wav`` may be omitted).
 
     Absolute paths, and relative ones that climb out of data_dir (``../x.wav``), raise PathRefused unless
@@ -136,10 +157,12 @@ def resolve_audio(name: str, data_dir: Path, search: tuple[str, ...] = ("audio",
     for c in candidates:
         options = (c,) if c.suffix.lower() == ".wav" else (c, c.with_name(c.name + ".wav"))
         for cand in options:
-            named = os.path.normpath(os.path.abspath(cand))     # `..` collapsed, symlinks not followed
+            named = os.path.normpath(os.path.abspath(cand))  # `..` collapsed, symlinks not followed
             if not allow_outside and os.path.commonpath([root, named]) != root:
-                raise PathRefused(f"path {name} escapes the dataset directory {data_dir} "
-                                  f"(pass --allow-outside-paths to permit it)")
+                raise PathRefused(
+                    f"path {name} escapes the dataset directory {data_dir} "
+                    f"(pass --allow-outside-paths to permit it)"
+                )
             if cand.is_file():
                 return cand.resolve()
     return None

@@ -12,6 +12,7 @@ segments it made are far from the training's lengths.
   whole recordings split into equal pieces at ``max_seconds``); predict cuts at pauses, pieces of at most the
   training's 95th-percentile length.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,15 +22,17 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 POLICIES = ("rows", "pauses")
-_PIECE = re.compile(r"#\d+$")        # extraction's equal pieces of a row over max_seconds: "<segment id>#<i>"
+_PIECE = re.compile(
+    r"#\d+$"
+)  # extraction's equal pieces of a row over max_seconds: "<segment id>#<i>"
 
 
 @dataclass(frozen=True)
 class SegmentProfile:
-    policy: str              # "rows" | "pauses"
-    max_seconds: float       # the cache's segment limit
-    count: int               # training segments measured
-    p5: float                # their length in seconds: 5th, 50th and 95th percentile
+    policy: str  # "rows" | "pauses"
+    max_seconds: float  # the cache's segment limit
+    count: int  # training segments measured
+    p5: float  # their length in seconds: 5th, 50th and 95th percentile
     p50: float
     p95: float
 
@@ -37,13 +40,19 @@ class SegmentProfile:
         return asdict(self)
 
     @classmethod
-    def from_record(cls, record: dict | None) -> "SegmentProfile | None":
+    def from_record(cls, record: dict | None) -> SegmentProfile | None:
         """The profile a run recorded, or None for a run made before profiles were recorded."""
         if not record:
             return None
         try:
-            return cls(str(record["policy"]), float(record["max_seconds"]), int(record["count"]),
-                       float(record["p5"]), float(record["p50"]), float(record["p95"]))
+            return cls(
+                str(record["policy"]),
+                float(record["max_seconds"]),
+                int(record["count"]),
+                float(record["p5"]),
+                float(record["p50"]),
+                float(record["p95"]),
+            )
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -69,11 +78,15 @@ class SegmentProfile:
             side = "longer"
         else:
             return None
-        return (f"segments far {side} than training's (median {m:.1f} s; training {self.p5:.1f}–{self.p95:.1f} s, "
-                "5–95 %)")
+        return (
+            f"segments far {side} than training's (median {m:.1f} s; training {self.p5:.1f}–{self.p95:.1f} s, "
+            "5–95 %)"
+        )
 
 
-def profile_rows(table: dict, seconds: np.ndarray, rows, max_seconds: float) -> SegmentProfile | None:
+def profile_rows(
+    table: dict, seconds: np.ndarray, rows, max_seconds: float
+) -> SegmentProfile | None:
     """The profile of the store rows ``rows`` (a run's original training segments) from the store's ``table``
     and per-row ``seconds`` (CacheStore.segment_seconds); None when no row's length is known."""
     rows = np.asarray(list(rows), dtype=np.int64)
@@ -82,16 +95,27 @@ def profile_rows(table: dict, seconds: np.ndarray, rows, max_seconds: float) -> 
     start = np.asarray(table["start"], dtype=np.float64)[rows]
     end = np.asarray(table["end"], dtype=np.float64)[rows]
     ids = np.asarray(table["segment_id"], dtype=object)[rows]
-    timed = (np.isfinite(start) | np.isfinite(end)) & np.array([not _PIECE.search(str(i)) for i in ids])
+    timed = (np.isfinite(start) | np.isfinite(end)) & np.array(
+        [not _PIECE.search(str(i)) for i in ids]
+    )
     # timed rows of shared recordings: several rows cut from one file by their start/end
     sources = np.asarray(table["source_path"], dtype=object)[rows]
-    shared = {s for s, n in zip(*np.unique(sources[timed].astype(str), return_counts=True)) if n > 1} \
-        if timed.any() else set()
+    shared = (
+        {s for s, n in zip(*np.unique(sources[timed].astype(str), return_counts=True)) if n > 1}
+        if timed.any()
+        else set()
+    )
     from_rows = timed & np.isin(sources.astype(str), list(shared))
     secs = np.asarray(seconds, dtype=np.float64)[rows]
     secs = secs[np.isfinite(secs) & (secs > 0)]
     if not len(secs):
         return None
     p5, p50, p95 = (float(np.percentile(secs, q)) for q in (5, 50, 95))
-    return SegmentProfile("rows" if from_rows.mean() > 0.5 else "pauses", float(max_seconds), int(len(secs)),
-                          round(p5, 3), round(p50, 3), round(p95, 3))
+    return SegmentProfile(
+        "rows" if from_rows.mean() > 0.5 else "pauses",
+        float(max_seconds),
+        int(len(secs)),
+        round(p5, 3),
+        round(p50, 3),
+        round(p95, 3),
+    )

@@ -19,6 +19,7 @@ through zarr's ``FsspecStore`` with ``storage_options`` (given, or JSON in ``MSM
 endpoint also comes from ``AWS_ENDPOINT_URL``). Object stores write each object whole, so a killed writer
 leaves no partial chunk there; the shard-ownership and done-after-data rules are the same.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-CREATING = "msmtfn_creating"     # root attribute present only while CacheStore.create is still writing
+CREATING = "msmtfn_creating"  # root attribute present only while CacheStore.create is still writing
 TABLE_STR_FIELDS = ("call_id", "split", "label", "source_path", "variant", "segment_id")
 TABLE_FIELDS = TABLE_STR_FIELDS + ("segment_index", "start", "end")
 
@@ -60,12 +61,12 @@ class FingerprintMismatch(StoreError):
 
 @dataclass(frozen=True)
 class StoreShape:
-    n: int                 # segments (rows)
-    audio_frames: int      # rows of audio hidden states per segment (999 in the paper's setting)
+    n: int  # segments (rows)
+    audio_frames: int  # rows of audio hidden states per segment (999 in the paper's setting)
     audio_dim: int
-    text_tokens: int       # rows of text hidden states per segment (MAX_TEXT_TOKENS by default)
+    text_tokens: int  # rows of text hidden states per segment (MAX_TEXT_TOKENS by default)
     text_dim: int
-    shard_size: int = SHARD_SIZE   # segments per shard file
+    shard_size: int = SHARD_SIZE  # segments per shard file
 
 
 CODECS = ("zstd", "blosc-zstd", "blosc-lz4", "none")
@@ -73,7 +74,7 @@ CODECS = ("zstd", "blosc-zstd", "blosc-lz4", "none")
 
 def make_compressors(codec: str):
     """Compressor chain by name. Benchmarked in bench/store_codecs.py (docs/benchmarks.md)."""
-    import zarr.codecs   # here, not at import: the CLIs answer --help without loading zarr
+    import zarr.codecs  # here, not at import: the CLIs answer --help without loading zarr
 
     if codec == "blosc-zstd":
         return (zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle", typesize=2),)
@@ -87,7 +88,7 @@ def make_compressors(codec: str):
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 STORAGE_OPTIONS_ENV = "MSMTFN_STORAGE_OPTIONS"
@@ -104,7 +105,7 @@ def _location(path) -> Path | str:
     if is_url(path):
         return str(path).rstrip("/")
     s = str(path)
-    return Path(s[len("file://"):] if s.startswith("file://") else s)
+    return Path(s[len("file://") :] if s.startswith("file://") else s)
 
 
 def resolve_storage_options(given: dict | None = None) -> dict:
@@ -117,8 +118,10 @@ def resolve_storage_options(given: dict | None = None) -> dict:
     try:
         opts = json.loads(raw)
     except ValueError as e:
-        raise StoreError(f"{STORAGE_OPTIONS_ENV} is not JSON ({e}); set it to e.g. "
-                         '\'{"endpoint_url": "http://host:9000"}\' or unset it') from None
+        raise StoreError(
+            f"{STORAGE_OPTIONS_ENV} is not JSON ({e}); set it to e.g. "
+            '\'{"endpoint_url": "http://host:9000"}\' or unset it'
+        ) from None
     if not isinstance(opts, dict):
         raise StoreError(f"{STORAGE_OPTIONS_ENV} must be a JSON object, not {raw!r}")
     return opts
@@ -138,7 +141,9 @@ def _open_zarr_group(loc: Path | str, mode: str, opts: dict | None = None, **kw)
     if isinstance(loc, str):
         from zarr.storage import FsspecStore
 
-        store = FsspecStore.from_url(loc, storage_options=resolve_storage_options(opts), read_only=(mode == "r"))
+        store = FsspecStore.from_url(
+            loc, storage_options=resolve_storage_options(opts), read_only=(mode == "r")
+        )
         return zarr.open_group(store, mode=mode, **kw)
     return zarr.open_group(str(loc), mode=mode, **kw)
 
@@ -166,7 +171,7 @@ class CacheStore:
     """Read/write access to one cache store. Create with :meth:`create`, open with :meth:`open`."""
 
     def __init__(self, path: str | Path, group: zarr.Group, storage_options: dict | None = None):
-        self.path = _location(path)         # a Path, or the URL string of a remote store
+        self.path = _location(path)  # a Path, or the URL string of a remote store
         self.group = group
         self.storage_options = dict(storage_options or {})
         self._check_schema()
@@ -186,22 +191,38 @@ class CacheStore:
 
     # ----------------------------------------------------------------- opening
     @classmethod
-    def open(cls, path: str | Path, mode: str = "r", storage_options: dict | None = None) -> "CacheStore":
+    def open(
+        cls, path: str | Path, mode: str = "r", storage_options: dict | None = None
+    ) -> CacheStore:
         path = _location(path)
         if not _has_metadata(path, storage_options):
             raise StoreError(f"{path}: no cache store here (run msmtfn-extract to build one)")
         try:
             group = _open_zarr_group(path, mode, storage_options)
         except Exception as e:  # zarr raises several types for damaged metadata
-            raise StoreError(f"{path}: cannot open as a Zarr store ({e}); rebuild it with msmtfn-extract --overwrite")
+            raise StoreError(
+                f"{path}: cannot open as a Zarr store ({e}); rebuild it with msmtfn-extract --overwrite"
+            ) from e
         return cls(path, group, storage_options)
 
     @classmethod
-    def create(cls, path: str | Path, shape: StoreShape, segments: list[Segment], *, fingerprint: str,
-               settings: dict, manifest_digest: str, codec: str = "zstd", notes: dict | None = None,
-               dataset: str = "", label_scheme: str = "marketcalls",
-               storage_options: dict | None = None, seconds=None,
-               label_scheme_def: dict | None = None) -> "CacheStore":
+    def create(
+        cls,
+        path: str | Path,
+        shape: StoreShape,
+        segments: list[Segment],
+        *,
+        fingerprint: str,
+        settings: dict,
+        manifest_digest: str,
+        codec: str = "zstd",
+        notes: dict | None = None,
+        dataset: str = "",
+        label_scheme: str = "marketcalls",
+        storage_options: dict | None = None,
+        seconds=None,
+        label_scheme_def: dict | None = None,
+    ) -> CacheStore:
         """``seconds``: each planned row's audio seconds as probed (NaN where unknown), kept as ``table/seconds``
         so that stages that never read audio (training's segment-length record, predict's ``duration_s``) know
         them for whole-file segments, which have no start/end."""
@@ -213,92 +234,159 @@ class CacheStore:
         group = _open_zarr_group(path, "w", storage_options, attributes={CREATING: True})
         n, s = shape.n, max(1, min(shape.shard_size, shape.n or 1))
         comp = make_compressors(codec)
-        for mod, rows, dim in (("audio", shape.audio_frames, shape.audio_dim), ("text", shape.text_tokens, shape.text_dim)):
-            group.create_array(f"{mod}/hidden", shape=(n, rows, dim), chunks=(1, rows, dim), shards=(s, rows, dim),
-                               dtype="float16", compressors=comp, fill_value=0)
-            group.create_array(f"{mod}/length", shape=(n,), chunks=(s,), dtype="int32", fill_value=0)
+        for mod, rows, dim in (
+            ("audio", shape.audio_frames, shape.audio_dim),
+            ("text", shape.text_tokens, shape.text_dim),
+        ):
+            group.create_array(
+                f"{mod}/hidden",
+                shape=(n, rows, dim),
+                chunks=(1, rows, dim),
+                shards=(s, rows, dim),
+                dtype="float16",
+                compressors=comp,
+                fill_value=0,
+            )
+            group.create_array(
+                f"{mod}/length", shape=(n,), chunks=(s,), dtype="int32", fill_value=0
+            )
         group.create_array("done", shape=(n,), chunks=(s,), dtype="bool", fill_value=False)
         group.create_array("skipped", shape=(n,), chunks=(s,), dtype="bool", fill_value=False)
         group.create_array("skip_reason", shape=(n,), chunks=(max(1, n),), dtype=str, fill_value="")
         cols = {
-            "call_id": [x.call_id for x in segments], "split": [x.split for x in segments],
-            "label": [x.label for x in segments], "source_path": [x.audio_path for x in segments],
-            "variant": [x.variant for x in segments], "segment_id": [x.segment_id for x in segments],
+            "call_id": [x.call_id for x in segments],
+            "split": [x.split for x in segments],
+            "label": [x.label for x in segments],
+            "source_path": [x.audio_path for x in segments],
+            "variant": [x.variant for x in segments],
+            "segment_id": [x.segment_id for x in segments],
         }
         chunk = max(1, n)
         for name, values in cols.items():
-            a = group.create_array(f"table/{name}", shape=(n,), chunks=(chunk,), dtype=str, fill_value="")
+            a = group.create_array(
+                f"table/{name}", shape=(n,), chunks=(chunk,), dtype=str, fill_value=""
+            )
             if segments:
                 a[:] = np.array(values, dtype=object).astype(str)
         num = {
             "segment_index": np.array([x.index for x in segments], dtype=np.int32),
-            "start": np.array([np.nan if x.start is None else x.start for x in segments], dtype=np.float64),
-            "end": np.array([np.nan if x.end is None else x.end for x in segments], dtype=np.float64),
-            "seconds": np.full(n, np.nan) if seconds is None else np.asarray(seconds, dtype=np.float64),
+            "start": np.array(
+                [np.nan if x.start is None else x.start for x in segments], dtype=np.float64
+            ),
+            "end": np.array(
+                [np.nan if x.end is None else x.end for x in segments], dtype=np.float64
+            ),
+            "seconds": np.full(n, np.nan)
+            if seconds is None
+            else np.asarray(seconds, dtype=np.float64),
         }
         for name, values in num.items():
-            a = group.create_array(f"table/{name}", shape=(n,), chunks=(chunk,), dtype=values.dtype,
-                                   fill_value=0 if values.dtype.kind == "i" else np.nan)
+            a = group.create_array(
+                f"table/{name}",
+                shape=(n,),
+                chunks=(chunk,),
+                dtype=values.dtype,
+                fill_value=0 if values.dtype.kind == "i" else np.nan,
+            )
             if segments:
                 a[:] = values
-        group.attrs.put({   # replaces the CREATING mark in the same write
-            "schema_version": SCHEMA_VERSION,
-            "dataset": dataset,
-            "label_scheme": label_scheme,
-            # a custom scheme's definition: training and predict read it from here, never from its file
-            **({"label_scheme_def": label_scheme_def} if label_scheme_def is not None else {}),
-            "fingerprint": fingerprint,
-            "manifest_digest": manifest_digest,
-            "settings": settings,
-            "shape": asdict(shape),
-            "codec": codec,
-            "notes": notes or {},
-            "package_version": __version__,
-            "created": _now(),
-            "updated": _now(),
-        })
+        group.attrs.put(
+            {  # replaces the CREATING mark in the same write
+                "schema_version": SCHEMA_VERSION,
+                "dataset": dataset,
+                "label_scheme": label_scheme,
+                # a custom scheme's definition: training and predict read it from here, never from its file
+                **({"label_scheme_def": label_scheme_def} if label_scheme_def is not None else {}),
+                "fingerprint": fingerprint,
+                "manifest_digest": manifest_digest,
+                "settings": settings,
+                "shape": asdict(shape),
+                "codec": codec,
+                "notes": notes or {},
+                "package_version": __version__,
+                "created": _now(),
+                "updated": _now(),
+            }
+        )
         return cls(path, group, storage_options)
 
     @classmethod
-    def open_or_create(cls, path: str | Path, shape: StoreShape, segments: list[Segment], *, fingerprint: str,
-                       settings: dict, manifest_digest: str, codec: str = "zstd", overwrite: bool = False,
-                       notes: dict | None = None, dataset: str = "", label_scheme: str = "marketcalls",
-                       storage_options: dict | None = None, seconds=None,
-                       label_scheme_def: dict | None = None) -> "CacheStore":
+    def open_or_create(
+        cls,
+        path: str | Path,
+        shape: StoreShape,
+        segments: list[Segment],
+        *,
+        fingerprint: str,
+        settings: dict,
+        manifest_digest: str,
+        codec: str = "zstd",
+        overwrite: bool = False,
+        notes: dict | None = None,
+        dataset: str = "",
+        label_scheme: str = "marketcalls",
+        storage_options: dict | None = None,
+        seconds=None,
+        label_scheme_def: dict | None = None,
+    ) -> CacheStore:
         """The extractor's entry: resume a store made with the same fingerprint, refuse any other."""
         path = _location(path)
         if _exists(path, storage_options) and not overwrite:
             if not _has_metadata(path, storage_options):
                 if not _is_empty(path, storage_options):
-                    raise StoreError(f"{path}: exists and is not a cache store; choose another --out or "
-                                     "remove it")
+                    raise StoreError(
+                        f"{path}: exists and is not a cache store; choose another --out or "
+                        "remove it"
+                    )
             elif creation_cut_short(path, storage_options):
-                log.warning("%s: its creation was cut short (no data in it yet); creating it again", path)
+                log.warning(
+                    "%s: its creation was cut short (no data in it yet); creating it again", path
+                )
             else:
                 store = cls.open(path, mode="r+", storage_options=storage_options)
                 if store.fingerprint != fingerprint:
                     diffs = diff_settings(store.settings, settings)
                     if store.attrs.get("manifest_digest") != manifest_digest:
-                        diffs.append("the manifest (dataset rows, labels, splits or audio files) changed")
+                        diffs.append(
+                            "the manifest (dataset rows, labels, splits or audio files) changed"
+                        )
                     what = "; ".join(diffs) or "encoder weights changed"
                     raise FingerprintMismatch(
                         f"{path}: was built with different settings ({what}); use the same settings to resume, "
-                        "another --out, or --overwrite to rebuild it")
+                        "another --out, or --overwrite to rebuild it"
+                    )
                 return store
-        return cls.create(path, shape, segments, fingerprint=fingerprint, settings=settings,
-                          manifest_digest=manifest_digest, codec=codec, notes=notes, dataset=dataset,
-                          label_scheme=label_scheme, storage_options=storage_options, seconds=seconds,
-                          label_scheme_def=label_scheme_def)
+        return cls.create(
+            path,
+            shape,
+            segments,
+            fingerprint=fingerprint,
+            settings=settings,
+            manifest_digest=manifest_digest,
+            codec=codec,
+            notes=notes,
+            dataset=dataset,
+            label_scheme=label_scheme,
+            storage_options=storage_options,
+            seconds=seconds,
+            label_scheme_def=label_scheme_def,
+        )
 
     def _check_schema(self) -> None:
         v = self.group.attrs.get("schema_version")
         if v is None:
-            raise StoreError(f"{self.path}: not an msmtfn cache (no schema_version); rebuild with msmtfn-extract")
+            raise StoreError(
+                f"{self.path}: not an msmtfn cache (no schema_version); rebuild with msmtfn-extract"
+            )
         if v > SCHEMA_VERSION:
-            raise StoreError(f"{self.path}: schema version {v} is newer than this msmtfn understands "
-                             f"({SCHEMA_VERSION}); upgrade msmtfn")
+            raise StoreError(
+                f"{self.path}: schema version {v} is newer than this msmtfn understands "
+                f"({SCHEMA_VERSION}); upgrade msmtfn"
+            )
         if v != SCHEMA_VERSION:
-            raise StoreError(f"{self.path}: unknown schema version {v}; rebuild with msmtfn-extract --overwrite")
+            raise StoreError(
+                f"{self.path}: unknown schema version {v}; rebuild with msmtfn-extract --overwrite"
+            )
 
     # --------------------------------------------------------------- properties
     @property
@@ -324,8 +412,10 @@ class CacheStore:
         try:
             return scheme_from_record(self.label_scheme, self.label_scheme_def)
         except (KeyError, ValueError) as e:
-            raise StoreError(f"{self.path}: {e.args[0] if e.args else e}; rebuild it with msmtfn-extract "
-                             "--overwrite") from None
+            raise StoreError(
+                f"{self.path}: {e.args[0] if e.args else e}; rebuild it with msmtfn-extract "
+                "--overwrite"
+            ) from None
 
     @property
     def dataset(self) -> str:
@@ -368,7 +458,9 @@ class CacheStore:
         if "seconds" in self.group["table"]:
             return np.asarray(self.group["table/seconds"][:], dtype=np.float64)
         table = self.group["table"]
-        return np.asarray(table["end"][:], dtype=np.float64) - np.asarray(table["start"][:], dtype=np.float64)
+        return np.asarray(table["end"][:], dtype=np.float64) - np.asarray(
+            table["start"][:], dtype=np.float64
+        )
 
     def lengths(self, modality: str) -> np.ndarray:
         return np.asarray(self.group[f"{modality}/length"][:], dtype=np.int32)
@@ -378,8 +470,14 @@ class CacheStore:
         s = self.group["audio/hidden"].shards[0]
         return [range(i, min(i + s, self.n)) for i in range(0, self.n, s)]
 
-    def write_slab(self, start: int, audio: np.ndarray, audio_len: np.ndarray, text: np.ndarray,
-                   text_len: np.ndarray) -> None:
+    def write_slab(
+        self,
+        start: int,
+        audio: np.ndarray,
+        audio_len: np.ndarray,
+        text: np.ndarray,
+        text_len: np.ndarray,
+    ) -> None:
         """Write contiguous rows [start, start+len). Done flags are separate (:meth:`set_done`), always after."""
         stop = start + len(audio_len)
         self.group["audio/hidden"][start:stop] = audio
@@ -387,9 +485,15 @@ class CacheStore:
         self.group["audio/length"][start:stop] = audio_len
         self.group["text/length"][start:stop] = text_len
 
-    def read_slab(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        return (self.group["audio/hidden"][start:stop], self.group["audio/length"][start:stop],
-                self.group["text/hidden"][start:stop], self.group["text/length"][start:stop])
+    def read_slab(
+        self, start: int, stop: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        return (
+            self.group["audio/hidden"][start:stop],
+            self.group["audio/length"][start:stop],
+            self.group["text/hidden"][start:stop],
+            self.group["text/length"][start:stop],
+        )
 
     def set_flags(self, start: int, stop: int, done: np.ndarray, skipped: np.ndarray) -> None:
         """Set done/skipped flags of rows [start, stop) in one write each (one chunk when shard-aligned)."""
@@ -422,29 +526,44 @@ class CacheStore:
             calls_per_split[split or "(none)"] = calls_per_split.get(split or "(none)", 0) + 1
         try:
             scheme = self.scheme
-        except StoreError:   # an unknown scheme name: describe the store anyway
+        except StoreError:  # an unknown scheme name: describe the store anyway
             scheme = None
         labels = label_counts(scheme or self.label_scheme, table["call_id"], table["label"])
         seg_per_variant: dict[str, int] = {}
         for v in table["variant"]:
             seg_per_variant[v] = seg_per_variant.get(v, 0) + 1
-        raw = 2 * shape.n * (shape.audio_frames * shape.audio_dim + shape.text_tokens * shape.text_dim)
+        raw = (
+            2
+            * shape.n
+            * (shape.audio_frames * shape.audio_dim + shape.text_tokens * shape.text_dim)
+        )
         if self.remote:
-            hidden_disk = sum(_remote_bytes(f"{self.path}/{m}/hidden", self.storage_options) for m in ("audio", "text"))
+            hidden_disk = sum(
+                _remote_bytes(f"{self.path}/{m}/hidden", self.storage_options)
+                for m in ("audio", "text")
+            )
         else:
-            hidden_disk = _dir_bytes(self.path / "audio" / "hidden") + _dir_bytes(self.path / "text" / "hidden")
-        written_raw = 2 * int(done.sum()) * (shape.audio_frames * shape.audio_dim + shape.text_tokens * shape.text_dim)
+            hidden_disk = _dir_bytes(self.path / "audio" / "hidden") + _dir_bytes(
+                self.path / "text" / "hidden"
+            )
+        written_raw = (
+            2
+            * int(done.sum())
+            * (shape.audio_frames * shape.audio_dim + shape.text_tokens * shape.text_dim)
+        )
         a = self.attrs
         return {
             "path": str(self.path),
             "schema_version": a["schema_version"],
-            "dataset": a.get("dataset"), "label_scheme": a.get("label_scheme"),
+            "dataset": a.get("dataset"),
+            "label_scheme": a.get("label_scheme"),
             **({"label_scheme_def": a["label_scheme_def"]} if "label_scheme_def" in a else {}),
             "label_tasks": {t.name: list(t.classes) for t in scheme.tasks} if scheme else {},
             "class_descriptions": dict(scheme.class_descriptions) if scheme else {},
             "fingerprint": a["fingerprint"],
             "package_version": a.get("package_version"),
-            "created": a.get("created"), "updated": a.get("updated"),
+            "created": a.get("created"),
+            "updated": a.get("updated"),
             "settings": a["settings"],
             "codec": a.get("codec"),
             "shape": asdict(shape),
@@ -455,11 +574,15 @@ class CacheStore:
             "calls": len(seen),
             "calls_per_split": calls_per_split,
             "calls_per_label": labels.get("calls per label", {}),
-            "labels": labels,   # calls per label, or segments per class of each task (segment-level labels)
+            "labels": labels,  # calls per label, or segments per class of each task (segment-level labels)
             "segments_per_variant": seg_per_variant,
-            "bytes_on_disk": _remote_bytes(self.path, self.storage_options) if self.remote else _dir_bytes(self.path),
+            "bytes_on_disk": _remote_bytes(self.path, self.storage_options)
+            if self.remote
+            else _dir_bytes(self.path),
             "hidden_bytes_uncompressed": raw,
-            "compression_ratio_written": (written_raw / hidden_disk) if hidden_disk and written_raw else math.nan,
+            "compression_ratio_written": (written_raw / hidden_disk)
+            if hidden_disk and written_raw
+            else math.nan,
         }
 
 
@@ -471,9 +594,13 @@ def _reach(url: str, opts: dict | None, key: str) -> bool:
         return bool(fs.exists(f"{root}/{key}" if key else root))
     except StoreError:
         raise
-    except Exception as e:  # botocore, aiohttp and fsspec raise many types; the message is what helps
-        raise StoreError(f"{url}: cannot reach the store ({type(e).__name__}: {e}); check the URL, the credentials "
-                         "and the endpoint (AWS_ENDPOINT_URL or MSMTFN_STORAGE_OPTIONS)") from None
+    except (
+        Exception
+    ) as e:  # botocore, aiohttp and fsspec raise many types; the message is what helps
+        raise StoreError(
+            f"{url}: cannot reach the store ({type(e).__name__}: {e}); check the URL, the credentials "
+            "and the endpoint (AWS_ENDPOINT_URL or MSMTFN_STORAGE_OPTIONS)"
+        ) from None
 
 
 def _exists(loc: Path | str, opts: dict | None = None) -> bool:
@@ -502,7 +629,7 @@ def creation_cut_short(path: Path | str, opts: dict | None = None) -> bool:
     """A store whose creation was interrupted before any data (its metadata says so): safe to create again."""
     try:
         attrs = dict(_open_zarr_group(path, "r", opts).attrs)
-    except Exception:   # damaged metadata: not provably ours; open() will explain
+    except Exception:  # damaged metadata: not provably ours; open() will explain
         return False
     return bool(attrs.get(CREATING)) and "schema_version" not in attrs
 

@@ -11,6 +11,7 @@ naming what differs) when the weights or the tokenizer are not the ones the run 
 float16 like the store, so a segment's features equal what ``msmtfn-extract`` writes for it (to float16
 rounding where CPU BLAS sums in another order for another batch).
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,7 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from extract import SegmentSource, load_encoders, make_batches, make_loader
-from pipeline.cache_settings import MAX_BATCH, CacheSettings, batch_seconds_for, encoder_identity, resolve_dtype
+from pipeline.cache_settings import (
+    MAX_BATCH,
+    CacheSettings,
+    batch_seconds_for,
+    encoder_identity,
+    resolve_dtype,
+)
 from pipeline.fingerprint import diff_settings
 from pipeline.manifest import Segment
 
@@ -35,8 +42,8 @@ class ModelMismatch(Exception):
 class SegmentFeatures:
     """One encoded segment: float16 hidden states cut to their valid rows."""
 
-    audio: np.ndarray    # (audio_len, Da) float16
-    text: np.ndarray     # (text_len, Dt) float16
+    audio: np.ndarray  # (audio_len, Da) float16
+    text: np.ndarray  # (text_len, Dt) float16
     warnings: list[str]
     text_truncated: bool
 
@@ -44,10 +51,12 @@ class SegmentFeatures:
 def run_settings(meta: dict, run_dir) -> dict:
     try:
         settings = meta["cache"]["settings"]
-        settings["audio"]["weights"], settings["text"]["weights"]   # noqa: B018 — KeyError if not extract's
+        settings["audio"]["weights"], settings["text"]["weights"]  # noqa: B018 — KeyError if not extract's
     except (KeyError, TypeError):
-        raise ModelMismatch(f"{run_dir}/config.json: no encoder settings of the training cache (cache.settings); "
-                            "is this a msmtfn-train run folder?") from None
+        raise ModelMismatch(
+            f"{run_dir}/config.json: no encoder settings of the training cache (cache.settings); "
+            "is this a msmtfn-train run folder?"
+        ) from None
     return settings
 
 
@@ -57,7 +66,7 @@ def trained_from(run_dir, recorded_out: str | None) -> Path | None:
     if not recorded_out or Path(recorded_out).is_absolute():
         return None
     rel, here = Path(recorded_out).parts, Path(run_dir).resolve().parts
-    return Path(*here[:-len(rel)]) if rel and here[-len(rel):] == rel else None
+    return Path(*here[: -len(rel)]) if rel and here[-len(rel) :] == rel else None
 
 
 def locate_model(recorded: str, base: Path | None) -> str | None:
@@ -73,35 +82,63 @@ def locate_model(recorded: str, base: Path | None) -> str | None:
 class RunEncoders:
     """Audio and text encoders exactly as the run's cache was extracted (or refused)."""
 
-    def __init__(self, settings: dict, *, device: str = "cpu", dtype: str = "run", audio_model: str | None = None,
-                 text_model: str | None = None, trust_remote_code: bool = False, run_dir: str = "run",
-                 base: Path | None = None):
+    def __init__(
+        self,
+        settings: dict,
+        *,
+        device: str = "cpu",
+        dtype: str = "run",
+        audio_model: str | None = None,
+        text_model: str | None = None,
+        trust_remote_code: bool = False,
+        run_dir: str = "run",
+        base: Path | None = None,
+    ):
         """``base``: the folder the run was trained from (:func:`trained_from`), where relative encoder folders
         are looked for when they are not found from the working directory."""
         run_dtype = settings.get("compute_dtype", "float32")
         if dtype == "run":
             # float16 on CPU is slow and partly unsupported: compute in float32 there (stored as float16 anyway)
-            dtype = run_dtype if not (run_dtype == "float16" and not device.startswith("cuda")) else "float32"
+            dtype = (
+                run_dtype
+                if not (run_dtype == "float16" and not device.startswith("cuda"))
+                else "float32"
+            )
         dtype = resolve_dtype(dtype, device)
         if dtype != run_dtype:
-            log.warning("encoders compute in %s; the run's cache was extracted in %s (features differ at float16 "
-                        "rounding)", dtype, run_dtype)
+            log.warning(
+                "encoders compute in %s; the run's cache was extracted in %s (features differ at float16 "
+                "rounding)",
+                dtype,
+                run_dtype,
+            )
         chosen, _ = CacheSettings.from_attrs(settings)
         audio_model = audio_model or locate_model(chosen.audio_model, base)
         text_model = text_model or locate_model(chosen.text_model, base)
         # where the models are read from may differ (their hashes are checked below)
-        self.cfg = replace(chosen, dtype=dtype, audio_model=audio_model or chosen.audio_model,
-                           text_model=text_model or chosen.text_model,
-                           audio_revision=None if audio_model else chosen.audio_revision,
-                           text_revision=None if text_model else chosen.text_revision)
+        self.cfg = replace(
+            chosen,
+            dtype=dtype,
+            audio_model=audio_model or chosen.audio_model,
+            text_model=text_model or chosen.text_model,
+            audio_revision=None if audio_model else chosen.audio_revision,
+            text_revision=None if text_model else chosen.text_revision,
+        )
         self.device = device
         try:
             enc = load_encoders(self.cfg, device, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ModelMismatch(f"{run_dir}: cannot load the run's encoders ({first}); pass local copies with "
-                                "--audio-model/--text-model") from None
-        self.audio, self.text, self.policy, self.max_samples = enc.audio, enc.text, enc.policy, enc.max_samples
+            raise ModelMismatch(
+                f"{run_dir}: cannot load the run's encoders ({first}); pass local copies with "
+                "--audio-model/--text-model"
+            ) from None
+        self.audio, self.text, self.policy, self.max_samples = (
+            enc.audio,
+            enc.text,
+            enc.policy,
+            enc.max_samples,
+        )
         self.audio_frames = enc.facts.audio_frames
         # augmentation is training-only: this attribute is compared without it (FREE_KEYS)
         mine = self.cfg.to_attrs(settings.get("dataset", ""), enc.facts, {"variants": []})
@@ -113,30 +150,57 @@ class RunEncoders:
     def _check_identity(run: dict, mine: dict, run_dir) -> None:
         diffs = diff_settings(encoder_identity(run), encoder_identity(mine))
         if diffs:
-            names = {"audio.weights": "audio encoder weights", "text.weights": "text encoder weights",
-                     "text.tokenizer": "tokenizer"}
-            what = "; ".join(f"{names.get(d.split(':')[0], d.split(':')[0])} ({d.split(': ', 1)[1]})"
-                             for d in diffs[:4])
-            raise ModelMismatch(f"{run_dir}/config.json: the encoders loaded ({mine['audio']['model']}, "
-                                f"{mine['text']['model']}) are not the ones this run was trained on: {what}; pass "
-                                "the run's encoders with --audio-model/--text-model")
+            names = {
+                "audio.weights": "audio encoder weights",
+                "text.weights": "text encoder weights",
+                "text.tokenizer": "tokenizer",
+            }
+            what = "; ".join(
+                f"{names.get(d.split(':')[0], d.split(':')[0])} ({d.split(': ', 1)[1]})"
+                for d in diffs[:4]
+            )
+            raise ModelMismatch(
+                f"{run_dir}/config.json: the encoders loaded ({mine['audio']['model']}, "
+                f"{mine['text']['model']}) are not the ones this run was trained on: {what}; pass "
+                "the run's encoders with --audio-model/--text-model"
+            )
 
     @property
     def max_seconds(self) -> float:
         return self.cfg.max_seconds
 
-    def encode(self, segments: list[Segment], *, batch_seconds: float = 0.0, max_batch: int = MAX_BATCH,
-               num_workers: int = 0) -> list[SegmentFeatures | str]:
+    def encode(
+        self,
+        segments: list[Segment],
+        *,
+        batch_seconds: float = 0.0,
+        max_batch: int = MAX_BATCH,
+        num_workers: int = 0,
+    ) -> list[SegmentFeatures | str]:
         """Features of each segment, or the reason it cannot be encoded (unreadable, too short)."""
-        source = SegmentSource(segments, self.policy.input_rate, self.max_samples, self.min_samples,
-                               self.audio.feature_extractor, self.text)
+        source = SegmentSource(
+            segments,
+            self.policy.input_rate,
+            self.max_samples,
+            self.min_samples,
+            self.audio.feature_extractor,
+            self.text,
+        )
         rate = self.policy.input_rate
         # an open end (to the end of the recording) counts as the longest, as extraction's plan counts it
-        lengths = np.array([self.max_samples if s.end is None else
-                            min(self.max_samples, int(round((s.end - (s.start or 0.0)) * rate))) for s in segments],
-                           dtype=np.int64)
+        lengths = np.array(
+            [
+                self.max_samples
+                if s.end is None
+                else min(self.max_samples, int(round((s.end - (s.start or 0.0)) * rate)))
+                for s in segments
+            ],
+            dtype=np.int64,
+        )
         budget = int(batch_seconds_for(batch_seconds, self.device) * rate)
-        batches = make_batches(lengths, [range(len(segments))], max(budget, self.max_samples), max_batch)
+        batches = make_batches(
+            lengths, [range(len(segments))], max(budget, self.max_samples), max_batch
+        )
         loader = make_loader(source, batches, num_workers)
         out: list[SegmentFeatures | str | None] = [None] * len(segments)
         for items in loader:
@@ -152,6 +216,10 @@ class RunEncoders:
             a_np = a_hidden.half().cpu().numpy()
             t_np = t_hidden.half().cpu().numpy()
             for j, it in enumerate(ok):
-                out[it["row"]] = SegmentFeatures(audio=a_np[j, : a_len[j]].copy(), text=t_np[j, : t_len[j]].copy(),
-                                                 warnings=it["warnings"], text_truncated=it["truncated"])
+                out[it["row"]] = SegmentFeatures(
+                    audio=a_np[j, : a_len[j]].copy(),
+                    text=t_np[j, : t_len[j]].copy(),
+                    warnings=it["warnings"],
+                    text_truncated=it["truncated"],
+                )
         return out

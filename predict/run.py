@@ -11,6 +11,7 @@ for the encoder) is a row with ``status = skipped: <reason>``; the others are pr
 groups so that memory stays bounded however many recordings there are; the output is a fixed function of the
 inputs (model in eval mode, no sampling).
 """
+
 from __future__ import annotations
 
 import csv
@@ -34,17 +35,34 @@ from pipeline.manifest import Segment
 from pipeline.segment_profile import SegmentProfile
 from train.checkpoint import CheckpointError, load_run, read_run_config
 from train.data import pad_segments
-from train.predictions import model_outputs, use_threads, decode, head_widths, output_tasks, task_columns, task_values
+from train.predictions import (
+    decode,
+    head_widths,
+    model_outputs,
+    output_tasks,
+    task_columns,
+    task_values,
+    use_threads,
+)
 
 from .features import ModelMismatch, RunEncoders, SegmentFeatures, run_settings, trained_from
 from .segmenter import CutterConfig, CutterError, cut_recording
-from .transcripts import AsrTranscriber, Piece, TranscriptError, assign_text, check_asr_model, read_transcript_csv
+from .transcripts import (
+    AsrTranscriber,
+    Piece,
+    TranscriptError,
+    assign_text,
+    check_asr_model,
+    read_transcript_csv,
+)
 
 log = logging.getLogger(__name__)
 
-CUT_RATE = 16000     # the rate recordings are decoded at for cutting (and for ASR)
+CUT_RATE = 16000  # the rate recordings are decoded at for cutting (and for ASR)
 CUTS = ("auto", "rows", "pauses")
-OVERRUN_SECONDS = 1.0   # a transcript reaching further past the end of its recording is flagged in the status
+OVERRUN_SECONDS = (
+    1.0  # a transcript reaching further past the end of its recording is flagged in the status
+)
 
 
 class PredictError(Exception):
@@ -53,22 +71,24 @@ class PredictError(Exception):
 
 @dataclass(frozen=True)
 class PredictConfig:
-    run: str                                # msmtfn-train run folder (config.json + model.safetensors)
-    audio: tuple[str, ...]                  # recordings; call id = file stem
-    transcripts: str | None = None          # CSV call_id,start,end,text
-    asr: str | None = None                  # or: a speech recognition model (hub id or folder)
+    run: str  # msmtfn-train run folder (config.json + model.safetensors)
+    audio: tuple[str, ...]  # recordings; call id = file stem
+    transcripts: str | None = None  # CSV call_id,start,end,text
+    asr: str | None = None  # or: a speech recognition model (hub id or folder)
     device: str = "cpu"
-    dtype: str = "run"                      # encoders' compute dtype: run = the cache's (float32 on CPU)
-    audio_model: str | None = None          # override where the run's encoders are read from (identity checked)
+    dtype: str = "run"  # encoders' compute dtype: run = the cache's (float32 on CPU)
+    audio_model: str | None = (
+        None  # override where the run's encoders are read from (identity checked)
+    )
     text_model: str | None = None
-    cut: str = "auto"                       # auto (as the run's training segments) | rows | pauses
-    cutter: str = "energy"                  # energy | vad
-    search_seconds: float = 10.0            # window before the limit in which a pause is looked for
-    batch_calls: int = 0                    # calls per model batch; 0 = the run's --batch-calls
-    group_calls: int = 32                   # calls decoded and encoded together (bounds memory)
-    batch_seconds: float = 0.0              # padded audio seconds per encoder batch (0: 1280 CUDA, 160 CPU)
-    num_workers: int = 0                    # decode/tokenise processes for the encoders
-    threads: int = 0                        # CPU threads for torch; 0 = the run's --threads (else torch's default)
+    cut: str = "auto"  # auto (as the run's training segments) | rows | pauses
+    cutter: str = "energy"  # energy | vad
+    search_seconds: float = 10.0  # window before the limit in which a pause is looked for
+    batch_calls: int = 0  # calls per model batch; 0 = the run's --batch-calls
+    group_calls: int = 32  # calls decoded and encoded together (bounds memory)
+    batch_seconds: float = 0.0  # padded audio seconds per encoder batch (0: 1280 CUDA, 160 CPU)
+    num_workers: int = 0  # decode/tokenise processes for the encoders
+    threads: int = 0  # CPU threads for torch; 0 = the run's --threads (else torch's default)
     trust_remote_code: bool = False
     progress: bool = True
 
@@ -88,17 +108,23 @@ class SegmentResult:
     end: float
     text: str
     status: str = "ok"
-    predictions: dict = field(default_factory=dict)   # segment-level runs: task -> {label, probs} | {value}
+    predictions: dict = field(
+        default_factory=dict
+    )  # segment-level runs: task -> {label, probs} | {value}
 
 
 @dataclass
 class CallResult:
     call_id: str
     source: str
-    status: str                   # ok | ok: <warnings> | skipped: <reason>
-    segments: int = 0             # segments that reached the model
-    duration: float | None = None  # seconds of audio in those segments (as predictions_test.csv counts them)
-    predictions: dict = field(default_factory=dict)   # task -> {"label": class, "probs": {class: p}} | {"value": x}
+    status: str  # ok | ok: <warnings> | skipped: <reason>
+    segments: int = 0  # segments that reached the model
+    duration: float | None = (
+        None  # seconds of audio in those segments (as predictions_test.csv counts them)
+    )
+    predictions: dict = field(
+        default_factory=dict
+    )  # task -> {"label": class, "probs": {class: p}} | {"value": x}
     segment_rows: list[SegmentResult] = field(default_factory=list)
 
     @property
@@ -107,16 +133,18 @@ class CallResult:
 
     def warn(self, warning: str) -> None:
         """Predicted, with something the user must know (``ok: <warning>; <warning>``)."""
-        self.status = f"{self.status}; {warning}" if self.status.startswith("ok:") else f"ok: {warning}"
+        self.status = (
+            f"{self.status}; {warning}" if self.status.startswith("ok:") else f"ok: {warning}"
+        )
 
 
 @dataclass
 class PredictResult:
     calls: list[CallResult]
-    tasks: list[dict]             # [{"name", "classes", "kind", "level"}] in output order
+    tasks: list[dict]  # [{"name", "classes", "kind", "level"}] in output order
     run: str
     elapsed: float
-    cut: str = ""                 # how the recordings were cut (the policy and why)
+    cut: str = ""  # how the recordings were cut (the policy and why)
 
     @property
     def predicted(self) -> int:
@@ -136,17 +164,27 @@ class PredictResult:
             s += f"; {self.cut}"
         if self.warned:
             ids = [c.call_id for c in self.warned]
-            s += (f"; warnings for {len(ids)}: {', '.join(ids[:5])}{' …' if len(ids) > 5 else ''} (in the status "
-                  "column)")
+            s += (
+                f"; warnings for {len(ids)}: {', '.join(ids[:5])}{' …' if len(ids) > 5 else ''} (in the status "
+                "column)"
+            )
         if self.skipped:
             ids = [c.call_id for c in self.calls if not c.ok]
-            s += (f"; skipped {self.skipped}: {', '.join(ids[:5])}{' …' if len(ids) > 5 else ''} (reasons in the "
-                  "status column)")
+            s += (
+                f"; skipped {self.skipped}: {', '.join(ids[:5])}{' …' if len(ids) > 5 else ''} (reasons in the "
+                "status column)"
+            )
         return s
 
     def to_json(self) -> dict:
-        return {"run": self.run, "tasks": self.tasks, "cut": self.cut, "predicted": self.predicted,
-                "skipped": self.skipped, "calls": [asdict(c) for c in self.calls]}
+        return {
+            "run": self.run,
+            "tasks": self.tasks,
+            "cut": self.cut,
+            "predicted": self.predicted,
+            "skipped": self.skipped,
+            "calls": [asdict(c) for c in self.calls],
+        }
 
 
 # ------------------------------------------------------------------------------------------------ the run
@@ -164,16 +202,26 @@ class Predictor:
         except CheckpointError as e:
             raise PredictError(str(e)) from None
         try:
-            self.scheme = get_scheme(meta["cache"]["label_scheme"], meta["cache"].get("label_scheme_def"))
+            self.scheme = get_scheme(
+                meta["cache"]["label_scheme"], meta["cache"].get("label_scheme_def")
+            )
         except KeyError as e:
-            raise PredictError(f"{run}/config.json: {e.args[0] if e.args else 'no label scheme'}") from None
+            raise PredictError(
+                f"{run}/config.json: {e.args[0] if e.args else 'no label scheme'}"
+            ) from None
         self.tasks = output_tasks(self.scheme, head_widths(self.model))
         self.text_tokens = int(meta["dims"]["text_tokens"])
         try:
-            self.encoders = RunEncoders(run_settings(meta, run), device=cfg.device, dtype=cfg.dtype,
-                                        audio_model=cfg.audio_model, text_model=cfg.text_model,
-                                        trust_remote_code=cfg.trust_remote_code, run_dir=str(run),
-                                        base=trained_from(run, meta.get("train", {}).get("out")))
+            self.encoders = RunEncoders(
+                run_settings(meta, run),
+                device=cfg.device,
+                dtype=cfg.dtype,
+                audio_model=cfg.audio_model,
+                text_model=cfg.text_model,
+                trust_remote_code=cfg.trust_remote_code,
+                run_dir=str(run),
+                base=trained_from(run, meta.get("train", {}).get("out")),
+            )
         except ModelMismatch as e:
             raise PredictError(str(e)) from None
         self.max_seconds = max_s = self.encoders.max_seconds
@@ -181,14 +229,23 @@ class Predictor:
         self.cut, self.cut_note = choose_cut(cfg, self.profile, max_s)
         limit = self.profile.pause_limit if self.profile and self.cut == "pauses" else max_s
         try:
-            self.cutter = CutterConfig(method=cfg.cutter, max_seconds=limit,
-                                       search_seconds=min(cfg.search_seconds, limit / 2),
-                                       min_seconds=min(1.0, limit / 4))
+            self.cutter = CutterConfig(
+                method=cfg.cutter,
+                max_seconds=limit,
+                search_seconds=min(cfg.search_seconds, limit / 2),
+                min_seconds=min(1.0, limit / 4),
+            )
         except CutterError as e:
             raise PredictError(str(e)) from None
         self.device = torch.device(cfg.device)
-        log.info("%s: tasks %s; %s; encoders %s, %s", run, ", ".join(t["name"] for t in self.tasks), self.cut_note,
-                 self.encoders.cfg.audio_model, self.encoders.cfg.text_model)
+        log.info(
+            "%s: tasks %s; %s; encoders %s, %s",
+            run,
+            ", ".join(t["name"] for t in self.tasks),
+            self.cut_note,
+            self.encoders.cfg.audio_model,
+            self.encoders.cfg.text_model,
+        )
         self.amp = self.train_cfg.amp and self.device.type == "cuda"
 
     # -------------------------------------------------------------------------------- model over calls
@@ -198,26 +255,40 @@ class Predictor:
         m = self.model
         bc = self.cfg.batch_calls or self.train_cfg.batch_calls
         out: list[dict[str, torch.Tensor]] = []
-        full_text = m.pooling == "flatten"    # as in training: flatten needs every text row
+        full_text = m.pooling == "flatten"  # as in training: flatten needs every text row
         for i in range(0, len(calls), bc):
-            group = calls[i: i + bc]
+            group = calls[i : i + bc]
             segs = [s for call in group for s in call]
             a_len = torch.as_tensor([len(s.audio) for s in segs], dtype=torch.int32)
             t_len = torch.as_tensor([len(s.text) for s in segs], dtype=torch.int32)
             # padded by the trainer's own routine, exactly as training and evaluation batches are
-            audio = pad_segments([s.audio for s in segs], int(a_len.max()), self.device) if m.uses_audio else None
+            audio = (
+                pad_segments([s.audio for s in segs], int(a_len.max()), self.device)
+                if m.uses_audio
+                else None
+            )
             width = self.text_tokens if full_text else int(t_len.max())
             text = pad_segments([s.text for s in segs], width, self.device) if m.uses_text else None
             counts = torch.as_tensor([len(c) for c in group], device=self.device)
-            logits = model_outputs(m, audio, a_len.to(self.device), text, t_len.to(self.device), counts,
-                                   self.device, self.amp)
+            logits = model_outputs(
+                m,
+                audio,
+                a_len.to(self.device),
+                text,
+                t_len.to(self.device),
+                counts,
+                self.device,
+                self.amp,
+            )
             logits = {k: v.float().cpu() for k, v in logits.items()}
             seg_start = 0
             for k, call in enumerate(group):
                 per = {}
                 for name, v in logits.items():
                     if self.scheme.level == "segment" and v.shape[0] == len(segs):
-                        per[name] = v[seg_start: seg_start + len(call)]   # segment-level head: (segments, C)
+                        per[name] = v[
+                            seg_start : seg_start + len(call)
+                        ]  # segment-level head: (segments, C)
                     else:
                         per[name] = v[k]
                 out.append(per)
@@ -225,29 +296,44 @@ class Predictor:
         return out
 
 
-def choose_cut(cfg: PredictConfig, profile: SegmentProfile | None, max_seconds: float) -> tuple[str, str]:
+def choose_cut(
+    cfg: PredictConfig, profile: SegmentProfile | None, max_seconds: float
+) -> tuple[str, str]:
     """(``rows`` | ``pauses``, what the summary says of it): ``--cut auto`` cuts as the run's training segments
     were made — by the transcript's rows where the training rows were timed rows of longer recordings and a
     transcripts CSV is given, else at pauses into pieces of the training's lengths."""
     cut = cfg.cut
     if cut == "auto":
-        cut = "rows" if profile is not None and profile.policy == "rows" and cfg.transcripts else "pauses"
+        timed_rows = profile is not None and profile.policy == "rows"
+        cut = "rows" if timed_rows and cfg.transcripts else "pauses"
     if cut == "rows":
-        what = "the transcript's rows" if cfg.transcripts else "the speech recognizer's timed chunks"
-        why = "as the run's training segments were" if profile is not None and profile.policy == "rows" else \
-            "as --cut rows asks"
+        what = (
+            "the transcript's rows" if cfg.transcripts else "the speech recognizer's timed chunks"
+        )
+        why = (
+            "as the run's training segments were"
+            if profile is not None and profile.policy == "rows"
+            else "as --cut rows asks"
+        )
         return cut, f"cut by {what}, {why}"
     if profile is None:
-        return cut, (f"cut at pauses into pieces of ≤ {max_seconds:g} s (the run records no training segment "
-                     "lengths)")
-    note = f"cut at pauses into pieces of ≤ {profile.pause_limit:g} s (training: {profile.describe()})"
+        return cut, (
+            f"cut at pauses into pieces of ≤ {max_seconds:g} s (the run records no training segment "
+            "lengths)"
+        )
+    note = (
+        f"cut at pauses into pieces of ≤ {profile.pause_limit:g} s (training: {profile.describe()})"
+    )
     if profile.policy == "rows" and cfg.cut == "auto":
-        note += "; the run was trained on the timed rows of its recordings: --transcripts cuts alike"
+        note += (
+            "; the run was trained on the timed rows of its recordings: --transcripts cuts alike"
+        )
     return cut, note
 
 
-def row_bounds(pieces: list[Piece], duration: float, max_seconds: float
-               ) -> tuple[list[tuple[float, float | None]], list[str]]:
+def row_bounds(
+    pieces: list[Piece], duration: float, max_seconds: float
+) -> tuple[list[tuple[float, float | None]], list[str]]:
     """Segments cut by the transcript's rows, as extraction cuts a CSV's timed rows: each row is a segment (its
     end clipped to the recording; an empty end = to the end); a row over ``max_seconds`` becomes equal pieces
     with its text shared out (extract.segmentation). Rows starting after the end are left out by the caller."""
@@ -256,8 +342,14 @@ def row_bounds(pieces: list[Piece], duration: float, max_seconds: float
     for p in pieces:
         end = min(p.end, duration)
         span = end - p.start
-        if span <= 0:       # a point in time (a word's timestamp, a chunk clamped to the end): no audio to cut
-            log.warning("transcript row %g–%g s has no audio under it and is left out (--cut rows)", p.start, p.end)
+        if (
+            span <= 0
+        ):  # a point in time (a word's timestamp, a chunk clamped to the end): no audio to cut
+            log.warning(
+                "transcript row %g–%g s has no audio under it and is left out (--cut rows)",
+                p.start,
+                p.end,
+            )
             continue
         n = max(1, math.ceil(span / max_seconds - 1e-9))
         if n == 1:
@@ -279,17 +371,34 @@ def _past_the_end(result: CallResult, pieces: list[Piece], duration: float) -> l
     after = [p for p in pieces if p.start > duration]
     reach = max((p.end if math.isfinite(p.end) else p.start for p in pieces), default=0.0)
     if reach - duration > OVERRUN_SECONDS:
-        left = f"; {len(after)} {'rows' if len(after) != 1 else 'row'} after its end left out" if after else ""
-        result.warn(f"transcript runs {reach - duration:.0f} s past the audio (recording {duration:.1f} s{left})")
+        left = (
+            f"; {len(after)} {'rows' if len(after) != 1 else 'row'} after its end left out"
+            if after
+            else ""
+        )
+        result.warn(
+            f"transcript runs {reach - duration:.0f} s past the audio (recording {duration:.1f} s{left})"
+        )
     if after:
-        log.warning("%s: %d transcript rows start after the recording's end (%.2f s) and are left out: %s",
-                    result.source, len(after), duration,
-                    ", ".join(f"{p.start:g}–{p.end:g} s" for p in after[:5]) + (" …" if len(after) > 5 else ""))
+        log.warning(
+            "%s: %d transcript rows start after the recording's end (%.2f s) and are left out: %s",
+            result.source,
+            len(after),
+            duration,
+            ", ".join(f"{p.start:g}–{p.end:g} s" for p in after[:5])
+            + (" …" if len(after) > 5 else ""),
+        )
     return inside
 
 
-def _plan_call(pred: Predictor, path: str, call_id: str, transcripts: dict | None, transcripts_path: str | None,
-               asr: AsrTranscriber | None) -> tuple[CallResult, list[Segment]]:
+def _plan_call(
+    pred: Predictor,
+    path: str,
+    call_id: str,
+    transcripts: dict | None,
+    transcripts_path: str | None,
+    asr: AsrTranscriber | None,
+) -> tuple[CallResult, list[Segment]]:
     result = CallResult(call_id=call_id, source=path, status="ok")
     try:
         x, _ = load_segment(path, None, None, CUT_RATE)
@@ -300,35 +409,58 @@ def _plan_call(pred: Predictor, path: str, call_id: str, transcripts: dict | Non
     if transcripts is not None:
         pieces: list[Piece] | None = transcripts.get(call_id)
         if pieces is None:
-            result.status = f"skipped: no transcript rows for call_id {call_id} in {transcripts_path}"
+            result.status = (
+                f"skipped: no transcript rows for call_id {call_id} in {transcripts_path}"
+            )
             return result, []
     else:
         pieces = asr(x, CUT_RATE)
     pieces = _past_the_end(result, pieces, duration)
     if pred.cut == "rows":
         if not pieces:
-            result.status = f"skipped: no transcript row inside the recording's {duration:.1f} s (--cut rows)"
+            result.status = (
+                f"skipped: no transcript row inside the recording's {duration:.1f} s (--cut rows)"
+            )
             return result, []
         bounds, texts = row_bounds(pieces, duration, pred.max_seconds)
     else:
         bounds = cut_recording(x, CUT_RATE, pred.cutter)
         texts = assign_text(pieces, bounds)
-    segs = [Segment(segment_id=f"{call_id}#{i}", call_id=call_id, index=i, split="", label="",
-                    audio_path=os.path.abspath(path), text=t, start=a, end=b, source_row=path)
-            for i, ((a, b), t) in enumerate(zip(bounds, texts))]
-    result.segment_rows = [SegmentResult(call_id, i, round(a, 4), round(duration if b is None else b, 4), t)
-                           for i, ((a, b), t) in enumerate(zip(bounds, texts))]
+    segs = [
+        Segment(
+            segment_id=f"{call_id}#{i}",
+            call_id=call_id,
+            index=i,
+            split="",
+            label="",
+            audio_path=os.path.abspath(path),
+            text=t,
+            start=a,
+            end=b,
+            source_row=path,
+        )
+        for i, ((a, b), t) in enumerate(zip(bounds, texts))
+    ]
+    result.segment_rows = [
+        SegmentResult(call_id, i, round(a, 4), round(duration if b is None else b, 4), t)
+        for i, ((a, b), t) in enumerate(zip(bounds, texts))
+    ]
     return result, segs
 
 
 def _finish_group(pred: Predictor, group: list[tuple[CallResult, list[Segment]]]) -> None:
     """Encode the group's segments, run the model over its calls, fill in the results."""
     segs = [s for _, ss in group for s in ss]
-    feats = pred.encoders.encode(segs, batch_seconds=pred.cfg.batch_seconds,
-                                 num_workers=pred.cfg.num_workers) if segs else []
+    feats = (
+        pred.encoders.encode(
+            segs, batch_seconds=pred.cfg.batch_seconds, num_workers=pred.cfg.num_workers
+        )
+        if segs
+        else []
+    )
     usable: list[tuple[CallResult, list[SegmentFeatures], list[SegmentResult]]] = []
     k = 0
-    for result, ss in group:
+    for result, _ in group:
         fs, kept = [], []
         for row in result.segment_rows:
             f = feats[k]
@@ -343,8 +475,12 @@ def _finish_group(pred: Predictor, group: list[tuple[CallResult, list[Segment]]]
             result.status = f"skipped: no segment could be encoded ({'; '.join(reasons)})"
             continue
         if len(fs) < len(result.segment_rows):
-            log.warning("%s: %d of %d segments cannot be encoded and are left out of the call",
-                        result.source, len(result.segment_rows) - len(fs), len(result.segment_rows))
+            log.warning(
+                "%s: %d of %d segments cannot be encoded and are left out of the call",
+                result.source,
+                len(result.segment_rows) - len(fs),
+                len(result.segment_rows),
+            )
         usable.append((result, fs, kept))
     outputs = pred.predict_features([fs for _, fs, _ in usable])
     for (result, fs, kept), out in zip(usable, outputs):
@@ -368,7 +504,9 @@ def predict_calls(cfg: PredictConfig, predictor: Predictor | None = None) -> Pre
     t0 = time.perf_counter()
     try:
         if cfg.asr:
-            check_asr_model(cfg.asr)      # before the run's models load: an unusable --asr answers at once
+            check_asr_model(
+                cfg.asr
+            )  # before the run's models load: an unusable --asr answers at once
     except TranscriptError as e:
         raise PredictError(str(e)) from None
     pred = predictor or Predictor(cfg)
@@ -378,7 +516,9 @@ def predict_calls(cfg: PredictConfig, predictor: Predictor | None = None) -> Pre
         if cfg.transcripts:
             transcripts = read_transcript_csv(cfg.transcripts)
         else:
-            asr = AsrTranscriber(cfg.asr, device=cfg.device, trust_remote_code=cfg.trust_remote_code)
+            asr = AsrTranscriber(
+                cfg.asr, device=cfg.device, trust_remote_code=cfg.trust_remote_code
+            )
     except TranscriptError as e:
         raise PredictError(str(e)) from None
     results: list[CallResult] = []
@@ -387,7 +527,9 @@ def predict_calls(cfg: PredictConfig, predictor: Predictor | None = None) -> Pre
     for path in tqdm(cfg.audio, desc="predict", unit="call", disable=not cfg.progress):
         call_id = Path(path).stem
         if call_id in seen:
-            results.append(CallResult(call_id, path, f"skipped: duplicate call id (also {seen[call_id]})"))
+            results.append(
+                CallResult(call_id, path, f"skipped: duplicate call id (also {seen[call_id]})")
+            )
             continue
         seen[call_id] = path
         result, segs = _plan_call(pred, path, call_id, transcripts, cfg.transcripts, asr)
@@ -403,17 +545,24 @@ def predict_calls(cfg: PredictConfig, predictor: Predictor | None = None) -> Pre
     for r in results:
         if not r.ok:
             log.warning("%s: %s", r.source, r.status)
-    return PredictResult(calls=results, tasks=[{k: t[k] for k in ("name", "classes", "kind", "level")}
-                                               for t in pred.tasks],
-                         run=str(cfg.run), elapsed=time.perf_counter() - t0, cut=pred.cut_note)
+    return PredictResult(
+        calls=results,
+        tasks=[{k: t[k] for k in ("name", "classes", "kind", "level")} for t in pred.tasks],
+        run=str(cfg.run),
+        elapsed=time.perf_counter() - t0,
+        cut=pred.cut_note,
+    )
 
 
 # ------------------------------------------------------------------------------------------------- output
 def _tasks_at(result: PredictResult, level: str) -> list[dict]:
     """Tasks with columns at ``level``: the scheme's level, or where the model's heads actually answered (a
     segment-level scheme on a model with call-level heads)."""
-    rows = [c.predictions for c in result.calls] if level == "call" else \
-        [s.predictions for c in result.calls for s in c.segment_rows]
+    rows = (
+        [c.predictions for c in result.calls]
+        if level == "call"
+        else [s.predictions for c in result.calls for s in c.segment_rows]
+    )
     return [t for t in result.tasks if t["level"] == level or any(t["name"] in p for p in rows)]
 
 
@@ -423,8 +572,16 @@ def calls_csv(result: PredictResult) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["call_id", "source", "status", "segments", "duration_s", *task_columns(call_tasks)])
     for c in result.calls:
-        w.writerow([c.call_id, c.source, c.status, c.segments, "" if c.duration is None else f"{c.duration:.3f}",
-                    *task_values(call_tasks, c.predictions)])
+        w.writerow(
+            [
+                c.call_id,
+                c.source,
+                c.status,
+                c.segments,
+                "" if c.duration is None else f"{c.duration:.3f}",
+                *task_values(call_tasks, c.predictions),
+            ]
+        )
     return buf.getvalue()
 
 
@@ -435,8 +592,17 @@ def segments_csv(result: PredictResult) -> str:
     w.writerow(["call_id", "segment", "start", "end", "status", "text", *task_columns(seg_tasks)])
     for c in result.calls:
         for s in c.segment_rows:
-            w.writerow([s.call_id, s.index, f"{s.start:.4f}", f"{s.end:.4f}", s.status, s.text,
-                        *task_values(seg_tasks, s.predictions)])
+            w.writerow(
+                [
+                    s.call_id,
+                    s.index,
+                    f"{s.start:.4f}",
+                    f"{s.end:.4f}",
+                    s.status,
+                    s.text,
+                    *task_values(seg_tasks, s.predictions),
+                ]
+            )
     return buf.getvalue()
 
 
@@ -446,7 +612,9 @@ def write_atomic(path: str | Path, text: str) -> None:
     atomic_write_text(path, text)
 
 
-def write_outputs(result: PredictResult, out: str | Path, segments_out: str | Path | None = None) -> None:
+def write_outputs(
+    result: PredictResult, out: str | Path, segments_out: str | Path | None = None
+) -> None:
     write_atomic(out, calls_csv(result))
     if segments_out:
         write_atomic(segments_out, segments_csv(result))

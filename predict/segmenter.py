@@ -13,6 +13,7 @@ Within the window the frames whose score is within ``tolerance`` of the window's
 to the middle of the longest run (ties: the later one, which keeps segments long), so it lands inside a pause,
 not at its edge.
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,8 +26,10 @@ from pipeline.cache_settings import MAX_SECONDS
 log = logging.getLogger(__name__)
 
 CUTTERS = ("energy", "vad")
-VAD_RATE = 16000          # Silero VAD runs at 16 kHz (512-sample frames)
-VAD_WEIGHT = 100.0        # dB per unit of speech probability: a frame VAD calls speech is never the quietest
+VAD_RATE = 16000  # Silero VAD runs at 16 kHz (512-sample frames)
+VAD_WEIGHT = (
+    100.0  # dB per unit of speech probability: a frame VAD calls speech is never the quietest
+)
 
 
 class CutterError(Exception):
@@ -35,20 +38,26 @@ class CutterError(Exception):
 
 @dataclass(frozen=True)
 class CutterConfig:
-    method: str = "energy"          # energy | vad
+    method: str = "energy"  # energy | vad
     max_seconds: float = MAX_SECONDS  # no segment is longer (the run's segmentation setting)
-    search_seconds: float = 10.0    # how far before the limit a pause is looked for
-    min_seconds: float = 1.0        # no cut leaves a piece shorter than this (a tail too short to encode)
-    hop_seconds: float = 0.01       # energy frame hop (and frame length)
-    smooth_seconds: float = 0.2     # moving average of the score: a pause, not one quiet frame inside a word
+    search_seconds: float = 10.0  # how far before the limit a pause is looked for
+    min_seconds: float = 1.0  # no cut leaves a piece shorter than this (a tail too short to encode)
+    hop_seconds: float = 0.01  # energy frame hop (and frame length)
+    smooth_seconds: float = (
+        0.2  # moving average of the score: a pause, not one quiet frame inside a word
+    )
 
     def __post_init__(self):
         if self.method not in CUTTERS:
             raise CutterError(f"unknown cutter {self.method!r}; valid: {', '.join(CUTTERS)}")
         if not 0 < self.search_seconds <= self.max_seconds:
-            raise CutterError(f"search window {self.search_seconds}s must be in (0, max_seconds={self.max_seconds}]")
+            raise CutterError(
+                f"search window {self.search_seconds}s must be in (0, max_seconds={self.max_seconds}]"
+            )
         if self.min_seconds * 2 > self.max_seconds:
-            raise CutterError(f"min_seconds {self.min_seconds} must be at most half of max_seconds {self.max_seconds}")
+            raise CutterError(
+                f"min_seconds {self.min_seconds} must be at most half of max_seconds {self.max_seconds}"
+            )
 
 
 def _smooth(x: np.ndarray, width: int) -> np.ndarray:
@@ -64,9 +73,9 @@ def energy_score(x: np.ndarray, rate: int, hop_seconds: float) -> tuple[np.ndarr
     hop = max(1, int(round(hop_seconds * rate)))
     n = len(x) // hop
     frames = x[: n * hop].astype(np.float64).reshape(n, hop)
-    rms = np.sqrt((frames ** 2).mean(axis=1))
+    rms = np.sqrt((frames**2).mean(axis=1))
     if len(x) > n * hop:  # the last partial frame counts too
-        rms = np.append(rms, np.sqrt((x[n * hop:].astype(np.float64) ** 2).mean()))
+        rms = np.append(rms, np.sqrt((x[n * hop :].astype(np.float64) ** 2).mean()))
     return 20 * np.log10(rms + 1e-6), hop / rate
 
 
@@ -89,20 +98,28 @@ def vad_score(x: np.ndarray, rate: int) -> tuple[np.ndarray, float]:
     if rate != VAD_RATE:
         raise CutterError(f"the VAD cutter needs {VAD_RATE} Hz audio, not {rate} Hz")
     if _VAD_MODEL is None:
-        threads = torch.get_num_threads()   # silero_vad sets torch's global thread count on import: restore it
+        threads = (
+            torch.get_num_threads()
+        )  # silero_vad sets torch's global thread count on import: restore it
         try:
             from silero_vad import load_silero_vad
         except ImportError:
-            raise CutterError("--cutter vad needs the silero-vad package: pip install silero-vad "
-                              "(or use --cutter energy)") from None
+            raise CutterError(
+                "--cutter vad needs the silero-vad package: pip install silero-vad "
+                "(or use --cutter energy)"
+            ) from None
         _VAD_MODEL = load_silero_vad()
         torch.set_num_threads(threads)
     with torch.inference_mode():
-        probs = _VAD_MODEL.audio_forward(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), VAD_RATE)
+        probs = _VAD_MODEL.audio_forward(
+            torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), VAD_RATE
+        )
     return probs[0].numpy().astype(np.float64), 512 / VAD_RATE
 
 
-def choose_cuts(score: np.ndarray, hop: float, duration: float, cfg: CutterConfig, tolerance: float) -> list[float]:
+def choose_cuts(
+    score: np.ndarray, hop: float, duration: float, cfg: CutterConfig, tolerance: float
+) -> list[float]:
     """Cut times (seconds, increasing, excluding 0 and ``duration``) such that every piece is ≤ max_seconds.
 
     ``score[i]`` describes the frame [i·hop, (i+1)·hop); a cut at a frame's centre. Pure function of its inputs,
@@ -116,10 +133,10 @@ def choose_cuts(score: np.ndarray, hop: float, duration: float, cfg: CutterConfi
         f_lo = int(np.ceil(lo / hop - 0.5))
         f_hi = int(np.floor(hi / hop - 0.5))
         f_hi = min(f_hi, len(score) - 1)
-        if f_hi < f_lo:          # window narrower than a frame: cut at the limit
+        if f_hi < f_lo:  # window narrower than a frame: cut at the limit
             cut = hi
         else:
-            w = score[f_lo: f_hi + 1]
+            w = score[f_lo : f_hi + 1]
             quiet = w <= w.min() + tolerance
             # runs of quiet frames: the longest run's middle (ties: the latest run)
             edges = np.flatnonzero(np.diff(np.concatenate([[0], quiet.astype(np.int8), [0]])))

@@ -5,6 +5,7 @@ segment it overlaps most (ties: the earlier segment), so an utterance that strad
 twice, and joins a segment's pieces in time order. Cuts are placed in pauses (predict/segmenter.py), so a piece
 rarely straddles one.
 """
+
 from __future__ import annotations
 
 import csv
@@ -39,7 +40,9 @@ def read_transcript_csv(path: str | Path) -> dict[str, list[Piece]]:
     try:
         raw = path.read_bytes()
     except OSError as e:
-        raise TranscriptError(f"{path}: cannot read the transcripts ({e.strerror or e}); check --transcripts") from None
+        raise TranscriptError(
+            f"{path}: cannot read the transcripts ({e.strerror or e}); check --transcripts"
+        ) from None
     for enc in ("utf-8-sig", "gb18030"):
         try:
             text = raw.decode(enc)
@@ -52,14 +55,19 @@ def read_transcript_csv(path: str | Path) -> dict[str, list[Piece]]:
     fields = {(f or "").strip().lower(): f for f in (reader.fieldnames or [])}
     missing = [c for c in REQUIRED if c not in fields]
     if missing:
-        raise TranscriptError(f"{path}: missing column {', '.join(missing)} (found: {', '.join(fields) or 'none'}); "
-                              f"the transcripts CSV needs {','.join(REQUIRED)}")
+        raise TranscriptError(
+            f"{path}: missing column {', '.join(missing)} (found: {', '.join(fields) or 'none'}); "
+            f"the transcripts CSV needs {','.join(REQUIRED)}"
+        )
     out: dict[str, list[Piece]] = {}
     bad = []
     for n, row in enumerate(reader, start=2):
         cid = (row[fields["call_id"]] or "").strip()
         try:
-            raw_start, raw_end = (row[fields["start"]] or "").strip(), (row[fields["end"]] or "").strip()
+            raw_start, raw_end = (
+                (row[fields["start"]] or "").strip(),
+                (row[fields["end"]] or "").strip(),
+            )
             start = float(raw_start) if raw_start else 0.0
             end = float(raw_end) if raw_end else math.inf
             if not (math.isfinite(start) and not math.isnan(end) and end >= start >= 0):
@@ -70,8 +78,12 @@ def read_transcript_csv(path: str | Path) -> dict[str, list[Piece]]:
         if cid:
             out.setdefault(cid, []).append(Piece(start, end, (row[fields["text"]] or "").strip()))
     if bad:
-        log.warning("%s: %d rows without valid start/end seconds are ignored (lines %s)", path, len(bad),
-                    ", ".join(map(str, bad[:10])) + (" …" if len(bad) > 10 else ""))
+        log.warning(
+            "%s: %d rows without valid start/end seconds are ignored (lines %s)",
+            path,
+            len(bad),
+            ", ".join(map(str, bad[:10])) + (" …" if len(bad) > 10 else ""),
+        )
     return {cid: sorted(p, key=lambda x: (x.start, x.end)) for cid, p in out.items()}
 
 
@@ -88,15 +100,17 @@ def assign_text(pieces: list[Piece], bounds: list[tuple[float, float]]) -> list[
     for p in sorted(pieces, key=lambda x: (x.start, x.end)):
         if not p.text:
             continue
-        end = p.end if math.isfinite(p.end) else max(float(ends.max()), p.start)   # empty end: the recording's
+        end = (
+            p.end if math.isfinite(p.end) else max(float(ends.max()), p.start)
+        )  # empty end: the recording's
         overlap = np.minimum(ends, end) - np.maximum(starts, p.start)
-        if end <= p.start:   # a point: the segment containing it
+        if end <= p.start:  # a point: the segment containing it
             overlap = np.where((starts <= p.start) & (p.start < ends), 1.0, -np.inf)
         if overlap.max() <= 0:
             mid = (p.start + end) / 2
             i = int(np.argmin(np.maximum(starts - mid, 0) + np.maximum(mid - ends, 0)))
         else:
-            i = int(np.argmax(overlap))   # first maximum: ties go to the earlier segment
+            i = int(np.argmax(overlap))  # first maximum: ties go to the earlier segment
         texts[i].append(p.text)
     return [" ".join(t) for t in texts]
 
@@ -108,18 +122,30 @@ class AsrTranscriber:
 
     RATE = 16000
 
-    def __init__(self, model: str, device: str = "cpu", chunk_seconds: float = 30.0, batch_size: int = 8,
-                 trust_remote_code: bool = False):
+    def __init__(
+        self,
+        model: str,
+        device: str = "cpu",
+        chunk_seconds: float = 30.0,
+        batch_size: int = 8,
+        trust_remote_code: bool = False,
+    ):
         from transformers import pipeline
 
         check_asr_model(model)
         try:
-            self.pipe = pipeline("automatic-speech-recognition", model=model, device=torch_device(device),
-                                 trust_remote_code=trust_remote_code)
+            self.pipe = pipeline(
+                "automatic-speech-recognition",
+                model=model,
+                device=torch_device(device),
+                trust_remote_code=trust_remote_code,
+            )
         except (OSError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise TranscriptError(f"--asr {model}: cannot load the speech recognition model ({first}); give a hub "
-                                  "id or a local folder, or use --transcripts CSV") from None
+            raise TranscriptError(
+                f"--asr {model}: cannot load the speech recognition model ({first}); give a hub "
+                "id or a local folder, or use --transcripts CSV"
+            ) from None
         self.model, self.chunk_seconds, self.batch_size = model, chunk_seconds, batch_size
         fe = getattr(self.pipe, "feature_extractor", None)
         self.rate = int(getattr(fe, "sampling_rate", self.RATE) or self.RATE)
@@ -127,13 +153,19 @@ class AsrTranscriber:
     def __call__(self, x: np.ndarray, rate: int) -> list[Piece]:
         """Timed pieces of the recording ``x`` (mono float32 at ``rate`` Hz)."""
         duration = len(x) / rate
-        if rate != self.rate:   # the model's own rate; soxr, as extract resamples
+        if rate != self.rate:  # the model's own rate; soxr, as extract resamples
             import soxr
 
             x = soxr.resample(x, rate, self.rate, quality="HQ").astype(np.float32, copy=False)
-        out = self.pipe({"raw": x, "sampling_rate": self.rate}, return_timestamps=True,
-                        chunk_length_s=self.chunk_seconds, batch_size=self.batch_size)
-        return pieces_from_chunks(out.get("chunks") or [], duration, fallback_text=out.get("text", ""))
+        out = self.pipe(
+            {"raw": x, "sampling_rate": self.rate},
+            return_timestamps=True,
+            chunk_length_s=self.chunk_seconds,
+            batch_size=self.batch_size,
+        )
+        return pieces_from_chunks(
+            out.get("chunks") or [], duration, fallback_text=out.get("text", "")
+        )
 
 
 def check_asr_model(model: str) -> None:
@@ -152,13 +184,18 @@ def check_asr_model(model: str) -> None:
             raise TranscriptError(f"{e}; or use --transcripts CSV") from None
         return
     if isinstance(try_to_load_from_cache(model, "config.json"), str):
-        return                          # in the local cache: loads without the network
+        return  # in the local cache: loads without the network
     if constants.HF_HUB_OFFLINE or not hub_reachable():
-        why = "downloads are off (HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE else \
-            f"{constants.ENDPOINT} cannot be reached"
-        raise TranscriptError(f"--asr {model}: not in the local Hugging Face cache and {why}; download it where "
-                              f"there is internet (`hf download {model} --local-dir DIR`), copy DIR here and pass "
-                              "--asr DIR, or use --transcripts CSV")
+        why = (
+            "downloads are off (HF_HUB_OFFLINE=1)"
+            if constants.HF_HUB_OFFLINE
+            else f"{constants.ENDPOINT} cannot be reached"
+        )
+        raise TranscriptError(
+            f"--asr {model}: not in the local Hugging Face cache and {why}; download it where "
+            f"there is internet (`hf download {model} --local-dir DIR`), copy DIR here and pass "
+            "--asr DIR, or use --transcripts CSV"
+        )
 
 
 def torch_device(device: str):
@@ -181,6 +218,8 @@ def pieces_from_chunks(chunks: list[dict], duration: float, fallback_text: str =
         if text:
             pieces.append(Piece(start, end, text))
         prev_end = end
-    if not pieces and fallback_text.strip():   # a model without timestamps: the whole text over the recording
+    if (
+        not pieces and fallback_text.strip()
+    ):  # a model without timestamps: the whole text over the recording
         pieces.append(Piece(0.0, duration, fallback_text.strip()))
     return pieces

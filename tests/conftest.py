@@ -1,4 +1,5 @@
 """Shared fixtures: tiny encoders built once per session and saved like real checkpoints, small WAV writers."""
+
 from __future__ import annotations
 
 import csv
@@ -20,7 +21,9 @@ def assert_same_features(a, b, err_msg: str = "") -> None:
     if a.dtype.kind != "f":
         np.testing.assert_array_equal(a, b, err_msg=err_msg)
         return
-    np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), rtol=2**-9, atol=1e-4, err_msg=err_msg)
+    np.testing.assert_allclose(
+        a.astype(np.float32), b.astype(np.float32), rtol=2**-9, atol=1e-4, err_msg=err_msg
+    )
 
 
 @pytest.fixture
@@ -45,12 +48,21 @@ def tiny_encoders(tmp_path_factory) -> dict[str, Path]:
     return {"group": group, "layer": layer, "text": text}
 
 
-def write_wav(path: Path, seconds: float, rate: int = 8000, *, seed: int = 0, channels: int = 1,
-              freq: float = 180.0) -> Path:
+def write_wav(
+    path: Path,
+    seconds: float,
+    rate: int = 8000,
+    *,
+    seed: int = 0,
+    channels: int = 1,
+    freq: float = 180.0,
+) -> Path:
     """A voice-like test signal (harmonics + noise)."""
     rng = np.random.default_rng(seed)
     t = np.arange(int(round(seconds * rate))) / rate
-    x = sum(np.sin(2 * np.pi * freq * k * t) / k for k in range(1, 6)) * 0.1 + 0.01 * rng.standard_normal(len(t))
+    x = sum(
+        np.sin(2 * np.pi * freq * k * t) / k for k in range(1, 6)
+    ) * 0.1 + 0.01 * rng.standard_normal(len(t))
     x = x.astype(np.float32)
     if channels > 1:
         x = np.stack([x * (1 + 0.1 * c) for c in range(channels)], axis=1)
@@ -59,8 +71,15 @@ def write_wav(path: Path, seconds: float, rate: int = 8000, *, seed: int = 0, ch
     return path
 
 
-def write_marketcalls(root: Path, calls: int = 9, segments: int = 3, *, seconds=(1.0, 3.0), seed: int = 0,
-                      rate: int = 8000) -> Path:
+def write_marketcalls(
+    root: Path,
+    calls: int = 9,
+    segments: int = 3,
+    *,
+    seconds=(1.0, 3.0),
+    seed: int = 0,
+    rate: int = 8000,
+) -> Path:
     """A small dataset in the released MarketCalls format (train/valid/test CSVs + audio/)."""
     rng = np.random.default_rng(seed)
     words = "好的可以我想了解一下价格不需要谢谢再见"
@@ -70,10 +89,17 @@ def write_marketcalls(root: Path, calls: int = 9, segments: int = 3, *, seconds=
         label = "ABCDE"[c % 5]
         for k in range(segments):
             name = f"1380000{c:04d}_{k}"
-            write_wav(root / "audio" / f"{name}.wav", float(rng.uniform(*seconds)), rate, seed=seed + 31 * c + k,
-                      freq=120 + 20 * (c % 4))
+            write_wav(
+                root / "audio" / f"{name}.wav",
+                float(rng.uniform(*seconds)),
+                rate,
+                seed=seed + 31 * c + k,
+                freq=120 + 20 * (c % 4),
+            )
             text = "".join(rng.choice(list(words), size=int(rng.integers(4, 20))))
-            rows[split].append({"phone": f"1380000{c:04d}", "Audio_id": name, "text": text, "label": label})
+            rows[split].append(
+                {"phone": f"1380000{c:04d}", "Audio_id": name, "text": text, "label": label}
+            )
     for split, rs in rows.items():
         with open(root / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
             w = csv.DictWriter(f, fieldnames=["phone", "Audio_id", "text", "label"])

@@ -1,4 +1,5 @@
 """pipeline/atomic.py: the one helper every stage writes its must-not-be-half-written files with."""
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,8 @@ def umask_027():
 def test_new_file_gets_the_umask_mode_not_0600(tmp_path, umask_027):
     atomic_write_text(tmp_path / "a.txt", "hello")
     assert (tmp_path / "a.txt").read_text() == "hello"
-    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o640   # 0o666 & ~0o027, like open()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]        # no temporary file left
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o640  # 0o666 & ~0o027, like open()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]  # no temporary file left
 
 
 def test_an_error_leaves_the_old_file_and_no_temporary(tmp_path):

@@ -1,6 +1,7 @@
 """The bad-input corpus (tests/data/make_bad_inputs.py) through `msmtfn-extract`: every good item is extracted,
 every bad one is named in the report with its reason, no bad item stops the run, and the exit code says that
 something was skipped. A dataset-level problem (a CSV without a required column) is one line, before any work."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -16,24 +17,49 @@ from pipeline.store import CacheStore
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-_spec = importlib.util.spec_from_file_location("make_bad_inputs", Path(__file__).parent / "data" / "make_bad_inputs.py")
+_spec = importlib.util.spec_from_file_location(
+    "make_bad_inputs", Path(__file__).parent / "data" / "make_bad_inputs.py"
+)
 make_bad_inputs = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(make_bad_inputs)
 
 
 def _args(data: Path, out: Path, enc: dict) -> list[str]:
-    return ["--dataset", "marketcalls", "--data-dir", str(data), "--out", str(out), "--audio-model", str(enc["group"]),
-            "--text-model", str(enc["text"]), "--num-workers", "1", "--max-text-tokens", "32", "-q"]
+    return [
+        "--dataset",
+        "marketcalls",
+        "--data-dir",
+        str(data),
+        "--out",
+        str(out),
+        "--audio-model",
+        str(enc["group"]),
+        "--text-model",
+        str(enc["text"]),
+        "--num-workers",
+        "1",
+        "--max-text-tokens",
+        "32",
+        "-q",
+    ]
 
 
-@pytest.mark.parametrize("long_seconds", [
-    pytest.param(200, id="200s-recording"),     # the default suite: ≤ 40 s pieces shown on 5 pieces
-    pytest.param(make_bad_inputs.LONG_SECONDS, id="3-hour-recording", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "long_seconds",
+    [
+        pytest.param(
+            200, id="200s-recording"
+        ),  # the default suite: ≤ 40 s pieces shown on 5 pieces
+        pytest.param(make_bad_inputs.LONG_SECONDS, id="3-hour-recording", marks=pytest.mark.slow),
+    ],
+)
 def test_bad_input_corpus(tmp_path, tiny_encoders, long_seconds):
     expected = make_bad_inputs.make_corpus(tmp_path, long=True, long_seconds=long_seconds)
     out = tmp_path / "corpus.zarr"
     r = CliRunner().invoke(extract_cli, _args(tmp_path / "corpus", out, tiny_encoders))
-    assert r.exit_code == 3, r.output          # 3 = finished, some inputs skipped (documented in the README)
+    assert r.exit_code == 3, (
+        r.output
+    )  # 3 = finished, some inputs skipped (documented in the README)
     report = json.loads((out / "report.json").read_text())
     skipped = {s["segment_id"]: s["reason"] for s in report["skipped"]}
     manifest = report["manifest_issues"]
@@ -49,9 +75,15 @@ def test_bad_input_corpus(tmp_path, tiny_encoders, long_seconds):
         by_id.setdefault(str(sid).split("#")[0].split("@")[0], []).append(i)
 
     def manifest_names(call_id: str, reason: str) -> bool:
-        return any(reason in m["reason"] and (call_id in m["where"] or call_id in m["reason"]) for m in manifest) or \
-            any(reason in m["reason"] and m["where"].startswith(("train.csv", "valid.csv", "test.csv"))
-                and call_id in _row_of(tmp_path / "corpus", m["where"]) for m in manifest)
+        return any(
+            reason in m["reason"] and (call_id in m["where"] or call_id in m["reason"])
+            for m in manifest
+        ) or any(
+            reason in m["reason"]
+            and m["where"].startswith(("train.csv", "valid.csv", "test.csv"))
+            and call_id in _row_of(tmp_path / "corpus", m["where"])
+            for m in manifest
+        )
 
     for name, exp in expected.items():
         if exp["outcome"] == "dataset error":
@@ -62,13 +94,16 @@ def test_bad_input_corpus(tmp_path, tiny_encoders, long_seconds):
             assert rows and done[rows].all(), f"{name}: not extracted"
             assert not flagged[rows].any(), name
             if reason in ("silent", "empty transcript"):
-                assert any(w["segment_id"] in ids and reason in w["warning"] for w in warnings) or \
-                    manifest_names(exp["call_id"], reason), f"{name}: no warning"
+                assert any(
+                    w["segment_id"] in ids and reason in w["warning"] for w in warnings
+                ) or manifest_names(exp["call_id"], reason), f"{name}: no warning"
             elif reason == "duplicate segment":
                 assert manifest_names(exp["call_id"], reason), f"{name}: duplicate not named"
         elif outcome == "skipped":
             for sid in ids:
-                assert reason in skipped.get(sid, ""), f"{name}: expected {reason!r}, got {skipped.get(sid)!r}"
+                assert reason in skipped.get(sid, ""), (
+                    f"{name}: expected {reason!r}, got {skipped.get(sid)!r}"
+                )
                 (row,) = by_id[sid]
                 assert flagged[row] and not done[row] and reason in store.skip_reasons()[row]
         elif outcome == "manifest":
@@ -88,13 +123,17 @@ def test_bad_input_corpus(tmp_path, tiny_encoders, long_seconds):
     r = CliRunner().invoke(extract_cli, _args(tmp_path / "corpus", out, tiny_encoders))
     assert r.exit_code == 3, r.output
     again = json.loads((out / "report.json").read_text())
-    assert again["segments_encoded_this_run"] == 0 and len(again["skipped"]) == len(report["skipped"])
+    assert again["segments_encoded_this_run"] == 0 and len(again["skipped"]) == len(
+        report["skipped"]
+    )
     np.testing.assert_array_equal(before, np.asarray(CacheStore.open(out).array("audio/hidden")[:]))
 
     # a dataset-level problem: one line naming the file and what is missing; nothing written
     bad = expected["CSV with a missing column"]
-    r = CliRunner().invoke(extract_cli, _args(Path(bad["data_dir"]), tmp_path / "bad.zarr", tiny_encoders))
-    assert r.exit_code == 1, r.output         # 1 = error, nothing done
+    r = CliRunner().invoke(
+        extract_cli, _args(Path(bad["data_dir"]), tmp_path / "bad.zarr", tiny_encoders)
+    )
+    assert r.exit_code == 1, r.output  # 1 = error, nothing done
     lines = [x for x in r.output.splitlines() if x.strip()]
     assert len(lines) == 1 and "train.csv" in lines[0] and bad["reason"] in lines[0], r.output
     assert not (tmp_path / "bad.zarr").exists() and not (tmp_path / "bad.zarr.lock").exists()

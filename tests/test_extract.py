@@ -1,4 +1,5 @@
 """Stage 1 end to end on CPU with tiny encoders: schema, exactness of batching, resume, refusal, bad input."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,8 @@ import pytest
 import soundfile as sf
 import torch
 from click.testing import CliRunner
-
 from conftest import assert_same_features, write_marketcalls, write_wav
+
 from extract.audio import AudioPolicy
 from extract.cli import main as extract_cli
 from extract.encoders import AudioEncoder, EncoderSpec, TextEncoder
@@ -25,8 +26,16 @@ from pipeline.store import SCHEMA_VERSION, CacheStore, StoreError
 
 
 def _cfg(data: Path, out: Path, enc: dict, norm: str = "group", **kw) -> ExtractConfig:
-    base = dict(dataset="marketcalls", data_dir=str(data), out=str(out), audio_model=str(enc[norm]),
-                text_model=str(enc["text"]), num_workers=0, shard_size=4, block_shards=2)
+    base = dict(
+        dataset="marketcalls",
+        data_dir=str(data),
+        out=str(out),
+        audio_model=str(enc[norm]),
+        text_model=str(enc["text"]),
+        num_workers=0,
+        shard_size=4,
+        block_shards=2,
+    )
     base.update(kw)
     return ExtractConfig(**base)
 
@@ -58,7 +67,9 @@ def test_end_to_end_store_schema(tmp_path, tiny_encoders):
     A, T = ah[:], th[:]
     for i in range(18):
         assert 0 < al[i] < 999 and 2 < tl[i] <= 199
-        assert np.all(A[i, al[i]:] == 0) and np.all(T[i, tl[i]:] == 0), "padding rows must be zeros"
+        assert np.all(A[i, al[i] :] == 0) and np.all(T[i, tl[i] :] == 0), (
+            "padding rows must be zeros"
+        )
         assert np.abs(A[i, : al[i]]).sum() > 0
     t = s.table()
     assert set(t["split"]) == {"train", "valid", "test"} and set(t["variant"]) == {"orig"}
@@ -76,7 +87,9 @@ def test_end_to_end_store_schema(tmp_path, tiny_encoders):
 @pytest.mark.parametrize("norm", ["group", "layer"])
 def test_stored_rows_equal_each_segment_encoded_alone(tmp_path, tiny_encoders, norm):
     data = write_marketcalls(tmp_path / "mc", calls=6, segments=3, seconds=(0.5, 4.0))
-    res = extract(_cfg(data, tmp_path / "c.zarr", tiny_encoders, norm=norm, batch_seconds=400), progress=False)
+    res = extract(
+        _cfg(data, tmp_path / "c.zarr", tiny_encoders, norm=norm, batch_seconds=400), progress=False
+    )
     s = CacheStore.open(res.store)
     rows = [seg for seg in load_manifest("marketcalls", data).segments]
     by_id = {r.segment_id: r for r in rows}
@@ -94,7 +107,9 @@ def test_stored_rows_equal_each_segment_encoded_alone(tmp_path, tiny_encoders, n
     assert len(set(al.tolist())) > 5, "segments of many lengths share batches"
     for i in range(len(segs)):
         item = src[i]
-        with torch.no_grad():  # the reference: the plain HF forward on this segment alone, no padding at all
+        with (
+            torch.no_grad()
+        ):  # the reference: the plain HF forward on this segment alone, no padding at all
             ha = plain_audio(item["wave"][None]).last_hidden_state[0]
             ht = plain_text(input_ids=torch.tensor([item["ids"]])).last_hidden_state[0]
         la, lt = ha.shape[0] // 2, ht.shape[0]
@@ -133,7 +148,11 @@ def test_layer_selection_matches_hf_hidden_states(tiny_encoders):
         out = m(w[None], output_hidden_states=True)
     # 0 = input to the first block, i = output of block i, -1 = last_hidden_state (after a pre-LN model's
     # final LayerNorm, which transformers 5 leaves out of hidden_states[-1])
-    for layer, ref in ((0, out.hidden_states[0][0]), (1, out.hidden_states[1][0]), (-1, out.last_hidden_state[0])):
+    for layer, ref in (
+        (0, out.hidden_states[0][0]),
+        (1, out.hidden_states[1][0]),
+        (-1, out.last_hidden_state[0]),
+    ):
         enc = AudioEncoder(EncoderSpec(str(tiny_encoders["layer"]), layer=layer), pool=1)
         got, _ = enc.encode([w])
         torch.testing.assert_close(got[0], ref, rtol=1e-4, atol=1e-5)
@@ -142,7 +161,9 @@ def test_layer_selection_matches_hf_hidden_states(tiny_encoders):
 # ----------------------------------------------------------- segmentation
 def test_long_segment_is_split_not_truncated(tmp_path, tiny_encoders):
     data = write_marketcalls(tmp_path / "mc", calls=3, segments=1)
-    long = write_wav(data / "audio" / "13800000000_0.wav", 95.0, 8000, seed=5)  # replace call 0's segment
+    long = write_wav(
+        data / "audio" / "13800000000_0.wav", 95.0, 8000, seed=5
+    )  # replace call 0's segment
     res = extract(_cfg(data, tmp_path / "c.zarr", tiny_encoders), progress=False)
     s = CacheStore.open(res.store)
     t = s.table()
@@ -151,7 +172,9 @@ def test_long_segment_is_split_not_truncated(tmp_path, tiny_encoders):
     starts, ends = t["start"][idx], t["end"][idx]
     assert np.all(ends - starts <= 40.0 + 1e-6)
     assert starts[0] == 0 and abs(ends[-1] - sf.info(long).duration) < 1e-3
-    assert np.all(np.abs(s.lengths("audio")[idx] - 95 / 3 * 25) < 2), "each 31.7 s piece holds ~791 rows at 25/s"
+    assert np.all(np.abs(s.lengths("audio")[idx] - 95 / 3 * 25) < 2), (
+        "each 31.7 s piece holds ~791 rows at 25/s"
+    )
     assert res.done == res.total
 
 
@@ -159,7 +182,9 @@ def test_long_segment_is_split_not_truncated(tmp_path, tiny_encoders):
 def test_rate_policies_give_999_frames_for_40_s(tmp_path, tiny_encoders, policy, pool, rate):
     data = write_marketcalls(tmp_path / "mc", calls=3, segments=1)
     write_wav(data / "audio" / "13800000000_0.wav", 40.0, 8000, seed=1)
-    res = extract(_cfg(data, tmp_path / "c.zarr", tiny_encoders, rate_policy=policy), progress=False)
+    res = extract(
+        _cfg(data, tmp_path / "c.zarr", tiny_encoders, rate_policy=policy), progress=False
+    )
     s = CacheStore.open(res.store)
     assert s.shape.audio_frames == 999
     assert s.settings["audio"]["pool"] == pool and s.settings["audio"]["input_rate"] == rate
@@ -180,14 +205,34 @@ def test_rerun_skips_finished_segments(tmp_path, tiny_encoders):
         np.testing.assert_array_equal(before[k], after[k])
 
 
-@pytest.mark.parametrize("calls,attempts", [
-    pytest.param(8, 1, id="one-kill"),                              # the default suite
-    pytest.param(16, 3, id="three-kills", marks=pytest.mark.slow)])  # (the 20-kill run: test_reliability_slow)
-def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_encoders, one_torch_thread, calls, attempts):
+@pytest.mark.parametrize(
+    "calls,attempts",
+    [
+        pytest.param(8, 1, id="one-kill"),  # the default suite
+        pytest.param(16, 3, id="three-kills", marks=pytest.mark.slow),
+    ],
+)  # (the 20-kill run: test_reliability_slow)
+def test_sigkill_then_resume_matches_uninterrupted(
+    tmp_path, tiny_encoders, one_torch_thread, calls, attempts
+):
     data = write_marketcalls(tmp_path / "mc", calls=calls, segments=4, seconds=(4.0, 12.0))
-    common = ["--dataset", "marketcalls", "--data-dir", str(data), "--audio-model", str(tiny_encoders["group"]),
-              "--text-model", str(tiny_encoders["text"]), "--loader-workers", "0", "--shard-size", "2", "-q",
-              "--batch-seconds", "40"]
+    common = [
+        "--dataset",
+        "marketcalls",
+        "--data-dir",
+        str(data),
+        "--audio-model",
+        str(tiny_encoders["group"]),
+        "--text-model",
+        str(tiny_encoders["text"]),
+        "--loader-workers",
+        "0",
+        "--shard-size",
+        "2",
+        "-q",
+        "--batch-seconds",
+        "40",
+    ]
     # one thread everywhere: tiny models gain nothing from more, and a busy CPU makes OpenMP spin
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
     ref = tmp_path / "ref.zarr"
@@ -198,9 +243,12 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_encoders, one_
     kills = 0
     step = calls * 4 // (attempts + 1)
     for attempt in range(attempts):
-        p = subprocess.Popen([sys.executable, "-m", "extract.cli", *common, "--out", str(out)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             env=env)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "extract.cli", *common, "--out", str(out)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
         # kill once some (but not all) shards of this attempt are done
         target = step * (attempt + 1)
         while p.poll() is None:
@@ -218,8 +266,12 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_encoders, one_
         if CacheStore.open(out).done().all():
             break
     assert kills >= 1, "the run finished before any kill; make the dataset larger"
-    r = subprocess.run([sys.executable, "-m", "extract.cli", *common, "--out", str(out)], capture_output=True,
-                       text=True, env=env)
+    r = subprocess.run(
+        [sys.executable, "-m", "extract.cli", *common, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     a, b = _store_arrays(ref), _store_arrays(out)
     for k in a:
@@ -230,8 +282,21 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_encoders, one_
 def test_different_settings_are_refused_then_overwrite(tmp_path, tiny_encoders):
     data = write_marketcalls(tmp_path / "mc", calls=3, segments=2)
     out = tmp_path / "c.zarr"
-    args = ["--dataset", "marketcalls", "--data-dir", str(data), "--out", str(out), "--audio-model",
-            str(tiny_encoders["group"]), "--text-model", str(tiny_encoders["text"]), "--num-workers", "0", "-q"]
+    args = [
+        "--dataset",
+        "marketcalls",
+        "--data-dir",
+        str(data),
+        "--out",
+        str(out),
+        "--audio-model",
+        str(tiny_encoders["group"]),
+        "--text-model",
+        str(tiny_encoders["text"]),
+        "--num-workers",
+        "0",
+        "-q",
+    ]
     runner = CliRunner()
     assert runner.invoke(extract_cli, args).exit_code == 0
     r = runner.invoke(extract_cli, [*args, "--max-text-tokens", "64"])
@@ -261,23 +326,30 @@ def test_store_from_newer_schema_is_refused(tmp_path, tiny_encoders):
 def test_bad_inputs_are_skipped_and_named(tmp_path, tiny_encoders):
     data = write_marketcalls(tmp_path / "mc", calls=12, segments=1)
     audio = data / "audio"
-    (audio / "13800000000_0.wav").unlink()                                  # missing
-    (audio / "13800000001_0.wav").write_bytes(b"")                          # zero bytes
-    (audio / "13800000002_0.wav").write_bytes((audio / "13800000003_0.wav").read_bytes()[:30])  # cut header
+    (audio / "13800000000_0.wav").unlink()  # missing
+    (audio / "13800000001_0.wav").write_bytes(b"")  # zero bytes
+    (audio / "13800000002_0.wav").write_bytes(
+        (audio / "13800000003_0.wav").read_bytes()[:30]
+    )  # cut header
     (audio / "13800000004_0.wav").write_bytes(b"this is not audio at all" * 50)
-    sf.write(audio / "13800000005_0.wav", np.zeros(16000, np.float32), 8000)   # silent: kept, warned
+    sf.write(audio / "13800000005_0.wav", np.zeros(16000, np.float32), 8000)  # silent: kept, warned
     x = np.random.default_rng(0).standard_normal(16000).astype(np.float32)
     x[100] = np.nan
-    sf.write(audio / "13800000006_0.wav", x, 16000, subtype="FLOAT")            # NaN
-    sf.write(audio / "13800000007_0.wav", np.zeros(1, np.float32), 8000)       # 1 sample
-    write_wav(audio / "13800000008_0.wav", 2.0, 44100, channels=2, seed=3)      # stereo 44.1 kHz: handled
-    write_wav(audio / "13800000009_0.wav", 2.0, 48000, seed=4)                  # 48 kHz: handled
+    sf.write(audio / "13800000006_0.wav", x, 16000, subtype="FLOAT")  # NaN
+    sf.write(audio / "13800000007_0.wav", np.zeros(1, np.float32), 8000)  # 1 sample
+    write_wav(
+        audio / "13800000008_0.wav", 2.0, 44100, channels=2, seed=3
+    )  # stereo 44.1 kHz: handled
+    write_wav(audio / "13800000009_0.wav", 2.0, 48000, seed=4)  # 48 kHz: handled
     res = extract(_cfg(data, tmp_path / "c.zarr", tiny_encoders), progress=False)
-    reasons = {it["segment_id"]: it["reason"] for it in json.loads(res.report.read_text())["skipped"]}
+    reasons = {
+        it["segment_id"]: it["reason"] for it in json.loads(res.report.read_text())["skipped"]
+    }
     manifest_issues = json.loads(res.report.read_text())["manifest_issues"]
     # the missing file is named (at manifest time or at extraction)
-    assert any("13800000000_0" in (m["where"] + m["reason"]) for m in manifest_issues) or \
-        "not found" in reasons.get("13800000000_0", "")
+    assert any(
+        "13800000000_0" in (m["where"] + m["reason"]) for m in manifest_issues
+    ) or "not found" in reasons.get("13800000000_0", "")
     assert "0 bytes" in reasons["13800000001_0"] or "empty" in reasons["13800000001_0"]
     assert "cannot decode" in reasons["13800000002_0"]
     assert "cannot decode" in reasons["13800000004_0"]
@@ -294,10 +366,26 @@ def test_bad_inputs_are_skipped_and_named(tmp_path, tiny_encoders):
     warnings = json.loads(res.report.read_text())["warnings"]
     assert any(w["segment_id"] == "13800000005_0" and "silent" in w["warning"] for w in warnings)
     # the CLI says so in its exit code, and a re-run retries only the bad rows
-    r = CliRunner().invoke(extract_cli, ["--dataset", "marketcalls", "--data-dir", str(data), "--out",
-                                         str(res.store), "--audio-model", str(tiny_encoders["group"]),
-                                         "--text-model", str(tiny_encoders["text"]), "--num-workers", "0",
-                                         "--shard-size", "4", "-q"])
+    r = CliRunner().invoke(
+        extract_cli,
+        [
+            "--dataset",
+            "marketcalls",
+            "--data-dir",
+            str(data),
+            "--out",
+            str(res.store),
+            "--audio-model",
+            str(tiny_encoders["group"]),
+            "--text-model",
+            str(tiny_encoders["text"]),
+            "--num-workers",
+            "0",
+            "--shard-size",
+            "4",
+            "-q",
+        ],
+    )
     assert r.exit_code == 3, r.output
 
 
@@ -332,12 +420,26 @@ def test_info_command(tmp_path, tiny_encoders):
     res = extract(_cfg(data, tmp_path / "c.zarr", tiny_encoders), progress=False)
     r = CliRunner().invoke(extract_cli, ["info", str(res.store)])
     assert r.exit_code == 0, r.output
-    for needle in ("schema version   1", "fingerprint", "12/12 done", "per split:", "train 2", "calls per label",
-                   "compression ratio", "on disk"):
+    for needle in (
+        "schema version   1",
+        "fingerprint",
+        "12/12 done",
+        "per split:",
+        "train 2",
+        "calls per label",
+        "compression ratio",
+        "on disk",
+    ):
         assert needle in r.output, needle
     r = CliRunner().invoke(extract_cli, ["info", str(res.store), "--json"])
     info = json.loads(r.output)
-    assert info["segments_done"] == 12 and info["calls_per_label"] == {"A": 2, "B": 1, "C": 1, "D": 1, "E": 1}
+    assert info["segments_done"] == 12 and info["calls_per_label"] == {
+        "A": 2,
+        "B": 1,
+        "C": 1,
+        "D": 1,
+        "E": 1,
+    }
     r = CliRunner().invoke(extract_cli, ["info", str(tmp_path / "nothing.zarr")])
     assert r.exit_code == 1 and "no cache store here" in r.output
 
@@ -360,8 +462,12 @@ def test_one_writer_per_store_and_stale_lock_taken_over(tmp_path, tiny_encoders)
     with StoreLock(out):  # a live writer (this process) holds the store
         with pytest.raises(StoreLocked, match="another msmtfn-extract is writing it"):
             extract(_cfg(data, out, tiny_encoders), progress=False)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    Path(str(out) + ".lock").write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    Path(str(out) + ".lock").write_text(
+        json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()})
+    )
     res = extract(_cfg(data, out, tiny_encoders), progress=False)  # the dead owner's lock is stale
     assert res.done == res.total and not Path(str(out) + ".lock").exists()
     Path(str(out) + ".lock").write_text(json.dumps({"pid": 1, "host": "another-host"}))
@@ -390,7 +496,9 @@ def test_write_failure_stops_cleanly_and_a_rerun_resumes(tmp_path, tiny_encoders
     with pytest.raises(WriteFailed, match="No space left.*run the same command to resume"):
         extract(_cfg(data, out, tiny_encoders, shard_size=2, write_threads=1), progress=False)
     done = CacheStore.open(out).done()
-    assert 0 < done.sum() < len(done), "the shards written before the failure are kept, and marked done"
+    assert 0 < done.sum() < len(done), (
+        "the shards written before the failure are kept, and marked done"
+    )
     a, b = _store_arrays(ref.store), _store_arrays(out)
     assert_same_features(a["audio/hidden"][done], b["audio/hidden"][done])
     assert not Path(str(out) + ".lock").exists(), "the lock is released on failure"

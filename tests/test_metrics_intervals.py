@@ -1,5 +1,6 @@
 """Bootstrap intervals of the reported figures: the vectorised metrics equal scikit-learn's on every resample,
 the interval has the width the binomial spread predicts, and segment-level items are resampled by call."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,11 +14,13 @@ from train.metrics import _resampled, all_task_metrics, bootstrap_intervals
 def test_vectorised_f1_equals_scikit_learn_on_resamples():
     rng = np.random.default_rng(0)
     t, p = rng.integers(0, 5, 60), rng.integers(0, 5, 60)
-    p[:3] = 4   # some class never true in a resample, some never predicted
+    p[:3] = 4  # some class never true in a resample, some never predicted
     idx = rng.integers(0, 60, size=(40, 60))
     for metric, avg in (("macro_f1", "macro"), ("weighted_f1", "weighted")):
         ours = _resampled(metric, t, p, idx, 5)
-        ref = [f1_score(t[i], p[i], labels=list(range(5)), average=avg, zero_division=0) for i in idx]
+        ref = [
+            f1_score(t[i], p[i], labels=list(range(5)), average=avg, zero_division=0) for i in idx
+        ]
         np.testing.assert_allclose(ours, ref, atol=1e-12)
 
 
@@ -34,17 +37,28 @@ def test_interval_width_matches_the_binomial_spread_and_contains_the_figure():
     assert lo < acc < hi
     expected = 2 * 1.96 * np.sqrt(acc * (1 - acc) / n)
     assert abs((hi - lo) - expected) < 0.25 * expected, (lo, hi, expected)
-    assert set(ci) == {"5", "4", "3", "2"} and set(ci["2"]) == {"accuracy", "macro_f1", "weighted_f1"}
-    assert ci == bootstrap_intervals(MARKETCALLS, truth, {"5": pred}), "seeded: the same intervals twice"
+    assert set(ci) == {"5", "4", "3", "2"} and set(ci["2"]) == {
+        "accuracy",
+        "macro_f1",
+        "weighted_f1",
+    }
+    assert ci == bootstrap_intervals(MARKETCALLS, truth, {"5": pred}), (
+        "seeded: the same intervals twice"
+    )
 
 
 def test_segment_level_items_are_resampled_by_call():
     scheme = get_scheme("sentiment")
     rng = np.random.default_rng(2)
-    calls = np.repeat(np.arange(10), 8)          # 10 videos of 8 utterances
-    score = np.repeat(rng.uniform(-3, 3, 10), 8)  # utterances of one video agree: the real sample is 10, not 80
+    calls = np.repeat(np.arange(10), 8)  # 10 videos of 8 utterances
+    score = np.repeat(
+        rng.uniform(-3, 3, 10), 8
+    )  # utterances of one video agree: the real sample is 10, not 80
     pred = score + rng.normal(0, 0.3, 80)
-    y = {"score": score, **{t: scheme.encode([repr(float(v)) for v in score], t) for t in ("2", "5", "7")}}
+    y = {
+        "score": score,
+        **{t: scheme.encode([repr(float(v)) for v in score], t) for t in ("2", "5", "7")},
+    }
     by_call = bootstrap_intervals(scheme, y, {"score": pred}, calls)["score"]["mae"]
     by_item = bootstrap_intervals(scheme, y, {"score": pred})["score"]["mae"]
     assert by_call[1] - by_call[0] > by_item[1] - by_item[0]

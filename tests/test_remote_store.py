@@ -1,5 +1,6 @@
 """Stores on S3 (a moto server on 127.0.0.1, nothing leaves the machine): extract into a bucket, resume and reopen
 it, refuse a stale one exactly like a local store, one writer per store (a lock object), train from it."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import assert_same_features, write_marketcalls
+
 from extract.cli import main as extract_cli
 from extract.run import ExtractConfig, extract
 from pipeline.lock import StoreLock, StoreLocked
@@ -21,19 +22,31 @@ from pipeline.store import CacheStore, StoreError
 pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")
 
-ARRAYS = ["audio/hidden", "audio/length", "text/hidden", "text/length", "done", "skipped", "skip_reason"]
+ARRAYS = [
+    "audio/hidden",
+    "audio/length",
+    "text/hidden",
+    "text/length",
+    "done",
+    "skipped",
+    "skip_reason",
+]
 BUCKET = "msmtfn-test"
 
 
 @pytest.fixture(scope="module")
 def s3():
     """A local S3 endpoint; the AWS_* variables point every client (s3fs, dask workers) at it."""
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)   # one line per request otherwise
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     import s3fs
@@ -49,8 +62,17 @@ def s3():
 
 
 def _cfg(data: Path, out, enc: dict, **kw) -> ExtractConfig:
-    base = dict(dataset="marketcalls", data_dir=str(data), out=str(out), audio_model=str(enc["group"]),
-                text_model=str(enc["text"]), num_workers=0, shard_size=4, block_shards=2, write_threads=2)
+    base = dict(
+        dataset="marketcalls",
+        data_dir=str(data),
+        out=str(out),
+        audio_model=str(enc["group"]),
+        text_model=str(enc["text"]),
+        num_workers=0,
+        shard_size=4,
+        block_shards=2,
+        write_threads=2,
+    )
     base.update(kw)
     return ExtractConfig(**base)
 
@@ -85,7 +107,11 @@ def test_extract_to_s3_equals_local_and_resumes(tmp_path, tiny_encoders, s3, one
     assert report["segments_done"] == 18 and report["store"] == url
     assert not fs.exists(f"{BUCKET}/mc.zarr.lock"), "the lock object is removed after the run"
     info = s.info()
-    assert info["segments_done"] == 18 and info["bytes_on_disk"] > 0 and info["compression_ratio_written"] > 1
+    assert (
+        info["segments_done"] == 18
+        and info["bytes_on_disk"] > 0
+        and info["compression_ratio_written"] > 1
+    )
     # the same command again: nothing to do (done flags read from the bucket)
     assert extract(_cfg(data, url, tiny_encoders), progress=False).computed == 0
     # half the flags cleared: a rerun encodes exactly those rows again, and the store is unchanged
@@ -106,8 +132,21 @@ def test_stale_remote_store_is_refused_like_a_local_one(tmp_path, tiny_encoders,
     runner = CliRunner()
     lines = {}
     for where in (str(tmp_path / "c.zarr"), f"{s3}/stale.zarr"):
-        args = ["--dataset", "marketcalls", "--data-dir", str(data), "--out", where, "--audio-model",
-                str(tiny_encoders["group"]), "--text-model", str(tiny_encoders["text"]), "--num-workers", "0", "-q"]
+        args = [
+            "--dataset",
+            "marketcalls",
+            "--data-dir",
+            str(data),
+            "--out",
+            where,
+            "--audio-model",
+            str(tiny_encoders["group"]),
+            "--text-model",
+            str(tiny_encoders["text"]),
+            "--num-workers",
+            "0",
+            "-q",
+        ]
         assert runner.invoke(extract_cli, args).exit_code == 0
         r = runner.invoke(extract_cli, [*args, "--max-text-tokens", "64"])
         assert r.exit_code == 1
@@ -119,13 +158,19 @@ def test_stale_remote_store_is_refused_like_a_local_one(tmp_path, tiny_encoders,
         assert r.exit_code == 0, r.output
         s = CacheStore.open(where)
         assert s.done().all() and s.shape.text_tokens == 64
-    assert len(set(lines.values())) == 1, lines   # the same message, store name aside
+    assert len(set(lines.values())) == 1, lines  # the same message, store name aside
     # no store at a URL, and an unreachable endpoint: one line each
     with pytest.raises(StoreError, match="no cache store here"):
         CacheStore.open(f"{s3}/nothing.zarr")
     with pytest.raises(StoreError, match="cannot reach the store") as err:
-        CacheStore.open(f"{s3}/x.zarr", storage_options={"endpoint_url": "http://127.0.0.1:9", "connect_timeout": 1,
-                                                          "config_kwargs": {"retries": {"max_attempts": 1}}})
+        CacheStore.open(
+            f"{s3}/x.zarr",
+            storage_options={
+                "endpoint_url": "http://127.0.0.1:9",
+                "connect_timeout": 1,
+                "config_kwargs": {"retries": {"max_attempts": 1}},
+            },
+        )
     assert "\n" not in str(err.value) and "AWS_ENDPOINT_URL" in str(err.value)
 
 
@@ -133,18 +178,25 @@ def test_one_writer_per_remote_store(tmp_path, tiny_encoders, s3):
     data = write_marketcalls(tmp_path / "mc", calls=3, segments=1)
     url = f"{s3}/locked.zarr"
     fs = _fs()
-    with StoreLock(url):   # a live writer (this process) holds it: the lock object exists while held
+    with StoreLock(url):  # a live writer (this process) holds it: the lock object exists while held
         assert fs.exists(f"{BUCKET}/locked.zarr.lock")
         with pytest.raises(StoreLocked, match="another msmtfn-extract is writing it"):
             extract(_cfg(data, url, tiny_encoders), progress=False)
-        with pytest.raises(FileExistsError):   # the conditional PUT itself refuses a second lock object
+        with pytest.raises(
+            FileExistsError
+        ):  # the conditional PUT itself refuses a second lock object
             fs.pipe_file(f"{BUCKET}/locked.zarr.lock", b"{}", mode="create")
     assert not fs.exists(f"{BUCKET}/locked.zarr.lock")
     # a lock left by a dead process on this host is taken over; one from another host is refused, naming the object
-    dead = {"pid": 2**22 + 12345, "host": socket.gethostname()}   # above Linux's largest pid: never alive
+    dead = {
+        "pid": 2**22 + 12345,
+        "host": socket.gethostname(),
+    }  # above Linux's largest pid: never alive
     fs.pipe_file(f"{BUCKET}/locked.zarr.lock", json.dumps(dead).encode())
     assert extract(_cfg(data, url, tiny_encoders), progress=False).done == 3
-    fs.pipe_file(f"{BUCKET}/locked.zarr.lock", json.dumps({"pid": 1, "host": "another-host"}).encode())
+    fs.pipe_file(
+        f"{BUCKET}/locked.zarr.lock", json.dumps({"pid": 1, "host": "another-host"}).encode()
+    )
     with pytest.raises(StoreLocked, match=f"another-host.*delete {url}.lock"):
         extract(_cfg(data, url, tiny_encoders), progress=False)
 
@@ -156,9 +208,27 @@ def test_train_reads_the_s3_store(tmp_path, tiny_encoders, s3, one_torch_thread)
     data = write_marketcalls(tmp_path / "mc", calls=9, segments=2)
     url = f"{s3}/train.zarr"
     assert extract(_cfg(data, url, tiny_encoders), progress=False).done == 18
-    m = fit(TrainConfig(cache=url, out=str(tmp_path / "run"), epochs=1, device="cpu", d_model=32, heads=4, ffn=64,
-                        gru_hidden=8, head_hidden=16, cross_layers=1, bottleneck_layers=1, plots=False,
-                        progress=False, threads=1))
+    m = fit(
+        TrainConfig(
+            cache=url,
+            out=str(tmp_path / "run"),
+            epochs=1,
+            device="cpu",
+            d_model=32,
+            heads=4,
+            ffn=64,
+            gru_hidden=8,
+            head_hidden=16,
+            cross_layers=1,
+            bottleneck_layers=1,
+            plots=False,
+            progress=False,
+            threads=1,
+        )
+    )
     assert m["epochs_run"] == 1
     conf = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert conf["cache"]["path"] == url and conf["cache"]["fingerprint"] == CacheStore.open(url).fingerprint
+    assert (
+        conf["cache"]["path"] == url
+        and conf["cache"]["fingerprint"] == CacheStore.open(url).fingerprint
+    )

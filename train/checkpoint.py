@@ -4,6 +4,7 @@ unpickles code.
 ``train_state.pt`` (the last finished epoch: model, optimizer, scheduler, RNG states, history) is what
 ``--resume`` continues from; it is read with ``torch.load(weights_only=True)``, which only rebuilds tensors and
 plain containers, and is removed when the run finishes."""
+
 from __future__ import annotations
 
 import io
@@ -25,7 +26,7 @@ from .model import MSMTFN, ModelDims, build_model
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 STATE = "train_state.pt"
-METRICS = "metrics.json"        # written last: its presence marks a finished run
+METRICS = "metrics.json"  # written last: its presence marks a finished run
 HISTORY = "history.csv"
 
 
@@ -35,18 +36,24 @@ class CheckpointError(Exception):
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp)
+        )
 
 
 def load_weights(model: torch.nn.Module, path: Path, device: torch.device) -> None:
     try:
         state = load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({e}); retrain or restore the file") from None
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({e}); retrain or restore the file"
+        ) from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"{path}: does not match the model (missing {list(missing)[:3]}, unexpected "
-                              f"{list(unexpected)[:3]})")
+        raise CheckpointError(
+            f"{path}: does not match the model (missing {list(missing)[:3]}, unexpected "
+            f"{list(unexpected)[:3]})"
+        )
 
 
 def write_run_config(run_dir: Path, cfg: TrainConfig, dims: ModelDims, extra: dict) -> None:
@@ -60,7 +67,9 @@ def read_run_config(run_dir: str | Path) -> dict:
     try:
         return json.loads((run_dir / CONFIG).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"{run_dir}: no readable {CONFIG} ({e}); is this a msmtfn-train run folder?") from None
+        raise CheckpointError(
+            f"{run_dir}: no readable {CONFIG} ({e}); is this a msmtfn-train run folder?"
+        ) from None
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[MSMTFN, TrainConfig]:
@@ -79,20 +88,40 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[M
 
 
 # --------------------------------------------------------------------------- training state (--resume)
-def save_train_state(path: Path, *, epoch: int, model, opt, sched, gen: torch.Generator, history: list[dict],
-                     best_score, best_epoch: int, bad: int, stopped: bool) -> None:
+def save_train_state(
+    path: Path,
+    *,
+    epoch: int,
+    model,
+    opt,
+    sched,
+    gen: torch.Generator,
+    history: list[dict],
+    best_score,
+    best_epoch: int,
+    bad: int,
+    stopped: bool,
+) -> None:
     np_state = np.random.get_state()
     py_state = random.getstate()
     state = {
-        "format": 1, "epoch": epoch, "stopped": stopped,
+        "format": 1,
+        "epoch": epoch,
+        "stopped": stopped,
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-        "rng": {"torch": torch.get_rng_state(), "generator": gen.get_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-                "python": [py_state[0], list(py_state[1]), py_state[2]]},
-        "history": history, "best_score": list(best_score) if best_score is not None else None,
-        "best_epoch": best_epoch, "bad": bad,
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "generator": gen.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+            "python": [py_state[0], list(py_state[1]), py_state[2]],
+        },
+        "history": history,
+        "best_score": list(best_score) if best_score is not None else None,
+        "best_epoch": best_epoch,
+        "bad": bad,
     }
     buf = io.BytesIO()
     torch.save(state, buf)
@@ -105,11 +134,22 @@ def load_train_state(path: Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or state.get("format") != 1:
             raise ValueError("unknown layout")
-        for key in ("epoch", "model", "optimizer", "scheduler", "rng", "history", "best_epoch", "bad"):
+        for key in (
+            "epoch",
+            "model",
+            "optimizer",
+            "scheduler",
+            "rng",
+            "history",
+            "best_epoch",
+            "bad",
+        ):
             state[key]  # noqa: B018 — KeyError if the file is not a whole state
     except Exception as e:  # torch raises many types for damaged zip/pickle data
-        raise CheckpointError(f"{path}: not a readable training state ({type(e).__name__}: {str(e)[:120]}); delete it "
-                              "to restart the run from epoch 1, or train into a new --out") from None
+        raise CheckpointError(
+            f"{path}: not a readable training state ({type(e).__name__}: {str(e)[:120]}); delete it "
+            "to restart the run from epoch 1, or train into a new --out"
+        ) from None
     return state
 
 
@@ -120,8 +160,10 @@ def restore_train_state(state: dict, model, opt, sched, gen: torch.Generator, pa
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
     except (RuntimeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"{path}: does not match this model ({str(e)[:160]}); delete it to restart the run, "
-                              "or train into a new --out") from None
+        raise CheckpointError(
+            f"{path}: does not match this model ({str(e)[:160]}); delete it to restart the run, "
+            "or train into a new --out"
+        ) from None
     rng = state["rng"]
     torch.set_rng_state(rng["torch"])
     gen.set_state(rng["generator"])

@@ -2,6 +2,7 @@
 
 Config files use the option names as keys (``batch-calls`` or ``batch_calls``; ``no-bigru = true`` works too);
 options given on the command line override the file. Defaults are explained in ``train/__init__.py``."""
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,7 @@ def available_cores() -> int:
     """CPU cores this process may run on (a container's or taskset's share, not the machine's count)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):   # macOS, Windows
+    except (AttributeError, OSError):  # macOS, Windows
         return max(1, os.cpu_count() or 1)
 
 
@@ -54,7 +55,9 @@ def effective_threads(threads: int) -> int:
 
 
 NEGATABLE = ("mtl", "bigru", "cross_attention", "bottleneck", "plots", "amp")
-RENAMED = {"text_layers": "text_branch_layers"}   # older run folders' config.json; not the extractor's --text-layer
+RENAMED = {
+    "text_layers": "text_branch_layers"
+}  # older run folders' config.json; not the extractor's --text-layer
 
 
 def normalise_keys(data: dict) -> dict:
@@ -72,8 +75,13 @@ def normalise_keys(data: dict) -> dict:
 
 # a field's annotation (a string: ``from __future__ import annotations``) -> the values it takes. Checked when a
 # config is made, because TOML, JSON and --set hand over whatever was written: bigru = "false" is a true string
-_TYPES = {"bool": ((bool,), "true or false"), "int": ((int,), "a whole number"),
-          "float": ((int, float), "a number"), "str": ((str,), "a string"), "dict": ((dict,), "a table")}
+_TYPES = {
+    "bool": ((bool,), "true or false"),
+    "int": ((int,), "a whole number"),
+    "float": ((int, float), "a number"),
+    "str": ((str,), "a string"),
+    "dict": ((dict,), "a table"),
+}
 
 
 def _type_problem(annotation: str, value) -> str | None:
@@ -82,12 +90,18 @@ def _type_problem(annotation: str, value) -> str | None:
         if value is None:
             return None
         annotation = "str"
-    if annotation not in _TYPES:        # tuple fields normalise themselves (augment_variants: a name or names)
+    if (
+        annotation not in _TYPES
+    ):  # tuple fields normalise themselves (augment_variants: a name or names)
         return None
     types, words = _TYPES[annotation]
     if isinstance(value, types) and (annotation == "bool" or not isinstance(value, bool)):
         return None
-    quoted = " (write it without quotes)" if isinstance(value, str) and _parses(value, annotation) else ""
+    quoted = (
+        " (write it without quotes)"
+        if isinstance(value, str) and _parses(value, annotation)
+        else ""
+    )
     return f"expected {words}, not {value!r}{quoted}"
 
 
@@ -104,49 +118,57 @@ def _parses(text: str, annotation: str) -> bool:
 @dataclass(frozen=True)
 class TrainConfig:
     cache: str
-    out: str | None = None              # run folder; default runs/<dataset>/<run-name>
-    device: str = "auto"                # auto = cuda when available
+    out: str | None = None  # run folder; default runs/<dataset>/<run-name>
+    device: str = "auto"  # auto = cuda when available
     seed: int = 0
     epochs: int = 60
-    patience: int = 8                   # epochs without a better validation score before stopping
-    lr: float = 3e-4                    # paper 1e-5 is too slow for layers trained from scratch (train/__init__.py)
+    patience: int = 8  # epochs without a better validation score before stopping
+    lr: float = 3e-4  # paper 1e-5 is too slow for layers trained from scratch (train/__init__.py)
     weight_decay: float = 0.01
-    warmup: float = 0.05                # fraction of steps with linear warm-up (then cosine decay)
-    batch_calls: int = 8                # calls per optimizer step (before accumulation)
+    warmup: float = 0.05  # fraction of steps with linear warm-up (then cosine decay)
+    batch_calls: int = 8  # calls per optimizer step (before accumulation)
     grad_accum: int = 1
     clip_norm: float = 1.0
-    amp: bool = True                    # bf16 autocast on CUDA (ignored on CPU)
-    task: str = ""                      # task that selects the checkpoint; "" = the dataset's main task (first)
-    modality: str = "both"              # both | text | audio
-    mtl: bool = True                    # False: only the --task head trains
-    bigru: bool = True                  # False: segment vectors are mean-pooled over the call
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    task: str = ""  # task that selects the checkpoint; "" = the dataset's main task (first)
+    modality: str = "both"  # both | text | audio
+    mtl: bool = True  # False: only the --task head trains
+    bigru: bool = True  # False: segment vectors are mean-pooled over the call
     cross_attention: bool = True
     bottleneck: bool = True
-    d_model: int = 0                    # 0 = the text encoder's width from the cache
+    d_model: int = 0  # 0 = the text encoder's width from the cache
     heads: int = 12
-    ffn: int = 0                        # 0 = 4 × d_model (3072 at the paper's 768)
-    dropout: float = 0.3                # residual, FFN, segment-vector and head dropout (paper: 0.3)
-    attn_dropout: float = 0.0           # dropout on attention weights (cheap on GPU, slow on CPU)
-    cross_layers: int = 4               # chained cross-modal layers of the second branch (text queries audio)
-    audio_stride: int = 1               # audio frames stacked side by side into one row (4: HuBERT's 20 ms → 80 ms)
-    text_branch_layers: int = 1         # self-attention layers of the text branch (the backbone the heads read)
+    ffn: int = 0  # 0 = 4 × d_model (3072 at the paper's 768)
+    dropout: float = 0.3  # residual, FFN, segment-vector and head dropout (paper: 0.3)
+    attn_dropout: float = 0.0  # dropout on attention weights (cheap on GPU, slow on CPU)
+    cross_layers: int = 4  # chained cross-modal layers of the second branch (text queries audio)
+    audio_stride: int = (
+        1  # audio frames stacked side by side into one row (4: HuBERT's 20 ms → 80 ms)
+    )
+    text_branch_layers: int = (
+        1  # self-attention layers of the text branch (the backbone the heads read)
+    )
     bottleneck_tokens: int = 4
     bottleneck_layers: int = 2
-    pooling: str = "mean"               # segment vector: mean (masked) | cls | flatten (paper; see train/__init__.py)
+    pooling: str = (
+        "mean"  # segment vector: mean (masked) | cls | flatten (paper; see train/__init__.py)
+    )
     gru_hidden: int = 128
     gru_layers: int = 2
     head_hidden: int = 512
-    loss_weights: dict = field(default_factory=dict)   # task -> weight; missing tasks weigh 1
-    augment_variants: tuple = ()        # cached augmentation variants sampled in training: () none, ("all",), names
-    max_cache_gb: float = 0.0           # 0 = auto: load to the device when it fits, else stream from the store
-    plots: bool = True                  # PNG learning curves + confusion matrices in <run>/plots
-    threads: int = 0                    # CPU threads for torch; 0 = default_threads() by core count (above)
-    state_every: int = 1                # epochs between resumable training states (train_state.pt); 0 = none
+    loss_weights: dict = field(default_factory=dict)  # task -> weight; missing tasks weigh 1
+    augment_variants: tuple = ()  # cached augmentation variants sampled in training: () none, ("all",), names
+    max_cache_gb: float = (
+        0.0  # 0 = auto: load to the device when it fits, else stream from the store
+    )
+    plots: bool = True  # PNG learning curves + confusion matrices in <run>/plots
+    threads: int = 0  # CPU threads for torch; 0 = default_threads() by core count (above)
+    state_every: int = 1  # epochs between resumable training states (train_state.pt); 0 = none
     progress: bool = True
 
     def __post_init__(self):
         if isinstance(self.task, int) and not isinstance(self.task, bool):
-            object.__setattr__(self, "task", str(self.task))     # task = 5 in TOML: the task named "5"
+            object.__setattr__(self, "task", str(self.task))  # task = 5 in TOML: the task named "5"
         for f in fields(self):
             problem = _type_problem(f.type, getattr(self, f.name))
             if problem:
@@ -155,30 +177,56 @@ class TrainConfig:
             raise ConfigError(f"modality {self.modality!r}: valid are {', '.join(MODALITIES)}")
         if self.pooling not in POOLINGS:
             raise ConfigError(f"pooling {self.pooling!r}: valid are {', '.join(POOLINGS)}")
-        for name in ("epochs", "batch_calls", "grad_accum", "heads", "bottleneck_tokens", "audio_stride"):
+        for name in (
+            "epochs",
+            "batch_calls",
+            "grad_accum",
+            "heads",
+            "bottleneck_tokens",
+            "audio_stride",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)}")
         for name in ("cross_layers", "text_branch_layers", "bottleneck_layers", "ffn", "d_model"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 or more, not {getattr(self, name)}")
         if self.state_every < 0:
-            raise ConfigError(f"state_every must be 0 (no resumable states) or positive, not {self.state_every}")
+            raise ConfigError(
+                f"state_every must be 0 (no resumable states) or positive, not {self.state_every}"
+            )
         for name in ("patience", "gru_hidden", "gru_layers", "head_hidden"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be positive, not {getattr(self, name)}"
-                                  + (" (for no early stopping pass --patience equal to --epochs)"
-                                     if name == "patience" else ""))
-        if not 0 <= self.warmup <= 1:          # 1: the whole run warms up
-            raise ConfigError(f"warmup is the fraction of the steps that warm up, from 0 to 1, not {self.warmup}")
+                raise ConfigError(
+                    f"{name} must be positive, not {getattr(self, name)}"
+                    + (
+                        " (for no early stopping pass --patience equal to --epochs)"
+                        if name == "patience"
+                        else ""
+                    )
+                )
+        if not 0 <= self.warmup <= 1:  # 1: the whole run warms up
+            raise ConfigError(
+                f"warmup is the fraction of the steps that warm up, from 0 to 1, not {self.warmup}"
+            )
         for name in ("dropout", "attn_dropout"):
             if not 0 <= getattr(self, name) < 1:
-                raise ConfigError(f"{name} is a fraction from 0 up to (not including) 1, not {getattr(self, name)}")
-        for name in ("lr", "weight_decay", "clip_norm", "max_cache_gb", "threads"):   # lr 0: nothing moves
+                raise ConfigError(
+                    f"{name} is a fraction from 0 up to (not including) 1, not {getattr(self, name)}"
+                )
+        for name in (
+            "lr",
+            "weight_decay",
+            "clip_norm",
+            "max_cache_gb",
+            "threads",
+        ):  # lr 0: nothing moves
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 or more, not {getattr(self, name)}")
         for task, w in self.loss_weights.items():
             if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
-                raise ConfigError(f"loss_weights: the weight of task {task!r} must be a number ≥ 0, not {w!r}")
+                raise ConfigError(
+                    f"loss_weights: the weight of task {task!r} must be a number ≥ 0, not {w!r}"
+                )
         av = self.augment_variants
         names = [av] if isinstance(av, str) else list(av or ())
         names = [n.strip() for part in names for n in str(part).split(",") if n.strip()]
@@ -187,7 +235,7 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def with_(self, **changes) -> "TrainConfig":
+    def with_(self, **changes) -> TrainConfig:
         return replace(self, **changes)
 
     @classmethod
@@ -195,7 +243,7 @@ class TrainConfig:
         return [f.name for f in fields(cls)]
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "config") -> "TrainConfig":
+    def from_dict(cls, data: dict, source: str = "config") -> TrainConfig:
         valid = cls.keys()
         clean = normalise_keys(data)
         for key in clean:
@@ -225,5 +273,5 @@ class TrainConfig:
         return data
 
     @classmethod
-    def from_file(cls, path: str | Path, **overrides) -> "TrainConfig":
+    def from_file(cls, path: str | Path, **overrides) -> TrainConfig:
         return cls.from_dict({**cls.read_file(path), **overrides}, source=str(path))

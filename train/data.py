@@ -11,6 +11,7 @@ seconds far less). Padded batches are assembled from it on the device; since the
 (the extractor's writer zeroes them), a batch holds exactly the numbers the padded layout gave
 (tests/test_train_packed.py).
 """
+
 from __future__ import annotations
 
 import copy
@@ -35,15 +36,21 @@ class TrainError(Exception):
 
 @dataclass
 class Batch:
-    audio: torch.Tensor | None  # (S, A, Da) float16, S = all segments of the batch's calls, in call order; None
-    audio_len: torch.Tensor     # (S,)                                      when the model does not use audio
-    text: torch.Tensor | None   # (S, T, Dt) (None when the model does not use text)
-    text_len: torch.Tensor     # (S,)
-    seg_counts: torch.Tensor   # (B,) segments per call
-    labels: dict[str, torch.Tensor]   # task -> (B,) call-level labels, or (S,) segment-level ones
-    calls: list[int]           # indices into CallData.calls
-    mask: torch.Tensor | None = None  # (S,) segment-level: True where the segment has a label (others: context)
-    rows: np.ndarray | None = None    # (S,) store rows of the batch's segments
+    audio: (
+        torch.Tensor | None
+    )  # (S, A, Da) float16, S = all segments of the batch's calls, in call order; None
+    audio_len: (
+        torch.Tensor
+    )  # (S,)                                      when the model does not use audio
+    text: torch.Tensor | None  # (S, T, Dt) (None when the model does not use text)
+    text_len: torch.Tensor  # (S,)
+    seg_counts: torch.Tensor  # (B,) segments per call
+    labels: dict[str, torch.Tensor]  # task -> (B,) call-level labels, or (S,) segment-level ones
+    calls: list[int]  # indices into CallData.calls
+    mask: torch.Tensor | None = (
+        None  # (S,) segment-level: True where the segment has a label (others: context)
+    )
+    rows: np.ndarray | None = None  # (S,) store rows of the batch's segments
 
 
 class CallData:
@@ -61,13 +68,17 @@ class CallData:
         done, skipped = store.done(), store.skipped()
         pending = int((~done & ~skipped).sum())
         if pending:
-            raise TrainError(f"{store.path}: {pending} of {store.n} segments are not extracted yet; re-run the same "
-                             "msmtfn-extract command to resume it first")
-        try:   # the store's own scheme: a custom one is defined in the store, not in a file
+            raise TrainError(
+                f"{store.path}: {pending} of {store.n} segments are not extracted yet; re-run the same "
+                "msmtfn-extract command to resume it first"
+            )
+        try:  # the store's own scheme: a custom one is defined in the store, not in a file
             self.scheme: LabelScheme = store.scheme
         except StoreError as e:
             raise TrainError(str(e)) from None
-        self.level = self.scheme.level   # "call": one label per call | "segment": one per segment (utterance)
+        self.level = (
+            self.scheme.level
+        )  # "call": one label per call | "segment": one per segment (utterance)
         t = store.table()
         rows_by_call: dict[tuple[str, str], list[int]] = {}
         for i, (cid, var) in enumerate(zip(t["call_id"], t["variant"])):
@@ -85,16 +96,22 @@ class CallData:
             rows = sorted(rows, key=lambda r: (t["segment_index"][r], r))
             labels = {t["label"][r] for r in rows}
             splits = {t["split"][r] for r in rows}
-            if self.level == "segment":   # each segment its own label; the call needs one labelled segment
+            if (
+                self.level == "segment"
+            ):  # each segment its own label; the call needs one labelled segment
                 if len(splits) > 1:
-                    raise TrainError(f"{store.path}: call {cid!r} has segments in different splits "
-                                     f"({', '.join(sorted(splits))}); a call (video, dialogue) belongs to one split: "
-                                     "fix the dataset and re-run msmtfn-extract")
+                    raise TrainError(
+                        f"{store.path}: call {cid!r} has segments in different splits "
+                        f"({', '.join(sorted(splits))}); a call (video, dialogue) belongs to one split: "
+                        "fix the dataset and re-run msmtfn-extract"
+                    )
                 labels = {next((lab for lab in labels if self.scheme.is_valid(lab)), "")}
             if len(labels) > 1 or len(splits) > 1:
-                raise TrainError(f"{store.path}: call {cid!r} has segments with different labels or splits "
-                                 f"({', '.join(sorted(labels))} / {', '.join(sorted(splits))}); a label belongs to a "
-                                 "whole call: fix the dataset and re-run msmtfn-extract")
+                raise TrainError(
+                    f"{store.path}: call {cid!r} has segments with different labels or splits "
+                    f"({', '.join(sorted(labels))} / {', '.join(sorted(splits))}); a label belongs to a "
+                    "whole call: fix the dataset and re-run msmtfn-extract"
+                )
             label, split = labels.pop(), splits.pop()
             has_label = split in SPLITS and self.scheme.is_valid(label)
             if not has_label and not (scoring and variant == "orig"):
@@ -115,46 +132,72 @@ class CallData:
             base.append(label)
             self.labelled.append(self.scheme.is_valid(label))
         if n_skipped_segments:
-            log.warning("%s: %d segments were skipped at extraction (bad input; see skip_reason in the store) and "
-                        "are left out of their calls", store.path, n_skipped_segments)
+            log.warning(
+                "%s: %d segments were skipped at extraction (bad input; see skip_reason in the store) and "
+                "are left out of their calls",
+                store.path,
+                n_skipped_segments,
+            )
         if dropped:
-            log.warning("%d calls have no usable segment and are dropped: %s", len(dropped),
-                        ", ".join(dropped[:20]) + (" …" if len(dropped) > 20 else ""))
+            log.warning(
+                "%d calls have no usable segment and are dropped: %s",
+                len(dropped),
+                ", ".join(dropped[:20]) + (" …" if len(dropped) > 20 else ""),
+            )
         if unlabelled:
-            log.info("%d calls without a %s label or a train/valid/test split are not used", unlabelled,
-                     self.scheme.name)
+            log.info(
+                "%d calls without a %s label or a train/valid/test split are not used",
+                unlabelled,
+                self.scheme.name,
+            )
         if held_out_variants:
-            log.info("%d augmented variants of validation/test calls are not used (evaluation is on originals)",
-                     held_out_variants)
+            log.info(
+                "%d augmented variants of validation/test calls are not used (evaluation is on originals)",
+                held_out_variants,
+            )
         if not self.calls:
-            raise TrainError(f"{store.path}: no labelled calls in train/valid/test" if not scoring else
-                             f"{store.path}: no call with a usable segment")
+            raise TrainError(
+                f"{store.path}: no labelled calls in train/valid/test"
+                if not scoring
+                else f"{store.path}: no call with a usable segment"
+            )
         # unlabelled calls (scoring only) carry any valid label as a stand-in, never scored against
-        stand_in = next((b for b, ok in zip(base, self.labelled) if ok), None) or \
-            next((x for x in t["label"] if self.scheme.is_valid(x)), None) or \
-            (self.scheme.base_labels[0] if self.scheme.base_labels else "0")
+        stand_in = (
+            next((b for b, ok in zip(base, self.labelled) if ok), None)
+            or next((x for x in t["label"] if self.scheme.is_valid(x)), None)
+            or (self.scheme.base_labels[0] if self.scheme.base_labels else "0")
+        )
         base = [b if ok else stand_in for b, ok in zip(base, self.labelled)]
         self.base_labels = base
         if self.level == "segment":
             # per store row; a row without a valid label stays in its call as context but is never scored
             mask = np.array([self.scheme.is_valid(x) for x in t["label"]], dtype=bool)
-            for c, ok in enumerate(self.labelled):   # a call with no label at all: every segment is scored
+            for c, ok in enumerate(
+                self.labelled
+            ):  # a call with no label at all: every segment is scored
                 if not ok:
                     mask[self.rows[c]] = True
-            self.labelled_row = torch.as_tensor(np.array([self.scheme.is_valid(x) for x in t["label"]], dtype=bool))
+            self.labelled_row = torch.as_tensor(
+                np.array([self.scheme.is_valid(x) for x in t["label"]], dtype=bool)
+            )
             self.mask = torch.as_tensor(mask)
             filled = [x if self.scheme.is_valid(x) else stand_in for x in t["label"]]
             self.labels = {k: torch.as_tensor(v) for k, v in self.scheme.encode_all(filled).items()}
             n_scored = int(self.mask[torch.as_tensor(self.used_rows())].sum())
             if n_scored < len(self.used_rows()):
-                log.info("%d segments without a %s label are used as context only", len(self.used_rows()) - n_scored,
-                         self.scheme.name)
+                log.info(
+                    "%d segments without a %s label are used as context only",
+                    len(self.used_rows()) - n_scored,
+                    self.scheme.name,
+                )
         else:
             self.mask = None
             self.labels = {k: torch.as_tensor(v) for k, v in self.scheme.encode_all(base).items()}
         for s in ("train", "valid") if not scoring else ():
             if s not in self.split:
-                raise TrainError(f"{store.path}: no calls in the {s} split; the trainer needs train and valid")
+                raise TrainError(
+                    f"{store.path}: no calls in the {s} split; the trainer needs train and valid"
+                )
         shape = store.shape
         self.audio_frames, self.audio_dim = shape.audio_frames, shape.audio_dim
         self.text_tokens, self.text_dim = shape.text_tokens, shape.text_dim
@@ -163,7 +206,11 @@ class CallData:
 
     def indices(self, split: str) -> list[int]:
         """Calls of ``split`` ("all": every call), original recordings only."""
-        return [i for i, s in enumerate(self.split) if (split == "all" or s == split) and self.variants[i] == "orig"]
+        return [
+            i
+            for i, s in enumerate(self.split)
+            if (split == "all" or s == split) and self.variants[i] == "orig"
+        ]
 
     @property
     def variant_names(self) -> list[str]:
@@ -177,21 +224,27 @@ class CallData:
         valid = self.variant_names
         wanted: set[str] = set()
         unknown = []
-        for n in names:   # "all", an exact variant ("noise-2") or a family ("noise" = noise-1, noise-2, …)
+        for n in (
+            names
+        ):  # "all", an exact variant ("noise-2") or a family ("noise" = noise-1, noise-2, …)
             hit = set(valid) if n == "all" else {v for v in valid if n in (v, v.rsplit("-", 1)[0])}
             wanted |= hit
             if not hit:
                 unknown.append(n)
         if unknown:
-            raise TrainError(f"{self.store.path}: no augmentation variant {', '.join(map(repr, unknown))} in this "
-                             f"cache; cached variants: {', '.join(valid) or 'none (extract with --augment)'}")
+            raise TrainError(
+                f"{self.store.path}: no augmentation variant {', '.join(map(repr, unknown))} in this "
+                f"cache; cached variants: {', '.join(valid) or 'none (extract with --augment)'}"
+            )
         by_call: dict[str, list[int]] = {}
         for i, (cid, var) in enumerate(zip(self.calls, self.variants)):
             if var in wanted and self.split[i] == "train":
                 by_call.setdefault(cid, []).append(i)
         return [[c] + by_call.get(self.calls[c], []) for c in calls]
 
-    def targets(self, group: list[int], rows: np.ndarray) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    def targets(
+        self, group: list[int], rows: np.ndarray
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         """Labels of a batch: per call (B,), or per segment (S,) with the mask of labelled segments."""
         if self.level == "segment":
             idx = torch.as_tensor(rows)
@@ -200,9 +253,13 @@ class CallData:
 
     def used_rows(self, calls: list[int] | None = None) -> np.ndarray:
         """Store rows of ``calls`` (default: every entry, variants included)."""
-        return np.concatenate([self.rows[c] for c in (range(len(self.rows)) if calls is None else calls)])
+        return np.concatenate(
+            [self.rows[c] for c in (range(len(self.rows)) if calls is None else calls)]
+        )
 
-    def packed_bytes(self, modalities: tuple[str, ...] = ("audio", "text"), calls: list[int] | None = None) -> int:
+    def packed_bytes(
+        self, modalities: tuple[str, ...] = ("audio", "text"), calls: list[int] | None = None
+    ) -> int:
         """float16 bytes of the valid rows of ``calls`` (what packed resident features hold, offsets aside)."""
         rows = torch.as_tensor(self.used_rows(calls))
         n = 0
@@ -212,21 +269,30 @@ class CallData:
             n += int(self.text_len[rows].clamp(max=self.text_tokens).sum()) * self.text_dim
         return 2 * n
 
-    def used_bytes(self, modalities: tuple[str, ...] = ("audio", "text"), calls: list[int] | None = None) -> int:
-        per_row = 2 * (("audio" in modalities) * self.audio_frames * self.audio_dim
-                       + ("text" in modalities) * self.text_tokens * self.text_dim)
+    def used_bytes(
+        self, modalities: tuple[str, ...] = ("audio", "text"), calls: list[int] | None = None
+    ) -> int:
+        per_row = 2 * (
+            ("audio" in modalities) * self.audio_frames * self.audio_dim
+            + ("text" in modalities) * self.text_tokens * self.text_dim
+        )
         return int(len(self.used_rows(calls)) * per_row)
 
 
-def pad_packed(packed: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor, idx: torch.Tensor,
-               width: int) -> torch.Tensor:
+def pad_packed(
+    packed: torch.Tensor,
+    offsets: torch.Tensor,
+    lengths: torch.Tensor,
+    idx: torch.Tensor,
+    width: int,
+) -> torch.Tensor:
     """(S, width, d) zero-padded batch of the packed segments ``idx``: the one place batches are padded, for
     training, evaluation and msmtfn-predict alike. ``packed`` (rows, d) holds each segment's valid rows in order,
     segment i from ``offsets[i]`` for ``lengths[i]`` rows."""
     lengths = lengths[idx].clamp(max=width)
     out = torch.zeros((len(idx), width, packed.shape[1]), dtype=packed.dtype, device=packed.device)
     at = torch.arange(width, device=packed.device)[None, :]
-    valid = at < lengths[:, None]                               # row-major: the packed order of each row
+    valid = at < lengths[:, None]  # row-major: the packed order of each row
     out[valid] = packed[(offsets[idx][:, None] + at)[valid]]
     return out
 
@@ -237,7 +303,13 @@ def pad_segments(rows: list[np.ndarray], width: int, device: torch.device) -> to
     offsets = torch.zeros(len(rows) + 1, dtype=torch.long)
     torch.cumsum(lengths, 0, out=offsets[1:])
     packed = torch.from_numpy(np.concatenate(rows).astype(np.float16, copy=False)).to(device)
-    return pad_packed(packed, offsets.to(device), lengths.to(device), torch.arange(len(rows), device=device), width)
+    return pad_packed(
+        packed,
+        offsets.to(device),
+        lengths.to(device),
+        torch.arange(len(rows), device=device),
+        width,
+    )
 
 
 class FeatureSource:
@@ -247,23 +319,43 @@ class FeatureSource:
     Resident features are packed (valid rows only, see the module doc); ``packed=False`` keeps the padded
     (segments, rows, d) layout, for comparison (tests, bench/packed_features.py)."""
 
-    LOAD_ROWS = 256   # rows per read while loading (bounds host memory)
+    LOAD_ROWS = 256  # rows per read while loading (bounds host memory)
 
-    def __init__(self, data: CallData, device: torch.device, max_gb: float = 0.0,
-                 modalities: tuple[str, ...] = ("audio", "text"), calls: list[int] | None = None,
-                 packed: bool = True):
-        self.data, self.device, self.modalities, self.packed = data, device, tuple(modalities), packed
+    def __init__(
+        self,
+        data: CallData,
+        device: torch.device,
+        max_gb: float = 0.0,
+        modalities: tuple[str, ...] = ("audio", "text"),
+        calls: list[int] | None = None,
+        packed: bool = True,
+    ):
+        self.data, self.device, self.modalities, self.packed = (
+            data,
+            device,
+            tuple(modalities),
+            packed,
+        )
         need = (data.packed_bytes if packed else data.used_bytes)(self.modalities, calls)
         budget = max_gb * 2**30 if max_gb else self._auto_budget(device)
         self.resident = need <= budget
         self._map = None
         self.audio = self.text = None
-        self._offsets: dict[str, torch.Tensor] = {}   # packed: modality -> (rows + 1,) start of each row's block
-        self._lengths: dict[str, torch.Tensor] = {}   # packed: modality -> (rows,) valid rows of each
+        self._offsets: dict[
+            str, torch.Tensor
+        ] = {}  # packed: modality -> (rows + 1,) start of each row's block
+        self._lengths: dict[
+            str, torch.Tensor
+        ] = {}  # packed: modality -> (rows,) valid rows of each
         if self.resident:
             rows = np.sort(data.used_rows(calls))
-            log.info("loading %.2f GB of cached features (%s, %s) onto %s", need / 2**30, "+".join(self.modalities),
-                     "valid rows packed" if packed else "padded", device)
+            log.info(
+                "loading %.2f GB of cached features (%s, %s) onto %s",
+                need / 2**30,
+                "+".join(self.modalities),
+                "valid rows packed" if packed else "padded",
+                device,
+            )
             self._map = torch.full((data.store.n,), -1, dtype=torch.long)
             self._map[torch.as_tensor(rows)] = torch.arange(len(rows))
             if "audio" in self.modalities:
@@ -271,8 +363,12 @@ class FeatureSource:
             if "text" in self.modalities:
                 self.text = self._load("text/hidden", rows)
         else:
-            log.info("streaming features from %s (%.2f GB does not fit the %.2f GB budget)", data.store.path,
-                     need / 2**30, budget / 2**30)
+            log.info(
+                "streaming features from %s (%.2f GB does not fit the %.2f GB budget)",
+                data.store.path,
+                need / 2**30,
+                budget / 2**30,
+            )
 
     @staticmethod
     def _auto_budget(device: torch.device) -> float:
@@ -291,21 +387,31 @@ class FeatureSource:
         packed (valid rows only, with offsets and lengths kept aside) or padded as stored."""
         arr = self.data.store.array(name)
         if not self.packed:
-            out = torch.empty((len(rows),) + tuple(arr.shape[1:]), dtype=torch.float16, device=self.device)
+            out = torch.empty(
+                (len(rows),) + tuple(arr.shape[1:]), dtype=torch.float16, device=self.device
+            )
             for i in range(0, len(rows), self.LOAD_ROWS):
-                out[i: i + self.LOAD_ROWS] = self._read(name, rows[i: i + self.LOAD_ROWS]).to(self.device)
+                out[i : i + self.LOAD_ROWS] = self._read(name, rows[i : i + self.LOAD_ROWS]).to(
+                    self.device
+                )
             return out
         mod, width = name.split("/")[0], int(arr.shape[1])
-        lengths = (self.data.audio_len if mod == "audio" else self.data.text_len)[torch.as_tensor(rows)]
+        lengths = (self.data.audio_len if mod == "audio" else self.data.text_len)[
+            torch.as_tensor(rows)
+        ]
         lengths = lengths.to(torch.long).clamp(0, width)
         offsets = torch.zeros(len(rows) + 1, dtype=torch.long)
         torch.cumsum(lengths, 0, out=offsets[1:])
-        out = torch.empty((int(offsets[-1]), int(arr.shape[2])), dtype=torch.float16, device=self.device)
+        out = torch.empty(
+            (int(offsets[-1]), int(arr.shape[2])), dtype=torch.float16, device=self.device
+        )
         for i in range(0, len(rows), self.LOAD_ROWS):
-            x = self._read(name, rows[i: i + self.LOAD_ROWS])
-            n = lengths[i: i + self.LOAD_ROWS]
-            valid = torch.arange(width)[None, :] < n[:, None]     # row-major: each row's valid rows, in order
-            out[int(offsets[i]): int(offsets[i + len(n)])] = x[valid].to(self.device)
+            x = self._read(name, rows[i : i + self.LOAD_ROWS])
+            n = lengths[i : i + self.LOAD_ROWS]
+            valid = (
+                torch.arange(width)[None, :] < n[:, None]
+            )  # row-major: each row's valid rows, in order
+            out[int(offsets[i]) : int(offsets[i + len(n)])] = x[valid].to(self.device)
         self._offsets[mod], self._lengths[mod] = offsets.to(self.device), lengths.to(self.device)
         return out
 
@@ -324,13 +430,15 @@ class FeatureSource:
 
     def _read(self, name: str, rows: np.ndarray) -> torch.Tensor:
         arr = self.data.store.array(name)
-        if len(rows) and rows[-1] - rows[0] + 1 == len(rows) and np.all(np.diff(rows) == 1):  # one slice read
-            out = arr[int(rows[0]): int(rows[-1]) + 1]
+        if (
+            len(rows) and rows[-1] - rows[0] + 1 == len(rows) and np.all(np.diff(rows) == 1)
+        ):  # one slice read
+            out = arr[int(rows[0]) : int(rows[-1]) + 1]
         else:
             out = arr.get_orthogonal_selection((rows, slice(None), slice(None)))
         return torch.from_numpy(np.ascontiguousarray(out))
 
-    def view(self, modalities: tuple[str, ...]) -> "FeatureSource":
+    def view(self, modalities: tuple[str, ...]) -> FeatureSource:
         """The same loaded features serving a model that uses fewer modalities (a sweep loads the cache once)."""
         missing = set(modalities) - set(self.modalities)
         if missing:
@@ -343,12 +451,14 @@ class FeatureSource:
             other.text = None
         return other
 
-    def get(self, rows: np.ndarray, a_max: int, t_max: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def get(
+        self, rows: np.ndarray, a_max: int, t_max: int
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(audio (S, a_max, Da), text (S, t_max, Dt)) float16 on the device, None for an unused modality; rows
         cut to the batch's longest."""
         if self.resident:
             idx = self._map[torch.as_tensor(rows)]
-            if bool((idx < 0).any()):   # a row that was not loaded would silently read another row
+            if bool((idx < 0).any()):  # a row that was not loaded would silently read another row
                 raise TrainError("internal: batch asks for cache rows that were not loaded")
             idx = idx.to(self.device)
             if self.packed:
@@ -374,9 +484,18 @@ class FeatureSource:
 class Batches:
     """Iterates batches of whole calls; streaming sources are read ahead by a background thread."""
 
-    def __init__(self, data: CallData, source: FeatureSource, calls: list[int], batch_calls: int,
-                 shuffle: bool, generator: torch.Generator | None, full_text: bool, prefetch: int = 2,
-                 choices: list[list[int]] | None = None):
+    def __init__(
+        self,
+        data: CallData,
+        source: FeatureSource,
+        calls: list[int],
+        batch_calls: int,
+        shuffle: bool,
+        generator: torch.Generator | None,
+        full_text: bool,
+        prefetch: int = 2,
+        choices: list[list[int]] | None = None,
+    ):
         self.data, self.source, self.calls, self.choices = data, source, calls, choices
         self.batch_calls, self.shuffle, self.generator = batch_calls, shuffle, generator
         self.full_text, self.prefetch = full_text, prefetch
@@ -386,27 +505,38 @@ class Batches:
 
     def _groups(self) -> list[list[int]]:
         order = self.calls
-        if self.choices is not None:   # one version of each call this epoch: the original or a cached variant
+        if (
+            self.choices is not None
+        ):  # one version of each call this epoch: the original or a cached variant
             pick = torch.randint(0, 2**31 - 1, (len(order),), generator=self.generator).tolist()
             order = [ch[p % len(ch)] for ch, p in zip(self.choices, pick)]
         if self.shuffle:
             perm = torch.randperm(len(order), generator=self.generator).tolist()
             order = [order[i] for i in perm]
-        return [order[i: i + self.batch_calls] for i in range(0, len(order), self.batch_calls)]
+        return [order[i : i + self.batch_calls] for i in range(0, len(order), self.batch_calls)]
 
     def make(self, group: list[int]) -> Batch:
         d = self.data
         rows = np.concatenate([d.rows[c] for c in group])
         a_len, t_len = d.audio_len[rows], d.text_len[rows]
         a_max = int(a_len.max())
-        t_max = d.text_tokens if self.full_text else int(t_len.max())  # flatten pooling needs all T rows
+        t_max = (
+            d.text_tokens if self.full_text else int(t_len.max())
+        )  # flatten pooling needs all T rows
         audio, text = self.source.get(rows, a_max, t_max)
         dev = self.source.device
         labels, mask = d.targets(group, rows)
-        return Batch(audio=audio, audio_len=a_len.to(dev), text=text, text_len=t_len.to(dev),
-                     seg_counts=torch.as_tensor([len(d.rows[c]) for c in group], device=dev),
-                     labels={k: v.to(dev) for k, v in labels.items()}, calls=group,
-                     mask=mask.to(dev) if mask is not None else None, rows=rows)
+        return Batch(
+            audio=audio,
+            audio_len=a_len.to(dev),
+            text=text,
+            text_len=t_len.to(dev),
+            seg_counts=torch.as_tensor([len(d.rows[c]) for c in group], device=dev),
+            labels={k: v.to(dev) for k, v in labels.items()},
+            calls=group,
+            mask=mask.to(dev) if mask is not None else None,
+            rows=rows,
+        )
 
     def __iter__(self):
         groups = self._groups()
@@ -455,8 +585,15 @@ class LoadedCache:
         return self.source.device
 
 
-def load_cache(path: str, device: torch.device, max_gb: float = 0.0,
-               modalities: tuple[str, ...] = ("audio", "text"), packed: bool = True) -> LoadedCache:
+def load_cache(
+    path: str,
+    device: torch.device,
+    max_gb: float = 0.0,
+    modalities: tuple[str, ...] = ("audio", "text"),
+    packed: bool = True,
+) -> LoadedCache:
     store = open_cache(path)
     data = CallData(store)
-    return LoadedCache(store, data, FeatureSource(data, device, max_gb, modalities=modalities, packed=packed))
+    return LoadedCache(
+        store, data, FeatureSource(data, device, max_gb, modalities=modalities, packed=packed)
+    )

@@ -1,4 +1,5 @@
 """Stage 2: fit the fusion network, Bi-GRU and heads on cached tensors; select on validation; test once."""
+
 from __future__ import annotations
 
 import csv
@@ -18,20 +19,40 @@ from pipeline.atomic import atomic_path, atomic_write_text
 from pipeline.device import DeviceError
 from pipeline.device import resolve_device as pipeline_device
 from pipeline.labels import scheme_record
-from pipeline.store import StoreError
 from pipeline.segment_profile import profile_rows
+from pipeline.store import StoreError
 
-from .checkpoint import (CONFIG, HISTORY, METRICS, STATE, WEIGHTS, CheckpointError, atomic_write_json,
-                         load_train_state, load_weights, read_run_config, restore_train_state, save_train_state,
-                         save_weights, write_run_config)
+from .checkpoint import (
+    CONFIG,
+    HISTORY,
+    METRICS,
+    STATE,
+    WEIGHTS,
+    CheckpointError,
+    atomic_write_json,
+    load_train_state,
+    load_weights,
+    read_run_config,
+    restore_train_state,
+    save_train_state,
+    save_weights,
+    write_run_config,
+)
 from .config import TrainConfig, effective_threads
 from .data import Batches, CallData, FeatureSource, LoadedCache, TrainError, open_cache
 from .metrics import BOOTSTRAP, all_task_metrics, bootstrap_intervals, headline, selection_score
 from .model import MSMTFN, ModelDims, build_model
 from .normalise import feature_stats
-from .predictions import (Scored, head_widths, model_outputs, output_tasks, prediction_table, regression_tasks,
-                          run_model)
 from .plots import confusion_matrices, learning_curves
+from .predictions import (
+    Scored,
+    head_widths,
+    model_outputs,
+    output_tasks,
+    prediction_table,
+    regression_tasks,
+    run_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +60,7 @@ log = logging.getLogger(__name__)
 def resolve_device(name: str) -> torch.device:
     try:
         return pipeline_device(name)
-    except DeviceError as e:     # a device from a --config file or a resumed run's settings
+    except DeviceError as e:  # a device from a --config file or a resumed run's settings
         raise TrainError(str(e)) from None
 
 
@@ -51,9 +72,16 @@ def seed_everything(seed: int) -> None:
 
 
 def default_run_dir(cfg: TrainConfig, dataset: str) -> Path:
-    flags = [cfg.modality] + [n for n, on in (("no-mtl", not cfg.mtl), ("no-bigru", not cfg.bigru),
-                                               ("no-xattn", not cfg.cross_attention),
-                                               ("no-bottleneck", not cfg.bottleneck)) if on]
+    flags = [cfg.modality] + [
+        n
+        for n, on in (
+            ("no-mtl", not cfg.mtl),
+            ("no-bigru", not cfg.bigru),
+            ("no-xattn", not cfg.cross_attention),
+            ("no-bottleneck", not cfg.bottleneck),
+        )
+        if on
+    ]
     name = f"{time.strftime('%Y%m%d-%H%M%S')}-{'-'.join(flags)}-s{cfg.seed}"
     return Path("runs") / (dataset or "cache") / name
 
@@ -71,12 +99,25 @@ def warmup_cosine(total_steps: int, warmup: float):
 
 
 def _forward(model: MSMTFN, batch, device: torch.device, amp: bool):
-    return model_outputs(model, batch.audio, batch.audio_len, batch.text, batch.text_len, batch.seg_counts,
-                         device, amp)
+    return model_outputs(
+        model,
+        batch.audio,
+        batch.audio_len,
+        batch.text,
+        batch.text_len,
+        batch.seg_counts,
+        device,
+        amp,
+    )
 
 
-def _loss(logits: dict, labels: dict, weights: dict, mask: torch.Tensor | None = None,
-          regression: frozenset = frozenset()) -> torch.Tensor:
+def _loss(
+    logits: dict,
+    labels: dict,
+    weights: dict,
+    mask: torch.Tensor | None = None,
+    regression: frozenset = frozenset(),
+) -> torch.Tensor:
     """Weighted sum over tasks: cross-entropy, or L1 for a regression (the MAE the field reports). ``mask``
     (segment-level labels) leaves out the segments without a label."""
     total = 0.0
@@ -92,8 +133,15 @@ def _loss(logits: dict, labels: dict, weights: dict, mask: torch.Tensor | None =
     return total
 
 
-def evaluate(model: MSMTFN, batches: Batches, data: CallData, weights: dict, device, amp: bool,
-             intervals: bool = False) -> tuple[float, dict, Scored]:
+def evaluate(
+    model: MSMTFN,
+    batches: Batches,
+    data: CallData,
+    weights: dict,
+    device,
+    amp: bool,
+    intervals: bool = False,
+) -> tuple[float, dict, Scored]:
     """(mean loss per scored item, metrics per task, the scored items) on one split; an item is a call, or a
     labelled segment where labels belong to segments. The items come from train.predictions.run_model, the one
     inference path that msmtfn-predict uses too. ``intervals``: each task's metrics also get ``ci95``, bootstrap
@@ -102,7 +150,9 @@ def evaluate(model: MSMTFN, batches: Batches, data: CallData, weights: dict, dev
     on = scored.labelled
     if not on.any():
         raise TrainError("nothing labelled to evaluate in this split")
-    preds = {t: v[on] for t, v in scored.outputs.items()}   # probabilities / values: every task derives from them
+    preds = {
+        t: v[on] for t, v in scored.outputs.items()
+    }  # probabilities / values: every task derives from them
     y_true = {t: v[on] for t, v in scored.truth.items()}
     metrics = all_task_metrics(data.scheme, y_true, preds)
     if intervals:
@@ -112,10 +162,12 @@ def evaluate(model: MSMTFN, batches: Batches, data: CallData, weights: dict, dev
 
 
 HISTORY_METRICS = ("accuracy", "macro_f1", "weighted_f1", "mae", "corr")
-SELECTION_TEXT = {"macro_f1": "validation macro-F1 (ties: accuracy, then loss)",
-                  "weighted_f1": "validation weighted F1 (ties: accuracy, then loss)",
-                  "accuracy": "validation accuracy (ties: loss)",
-                  "mae": "validation MAE (ties: correlation, then loss)"}
+SELECTION_TEXT = {
+    "macro_f1": "validation macro-F1 (ties: accuracy, then loss)",
+    "weighted_f1": "validation weighted F1 (ties: accuracy, then loss)",
+    "accuracy": "validation accuracy (ties: loss)",
+    "mae": "validation MAE (ties: correlation, then loss)",
+}
 
 
 def resolve_task(cfg: TrainConfig, store) -> TrainConfig:
@@ -127,28 +179,50 @@ def resolve_task(cfg: TrainConfig, store) -> TrainConfig:
     if not cfg.task:
         return cfg.with_(task=scheme.tasks[0].name)
     if cfg.task not in scheme.task_names:
-        raise TrainError(f"--task {cfg.task}: {store.path} has label scheme {scheme.name!r}, whose tasks are "
-                         f"{', '.join(scheme.task_names)}")
+        raise TrainError(
+            f"--task {cfg.task}: {store.path} has label scheme {scheme.name!r}, whose tasks are "
+            f"{', '.join(scheme.task_names)}"
+        )
     return cfg
 
 
 # settings that may differ between a run and its resumption: they do not change the numbers
-RESUME_FREE = ("device", "threads", "progress", "plots", "max_cache_gb", "out", "cache",  # cache: by fingerprint
-               "state_every")
+RESUME_FREE = (
+    "device",
+    "threads",
+    "progress",
+    "plots",
+    "max_cache_gb",
+    "out",
+    "cache",  # cache: by fingerprint
+    "state_every",
+)
 
 
 def _check_resumable(run_dir: Path, cfg: TrainConfig, fingerprint: str) -> None:
     meta = read_run_config(run_dir)
     old = {k: v for k, v in meta.get("train", {}).items() if k not in RESUME_FREE}
-    new = {k: v for k, v in json.loads(json.dumps(cfg.to_dict(), default=list)).items() if k not in RESUME_FREE}
-    changed = [f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    new = {
+        k: v
+        for k, v in json.loads(json.dumps(cfg.to_dict(), default=list)).items()
+        if k not in RESUME_FREE
+    }
+    changed = [
+        f"{k}: {old.get(k)!r} → {new.get(k)!r}"
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k)
+    ]
     if changed:
-        raise TrainError(f"{run_dir}: cannot resume with different settings ({'; '.join(changed[:5])}); resume with "
-                         "the run's own settings, or train into a new --out")
+        raise TrainError(
+            f"{run_dir}: cannot resume with different settings ({'; '.join(changed[:5])}); resume with "
+            "the run's own settings, or train into a new --out"
+        )
     if meta.get("cache", {}).get("fingerprint") != fingerprint:
         was = meta.get("cache", {}).get("fingerprint")
-        raise TrainError(f"{run_dir}: was trained on a cache with fingerprint {was}, not {fingerprint}; resume on the "
-                         "same cache or train into a new --out")
+        raise TrainError(
+            f"{run_dir}: was trained on a cache with fingerprint {was}, not {fingerprint}; resume on the "
+            "same cache or train into a new --out"
+        )
 
 
 class TrainingRun:
@@ -156,14 +230,27 @@ class TrainingRun:
     :meth:`epoch` (one training pass, validation, selection, states) and :meth:`finish` (the selected checkpoint
     on validation and test, prediction files, metrics, plots). :func:`fit` runs them in order."""
 
-    def __init__(self, cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
-                 loaded: LoadedCache | None = None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        loaded: LoadedCache | None = None,
+    ):
         self.cfg, self.resume, self.overwrite, self.loaded = cfg, resume, overwrite, loaded
         self.t_start = time.perf_counter()
-        self.finished: dict | None = None     # an already finished run's metrics (resume): nothing to do
+        self.finished: dict | None = (
+            None  # an already finished run's metrics (resume): nothing to do
+        )
         self.run_dir: Path | None = None
-        self.saved_epoch, self.history = 0, []   # the last epoch in train_state.pt; finished epochs (Ctrl-C note)
-        self.saving: tuple[int, tuple | None] | None = None   # (epoch, the state file before) while it is written
+        self.saved_epoch, self.history = (
+            0,
+            [],
+        )  # the last epoch in train_state.pt; finished epochs (Ctrl-C note)
+        self.saving: tuple[int, tuple | None] | None = (
+            None  # (epoch, the state file before) while it is written
+        )
 
     # ------------------------------------------------------------------------------------------ start
     def _claim(self, run_dir: Path) -> list[Path]:
@@ -174,16 +261,21 @@ class TrainingRun:
         if not found:
             return []
         if not self.overwrite:
-            raise TrainError(f"{run_dir}: holds a training run already ({', '.join(found)}); pass another --out, "
-                             f"--resume {run_dir} to continue or report it, or --overwrite to replace it")
+            raise TrainError(
+                f"{run_dir}: holds a training run already ({', '.join(found)}); pass another --out, "
+                f"--resume {run_dir} to continue or report it, or --overwrite to replace it"
+            )
         # everything of the old run a reader could take for this one's if this one stops early
-        return [run_dir / n for n in (METRICS, STATE, WEIGHTS, CONFIG, HISTORY)] + \
-            sorted(run_dir.glob("predictions_*.csv"))
+        return [run_dir / n for n in (METRICS, STATE, WEIGHTS, CONFIG, HISTORY)] + sorted(
+            run_dir.glob("predictions_*.csv")
+        )
 
-    def start(self) -> "TrainingRun":
+    def start(self) -> TrainingRun:
         cfg, loaded, resume = self.cfg, self.loaded, self.resume
         self.device = device = loaded.device if loaded is not None else resolve_device(cfg.device)
-        if cfg.threads or device.type == "cpu":   # 0 on CPU: by core count (config.default_threads); GPU: as it was
+        if (
+            cfg.threads or device.type == "cpu"
+        ):  # 0 on CPU: by core count (config.default_threads); GPU: as it was
             torch.set_num_threads(effective_threads(cfg.threads))
         if resume and not cfg.out:
             raise TrainError("--resume needs the run folder (--out or --resume RUN_DIR)")
@@ -193,23 +285,34 @@ class TrainingRun:
         if resume and run_dir is not None and (run_dir / METRICS).is_file():
             _check_resumable(run_dir, cfg, store.fingerprint)
             log.info("%s: already finished; nothing to resume", run_dir)
-            self.finished = {**json.loads((run_dir / METRICS).read_text(encoding="utf-8")),
-                             "resumed": "finished"}
+            self.finished = {
+                **json.loads((run_dir / METRICS).read_text(encoding="utf-8")),
+                "resumed": "finished",
+            }
             return self
         seed_everything(cfg.seed)
         self.data = data = loaded.data if loaded is not None else CallData(store)
         self.scheme = scheme = data.scheme
         self.regression = regression_tasks(scheme)
-        dims = ModelDims(audio_dim=data.audio_dim, text_dim=data.text_dim, text_tokens=data.text_tokens,
-                         tasks={t.name: t.num_classes for t in scheme.tasks}, level=scheme.level)
+        dims = ModelDims(
+            audio_dim=data.audio_dim,
+            text_dim=data.text_dim,
+            text_tokens=data.text_tokens,
+            tasks={t.name: t.num_classes for t in scheme.tasks},
+            level=scheme.level,
+        )
         model = build_model(cfg, dims)
         train_rows = data.used_rows(data.indices("train"))
-        for m in model.modalities:     # from the training split only; a resumed state restores the same buffers
+        for m in (
+            model.modalities
+        ):  # from the training split only; a resumed state restores the same buffers
             model.set_feature_stats(m, *feature_stats(store, train_rows, m))
         self.model = model = model.to(device)
         self.amp = cfg.amp and device.type == "cuda"
         self.run_dir = run_dir = run_dir or default_run_dir(cfg, store.dataset)
-        if not cfg.out:   # recorded, so that predict can find relative encoder folders from elsewhere
+        if (
+            not cfg.out
+        ):  # recorded, so that predict can find relative encoder folders from elsewhere
             self.cfg = cfg = cfg.with_(out=str(run_dir))
         self.state_path = run_dir / STATE
         self.weights_path = run_dir / WEIGHTS
@@ -222,48 +325,101 @@ class TrainingRun:
         stale = [] if resume else self._claim(run_dir)
         self.splits = splits = {s: data.indices(s) for s in ("train", "valid", "test")}
         choices = data.variant_choices(splits["train"], cfg.augment_variants)
-        for path in stale:                              # --overwrite: only once the run cannot be refused
+        for path in stale:  # --overwrite: only once the run cannot be refused
             path.unlink(missing_ok=True)
-        run_dir.mkdir(parents=True, exist_ok=True)      # once the settings and the cache passed every check
+        run_dir.mkdir(
+            parents=True, exist_ok=True
+        )  # once the settings and the cache passed every check
         if cfg.plots:
             (run_dir / "plots").mkdir(exist_ok=True)
         n_params = sum(p.numel() for p in model.parameters())
-        write_run_config(run_dir, cfg, dims, {"cache": {"path": str(store.path), "fingerprint": store.fingerprint,
-                                                        "settings": store.settings, "label_scheme": scheme.name,
-                                                        **scheme_record(scheme),
-                                                        "segmentation": segmentation_record(store, data, splits)},
-                                              "parameters": n_params})
-        log.info("%d train / %d valid / %d test calls; %.2fM parameters; device %s", len(splits["train"]),
-                 len(splits["valid"]), len(splits["test"]), n_params / 1e6, device)
+        write_run_config(
+            run_dir,
+            cfg,
+            dims,
+            {
+                "cache": {
+                    "path": str(store.path),
+                    "fingerprint": store.fingerprint,
+                    "settings": store.settings,
+                    "label_scheme": scheme.name,
+                    **scheme_record(scheme),
+                    "segmentation": segmentation_record(store, data, splits),
+                },
+                "parameters": n_params,
+            },
+        )
+        log.info(
+            "%d train / %d valid / %d test calls; %.2fM parameters; device %s",
+            len(splits["train"]),
+            len(splits["valid"]),
+            len(splits["test"]),
+            n_params / 1e6,
+            device,
+        )
         if choices:
-            log.info("training samples each call's original or one of %d cached variants per epoch",
-                     sum(len(c) - 1 for c in choices))
+            log.info(
+                "training samples each call's original or one of %d cached variants per epoch",
+                sum(len(c) - 1 for c in choices),
+            )
         if loaded is not None:
             source = loaded.source.view(model.modalities)
         else:
-            needed = sorted({c for ch in (choices or []) for c in ch} | {c for v in splits.values() for c in v})
-            source = FeatureSource(data, device, cfg.max_cache_gb, modalities=model.modalities, calls=needed)
+            needed = sorted(
+                {c for ch in (choices or []) for c in ch} | {c for v in splits.values() for c in v}
+            )
+            source = FeatureSource(
+                data, device, cfg.max_cache_gb, modalities=model.modalities, calls=needed
+            )
         self.gen = gen = torch.Generator().manual_seed(cfg.seed)
         full_text = model.pooling == "flatten"
-        make = lambda calls, shuffle, ch=None: Batches(data, source, calls, cfg.batch_calls, shuffle,  # noqa: E731
-                                                       gen if shuffle else None, full_text=full_text, choices=ch)
+
+        def make(calls, shuffle, ch=None):
+            order = gen if shuffle else None
+            return Batches(
+                data,
+                source,
+                calls,
+                cfg.batch_calls,
+                shuffle,
+                order,
+                full_text=full_text,
+                choices=ch,
+            )
+
         self.train_b = make(splits["train"], True, choices)
         self.val_b, self.test_b = make(splits["valid"], False), make(splits["test"], False)
         self.weights = {t: float(cfg.loss_weights.get(t, 1.0)) for t in model.heads}
         self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         steps_per_epoch = math.ceil(len(self.train_b) / cfg.grad_accum)
         self.sched = torch.optim.lr_scheduler.LambdaLR(  # one scheduler for the whole run
-            self.opt, warmup_cosine(cfg.epochs * steps_per_epoch, cfg.warmup))
+            self.opt, warmup_cosine(cfg.epochs * steps_per_epoch, cfg.warmup)
+        )
         self.history: list[dict] = []
         self.best_score, self.best_epoch, self.bad, self.first = None, 0, 0, 1
         self.resumed_state = state is not None
         if state is not None:
-            self.first = restore_train_state(state, model, self.opt, self.sched, gen, self.state_path) + 1
-            self.history, self.best_epoch, self.bad = state["history"], state["best_epoch"], state["bad"]
-            self.best_score = tuple(state["best_score"]) if state["best_score"] is not None else None
+            self.first = (
+                restore_train_state(state, model, self.opt, self.sched, gen, self.state_path) + 1
+            )
+            self.history, self.best_epoch, self.bad = (
+                state["history"],
+                state["best_epoch"],
+                state["bad"],
+            )
+            self.best_score = (
+                tuple(state["best_score"]) if state["best_score"] is not None else None
+            )
             self.saved_epoch = self.first - 1
-            log.info("%s: resuming after epoch %d (best so far: epoch %d)", run_dir, self.first - 1, self.best_epoch)
-        self.stopped = state is not None and state.get("stopped", False)  # killed after an early stop was decided
+            log.info(
+                "%s: resuming after epoch %d (best so far: epoch %d)",
+                run_dir,
+                self.first - 1,
+                self.best_epoch,
+            )
+        self.stopped = state is not None and state.get(
+            "stopped", False
+        )  # killed after an early stop was decided
         return self
 
     # ------------------------------------------------------------------------------------------ epochs
@@ -277,7 +433,9 @@ class TrainingRun:
         model.train()
         running, seen = 0.0, 0
         opt.zero_grad(set_to_none=True)
-        bar = tqdm(self.train_b, desc=f"epoch {epoch}", leave=False, disable=not cfg.progress, unit="batch")
+        bar = tqdm(
+            self.train_b, desc=f"epoch {epoch}", leave=False, disable=not cfg.progress, unit="batch"
+        )
         for i, batch in enumerate(bar):
             logits = _forward(model, batch, self.device, self.amp)
             loss = _loss(logits, batch.labels, self.weights, batch.mask, self.regression)
@@ -293,8 +451,13 @@ class TrainingRun:
         val_loss, val, _ = evaluate(model, self.val_b, data, self.weights, self.device, self.amp)
         sel = val[cfg.task]
         score = selection_score(sel, self.scheme.selection, val_loss)
-        row = {"epoch": epoch, "train_loss": running / max(1, seen), "val_loss": val_loss,
-               "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+        row = {
+            "epoch": epoch,
+            "train_loss": running / max(1, seen),
+            "val_loss": val_loss,
+            "lr": opt.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - t0,
+        }
         for t, m in val.items():
             row.update({f"val_{t}_{k}": m[k] for k in HISTORY_METRICS if k in m})
         self.history.append(row)
@@ -304,17 +467,39 @@ class TrainingRun:
             save_weights(model, self.weights_path)
         else:
             self.bad += 1
-        log.info("epoch %d: train loss %.4f, val loss %.4f, val task %s %s%s", epoch, row["train_loss"], val_loss,
-                 cfg.task, headline(sel), " *" if improved else "")
+        log.info(
+            "epoch %d: train loss %.4f, val loss %.4f, val task %s %s%s",
+            epoch,
+            row["train_loss"],
+            val_loss,
+            cfg.task,
+            headline(sel),
+            " *" if improved else "",
+        )
         _write_history(self.run_dir / HISTORY, self.history)
         self.stopped = self.bad >= cfg.patience
         # also on every improvement, so the state never trails the best-weights file it describes; written after
         # that file: a kill between the two re-runs this epoch, which rewrites the same weights
-        if cfg.state_every and (improved or self.stopped or epoch % cfg.state_every == 0 or epoch == cfg.epochs):
-            self.saving = (epoch, _file_id(self.state_path))   # a Ctrl-C note tells a finished write by the file
-            save_train_state(self.state_path, epoch=epoch, model=model, opt=opt, sched=self.sched, gen=self.gen,
-                             history=self.history, best_score=self.best_score, best_epoch=self.best_epoch,
-                             bad=self.bad, stopped=self.stopped)
+        if cfg.state_every and (
+            improved or self.stopped or epoch % cfg.state_every == 0 or epoch == cfg.epochs
+        ):
+            self.saving = (
+                epoch,
+                _file_id(self.state_path),
+            )  # a Ctrl-C note tells a finished write by the file
+            save_train_state(
+                self.state_path,
+                epoch=epoch,
+                model=model,
+                opt=opt,
+                sched=self.sched,
+                gen=self.gen,
+                history=self.history,
+                best_score=self.best_score,
+                best_epoch=self.best_epoch,
+                bad=self.bad,
+                stopped=self.stopped,
+            )
             self.saved_epoch, self.saving = epoch, None
         if self.stopped:
             log.info("early stop: no better validation score for %d epochs", cfg.patience)
@@ -324,37 +509,61 @@ class TrainingRun:
         """The one line a Ctrl-C prints: what is kept and the command that continues the run."""
         saved = self.saved_epoch
         if self.saving is not None and _file_id(self.state_path) not in (None, self.saving[1]):
-            saved = self.saving[0]   # interrupted just after the new state replaced the old one (atomic rename)
+            saved = self.saving[
+                0
+            ]  # interrupted just after the new state replaced the old one (atomic rename)
         return _interrupt_note(self.run_dir, saved, len(self.history), self.cfg.state_every)
 
     # ------------------------------------------------------------------------------------------ finish
     def finish(self) -> dict:
-        cfg, model, data, scheme, run_dir = self.cfg, self.model, self.data, self.scheme, self.run_dir
+        cfg, model, data, scheme, run_dir = (
+            self.cfg,
+            self.model,
+            self.data,
+            self.scheme,
+            self.run_dir,
+        )
         device, amp, weights = self.device, self.amp, self.weights
-        load_weights(model, self.weights_path, device)           # the validation-selected checkpoint
-        val_loss, val, val_scored = evaluate(model, self.val_b, data, weights, device, amp, intervals=True)
+        load_weights(model, self.weights_path, device)  # the validation-selected checkpoint
+        val_loss, val, val_scored = evaluate(
+            model, self.val_b, data, weights, device, amp, intervals=True
+        )
         tasks = output_tasks(scheme, head_widths(model))
-        atomic_write_text(run_dir / "predictions_valid.csv", prediction_table(val_scored, data, tasks))
+        atomic_write_text(
+            run_dir / "predictions_valid.csv", prediction_table(val_scored, data, tasks)
+        )
         test, test_loss = {}, None
         if self.splits["test"]:
-            test_loss, test, test_scored = evaluate(model, self.test_b, data, weights, device, amp,
-                                                    intervals=True)   # once, at the end
-            atomic_write_text(run_dir / "predictions_test.csv", prediction_table(test_scored, data, tasks))
+            test_loss, test, test_scored = evaluate(
+                model, self.test_b, data, weights, device, amp, intervals=True
+            )  # once, at the end
+            atomic_write_text(
+                run_dir / "predictions_test.csv", prediction_table(test_scored, data, tasks)
+            )
         else:
             log.warning("no test calls in %s; reporting validation only", self.store.path)
         history = self.history
         selection = "mae" if cfg.task in self.regression else scheme.selection
         metrics = {
-            "run_dir": str(run_dir), "best_epoch": self.best_epoch, "epochs_run": len(history),
+            "run_dir": str(run_dir),
+            "best_epoch": self.best_epoch,
+            "epochs_run": len(history),
             "selection": {"task": cfg.task, "key": selection, "metric": SELECTION_TEXT[selection]},
-            "val_loss": val_loss, "test_loss": test_loss, "val": val, "test": test,
+            "val_loss": val_loss,
+            "test_loss": test_loss,
+            "val": val,
+            "test": test,
             "classes": {t.name: list(t.classes) for t in scheme.tasks if not t.is_regression},
             "level": scheme.level,
             "intervals": f"ci95: 95 % percentile bootstrap over the split's calls, {BOOTSTRAP} resamples, seed 0",
-            "calls": {s: len(v) for s, v in self.splits.items()}, "config": cfg.to_dict(),
-            "cache_fingerprint": self.store.fingerprint, "device": str(device),
+            "calls": {s: len(v) for s, v in self.splits.items()},
+            "config": cfg.to_dict(),
+            "cache_fingerprint": self.store.fingerprint,
+            "device": str(device),
             "seconds": time.perf_counter() - self.t_start,
-            "epoch_seconds": float(np.median([h["seconds"] for h in history])) if history else float("nan"),
+            "epoch_seconds": float(np.median([h["seconds"] for h in history]))
+            if history
+            else float("nan"),
         }
         if self.resumed_state:
             metrics["resumed_after_epoch"] = self.first - 1
@@ -363,11 +572,15 @@ class TrainingRun:
             classes.update({f"{t}:head": c for t, c in classes.items()})
             plots = run_dir / "plots"
             learning_curves(history, cfg.task, plots / "learning_curves.png")
-            confusion_matrices(val, classes, "validation (best checkpoint)", plots / "confusion_valid.png")
+            confusion_matrices(
+                val, classes, "validation (best checkpoint)", plots / "confusion_valid.png"
+            )
             if test:
-                confusion_matrices(test, classes, "test (best checkpoint)", plots / "confusion_test.png")
-        atomic_write_json(run_dir / METRICS, metrics)   # last: its presence marks the run finished
-        self.state_path.unlink(missing_ok=True)                 # optimizer state is 3x the model; not needed now
+                confusion_matrices(
+                    test, classes, "test (best checkpoint)", plots / "confusion_test.png"
+                )
+        atomic_write_json(run_dir / METRICS, metrics)  # last: its presence marks the run finished
+        self.state_path.unlink(missing_ok=True)  # optimizer state is 3x the model; not needed now
         return metrics
 
 
@@ -384,8 +597,13 @@ def resume_problem(cfg: TrainConfig, store) -> str | None:
     return None
 
 
-def fit(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
-        loaded: LoadedCache | None = None) -> dict:
+def fit(
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    loaded: LoadedCache | None = None,
+) -> dict:
     """Train one configuration; writes the run folder and returns its metrics (``metrics['run_dir']``).
 
     ``resume=True`` continues the run in ``cfg.out`` from its last finished epoch (``train_state.pt``) and gives
@@ -401,7 +619,7 @@ def fit(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
             if run.epoch(epoch):
                 break
         return run.finish()
-    except KeyboardInterrupt:   # Ctrl-C: say what is kept and how to go on (TrainInterrupted is one)
+    except KeyboardInterrupt:  # Ctrl-C: say what is kept and how to go on (TrainInterrupted is one)
         raise TrainInterrupted(run.interrupt_note()) from None
 
 
@@ -417,16 +635,22 @@ class TrainInterrupted(KeyboardInterrupt):
     """Ctrl-C during :func:`fit`; ``str()`` is one line: what was kept and the command that continues the run."""
 
 
-def _interrupt_note(run_dir: Path | None, saved_epoch: int, finished_epochs: int, state_every: int) -> str:
-    if run_dir is None or not (run_dir / CONFIG).is_file():   # stopped while the cache or the model was loading
+def _interrupt_note(
+    run_dir: Path | None, saved_epoch: int, finished_epochs: int, state_every: int
+) -> str:
+    if (
+        run_dir is None or not (run_dir / CONFIG).is_file()
+    ):  # stopped while the cache or the model was loading
         return "interrupted before the first epoch started; nothing was written: run the same command again"
     resume = f"resume with: msmtfn-train --resume {run_dir}"
     if saved_epoch and saved_epoch >= finished_epochs:
         return f"interrupted: the last finished epoch is saved; {resume}"
     if saved_epoch:
-        return (f"interrupted: epoch {saved_epoch} of {finished_epochs} finished is saved (states every "
-                f"{state_every} epochs); {resume}")
-    if (run_dir / STATE).is_file():   # a resumed run stopped before its saved state was read back
+        return (
+            f"interrupted: epoch {saved_epoch} of {finished_epochs} finished is saved (states every "
+            f"{state_every} epochs); {resume}"
+        )
+    if (run_dir / STATE).is_file():  # a resumed run stopped before its saved state was read back
         return f"interrupted: the saved epochs are kept; {resume}"
     if not state_every:
         return f"interrupted: no epoch is saved (--state-every 0); {resume} trains it again from epoch 1"

@@ -1,6 +1,7 @@
 """Evaluation for every task: accuracy, macro-F1, weighted-F1 and the confusion matrix (scikit-learn) for a
 classification; MAE and Pearson correlation for a regression, with the classification tasks derived from the
 predicted value the way the field reports CMU-MOSI/MOSEI (Acc2 in both conventions, F1, Acc5, Acc7)."""
+
 from __future__ import annotations
 
 import math
@@ -15,8 +16,12 @@ def task_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> di
     return {
         "n": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
-        "weighted_f1": float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
+        "macro_f1": float(
+            f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)
+        ),
+        "weighted_f1": float(
+            f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)
+        ),
         "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
 
@@ -25,14 +30,21 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     y_true, y_pred = np.asarray(y_true, dtype=np.float64), np.asarray(y_pred, dtype=np.float64)
     constant = len(y_true) < 2 or y_true.std() == 0 or y_pred.std() == 0
     corr = math.nan if constant else float(np.corrcoef(y_true, y_pred)[0, 1])
-    return {"n": int(len(y_true)), "mae": float(np.abs(y_true - y_pred).mean()) if len(y_true) else math.nan,
-            "corr": corr}
+    return {
+        "n": int(len(y_true)),
+        "mae": float(np.abs(y_true - y_pred).mean()) if len(y_true) else math.nan,
+        "corr": corr,
+    }
 
 
-def classes_from_values(task, values: np.ndarray, value_range: tuple[float, float] | None) -> np.ndarray:
+def classes_from_values(
+    task, values: np.ndarray, value_range: tuple[float, float] | None
+) -> np.ndarray:
     """Class indices of ``task`` for predicted values, through the same label map as the true labels."""
     lo, hi = value_range or (-math.inf, math.inf)
-    return np.array([task.encode_one(repr(float(np.clip(v, lo, hi)))) for v in values], dtype=np.int64)
+    return np.array(
+        [task.encode_one(repr(float(np.clip(v, lo, hi)))) for v in values], dtype=np.int64
+    )
 
 
 def nonzero_binary(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
@@ -41,15 +53,20 @@ def nonzero_binary(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     t, p = y_true[keep] > 0, y_pred[keep] > 0
     if not keep.any():
         return {"n_nonzero": 0, "accuracy_nonzero": math.nan, "weighted_f1_nonzero": math.nan}
-    return {"n_nonzero": int(keep.sum()), "accuracy_nonzero": float(accuracy_score(t, p)),
-            "weighted_f1_nonzero": float(f1_score(t, p, average="weighted", zero_division=0))}
+    return {
+        "n_nonzero": int(keep.sum()),
+        "accuracy_nonzero": float(accuracy_score(t, p)),
+        "weighted_f1_nonzero": float(f1_score(t, p, average="weighted", zero_division=0)),
+    }
 
 
 @dataclass(frozen=True)
 class Reported:
-    pred: np.ndarray                  # class indices, or values for a regression
-    derived_from: str | None          # the head it comes from when the task has none of its own
-    probs: np.ndarray | None = None   # (items, classes) when known: a head's softmax, or summed through a map
+    pred: np.ndarray  # class indices, or values for a regression
+    derived_from: str | None  # the head it comes from when the task has none of its own
+    probs: np.ndarray | None = (
+        None  # (items, classes) when known: a head's softmax, or summed through a map
+    )
 
 
 def reported_predictions(scheme, outputs: dict[str, np.ndarray]) -> dict[str, Reported]:
@@ -68,12 +85,16 @@ def reported_predictions(scheme, outputs: dict[str, np.ndarray]) -> dict[str, Re
 
     def own(name: str, x: np.ndarray) -> Reported:
         x = np.asarray(x)
-        return Reported(x.argmax(-1), None, x) if x.ndim == 2 else Reported(x.astype(np.int64), None)
+        return (
+            Reported(x.argmax(-1), None, x) if x.ndim == 2 else Reported(x.astype(np.int64), None)
+        )
 
     for task in scheme.tasks:
         if task.is_regression:
             if task.name in outputs:
-                out[task.name] = Reported(np.asarray(outputs[task.name], dtype=np.float64).reshape(-1), None)
+                out[task.name] = Reported(
+                    np.asarray(outputs[task.name], dtype=np.float64).reshape(-1), None
+                )
             continue
         if reg is not None:
             values = np.asarray(outputs[reg.name], dtype=np.float64).reshape(-1)
@@ -90,7 +111,7 @@ def reported_predictions(scheme, outputs: dict[str, np.ndarray]) -> dict[str, Re
                 continue
             x = np.asarray(x)
             if x.ndim == 2:
-                probs = x @ np.eye(task.num_classes)[m]          # (items, fine) -> (items, coarse), summed
+                probs = x @ np.eye(task.num_classes)[m]  # (items, fine) -> (items, coarse), summed
                 out[task.name] = Reported(probs.argmax(-1), src, probs)
             else:
                 out[task.name] = Reported(m[x.astype(np.int64)], src)
@@ -102,7 +123,9 @@ def _task_of(scheme, name: str):
     return scheme.task(name.split(":")[0])
 
 
-def all_task_metrics(scheme, y_true: dict[str, np.ndarray], preds: dict[str, np.ndarray]) -> dict[str, dict]:
+def all_task_metrics(
+    scheme, y_true: dict[str, np.ndarray], preds: dict[str, np.ndarray]
+) -> dict[str, dict]:
     """Metrics for every reported task (:func:`reported_predictions`) from each head's ``preds`` (probabilities or
     class indices, or values for a regression); derived tasks are marked ``derived_from``."""
     out: dict[str, dict] = {}
@@ -118,7 +141,9 @@ def all_task_metrics(scheme, y_true: dict[str, np.ndarray], preds: dict[str, np.
         if src is not None:
             out[name]["derived_from"] = src
         if reg is not None and src == reg.name and task.num_classes == 2:
-            out[name].update(nonzero_binary(y_true[reg.name], np.asarray(preds[reg.name]).reshape(-1)))
+            out[name].update(
+                nonzero_binary(y_true[reg.name], np.asarray(preds[reg.name]).reshape(-1))
+            )
     return out
 
 
@@ -134,12 +159,16 @@ def _f1s(conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     denom = support + predicted
     f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
     total = support.sum(1, keepdims=True)
-    weighted = np.divide((f1 * support).sum(1), total[:, 0], out=np.zeros(len(f1)), where=total[:, 0] > 0)
+    weighted = np.divide(
+        (f1 * support).sum(1), total[:, 0], out=np.zeros(len(f1)), where=total[:, 0] > 0
+    )
     return f1.mean(1), weighted
 
 
-def _resampled(metric: str, truth: np.ndarray, pred: np.ndarray, idx: np.ndarray, k: int) -> np.ndarray:
-    t, p = truth[idx], pred[idx]                                       # (B, n)
+def _resampled(
+    metric: str, truth: np.ndarray, pred: np.ndarray, idx: np.ndarray, k: int
+) -> np.ndarray:
+    t, p = truth[idx], pred[idx]  # (B, n)
     if metric == "mae":
         return np.abs(t - p).mean(1)
     if metric == "corr":
@@ -149,14 +178,23 @@ def _resampled(metric: str, truth: np.ndarray, pred: np.ndarray, idx: np.ndarray
     if metric == "accuracy":
         return (t == p).mean(1)
     b = np.arange(len(t))[:, None]
-    conf = np.bincount((b * k * k + t * k + p).ravel(), minlength=len(t) * k * k).reshape(len(t), k, k)
+    conf = np.bincount((b * k * k + t * k + p).ravel(), minlength=len(t) * k * k).reshape(
+        len(t), k, k
+    )
     macro, weighted = _f1s(conf)
     return macro if metric == "macro_f1" else weighted
 
 
-def bootstrap_intervals(scheme, y_true: dict[str, np.ndarray], preds: dict[str, np.ndarray],
-                        groups: np.ndarray | None = None, *, resamples: int = BOOTSTRAP, seed: int = 0,
-                        level: float = 0.95) -> dict[str, dict[str, list[float]]]:
+def bootstrap_intervals(
+    scheme,
+    y_true: dict[str, np.ndarray],
+    preds: dict[str, np.ndarray],
+    groups: np.ndarray | None = None,
+    *,
+    resamples: int = BOOTSTRAP,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, dict[str, list[float]]]:
     """Percentile bootstrap intervals of every reported figure: {task: {metric: [low, high]}}.
 
     Resamples whole calls (``groups``: the call of each item, for segment-level labels) with replacement,
@@ -168,7 +206,7 @@ def bootstrap_intervals(scheme, y_true: dict[str, np.ndarray], preds: dict[str, 
     rng = np.random.default_rng(seed)
     if groups is None:
         idx = rng.integers(0, n, size=(resamples, n))
-    else:   # cluster bootstrap: draw calls, keep all of their items (ragged, so one resample at a time)
+    else:  # cluster bootstrap: draw calls, keep all of their items (ragged, so one resample at a time)
         _, inverse = np.unique(groups, return_inverse=True)
         members = [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)]
         draws = rng.integers(0, len(members), size=(resamples, len(members)))
@@ -191,14 +229,17 @@ def bootstrap_intervals(scheme, y_true: dict[str, np.ndarray], preds: dict[str, 
                 values = _resampled(metric, truth, p, idx, k)
             values = values[~np.isnan(values)]
             if len(values):
-                ci[metric] = [float(np.percentile(values, lo_q)), float(np.percentile(values, hi_q))]
+                ci[metric] = [
+                    float(np.percentile(values, lo_q)),
+                    float(np.percentile(values, hi_q)),
+                ]
         out[name] = ci
     return out
 
 
 def selection_score(m: dict, selection: str, loss: float) -> tuple:
     """Larger is better: the validation score that picks the checkpoint (ties broken as the tuple says)."""
-    if "mae" in m:   # a regression: lower MAE, then higher correlation
+    if "mae" in m:  # a regression: lower MAE, then higher correlation
         corr = m["corr"] if not math.isnan(m["corr"]) else -1.0
         return (-m["mae"], corr, -loss)
     metric = selection if selection in ("macro_f1", "weighted_f1", "accuracy") else "weighted_f1"

@@ -35,6 +35,7 @@ Ablations (``TrainConfig``), each "both" variant still reads audio:
 * ``modality="text"``: the text branch alone (audio never read); ``modality="audio"``: the same single branch on
   [CLS_a; audio] (text never read; ``flatten`` pooling becomes CLS, a 1000-row flatten being absurd).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -53,8 +54,8 @@ class ModelDims:
     audio_dim: int
     text_dim: int
     text_tokens: int
-    tasks: dict            # task name -> number of classes (1 for a regression)
-    level: str = "call"    # "call": one output per call | "segment": one output per segment
+    tasks: dict  # task name -> number of classes (1 for a regression)
+    level: str = "call"  # "call": one output per call | "segment": one output per segment
 
 
 class Attention(nn.Module):
@@ -71,9 +72,11 @@ class Attention(nn.Module):
         super().__init__()
         if d % heads:
             fits = [h for h in (1, 2, 4, 8, 12, 16) if d % h == 0]
-            raise ConfigError(f"d_model {d} is not divisible by --heads {heads}: pass --heads "
-                              f"{' or '.join(map(str, fits[-3:]))} (or another --d-model; the tiny demo encoders "
-                              "are 32 wide)")
+            raise ConfigError(
+                f"d_model {d} is not divisible by --heads {heads}: pass --heads "
+                f"{' or '.join(map(str, fits[-3:]))} (or another --d-model; the tiny demo encoders "
+                "are 32 wide)"
+            )
         self.h, self.dropout = heads, dropout
         self.q, self.kv, self.o = nn.Linear(d, d), nn.Linear(d, 2 * d), nn.Linear(d, d)
 
@@ -85,8 +88,14 @@ class Attention(nn.Module):
         hd, width = d // self.h, self.KERNEL_HEAD_DIM.get(x.device.type, 0)
         if hd < width:
             q, k, v = (F.pad(t, (0, width - hd)) for t in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_valid[:, None, None, :],
-                                             dropout_p=self.dropout if self.training else 0.0, scale=hd ** -0.5)
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=key_valid[:, None, None, :],
+            dropout_p=self.dropout if self.training else 0.0,
+            scale=hd**-0.5,
+        )
         return self.o(out[..., :hd].transpose(1, 2).reshape(b, lq, d))
 
 
@@ -114,8 +123,12 @@ class SelfBlock(nn.Module):
 
     def __init__(self, d: int, heads: int, ffn: int, dropout: float, attn_dropout: float = 0.0):
         super().__init__()
-        self.n1, self.att, self.n2, self.ff = nn.LayerNorm(d), Attention(d, heads, attn_dropout), nn.LayerNorm(d), \
-            FeedForward(d, ffn, dropout)
+        self.n1, self.att, self.n2, self.ff = (
+            nn.LayerNorm(d),
+            Attention(d, heads, attn_dropout),
+            nn.LayerNorm(d),
+            FeedForward(d, ffn, dropout),
+        )
         self.drop = Dropout(dropout)
 
     def forward(self, x, valid, last_rows: int = 0):
@@ -158,7 +171,9 @@ class BottleneckLayer(nn.Module):
         ones = torch.ones(b.shape[:2], dtype=torch.bool, device=b.device)
         xt = self.text(torch.cat([x, b], 1), torch.cat([x_valid, ones], 1))
         x, b_text = xt[:, :-nb], xt[:, -nb:]
-        ys = self.second(torch.cat([y, b], 1), torch.cat([y_valid, ones], 1), last_rows=nb if last else 0)
+        ys = self.second(
+            torch.cat([y, b], 1), torch.cat([y_valid, ones], 1), last_rows=nb if last else 0
+        )
         y, b_second = (None, ys) if last else (ys[:, :-nb], ys[:, -nb:])
         return x, y, (b_text + b_second) / 2
 
@@ -169,7 +184,9 @@ def _valid(lengths: torch.Tensor, width: int) -> torch.Tensor:
     return torch.cat([torch.ones_like(ar[:, :1]), ar], 1)
 
 
-def stack_frames(x: torch.Tensor, lengths: torch.Tensor, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+def stack_frames(
+    x: torch.Tensor, lengths: torch.Tensor, stride: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Each run of ``stride`` frames → one row of their features side by side (frame stacking), padding frames
     past ``lengths`` zeroed (a last, partial run is zero-filled). (S, A, D), (S,) → (S, ceil(A/stride),
     stride·D), ceil(lengths/stride). Nothing is lost: the projection after it sees every frame."""
@@ -181,31 +198,34 @@ def stack_frames(x: torch.Tensor, lengths: torch.Tensor, stride: int) -> tuple[t
     return x.reshape(s, -1, stride * d), (lengths + stride - 1) // stride
 
 
-def cheapest_split(lens: np.ndarray, other: np.ndarray, overhead: float, most: int,
-                   units: int = 512) -> list[tuple[int, int]]:
+def cheapest_split(
+    lens: np.ndarray, other: np.ndarray, overhead: float, most: int, units: int = 512
+) -> list[tuple[int, int]]:
     """The split of items sorted by ``lens`` (ascending) into at most ``most`` contiguous parts with the least
     Σ_part size · lens_max · (other_max + lens_max) + overhead · parts, as (start, end) pairs: an exact dynamic
     programme over the sorted order (O(most · n²)). Over ``units`` items the order is first cut into ``units``
     equal runs, so the tables stay small."""
     n = len(lens)
-    cuts = np.linspace(0, n, min(n, units) + 1).round().astype(int)      # unit u = items cuts[u]:cuts[u + 1]
+    cuts = (
+        np.linspace(0, n, min(n, units) + 1).round().astype(int)
+    )  # unit u = items cuts[u]:cuts[u + 1]
     u = len(cuts) - 1
     last = cuts[1:] - 1
-    ulen = lens[last]                                                     # sorted: a unit's longest is its last
+    ulen = lens[last]  # sorted: a unit's longest is its last
     uoth = np.maximum.reduceat(other, cuts[:-1])
-    i, e = np.arange(u)[:, None], np.arange(u)[None, :]                   # part = units i..e
-    omax = np.maximum.accumulate(np.where(e >= i, uoth[None, :], 0.0), axis=1)   # lengths are ≥ 0
+    i, e = np.arange(u)[:, None], np.arange(u)[None, :]  # part = units i..e
+    omax = np.maximum.accumulate(np.where(e >= i, uoth[None, :], 0.0), axis=1)  # lengths are ≥ 0
     size = cuts[1:][None, :] - cuts[:-1][:, None]
     cost = np.where(e >= i, size * ulen[None, :] * (omax + ulen[None, :]) + overhead, np.inf)
     prev = np.full(u + 1, np.inf)
-    prev[0] = 0.0                         # prev[i]: the least cost of units[:i] in the parts so far
+    prev[0] = 0.0  # prev[i]: the least cost of units[:i] in the parts so far
     starts, best, best_k = [], np.inf, 1
     for k in range(1, min(most, u) + 1):
-        total = prev[:u, None] + cost     # [i, e]: units[:i] in k - 1 parts, units i..e the k-th
+        total = prev[:u, None] + cost  # [i, e]: units[:i] in k - 1 parts, units i..e the k-th
         start = total.argmin(0)
         prev = np.concatenate([[np.inf], total[start, np.arange(u)]])
         starts.append(start)
-        if prev[u] < best:                # ties keep fewer parts
+        if prev[u] < best:  # ties keep fewer parts
             best, best_k = prev[u], k
     parts, end = [], u
     for k in range(best_k, 0, -1):
@@ -230,11 +250,15 @@ def audio_path_problem(cfg: TrainConfig) -> str | None:
     if cfg.modality != "both":
         return None
     if cfg.cross_attention and cfg.cross_layers == 0:
-        return ("--cross-layers 0 leaves the cross-modal branch without cross-attention, so no audio enters it; "
-                "use --cross-layers 1 or more, or --no-cross-attention (the second branch is then the audio)")
+        return (
+            "--cross-layers 0 leaves the cross-modal branch without cross-attention, so no audio enters it; "
+            "use --cross-layers 1 or more, or --no-cross-attention (the second branch is then the audio)"
+        )
     if cfg.bottleneck and cfg.bottleneck_layers == 0:
-        return ("--bottleneck-layers 0 never updates the bottleneck tokens, so audio never reaches them; use "
-                "--bottleneck-layers 1 or more, or --no-bottleneck (the two branches are then joined directly)")
+        return (
+            "--bottleneck-layers 0 never updates the bottleneck tokens, so audio never reaches them; use "
+            "--bottleneck-layers 1 or more, or --no-bottleneck (the two branches are then joined directly)"
+        )
     return None
 
 
@@ -247,7 +271,9 @@ class MSMTFN(nn.Module):
         self.d = d
         self.uses_text = cfg.modality in ("both", "text")
         self.uses_audio = cfg.modality in ("both", "audio")
-        self.modalities = tuple(m for m, on in (("audio", self.uses_audio), ("text", self.uses_text)) if on)
+        self.modalities = tuple(
+            m for m, on in (("audio", self.uses_audio), ("text", self.uses_text)) if on
+        )
         self.two = cfg.modality == "both"
         self.pooling = "cls" if (main_is_audio and cfg.pooling == "flatten") else cfg.pooling
         # each modality: standardised per dimension with the training rows' statistics (train/normalise.py; set by
@@ -264,32 +290,59 @@ class MSMTFN(nn.Module):
             self.register_buffer("audio_std", torch.ones(dims.audio_dim))
         h, f, p, pa = cfg.heads, cfg.ffn or 4 * d, cfg.dropout, cfg.attn_dropout
         # the text branch (the audio branch when modality == "audio"): the backbone the heads read
-        self.main_layers = nn.ModuleList(SelfBlock(d, h, f, p, pa) for _ in range(cfg.text_branch_layers))
+        self.main_layers = nn.ModuleList(
+            SelfBlock(d, h, f, p, pa) for _ in range(cfg.text_branch_layers)
+        )
         self.final_norm = nn.LayerNorm(d)
-        if self.two:   # the second branch: text querying audio, or (no cross-attention) the audio itself
+        if (
+            self.two
+        ):  # the second branch: text querying audio, or (no cross-attention) the audio itself
             self.second_layers = nn.ModuleList(
-                CrossModalLayer(d, h, f, p, pa) if cfg.cross_attention else SelfBlock(d, h, f, p, pa)
-                for _ in range(cfg.cross_layers))
+                CrossModalLayer(d, h, f, p, pa)
+                if cfg.cross_attention
+                else SelfBlock(d, h, f, p, pa)
+                for _ in range(cfg.cross_layers)
+            )
             if cfg.bottleneck:
-                self.bottleneck_tokens = nn.Parameter(torch.randn(1, cfg.bottleneck_tokens, d) * 0.02)
-                self.bottleneck_layers = nn.ModuleList(BottleneckLayer(d, h, f, p, pa)
-                                                       for _ in range(cfg.bottleneck_layers))
+                self.bottleneck_tokens = nn.Parameter(
+                    torch.randn(1, cfg.bottleneck_tokens, d) * 0.02
+                )
+                self.bottleneck_layers = nn.ModuleList(
+                    BottleneckLayer(d, h, f, p, pa) for _ in range(cfg.bottleneck_layers)
+                )
             self.second_norm = nn.LayerNorm(d)
             self.join = nn.Sequential(nn.Linear(2 * d, d), nn.GELU())
         if self.pooling == "flatten":
             self.flatten = nn.Linear((dims.text_tokens + 1) * d, d)
         self.seg_drop = Dropout(p)
         if cfg.bigru:
-            self.gru = nn.GRU(d, cfg.gru_hidden, num_layers=cfg.gru_layers, batch_first=True, bidirectional=True,
-                              dropout=p if cfg.gru_layers > 1 else 0.0)
-            if dims.level == "segment":   # the segment itself + its context: the GRU output at its position
+            self.gru = nn.GRU(
+                d,
+                cfg.gru_hidden,
+                num_layers=cfg.gru_layers,
+                batch_first=True,
+                bidirectional=True,
+                dropout=p if cfg.gru_layers > 1 else 0.0,
+            )
+            if (
+                dims.level == "segment"
+            ):  # the segment itself + its context: the GRU output at its position
                 self.seg_proj = nn.Sequential(nn.Linear(d + 2 * cfg.gru_hidden, d), nn.GELU())
             else:
                 self.call_proj = nn.Sequential(nn.Linear(4 * cfg.gru_hidden, d), nn.GELU())
         tasks = dims.tasks if cfg.mtl else {cfg.task: dims.tasks[cfg.task]}
-        self.heads = nn.ModuleDict({name: nn.Sequential(Dropout(p), nn.Linear(d, cfg.head_hidden), nn.GELU(),
-                                                        Dropout(p), nn.Linear(cfg.head_hidden, k))
-                                    for name, k in tasks.items()})
+        self.heads = nn.ModuleDict(
+            {
+                name: nn.Sequential(
+                    Dropout(p),
+                    nn.Linear(d, cfg.head_hidden),
+                    nn.GELU(),
+                    Dropout(p),
+                    nn.Linear(cfg.head_hidden, k),
+                )
+                for name, k in tasks.items()
+            }
+        )
 
     def set_feature_stats(self, modality: str, mean, std) -> None:
         """Per-dimension mean and std of ``modality``'s hidden states over the training rows."""
@@ -301,7 +354,9 @@ class MSMTFN(nn.Module):
         proj, cls = getattr(self, f"{modality}_proj"), getattr(self, f"cls_{modality}")
         mean, std = getattr(self, f"{modality}_mean"), getattr(self, f"{modality}_std")
         x = (x.to(cls.dtype) - mean.to(cls.dtype)) / std.to(cls.dtype)
-        if modality == "audio":   # stride frames per row: the attention over audio has stride× fewer keys
+        if (
+            modality == "audio"
+        ):  # stride frames per row: the attention over audio has stride× fewer keys
             x, lengths = stack_frames(x, lengths, self.cfg.audio_stride)
         x = proj(x)
         return torch.cat([cls.expand(x.shape[0], -1, -1), x], 1), _valid(lengths, x.shape[1])
@@ -334,13 +389,19 @@ class MSMTFN(nn.Module):
         order = torch.argsort(key, stable=True)
         at = order.cpu().numpy()
         stride = self.cfg.audio_stride
-        lens = key.cpu().numpy()[at].astype(np.float64)           # ascending: a part's longest is its last
+        lens = key.cpu().numpy()[at].astype(np.float64)  # ascending: a part's longest is its last
         if self.cfg.modality == "audio":
             lens = np.ceil(lens / stride)
-        elif self.pooling == "flatten":                          # text keeps every row: only audio is trimmed
+        elif self.pooling == "flatten":  # text keeps every row: only audio is trimmed
             lens = np.full(n, lens[-1])
-        other = np.ceil(audio_len.cpu().numpy()[at] / stride) if self.cfg.modality == "both" else np.zeros(n)
-        if n * lens[-1] * (other.max() + lens[-1]) <= 2 * overhead:   # any split costs more than the whole batch
+        other = (
+            np.ceil(audio_len.cpu().numpy()[at] / stride)
+            if self.cfg.modality == "both"
+            else np.zeros(n)
+        )
+        if (
+            n * lens[-1] * (other.max() + lens[-1]) <= 2 * overhead
+        ):  # any split costs more than the whole batch
             return None
         parts = cheapest_split(lens, other, overhead, most)
         return None if len(parts) == 1 else [order[a:b] for a, b in parts]
@@ -351,18 +412,28 @@ class MSMTFN(nn.Module):
 
         The result does not depend on how the batch is padded or grouped (up to float rounding): padding rows are
         masked everywhere, so each group is trimmed to its own longest segment."""
-        groups = self.length_groups(audio_len, text_len, (audio if text is None else text).device.type)
+        groups = self.length_groups(
+            audio_len, text_len, (audio if text is None else text).device.type
+        )
         if groups is None:
             return self._segment_vectors(audio, audio_len, text, text_len)
         out = None
         for idx in groups:
             a = t = None
             if audio is not None:
-                a = audio[idx, :max(1, int(audio_len[idx].max()))]
-            if text is not None:   # flatten pooling reads every text row (padding included, zeroed)
-                t = text[idx] if self.pooling == "flatten" else text[idx, :max(1, int(text_len[idx].max()))]
-            v = self._segment_vectors(a, None if audio is None else audio_len[idx], t,
-                                      None if text is None else text_len[idx])
+                a = audio[idx, : max(1, int(audio_len[idx].max()))]
+            if text is not None:  # flatten pooling reads every text row (padding included, zeroed)
+                t = (
+                    text[idx]
+                    if self.pooling == "flatten"
+                    else text[idx, : max(1, int(text_len[idx].max()))]
+                )
+            v = self._segment_vectors(
+                a,
+                None if audio is None else audio_len[idx],
+                t,
+                None if text is None else text_len[idx],
+            )
             if out is None:
                 out = v.new_empty((len(audio_len if text_len is None else text_len), v.shape[1]))
             out[idx] = v
@@ -377,8 +448,9 @@ class MSMTFN(nn.Module):
         if self.two:
             a, a_valid = self._stream(audio, audio_len, "audio")
             if self.cfg.cross_attention:
-                y, y_valid = x, x_valid              # the cross-modal branch starts from the same projected text
-                for layer in self.second_layers:     # chained: each takes the previous output
+                # the cross-modal branch starts from the same projected text
+                y, y_valid = x, x_valid
+                for layer in self.second_layers:  # chained: each takes the previous output
                     y = layer(y, y_valid, a, a_valid)
             else:
                 y, y_valid = a, a_valid
@@ -404,11 +476,17 @@ class MSMTFN(nn.Module):
     def call_vectors(self, seg: torch.Tensor, seg_counts: torch.Tensor) -> torch.Tensor:
         """(B, d) from the (S, d) segment vectors of B calls (``seg_counts`` segments each, in order)."""
         counts = seg_counts.tolist()
-        padded = nn.utils.rnn.pad_sequence(list(torch.split(seg, counts)), batch_first=True)   # (B, Smax, d)
-        mask = (torch.arange(padded.shape[1], device=seg.device)[None, :] < seg_counts[:, None])[..., None]
+        padded = nn.utils.rnn.pad_sequence(
+            list(torch.split(seg, counts)), batch_first=True
+        )  # (B, Smax, d)
+        mask = (torch.arange(padded.shape[1], device=seg.device)[None, :] < seg_counts[:, None])[
+            ..., None
+        ]
         if not self.cfg.bigru:
             return (padded * mask).sum(1) / seg_counts[:, None].to(padded.dtype)
-        packed = pack_padded_sequence(padded, seg_counts.cpu(), batch_first=True, enforce_sorted=False)
+        packed = pack_padded_sequence(
+            padded, seg_counts.cpu(), batch_first=True, enforce_sorted=False
+        )
         out, h_n = self.gru(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=padded.shape[1])
         mean = (out * mask).sum(1) / seg_counts[:, None].to(out.dtype)
@@ -424,12 +502,18 @@ class MSMTFN(nn.Module):
         if not self.cfg.bigru:
             return seg
         counts = seg_counts.tolist()
-        padded = nn.utils.rnn.pad_sequence(list(torch.split(seg, counts)), batch_first=True)   # (B, Smax, d)
-        packed = pack_padded_sequence(padded, seg_counts.cpu(), batch_first=True, enforce_sorted=False)
+        padded = nn.utils.rnn.pad_sequence(
+            list(torch.split(seg, counts)), batch_first=True
+        )  # (B, Smax, d)
+        packed = pack_padded_sequence(
+            padded, seg_counts.cpu(), batch_first=True, enforce_sorted=False
+        )
         out, _ = self.gru(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=padded.shape[1])
         mask = torch.arange(padded.shape[1], device=seg.device)[None, :] < seg_counts[:, None]
-        return self.seg_proj(torch.cat([seg, out[mask]], dim=1))   # mask keeps call order, segments in order
+        return self.seg_proj(
+            torch.cat([seg, out[mask]], dim=1)
+        )  # mask keeps call order, segments in order
 
     def forward(self, audio, audio_len, text, text_len, seg_counts) -> dict[str, torch.Tensor]:
         """{task: (B, k)} for call-level labels, {task: (S, k)} for segment-level ones (k = 1: a regression)."""
@@ -444,10 +528,12 @@ class MSMTFN(nn.Module):
 def build_model(cfg: TrainConfig, dims: ModelDims, *, check_audio_path: bool = True) -> MSMTFN:
     """The model for ``cfg``; refuses settings that would silently drop audio (``check_audio_path=False`` only
     for the test that verifies that rule against real gradients)."""
-    if not cfg.task:   # the dataset's main task
+    if not cfg.task:  # the dataset's main task
         cfg = cfg.with_(task=next(iter(dims.tasks)))
     if cfg.task not in dims.tasks:
-        raise ConfigError(f"task {cfg.task!r} is not one of this dataset's tasks: {', '.join(dims.tasks)}")
+        raise ConfigError(
+            f"task {cfg.task!r} is not one of this dataset's tasks: {', '.join(dims.tasks)}"
+        )
     problem = audio_path_problem(cfg) if check_audio_path else None
     if problem:
         raise ConfigError(f"--modality both: {problem}")

@@ -1,4 +1,5 @@
 """PNG plots of a run: learning curves and confusion matrices (matplotlib, no display needed)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,8 +17,11 @@ def learning_curves(history: list[dict], task: str, path: Path) -> None:
     ax1.plot(epochs, [h["val_loss"] for h in history], label="validation")
     ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend(), ax1.set_title("loss")
     regression = f"val_{task}_mae" in (history[0] if history else {})
-    keys = (("mae", "MAE"), ("corr", "correlation")) if regression else (("accuracy", "accuracy"),
-                                                                          ("macro_f1", "macro-F1"))
+    keys = (
+        (("mae", "MAE"), ("corr", "correlation"))
+        if regression
+        else (("accuracy", "accuracy"), ("macro_f1", "macro-F1"))
+    )
     for key, label in keys:
         ax2.plot(epochs, [h.get(f"val_{task}_{key}", float("nan")) for h in history], label=label)
     if not regression:
@@ -28,7 +32,9 @@ def learning_curves(history: list[dict], task: str, path: Path) -> None:
     plt.close(fig)
 
 
-def confusion_matrices(metrics: dict[str, dict], classes: dict[str, tuple[str, ...]], title: str, path: Path) -> None:
+def confusion_matrices(
+    metrics: dict[str, dict], classes: dict[str, tuple[str, ...]], title: str, path: Path
+) -> None:
     tasks = [t for t in metrics if "confusion" in metrics[t]]
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.6), squeeze=False)
     for ax, t in zip(axes[0], tasks):
@@ -41,8 +47,15 @@ def confusion_matrices(metrics: dict[str, dict], classes: dict[str, tuple[str, .
         for i, row in enumerate(cm):
             for j, v in enumerate(row):
                 # dark cells get white counts, light cells black ones: readable on every shade of the colour map
-                ax.text(j, i, str(v), ha="center", va="center", fontsize=9,
-                        color="white" if v > 0.5 * top else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(v),
+                    ha="center",
+                    va="center",
+                    fontsize=9,
+                    color="white" if v > 0.5 * top else "black",
+                )
         ax.set_xlabel("predicted"), ax.set_ylabel("true")
         ax.set_title(f"{t}-class, acc {100 * metrics[t]['accuracy']:.1f}%", fontsize=9)
     fig.suptitle(title)

@@ -5,6 +5,7 @@ Training's evaluation (metrics.json), the run's prediction files (``predictions_
 reported task is derived by ``train.metrics.reported_predictions``: what a published figure describes is what a
 user gets. The CSV columns are msmtfn-predict's (``pred_<task>``, ``p_<task>_<class>``), plus ``true_<task>``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -27,7 +28,9 @@ def output_tasks(scheme, heads: dict[str, int]) -> list[dict]:
     out = []
     for name in reported_predictions(scheme, probe):
         t = scheme.task(name.split(":")[0])
-        out.append({"name": name, "classes": list(t.classes), "kind": t.kind, "level": scheme.level})
+        out.append(
+            {"name": name, "classes": list(t.classes), "kind": t.kind, "level": scheme.level}
+        )
     return out
 
 
@@ -60,8 +63,11 @@ def head_outputs(scheme, logits: dict[str, torch.Tensor]) -> dict[str, np.ndarra
     out = {}
     for name, v in logits.items():
         v = v.float().cpu()
-        out[name] = (v.reshape(-1) if scheme.task(name).is_regression else torch.softmax(v, -1)).numpy() \
+        out[name] = (
+            (v.reshape(-1) if scheme.task(name).is_regression else torch.softmax(v, -1))
+            .numpy()
             .astype(np.float64)
+        )
     return out
 
 
@@ -84,12 +90,13 @@ def model_outputs(model, audio, audio_len, text, text_len, seg_counts, device, a
 @dataclass
 class Scored:
     """One split (or any calls) through the model: one entry per scored item — a call, or a scored segment."""
-    outputs: dict[str, np.ndarray]    # per head: probabilities (items, k) or values (items,)
-    truth: dict[str, np.ndarray]      # per task: targets (meaningless where not ``labelled``)
-    labelled: np.ndarray              # (items,) bool
-    calls: np.ndarray                 # (items,) CallData index
-    segments: np.ndarray | None       # (items,) position in the call (segment-level), else None
-    loss: float | None                # mean loss per labelled item
+
+    outputs: dict[str, np.ndarray]  # per head: probabilities (items, k) or values (items,)
+    truth: dict[str, np.ndarray]  # per task: targets (meaningless where not ``labelled``)
+    labelled: np.ndarray  # (items,) bool
+    calls: np.ndarray  # (items,) CallData index
+    segments: np.ndarray | None  # (items,) position in the call (segment-level), else None
+    loss: float | None  # mean loss per labelled item
 
 
 @torch.no_grad()
@@ -104,10 +111,18 @@ def run_model(model, batches, data, weights: dict, device, amp: bool, loss_fn=No
     lab, calls, segs = [], [], []
     total, n = 0.0, 0
     for batch in batches:
-        logits = model_outputs(model, batch.audio, batch.audio_len, batch.text, batch.text_len, batch.seg_counts,
-                               device, amp)
+        logits = model_outputs(
+            model,
+            batch.audio,
+            batch.audio_len,
+            batch.text,
+            batch.text_len,
+            batch.seg_counts,
+            device,
+            amp,
+        )
         counts = batch.seg_counts.cpu().numpy()
-        if batch.mask is not None:       # segment level: the scored segments
+        if batch.mask is not None:  # segment level: the scored segments
             keep = batch.mask.cpu().numpy()
             item_call = np.repeat(np.asarray(batch.calls), counts)[keep]
             item_seg = np.concatenate([np.arange(k) for k in counts])[keep]
@@ -124,8 +139,18 @@ def run_model(model, batches, data, weights: dict, device, amp: bool, loss_fn=No
         if item_lab.any() and loss_fn is not None:
             on = torch.as_tensor(item_lab, device=batch.seg_counts.device)
             k = int(item_lab.sum())
-            total += float(loss_fn({t: v[on] for t, v in picked.items()}, {t: v[on] for t, v in truth.items()},
-                                   weights, None, regression)) * k
+            total += (
+                float(
+                    loss_fn(
+                        {t: v[on] for t, v in picked.items()},
+                        {t: v[on] for t, v in truth.items()},
+                        weights,
+                        None,
+                        regression,
+                    )
+                )
+                * k
+            )
             n += k
         for t, v in head_outputs(scheme, picked).items():
             outs[t].append(v)
@@ -136,9 +161,14 @@ def run_model(model, batches, data, weights: dict, device, amp: bool, loss_fn=No
         if item_seg is not None:
             segs.append(item_seg)
     cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0)  # noqa: E731
-    return Scored(outputs={t: cat(v) for t, v in outs.items() if v}, truth={t: cat(v) for t, v in y.items() if v},
-                  labelled=cat(lab).astype(bool), calls=cat(calls).astype(np.int64),
-                  segments=cat(segs).astype(np.int64) if segs else None, loss=total / n if n else None)
+    return Scored(
+        outputs={t: cat(v) for t, v in outs.items() if v},
+        truth={t: cat(v) for t, v in y.items() if v},
+        labelled=cat(lab).astype(bool),
+        calls=cat(calls).astype(np.int64),
+        segments=cat(segs).astype(np.int64) if segs else None,
+        loss=total / n if n else None,
+    )
 
 
 # ------------------------------------------------------------------------------------------------- tables
@@ -163,7 +193,7 @@ def task_values(tasks: list[dict], preds: dict) -> list[str]:
         elif "value" in p:
             vals.append(_fmt(p["value"]))
             vals += [""] * len(t["classes"])
-        else:   # classes derived from a regression's score have a label but no probabilities
+        else:  # classes derived from a regression's score have a label but no probabilities
             vals.append(p["label"])
             vals += [_fmt(p["probs"][c]) if "probs" in p else "" for c in t["classes"]]
     return vals
@@ -183,22 +213,36 @@ def prediction_table(scored: Scored, data, tasks: list[dict]) -> str:
     w = csv.writer(buf, lineterminator="\n")
     segment_level = scored.segments is not None
     seconds_of = data.store.segment_seconds()
-    head = (["call_id", "segment", "start", "end", "status", "text"] if segment_level else
-            ["call_id", "source", "status", "segments", "duration_s"])
+    head = (
+        ["call_id", "segment", "start", "end", "status", "text"]
+        if segment_level
+        else ["call_id", "source", "status", "segments", "duration_s"]
+    )
     w.writerow(head + task_columns(tasks) + [f"true_{t['name']}" for t in truths])
     for i, answer in enumerate(answers):
         c = int(scored.calls[i])
         rows = data.rows[c]
         if segment_level:
             r = int(rows[int(scored.segments[i])])
-            lead = [data.calls[c], int(table["segment_index"][r]), _time(table["start"][r]), _time(table["end"][r]),
-                    "ok", ""]
+            lead = [
+                data.calls[c],
+                int(table["segment_index"][r]),
+                _time(table["start"][r]),
+                _time(table["end"][r]),
+                "ok",
+                "",
+            ]
         else:
             # the seconds of audio in the call's scored segments, as msmtfn-predict counts them (empty for an
             # older store's whole-file segments, whose length it did not keep)
             seconds = float(seconds_of[rows].sum())
-            lead = [data.calls[c], table["source_path"][int(rows[0])], "ok", len(rows),
-                    f"{seconds:.3f}" if np.isfinite(seconds) else ""]
+            lead = [
+                data.calls[c],
+                table["source_path"][int(rows[0])],
+                "ok",
+                len(rows),
+                f"{seconds:.3f}" if np.isfinite(seconds) else "",
+            ]
         true = []
         for t in truths:
             if not scored.labelled[i]:
@@ -225,8 +269,15 @@ def use_threads(n: int, device: str = "cpu") -> None:
         torch.set_num_threads(n)
 
 
-def score_cache(run_dir, cache: str, split: str = "test", device: str = "cpu", batch_calls: int = 0,
-                storage_options: dict | None = None, threads: int = 0) -> tuple[str, int]:
+def score_cache(
+    run_dir,
+    cache: str,
+    split: str = "test",
+    device: str = "cpu",
+    batch_calls: int = 0,
+    storage_options: dict | None = None,
+    threads: int = 0,
+) -> tuple[str, int]:
     """(CSV text, rows) of a trained run over the calls of an existing cache: the run's own cache (its
     ``--split test`` output equals the run's predictions_test.csv) or a cache of new calls extracted with the
     run's encoder settings (unlabelled calls are scored too; their ``true_*`` cells stay empty)."""
@@ -244,26 +295,42 @@ def score_cache(run_dir, cache: str, split: str = "test", device: str = "cpu", b
     use_threads(threads or cfg.threads, device)
     store = open_cache(cache, storage_options)
     run_cache = meta.get("cache", {})
-    if (store.label_scheme, store.label_scheme_def) != (run_cache.get("label_scheme"),
-                                                        run_cache.get("label_scheme_def")):
+    if (store.label_scheme, store.label_scheme_def) != (
+        run_cache.get("label_scheme"),
+        run_cache.get("label_scheme_def"),
+    ):
         same_name = store.label_scheme == run_cache.get("label_scheme")
-        raise TrainError(f"{cache}: label scheme {store.label_scheme!r}" + (" with another definition (its classes "
-                         "or tasks changed)" if same_name else "") + f", but {run_dir} was trained on "
-                         f"{run_cache.get('label_scheme')!r}; score a cache extracted with the run's label scheme")
+        raise TrainError(
+            f"{cache}: label scheme {store.label_scheme!r}"
+            + (" with another definition (its classes or tasks changed)" if same_name else "")
+            + f", but {run_dir} was trained on "
+            f"{run_cache.get('label_scheme')!r}; score a cache extracted with the run's label scheme"
+        )
     mine, theirs = encoder_identity(store.settings), encoder_identity(run_cache.get("settings", {}))
     # named as msmtfn-extract names them ("text.max_tokens: 48 → 64"), the run's value first
     named = diff_settings(theirs, mine)
     if named:
         more = "; …" if len(named) > 5 else ""
-        raise TrainError(f"{cache}: extracted with other settings than {run_dir}'s cache (run's → this cache's: "
-                         f"{'; '.join(named[:5])}{more}); extract the calls with the run's encoder settings "
-                         "(msmtfn-extract info shows them)")
+        raise TrainError(
+            f"{cache}: extracted with other settings than {run_dir}'s cache (run's → this cache's: "
+            f"{'; '.join(named[:5])}{more}); extract the calls with the run's encoder settings "
+            "(msmtfn-extract info shows them)"
+        )
     data = CallData(store, scoring=True)
     calls = data.indices(split)
     if not calls:
         raise TrainError(f"{cache}: no calls in split {split!r} (--split all scores every call)")
     source = FeatureSource(data, dev, cfg.max_cache_gb, modalities=model.modalities, calls=calls)
-    batches = Batches(data, source, calls, batch_calls or cfg.batch_calls, False, None,
-                      full_text=model.pooling == "flatten")
+    batches = Batches(
+        data,
+        source,
+        calls,
+        batch_calls or cfg.batch_calls,
+        False,
+        None,
+        full_text=model.pooling == "flatten",
+    )
     scored = run_model(model, batches, data, {}, dev, cfg.amp and dev.type == "cuda")
-    return prediction_table(scored, data, output_tasks(data.scheme, head_widths(model))), len(scored.calls)
+    return prediction_table(scored, data, output_tasks(data.scheme, head_widths(model))), len(
+        scored.calls
+    )

@@ -28,6 +28,7 @@ settings is refused; a trial that fails is recorded in ``trials.csv`` and the sw
 :func:`resolve_run` turns a sweep folder into that trial's run folder (``msmtfn-predict --run SWEEP``). Log lines
 made while a trial runs start with ``[<configuration>/s<seed>]`` and are written around the progress bar.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -67,8 +68,10 @@ PRESETS = ("paper-ablation", "bottleneck-lr")
 @dataclass(frozen=True)
 class Configuration:
     name: str
-    settings: dict                      # TrainConfig fields (normalised keys) over the sweep's base
-    paper: dict = field(default_factory=dict)   # {"acc2": 76.6, "f1_5": ...} published figures, percent
+    settings: dict  # TrainConfig fields (normalised keys) over the sweep's base
+    paper: dict = field(
+        default_factory=dict
+    )  # {"acc2": 76.6, "f1_5": ...} published figures, percent
 
     @property
     def slug(self) -> str:
@@ -88,9 +91,16 @@ class SweepSpec:
         return [(c, s) for c in self.configurations for s in self.seeds]
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "seeds": list(self.seeds), "task": self.task, "source": self.source,
-                "configurations": [{"name": c.name, "settings": c.settings, "paper": c.paper}
-                                   for c in self.configurations]}
+        return {
+            "name": self.name,
+            "seeds": list(self.seeds),
+            "task": self.task,
+            "source": self.source,
+            "configurations": [
+                {"name": c.name, "settings": c.settings, "paper": c.paper}
+                for c in self.configurations
+            ],
+        }
 
 
 def _check_keys(settings: dict, where: str) -> dict:
@@ -104,7 +114,13 @@ def _check_keys(settings: dict, where: str) -> dict:
 
 
 def _value_name(v) -> str:
-    return ("yes" if v else "no") if isinstance(v, bool) else f"{v:g}" if isinstance(v, float) else str(v)
+    return (
+        ("yes" if v else "no")
+        if isinstance(v, bool)
+        else f"{v:g}"
+        if isinstance(v, float)
+        else str(v)
+    )
 
 
 def resolve_grid(grid: str | Path) -> Path:
@@ -116,7 +132,9 @@ def resolve_grid(grid: str | Path) -> Path:
     stem = p.name.removesuffix(".toml")
     if stem in PRESETS:
         return Path(str(resources.files("train") / "sweeps" / f"{stem}.toml"))
-    raise ConfigError(f"{grid}: no such grid file; give a TOML file or a preset ({', '.join(PRESETS)})")
+    raise ConfigError(
+        f"{grid}: no such grid file; give a TOML file or a preset ({', '.join(PRESETS)})"
+    )
 
 
 def _check_value(where: str, key: str, value) -> None:
@@ -126,7 +144,10 @@ def _check_value(where: str, key: str, value) -> None:
     except ConfigError as e:
         msg = str(e)
         raise ConfigError(msg if msg.startswith(f"{where}:") else f"{where}: {msg}") from None
-    except (TypeError, ValueError) as e:   # a check that compared a value of the wrong type (e.g. "zero" < 1)
+    except (
+        TypeError,
+        ValueError,
+    ) as e:  # a check that compared a value of the wrong type (e.g. "zero" < 1)
         raise ConfigError(f"{where}: {key} = {value!r}: {e}") from None
 
 
@@ -138,28 +159,37 @@ def _table(value, where: str) -> dict:
 
 def _seeds(seeds, where: str) -> tuple[int, ...]:
     """``3`` → seeds 0, 1, 2; a list → those seeds. Anything else is refused: "12" is not 12, nor seeds 1 and 2."""
-    whole = lambda v: isinstance(v, int) and not isinstance(v, bool)   # noqa: E731 — true is an int in Python
+    whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731 — true is an int in Python
     if whole(seeds):
         if seeds < 1:
-            raise ConfigError(f"{where}: {seeds} seeds: give 1 or more, or a list of seeds such as [0, 1, 7]")
+            raise ConfigError(
+                f"{where}: {seeds} seeds: give 1 or more, or a list of seeds such as [0, 1, 7]"
+            )
         return tuple(range(seeds))
     if isinstance(seeds, (list, tuple)) and seeds and all(whole(s) and s >= 0 for s in seeds):
         if len(set(seeds)) != len(seeds):
-            raise ConfigError(f"{where}: seed listed twice in {list(seeds)}; each seed is one trial folder")
+            raise ConfigError(
+                f"{where}: seed listed twice in {list(seeds)}; each seed is one trial folder"
+            )
         return tuple(seeds)
-    raise ConfigError(f"{where} = {seeds!r}: expected a whole number of seeds (seeds = 3 → 0, 1, 2) or a list "
-                      "of whole numbers ≥ 0 (seeds = [0, 1, 7])")
+    raise ConfigError(
+        f"{where} = {seeds!r}: expected a whole number of seeds (seeds = 3 → 0, 1, 2) or a list "
+        "of whole numbers ≥ 0 (seeds = [0, 1, 7])"
+    )
 
 
-def parse_grid(data: dict, name: str = "sweep", source: str = "", seeds=None, overrides: dict | None = None
-               ) -> SweepSpec:
+def parse_grid(
+    data: dict, name: str = "sweep", source: str = "", seeds=None, overrides: dict | None = None
+) -> SweepSpec:
     """The configurations of a grid file's table, ``overrides`` (``--set``) over every one; each setting and each
     configuration is checked as a TrainConfig here, so a bad value stops the sweep before anything is written."""
     known = {"name", "seeds", "task", "base", "grid", "trial"}
     for key in data:
         if key not in known:
-            raise ConfigError(f"{source or 'grid'}: unknown top-level key {key!r}; valid: {', '.join(sorted(known))} "
-                              "(training settings go under [base], [grid] or [[trial]])")
+            raise ConfigError(
+                f"{source or 'grid'}: unknown top-level key {key!r}; valid: {', '.join(sorted(known))} "
+                "(training settings go under [base], [grid] or [[trial]])"
+            )
     source = source or "grid"
     base = _check_keys(_table(data.get("base", {}), f"{source}: [base]"), f"{source}: [base]")
     for k, v in base.items():
@@ -172,7 +202,10 @@ def parse_grid(data: dict, name: str = "sweep", source: str = "", seeds=None, ov
         if not isinstance(v, list) or not v:
             raise ConfigError(f"{source}: [grid] {k} must be a non-empty list of values, not {v!r}")
     grid: dict[str, list] = {}
-    for k, values in raw_grid.items():   # "no-bigru = [true, false]" negates each value, not the list
+    for (
+        k,
+        values,
+    ) in raw_grid.items():  # "no-bigru = [true, false]" negates each value, not the list
         pairs = [normalise_keys({k: x}).popitem() for x in values]
         grid[pairs[0][0]] = [v for _, v in pairs]
     _check_keys(dict.fromkeys(grid), f"{source}: [grid]")
@@ -181,7 +214,9 @@ def parse_grid(data: dict, name: str = "sweep", source: str = "", seeds=None, ov
             _check_value(f"{source}: [grid]", k, v)
     trials = data.get("trial", [])
     if not isinstance(trials, list) or not all(isinstance(t, dict) for t in trials):
-        raise ConfigError(f"{source}: trial must be [[trial]] tables (one per named configuration), not {trials!r}")
+        raise ConfigError(
+            f"{source}: trial must be [[trial]] tables (one per named configuration), not {trials!r}"
+        )
     named = []
     for i, t in enumerate(trials):
         t = dict(t)
@@ -190,8 +225,10 @@ def parse_grid(data: dict, name: str = "sweep", source: str = "", seeds=None, ov
         paper = _table(t.pop("paper", {}) or {}, f"{where}: paper")
         for k, v in paper.items():
             if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ConfigError(f"{where}: paper {k} = {v!r}: expected the published figure as a number in "
-                                  "percent (e.g. acc2 = 71.23); leave out figures the paper does not give")
+                raise ConfigError(
+                    f"{where}: paper {k} = {v!r}: expected the published figure as a number in "
+                    "percent (e.g. acc2 = 71.23); leave out figures the paper does not give"
+                )
         settings = _check_keys(t, where)
         for k, v in settings.items():
             _check_value(where, k, v)
@@ -206,20 +243,35 @@ def parse_grid(data: dict, name: str = "sweep", source: str = "", seeds=None, ov
             label = ", ".join(f"{k}={_value_name(v)}" for k, v in combo.items())
             full = " | ".join(x for x in (tname, label) if x) or "base"
             settings = {**base, **tset, **combo, **overrides}
-            try:   # every configuration must be a valid TrainConfig before anything trains
+            try:  # every configuration must be a valid TrainConfig before anything trains
                 TrainConfig.from_dict({**settings, "cache": "-"}, source=f"{source}: {full!r}")
             except ConfigError as e:
                 msg = str(e)
-                raise ConfigError(msg if msg.startswith(f"{source}:") else f"{source}: {full!r}: {msg}") from None
+                raise ConfigError(
+                    msg if msg.startswith(f"{source}:") else f"{source}: {full!r}: {msg}"
+                ) from None
             except (TypeError, ValueError) as e:
                 raise ConfigError(f"{source}: {full!r}: {e}") from None
-            configs.append(Configuration(full, settings, paper if not combo else {}))  # figures of the paper's setting
+            configs.append(
+                Configuration(full, settings, paper if not combo else {})
+            )  # figures of the paper's setting
     if len({c.slug for c in configs}) != len(configs):
-        raise ConfigError(f"{source}: two configurations have the same name; give each [[trial]] its own name")
-    seeds = _seeds(seeds, "--seeds") if seeds is not None else _seeds(data.get("seeds", 1), f"{source}: seeds")
+        raise ConfigError(
+            f"{source}: two configurations have the same name; give each [[trial]] its own name"
+        )
+    seeds = (
+        _seeds(seeds, "--seeds")
+        if seeds is not None
+        else _seeds(data.get("seeds", 1), f"{source}: seeds")
+    )
     task = data.get("task")
-    return SweepSpec(name=str(data.get("name", name)), configurations=tuple(configs), seeds=seeds,
-                     task=str(task) if task is not None else None, source=source)
+    return SweepSpec(
+        name=str(data.get("name", name)),
+        configurations=tuple(configs),
+        seeds=seeds,
+        task=str(task) if task is not None else None,
+        source=source,
+    )
 
 
 def read_grid(grid: str | Path, seeds=None, overrides: dict | None = None) -> SweepSpec:
@@ -236,12 +288,12 @@ def read_grid(grid: str | Path, seeds=None, overrides: dict | None = None) -> Sw
 class SweepOptions:
     cache: str
     grid: str
-    out: str | None = None             # default runs/sweeps/<name>
-    seeds: int | list | None = None    # overrides the grid file
+    out: str | None = None  # default runs/sweeps/<name>
+    seeds: int | list | None = None  # overrides the grid file
     device: str = "auto"
     resume: bool = False
-    parallel: int = 1                  # trials trained at once (threads sharing the loaded cache)
-    overrides: dict = field(default_factory=dict)   # --set KEY=VALUE over every trial
+    parallel: int = 1  # trials trained at once (threads sharing the loaded cache)
+    overrides: dict = field(default_factory=dict)  # --set KEY=VALUE over every trial
     max_cache_gb: float = 0.0
     progress: bool = True
 
@@ -284,8 +336,10 @@ class SweepInterrupted(KeyboardInterrupt):
 
     def __init__(self, root: Path, command: str):
         self.root, self.command = root, command
-        super().__init__(f"interrupted: finished trials are kept and the trial in flight continues from its last "
-                         f"saved epoch; resume with: {command}")
+        super().__init__(
+            f"interrupted: finished trials are kept and the trial in flight continues from its last "
+            f"saved epoch; resume with: {command}"
+        )
 
 
 def resume_command(opts: SweepOptions, root: Path) -> str:
@@ -304,8 +358,12 @@ def resume_command(opts: SweepOptions, root: Path) -> str:
 BEST = "best.json"
 BEST_LINK = "best"
 # metrics.json's "selection" text (train.loop.SELECTION_TEXT) -> the metric it names, for runs without its "key"
-_SELECTION_KEYS = (("validation macro-F1", "macro_f1"), ("validation weighted F1", "weighted_f1"),
-                   ("validation accuracy", "accuracy"), ("validation MAE", "mae"))
+_SELECTION_KEYS = (
+    ("validation macro-F1", "macro_f1"),
+    ("validation weighted F1", "weighted_f1"),
+    ("validation accuracy", "accuracy"),
+    ("validation MAE", "mae"),
+)
 
 
 class NoFinishedTrial(FileNotFoundError):
@@ -314,18 +372,27 @@ class NoFinishedTrial(FileNotFoundError):
 
 def _read_spec(root: Path) -> SweepSpec:
     s = json.loads((root / "sweep.json").read_text(encoding="utf-8"))["spec"]
-    return SweepSpec(s["name"], tuple(Configuration(c["name"], c["settings"], c.get("paper", {}))
-                                      for c in s["configurations"]), tuple(s["seeds"]), s.get("task"), s["source"])
+    return SweepSpec(
+        s["name"],
+        tuple(
+            Configuration(c["name"], c["settings"], c.get("paper", {})) for c in s["configurations"]
+        ),
+        tuple(s["seeds"]),
+        s.get("task"),
+        s["source"],
+    )
 
 
 def _selection_metric(runs: list[dict], task: str) -> str:
     if any("mae" in m["val"].get(task, {}) for m in runs):
         return "mae"
-    for m in runs:   # one metric for every trial: the scheme's (one cache, one scheme), as the trainer selected
+    for m in (
+        runs
+    ):  # one metric for every trial: the scheme's (one cache, one scheme), as the trainer selected
         key = m.get("selection", {}).get("key")
         if key in ("macro_f1", "weighted_f1", "accuracy"):
             return key
-        text = m.get("selection", {}).get("metric", "")   # runs made before the key was recorded
+        text = m.get("selection", {}).get("metric", "")  # runs made before the key was recorded
         for prefix, key in _SELECTION_KEYS:
             if text.startswith(prefix) and key != "mae":
                 return key
@@ -371,18 +438,28 @@ def select_best(root: str | Path) -> dict | None:
         if task not in m["val"]:
             continue
         score = _score(m, task, metric)
-        if best is None or score > best_score:   # strictly better: an equal score keeps the earlier trial
+        if (
+            best is None or score > best_score
+        ):  # strictly better: an equal score keeps the earlier trial
             best, best_score = (config, seed, m), score
     if best is None:
         return None
     config, seed, m = best
-    return {"run_dir": trial_dir(Path("."), config, seed).as_posix(),   # relative to the sweep folder
-            "configuration": config.name, "seed": seed, "settings": config.settings,
-            "task": task, "metric": metric, "value": m["val"][task][metric], "split": "valid",
-            "trials_finished": len(finished), "trials": len(spec.trials()),
-            "selected_by": f"validation {metric} of task {task} (ties: "
-                           f"{'correlation' if metric == 'mae' else 'accuracy'}, then validation loss, then grid "
-                           f"order) over {len(finished)} finished of {len(spec.trials())} trials"}
+    return {
+        "run_dir": trial_dir(Path("."), config, seed).as_posix(),  # relative to the sweep folder
+        "configuration": config.name,
+        "seed": seed,
+        "settings": config.settings,
+        "task": task,
+        "metric": metric,
+        "value": m["val"][task][metric],
+        "split": "valid",
+        "trials_finished": len(finished),
+        "trials": len(spec.trials()),
+        "selected_by": f"validation {metric} of task {task} (ties: "
+        f"{'correlation' if metric == 'mae' else 'accuracy'}, then validation loss, then grid "
+        f"order) over {len(finished)} finished of {len(spec.trials())} trials",
+    }
 
 
 def write_best(root: str | Path) -> dict | None:
@@ -402,20 +479,27 @@ def write_best(root: str | Path) -> dict | None:
 
 
 def _link(link: Path, target: str) -> None:
-    if link.exists() and not link.is_symlink():   # a file or folder someone put there: never replaced
-        log.warning("%s exists and is not a link; the selected trial is named in %s only", link, BEST)
+    if (
+        link.exists() and not link.is_symlink()
+    ):  # a file or folder someone put there: never replaced
+        log.warning(
+            "%s exists and is not a link; the selected trial is named in %s only", link, BEST
+        )
         return
     tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
     try:
         tmp.unlink(missing_ok=True)
         os.symlink(target, tmp, target_is_directory=True)
-        os.replace(tmp, link)                      # atomic: the link names the old trial or the new one
-    except (OSError, NotImplementedError) as e:    # no symlinks here (some Windows setups, some mounts): file only
+        os.replace(tmp, link)  # atomic: the link names the old trial or the new one
+    except (
+        OSError,
+        NotImplementedError,
+    ) as e:  # no symlinks here (some Windows setups, some mounts): file only
         log.debug("%s: no link (%s); %s names the selected trial", link, e, BEST)
         for p in (tmp, link):
             try:
                 if p.is_symlink():
-                    p.unlink()                     # a stale link would name another trial
+                    p.unlink()  # a stale link would name another trial
             except OSError:
                 pass
 
@@ -423,7 +507,11 @@ def _link(link: Path, target: str) -> None:
 def _write_best_quietly(root: Path) -> None:
     try:
         write_best(root)
-    except (OSError, ValueError, KeyError) as e:   # never hides the error or Ctrl-C that ended the sweep
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+    ) as e:  # never hides the error or Ctrl-C that ended the sweep
         log.warning("%s: could not write %s: %s", root, BEST, e)
 
 
@@ -452,11 +540,15 @@ def resolve_run(path: str | Path) -> tuple[Path, str | None]:
         rec = None
     rec = rec or select_best(root)
     if rec is None:
-        raise NoFinishedTrial(f"{root}: a sweep folder with no finished trial yet (see {root / 'trials.csv'}); "
-                              f"finish one (msmtfn-sweep ... --out {root} --resume) or give a trial's run folder "
-                              f"({root / 'trials'}/<configuration>/s<seed>)")
-    note = (f"sweep {root}: using trial {rec['configuration']}/s{rec['seed']} (validation {rec['metric']} of "
-            f"{rec['task']} = {rec['value']:.3g})")
+        raise NoFinishedTrial(
+            f"{root}: a sweep folder with no finished trial yet (see {root / 'trials.csv'}); "
+            f"finish one (msmtfn-sweep ... --out {root} --resume) or give a trial's run folder "
+            f"({root / 'trials'}/<configuration>/s<seed>)"
+        )
+    note = (
+        f"sweep {root}: using trial {rec['configuration']}/s{rec['seed']} (validation {rec['metric']} of "
+        f"{rec['task']} = {rec['value']:.3g})"
+    )
     return root / rec["run_dir"], note
 
 
@@ -483,29 +575,47 @@ def _run_sweep(opts: SweepOptions, spec: SweepSpec, root: Path) -> dict:
     manifest = root / "sweep.json"
     device = resolve_device(opts.device)
     if manifest.exists() and not opts.resume:
-        raise TrainError(f"{root}: a sweep is already there; add --resume to run only its missing trials, or "
-                         "choose another --out")
+        raise TrainError(
+            f"{root}: a sweep is already there; add --resume to run only its missing trials, or "
+            "choose another --out"
+        )
     _check_value("--max-cache-gb", "max_cache_gb", opts.max_cache_gb)
     # every trial's exact settings, made before the cache is loaded or anything is written
     configs: dict[tuple[str, int], TrainConfig] = {}
     for config, seed in spec.trials():
         try:
             configs[(config.name, seed)] = TrainConfig.from_dict(
-                {**config.settings, "cache": opts.cache, "out": str(trial_dir(root, config, seed)), "seed": seed,
-                 "device": str(device), "progress": False, "max_cache_gb": opts.max_cache_gb},
-                source=f"{spec.source}: {config.name!r} seed {seed}")
-        except (TypeError, ValueError) as e:   # checked in read_grid already; a ConfigError (exit 2) all the same
-            raise ConfigError(str(e) if isinstance(e, ConfigError) else f"{spec.source}: {config.name!r}: {e}") \
-                from None
+                {
+                    **config.settings,
+                    "cache": opts.cache,
+                    "out": str(trial_dir(root, config, seed)),
+                    "seed": seed,
+                    "device": str(device),
+                    "progress": False,
+                    "max_cache_gb": opts.max_cache_gb,
+                },
+                source=f"{spec.source}: {config.name!r} seed {seed}",
+            )
+        except (
+            TypeError,
+            ValueError,
+        ) as e:  # checked in read_grid already; a ConfigError (exit 2) all the same
+            raise ConfigError(
+                str(e) if isinstance(e, ConfigError) else f"{spec.source}: {config.name!r}: {e}"
+            ) from None
     loaded = load_cache(opts.cache, device, opts.max_cache_gb)
-    record = {"spec": spec.to_dict(), "cache": {"path": str(loaded.store.path),
-                                                "fingerprint": loaded.store.fingerprint}}
+    record = {
+        "spec": spec.to_dict(),
+        "cache": {"path": str(loaded.store.path), "fingerprint": loaded.store.fingerprint},
+    }
     if manifest.exists():
         old = json.loads(manifest.read_text(encoding="utf-8"))
         if old.get("cache", {}).get("fingerprint") != loaded.store.fingerprint:
             was = old.get("cache", {}).get("fingerprint")
-            raise TrainError(f"{root}: this sweep was run on another cache (fingerprint {was}); resume it on that "
-                             "cache or use another --out")
+            raise TrainError(
+                f"{root}: this sweep was run on another cache (fingerprint {was}); resume it on that "
+                "cache or use another --out"
+            )
     _check_kept_trials(root, configs, loaded.store)
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(manifest, record)
@@ -519,23 +629,42 @@ def _run_sweep(opts: SweepOptions, spec: SweepSpec, root: Path) -> dict:
             status[(config.name, seed)] = {"status": "done (earlier)", "run_dir": str(d)}
         else:
             todo.append((config, seed))
-    log.info("%s: %d trials (%d configurations × %d seeds); %d finished earlier, %d to run; cache loaded once on %s",
-             root, len(trials), len(spec.configurations), len(spec.seeds), len(trials) - len(todo), len(todo), device)
+    log.info(
+        "%s: %d trials (%d configurations × %d seeds); %d finished earlier, %d to run; cache loaded once on %s",
+        root,
+        len(trials),
+        len(spec.configurations),
+        len(spec.seeds),
+        len(trials) - len(todo),
+        len(todo),
+        device,
+    )
 
     def one(config: Configuration, seed: int) -> tuple[tuple[str, int], dict]:
         d = trial_dir(root, config, seed)
         t0 = time.perf_counter()
-        token = TRIAL.set(trial_name(config, seed))   # every log line of this trial (this thread) is named by it
+        token = TRIAL.set(
+            trial_name(config, seed)
+        )  # every log line of this trial (this thread) is named by it
         try:
             m = fit(configs[(config.name, seed)], resume=True, loaded=loaded)
             st = "resumed" if m.get("resumed_after_epoch") else "done"
-            return (config.name, seed), {"status": st, "run_dir": str(d), "seconds": time.perf_counter() - t0}
+            return (config.name, seed), {
+                "status": st,
+                "run_dir": str(d),
+                "seconds": time.perf_counter() - t0,
+            }
         except Exception as e:  # noqa: BLE001 — any failure of one trial (a bad combination, out of memory, a bug
-            log.error("trial failed: %s (traceback: %s)", e, d / "error.txt")   # it hits) must not stop the others
+            log.error(
+                "trial failed: %s (traceback: %s)", e, d / "error.txt"
+            )  # it hits) must not stop the others
             d.mkdir(parents=True, exist_ok=True)
             (d / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
-            return (config.name, seed), {"status": f"failed: {str(e).splitlines()[0][:200]}", "run_dir": str(d),
-                                         "seconds": time.perf_counter() - t0}
+            return (config.name, seed), {
+                "status": f"failed: {str(e).splitlines()[0][:200]}",
+                "run_dir": str(d),
+                "seconds": time.perf_counter() - t0,
+            }
         finally:
             TRIAL.reset(token)
 
@@ -550,16 +679,21 @@ def _run_sweep(opts: SweepOptions, spec: SweepSpec, root: Path) -> dict:
     finally:
         bar.close()
         _write_trials(root, spec, status)
-        _write_best_quietly(root)   # also after Ctrl-C: best.json follows every finished trial
+        _write_best_quietly(root)  # also after Ctrl-C: best.json follows every finished trial
     summary = report(root)
     summary["seconds"] = time.perf_counter() - t_start
     summary["trials_run"] = len(todo)
-    summary["failed"] = [{"configuration": c, "seed": sd, "reason": st["status"]} for (c, sd), st in status.items()
-                         if st["status"].startswith("failed")]
+    summary["failed"] = [
+        {"configuration": c, "seed": sd, "reason": st["status"]}
+        for (c, sd), st in status.items()
+        if st["status"].startswith("failed")
+    ]
     return summary
 
 
-def _run_trials(opts: SweepOptions, todo: list, one, status: dict, bar, root: Path, spec: SweepSpec) -> None:
+def _run_trials(
+    opts: SweepOptions, todo: list, one, status: dict, bar, root: Path, spec: SweepSpec
+) -> None:
     if opts.parallel <= 1:
         for config, seed in todo:
             key, st = one(config, seed)
@@ -587,19 +721,28 @@ def _check_kept_trials(root: Path, configs: dict[tuple[str, int], TrainConfig], 
         d = Path(cfg.out)
         # a folder with neither (a trial that failed before its first state) keeps nothing: it simply runs again
         if (d / "metrics.json").is_file() or (d / STATE).is_file():
-            problem = resume_problem(cfg, store)   # msmtfn-train --resume's own check: same settings, same cache
+            problem = resume_problem(
+                cfg, store
+            )  # msmtfn-train --resume's own check: same settings, same cache
             if problem:
                 problems.append(problem)
     if problems:
         more = f" ({len(problems)} trials in all)" if len(problems) > 1 else ""
-        raise TrainError(f"{root}: a trial there was run with other settings{more}: {problems[0]} (a sweep's own "
-                         "settings are its grid file, --set and the seed)")
+        raise TrainError(
+            f"{root}: a trial there was run with other settings{more}: {problems[0]} (a sweep's own "
+            "settings are its grid file, --set and the seed)"
+        )
 
 
 def _write_trials(root: Path, spec: SweepSpec, status: dict) -> None:
-    rows = [{"configuration": c.name, "seed": s, **status.get((c.name, s), {"status": "pending",
-                                                                           "run_dir": str(trial_dir(root, c, s))})}
-            for c, s in spec.trials()]
+    rows = [
+        {
+            "configuration": c.name,
+            "seed": s,
+            **status.get((c.name, s), {"status": "pending", "run_dir": str(trial_dir(root, c, s))}),
+        }
+        for c, s in spec.trials()
+    ]
     _write_csv(root / "trials.csv", rows, ["configuration", "seed", "status", "seconds", "run_dir"])
 
 
@@ -623,7 +766,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
-SPLITS_REPORTED = (("test", ""), ("val", "val_"))   # metrics.json key, column prefix: never mixed
+SPLITS_REPORTED = (("test", ""), ("val", "val_"))  # metrics.json key, column prefix: never mixed
 
 
 def aggregate(root: Path) -> tuple[SweepSpec, list[dict], list[str]]:
@@ -635,8 +778,15 @@ def aggregate(root: Path) -> tuple[SweepSpec, list[dict], list[str]]:
 
     record = json.loads((root / "sweep.json").read_text(encoding="utf-8"))
     s = record["spec"]
-    spec = SweepSpec(s["name"], tuple(Configuration(c["name"], c["settings"], c.get("paper", {}))
-                                      for c in s["configurations"]), tuple(s["seeds"]), s.get("task"), s["source"])
+    spec = SweepSpec(
+        s["name"],
+        tuple(
+            Configuration(c["name"], c["settings"], c.get("paper", {})) for c in s["configurations"]
+        ),
+        tuple(s["seeds"]),
+        s.get("task"),
+        s["source"],
+    )
     rows, tasks = [], []
     for config in spec.configurations:
         runs = []
@@ -645,8 +795,13 @@ def aggregate(root: Path) -> tuple[SweepSpec, list[dict], list[str]]:
             if p.is_file():
                 runs.append(json.loads(p.read_text(encoding="utf-8")))
         row = {"configuration": config.name, "seeds_done": len(runs), "seeds": len(spec.seeds)}
-        selected = sorted({f"{m['selection']['task']}: {m['selection']['metric'].split(' (')[0]}"
-                           for m in runs if "selection" in m})
+        selected = sorted(
+            {
+                f"{m['selection']['task']}: {m['selection']['metric'].split(' (')[0]}"
+                for m in runs
+                if "selection" in m
+            }
+        )
         row["selected_on"] = "; ".join(selected)
         for m in runs:
             for t in list(m.get("test") or {}) + list(m["val"]):
@@ -656,11 +811,16 @@ def aggregate(root: Path) -> tuple[SweepSpec, list[dict], list[str]]:
             for k in METRICS + REGRESSION_METRICS + ("accuracy_nonzero",):
                 scale = 1 if k in REGRESSION_METRICS else 100
                 for split, prefix in SPLITS_REPORTED:
-                    vals = [scale * m[split][t][k] for m in runs if k in (m.get(split) or {}).get(t, {})]
+                    vals = [
+                        scale * m[split][t][k] for m in runs if k in (m.get(split) or {}).get(t, {})
+                    ]
                     if vals:
                         row[f"{prefix}{k}_{t}_mean"], row[f"{prefix}{k}_{t}_std"] = _mean_std(vals)
-                halves = [scale * (m["test"][t]["ci95"][k][1] - m["test"][t]["ci95"][k][0]) / 2 for m in runs
-                          if k in (m.get("test") or {}).get(t, {}).get("ci95", {})]
+                halves = [
+                    scale * (m["test"][t]["ci95"][k][1] - m["test"][t]["ci95"][k][0]) / 2
+                    for m in runs
+                    if k in (m.get("test") or {}).get(t, {}).get("ci95", {})
+                ]
                 if halves:
                     row[f"ci_{k}_{t}"] = float(np.mean(halves))
         for key, val in config.paper.items():
@@ -687,27 +847,46 @@ def report(root: str | Path) -> dict:
         raise TrainError(f"{root}: not a sweep folder (no sweep.json)")
     spec, rows, tasks = aggregate(root)
     primary = _primary(spec, tasks)
-    lower_better = _is_regression(rows, primary)   # sorted by MAE (lower first) for a regression task
+    lower_better = _is_regression(
+        rows, primary
+    )  # sorted by MAE (lower first) for a regression task
     # sorted on validation, the split the checkpoints were chosen on; test is read, never optimised
     key = f"val_mae_{primary}_mean" if lower_better else f"val_accuracy_{primary}_mean"
     sign = 1 if lower_better else -1
     rows.sort(key=lambda r: sign * r[key] if not math.isnan(r.get(key, float("nan"))) else math.inf)
     papers = sorted({k for r in rows for k in r["_paper"]})
-    present = [k for k in METRICS + REGRESSION_METRICS + ("accuracy_nonzero",)
-               if any(f"{k}_{t}_mean" in r or f"val_{k}_{t}_mean" in r for r in rows for t in tasks)]
-    fields = ["configuration", "seeds_done", "seeds", "selected_on"] + \
-        [f"{prefix}{k}_{t}_{s}" for t in tasks for k in present for prefix in ("val_", "")
-         for s in ("mean", "std") if any(f"{prefix}{k}_{t}_mean" in r for r in rows)] + \
-        [f"ci_{k}_{t}" for t in tasks for k in present if any(f"ci_{k}_{t}" in r for r in rows)] + \
-        [f"paper_{k}" for k in papers]
+    present = [
+        k
+        for k in METRICS + REGRESSION_METRICS + ("accuracy_nonzero",)
+        if any(f"{k}_{t}_mean" in r or f"val_{k}_{t}_mean" in r for r in rows for t in tasks)
+    ]
+    fields = (
+        ["configuration", "seeds_done", "seeds", "selected_on"]
+        + [
+            f"{prefix}{k}_{t}_{s}"
+            for t in tasks
+            for k in present
+            for prefix in ("val_", "")
+            for s in ("mean", "std")
+            if any(f"{prefix}{k}_{t}_mean" in r for r in rows)
+        ]
+        + [f"ci_{k}_{t}" for t in tasks for k in present if any(f"ci_{k}_{t}" in r for r in rows)]
+        + [f"paper_{k}" for k in papers]
+    )
     _write_csv(root / "results.csv", rows, fields)
     md = _markdown(spec, rows, tasks, primary, papers)
     atomic_write_bytes(root / "results.md", md.encode("utf-8"))
     if rows and tasks:
         _bar_chart(spec, rows, primary, root / "results.png")
     best = write_best(root)
-    return {"sweep": str(root), "task": primary, "tasks": tasks, "rows": [{k: v for k, v in r.items() if k != "_paper"}
-                                                                        for r in rows], "markdown": md, "best": best}
+    return {
+        "sweep": str(root),
+        "task": primary,
+        "tasks": tasks,
+        "rows": [{k: v for k, v in r.items() if k != "_paper"} for r in rows],
+        "markdown": md,
+        "best": best,
+    }
 
 
 def _is_regression(rows: list[dict], task: str) -> bool:
@@ -718,27 +897,53 @@ def _fmt(mean: float, std: float, digits: int = 2) -> str:
     return "–" if math.isnan(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def _markdown(spec: SweepSpec, rows: list[dict], tasks: list[str], primary: str, papers: list[str]) -> str:
+def _markdown(
+    spec: SweepSpec, rows: list[dict], tasks: list[str], primary: str, papers: list[str]
+) -> str:
     order = [primary] + [t for t in tasks if t != primary]
     reg = [t for t in order if _is_regression(rows, t)]
-    cls = [t for t in order if t not in reg and ":" not in t]   # class heads beside a regression: CSV only
+    cls = [
+        t for t in order if t not in reg and ":" not in t
+    ]  # class heads beside a regression: CSV only
     nz = [t for t in cls if any(f"accuracy_nonzero_{t}_mean" in r for r in rows)]
     main_metric = "mae" if primary in reg else "accuracy"
     main_name = f"MAE {primary}" if primary in reg else f"acc{primary}"
-    head = ["configuration", "seeds", "selected on", f"val {main_name}", f"test {main_name}", "95% CI ±"] + \
-        [h for t in reg if t != primary for h in (f"MAE {t}",)] + [h for t in reg for h in (f"Corr {t}",)] + \
-        [f"acc{t}" for t in cls if t != primary] + [f"acc{t} non-zero" for t in nz] + \
-        [f"F1{t} (weighted)" for t in cls] + [f"paper {k}" for k in papers]
-    title = (f"### {spec.name}: validation and test, mean ± std over seeds (checkpoints selected on validation; "
-             f"sorted by val {main_name})")
+    head = (
+        [
+            "configuration",
+            "seeds",
+            "selected on",
+            f"val {main_name}",
+            f"test {main_name}",
+            "95% CI ±",
+        ]
+        + [h for t in reg if t != primary for h in (f"MAE {t}",)]
+        + [h for t in reg for h in (f"Corr {t}",)]
+        + [f"acc{t}" for t in cls if t != primary]
+        + [f"acc{t} non-zero" for t in nz]
+        + [f"F1{t} (weighted)" for t in cls]
+        + [f"paper {k}" for k in papers]
+    )
+    title = (
+        f"### {spec.name}: validation and test, mean ± std over seeds (checkpoints selected on validation; "
+        f"sorted by val {main_name})"
+    )
     lines = [title, "", "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     digits = 3 if primary in reg else 2
     for r in rows:
-        get = lambda key: (r.get(f"{key}_mean", math.nan), r.get(f"{key}_std", math.nan))  # noqa: E731
+
+        def get(key, r=r):
+            return r.get(f"{key}_mean", math.nan), r.get(f"{key}_std", math.nan)
+
         ci = r.get(f"ci_{main_metric}_{primary}", math.nan)
-        cells = [r["configuration"], f"{r['seeds_done']}/{r['seeds']}", r.get("selected_on", ""),
-                 _fmt(*get(f"val_{main_metric}_{primary}"), digits), _fmt(*get(f"{main_metric}_{primary}"), digits),
-                 "–" if math.isnan(ci) else f"{ci:.{digits}f}"]
+        cells = [
+            r["configuration"],
+            f"{r['seeds_done']}/{r['seeds']}",
+            r.get("selected_on", ""),
+            _fmt(*get(f"val_{main_metric}_{primary}"), digits),
+            _fmt(*get(f"{main_metric}_{primary}"), digits),
+            "–" if math.isnan(ci) else f"{ci:.{digits}f}",
+        ]
         cells += [_fmt(*get(f"mae_{t}"), 3) for t in reg if t != primary]
         cells += [_fmt(*get(f"corr_{t}"), 3) for t in reg]
         cells += [_fmt(*get(f"accuracy_{t}")) for t in cls if t != primary]
@@ -747,12 +952,16 @@ def _markdown(spec: SweepSpec, rows: list[dict], tasks: list[str], primary: str,
         cells += [f"{r['_paper'][k]:.2f}" if k in r["_paper"] else "" for k in papers]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("Columns after the first test one are test figures. '95% CI ±': mean half-width of one run's "
-                 "bootstrap interval over test calls (differences smaller than it are noise). Every validation "
-                 "figure, macro-F1 and std is in results.csv. Paper figures are the published ones (single runs).")
+    lines.append(
+        "Columns after the first test one are test figures. '95% CI ±': mean half-width of one run's "
+        "bootstrap interval over test calls (differences smaller than it are noise). Every validation "
+        "figure, macro-F1 and std is in results.csv. Paper figures are the published ones (single runs)."
+    )
     if len({r.get("selected_on") for r in rows if r.get("selected_on")}) > 1:
-        lines.append("NOTE: rows were selected on different validation criteria ('selected on'): compare them "
-                     "with care.")
+        lines.append(
+            "NOTE: rows were selected on different validation criteria ('selected on'): compare them "
+            "with care."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -769,15 +978,20 @@ def _bar_chart(spec: SweepSpec, rows: list[dict], task: str, path: Path) -> None
     stds = [r.get(f"{metric}_{task}_std", math.nan) for r in rows]
     fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(rows) + 2), 4))
     x = np.arange(len(rows))
-    ax.bar(x, means, yerr=stds, capsize=4, color="#4c72b0", label="this sweep (mean ± std over seeds)")
-    paper = [r["_paper"].get(f"{'mae' if metric == 'mae' else 'acc'}{task}", math.nan) for r in rows]
+    ax.bar(
+        x, means, yerr=stds, capsize=4, color="#4c72b0", label="this sweep (mean ± std over seeds)"
+    )
+    paper = [
+        r["_paper"].get(f"{'mae' if metric == 'mae' else 'acc'}{task}", math.nan) for r in rows
+    ]
     if not all(math.isnan(p) for p in paper):
         ax.scatter(x, paper, marker="D", color="#dd8452", zorder=3, label="paper")
     ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel(f"test MAE, task {task}" if metric == "mae" else f"test accuracy, {task}-class task (%)")
+    ax.set_ylabel(
+        f"test MAE, task {task}" if metric == "mae" else f"test accuracy, {task}-class task (%)"
+    )
     ax.set_title(spec.name)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-

@@ -21,6 +21,7 @@ that would start past the wall-clock budget is recorded as skipped):
 Writes ``results.json`` and ``results.md`` into ``--out`` after every part, so a run cut short keeps what it
 measured.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,35 +48,70 @@ import torch  # noqa: E402
 
 @dataclasses.dataclass(frozen=True)
 class Sizes:
-    encoders: str            # "base" (HuBERT-base + RoBERTa-base shapes) | "tiny"
-    seconds: float           # segment length
-    segments: dict           # rate policy -> segments timed for ours
-    warm_segments: int       # warm-up run (model load, kernels, allocator), not timed
+    encoders: str  # "base" (HuBERT-base + RoBERTa-base shapes) | "tiny"
+    seconds: float  # segment length
+    segments: dict  # rate policy -> segments timed for ours
+    warm_segments: int  # warm-up run (model load, kernels, allocator), not timed
     naive_segments: int
-    workers: int             # decode/resample/tokenise loader processes
-    write_segments: int      # base-size rows for the writer part
-    calls: int               # training cache
-    width: int               # feature width of the training cache (768 = the paper's)
-    frames: tuple            # (audio rows, text rows) per segment in the training cache
+    workers: int  # decode/resample/tokenise loader processes
+    write_segments: int  # base-size rows for the writer part
+    calls: int  # training cache
+    width: int  # feature width of the training cache (768 = the paper's)
+    frames: tuple  # (audio rows, text rows) per segment in the training cache
     epochs: int
-    train_overrides: dict    # model dims (dry run only: tiny)
+    train_overrides: dict  # model dims (dry run only: tiny)
     sweep_trials: int
-    budget_s: float          # wall clock for all parts
+    budget_s: float  # wall clock for all parts
 
 
-DEVICE = Sizes(encoders="base", seconds=40.0, segments={"paper-8k": 3072, "encoder": 1536}, warm_segments=128,
-               naive_segments=48, workers=max(1, min(12, (os.cpu_count() or 2) - 2)), write_segments=256,
-               calls=877, width=768, frames=(999, 199), epochs=3, train_overrides={}, sweep_trials=3,
-               budget_s=300.0)
-DRY = Sizes(encoders="tiny", seconds=4.0, segments={"paper-8k": 12, "encoder": 12}, warm_segments=4,
-            naive_segments=4, workers=0, write_segments=8, calls=30, width=24, frames=(40, 12), epochs=1,
-            train_overrides=dict(heads=4, ffn=32, head_hidden=16, gru_hidden=8, cross_layers=1,
-                                 bottleneck_layers=1),
-            sweep_trials=2, budget_s=150.0)
+DEVICE = Sizes(
+    encoders="base",
+    seconds=40.0,
+    segments={"paper-8k": 3072, "encoder": 1536},
+    warm_segments=128,
+    naive_segments=48,
+    workers=max(1, min(12, (os.cpu_count() or 2) - 2)),
+    write_segments=256,
+    calls=877,
+    width=768,
+    frames=(999, 199),
+    epochs=3,
+    train_overrides={},
+    sweep_trials=3,
+    budget_s=300.0,
+)
+DRY = Sizes(
+    encoders="tiny",
+    seconds=4.0,
+    segments={"paper-8k": 12, "encoder": 12},
+    warm_segments=4,
+    naive_segments=4,
+    workers=0,
+    write_segments=8,
+    calls=30,
+    width=24,
+    frames=(40, 12),
+    epochs=1,
+    train_overrides=dict(
+        heads=4, ffn=32, head_hidden=16, gru_hidden=8, cross_layers=1, bottleneck_layers=1
+    ),
+    sweep_trials=2,
+    budget_s=150.0,
+)
 
 # dense fp16/bf16 tensor-core peak (no sparsity), FLOP/s, from the vendors' data sheets
-PEAK = {"H200": 989.4e12, "H100 SXM": 989.4e12, "H100 NVL": 835e12, "H100 PCIe": 756e12, "H100": 756e12,
-        "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10G": 125e12, "A10": 125e12}
+PEAK = {
+    "H200": 989.4e12,
+    "H100 SXM": 989.4e12,
+    "H100 NVL": 835e12,
+    "H100 PCIe": 756e12,
+    "H100": 756e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "A10G": 125e12,
+    "A10": 125e12,
+}
 
 
 def spec_peak(name: str) -> float | None:
@@ -108,13 +144,24 @@ def reset_peak(device: str) -> None:
 def environment(device: str) -> dict:
     import transformers
 
-    env = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-           "cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(), "device": device,
-           "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+        "device": device,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
     if device.startswith("cuda"):
         p = torch.cuda.get_device_properties(device)
-        env.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 2**30, 1),
-                   capability=f"{p.major}.{p.minor}", bf16=torch.cuda.is_bf16_supported())
+        env.update(
+            gpu=p.name,
+            gpu_memory_gib=round(p.total_memory / 2**30, 1),
+            capability=f"{p.major}.{p.minor}",
+            bf16=torch.cuda.is_bf16_supported(),
+        )
     try:
         import pynvml  # noqa: F401
 
@@ -124,7 +171,7 @@ def environment(device: str) -> dict:
     for mod in ("zarr", "numcodecs", "dask", "soundfile", "soxr"):
         try:
             env[mod] = __import__(mod).__version__
-        except Exception as e:   # recorded, not fatal: the parts that need it fail on their own
+        except Exception as e:  # recorded, not fatal: the parts that need it fail on their own
             env[mod] = f"missing ({e.__class__.__name__})"
     return env
 
@@ -162,15 +209,24 @@ def build_encoders(folder: Path, size: str) -> tuple[Path, Path]:
     if not (text / "config.json").is_file():
         build_tiny_text_encoder(text, size=size)
         vocab = len((text / "vocab.txt").read_text(encoding="utf-8").splitlines())
-        dims = {} if size == "base" else dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                              intermediate_size=64)
+        dims = (
+            {}
+            if size == "base"
+            else dict(
+                hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+            )
+        )
         torch.manual_seed(0)
         # pad id 0 = the tokenizer's [PAD] (RoBERTa numbers positions after its padding index)
-        RobertaModel(RobertaConfig(vocab_size=vocab, pad_token_id=0, **dims)).eval().save_pretrained(text)
+        RobertaModel(
+            RobertaConfig(vocab_size=vocab, pad_token_id=0, **dims)
+        ).eval().save_pretrained(text)
     return audio, text
 
 
-def stage_times(cfg, audio_dir: Path, text_dir: Path, data_dir: Path, tmp: Path, batch: int) -> dict:
+def stage_times(
+    cfg, audio_dir: Path, text_dir: Path, data_dir: Path, tmp: Path, batch: int
+) -> dict:
     """Seconds per segment of each stage alone: decode + resample + normalise + tokenise (one CPU process),
     forward (both encoders, one planned batch), device->host copy, write (ShardWriter into a fresh store)."""
     import csv
@@ -185,25 +241,32 @@ def stage_times(cfg, audio_dir: Path, text_dir: Path, data_dir: Path, tmp: Path,
     text = TextEncoder(EncoderSpec(str(text_dir)), dev, dtype, max_tokens=cfg.cache.max_text_tokens)
     policy = AudioPolicy(cfg.cache.rate_policy, audio.sampling_rate)
     rows = list(csv.DictReader(open(data_dir / "data.csv", encoding="utf-8")))[:batch]
-    out: dict = {"attention": {"audio": audio.model.config._attn_implementation,
-                               "text": text.model.config._attn_implementation},
-                 "compute_dtype": dtype, "batch": len(rows)}
+    out: dict = {
+        "attention": {
+            "audio": audio.model.config._attn_implementation,
+            "text": text.model.config._attn_implementation,
+        },
+        "compute_dtype": dtype,
+        "batch": len(rows),
+    }
     t0 = time.perf_counter()
     waves, ids = [], []
     for r in rows:
-        x, _ = load_segment(str(data_dir / "audio" / f"{r['Audio_id']}.wav"), None, None, policy.input_rate)
+        x, _ = load_segment(
+            str(data_dir / "audio" / f"{r['Audio_id']}.wav"), None, None, policy.input_rate
+        )
         waves.append(torch.from_numpy(audio.preprocess(x)))
         ids.append(text.tokenize(r["text"])[0])
     out["decode_resample_tokenise_s"] = (time.perf_counter() - t0) / len(rows)
     if dev.startswith("cuda"):
         waves = [w.pin_memory() for w in waves]
 
-    def forward():
+    def forward(audio=audio, text=text):  # bound now: both are deleted below to free the GPU
         a, al = audio.encode(waves)
         t, tl = text.encode(ids)
         return a, al, t, tl
 
-    forward()   # warm-up (kernels, allocator)
+    forward()  # warm-up (kernels, allocator)
     sync(dev)
     reps, t0 = 0, time.perf_counter()
     while reps < 2 or time.perf_counter() - t0 < 1.0:
@@ -224,11 +287,19 @@ def stage_times(cfg, audio_dir: Path, text_dir: Path, data_dir: Path, tmp: Path,
     # write: the same rows through the shard writer into a fresh store of the run's shape
     reps_w = max(1, 64 // len(rows))
     n = reps_w * len(rows)
-    shape = StoreShape(n=n, audio_frames=a_np.shape[1], audio_dim=a_np.shape[2], text_tokens=cfg.cache.max_text_tokens,
-                       text_dim=t_np.shape[2], shard_size=cfg.shard_size)
+    shape = StoreShape(
+        n=n,
+        audio_frames=a_np.shape[1],
+        audio_dim=a_np.shape[2],
+        text_tokens=cfg.cache.max_text_tokens,
+        text_dim=t_np.shape[2],
+        shard_size=cfg.shard_size,
+    )
     tt = np.zeros((len(rows), cfg.cache.max_text_tokens, t_np.shape[2]), np.float16)
     tt[:, : t_np.shape[1]] = t_np
-    store = CacheStore.create(tmp / "stage-write.zarr", shape, [], fingerprint="x", settings={}, manifest_digest="x")
+    store = CacheStore.create(
+        tmp / "stage-write.zarr", shape, [], fingerprint="x", settings={}, manifest_digest="x"
+    )
     t0 = time.perf_counter()
     w = ShardWriter(store, np.ones(n, bool))
     for k in range(reps_w):
@@ -240,7 +311,9 @@ def stage_times(cfg, audio_dir: Path, text_dir: Path, data_dir: Path, tmp: Path,
     return out
 
 
-def part_extract(policy: str, sz: Sizes, device: str, tmp: Path, encoders: tuple[Path, Path]) -> dict:
+def part_extract(
+    policy: str, sz: Sizes, device: str, tmp: Path, encoders: tuple[Path, Path]
+) -> dict:
     from extract_throughput import make_dataset, naive
 
     from extract.run import ExtractConfig, extract
@@ -249,14 +322,25 @@ def part_extract(policy: str, sz: Sizes, device: str, tmp: Path, encoders: tuple
     work = tmp / f"extract-{policy}"
     n = sz.segments[policy]
     data = make_dataset(work / "data", n, sz.seconds, rate=8000, link=True)
-    cfg = ExtractConfig(dataset="marketcalls", data_dir=str(data), out=str(work / "ours.zarr"),
-                        audio_model=str(audio_dir), text_model=str(text_dir), device=device, rate_policy=policy,
-                        num_workers=sz.workers, max_seconds=sz.seconds, overwrite=True)
+    cfg = ExtractConfig(
+        dataset="marketcalls",
+        data_dir=str(data),
+        out=str(work / "ours.zarr"),
+        audio_model=str(audio_dir),
+        text_model=str(text_dir),
+        device=device,
+        rate_policy=policy,
+        num_workers=sz.workers,
+        max_seconds=sz.seconds,
+        overwrite=True,
+    )
     ref_store, ref_data = None, data
     if sz.warm_segments:
         warm = make_dataset(work / "warm", sz.warm_segments, sz.seconds, rate=8000, link=True)
-        ref_store = extract(dataclasses.replace(cfg, data_dir=str(warm), out=str(work / "warm.zarr")),
-                            progress=False).store
+        ref_store = extract(
+            dataclasses.replace(cfg, data_dir=str(warm), out=str(work / "warm.zarr")),
+            progress=False,
+        ).store
         ref_data = warm
     reset_peak(device)
     res = extract(cfg, progress=False)
@@ -266,8 +350,17 @@ def part_extract(policy: str, sz: Sizes, device: str, tmp: Path, encoders: tuple
     if ref_store:
         shutil.rmtree(work / "ours.zarr", ignore_errors=True)
     reset_peak(device)
-    n_naive, t_naive = naive(work / "naive.zarr", ref_store or res.store, audio_dir, text_dir, device,
-                             sz.naive_segments, ref_data, rate=8000 if policy == "paper-8k" else None, pool=cfg.cache.pool)
+    n_naive, t_naive = naive(
+        work / "naive.zarr",
+        ref_store or res.store,
+        audio_dir,
+        text_dir,
+        device,
+        sz.naive_segments,
+        ref_data,
+        rate=8000 if policy == "paper-8k" else None,
+        pool=cfg.cache.pool,
+    )
     naive_rate = n_naive / t_naive
     naive_mem = gpu_peak_mib(device)
     from pipeline.store import CacheStore
@@ -275,14 +368,25 @@ def part_extract(policy: str, sz: Sizes, device: str, tmp: Path, encoders: tuple
     shape = CacheStore.open(ref_store or res.store).shape
     shutil.rmtree(work / "naive.zarr", ignore_errors=True)
     shutil.rmtree(work / "ours.zarr", ignore_errors=True)
-    budget = 1280.0 if device.startswith("cuda") else 160.0     # extract.run's default batch_seconds
+    budget = 1280.0 if device.startswith("cuda") else 160.0  # extract.run's default batch_seconds
     batch = max(1, min(cfg.max_batch, int(budget // sz.seconds)))
     stages = stage_times(cfg, audio_dir, text_dir, data, work, batch=batch)
-    out = {"segments": res.computed, "seconds_per_segment": sz.seconds, "audio_frames": shape.audio_frames,
-           "loader_workers": sz.workers, "ours_segments_per_s": ours, "ours_loop_s": res.loop_seconds,
-           "ours_total_s": res.elapsed, "naive_segments": n_naive, "naive_segments_per_s": naive_rate,
-           "speedup_vs_naive": ours / naive_rate, "ours_gpu_peak_mib": ours_mem, "naive_gpu_peak_mib": naive_mem,
-           "host_peak_rss_mib": host_rss_mib(), "stages_per_segment": stages}
+    out = {
+        "segments": res.computed,
+        "seconds_per_segment": sz.seconds,
+        "audio_frames": shape.audio_frames,
+        "loader_workers": sz.workers,
+        "ours_segments_per_s": ours,
+        "ours_loop_s": res.loop_seconds,
+        "ours_total_s": res.elapsed,
+        "naive_segments": n_naive,
+        "naive_segments_per_s": naive_rate,
+        "speedup_vs_naive": ours / naive_rate,
+        "ours_gpu_peak_mib": ours_mem,
+        "naive_gpu_peak_mib": naive_mem,
+        "host_peak_rss_mib": host_rss_mib(),
+        "stages_per_segment": stages,
+    }
     out["achieved_tflops"] = stages["flops_per_segment"] * ours / 1e12
     shutil.rmtree(work, ignore_errors=True)
     return out
@@ -299,9 +403,16 @@ def part_writer(sz: Sizes, tmp: Path) -> dict:
     shutil.rmtree(tmp / "w1.zarr", ignore_errors=True)
     shutil.rmtree(tmp / "w0.zarr", ignore_errors=True)
     threads = min(8, os.cpu_count() or 1)
-    return {"segments": sz.write_segments, "mib": nbytes / 2**20, "writer_threads": threads,
-            "writer_mib_s": w_ours / 2**20, "writer_one_thread_mib_s": w_one / 2**20, "raw_mib_s": w_raw / 2**20,
-            "writer_vs_raw": w_ours / w_raw, "base_segments_per_s": w_ours / (2 * (999 + 199) * 768)}
+    return {
+        "segments": sz.write_segments,
+        "mib": nbytes / 2**20,
+        "writer_threads": threads,
+        "writer_mib_s": w_ours / 2**20,
+        "writer_one_thread_mib_s": w_one / 2**20,
+        "raw_mib_s": w_raw / 2**20,
+        "writer_vs_raw": w_ours / w_raw,
+        "base_segments_per_s": w_ours / (2 * (999 + 199) * 768),
+    }
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -321,16 +432,30 @@ def training_cache(path: Path, sz: Sizes) -> Path:
             x = np.empty((n_segments, k, d), np.float32)
             for i in range(n_segments):
                 o = int(rng.integers(0, 4096))
-                x[i] = pool[o: o + k * d].reshape(k, d)
+                x[i] = pool[o : o + k * d].reshape(k, d)
             return x
 
-        return SyntheticCall(label="ABCDE"[int(rng.integers(0, 5))], audio=rows(a_rows),
-                             audio_len=rng.integers(a_rows // 3, a_rows + 1, size=n_segments), text=rows(t_rows),
-                             text_len=rng.integers(2, t_rows + 1, size=n_segments))
+        return SyntheticCall(
+            label="ABCDE"[int(rng.integers(0, 5))],
+            audio=rows(a_rows),
+            audio_len=rng.integers(a_rows // 3, a_rows + 1, size=n_segments),
+            text=rows(t_rows),
+            text_len=rng.integers(2, t_rows + 1, size=n_segments),
+        )
 
-    write_synthetic_store(path, calls=sz.calls, segments_per_call=(3, 6), audio_frames=a_rows, audio_dim=d,
-                          text_tokens=t_rows, text_dim=d, seed=0, split_fractions=(0.8, 0.1, 0.1), fill=fill,
-                          codec="none")
+    write_synthetic_store(
+        path,
+        calls=sz.calls,
+        segments_per_call=(3, 6),
+        audio_frames=a_rows,
+        audio_dim=d,
+        text_tokens=t_rows,
+        text_dim=d,
+        seed=0,
+        split_fractions=(0.8, 0.1, 0.1),
+        fill=fill,
+        codec="none",
+    )
     return path
 
 
@@ -368,8 +493,17 @@ def train_config(cache: Path, out: Path, device: str, epochs: int, overrides: di
     from train.config import TrainConfig
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    wanted = dict(cache=str(cache), out=str(out), device=device, epochs=epochs, patience=epochs, plots=False,
-                  progress=False, state_every=0, **overrides)
+    wanted = dict(
+        cache=str(cache),
+        out=str(out),
+        device=device,
+        epochs=epochs,
+        patience=epochs,
+        plots=False,
+        progress=False,
+        state_every=0,
+        **overrides,
+    )
     return TrainConfig(**{k: v for k, v in wanted.items() if k in names})
 
 
@@ -385,10 +519,18 @@ def part_train(sz: Sizes, device: str, tmp: Path) -> dict:
     with UtilSampler(device) as util:
         m = fit(cfg)
     wall = time.perf_counter() - t0
-    out = {"calls": sz.calls, "width": sz.width, "segments": None, "cache_write_s": write_s,
-           "epochs_run": m.get("epochs_run"), "epoch_s": m.get("epoch_seconds"), "fit_wall_s": wall,
-           "amp_bf16": bool(getattr(cfg, "amp", False) and device.startswith("cuda")),
-           "gpu_peak_mib": gpu_peak_mib(device), "host_peak_rss_mib": host_rss_mib()}
+    out = {
+        "calls": sz.calls,
+        "width": sz.width,
+        "segments": None,
+        "cache_write_s": write_s,
+        "epochs_run": m.get("epochs_run"),
+        "epoch_s": m.get("epoch_seconds"),
+        "fit_wall_s": wall,
+        "amp_bf16": bool(getattr(cfg, "amp", False) and device.startswith("cuda")),
+        "gpu_peak_mib": gpu_peak_mib(device),
+        "host_peak_rss_mib": host_rss_mib(),
+    }
     from pipeline.store import CacheStore
 
     st = CacheStore.open(cache)
@@ -403,9 +545,9 @@ def part_train(sz: Sizes, device: str, tmp: Path) -> dict:
     elif device.startswith("cuda"):
         try:
             out.update(kernel_time_ratio(cfg, tmp))
-        except Exception as e:   # keep the epoch time measured above
+        except Exception as e:  # keep the epoch time measured above
             out["gpu_util_error"] = f"{e.__class__.__name__}: {e}"
-    else:   # CPU: busy share of the process's CPU time over wall time (all threads)
+    else:  # CPU: busy share of the process's CPU time over wall time (all threads)
         out["cpu_busy_ratio"] = (time.process_time() - cpu0) / wall
     shutil.rmtree(tmp / "train-run", ignore_errors=True)
     return out
@@ -421,12 +563,21 @@ def part_train_groups(sz: Sizes, device: str) -> dict:
 
     d, (a_rows, t_rows) = sz.width, sz.frames
     torch.manual_seed(0)
-    model = build_model(TrainConfig(cache="-", task="5", dropout=0.0, heads=12 if d % 12 == 0 else 4),
-                        ModelDims(d, d, t_rows, {"5": 5, "4": 4, "3": 3, "2": 2})).to(device).train()
+    model = (
+        build_model(
+            TrainConfig(cache="-", task="5", dropout=0.0, heads=12 if d % 12 == 0 else 4),
+            ModelDims(d, d, t_rows, {"5": 5, "4": 4, "3": 3, "2": 2}),
+        )
+        .to(device)
+        .train()
+    )
     g = torch.Generator().manual_seed(0)
     counts = torch.randint(3, 7, (8,), generator=g)
     s = int(counts.sum())
-    alen, tlen = torch.randint(a_rows // 3, a_rows + 1, (s,), generator=g), torch.randint(2, t_rows + 1, (s,), generator=g)
+    alen, tlen = (
+        torch.randint(a_rows // 3, a_rows + 1, (s,), generator=g),
+        torch.randint(2, t_rows + 1, (s,), generator=g),
+    )
     audio, text = torch.randn(s, a_rows, d, generator=g), torch.randn(s, t_rows, d, generator=g)
     audio, text, alen, tlen, counts = (x.to(device) for x in (audio, text, alen, tlen, counts))
     kind, saved = torch.device(device).type, MSMTFN.LENGTH_GROUPS
@@ -435,7 +586,7 @@ def part_train_groups(sz: Sizes, device: str) -> dict:
         for groups in ((1, 0), (2, 0), (4, 0), (9, 0)):
             MSMTFN.LENGTH_GROUPS = {**saved, kind: groups}
             times = []
-            for i in range(7):
+            for _ in range(7):
                 sync(device)
                 t0 = time.perf_counter()
                 with torch.autocast(kind, dtype=torch.bfloat16, enabled=kind == "cuda"):
@@ -449,7 +600,9 @@ def part_train_groups(sz: Sizes, device: str) -> dict:
     finally:
         MSMTFN.LENGTH_GROUPS = saved
     most, overhead = saved.get(kind, (1, 0))
-    out["shipped"] = f"up to {most} groups, {overhead:,} row pairs a group; here {len(chosen or [0])}"
+    out["shipped"] = (
+        f"up to {most} groups, {overhead:,} row pairs a group; here {len(chosen or [0])}"
+    )
     return out
 
 
@@ -466,7 +619,10 @@ def kernel_time_ratio(cfg, tmp: Path) -> dict:
     wall = time.perf_counter() - t0
     kern = sum(e.self_device_time_total for e in prof.key_averages()) / 1e6
     shutil.rmtree(tmp / "train-prof", ignore_errors=True)
-    return {"gpu_kernel_time_ratio": kern / wall, "gpu_util_source": "torch.profiler kernel time / wall, 1 epoch"}
+    return {
+        "gpu_kernel_time_ratio": kern / wall,
+        "gpu_util_source": "torch.profiler kernel time / wall, 1 epoch",
+    }
 
 
 def part_sweep(sz: Sizes, device: str, tmp: Path) -> dict:
@@ -478,8 +634,13 @@ def part_sweep(sz: Sizes, device: str, tmp: Path) -> dict:
     threads = 1 if device == "cpu" else (os.cpu_count() or 1)
     r = amortisation(cache, work, sz.sweep_trials, 1, device, threads, parallel=1)
     shutil.rmtree(work, ignore_errors=True)
-    return {"trials": sz.sweep_trials, "epochs_per_trial": 1, "separate_processes_s": r["separate_s"],
-            "sweep_s": r["sweep_s"], "speedup": r["separate_s"] / r["sweep_s"]}
+    return {
+        "trials": sz.sweep_trials,
+        "epochs_per_trial": 1,
+        "separate_processes_s": r["separate_s"],
+        "sweep_s": r["sweep_s"],
+        "speedup": r["separate_s"] / r["sweep_s"],
+    }
 
 
 # ----------------------------------------------------------------------------------------------- speed-ups
@@ -487,13 +648,19 @@ def speedups(device: str, results: dict) -> dict:
     """Which of issue 15's part-3 speed-ups the code has, as found in it (not assumed)."""
     import inspect
 
-    import extract.encoders as enc
     import extract.encode as encode
+    import extract.encoders as enc
     import train.data as data
     from extract.writer import ShardWriter
 
-    st = next((p["stages_per_segment"] for k, p in results.items()
-               if k.startswith("extract_") and "stages_per_segment" in p), {})
+    st = next(
+        (
+            p["stages_per_segment"]
+            for k, p in results.items()
+            if k.startswith("extract_") and "stages_per_segment" in p
+        ),
+        {},
+    )
     return {
         "sdpa_attention": st.get("attention"),
         "compute_dtype_extract": enc.resolve_dtype("auto", device),
@@ -501,7 +668,7 @@ def speedups(device: str, results: dict) -> dict:
         "length_bucketed_batches": hasattr(encode, "make_batches"),
         "pinned_memory_non_blocking": "pin_memory" in inspect.getsource(enc.AudioEncoder._stack),
         "writer_threads": ShardWriter.__init__.__defaults__[-1] or min(8, os.cpu_count() or 1),
-        "resampling_on_gpu": False,     # soxr in the loader processes (extract/audio.py)
+        "resampling_on_gpu": False,  # soxr in the loader processes (extract/audio.py)
         "torch_compile_or_cuda_graphs": "torch.compile" in inspect.getsource(enc),
         "packed_training_features": "packed" in inspect.signature(data.FeatureSource).parameters,
     }
@@ -517,48 +684,102 @@ def fmt(x, spec=".1f"):
 def markdown(res: dict) -> str:
     e = res["environment"]
     gpu = e.get("gpu", "CPU (dry run)" if res["dry_run"] else "CPU")
-    lines = [f"# msmtfn GPU benchmark ({res['started']}, {gpu}, torch {e['torch']}, CUDA {e['cuda']}, "
-             f"python {e['python']})", "", f"Command: `{res['command']}`; wall {fmt(res.get('wall_s'))} s.", "",
-             "| part | measure | value |", "|---|---|---|"]
+    lines = [
+        f"# msmtfn GPU benchmark ({res['started']}, {gpu}, torch {e['torch']}, CUDA {e['cuda']}, "
+        f"python {e['python']})",
+        "",
+        f"Command: `{res['command']}`; wall {fmt(res.get('wall_s'))} s.",
+        "",
+        "| part | measure | value |",
+        "|---|---|---|",
+    ]
 
     def row(part, what, value):
         lines.append(f"| {part} | {what} | {value} |")
 
     for k, p in res["parts"].items():
         if "error" in p or "skipped" in p:
-            row(k, "not measured", (p.get("error") or p.get("skipped")).splitlines()[0][:200].replace("|", "/"))
+            row(
+                k,
+                "not measured",
+                (p.get("error") or p.get("skipped")).splitlines()[0][:200].replace("|", "/"),
+            )
             continue
         if k.startswith("extract_"):
             st = p["stages_per_segment"]
             row(k, "ours, segments/s", fmt(p["ours_segments_per_s"]))
             row(k, "naive loop, segments/s", fmt(p["naive_segments_per_s"], ".2f"))
             row(k, "ours / naive", f"{p['speedup_vs_naive']:.1f}x")
-            row(k, "achieved TFLOP/s (share of spec peak; of measured matmul)",
+            row(
+                k,
+                "achieved TFLOP/s (share of spec peak; of measured matmul)",
                 f"{p['achieved_tflops']:.3g} ({fmt(p.get('flop_share_of_spec'), '.1%')}; "
-                f"{fmt(p.get('flop_share_of_matmul'), '.1%')})")
-            row(k, "GPU peak MiB ours / naive", f"{fmt(p['ours_gpu_peak_mib'], '.0f')} / "
-                f"{fmt(p['naive_gpu_peak_mib'], '.0f')}")
-            row(k, "ms per segment, each stage alone: decode+resample+tokenise (1 core) / forward / D2H / write",
-                " / ".join(f"{1e3 * st[s]:.2f}" for s in ("decode_resample_tokenise_s", "forward_s",
-                                                          "device_to_host_s", "write_s")))
+                f"{fmt(p.get('flop_share_of_matmul'), '.1%')})",
+            )
+            row(
+                k,
+                "GPU peak MiB ours / naive",
+                f"{fmt(p['ours_gpu_peak_mib'], '.0f')} / {fmt(p['naive_gpu_peak_mib'], '.0f')}",
+            )
+            row(
+                k,
+                "ms per segment, each stage alone: decode+resample+tokenise (1 core) / forward / D2H / write",
+                " / ".join(
+                    f"{1e3 * st[s]:.2f}"
+                    for s in (
+                        "decode_resample_tokenise_s",
+                        "forward_s",
+                        "device_to_host_s",
+                        "write_s",
+                    )
+                ),
+            )
         elif k == "writer":
-            row(k, "shard writer MiB/s (1 thread) vs raw write", f"{p['writer_mib_s']:.0f} "
-                f"({p['writer_one_thread_mib_s']:.0f}) vs {p['raw_mib_s']:.0f} = {p['writer_vs_raw']:.2f}")
+            row(
+                k,
+                "shard writer MiB/s (1 thread) vs raw write",
+                f"{p['writer_mib_s']:.0f} "
+                f"({p['writer_one_thread_mib_s']:.0f}) vs {p['raw_mib_s']:.0f} = {p['writer_vs_raw']:.2f}",
+            )
         elif k == "train":
-            row(k, f"epoch s (median of {p['epochs_run']}), {p['calls']} calls, d={p['width']}",
-                fmt(p["epoch_s"], ".2f"))
+            row(
+                k,
+                f"epoch s (median of {p['epochs_run']}), {p['calls']} calls, d={p['width']}",
+                fmt(p["epoch_s"], ".2f"),
+            )
             util = p.get("gpu_util_pct_mean")
-            row(k, "GPU utilisation", f"{util:.0f} % mean" if util is not None else
-                fmt(p.get("gpu_kernel_time_ratio") or p.get("cpu_busy_ratio"), ".2f") + " (kernel/CPU busy ratio)")
-            row(k, "GPU peak MiB; features padded / packed GiB", f"{fmt(p['gpu_peak_mib'], '.0f')}; "
-                f"{p['padded_feature_gib']:.2f} / {p['packed_feature_gib']:.2f}")
+            row(
+                k,
+                "GPU utilisation",
+                f"{util:.0f} % mean"
+                if util is not None
+                else fmt(p.get("gpu_kernel_time_ratio") or p.get("cpu_busy_ratio"), ".2f")
+                + " (kernel/CPU busy ratio)",
+            )
+            row(
+                k,
+                "GPU peak MiB; features padded / packed GiB",
+                f"{fmt(p['gpu_peak_mib'], '.0f')}; "
+                f"{p['padded_feature_gib']:.2f} / {p['packed_feature_gib']:.2f}",
+            )
         elif k == "train_groups":
-            row(k, f"ms per training step, {p['segments']} segments: one padded batch vs length groups "
-                f"(shipped: {p['shipped']})", "; ".join(f"{g}: {v:.1f}" for g, v in p["ms_per_step"].items()))
+            row(
+                k,
+                f"ms per training step, {p['segments']} segments: one padded batch vs length groups "
+                f"(shipped: {p['shipped']})",
+                "; ".join(f"{g}: {v:.1f}" for g, v in p["ms_per_step"].items()),
+            )
         elif k == "sweep":
-            row(k, f"{p['trials']} separate msmtfn-train vs one msmtfn-sweep, s",
-                f"{p['separate_processes_s']:.1f} vs {p['sweep_s']:.1f} = {p['speedup']:.2f}x")
-    lines += ["", "Speed-ups found in the code: " + ", ".join(f"{k}={v}" for k, v in res.get("speedups", {}).items())]
+            row(
+                k,
+                f"{p['trials']} separate msmtfn-train vs one msmtfn-sweep, s",
+                f"{p['separate_processes_s']:.1f} vs {p['sweep_s']:.1f} = {p['speedup']:.2f}x",
+            )
+    lines += [
+        "",
+        "Speed-ups found in the code: "
+        + ", ".join(f"{k}={v}" for k, v in res.get("speedups", {}).items()),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -566,21 +787,33 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes (the test)")
-    ap.add_argument("--device", default=None, help="default: cuda when available (cpu for --dry-run)")
+    ap.add_argument(
+        "--device", default=None, help="default: cuda when available (cpu for --dry-run)"
+    )
     ap.add_argument("--budget", type=float, default=None, help="wall-clock seconds for all parts")
-    ap.add_argument("--parts", default="extract_paper-8k,extract_encoder,writer,train,train_groups,sweep")
+    ap.add_argument(
+        "--parts", default="extract_paper-8k,extract_encoder,writer,train,train_groups,sweep"
+    )
     args = ap.parse_args()
     sz = DRY if args.dry_run else DEVICE
     device = args.device or ("cpu" if args.dry_run or not torch.cuda.is_available() else "cuda")
     budget = args.budget or sz.budget_s
     if args.dry_run:
-        torch.set_num_threads(1)   # steady on a shared CPU; the dry run checks the script, not the speed
+        torch.set_num_threads(
+            1
+        )  # steady on a shared CPU; the dry run checks the script, not the speed
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    res = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "dry_run": args.dry_run,
-           "command": "DRY_RUN=1 bash bench/gpu/run.sh" if args.dry_run else "bash bench/gpu/run.sh",
-           "budget_s": budget, "sizes": dataclasses.asdict(sz), "environment": environment(device), "parts": {}}
+    res = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "dry_run": args.dry_run,
+        "command": "DRY_RUN=1 bash bench/gpu/run.sh" if args.dry_run else "bash bench/gpu/run.sh",
+        "budget_s": budget,
+        "sizes": dataclasses.asdict(sz),
+        "environment": environment(device),
+        "parts": {},
+    }
 
     def save():
         res["wall_s"] = time.perf_counter() - t_start
@@ -626,8 +859,11 @@ def main() -> int:
                     p = part_sweep(sz, device, tmp)
                 else:
                     raise ValueError(f"unknown part {part!r}")
-            except Exception as e:   # one part failing must not cost the others their device time
-                p = {"error": f"{e.__class__.__name__}: {e}", "traceback": traceback.format_exc()[-3000:]}
+            except Exception as e:  # one part failing must not cost the others their device time
+                p = {
+                    "error": f"{e.__class__.__name__}: {e}",
+                    "traceback": traceback.format_exc()[-3000:],
+                }
                 print(p["traceback"], file=sys.stderr, flush=True)
             p["part_s"] = time.perf_counter() - t0
             res["parts"][part] = p
@@ -636,7 +872,10 @@ def main() -> int:
             except Exception as e:
                 res["speedups"] = {"error": repr(e)}
             save()
-            print(json.dumps({k: v for k, v in p.items() if k != "traceback"}, default=str)[:1500], flush=True)
+            print(
+                json.dumps({k: v for k, v in p.items() if k != "traceback"}, default=str)[:1500],
+                flush=True,
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         save()

@@ -24,12 +24,13 @@ segments disagree on the label) are issues whose reason starts with ``warning:``
 unusable (unknown labels, missing columns, no CSV, nothing usable) raise :class:`ManifestError` with one line
 naming the file and the fix. ``manifest.notes`` records where the split came from.
 """
+
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ..manifest import Manifest
 from ._common import ManifestError, stratified_split
@@ -51,6 +52,7 @@ class Adapter:
     one where an option chooses); ``makes_data_dir`` is True for a dataset that generates its folder rather than
     reading an existing one.
     """
+
     name: str
     load: Callable[..., Manifest]
     label_scheme: str
@@ -70,12 +72,14 @@ def register(adapter: Adapter) -> Adapter:
     return adapter
 
 
-for _adapter in (Adapter("marketcalls", load_marketcalls, "marketcalls"),
-                 Adapter("csv", load_generic_csv, "marketcalls"),
-                 Adapter("demo", load_demo, "marketcalls", makes_data_dir=True),
-                 Adapter("mosi", load_mosi, "sentiment"),
-                 Adapter("mosei", load_mosei, "sentiment"),
-                 Adapter("meld", load_meld, "meld")):
+for _adapter in (
+    Adapter("marketcalls", load_marketcalls, "marketcalls"),
+    Adapter("csv", load_generic_csv, "marketcalls"),
+    Adapter("demo", load_demo, "marketcalls", makes_data_dir=True),
+    Adapter("mosi", load_mosi, "sentiment"),
+    Adapter("mosei", load_mosei, "sentiment"),
+    Adapter("meld", load_meld, "meld"),
+):
     register(_adapter)
 
 
@@ -84,8 +88,9 @@ def dataset_options(name: str) -> list[str]:
     return DATASETS[name].options
 
 
-def load_manifest(name: str, data_dir: str | Path, *, allow_outside_paths: bool = False, seed: int = 0,
-                  **options) -> Manifest:
+def load_manifest(
+    name: str, data_dir: str | Path, *, allow_outside_paths: bool = False, seed: int = 0, **options
+) -> Manifest:
     """Read dataset ``name`` from ``data_dir`` into a :class:`Manifest` (see the module docstring)."""
     try:
         adapter = DATASETS[name]
@@ -93,13 +98,23 @@ def load_manifest(name: str, data_dir: str | Path, *, allow_outside_paths: bool 
         raise ManifestError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}") from None
     unknown = sorted(set(options) - set(dataset_options(name)))
     if unknown:
-        raise ManifestError(f"dataset {name!r} has no option(s) {', '.join(unknown)}; valid: "
-                            f"{', '.join(dataset_options(name)) or 'none'}")
+        raise ManifestError(
+            f"dataset {name!r} has no option(s) {', '.join(unknown)}; valid: "
+            f"{', '.join(dataset_options(name)) or 'none'}"
+        )
     data_dir = Path(data_dir)
     if not adapter.makes_data_dir and not data_dir.is_dir():
         raise ManifestError(f"{data_dir}: no such folder (pass the dataset's folder as --data-dir)")
     return adapter.load(data_dir, allow_outside_paths=allow_outside_paths, seed=seed, **options)
 
 
-__all__ = ["DATASETS", "Adapter", "ManifestError", "dataset_options", "generate_demo", "load_manifest", "register",
-           "stratified_split"]
+__all__ = [
+    "DATASETS",
+    "Adapter",
+    "ManifestError",
+    "dataset_options",
+    "generate_demo",
+    "load_manifest",
+    "register",
+    "stratified_split",
+]

@@ -1,5 +1,6 @@
 """Pieces every adapter shares: the one CSV reader, the row checks, the stratified call-level split, label checks,
 ordering."""
+
 from __future__ import annotations
 
 import csv
@@ -13,8 +14,16 @@ from typing import NamedTuple
 from ..labels import LabelScheme, SchemeFileError, resolve_scheme
 from ..manifest import SPLITS, Issue, Manifest, Segment
 
-SPLIT_ALIASES = {"train": "train", "training": "train", "valid": "valid", "val": "valid", "validation": "valid",
-                 "dev": "valid", "test": "test", "testing": "test"}
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "valid": "valid",
+    "val": "valid",
+    "validation": "valid",
+    "dev": "valid",
+    "test": "test",
+    "testing": "test",
+}
 DEFAULT_RATIOS = (0.8, 0.1, 0.1)
 
 
@@ -24,6 +33,7 @@ class ManifestError(ValueError):
 
 # --------------------------------------------------------------------------------------------------- CSV reading
 
+
 def _decodes(line: bytes, encoding: str) -> bool:
     try:
         line.decode(encoding)
@@ -32,12 +42,13 @@ def _decodes(line: bytes, encoding: str) -> bool:
         return False
 
 
-CJK_ENCODINGS = ("utf-8", "gb18030")       # the default: UTF-8, else a Chinese Excel export
-WESTERN_ENCODINGS = ("utf-8", "cp1252", "latin-1")     # English files (MELD); latin-1 reads any byte
+CJK_ENCODINGS = ("utf-8", "gb18030")  # the default: UTF-8, else a Chinese Excel export
+WESTERN_ENCODINGS = ("utf-8", "cp1252", "latin-1")  # English files (MELD); latin-1 reads any byte
 
 
-def decode_csv_bytes(raw: bytes, name: str, issues: list[Issue],
-                     encodings: Sequence[str] = CJK_ENCODINGS) -> tuple[str, str]:
+def decode_csv_bytes(
+    raw: bytes, name: str, issues: list[Issue], encodings: Sequence[str] = CJK_ENCODINGS
+) -> tuple[str, str]:
     """Text of a CSV file and the encoding used: the first of ``encodings`` that decodes the whole file (a UTF-8
     BOM is dropped).
 
@@ -59,19 +70,28 @@ def decode_csv_bytes(raw: bytes, name: str, issues: list[Issue],
                 return raw.decode(enc), enc
             except UnicodeDecodeError:
                 continue
-        issues.append(Issue(name, f"warning: not {' or '.join(e.upper() for e in encodings)}; bytes that do not "
-                                  f"fit {encodings[0].upper()} were replaced by U+FFFD (re-save the file as UTF-8)"))
+        issues.append(
+            Issue(
+                name,
+                f"warning: not {' or '.join(e.upper() for e in encodings)}; bytes that do not "
+                f"fit {encodings[0].upper()} were replaced by U+FFFD (re-save the file as UTF-8)",
+            )
+        )
         return raw.decode(encodings[0], errors="replace"), encodings[0]
-    lines = raw.split(b"\n")   # 0x0A is never part of a multi-byte character in UTF-8 or GB18030
+    lines = raw.split(b"\n")  # 0x0A is never part of a multi-byte character in UTF-8 or GB18030
     utf8_ok = sum(1 for ln in lines if not ln.isascii() and _decodes(ln, "utf-8"))
-    if utf8_ok == 0:            # no line reads as UTF-8 text: a GB18030 (GBK, GB2312) export
+    if utf8_ok == 0:  # no line reads as UTF-8 text: a GB18030 (GBK, GB2312) export
         try:
             text = raw.decode("gb18030")
             return (text[1:] if text.startswith("\ufeff") else text), "gb18030"
         except UnicodeDecodeError:
             pass
     # (a UTF-8 file with a few broken lines can happen to decode as GB18030 as a whole: that is mojibake)
-    gb_ok = sum(1 for ln in lines if not ln.isascii() and _decodes(ln, "gb18030") and not _decodes(ln, "utf-8"))
+    gb_ok = sum(
+        1
+        for ln in lines
+        if not ln.isascii() and _decodes(ln, "gb18030") and not _decodes(ln, "utf-8")
+    )
     main = "utf-8" if utf8_ok >= gb_ok else "gb18030"
     other = "gb18030" if main == "utf-8" else "utf-8"
     out = []
@@ -82,22 +102,34 @@ def decode_csv_bytes(raw: bytes, name: str, issues: list[Issue],
         except UnicodeDecodeError:
             pass
         if main == "gb18030" and _decodes(ln, other):
-            out.append(ln.decode(other))    # a UTF-8 line pasted into a GB18030 file; valid UTF-8 is unambiguous
+            out.append(
+                ln.decode(other)
+            )  # a UTF-8 line pasted into a GB18030 file; valid UTF-8 is unambiguous
             continue
         out.append(ln.decode(main, errors="replace"))
-        issues.append(Issue(f"{name}:{i}", f"warning: bytes that are not valid {main.upper()} were replaced by "
-                                           "U+FFFD (re-save the file as UTF-8)"))
+        issues.append(
+            Issue(
+                f"{name}:{i}",
+                f"warning: bytes that are not valid {main.upper()} were replaced by "
+                "U+FFFD (re-save the file as UTF-8)",
+            )
+        )
     return "\n".join(out), main
 
 
 class CsvTable(NamedTuple):
-    header: list[str]                            # lower-cased, stripped column names
-    rows: list[tuple[int, dict[str, str]]]       # (line where the row starts, {column: value})
+    header: list[str]  # lower-cased, stripped column names
+    rows: list[tuple[int, dict[str, str]]]  # (line where the row starts, {column: value})
     encoding: str
 
 
-def read_csv(path: Path, issues: list[Issue], *, encodings: Sequence[str] = CJK_ENCODINGS,
-             clean: Callable[[str], str] | None = None) -> CsvTable:
+def read_csv(
+    path: Path,
+    issues: list[Issue],
+    *,
+    encodings: Sequence[str] = CJK_ENCODINGS,
+    clean: Callable[[str], str] | None = None,
+) -> CsvTable:
     """The one CSV reader of the adapters: rows as (line number where the row starts, {lower-cased column:
     stripped value}), decoded with the first of ``encodings`` that fits (see :func:`decode_csv_bytes`).
 
@@ -123,20 +155,26 @@ def read_csv(path: Path, issues: list[Issue], *, encodings: Sequence[str] = CJK_
                 continue
             row: dict[str, str] = {}
             for k, v in zip(header, rec):
-                if k and k not in row:          # a repeated column name: the first one counts
+                if k and k not in row:  # a repeated column name: the first one counts
                     v = v.replace("\x00", "")
                     row[k] = (clean(v) if clean else v).strip()
             for k in header:
                 row.setdefault(k, "")
             rows.append((start, row))
     except csv.Error as e:
-        raise ManifestError(f"{path}:{line + 1}: unreadable CSV ({e}); check the quoting on that line") from None
+        raise ManifestError(
+            f"{path}:{line + 1}: unreadable CSV ({e}); check the quoting on that line"
+        ) from None
     if header is None:
-        raise ManifestError(f"{path}: empty CSV (no header row); write the column names on the first line")
+        raise ManifestError(
+            f"{path}: empty CSV (no header row); write the column names on the first line"
+        )
     return CsvTable(header, rows, encoding)
 
 
-def require_columns(path: Path, fields: list[str], required: dict[str, tuple[str, ...]]) -> dict[str, str]:
+def require_columns(
+    path: Path, fields: list[str], required: dict[str, tuple[str, ...]]
+) -> dict[str, str]:
     """Map each logical column to the first alias present; ManifestError names what is missing."""
     found = {}
     missing = []
@@ -148,8 +186,10 @@ def require_columns(path: Path, fields: list[str], required: dict[str, tuple[str
             found[name] = hit
     if missing:
         found_cols = ", ".join(f for f in fields if f) or "none"
-        raise ManifestError(f"{path}: missing column(s) {', '.join(missing)}; found {found_cols}. "
-                            "Rename the header or add the column")
+        raise ManifestError(
+            f"{path}: missing column(s) {', '.join(missing)}; found {found_cols}. "
+            "Rename the header or add the column"
+        )
     return found
 
 
@@ -179,8 +219,14 @@ def _text_like(value: str) -> bool:
     return letters >= 2 and (" " in v or any(ord(ch) > 0x2E7F for ch in v) or letters >= 12)
 
 
-def transcript_column_check(path: Path, header: list[str], rows: list[tuple[int, dict[str, str]]],
-                            text_col: str | None, ours: set[str], no_text: bool) -> bool:
+def transcript_column_check(
+    path: Path,
+    header: list[str],
+    rows: list[tuple[int, dict[str, str]]],
+    text_col: str | None,
+    ours: set[str],
+    no_text: bool,
+) -> bool:
     """Stop (ManifestError, one line) when most rows have no transcript while a column that is not one of
     ``ours`` holds text-like values: a misnamed ``text`` column. Returns True when most rows have no transcript
     (the caller then words one summary note instead of a warning per row, where ``no_text`` says so)."""
@@ -202,14 +248,17 @@ def transcript_column_check(path: Path, header: list[str], rows: list[tuple[int,
             best, best_n = col, len(words)
     if best is not None:
         target = text_col or "text"
-        raise ManifestError(f"{path}: {empty} of {len(rows)} rows have no transcript ({target!r} "
-                            f"{'is empty' if text_col else 'column missing'}) but column {best!r} holds text in "
-                            f"{best_n} rows; rename column {best!r} to {target!r}, or pass --option no_text=true if "
-                            "the calls have no transcripts")
+        raise ManifestError(
+            f"{path}: {empty} of {len(rows)} rows have no transcript ({target!r} "
+            f"{'is empty' if text_col else 'column missing'}) but column {best!r} holds text in "
+            f"{best_n} rows; rename column {best!r} to {target!r}, or pass --option no_text=true if "
+            "the calls have no transcripts"
+        )
     return False
 
 
 # --------------------------------------------------------------------------------------------------- row checks
+
 
 def option_path(base: Path, option: str | Path | None) -> Path | None:
     """A path option of an adapter (``csv_dir``, ``audio_dir``, ...): absolute as given, else relative to the
@@ -247,19 +296,28 @@ class RowChecks:
     def first_time(self, key, where: str, what: str) -> bool:
         """False, naming the row as a duplicate of the first, when ``key`` was seen before."""
         if key in self._first:
-            self.issues.append(Issue(where, f"duplicate {what} (first at {self._first[key]}); row skipped"))
+            self.issues.append(
+                Issue(where, f"duplicate {what} (first at {self._first[key]}); row skipped")
+            )
             return False
         self._first[key] = where
         return True
 
-    def one_split(self, call_id: str, split: str | None, where: str, kind: str = "call") -> str | None:
+    def one_split(
+        self, call_id: str, split: str | None, where: str, kind: str = "call"
+    ) -> str | None:
         """A call (video, dialogue) is in one split: the first one given; a different later one is a warning."""
         if not split:
             return split
         first = self._split.setdefault(call_id, (split, where))
         if first[0] != split:
-            self.issues.append(Issue(where, f"warning: {kind} {call_id} is in {first[0]} ({first[1]}) and in "
-                                            f"{split}; the segment is kept in {first[0]}"))
+            self.issues.append(
+                Issue(
+                    where,
+                    f"warning: {kind} {call_id} is in {first[0]} ({first[1]}) and in "
+                    f"{split}; the segment is kept in {first[0]}",
+                )
+            )
         return first[0]
 
     @property
@@ -269,8 +327,13 @@ class RowChecks:
 
     def transcript(self, where: str, text: str) -> str:
         if not text:
-            self.issues.append(Issue(where, "warning: empty transcript (kept; the text encoder sees only its "
-                                            "special tokens)"))
+            self.issues.append(
+                Issue(
+                    where,
+                    "warning: empty transcript (kept; the text encoder sees only its "
+                    "special tokens)",
+                )
+            )
         return text
 
     def seconds(self, path: Path) -> float | None:
@@ -278,6 +341,7 @@ class RowChecks:
 
 
 # --------------------------------------------------------------------------------------------------- values
+
 
 def normalise_split(value: str) -> str | None:
     return SPLIT_ALIASES.get(value.strip().lower())
@@ -300,8 +364,10 @@ def parse_ratios(value) -> tuple[float, float, float]:
     except (TypeError, ValueError):
         vals = ()
     if len(vals) != 3 or any(v < 0 for v in vals) or vals[0] <= 0:
-        raise ManifestError(f"split_ratios {value!r}: give three non-negative numbers train,valid,test "
-                            "with train > 0, e.g. 0.8,0.1,0.1")
+        raise ManifestError(
+            f"split_ratios {value!r}: give three non-negative numbers train,valid,test "
+            "with train > 0, e.g. 0.8,0.1,0.1"
+        )
     total = sum(vals)
     return (vals[0] / total, vals[1] / total, vals[2] / total)
 
@@ -311,7 +377,7 @@ def label_lookup(scheme: LabelScheme) -> dict[str, str]:
     return {lab.lower(): lab for lab in scheme.base_labels}
 
 
-def scheme_or_error(name: "str | LabelScheme", base: Path | None = None) -> LabelScheme:
+def scheme_or_error(name: str | LabelScheme, base: Path | None = None) -> LabelScheme:
     """A built-in scheme by name, a custom one from its TOML file (relative to the working folder, else to
     ``base``), or a scheme as given; ManifestError with one line otherwise."""
     try:
@@ -320,21 +386,30 @@ def scheme_or_error(name: "str | LabelScheme", base: Path | None = None) -> Labe
         raise ManifestError(str(e)) from None
 
 
-def check_labels(rows: list[tuple[str, str]], scheme_name: "str | LabelScheme", allow_empty: bool,
-                 issues: list[Issue] | None = None) -> set[str]:
+def check_labels(
+    rows: list[tuple[str, str]],
+    scheme_name: str | LabelScheme,
+    allow_empty: bool,
+    issues: list[Issue] | None = None,
+) -> set[str]:
     """``rows`` = (where, label as written). A row with an unknown label is named in ``issues`` and its ``where``
     returned, so the adapter leaves it out and the run goes on. When most rows are unknown the labels are not
     this scheme's at all (a wrong column or dataset), and the manifest stops, listing the offending rows."""
     scheme = scheme_or_error(scheme_name)
     valid = label_lookup(scheme)
-    bad = [(w, lab) for w, lab in rows if lab.lower() not in valid and not scheme.is_valid(lab)
-           and not (allow_empty and lab == "")]
+    bad = [
+        (w, lab)
+        for w, lab in rows
+        if lab.lower() not in valid and not scheme.is_valid(lab) and not (allow_empty and lab == "")
+    ]
     accepted = scheme.accepted() + (" or empty (unlabelled)" if allow_empty else "")
     if bad and (issues is None or 2 * len(bad) > len(rows)):
         shown = "; ".join(f"{w} {lab!r}" for w, lab in bad[:10])
         more = f"; and {len(bad) - 10} more" if len(bad) > 10 else ""
-        raise ManifestError(f"unknown label(s) in {len(bad)} row(s): {shown}{more}. Valid labels ({scheme.name}): "
-                            f"{accepted}. Fix those rows or remove them")
+        raise ManifestError(
+            f"unknown label(s) in {len(bad)} row(s): {shown}{more}. Valid labels ({scheme.name}): "
+            f"{accepted}. Fix those rows or remove them"
+        )
     for w, lab in bad:
         issues.append(Issue(w, f"unknown label {lab!r} (valid: {accepted}); row skipped"))
     return {w for w, _ in bad}
@@ -344,11 +419,14 @@ def drop_rows(calls: dict[str, list[Item]], wheres: set[str]) -> dict[str, list[
     """``calls`` without the segments whose source row is in ``wheres`` (calls left empty disappear)."""
     if not wheres:
         return calls
-    out = {cid: [it for it in items if it[2].source_row not in wheres] for cid, items in calls.items()}
+    out = {
+        cid: [it for it in items if it[2].source_row not in wheres] for cid, items in calls.items()
+    }
     return {cid: items for cid, items in out.items() if items}
 
 
 # --------------------------------------------------------------------------------------------------- splits
+
 
 def _apportion(counts: dict[str, int], total: int, rng: random.Random) -> dict[str, int]:
     """Integers per label summing to ``total``, each ≤ its count and proportional to it (largest remainders)."""
@@ -371,8 +449,9 @@ def _apportion(counts: dict[str, int], total: int, rng: random.Random) -> dict[s
     return out
 
 
-def stratified_split(call_labels: dict[str, str], ratios: Sequence[float] = DEFAULT_RATIOS,
-                     seed: int = 0) -> dict[str, str]:
+def stratified_split(
+    call_labels: dict[str, str], ratios: Sequence[float] = DEFAULT_RATIOS, seed: int = 0
+) -> dict[str, str]:
     """Deterministic call-level split stratified by label.
 
     The split sizes are ``round(n × ratio)`` for valid and test (at least one call each when there are ≥ 3 calls
@@ -392,7 +471,7 @@ def stratified_split(call_labels: dict[str, str], ratios: Sequence[float] = DEFA
     if n >= 3:
         n_valid = max(n_valid, 1 if ratios[1] > 0 else 0)
         n_test = max(n_test, 1 if ratios[2] > 0 else 0)
-    while n_valid + n_test > max(n - 1, 0):      # train keeps at least one call
+    while n_valid + n_test > max(n - 1, 0):  # train keeps at least one call
         if n_valid >= n_test and n_valid > 0:
             n_valid -= 1
         else:
@@ -417,7 +496,7 @@ def split_counts(assign: dict[str, str]) -> dict[str, int]:
 
 # --------------------------------------------------------------------------------------------------- assembling
 
-Item = tuple[float, int, Segment]     # (order key, file order, segment)
+Item = tuple[float, int, Segment]  # (order key, file order, segment)
 
 
 def majority_labels(calls: dict[str, list[Item]], issues: list[Issue]) -> dict[str, list[Item]]:
@@ -434,14 +513,24 @@ def majority_labels(calls: dict[str, list[Item]], issues: list[Issue]) -> dict[s
         best = max(sorted(named), key=lambda k: named[k])
         shown = ", ".join(f"{k or 'empty'}×{v}" for k, v in sorted(counts.items()))
         where = items[0][2].source_row
-        issues.append(Issue(f"call {cid}" + (f" ({where})" if where else ""),
-                            f"warning: its segments carry different labels ({shown}); the call is labelled {best!r}"))
+        issues.append(
+            Issue(
+                f"call {cid}" + (f" ({where})" if where else ""),
+                f"warning: its segments carry different labels ({shown}); the call is labelled {best!r}",
+            )
+        )
         calls[cid] = [(o, f, seg.with_(label=best)) for o, f, seg in items]
     return calls
 
 
-def build_manifest(dataset: str, scheme: str, calls: dict[str, list[Item]], issues: list[Issue],
-                   notes: dict, label_scheme_def: dict | None = None) -> Manifest:
+def build_manifest(
+    dataset: str,
+    scheme: str,
+    calls: dict[str, list[Item]],
+    issues: list[Issue],
+    notes: dict,
+    label_scheme_def: dict | None = None,
+) -> Manifest:
     """Order each call's segments by (order key, file order), number them 0..k-1, and check something is left."""
     segments: list[Segment] = []
     for cid in calls:
@@ -451,7 +540,16 @@ def build_manifest(dataset: str, scheme: str, calls: dict[str, list[Item]], issu
         errors = [x for x in issues if not x.reason.startswith("warning:")] or issues
         first = "; ".join(str(x) for x in errors[:3])
         more = f"; and {len(errors) - 3} more" if len(errors) > 3 else ""
-        raise ManifestError(f"{dataset}: no usable rows" + (f" ({first}{more})" if first else "")
-                            + ". Fix those rows (all issues are listed in manifest.issues)")
-    return Manifest(dataset=dataset, label_scheme=scheme, segments=segments, issues=issues, notes=notes,
-                    label_scheme_def=label_scheme_def)
+        raise ManifestError(
+            f"{dataset}: no usable rows"
+            + (f" ({first}{more})" if first else "")
+            + ". Fix those rows (all issues are listed in manifest.issues)"
+        )
+    return Manifest(
+        dataset=dataset,
+        label_scheme=scheme,
+        segments=segments,
+        issues=issues,
+        notes=notes,
+        label_scheme_def=label_scheme_def,
+    )

@@ -41,14 +41,22 @@ Example::
     c002,recordings/c002_a.wav,,,不需要谢谢,D,test
     c003,new/c003.wav,,,,,
 """
+
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-from ..manifest import Issue, Manifest
 from ..labels import LabelScheme
-from ._common import ManifestError, bool_option, read_csv, require_columns, scheme_or_error, transcript_column_check
+from ..manifest import Issue, Manifest
+from ._common import (
+    ManifestError,
+    bool_option,
+    read_csv,
+    require_columns,
+    scheme_or_error,
+    transcript_column_check,
+)
 from .pipeline import Parsed, RawRow, no_text_note, split_or_problem, to_manifest
 
 COLUMNS = {"call": ("call_id",), "audio": ("audio",)}
@@ -73,7 +81,11 @@ def _row(row: dict[str, str], cols: dict[str, str], where: str, any_split: bool)
     call_id, audio_name = row[cols["call"]], row[cols["audio"]]
     start, bad_start = _seconds(row.get("start", ""), "start")
     end, bad_end = _seconds(row.get("end", ""), "end")
-    unread = None if call_id and audio_name else f"empty {'audio' if call_id else 'call_id'}; row skipped"
+    unread = (
+        None
+        if call_id and audio_name
+        else f"empty {'audio' if call_id else 'call_id'}; row skipped"
+    )
     problem = bad_start or bad_end
     if problem is None and end is not None and end <= (start or 0.0):
         problem = f"end {end:g} is not after start {start or 0.0:g}; row skipped"
@@ -85,43 +97,88 @@ def _row(row: dict[str, str], cols: dict[str, str], where: str, any_split: bool)
         try:
             order = float(row["segment"])
         except ValueError:
-            warnings = (f"warning: segment {row['segment']!r} is not a number; ordered by start, then row order",)
+            warnings = (
+                f"warning: segment {row['segment']!r} is not a number; ordered by start, then row order",
+            )
     seg_id = f"{call_id}/{audio_name.replace(chr(92), '/')}"
     if start is not None or end is not None:
         seg_id += f"@{start or 0.0:g}-" + (f"{end:g}" if end is not None else "end")
-    return RawRow(call_id=call_id, segment_id=seg_id, audio=audio_name, where=where, label=row.get("label", ""),
-                  split=split, text=row.get("text", ""), start=start, end=end, order=order, unread=unread,
-                  problem=problem, warnings=warnings)
+    return RawRow(
+        call_id=call_id,
+        segment_id=seg_id,
+        audio=audio_name,
+        where=where,
+        label=row.get("label", ""),
+        split=split,
+        text=row.get("text", ""),
+        start=start,
+        end=end,
+        order=order,
+        unread=unread,
+        problem=problem,
+        warnings=warnings,
+    )
 
 
-def parse_generic_csv(data_dir: Path, csv_path: str | Path | None = None, no_text: bool = False) -> Parsed:
+def parse_generic_csv(
+    data_dir: Path, csv_path: str | Path | None = None, no_text: bool = False
+) -> Parsed:
     """The rows of the generic CSV (see the module docstring)."""
     if csv_path:
         path = Path(csv_path) if Path(csv_path).is_absolute() else data_dir / csv_path
     else:
-        path = next((data_dir / n for n in DEFAULT_NAMES if (data_dir / n).is_file()), data_dir / DEFAULT_NAMES[0])
+        path = next(
+            (data_dir / n for n in DEFAULT_NAMES if (data_dir / n).is_file()),
+            data_dir / DEFAULT_NAMES[0],
+        )
     if not path.is_file():
-        raise ManifestError(f"{path}: no such CSV (the csv dataset reads DATA_DIR/calls.csv or manifest.csv, or "
-                            "the file given with the csv_path option)")
+        raise ManifestError(
+            f"{path}: no such CSV (the csv dataset reads DATA_DIR/calls.csv or manifest.csv, or "
+            "the file given with the csv_path option)"
+        )
     issues: list[Issue] = []
     fields, table, _ = read_csv(path, issues)
     cols = require_columns(path, fields, COLUMNS)
-    transcript_column_check(path, fields, table, "text" if "text" in fields else None, OURS, no_text)
+    transcript_column_check(
+        path, fields, table, "text" if "text" in fields else None, OURS, no_text
+    )
     any_split = "split" in fields and any(r.get("split") for _, r in table)
     rows = [_row(row, cols, f"{path.name}:{line}", any_split) for line, row in table]
     notes = {"split": "column" if any_split else "none", "sources": [path.name]}
     if no_text:
         issues.append(no_text_note(path.name, rows, notes))
-    return Parsed(rows, data_dir, notes, search=("",),
-                  not_found="audio file {audio} not found (paths are relative to {data_dir}); row skipped",
-                  duplicate="segment: same call_id, audio, start and end", same_by_audio=True, issues=issues,
-                  warn_empty_text=not no_text)
+    return Parsed(
+        rows,
+        data_dir,
+        notes,
+        search=("",),
+        not_found="audio file {audio} not found (paths are relative to {data_dir}); row skipped",
+        duplicate="segment: same call_id, audio, start and end",
+        same_by_audio=True,
+        issues=issues,
+        warn_empty_text=not no_text,
+    )
 
 
-def load_generic_csv(data_dir: Path, *, allow_outside_paths: bool = False, seed: int = 0,
-                     csv_path: str | Path | None = None, label_scheme: "str | LabelScheme" = "marketcalls",
-                     split_ratios=None, no_text: bool = False) -> Manifest:
-    scheme = scheme_or_error(label_scheme, Path(data_dir))   # a bad scheme is named before the files are read
-    return to_manifest("csv", scheme, parse_generic_csv(Path(data_dir), csv_path, no_text=bool_option(no_text)),
-                       allow_outside_paths=allow_outside_paths, allow_empty_labels=True, split_ratios=split_ratios,
-                       seed=seed)
+def load_generic_csv(
+    data_dir: Path,
+    *,
+    allow_outside_paths: bool = False,
+    seed: int = 0,
+    csv_path: str | Path | None = None,
+    label_scheme: str | LabelScheme = "marketcalls",
+    split_ratios=None,
+    no_text: bool = False,
+) -> Manifest:
+    scheme = scheme_or_error(
+        label_scheme, Path(data_dir)
+    )  # a bad scheme is named before the files are read
+    return to_manifest(
+        "csv",
+        scheme,
+        parse_generic_csv(Path(data_dir), csv_path, no_text=bool_option(no_text)),
+        allow_outside_paths=allow_outside_paths,
+        allow_empty_labels=True,
+        split_ratios=split_ratios,
+        seed=seed,
+    )

@@ -16,15 +16,27 @@ CSVs may be UTF-8 (with or without BOM) or GB18030/GBK (Chinese Excel exports). 
 rows while another column holds text stops the read (a misnamed column; rename it); option ``no_text=true`` says
 the calls really have no transcripts (one note instead of a warning per row).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..manifest import Issue, Manifest
-from ._common import ManifestError, bool_option, last_int, read_csv, require_columns, transcript_column_check
+from ._common import (
+    ManifestError,
+    bool_option,
+    last_int,
+    read_csv,
+    require_columns,
+    transcript_column_check,
+)
 from .pipeline import Parsed, RawRow, no_text_note, split_or_problem, to_manifest
 
-SPLIT_FILES = {"train": ("train.csv",), "valid": ("valid.csv", "val.csv", "dev.csv"), "test": ("test.csv",)}
+SPLIT_FILES = {
+    "train": ("train.csv",),
+    "valid": ("valid.csv", "val.csv", "dev.csv"),
+    "test": ("test.csv",),
+}
 COLUMNS = {"call": ("phone",), "audio": ("audio_id",), "text": ("text",), "label": ("label",)}
 OURS = {"phone", "audio_id", "text", "label", "split", "segment_number"}
 
@@ -40,8 +52,10 @@ def _find_csvs(data_dir: Path, csv_path: str | Path | None) -> list[tuple[Path, 
     for split, names in SPLIT_FILES.items():
         hits = [data_dir / n for n in names if (data_dir / n).is_file()]
         if len(hits) > 1:
-            raise ManifestError(f"{data_dir}: both {hits[0].name} and {hits[1].name} exist; keep one of them as "
-                                f"the {split} split")
+            raise ManifestError(
+                f"{data_dir}: both {hits[0].name} and {hits[1].name} exist; keep one of them as "
+                f"the {split} split"
+            )
         if hits:
             per_split.append((hits[0], split))
     if per_split:
@@ -50,10 +64,14 @@ def _find_csvs(data_dir: Path, csv_path: str | Path | None) -> list[tuple[Path, 
     if len(csvs) == 1:
         return [(csvs[0], None)]
     if not csvs:
-        raise ManifestError(f"{data_dir}: no CSV found; expected train.csv, valid.csv, test.csv or one CSV "
-                            "(optionally with a split column)")
-    raise ManifestError(f"{data_dir}: several CSVs ({', '.join(c.name for c in csvs)}) and no train/valid/test.csv; "
-                        "name the split files train.csv, valid.csv, test.csv, or choose one with the csv_path option")
+        raise ManifestError(
+            f"{data_dir}: no CSV found; expected train.csv, valid.csv, test.csv or one CSV "
+            "(optionally with a split column)"
+        )
+    raise ManifestError(
+        f"{data_dir}: several CSVs ({', '.join(c.name for c in csvs)}) and no train/valid/test.csv; "
+        "name the split files train.csv, valid.csv, test.csv, or choose one with the csv_path option"
+    )
 
 
 def _segment_id(audio_id: str) -> str:
@@ -67,13 +85,17 @@ def _order(row: dict[str, str], audio_id: str, warnings: list[str]) -> float:
         try:
             return float(row["segment_number"])
         except ValueError:
-            warnings.append(f"warning: segment_number {row['segment_number']!r} is not a number; ordered by the "
-                            "file name instead")
+            warnings.append(
+                f"warning: segment_number {row['segment_number']!r} is not a number; ordered by the "
+                "file name instead"
+            )
     n = last_int(audio_id)
     return float(n) if n is not None else float("inf")
 
 
-def parse_marketcalls(data_dir: Path, csv_path: str | Path | None = None, no_text: bool = False) -> Parsed:
+def parse_marketcalls(
+    data_dir: Path, csv_path: str | Path | None = None, no_text: bool = False
+) -> Parsed:
     """The rows of the MarketCalls CSVs (see the module docstring)."""
     issues: list[Issue] = []
     rows: list[RawRow] = []
@@ -87,14 +109,29 @@ def parse_marketcalls(data_dir: Path, csv_path: str | Path | None = None, no_tex
             split_mode = "files" if file_split else ("column" if "split" in fields else "generated")
         for line, row in table:
             call_id, audio_id, warnings = row[cols["call"]], row[cols["audio"]], []
-            unread = None if call_id and audio_id else f"empty {'Audio_id' if call_id else 'phone'}; row skipped"
+            unread = (
+                None
+                if call_id and audio_id
+                else f"empty {'Audio_id' if call_id else 'phone'}; row skipped"
+            )
             split, problem = file_split or "", None
             if split_mode == "column":
                 split, problem = split_or_problem(row.get("split", ""), allow_empty=False)
-            rows.append(RawRow(call_id=call_id, segment_id=_segment_id(audio_id), audio=audio_id,
-                               where=f"{path.name}:{line}", label=row[cols["label"]], split=split,
-                               text=row[cols["text"]], order=_order(row, audio_id, warnings), unread=unread,
-                               problem=problem, warnings=tuple(warnings)))
+            rows.append(
+                RawRow(
+                    call_id=call_id,
+                    segment_id=_segment_id(audio_id),
+                    audio=audio_id,
+                    where=f"{path.name}:{line}",
+                    label=row[cols["label"]],
+                    split=split,
+                    text=row[cols["text"]],
+                    order=_order(row, audio_id, warnings),
+                    unread=unread,
+                    problem=problem,
+                    warnings=tuple(warnings),
+                )
+            )
     notes: dict = {"split": split_mode, "sources": [p.name for p, _ in sources]}
     if split_mode == "files":
         notes["split_files"] = {s: p.name for p, s in sources}
@@ -103,13 +140,32 @@ def parse_marketcalls(data_dir: Path, csv_path: str | Path | None = None, no_tex
             notes["missing_splits"] = missing
     if no_text:
         issues.append(no_text_note(", ".join(notes["sources"]), rows, notes))
-    return Parsed(rows, data_dir, notes, issues=issues, warn_empty_text=not no_text,
-                  not_found=f"audio file {{audio}} not found in {data_dir / 'audio'} or {{data_dir}}; row skipped")
+    return Parsed(
+        rows,
+        data_dir,
+        notes,
+        issues=issues,
+        warn_empty_text=not no_text,
+        not_found=f"audio file {{audio}} not found in {data_dir / 'audio'} or {{data_dir}}; row skipped",
+    )
 
 
-def load_marketcalls(data_dir: Path, *, allow_outside_paths: bool = False, seed: int = 0,
-                     split_ratios=None, csv_path: str | Path | None = None, no_text: bool = False,
-                     dataset: str = "marketcalls") -> Manifest:
+def load_marketcalls(
+    data_dir: Path,
+    *,
+    allow_outside_paths: bool = False,
+    seed: int = 0,
+    split_ratios=None,
+    csv_path: str | Path | None = None,
+    no_text: bool = False,
+    dataset: str = "marketcalls",
+) -> Manifest:
     parsed = parse_marketcalls(Path(data_dir), csv_path, no_text=bool_option(no_text))
-    return to_manifest(dataset, "marketcalls", parsed,
-                       allow_outside_paths=allow_outside_paths, split_ratios=split_ratios, seed=seed)
+    return to_manifest(
+        dataset,
+        "marketcalls",
+        parsed,
+        allow_outside_paths=allow_outside_paths,
+        split_ratios=split_ratios,
+        seed=seed,
+    )

@@ -17,6 +17,7 @@ the split's folder: ``train_splits/`` or ``train/``; ``dev_splits_complete/``, `
 lacks a few, e.g. ``dev/dia110_utt7``) is named in ``manifest.issues`` and left out; a clip that exists but cannot
 be decoded is reported by the extraction and skipped there.
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,16 +32,24 @@ log = logging.getLogger(__name__)
 
 SCHEME = "meld"
 # (MELD's split name, our split, CSV name, clip folders in order of preference)
-SPLITS = (("train", "train", "train_sent_emo.csv", ("train_splits", "train")),
-          ("dev", "valid", "dev_sent_emo.csv", ("dev_splits_complete", "dev_splits", "dev")),
-          ("test", "test", "test_sent_emo.csv", ("output_repeated_splits_test", "test_splits", "test")))
-COLUMNS = {"text": ("utterance",), "emotion": ("emotion",), "sentiment": ("sentiment",),
-           "dialogue": ("dialogue_id",), "utterance": ("utterance_id",)}
+SPLITS = (
+    ("train", "train", "train_sent_emo.csv", ("train_splits", "train")),
+    ("dev", "valid", "dev_sent_emo.csv", ("dev_splits_complete", "dev_splits", "dev")),
+    ("test", "test", "test_sent_emo.csv", ("output_repeated_splits_test", "test_splits", "test")),
+)
+COLUMNS = {
+    "text": ("utterance",),
+    "emotion": ("emotion",),
+    "sentiment": ("sentiment",),
+    "dialogue": ("dialogue_id",),
+    "utterance": ("utterance_id",),
+}
 HOMES = ("", "MELD.Raw", "MELD", "data/MELD")
 CLIP_EXTS = (".wav", ".mp4")
 
 
 # --------------------------------------------------------------------------------------------------- text
+
 
 def repair_text(s: str) -> str:
     """Undo the double encoding found in MELD's text (UTF-8 bytes read as Latin-1/cp1252: ``â\\x80\\x99`` → ’),
@@ -60,23 +69,34 @@ def repair_text(s: str) -> str:
             s = fixed
             break
     if any("\x80" <= ch <= "\x9f" for ch in s):
-        s = "".join(bytes([ord(ch)]).decode("cp1252", errors="ignore") or ch if "\x80" <= ch <= "\x9f" else ch
-                    for ch in s)
+        s = "".join(
+            bytes([ord(ch)]).decode("cp1252", errors="ignore") or ch
+            if "\x80" <= ch <= "\x9f"
+            else ch
+            for ch in s
+        )
     # the 2019 release has U+00A0 where the current files have a space (after the repair: Â\xa0 is one NBSP)
     return s.replace("\xa0", " ")
 
 
 # --------------------------------------------------------------------------------------------------- files
 
+
 def _find_csvs(data_dir: Path, csv_dir: Path | None) -> dict[str, Path]:
     homes = [csv_dir] if csv_dir is not None else [data_dir / h for h in HOMES]
     for home in homes:
-        found = {name: home / csv_name for name, _, csv_name, _ in SPLITS if (home / csv_name).is_file()}
+        found = {
+            name: home / csv_name for name, _, csv_name, _ in SPLITS if (home / csv_name).is_file()
+        }
         if found:
             return found
-    where = str(csv_dir) if csv_dir is not None else f"{data_dir} (or its MELD.Raw/, MELD/, data/MELD/)"
-    raise ManifestError(f"{where}: no MELD CSV found; expected train_sent_emo.csv, dev_sent_emo.csv, "
-                        "test_sent_emo.csv (from MELD.Raw), or name their folder with the csv_dir option")
+    where = (
+        str(csv_dir) if csv_dir is not None else f"{data_dir} (or its MELD.Raw/, MELD/, data/MELD/)"
+    )
+    raise ManifestError(
+        f"{where}: no MELD CSV found; expected train_sent_emo.csv, dev_sent_emo.csv, "
+        "test_sent_emo.csv (from MELD.Raw), or name their folder with the csv_dir option"
+    )
 
 
 def _find_clip_dir(roots: list[Path], folders: tuple[str, ...]) -> Path | None:
@@ -97,25 +117,41 @@ def _int(value: str) -> int | None:
 
 # --------------------------------------------------------------------------------------------------- adapter
 
-def _row(row: dict[str, str], cols: dict[str, str], where: str, name: str, split: str, clip_dir: Path) -> RawRow:
+
+def _row(
+    row: dict[str, str], cols: dict[str, str], where: str, name: str, split: str, clip_dir: Path
+) -> RawRow:
     dia, utt = _int(row[cols["dialogue"]]), _int(row[cols["utterance"]])
     stem = f"dia{dia}_utt{utt}"
-    clip = next((clip_dir / (stem + ext) for ext in CLIP_EXTS if (clip_dir / (stem + ext)).is_file()), None)
+    clip = next(
+        (clip_dir / (stem + ext) for ext in CLIP_EXTS if (clip_dir / (stem + ext)).is_file()), None
+    )
     problem = None
     if dia is None or utt is None:
-        problem = (f"Dialogue_ID {row[cols['dialogue']]!r} / Utterance_ID {row[cols['utterance']]!r} are not "
-                   "whole numbers; row skipped")
+        problem = (
+            f"Dialogue_ID {row[cols['dialogue']]!r} / Utterance_ID {row[cols['utterance']]!r} are not "
+            "whole numbers; row skipped"
+        )
     elif clip is None:
         problem = f"clip {stem}.mp4 (or .wav) not found in {clip_dir}; row skipped"
     elif clip.stat().st_size == 0:
         problem = f"clip {clip.name} is empty (0 bytes); row skipped (download it again)"
-    return RawRow(call_id=f"{name}/dia{dia}", segment_id=f"{name}/{stem}",
-                  audio=str(clip.resolve()) if clip is not None and problem is None else stem, where=where,
-                  label=f"{row[cols['emotion']].lower()}/{row[cols['sentiment']].lower()}", split=split,
-                  text=row[cols["text"]], order=float(utt or 0), problem=problem)
+    return RawRow(
+        call_id=f"{name}/dia{dia}",
+        segment_id=f"{name}/{stem}",
+        audio=str(clip.resolve()) if clip is not None and problem is None else stem,
+        where=where,
+        label=f"{row[cols['emotion']].lower()}/{row[cols['sentiment']].lower()}",
+        split=split,
+        text=row[cols["text"]],
+        order=float(utt or 0),
+        problem=problem,
+    )
 
 
-def parse_meld(data_dir: Path, csv_dir: str | Path | None = None, clips_dir: str | Path | None = None) -> Parsed:
+def parse_meld(
+    data_dir: Path, csv_dir: str | Path | None = None, clips_dir: str | Path | None = None
+) -> Parsed:
     """The utterances of MELD's CSVs, with their clips (see the module docstring)."""
     csvs = _find_csvs(data_dir, option_path(data_dir, csv_dir))
     clips_root = option_path(data_dir, clips_dir)
@@ -123,7 +159,12 @@ def parse_meld(data_dir: Path, csv_dir: str | Path | None = None, clips_dir: str
         raise ManifestError(f"{clips_root}: no such folder (check the clips_dir option)")
     issues: list[Issue] = []
     rows: list[RawRow] = []
-    notes: dict = {"split": "files", "sources": [p.name for p in csvs.values()], "clip_dirs": {}, "encodings": {}}
+    notes: dict = {
+        "split": "files",
+        "sources": [p.name for p in csvs.values()],
+        "clip_dirs": {},
+        "encodings": {},
+    }
     for name, split, _, folders in SPLITS:
         path = csvs.get(name)
         if path is None:
@@ -133,29 +174,58 @@ def parse_meld(data_dir: Path, csv_dir: str | Path | None = None, clips_dir: str
         fields, table, enc = read_csv(path, issues, encodings=WESTERN_ENCODINGS, clean=repair_text)
         notes["encodings"][path.name] = enc
         cols = require_columns(path, fields, COLUMNS)
-        roots = [clips_root] if clips_root is not None else list(dict.fromkeys(
-            [path.parent, data_dir, data_dir / "MELD.Raw"]))
+        roots = (
+            [clips_root]
+            if clips_root is not None
+            else list(dict.fromkeys([path.parent, data_dir, data_dir / "MELD.Raw"]))
+        )
         clip_dir = _find_clip_dir(roots, folders)
         if clip_dir is None:
-            issues.append(Issue(path.name, f"no clip folder for the {name} split (expected {' or '.join(folders)} "
-                                           f"in {' or '.join(str(r) for r in roots)}; extract {name}.tar.gz there "
-                                           f"or pass clips_dir); its {len(table)} utterances skipped"))
+            issues.append(
+                Issue(
+                    path.name,
+                    f"no clip folder for the {name} split (expected {' or '.join(folders)} "
+                    f"in {' or '.join(str(r) for r in roots)}; extract {name}.tar.gz there "
+                    f"or pass clips_dir); its {len(table)} utterances skipped",
+                )
+            )
             continue
         notes["clip_dirs"][name] = str(clip_dir.resolve())
-        rows += [_row(row, cols, f"{path.name}:{line}", name, split, clip_dir) for line, row in table]
+        rows += [
+            _row(row, cols, f"{path.name}:{line}", name, split, clip_dir) for line, row in table
+        ]
     if not notes["clip_dirs"]:
-        raise ManifestError(f"{data_dir}: no MELD clip folder found (train_splits/, dev_splits_complete/, "
-                            "output_repeated_splits_test/ or train/, dev/, test/ next to the CSVs or in DATA_DIR); "
-                            "extract the clips there or name their folder with the clips_dir option")
+        raise ManifestError(
+            f"{data_dir}: no MELD clip folder found (train_splits/, dev_splits_complete/, "
+            "output_repeated_splits_test/ or train/, dev/, test/ next to the CSVs or in DATA_DIR); "
+            "extract the clips there or name their folder with the clips_dir option"
+        )
     notes["emotions"], notes["sentiments"] = list(MELD_EMOTIONS), list(MELD_SENTIMENTS)
-    return Parsed(rows, data_dir, notes, duplicate="utterance {last}", found_by_parser=True,
-                  labels_of_kept_rows=True, issues=issues)
+    return Parsed(
+        rows,
+        data_dir,
+        notes,
+        duplicate="utterance {last}",
+        found_by_parser=True,
+        labels_of_kept_rows=True,
+        issues=issues,
+    )
 
 
-def load_meld(data_dir: Path, *, allow_outside_paths: bool = False, seed: int = 0, csv_dir: str | Path | None = None,
-              clips_dir: str | Path | None = None) -> Manifest:
+def load_meld(
+    data_dir: Path,
+    *,
+    allow_outside_paths: bool = False,
+    seed: int = 0,
+    csv_dir: str | Path | None = None,
+    clips_dir: str | Path | None = None,
+) -> Manifest:
     """MELD from its CSVs and clips (see the module docstring). The split is MELD's own (``seed`` is unused)."""
     manifest = to_manifest("meld", SCHEME, parse_meld(Path(data_dir), csv_dir, clips_dir))
-    log.info("meld: %d dialogues, %d utterances, %d issues", len({s.call_id for s in manifest.segments}),
-             len(manifest.segments), len(manifest.issues))
+    log.info(
+        "meld: %d dialogues, %d utterances, %d issues",
+        len({s.call_id for s in manifest.segments}),
+        len(manifest.segments),
+        len(manifest.issues),
+    )
     return manifest

@@ -41,6 +41,7 @@ DATA_DIR (``*std_folds*.py``, ``standard_folds.json``, ``splits.csv``/``splits.j
 video-level split stratified by the sign of the video's mean score (``split_ratios``, default 0.8,0.1,0.1,
 seeded by ``seed``), which ``manifest.notes`` records as NOT the standard folds.
 """
+
 from __future__ import annotations
 
 import ast
@@ -55,8 +56,17 @@ from pathlib import Path
 import numpy as np
 
 from ..manifest import Issue, Manifest
-from ._common import (ManifestError, audio_seconds, normalise_split, option_path, parse_ratios, read_csv,
-                      require_columns, split_counts, stratified_split)
+from ._common import (
+    ManifestError,
+    audio_seconds,
+    normalise_split,
+    option_path,
+    parse_ratios,
+    read_csv,
+    require_columns,
+    split_counts,
+    stratified_split,
+)
 from .pipeline import Parsed, RawRow, to_manifest
 
 log = logging.getLogger(__name__)
@@ -67,26 +77,48 @@ CSV_COLUMNS = {"video": ("video_id",), "clip": ("clip_id",), "text": ("text",), 
 START_COLS, END_COLS = ("start", "start_time", "begin"), ("end", "end_time")
 AUDIO_EXTS = (".wav", ".mp4")
 # where one file per utterance lives, relative to DATA_DIR or audio_dir
-PER_UTTERANCE = ("wav/{v}/{c}", "Raw/{v}/{c}", "raw/{v}/{c}", "audio/{v}/{c}", "{v}/{c}",
-                 "Raw/Audio/WAV_16000/Segmented/{v}_{c}", "Audio/WAV_16000/Segmented/{v}_{c}",
-                 "WAV_16000/Segmented/{v}_{c}", "Segmented/{v}_{c}", "wav/{v}_{c}", "{v}_{c}")
+PER_UTTERANCE = (
+    "wav/{v}/{c}",
+    "Raw/{v}/{c}",
+    "raw/{v}/{c}",
+    "audio/{v}/{c}",
+    "{v}/{c}",
+    "Raw/Audio/WAV_16000/Segmented/{v}_{c}",
+    "Audio/WAV_16000/Segmented/{v}_{c}",
+    "WAV_16000/Segmented/{v}_{c}",
+    "Segmented/{v}_{c}",
+    "wav/{v}_{c}",
+    "{v}_{c}",
+)
 # where one file per video lives
-PER_VIDEO = ("wav/{v}", "Raw/Audio/WAV_16000/Full/{v}", "Audio/WAV_16000/Full/{v}", "WAV_16000/Full/{v}",
-             "Raw/Audio/Full/WAV_16000/{v}", "Audio/Full/WAV_16000/{v}", "Full/WAV_16000/{v}", "Full/{v}",
-             "audio/{v}", "{v}")
-FOLD_NAMES = {"train": ("standard_train_fold", "train_fold", "train"),
-              "valid": ("standard_valid_fold", "valid_fold", "standard_val_fold", "valid", "val", "dev"),
-              "test": ("standard_test_fold", "test_fold", "test")}
+PER_VIDEO = (
+    "wav/{v}",
+    "Raw/Audio/WAV_16000/Full/{v}",
+    "Audio/WAV_16000/Full/{v}",
+    "WAV_16000/Full/{v}",
+    "Raw/Audio/Full/WAV_16000/{v}",
+    "Audio/Full/WAV_16000/{v}",
+    "Full/WAV_16000/{v}",
+    "Full/{v}",
+    "audio/{v}",
+    "{v}",
+)
+FOLD_NAMES = {
+    "train": ("standard_train_fold", "train_fold", "train"),
+    "valid": ("standard_valid_fold", "valid_fold", "standard_val_fold", "valid", "val", "dev"),
+    "test": ("standard_test_fold", "test_fold", "test"),
+}
 SPLIT_FILE_NAMES = ("standard_folds.json", "splits.csv", "splits.json", "split.csv", "split.json")
 SEGMENT_KEY = re.compile(r"^(.*)\[(\d+)\]$")
 
 
 # --------------------------------------------------------------------------------------------------- helpers
 
+
 def score_label(value) -> str:
     """A score as the label string: the shortest decimal of its own precision ("2.4" from float32 2.4)."""
     if isinstance(value, (np.floating, np.integer)):
-        value = str(value)        # numpy prints the shortest repr of the value in its own dtype
+        value = str(value)  # numpy prints the shortest repr of the value in its own dtype
     try:
         return repr(float(value))
     except (TypeError, ValueError):
@@ -131,18 +163,24 @@ class AudioFinder:
         return None
 
     def expected(self, **names: str) -> str:
-        return ", ".join(t.format(**names) + ".wav|mp4" for t in self.templates[:4]) + " (under " + \
-            f"{self.root})"
+        return (
+            ", ".join(t.format(**names) + ".wav|mp4" for t in self.templates[:4])
+            + " (under "
+            + f"{self.root})"
+        )
 
 
 # --------------------------------------------------------------------------------------------------- splits
+
 
 def _assign(out: dict[str, str], vid: str, split: str | None, where: Path) -> None:
     if split is None:
         return
     if out.get(vid, split) != split:
-        raise ManifestError(f"{where}: video {vid} is in both {out[vid]} and {split}; a video belongs to one "
-                            "split, fix the file")
+        raise ManifestError(
+            f"{where}: video {vid} is in both {out[vid]} and {split}; a video belongs to one "
+            "split, fix the file"
+        )
     out[vid] = split
 
 
@@ -166,7 +204,9 @@ def _folds_from_py(path: Path) -> dict[str, str]:
             try:
                 ids = ast.literal_eval(node.value)
             except ValueError:
-                raise ManifestError(f"{path}:{node.lineno}: {target.id} is not a list of video ids") from None
+                raise ManifestError(
+                    f"{path}:{node.lineno}: {target.id} is not a list of video ids"
+                ) from None
             for vid in ids:
                 _assign(out, str(vid), split, path)
     return out
@@ -176,24 +216,33 @@ def _folds_from_json(path: Path) -> dict[str, str]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise ManifestError(f"{path}: not readable JSON ({e}); write {{\"train\": [ids], \"valid\": [ids], "
-                            "\"test\": [ids]}} or {{id: split}}") from None
+        raise ManifestError(
+            f'{path}: not readable JSON ({e}); write {{"train": [ids], "valid": [ids], '
+            '"test": [ids]}} or {{id: split}}'
+        ) from None
     out: dict[str, str] = {}
     if not isinstance(data, dict):
-        raise ManifestError(f"{path}: expected a JSON object {{\"train\": [ids], ...}} or {{id: split}}")
+        raise ManifestError(
+            f'{path}: expected a JSON object {{"train": [ids], ...}} or {{id: split}}'
+        )
     for key, value in data.items():
         if isinstance(value, list):
-            split = next((s for s, names in FOLD_NAMES.items() if key.lower() in names), None) \
-                or normalise_split(key)
+            split = next(
+                (s for s, names in FOLD_NAMES.items() if key.lower() in names), None
+            ) or normalise_split(key)
             if split is None:
-                raise ManifestError(f"{path}: unknown split {key!r} (use train, valid/val/dev or test)")
+                raise ManifestError(
+                    f"{path}: unknown split {key!r} (use train, valid/val/dev or test)"
+                )
             for vid in value:
                 _assign(out, str(vid), split, path)
         else:
             split = normalise_split(str(value))
             if split is None:
-                raise ManifestError(f"{path}: video {key}: unknown split {value!r} (use train, valid/val/dev or "
-                                    "test)")
+                raise ManifestError(
+                    f"{path}: video {key}: unknown split {value!r} (use train, valid/val/dev or "
+                    "test)"
+                )
             _assign(out, str(key), split, path)
     return out
 
@@ -201,13 +250,17 @@ def _folds_from_json(path: Path) -> dict[str, str]:
 def _folds_from_csv(path: Path) -> dict[str, str]:
     issues: list[Issue] = []
     fields, rows, _ = read_csv(path, issues)
-    cols = require_columns(path, fields, {"video": ("video_id", "video", "id"), "split": ("split", "mode", "fold")})
+    cols = require_columns(
+        path, fields, {"video": ("video_id", "video", "id"), "split": ("split", "mode", "fold")}
+    )
     out: dict[str, str] = {}
     for line, row in rows:
         split = normalise_split(row[cols["split"]])
         if split is None:
-            raise ManifestError(f"{path}:{line}: unknown split {row[cols['split']]!r} (use train, valid/val/dev or "
-                                "test)")
+            raise ManifestError(
+                f"{path}:{line}: unknown split {row[cols['split']]!r} (use train, valid/val/dev or "
+                "test)"
+            )
         _assign(out, row[cols["video"]], split, path)
     return out
 
@@ -219,39 +272,53 @@ def read_split_file(path: Path) -> dict[str, str]:
     suffix = path.suffix.lower()
     reader = {".py": _folds_from_py, ".json": _folds_from_json, ".csv": _folds_from_csv}.get(suffix)
     if reader is None:
-        raise ManifestError(f"{path}: unknown split file type {suffix!r}; give a .csv (video_id,split), a .json or "
-                            "the SDK's cmu_mosi_std_folds.py")
+        raise ManifestError(
+            f"{path}: unknown split file type {suffix!r}; give a .csv (video_id,split), a .json or "
+            "the SDK's cmu_mosi_std_folds.py"
+        )
     out = reader(path)
     if not out:
-        raise ManifestError(f"{path}: no video ids found (expected standard_train_fold / standard_valid_fold / "
-                            "standard_test_fold lists, or video_id,split rows)")
+        raise ManifestError(
+            f"{path}: no video ids found (expected standard_train_fold / standard_valid_fold / "
+            "standard_test_fold lists, or video_id,split rows)"
+        )
     return out
 
 
 def _find_split_file(data_dir: Path) -> Path | None:
-    hits = sorted(data_dir.glob("*std_folds*.py")) + [data_dir / n for n in SPLIT_FILE_NAMES
-                                                      if (data_dir / n).is_file()]
+    hits = sorted(data_dir.glob("*std_folds*.py")) + [
+        data_dir / n for n in SPLIT_FILE_NAMES if (data_dir / n).is_file()
+    ]
     return hits[0] if hits else None
 
 
-def _apply_splits(calls: dict[str, list], split_of: dict[str, str], source: str,
-                  issues: list[Issue]) -> dict[str, list]:
+def _apply_splits(
+    calls: dict[str, list], split_of: dict[str, str], source: str, issues: list[Issue]
+) -> dict[str, list]:
     known = [cid for cid in calls if cid in split_of]
     if calls and not known:
         some = ", ".join(sorted(calls)[:3])
-        raise ManifestError(f"{source}: names none of the videos of this dataset (e.g. {some}); use the folds file "
-                            f"of the same dataset or pass another with the split_file option")
+        raise ManifestError(
+            f"{source}: names none of the videos of this dataset (e.g. {some}); use the folds file "
+            f"of the same dataset or pass another with the split_file option"
+        )
     out = {}
     for cid, items in calls.items():
         if cid not in split_of:
-            issues.append(Issue(f"video {cid} ({items[0][2].source_row})", f"not in any split of {source}; its "
-                                f"{len(items)} utterance(s) skipped"))
+            issues.append(
+                Issue(
+                    f"video {cid} ({items[0][2].source_row})",
+                    f"not in any split of {source}; its {len(items)} utterance(s) skipped",
+                )
+            )
             continue
         out[cid] = [(o, f, s.with_(split=split_of[cid])) for o, f, s in items]
     return out
 
 
-def _generated_split(calls: dict[str, list], dataset: str, ratios, seed: int, notes: dict) -> dict[str, list]:
+def _generated_split(
+    calls: dict[str, list], dataset: str, ratios, seed: int, notes: dict
+) -> dict[str, list]:
     """Video-level split stratified by the sign of each video's mean score (not the standard folds)."""
     ratios = parse_ratios(ratios)
     strata = {}
@@ -259,18 +326,27 @@ def _generated_split(calls: dict[str, list], dataset: str, ratios, seed: int, no
         mean = float(np.mean([float(s.label) for _, _, s in items]))
         strata[cid] = "negative" if mean < 0 else "non-negative"
     assign = stratified_split(strata, ratios, seed)
-    notes.update({"split": "generated",
-                  "split_note": f"NOT the standard CMU-{dataset.upper()} folds: no folds file was found, so videos "
-                                "were split at random (pass split_file with cmu_" + dataset + "_std_folds.py or a "
-                                "video_id,split CSV to use the standard folds; results are not comparable to "
-                                "published numbers otherwise)",
-                  "split_method": "video-level, stratified by the sign of the mean score, seeded shuffle",
-                  "split_ratios": [round(r, 6) for r in ratios], "split_seed": seed,
-                  "split_counts": split_counts(assign)})
-    return {cid: [(o, f, s.with_(split=assign[cid])) for o, f, s in items] for cid, items in calls.items()}
+    notes.update(
+        {
+            "split": "generated",
+            "split_note": f"NOT the standard CMU-{dataset.upper()} folds: no folds file was found, so videos "
+            "were split at random (pass split_file with cmu_" + dataset + "_std_folds.py or a "
+            "video_id,split CSV to use the standard folds; results are not comparable to "
+            "published numbers otherwise)",
+            "split_method": "video-level, stratified by the sign of the mean score, seeded shuffle",
+            "split_ratios": [round(r, 6) for r in ratios],
+            "split_seed": seed,
+            "split_counts": split_counts(assign),
+        }
+    )
+    return {
+        cid: [(o, f, s.with_(split=assign[cid])) for o, f, s in items]
+        for cid, items in calls.items()
+    }
 
 
 # --------------------------------------------------------------------------------------------------- CSV form
+
 
 def _seconds(value: str) -> float | None:
     try:
@@ -299,7 +375,9 @@ def _parse_csv_form(path: Path, audio_root: Path) -> Parsed:
     issues: list[Issue] = []
     fields, table, _ = read_csv(path, issues)
     if "id" in fields and "video_id" not in fields and "clip_id" not in fields:
-        table = [(line, _split_id(row)) for line, row in table]      # the community form id,text,label,mode
+        table = [
+            (line, _split_id(row)) for line, row in table
+        ]  # the community form id,text,label,mode
         fields = [*fields, "video_id", "clip_id"]
     cols = require_columns(path, fields, CSV_COLUMNS)
     split_col = next((c for c in ("mode", "split") if c in fields), None)
@@ -315,36 +393,74 @@ def _parse_csv_form(path: Path, audio_root: Path) -> Parsed:
         if not _safe_id(vid) or not _safe_id(clip):
             unread = f"video_id {vid!r} / clip_id {clip!r} empty or not a plain name; row skipped"
         elif split_col is not None and (split := normalise_split(row[split_col])) is None:
-            problem = f"unknown {split_col} {row[split_col]!r} (use train, valid or test); row skipped"
+            problem = (
+                f"unknown {split_col} {row[split_col]!r} (use train, valid or test); row skipped"
+            )
         elif timed and (row[start_col] or row[end_col]):
             start, end = _seconds(row[start_col]), _seconds(row[end_col])
             audio = per_video.find(v=vid)
             if start is None or end is None or end <= start:
-                problem = (f"{start_col}/{end_col} {row[start_col]!r}/{row[end_col]!r} are not seconds with end "
-                           "after start; row skipped")
+                problem = (
+                    f"{start_col}/{end_col} {row[start_col]!r}/{row[end_col]!r} are not seconds with end "
+                    "after start; row skipped"
+                )
             elif audio is None:
                 problem = f"audio of video {vid} not found; looked for {per_video.expected(v=vid)}; row skipped"
         else:
             audio = per_utt.find(v=vid, c=clip)
             if audio is None:
                 whole = per_video.find(v=vid)
-                hint = (f"; only the whole video {whole.name} is there: add start,end columns (seconds) to "
-                        f"{path.name}") if whole is not None else ""
-                problem = (f"audio of utterance {seg_id} not found; looked for {per_utt.expected(v=vid, c=clip)}"
-                           f"{hint}; row skipped")
+                hint = (
+                    (
+                        f"; only the whole video {whole.name} is there: add start,end columns (seconds) to "
+                        f"{path.name}"
+                    )
+                    if whole is not None
+                    else ""
+                )
+                problem = (
+                    f"audio of utterance {seg_id} not found; looked for {per_utt.expected(v=vid, c=clip)}"
+                    f"{hint}; row skipped"
+                )
         key = start if start is not None else _clip_seconds(clip)
-        rows.append(RawRow(call_id=vid, segment_id=seg_id, audio=str(audio), where=f"{path.name}:{line}",
-                           label=score_label(row[cols["label"]]), split=split or "", text=row[cols["text"]],
-                           start=start, end=end, order=float(order) if key is None else key, unread=unread,
-                           problem=problem))
-    notes = {"form": "csv", "sources": [path.name], "audio": "per video with start/end" if timed else "per utterance"}
+        rows.append(
+            RawRow(
+                call_id=vid,
+                segment_id=seg_id,
+                audio=str(audio),
+                where=f"{path.name}:{line}",
+                label=score_label(row[cols["label"]]),
+                split=split or "",
+                text=row[cols["text"]],
+                start=start,
+                end=end,
+                order=float(order) if key is None else key,
+                unread=unread,
+                problem=problem,
+            )
+        )
+    notes = {
+        "form": "csv",
+        "sources": [path.name],
+        "audio": "per video with start/end" if timed else "per utterance",
+    }
     if split_col is not None:
         notes["split"] = "column"
-    return Parsed(rows, path.parent, notes, duplicate="utterance {segment_id}", call_kind="video",
-                  found_by_parser=True, labels_of_kept_rows=True, warn_end_past_file=False, issues=issues)
+    return Parsed(
+        rows,
+        path.parent,
+        notes,
+        duplicate="utterance {segment_id}",
+        call_kind="video",
+        found_by_parser=True,
+        labels_of_kept_rows=True,
+        warn_end_past_file=False,
+        issues=issues,
+    )
 
 
 # --------------------------------------------------------------------------------------------------- SDK form
+
 
 def _find_csd(data_dir: Path, kind: str, option: Path | None, dataset: str) -> Path:
     if option is not None:
@@ -360,17 +476,27 @@ def _find_csd(data_dir: Path, kind: str, option: Path | None, dataset: str) -> P
         hits = [p for p in hits if "sentiment" in norm[p] or "opinion" in norm[p]] or hits
     else:
         hits = [p for p in found if "timestampedwords" in norm[p] and "vector" not in norm[p]]
-    if len(hits) > 1:   # several: prefer the one named after this dataset (CMU_MOSI_… vs CMU_MOSEI_…)
+    if (
+        len(hits) > 1
+    ):  # several: prefer the one named after this dataset (CMU_MOSI_… vs CMU_MOSEI_…)
         named = [p for p in hits if f"cmu{dataset}" in norm[p]]
         hits = named or hits
     if len(hits) > 1:
-        raise ManifestError(f"{data_dir}: several {kind} sequences ({', '.join(p.name for p in hits)}); choose one "
-                            f"with the {kind}_csd option")
+        raise ManifestError(
+            f"{data_dir}: several {kind} sequences ({', '.join(p.name for p in hits)}); choose one "
+            f"with the {kind}_csd option"
+        )
     if not hits:
-        example = f"CMU_{dataset.upper()}_" + ("Opinion_Labels.csd" if dataset == "mosi" else "Labels.csd") \
-            if kind == "labels" else f"CMU_{dataset.upper()}_TimestampedWords.csd"
-        raise ManifestError(f"{data_dir}: no {kind} computational sequence (*.csd) found; expected e.g. {example} "
-                            f"(or pass it with the {kind}_csd option)")
+        example = (
+            f"CMU_{dataset.upper()}_"
+            + ("Opinion_Labels.csd" if dataset == "mosi" else "Labels.csd")
+            if kind == "labels"
+            else f"CMU_{dataset.upper()}_TimestampedWords.csd"
+        )
+        raise ManifestError(
+            f"{data_dir}: no {kind} computational sequence (*.csd) found; expected e.g. {example} "
+            f"(or pass it with the {kind}_csd option)"
+        )
     return hits[0]
 
 
@@ -382,9 +508,11 @@ def _csd_data(f, path: Path):
         return f["data"]
     groups = [k for k in f if isinstance(f[k], h5py.Group) and "data" in f[k]]
     if not groups:
-        raise ManifestError(f"{path}: not a computational sequence (no top-level group holding a 'data' group; "
-                            f"found {', '.join(f.keys()) or 'nothing'}); download the .csd again or name the right "
-                            "file with the labels_csd / words_csd option")
+        raise ManifestError(
+            f"{path}: not a computational sequence (no top-level group holding a 'data' group; "
+            f"found {', '.join(f.keys()) or 'nothing'}); download the .csd again or name the right "
+            "file with the labels_csd / words_csd option"
+        )
     return f[groups[0]]["data"]
 
 
@@ -394,7 +522,9 @@ def _open_csd(path: Path):
     try:
         return h5py.File(path, "r")
     except OSError as e:
-        raise ManifestError(f"{path}: not an HDF5 computational sequence ({e}); download it again") from None
+        raise ManifestError(
+            f"{path}: not an HDF5 computational sequence ({e}); download it again"
+        ) from None
 
 
 def _entries(data, path: Path, issues: list[Issue]):
@@ -403,15 +533,28 @@ def _entries(data, path: Path, issues: list[Issue]):
         entry = data[key]
         where = f"{path.name}:{key}"
         if "features" not in entry or "intervals" not in entry:
-            issues.append(Issue(where, "entry without 'features' and 'intervals' datasets; skipped (the file may be "
-                                       "damaged: download it again)"))
+            issues.append(
+                Issue(
+                    where,
+                    "entry without 'features' and 'intervals' datasets; skipped (the file may be "
+                    "damaged: download it again)",
+                )
+            )
             continue
-        feats, ivs = np.asarray(entry["features"][()]), np.asarray(entry["intervals"][()], dtype=np.float64)
+        feats, ivs = (
+            np.asarray(entry["features"][()]),
+            np.asarray(entry["intervals"][()], dtype=np.float64),
+        )
         if feats.ndim == 1:
             feats = feats[:, None]
         if ivs.ndim != 2 or ivs.shape[1] != 2 or feats.shape[0] != ivs.shape[0]:
-            issues.append(Issue(where, f"features {feats.shape} and intervals {ivs.shape} do not match (expected "
-                                       "N×D and N×2); skipped (download the file again)"))
+            issues.append(
+                Issue(
+                    where,
+                    f"features {feats.shape} and intervals {ivs.shape} do not match (expected "
+                    "N×D and N×2); skipped (download the file again)",
+                )
+            )
             continue
         m = SEGMENT_KEY.match(key)
         yield key, (m.group(1) if m else key), (int(m.group(2)) if m else None), feats, ivs
@@ -440,8 +583,9 @@ def _read_words(path: Path, issues: list[Issue]) -> dict[str, list[tuple[float, 
     return words
 
 
-def _parse_sdk_form(data_dir: Path, dataset: str, labels_csd: Path | None, words_csd: Path | None,
-                    audio_root: Path) -> Parsed:
+def _parse_sdk_form(
+    data_dir: Path, dataset: str, labels_csd: Path | None, words_csd: Path | None, audio_root: Path
+) -> Parsed:
     """The utterances of the CMU SDK's labels .csd, with their words from the words .csd."""
     issues: list[Issue] = []
     labels_path = _find_csd(data_dir, "labels", labels_csd, dataset)
@@ -459,52 +603,100 @@ def _parse_sdk_form(data_dir: Path, dataset: str, labels_csd: Path | None, words
             if vid not in audio_of:
                 audio_of[vid] = finder.find(v=vid) if _safe_id(vid) else None
                 if audio_of[vid] is None:
-                    issues.append(Issue(f"{labels_path.name}:{key}", f"audio of video {vid} not found; looked for "
-                                        f"{finder.expected(v=vid)} (or name the folder with audio_dir); its "
-                                        "utterances skipped"))
+                    issues.append(
+                        Issue(
+                            f"{labels_path.name}:{key}",
+                            f"audio of video {vid} not found; looked for "
+                            f"{finder.expected(v=vid)} (or name the folder with audio_dir); its "
+                            "utterances skipped",
+                        )
+                    )
             audio = audio_of[vid]
             if audio is None:
                 continue
             if vid not in words and vid not in no_words:
                 no_words.add(vid)
-                issues.append(Issue(f"{words_path.name}", f"warning: no words for video {vid}; its transcripts "
-                                                          "are empty"))
+                issues.append(
+                    Issue(
+                        f"{words_path.name}",
+                        f"warning: no words for video {vid}; its transcripts are empty",
+                    )
+                )
             dur = audio_seconds(audio, seconds)
             mids = [m for m, _ in words.get(vid, ())]
             for r in range(ivs.shape[0]):
-                if clip is None:            # one entry per video: row r is utterance r
+                if clip is None:  # one entry per video: row r is utterance r
                     seg_id = f"{vid}[{r}]"
-                else:                       # one entry per utterance (SDK-aligned keys)
+                else:  # one entry per utterance (SDK-aligned keys)
                     seg_id = key if ivs.shape[0] == 1 else f"{key}#{r}"
                 start, end = float(ivs[r, 0]), float(ivs[r, 1])
                 problem, text, warnings = None, "", ()
                 if not (math.isfinite(start) and math.isfinite(end)) or end <= start or start < 0:
                     problem = f"interval [{start}, {end}] is not a time span; utterance skipped"
                 elif dur is not None and start >= dur:
-                    problem = (f"starts at {start:g} s, past the end of {audio.name} ({dur:.2f} s); utterance "
-                               "skipped (is it the right audio?)")
+                    problem = (
+                        f"starts at {start:g} s, past the end of {audio.name} ({dur:.2f} s); utterance "
+                        "skipped (is it the right audio?)"
+                    )
                 else:
                     # the words whose midpoints are in [start, end)
                     lo, hi = bisect.bisect_left(mids, start), bisect.bisect_left(mids, end)
                     text = " ".join(w for _, w in words.get(vid, [])[lo:hi])
                     if not text and vid in words:
-                        warnings = ("warning: no words inside the interval; empty transcript (kept)",)
-                rows.append(RawRow(call_id=vid, segment_id=seg_id, audio=str(audio),
-                                   where=f"{labels_path.name}:{seg_id}", label=score_label(feats[r, 0]), text=text,
-                                   start=start, end=end, order=start, problem=problem, warnings=warnings))
-    notes = {"form": "sdk", "sources": [labels_path.name, words_path.name],
-             "label_column": "features[:, 0] (sentiment)" + ("" if widths <= {1} else f" of {max(widths)}")}
-    return Parsed(rows, data_dir, notes, duplicate="utterance {segment_id}", call_kind="video",
-                  found_by_parser=True, labels_of_kept_rows=True, warn_empty_text=False, warn_end_past_file=False,
-                  issues=issues)
+                        warnings = (
+                            "warning: no words inside the interval; empty transcript (kept)",
+                        )
+                rows.append(
+                    RawRow(
+                        call_id=vid,
+                        segment_id=seg_id,
+                        audio=str(audio),
+                        where=f"{labels_path.name}:{seg_id}",
+                        label=score_label(feats[r, 0]),
+                        text=text,
+                        start=start,
+                        end=end,
+                        order=start,
+                        problem=problem,
+                        warnings=warnings,
+                    )
+                )
+    notes = {
+        "form": "sdk",
+        "sources": [labels_path.name, words_path.name],
+        "label_column": "features[:, 0] (sentiment)"
+        + ("" if widths <= {1} else f" of {max(widths)}"),
+    }
+    return Parsed(
+        rows,
+        data_dir,
+        notes,
+        duplicate="utterance {segment_id}",
+        call_kind="video",
+        found_by_parser=True,
+        labels_of_kept_rows=True,
+        warn_empty_text=False,
+        warn_end_past_file=False,
+        issues=issues,
+    )
 
 
 # --------------------------------------------------------------------------------------------------- adapter
 
-def load_mosi(data_dir: Path, *, allow_outside_paths: bool = False, seed: int = 0, label_csv: str | Path | None = None,
-              labels_csd: str | Path | None = None, words_csd: str | Path | None = None,
-              audio_dir: str | Path | None = None, split_file: str | Path | None = None, split_ratios=None,
-              dataset: str = "mosi") -> Manifest:
+
+def load_mosi(
+    data_dir: Path,
+    *,
+    allow_outside_paths: bool = False,
+    seed: int = 0,
+    label_csv: str | Path | None = None,
+    labels_csd: str | Path | None = None,
+    words_csd: str | Path | None = None,
+    audio_dir: str | Path | None = None,
+    split_file: str | Path | None = None,
+    split_ratios=None,
+    dataset: str = "mosi",
+) -> Manifest:
     """CMU-MOSI (or, with ``dataset="mosei"``, CMU-MOSEI) in the CSV or the SDK form (see the module docstring).
 
     ``allow_outside_paths`` is accepted for the common signature: paths here come from ids, never from the files.
@@ -522,15 +714,22 @@ def load_mosi(data_dir: Path, *, allow_outside_paths: bool = False, seed: int = 
         parsed = _parse_csv_form(csv_path, audio_root)
     else:
         try:
-            parsed = _parse_sdk_form(data_dir, dataset, option_path(data_dir, labels_csd),
-                                     option_path(data_dir, words_csd), audio_root)
+            parsed = _parse_sdk_form(
+                data_dir,
+                dataset,
+                option_path(data_dir, labels_csd),
+                option_path(data_dir, words_csd),
+                audio_root,
+            )
         except ManifestError as e:
             if labels_csd is None and "no labels computational sequence" in str(e):
-                raise ManifestError(f"{data_dir}: neither label.csv (MMSA/MMML form: video_id,clip_id,text,label,"
-                                    f"mode + wav/<video_id>/<clip_id>.wav or Raw/<video_id>/<clip_id>.mp4) nor a "
-                                    f"labels .csd (CMU SDK form: CMU_{dataset.upper()}_…Labels.csd + "
-                                    f"CMU_{dataset.upper()}_TimestampedWords.csd + Raw/Audio/WAV_16000/Full/"
-                                    "<video>.wav) found; download one of them into this folder") from None
+                raise ManifestError(
+                    f"{data_dir}: neither label.csv (MMSA/MMML form: video_id,clip_id,text,label,"
+                    f"mode + wav/<video_id>/<clip_id>.wav or Raw/<video_id>/<clip_id>.mp4) nor a "
+                    f"labels .csd (CMU SDK form: CMU_{dataset.upper()}_…Labels.csd + "
+                    f"CMU_{dataset.upper()}_TimestampedWords.csd + Raw/Audio/WAV_16000/Full/"
+                    "<video>.wav) found; download one of them into this folder"
+                ) from None
             raise
     notes, column = parsed.notes, parsed.notes.get("split") == "column"
     split_path = option_path(data_dir, split_file)
@@ -546,16 +745,39 @@ def load_mosi(data_dir: Path, *, allow_outside_paths: bool = False, seed: int = 
         return calls
 
     manifest = to_manifest(dataset, SCHEME, parsed, assign_splits=assign_splits)
-    log.info("%s: %d videos, %d utterances (%s form), %d issues", dataset, len({s.call_id for s in manifest.segments}),
-             len(manifest.segments), notes["form"], len(manifest.issues))
+    log.info(
+        "%s: %d videos, %d utterances (%s form), %d issues",
+        dataset,
+        len({s.call_id for s in manifest.segments}),
+        len(manifest.segments),
+        notes["form"],
+        len(manifest.issues),
+    )
     return manifest
 
 
-def load_mosei(data_dir: Path, *, allow_outside_paths: bool = False, seed: int = 0,
-               label_csv: str | Path | None = None, labels_csd: str | Path | None = None,
-               words_csd: str | Path | None = None, audio_dir: str | Path | None = None,
-               split_file: str | Path | None = None, split_ratios=None) -> Manifest:
+def load_mosei(
+    data_dir: Path,
+    *,
+    allow_outside_paths: bool = False,
+    seed: int = 0,
+    label_csv: str | Path | None = None,
+    labels_csd: str | Path | None = None,
+    words_csd: str | Path | None = None,
+    audio_dir: str | Path | None = None,
+    split_file: str | Path | None = None,
+    split_ratios=None,
+) -> Manifest:
     """CMU-MOSEI: the same forms as CMU-MOSI (``CMU_MOSEI_Labels.csd``: column 0 of the features is sentiment)."""
-    return load_mosi(data_dir, allow_outside_paths=allow_outside_paths, seed=seed, label_csv=label_csv,
-                     labels_csd=labels_csd, words_csd=words_csd, audio_dir=audio_dir, split_file=split_file,
-                     split_ratios=split_ratios, dataset="mosei")
+    return load_mosi(
+        data_dir,
+        allow_outside_paths=allow_outside_paths,
+        seed=seed,
+        label_csv=label_csv,
+        labels_csd=labels_csd,
+        words_csd=words_csd,
+        audio_dir=audio_dir,
+        split_file=split_file,
+        split_ratios=split_ratios,
+        dataset="mosei",
+    )

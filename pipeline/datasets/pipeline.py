@@ -6,6 +6,7 @@ text, times, the split it names, and a problem with the row if parsing found one
 and ``..`` need ``allow_outside_paths``), duration probing, duplicates, split conflicts, empty transcripts, label
 validation, majority call labels, a generated split where none is given, and issue reporting.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,8 +16,19 @@ from pathlib import Path
 
 from ..labels import LabelScheme
 from ..manifest import Issue, Manifest, PathRefused, Segment, resolve_audio
-from ._common import (RowChecks, build_manifest, check_labels, drop_rows, label_lookup, majority_labels,
-                      normalise_split, parse_ratios, scheme_or_error, split_counts, stratified_split)
+from ._common import (
+    RowChecks,
+    build_manifest,
+    check_labels,
+    drop_rows,
+    label_lookup,
+    majority_labels,
+    normalise_split,
+    parse_ratios,
+    scheme_or_error,
+    split_counts,
+    stratified_split,
+)
 
 
 @dataclass(frozen=True)
@@ -24,17 +36,20 @@ class RawRow:
     """One segment as the dataset's files give it. ``audio`` is the path as written (relative to the dataset
     folder), or the file the parser found where ``Parsed.found_by_parser``; ``split`` is a normalised split or "" (none given); ``order`` sorts the call's segments (ties: file
     order); ``problem`` (set by the parser) leaves the row out with that reason; ``warnings`` are kept-row notes."""
+
     call_id: str
     segment_id: str
     audio: str
-    where: str                      # FILE:LINE of the row, for issues
+    where: str  # FILE:LINE of the row, for issues
     label: str = ""
     split: str = ""
     text: str = ""
     start: float | None = None
     end: float | None = None
     order: float = math.inf
-    unread: str | None = None       # the row cannot be read at all (no ids): reported, its label not checked
+    unread: str | None = (
+        None  # the row cannot be read at all (no ids): reported, its label not checked
+    )
     problem: str | None = None
     warnings: tuple[str, ...] = ()
 
@@ -47,17 +62,24 @@ class Parsed:
     (``{audio}`` and ``{data_dir}`` are filled in); ``duplicate``: how a duplicate row is named (``{segment_id}``;
     ``{last}``: its part after the last ``/``); ``notes["split"]``: where the split came from (``files``,
     ``column``, ``none``: a split is generated for the labelled calls); ``issues``: found while reading files."""
+
     rows: list[RawRow]
     data_dir: Path
     notes: dict
     search: tuple[str, ...] = ("audio", "")
     not_found: str = "audio file {audio} not found in {data_dir}; row skipped"
     duplicate: str = "segment {segment_id}"
-    call_kind: str = "call"         # what a call is called in split-conflict warnings (video, dialogue)
-    same_by_audio: bool = False     # duplicates: same call, resolved audio file, start and end (not the id)
-    found_by_parser: bool = False   # the parser built the audio paths from ids and found the files itself
-    labels_of_kept_rows: bool = False   # label check over the rows kept after the duplicate check, not all rows
-    warn_empty_text: bool = True    # False where the parser words its own transcript warnings
+    call_kind: str = "call"  # what a call is called in split-conflict warnings (video, dialogue)
+    same_by_audio: bool = (
+        False  # duplicates: same call, resolved audio file, start and end (not the id)
+    )
+    found_by_parser: bool = (
+        False  # the parser built the audio paths from ids and found the files itself
+    )
+    labels_of_kept_rows: bool = (
+        False  # label check over the rows kept after the duplicate check, not all rows
+    )
+    warn_empty_text: bool = True  # False where the parser words its own transcript warnings
     warn_end_past_file: bool = True
     issues: list[Issue] = field(default_factory=list)
 
@@ -67,8 +89,11 @@ def no_text_note(name: str, rows: list[RawRow], notes: dict) -> Issue:
     row."""
     empty = sum(1 for r in rows if not r.text)
     notes["no_text"] = True
-    return Issue(name, f"warning: no transcripts (option no_text): {empty} of {len(rows)} rows have empty text; the "
-                       "text encoder sees only its special tokens there")
+    return Issue(
+        name,
+        f"warning: no transcripts (option no_text): {empty} of {len(rows)} rows have empty text; the "
+        "text encoder sees only its special tokens there",
+    )
 
 
 def short_rows(wheres: list[str], shown: int = 5) -> str:
@@ -103,7 +128,9 @@ class SameProblem:
         for reason, wheres in self._rows.items():
             if len(wheres) > 1:
                 plural = reason.replace("; row skipped", "; rows skipped")
-                self.issues[self._at[reason]] = Issue(short_rows(wheres), plural, rows=tuple(wheres))
+                self.issues[self._at[reason]] = Issue(
+                    short_rows(wheres), plural, rows=tuple(wheres)
+                )
         self._rows.clear()
 
 
@@ -115,8 +142,13 @@ def split_or_problem(given: str, allow_empty: bool) -> tuple[str, str | None]:
     return split, None
 
 
-def _segments(parsed: Parsed, checks: RowChecks, canonical: dict[str, str], allow_outside_paths: bool,
-              labels_seen: list[tuple[str, str]]) -> dict[str, list]:
+def _segments(
+    parsed: Parsed,
+    checks: RowChecks,
+    canonical: dict[str, str],
+    allow_outside_paths: bool,
+    labels_seen: list[tuple[str, str]],
+) -> dict[str, list]:
     issues = checks.issues
     audio_issues = SameProblem(issues)
     calls: dict[str, list] = {}
@@ -132,28 +164,54 @@ def _segments(parsed: Parsed, checks: RowChecks, canonical: dict[str, str], allo
             issues.append(Issue(where, row.problem))
             continue
         try:
-            audio = Path(row.audio) if parsed.found_by_parser else resolve_audio(
-                row.audio, parsed.data_dir, search=parsed.search, allow_outside=allow_outside_paths)
+            audio = (
+                Path(row.audio)
+                if parsed.found_by_parser
+                else resolve_audio(
+                    row.audio,
+                    parsed.data_dir,
+                    search=parsed.search,
+                    allow_outside=allow_outside_paths,
+                )
+            )
         except PathRefused as e:
             audio_issues.add(where, f"{e}; row skipped")
             continue
         if audio is None:
-            audio_issues.add(where, parsed.not_found.replace("{audio}", row.audio)
-                             .replace("{data_dir}", str(parsed.data_dir)))
+            audio_issues.add(
+                where,
+                parsed.not_found.replace("{audio}", row.audio).replace(
+                    "{data_dir}", str(parsed.data_dir)
+                ),
+            )
             continue
         start, end = row.start, row.end
         dur = checks.seconds(audio) if start is not None or end is not None else None
         shown = audio.name if parsed.found_by_parser else row.audio
         if dur is not None and start is not None and start >= dur:
-            issues.append(Issue(where, f"start {start:g} s is past the end of {shown} ({dur:.2f} s); "
-                                       "row skipped"))
+            issues.append(
+                Issue(
+                    where,
+                    f"start {start:g} s is past the end of {shown} ({dur:.2f} s); row skipped",
+                )
+            )
             continue
         if dur is not None and end is not None and end > dur + 0.05 and parsed.warn_end_past_file:
-            issues.append(Issue(where, f"warning: end {end:g} s is past the end of {shown} ({dur:.2f} s); "
-                                       "the segment stops at the end of the file"))
+            issues.append(
+                Issue(
+                    where,
+                    f"warning: end {end:g} s is past the end of {shown} ({dur:.2f} s); "
+                    "the segment stops at the end of the file",
+                )
+            )
         key = (row.call_id, str(audio), start, end) if parsed.same_by_audio else row.segment_id
-        if not checks.first_time(key, where, parsed.duplicate.replace("{segment_id}", row.segment_id)
-                                 .replace("{last}", row.segment_id.rpartition("/")[2])):
+        if not checks.first_time(
+            key,
+            where,
+            parsed.duplicate.replace("{segment_id}", row.segment_id).replace(
+                "{last}", row.segment_id.rpartition("/")[2]
+            ),
+        ):
             continue
         if parsed.labels_of_kept_rows:
             labels_seen.append((where, row.label))
@@ -164,9 +222,18 @@ def _segments(parsed: Parsed, checks: RowChecks, canonical: dict[str, str], allo
         while seg_id in seen_ids:
             seg_id, k = f"{row.segment_id}#{k}", k + 1
         seen_ids.add(seg_id)
-        seg = Segment(segment_id=seg_id, call_id=row.call_id, index=0, split=split or "",
-                      label=canonical.get(row.label.lower(), row.label), audio_path=str(audio), text=text,
-                      start=start, end=end, source_row=where)
+        seg = Segment(
+            segment_id=seg_id,
+            call_id=row.call_id,
+            index=0,
+            split=split or "",
+            label=canonical.get(row.label.lower(), row.label),
+            audio_path=str(audio),
+            text=text,
+            start=start,
+            end=end,
+            source_row=where,
+        )
         calls.setdefault(row.call_id, []).append((row.order, order, seg))
     audio_issues.flush()
     return calls
@@ -179,15 +246,32 @@ def generate_split(calls: dict[str, list], split_ratios, seed: int, notes: dict)
         return calls
     ratios = parse_ratios(split_ratios)
     assign = stratified_split(labelled, ratios, seed)
-    notes.update({"split": "generated", "split_method": "call-level, stratified by label, seeded shuffle",
-                  "split_ratios": [round(r, 6) for r in ratios], "split_seed": seed,
-                  "split_counts": split_counts(assign)})
-    return {cid: [(o, f, s.with_(split=assign.get(cid, ""))) for o, f, s in items] for cid, items in calls.items()}
+    notes.update(
+        {
+            "split": "generated",
+            "split_method": "call-level, stratified by label, seeded shuffle",
+            "split_ratios": [round(r, 6) for r in ratios],
+            "split_seed": seed,
+            "split_counts": split_counts(assign),
+        }
+    )
+    return {
+        cid: [(o, f, s.with_(split=assign.get(cid, ""))) for o, f, s in items]
+        for cid, items in calls.items()
+    }
 
 
-def to_manifest(dataset: str, scheme_name: "str | LabelScheme", parsed: Parsed, *, allow_outside_paths: bool = False,
-                allow_empty_labels: bool = False, split_ratios=None, seed: int = 0,
-                assign_splits: Callable[[dict[str, list]], dict[str, list]] | None = None) -> Manifest:
+def to_manifest(
+    dataset: str,
+    scheme_name: str | LabelScheme,
+    parsed: Parsed,
+    *,
+    allow_outside_paths: bool = False,
+    allow_empty_labels: bool = False,
+    split_ratios=None,
+    seed: int = 0,
+    assign_splits: Callable[[dict[str, list]], dict[str, list]] | None = None,
+) -> Manifest:
     """The manifest of ``parsed``'s rows after every shared check (see the module docstring).
 
     ``assign_splits`` replaces the default split rule (a split generated for the labelled calls when the files
@@ -197,8 +281,12 @@ def to_manifest(dataset: str, scheme_name: "str | LabelScheme", parsed: Parsed, 
     checks = RowChecks(issues)
     labels_seen: list[tuple[str, str]] = []
     calls = _segments(parsed, checks, label_lookup(scheme), allow_outside_paths, labels_seen)
-    calls = drop_rows(calls, check_labels(labels_seen, scheme, allow_empty=allow_empty_labels, issues=issues))
-    if scheme.level == "call":   # segment-level schemes (sentiment, meld) keep each segment's own label
+    calls = drop_rows(
+        calls, check_labels(labels_seen, scheme, allow_empty=allow_empty_labels, issues=issues)
+    )
+    if (
+        scheme.level == "call"
+    ):  # segment-level schemes (sentiment, meld) keep each segment's own label
         calls = majority_labels(calls, issues)
     notes = parsed.notes
     if assign_splits is not None:
@@ -209,8 +297,15 @@ def to_manifest(dataset: str, scheme_name: "str | LabelScheme", parsed: Parsed, 
         for cid, items in calls.items():
             seg = items[0][2]
             if seg.label and not seg.split:
-                issues.append(Issue(f"call {cid} ({seg.source_row})", "warning: labelled but no split given; "
-                                    "it is extracted but not used for training or scoring"))
+                issues.append(
+                    Issue(
+                        f"call {cid} ({seg.source_row})",
+                        "warning: labelled but no split given; "
+                        "it is extracted but not used for training or scoring",
+                    )
+                )
     if allow_empty_labels:
         notes["unlabelled_calls"] = sum(1 for items in calls.values() if not items[0][2].label)
-    return build_manifest(dataset, scheme.name, calls, issues, notes, label_scheme_def=scheme.definition)
+    return build_manifest(
+        dataset, scheme.name, calls, issues, notes, label_scheme_def=scheme.definition
+    )

@@ -8,6 +8,7 @@ what must happen to it: ``extracted`` (every segment done), ``skipped`` (named i
 with the reason), ``manifest`` (named in the report's ``manifest_issues``), or ``dataset error`` (the whole
 dataset is refused before anything is written). Generated, not stored: no binary blobs in the repository.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,7 +28,9 @@ LONG_SECONDS = 3 * 3600  # the 3-hour recording
 def _voice(seconds: float, rate: int, seed: int, channels: int = 1) -> np.ndarray:
     rng = np.random.default_rng(seed)
     t = np.arange(int(round(seconds * rate))) / rate
-    x = sum(np.sin(2 * np.pi * 160 * k * t) / k for k in range(1, 5)) * 0.1 + 0.01 * rng.standard_normal(len(t))
+    x = sum(
+        np.sin(2 * np.pi * 160 * k * t) / k for k in range(1, 5)
+    ) * 0.1 + 0.01 * rng.standard_normal(len(t))
     x = x.astype(np.float32)
     return np.stack([x, 0.8 * x], axis=1) if channels == 2 else x
 
@@ -48,8 +51,19 @@ def make_corpus(out: str | Path, long: bool = True, long_seconds: int = LONG_SEC
     expected: dict[str, dict] = {}
     n = [0]
 
-    def item(name: str, outcome: str, reason: str = "", *, split: str = "train", label: str = "A", text: str = "好的",
-             segments: int = 1, write=None, rows_override: list[dict] | None = None, extra: dict | None = None):
+    def item(
+        name: str,
+        outcome: str,
+        reason: str = "",
+        *,
+        split: str = "train",
+        label: str = "A",
+        text: str = "好的",
+        segments: int = 1,
+        write=None,
+        rows_override: list[dict] | None = None,
+        extra: dict | None = None,
+    ):
         """One call = one kind of input. ``write(path, k)`` writes segment k's file (None: no file)."""
         n[0] += 1
         phone = f"1390000{n[0]:04d}"
@@ -59,15 +73,29 @@ def make_corpus(out: str | Path, long: bool = True, long_seconds: int = LONG_SEC
             if write is not None:
                 write(audio / f"{sid}.wav", k)
             ids.append(sid)
-            rows[split].append({"phone": phone, "Audio_id": sid, "text": text, "label": label, **(extra or {})})
+            rows[split].append(
+                {"phone": phone, "Audio_id": sid, "text": text, "label": label, **(extra or {})}
+            )
         if rows_override:
             rows[split].extend(rows_override)
-        expected[name] = {"call_id": phone, "segment_ids": ids, "outcome": outcome, "reason": reason, "split": split}
+        expected[name] = {
+            "call_id": phone,
+            "segment_ids": ids,
+            "outcome": outcome,
+            "reason": reason,
+            "split": split,
+        }
         return phone, ids
 
-    ok = lambda rate, seconds=2.0, channels=1: (lambda p, k: sf.write(p, _voice(seconds, rate, k, channels), rate))  # noqa: E731
+    def ok(rate, seconds=2.0, channels=1):
+        return lambda p, k: sf.write(p, _voice(seconds, rate, k, channels), rate)
+
     # --- good inputs (must be extracted)
-    for split in ("train", "valid", "test"):   # every split has a plain call and a call of each other label
+    for split in (
+        "train",
+        "valid",
+        "test",
+    ):  # every split has a plain call and a call of each other label
         for lab in "ABCDE":
             item(f"plain {split} {lab}", "extracted", split=split, label=lab, write=ok(8000))
     item("8 kHz", "extracted", write=ok(8000))
@@ -75,45 +103,98 @@ def make_corpus(out: str | Path, long: bool = True, long_seconds: int = LONG_SEC
     item("44.1 kHz", "extracted", write=ok(44100))
     item("48 kHz", "extracted", write=ok(48000))
     item("stereo", "extracted", write=ok(16000, channels=2))
-    item("silent audio", "extracted", "silent", write=lambda p, k: sf.write(p, np.zeros(16000, np.float32), 8000))
+    item(
+        "silent audio",
+        "extracted",
+        "silent",
+        write=lambda p, k: sf.write(p, np.zeros(16000, np.float32), 8000),
+    )
     item("empty transcript", "extracted", "empty transcript", text="", write=ok(8000))
-    item("10,000-character transcript", "extracted", "truncated", text="我想了解一下价格" * 1250, write=ok(8000))
-    item("non-UTF-8 transcript (GB18030 file)", "extracted", split="valid", text="不需要谢谢再见", write=ok(8000))
-    item("extra columns", "extracted", split="valid", write=ok(8000), extra={"note": "x", "agent": "7"})
+    item(
+        "10,000-character transcript",
+        "extracted",
+        "truncated",
+        text="我想了解一下价格" * 1250,
+        write=ok(8000),
+    )
+    item(
+        "non-UTF-8 transcript (GB18030 file)",
+        "extracted",
+        split="valid",
+        text="不需要谢谢再见",
+        write=ok(8000),
+    )
+    item(
+        "extra columns",
+        "extracted",
+        split="valid",
+        write=ok(8000),
+        extra={"note": "x", "agent": "7"},
+    )
     item("call with 200 segments", "extracted", segments=200, write=ok(8000, seconds=0.5))
     if long:
         # 3 hours for the slow test and the command line; the default test suite uses a few minutes
-        item("long recording", "extracted", "split into", write=lambda p, k: _write_long(p, long_seconds))
+        item(
+            "long recording",
+            "extracted",
+            "split into",
+            write=lambda p, k: _write_long(p, long_seconds),
+        )
     # --- bad inputs (named, skipped, the run goes on)
     item("missing file", "manifest", "not found", write=None)
     item("zero-byte file", "skipped", "0 bytes", write=lambda p, k: p.write_bytes(b""))
     good = audio / "_header_source.wav"
     sf.write(good, _voice(1.0, 8000, 0), 8000, subtype="PCM_16")
-    item("truncated WAV header", "skipped", "cannot decode", write=lambda p, k: p.write_bytes(good.read_bytes()[:30]))
+    item(
+        "truncated WAV header",
+        "skipped",
+        "cannot decode",
+        write=lambda p, k: p.write_bytes(good.read_bytes()[:30]),
+    )
     good.unlink()
-    item("not audio, .wav name", "skipped", "cannot decode",
-         write=lambda p, k: p.write_bytes(b"<html>this is a web page, not audio</html>\n" * 40))
-    item("RIFF header, garbage body", "skipped", "cannot decode",
-         write=lambda p, k: p.write_bytes(b"RIFF" + struct.pack("<I", 4000) + b"WAVEfmt " + bytes(range(256)) * 16))
+    item(
+        "not audio, .wav name",
+        "skipped",
+        "cannot decode",
+        write=lambda p, k: p.write_bytes(b"<html>this is a web page, not audio</html>\n" * 40),
+    )
+    item(
+        "RIFF header, garbage body",
+        "skipped",
+        "cannot decode",
+        write=lambda p, k: p.write_bytes(
+            b"RIFF" + struct.pack("<I", 4000) + b"WAVEfmt " + bytes(range(256)) * 16
+        ),
+    )
 
     def nonfinite(value):
         def write(p, k):
             x = _voice(1.0, 16000, 1)
             x[500] = value
             sf.write(p, x, 16000, subtype="FLOAT")
+
         return write
+
     item("NaN samples", "skipped", "NaN/inf", write=nonfinite(np.nan))
     item("inf samples", "skipped", "NaN/inf", write=nonfinite(np.inf))
-    item("1-sample audio", "skipped", "too short", write=lambda p, k: sf.write(p, np.zeros(1, np.float32), 8000))
+    item(
+        "1-sample audio",
+        "skipped",
+        "too short",
+        write=lambda p, k: sf.write(p, np.zeros(1, np.float32), 8000),
+    )
     item("unknown label", "manifest", "unknown label", label="Z", write=ok(8000))
     dup_phone, dup_ids = item("duplicate segment id", "extracted", write=ok(8000), segments=2)
     rows["train"].append({"phone": dup_phone, "Audio_id": dup_ids[0], "text": "重复", "label": "A"})
     expected["duplicate segment id"]["reason"] = "duplicate segment"
 
-    fields = {"train": ["phone", "Audio_id", "text", "label"], "test": ["phone", "Audio_id", "text", "label"],
-              "valid": ["phone", "Audio_id", "text", "label", "note", "agent"]}
+    fields = {
+        "train": ["phone", "Audio_id", "text", "label"],
+        "test": ["phone", "Audio_id", "text", "label"],
+        "valid": ["phone", "Audio_id", "text", "label", "note", "agent"],
+    }
     for split, rs in rows.items():
-        enc = "gb18030" if split == "valid" else "utf-8"   # a Chinese Excel export
+        enc = "gb18030" if split == "valid" else "utf-8"  # a Chinese Excel export
         with open(root / f"{split}.csv", "w", newline="", encoding=enc) as f:
             w = csv.DictWriter(f, fieldnames=fields[split], restval="")
             w.writeheader()
@@ -123,10 +204,17 @@ def make_corpus(out: str | Path, long: bool = True, long_seconds: int = LONG_SEC
     (bad / "audio").mkdir(parents=True, exist_ok=True)
     sf.write(bad / "audio" / "1_0.wav", _voice(1.0, 8000, 0), 8000)
     with open(bad / "train.csv", "w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows([["phone", "Audio_id", "transcript", "label"], ["1", "1_0", "好的", "A"]])
-    expected["CSV with a missing column"] = {"data_dir": str(bad), "outcome": "dataset error",
-                                            "reason": "missing column(s) text"}
-    (out / "expected.json").write_text(json.dumps(expected, indent=1, ensure_ascii=False), encoding="utf-8")
+        csv.writer(f).writerows(
+            [["phone", "Audio_id", "transcript", "label"], ["1", "1_0", "好的", "A"]]
+        )
+    expected["CSV with a missing column"] = {
+        "data_dir": str(bad),
+        "outcome": "dataset error",
+        "reason": "missing column(s) text",
+    }
+    (out / "expected.json").write_text(
+        json.dumps(expected, indent=1, ensure_ascii=False), encoding="utf-8"
+    )
     return expected
 
 
