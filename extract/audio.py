@@ -2,9 +2,12 @@
 
 Two sample-rate policies (both recorded in the cache fingerprint):
 
-* ``encoder`` (default): resample every file to the encoder's rate (read from its feature extractor).
-* ``paper-8k``: the paper's public code fed 8 kHz phone audio to a 16 kHz HuBERT unresampled. For parity,
-  audio is brought to 8 kHz and fed as if it were at the encoder's rate (a 40 s segment → 999 frames).
+* ``encoder`` (default): resample every file to the encoder's rate (read from its feature
+extractor).
+* ``paper-8k``: the paper's public code fed 8 kHz phone audio to a 16 kHz HuBERT unresampled. For
+parity,
+  audio is brought to 8 kHz and fed as if it were at the encoder's rate (a 40 s segment → 999
+  frames).
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ class AudioPolicy:
 
 
 def probe_duration(path: str) -> float | None:
-    """Seconds of audio in a file from its header, or None when it cannot be read (reported at extraction).
+    """Seconds of audio in a file from its header, or None when it cannot be read (reported at
+    extraction).
 
     Containers soundfile cannot read (mp4, m4a, webm, …, by extension) are asked through PyAV.
     """
@@ -56,14 +60,15 @@ def probe_duration(path: str) -> float | None:
     return info.frames / info.samplerate
 
 
-# Extensions that soundfile (libsndfile) cannot read: decoded with PyAV (FFmpeg). Everything else stays with
-# soundfile, so a corrupt WAV is still refused rather than half-decoded by FFmpeg.
+# Extensions that soundfile (libsndfile) cannot read: decoded with PyAV (FFmpeg). Everything else
+# stays with soundfile, so a corrupt WAV is still refused rather than half-decoded by FFmpeg.
 CONTAINER_EXTS = frozenset(
     {".mp4", ".m4a", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".flv", ".aac", ".wma", ".3gp"}
 )
 
 
-PREROLL = 0.2  # seconds decoded before ``start`` after a seek (codec warm-up, e.g. AAC's overlapping frames)
+# seconds decoded before ``start`` after a seek (codec warm-up, e.g. AAC's overlapping frames)
+PREROLL = 0.2
 
 
 def _is_container(path: str) -> bool:
@@ -94,9 +99,9 @@ def _av_duration(path: str) -> float | None:
 def _read_av(path: str, start: float | None, end: float | None) -> tuple[np.ndarray, int]:
     """[start, end) of the first audio track of a container as (samples × channels float32, rate).
 
-    Seeks near ``start`` (to the key frame before it) and decodes only up to ``end``; sample positions are counted
-    from the first decoded frame's timestamp, so encoder priming (negative timestamps) and the padding of the last
-    AAC frame (past the stream's duration) are cut off.
+    Seeks near ``start`` (to the key frame before it) and decodes only up to ``end``; sample
+    positions are counted from the first decoded frame's timestamp, so encoder priming (negative
+    timestamps) and the padding of the last AAC frame (past the stream's duration) are cut off.
     """
     av = _av()
     with av.open(path) as c:
@@ -112,9 +117,8 @@ def _read_av(path: str, start: float | None, end: float | None) -> tuple[np.ndar
         t1 = end if end is not None else duration
         if duration is not None and t1 is not None:
             t1 = min(t1, duration)
-        if (
-            t0 > PREROLL and st.time_base
-        ):  # a little early: the frames right after a seek can be incomplete
+        # a little early: the frames right after a seek can be incomplete
+        if t0 > PREROLL and st.time_base:
             c.seek(int((t0 - PREROLL) / st.time_base), stream=st, backward=True)
         # format conversion only (planar float, same layout and rate): the resampler adds no delay
         conv = av.AudioResampler(format="fltp")
@@ -181,9 +185,8 @@ def load_segment(
         raise
     except FileNotFoundError:
         raise AudioError("audio file not found") from None
-    except (
-        Exception
-    ) as e:  # LibsndfileError/RuntimeError or FFmpeg errors for corrupt or non-audio files
+    # LibsndfileError/RuntimeError or FFmpeg errors for corrupt or non-audio files
+    except Exception as e:
         raise AudioError(f"cannot decode audio ({_first_line(e)})") from None
     if data.shape[0] == 0:
         raise AudioError("empty audio (0 samples)")

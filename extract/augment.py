@@ -1,13 +1,13 @@
 """Audio augmentation variants, encoded once at extraction and sampled by the trainer.
 
-``--augment noise,speed --variants 2`` adds, for every *training* row, the rows ``noise-1``, ``noise-2``,
-``speed-1``, ``speed-2``: one augmented copy per transform and draw, tagged in the store's ``variant`` column.
-Validation and test rows are never augmented. Each copy's random parameters are a fixed function of
-(seed, segment id, variant), so a resumed or repeated extraction writes the same numbers; the transforms and
-their ranges are part of the cache fingerprint.
+``--augment noise,speed --variants 2`` adds, for every *training* row, the rows ``noise-1``,
+``noise-2``, ``speed-1``, ``speed-2``: one augmented copy per transform and draw, tagged in the
+store's ``variant`` column. Validation and test rows are never augmented. Each copy's random
+parameters are a fixed function of (seed, segment id, variant), so a resumed or repeated extraction
+writes the same numbers; the transforms and their ranges are part of the cache fingerprint.
 
-Transforms come from ``audiomentations`` (``speed`` is Kaldi-style speed perturbation: resampling that changes
-tempo and pitch together, as in ASR practice; ``tempo`` keeps the pitch).
+Transforms come from ``audiomentations`` (``speed`` is Kaldi-style speed perturbation: resampling
+that changes tempo and pitch together, as in ASR practice; ``tempo`` keeps the pitch).
 """
 
 from __future__ import annotations
@@ -105,7 +105,8 @@ class AugmentError(ValueError):
 
 
 def parse_augment(names) -> tuple[str, ...]:
-    """``"noise,speed"`` or ``["noise", "speed"]`` → ("noise", "speed"); unknown names are one clear error."""
+    """``"noise,speed"`` or ``["noise", "speed"]`` → ("noise", "speed"); unknown names are one clear
+    error."""
     if isinstance(names, str):
         names = [names]
     out = tuple(
@@ -144,7 +145,8 @@ def add_variant_rows(
     variants: int,
     max_seconds: float,
 ) -> tuple[list[Segment], dict[str, float]]:
-    """Append one augmented copy of every training row per variant (originals keep their row numbers)."""
+    """Append one augmented copy of every training row per variant (originals keep their row
+    numbers)."""
     if not augment:
         return rows, durations
     durations = dict(durations)
@@ -162,7 +164,8 @@ def add_variant_rows(
 
 
 class Augmenter:
-    """Applies a row's variant to its decoded samples; parameters seeded by (seed, segment id, variant)."""
+    """Applies a row's variant to its decoded samples; parameters seeded by (seed, segment id,
+    variant)."""
 
     def __init__(self, augment: tuple[str, ...], seed: int):
         self.seed = seed

@@ -1,7 +1,8 @@
-"""``msmtfn-extract``: a thin click layer over :func:`extract.run.extract` and :meth:`CacheStore.info`.
+"""``msmtfn-extract``: a thin click layer over :func:`extract.run.extract` and
+:meth:`CacheStore.info`.
 
-Exit codes: 0 all segments encoded; 3 finished but some inputs were skipped (named in report.json and the
-summary); 1 a user error (one line saying what to fix); 2 bad command-line usage.
+Exit codes: 0 all segments encoded; 3 finished but some inputs were skipped (named in report.json
+and the summary); 1 a user error (one line saying what to fix); 2 bad command-line usage.
 """
 
 from __future__ import annotations
@@ -93,8 +94,9 @@ def _scheme_lines(info: dict) -> list[str]:
 
 
 def with_label_scheme(options: dict, label_scheme: str | None, dataset: str, data_dir: str) -> dict:
-    """``--label-scheme`` (or ``--option label_scheme=``) into the adapter's options, its file checked before any
-    work: a bad file is bad usage, one line naming the file and the key (exit 2)."""
+    """``--label-scheme`` (or ``--option label_scheme=``) into the adapter's options, its file
+    checked before any work: a bad file is bad usage, one line naming the file and the key (exit
+    2)."""
     if label_scheme is not None:
         if "label_scheme" not in dataset_options(dataset):
             raise UsageError(
@@ -120,8 +122,8 @@ def _run_default(name: str):
 
 
 def cache_options(command):
-    """The options of every :class:`CacheSettings` field, in field order (name, default, choices, help from the
-    field): a new cache setting is a new option without touching this file."""
+    """The options of every :class:`CacheSettings` field, in field order (name, default, choices,
+    help from the field): a new cache setting is a new option without touching this file."""
     for f in reversed(dataclasses.fields(CacheSettings)):
         m = f.metadata
         kw = {
@@ -160,7 +162,8 @@ def main(ctx):
 
 
 def parse_options(items: tuple[str, ...], dataset: str) -> dict:
-    """``KEY=VALUE`` pairs for the dataset adapter; a VALUE that reads as JSON (48, 0.5, true) is that value."""
+    """``KEY=VALUE`` pairs for the dataset adapter; a VALUE that reads as JSON (48, 0.5, true) is
+    that value."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -181,7 +184,8 @@ def parse_options(items: tuple[str, ...], dataset: str) -> dict:
 
 
 def _kept(kw: dict) -> str:
-    """' (N of M segments done in STORE)' after an interrupt, or '' when the store cannot be read."""
+    """' (N of M segments done in STORE)' after an interrupt, or '' when the store cannot be
+    read."""
     try:
         out = kw["out"] or f"cache/{kw['dataset']}.zarr"
         if "://" in out:
@@ -212,7 +216,8 @@ def _storage_options(raw: str | None) -> dict:
     "--data-dir", required=True, type=click.Path(file_okay=False), help="The dataset's folder."
 )
 @click.option("--out", default=None, help="Store path (default cache/<dataset>.zarr).")
-@cache_options  # one option per CacheSettings field: --audio-model … --seed (pipeline/cache_settings.py)
+# one option per CacheSettings field: --audio-model … --seed (pipeline/cache_settings.py)
+@cache_options
 @click.option(
     "--device",
     default=_run_default("device"),
@@ -345,16 +350,16 @@ def run_cmd(
             storage_options=_storage_options(storage_options),
             dataset_options=dataset_opts,
         )
-        # missing or unusable folders are answered at once, before torch and transformers are imported
+        # missing or unusable folders are answered at once, before torch and transformers are
+        # imported
         check_model_folders(cfg.cache)
         check_data_dir(cfg.data_dir, DATASETS[cfg.dataset].makes_data_dir)
         if quiet:  # transformers' own "Loading weights" bars too
             from transformers.utils import logging as hf_logging
 
             hf_logging.disable_progress_bar()
-            logging.getLogger("distributed").setLevel(
-                logging.WARNING
-            )  # dask's cluster start/stop lines
+            # dask's cluster start/stop lines
+            logging.getLogger("distributed").setLevel(logging.WARNING)
         from .run import extract  # torch and transformers: imported once the options are read
 
         res = extract(cfg, progress=not quiet)
@@ -366,7 +371,8 @@ def run_cmd(
             "every segment marked done is kept"
         ) from None
     except KeyboardInterrupt:
-        # one process writes partial shards on the way out; with dask the driver commits whole blocks only
+        # one process writes partial shards on the way out; with dask the driver commits whole
+        # blocks only
         kept = (
             "every block the dask workers finished is kept"
             if kw.get("workers") or kw.get("scheduler")

@@ -1,4 +1,5 @@
-"""What ``msmtfn-extract`` is asked to do (:class:`ExtractConfig`) and what it reports (:class:`ExtractResult`).
+"""What ``msmtfn-extract`` is asked to do (:class:`ExtractConfig`) and what it reports
+(:class:`ExtractResult`).
 
 Light on purpose (no torch): the CLI builds the config before anything heavy is imported.
 """
@@ -16,11 +17,12 @@ from .augment import AugmentError, parse_augment
 
 @dataclass(frozen=True, init=False)
 class ExtractConfig:
-    """One extraction: the dataset, the cache settings (``cache``: what changes the numbers, in the fingerprint)
-    and how the work is run (none of the other fields changes the numbers).
+    """One extraction: the dataset, the cache settings (``cache``: what changes the numbers, in the
+    fingerprint) and how the work is run (none of the other fields changes the numbers).
 
     A :class:`CacheSettings` field may also be given by name, ``ExtractConfig(dataset=…, data_dir=…,
-    audio_layer=6)``, and ``dataclasses.replace(cfg, audio_layer=6)`` works the same way: it goes into ``cache``.
+    audio_layer=6)``, and ``dataclasses.replace(cfg, audio_layer=6)`` works the same way: it goes
+    into ``cache``.
     """
 
     dataset: str

@@ -1,20 +1,25 @@
-"""Scale-out extraction on dask.distributed: the driver plans, the workers encode and write, the driver commits.
+"""Scale-out extraction on dask.distributed: the driver plans, the workers encode and write, the
+driver commits.
 
-The unit of work is a **block**: ``block_shards`` whole shards, exactly the rows that the single-process path
-sorts and batches together (``plan.plan_blocks``). So a worker computes every row in the same batch as a
-single-process run would, and blocks own disjoint shards (and disjoint ``length`` chunks): zarr has no locks
-across processes, and none is needed when no two writers ever share a chunk or shard object.
+The unit of work is a **block**: ``block_shards`` whole shards, exactly the rows that the
+single-process path sorts and batches together (``plan.plan_blocks``). So a worker computes every
+row in the same batch as a single-process run would, and blocks own disjoint shards (and disjoint
+``length`` chunks): zarr has no locks across processes, and none is needed when no two writers ever
+share a chunk or shard object.
 
     driver                                    worker (one task = one block)
     plan rows, create/resume the store   ─►   encoders loaded once per worker process (cached)
-    submit blocks still to do                 decode → batch → encode → write its shards to the store (path/URL)
-    flip ``done`` of a finished block    ◄─   returns row flags, skip reasons, counts (≈ 100 B per row)
+    submit blocks still to do                 decode → batch → encode → write its shards to the
+    store (path/URL)
+    flip ``done`` of a finished block    ◄─   returns row flags, skip reasons, counts (≈ 100 B per
+    row)
     write skip reasons + report.json
 
-Hidden states never pass through the scheduler. The driver is the only writer of ``done``/``skipped``, and only
-after a block's data is written, so "done means whole" holds as before. A task is idempotent (it rewrites whole
-shards with the same bytes; rows done before are read back and kept), so dask may rerun it on another worker when
-one dies, and a later run — distributed or not — resumes from the ``done`` flags.
+Hidden states never pass through the scheduler. The driver is the only writer of
+``done``/``skipped``, and only after a block's data is written, so "done means whole" holds as
+before. A task is idempotent (it rewrites whole shards with the same bytes; rows done before are
+read back and kept), so dask may rerun it on another worker when one dies, and a later run —
+distributed or not — resumes from the ``done`` flags.
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ log = logging.getLogger(__name__)
 
 
 class DistributedError(StoreError):
-    """A block failed on a worker; the message names it and the fix. Blocks already done are kept."""
+    """A block failed on a worker; the message names it and the fix. Blocks already done are
+    kept."""
 
 
 @dataclass(frozen=True)
@@ -67,13 +73,15 @@ class WorkerSpec:
         return (self.cache, self.device, self.trust_remote_code)
 
 
-# ----------------------------------------------------------------------------------------------- worker side
+# -----------------------------------------------------------------------------------------------
+# worker side
 _ENCODERS: dict[tuple, Encoders] = {}
 _LOAD_LOCK = threading.Lock()
 
 
 def worker_encoders(spec: WorkerSpec) -> Encoders:
-    """The encoders of this worker process, loaded by its first task and reused by every later one."""
+    """The encoders of this worker process, loaded by its first task and reused by every later
+    one."""
     with _LOAD_LOCK:
         if spec.encoder_key not in _ENCODERS:
             _ENCODERS.clear()  # one setting at a time: a new one frees the old models (GPU memory)
@@ -81,7 +89,8 @@ def worker_encoders(spec: WorkerSpec) -> Encoders:
                 spec.cache, spec.device, trust_remote_code=spec.trust_remote_code
             )
         enc = _ENCODERS[spec.encoder_key]
-    # checked on every task: a model folder may differ between nodes, or change between runs under the same path
+    # checked on every task: a model folder may differ between nodes, or change between runs under
+    # the same path
     got, want = enc.facts.identity, spec.facts.identity
     if got != want:
         raise DistributedError(
@@ -93,8 +102,9 @@ def worker_encoders(spec: WorkerSpec) -> Encoders:
 
 
 class _Window:
-    """Rows [start, start + len(rows)) of the planned rows, indexed by their global row number, so a worker's
-    batches, loader items and writes use the store's row numbers without shipping all N rows to it."""
+    """Rows [start, start + len(rows)) of the planned rows, indexed by their global row number, so a
+    worker's batches, loader items and writes use the store's row numbers without shipping all N
+    rows to it."""
 
     def __init__(self, rows: list[Segment], start: int, n: int):
         self.rows, self.start, self.n = rows, start, n
@@ -109,8 +119,9 @@ class _Window:
 
 
 class _FlagsToDriver:
-    """The store as the ShardWriter sees it on a worker: data goes to the store, ``done``/``skipped`` flags are
-    collected and returned to the driver, which writes them (the only writer of ``done``)."""
+    """The store as the ShardWriter sees it on a worker: data goes to the store,
+    ``done``/``skipped`` flags are collected and returned to the driver, which writes them (the only
+    writer of ``done``)."""
 
     def __init__(self, store: CacheStore, done_before: np.ndarray):
         self._store, self._done_before = store, done_before
@@ -120,7 +131,8 @@ class _FlagsToDriver:
         return getattr(self._store, name)
 
     def done(self) -> np.ndarray:
-        # the driver's view when it planned the block; reading all N flags here would be N/shard requests on S3
+        # the driver's view when it planned the block; reading all N flags here would be N/shard
+        # requests on S3
         return self._done_before.copy()
 
     def set_flags(self, start: int, stop: int, done: np.ndarray, skipped: np.ndarray) -> None:
@@ -137,8 +149,8 @@ def encode_block(
     done_before: np.ndarray,
     n: int,
 ) -> dict:
-    """A dask task: encode rows [start, start + len(rows)) in ``batches`` and write their shards. Returns small
-    metadata only."""
+    """A dask task: encode rows [start, start + len(rows)) in ``batches`` and write their shards.
+    Returns small metadata only."""
     t0 = time.perf_counter()
     enc = worker_encoders(spec)
     t_loaded = time.perf_counter()
@@ -160,11 +172,12 @@ def encode_block(
         enc.text,
         Augmenter(c.augment, c.seed) if c.augment else None,
     )
-    # dask worker processes are daemons unless configured otherwise, and daemons cannot start loader processes
+    # dask worker processes are daemons unless configured otherwise, and daemons cannot start loader
+    # processes
     num_workers = 0 if multiprocessing.current_process().daemon else spec.num_workers
     loader = make_loader(source, batches, num_workers)
-    # whole shards only (no checkpoint_seconds, no keep_partial): the driver flips done per finished block, so a
-    # partial write would be rewritten for nothing
+    # whole shards only (no checkpoint_seconds, no keep_partial): the driver flips done per finished
+    # block, so a partial write would be rewritten for nothing
     writer = ShardWriter(proxy, todo, write_threads=spec.write_threads)
     try:
         stats = encode_batches(
@@ -191,12 +204,13 @@ def encode_block(
     }
 
 
-# ----------------------------------------------------------------------------------------------- driver side
+# -----------------------------------------------------------------------------------------------
+# driver side
 @contextlib.contextmanager
 def cluster_client(cfg: ExtractConfig, client=None):
     """The client to use: the one given (left open), one to ``cfg.scheduler``, or a LocalCluster of
-    ``cfg.workers`` workers (a LocalCUDACluster, one worker per GPU, when device is cuda and dask-cuda is
-    installed); the last two are closed on exit."""
+    ``cfg.workers`` workers (a LocalCUDACluster, one worker per GPU, when device is cuda and
+    dask-cuda is installed); the last two are closed on exit."""
     if client is not None:
         yield client
         return
@@ -208,8 +222,9 @@ def cluster_client(cfg: ExtractConfig, client=None):
             yield c
         return
     # non-daemon workers may start the decode/tokenise loader processes (--num-workers). And no
-    # MALLOC_TRIM_THRESHOLD_ (dask sets 64 KiB for its workers): glibc then stops adapting its mmap threshold, so
-    # every large tensor is a fresh mmap and its page faults — 15 % more CPU per segment (docs/scaling.md)
+    # MALLOC_TRIM_THRESHOLD_ (dask sets 64 KiB for its workers): glibc then stops adapting its mmap
+    # threshold, so every large tensor is a fresh mmap and its page faults — 15 % more CPU per
+    # segment (docs/scaling.md)
     environ = {
         k: v
         for k, v in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
@@ -272,7 +287,8 @@ class _Totals:
 
 
 def extract_distributed(plan: ExtractPlan, client=None) -> ExtractResult:
-    """Called by ``run.extract`` with the store's lock held; same result as ``run._extract_into``."""
+    """Called by ``run.extract`` with the store's lock held; same result as
+    ``run._extract_into``."""
     from distributed import as_completed
 
     cfg, out, rows, shape = plan.cfg, plan.out, plan.rows, plan.shape
@@ -312,9 +328,8 @@ def extract_distributed(plan: ExtractPlan, client=None) -> ExtractResult:
                     cl.scheduler.address,
                 )
             futures = {}
-            run = uuid.uuid4().hex[
-                :8
-            ]  # keys unique per run: a resumed run never gets an older run's result
+            # keys unique per run: a resumed run never gets an older run's result
+            run = uuid.uuid4().hex[:8]
             for blk, batches in pending:
                 args = (
                     spec,
@@ -324,9 +339,8 @@ def extract_distributed(plan: ExtractPlan, client=None) -> ExtractResult:
                     done[blk.start : blk.stop].copy(),
                     len(rows),
                 )
-                totals.task_bytes += len(
-                    pickle.dumps(args)
-                )  # ms per block; says what the scheduler carries
+                # ms per block; says what the scheduler carries
+                totals.task_bytes += len(pickle.dumps(args))
                 f = cl.submit(
                     encode_block, *args, pure=False, key=f"msmtfn-block-{run}-{blk.start}"
                 )
@@ -378,7 +392,8 @@ def extract_distributed(plan: ExtractPlan, client=None) -> ExtractResult:
 
 
 def _commit(store: CacheStore, res: dict, totals: _Totals) -> None:
-    """A block's data is in the store: flip its flags (after the data, as the single-process writer does)."""
+    """A block's data is in the store: flip its flags (after the data, as the single-process writer
+    does)."""
     for start, stop, d, sk in res["flags"]:
         store.set_flags(start, stop, d, sk)
     st: EncodeStats = res["stats"]

@@ -1,5 +1,6 @@
-"""The encode loop shared by the single-process path (extract/run.py), the dask workers (extract/distributed.py)
-and msmtfn-predict: decode/tokenise in loader processes, length-bucketed batches, encoders, rows to a writer."""
+"""The encode loop shared by the single-process path (extract/run.py), the dask workers
+(extract/distributed.py) and msmtfn-predict: decode/tokenise in loader processes, length-bucketed
+batches, encoders, rows to a writer."""
 
 from __future__ import annotations
 
@@ -49,9 +50,8 @@ class SegmentSource(torch.utils.data.Dataset):
             x, warnings = load_segment(seg.audio_path, seg.start, seg.end, self.rate)
             if seg.variant != "orig":
                 x = self.augmenter(x, self.rate, seg)
-                if (
-                    len(x) > self.max_samples
-                ):  # a slowed-down copy of a full-length segment: cut, as planned
+                # a slowed-down copy of a full-length segment: cut, as planned
+                if len(x) > self.max_samples:
                     x = x[: self.max_samples]
             item["warnings"] += warnings
             if len(x) < self.min_samples:
@@ -82,7 +82,8 @@ def _collate(items):
 
 
 def make_loader(source: SegmentSource, batches: list[list[int]], num_workers: int):
-    """The DataLoader of ``source`` over the planned ``batches`` (items stay a list: rows can fail one by one)."""
+    """The DataLoader of ``source`` over the planned ``batches`` (items stay a list: rows can fail
+    one by one)."""
     return torch.utils.data.DataLoader(
         source,
         batch_sampler=batches,
@@ -96,8 +97,9 @@ def make_loader(source: SegmentSource, batches: list[list[int]], num_workers: in
 def make_batches(
     lengths: np.ndarray, blocks: list[range], budget: int, max_batch: int
 ) -> list[list[int]]:
-    """Length-bucketed batches: within each block of rows, longest first, filled up to ``budget`` padded
-    samples and ``max_batch`` rows. Depends only on the planned lengths, never on what is already done."""
+    """Length-bucketed batches: within each block of rows, longest first, filled up to ``budget``
+    padded samples and ``max_batch`` rows. Depends only on the planned lengths, never on what is
+    already done."""
     batches: list[list[int]] = []
     for block in blocks:
         order = sorted(block, key=lambda i: (-lengths[i], i))
@@ -115,7 +117,8 @@ def make_batches(
 
 @dataclass
 class EncodeStats:
-    """What an encode loop reports besides the rows it wrote (small: it travels back from dask workers)."""
+    """What an encode loop reports besides the rows it wrote (small: it travels back from dask
+    workers)."""
 
     warnings: list[dict] = field(default_factory=list)
     truncated: int = 0
@@ -133,7 +136,8 @@ def encode_batches(
     input_rate: int,
     bar=None,
 ) -> EncodeStats:
-    """Encode every batch the loader yields and hand the rows still to do to ``writer`` (which does not wait)."""
+    """Encode every batch the loader yields and hand the rows still to do to ``writer`` (which does
+    not wait)."""
     st = EncodeStats()
     for items in loader:
         ok = [it for it in items if "error" not in it]

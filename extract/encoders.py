@@ -1,15 +1,17 @@
 """Frozen encoders: a HuBERT-family audio model and a BERT/RoBERTa-family text model, loaded with
 ``transformers`` Auto classes from a hub id or a local folder.
 
-Batching must not change the numbers. Text models mask padding exactly. HuBERT-base's front end does not:
-its first conv is followed by a GroupNorm over *time*, so zero padding shifts every frame of a padded segment.
-But that GroupNorm is the only place where time steps mix in the front end (the convs are unpadded, so a valid
-frame only ever sees valid samples). ``AudioEncoder.encode`` therefore runs the whole padded batch through the
-convs and takes that one GroupNorm's statistics over each segment's valid frames only ("masked group norm"),
-then runs projection + transformer with an attention mask, which HF wav2vec2/HuBERT encoders honour exactly
-(padded frames are zeroed before the positional conv). Layer-norm front ends (large models) normalise per frame
-and are padding-safe as they are. Unknown front ends fall back to running equal-length groups separately.
-``tests/test_extract.py`` proves stored rows == each segment through the plain HF model alone, for both norms.
+Batching must not change the numbers. Text models mask padding exactly. HuBERT-base's front end does
+not: its first conv is followed by a GroupNorm over *time*, so zero padding shifts every frame of a
+padded segment. But that GroupNorm is the only place where time steps mix in the front end (the
+convs are unpadded, so a valid frame only ever sees valid samples). ``AudioEncoder.encode``
+therefore runs the whole padded batch through the convs and takes that one GroupNorm's statistics
+over each segment's valid frames only ("masked group norm"), then runs projection + transformer with
+an attention mask, which HF wav2vec2/HuBERT encoders honour exactly (padded frames are zeroed before
+the positional conv). Layer-norm front ends (large models) normalise per frame and are padding-safe
+as they are. Unknown front ends fall back to running equal-length groups separately.
+``tests/test_extract.py`` proves stored rows == each segment through the plain HF model alone, for
+both norms.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 class _Captured(Exception):
-    """Raised from a forward hook to stop the encoder once the wanted layer has run (saves the rest)."""
+    """Raised from a forward hook to stop the encoder once the wanted layer has run (saves the
+    rest)."""
 
     def __init__(self, value):
         self.value = value
@@ -50,8 +53,9 @@ class _Captured(Exception):
 def _select_layer(layers, run, layer: int):
     """Run ``run()`` and return the hidden states HF would list as ``hidden_states[layer]``.
 
-    0 is the input to the first block, i the output of block i, -1 (or len) the model's ``last_hidden_state``
-    (for pre-LN models that includes the final LayerNorm, which transformers 5 leaves out of hidden_states[-1]).
+    0 is the input to the first block, i the output of block i, -1 (or len) the model's
+    ``last_hidden_state`` (for pre-LN models that includes the final LayerNorm, which transformers 5
+    leaves out of hidden_states[-1]).
     """
     n = len(layers)
     idx = layer + n + 1 if layer < 0 else layer
@@ -91,7 +95,8 @@ def _needs(auto_cls) -> str:
 
 
 def hub_reachable(timeout: float = 5.0) -> bool:
-    """One request to the hub (no retries): transformers would otherwise retry for a minute without a network."""
+    """One request to the hub (no retries): transformers would otherwise retry for a minute without
+    a network."""
     import urllib.error
     import urllib.request
 
@@ -113,8 +118,8 @@ def _load(
     trust_remote_code: bool,
     option: str = "--audio-model",
 ):
-    """``from_pretrained`` of a folder or a hub id, with one-line errors for a missing folder and an unreachable
-    hub. A hub id already in the local cache loads without any network."""
+    """``from_pretrained`` of a folder or a hub id, with one-line errors for a missing folder and an
+    unreachable hub. A hub id already in the local cache loads without any network."""
     from huggingface_hub import constants
 
     path = Path(model_id).expanduser()
@@ -171,8 +176,8 @@ def _load_frozen(
 
 
 class Tokenize:
-    """Token ids (special tokens included) cut to ``max_tokens``, and whether the text was cut. Picklable, so
-    loader workers tokenise."""
+    """Token ids (special tokens included) cut to ``max_tokens``, and whether the text was cut.
+    Picklable, so loader workers tokenise."""
 
     def __init__(self, tokenizer, max_tokens: int):
         self.tokenizer, self.max_tokens = tokenizer, max_tokens
@@ -217,7 +222,8 @@ class AudioEncoder:
         self.hidden_size = int(cfg.hidden_size)
         self.sampling_rate = int(self.feature_extractor.sampling_rate)
         self.group_norm = getattr(cfg, "feat_extract_norm", "layer") == "group"
-        # wav2vec2/HuBERT/WavLM/data2vec-audio expose these three parts; other models take the plain path
+        # wav2vec2/HuBERT/WavLM/data2vec-audio expose these three parts; other models take the plain
+        # path
         self.split = all(
             hasattr(self.model, a) for a in ("feature_extractor", "feature_projection", "encoder")
         )
@@ -227,7 +233,8 @@ class AudioEncoder:
             raise ValueError(f"{spec.model}: cannot select layer {spec.layer} (no encoder.layers)")
 
     def _front_end_is_standard(self) -> bool:
-        """GroupNorm in the first conv layer only, plain unpadded convs after it (wav2vec2/HuBERT-base)."""
+        """GroupNorm in the first conv layer only, plain unpadded convs after it
+        (wav2vec2/HuBERT-base)."""
         layers = getattr(self.model.feature_extractor, "conv_layers", None)
         if not layers:
             return False
@@ -263,16 +270,17 @@ class AudioEncoder:
     def preprocess(self, wave: np.ndarray) -> np.ndarray:
         """Per-segment normalisation by the model's own feature extractor (runs in loader workers).
 
-        The audio has already been brought to the policy's input rate; under ``paper-8k`` that is on purpose
-        not the extractor's rate, so we pass the extractor its own rate to get the same normalisation.
+        The audio has already been brought to the policy's input rate; under ``paper-8k`` that is on
+        purpose not the extractor's rate, so we pass the extractor its own rate to get the same
+        normalisation.
         """
         out = self.feature_extractor(wave, sampling_rate=self.sampling_rate, return_tensors="np")
         return np.asarray(out["input_values"][0], dtype=np.float32)
 
     @torch.inference_mode()
     def encode(self, waves: list[torch.Tensor]) -> tuple[torch.Tensor, np.ndarray]:
-        """Encode preprocessed 1-D waves (CPU tensors, pinned when on GPU). Returns (hidden (B, F, H) on the
-        device in the compute dtype, pooled valid lengths (B,))."""
+        """Encode preprocessed 1-D waves (CPU tensors, pinned when on GPU). Returns (hidden (B, F,
+        H) on the device in the compute dtype, pooled valid lengths (B,))."""
         n = np.array([len(w) for w in waves])
         frames = self.frames(n)
         if self.split:
@@ -334,8 +342,9 @@ class AudioEncoder:
         return _select_layer(self.layers, run, self.spec.layer)
 
     def _masked_front_end(self, x: torch.Tensor, n: np.ndarray) -> torch.Tensor:
-        """The conv feature encoder on a zero-padded batch, with the first layer's GroupNorm statistics taken
-        over each segment's valid frames only: the same numbers as each segment alone."""
+        """The conv feature encoder on a zero-padded batch, with the first layer's GroupNorm
+        statistics taken over each segment's valid frames only: the same numbers as each segment
+        alone."""
         layers = self.model.feature_extractor.conv_layers
         first = layers[0]
         h = first.conv(x[:, None, :])
@@ -436,7 +445,8 @@ class TextEncoder:
 
 @dataclass
 class Encoders:
-    """Both encoders loaded for one :class:`CacheSettings`, with what they imply for the audio front end."""
+    """Both encoders loaded for one :class:`CacheSettings`, with what they imply for the audio front
+    end."""
 
     audio: AudioEncoder
     text: TextEncoder
@@ -448,8 +458,8 @@ class Encoders:
 def load_encoders(
     cache: CacheSettings, device: str, *, trust_remote_code: bool = False
 ) -> Encoders:
-    """The audio and text encoders ``cache`` names, on ``device`` in its compute dtype: the one loader of
-    extraction, the dask workers and msmtfn-predict."""
+    """The audio and text encoders ``cache`` names, on ``device`` in its compute dtype: the one
+    loader of extraction, the dask workers and msmtfn-predict."""
     dtype = resolve_dtype(cache.dtype, device)
     audio = AudioEncoder(
         EncoderSpec(cache.audio_model, cache.audio_revision, cache.audio_layer),

@@ -1,7 +1,8 @@
-"""Input paths checked before anything heavy is imported: a missing ``--data-dir``, or an ``--audio-model`` /
-``--text-model`` folder that is not a model folder, is answered in a fraction of a second with one line naming the
-path, what is missing and the fix (torch and transformers take seconds to import, and transformers' own message
-for a folder without a tokenizer is five lines about sentencepiece). Standard library only."""
+"""Input paths checked before anything heavy is imported: a missing ``--data-dir``, or an
+``--audio-model`` / ``--text-model`` folder that is not a model folder, is answered in a fraction of
+a second with one line naming the path, what is missing and the fix (torch and transformers take
+seconds to import, and transformers' own message for a folder without a tokenizer is five lines
+about sentencepiece). Standard library only."""
 
 from __future__ import annotations
 
@@ -73,9 +74,9 @@ def _fix(folder: Path, option: str) -> str:
 
 
 def require_model_folder(model_id: str, option: str, *, needs: str = "") -> None:
-    """Refuse a model path that does not exist, is a file (an archive not unpacked), or is a folder without
-    ``config.json`` (or, ``needs`` = "tokenizer" / "feature extractor", without that part's files). A hub id that
-    names no local folder is left to the loader."""
+    """Refuse a model path that does not exist, is a file (an archive not unpacked), or is a folder
+    without ``config.json`` (or, ``needs`` = "tokenizer" / "feature extractor", without that part's
+    files). A hub id that names no local folder is left to the loader."""
     path = Path(model_id).expanduser()
     if not (looks_like_path(model_id) or path.exists()):
         return
@@ -108,8 +109,8 @@ def require_model_folder(model_id: str, option: str, *, needs: str = "") -> None
 
 
 def check_model_folders(cache) -> None:
-    """Refuse an ``--audio-model``/``--text-model`` that names a path that is not a usable model folder, before
-    any work (reading or generating the dataset, importing torch) starts."""
+    """Refuse an ``--audio-model``/``--text-model`` that names a path that is not a usable model
+    folder, before any work (reading or generating the dataset, importing torch) starts."""
     require_model_folder(cache.audio_model, "--audio-model", needs="feature extractor")
     require_model_folder(cache.text_model, "--text-model", needs="tokenizer")
 

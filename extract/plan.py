@@ -1,7 +1,8 @@
-"""What one extraction will do, decided before any segment is encoded: the configuration, the planned rows, the
-loaded encoders, the store's shape and fingerprint (:class:`ExtractPlan`), and the steps both the single-process
-path (extract/run.py) and the dask driver (extract/distributed.py) take around their encode loops: open or resume
-the store, cut the rows into blocks of batches, and write the report."""
+"""What one extraction will do, decided before any segment is encoded: the configuration, the
+planned rows, the loaded encoders, the store's shape and fingerprint (:class:`ExtractPlan`), and the
+steps both the single-process path (extract/run.py) and the dask driver (extract/distributed.py)
+take around their encode loops: open or resume the store, cut the rows into blocks of batches, and
+write the report."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ExtractPlan:
-    """Everything decided before encoding; what the single-process and the distributed encode loops take."""
+    """Everything decided before encoding; what the single-process and the distributed encode loops
+    take."""
 
     cfg: ExtractConfig
     out: Path | str
@@ -53,8 +55,8 @@ def make_plan(
     cfg: ExtractConfig, progress: bool = True, *, on_workers: bool = False
 ) -> ExtractPlan:
     """Read the dataset, plan the rows, load the encoders (on the CPU when dask workers will encode:
-    ``on_workers`` or ``cfg.distributed``) and compute the fingerprint. Raises ValueError/StoreError with one
-    line for bad settings."""
+    ``on_workers`` or ``cfg.distributed``) and compute the fingerprint. Raises ValueError/StoreError
+    with one line for bad settings."""
     t0 = time.perf_counter()
     cfg = replace(cfg, device=str(resolve_device(cfg.device)))
     cfg.cache.check()
@@ -79,8 +81,8 @@ def make_plan(
         len(rows),
         len(manifest.issues),
     )
-    # distributed: the driver needs only the encoders' identity and sizes; it leaves the GPUs to the workers. The
-    # compute dtype is the one the workers' device implies.
+    # distributed: the driver needs only the encoders' identity and sizes; it leaves the GPUs to the
+    # workers. The compute dtype is the one the workers' device implies.
     device = "cpu" if on_workers or cfg.distributed else cfg.device
     c_dev = replace(c, dtype=resolve_dtype(c.dtype, cfg.device))
     enc = load_encoders(c_dev, device, trust_remote_code=cfg.trust_remote_code)
@@ -134,10 +136,12 @@ def open_store(plan: ExtractPlan) -> CacheStore:
 
 
 def plan_blocks(plan: ExtractPlan, store: CacheStore) -> list[tuple[range, list[list[int]]]]:
-    """(block of rows, its batches) for every block of ``block_shards`` whole shards. Batches never cross a
-    block, so a block is a unit that one process can encode and write alone (the distributed task)."""
+    """(block of rows, its batches) for every block of ``block_shards`` whole shards. Batches never
+    cross a block, so a block is a unit that one process can encode and write alone (the distributed
+    task)."""
     cfg, rate, max_samples = plan.cfg, plan.enc.policy.input_rate, plan.enc.max_samples
-    # planned lengths in input samples (unknown/unreadable files count as the maximum; they fail fast)
+    # planned lengths in input samples (unknown/unreadable files count as the maximum; they fail
+    # fast)
     lengths = np.array(
         [
             min(
@@ -164,8 +168,8 @@ def plan_blocks(plan: ExtractPlan, store: CacheStore) -> list[tuple[range, list[
 
 
 def by_file(skipped_rows: list[dict], rows: list[Segment]) -> list[dict]:
-    """The summary's skip lines: the rows that failed for one reason in one audio file are one line naming the
-    file and the rows (report.json keeps every row under ``skipped``)."""
+    """The summary's skip lines: the rows that failed for one reason in one audio file are one line
+    naming the file and the rows (report.json keeps every row under ``skipped``)."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in skipped_rows:
         groups.setdefault((rows[r["row"]].audio_path, r["reason"]), []).append(r)
@@ -221,12 +225,10 @@ def finish_run(
         }
         for i, r in sorted(reasons.items())
     ]
-    manifest_issues = [
-        x.to_dict() for x in plan.manifest.issues
-    ]  # "rows": every row of a many-row issue
-    skipped_lines = by_file(
-        skipped_rows, rows
-    )  # one line per bad file (its rows named), as the summary says
+    # "rows": every row of a many-row issue
+    manifest_issues = [x.to_dict() for x in plan.manifest.issues]
+    # one line per bad file (its rows named), as the summary says
+    skipped_lines = by_file(skipped_rows, rows)
     report = {
         "store": str(out),
         "fingerprint": plan.fingerprint,

@@ -1,12 +1,15 @@
-"""Stage 1: dataset → manifest → planned rows → frozen encoders in length-bucketed batches → cache store.
+"""Stage 1: dataset → manifest → planned rows → frozen encoders in length-bucketed batches → cache
+store.
 
-Resume is built in: rows whose ``done`` flag is set are never recomputed, and an interrupt (Ctrl-C, an error)
-keeps every encoded row but the batch in flight; a SIGKILL loses at most the last ``CHECKPOINT_SECONDS`` of work
-(extract/writer.py). Batches are a fixed function of the planned rows (not of what is left), so a resumed run
-computes every row in the same batch as an uninterrupted run would, and the store comes out bit for bit the same.
+Resume is built in: rows whose ``done`` flag is set are never recomputed, and an interrupt (Ctrl-C,
+an error) keeps every encoded row but the batch in flight; a SIGKILL loses at most the last
+``CHECKPOINT_SECONDS`` of work (extract/writer.py). Batches are a fixed function of the planned rows
+(not of what is left), so a resumed run computes every row in the same batch as an uninterrupted run
+would, and the store comes out bit for bit the same.
 
 The plan (extract/plan.py) and the encode loop (extract/encode.py) are shared with the dask path
-(extract/distributed.py), which this module imports only when asked for (dask is heavy; no import circle).
+(extract/distributed.py), which this module imports only when asked for (dask is heavy; no import
+circle).
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ log = logging.getLogger(__name__)
 
 
 def extract(cfg: ExtractConfig, progress: bool = True, client=None) -> ExtractResult:
-    """Encode ``cfg.dataset`` into ``cfg.out``. With ``cfg.scheduler``/``cfg.workers`` (or a dask ``client``) the
-    encoding fans out to dask workers (extract/distributed.py); the store comes out the same."""
+    """Encode ``cfg.dataset`` into ``cfg.out``. With ``cfg.scheduler``/``cfg.workers`` (or a dask
+    ``client``) the encoding fans out to dask workers (extract/distributed.py); the store comes out
+    the same."""
     plan = make_plan(cfg, progress, on_workers=client is not None)
     with StoreLock(plan.out, storage_options=cfg.storage_options):
         if client is not None or cfg.distributed:
@@ -65,7 +69,8 @@ def _extract_into(plan: ExtractPlan) -> ExtractResult:
     )
     loader = make_loader(source, batches, cfg.num_workers)
 
-    # partial shards are written every CHECKPOINT_SECONDS too: a block's shards complete only near its end
+    # partial shards are written every CHECKPOINT_SECONDS too: a block's shards complete only near
+    # its end
     writer = ShardWriter(
         store, todo, write_threads=cfg.write_threads, checkpoint_seconds=CHECKPOINT_SECONDS
     )
@@ -81,6 +86,7 @@ def _extract_into(plan: ExtractPlan) -> ExtractResult:
         loop_seconds = time.perf_counter() - t_loop
     finally:
         bar.close()
-        # on Ctrl-C or an error: write every row already encoded (the batch in flight is lost), partial shards too
+        # on Ctrl-C or an error: write every row already encoded (the batch in flight is lost),
+        # partial shards too
         writer.close(raise_errors=False, keep_partial=True)
     return finish_run(plan, store, writer.skipped, stats, loop_seconds)

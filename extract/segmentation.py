@@ -1,8 +1,10 @@
-"""Planning: the manifest's segments → the store's rows, splitting any segment longer than the maximum.
+"""Planning: the manifest's segments → the store's rows, splitting any segment longer than the
+maximum.
 
-A segment over ``max_seconds`` is cut into equal pieces of at most ``max_seconds`` (never silently truncated);
-its transcript is shared out over the pieces in proportion to time, at whitespace where there is any (the
-datasets give no word timings). Row order is call by call, segments in order, so a call's rows are contiguous.
+A segment over ``max_seconds`` is cut into equal pieces of at most ``max_seconds`` (never silently
+truncated); its transcript is shared out over the pieces in proportion to time, at whitespace where
+there is any (the datasets give no word timings). Row order is call by call, segments in order, so a
+call's rows are contiguous.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ def split_text(text: str, parts: int) -> list[str]:
 def plan_segments(
     manifest: Manifest, max_seconds: float, workers: int = 8
 ) -> tuple[list[Segment], dict[str, float]]:
-    """Returns (rows, durations by segment_id). Unreadable files keep one row; extraction reports them."""
+    """Returns (rows, durations by segment_id). Unreadable files keep one row; extraction reports
+    them."""
     paths = sorted({s.audio_path for s in manifest.segments})
     with ThreadPoolExecutor(max_workers=max(1, min(workers, os.cpu_count() or 1) * 2)) as ex:
         file_dur = dict(zip(paths, ex.map(probe_duration, paths)))

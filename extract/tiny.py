@@ -1,9 +1,10 @@
 """Tiny encoders with random weights, saved like real checkpoints.
 
 They exist so that tests, the demo and CPU benchmarks run the exact loading path of real models
-(``from_pretrained`` on a folder with config, weights, feature extractor / tokenizer) without any download.
-Their outputs are meaningless: a run on them is a smoke run, not the paper's models.
-``size="base"`` builds HuBERT-base / BERT-base shapes (random weights cost the same FLOPs as the real ones).
+(``from_pretrained`` on a folder with config, weights, feature extractor / tokenizer) without any
+download. Their outputs are meaningless: a run on them is a smoke run, not the paper's models.
+``size="base"`` builds HuBERT-base / BERT-base shapes (random weights cost the same FLOPs as the
+real ones).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def _vocab() -> list[str]:
-    # Every CJK unified ideograph is its own token for BERT-Chinese tokenizers; add ASCII for mixed text.
+    # Every CJK unified ideograph is its own token for BERT-Chinese tokenizers; add ASCII for mixed
+    # text.
     ascii_tokens = [chr(c) for c in range(33, 127)]
     cjk = [chr(c) for c in range(0x4E00, 0x9FA6)]
     return SPECIAL + ascii_tokens + cjk
@@ -26,8 +28,9 @@ def _vocab() -> list[str]:
 def build_tiny_audio_encoder(
     folder: str | Path, *, norm: str = "group", size: str = "tiny", seed: int = 0
 ) -> Path:
-    """A HuBERT-style encoder. ``norm="group"`` is HuBERT-base's front end (GroupNorm over time in the first
-    conv: padding changes the outputs); ``norm="layer"`` is the large models' (per-frame LayerNorm)."""
+    """A HuBERT-style encoder. ``norm="group"`` is HuBERT-base's front end (GroupNorm over time in
+    the first conv: padding changes the outputs); ``norm="layer"`` is the large models' (per-frame
+    LayerNorm)."""
     import torch
     from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
 
@@ -70,7 +73,8 @@ def build_tiny_audio_encoder(
 
 
 def build_tiny_text_encoder(folder: str | Path, *, size: str = "tiny", seed: int = 0) -> Path:
-    """A BERT-style encoder with a character vocabulary, like hfl/chinese-roberta-wwm-ext (a BERT model)."""
+    """A BERT-style encoder with a character vocabulary, like hfl/chinese-roberta-wwm-ext (a BERT
+    model)."""
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
 

@@ -1,25 +1,29 @@
 """Background writer: the GPU hands finished rows over and never waits on compression or disk.
 
-Rows are buffered per shard; a shard is written in one piece when every row this run owes it has arrived
-(a whole-shard write encodes each chunk once, instead of read-modify-writing the shard per row), and only then
-are its ``done`` flags flipped. A done row is therefore always whole.
+Rows are buffered per shard; a shard is written in one piece when every row this run owes it has
+arrived (a whole-shard write encodes each chunk once, instead of read-modify-writing the shard per
+row), and only then are its ``done`` flags flipped. A done row is therefore always whole.
 
-Batches are sorted by length within a block of many shards, so a shard's rows arrive spread over the whole block
-and a shard completes only near the block's end. So that an interrupt does not lose the block, a shard is also
-written while still *partial* (the rows encoded so far, flagged done; the others stay zero and not done):
+Batches are sorted by length within a block of many shards, so a shard's rows arrive spread over the
+whole block and a shard completes only near the block's end. So that an interrupt does not lose the
+block, a shard is also written while still *partial* (the rows encoded so far, flagged done; the
+others stay zero and not done):
 
-- on :meth:`close` with ``keep_partial`` (the single-process loop's Ctrl-C / error path): every encoded row but
+- on :meth:`close` with ``keep_partial`` (the single-process loop's Ctrl-C / error path): every
+encoded row but
   the batch in flight is kept;
-- with ``checkpoint_seconds``: when a shard's oldest unwritten row has waited that long, so a SIGKILL loses at
-  most about that much work. Each shard is then written at most once per interval plus once when complete
+- with ``checkpoint_seconds``: when a shard's oldest unwritten row has waited that long, so a
+SIGKILL loses at
+  most about that much work. Each shard is then written at most once per interval plus once when
+  complete
   (``shard_writes`` counts them; bench/checkpoint_writes.py measures the amplification).
 
-The last write of a shard is always the whole shard from the in-memory buffer (rows of earlier writes and of
-earlier runs are kept in, or read back into, it), and zarr encodes a whole-shard write from scratch, so a shard
-written partially first ends byte-identical to a one-shot write. Writes of one shard are serialised.
-Shards are compressed and written by a small thread pool: shards (and their ``done`` chunks) are disjoint, and
-zstd releases the GIL, so writing scales with cores instead of capping a GPU at one core's compression speed
-(bench/extract_throughput.py measures it).
+The last write of a shard is always the whole shard from the in-memory buffer (rows of earlier
+writes and of earlier runs are kept in, or read back into, it), and zarr encodes a whole-shard write
+from scratch, so a shard written partially first ends byte-identical to a one-shot write. Writes of
+one shard are serialised. Shards are compressed and written by a small thread pool: shards (and
+their ``done`` chunks) are disjoint, and zstd releases the GIL, so writing scales with cores instead
+of capping a GPU at one core's compression speed (bench/extract_throughput.py measures it).
 """
 
 from __future__ import annotations
@@ -39,9 +43,8 @@ from pipeline.store import CacheStore, StoreError
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_SECONDS = (
-    30.0  # the single-process default: a SIGKILL loses at most about this much encoded work
-)
+# the single-process default: a SIGKILL loses at most about this much encoded work
+CHECKPOINT_SECONDS = 30.0
 
 
 class WriteFailed(StoreError):
@@ -60,18 +63,17 @@ class _Shard:
     text_len: np.ndarray | None = None
     ok: set[int] = field(default_factory=set)
     failed: dict[int, str] = field(default_factory=dict)
-    dirty_since: float | None = (
-        None  # when the oldest row not yet written arrived (None: nothing unwritten)
-    )
+    # when the oldest row not yet written arrived (None: nothing unwritten)
+    dirty_since: float | None = None
     counted: int = 0  # rows of ``ok`` already counted in rows_written by an earlier write
-    pending: Future | None = (
-        None  # this shard's write in flight (writes of one shard never overlap)
-    )
+    # this shard's write in flight (writes of one shard never overlap)
+    pending: Future | None = None
 
 
 @dataclass(frozen=True)
 class _Write:
-    """One write of a shard: the buffers (a copy for a partial write, which the writer keeps filling), its rows."""
+    """One write of a shard: the buffers (a copy for a partial write, which the writer keeps
+    filling), its rows."""
 
     key: int
     start: int
@@ -112,9 +114,8 @@ class ShardWriter:
         self.rows_written = 0
         self.bytes_written = 0
         self.skipped: dict[int, str] = {}
-        self.shard_writes: dict[
-            int, int
-        ] = {}  # shard index → times written (partial writes included)
+        # shard index → times written (partial writes included)
+        self.shard_writes: dict[int, int] = {}
         self._checkpoint = (
             checkpoint_seconds if checkpoint_seconds and checkpoint_seconds > 0 else None
         )
@@ -146,9 +147,10 @@ class ShardWriter:
         self._q.put(("skip", self._clock(), row, reason))
 
     def close(self, raise_errors: bool = True, keep_partial: bool = False) -> None:
-        """Write every complete shard and stop (idempotent); raises WriteFailed if a write failed. With
-        ``keep_partial`` (an interrupt or an error upstream), shards still missing rows are written too, their
-        rows delivered so far flagged done, so that a rerun encodes only the rest."""
+        """Write every complete shard and stop (idempotent); raises WriteFailed if a write failed.
+        With ``keep_partial`` (an interrupt or an error upstream), shards still missing rows are
+        written too, their rows delivered so far flagged done, so that a rerun encodes only the
+        rest."""
         if self._thread.is_alive():
             self._keep_partial = keep_partial
             self._q.put(None)
@@ -166,7 +168,8 @@ class ShardWriter:
 
     # ------------------------------------------------------------ writer thread
     def _run(self) -> None:
-        # wake up at least this often to honour checkpoint_seconds when no batch arrives (a slow batch)
+        # wake up at least this often to honour checkpoint_seconds when no batch arrives (a slow
+        # batch)
         poll = min(1.0, self._checkpoint / 4) if self._checkpoint else None
         while True:
             try:
@@ -186,9 +189,8 @@ class ShardWriter:
                     self._write_partial(
                         lambda sh, now=now: now - sh.dirty_since >= self._checkpoint
                     )
-            except (
-                BaseException
-            ) as e:  # disk full, permission, store errors: stop writing, report upstream
+            # disk full, permission, store errors: stop writing, report upstream
+            except BaseException as e:
                 self._fail(e)
 
     def _fail(self, e: BaseException) -> None:
@@ -257,7 +259,8 @@ class ShardWriter:
         self._submit(sh, final=True)
 
     def _write_partial(self, due: Callable[[_Shard], bool]) -> None:
-        """Write the shards with unwritten rows, oldest first, while ``due`` holds; they stay open for the rest."""
+        """Write the shards with unwritten rows, oldest first, while ``due`` holds; they stay open
+        for the rest."""
         for sh in list(self._dirty.values()):
             if not due(sh):
                 return  # the dict is in order of dirty_since: the rest waited less
@@ -299,9 +302,8 @@ class ShardWriter:
             rows = np.arange(w.start, w.stop)
             done = self._done_before[w.start : w.stop] | np.isin(rows, list(w.ok))
             skipped = np.isin(rows, list(w.failed)) & ~done
-            self.store.set_flags(
-                w.start, w.stop, done, skipped
-            )  # after the data: a done row is always whole
+            # after the data: a done row is always whole
+            self.store.set_flags(w.start, w.stop, done, skipped)
         except BaseException as e:
             self._fail(e)
             return

@@ -1,6 +1,7 @@
-"""The one way msmtfn writes a file that must never be seen half-written (run folders, reports, predictions):
-write a temporary file in the same folder, fsync it, give it the permissions a plain ``open()`` would (the umask),
-rename it over the target, fsync the folder. A crash leaves the old file or the new one, never a mix."""
+"""The one way msmtfn writes a file that must never be seen half-written (run folders, reports,
+predictions): write a temporary file in the same folder, fsync it, give it the permissions a plain
+``open()`` would (the umask), rename it over the target, fsync the folder. A crash leaves the old
+file or the new one, never a mix."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from pathlib import Path
 
 
 def _umask() -> int:
-    """The process umask, read without changing it where /proc says it (os.umask sets it to read it: a thread
-    creating a file at that moment would get the wrong mode)."""
+    """The process umask, read without changing it where /proc says it (os.umask sets it to read it:
+    a thread creating a file at that moment would get the wrong mode)."""
     try:
         with open("/proc/self/status", encoding="ascii") as f:
             for line in f:
@@ -42,9 +43,9 @@ def _fsync_dir(folder: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A temporary path next to ``path`` for a writer that wants a file name (safetensors, csv); on a clean exit
-    it becomes ``path`` (fsynced, mode 0666 & ~umask like any new file, not mkstemp's 0600); on an error it is
-    removed and ``path`` is untouched."""
+    """A temporary path next to ``path`` for a writer that wants a file name (safetensors, csv); on
+    a clean exit it becomes ``path`` (fsynced, mode 0666 & ~umask like any new file, not mkstemp's
+    0600); on an error it is removed and ``path`` is untouched."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)

@@ -1,26 +1,29 @@
-"""The cache contract in code: every setting that changes the numbers in a cache store (docs/cache-format.md).
+"""The cache contract in code: every setting that changes the numbers in a cache store
+(docs/cache-format.md).
 
-:class:`CacheSettings` is the one place where such a setting is defined. ``msmtfn-extract`` makes one click option
-per field (name, default, choices and help come from here), ``extract.ExtractConfig`` and the dask workers carry
-it whole, the store keeps it in its ``settings`` attribute (:meth:`CacheSettings.to_attrs`, together with what
-the loaded encoders report about themselves, :class:`EncoderFacts`), and ``msmtfn-predict`` reads it back
-(:meth:`CacheSettings.from_attrs`) to rebuild the run's encoders. The fingerprint is the hash of that attribute
-plus the manifest digest (pipeline/fingerprint.py), so a new field here is in the fingerprint as soon as
-:meth:`to_attrs` writes it.
+:class:`CacheSettings` is the one place where such a setting is defined. ``msmtfn-extract`` makes
+one click option per field (name, default, choices and help come from here),
+``extract.ExtractConfig`` and the dask workers carry it whole, the store keeps it in its
+``settings`` attribute (:meth:`CacheSettings.to_attrs`, together with what the loaded encoders
+report about themselves, :class:`EncoderFacts`), and ``msmtfn-predict`` reads it back
+(:meth:`CacheSettings.from_attrs`) to rebuild the run's encoders. The fingerprint is the hash of
+that attribute plus the manifest digest (pipeline/fingerprint.py), so a new field here is in the
+fingerprint as soon as :meth:`to_attrs` writes it.
 
-Adding an extraction option: one field below (with its ``_opt`` help), the line of :meth:`to_attrs` that records
-it (and :meth:`from_attrs` that reads it back, with the old default for stores written before it existed), one
-row in README's option table. The CLI option appears by itself.
+Adding an extraction option: one field below (with its ``_opt`` help), the line of :meth:`to_attrs`
+that records it (and :meth:`from_attrs` that reads it back, with the old default for stores written
+before it existed), one row in README's option table. The CLI option appears by itself.
 
-Stores written before this module existed hold the very same attribute: the fingerprint of a store made with
-the same settings is unchanged (pinned by tests/test_fingerprint.py).
+Stores written before this module existed hold the very same attribute: the fingerprint of a store
+made with the same settings is unchanged (pinned by tests/test_fingerprint.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-# --------------------------------------------------------------------------- constants used in several stages
+# --------------------------------------------------------------------------- constants used in
+# several stages
 PAPER_AUDIO_MODEL = "TencentGameMate/chinese-hubert-base"
 PAPER_TEXT_MODEL = "hfl/chinese-roberta-wwm-ext"
 RATE_POLICIES = ("encoder", "paper-8k")
@@ -34,14 +37,16 @@ MAX_BATCH = 64  # segments per encoder batch at most
 BATCH_SECONDS_CUDA = 1280.0  # padded audio seconds per encoder batch on a GPU ...
 BATCH_SECONDS_CPU = 160.0  # ... and on a CPU (bench/extract_throughput.py)
 
-# keys of the settings attribute that say where the models were read from, not what they are (the weight and
-# tokenizer hashes say that), and keys that do not change the features of one segment: predict may differ there
+# keys of the settings attribute that say where the models were read from, not what they are (the
+# weight and tokenizer hashes say that), and keys that do not change the features of one segment:
+# predict may differ there
 LOCATION_KEYS = ("audio.model", "audio.revision", "text.model", "text.revision")
-FREE_KEYS = ("dataset", "augmentation", "compute_dtype")
+ENCODER_KEYS_MAY_DIFFER = ("dataset", "augmentation", "compute_dtype")
 
 
 def batch_seconds_for(batch_seconds: float, device: str) -> float:
-    """Padded audio seconds per encoder batch: the given value, or the device's default when it is 0."""
+    """Padded audio seconds per encoder batch: the given value, or the device's default when it is
+    0."""
     return batch_seconds or (
         BATCH_SECONDS_CUDA if str(device).startswith("cuda") else BATCH_SECONDS_CPU
     )
@@ -57,7 +62,8 @@ def resolve_dtype(name: str, device: str) -> str:
 
 
 def _opt(default, help: str, **cli):
-    """A field that is also a ``msmtfn-extract`` option (``cli``: flag=, choices=, metavar=, cli_default=)."""
+    """A field that is also a ``msmtfn-extract`` option (``cli``: flag=, choices=, metavar=,
+    cli_default=)."""
     return field(default=default, metadata={"help": help, **cli})
 
 
@@ -121,11 +127,13 @@ class CacheSettings:
         if self.augment and self.variants < 1:
             raise ValueError(f"--variants must be at least 1, not {self.variants}")
 
-    # ------------------------------------------------------------------ the store's ``settings`` attribute
+    # ------------------------------------------------------------------ the store's ``settings``
+    # attribute
     def to_attrs(self, dataset: str, facts: EncoderFacts, augmentation: dict) -> dict:
-        """The store's ``settings`` attribute, which the fingerprint hashes (key names and value types are the
-        contract: changing either changes every fingerprint). ``augmentation`` is extract/augment.py's
-        description of ``augment``/``variants``/``seed`` (with each transform's parameters)."""
+        """The store's ``settings`` attribute, which the fingerprint hashes (key names and value
+        types are the contract: changing either changes every fingerprint). ``augmentation`` is
+        extract/augment.py's description of ``augment``/``variants``/``seed`` (with each transform's
+        parameters)."""
         return {
             "dataset": dataset,
             "audio": {
@@ -156,8 +164,9 @@ class CacheSettings:
 
     @classmethod
     def from_attrs(cls, settings: dict) -> tuple[CacheSettings, EncoderFacts]:
-        """The settings and encoder facts a store (or a run's ``config.json`` → ``cache.settings``) was made
-        with; the inverse of :meth:`to_attrs` (``dtype`` and ``audio_pool`` come back resolved)."""
+        """The settings and encoder facts a store (or a run's ``config.json`` → ``cache.settings``)
+        was made with; the inverse of :meth:`to_attrs` (``dtype`` and ``audio_pool`` come back
+        resolved)."""
         a, t = settings["audio"], settings["text"]
         seg, aug = settings.get("segmentation", {}), settings.get("augmentation", {}) or {}
         transforms = tuple((aug.get("transforms") or {}).keys())
@@ -195,12 +204,11 @@ class CacheSettings:
 
 @dataclass(frozen=True)
 class EncoderFacts:
-    """What the loaded encoders say about themselves (measured, not chosen); recorded next to the settings so
-    that a cache names exactly which weights made it."""
+    """What the loaded encoders say about themselves (measured, not chosen); recorded next to the
+    settings so that a cache names exactly which weights made it."""
 
-    audio_weights: (
-        str  # hash of the audio model's state dict (pipeline.fingerprint.hash_state_dict)
-    )
+    # hash of the audio model's state dict (pipeline.fingerprint.hash_state_dict)
+    audio_weights: str
     text_weights: str
     tokenizer: str  # hash of the tokenizer's vocabulary and settings
     encoder_rate: int  # Hz the audio encoder was trained on
@@ -215,9 +223,10 @@ class EncoderFacts:
 
 
 def encoder_identity(settings: dict) -> dict:
-    """``settings`` without the keys that may differ between two caches whose segments have equal features
-    (LOCATION_KEYS, FREE_KEYS): what a run and the encoders predict loads must agree on."""
-    drop = set(LOCATION_KEYS) | set(FREE_KEYS)
+    """``settings`` without the keys that may differ between two caches whose segments have equal
+    features (LOCATION_KEYS, ENCODER_KEYS_MAY_DIFFER): what a run and the encoders predict loads
+    must agree on."""
+    drop = set(LOCATION_KEYS) | set(ENCODER_KEYS_MAY_DIFFER)
     out = {}
     for k, v in settings.items():
         if k in drop:

@@ -8,15 +8,17 @@ _IMPLIED = "pipeline.cli.implied_default"
 
 
 class UsageError(click.ClickException):
-    """One line, exit status 2: bad usage (settings that cannot work, paths a command will not touch), as the
-    README's exit codes say; click's own usage errors also exit 2 but print the usage lines too."""
+    """One line, exit status 2: bad usage (settings that cannot work, paths a command will not
+    touch), as the README's exit codes say; click's own usage errors also exit 2 but print the usage
+    lines too."""
 
     exit_code = 2
 
 
 class _ImpliedContext(click.Context):
-    """The default command's context when its name was not typed: help and errors show ``msmtfn-extract
-    [OPTIONS]``, the command as the user runs it, not ``msmtfn-extract run [OPTIONS]``."""
+    """The default command's context when its name was not typed: help and errors show
+    ``msmtfn-extract [OPTIONS]``, the command as the user runs it, not ``msmtfn-extract run
+    [OPTIONS]``."""
 
     @property
     def command_path(self) -> str:
@@ -26,8 +28,8 @@ class _ImpliedContext(click.Context):
 
 
 class DefaultCommandGroup(click.Group):
-    """A group whose first subcommand is the default: ``msmtfn-extract --dataset X`` means ``run --dataset X``,
-    while ``msmtfn-extract info STORE`` still reaches ``info``."""
+    """A group whose first subcommand is the default: ``msmtfn-extract --dataset X`` means ``run
+    --dataset X``, while ``msmtfn-extract info STORE`` still reaches ``info``."""
 
     default = "run"
 
@@ -42,7 +44,8 @@ class DefaultCommandGroup(click.Group):
 
 
 def device_option(value: str, *, allow_auto: bool = True) -> str:
-    """A ``--device`` value checked by :func:`pipeline.device.check_device`; a bad one is a usage error (exit 2)."""
+    """A ``--device`` value checked by :func:`pipeline.device.check_device`; a bad one is a usage
+    error (exit 2)."""
     from .device import DeviceError, check_device
 
     try:
@@ -59,9 +62,9 @@ def device_callback(allow_auto: bool = True):
 
 
 class RenamedOption(click.Option):
-    """An option that was renamed: the old spelling (``old=``, also given among the names) still works, and
-    ``--help`` shows only the new one. ``@click.option("--loader-workers", "--num-workers", "num_workers",
-    cls=RenamedOption, old="--num-workers")``."""
+    """An option that was renamed: the old spelling (``old=``, also given among the names) still
+    works, and ``--help`` shows only the new one. ``@click.option("--loader-workers",
+    "--num-workers", "num_workers", cls=RenamedOption, old="--num-workers")``."""
 
     def __init__(self, *args, old: str | tuple[str, ...] = (), **kw):
         super().__init__(*args, **kw)

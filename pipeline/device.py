@@ -1,6 +1,6 @@
-"""``--device`` names shared by every command: auto | cpu | cuda | cuda:N, checked the same way everywhere: one
-line saying what to pass instead of torch's 50-line ``AssertionError: Torch not compiled with CUDA enabled`` deep
-inside model loading.
+"""``--device`` names shared by every command: auto | cpu | cuda | cuda:N, checked the same way
+everywhere: one line saying what to pass instead of torch's 50-line ``AssertionError: Torch not
+compiled with CUDA enabled`` deep inside model loading.
 
 torch is imported only for ``cuda``/``mps``/``auto``, so checking ``cpu`` costs nothing.
 """
@@ -19,9 +19,11 @@ class DeviceError(ValueError):
 
 
 def check_device(name: str, *, allow_auto: bool = True) -> str:
-    """``name`` normalised (``CUDA:0`` → ``cuda:0``) when this machine has that device, else :class:`DeviceError`.
+    """``name`` normalised (``CUDA:0`` → ``cuda:0``) when this machine has that device, else
+    :class:`DeviceError`.
 
-    ``auto`` (where ``allow_auto``) is kept as it is; :func:`resolve_device` turns it into cuda or cpu.
+    ``auto`` (where ``allow_auto``) is kept as it is; :func:`resolve_device` turns it into cuda or
+    cpu.
     """
     value = str(name).strip().lower()
     forms = ("auto, " if allow_auto else "") + "cpu, cuda or cuda:N"

@@ -1,4 +1,5 @@
-"""Fingerprints: one hash of everything that changes the cached numbers, so a stale cache is never reused."""
+"""Fingerprints: one hash of everything that changes the cached numbers, so a stale cache is never
+reused."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ def canonical(obj) -> str:
 
 
 def compute_fingerprint(settings: dict, manifest_digest: str) -> str:
-    """``settings`` must hold every number-changing input (encoder ids + weight hashes, layer, rates, pooling,
-    max lengths, dtype, segmentation, augmentation); ``manifest_digest`` covers the rows and audio files."""
+    """``settings`` must hold every number-changing input (encoder ids + weight hashes, layer,
+    rates, pooling, max lengths, dtype, segmentation, augmentation); ``manifest_digest`` covers the
+    rows and audio files."""
     h = hashlib.sha256()
     h.update(canonical(settings).encode())
     h.update(manifest_digest.encode())
@@ -33,7 +35,8 @@ def diff_settings(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 def hash_state_dict(state_dict) -> str:
-    """Hash of a model's weights (names, dtypes, shapes, bytes): identifies the encoder whatever its source."""
+    """Hash of a model's weights (names, dtypes, shapes, bytes): identifies the encoder whatever its
+    source."""
     import torch  # local: pipeline/ stays importable without torch for the store alone
 
     h = hashlib.sha256()

@@ -1,19 +1,22 @@
 """Label schemes: the one place where task label maps are defined.
 
 MarketCalls segments carry a five-class purchase-intent label A–E. The derived tasks are fixed maps
-(README, "Label schemes"): 4-class A|B|C|D+E, 3-class A|B+C|D+E, 2-class A+B+C|D+E. Training, metrics and prediction all
-read these maps from here, so the 2-class metric can never use a different grouping than the 2-class head
-(a defect of the paper's public code).
+(README, "Label schemes"): 4-class A|B|C|D+E, 3-class A|B+C|D+E, 2-class A+B+C|D+E. Training,
+metrics and prediction all read these maps from here, so the 2-class metric can never use a
+different grouping than the 2-class head (a defect of the paper's public code).
 
-A scheme also says what a label belongs to (``level``): the whole call (MarketCalls: every segment of a call
-carries the call's label) or each segment (CMU-MOSI/MOSEI and MELD: a call is a video or a dialogue and every
-utterance has its own label; the Bi-GRU over the call's segments gives each one its context). Labels are strings
-in the store's segment table:
+A scheme also says what a label belongs to (``level``): the whole call (MarketCalls: every segment
+of a call carries the call's label) or each segment (CMU-MOSI/MOSEI and MELD: a call is a video or a
+dialogue and every utterance has its own label; the Bi-GRU over the call's segments gives each one
+its context). Labels are strings in the store's segment table:
 
-- ``sentiment`` (CMU-MOSI, CMU-MOSEI): the sentiment score in [-3, 3] as a decimal string ("-1.4", "2.0");
-  tasks ``score`` (regression), ``2`` (negative < 0 vs non-negative), ``5`` and ``7`` (the score clipped to
+- ``sentiment`` (CMU-MOSI, CMU-MOSEI): the sentiment score in [-3, 3] as a decimal string ("-1.4",
+"2.0");
+  tasks ``score`` (regression), ``2`` (negative < 0 vs non-negative), ``5`` and ``7`` (the score
+  clipped to
   [-2, 2] / [-3, 3] and rounded, as in the field's code);
-- ``meld``: ``"<emotion>/<sentiment>"`` ("joy/positive"); tasks ``emotion`` (7) and ``sentiment`` (3).
+- ``meld``: ``"<emotion>/<sentiment>"`` ("joy/positive"); tasks ``emotion`` (7) and ``sentiment``
+(3).
 """
 
 from __future__ import annotations
@@ -30,22 +33,19 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Task:
-    """One task derived from a base label: a classification (``classes``) or a regression (``kind``)."""
+    """One task derived from a base label: a classification (``classes``) or a regression
+    (``kind``)."""
 
     name: str  # "5", "4", "3", "2" for MarketCalls
-    classes: tuple[
-        str, ...
-    ]  # display names of the task's classes, in index order; () for a regression
-    base_to_class: dict[str, int] = field(
-        default_factory=dict
-    )  # base label -> class index, where finite
+    # display names of the task's classes, in index order; () for a regression
+    classes: tuple[str, ...]
+    # base label -> class index, where finite
+    base_to_class: dict[str, int] = field(default_factory=dict)
     kind: str = "class"  # "class" | "regression"
-    target: Callable[[str], float] | None = (
-        None  # label -> class index or value, where no finite map exists
-    )
-    value_range: tuple[float, float] | None = (
-        None  # a regression's valid values (predictions are clipped to it)
-    )
+    # label -> class index or value, where no finite map exists
+    target: Callable[[str], float] | None = None
+    # a regression's valid values (predictions are clipped to it)
+    value_range: tuple[float, float] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -68,19 +68,15 @@ class LabelScheme:
     base_labels: tuple[str, ...]  # every valid label, where finite (else ``valid`` decides)
     tasks: tuple[Task, ...] = field(default_factory=tuple)
     level: str = "call"  # "call": one label per call | "segment": one label per segment (utterance)
-    selection: str = (
-        "macro_f1"  # validation metric that picks the checkpoint (of the main task; "mae" for a
-    )
-    valid: Callable[[str], bool] | None = (
-        None  # regression, lower is better); label check without base_labels
-    )
+    # validation metric that picks the checkpoint (of the main task; "mae" for a
+    selection: str = "macro_f1"
+    # regression, lower is better); label check without base_labels
+    valid: Callable[[str], bool] | None = None
     describe: str = ""  # what a label looks like, for error messages
-    class_descriptions: dict[str, str] = field(
-        default_factory=dict
-    )  # base label -> what it means (README, info)
-    definition: dict | None = (
-        None  # a custom scheme's checked TOML content (stored in the cache); None = built-in
-    )
+    # base label -> what it means (README, info)
+    class_descriptions: dict[str, str] = field(default_factory=dict)
+    # a custom scheme's checked TOML content (stored in the cache); None = built-in
+    definition: dict | None = None
 
     def task(self, name: str | int) -> Task:
         for t in self.tasks:
@@ -102,7 +98,8 @@ class LabelScheme:
         return self.describe or ", ".join(self.base_labels)
 
     def encode(self, labels, task: str | int) -> np.ndarray:
-        """Map base labels to ``task``'s targets: class indices (int64) or values (float32, a regression)."""
+        """Map base labels to ``task``'s targets: class indices (int64) or values (float32, a
+        regression)."""
         t = self.task(task)
         out = []
         for lab in labels:
@@ -116,9 +113,9 @@ class LabelScheme:
         return {t.name: self.encode(labels, t.name) for t in self.tasks}
 
     def class_map(self, source: str | int, target: str | int) -> np.ndarray | None:
-        """Index map from ``source`` task classes to ``target`` classes when every source class falls inside
-        one target class (5 → 4, 3, 2; 4 → 3, 2; 3 → 2), else None. Lets a single-head model (no MTL) report
-        the coarser tasks with the same maps the heads use."""
+        """Index map from ``source`` task classes to ``target`` classes when every source class
+        falls inside one target class (5 → 4, 3, 2; 4 → 3, 2; 3 → 2), else None. Lets a single-head
+        model (no MTL) report the coarser tasks with the same maps the heads use."""
         s, t = self.task(source), self.task(target)
         if not (s.base_to_class and t.base_to_class):
             return None
@@ -146,7 +143,8 @@ MARKETCALLS = LabelScheme(
         _task_from_groups("3", ["A", "BC", "DE"]),
         _task_from_groups("2", ["ABC", "DE"]),
     ),
-    # the paper (its summary in shared/paper/) names A–E the five purchase-intent categories of its 5-class task
+    # the paper (its summary in shared/paper/) names A–E the five purchase-intent categories of its
+    # 5-class task
     # and defines none of them one by one: nothing more is claimed here
     class_descriptions={
         lab: f"purchase-intent category {lab} of the five (A–E) the MarketCalls paper defines"
@@ -172,7 +170,8 @@ def _is_score(label: str) -> bool:
 
 
 def _rounded(lo: int, hi: int) -> Callable[[str], int]:
-    # np.round as in the field's evaluation code (MMSA, MMML): clip, round half to even, shift to 0-based
+    # np.round as in the field's evaluation code (MMSA, MMML): clip, round half to even, shift to
+    # 0-based
     return lambda label: int(np.round(np.clip(sentiment_score(label), lo, hi))) - lo
 
 
@@ -220,9 +219,9 @@ SCHEMES: dict[str, LabelScheme] = {x.name: x for x in (MARKETCALLS, SENTIMENT, M
 
 
 def label_counts(scheme_name: str | LabelScheme, call_ids, labels) -> dict[str, dict[str, int]]:
-    """What a dataset's labels look like, for summaries: calls per label where a label belongs to a call;
-    segments per class of each classification task where it belongs to a segment (a MOSI score is not a
-    class). ``scheme_name``: a built-in scheme's name or a scheme (a custom one)."""
+    """What a dataset's labels look like, for summaries: calls per label where a label belongs to a
+    call; segments per class of each classification task where it belongs to a segment (a MOSI score
+    is not a class). ``scheme_name``: a built-in scheme's name or a scheme (a custom one)."""
     if isinstance(scheme_name, LabelScheme):
         scheme = scheme_name
     else:
@@ -253,8 +252,8 @@ def label_counts(scheme_name: str | LabelScheme, call_ids, labels) -> dict[str, 
 
 
 def get_scheme(name: str, definition: dict | None = None) -> LabelScheme:
-    """A built-in scheme by name; with ``definition`` (a store's or a run's copy of a custom scheme) that scheme,
-    as :func:`scheme_from_record`. KeyError (one line) when neither is valid."""
+    """A built-in scheme by name; with ``definition`` (a store's or a run's copy of a custom scheme)
+    that scheme, as :func:`scheme_from_record`. KeyError (one line) when neither is valid."""
     if definition is not None:
         return scheme_from_record(name, definition)
     try:
@@ -263,9 +262,10 @@ def get_scheme(name: str, definition: dict | None = None) -> LabelScheme:
         raise KeyError(f"unknown label scheme {name!r}; valid: {', '.join(SCHEMES)}") from None
 
 
-# --------------------------------------------------------------------------------------------------- custom schemes
-# A user's scheme is a TOML file (README, "Label schemes"); its checked content (the *definition*) is copied into
-# the cache store and each run's config.json, so training and predict never read the file again.
+# ---------------------------------------------------------------------------------------------------
+# custom schemes A user's scheme is a TOML file (README, "Label schemes"); its checked content (the
+# *definition*) is copied into the cache store and each run's config.json, so training and predict
+# never read the file again.
 
 SELECTION_METRICS = (
     "macro_f1",
@@ -275,13 +275,13 @@ SELECTION_METRICS = (
 LEVELS = ("call", "segment")
 SCHEME_KEYS = ("name", "classes", "tasks", "selection", "level", "descriptions")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-_CLASS = re.compile(
-    r"^[^+,:\s](?:[^+,:]*[^+,:\s])?$"
-)  # no "+" (it joins a group's members), "," or ":"
+# no "+" (it joins a group's members), "," or ":"
+_CLASS = re.compile(r"^[^+,:\s](?:[^+,:]*[^+,:\s])?$")
 
 
 class SchemeFileError(ValueError):
-    """A custom label scheme (its file or its copy in a store) is not valid; the message names where and the key."""
+    """A custom label scheme (its file or its copy in a store) is not valid; the message names where
+    and the key."""
 
 
 def _fail(source: str, key: str, why: str) -> SchemeFileError:
@@ -295,8 +295,8 @@ def _str_list(source: str, key: str, value, what: str) -> list[str]:
 
 
 def _check_tasks(source: str, tasks, classes: list[str]) -> list[dict]:
-    """``tasks`` as TOML gives it ({name: [[class, ...], ...]}) or as stored ([{"name", "groups"}]), checked;
-    returns the stored form (a list keeps the order: the first task is the main one)."""
+    """``tasks`` as TOML gives it ({name: [[class, ...], ...]}) or as stored ([{"name", "groups"}]),
+    checked; returns the stored form (a list keeps the order: the first task is the main one)."""
     if isinstance(tasks, dict):
         items = list(tasks.items())
     elif isinstance(tasks, list) and all(
@@ -350,8 +350,8 @@ def _check_tasks(source: str, tasks, classes: list[str]) -> list[dict]:
 
 
 def check_definition(data, source: str = "label scheme") -> dict:
-    """A custom scheme's content checked key by key (SchemeFileError names ``source`` and the key); returns the
-    definition as stored: every key present, defaults filled in, tasks as a list."""
+    """A custom scheme's content checked key by key (SchemeFileError names ``source`` and the key);
+    returns the definition as stored: every key present, defaults filled in, tasks as a list."""
     if not isinstance(data, dict):
         raise SchemeFileError(f'{source}: a label scheme is a TOML table (README, "Label schemes")')
     unknown = [k for k in data if k not in SCHEME_KEYS]
@@ -422,7 +422,8 @@ def check_definition(data, source: str = "label scheme") -> dict:
 
 
 def scheme_from_definition(data, source: str = "label scheme") -> LabelScheme:
-    """The :class:`LabelScheme` of a custom scheme's content (a TOML file's table or a stored definition)."""
+    """The :class:`LabelScheme` of a custom scheme's content (a TOML file's table or a stored
+    definition)."""
     d = check_definition(data, source)
     tasks = tuple(
         Task(
@@ -444,7 +445,8 @@ def scheme_from_definition(data, source: str = "label scheme") -> LabelScheme:
 
 
 def load_scheme_file(path: str | Path) -> LabelScheme:
-    """A custom scheme from its TOML file; SchemeFileError (one line naming the file and the key) when bad."""
+    """A custom scheme from its TOML file; SchemeFileError (one line naming the file and the key)
+    when bad."""
     p = Path(path)
     try:
         text = p.read_bytes().decode("utf-8")
@@ -462,8 +464,8 @@ def load_scheme_file(path: str | Path) -> LabelScheme:
 
 
 def resolve_scheme(value: str | LabelScheme, base: Path | None = None) -> LabelScheme:
-    """A dataset's ``label_scheme`` option: a built-in name, or a ``.toml`` file (as given, else relative to
-    ``base``, the dataset folder)."""
+    """A dataset's ``label_scheme`` option: a built-in name, or a ``.toml`` file (as given, else
+    relative to ``base``, the dataset folder)."""
     if isinstance(value, LabelScheme):
         return value
     value = str(value)
@@ -485,9 +487,10 @@ def resolve_scheme(value: str | LabelScheme, base: Path | None = None) -> LabelS
 
 
 def scheme_from_record(name: str, definition: dict | None = None) -> LabelScheme:
-    """The scheme a store or a run's config.json names: its stored definition (a custom scheme), else the built-in
-    ``name``. KeyError (one line) when the name is unknown or the stored definition is not valid. Predict and
-    training read schemes only through this and :attr:`CacheStore.scheme`."""
+    """The scheme a store or a run's config.json names: its stored definition (a custom scheme),
+    else the built-in ``name``. KeyError (one line) when the name is unknown or the stored
+    definition is not valid. Predict and training read schemes only through this and
+    :attr:`CacheStore.scheme`."""
     if definition is None:
         return get_scheme(name)
     try:
@@ -500,6 +503,7 @@ def scheme_from_record(name: str, definition: dict | None = None) -> LabelScheme
 
 
 def scheme_record(scheme: LabelScheme) -> dict:
-    """What a run's config.json keeps of a scheme besides its name: a custom scheme's definition (read back with
-    :func:`scheme_from_record`); nothing for a built-in one (its config.json is as before)."""
+    """What a run's config.json keeps of a scheme besides its name: a custom scheme's definition
+    (read back with :func:`scheme_from_record`); nothing for a built-in one (its config.json is as
+    before)."""
     return {"label_scheme_def": scheme.definition} if scheme.definition is not None else {}

@@ -1,13 +1,15 @@
-"""One writer per store: a lock file beside the store (``NAME.zarr.lock``) naming its owner's pid and host.
+"""One writer per store: a lock file beside the store (``NAME.zarr.lock``) naming its owner's pid
+and host.
 
-Beside, not inside, because ``--overwrite`` empties the store's folder. A lock left by a process that no longer
-runs on this host is stale and taken over; a lock from another host is refused, with the file to delete if that
-process is known to be gone.
+Beside, not inside, because ``--overwrite`` empties the store's folder. A lock left by a process
+that no longer runs on this host is stale and taken over; a lock from another host is refused, with
+the file to delete if that process is known to be gone.
 
-A remote store (``s3://bucket/NAME.zarr``) gets a lock *object* beside it, ``s3://bucket/NAME.zarr.lock``, created
-with fsspec's ``mode="create"``: on S3 that is a conditional PUT (``If-None-Match: *``), so of two writers racing
-for it exactly one wins. Other filesystems without an atomic create fall back to check-then-write, which narrows
-the race to milliseconds but does not close it (docs/scaling.md says so). The owner rules are the same.
+A remote store (``s3://bucket/NAME.zarr``) gets a lock *object* beside it,
+``s3://bucket/NAME.zarr.lock``, created with fsspec's ``mode="create"``: on S3 that is a conditional
+PUT (``If-None-Match: *``), so of two writers racing for it exactly one wins. Other filesystems
+without an atomic create fall back to check-then-write, which narrows the race to milliseconds but
+does not close it (docs/scaling.md says so). The owner rules are the same.
 """
 
 from __future__ import annotations

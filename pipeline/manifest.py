@@ -1,7 +1,8 @@
-"""The manifest: a typed list of segments that every dataset adapter produces and the extractor consumes.
+"""The manifest: a typed list of segments that every dataset adapter produces and the extractor
+consumes.
 
-A *call* (a phone call, a video, a dialogue) is the unit a label belongs to; its *segments* are the pieces that
-are encoded separately (≤ 40 s of audio each, with their own transcript).
+A *call* (a phone call, a video, a dialogue) is the unit a label belongs to; its *segments* are the
+pieces that are encoded separately (≤ 40 s of audio each, with their own transcript).
 """
 
 from __future__ import annotations
@@ -36,13 +37,13 @@ class Segment:
 
 @dataclass(frozen=True)
 class Issue:
-    """A problem found in the input: the item is named, the reason given, the run goes on without it."""
+    """A problem found in the input: the item is named, the reason given, the run goes on without
+    it."""
 
     where: str  # file and row, or segment id; for an issue of several rows, those rows in short
     reason: str
-    rows: tuple[
-        str, ...
-    ] = ()  # every row (FILE:LINE) the issue covers, where it covers more than one
+    # every row (FILE:LINE) the issue covers, where it covers more than one
+    rows: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         return f"{self.where}: {self.reason}"
@@ -63,9 +64,8 @@ class Manifest:
     segments: list[Segment]
     issues: list[Issue] = field(default_factory=list)
     notes: dict = field(default_factory=dict)  # e.g. how the split was made
-    label_scheme_def: dict | None = (
-        None  # a custom scheme's definition (pipeline/labels.py); None: built-in
-    )
+    # a custom scheme's definition (pipeline/labels.py); None: built-in
+    label_scheme_def: dict | None = None
 
     @property
     def scheme(self):
@@ -92,9 +92,8 @@ class Manifest:
         """
         h = hashlib.sha256()
         h.update(json.dumps([self.dataset, self.label_scheme]).encode())
-        if (
-            self.label_scheme_def is not None
-        ):  # a custom scheme's content; built-in digests are unchanged
+        # a custom scheme's content; built-in digests are unchanged
+        if self.label_scheme_def is not None:
             h.update(json.dumps(self.label_scheme_def, sort_keys=True, ensure_ascii=False).encode())
         stats: dict[str, list] = {}
         for s in self.segments:
@@ -117,9 +116,8 @@ class Manifest:
         per_split: dict[str, int] = {}
         for segs in calls.values():
             per_split[segs[0].split] = per_split.get(segs[0].split, 0) + 1
-        scheme = (
-            self.scheme if self.label_scheme_def else self.label_scheme
-        )  # a name may be unknown here
+        # a name may be unknown here
+        scheme = self.scheme if self.label_scheme_def else self.label_scheme
         counts = label_counts(
             scheme, [s.call_id for s in self.segments], [s.label for s in self.segments]
         )
@@ -139,12 +137,14 @@ class PathRefused(ValueError):
 def resolve_audio(
     name: str, data_dir: Path, search: tuple[str, ...] = ("audio", ""), allow_outside: bool = False
 ) -> Path | None:
-    """Find an audio file named in a CSV under each search folder of data_dir (``.wav`` may be omitted).
+    """Find an audio file named in a CSV under each search folder of data_dir (``.wav`` may be
+    omitted).
 
-    Absolute paths, and relative ones that climb out of data_dir (``../x.wav``), raise PathRefused unless
-    allow_outside: a CSV from elsewhere must not make us read arbitrary files. The check is on the path the CSV
-    names, not on where a symlink inside the dataset points: links placed by the dataset's owner (``audio/`` on
-    another disk) are theirs to make. Returns None when nothing exists (the caller reports it).
+    Absolute paths, and relative ones that climb out of data_dir (``../x.wav``), raise PathRefused
+    unless allow_outside: a CSV from elsewhere must not make us read arbitrary files. The check is
+    on the path the CSV names, not on where a symlink inside the dataset points: links placed by the
+    dataset's owner (``audio/`` on another disk) are theirs to make. Returns None when nothing
+    exists (the caller reports it).
     """
     p = Path(name)
     root = os.path.abspath(data_dir)

@@ -1,15 +1,19 @@
 """How a run's training segments were made, so that new recordings are cut the same way.
 
-A model trained on 3-second utterances and applied to 40-second pieces sees inputs it never saw, and answers them
-with confidence. Training records a :class:`SegmentProfile` of its training rows in the run's ``config.json``
-(``cache.segmentation``); ``msmtfn-predict`` reads it to choose how new recordings are cut, and warns when the
-segments it made are far from the training's lengths.
+A model trained on 3-second utterances and applied to 40-second pieces sees inputs it never saw, and
+answers them with confidence. Training records a :class:`SegmentProfile` of its training rows in the
+run's ``config.json`` (``cache.segmentation``); ``msmtfn-predict`` reads it to choose how new
+recordings are cut, and warns when the segments it made are far from the training's lengths.
 
-- ``policy = "rows"``: the dataset gave each segment as a timed row of a longer recording (the generic CSV with
-  ``start``/``end``, MOSI/MOSEI utterances in one file per video); predict cuts a new recording by its
+- ``policy = "rows"``: the dataset gave each segment as a timed row of a longer recording (the
+generic CSV with
+  ``start``/``end``, MOSI/MOSEI utterances in one file per video); predict cuts a new recording by
+  its
   transcript's rows.
-- ``policy = "pauses"``: each segment was its own file or recording (MarketCalls' segment files, MELD's clips,
-  whole recordings split into equal pieces at ``max_seconds``); predict cuts at pauses, pieces of at most the
+- ``policy = "pauses"``: each segment was its own file or recording (MarketCalls' segment files,
+MELD's clips,
+  whole recordings split into equal pieces at ``max_seconds``); predict cuts at pauses, pieces of at
+  most the
   training's 95th-percentile length.
 """
 
@@ -22,9 +26,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 POLICIES = ("rows", "pauses")
-_PIECE = re.compile(
-    r"#\d+$"
-)  # extraction's equal pieces of a row over max_seconds: "<segment id>#<i>"
+# extraction's equal pieces of a row over max_seconds: "<segment id>#<i>"
+_PIECE = re.compile(r"#\d+$")
 
 
 @dataclass(frozen=True)
@@ -58,16 +61,17 @@ class SegmentProfile:
 
     @property
     def pause_limit(self) -> float:
-        """The longest piece predict's pause cutter makes: the training's 95th percentile (up to 0.1 s above it),
-        within the cache's limit, and never under 2 s (a cut needs room for a search window)."""
+        """The longest piece predict's pause cutter makes: the training's 95th percentile (up to 0.1
+        s above it), within the cache's limit, and never under 2 s (a cut needs room for a search
+        window)."""
         return float(min(self.max_seconds, max(2.0, math.ceil(self.p95 * 10) / 10)))
 
     def describe(self) -> str:
         return f"{self.count} segments, {self.p5:.1f}–{self.p95:.1f} s (5–95 %), median {self.p50:.1f} s"
 
     def far_outside(self, lengths) -> str | None:
-        """A warning when segments of these lengths (one recording's) lie far from the training's: their median
-        under half the training's 5th percentile or over twice its 95th; else None."""
+        """A warning when segments of these lengths (one recording's) lie far from the training's:
+        their median under half the training's 5th percentile or over twice its 95th; else None."""
         lengths = np.asarray(lengths, dtype=np.float64)
         if not len(lengths) or not self.count:
             return None
@@ -87,8 +91,9 @@ class SegmentProfile:
 def profile_rows(
     table: dict, seconds: np.ndarray, rows, max_seconds: float
 ) -> SegmentProfile | None:
-    """The profile of the store rows ``rows`` (a run's original training segments) from the store's ``table``
-    and per-row ``seconds`` (CacheStore.segment_seconds); None when no row's length is known."""
+    """The profile of the store rows ``rows`` (a run's original training segments) from the store's
+    ``table`` and per-row ``seconds`` (CacheStore.segment_seconds); None when no row's length is
+    known."""
     rows = np.asarray(list(rows), dtype=np.int64)
     if not len(rows):
         return None

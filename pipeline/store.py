@@ -1,23 +1,29 @@
-"""The cache store: one Zarr v3 group holding encoder hidden states, their lengths, the segment table and state.
+"""The cache store: one Zarr v3 group holding encoder hidden states, their lengths, the segment
+table and state.
 
 Layout (docs/cache-format.md; the settings in pipeline/cache_settings.py):
 
-    audio/hidden  float16 (N, A, Da)   audio/length int32 (N,)    A = audio frames per segment (999 by default)
-    text/hidden   float16 (N, T, Dt)   text/length  int32 (N,)    T = text tokens per segment (199 by default)
-    table/<field> (N,)                 call_id, segment_index, split, label, source_path, start, end, variant, segment_id
+    audio/hidden  float16 (N, A, Da)   audio/length int32 (N,)    A = audio frames per segment (999
+    by default)
+    text/hidden   float16 (N, T, Dt)   text/length  int32 (N,)    T = text tokens per segment (199
+    by default)
+    table/<field> (N,)                 call_id, segment_index, split, label, source_path, start,
+    end, variant, segment_id
     done          bool (N,)            a row counts only once its hidden states are written
     skipped       bool (N,), skip_reason str (N,)   rows whose input was bad; the reason says why
-    attrs         schema_version, fingerprint, settings, manifest_digest, package version, timestamps
+    attrs         schema_version, fingerprint, settings, manifest_digest, package version,
+    timestamps
 
-Hidden-state arrays are chunked one segment per chunk and sharded ``shard_size`` segments per shard file, so a
-store of 100k segments is ~thousands of files, and a writer that owns whole shards never races another.
-``done`` is chunked per shard too, so flipping a shard's flags is one atomic chunk write (LocalStore writes
-through a temp file + rename).
+Hidden-state arrays are chunked one segment per chunk and sharded ``shard_size`` segments per shard
+file, so a store of 100k segments is ~thousands of files, and a writer that owns whole shards never
+races another. ``done`` is chunked per shard too, so flipping a shard's flags is one atomic chunk
+write (LocalStore writes through a temp file + rename).
 
-A store may also live at an fsspec URL (``s3://bucket/name.zarr``, ``gs://…``, ``memory://…``): the group is opened
-through zarr's ``FsspecStore`` with ``storage_options`` (given, or JSON in ``MSMTFN_STORAGE_OPTIONS``; an S3
-endpoint also comes from ``AWS_ENDPOINT_URL``). Object stores write each object whole, so a killed writer
-leaves no partial chunk there; the shard-ownership and done-after-data rules are the same.
+A store may also live at an fsspec URL (``s3://bucket/name.zarr``, ``gs://…``, ``memory://…``): the
+group is opened through zarr's ``FsspecStore`` with ``storage_options`` (given, or JSON in
+``MSMTFN_STORAGE_OPTIONS``; an S3 endpoint also comes from ``AWS_ENDPOINT_URL``). Object stores
+write each object whole, so a killed writer leaves no partial chunk there; the shard-ownership and
+done-after-data rules are the same.
 """
 
 from __future__ import annotations
@@ -95,13 +101,15 @@ STORAGE_OPTIONS_ENV = "MSMTFN_STORAGE_OPTIONS"
 
 
 def is_url(path) -> bool:
-    """An fsspec URL (s3://, gs://, memory://…). Local paths, and file:// URLs, take the local code path."""
+    """An fsspec URL (s3://, gs://, memory://…). Local paths, and file:// URLs, take the local code
+    path."""
     s = str(path)
     return "://" in s and not s.startswith("file://")
 
 
 def _location(path) -> Path | str:
-    """A local store as a Path; a remote one as its URL string (a Path would fold 's3://' into 's3:/')."""
+    """A local store as a Path; a remote one as its URL string (a Path would fold 's3://' into
+    's3:/')."""
     if is_url(path):
         return str(path).rstrip("/")
     s = str(path)
@@ -109,7 +117,8 @@ def _location(path) -> Path | str:
 
 
 def resolve_storage_options(given: dict | None = None) -> dict:
-    """fsspec options for a remote store: ``given``, else JSON from the MSMTFN_STORAGE_OPTIONS variable."""
+    """fsspec options for a remote store: ``given``, else JSON from the MSMTFN_STORAGE_OPTIONS
+    variable."""
     if given:
         return dict(given)
     raw = os.environ.get(STORAGE_OPTIONS_ENV, "").strip()
@@ -128,8 +137,8 @@ def resolve_storage_options(given: dict | None = None) -> dict:
 
 
 def remote_fs(url: str, opts: dict | None = None):
-    """(synchronous fsspec filesystem, path inside it) for a store URL; a fresh instance, so that listings cached
-    by an earlier call never hide what another process wrote since."""
+    """(synchronous fsspec filesystem, path inside it) for a store URL; a fresh instance, so that
+    listings cached by an earlier call never hide what another process wrote since."""
     import fsspec
 
     return fsspec.url_to_fs(url, skip_instance_cache=True, **resolve_storage_options(opts))
@@ -223,14 +232,14 @@ class CacheStore:
         seconds=None,
         label_scheme_def: dict | None = None,
     ) -> CacheStore:
-        """``seconds``: each planned row's audio seconds as probed (NaN where unknown), kept as ``table/seconds``
-        so that stages that never read audio (training's segment-length record, predict's ``duration_s``) know
-        them for whole-file segments, which have no start/end."""
+        """``seconds``: each planned row's audio seconds as probed (NaN where unknown), kept as
+        ``table/seconds`` so that stages that never read audio (training's segment-length record,
+        predict's ``duration_s``) know them for whole-file segments, which have no start/end."""
         path = _location(path)
         if segments and len(segments) != shape.n:
             raise StoreError(f"{path}: {len(segments)} segments for a store of {shape.n} rows")
-        # marked until the last write below, so a creation cut short (disk full, kill) is known to be ours and
-        # rebuilt by the next run instead of refused as a foreign store
+        # marked until the last write below, so a creation cut short (disk full, kill) is known to
+        # be ours and rebuilt by the next run instead of refused as a foreign store
         group = _open_zarr_group(path, "w", storage_options, attributes={CREATING: True})
         n, s = shape.n, max(1, min(shape.shard_size, shape.n or 1))
         comp = make_compressors(codec)
@@ -295,7 +304,8 @@ class CacheStore:
                 "schema_version": SCHEMA_VERSION,
                 "dataset": dataset,
                 "label_scheme": label_scheme,
-                # a custom scheme's definition: training and predict read it from here, never from its file
+                # a custom scheme's definition: training and predict read it from here, never from
+                # its file
                 **({"label_scheme_def": label_scheme_def} if label_scheme_def is not None else {}),
                 "fingerprint": fingerprint,
                 "manifest_digest": manifest_digest,
@@ -329,7 +339,8 @@ class CacheStore:
         seconds=None,
         label_scheme_def: dict | None = None,
     ) -> CacheStore:
-        """The extractor's entry: resume a store made with the same fingerprint, refuse any other."""
+        """The extractor's entry: resume a store made with the same fingerprint, refuse any
+        other."""
         path = _location(path)
         if _exists(path, storage_options) and not overwrite:
             if not _has_metadata(path, storage_options):
@@ -403,7 +414,8 @@ class CacheStore:
 
     @property
     def label_scheme_def(self) -> dict | None:
-        """A custom scheme's definition as extraction copied it (None: a built-in scheme, or an older store)."""
+        """A custom scheme's definition as extraction copied it (None: a built-in scheme, or an
+        older store)."""
         return self.group.attrs.get("label_scheme_def")
 
     @property
@@ -453,8 +465,9 @@ class CacheStore:
         return out
 
     def segment_seconds(self) -> np.ndarray:
-        """Each row's audio seconds: ``table/seconds`` (probed at extraction), else ``end - start`` (stores made
-        before it was kept); NaN where neither is known (an older store's whole-file segments)."""
+        """Each row's audio seconds: ``table/seconds`` (probed at extraction), else ``end - start``
+        (stores made before it was kept); NaN where neither is known (an older store's whole-file
+        segments)."""
         if "seconds" in self.group["table"]:
             return np.asarray(self.group["table/seconds"][:], dtype=np.float64)
         table = self.group["table"]
@@ -478,7 +491,8 @@ class CacheStore:
         text: np.ndarray,
         text_len: np.ndarray,
     ) -> None:
-        """Write contiguous rows [start, start+len). Done flags are separate (:meth:`set_done`), always after."""
+        """Write contiguous rows [start, start+len). Done flags are separate (:meth:`set_done`),
+        always after."""
         stop = start + len(audio_len)
         self.group["audio/hidden"][start:stop] = audio
         self.group["text/hidden"][start:stop] = text
@@ -496,7 +510,8 @@ class CacheStore:
         )
 
     def set_flags(self, start: int, stop: int, done: np.ndarray, skipped: np.ndarray) -> None:
-        """Set done/skipped flags of rows [start, stop) in one write each (one chunk when shard-aligned)."""
+        """Set done/skipped flags of rows [start, stop) in one write each (one chunk when
+        shard-aligned)."""
         self.group["done"][start:stop] = done
         self.group["skipped"][start:stop] = skipped
 
@@ -574,7 +589,8 @@ class CacheStore:
             "calls": len(seen),
             "calls_per_split": calls_per_split,
             "calls_per_label": labels.get("calls per label", {}),
-            "labels": labels,  # calls per label, or segments per class of each task (segment-level labels)
+            # calls per label, or segments per class of each task (segment-level labels)
+            "labels": labels,
             "segments_per_variant": seg_per_variant,
             "bytes_on_disk": _remote_bytes(self.path, self.storage_options)
             if self.remote
@@ -587,16 +603,15 @@ class CacheStore:
 
 
 def _reach(url: str, opts: dict | None, key: str) -> bool:
-    """Whether ``key`` exists under a store URL; an unreachable endpoint, missing credentials or a missing fsspec
-    backend (s3fs) become one StoreError line."""
+    """Whether ``key`` exists under a store URL; an unreachable endpoint, missing credentials or a
+    missing fsspec backend (s3fs) become one StoreError line."""
     try:
         fs, root = remote_fs(url, opts)
         return bool(fs.exists(f"{root}/{key}" if key else root))
     except StoreError:
         raise
-    except (
-        Exception
-    ) as e:  # botocore, aiohttp and fsspec raise many types; the message is what helps
+    # botocore, aiohttp and fsspec raise many types; the message is what helps
+    except Exception as e:
         raise StoreError(
             f"{url}: cannot reach the store ({type(e).__name__}: {e}); check the URL, the credentials "
             "and the endpoint (AWS_ENDPOINT_URL or MSMTFN_STORAGE_OPTIONS)"
@@ -626,7 +641,8 @@ def _is_empty(loc: Path | str, opts: dict | None = None) -> bool:
 
 
 def creation_cut_short(path: Path | str, opts: dict | None = None) -> bool:
-    """A store whose creation was interrupted before any data (its metadata says so): safe to create again."""
+    """A store whose creation was interrupted before any data (its metadata says so): safe to create
+    again."""
     try:
         attrs = dict(_open_zarr_group(path, "r", opts).attrs)
     except Exception:  # damaged metadata: not provably ours; open() will explain
@@ -635,9 +651,10 @@ def creation_cut_short(path: Path | str, opts: dict | None = None) -> bool:
 
 
 def remove_partial_writes(path: str | Path) -> int:
-    """Delete the ``*.partial`` temporary files a killed writer left in a local store (zarr's LocalStore writes
-    each chunk to one and renames it into place, so they are never part of the data). Call with the store's lock
-    held; returns how many were removed. Remote (object) stores have none: an object is written whole or not at all."""
+    """Delete the ``*.partial`` temporary files a killed writer left in a local store (zarr's
+    LocalStore writes each chunk to one and renames it into place, so they are never part of the
+    data). Call with the store's lock held; returns how many were removed. Remote (object) stores
+    have none: an object is written whole or not at all."""
     if is_url(path):
         return 0
     root = Path(path)

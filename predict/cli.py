@@ -1,7 +1,9 @@
-"""``msmtfn-predict``: a trained run applied to new recordings (thin layer over :func:`predict.run.predict_calls`).
+"""``msmtfn-predict``: a trained run applied to new recordings (thin layer over
+:func:`predict.run.predict_calls`).
 
-Exit status: 0 something was predicted (recordings that could not be used are rows with their reason), 1 nothing
-was predicted or an error stopped the run (one line saying what to fix), 2 bad usage.
+Exit status: 0 something was predicted (recordings that could not be used are rows with their
+reason), 1 nothing was predicted or an error stopped the run (one line saying what to fix), 2 bad
+usage.
 """
 
 from __future__ import annotations
@@ -20,14 +22,13 @@ from .segmenter import CUTTERS
 
 
 def _expand(patterns: tuple[str, ...]) -> list[str]:
-    """Shell globs the shell did not expand (quoted, or on Windows). A plain name that does not exist is kept, so
-    it is reported as missing rather than silently dropped; a pattern that matches nothing is bad usage (one line,
-    exit 2), not a recording whose call id is its stem ``*``."""
+    """Shell globs the shell did not expand (quoted, or on Windows). A plain name that does not
+    exist is kept, so it is reported as missing rather than silently dropped; a pattern that matches
+    nothing is bad usage (one line, exit 2), not a recording whose call id is its stem ``*``."""
     out: list[str] = []
     for p in patterns:
-        if (
-            not any(ch in p for ch in "*?[") or Path(p).exists()
-        ):  # a file may have [ or ? in its name
+        # a file may have [ or ? in its name
+        if not any(ch in p for ch in "*?[") or Path(p).exists():
             out.append(p)
             continue
         hits = sorted(glob.glob(p))
@@ -55,7 +56,8 @@ def _expand(patterns: tuple[str, ...]) -> list[str]:
     multiple=True,
     help="Recordings (repeatable; globs like 'calls/*.wav' are expanded). Call id = file stem.",
 )
-# the shell expands `--audio calls/*.wav` into one --audio value followed by the other files: take those as well
+# the shell expands `--audio calls/*.wav` into one --audio value followed by the other files: take
+# those as well
 @click.argument("more_audio", nargs=-1, type=click.Path())
 @click.option(
     "--cache",
@@ -182,8 +184,8 @@ def main(
     trust_remote_code,
     quiet,
 ):
-    """Predict purchase intent (the run's tasks) for new recordings: --audio FILE… (files may follow); or for
-    the calls of a cache: --cache STORE [--split test|valid|train|all]."""
+    """Predict purchase intent (the run's tasks) for new recordings: --audio FILE… (files may
+    follow); or for the calls of a cache: --cache STORE [--split test|valid|train|all]."""
     audio = tuple(audio) + tuple(more_audio)
     if cache:
         if audio or transcripts or asr:
@@ -207,7 +209,8 @@ def main(
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s"
     )
-    # torch, transformers and the trained model's code: imported once the options are read (fast --help)
+    # torch, transformers and the trained model's code: imported once the options are read (fast
+    # --help)
     from .run import PredictConfig, PredictError, predict_calls, result_json, write_outputs
 
     if quiet:
@@ -251,8 +254,8 @@ def _fail(message) -> None:
 
 
 def _run_folder(run_dir: str) -> str:
-    """``--run``: a run folder, or a sweep folder (or its ``best``) meaning the trial it selected on validation;
-    the choice is named on stderr."""
+    """``--run``: a run folder, or a sweep folder (or its ``best``) meaning the trial it selected on
+    validation; the choice is named on stderr."""
     from train.sweep import NoFinishedTrial, resolve_run  # reads files only: no torch
 
     try:
@@ -265,7 +268,8 @@ def _run_folder(run_dir: str) -> str:
 
 
 def _check_paths(run_dir: str, cache: str | None, transcripts: str | None) -> None:
-    """The paths a prediction reads, checked before the models load (one line each, exit status 1)."""
+    """The paths a prediction reads, checked before the models load (one line each, exit status
+    1)."""
     run = Path(run_dir)
     if not run.is_dir():
         _fail(
@@ -285,7 +289,8 @@ def _check_paths(run_dir: str, cache: str | None, transcripts: str | None) -> No
 
 
 def _score_cache(run_dir, cache, split, out, device, batch_calls, threads) -> None:
-    """The same inference path as training's evaluation (train.predictions): one CSV row per call or segment."""
+    """The same inference path as training's evaluation (train.predictions): one CSV row per call or
+    segment."""
     from pipeline.atomic import atomic_write_text
     from train.checkpoint import CheckpointError
     from train.data import TrainError

@@ -1,12 +1,15 @@
-"""``msmtfn-demo``: the whole pipeline on a generated dataset, offline, on 2 CPU cores in about a minute.
+"""``msmtfn-demo``: the whole pipeline on a generated dataset, offline, on 2 CPU cores in about a
+minute.
 
-generate a MarketCalls-format dataset whose labels need both a text cue and a voice cue → build tiny random
-encoders (unless real ones are given) → ``msmtfn-extract`` into ``cache/demo.zarr`` → train three models on that
-one cache: fused (``--modality both``), text only and audio only → a three-row table. Fusion must win: text alone
-can tell positive words from refusals but not A from B, the voice alone the reverse (pipeline/datasets/demo.py).
+generate a MarketCalls-format dataset whose labels need both a text cue and a voice cue → build tiny
+random encoders (unless real ones are given) → ``msmtfn-extract`` into ``cache/demo.zarr`` → train
+three models on that one cache: fused (``--modality both``), text only and audio only → a three-row
+table. Fusion must win: text alone can tell positive words from refusals but not A from B, the voice
+alone the reverse (pipeline/datasets/demo.py).
 
-A second run reuses the generated data, the encoders, the cache and finished runs; ``--fresh`` rebuilds them.
-With tiny random encoders the numbers say nothing about the paper's models on real calls.
+A second run reuses the generated data, the encoders, the cache and finished runs; ``--fresh``
+rebuilds them. With tiny random encoders the numbers say nothing about the paper's models on real
+calls.
 """
 
 from __future__ import annotations
@@ -31,19 +34,21 @@ SMOKE_NOTE = (
 MODALITIES = ("both", "text", "audio")
 MODEL_NAMES = {"both": "fused", "text": "text only", "audio": "audio only"}
 DEMO_CALLS, DEMO_EPOCHS = 200, 20
-# the tiny encoders are 32 wide: the fusion network sized to them (real encoders get the paper's sizes)
+# the tiny encoders are 32 wide: the fusion network sized to them (real encoders get the paper's
+# sizes)
 TINY_SIZES = dict(
     heads=4, ffn=128, head_hidden=64, gru_hidden=32, cross_layers=2, dropout=0.1, lr=3e-3
 )
-# the demo's tiny models warm up over 20 % of the steps, not the default 5 % (9 of ~300 steps at lr 3e-3): the
-# exchange through the bottleneck suffers from large early steps. 10 seeds of the demo: fused test accuracy +6.5
-# points [+0.5, +12.5], fused ≥ 20 points over each modality in 9 of 10 seeds instead of 6 (docs/model.md)
+# the demo's tiny models warm up over 20 % of the steps, not the default 5 % (9 of ~300 steps at lr
+# 3e-3): the exchange through the bottleneck suffers from large early steps. 10 seeds of the demo:
+# fused test accuracy +6.5 points [+0.5, +12.5], fused ≥ 20 points over each modality in 9 of 10
+# seeds instead of 6 (docs/model.md)
 DEMO_WARMUP = 0.2
 
 
 class DemoError(ValueError):
-    """Settings the demo cannot run with, or a path it will not touch (not the demo's own): one line; the CLI
-    exits 2. Raised before anything is written or deleted."""
+    """Settings the demo cannot run with, or a path it will not touch (not the demo's own): one
+    line; the CLI exits 2. Raised before anything is written or deleted."""
 
 
 def _has_files(path: Path) -> bool:
@@ -51,8 +56,9 @@ def _has_files(path: Path) -> bool:
 
 
 def _store_dataset(cache: Path) -> str | None:
-    """The dataset a local store was extracted from (the attribute ``msmtfn-extract info`` shows); "" for a store
-    whose creation was cut short (no data in it yet); None when ``cache`` is no store we can read."""
+    """The dataset a local store was extracted from (the attribute ``msmtfn-extract info`` shows);
+    "" for a store whose creation was cut short (no data in it yet); None when ``cache`` is no store
+    we can read."""
     from pipeline.store import CacheStore, StoreError, creation_cut_short
 
     if not (cache / "zarr.json").is_file():
@@ -67,8 +73,8 @@ def _store_dataset(cache: Path) -> str | None:
 
 
 def _demo_data_files(data_dir: Path) -> list[Path] | None:
-    """The files the demo generator wrote into ``data_dir`` (its demo.json lists them), or None when demo.json
-    is missing or not the generator's: then the folder is someone else's data."""
+    """The files the demo generator wrote into ``data_dir`` (its demo.json lists them), or None when
+    demo.json is missing or not the generator's: then the folder is someone else's data."""
     meta_path = data_dir / "demo.json"
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -100,8 +106,9 @@ def check_demo(
     epochs: int = DEMO_EPOCHS,
     fresh: bool = False,
 ) -> None:
-    """Everything the demo can refuse, checked before any work: --calls, --epochs, and that the cache, the run
-    folders it may rebuild and (with ``fresh``) the data it deletes are the demo's own. :class:`DemoError`."""
+    """Everything the demo can refuse, checked before any work: --calls, --epochs, and that the
+    cache, the run folders it may rebuild and (with ``fresh``) the data it deletes are the demo's
+    own. :class:`DemoError`."""
     from pipeline.datasets.demo import MIN_CALLS
 
     if calls < MIN_CALLS:
@@ -140,13 +147,15 @@ def check_demo(
 
 
 def _remove_demo_runs(runs: Path) -> None:
-    """OUT/both, OUT/text, OUT/audio only: other folders under --out are the user's (check_demo vetted these)."""
+    """OUT/both, OUT/text, OUT/audio only: other folders under --out are the user's (check_demo
+    vetted these)."""
     for modality in MODALITIES:
         shutil.rmtree(runs / modality, ignore_errors=True)
 
 
 def _remove_demo_data(data_dir: Path) -> None:
-    """The generated files only (check_demo vetted the folder); the folders too once nothing else is in them."""
+    """The generated files only (check_demo vetted the folder); the folders too once nothing else is
+    in them."""
     for path in _demo_data_files(data_dir) or []:
         path.unlink(missing_ok=True)
     for folder in (data_dir / "audio", data_dir):
@@ -199,15 +208,17 @@ def run_demo(
     say=log.info,
 ) -> dict:
     """{"both": metrics, "text": metrics, "audio": metrics, ...}: each as in its run's metrics.json.
-    :class:`DemoError` (before anything is written or deleted) for bad settings or paths that are not the demo's.
-    ``say`` gets one line before each model: ``training 2/3: text only → runs/demo/text``."""
+    :class:`DemoError` (before anything is written or deleted) for bad settings or paths that are
+    not the demo's. ``say`` gets one line before each model: ``training 2/3: text only →
+    runs/demo/text``."""
     data_dir, cache, runs = Path(data_dir), Path(cache), Path(runs)
     check_demo(data_dir, cache, runs, calls=calls, epochs=epochs, fresh=fresh)
     tiny = audio_model is None or text_model is None
     configs = _train_configs(
         cache, runs, device=device, epochs=epochs, seed=seed, tiny=tiny, progress=progress
     )
-    # torch, transformers and both stages: imported here, not at import (``msmtfn-demo --help`` stays fast)
+    # torch, transformers and both stages: imported here, not at import (``msmtfn-demo --help``
+    # stays fast)
     from extract import ExtractConfig, build_tiny_encoders, extract
     from pipeline.store import FingerprintMismatch
     from train.data import open_cache
@@ -238,7 +249,8 @@ def run_demo(
     try:
         res = extract(ecfg, progress=progress)
     except FingerprintMismatch:
-        # the demo's own cache (check_demo), built for other --calls/--seed/encoders: rebuild it and the runs
+        # the demo's own cache (check_demo), built for other --calls/--seed/encoders: rebuild it and
+        # the runs
         log.warning("%s was built with other demo settings: rebuilding it and retraining", cache)
         _remove_demo_runs(runs)
         res = extract(replace(ecfg, overwrite=True), progress=progress)
@@ -252,8 +264,10 @@ def run_demo(
             f"{'model' if done else 'training'} {k}/{len(configs)}: {MODEL_NAMES[modality]} → {cfg.out}"
             + (" (finished earlier: reported)" if done else "")
         )
-        if problem:  # a run of the demo's own, with other settings (--epochs, ...): train it again, replacing
-            # it only once the new run passed its start checks (a model that cannot be built keeps the old run)
+        # a run of the demo's own, with other settings (--epochs, ...): train it again, replacing
+        if problem:
+            # it only once the new run passed its start checks (a model that cannot be built keeps
+            # the old run)
             log.warning("%s: retraining (%s)", cfg.out, problem.split(": ", 1)[-1])
             out[modality] = fit(cfg, overwrite=True)
         else:  # a finished run with these settings is reported, not retrained
@@ -352,7 +366,8 @@ def main(
     as_json,
     quiet,
 ):
-    """Run the whole pipeline on a generated demo dataset (no downloads): fused vs text-only vs audio-only."""
+    """Run the whole pipeline on a generated demo dataset (no downloads): fused vs text-only vs
+    audio-only."""
     device = device_option(device)  # no CUDA here, or --device gpu: one line, exit 2
     try:  # before the note and any import: a refusal is the only line printed
         check_demo(Path(data_dir), Path(cache), Path(out), calls=calls, epochs=epochs, fresh=fresh)
@@ -361,7 +376,8 @@ def main(
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" say nothing to a newcomer
+    # "Loading weights" / "Writing model shards" say nothing to a newcomer
+    hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     tiny = audio_model is None or text_model is None
     if tiny and not as_json:

@@ -1,15 +1,16 @@
 """The run's encoders, rebuilt from its cache settings, and the features of new segments.
 
-A trained run only makes sense on features made exactly like its training cache. ``config.json`` of a run
-records the cache's settings (the store's ``settings`` attribute, docs/cache-format.md: encoder ids, revisions,
-weight hashes, layers, rate policy, pooling, max lengths, compute dtype, segmentation); :class:`RunEncoders` reads
-them back with ``CacheSettings.from_attrs``, loads the encoders with extract's own loader and recomputes the same
-attribute for what it loaded, and refuses (one line,
-naming what differs) when the weights or the tokenizer are not the ones the run was trained on — whatever
-``--audio-model``/``--text-model`` points at. Segments are decoded, normalised and tokenised by extract's
-``SegmentSource`` and encoded by ``AudioEncoder``/``TextEncoder`` in length-bucketed batches, then rounded to
-float16 like the store, so a segment's features equal what ``msmtfn-extract`` writes for it (to float16
-rounding where CPU BLAS sums in another order for another batch).
+A trained run only makes sense on features made exactly like its training cache. ``config.json`` of
+a run records the cache's settings (the store's ``settings`` attribute, docs/cache-format.md:
+encoder ids, revisions, weight hashes, layers, rate policy, pooling, max lengths, compute dtype,
+segmentation); :class:`RunEncoders` reads them back with ``CacheSettings.from_attrs``, loads the
+encoders with extract's own loader and recomputes the same attribute for what it loaded, and refuses
+(one line, naming what differs) when the weights or the tokenizer are not the ones the run was
+trained on — whatever ``--audio-model``/``--text-model`` points at. Segments are decoded, normalised
+and tokenised by extract's ``SegmentSource`` and encoded by ``AudioEncoder``/``TextEncoder`` in
+length-bucketed batches, then rounded to float16 like the store, so a segment's features equal what
+``msmtfn-extract`` writes for it (to float16 rounding where CPU BLAS sums in another order for
+another batch).
 """
 
 from __future__ import annotations
@@ -61,8 +62,9 @@ def run_settings(meta: dict, run_dir) -> dict:
 
 
 def trained_from(run_dir, recorded_out: str | None) -> Path | None:
-    """The folder a run was trained from, when its recorded ``--out`` was relative and the run still sits at that
-    relative place under it (``/home/a/proj`` for ``/home/a/proj/runs/x`` trained with ``--out runs/x``)."""
+    """The folder a run was trained from, when its recorded ``--out`` was relative and the run still
+    sits at that relative place under it (``/home/a/proj`` for ``/home/a/proj/runs/x`` trained with
+    ``--out runs/x``)."""
     if not recorded_out or Path(recorded_out).is_absolute():
         return None
     rel, here = Path(recorded_out).parts, Path(run_dir).resolve().parts
@@ -70,9 +72,10 @@ def trained_from(run_dir, recorded_out: str | None) -> Path | None:
 
 
 def locate_model(recorded: str, base: Path | None) -> str | None:
-    """A local encoder folder recorded relative to where the cache was made (``cache/tiny-encoders/...``) that
-    does not exist from here but does under the folder the run was trained from; None otherwise. Safe to guess:
-    the loaded weights are checked against the run's hashes all the same."""
+    """A local encoder folder recorded relative to where the cache was made
+    (``cache/tiny-encoders/...``) that does not exist from here but does under the folder the run
+    was trained from; None otherwise. Safe to guess: the loaded weights are checked against the
+    run's hashes all the same."""
     if base is None or Path(recorded).is_absolute() or Path(recorded).exists():
         return None
     there = base / recorded
@@ -94,11 +97,12 @@ class RunEncoders:
         run_dir: str = "run",
         base: Path | None = None,
     ):
-        """``base``: the folder the run was trained from (:func:`trained_from`), where relative encoder folders
-        are looked for when they are not found from the working directory."""
+        """``base``: the folder the run was trained from (:func:`trained_from`), where relative
+        encoder folders are looked for when they are not found from the working directory."""
         run_dtype = settings.get("compute_dtype", "float32")
         if dtype == "run":
-            # float16 on CPU is slow and partly unsupported: compute in float32 there (stored as float16 anyway)
+            # float16 on CPU is slow and partly unsupported: compute in float32 there (stored as
+            # float16 anyway)
             dtype = (
                 run_dtype
                 if not (run_dtype == "float16" and not device.startswith("cuda"))
@@ -187,7 +191,8 @@ class RunEncoders:
             self.text,
         )
         rate = self.policy.input_rate
-        # an open end (to the end of the recording) counts as the longest, as extraction's plan counts it
+        # an open end (to the end of the recording) counts as the longest, as extraction's plan
+        # counts it
         lengths = np.array(
             [
                 self.max_samples

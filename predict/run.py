@@ -1,15 +1,19 @@
 """``predict_calls``: a trained run applied to new, unlabelled recordings.
 
-    recording ──decode (extract.audio.load_segment)──► cut as the run's training segments were made: by the
-              transcript's rows, or at pauses into pieces of the training's lengths (predict/segmenter.py)
+    recording ──decode (extract.audio.load_segment)──► cut as the run's training segments were made:
+    by the
+              transcript's rows, or at pauses into pieces of the training's lengths
+              (predict/segmenter.py)
               ──► transcript per segment (CSV by time, or ASR; predict/transcripts.py)
-              ──► the run's encoders, rebuilt and identity-checked from its cache settings (predict/features.py)
-              ──► the run's model (train.checkpoint.load_run), whole calls per batch ──► one row per call
+              ──► the run's encoders, rebuilt and identity-checked from its cache settings
+              (predict/features.py)
+              ──► the run's model (train.checkpoint.load_run), whole calls per batch ──► one row per
+              call
 
-A recording that cannot be used (missing, empty, not audio, NaN samples, no transcript, no segment long enough
-for the encoder) is a row with ``status = skipped: <reason>``; the others are predicted. Calls are processed in
-groups so that memory stays bounded however many recordings there are; the output is a fixed function of the
-inputs (model in eval mode, no sampling).
+A recording that cannot be used (missing, empty, not audio, NaN samples, no transcript, no segment
+long enough for the encoder) is a row with ``status = skipped: <reason>``; the others are predicted.
+Calls are processed in groups so that memory stays bounded however many recordings there are; the
+output is a fixed function of the inputs (model in eval mode, no sampling).
 """
 
 from __future__ import annotations
@@ -60,13 +64,13 @@ log = logging.getLogger(__name__)
 
 CUT_RATE = 16000  # the rate recordings are decoded at for cutting (and for ASR)
 CUTS = ("auto", "rows", "pauses")
-OVERRUN_SECONDS = (
-    1.0  # a transcript reaching further past the end of its recording is flagged in the status
-)
+# a transcript reaching further past the end of its recording is flagged in the status
+OVERRUN_SECONDS = 1.0
 
 
 class PredictError(Exception):
-    """Something that stops the whole prediction (a bad run folder, wrong encoders, unusable transcripts)."""
+    """Something that stops the whole prediction (a bad run folder, wrong encoders, unusable
+    transcripts)."""
 
 
 @dataclass(frozen=True)
@@ -77,9 +81,8 @@ class PredictConfig:
     asr: str | None = None  # or: a speech recognition model (hub id or folder)
     device: str = "cpu"
     dtype: str = "run"  # encoders' compute dtype: run = the cache's (float32 on CPU)
-    audio_model: str | None = (
-        None  # override where the run's encoders are read from (identity checked)
-    )
+    # override where the run's encoders are read from (identity checked)
+    audio_model: str | None = None
     text_model: str | None = None
     cut: str = "auto"  # auto (as the run's training segments) | rows | pauses
     cutter: str = "energy"  # energy | vad
@@ -108,9 +111,8 @@ class SegmentResult:
     end: float
     text: str
     status: str = "ok"
-    predictions: dict = field(
-        default_factory=dict
-    )  # segment-level runs: task -> {label, probs} | {value}
+    # segment-level runs: task -> {label, probs} | {value}
+    predictions: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -119,12 +121,10 @@ class CallResult:
     source: str
     status: str  # ok | ok: <warnings> | skipped: <reason>
     segments: int = 0  # segments that reached the model
-    duration: float | None = (
-        None  # seconds of audio in those segments (as predictions_test.csv counts them)
-    )
-    predictions: dict = field(
-        default_factory=dict
-    )  # task -> {"label": class, "probs": {class: p}} | {"value": x}
+    # seconds of audio in those segments (as predictions_test.csv counts them)
+    duration: float | None = None
+    # task -> {"label": class, "probs": {class: p}} | {"value": x}
+    predictions: dict = field(default_factory=dict)
     segment_rows: list[SegmentResult] = field(default_factory=list)
 
     @property
@@ -187,7 +187,8 @@ class PredictResult:
         }
 
 
-# ------------------------------------------------------------------------------------------------ the run
+# ------------------------------------------------------------------------------------------------
+# the run
 class Predictor:
     """The run's model, scheme and encoders, loaded once."""
 
@@ -248,10 +249,12 @@ class Predictor:
         )
         self.amp = self.train_cfg.amp and self.device.type == "cuda"
 
-    # -------------------------------------------------------------------------------- model over calls
+    # -------------------------------------------------------------------------------- model over
+    # calls
     @torch.inference_mode()
     def predict_features(self, calls: list[list[SegmentFeatures]]) -> list[dict[str, torch.Tensor]]:
-        """Per call, the raw head outputs: {task: (C,) call-level or (segments, C) segment-level}."""
+        """Per call, the raw head outputs: {task: (C,) call-level or (segments, C)
+        segment-level}."""
         m = self.model
         bc = self.cfg.batch_calls or self.train_cfg.batch_calls
         out: list[dict[str, torch.Tensor]] = []
@@ -286,9 +289,8 @@ class Predictor:
                 per = {}
                 for name, v in logits.items():
                     if self.scheme.level == "segment" and v.shape[0] == len(segs):
-                        per[name] = v[
-                            seg_start : seg_start + len(call)
-                        ]  # segment-level head: (segments, C)
+                        # segment-level head: (segments, C)
+                        per[name] = v[seg_start : seg_start + len(call)]
                     else:
                         per[name] = v[k]
                 out.append(per)
@@ -299,9 +301,10 @@ class Predictor:
 def choose_cut(
     cfg: PredictConfig, profile: SegmentProfile | None, max_seconds: float
 ) -> tuple[str, str]:
-    """(``rows`` | ``pauses``, what the summary says of it): ``--cut auto`` cuts as the run's training segments
-    were made — by the transcript's rows where the training rows were timed rows of longer recordings and a
-    transcripts CSV is given, else at pauses into pieces of the training's lengths."""
+    """(``rows`` | ``pauses``, what the summary says of it): ``--cut auto`` cuts as the run's
+    training segments were made — by the transcript's rows where the training rows were timed rows
+    of longer recordings and a transcripts CSV is given, else at pauses into pieces of the
+    training's lengths."""
     cut = cfg.cut
     if cut == "auto":
         timed_rows = profile is not None and profile.policy == "rows"
@@ -334,17 +337,17 @@ def choose_cut(
 def row_bounds(
     pieces: list[Piece], duration: float, max_seconds: float
 ) -> tuple[list[tuple[float, float | None]], list[str]]:
-    """Segments cut by the transcript's rows, as extraction cuts a CSV's timed rows: each row is a segment (its
-    end clipped to the recording; an empty end = to the end); a row over ``max_seconds`` becomes equal pieces
-    with its text shared out (extract.segmentation). Rows starting after the end are left out by the caller."""
+    """Segments cut by the transcript's rows, as extraction cuts a CSV's timed rows: each row is a
+    segment (its end clipped to the recording; an empty end = to the end); a row over
+    ``max_seconds`` becomes equal pieces with its text shared out (extract.segmentation). Rows
+    starting after the end are left out by the caller."""
     bounds: list[tuple[float, float | None]] = []
     texts: list[str] = []
     for p in pieces:
         end = min(p.end, duration)
         span = end - p.start
-        if (
-            span <= 0
-        ):  # a point in time (a word's timestamp, a chunk clamped to the end): no audio to cut
+        # a point in time (a word's timestamp, a chunk clamped to the end): no audio to cut
+        if span <= 0:
             log.warning(
                 "transcript row %g–%g s has no audio under it and is left out (--cut rows)",
                 p.start,
@@ -364,9 +367,10 @@ def row_bounds(
 
 
 def _past_the_end(result: CallResult, pieces: list[Piece], duration: float) -> list[Piece]:
-    """The pieces that have audio under them; those starting at or after the recording's end are left out,
-    named in the log (those starting at its very end, as a speech recognizer's clamped chunks do, go to the last
-    segment), and a transcript reaching far past the end flags the call (a truncated recording)."""
+    """The pieces that have audio under them; those starting at or after the recording's end are
+    left out, named in the log (those starting at its very end, as a speech recognizer's clamped
+    chunks do, go to the last segment), and a transcript reaching far past the end flags the call (a
+    truncated recording)."""
     inside = [p for p in pieces if p.start <= duration]
     after = [p for p in pieces if p.start > duration]
     reach = max((p.end if math.isfinite(p.end) else p.start for p in pieces), default=0.0)
@@ -499,14 +503,14 @@ def _finish_group(pred: Predictor, group: list[tuple[CallResult, list[Segment]]]
 
 
 def predict_calls(cfg: PredictConfig, predictor: Predictor | None = None) -> PredictResult:
-    """Predict every recording of ``cfg.audio``; unusable ones are returned with their reason, never raised.
-    ``predictor``: a :class:`Predictor` already loaded (many calls of predict_calls with one model)."""
+    """Predict every recording of ``cfg.audio``; unusable ones are returned with their reason, never
+    raised. ``predictor``: a :class:`Predictor` already loaded (many calls of predict_calls with one
+    model)."""
     t0 = time.perf_counter()
     try:
         if cfg.asr:
-            check_asr_model(
-                cfg.asr
-            )  # before the run's models load: an unusable --asr answers at once
+            # before the run's models load: an unusable --asr answers at once
+            check_asr_model(cfg.asr)
     except TranscriptError as e:
         raise PredictError(str(e)) from None
     pred = predictor or Predictor(cfg)
@@ -554,10 +558,11 @@ def predict_calls(cfg: PredictConfig, predictor: Predictor | None = None) -> Pre
     )
 
 
-# ------------------------------------------------------------------------------------------------- output
+# -------------------------------------------------------------------------------------------------
+# output
 def _tasks_at(result: PredictResult, level: str) -> list[dict]:
-    """Tasks with columns at ``level``: the scheme's level, or where the model's heads actually answered (a
-    segment-level scheme on a model with call-level heads)."""
+    """Tasks with columns at ``level``: the scheme's level, or where the model's heads actually
+    answered (a segment-level scheme on a model with call-level heads)."""
     rows = (
         [c.predictions for c in result.calls]
         if level == "call"

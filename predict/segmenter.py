@@ -1,17 +1,17 @@
 """Cutting a long recording into segments of at most ``max_seconds``, at pauses.
 
-Training data came as segments of ≤ 40 s cut by people (or by the dataset's tooling) at turns and pauses; a new
-recording arrives whole. Cutting it in equal pieces would split words and sentences, so each cut is placed at
-the quietest stretch inside a search window that ends at the limit:
+Training data came as segments of ≤ 40 s cut by people (or by the dataset's tooling) at turns and
+pauses; a new recording arrives whole. Cutting it in equal pieces would split words and sentences,
+so each cut is placed at the quietest stretch inside a search window that ends at the limit:
 
     pos ──────────────── [ pos + max − search , pos + max ] ── next cut here, never after pos + max
 
-"Quiet" is a per-frame score, lower = quieter: the frame's RMS level in dB (``energy``, always available), or
-(``vad``, when the ``silero-vad`` package is installed) that level plus 100 dB × Silero VAD's speech probability,
-so frames VAD hears as speech are never chosen over non-speech, and energy places the cut inside the pause.
-Within the window the frames whose score is within ``tolerance`` of the window's minimum form runs; the cut goes
-to the middle of the longest run (ties: the later one, which keeps segments long), so it lands inside a pause,
-not at its edge.
+"Quiet" is a per-frame score, lower = quieter: the frame's RMS level in dB (``energy``, always
+available), or (``vad``, when the ``silero-vad`` package is installed) that level plus 100 dB ×
+Silero VAD's speech probability, so frames VAD hears as speech are never chosen over non-speech, and
+energy places the cut inside the pause. Within the window the frames whose score is within
+``tolerance`` of the window's minimum form runs; the cut goes to the middle of the longest run
+(ties: the later one, which keeps segments long), so it lands inside a pause, not at its edge.
 """
 
 from __future__ import annotations
@@ -27,9 +27,8 @@ log = logging.getLogger(__name__)
 
 CUTTERS = ("energy", "vad")
 VAD_RATE = 16000  # Silero VAD runs at 16 kHz (512-sample frames)
-VAD_WEIGHT = (
-    100.0  # dB per unit of speech probability: a frame VAD calls speech is never the quietest
-)
+# dB per unit of speech probability: a frame VAD calls speech is never the quietest
+VAD_WEIGHT = 100.0
 
 
 class CutterError(Exception):
@@ -43,9 +42,8 @@ class CutterConfig:
     search_seconds: float = 10.0  # how far before the limit a pause is looked for
     min_seconds: float = 1.0  # no cut leaves a piece shorter than this (a tail too short to encode)
     hop_seconds: float = 0.01  # energy frame hop (and frame length)
-    smooth_seconds: float = (
-        0.2  # moving average of the score: a pause, not one quiet frame inside a word
-    )
+    # moving average of the score: a pause, not one quiet frame inside a word
+    smooth_seconds: float = 0.2
 
     def __post_init__(self):
         if self.method not in CUTTERS:
@@ -98,9 +96,8 @@ def vad_score(x: np.ndarray, rate: int) -> tuple[np.ndarray, float]:
     if rate != VAD_RATE:
         raise CutterError(f"the VAD cutter needs {VAD_RATE} Hz audio, not {rate} Hz")
     if _VAD_MODEL is None:
-        threads = (
-            torch.get_num_threads()
-        )  # silero_vad sets torch's global thread count on import: restore it
+        # silero_vad sets torch's global thread count on import: restore it
+        threads = torch.get_num_threads()
         try:
             from silero_vad import load_silero_vad
         except ImportError:
@@ -120,10 +117,11 @@ def vad_score(x: np.ndarray, rate: int) -> tuple[np.ndarray, float]:
 def choose_cuts(
     score: np.ndarray, hop: float, duration: float, cfg: CutterConfig, tolerance: float
 ) -> list[float]:
-    """Cut times (seconds, increasing, excluding 0 and ``duration``) such that every piece is ≤ max_seconds.
+    """Cut times (seconds, increasing, excluding 0 and ``duration``) such that every piece is ≤
+    max_seconds.
 
-    ``score[i]`` describes the frame [i·hop, (i+1)·hop); a cut at a frame's centre. Pure function of its inputs,
-    so the same recording is always cut the same way."""
+    ``score[i]`` describes the frame [i·hop, (i+1)·hop); a cut at a frame's centre. Pure function of
+    its inputs, so the same recording is always cut the same way."""
     cuts: list[float] = []
     pos = 0.0
     while duration - pos > cfg.max_seconds:
@@ -146,20 +144,23 @@ def choose_cuts(
             mid = f_lo + (starts[best] + stops[best] - 1) / 2.0
             cut = (mid + 0.5) * hop
             cut = min(max(cut, lo), hi)
-        # rounded down to 0.1 ms (readable output) so rounding never makes a piece longer than the limit
+        # rounded down to 0.1 ms (readable output) so rounding never makes a piece longer than the
+        # limit
         cuts.append(float(max(np.floor(cut * 1e4) / 1e4, pos + 1e-4)))
         pos = cuts[-1]
     return cuts
 
 
 def cut_recording(x: np.ndarray, rate: int, cfg: CutterConfig) -> list[tuple[float, float]]:
-    """Segments ``[(start, end), …]`` in seconds covering the whole recording, each at most max_seconds."""
+    """Segments ``[(start, end), …]`` in seconds covering the whole recording, each at most
+    max_seconds."""
     duration = len(x) / rate
     if duration <= cfg.max_seconds:
         return [(0.0, duration)]
     score, hop = energy_score(x, rate, cfg.hop_seconds)
     if cfg.method == "vad":
-        # speech probability (×100, on the energy frame grid) dominates; inside non-speech, energy finds the pause
+        # speech probability (×100, on the energy frame grid) dominates; inside non-speech, energy
+        # finds the pause
         prob, vad_hop = vad_score(x, rate)
         idx = np.minimum((np.arange(len(score)) * hop / vad_hop).astype(np.int64), len(prob) - 1)
         score = score + VAD_WEIGHT * prob[idx]

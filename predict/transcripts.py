@@ -1,9 +1,9 @@
 """Transcripts of new recordings: from a CSV of timed utterances or from a speech recognition model.
 
-Both give timed pieces of text ``(start, end, text)`` per recording; :func:`assign_text` hands each piece to the
-segment it overlaps most (ties: the earlier segment), so an utterance that straddles a cut is not counted
-twice, and joins a segment's pieces in time order. Cuts are placed in pauses (predict/segmenter.py), so a piece
-rarely straddles one.
+Both give timed pieces of text ``(start, end, text)`` per recording; :func:`assign_text` hands each
+piece to the segment it overlaps most (ties: the earlier segment), so an utterance that straddles a
+cut is not counted twice, and joins a segment's pieces in time order. Cuts are placed in pauses
+(predict/segmenter.py), so a piece rarely straddles one.
 """
 
 from __future__ import annotations
@@ -33,9 +33,10 @@ class Piece:
 
 
 def read_transcript_csv(path: str | Path) -> dict[str, list[Piece]]:
-    """``call_id,start,end,text`` (call_id = the recording's file stem; other columns are ignored; header names
-    case-insensitive; UTF-8 or GB18030). As in the extract CSV, an empty ``start`` is the beginning and an empty
-    ``end`` the end of the recording (``end`` = inf here). Returns pieces by call id, in time order."""
+    """``call_id,start,end,text`` (call_id = the recording's file stem; other columns are ignored;
+    header names case-insensitive; UTF-8 or GB18030). As in the extract CSV, an empty ``start`` is
+    the beginning and an empty ``end`` the end of the recording (``end`` = inf here). Returns pieces
+    by call id, in time order."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -88,10 +89,12 @@ def read_transcript_csv(path: str | Path) -> dict[str, list[Piece]]:
 
 
 def assign_text(pieces: list[Piece], bounds: list[tuple[float, float]]) -> list[str]:
-    """The text of each segment ``bounds[i] = (start, end)``: the pieces whose largest overlap is with it.
+    """The text of each segment ``bounds[i] = (start, end)``: the pieces whose largest overlap is
+    with it.
 
-    A piece overlapping no segment (past the end of the audio) goes to the nearest one, so no words are lost; a
-    zero-length piece (a word timestamp) counts as overlapping the segment that contains it."""
+    A piece overlapping no segment (past the end of the audio) goes to the nearest one, so no words
+    are lost; a zero-length piece (a word timestamp) counts as overlapping the segment that contains
+    it."""
     texts: list[list[str]] = [[] for _ in bounds]
     if not bounds:
         return []
@@ -100,9 +103,8 @@ def assign_text(pieces: list[Piece], bounds: list[tuple[float, float]]) -> list[
     for p in sorted(pieces, key=lambda x: (x.start, x.end)):
         if not p.text:
             continue
-        end = (
-            p.end if math.isfinite(p.end) else max(float(ends.max()), p.start)
-        )  # empty end: the recording's
+        # empty end: the recording's
+        end = p.end if math.isfinite(p.end) else max(float(ends.max()), p.start)
         overlap = np.minimum(ends, end) - np.maximum(starts, p.start)
         if end <= p.start:  # a point: the segment containing it
             overlap = np.where((starts <= p.start) & (p.start < ends), 1.0, -np.inf)
@@ -115,10 +117,12 @@ def assign_text(pieces: list[Piece], bounds: list[tuple[float, float]]) -> list[
     return [" ".join(t) for t in texts]
 
 
-# ------------------------------------------------------------------------------------------ speech recognition
+# ------------------------------------------------------------------------------------------ speech
+# recognition
 class AsrTranscriber:
-    """``transformers.pipeline("automatic-speech-recognition", model, return_timestamps=True)`` over a whole
-    recording (chunked by 30 s windows inside the pipeline); chunk timestamps → :class:`Piece`."""
+    """``transformers.pipeline("automatic-speech-recognition", model, return_timestamps=True)`` over
+    a whole recording (chunked by 30 s windows inside the pipeline); chunk timestamps →
+    :class:`Piece`."""
 
     RATE = 16000
 
@@ -169,9 +173,9 @@ class AsrTranscriber:
 
 
 def check_asr_model(model: str) -> None:
-    """Refuse at once, in one line, a speech recognition model that cannot load: a folder that is not a model
-    folder, or a hub id that is neither in the local Hugging Face cache nor downloadable (offline, or the hub
-    unreachable: transformers would retry for half a minute first)."""
+    """Refuse at once, in one line, a speech recognition model that cannot load: a folder that is
+    not a model folder, or a hub id that is neither in the local Hugging Face cache nor downloadable
+    (offline, or the hub unreachable: transformers would retry for half a minute first)."""
     from huggingface_hub import constants, try_to_load_from_cache
 
     from extract.encoders import hub_reachable
@@ -205,8 +209,9 @@ def torch_device(device: str):
 
 
 def pieces_from_chunks(chunks: list[dict], duration: float, fallback_text: str = "") -> list[Piece]:
-    """ASR pipeline chunks ``{"timestamp": (start, end), "text": …}`` → pieces. A missing start follows the
-    previous chunk; a missing end (the last chunk, cut off) runs to the end of the recording."""
+    """ASR pipeline chunks ``{"timestamp": (start, end), "text": …}`` → pieces. A missing start
+    follows the previous chunk; a missing end (the last chunk, cut off) runs to the end of the
+    recording."""
     pieces: list[Piece] = []
     prev_end = 0.0
     for ch in chunks:
@@ -218,8 +223,7 @@ def pieces_from_chunks(chunks: list[dict], duration: float, fallback_text: str =
         if text:
             pieces.append(Piece(start, end, text))
         prev_end = end
-    if (
-        not pieces and fallback_text.strip()
-    ):  # a model without timestamps: the whole text over the recording
+    # a model without timestamps: the whole text over the recording
+    if not pieces and fallback_text.strip():
         pieces.append(Piece(0.0, duration, fallback_text.strip()))
     return pieces

@@ -1,9 +1,9 @@
-"""Checkpoints: safetensors weights + JSON config, written atomically (temp file + rename); loading never
-unpickles code.
+"""Checkpoints: safetensors weights + JSON config, written atomically (temp file + rename); loading
+never unpickles code.
 
-``train_state.pt`` (the last finished epoch: model, optimizer, scheduler, RNG states, history) is what
-``--resume`` continues from; it is read with ``torch.load(weights_only=True)``, which only rebuilds tensors and
-plain containers, and is removed when the run finishes."""
+``train_state.pt`` (the last finished epoch: model, optimizer, scheduler, RNG states, history) is
+what ``--resume`` continues from; it is read with ``torch.load(weights_only=True)``, which only
+rebuilds tensors and plain containers, and is removed when the run finishes."""
 
 from __future__ import annotations
 
@@ -61,8 +61,8 @@ def write_run_config(run_dir: Path, cfg: TrainConfig, dims: ModelDims, extra: di
 
 
 def read_run_config(run_dir: str | Path) -> dict:
-    """The whole config.json of a run: ``train`` (the TrainConfig), ``dims``, ``cache`` (path, fingerprint,
-    settings, label scheme) and ``parameters``."""
+    """The whole config.json of a run: ``train`` (the TrainConfig), ``dims``, ``cache`` (path,
+    fingerprint, settings, label scheme) and ``parameters``."""
     run_dir = Path(run_dir)
     try:
         return json.loads((run_dir / CONFIG).read_text(encoding="utf-8"))
@@ -73,8 +73,9 @@ def read_run_config(run_dir: str | Path) -> dict:
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[MSMTFN, TrainConfig]:
-    """Rebuild a trained model from its run folder: (model in eval mode on ``device``, its TrainConfig).
-    The rest of config.json (dims, cache fingerprint, label scheme) is :func:`read_run_config`."""
+    """Rebuild a trained model from its run folder: (model in eval mode on ``device``, its
+    TrainConfig). The rest of config.json (dims, cache fingerprint, label scheme) is
+    :func:`read_run_config`."""
     run_dir = Path(run_dir)
     meta = read_run_config(run_dir)
     try:
@@ -87,7 +88,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[M
     return model.eval(), cfg
 
 
-# --------------------------------------------------------------------------- training state (--resume)
+# --------------------------------------------------------------------------- training state
+# (--resume)
 def save_train_state(
     path: Path,
     *,
@@ -154,7 +156,8 @@ def load_train_state(path: Path) -> dict:
 
 
 def restore_train_state(state: dict, model, opt, sched, gen: torch.Generator, path: Path) -> int:
-    """Put model, optimizer, scheduler and every RNG back as they were after ``state['epoch']``; returns it."""
+    """Put model, optimizer, scheduler and every RNG back as they were after ``state['epoch']``;
+    returns it."""
     try:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])

@@ -1,7 +1,7 @@
 """``msmtfn-train``: a thin click layer over :func:`train.loop.fit`.
 
-Every option is a :class:`TrainConfig` field; ``--config FILE`` (TOML or JSON, keys = option names) sets any of
-them, and options given on the command line win over the file.
+Every option is a :class:`TrainConfig` field; ``--config FILE`` (TOML or JSON, keys = option names)
+sets any of them, and options given on the command line win over the file.
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ D = TrainConfig.__dataclass_fields__
 
 
 def _check_task(value, cache=None):
-    """A task neither a built-in label scheme nor the cache's own (a custom ``--label-scheme``) has is bad usage
-    (exit 2); one that this cache's scheme lacks but another dataset's has is named by fit."""
+    """A task neither a built-in label scheme nor the cache's own (a custom ``--label-scheme``) has
+    is bad usage (exit 2); one that this cache's scheme lacks but another dataset's has is named by
+    fit."""
     known = {t for s in SCHEMES.values() for t in s.task_names}
     if not value or str(value) in known:
         return value
@@ -53,8 +54,9 @@ def _check_task(value, cache=None):
 
 
 def _task_option(ctx, value):
-    """``--task`` at parse time: checked against the built-in schemes and, once ``--cache`` is read, the cache's
-    own; typed before ``--cache``, an unknown name waits for the check after all options are read."""
+    """``--task`` at parse time: checked against the built-in schemes and, once ``--cache`` is read,
+    the cache's own; typed before ``--cache``, an unknown name waits for the check after all options
+    are read."""
     known = {t for s in SCHEMES.values() for t in s.task_names}
     if value and str(value) not in known and "cache" not in ctx.params:
         return value
@@ -62,8 +64,8 @@ def _task_option(ctx, value):
 
 
 def _cache_scheme(cache):
-    """The label scheme of a local cache store, or None (no cache given yet, a remote or unreadable one: fit
-    names those)."""
+    """The label scheme of a local cache store, or None (no cache given yet, a remote or unreadable
+    one: fit names those)."""
     if not cache or "://" in str(cache) or not Path(cache).is_dir():
         return None
     from pipeline.store import CacheStore, StoreError
@@ -276,7 +278,8 @@ def main(ctx, config_file, resume_dir, overwrite, as_json, quiet, **opts):
 
     \b
       msmtfn-train --cache cache/marketcalls.zarr --device cuda
-      msmtfn-train --cache cache/marketcalls.zarr --modality text --no-bigru --seed 3 --out runs/ablation-1
+      msmtfn-train --cache cache/marketcalls.zarr --modality text --no-bigru --seed 3 --out
+      runs/ablation-1
       msmtfn-train --config my-run.toml --seed 2
       msmtfn-train --resume runs/marketcalls/20261125-101500-both-s0     # after a crash or Ctrl-C
     """
@@ -286,13 +289,13 @@ def main(ctx, config_file, resume_dir, overwrite, as_json, quiet, **opts):
     check_paths(None, resume_dir)  # the run folder, before its config.json is read
     try:
         cfg = _settings(ctx, config_file, resume_dir, overwrite, quiet, opts)
-    except (
-        ConfigError
-    ) as e:  # settings that cannot work: bad usage, exit 2 like click's own usage errors
+    # settings that cannot work: bad usage, exit 2 like click's own usage errors
+    except ConfigError as e:
         raise UsageError(str(e)) from None
     if not resume_dir:  # with --resume, the run's own cache is checked by the trainer
         check_paths(cfg.cache, None)  # a wrong path: one line before torch is imported
-    # torch and the model: imported once the options are checked (``--help`` and mistakes answer at once)
+    # torch and the model: imported once the options are checked (``--help`` and mistakes answer at
+    # once)
     from .checkpoint import CheckpointError
     from .data import TrainError
     from .loop import fit
@@ -304,17 +307,16 @@ def main(ctx, config_file, resume_dir, overwrite, as_json, quiet, **opts):
         raise UsageError(str(e)) from None
     except (TrainError, CheckpointError) as e:
         raise click.ClickException(str(e)) from None
-    except (
-        KeyboardInterrupt
-    ) as e:  # Ctrl-C: what is kept and the command that continues (loop.TrainInterrupted)
+    # Ctrl-C: what is kept and the command that continues (loop.TrainInterrupted)
+    except KeyboardInterrupt as e:
         click.echo(str(e) or "interrupted", err=True)
         sys.exit(130)  # as msmtfn-extract: 128 + SIGINT
     click.echo(json.dumps(metrics, indent=2, default=str) if as_json else format_summary(metrics))
 
 
 def _settings(ctx, config_file, resume_dir, overwrite, quiet, opts) -> TrainConfig:
-    """The run's settings from the command line, ``--config`` and (``--resume``) the run's own, each value checked
-    where it was written; raises ConfigError naming the command line or the file."""
+    """The run's settings from the command line, ``--config`` and (``--resume``) the run's own, each
+    value checked where it was written; raises ConfigError naming the command line or the file."""
     weights = {}
     for item in opts.pop("loss_weights"):
         task, _, w = item.partition("=")
@@ -339,12 +341,14 @@ def _settings(ctx, config_file, resume_dir, overwrite, quiet, opts) -> TrainConf
         raise ConfigError("--cache is required (on the command line or in --config)")
     merged["progress"] = not quiet
     source = config_file or (f"{resume_dir}/config.json" if resume_dir else "options")
-    # each value is checked where it was written, so an error names the command line or the file it came from
+    # each value is checked where it was written, so an error names the command line or the file it
+    # came from
     TrainConfig.from_dict({**given, "cache": "-"}, source="the command line")
     if base:
         TrainConfig.from_dict({**base, "cache": "-"}, source=source)
     cfg = TrainConfig.from_dict(merged, source=source)
-    try:  # a device or task from a config file gets the command line's checks (exit 2), naming the file
+    # a device or task from a config file gets the command line's checks (exit 2), naming the file
+    try:
         check_device(cfg.device)
         _check_task(cfg.task, cfg.cache)
     except (DeviceError, click.BadParameter) as e:
@@ -357,8 +361,8 @@ def _settings(ctx, config_file, resume_dir, overwrite, quiet, opts) -> TrainConf
 
 
 def check_paths(cache: str | None, resume_dir: str | None) -> None:
-    """Paths the command line names, checked before torch is imported (seconds on a small machine): a missing
-    store or run folder is one line, exit status 1, as the trainer itself would say."""
+    """Paths the command line names, checked before torch is imported (seconds on a small machine):
+    a missing store or run folder is one line, exit status 1, as the trainer itself would say."""
     if resume_dir:
         if not Path(resume_dir).is_dir():
             raise click.ClickException(f"--resume {resume_dir}: no such run folder")

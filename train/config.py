@@ -1,7 +1,9 @@
-"""Training settings: one frozen dataclass; the CLI and config files (TOML/JSON) map onto its fields.
+"""Training settings: one frozen dataclass; the CLI and config files (TOML/JSON) map onto its
+fields.
 
-Config files use the option names as keys (``batch-calls`` or ``batch_calls``; ``no-bigru = true`` works too);
-options given on the command line override the file. Defaults are explained in ``train/__init__.py``."""
+Config files use the option names as keys (``batch-calls`` or ``batch_calls``; ``no-bigru = true``
+works too); options given on the command line override the file. Defaults are explained in
+``train/__init__.py``."""
 
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ class ConfigError(ValueError):
 
 
 def available_cores() -> int:
-    """CPU cores this process may run on (a container's or taskset's share, not the machine's count)."""
+    """CPU cores this process may run on (a container's or taskset's share, not the machine's
+    count)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # macOS, Windows
@@ -28,20 +31,23 @@ def available_cores() -> int:
 
 
 def default_threads(cores: int | None = None) -> int:
-    """torch CPU threads for training when ``--threads`` is 0 (measured: docs/benchmarks.md, bench/threads.py).
+    """torch CPU threads for training when ``--threads`` is 0 (measured: docs/benchmarks.md,
+    bench/threads.py).
 
-    On 2 shared cores torch's default (one thread per core) made a first epoch 1.3-2.6x slower than 1 thread
-    (5x in issue 23; 2.1x faster only on an idle machine): OpenMP threads spin-wait for a core another process
-    holds. So 1 thread up to 2 cores; above that half the cores (the rest stay free for the batch prefetch thread
-    and other work), at most 8 (the fusion model's per-call matrices are too small to gain from more). Fixed by
-    the core count, not the momentary load, so a command's CPU sums repeat run after run."""
+    On 2 shared cores torch's default (one thread per core) made a first epoch 1.3-2.6x slower than
+    1 thread (5x in issue 23; 2.1x faster only on an idle machine): OpenMP threads spin-wait for a
+    core another process holds. So 1 thread up to 2 cores; above that half the cores (the rest stay
+    free for the batch prefetch thread and other work), at most 8 (the fusion model's per-call
+    matrices are too small to gain from more). Fixed by the core count, not the momentary load, so a
+    command's CPU sums repeat run after run."""
     cores = available_cores() if cores is None else cores
     return 1 if cores <= 2 else min(cores // 2, 8)
 
 
 def store_path_problem(cache: str) -> str | None:
-    """Why a local ``--cache`` path cannot be a store, in the trainer's own words, or None (URLs are left to the
-    store code). The command lines ask it before importing torch, so a typo is answered at once."""
+    """Why a local ``--cache`` path cannot be a store, in the trainer's own words, or None (URLs are
+    left to the store code). The command lines ask it before importing torch, so a typo is answered
+    at once."""
     if "://" in cache:
         return None
     if not (Path(cache) / "zarr.json").is_file():
@@ -55,26 +61,28 @@ def effective_threads(threads: int) -> int:
 
 
 NEGATABLE = ("mtl", "bigru", "cross_attention", "bottleneck", "plots", "amp")
-RENAMED = {
-    "text_layers": "text_branch_layers"
-}  # older run folders' config.json; not the extractor's --text-layer
+# older run folders' config.json; not the extractor's --text-layer
+RENAMED = {"text_layers": "text_branch_layers"}
 
 
 def normalise_keys(data: dict) -> dict:
-    """Option names → field names: dashes to underscores, ``no-bigru = true`` → ``bigru = False``."""
+    """Option names → field names: dashes to underscores, ``no-bigru = true`` → ``bigru =
+    False``."""
     out = {}
     for key, value in data.items():
         k = key.replace("-", "_")
         if k.startswith("no_") and k[3:] in NEGATABLE:
-            # only a real true/false is negated: no-bigru = "false" stays a string, which the field refuses
+            # only a real true/false is negated: no-bigru = "false" stays a string, which the field
+            # refuses
             k, value = k[3:], (not value) if isinstance(value, bool) else value
         k = RENAMED.get(k, k)
         out[k] = value
     return out
 
 
-# a field's annotation (a string: ``from __future__ import annotations``) -> the values it takes. Checked when a
-# config is made, because TOML, JSON and --set hand over whatever was written: bigru = "false" is a true string
+# a field's annotation (a string: ``from __future__ import annotations``) -> the values it takes.
+# Checked when a config is made, because TOML, JSON and --set hand over whatever was written: bigru
+# = "false" is a true string
 _TYPES = {
     "bool": ((bool,), "true or false"),
     "int": ((int,), "a whole number"),
@@ -90,9 +98,8 @@ def _type_problem(annotation: str, value) -> str | None:
         if value is None:
             return None
         annotation = "str"
-    if (
-        annotation not in _TYPES
-    ):  # tuple fields normalise themselves (augment_variants: a name or names)
+    # tuple fields normalise themselves (augment_variants: a name or names)
+    if annotation not in _TYPES:
         return None
     types, words = _TYPES[annotation]
     if isinstance(value, types) and (annotation == "bool" or not isinstance(value, bool)):
@@ -142,25 +149,22 @@ class TrainConfig:
     dropout: float = 0.3  # residual, FFN, segment-vector and head dropout (paper: 0.3)
     attn_dropout: float = 0.0  # dropout on attention weights (cheap on GPU, slow on CPU)
     cross_layers: int = 4  # chained cross-modal layers of the second branch (text queries audio)
-    audio_stride: int = (
-        1  # audio frames stacked side by side into one row (4: HuBERT's 20 ms → 80 ms)
-    )
-    text_branch_layers: int = (
-        1  # self-attention layers of the text branch (the backbone the heads read)
-    )
+    # audio frames stacked side by side into one row (4: HuBERT's 20 ms → 80 ms)
+    audio_stride: int = 1
+    # self-attention layers of the text branch (the backbone the heads read)
+    text_branch_layers: int = 1
     bottleneck_tokens: int = 4
     bottleneck_layers: int = 2
-    pooling: str = (
-        "mean"  # segment vector: mean (masked) | cls | flatten (paper; see train/__init__.py)
-    )
+    # segment vector: mean (masked) | cls | flatten (paper; see train/__init__.py)
+    pooling: str = "mean"
     gru_hidden: int = 128
     gru_layers: int = 2
     head_hidden: int = 512
     loss_weights: dict = field(default_factory=dict)  # task -> weight; missing tasks weigh 1
-    augment_variants: tuple = ()  # cached augmentation variants sampled in training: () none, ("all",), names
-    max_cache_gb: float = (
-        0.0  # 0 = auto: load to the device when it fits, else stream from the store
-    )
+    # cached augmentation variants sampled in training: () none, ("all",), names
+    augment_variants: tuple = ()
+    # 0 = auto: load to the device when it fits, else stream from the store
+    max_cache_gb: float = 0.0
     plots: bool = True  # PNG learning curves + confusion matrices in <run>/plots
     threads: int = 0  # CPU threads for torch; 0 = default_threads() by core count (above)
     state_every: int = 1  # epochs between resumable training states (train_state.pt); 0 = none
@@ -256,7 +260,8 @@ class TrainConfig:
 
     @classmethod
     def read_file(cls, path: str | Path) -> dict:
-        """Keys of a TOML or JSON file (option names, with - or _; ``no-bigru = true`` works too)."""
+        """Keys of a TOML or JSON file (option names, with - or _; ``no-bigru = true`` works
+        too)."""
         path = Path(path)
         try:
             if path.suffix.lower() == ".json":
@@ -268,7 +273,8 @@ class TrainConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a table of settings")
         if isinstance(data.get("train"), dict) and "dims" in data:
-            # a run folder's config.json: train again with that run's settings (its folder and cache path aside)
+            # a run folder's config.json: train again with that run's settings (its folder and cache
+            # path aside)
             data = {k: v for k, v in data["train"].items() if k not in ("out", "cache")}
         return data
 

@@ -1,15 +1,16 @@
 """Training data from the cache, never from the encoders.
 
-A sample is a whole call: all of its segments, in order, however many (the paper's code cut calls into chunks
-of 3 segments and dropped calls over 21; we do neither). When the used rows fit on the device they are loaded
-once as float16 and indexed there; otherwise batches are read from the store by a prefetching thread.
+A sample is a whole call: all of its segments, in order, however many (the paper's code cut calls
+into chunks of 3 segments and dropped calls over 21; we do neither). When the used rows fit on the
+device they are loaded once as float16 and indexed there; otherwise batches are read from the store
+by a prefetching thread.
 
-Resident features are packed: each modality is one (valid rows of all segments, d) tensor plus per-segment
-offsets and lengths, never the store's (segments, 999, d) padded block, so memory is the sum of valid rows (a
-MarketCalls-shape cache holds 64 % of its padded size, bench/packed_features.py; CMU-MOSEI's utterances of a few
-seconds far less). Padded batches are assembled from it on the device; since the store's padding rows are zeros
-(the extractor's writer zeroes them), a batch holds exactly the numbers the padded layout gave
-(tests/test_train_packed.py).
+Resident features are packed: each modality is one (valid rows of all segments, d) tensor plus
+per-segment offsets and lengths, never the store's (segments, 999, d) padded block, so memory is the
+sum of valid rows (a MarketCalls-shape cache holds 64 % of its padded size,
+bench/packed_features.py; CMU-MOSEI's utterances of a few seconds far less). Padded batches are
+assembled from it on the device; since the store's padding rows are zeros (the extractor's writer
+zeroes them), a batch holds exactly the numbers the padded layout gave (tests/test_train_packed.py).
 """
 
 from __future__ import annotations
@@ -36,34 +37,32 @@ class TrainError(Exception):
 
 @dataclass
 class Batch:
-    audio: (
-        torch.Tensor | None
-    )  # (S, A, Da) float16, S = all segments of the batch's calls, in call order; None
-    audio_len: (
-        torch.Tensor
-    )  # (S,)                                      when the model does not use audio
+    # (S, A, Da) float16, S = all segments of the batch's calls, in call order; None
+    audio: torch.Tensor | None
+    # (S,)                                      when the model does not use audio
+    audio_len: torch.Tensor
     text: torch.Tensor | None  # (S, T, Dt) (None when the model does not use text)
     text_len: torch.Tensor  # (S,)
     seg_counts: torch.Tensor  # (B,) segments per call
     labels: dict[str, torch.Tensor]  # task -> (B,) call-level labels, or (S,) segment-level ones
     calls: list[int]  # indices into CallData.calls
-    mask: torch.Tensor | None = (
-        None  # (S,) segment-level: True where the segment has a label (others: context)
-    )
+    # (S,) segment-level: True where the segment has a label (others: context)
+    mask: torch.Tensor | None = None
     rows: np.ndarray | None = None  # (S,) store rows of the batch's segments
 
 
 class CallData:
     """Calls of one cache with their row indices (segment order), labels and splits.
 
-    Each (call id, variant) is an entry; :meth:`indices` lists the original recordings only. Augmented variants
-    of training calls are alternatives that :meth:`variant_choices` offers the training batches (one version of
-    each call per epoch); validation and test never see them.
+    Each (call id, variant) is an entry; :meth:`indices` lists the original recordings only.
+    Augmented variants of training calls are alternatives that :meth:`variant_choices` offers the
+    training batches (one version of each call per epoch); validation and test never see them.
     """
 
     def __init__(self, store: CacheStore, scoring: bool = False):
-        """``scoring=True`` (``msmtfn-predict --cache``): calls without a label or a train/valid/test split are
-        kept too (``labelled`` says which are), and no split is required; training never uses this."""
+        """``scoring=True`` (``msmtfn-predict --cache``): calls without a label or a
+        train/valid/test split are kept too (``labelled`` says which are), and no split is required;
+        training never uses this."""
         self.store = store
         done, skipped = store.done(), store.skipped()
         pending = int((~done & ~skipped).sum())
@@ -76,9 +75,8 @@ class CallData:
             self.scheme: LabelScheme = store.scheme
         except StoreError as e:
             raise TrainError(str(e)) from None
-        self.level = (
-            self.scheme.level
-        )  # "call": one label per call | "segment": one per segment (utterance)
+        # "call": one label per call | "segment": one per segment (utterance)
+        self.level = self.scheme.level
         t = store.table()
         rows_by_call: dict[tuple[str, str], list[int]] = {}
         for i, (cid, var) in enumerate(zip(t["call_id"], t["variant"])):
@@ -96,9 +94,8 @@ class CallData:
             rows = sorted(rows, key=lambda r: (t["segment_index"][r], r))
             labels = {t["label"][r] for r in rows}
             splits = {t["split"][r] for r in rows}
-            if (
-                self.level == "segment"
-            ):  # each segment its own label; the call needs one labelled segment
+            # each segment its own label; the call needs one labelled segment
+            if self.level == "segment":
                 if len(splits) > 1:
                     raise TrainError(
                         f"{store.path}: call {cid!r} has segments in different splits "
@@ -170,11 +167,11 @@ class CallData:
         base = [b if ok else stand_in for b, ok in zip(base, self.labelled)]
         self.base_labels = base
         if self.level == "segment":
-            # per store row; a row without a valid label stays in its call as context but is never scored
+            # per store row; a row without a valid label stays in its call as context but is never
+            # scored
             mask = np.array([self.scheme.is_valid(x) for x in t["label"]], dtype=bool)
-            for c, ok in enumerate(
-                self.labelled
-            ):  # a call with no label at all: every segment is scored
+            # a call with no label at all: every segment is scored
+            for c, ok in enumerate(self.labelled):
                 if not ok:
                     mask[self.rows[c]] = True
             self.labelled_row = torch.as_tensor(
@@ -217,16 +214,16 @@ class CallData:
         return sorted({v for v in self.variants if v != "orig"})
 
     def variant_choices(self, calls: list[int], names: tuple[str, ...]) -> list[list[int]] | None:
-        """For each original call, [itself, its cached variants named in ``names``], or None when no variant is
-        asked for. A name is "all", a variant ("noise-2") or an augmentation ("noise": all of its copies)."""
+        """For each original call, [itself, its cached variants named in ``names``], or None when no
+        variant is asked for. A name is "all", a variant ("noise-2") or an augmentation ("noise":
+        all of its copies)."""
         if not names:
             return None
         valid = self.variant_names
         wanted: set[str] = set()
         unknown = []
-        for n in (
-            names
-        ):  # "all", an exact variant ("noise-2") or a family ("noise" = noise-1, noise-2, …)
+        # "all", an exact variant ("noise-2") or a family ("noise" = noise-1, noise-2, …)
+        for n in names:
             hit = set(valid) if n == "all" else {v for v in valid if n in (v, v.rsplit("-", 1)[0])}
             wanted |= hit
             if not hit:
@@ -245,7 +242,8 @@ class CallData:
     def targets(
         self, group: list[int], rows: np.ndarray
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-        """Labels of a batch: per call (B,), or per segment (S,) with the mask of labelled segments."""
+        """Labels of a batch: per call (B,), or per segment (S,) with the mask of labelled
+        segments."""
         if self.level == "segment":
             idx = torch.as_tensor(rows)
             return {k: v[idx] for k, v in self.labels.items()}, self.mask[idx]
@@ -260,7 +258,8 @@ class CallData:
     def packed_bytes(
         self, modalities: tuple[str, ...] = ("audio", "text"), calls: list[int] | None = None
     ) -> int:
-        """float16 bytes of the valid rows of ``calls`` (what packed resident features hold, offsets aside)."""
+        """float16 bytes of the valid rows of ``calls`` (what packed resident features hold, offsets
+        aside)."""
         rows = torch.as_tensor(self.used_rows(calls))
         n = 0
         if "audio" in modalities:
@@ -286,9 +285,9 @@ def pad_packed(
     idx: torch.Tensor,
     width: int,
 ) -> torch.Tensor:
-    """(S, width, d) zero-padded batch of the packed segments ``idx``: the one place batches are padded, for
-    training, evaluation and msmtfn-predict alike. ``packed`` (rows, d) holds each segment's valid rows in order,
-    segment i from ``offsets[i]`` for ``lengths[i]`` rows."""
+    """(S, width, d) zero-padded batch of the packed segments ``idx``: the one place batches are
+    padded, for training, evaluation and msmtfn-predict alike. ``packed`` (rows, d) holds each
+    segment's valid rows in order, segment i from ``offsets[i]`` for ``lengths[i]`` rows."""
     lengths = lengths[idx].clamp(max=width)
     out = torch.zeros((len(idx), width, packed.shape[1]), dtype=packed.dtype, device=packed.device)
     at = torch.arange(width, device=packed.device)[None, :]
@@ -298,7 +297,8 @@ def pad_packed(
 
 
 def pad_segments(rows: list[np.ndarray], width: int, device: torch.device) -> torch.Tensor:
-    """(S, width, d) float16 batch of in-memory segments (each (valid rows, d)), through :func:`pad_packed`."""
+    """(S, width, d) float16 batch of in-memory segments (each (valid rows, d)), through
+    :func:`pad_packed`."""
     lengths = torch.as_tensor([len(r) for r in rows], dtype=torch.long)
     offsets = torch.zeros(len(rows) + 1, dtype=torch.long)
     torch.cumsum(lengths, 0, out=offsets[1:])
@@ -313,11 +313,12 @@ def pad_segments(rows: list[np.ndarray], width: int, device: torch.device) -> to
 
 
 class FeatureSource:
-    """Rows of hidden states by index: resident on the device (float16, loaded once), or read from the store per
-    batch. Only the modalities the model uses are ever read (``--modality text`` never touches audio).
+    """Rows of hidden states by index: resident on the device (float16, loaded once), or read from
+    the store per batch. Only the modalities the model uses are ever read (``--modality text`` never
+    touches audio).
 
-    Resident features are packed (valid rows only, see the module doc); ``packed=False`` keeps the padded
-    (segments, rows, d) layout, for comparison (tests, bench/packed_features.py)."""
+    Resident features are packed (valid rows only, see the module doc); ``packed=False`` keeps the
+    padded (segments, rows, d) layout, for comparison (tests, bench/packed_features.py)."""
 
     LOAD_ROWS = 256  # rows per read while loading (bounds host memory)
 
@@ -341,12 +342,10 @@ class FeatureSource:
         self.resident = need <= budget
         self._map = None
         self.audio = self.text = None
-        self._offsets: dict[
-            str, torch.Tensor
-        ] = {}  # packed: modality -> (rows + 1,) start of each row's block
-        self._lengths: dict[
-            str, torch.Tensor
-        ] = {}  # packed: modality -> (rows,) valid rows of each
+        # packed: modality -> (rows + 1,) start of each row's block
+        self._offsets: dict[str, torch.Tensor] = {}
+        # packed: modality -> (rows,) valid rows of each
+        self._lengths: dict[str, torch.Tensor] = {}
         if self.resident:
             rows = np.sort(data.used_rows(calls))
             log.info(
@@ -383,8 +382,9 @@ class FeatureSource:
             return 4 * 2**30
 
     def _load(self, name: str, rows: np.ndarray) -> torch.Tensor:
-        """All ``rows`` of one array into one float16 tensor on the device, read a few hundred rows at a time:
-        packed (valid rows only, with offsets and lengths kept aside) or padded as stored."""
+        """All ``rows`` of one array into one float16 tensor on the device, read a few hundred rows
+        at a time: packed (valid rows only, with offsets and lengths kept aside) or padded as
+        stored."""
         arr = self.data.store.array(name)
         if not self.packed:
             out = torch.empty(
@@ -408,9 +408,8 @@ class FeatureSource:
         for i in range(0, len(rows), self.LOAD_ROWS):
             x = self._read(name, rows[i : i + self.LOAD_ROWS])
             n = lengths[i : i + self.LOAD_ROWS]
-            valid = (
-                torch.arange(width)[None, :] < n[:, None]
-            )  # row-major: each row's valid rows, in order
+            # row-major: each row's valid rows, in order
+            valid = torch.arange(width)[None, :] < n[:, None]
             out[int(offsets[i]) : int(offsets[i + len(n)])] = x[valid].to(self.device)
         self._offsets[mod], self._lengths[mod] = offsets.to(self.device), lengths.to(self.device)
         return out
@@ -422,7 +421,8 @@ class FeatureSource:
 
     @property
     def resident_bytes(self) -> int:
-        """Bytes the resident features hold on the device (offsets and lengths included); 0 when streaming."""
+        """Bytes the resident features hold on the device (offsets and lengths included); 0 when
+        streaming."""
         tensors = [t for t in (self.audio, self.text) if t is not None]
         tensors += [t for m, t in self._offsets.items() if m in self.modalities]
         tensors += [t for m, t in self._lengths.items() if m in self.modalities]
@@ -430,16 +430,16 @@ class FeatureSource:
 
     def _read(self, name: str, rows: np.ndarray) -> torch.Tensor:
         arr = self.data.store.array(name)
-        if (
-            len(rows) and rows[-1] - rows[0] + 1 == len(rows) and np.all(np.diff(rows) == 1)
-        ):  # one slice read
+        # one slice read
+        if len(rows) and rows[-1] - rows[0] + 1 == len(rows) and np.all(np.diff(rows) == 1):
             out = arr[int(rows[0]) : int(rows[-1]) + 1]
         else:
             out = arr.get_orthogonal_selection((rows, slice(None), slice(None)))
         return torch.from_numpy(np.ascontiguousarray(out))
 
     def view(self, modalities: tuple[str, ...]) -> FeatureSource:
-        """The same loaded features serving a model that uses fewer modalities (a sweep loads the cache once)."""
+        """The same loaded features serving a model that uses fewer modalities (a sweep loads the
+        cache once)."""
         missing = set(modalities) - set(self.modalities)
         if missing:
             raise ValueError(f"features loaded without {', '.join(sorted(missing))}")
@@ -454,8 +454,8 @@ class FeatureSource:
     def get(
         self, rows: np.ndarray, a_max: int, t_max: int
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(audio (S, a_max, Da), text (S, t_max, Dt)) float16 on the device, None for an unused modality; rows
-        cut to the batch's longest."""
+        """(audio (S, a_max, Da), text (S, t_max, Dt)) float16 on the device, None for an unused
+        modality; rows cut to the batch's longest."""
         if self.resident:
             idx = self._map[torch.as_tensor(rows)]
             if bool((idx < 0).any()):  # a row that was not loaded would silently read another row
@@ -505,9 +505,8 @@ class Batches:
 
     def _groups(self) -> list[list[int]]:
         order = self.calls
-        if (
-            self.choices is not None
-        ):  # one version of each call this epoch: the original or a cached variant
+        # one version of each call this epoch: the original or a cached variant
+        if self.choices is not None:
             pick = torch.randint(0, 2**31 - 1, (len(order),), generator=self.generator).tolist()
             order = [ch[p % len(ch)] for ch, p in zip(self.choices, pick)]
         if self.shuffle:
@@ -520,9 +519,8 @@ class Batches:
         rows = np.concatenate([d.rows[c] for c in group])
         a_len, t_len = d.audio_len[rows], d.text_len[rows]
         a_max = int(a_len.max())
-        t_max = (
-            d.text_tokens if self.full_text else int(t_len.max())
-        )  # flatten pooling needs all T rows
+        # flatten pooling needs all T rows
+        t_max = d.text_tokens if self.full_text else int(t_len.max())
         audio, text = self.source.get(rows, a_max, t_max)
         dev = self.source.device
         labels, mask = d.targets(group, rows)
@@ -565,7 +563,8 @@ class Batches:
 
 
 def open_cache(path: str, storage_options: dict | None = None) -> CacheStore:
-    """A store path or URL (s3://bucket/NAME.zarr: fsspec options from MSMTFN_STORAGE_OPTIONS, AWS_ENDPOINT_URL)."""
+    """A store path or URL (s3://bucket/NAME.zarr: fsspec options from MSMTFN_STORAGE_OPTIONS,
+    AWS_ENDPOINT_URL)."""
     try:
         return CacheStore.open(path, storage_options=storage_options)
     except StoreError as e:
@@ -574,7 +573,8 @@ def open_cache(path: str, storage_options: dict | None = None) -> CacheStore:
 
 @dataclass
 class LoadedCache:
-    """A cache opened, checked and its features loaded once, so that many runs (a sweep) train from it."""
+    """A cache opened, checked and its features loaded once, so that many runs (a sweep) train from
+    it."""
 
     store: CacheStore
     data: CallData

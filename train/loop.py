@@ -1,4 +1,5 @@
-"""Stage 2: fit the fusion network, Bi-GRU and heads on cached tensors; select on validation; test once."""
+"""Stage 2: fit the fusion network, Bi-GRU and heads on cached tensors; select on validation; test
+once."""
 
 from __future__ import annotations
 
@@ -65,7 +66,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def seed_everything(seed: int) -> None:
-    """Python, NumPy and torch RNGs (bit-repeatable runs on CPU; CUDA kernels may still differ run to run)."""
+    """Python, NumPy and torch RNGs (bit-repeatable runs on CPU; CUDA kernels may still differ run
+    to run)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -118,8 +120,8 @@ def _loss(
     mask: torch.Tensor | None = None,
     regression: frozenset = frozenset(),
 ) -> torch.Tensor:
-    """Weighted sum over tasks: cross-entropy, or L1 for a regression (the MAE the field reports). ``mask``
-    (segment-level labels) leaves out the segments without a label."""
+    """Weighted sum over tasks: cross-entropy, or L1 for a regression (the MAE the field reports).
+    ``mask`` (segment-level labels) leaves out the segments without a label."""
     total = 0.0
     for t, out in logits.items():
         y = labels[t]
@@ -142,17 +144,17 @@ def evaluate(
     amp: bool,
     intervals: bool = False,
 ) -> tuple[float, dict, Scored]:
-    """(mean loss per scored item, metrics per task, the scored items) on one split; an item is a call, or a
-    labelled segment where labels belong to segments. The items come from train.predictions.run_model, the one
-    inference path that msmtfn-predict uses too. ``intervals``: each task's metrics also get ``ci95``, bootstrap
-    intervals over the split's calls (train/metrics.py)."""
+    """(mean loss per scored item, metrics per task, the scored items) on one split; an item is a
+    call, or a labelled segment where labels belong to segments. The items come from
+    train.predictions.run_model, the one inference path that msmtfn-predict uses too. ``intervals``:
+    each task's metrics also get ``ci95``, bootstrap intervals over the split's calls
+    (train/metrics.py)."""
     scored = run_model(model, batches, data, weights, device, amp, _loss)
     on = scored.labelled
     if not on.any():
         raise TrainError("nothing labelled to evaluate in this split")
-    preds = {
-        t: v[on] for t, v in scored.outputs.items()
-    }  # probabilities / values: every task derives from them
+    # probabilities / values: every task derives from them
+    preds = {t: v[on] for t, v in scored.outputs.items()}
     y_true = {t: v[on] for t, v in scored.truth.items()}
     metrics = all_task_metrics(data.scheme, y_true, preds)
     if intervals:
@@ -171,7 +173,8 @@ SELECTION_TEXT = {
 
 
 def resolve_task(cfg: TrainConfig, store) -> TrainConfig:
-    """``task=""`` means the dataset's main task: the first of its label scheme (MarketCalls 5, MOSI score)."""
+    """``task=""`` means the dataset's main task: the first of its label scheme (MarketCalls 5, MOSI
+    score)."""
     try:
         scheme = store.scheme
     except StoreError as e:
@@ -226,9 +229,10 @@ def _check_resumable(run_dir: Path, cfg: TrainConfig, fingerprint: str) -> None:
 
 
 class TrainingRun:
-    """One training run, in three rooms: :meth:`start` (cache, model, run folder, optimizer; or a resumed state),
-    :meth:`epoch` (one training pass, validation, selection, states) and :meth:`finish` (the selected checkpoint
-    on validation and test, prediction files, metrics, plots). :func:`fit` runs them in order."""
+    """One training run, in three rooms: :meth:`start` (cache, model, run folder, optimizer; or a
+    resumed state), :meth:`epoch` (one training pass, validation, selection, states) and
+    :meth:`finish` (the selected checkpoint on validation and test, prediction files, metrics,
+    plots). :func:`fit` runs them in order."""
 
     def __init__(
         self,
@@ -240,23 +244,22 @@ class TrainingRun:
     ):
         self.cfg, self.resume, self.overwrite, self.loaded = cfg, resume, overwrite, loaded
         self.t_start = time.perf_counter()
-        self.finished: dict | None = (
-            None  # an already finished run's metrics (resume): nothing to do
-        )
+        # an already finished run's metrics (resume): nothing to do
+        self.finished: dict | None = None
         self.run_dir: Path | None = None
         self.saved_epoch, self.history = (
             0,
             [],
         )  # the last epoch in train_state.pt; finished epochs (Ctrl-C note)
-        self.saving: tuple[int, tuple | None] | None = (
-            None  # (epoch, the state file before) while it is written
-        )
+        # (epoch, the state file before) while it is written
+        self.saving: tuple[int, tuple | None] | None = None
 
-    # ------------------------------------------------------------------------------------------ start
+    # ------------------------------------------------------------------------------------------
+    # start
     def _claim(self, run_dir: Path) -> list[Path]:
-        """A fresh run may not write over another run's files unless told to (``overwrite``): a finished run's
-        weights and metrics, or a killed run's resumable state, would be lost. Returns the old run's files to
-        remove (``overwrite``), once every start check has passed."""
+        """A fresh run may not write over another run's files unless told to (``overwrite``): a
+        finished run's weights and metrics, or a killed run's resumable state, would be lost.
+        Returns the old run's files to remove (``overwrite``), once every start check has passed."""
         found = [n for n in (METRICS, CONFIG, WEIGHTS, STATE) if (run_dir / n).is_file()]
         if not found:
             return []
@@ -273,9 +276,8 @@ class TrainingRun:
     def start(self) -> TrainingRun:
         cfg, loaded, resume = self.cfg, self.loaded, self.resume
         self.device = device = loaded.device if loaded is not None else resolve_device(cfg.device)
-        if (
-            cfg.threads or device.type == "cpu"
-        ):  # 0 on CPU: by core count (config.default_threads); GPU: as it was
+        # 0 on CPU: by core count (config.default_threads); GPU: as it was
+        if cfg.threads or device.type == "cpu":
             torch.set_num_threads(effective_threads(cfg.threads))
         if resume and not cfg.out:
             raise TrainError("--resume needs the run folder (--out or --resume RUN_DIR)")
@@ -303,16 +305,14 @@ class TrainingRun:
         )
         model = build_model(cfg, dims)
         train_rows = data.used_rows(data.indices("train"))
-        for m in (
-            model.modalities
-        ):  # from the training split only; a resumed state restores the same buffers
+        # from the training split only; a resumed state restores the same buffers
+        for m in model.modalities:
             model.set_feature_stats(m, *feature_stats(store, train_rows, m))
         self.model = model = model.to(device)
         self.amp = cfg.amp and device.type == "cuda"
         self.run_dir = run_dir = run_dir or default_run_dir(cfg, store.dataset)
-        if (
-            not cfg.out
-        ):  # recorded, so that predict can find relative encoder folders from elsewhere
+        # recorded, so that predict can find relative encoder folders from elsewhere
+        if not cfg.out:
             self.cfg = cfg = cfg.with_(out=str(run_dir))
         self.state_path = run_dir / STATE
         self.weights_path = run_dir / WEIGHTS
@@ -327,9 +327,8 @@ class TrainingRun:
         choices = data.variant_choices(splits["train"], cfg.augment_variants)
         for path in stale:  # --overwrite: only once the run cannot be refused
             path.unlink(missing_ok=True)
-        run_dir.mkdir(
-            parents=True, exist_ok=True
-        )  # once the settings and the cache passed every check
+        # once the settings and the cache passed every check
+        run_dir.mkdir(parents=True, exist_ok=True)
         if cfg.plots:
             (run_dir / "plots").mkdir(exist_ok=True)
         n_params = sum(p.numel() for p in model.parameters())
@@ -417,17 +416,18 @@ class TrainingRun:
                 self.first - 1,
                 self.best_epoch,
             )
-        self.stopped = state is not None and state.get(
-            "stopped", False
-        )  # killed after an early stop was decided
+        # killed after an early stop was decided
+        self.stopped = state is not None and state.get("stopped", False)
         return self
 
-    # ------------------------------------------------------------------------------------------ epochs
+    # ------------------------------------------------------------------------------------------
+    # epochs
     def epochs(self) -> range:
         return range(self.first, self.cfg.epochs + 1) if not self.stopped else range(0)
 
     def epoch(self, epoch: int) -> bool:
-        """Train one epoch, score validation, keep the best checkpoint; True when early stopping ends the run."""
+        """Train one epoch, score validation, keep the best checkpoint; True when early stopping
+        ends the run."""
         cfg, model, opt, data = self.cfg, self.model, self.opt, self.data
         t0 = time.perf_counter()
         model.train()
@@ -478,8 +478,9 @@ class TrainingRun:
         )
         _write_history(self.run_dir / HISTORY, self.history)
         self.stopped = self.bad >= cfg.patience
-        # also on every improvement, so the state never trails the best-weights file it describes; written after
-        # that file: a kill between the two re-runs this epoch, which rewrites the same weights
+        # also on every improvement, so the state never trails the best-weights file it describes;
+        # written after that file: a kill between the two re-runs this epoch, which rewrites the
+        # same weights
         if cfg.state_every and (
             improved or self.stopped or epoch % cfg.state_every == 0 or epoch == cfg.epochs
         ):
@@ -509,12 +510,12 @@ class TrainingRun:
         """The one line a Ctrl-C prints: what is kept and the command that continues the run."""
         saved = self.saved_epoch
         if self.saving is not None and _file_id(self.state_path) not in (None, self.saving[1]):
-            saved = self.saving[
-                0
-            ]  # interrupted just after the new state replaced the old one (atomic rename)
+            # interrupted just after the new state replaced the old one (atomic rename)
+            saved = self.saving[0]
         return _interrupt_note(self.run_dir, saved, len(self.history), self.cfg.state_every)
 
-    # ------------------------------------------------------------------------------------------ finish
+    # ------------------------------------------------------------------------------------------
+    # finish
     def finish(self) -> dict:
         cfg, model, data, scheme, run_dir = (
             self.cfg,
@@ -585,8 +586,8 @@ class TrainingRun:
 
 
 def resume_problem(cfg: TrainConfig, store) -> str | None:
-    """Why ``fit(cfg, resume=True)`` could not continue or report ``cfg.out`` (other settings, another cache),
-    or None when it can (or there is nothing there yet)."""
+    """Why ``fit(cfg, resume=True)`` could not continue or report ``cfg.out`` (other settings,
+    another cache), or None when it can (or there is nothing there yet)."""
     run_dir = Path(cfg.out) if cfg.out else None
     if run_dir is None or not (run_dir / "config.json").is_file():
         return None
@@ -604,12 +605,14 @@ def fit(
     overwrite: bool = False,
     loaded: LoadedCache | None = None,
 ) -> dict:
-    """Train one configuration; writes the run folder and returns its metrics (``metrics['run_dir']``).
+    """Train one configuration; writes the run folder and returns its metrics
+    (``metrics['run_dir']``).
 
-    ``resume=True`` continues the run in ``cfg.out`` from its last finished epoch (``train_state.pt``) and gives
-    the same result as an uninterrupted run on CPU; a finished run is returned as it is. Without it a folder
-    that holds a run already is refused, unless ``overwrite=True``. ``loaded`` is a cache already in memory
-    (:func:`train.data.load_cache`), shared by the trials of a sweep."""
+    ``resume=True`` continues the run in ``cfg.out`` from its last finished epoch
+    (``train_state.pt``) and gives the same result as an uninterrupted run on CPU; a finished run is
+    returned as it is. Without it a folder that holds a run already is refused, unless
+    ``overwrite=True``. ``loaded`` is a cache already in memory (:func:`train.data.load_cache`),
+    shared by the trials of a sweep."""
     run = TrainingRun(cfg, resume=resume, overwrite=overwrite, loaded=loaded)
     try:
         run.start()
@@ -632,15 +635,15 @@ def _file_id(path: Path) -> tuple | None:
 
 
 class TrainInterrupted(KeyboardInterrupt):
-    """Ctrl-C during :func:`fit`; ``str()`` is one line: what was kept and the command that continues the run."""
+    """Ctrl-C during :func:`fit`; ``str()`` is one line: what was kept and the command that
+    continues the run."""
 
 
 def _interrupt_note(
     run_dir: Path | None, saved_epoch: int, finished_epochs: int, state_every: int
 ) -> str:
-    if (
-        run_dir is None or not (run_dir / CONFIG).is_file()
-    ):  # stopped while the cache or the model was loading
+    # stopped while the cache or the model was loading
+    if run_dir is None or not (run_dir / CONFIG).is_file():
         return "interrupted before the first epoch started; nothing was written: run the same command again"
     resume = f"resume with: msmtfn-train --resume {run_dir}"
     if saved_epoch and saved_epoch >= finished_epochs:
@@ -666,8 +669,8 @@ def _write_history(path: Path, history: list[dict]) -> None:
 
 
 def segmentation_record(store, data, splits) -> dict | None:
-    """How the run's training segments were made (pipeline/segment_profile.py), for msmtfn-predict to cut new
-    recordings alike."""
+    """How the run's training segments were made (pipeline/segment_profile.py), for msmtfn-predict
+    to cut new recordings alike."""
     rows = [int(r) for c in splits["train"] for r in data.rows[c]]
     max_seconds = float(store.settings.get("segmentation", {}).get("max_seconds", 40.0))
     profile = profile_rows(store.table(), store.segment_seconds(), rows, max_seconds)

@@ -1,6 +1,7 @@
-"""Evaluation for every task: accuracy, macro-F1, weighted-F1 and the confusion matrix (scikit-learn) for a
-classification; MAE and Pearson correlation for a regression, with the classification tasks derived from the
-predicted value the way the field reports CMU-MOSI/MOSEI (Acc2 in both conventions, F1, Acc5, Acc7)."""
+"""Evaluation for every task: accuracy, macro-F1, weighted-F1 and the confusion matrix
+(scikit-learn) for a classification; MAE and Pearson correlation for a regression, with the
+classification tasks derived from the predicted value the way the field reports CMU-MOSI/MOSEI (Acc2
+in both conventions, F1, Acc5, Acc7)."""
 
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
 def classes_from_values(
     task, values: np.ndarray, value_range: tuple[float, float] | None
 ) -> np.ndarray:
-    """Class indices of ``task`` for predicted values, through the same label map as the true labels."""
+    """Class indices of ``task`` for predicted values, through the same label map as the true
+    labels."""
     lo, hi = value_range or (-math.inf, math.inf)
     return np.array(
         [task.encode_one(repr(float(np.clip(v, lo, hi)))) for v in values], dtype=np.int64
@@ -48,7 +50,8 @@ def classes_from_values(
 
 
 def nonzero_binary(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
-    """Acc2/F1 in the "negative vs positive" convention: items whose true value is exactly 0 are left out."""
+    """Acc2/F1 in the "negative vs positive" convention: items whose true value is exactly 0 are
+    left out."""
     keep = y_true != 0
     t, p = y_true[keep] > 0, y_pred[keep] > 0
     if not keep.any():
@@ -64,22 +67,22 @@ def nonzero_binary(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
 class Reported:
     pred: np.ndarray  # class indices, or values for a regression
     derived_from: str | None  # the head it comes from when the task has none of its own
-    probs: np.ndarray | None = (
-        None  # (items, classes) when known: a head's softmax, or summed through a map
-    )
+    # (items, classes) when known: a head's softmax, or summed through a map
+    probs: np.ndarray | None = None
 
 
 def reported_predictions(scheme, outputs: dict[str, np.ndarray]) -> dict[str, Reported]:
-    """The one rule for what every reported task predicts (the metrics, the run's prediction files and
-    ``msmtfn-predict`` all call this, so a published figure describes what users get).
+    """The one rule for what every reported task predicts (the metrics, the run's prediction files
+    and ``msmtfn-predict`` all call this, so a published figure describes what users get).
 
     ``outputs``: per head, class probabilities (items, k) or class indices (items,), or values for a
-    regression. A task with its own head takes that head's most probable class. A task without one (single-task
-    training) is derived from a finer head through the scheme's label map: its classes' probabilities are the
-    sums of the finer classes mapped to them and it takes the most probable (with class indices alone: the map
-    of the index, the same thing for one-hot probabilities). Where a regression head exists (CMU-MOSI/MOSEI),
-    every classification task comes from its value (clipped and rounded), as the field reports them, and a class
-    head trained beside it is reported as ``<task>:head``."""
+    regression. A task with its own head takes that head's most probable class. A task without one
+    (single-task training) is derived from a finer head through the scheme's label map: its classes'
+    probabilities are the sums of the finer classes mapped to them and it takes the most probable
+    (with class indices alone: the map of the index, the same thing for one-hot probabilities).
+    Where a regression head exists (CMU-MOSI/MOSEI), every classification task comes from its value
+    (clipped and rounded), as the field reports them, and a class head trained beside it is reported
+    as ``<task>:head``."""
     out: dict[str, Reported] = {}
     reg = next((t for t in scheme.tasks if t.is_regression and t.name in outputs), None)
 
@@ -126,8 +129,9 @@ def _task_of(scheme, name: str):
 def all_task_metrics(
     scheme, y_true: dict[str, np.ndarray], preds: dict[str, np.ndarray]
 ) -> dict[str, dict]:
-    """Metrics for every reported task (:func:`reported_predictions`) from each head's ``preds`` (probabilities or
-    class indices, or values for a regression); derived tasks are marked ``derived_from``."""
+    """Metrics for every reported task (:func:`reported_predictions`) from each head's ``preds``
+    (probabilities or class indices, or values for a regression); derived tasks are marked
+    ``derived_from``."""
     out: dict[str, dict] = {}
     reg = next((t for t in scheme.tasks if t.is_regression and t.name in preds), None)
     for name, rep in reported_predictions(scheme, preds).items():
@@ -147,13 +151,14 @@ def all_task_metrics(
     return out
 
 
-# ------------------------------------------------------------------------------------------ bootstrap intervals
+# ------------------------------------------------------------------------------------------
+# bootstrap intervals
 BOOTSTRAP = 1000
 
 
 def _f1s(conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(macro F1, weighted F1) of a stack of confusion matrices (B, k, k) [true, pred]; like scikit-learn with
-    zero_division=0 over every label."""
+    """(macro F1, weighted F1) of a stack of confusion matrices (B, k, k) [true, pred]; like
+    scikit-learn with zero_division=0 over every label."""
     tp = np.diagonal(conf, axis1=1, axis2=2).astype(np.float64)
     support, predicted = conf.sum(2).astype(np.float64), conf.sum(1).astype(np.float64)
     denom = support + predicted
@@ -197,16 +202,18 @@ def bootstrap_intervals(
 ) -> dict[str, dict[str, list[float]]]:
     """Percentile bootstrap intervals of every reported figure: {task: {metric: [low, high]}}.
 
-    Resamples whole calls (``groups``: the call of each item, for segment-level labels) with replacement,
-    ``resamples`` times from a fixed ``seed``: the spread of a test figure that comes from which calls happened
-    to be in the test split (≈ 88 MarketCalls test calls make ACC2 ± 4.5 points)."""
+    Resamples whole calls (``groups``: the call of each item, for segment-level labels) with
+    replacement, ``resamples`` times from a fixed ``seed``: the spread of a test figure that comes
+    from which calls happened to be in the test split (≈ 88 MarketCalls test calls make ACC2 ± 4.5
+    points)."""
     n = len(next(iter(y_true.values()))) if y_true else 0
     if n < 2:
         return {}
     rng = np.random.default_rng(seed)
     if groups is None:
         idx = rng.integers(0, n, size=(resamples, n))
-    else:  # cluster bootstrap: draw calls, keep all of their items (ragged, so one resample at a time)
+    # cluster bootstrap: draw calls, keep all of their items (ragged, so one resample at a time)
+    else:
         _, inverse = np.unique(groups, return_inverse=True)
         members = [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)]
         draws = rng.integers(0, len(members), size=(resamples, len(members)))
@@ -238,7 +245,8 @@ def bootstrap_intervals(
 
 
 def selection_score(m: dict, selection: str, loss: float) -> tuple:
-    """Larger is better: the validation score that picks the checkpoint (ties broken as the tuple says)."""
+    """Larger is better: the validation score that picks the checkpoint (ties broken as the tuple
+    says)."""
     if "mae" in m:  # a regression: lower MAE, then higher correlation
         corr = m["corr"] if not math.isnan(m["corr"]) else -1.0
         return (-m["mae"], corr, -loss)

@@ -1,39 +1,50 @@
-"""The MSMT-FN fusion network on cached encoder hidden states (diagram and every choice: docs/model.md).
+"""The MSMT-FN fusion network on cached encoder hidden states (diagram and every choice:
+docs/model.md).
 
 Per segment (all segments of a batch at once), with text as the backbone:
 
-    text (T×Dt) ─proj─► t0 = [CLS_t; text] ─► TEXT BRANCH: self-attention ×text_branch_layers ──────┐
+    text (T×Dt) ─proj─► t0 = [CLS_t; text] ─► TEXT BRANCH: self-attention ×text_branch_layers
+    ──────┐
                                           └─► CROSS-MODAL BRANCH: ×cross_layers, CHAINED:          │
-    audio (A×Da) ─proj─► [CLS_a; audio] ──────► cross-attention (queries = branch, K/V = audio),    │
-                                                self-attention, FFN ────────────────────────────────┤
-         BOTTLENECK FUSION ×bottleneck_layers (Nagrani et al. 2021): each branch attends over        │
-         [its tokens; B] (B = bottleneck_tokens learned tokens); B ← mean of the two updates of B ◄──┘
+    audio (A×Da) ─proj─► [CLS_a; audio] ──────► cross-attention (queries = branch, K/V = audio),
+    │
+                                                self-attention, FFN
+                                                ────────────────────────────────┤
+         BOTTLENECK FUSION ×bottleneck_layers (Nagrani et al. 2021): each branch attends over
+         │
+         [its tokens; B] (B = bottleneck_tokens learned tokens); B ← mean of the two updates of B
+         ◄──┘
     segment vector = join(pool(text branch), mean(B after the last layer))
 
-Audio reaches the text branch only through B: from layer 2 on the text branch attends over a B that the
-cross-modal branch wrote, and the final B (written by both branches in the last layer) joins the pooled text
-branch, so even one bottleneck layer carries audio to every head. In the last layer the cross-modal branch
-computes only its update of B (its own tokens would be read by nothing).
+Audio reaches the text branch only through B: from layer 2 on the text branch attends over a B that
+the cross-modal branch wrote, and the final B (written by both branches in the last layer) joins the
+pooled text branch, so even one bottleneck layer carries audio to every head. In the last layer the
+cross-modal branch computes only its update of B (its own tokens would be read by nothing).
 
-Per call: Bi-GRU (packed, 2 layers × 128 per direction) over the call's segment vectors → call vector →
-one head per task (dropout, d → 512 → k). Where labels belong to segments (``ModelDims.level == "segment"``:
-CMU-MOSI/MOSEI utterances in a video, MELD utterances in a dialogue) the heads read each segment's vector joined
-with the Bi-GRU's output at that segment (its context in the call) instead. A regression task has a width-1
-head. Unlike the paper's public code, audio changes the output (nothing masks it out; see
-:func:`audio_path_problem`).
+Per call: Bi-GRU (packed, 2 layers × 128 per direction) over the call's segment vectors → call
+vector → one head per task (dropout, d → 512 → k). Where labels belong to segments
+(``ModelDims.level == "segment"``: CMU-MOSI/MOSEI utterances in a video, MELD utterances in a
+dialogue) the heads read each segment's vector joined with the Bi-GRU's output at that segment (its
+context in the call) instead. A regression task has a width-1 head. Unlike the paper's public code,
+audio changes the output (nothing masks it out; see :func:`audio_path_problem`).
 
-``audio_stride=N`` stacks N audio frames side by side into one row before the projection (N× fewer audio keys;
-default 1, every frame). The segments of a batch run in length groups where that saves padded work
-(:meth:`MSMTFN.length_groups`); the result is that of one padded batch.
+``audio_stride=N`` stacks N audio frames side by side into one row before the projection (N× fewer
+audio keys; default 1, every frame). The segments of a batch run in length groups where that saves
+padded work (:meth:`MSMTFN.length_groups`); the result is that of one padded batch.
 
 Ablations (``TrainConfig``), each "both" variant still reads audio:
-* ``cross_attention=False``: the second branch is the audio sequence itself ([CLS_a; audio], self-attention
-  + FFN ×cross_layers, no text queries); the bottleneck then fuses text and audio as in Nagrani et al.
-* ``bottleneck=False``: no bottleneck tokens; the segment vector joins the pooled text branch with the pooled
+* ``cross_attention=False``: the second branch is the audio sequence itself ([CLS_a; audio],
+self-attention
+  + FFN ×cross_layers, no text queries); the bottleneck then fuses text and audio as in Nagrani et
+  al.
+* ``bottleneck=False``: no bottleneck tokens; the segment vector joins the pooled text branch with
+the pooled
   second branch (masked mean, or CLS under ``pooling="cls"``).
 * ``bigru=False`` mean-pools the segment vectors over the call; ``mtl=False`` keeps one head.
-* ``modality="text"``: the text branch alone (audio never read); ``modality="audio"``: the same single branch on
-  [CLS_a; audio] (text never read; ``flatten`` pooling becomes CLS, a 1000-row flatten being absurd).
+* ``modality="text"``: the text branch alone (audio never read); ``modality="audio"``: the same
+single branch on
+  [CLS_a; audio] (text never read; ``flatten`` pooling becomes CLS, a 1000-row flatten being
+  absurd).
 """
 
 from __future__ import annotations
@@ -59,13 +70,14 @@ class ModelDims:
 
 
 class Attention(nn.Module):
-    """Multi-head attention on ``F.scaled_dot_product_attention`` (fused flash/memory-efficient kernels)."""
+    """Multi-head attention on ``F.scaled_dot_product_attention`` (fused flash/memory-efficient
+    kernels)."""
 
-    # Heads narrower than this are computed zero-padded to it (same result: zeros add nothing to q·k, and the
-    # output's padded columns are dropped). Torch's CPU flash kernel is slower on a head of 4-12 than on one of
-    # 16 (8-wide heads padded: the attention 1.4x, a training step at width 32 1.2x faster; bench/fusion_speed.py
-    # --head-width).
-    # CUDA kernels take any multiple of 8: no padding there.
+    # Heads narrower than this are computed zero-padded to it (same result: zeros add nothing to
+    # q·k, and the output's padded columns are dropped). Torch's CPU flash kernel is slower on a
+    # head of 4-12 than on one of 16 (8-wide heads padded: the attention 1.4x, a training step at
+    # width 32 1.2x faster; bench/fusion_speed.py --head-width). CUDA kernels take any multiple of
+    # 8: no padding there.
     KERNEL_HEAD_DIM = {"cpu": 16}
 
     def __init__(self, d: int, heads: int, dropout: float):
@@ -100,10 +112,11 @@ class Attention(nn.Module):
 
 
 class Dropout(nn.Dropout):
-    """``nn.Dropout`` whose mask, on CPU, is drawn as ``uniform < 1 - p``: the same Bernoulli(1 - p) mask and
-    1 / (1 - p) scale, but torch's CPU ``bernoulli_`` draws one number at a time, 1.9x slower than this draw
-    (10 % of a training step at width 32; steps took 0.94-0.95x the time with this mask, bench/fusion_speed.py
-    --dropout). Elsewhere (CUDA's fused kernel), and in eval mode, torch's own."""
+    """``nn.Dropout`` whose mask, on CPU, is drawn as ``uniform < 1 - p``: the same Bernoulli(1 - p)
+    mask and 1 / (1 - p) scale, but torch's CPU ``bernoulli_`` draws one number at a time, 1.9x
+    slower than this draw (10 % of a training step at width 32; steps took 0.94-0.95x the time with
+    this mask, bench/fusion_speed.py --dropout). Elsewhere (CUDA's fused kernel), and in eval mode,
+    torch's own."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or x.device.type != "cpu" or not 0.0 < self.p < 1.0:
@@ -118,8 +131,9 @@ class FeedForward(nn.Sequential):
 
 
 class SelfBlock(nn.Module):
-    """Pre-LN transformer layer: self-attention + FFN. ``last_rows=n`` computes only the last n rows' outputs
-    (they still attend over every row): what a layer whose other rows nobody reads needs."""
+    """Pre-LN transformer layer: self-attention + FFN. ``last_rows=n`` computes only the last n
+    rows' outputs (they still attend over every row): what a layer whose other rows nobody reads
+    needs."""
 
     def __init__(self, d: int, heads: int, ffn: int, dropout: float, attn_dropout: float = 0.0):
         super().__init__()
@@ -142,7 +156,8 @@ class SelfBlock(nn.Module):
 
 
 class CrossModalLayer(nn.Module):
-    """Cross-attention (queries from this branch, keys/values from the audio), then self-attention, FFN."""
+    """Cross-attention (queries from this branch, keys/values from the audio), then self-attention,
+    FFN."""
 
     def __init__(self, d: int, heads: int, ffn: int, dropout: float, attn_dropout: float = 0.0):
         super().__init__()
@@ -157,9 +172,10 @@ class CrossModalLayer(nn.Module):
 
 
 class BottleneckLayer(nn.Module):
-    """Attention-bottleneck fusion (Nagrani et al. 2021): each branch attends over its tokens and the shared
-    bottleneck tokens B; B's new value is the mean of the two branches' updates of it. ``last=True``: the second
-    branch's own tokens are read by nothing after this layer, so only its update of B is computed."""
+    """Attention-bottleneck fusion (Nagrani et al. 2021): each branch attends over its tokens and
+    the shared bottleneck tokens B; B's new value is the mean of the two branches' updates of it.
+    ``last=True``: the second branch's own tokens are read by nothing after this layer, so only its
+    update of B is computed."""
 
     def __init__(self, d: int, heads: int, ffn: int, dropout: float, attn_dropout: float = 0.0):
         super().__init__()
@@ -187,9 +203,10 @@ def _valid(lengths: torch.Tensor, width: int) -> torch.Tensor:
 def stack_frames(
     x: torch.Tensor, lengths: torch.Tensor, stride: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each run of ``stride`` frames → one row of their features side by side (frame stacking), padding frames
-    past ``lengths`` zeroed (a last, partial run is zero-filled). (S, A, D), (S,) → (S, ceil(A/stride),
-    stride·D), ceil(lengths/stride). Nothing is lost: the projection after it sees every frame."""
+    """Each run of ``stride`` frames → one row of their features side by side (frame stacking),
+    padding frames past ``lengths`` zeroed (a last, partial run is zero-filled). (S, A, D), (S,) →
+    (S, ceil(A/stride), stride·D), ceil(lengths/stride). Nothing is lost: the projection after it
+    sees every frame."""
     if stride == 1:
         return x, lengths
     s, a, d = x.shape
@@ -201,14 +218,13 @@ def stack_frames(
 def cheapest_split(
     lens: np.ndarray, other: np.ndarray, overhead: float, most: int, units: int = 512
 ) -> list[tuple[int, int]]:
-    """The split of items sorted by ``lens`` (ascending) into at most ``most`` contiguous parts with the least
-    Σ_part size · lens_max · (other_max + lens_max) + overhead · parts, as (start, end) pairs: an exact dynamic
-    programme over the sorted order (O(most · n²)). Over ``units`` items the order is first cut into ``units``
-    equal runs, so the tables stay small."""
+    """The split of items sorted by ``lens`` (ascending) into at most ``most`` contiguous parts with
+    the least Σ_part size · lens_max · (other_max + lens_max) + overhead · parts, as (start, end)
+    pairs: an exact dynamic programme over the sorted order (O(most · n²)). Over ``units`` items the
+    order is first cut into ``units`` equal runs, so the tables stay small."""
     n = len(lens)
-    cuts = (
-        np.linspace(0, n, min(n, units) + 1).round().astype(int)
-    )  # unit u = items cuts[u]:cuts[u + 1]
+    # unit u = items cuts[u]:cuts[u + 1]
+    cuts = np.linspace(0, n, min(n, units) + 1).round().astype(int)
     u = len(cuts) - 1
     last = cuts[1:] - 1
     ulen = lens[last]  # sorted: a unit's longest is its last
@@ -241,12 +257,13 @@ def _masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 def audio_path_problem(cfg: TrainConfig) -> str | None:
-    """Why a ``modality="both"`` configuration would never let audio reach the heads, or None when it does.
+    """Why a ``modality="both"`` configuration would never let audio reach the heads, or None when
+    it does.
 
-    By structure (tests/test_train_model.py checks the rule against real gradients over a grid of settings):
-    audio enters the second branch through cross-attention, or is that branch under ``--no-cross-attention``;
-    the second branch reaches the text branch's segment vector through the final bottleneck tokens, or directly
-    under ``--no-bottleneck``."""
+    By structure (tests/test_train_model.py checks the rule against real gradients over a grid of
+    settings): audio enters the second branch through cross-attention, or is that branch under
+    ``--no-cross-attention``; the second branch reaches the text branch's segment vector through the
+    final bottleneck tokens, or directly under ``--no-bottleneck``."""
     if cfg.modality != "both":
         return None
     if cfg.cross_attention and cfg.cross_layers == 0:
@@ -276,8 +293,9 @@ class MSMTFN(nn.Module):
         )
         self.two = cfg.modality == "both"
         self.pooling = "cls" if (main_is_audio and cfg.pooling == "flatten") else cfg.pooling
-        # each modality: standardised per dimension with the training rows' statistics (train/normalise.py; set by
-        # set_feature_stats, saved with the weights), then projected to d
+        # each modality: standardised per dimension with the training rows' statistics
+        # (train/normalise.py; set by set_feature_stats, saved with the weights), then projected to
+        # d
         if self.uses_text:
             self.text_proj = nn.Linear(dims.text_dim, d)
             self.cls_text = nn.Parameter(torch.randn(1, 1, d) * 0.02)
@@ -294,9 +312,8 @@ class MSMTFN(nn.Module):
             SelfBlock(d, h, f, p, pa) for _ in range(cfg.text_branch_layers)
         )
         self.final_norm = nn.LayerNorm(d)
-        if (
-            self.two
-        ):  # the second branch: text querying audio, or (no cross-attention) the audio itself
+        # the second branch: text querying audio, or (no cross-attention) the audio itself
+        if self.two:
             self.second_layers = nn.ModuleList(
                 CrossModalLayer(d, h, f, p, pa)
                 if cfg.cross_attention
@@ -324,9 +341,8 @@ class MSMTFN(nn.Module):
                 bidirectional=True,
                 dropout=p if cfg.gru_layers > 1 else 0.0,
             )
-            if (
-                dims.level == "segment"
-            ):  # the segment itself + its context: the GRU output at its position
+            # the segment itself + its context: the GRU output at its position
+            if dims.level == "segment":
                 self.seg_proj = nn.Sequential(nn.Linear(d + 2 * cfg.gru_hidden, d), nn.GELU())
             else:
                 self.call_proj = nn.Sequential(nn.Linear(4 * cfg.gru_hidden, d), nn.GELU())
@@ -354,9 +370,8 @@ class MSMTFN(nn.Module):
         proj, cls = getattr(self, f"{modality}_proj"), getattr(self, f"cls_{modality}")
         mean, std = getattr(self, f"{modality}_mean"), getattr(self, f"{modality}_std")
         x = (x.to(cls.dtype) - mean.to(cls.dtype)) / std.to(cls.dtype)
-        if (
-            modality == "audio"
-        ):  # stride frames per row: the attention over audio has stride× fewer keys
+        # stride frames per row: the attention over audio has stride× fewer keys
+        if modality == "audio":
             x, lengths = stack_frames(x, lengths, self.cfg.audio_stride)
         x = proj(x)
         return torch.cat([cls.expand(x.shape[0], -1, -1), x], 1), _valid(lengths, x.shape[1])
@@ -368,19 +383,21 @@ class MSMTFN(nn.Module):
             return x[:, 0]
         return _masked_mean(x, valid)
 
-    # Segments of a batch run in groups of similar text length, each padded only to its own longest rows: padding
-    # rows cost as much as real ones and are then thrown away. Device type -> (most groups, the fixed cost of one
-    # more group in padded row pairs): a group costs ~ its segments × T × (A + T) row pairs (attention dominates)
-    # plus that much overhead; the contiguous split of the sorted order with the least total wins (exact:
-    # cheapest_split; steps 1-5 % faster than equal-size parts, bench/fusion_speed.py --splits). CPU: measured at
-    # width 32 before heads were padded for the kernel (a pair ~0.2 µs, a group's dispatch ~5 ms: 40 s segments
-    # gained 1.7x, 1.5-1.6x after; ~1 s segments (the demo's) stay one batch, bench/fusion_speed.py
-    # [--short-segments]); CUDA: launches ~2 ms vs ~2 ns a pair at 768, not measured yet (bench/gpu/run.sh).
+    # Segments of a batch run in groups of similar text length, each padded only to its own longest
+    # rows: padding rows cost as much as real ones and are then thrown away. Device type -> (most
+    # groups, the fixed cost of one more group in padded row pairs): a group costs ~ its segments ×
+    # T × (A + T) row pairs (attention dominates) plus that much overhead; the contiguous split of
+    # the sorted order with the least total wins (exact: cheapest_split; steps 1-5 % faster than
+    # equal-size parts, bench/fusion_speed.py --splits). CPU: measured at width 32 before heads were
+    # padded for the kernel (a pair ~0.2 µs, a group's dispatch ~5 ms: 40 s segments gained 1.7x,
+    # 1.5-1.6x after; ~1 s segments (the demo's) stay one batch, bench/fusion_speed.py
+    # [--short-segments]); CUDA: launches ~2 ms vs ~2 ns a pair at 768, not measured yet
+    # (bench/gpu/run.sh).
     LENGTH_GROUPS = {"cpu": (9, 30_000), "cuda": (4, 1_000_000)}
 
     def length_groups(self, audio_len, text_len, device_type: str) -> list[torch.Tensor] | None:
-        """Index groups (runs of the segments sorted by the backbone's length) that minimise padded work +
-        per-group overhead, or None when one padded batch is cheapest."""
+        """Index groups (runs of the segments sorted by the backbone's length) that minimise padded
+        work + per-group overhead, or None when one padded batch is cheapest."""
         most, overhead = self.LENGTH_GROUPS.get(device_type, (1, 0))
         key = text_len if self.cfg.modality != "audio" else audio_len
         n = len(key)
@@ -399,19 +416,19 @@ class MSMTFN(nn.Module):
             if self.cfg.modality == "both"
             else np.zeros(n)
         )
-        if (
-            n * lens[-1] * (other.max() + lens[-1]) <= 2 * overhead
-        ):  # any split costs more than the whole batch
+        # any split costs more than the whole batch
+        if n * lens[-1] * (other.max() + lens[-1]) <= 2 * overhead:
             return None
         parts = cheapest_split(lens, other, overhead, most)
         return None if len(parts) == 1 else [order[a:b] for a, b in parts]
 
     def segment_vectors(self, audio, audio_len, text, text_len) -> torch.Tensor:
-        """(S, d): one vector per segment. ``audio`` (S, A, Da) / ``text`` (S, T, Dt) in any float dtype (cast to
-        the model's), rows past ``audio_len`` / ``text_len`` are masked; an unused modality may be None.
+        """(S, d): one vector per segment. ``audio`` (S, A, Da) / ``text`` (S, T, Dt) in any float
+        dtype (cast to the model's), rows past ``audio_len`` / ``text_len`` are masked; an unused
+        modality may be None.
 
-        The result does not depend on how the batch is padded or grouped (up to float rounding): padding rows are
-        masked everywhere, so each group is trimmed to its own longest segment."""
+        The result does not depend on how the batch is padded or grouped (up to float rounding):
+        padding rows are masked everywhere, so each group is trimmed to its own longest segment."""
         groups = self.length_groups(
             audio_len, text_len, (audio if text is None else text).device.type
         )
@@ -474,11 +491,11 @@ class MSMTFN(nn.Module):
 
     # ------------------------------------------------------------------ calls
     def call_vectors(self, seg: torch.Tensor, seg_counts: torch.Tensor) -> torch.Tensor:
-        """(B, d) from the (S, d) segment vectors of B calls (``seg_counts`` segments each, in order)."""
+        """(B, d) from the (S, d) segment vectors of B calls (``seg_counts`` segments each, in
+        order)."""
         counts = seg_counts.tolist()
-        padded = nn.utils.rnn.pad_sequence(
-            list(torch.split(seg, counts)), batch_first=True
-        )  # (B, Smax, d)
+        # (B, Smax, d)
+        padded = nn.utils.rnn.pad_sequence(list(torch.split(seg, counts)), batch_first=True)
         mask = (torch.arange(padded.shape[1], device=seg.device)[None, :] < seg_counts[:, None])[
             ..., None
         ]
@@ -490,33 +507,33 @@ class MSMTFN(nn.Module):
         out, h_n = self.gru(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=padded.shape[1])
         mean = (out * mask).sum(1) / seg_counts[:, None].to(out.dtype)
-        # last layer's final states: forward direction after the last segment, backward after the first. The
-        # mean of the segment vectors rides beside the GRU (a residual path): without it the heads wait ~10
-        # epochs for the GRU to pass anything on (docs/model.md, bench/learning_robustness.py)
+        # last layer's final states: forward direction after the last segment, backward after the
+        # first. The mean of the segment vectors rides beside the GRU (a residual path): without it
+        # the heads wait ~10 epochs for the GRU to pass anything on (docs/model.md,
+        # bench/learning_robustness.py)
         seg_mean = (padded * mask).sum(1) / seg_counts[:, None].to(padded.dtype)
         return seg_mean + self.call_proj(torch.cat([mean, h_n[-2], h_n[-1]], dim=1))
 
     def context_vectors(self, seg: torch.Tensor, seg_counts: torch.Tensor) -> torch.Tensor:
-        """(S, d): each segment vector joined with the Bi-GRU's output at its place in its call (segment-level
-        labels); without the Bi-GRU, the segment vectors alone (no context)."""
+        """(S, d): each segment vector joined with the Bi-GRU's output at its place in its call
+        (segment-level labels); without the Bi-GRU, the segment vectors alone (no context)."""
         if not self.cfg.bigru:
             return seg
         counts = seg_counts.tolist()
-        padded = nn.utils.rnn.pad_sequence(
-            list(torch.split(seg, counts)), batch_first=True
-        )  # (B, Smax, d)
+        # (B, Smax, d)
+        padded = nn.utils.rnn.pad_sequence(list(torch.split(seg, counts)), batch_first=True)
         packed = pack_padded_sequence(
             padded, seg_counts.cpu(), batch_first=True, enforce_sorted=False
         )
         out, _ = self.gru(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=padded.shape[1])
         mask = torch.arange(padded.shape[1], device=seg.device)[None, :] < seg_counts[:, None]
-        return self.seg_proj(
-            torch.cat([seg, out[mask]], dim=1)
-        )  # mask keeps call order, segments in order
+        # mask keeps call order, segments in order
+        return self.seg_proj(torch.cat([seg, out[mask]], dim=1))
 
     def forward(self, audio, audio_len, text, text_len, seg_counts) -> dict[str, torch.Tensor]:
-        """{task: (B, k)} for call-level labels, {task: (S, k)} for segment-level ones (k = 1: a regression)."""
+        """{task: (B, k)} for call-level labels, {task: (S, k)} for segment-level ones (k = 1: a
+        regression)."""
         seg = self.segment_vectors(audio, audio_len, text, text_len)
         if self.dims.level == "segment":
             x = self.context_vectors(seg, seg_counts)
@@ -526,8 +543,9 @@ class MSMTFN(nn.Module):
 
 
 def build_model(cfg: TrainConfig, dims: ModelDims, *, check_audio_path: bool = True) -> MSMTFN:
-    """The model for ``cfg``; refuses settings that would silently drop audio (``check_audio_path=False`` only
-    for the test that verifies that rule against real gradients)."""
+    """The model for ``cfg``; refuses settings that would silently drop audio
+    (``check_audio_path=False`` only for the test that verifies that rule against real
+    gradients)."""
     if not cfg.task:  # the dataset's main task
         cfg = cfg.with_(task=next(iter(dims.tasks)))
     if cfg.task not in dims.tasks:

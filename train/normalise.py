@@ -1,28 +1,29 @@
 """Per-dimension standardisation of the cached hidden states, from training rows only.
 
-Frozen encoders' hidden states are far from unit scale and share a large common component: RoBERTa has a few
-outlier dimensions 10-20x the rest, a random tiny HuBERT's rows have std 0.15, and in every case what tells
-calls apart is a small variation on top of what all rows share. A LayerNorm per row does not remove that (the
-outliers dominate its statistics); subtracting each dimension's training mean and dividing by its std does, the
-way a linear probe's StandardScaler would. Measured on the demo task in docs/model.md. The statistics are model
-buffers, so they are saved with the checkpoint and prediction applies the very same numbers.
+Frozen encoders' hidden states are far from unit scale and share a large common component: RoBERTa
+has a few outlier dimensions 10-20x the rest, a random tiny HuBERT's rows have std 0.15, and in
+every case what tells calls apart is a small variation on top of what all rows share. A LayerNorm
+per row does not remove that (the outliers dominate its statistics); subtracting each dimension's
+training mean and dividing by its std does, the way a linear probe's StandardScaler would. Measured
+on the demo task in docs/model.md. The statistics are model buffers, so they are saved with the
+checkpoint and prediction applies the very same numbers.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-MAX_SEGMENTS = (
-    256  # segments sampled for the statistics: ~250k audio rows at the paper's size, a few seconds
-)
+# segments sampled for the statistics: ~250k audio rows at the paper's size, a few seconds
+MAX_SEGMENTS = 256
 _memo: dict = {}
 
 
 def feature_stats(
     store, rows: np.ndarray, modality: str, *, max_segments: int = MAX_SEGMENTS, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, std) float32 per hidden dimension of ``modality`` over the valid rows of store ``rows`` (a seeded
-    sample of at most ``max_segments`` of them); std is floored so a constant dimension maps to 0, not inf."""
+    """(mean, std) float32 per hidden dimension of ``modality`` over the valid rows of store
+    ``rows`` (a seeded sample of at most ``max_segments`` of them); std is floored so a constant
+    dimension maps to 0, not inf."""
     rows = np.unique(np.asarray(rows, dtype=np.int64))
     if len(rows) > max_segments:
         rows = np.sort(np.random.default_rng(seed).choice(rows, size=max_segments, replace=False))

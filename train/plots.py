@@ -46,7 +46,8 @@ def confusion_matrices(
         ax.set_yticks(range(len(names)), names, fontsize=8)
         for i, row in enumerate(cm):
             for j, v in enumerate(row):
-                # dark cells get white counts, light cells black ones: readable on every shade of the colour map
+                # dark cells get white counts, light cells black ones: readable on every shade of
+                # the colour map
                 ax.text(
                     j,
                     i,

@@ -1,9 +1,11 @@
-"""The one inference path: the model over batches of calls → per-item outputs → every reported task's answer.
+"""The one inference path: the model over batches of calls → per-item outputs → every reported
+task's answer.
 
-Training's evaluation (metrics.json), the run's prediction files (``predictions_{valid,test}.csv``) and
-``msmtfn-predict`` (new recordings, or ``--cache``) all go through :func:`run_model` / :func:`decode`, and every
-reported task is derived by ``train.metrics.reported_predictions``: what a published figure describes is what a
-user gets. The CSV columns are msmtfn-predict's (``pred_<task>``, ``p_<task>_<class>``), plus ``true_<task>``.
+Training's evaluation (metrics.json), the run's prediction files (``predictions_{valid,test}.csv``)
+and ``msmtfn-predict`` (new recordings, or ``--cache``) all go through :func:`run_model` /
+:func:`decode`, and every reported task is derived by ``train.metrics.reported_predictions``: what a
+published figure describes is what a user gets. The CSV columns are msmtfn-predict's
+(``pred_<task>``, ``p_<task>_<class>``), plus ``true_<task>``.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ from .config import effective_threads
 from .metrics import reported_predictions
 
 
-# ------------------------------------------------------------------------------------------------- tasks
+# -------------------------------------------------------------------------------------------------
+# tasks
 def output_tasks(scheme, heads: dict[str, int]) -> list[dict]:
-    """Every task the run reports, in the metrics' order and by their rule: its heads, the coarser tasks of a
-    single-head run, the classes a regression's score falls in and, beside a regression, the class heads as
-    ``<task>:head``. ``heads``: head name -> width (1 for a regression)."""
+    """Every task the run reports, in the metrics' order and by their rule: its heads, the coarser
+    tasks of a single-head run, the classes a regression's score falls in and, beside a regression,
+    the class heads as ``<task>:head``. ``heads``: head name -> width (1 for a regression)."""
     probe = {h: (np.zeros(1) if k == 1 else np.full((1, k), 1.0 / k)) for h, k in heads.items()}
     out = []
     for name in reported_predictions(scheme, probe):
@@ -39,7 +42,8 @@ def head_widths(model) -> dict[str, int]:
 
 
 def decode_outputs(scheme, tasks: list[dict], outputs: dict[str, np.ndarray]) -> list[dict]:
-    """Per item, {task: {"label", "probs"} or {"value"}} from per-head probabilities (items, k) / values (items,)."""
+    """Per item, {task: {"label", "probs"} or {"value"}} from per-head probabilities (items, k) /
+    values (items,)."""
     reported = reported_predictions(scheme, outputs)
     n = len(next(iter(outputs.values())))
     items: list[dict] = [{} for _ in range(n)]
@@ -75,21 +79,23 @@ def decode(scheme, tasks: list[dict], logits: dict[str, torch.Tensor]) -> list[d
     return decode_outputs(scheme, tasks, head_outputs(scheme, logits))
 
 
-# ------------------------------------------------------------------------------------------- the model run
+# ------------------------------------------------------------------------------------------- the
+# model run
 def regression_tasks(scheme) -> frozenset:
     return frozenset(t.name for t in scheme.tasks if t.is_regression)
 
 
 def model_outputs(model, audio, audio_len, text, text_len, seg_counts, device, amp: bool) -> dict:
-    """The model's raw head outputs, under bf16 autocast on CUDA when ``amp``: the one forward call of training,
-    evaluation and msmtfn-predict."""
+    """The model's raw head outputs, under bf16 autocast on CUDA when ``amp``: the one forward call
+    of training, evaluation and msmtfn-predict."""
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
         return model(audio, audio_len, text, text_len, seg_counts)
 
 
 @dataclass
 class Scored:
-    """One split (or any calls) through the model: one entry per scored item — a call, or a scored segment."""
+    """One split (or any calls) through the model: one entry per scored item — a call, or a scored
+    segment."""
 
     outputs: dict[str, np.ndarray]  # per head: probabilities (items, k) or values (items,)
     truth: dict[str, np.ndarray]  # per task: targets (meaningless where not ``labelled``)
@@ -101,8 +107,8 @@ class Scored:
 
 @torch.no_grad()
 def run_model(model, batches, data, weights: dict, device, amp: bool, loss_fn=None) -> Scored:
-    """The model over ``batches`` (eval mode): per-item outputs, targets and identities; ``loss_fn`` as in
-    training (train.loop._loss), on the labelled items only (None: no loss)."""
+    """The model over ``batches`` (eval mode): per-item outputs, targets and identities; ``loss_fn``
+    as in training (train.loop._loss), on the labelled items only (None: no loss)."""
     model.eval()
     scheme = data.scheme
     regression = regression_tasks(scheme)
@@ -171,7 +177,8 @@ def run_model(model, batches, data, weights: dict, device, amp: bool, loss_fn=No
     )
 
 
-# ------------------------------------------------------------------------------------------------- tables
+# -------------------------------------------------------------------------------------------------
+# tables
 def task_columns(tasks: list[dict]) -> list[str]:
     cols = []
     for t in tasks:
@@ -204,7 +211,8 @@ def _time(x) -> str:
 
 
 def prediction_table(scored: Scored, data, tasks: list[dict]) -> str:
-    """CSV: one row per call (or scored segment) with msmtfn-predict's columns and ``true_<task>``."""
+    """CSV: one row per call (or scored segment) with msmtfn-predict's columns and
+    ``true_<task>``."""
     scheme = data.scheme
     table = data.store.table()
     answers = decode_outputs(scheme, tasks, scored.outputs) if len(scored.calls) else []
@@ -233,8 +241,8 @@ def prediction_table(scored: Scored, data, tasks: list[dict]) -> str:
                 "",
             ]
         else:
-            # the seconds of audio in the call's scored segments, as msmtfn-predict counts them (empty for an
-            # older store's whole-file segments, whose length it did not keep)
+            # the seconds of audio in the call's scored segments, as msmtfn-predict counts them
+            # (empty for an older store's whole-file segments, whose length it did not keep)
             seconds = float(seconds_of[rows].sum())
             lead = [
                 data.calls[c],
@@ -255,14 +263,15 @@ def prediction_table(scored: Scored, data, tasks: list[dict]) -> str:
     return buf.getvalue()
 
 
-# ------------------------------------------------------------------------------------------ a cache's calls
+# ------------------------------------------------------------------------------------------ a
+# cache's calls
 SCORE_SPLITS = ("test", "valid", "train", "all")
 
 
 def use_threads(n: int, device: str = "cpu") -> None:
     """torch's CPU threads: ``n``, or on the CPU when ``n`` is 0 the count training takes by default
-    (train.config.default_threads); on a GPU 0 leaves torch's own. CPU float sums depend on the thread count, so
-    scoring with the run's own count reproduces its numbers to the last digit."""
+    (train.config.default_threads); on a GPU 0 leaves torch's own. CPU float sums depend on the
+    thread count, so scoring with the run's own count reproduces its numbers to the last digit."""
     if str(device).startswith("cpu"):
         n = effective_threads(n)
     if n:
@@ -278,9 +287,10 @@ def score_cache(
     storage_options: dict | None = None,
     threads: int = 0,
 ) -> tuple[str, int]:
-    """(CSV text, rows) of a trained run over the calls of an existing cache: the run's own cache (its
-    ``--split test`` output equals the run's predictions_test.csv) or a cache of new calls extracted with the
-    run's encoder settings (unlabelled calls are scored too; their ``true_*`` cells stay empty)."""
+    """(CSV text, rows) of a trained run over the calls of an existing cache: the run's own cache
+    (its ``--split test`` output equals the run's predictions_test.csv) or a cache of new calls
+    extracted with the run's encoder settings (unlabelled calls are scored too; their ``true_*``
+    cells stay empty)."""
     from pipeline.cache_settings import encoder_identity
     from pipeline.fingerprint import diff_settings
 

@@ -14,7 +14,8 @@ def _cells(m: dict) -> str:
 
 
 def _ci_cell(m: dict) -> str:
-    """The 95 % bootstrap interval of the accuracy (MAE for a regression) beside the test figures."""
+    """The 95 % bootstrap interval of the accuracy (MAE for a regression) beside the test
+    figures."""
     ci = m.get("ci95", {})
     key, scale, digits = ("mae", 1, 3) if "mae" in m else ("accuracy", 100, 1)
     if key not in ci:
@@ -51,9 +52,8 @@ def format_summary(metrics: dict) -> str:
         if has_test and t in metrics["test"]:
             row += _cells(metrics["test"][t]) + _ci_cell(metrics["test"][t])
         lines.append(row)
-        if (
-            "accuracy_nonzero" in v
-        ):  # CMU-MOSI/MOSEI's second Acc2 convention: zero-labelled items left out
+        # CMU-MOSI/MOSEI's second Acc2 convention: zero-labelled items left out
+        if "accuracy_nonzero" in v:
             row = f"{label + ' nz':<10}{_nonzero_cells(v)}"
             if has_test and "accuracy_nonzero" in metrics["test"].get(t, {}):
                 row += _nonzero_cells(metrics["test"][t])

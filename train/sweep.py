@@ -1,10 +1,12 @@
-"""Sweeps: many training configurations × seeds on one cache, loaded once, with tables a researcher can paste.
+"""Sweeps: many training configurations × seeds on one cache, loaded once, with tables a researcher
+can paste.
 
 A grid file (TOML) names the trials::
 
     name = "my-sweep"           # optional (default: the file's stem)
     seeds = 3                   # or a list [0, 1, 7]; --seeds on the command line wins
-    task = "2"                  # the task that sorts the table and the chart (default: the base's task)
+    task = "2"                  # the task that sorts the table and the chart (default: the base's
+    task)
 
     [base]                      # settings of every trial: any msmtfn-train option
     epochs = 40
@@ -13,20 +15,23 @@ A grid file (TOML) names the trials::
     lr = [1e-4, 3e-4]
     bottleneck_tokens = [2, 4]
 
-    [[trial]]                   # named configurations (rows); crossed with [grid] when both are given
+    [[trial]]                   # named configurations (rows); crossed with [grid] when both are
+    given
     name = "w/o MTL"
     mtl = false
     paper = { acc2 = 71.23 }    # published figures shown beside this row (acc<k> / f1<k>, percent)
 
-Each (configuration, seed) is a trial, trained by :func:`train.loop.fit` into ``<sweep>/trials/<slug>/s<seed>``
-(the same run folder as ``msmtfn-train``) from one in-memory copy of the cache. Every setting (grid file,
-``--set``, seeds) is checked before anything is written. A finished trial (``metrics.json``) is never run again;
-an interrupted one continues from its last epoch (``--resume``); a sweep whose kept trials were run with other
-settings is refused; a trial that fails is recorded in ``trials.csv`` and the sweep goes on.
-``results.csv``/``results.md``/``results.png`` summarise mean ± std over seeds of every task's test accuracy and F1 (checkpoints selected on validation).
-``best.json`` (and the link ``best`` where links can be made) names the trial selected by validation alone;
-:func:`resolve_run` turns a sweep folder into that trial's run folder (``msmtfn-predict --run SWEEP``). Log lines
-made while a trial runs start with ``[<configuration>/s<seed>]`` and are written around the progress bar.
+Each (configuration, seed) is a trial, trained by :func:`train.loop.fit` into
+``<sweep>/trials/<slug>/s<seed>`` (the same run folder as ``msmtfn-train``) from one in-memory copy
+of the cache. Every setting (grid file, ``--set``, seeds) is checked before anything is written. A
+finished trial (``metrics.json``) is never run again; an interrupted one continues from its last
+epoch (``--resume``); a sweep whose kept trials were run with other settings is refused; a trial
+that fails is recorded in ``trials.csv`` and the sweep goes on.
+``results.csv``/``results.md``/``results.png`` summarise mean ± std over seeds of every task's test
+accuracy and F1 (checkpoints selected on validation). ``best.json`` (and the link ``best`` where
+links can be made) names the trial selected by validation alone; :func:`resolve_run` turns a sweep
+folder into that trial's run folder (``msmtfn-predict --run SWEEP``). Log lines made while a trial
+runs start with ``[<configuration>/s<seed>]`` and are written around the progress bar.
 """
 
 from __future__ import annotations
@@ -53,8 +58,8 @@ from pipeline.atomic import atomic_write_bytes, atomic_write_json
 
 from .config import ConfigError, TrainConfig, normalise_keys
 
-# torch, numpy and the trainer are imported where they are used: reading and checking a grid file, and finding a
-# sweep's selected trial (msmtfn-predict --run SWEEP), answer without them
+# torch, numpy and the trainer are imported where they are used: reading and checking a grid file,
+# and finding a sweep's selected trial (msmtfn-predict --run SWEEP), answer without them
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +74,8 @@ PRESETS = ("paper-ablation", "bottleneck-lr")
 class Configuration:
     name: str
     settings: dict  # TrainConfig fields (normalised keys) over the sweep's base
-    paper: dict = field(
-        default_factory=dict
-    )  # {"acc2": 76.6, "f1_5": ...} published figures, percent
+    # {"acc2": 76.6, "f1_5": ...} published figures, percent
+    paper: dict = field(default_factory=dict)
 
     @property
     def slug(self) -> str:
@@ -124,8 +128,8 @@ def _value_name(v) -> str:
 
 
 def resolve_grid(grid: str | Path) -> Path:
-    """A path to a TOML file, or a shipped preset's name (``paper-ablation``, also ``sweeps/paper-ablation.toml``
-    when no such file exists)."""
+    """A path to a TOML file, or a shipped preset's name (``paper-ablation``, also
+    ``sweeps/paper-ablation.toml`` when no such file exists)."""
     p = Path(grid)
     if p.is_file():
         return p
@@ -138,7 +142,8 @@ def resolve_grid(grid: str | Path) -> Path:
 
 
 def _check_value(where: str, key: str, value) -> None:
-    """One setting alone over the defaults, so a wrong value is named with its key and where it was written."""
+    """One setting alone over the defaults, so a wrong value is named with its key and where it was
+    written."""
     try:
         TrainConfig.from_dict({key: value, "cache": "-"}, source=where)
     except ConfigError as e:
@@ -158,7 +163,8 @@ def _table(value, where: str) -> dict:
 
 
 def _seeds(seeds, where: str) -> tuple[int, ...]:
-    """``3`` → seeds 0, 1, 2; a list → those seeds. Anything else is refused: "12" is not 12, nor seeds 1 and 2."""
+    """``3`` → seeds 0, 1, 2; a list → those seeds. Anything else is refused: "12" is not 12, nor
+    seeds 1 and 2."""
     whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731 — true is an int in Python
     if whole(seeds):
         if seeds < 1:
@@ -181,8 +187,9 @@ def _seeds(seeds, where: str) -> tuple[int, ...]:
 def parse_grid(
     data: dict, name: str = "sweep", source: str = "", seeds=None, overrides: dict | None = None
 ) -> SweepSpec:
-    """The configurations of a grid file's table, ``overrides`` (``--set``) over every one; each setting and each
-    configuration is checked as a TrainConfig here, so a bad value stops the sweep before anything is written."""
+    """The configurations of a grid file's table, ``overrides`` (``--set``) over every one; each
+    setting and each configuration is checked as a TrainConfig here, so a bad value stops the sweep
+    before anything is written."""
     known = {"name", "seeds", "task", "base", "grid", "trial"}
     for key in data:
         if key not in known:
@@ -252,9 +259,8 @@ def parse_grid(
                 ) from None
             except (TypeError, ValueError) as e:
                 raise ConfigError(f"{source}: {full!r}: {e}") from None
-            configs.append(
-                Configuration(full, settings, paper if not combo else {})
-            )  # figures of the paper's setting
+            # figures of the paper's setting
+            configs.append(Configuration(full, settings, paper if not combo else {}))
     if len({c.slug for c in configs}) != len(configs):
         raise ConfigError(
             f"{source}: two configurations have the same name; give each [[trial]] its own name"
@@ -312,9 +318,9 @@ _factory_installed = False
 
 
 def _name_trial_records() -> None:
-    """Every log record made while a trial runs (in its thread) starts with ``[<configuration>/s<seed>] ``,
-    whichever module logs it (the loop's epochs, early stopping, the data's warnings). Installed once; a record
-    made outside a trial is left as it is."""
+    """Every log record made while a trial runs (in its thread) starts with
+    ``[<configuration>/s<seed>] ``, whichever module logs it (the loop's epochs, early stopping, the
+    data's warnings). Installed once; a record made outside a trial is left as it is."""
     global _factory_installed
     if _factory_installed:
         return
@@ -332,7 +338,8 @@ def _name_trial_records() -> None:
 
 
 class SweepInterrupted(KeyboardInterrupt):
-    """Ctrl-C during a sweep; ``str()`` is the one line that says what is kept and the command that resumes."""
+    """Ctrl-C during a sweep; ``str()`` is the one line that says what is kept and the command that
+    resumes."""
 
     def __init__(self, root: Path, command: str):
         self.root, self.command = root, command
@@ -343,7 +350,8 @@ class SweepInterrupted(KeyboardInterrupt):
 
 
 def resume_command(opts: SweepOptions, root: Path) -> str:
-    """The msmtfn-sweep command that continues this sweep (the options that change what it runs, and --resume)."""
+    """The msmtfn-sweep command that continues this sweep (the options that change what it runs, and
+    --resume)."""
     words = ["msmtfn-sweep", "--cache", opts.cache, "--grid", opts.grid, "--out", str(root)]
     if opts.seeds is not None:
         words += ["--seeds", str(opts.seeds)]
@@ -354,10 +362,12 @@ def resume_command(opts: SweepOptions, root: Path) -> str:
     return shlex.join(words + ["--resume"])
 
 
-# --------------------------------------------------------------------------- the selected trial: best.json, best
+# --------------------------------------------------------------------------- the selected trial:
+# best.json, best
 BEST = "best.json"
 BEST_LINK = "best"
-# metrics.json's "selection" text (train.loop.SELECTION_TEXT) -> the metric it names, for runs without its "key"
+# metrics.json's "selection" text (train.loop.SELECTION_TEXT) -> the metric it names, for runs
+# without its "key"
 _SELECTION_KEYS = (
     ("validation macro-F1", "macro_f1"),
     ("validation weighted F1", "weighted_f1"),
@@ -367,7 +377,8 @@ _SELECTION_KEYS = (
 
 
 class NoFinishedTrial(FileNotFoundError):
-    """A sweep folder given where a run folder is needed, but none of its trials has finished yet."""
+    """A sweep folder given where a run folder is needed, but none of its trials has finished
+    yet."""
 
 
 def _read_spec(root: Path) -> SweepSpec:
@@ -386,9 +397,8 @@ def _read_spec(root: Path) -> SweepSpec:
 def _selection_metric(runs: list[dict], task: str) -> str:
     if any("mae" in m["val"].get(task, {}) for m in runs):
         return "mae"
-    for m in (
-        runs
-    ):  # one metric for every trial: the scheme's (one cache, one scheme), as the trainer selected
+    # one metric for every trial: the scheme's (one cache, one scheme), as the trainer selected
+    for m in runs:
         key = m.get("selection", {}).get("key")
         if key in ("macro_f1", "weighted_f1", "accuracy"):
             return key
@@ -400,8 +410,8 @@ def _selection_metric(runs: list[dict], task: str) -> str:
 
 
 def _score(m: dict, task: str, metric: str) -> tuple:
-    """Larger is better, as train.metrics.selection_score ranks a run's epochs: the metric, then accuracy (for
-    MAE: correlation), then the validation loss. NaN counts as the worst."""
+    """Larger is better, as train.metrics.selection_score ranks a run's epochs: the metric, then
+    accuracy (for MAE: correlation), then the validation loss. NaN counts as the worst."""
     v, loss = m["val"][task], m.get("val_loss")
     worst = lambda x: -math.inf if x is None or (isinstance(x, float) and math.isnan(x)) else x  # noqa: E731
     neg_loss = worst(None if loss is None else -loss)
@@ -411,11 +421,12 @@ def _score(m: dict, task: str, metric: str) -> tuple:
 
 
 def select_best(root: str | Path) -> dict | None:
-    """The trial a sweep selects, BY VALIDATION only, over all its finished trials: the best validation score
-    of the sweep's task (the grid's ``task``, else the base's, as results.md is sorted), ranked as the trainer
-    ranks epochs (the scheme's metric, then accuracy, then loss; MAE, then correlation, then loss for a
-    regression); a tie left after that goes to the trial first in the grid (configurations in order, then
-    seeds), as the trainer keeps its earliest epoch. None when no trial has finished."""
+    """The trial a sweep selects, BY VALIDATION only, over all its finished trials: the best
+    validation score of the sweep's task (the grid's ``task``, else the base's, as results.md is
+    sorted), ranked as the trainer ranks epochs (the scheme's metric, then accuracy, then loss; MAE,
+    then correlation, then loss for a regression); a tie left after that goes to the trial first in
+    the grid (configurations in order, then seeds), as the trainer keeps its earliest epoch. None
+    when no trial has finished."""
     root = Path(root)
     spec = _read_spec(root)
     finished = []
@@ -438,9 +449,8 @@ def select_best(root: str | Path) -> dict | None:
         if task not in m["val"]:
             continue
         score = _score(m, task, metric)
-        if (
-            best is None or score > best_score
-        ):  # strictly better: an equal score keeps the earlier trial
+        # strictly better: an equal score keeps the earlier trial
+        if best is None or score > best_score:
             best, best_score = (config, seed, m), score
     if best is None:
         return None
@@ -463,8 +473,9 @@ def select_best(root: str | Path) -> dict | None:
 
 
 def write_best(root: str | Path) -> dict | None:
-    """Write ``best.json`` (the selected trial, :func:`select_best`) and, where the filesystem allows links, the
-    link ``best`` -> that trial's run folder; with no finished trial, remove both. Returns the record."""
+    """Write ``best.json`` (the selected trial, :func:`select_best`) and, where the filesystem
+    allows links, the link ``best`` -> that trial's run folder; with no finished trial, remove both.
+    Returns the record."""
     root = Path(root)
     rec = select_best(root)
     link = root / BEST_LINK
@@ -479,9 +490,8 @@ def write_best(root: str | Path) -> dict | None:
 
 
 def _link(link: Path, target: str) -> None:
-    if (
-        link.exists() and not link.is_symlink()
-    ):  # a file or folder someone put there: never replaced
+    # a file or folder someone put there: never replaced
+    if link.exists() and not link.is_symlink():
         log.warning(
             "%s exists and is not a link; the selected trial is named in %s only", link, BEST
         )
@@ -516,14 +526,16 @@ def _write_best_quietly(root: Path) -> None:
 
 
 def resolve_run(path: str | Path) -> tuple[Path, str | None]:
-    """The run folder ``path`` names, and a note saying how it was chosen (None when ``path`` is taken as it is).
+    """The run folder ``path`` names, and a note saying how it was chosen (None when ``path`` is
+    taken as it is).
 
-    A sweep folder (it holds ``sweep.json``) or its ``best`` link (also where the link could not be made) stands
-    for the trial the sweep selected by validation (``best.json``, else :func:`select_best` over the finished
-    trials): that trial's run folder, and the note ``sweep SWEEP: using trial <configuration>/s<seed>
-    (validation macro_f1 of 5 = 0.71)``. Any other path is returned as it is (a run folder, or a path the
-    caller's own checks reject). A sweep with no finished trial raises :class:`NoFinishedTrial` (an OSError)
-    with one line. Reads files only: no torch, nothing written."""
+    A sweep folder (it holds ``sweep.json``) or its ``best`` link (also where the link could not be
+    made) stands for the trial the sweep selected by validation (``best.json``, else
+    :func:`select_best` over the finished trials): that trial's run folder, and the note ``sweep
+    SWEEP: using trial <configuration>/s<seed> (validation macro_f1 of 5 = 0.71)``. Any other path
+    is returned as it is (a run folder, or a path the caller's own checks reject). A sweep with no
+    finished trial raises :class:`NoFinishedTrial` (an OSError) with one line. Reads files only: no
+    torch, nothing written."""
     p = Path(path)
     if p.name == BEST_LINK and (p.parent / "sweep.json").is_file():
         root = p.parent
@@ -553,8 +565,9 @@ def resolve_run(path: str | Path) -> tuple[Path, str | None]:
 
 
 def run_sweep(opts: SweepOptions) -> dict:
-    """Run every missing trial; returns the summary (also written as results.csv/.md/.png and best.json in the
-    sweep folder). Ctrl-C raises :class:`SweepInterrupted` (a KeyboardInterrupt) naming the command that resumes."""
+    """Run every missing trial; returns the summary (also written as results.csv/.md/.png and
+    best.json in the sweep folder). Ctrl-C raises :class:`SweepInterrupted` (a KeyboardInterrupt)
+    naming the command that resumes."""
     spec = read_grid(opts.grid, seeds=opts.seeds, overrides=opts.overrides)
     root = Path(opts.out) if opts.out else Path("runs") / "sweeps" / spec.name
     try:
@@ -643,9 +656,8 @@ def _run_sweep(opts: SweepOptions, spec: SweepSpec, root: Path) -> dict:
     def one(config: Configuration, seed: int) -> tuple[tuple[str, int], dict]:
         d = trial_dir(root, config, seed)
         t0 = time.perf_counter()
-        token = TRIAL.set(
-            trial_name(config, seed)
-        )  # every log line of this trial (this thread) is named by it
+        # every log line of this trial (this thread) is named by it
+        token = TRIAL.set(trial_name(config, seed))
         try:
             m = fit(configs[(config.name, seed)], resume=True, loaded=loaded)
             st = "resumed" if m.get("resumed_after_epoch") else "done"
@@ -655,9 +667,8 @@ def _run_sweep(opts: SweepOptions, spec: SweepSpec, root: Path) -> dict:
                 "seconds": time.perf_counter() - t0,
             }
         except Exception as e:  # noqa: BLE001 — any failure of one trial (a bad combination, out of memory, a bug
-            log.error(
-                "trial failed: %s (traceback: %s)", e, d / "error.txt"
-            )  # it hits) must not stop the others
+            # it hits) must not stop the others
+            log.error("trial failed: %s (traceback: %s)", e, d / "error.txt")
             d.mkdir(parents=True, exist_ok=True)
             (d / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
             return (config.name, seed), {
@@ -710,8 +721,9 @@ def _run_trials(
 
 
 def _check_kept_trials(root: Path, configs: dict[tuple[str, int], TrainConfig], store) -> None:
-    """A trial folder the sweep would keep (finished, or resumable from its training state) must hold a run with
-    the settings this sweep gives that trial: otherwise old results would be reported under new settings."""
+    """A trial folder the sweep would keep (finished, or resumable from its training state) must
+    hold a run with the settings this sweep gives that trial: otherwise old results would be
+    reported under new settings."""
     from .checkpoint import STATE
     from .data import TrainError
     from .loop import resume_problem
@@ -719,11 +731,11 @@ def _check_kept_trials(root: Path, configs: dict[tuple[str, int], TrainConfig], 
     problems = []
     for cfg in configs.values():
         d = Path(cfg.out)
-        # a folder with neither (a trial that failed before its first state) keeps nothing: it simply runs again
+        # a folder with neither (a trial that failed before its first state) keeps nothing: it
+        # simply runs again
         if (d / "metrics.json").is_file() or (d / STATE).is_file():
-            problem = resume_problem(
-                cfg, store
-            )  # msmtfn-train --resume's own check: same settings, same cache
+            # msmtfn-train --resume's own check: same settings, same cache
+            problem = resume_problem(cfg, store)
             if problem:
                 problems.append(problem)
     if problems:
@@ -770,10 +782,11 @@ SPLITS_REPORTED = (("test", ""), ("val", "val_"))  # metrics.json key, column pr
 
 
 def aggregate(root: Path) -> tuple[SweepSpec, list[dict], list[str]]:
-    """Per configuration: mean ± std over its finished seeds of each task's test metrics (percent; columns
-    ``{metric}_{task}_mean``), the same for validation (``val_…``), the mean half-width of the test figures' 95 %
-    bootstrap intervals (``ci_…``) and how the checkpoints were selected (``selected_on``). A run without a test
-    split leaves the test columns empty; validation figures never stand in for test ones."""
+    """Per configuration: mean ± std over its finished seeds of each task's test metrics (percent;
+    columns ``{metric}_{task}_mean``), the same for validation (``val_…``), the mean half-width of
+    the test figures' 95 % bootstrap intervals (``ci_…``) and how the checkpoints were selected
+    (``selected_on``). A run without a test split leaves the test columns empty; validation figures
+    never stand in for test ones."""
     import numpy as np
 
     record = json.loads((root / "sweep.json").read_text(encoding="utf-8"))
@@ -838,8 +851,8 @@ def _primary(spec: SweepSpec, tasks: list[str]) -> str:
 
 
 def report(root: str | Path) -> dict:
-    """Write results.csv, results.md, results.png and best.json (+ the ``best`` link) from the trials' metrics;
-    returns the summary (``best``: the selected trial's record, or None)."""
+    """Write results.csv, results.md, results.png and best.json (+ the ``best`` link) from the
+    trials' metrics; returns the summary (``best``: the selected trial's record, or None)."""
     from .data import TrainError
 
     root = Path(root)
@@ -847,9 +860,8 @@ def report(root: str | Path) -> dict:
         raise TrainError(f"{root}: not a sweep folder (no sweep.json)")
     spec, rows, tasks = aggregate(root)
     primary = _primary(spec, tasks)
-    lower_better = _is_regression(
-        rows, primary
-    )  # sorted by MAE (lower first) for a regression task
+    # sorted by MAE (lower first) for a regression task
+    lower_better = _is_regression(rows, primary)
     # sorted on validation, the split the checkpoints were chosen on; test is read, never optimised
     key = f"val_mae_{primary}_mean" if lower_better else f"val_accuracy_{primary}_mean"
     sign = 1 if lower_better else -1
@@ -902,9 +914,8 @@ def _markdown(
 ) -> str:
     order = [primary] + [t for t in tasks if t != primary]
     reg = [t for t in order if _is_regression(rows, t)]
-    cls = [
-        t for t in order if t not in reg and ":" not in t
-    ]  # class heads beside a regression: CSV only
+    # class heads beside a regression: CSV only
+    cls = [t for t in order if t not in reg and ":" not in t]
     nz = [t for t in cls if any(f"accuracy_nonzero_{t}_mean" in r for r in rows)]
     main_metric = "mae" if primary in reg else "accuracy"
     main_name = f"MAE {primary}" if primary in reg else f"acc{primary}"

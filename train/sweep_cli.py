@@ -1,4 +1,5 @@
-"""``msmtfn-sweep``: a thin click layer over :func:`train.sweep.run_sweep` and :func:`train.sweep.report`."""
+"""``msmtfn-sweep``: a thin click layer over :func:`train.sweep.run_sweep` and
+:func:`train.sweep.report`."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from pipeline.cli import DefaultCommandGroup, UsageError, device_callback
 
 from .config import ConfigError, store_path_problem
 
-# a command line's words are strings: these are booleans there (json.loads knows only lower-case true/false)
+# a command line's words are strings: these are booleans there (json.loads knows only lower-case
+# true/false)
 BOOLEANS = {"true": True, "yes": True, "false": False, "no": False}
 
 
@@ -36,13 +38,11 @@ def _parse_set(items: tuple[str, ...]) -> dict:
             out[key.strip()] = BOOLEANS[raw.strip().lower()]
             continue
         try:
-            out[key.strip()] = json.loads(
-                raw
-            )  # numbers and lists: lr=1e-4, augment_variants=["noise"]
+            # numbers and lists: lr=1e-4, augment_variants=["noise"]
+            out[key.strip()] = json.loads(raw)
         except ValueError:
-            out[key.strip()] = _number(
-                raw
-            )  # .001, 020 (not JSON), or a plain string such as modality=text
+            # .001, 020 (not JSON), or a plain string such as modality=text
+            out[key.strip()] = _number(raw)
     return out
 
 
@@ -57,7 +57,8 @@ def main(ctx):
 
     \b
       msmtfn-sweep --cache cache/marketcalls.zarr --grid paper-ablation --seeds 5 --device cuda
-      msmtfn-sweep --cache cache/marketcalls.zarr --grid my.toml --resume     # only the missing trials
+      msmtfn-sweep --cache cache/marketcalls.zarr --grid my.toml --resume     # only the missing
+      trials
       msmtfn-sweep report runs/sweeps/paper-ablation                          # tables + chart again
     """
     if ctx.invoked_subcommand is None:
@@ -112,8 +113,9 @@ def main(ctx):
 def run_cmd(
     cache, grid, seeds, out, device, resume, parallel, overrides, max_cache_gb, as_json, quiet
 ):
-    """Run a sweep (the default command). Exit status 0; 3 when some trial failed (named in trials.csv); 1 when
-    every trial failed; 2 for bad usage (a bad grid file, --set or --seeds value), before anything is written.
+    """Run a sweep (the default command). Exit status 0; 3 when some trial failed (named in
+    trials.csv); 1 when every trial failed; 2 for bad usage (a bad grid file, --set or --seeds
+    value), before anything is written.
 
     `msmtfn-sweep report SWEEP_DIR` rebuilds a sweep folder's tables and chart."""
     logging.basicConfig(
@@ -121,7 +123,9 @@ def run_cmd(
     )
     from .sweep import SweepOptions, read_grid, run_sweep  # light: reads and checks grids, no torch
 
-    try:  # the grid, --set, --seeds and the cache path: checked before torch is imported (one line at once)
+    # the grid, --set, --seeds and the cache path: checked before torch is imported (one line at
+    # once)
+    try:
         opts = SweepOptions(
             cache=cache,
             grid=grid,
@@ -150,17 +154,15 @@ def run_cmd(
         raise UsageError(str(e)) from None
     except (TrainError, CheckpointError) as e:
         raise click.ClickException(str(e)) from None
-    except (
-        KeyboardInterrupt
-    ) as e:  # sweep.SweepInterrupted: what is kept and the command that resumes
+    # sweep.SweepInterrupted: what is kept and the command that resumes
+    except KeyboardInterrupt as e:
         click.echo(
             str(e) or "interrupted: finished trials are kept; --resume continues the rest", err=True
         )
         sys.exit(130)
     failed = summary.get("failed") or []
-    if failed and not any(
-        r.get("seeds_done") for r in summary["rows"]
-    ):  # nothing to compare: an error, not 3
+    # nothing to compare: an error, not 3
+    if failed and not any(r.get("seeds_done") for r in summary["rows"]):
         first = failed[0]
         raise click.ClickException(
             f"every trial failed ({len(failed)}); the first, {first['configuration']} seed {first['seed']}: "
@@ -176,8 +178,8 @@ def run_cmd(
 @click.argument("sweep_dir", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True)
 def report_cmd(sweep_dir, as_json):
-    """Rewrite results.csv, results.md, results.png and best.json (with the link ``best``) of a sweep folder from
-    its trials."""
+    """Rewrite results.csv, results.md, results.png and best.json (with the link ``best``) of a
+    sweep folder from its trials."""
     from .data import TrainError
     from .sweep import report
 

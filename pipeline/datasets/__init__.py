@@ -1,28 +1,35 @@
-"""Dataset adapters: each reads a dataset in the form its users have it and returns one :class:`Manifest`.
+"""Dataset adapters: each reads a dataset in the form its users have it and returns one
+:class:`Manifest`.
 
 ``load_manifest(name, data_dir, allow_outside_paths=False, seed=0, **options)`` with ``name`` one of
 :data:`DATASETS` (each an :class:`Adapter`; a new dataset is one module that parses its files into
-:class:`~pipeline.datasets.pipeline.RawRow` records and passes them to :func:`~pipeline.datasets.pipeline.to_manifest`,
-which makes every shared check; its ``load`` is registered with :func:`register`):
+:class:`~pipeline.datasets.pipeline.RawRow` records and passes them to
+:func:`~pipeline.datasets.pipeline.to_manifest`, which makes every shared check; its ``load`` is
+registered with :func:`register`):
 
 - ``marketcalls`` — the released MarketCalls CSVs (see :mod:`pipeline.datasets.marketcalls`);
   options ``csv_path``, ``split_ratios``, ``no_text``;
 - ``csv`` — the generic CSV for your own calls (see :mod:`pipeline.datasets.generic_csv`);
-  options ``csv_path``, ``label_scheme`` (a built-in name or a custom ``.toml``), ``split_ratios``, ``no_text``;
-- ``demo`` — a generated smoke dataset in the MarketCalls format (see :mod:`pipeline.datasets.demo`);
+  options ``csv_path``, ``label_scheme`` (a built-in name or a custom ``.toml``), ``split_ratios``,
+  ``no_text``;
+- ``demo`` — a generated smoke dataset in the MarketCalls format (see
+:mod:`pipeline.datasets.demo`);
   options ``n_calls``, ``use_espeak``;
 - ``mosi``, ``mosei`` — CMU-MOSI / CMU-MOSEI, MMSA ``label.csv`` or CMU SDK ``.csd`` form (see
-  :mod:`pipeline.datasets.mosi`); options ``label_csv``, ``labels_csd``, ``words_csd``, ``audio_dir``,
+  :mod:`pipeline.datasets.mosi`); options ``label_csv``, ``labels_csd``, ``words_csd``,
+  ``audio_dir``,
   ``split_file``, ``split_ratios``;
-- ``meld`` — MELD's ``*_sent_emo.csv`` and clips (see :mod:`pipeline.datasets.meld`); options ``csv_dir``,
+- ``meld`` — MELD's ``*_sent_emo.csv`` and clips (see :mod:`pipeline.datasets.meld`); options
+``csv_dir``,
   ``clips_dir``.
 
-Per-row problems (missing audio, a duplicate segment id, a path escaping the dataset folder, a bad split value)
-become ``manifest.issues`` and the row is left out (one missing or refused audio file named by several rows is one
-issue naming them, every row in ``Issue.rows``); notes that keep the row (an empty transcript, a call whose
-segments disagree on the label) are issues whose reason starts with ``warning:``. Problems that make the dataset
-unusable (unknown labels, missing columns, no CSV, nothing usable) raise :class:`ManifestError` with one line
-naming the file and the fix. ``manifest.notes`` records where the split came from.
+Per-row problems (missing audio, a duplicate segment id, a path escaping the dataset folder, a bad
+split value) become ``manifest.issues`` and the row is left out (one missing or refused audio file
+named by several rows is one issue naming them, every row in ``Issue.rows``); notes that keep the
+row (an empty transcript, a call whose segments disagree on the label) are issues whose reason
+starts with ``warning:``. Problems that make the dataset unusable (unknown labels, missing columns,
+no CSV, nothing usable) raise :class:`ManifestError` with one line naming the file and the fix.
+``manifest.notes`` records where the split came from.
 """
 
 from __future__ import annotations
@@ -47,10 +54,10 @@ COMMON_PARAMETERS = ("data_dir", "allow_outside_paths", "seed", "dataset")
 class Adapter:
     """What the registry knows of a dataset.
 
-    ``load(data_dir, *, allow_outside_paths, seed, **options) -> Manifest`` reads it (its keyword parameters
-    besides those three are the dataset's options); ``label_scheme`` is the scheme its labels are in (the default
-    one where an option chooses); ``makes_data_dir`` is True for a dataset that generates its folder rather than
-    reading an existing one.
+    ``load(data_dir, *, allow_outside_paths, seed, **options) -> Manifest`` reads it (its keyword
+    parameters besides those three are the dataset's options); ``label_scheme`` is the scheme its
+    labels are in (the default one where an option chooses); ``makes_data_dir`` is True for a
+    dataset that generates its folder rather than reading an existing one.
     """
 
     name: str
@@ -91,7 +98,8 @@ def dataset_options(name: str) -> list[str]:
 def load_manifest(
     name: str, data_dir: str | Path, *, allow_outside_paths: bool = False, seed: int = 0, **options
 ) -> Manifest:
-    """Read dataset ``name`` from ``data_dir`` into a :class:`Manifest` (see the module docstring)."""
+    """Read dataset ``name`` from ``data_dir`` into a :class:`Manifest` (see the module
+    docstring)."""
     try:
         adapter = DATASETS[name]
     except KeyError:

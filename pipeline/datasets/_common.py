@@ -1,5 +1,5 @@
-"""Pieces every adapter shares: the one CSV reader, the row checks, the stratified call-level split, label checks,
-ordering."""
+"""Pieces every adapter shares: the one CSV reader, the row checks, the stratified call-level split,
+label checks, ordering."""
 
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ class ManifestError(ValueError):
     """The dataset cannot be read as asked; the message names the file and the fix."""
 
 
-# --------------------------------------------------------------------------------------------------- CSV reading
+# ---------------------------------------------------------------------------------------------------
+# CSV reading
 
 
 def _decodes(line: bytes, encoding: str) -> bool:
@@ -49,13 +50,14 @@ WESTERN_ENCODINGS = ("utf-8", "cp1252", "latin-1")  # English files (MELD); lati
 def decode_csv_bytes(
     raw: bytes, name: str, issues: list[Issue], encodings: Sequence[str] = CJK_ENCODINGS
 ) -> tuple[str, str]:
-    """Text of a CSV file and the encoding used: the first of ``encodings`` that decodes the whole file (a UTF-8
-    BOM is dropped).
+    """Text of a CSV file and the encoding used: the first of ``encodings`` that decodes the whole
+    file (a UTF-8 BOM is dropped).
 
-    With the default UTF-8/GB18030 pair, a file neither decodes whole is read line by line in its main encoding,
-    and bytes that fit neither are replaced by U+FFFD; each such line is named in ``issues`` (``name:line``): one
-    bad row never makes the rest of the file unreadable. (A GB18030 guess is never made for a file with UTF-8
-    lines in it: a UTF-8 file with a few broken lines can decode as GB18030 as a whole, which is mojibake.)
+    With the default UTF-8/GB18030 pair, a file neither decodes whole is read line by line in its
+    main encoding, and bytes that fit neither are replaced by U+FFFD; each such line is named in
+    ``issues`` (``name:line``): one bad row never makes the rest of the file unreadable. (A GB18030
+    guess is never made for a file with UTF-8 lines in it: a UTF-8 file with a few broken lines can
+    decode as GB18030 as a whole, which is mojibake.)
     """
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
@@ -86,7 +88,8 @@ def decode_csv_bytes(
             return (text[1:] if text.startswith("\ufeff") else text), "gb18030"
         except UnicodeDecodeError:
             pass
-    # (a UTF-8 file with a few broken lines can happen to decode as GB18030 as a whole: that is mojibake)
+    # (a UTF-8 file with a few broken lines can happen to decode as GB18030 as a whole: that is
+    # mojibake)
     gb_ok = sum(
         1
         for ln in lines
@@ -102,9 +105,8 @@ def decode_csv_bytes(
         except UnicodeDecodeError:
             pass
         if main == "gb18030" and _decodes(ln, other):
-            out.append(
-                ln.decode(other)
-            )  # a UTF-8 line pasted into a GB18030 file; valid UTF-8 is unambiguous
+            # a UTF-8 line pasted into a GB18030 file; valid UTF-8 is unambiguous
+            out.append(ln.decode(other))
             continue
         out.append(ln.decode(main, errors="replace"))
         issues.append(
@@ -130,11 +132,12 @@ def read_csv(
     encodings: Sequence[str] = CJK_ENCODINGS,
     clean: Callable[[str], str] | None = None,
 ) -> CsvTable:
-    """The one CSV reader of the adapters: rows as (line number where the row starts, {lower-cased column:
-    stripped value}), decoded with the first of ``encodings`` that fits (see :func:`decode_csv_bytes`).
+    """The one CSV reader of the adapters: rows as (line number where the row starts, {lower-cased
+    column: stripped value}), decoded with the first of ``encodings`` that fits (see
+    :func:`decode_csv_bytes`).
 
-    Blank rows are skipped, extra columns kept (adapters ignore what they do not know), short rows padded with "".
-    ``clean`` repairs each value before it is stripped (MELD's garbled quotes).
+    Blank rows are skipped, extra columns kept (adapters ignore what they do not know), short rows
+    padded with "". ``clean`` repairs each value before it is stripped (MELD's garbled quotes).
     """
     try:
         raw = path.read_bytes()
@@ -194,7 +197,8 @@ def require_columns(
 
 
 def bool_option(value, name: str = "no_text") -> bool:
-    """A yes/no dataset option as code (True) or a command line (``--option no_text=true``) gives it."""
+    """A yes/no dataset option as code (True) or a command line (``--option no_text=true``) gives
+    it."""
     if isinstance(value, bool):
         return value
     v = str(value).strip().lower()
@@ -227,9 +231,10 @@ def transcript_column_check(
     ours: set[str],
     no_text: bool,
 ) -> bool:
-    """Stop (ManifestError, one line) when most rows have no transcript while a column that is not one of
-    ``ours`` holds text-like values: a misnamed ``text`` column. Returns True when most rows have no transcript
-    (the caller then words one summary note instead of a warning per row, where ``no_text`` says so)."""
+    """Stop (ManifestError, one line) when most rows have no transcript while a column that is not
+    one of ``ours`` holds text-like values: a misnamed ``text`` column. Returns True when most rows
+    have no transcript (the caller then words one summary note instead of a warning per row, where
+    ``no_text`` says so)."""
     if not rows:
         return False
     empty = sum(1 for _, r in rows if not (r.get(text_col, "") if text_col else ""))
@@ -243,7 +248,8 @@ def transcript_column_check(
             continue
         values = [r.get(col, "") for _, r in rows if r.get(col, "")]
         words = [v for v in values if _text_like(v)]
-        # a transcript column: text in most rows, and the rows mostly differ (not a speaker or category column)
+        # a transcript column: text in most rows, and the rows mostly differ (not a speaker or
+        # category column)
         if 2 * len(words) > len(rows) and 2 * len(set(words)) > len(words) and len(words) > best_n:
             best, best_n = col, len(words)
     if best is not None:
@@ -257,12 +263,13 @@ def transcript_column_check(
     return False
 
 
-# --------------------------------------------------------------------------------------------------- row checks
+# ---------------------------------------------------------------------------------------------------
+# row checks
 
 
 def option_path(base: Path, option: str | Path | None) -> Path | None:
-    """A path option of an adapter (``csv_dir``, ``audio_dir``, ...): absolute as given, else relative to the
-    dataset folder; None when the option is not given."""
+    """A path option of an adapter (``csv_dir``, ``audio_dir``, ...): absolute as given, else
+    relative to the dataset folder; None when the option is not given."""
     if option is None or option == "":
         return None
     p = Path(option)
@@ -270,8 +277,8 @@ def option_path(base: Path, option: str | Path | None) -> Path | None:
 
 
 def audio_seconds(path: Path, cache: dict[Path, float | None]) -> float | None:
-    """Seconds of a soundfile-readable file; None for containers (mp4) and unreadable files, which the
-    extraction decodes or reports."""
+    """Seconds of a soundfile-readable file; None for containers (mp4) and unreadable files, which
+    the extraction decodes or reports."""
     if path not in cache:
         try:
             import soundfile as sf
@@ -284,8 +291,9 @@ def audio_seconds(path: Path, cache: dict[Path, float | None]) -> float | None:
 
 
 class RowChecks:
-    """The checks every adapter makes on its rows, worded the same in every dataset; what they find goes to
-    ``issues`` (a duplicate is left out by the caller, the others are warnings and the row is kept)."""
+    """The checks every adapter makes on its rows, worded the same in every dataset; what they find
+    goes to ``issues`` (a duplicate is left out by the caller, the others are warnings and the row
+    is kept)."""
 
     def __init__(self, issues: list[Issue]):
         self.issues = issues
@@ -306,7 +314,8 @@ class RowChecks:
     def one_split(
         self, call_id: str, split: str | None, where: str, kind: str = "call"
     ) -> str | None:
-        """A call (video, dialogue) is in one split: the first one given; a different later one is a warning."""
+        """A call (video, dialogue) is in one split: the first one given; a different later one is a
+        warning."""
         if not split:
             return split
         first = self._split.setdefault(call_id, (split, where))
@@ -340,7 +349,8 @@ class RowChecks:
         return audio_seconds(path, self._seconds)
 
 
-# --------------------------------------------------------------------------------------------------- values
+# ---------------------------------------------------------------------------------------------------
+# values
 
 
 def normalise_split(value: str) -> str | None:
@@ -354,7 +364,8 @@ def last_int(name: str) -> int | None:
 
 
 def parse_ratios(value) -> tuple[float, float, float]:
-    """``split_ratios`` as given by code (a sequence) or a command line ("0.8,0.1,0.1"), normalised to sum 1."""
+    """``split_ratios`` as given by code (a sequence) or a command line ("0.8,0.1,0.1"), normalised
+    to sum 1."""
     if value is None:
         return DEFAULT_RATIOS
     if isinstance(value, str):
@@ -378,8 +389,8 @@ def label_lookup(scheme: LabelScheme) -> dict[str, str]:
 
 
 def scheme_or_error(name: str | LabelScheme, base: Path | None = None) -> LabelScheme:
-    """A built-in scheme by name, a custom one from its TOML file (relative to the working folder, else to
-    ``base``), or a scheme as given; ManifestError with one line otherwise."""
+    """A built-in scheme by name, a custom one from its TOML file (relative to the working folder,
+    else to ``base``), or a scheme as given; ManifestError with one line otherwise."""
     try:
         return resolve_scheme(name, base)
     except SchemeFileError as e:
@@ -392,9 +403,10 @@ def check_labels(
     allow_empty: bool,
     issues: list[Issue] | None = None,
 ) -> set[str]:
-    """``rows`` = (where, label as written). A row with an unknown label is named in ``issues`` and its ``where``
-    returned, so the adapter leaves it out and the run goes on. When most rows are unknown the labels are not
-    this scheme's at all (a wrong column or dataset), and the manifest stops, listing the offending rows."""
+    """``rows`` = (where, label as written). A row with an unknown label is named in ``issues`` and
+    its ``where`` returned, so the adapter leaves it out and the run goes on. When most rows are
+    unknown the labels are not this scheme's at all (a wrong column or dataset), and the manifest
+    stops, listing the offending rows."""
     scheme = scheme_or_error(scheme_name)
     valid = label_lookup(scheme)
     bad = [
@@ -416,7 +428,8 @@ def check_labels(
 
 
 def drop_rows(calls: dict[str, list[Item]], wheres: set[str]) -> dict[str, list[Item]]:
-    """``calls`` without the segments whose source row is in ``wheres`` (calls left empty disappear)."""
+    """``calls`` without the segments whose source row is in ``wheres`` (calls left empty
+    disappear)."""
     if not wheres:
         return calls
     out = {
@@ -425,11 +438,13 @@ def drop_rows(calls: dict[str, list[Item]], wheres: set[str]) -> dict[str, list[
     return {cid: items for cid, items in out.items() if items}
 
 
-# --------------------------------------------------------------------------------------------------- splits
+# ---------------------------------------------------------------------------------------------------
+# splits
 
 
 def _apportion(counts: dict[str, int], total: int, rng: random.Random) -> dict[str, int]:
-    """Integers per label summing to ``total``, each ≤ its count and proportional to it (largest remainders)."""
+    """Integers per label summing to ``total``, each ≤ its count and proportional to it (largest
+    remainders)."""
     n = sum(counts.values())
     if n == 0 or total <= 0:
         return {k: 0 for k in counts}
@@ -454,10 +469,11 @@ def stratified_split(
 ) -> dict[str, str]:
     """Deterministic call-level split stratified by label.
 
-    The split sizes are ``round(n × ratio)`` for valid and test (at least one call each when there are ≥ 3 calls
-    and the ratio is > 0; train keeps at least one); each split's calls are shared out over the labels in
-    proportion to their counts (largest remainders), and within a label the calls are drawn after a shuffle seeded
-    with ``seed``. The same calls, labels, ratios and seed always give the same split.
+    The split sizes are ``round(n × ratio)`` for valid and test (at least one call each when there
+    are ≥ 3 calls and the ratio is > 0; train keeps at least one); each split's calls are shared out
+    over the labels in proportion to their counts (largest remainders), and within a label the calls
+    are drawn after a shuffle seeded with ``seed``. The same calls, labels, ratios and seed always
+    give the same split.
     """
     ratios = parse_ratios(ratios)
     by_label: dict[str, list[str]] = {}
@@ -494,14 +510,16 @@ def split_counts(assign: dict[str, str]) -> dict[str, int]:
     return {s: sum(1 for v in assign.values() if v == s) for s in SPLITS}
 
 
-# --------------------------------------------------------------------------------------------------- assembling
+# ---------------------------------------------------------------------------------------------------
+# assembling
 
 Item = tuple[float, int, Segment]  # (order key, file order, segment)
 
 
 def majority_labels(calls: dict[str, list[Item]], issues: list[Issue]) -> dict[str, list[Item]]:
-    """A call has one label; where its segments disagree, the most frequent wins (ties: the first in label
-    order) and the call is named in ``issues``. Empty labels (unlabelled rows) only win when nothing else is set."""
+    """A call has one label; where its segments disagree, the most frequent wins (ties: the first in
+    label order) and the call is named in ``issues``. Empty labels (unlabelled rows) only win when
+    nothing else is set."""
     for cid, items in calls.items():
         labels = [seg.label for _, _, seg in items]
         if len(set(labels)) <= 1:
@@ -531,7 +549,8 @@ def build_manifest(
     notes: dict,
     label_scheme_def: dict | None = None,
 ) -> Manifest:
-    """Order each call's segments by (order key, file order), number them 0..k-1, and check something is left."""
+    """Order each call's segments by (order key, file order), number them 0..k-1, and check
+    something is left."""
     segments: list[Segment] = []
     for cid in calls:
         for i, (_, _, seg) in enumerate(sorted(calls[cid], key=lambda x: (x[0], x[1]))):

@@ -1,32 +1,36 @@
 """The demo dataset: a small generated set of "phone calls" in the MarketCalls format.
 
-**A smoke dataset.** It lets the whole pipeline run end to end offline in seconds (``msmtfn-demo``, the tests);
-it is not a benchmark and its numbers say nothing about accuracy on real calls.
+**A smoke dataset.** It lets the whole pipeline run end to end offline in seconds (``msmtfn-demo``,
+the tests); it is not a benchmark and its numbers say nothing about accuracy on real calls.
 
-What is written to DATA_DIR: ``train.csv``, ``valid.csv``, ``test.csv`` (columns ``phone``, ``Audio_id``,
-``text``, ``label``), ``audio/<phone>_<k>.wav`` (8 kHz mono 16-bit PCM, like phone calls; 2–5 segments per call,
-each 1.5–4 s) and ``demo.json`` (the settings it was generated with).
+What is written to DATA_DIR: ``train.csv``, ``valid.csv``, ``test.csv`` (columns ``phone``,
+``Audio_id``, ``text``, ``label``), ``audio/<phone>_<k>.wav`` (8 kHz mono 16-bit PCM, like phone
+calls; 2–5 segments per call, each 1.5–4 s) and ``demo.json`` (the settings it was generated with).
 
-The label needs both modalities. One segment of each call carries the *text cue* — the customer's answer:
-positive purchase words (好的, 可以, 感兴趣, 多少钱 …), a refusal (不需要, 没兴趣, 不考虑 …) or a strong refusal
-(别打了, 挂了 …); the other segments are neutral fillers (喂你好, 你说吧 …). Every segment carries the *audio cue*:
-the customer's voice is high-pitched (about 210–270 Hz) or low-pitched (about 85–125 Hz) throughout the call.
+The label needs both modalities. One segment of each call carries the *text cue* — the customer's
+answer: positive purchase words (好的, 可以, 感兴趣, 多少钱 …), a refusal (不需要, 没兴趣, 不考虑 …) or a strong
+refusal (别打了, 挂了 …); the other segments are neutral fillers (喂你好, 你说吧 …). Every segment carries the
+*audio cue*: the customer's voice is high-pitched (about 210–270 Hz) or low-pitched (about 85–125
+Hz) throughout the call.
 
     A  positive words + high voice        B  positive words + low voice
-    C  (strong) refusal + high voice      D  refusal + low voice          E  strong refusal + low voice
+    C  (strong) refusal + high voice      D  refusal + low voice          E  strong refusal + low
+    voice
 
-So text alone separates {A, B} from {C, D, E} but not A from B; the voice alone separates {A, C} from {B, D, E};
-the five classes (and the 2-class task A+B+C | D+E, "positive words OR high voice") need both. Calls are dealt
-round by round through A–E, and rounds go to train, valid, test, train, train in turn: every split holds every
-label once there are ≥ 15 calls (48 by default: 28 / 10 / 10).
+So text alone separates {A, B} from {C, D, E} but not A from B; the voice alone separates {A, C}
+from {B, D, E}; the five classes (and the 2-class task A+B+C | D+E, "positive words OR high voice")
+need both. Calls are dealt round by round through A–E, and rounds go to train, valid, test, train,
+train in turn: every split holds every label once there are ≥ 15 calls (48 by default: 28 / 10 /
+10).
 
-The audio is spoken by ``espeak-ng`` (Mandarin ``cmn``: high = variant ``cmn+f2`` at ``-p`` 65–90, about
-215–275 Hz; low = ``cmn`` at ``-p`` 30–55, about 80–100 Hz; rate ``-s`` 150–210 per call) when it is on PATH
-and ``use_espeak`` is not False, and resampled to 8 kHz with soxr. Otherwise (the default on CI) a voice-like
-signal is synthesised: a glottal-pulse-like harmonic source at the call's pitch with a falling phrase contour,
-a tone-like contour per syllable and jitter; one syllable envelope per Chinese character; vowel formant
-resonances that change per syllable; a short noise burst at syllable onsets; light line noise.
-Either way the output is deterministic given ``seed`` (same bytes twice).
+The audio is spoken by ``espeak-ng`` (Mandarin ``cmn``: high = variant ``cmn+f2`` at ``-p`` 65–90,
+about 215–275 Hz; low = ``cmn`` at ``-p`` 30–55, about 80–100 Hz; rate ``-s`` 150–210 per call) when
+it is on PATH and ``use_espeak`` is not False, and resampled to 8 kHz with soxr. Otherwise (the
+default on CI) a voice-like signal is synthesised: a glottal-pulse-like harmonic source at the
+call's pitch with a falling phrase contour, a tone-like contour per syllable and jitter; one
+syllable envelope per Chinese character; vowel formant resonances that change per syllable; a short
+noise burst at syllable onsets; light line noise. Either way the output is deterministic given
+``seed`` (same bytes twice).
 """
 
 from __future__ import annotations
@@ -104,7 +108,8 @@ VOWELS = np.array(
 )
 
 
-# ----------------------------------------------------------------------------------------------- synthesis
+# -----------------------------------------------------------------------------------------------
+# synthesis
 
 
 def _n_syllables(text: str) -> int:
@@ -112,7 +117,8 @@ def _n_syllables(text: str) -> int:
 
 
 def _fit_length(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Pad with a little silence (random lead-in) to ≥ 1.5 s; trim to ≤ 4 s with a short fade-out."""
+    """Pad with a little silence (random lead-in) to ≥ 1.5 s; trim to ≤ 4 s with a short
+    fade-out."""
     n_min, n_max = int(MIN_SECONDS * RATE), int(MAX_SECONDS * RATE)
     if len(x) > n_max:
         x = x[:n_max].copy()
@@ -139,7 +145,8 @@ def _finish(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def synth_voice(text: str, f0: float, rate_cps: float, rng: np.random.Generator) -> np.ndarray:
-    """A voice-like utterance of ``text`` at ~``rate_cps`` syllables/s around pitch ``f0`` (8 kHz float32)."""
+    """A voice-like utterance of ``text`` at ~``rate_cps`` syllables/s around pitch ``f0`` (8 kHz
+    float32)."""
     n_syll = _n_syllables(text)
     speech = min(n_syll / rate_cps, MAX_SECONDS - 0.3)
     n = int(speech * RATE)
@@ -148,9 +155,8 @@ def synth_voice(text: str, f0: float, rate_cps: float, rng: np.random.Generator)
     w = rng.uniform(0.8, 1.2, n_syll)
     edges = np.concatenate([[0], np.cumsum(w) / w.sum() * n]).astype(int)
     syll = np.clip(np.searchsorted(edges, np.arange(n), side="right") - 1, 0, n_syll - 1)
-    pos = (np.arange(n) - edges[syll]) / np.maximum(
-        edges[syll + 1] - edges[syll], 1
-    )  # 0..1 within syllable
+    # 0..1 within syllable
+    pos = (np.arange(n) - edges[syll]) / np.maximum(edges[syll + 1] - edges[syll], 1)
     # F0: phrase declination × tone-like contour per syllable × jitter (a slow random walk)
     tones = rng.integers(0, 4, n_syll)
     shape = np.select(
@@ -190,7 +196,8 @@ def synth_voice(text: str, f0: float, rate_cps: float, rng: np.random.Generator)
 
 
 def _espeak_call(texts: list[str], voice: str, pitch: int, speed: int) -> list[np.ndarray] | None:
-    """Speak a call's segments in one espeak-ng run (SSML breaks between them, split on the silences)."""
+    """Speak a call's segments in one espeak-ng run (SSML breaks between them, split on the
+    silences)."""
     exe = shutil.which("espeak-ng")
     if exe is None:
         return None
@@ -227,11 +234,13 @@ def _espeak_call(texts: list[str], voice: str, pitch: int, speed: int) -> list[n
     return out
 
 
-# ----------------------------------------------------------------------------------------------- generation
+# -----------------------------------------------------------------------------------------------
+# generation
 
 
 def _plan(n_calls: int, seed: int) -> list[dict]:
-    """Calls, their labels, splits, voices and segment texts: drawn from ``seed`` alone (not the audio backend)."""
+    """Calls, their labels, splits, voices and segment texts: drawn from ``seed`` alone (not the
+    audio backend)."""
     rng = np.random.default_rng(seed)
     calls = []
     for c in range(n_calls):
@@ -284,10 +293,12 @@ def _render(call: dict, index: int, seed: int, speak: bool) -> tuple[list[np.nda
 def generate_demo(
     data_dir: str | Path, *, n_calls: int = 48, seed: int = 0, use_espeak: bool | None = None
 ) -> Path:
-    """Write ``train.csv``, ``valid.csv``, ``test.csv``, ``audio/*.wav`` and ``demo.json`` into ``data_dir``.
+    """Write ``train.csv``, ``valid.csv``, ``test.csv``, ``audio/*.wav`` and ``demo.json`` into
+    ``data_dir``.
 
-    ``use_espeak``: None = espeak-ng when installed, else synthesis; True = require espeak-ng; False = synthesis.
-    Returns the folder. Files of an earlier demo generation listed in its ``demo.json`` are replaced.
+    ``use_espeak``: None = espeak-ng when installed, else synthesis; True = require espeak-ng; False
+    = synthesis. Returns the folder. Files of an earlier demo generation listed in its ``demo.json``
+    are replaced.
     """
     if n_calls < MIN_CALLS:
         raise ValueError(
@@ -305,15 +316,13 @@ def generate_demo(
         )
     speak = have and use_espeak is not False
     plan = _plan(n_calls, seed)
-    with ThreadPoolExecutor(
-        max_workers=4 if speak else 1
-    ) as pool:  # espeak runs are separate processes
+    # espeak runs are separate processes
+    with ThreadPoolExecutor(max_workers=4 if speak else 1) as pool:
         rendered = list(pool.map(lambda ic: _render(ic[1], ic[0], seed, speak), enumerate(plan)))
     backends = {"espeak-ng" if used else "synth" for _, used in rendered}
     old = root / "demo.json"
-    if (
-        old.is_file()
-    ):  # remove audio of an earlier, larger generation that the new CSVs no longer name
+    # remove audio of an earlier, larger generation that the new CSVs no longer name
+    if old.is_file():
         try:
             for name in json.loads(old.read_text()).get("audio", []):
                 (audio_dir / Path(name).name).unlink(missing_ok=True)
@@ -377,13 +386,13 @@ def load_demo(
     n_calls: int | None = None,
     use_espeak: bool | None = None,
 ) -> Manifest:
-    """Generate the demo data into ``data_dir`` unless it already holds it, then read it with the MarketCalls
-    adapter as dataset ``demo``.
+    """Generate the demo data into ``data_dir`` unless it already holds it, then read it with the
+    MarketCalls adapter as dataset ``demo``.
 
-    A folder without CSVs is generated (``n_calls`` default 48). A folder this function generated (it has
-    ``demo.json``) is generated again when ``seed`` differs from the one it was made with, when ``n_calls`` is
-    given and differs, or when ``use_espeak`` is True/False and the other backend made it. CSVs without
-    ``demo.json`` are someone else's: they are read as they are.
+    A folder without CSVs is generated (``n_calls`` default 48). A folder this function generated
+    (it has ``demo.json``) is generated again when ``seed`` differs from the one it was made with,
+    when ``n_calls`` is given and differs, or when ``use_espeak`` is True/False and the other
+    backend made it. CSVs without ``demo.json`` are someone else's: they are read as they are.
     """
     data_dir = Path(data_dir)
     if _needs_generation(data_dir, n_calls, seed, use_espeak):

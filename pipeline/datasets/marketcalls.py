@@ -1,20 +1,26 @@
 """The released MarketCalls format.
 
-CSV columns ``phone`` (call id), ``Audio_id`` (segment audio file name, with or without ``.wav``), ``text``,
-``label`` (A–E, per call); the augmented variant's lower-case ``audio_id`` and ``segment_number`` are accepted too
-(column names are case-insensitive; other columns are ignored). Where the data comes from, in this order:
+CSV columns ``phone`` (call id), ``Audio_id`` (segment audio file name, with or without ``.wav``),
+``text``, ``label`` (A–E, per call); the augmented variant's lower-case ``audio_id`` and
+``segment_number`` are accepted too (column names are case-insensitive; other columns are ignored).
+Where the data comes from, in this order:
 
-1. per-split files in DATA_DIR: ``train.csv``, ``valid.csv`` (or ``val.csv``, ``dev.csv``), ``test.csv``;
-2. the CSV named by the option ``csv_path``, or the only ``*.csv`` in DATA_DIR, with a ``split`` column
+1. per-split files in DATA_DIR: ``train.csv``, ``valid.csv`` (or ``val.csv``, ``dev.csv``),
+``test.csv``;
+2. the CSV named by the option ``csv_path``, or the only ``*.csv`` in DATA_DIR, with a ``split``
+column
    (train / valid / val / dev / test);
-3. that CSV without a ``split`` column: a deterministic call-level split stratified by label (80/10/10 unless
-   ``split_ratios`` says otherwise, seeded by ``seed``), recorded in ``manifest.notes``; no file is written.
+3. that CSV without a ``split`` column: a deterministic call-level split stratified by label
+(80/10/10 unless
+   ``split_ratios`` says otherwise, seeded by ``seed``), recorded in ``manifest.notes``; no file is
+   written.
 
-Audio files are looked up in ``DATA_DIR/audio/`` then ``DATA_DIR/``. Segment order within a call: the
-``segment_number`` column, else the last number in the file name (``..._10`` after ``..._9``), else file order.
-CSVs may be UTF-8 (with or without BOM) or GB18030/GBK (Chinese Excel exports). A ``text`` column empty in most
-rows while another column holds text stops the read (a misnamed column; rename it); option ``no_text=true`` says
-the calls really have no transcripts (one note instead of a warning per row).
+Audio files are looked up in ``DATA_DIR/audio/`` then ``DATA_DIR/``. Segment order within a call:
+the ``segment_number`` column, else the last number in the file name (``..._10`` after ``..._9``),
+else file order. CSVs may be UTF-8 (with or without BOM) or GB18030/GBK (Chinese Excel exports). A
+``text`` column empty in most rows while another column holds text stops the read (a misnamed
+column; rename it); option ``no_text=true`` says the calls really have no transcripts (one note
+instead of a warning per row).
 """
 
 from __future__ import annotations

@@ -1,21 +1,24 @@
 """MELD (Multimodal EmotionLines Dataset), as released in ``MELD.Raw``.
 
-A call is a dialogue; its segments are the dialogue's utterances in ``Utterance_ID`` order, each labelled
-``<emotion>/<sentiment>`` in lower case (label scheme ``meld``, e.g. ``joy/positive``). Dialogue ids restart in
-every split, so ids carry the split's MELD name: call ``dev/dia12``, segment ``dev/dia12_utt3``.
+A call is a dialogue; its segments are the dialogue's utterances in ``Utterance_ID`` order, each
+labelled ``<emotion>/<sentiment>`` in lower case (label scheme ``meld``, e.g. ``joy/positive``).
+Dialogue ids restart in every split, so ids carry the split's MELD name: call ``dev/dia12``, segment
+``dev/dia12_utt3``.
 
-CSVs ``train_sent_emo.csv``, ``dev_sent_emo.csv`` (the valid split), ``test_sent_emo.csv`` with columns
-``Utterance, Emotion, Sentiment, Dialogue_ID, Utterance_ID`` (``Sr No., Speaker, Season, Episode, StartTime,
-EndTime`` are ignored), looked up in DATA_DIR, ``DATA_DIR/MELD.Raw``, ``DATA_DIR/MELD``, ``DATA_DIR/data/MELD``
-(option ``csv_dir``). The files are UTF-8, cp1252 or Latin-1; quotes garbled by a double encoding (``heâ\\x80\\x99s``)
-are repaired where the repair is exact.
+CSVs ``train_sent_emo.csv``, ``dev_sent_emo.csv`` (the valid split), ``test_sent_emo.csv`` with
+columns ``Utterance, Emotion, Sentiment, Dialogue_ID, Utterance_ID`` (``Sr No., Speaker, Season,
+Episode, StartTime, EndTime`` are ignored), looked up in DATA_DIR, ``DATA_DIR/MELD.Raw``,
+``DATA_DIR/MELD``, ``DATA_DIR/data/MELD`` (option ``csv_dir``). The files are UTF-8, cp1252 or
+Latin-1; quotes garbled by a double encoding (``heâ\\x80\\x99s``) are repaired where the repair is
+exact.
 
-Clips ``dia{D}_utt{U}.wav`` (extracted beforehand, preferred) or ``.mp4`` (decoded with PyAV at extraction), in
-the split's folder: ``train_splits/`` or ``train/``; ``dev_splits_complete/``, ``dev_splits/`` or ``dev/``;
-``output_repeated_splits_test/``, ``test_splits/`` or ``test/``; looked up next to the CSVs, in DATA_DIR and in
-``DATA_DIR/MELD.Raw`` (option ``clips_dir``: the folder holding the split folders). A missing or empty clip (MELD
-lacks a few, e.g. ``dev/dia110_utt7``) is named in ``manifest.issues`` and left out; a clip that exists but cannot
-be decoded is reported by the extraction and skipped there.
+Clips ``dia{D}_utt{U}.wav`` (extracted beforehand, preferred) or ``.mp4`` (decoded with PyAV at
+extraction), in the split's folder: ``train_splits/`` or ``train/``; ``dev_splits_complete/``,
+``dev_splits/`` or ``dev/``; ``output_repeated_splits_test/``, ``test_splits/`` or ``test/``; looked
+up next to the CSVs, in DATA_DIR and in ``DATA_DIR/MELD.Raw`` (option ``clips_dir``: the folder
+holding the split folders). A missing or empty clip (MELD lacks a few, e.g. ``dev/dia110_utt7``) is
+named in ``manifest.issues`` and left out; a clip that exists but cannot be decoded is reported by
+the extraction and skipped there.
 """
 
 from __future__ import annotations
@@ -48,15 +51,18 @@ HOMES = ("", "MELD.Raw", "MELD", "data/MELD")
 CLIP_EXTS = (".wav", ".mp4")
 
 
-# --------------------------------------------------------------------------------------------------- text
+# ---------------------------------------------------------------------------------------------------
+# text
 
 
 def repair_text(s: str) -> str:
-    """Undo the double encoding found in MELD's text (UTF-8 bytes read as Latin-1/cp1252: ``â\\x80\\x99`` → ’),
-    map stray C1 control characters (cp1252 bytes read as Latin-1: ``\\x92``) to their cp1252 characters and
-    no-break spaces to spaces, so the 2019 files read as the current ones.
+    """Undo the double encoding found in MELD's text (UTF-8 bytes read as Latin-1/cp1252:
+    ``â\\x80\\x99`` → ’), map stray C1 control characters (cp1252 bytes read as Latin-1: ``\\x92``)
+    to their cp1252 characters and no-break spaces to spaces, so the 2019 files read as the current
+    ones.
 
-    Only exact repairs are made: a string that does not decode as UTF-8 after re-encoding is kept as it is.
+    Only exact repairs are made: a string that does not decode as UTF-8 after re-encoding is kept as
+    it is.
     """
     if s.isascii():
         return s
@@ -75,11 +81,13 @@ def repair_text(s: str) -> str:
             else ch
             for ch in s
         )
-    # the 2019 release has U+00A0 where the current files have a space (after the repair: Â\xa0 is one NBSP)
+    # the 2019 release has U+00A0 where the current files have a space (after the repair: Â\xa0 is
+    # one NBSP)
     return s.replace("\xa0", " ")
 
 
-# --------------------------------------------------------------------------------------------------- files
+# ---------------------------------------------------------------------------------------------------
+# files
 
 
 def _find_csvs(data_dir: Path, csv_dir: Path | None) -> dict[str, Path]:
@@ -115,7 +123,8 @@ def _int(value: str) -> int | None:
     return int(x) if x.is_integer() and x >= 0 else None
 
 
-# --------------------------------------------------------------------------------------------------- adapter
+# ---------------------------------------------------------------------------------------------------
+# adapter
 
 
 def _row(
@@ -170,7 +179,8 @@ def parse_meld(
         if path is None:
             notes.setdefault("missing_splits", []).append(split)
             continue
-        # MELD is English: the GB18030 guess of the default would turn cp1252 quotes into Chinese characters
+        # MELD is English: the GB18030 guess of the default would turn cp1252 quotes into Chinese
+        # characters
         fields, table, enc = read_csv(path, issues, encodings=WESTERN_ENCODINGS, clean=repair_text)
         notes["encodings"][path.name] = enc
         cols = require_columns(path, fields, COLUMNS)
@@ -220,7 +230,8 @@ def load_meld(
     csv_dir: str | Path | None = None,
     clips_dir: str | Path | None = None,
 ) -> Manifest:
-    """MELD from its CSVs and clips (see the module docstring). The split is MELD's own (``seed`` is unused)."""
+    """MELD from its CSVs and clips (see the module docstring). The split is MELD's own (``seed`` is
+    unused)."""
     manifest = to_manifest("meld", SCHEME, parse_meld(Path(data_dir), csv_dir, clips_dir))
     log.info(
         "meld: %d dialogues, %d utterances, %d issues",

@@ -1,45 +1,52 @@
 """CMU-MOSI and CMU-MOSEI, in the two forms their users download.
 
-A call is a video; its segments are the video's opinion utterances in time order, each with its own label: the
-annotators' mean sentiment score in [-3, 3] written as a decimal string (label scheme ``sentiment``). Scores that
-are not numbers or lie outside [-3, 3] are named in ``manifest.issues`` and the utterance is left out.
+A call is a video; its segments are the video's opinion utterances in time order, each with its own
+label: the annotators' mean sentiment score in [-3, 3] written as a decimal string (label scheme
+``sentiment``). Scores that are not numbers or lie outside [-3, 3] are named in ``manifest.issues``
+and the utterance is left out.
 
-**CSV form** (MMSA / MMML: the per-utterance ``label.csv``). ``DATA_DIR/label.csv`` (or the file named by the
-option ``label_csv``) with columns ``video_id, clip_id, text, label`` and ``mode`` (train / valid / test; other
-columns such as ``annotation``, ``label_T`` are ignored). Audio, looked up under DATA_DIR (or the option
-``audio_dir``):
+**CSV form** (MMSA / MMML: the per-utterance ``label.csv``). ``DATA_DIR/label.csv`` (or the file
+named by the option ``label_csv``) with columns ``video_id, clip_id, text, label`` and ``mode``
+(train / valid / test; other columns such as ``annotation``, ``label_T`` are ignored). Audio, looked
+up under DATA_DIR (or the option ``audio_dir``):
 
-- one file per utterance: ``wav/<video_id>/<clip_id>.wav`` (MMML), ``Raw/<video_id>/<clip_id>.mp4|wav`` (MMSA),
-  ``Raw/Audio/WAV_16000/Segmented/<video_id>_<clip_id>.wav`` (the CMU release), ``<video_id>/<clip_id>.wav``;
-- or, when the CSV has ``start`` and ``end`` columns (seconds), one file per video: ``wav/<video_id>.wav``,
-  ``Raw/Audio/WAV_16000/Full/<video_id>.wav`` (MOSI), ``Raw/Audio/Full/WAV_16000/<video_id>.wav`` (MOSEI),
+- one file per utterance: ``wav/<video_id>/<clip_id>.wav`` (MMML),
+``Raw/<video_id>/<clip_id>.mp4|wav`` (MMSA),
+  ``Raw/Audio/WAV_16000/Segmented/<video_id>_<clip_id>.wav`` (the CMU release),
+  ``<video_id>/<clip_id>.wav``;
+- or, when the CSV has ``start`` and ``end`` columns (seconds), one file per video:
+``wav/<video_id>.wav``,
+  ``Raw/Audio/WAV_16000/Full/<video_id>.wav`` (MOSI), ``Raw/Audio/Full/WAV_16000/<video_id>.wav``
+  (MOSEI),
   ``<video_id>.wav`` (``.mp4`` accepted too).
 
-The community MOSI reformatting ``id,text,label,mode`` (``id`` = ``<video_id>_<clip_id>``, e.g. ``03bSnISJMiM_1``,
-clip k = row k-1 of the video's ``.csd`` intervals) is read as the same thing.
+The community MOSI reformatting ``id,text,label,mode`` (``id`` = ``<video_id>_<clip_id>``, e.g.
+``03bSnISJMiM_1``, clip k = row k-1 of the video's ``.csd`` intervals) is read as the same thing.
 
-Segment ids are ``<video_id>_<clip_id>``; utterances are ordered by ``start`` where given, else by ``clip_id``
-(a number, or MOSEI's start time ``82_7645`` = 82.7645 s).
+Segment ids are ``<video_id>_<clip_id>``; utterances are ordered by ``start`` where given, else by
+``clip_id`` (a number, or MOSEI's start time ``82_7645`` = 82.7645 s).
 
 **SDK form** (CMU Multimodal SDK computational sequences, HDF5 ``.csd``): a labels sequence
-(``CMU_MOSI_Opinion_Labels.csd``, ``CMU_MOSEI_Labels.csd``; option ``labels_csd``) whose ``data/<video>``
-entries hold ``intervals`` (N×2 seconds into the video) and ``features`` (N×D; column 0 is the sentiment score,
-the other MOSEI columns are emotions), and a words sequence (``CMU_MOSI_TimestampedWords.csd``; option
-``words_csd``) whose words (``sp`` = silence, dropped) make each utterance's transcript: a word belongs to the
-utterance whose interval holds the word's midpoint. Entries keyed per segment (``<video>[<k>]``, as the SDK writes
-after aligning to the labels) are read too. Audio is one file per video (the per-video paths above; option
-``audio_dir`` names the folder). Segment ids are ``<video>[<k>]``, k the row of the video's label intervals (or
+(``CMU_MOSI_Opinion_Labels.csd``, ``CMU_MOSEI_Labels.csd``; option ``labels_csd``) whose
+``data/<video>`` entries hold ``intervals`` (N×2 seconds into the video) and ``features`` (N×D;
+column 0 is the sentiment score, the other MOSEI columns are emotions), and a words sequence
+(``CMU_MOSI_TimestampedWords.csd``; option ``words_csd``) whose words (``sp`` = silence, dropped)
+make each utterance's transcript: a word belongs to the utterance whose interval holds the word's
+midpoint. Entries keyed per segment (``<video>[<k>]``, as the SDK writes after aligning to the
+labels) are read too. Audio is one file per video (the per-video paths above; option ``audio_dir``
+names the folder). Segment ids are ``<video>[<k>]``, k the row of the video's label intervals (or
 the key's own ``[k]``), the SDK's own notation.
 
-Which form: ``label_csv`` given, or ``DATA_DIR/label.csv`` present → CSV form (unless ``labels_csd`` is given);
-otherwise the SDK form (the ``.csd`` files are searched for under DATA_DIR).
+Which form: ``label_csv`` given, or ``DATA_DIR/label.csv`` present → CSV form (unless ``labels_csd``
+is given); otherwise the SDK form (the ``.csd`` files are searched for under DATA_DIR).
 
-**Splits**, by video: the option ``split_file`` (a CSV with ``video_id`` and ``split``/``mode`` columns, a JSON
-``{"train": [ids], "valid": [...], "test": [...]}`` or ``{id: split}``, or the SDK's ``cmu_mosi_std_folds.py`` /
-``cmu_mosei_std_folds.py``, read as data, never run); else the CSV's ``mode`` column; else a folds file in
-DATA_DIR (``*std_folds*.py``, ``standard_folds.json``, ``splits.csv``/``splits.json``); else a deterministic
-video-level split stratified by the sign of the video's mean score (``split_ratios``, default 0.8,0.1,0.1,
-seeded by ``seed``), which ``manifest.notes`` records as NOT the standard folds.
+**Splits**, by video: the option ``split_file`` (a CSV with ``video_id`` and ``split``/``mode``
+columns, a JSON ``{"train": [ids], "valid": [...], "test": [...]}`` or ``{id: split}``, or the SDK's
+``cmu_mosi_std_folds.py`` / ``cmu_mosei_std_folds.py``, read as data, never run); else the CSV's
+``mode`` column; else a folds file in DATA_DIR (``*std_folds*.py``, ``standard_folds.json``,
+``splits.csv``/``splits.json``); else a deterministic video-level split stratified by the sign of
+the video's mean score (``split_ratios``, default 0.8,0.1,0.1, seeded by ``seed``), which
+``manifest.notes`` records as NOT the standard folds.
 """
 
 from __future__ import annotations
@@ -112,11 +119,13 @@ SPLIT_FILE_NAMES = ("standard_folds.json", "splits.csv", "splits.json", "split.c
 SEGMENT_KEY = re.compile(r"^(.*)\[(\d+)\]$")
 
 
-# --------------------------------------------------------------------------------------------------- helpers
+# ---------------------------------------------------------------------------------------------------
+# helpers
 
 
 def score_label(value) -> str:
-    """A score as the label string: the shortest decimal of its own precision ("2.4" from float32 2.4)."""
+    """A score as the label string: the shortest decimal of its own precision ("2.4" from float32
+    2.4)."""
     if isinstance(value, (np.floating, np.integer)):
         value = str(value)  # numpy prints the shortest repr of the value in its own dtype
     try:
@@ -130,7 +139,8 @@ def _safe_id(name: str) -> bool:
 
 
 class AudioFinder:
-    """Finds a video's or an utterance's file among the known layouts; remembers the layout that worked."""
+    """Finds a video's or an utterance's file among the known layouts; remembers the layout that
+    worked."""
 
     def __init__(self, root: Path, templates: tuple[str, ...]):
         self.root, self.templates = root, templates
@@ -138,8 +148,8 @@ class AudioFinder:
         self._listings: dict[str, frozenset[str]] = {}
 
     def _listing(self, folder: str) -> frozenset[str]:
-        # one listdir per folder instead of ~40 stat calls per row: a dataset with audio for a few of its 20k
-        # rows (a partial download) is read in a second, not in half a minute
+        # one listdir per folder instead of ~40 stat calls per row: a dataset with audio for a few
+        # of its 20k rows (a partial download) is read in a second, not in half a minute
         if folder not in self._listings:
             try:
                 self._listings[folder] = frozenset(os.listdir(self.root / folder))
@@ -170,7 +180,8 @@ class AudioFinder:
         )
 
 
-# --------------------------------------------------------------------------------------------------- splits
+# ---------------------------------------------------------------------------------------------------
+# splits
 
 
 def _assign(out: dict[str, str], vid: str, split: str | None, where: Path) -> None:
@@ -185,8 +196,8 @@ def _assign(out: dict[str, str], vid: str, split: str | None, where: Path) -> No
 
 
 def _folds_from_py(path: Path) -> dict[str, str]:
-    """The SDK's ``cmu_mosi_std_folds.py``: list literals assigned to standard_{train,valid,test}_fold (parsed as
-    data with ``ast``, never executed)."""
+    """The SDK's ``cmu_mosi_std_folds.py``: list literals assigned to
+    standard_{train,valid,test}_fold (parsed as data with ``ast``, never executed)."""
     try:
         tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"), filename=str(path))
     except SyntaxError as e:
@@ -319,7 +330,8 @@ def _apply_splits(
 def _generated_split(
     calls: dict[str, list], dataset: str, ratios, seed: int, notes: dict
 ) -> dict[str, list]:
-    """Video-level split stratified by the sign of each video's mean score (not the standard folds)."""
+    """Video-level split stratified by the sign of each video's mean score (not the standard
+    folds)."""
     ratios = parse_ratios(ratios)
     strata = {}
     for cid, items in calls.items():
@@ -345,7 +357,8 @@ def _generated_split(
     }
 
 
-# --------------------------------------------------------------------------------------------------- CSV form
+# ---------------------------------------------------------------------------------------------------
+# CSV form
 
 
 def _seconds(value: str) -> float | None:
@@ -357,13 +370,15 @@ def _seconds(value: str) -> float | None:
 
 
 def _split_id(row: dict[str, str]) -> dict[str, str]:
-    """``id`` = ``VIDEO_CLIP`` (``03bSnISJMiM_1``; video ids may hold ``_`` themselves, the clip never does)."""
+    """``id`` = ``VIDEO_CLIP`` (``03bSnISJMiM_1``; video ids may hold ``_`` themselves, the clip
+    never does)."""
     vid, sep, clip = row["id"].rpartition("_")
     return {**row, "video_id": vid if sep else row["id"], "clip_id": clip if sep else ""}
 
 
 def _clip_seconds(clip: str) -> float | None:
-    """Order key of a clip id: its number (MOSI ``3``), or the start time MOSEI writes as ``82_7645`` (82.7645 s)."""
+    """Order key of a clip id: its number (MOSI ``3``), or the start time MOSEI writes as
+    ``82_7645`` (82.7645 s)."""
     m = re.fullmatch(r"(\d+)(?:[_.](\d+))?", clip)
     if m is None:
         return None
@@ -371,13 +386,13 @@ def _clip_seconds(clip: str) -> float | None:
 
 
 def _parse_csv_form(path: Path, audio_root: Path) -> Parsed:
-    """The utterances of a ``label.csv`` (``notes["split"]`` is "column" when it has a mode/split column)."""
+    """The utterances of a ``label.csv`` (``notes["split"]`` is "column" when it has a mode/split
+    column)."""
     issues: list[Issue] = []
     fields, table, _ = read_csv(path, issues)
     if "id" in fields and "video_id" not in fields and "clip_id" not in fields:
-        table = [
-            (line, _split_id(row)) for line, row in table
-        ]  # the community form id,text,label,mode
+        # the community form id,text,label,mode
+        table = [(line, _split_id(row)) for line, row in table]
         fields = [*fields, "video_id", "clip_id"]
     cols = require_columns(path, fields, CSV_COLUMNS)
     split_col = next((c for c in ("mode", "split") if c in fields), None)
@@ -459,7 +474,8 @@ def _parse_csv_form(path: Path, audio_root: Path) -> Parsed:
     )
 
 
-# --------------------------------------------------------------------------------------------------- SDK form
+# ---------------------------------------------------------------------------------------------------
+# SDK form
 
 
 def _find_csd(data_dir: Path, kind: str, option: Path | None, dataset: str) -> Path:
@@ -471,14 +487,14 @@ def _find_csd(data_dir: Path, kind: str, option: Path | None, dataset: str) -> P
     norm = {p: p.name.lower().replace("_", "").replace("-", "") for p in found}
     if kind == "labels":
         hits = [p for p in found if "label" in norm[p]]
-        # older SDK releases split MOSEI's labels: LabelsSentiment (the score) beside LabelsEmotions (not it)
+        # older SDK releases split MOSEI's labels: LabelsSentiment (the score) beside LabelsEmotions
+        # (not it)
         hits = [p for p in hits if "emotion" not in norm[p]] or hits
         hits = [p for p in hits if "sentiment" in norm[p] or "opinion" in norm[p]] or hits
     else:
         hits = [p for p in found if "timestampedwords" in norm[p] and "vector" not in norm[p]]
-    if (
-        len(hits) > 1
-    ):  # several: prefer the one named after this dataset (CMU_MOSI_… vs CMU_MOSEI_…)
+    # several: prefer the one named after this dataset (CMU_MOSI_… vs CMU_MOSEI_…)
+    if len(hits) > 1:
         named = [p for p in hits if f"cmu{dataset}" in norm[p]]
         hits = named or hits
     if len(hits) > 1:
@@ -501,7 +517,8 @@ def _find_csd(data_dir: Path, kind: str, option: Path | None, dataset: str) -> P
 
 
 def _csd_data(f, path: Path):
-    """The ``data`` group of a computational sequence (under its one top-level group, or at the root)."""
+    """The ``data`` group of a computational sequence (under its one top-level group, or at the
+    root)."""
     import h5py
 
     if "data" in f and isinstance(f["data"], h5py.Group):
@@ -528,7 +545,8 @@ def _open_csd(path: Path):
 
 
 def _entries(data, path: Path, issues: list[Issue]):
-    """(key, video, clip index or None, features (N×D), intervals (N×2)) for each well-formed entry."""
+    """(key, video, clip index or None, features (N×D), intervals (N×2)) for each well-formed
+    entry."""
     for key in data:
         entry = data[key]
         where = f"{path.name}:{key}"
@@ -681,7 +699,8 @@ def _parse_sdk_form(
     )
 
 
-# --------------------------------------------------------------------------------------------------- adapter
+# ---------------------------------------------------------------------------------------------------
+# adapter
 
 
 def load_mosi(
@@ -697,9 +716,11 @@ def load_mosi(
     split_ratios=None,
     dataset: str = "mosi",
 ) -> Manifest:
-    """CMU-MOSI (or, with ``dataset="mosei"``, CMU-MOSEI) in the CSV or the SDK form (see the module docstring).
+    """CMU-MOSI (or, with ``dataset="mosei"``, CMU-MOSEI) in the CSV or the SDK form (see the module
+    docstring).
 
-    ``allow_outside_paths`` is accepted for the common signature: paths here come from ids, never from the files.
+    ``allow_outside_paths`` is accepted for the common signature: paths here come from ids, never
+    from the files.
     """
     data_dir = Path(data_dir)
     audio_root = option_path(data_dir, audio_dir) or data_dir
@@ -768,7 +789,8 @@ def load_mosei(
     split_file: str | Path | None = None,
     split_ratios=None,
 ) -> Manifest:
-    """CMU-MOSEI: the same forms as CMU-MOSI (``CMU_MOSEI_Labels.csd``: column 0 of the features is sentiment)."""
+    """CMU-MOSEI: the same forms as CMU-MOSI (``CMU_MOSEI_Labels.csd``: column 0 of the features is
+    sentiment)."""
     return load_mosi(
         data_dir,
         allow_outside_paths=allow_outside_paths,

@@ -1,10 +1,11 @@
 """The one pipeline from an adapter's raw rows to a :class:`Manifest`.
 
-An adapter only parses: it turns its files into :class:`RawRow` records (ids, label, audio path as written,
-text, times, the split it names, and a problem with the row if parsing found one) inside a :class:`Parsed`.
-:func:`to_manifest` then does what every dataset needs, worded the same everywhere: path checks (absolute paths
-and ``..`` need ``allow_outside_paths``), duration probing, duplicates, split conflicts, empty transcripts, label
-validation, majority call labels, a generated split where none is given, and issue reporting.
+An adapter only parses: it turns its files into :class:`RawRow` records (ids, label, audio path as
+written, text, times, the split it names, and a problem with the row if parsing found one) inside a
+:class:`Parsed`. :func:`to_manifest` then does what every dataset needs, worded the same everywhere:
+path checks (absolute paths and ``..`` need ``allow_outside_paths``), duration probing, duplicates,
+split conflicts, empty transcripts, label validation, majority call labels, a generated split where
+none is given, and issue reporting.
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ from ._common import (
 
 @dataclass(frozen=True)
 class RawRow:
-    """One segment as the dataset's files give it. ``audio`` is the path as written (relative to the dataset
-    folder), or the file the parser found where ``Parsed.found_by_parser``; ``split`` is a normalised split or "" (none given); ``order`` sorts the call's segments (ties: file
-    order); ``problem`` (set by the parser) leaves the row out with that reason; ``warnings`` are kept-row notes."""
+    """One segment as the dataset's files give it. ``audio`` is the path as written (relative to the
+    dataset folder), or the file the parser found where ``Parsed.found_by_parser``; ``split`` is a
+    normalised split or "" (none given); ``order`` sorts the call's segments (ties: file order);
+    ``problem`` (set by the parser) leaves the row out with that reason; ``warnings`` are kept-row
+    notes."""
 
     call_id: str
     segment_id: str
@@ -47,21 +50,22 @@ class RawRow:
     start: float | None = None
     end: float | None = None
     order: float = math.inf
-    unread: str | None = (
-        None  # the row cannot be read at all (no ids): reported, its label not checked
-    )
+    # the row cannot be read at all (no ids): reported, its label not checked
+    unread: str | None = None
     problem: str | None = None
     warnings: tuple[str, ...] = ()
 
 
 @dataclass
 class Parsed:
-    """What an adapter's parser returns: the rows, how to find their audio, and notes for the manifest.
+    """What an adapter's parser returns: the rows, how to find their audio, and notes for the
+    manifest.
 
-    ``search``: folders under ``data_dir`` where audio is looked up; ``not_found``: the issue for a missing file
-    (``{audio}`` and ``{data_dir}`` are filled in); ``duplicate``: how a duplicate row is named (``{segment_id}``;
-    ``{last}``: its part after the last ``/``); ``notes["split"]``: where the split came from (``files``,
-    ``column``, ``none``: a split is generated for the labelled calls); ``issues``: found while reading files."""
+    ``search``: folders under ``data_dir`` where audio is looked up; ``not_found``: the issue for a
+    missing file (``{audio}`` and ``{data_dir}`` are filled in); ``duplicate``: how a duplicate row
+    is named (``{segment_id}``; ``{last}``: its part after the last ``/``); ``notes["split"]``:
+    where the split came from (``files``, ``column``, ``none``: a split is generated for the
+    labelled calls); ``issues``: found while reading files."""
 
     rows: list[RawRow]
     data_dir: Path
@@ -70,23 +74,20 @@ class Parsed:
     not_found: str = "audio file {audio} not found in {data_dir}; row skipped"
     duplicate: str = "segment {segment_id}"
     call_kind: str = "call"  # what a call is called in split-conflict warnings (video, dialogue)
-    same_by_audio: bool = (
-        False  # duplicates: same call, resolved audio file, start and end (not the id)
-    )
-    found_by_parser: bool = (
-        False  # the parser built the audio paths from ids and found the files itself
-    )
-    labels_of_kept_rows: bool = (
-        False  # label check over the rows kept after the duplicate check, not all rows
-    )
+    # duplicates: same call, resolved audio file, start and end (not the id)
+    same_by_audio: bool = False
+    # the parser built the audio paths from ids and found the files itself
+    found_by_parser: bool = False
+    # label check over the rows kept after the duplicate check, not all rows
+    labels_of_kept_rows: bool = False
     warn_empty_text: bool = True  # False where the parser words its own transcript warnings
     warn_end_past_file: bool = True
     issues: list[Issue] = field(default_factory=list)
 
 
 def no_text_note(name: str, rows: list[RawRow], notes: dict) -> Issue:
-    """The one note of a dataset that says it has no transcripts (option ``no_text``), instead of a warning per
-    row."""
+    """The one note of a dataset that says it has no transcripts (option ``no_text``), instead of a
+    warning per row."""
     empty = sum(1 for r in rows if not r.text)
     notes["no_text"] = True
     return Issue(
@@ -97,7 +98,8 @@ def no_text_note(name: str, rows: list[RawRow], notes: dict) -> Issue:
 
 
 def short_rows(wheres: list[str], shown: int = 5) -> str:
-    """``calls.csv:2, :3, :4, :5, :6, … :11 (10 rows)``: rows of one file by line, the file named once."""
+    """``calls.csv:2, :3, :4, :5, :6, … :11 (10 rows)``: rows of one file by line, the file named
+    once."""
     cut = len(wheres) > shown + 1
     parts, last_file = [], None
     for w in (wheres[:shown] + wheres[-1:]) if cut else wheres:
@@ -110,8 +112,9 @@ def short_rows(wheres: list[str], shown: int = 5) -> str:
 
 
 class SameProblem:
-    """Row issues with the same reason (one missing or refused audio file named by many rows) become one issue
-    naming the rows, in the place of the first; ``Issue.rows`` keeps every row for report.json."""
+    """Row issues with the same reason (one missing or refused audio file named by many rows) become
+    one issue naming the rows, in the place of the first; ``Issue.rows`` keeps every row for
+    report.json."""
 
     def __init__(self, issues: list[Issue]):
         self.issues = issues
@@ -274,8 +277,8 @@ def to_manifest(
 ) -> Manifest:
     """The manifest of ``parsed``'s rows after every shared check (see the module docstring).
 
-    ``assign_splits`` replaces the default split rule (a split generated for the labelled calls when the files
-    name none) for a dataset with its own (standard folds files)."""
+    ``assign_splits`` replaces the default split rule (a split generated for the labelled calls when
+    the files name none) for a dataset with its own (standard folds files)."""
     scheme = scheme_or_error(scheme_name)
     issues = parsed.issues
     checks = RowChecks(issues)
@@ -284,9 +287,8 @@ def to_manifest(
     calls = drop_rows(
         calls, check_labels(labels_seen, scheme, allow_empty=allow_empty_labels, issues=issues)
     )
-    if (
-        scheme.level == "call"
-    ):  # segment-level schemes (sentiment, meld) keep each segment's own label
+    # segment-level schemes (sentiment, meld) keep each segment's own label
+    if scheme.level == "call":
         calls = majority_labels(calls, issues)
     notes = parsed.notes
     if assign_splits is not None:
