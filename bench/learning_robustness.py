@@ -106,7 +106,7 @@ def branches(model: MSMTFN, audio, alen, text, tlen):
     x, xv = model._stream(text, tlen, "text")
     a, av = model._stream(audio, alen, "audio")
     y = x
-    for layer in model.second_layers:
+    for layer in model.second_branch:
         y = layer(y, xv, a, av)
     for layer in model.main_layers:
         x = layer(x, xv)
@@ -138,7 +138,7 @@ def bottleneck_trial(variant: str, undo: list) -> None:
 
         def zero_init(self, cfg, dims):
             init(self, cfg, dims)
-            for layer in getattr(self, "bottleneck_layers", []):
+            for layer in getattr(self.fusion, "layers", []):
                 for block in (layer.text, layer.second):
                     for lin in (block.att.o, block.ff[3]):
                         torch.nn.init.zeros_(lin.weight)
@@ -165,7 +165,7 @@ def bottleneck_trial(variant: str, undo: list) -> None:
 
         def wider_join(self, cfg, dims):
             init(self, cfg, dims)
-            if self.two and cfg.bottleneck:
+            if cfg.fusion == "bottleneck":
                 self.join = torch.nn.Sequential(
                     torch.nn.Linear(3 * self.d, self.d), torch.nn.GELU()
                 )
@@ -176,27 +176,27 @@ def bottleneck_trial(variant: str, undo: list) -> None:
         def seg_direct(self, audio, alen, text, tlen):
             x, xv, y = branches(self, audio, alen, text, tlen)
             direct = _masked_mean(self.direct_norm(y), xv)
-            b, n = self.bottleneck_tokens.expand(x.shape[0], -1, -1), len(self.bottleneck_layers)
-            for i, layer in enumerate(self.bottleneck_layers):
+            b, n = self.fusion.tokens.expand(x.shape[0], -1, -1), len(self.fusion.layers)
+            for i, layer in enumerate(self.fusion.layers):
                 x, y, b = layer_fwd(layer, x, xv, y, xv, b, last=i == n - 1)
-            v = self._pool(self.final_norm(x), xv)
-            return self.seg_drop(self.join(torch.cat([v, self.second_norm(b).mean(1), direct], 1)))
+            v = self.pool(self.final_norm(x), xv)
+            return self.seg_drop(self.join(torch.cat([v, self.fusion.norm(b).mean(1), direct], 1)))
 
         setattr_undo(MSMTFN, "_segment_vectors", seg_direct)
     if variant in ("bn-mbt-readout", "bn-mbt-zero-init", "bn-text-before-exchange"):
 
         def seg(self, audio, alen, text, tlen):
             x, xv, y = branches(self, audio, alen, text, tlen)
-            before, b = x, self.bottleneck_tokens.expand(x.shape[0], -1, -1)
-            n = len(self.bottleneck_layers)
-            for i, layer in enumerate(self.bottleneck_layers):
+            before, b = x, self.fusion.tokens.expand(x.shape[0], -1, -1)
+            n = len(self.fusion.layers)
+            for i, layer in enumerate(self.fusion.layers):
                 x, y, b = layer_fwd(
                     layer, x, xv, y, xv, b, last=i == n - 1 and variant == "bn-text-before-exchange"
                 )
             if variant == "bn-text-before-exchange":
-                v, other = self._pool(self.final_norm(before), xv), self.second_norm(b).mean(1)
+                v, other = self.pool(self.final_norm(before), xv), self.fusion.norm(b).mean(1)
             else:
-                v, other = self._pool(self.final_norm(x), xv), _masked_mean(self.second_norm(y), xv)
+                v, other = self.pool(self.final_norm(x), xv), _masked_mean(self.fusion.norm(y), xv)
             return self.seg_drop(self.join(torch.cat([v, other], 1)))
 
         setattr_undo(MSMTFN, "_segment_vectors", seg)

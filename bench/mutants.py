@@ -22,8 +22,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL, LOOP = "train/model.py", "train/loop.py"
+VARIANTS, METRICS = "train/variants.py", "train/metrics.py"
 T_MODEL, T_GUARDS = "tests/test_train_model.py", "tests/test_train_guards.py"
 T_CUT = "tests/test_predict_cut.py"
+T_TABLE, T_VARIANTS = "tests/test_metric_table.py", "tests/test_variants.py"
 
 
 @dataclass(frozen=True)
@@ -69,8 +71,8 @@ MUTANTS = [
     Mutant(
         "flatten pooling includes padding rows",
         MODEL,
-        "self.flatten((x * valid[..., None]).flatten(1))",
-        "self.flatten(x.flatten(1))",
+        "super().forward((x * valid[..., None]).flatten(1))",
+        "super().forward(x.flatten(1))",
         (T_GUARDS,),
     ),
     Mutant(
@@ -90,8 +92,8 @@ MUTANTS = [
     Mutant(
         "Bi-GRU call vector from the first layer's states",
         MODEL,
-        "torch.cat([mean, h_n[-2], h_n[-1]], dim=1)",
-        "torch.cat([mean, h_n[0], h_n[1]], dim=1)",
+        "torch.cat([_masked_mean(out, mask), h_n[-2], h_n[-1]], dim=1)",
+        "torch.cat([_masked_mean(out, mask), h_n[0], h_n[1]], dim=1)",
         (T_GUARDS,),
     ),
     Mutant(
@@ -111,18 +113,18 @@ MUTANTS = [
     Mutant(
         "cross-modal layers not chained (each gets the branch's input)",
         MODEL,
-        "                for layer in self.second_layers:  # chained: each takes the previous output\n"
-        "                    y = layer(y, y_valid, a, a_valid)",
-        "                y0 = y\n                for layer in self.second_layers:\n"
-        "                    y = layer(y0, y_valid, a, a_valid)",
+        "        for layer in self:  # chained: each takes the previous output\n"
+        "            y = layer(y, x_valid, audio, audio_valid)",
+        "        for layer in self:\n            y = layer(x, x_valid, audio, audio_valid)",
         (T_MODEL,),
     ),
     Mutant(
         "cross-modal branch starts after the text branch's layers",
         MODEL,
-        "                y, y_valid = x, x_valid\n",
-        "                y, y_valid = x, x_valid\n                for layer in self.main_layers:\n"
-        "                    y = layer(y, y_valid)\n",
+        "            y, y_valid = self.second_branch(x, x_valid, a, a_valid)\n",
+        "            h = x\n            for layer in self.main_layers:\n"
+        "                h = layer(h, x_valid)\n"
+        "            y, y_valid = self.second_branch(h, x_valid, a, a_valid)\n",
         (T_MODEL,),
     ),
     Mutant(
@@ -134,16 +136,16 @@ MUTANTS = [
     ),
     Mutant(
         "audio-path check accepts everything",
-        MODEL,
-        '    if cfg.modality != "both":\n        return None\n    if cfg.cross_attention',
-        "    return None\n    if cfg.cross_attention",
+        VARIANTS,
+        "            if problem:\n                return problem\n",
+        "",
         (T_MODEL,),
     ),
     Mutant(
         "final bottleneck tokens not read (text branch alone)",
         MODEL,
-        "            other = self.second_norm(b).mean(1)",
-        "            other = self.second_norm(b).mean(1) * 0",
+        "        return x, self.norm(b).mean(1)",
+        "        return x, self.norm(b).mean(1) * 0",
         (T_MODEL,),
     ),
     Mutant(
@@ -230,6 +232,50 @@ MUTANTS = [
         '"rows" if from_rows.mean() > 0.5 else "pauses",',
         '"pauses",',
         (T_CUT,),
+    ),
+    Mutant(
+        "macro-F1 counts classes absent from truth and predictions as 0",
+        METRICS,
+        'lambda t, p, k: float(f1_score(t, p, average="macro", zero_division=0)),',
+        "lambda t, p, k: float(\n"
+        '                f1_score(t, p, labels=list(range(k)), average="macro", zero_division=0)\n'
+        "            ),",
+        (T_TABLE,),
+    ),
+    Mutant(
+        "bootstrap macro-F1 averages over every class",
+        METRICS,
+        "    macro = np.divide(f1.sum(1), present, out=np.zeros(len(f1)), where=present > 0)",
+        "    macro = f1.mean(1)",
+        (T_TABLE,),
+    ),
+    Mutant(
+        "selection ranks a lower-is-better metric upwards",
+        METRICS,
+        "        return v if METRIC_TABLE[name].higher_is_better or v == -math.inf else -v",
+        "        return v",
+        (T_TABLE,),
+    ),
+    Mutant(
+        "selection ignores the metric's tie-breaks",
+        METRICS,
+        "        *(signed(t) for t in METRIC_TABLE[key].ties),\n",
+        "",
+        (T_TABLE,),
+    ),
+    Mutant(
+        "flatten pooling no longer declares that it needs every text row",
+        VARIANTS,
+        "            needs_every_text_row=True,\n",
+        "",
+        (T_VARIANTS, T_MODEL),
+    ),
+    Mutant(
+        "--no-cross-attention keeps the cross-modal branch",
+        VARIANTS,
+        'second_branch=("cross" if cfg.cross_attention else "audio") if both else "none",',
+        'second_branch="cross" if both else "none",',
+        (T_VARIANTS, T_MODEL),
     ),
 ]
 

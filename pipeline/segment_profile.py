@@ -6,15 +6,11 @@ run's ``config.json`` (``cache.segmentation``); ``msmtfn-predict`` reads it to c
 recordings are cut, and warns when the segments it made are far from the training's lengths.
 
 - ``policy = "rows"``: the dataset gave each segment as a timed row of a longer recording (the
-generic CSV with
-  ``start``/``end``, MOSI/MOSEI utterances in one file per video); predict cuts a new recording by
-  its
-  transcript's rows.
+  generic CSV with ``start``/``end``, MOSI/MOSEI utterances in one file per video); predict cuts a
+  new recording by its transcript's rows.
 - ``policy = "pauses"``: each segment was its own file or recording (MarketCalls' segment files,
-MELD's clips,
-  whole recordings split into equal pieces at ``max_seconds``); predict cuts at pauses, pieces of at
-  most the
-  training's 95th-percentile length.
+  MELD's clips, whole recordings split into equal pieces at ``max_seconds``); predict cuts at
+  pauses, pieces of at most the training's 95th-percentile length.
 """
 
 from __future__ import annotations

@@ -217,22 +217,30 @@ def run_demo(
     configs = _train_configs(
         cache, runs, device=device, epochs=epochs, seed=seed, tiny=tiny, progress=progress
     )
-    # torch, transformers and both stages: imported here, not at import (``msmtfn-demo --help``
-    # stays fast)
-    from extract import ExtractConfig, build_tiny_encoders, extract
-    from pipeline.store import FingerprintMismatch
-    from train.data import open_cache
-    from train.loop import fit, resume_problem
-
+    # torch, transformers and both stages are imported in the steps, not at import
+    # (``msmtfn-demo --help`` stays fast)
     t0 = time.perf_counter()
     if fresh:  # only what the demo made (check_demo refused anything else)
         _remove_demo_data(data_dir)
         shutil.rmtree(cache, ignore_errors=True)
         _remove_demo_runs(runs)
     if tiny:
+        from extract import build_tiny_encoders
+
         a, t = build_tiny_encoders(cache.parent / "tiny-encoders")
         audio_model, text_model = audio_model or str(a), text_model or str(t)
-    # an unchanged second run finds every segment done (the store's resume) and extracts nothing
+    _extract_demo(data_dir, cache, runs, audio_model, text_model, device, calls, seed, progress)
+    out = _train_demo_models(cache, configs, say)
+    out["demo_seconds"] = time.perf_counter() - t0
+    out["cache"] = str(cache)
+    return out
+
+
+def _extract_demo(data_dir, cache, runs, audio_model, text_model, device, calls, seed, progress):
+    """The demo's cache; an unchanged second run finds every segment done (the store's resume)."""
+    from extract import ExtractConfig, extract
+    from pipeline.store import FingerprintMismatch
+
     ecfg = ExtractConfig(
         dataset="demo",
         data_dir=str(data_dir),
@@ -249,31 +257,35 @@ def run_demo(
     try:
         res = extract(ecfg, progress=progress)
     except FingerprintMismatch:
-        # the demo's own cache (check_demo), built for other --calls/--seed/encoders: rebuild it and
-        # the runs
+        # the demo's own cache (check_demo), built for other --calls/--seed/encoders: rebuild it
+        # and the runs
         log.warning("%s was built with other demo settings: rebuilding it and retraining", cache)
         _remove_demo_runs(runs)
         res = extract(replace(ecfg, overwrite=True), progress=progress)
     log.info("extracted %d segments in %.1f s", res.done, res.elapsed)
+
+
+def _train_demo_models(cache: Path, configs: dict, say) -> dict:
+    """Each demo model trained, or reported where a finished run has these settings."""
+    from train.data import open_cache
+    from train.loop import fit, resume_problem
+
     store = open_cache(str(cache))
     out: dict = {}
     for k, (modality, cfg) in enumerate(configs.items(), 1):
         problem = resume_problem(cfg, store)
         done = not problem and (Path(cfg.out) / "metrics.json").is_file()
         say(
-            f"{'model' if done else 'training'} {k}/{len(configs)}: {MODEL_NAMES[modality]} → {cfg.out}"
-            + (" (finished earlier: reported)" if done else "")
+            f"{'model' if done else 'training'} {k}/{len(configs)}: {MODEL_NAMES[modality]} → "
+            f"{cfg.out}" + (" (finished earlier: reported)" if done else "")
         )
-        # a run of the demo's own, with other settings (--epochs, ...): train it again, replacing
         if problem:
-            # it only once the new run passed its start checks (a model that cannot be built keeps
-            # the old run)
+            # a run of the demo's own with other settings (--epochs, ...): replaced only once the
+            # new run passed its start checks (a model that cannot be built keeps the old run)
             log.warning("%s: retraining (%s)", cfg.out, problem.split(": ", 1)[-1])
             out[modality] = fit(cfg, overwrite=True)
         else:  # a finished run with these settings is reported, not retrained
             out[modality] = fit(cfg, resume=True)
-    out["demo_seconds"] = time.perf_counter() - t0
-    out["cache"] = str(cache)
     return out
 
 

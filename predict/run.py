@@ -258,7 +258,7 @@ class Predictor:
         m = self.model
         bc = self.cfg.batch_calls or self.train_cfg.batch_calls
         out: list[dict[str, torch.Tensor]] = []
-        full_text = m.pooling == "flatten"  # as in training: flatten needs every text row
+        full_text = m.needs_every_text_row  # as in training
         for i in range(0, len(calls), bc):
             group = calls[i : i + bc]
             segs = [s for call in group for s in call]

@@ -622,7 +622,7 @@ def test_segment_level_and_regression_heads_give_per_segment_rows(tiny_run, tmp_
 
     class SegmentHeads(torch.nn.Module):
         uses_audio = uses_text = True
-        pooling = "mean"
+        needs_every_text_row = False
 
         def __init__(self):
             super().__init__()
@@ -681,7 +681,7 @@ def test_single_head_run_reports_coarser_tasks_through_the_label_maps(tiny_run, 
 
     class OneHead(torch.nn.Module):
         uses_audio = uses_text = True
-        pooling = "mean"
+        needs_every_text_row = False
 
         def __init__(self):
             super().__init__()

@@ -115,20 +115,20 @@ def test_ablation_flags_change_the_architecture_as_claimed():
     full = _names(model_for())
     assert (
         any(".cross." in n for n in full)
-        and "bottleneck_tokens" in full
+        and "fusion.tokens" in full
         and any(n.startswith("gru.") for n in full)
     )
-    assert any(n.startswith("bottleneck_layers.1.text.") for n in full) and any(
+    assert any(n.startswith("fusion.layers.1.text.") for n in full) and any(
         n.startswith("join.") for n in full
     )
     no_x = _names(model_for(cross_attention=False))
     # the second branch is the audio itself: self-attention + FFN layers, no cross-attention sub-layers
     assert not any(".cross." in n for n in no_x) and any(
-        n.startswith("second_layers.0.att.") for n in no_x
+        n.startswith("second_branch.0.att.") for n in no_x
     )
     no_b = _names(model_for(bottleneck=False))
-    assert not any("bottleneck" in n for n in no_b) and any(
-        n.startswith("second_layers.1.cross.") for n in no_b
+    assert not any(n.startswith(("fusion.tokens", "fusion.layers")) for n in no_b) and any(
+        n.startswith("second_branch.1.cross.") for n in no_b
     )
     assert not any(n.startswith("gru.") for n in _names(model_for(bigru=False)))
     assert set(model_for(mtl=False, task="3").heads) == {"3"} and set(model_for().heads) == {
@@ -138,11 +138,11 @@ def test_ablation_flags_change_the_architecture_as_claimed():
         "2",
     }
     text_only = _names(model_for(modality="text"))
-    assert not any("audio" in n or "second" in n or "bottleneck" in n for n in text_only)
+    assert not any("audio" in n or "second" in n or "fusion" in n for n in text_only)
     audio_only = _names(model_for(modality="audio"))
     assert not any("text" in n for n in audio_only)
-    assert "flatten.weight" in _names(model_for(pooling="flatten"))
-    assert not any("flatten" in n for n in full | _names(model_for(pooling="cls")))
+    assert "pool.weight" in _names(model_for(pooling="flatten"))
+    assert not any(n.startswith("pool.") for n in full | _names(model_for(pooling="cls")))
     # both ablations at once still fuse: the pooled audio branch joins the text branch
     assert "join.0.weight" in _names(model_for(cross_attention=False, bottleneck=False))
 
@@ -162,7 +162,7 @@ def test_two_branches_start_from_the_same_projected_text_and_audio_enters_only_t
 
     hooks = [
         model.main_layers[0].register_forward_pre_hook(grab("text")),
-        model.second_layers[0].register_forward_pre_hook(grab("cross")),
+        model.second_branch[0].register_forward_pre_hook(grab("cross")),
     ]
     with torch.no_grad():
         model(audio, alen, text, tlen, counts)
@@ -180,12 +180,12 @@ def test_cross_layers_are_chained():
     model = model_for()
     audio, alen, text, tlen, counts = inputs([2])
     seen = []
-    hook = model.second_layers[1].register_forward_pre_hook(
+    hook = model.second_branch[1].register_forward_pre_hook(
         lambda m, args: seen.append(args[0].clone())
     )
     with torch.no_grad():
         model(audio, alen, text, tlen, counts)
-        for p in model.second_layers[0].parameters():
+        for p in model.second_branch[0].parameters():
             p.mul_(0.0)  # layer 0 becomes the identity (residual only)
         model(audio, alen, text, tlen, counts)
     hook.remove()
@@ -202,11 +202,11 @@ def test_bottleneck_tokens_are_updated_by_both_branches_in_every_layer():
     def grab(module, args, out):
         got.append((args[4].clone(), out[2].clone()))
 
-    hooks = [layer.register_forward_hook(grab) for layer in model.bottleneck_layers]
+    hooks = [layer.register_forward_hook(grab) for layer in model.fusion.layers]
     with torch.no_grad():
         model(audio, alen, text, tlen, counts)
     (b_in0, b_out0), (b_in1, b_out1) = got
-    torch.testing.assert_close(b_in0, model.bottleneck_tokens.detach().expand_as(b_in0))
+    torch.testing.assert_close(b_in0, model.fusion.tokens.detach().expand_as(b_in0))
     torch.testing.assert_close(b_in1, b_out0)  # chained through B
     assert not torch.allclose(b_out0, b_in0, atol=1e-4) and not torch.allclose(
         b_out1, b_in1, atol=1e-4
@@ -653,7 +653,7 @@ def test_audio_stride_reads_every_frame_and_shortens_the_audio_keys():
     audio, alen, text, tlen, counts = inputs([2, 3], frames=21)
     alen[:] = 21
     seen = []
-    model.second_layers[0].cross.register_forward_hook(
+    model.second_branch[0].cross.register_forward_hook(
         lambda m, args, out: seen.append(args[1].shape[1])
     )
     with torch.no_grad():

@@ -41,6 +41,28 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
         )
 
 
+# state-dict names in runs written before the fusion parts were modules of their own
+LEGACY_KEYS = (
+    ("second_layers.", "second_branch."),
+    ("bottleneck_tokens", "fusion.tokens"),
+    ("bottleneck_layers.", "fusion.layers."),
+    ("second_norm.", "fusion.norm."),
+    ("flatten.", "pool."),
+)
+
+
+def renamed_keys(state: dict) -> dict:
+    """``state`` with the names of older runs (LEGACY_KEYS) in today's spelling."""
+    out = {}
+    for key, value in state.items():
+        for old, new in LEGACY_KEYS:
+            if key.startswith(old):
+                key = new + key[len(old) :]
+                break
+        out[key] = value
+    return out
+
+
 def load_weights(model: torch.nn.Module, path: Path, device: torch.device) -> None:
     try:
         state = load_file(str(path), device=str(device))
@@ -48,7 +70,7 @@ def load_weights(model: torch.nn.Module, path: Path, device: torch.device) -> No
         raise CheckpointError(
             f"{path}: not a readable checkpoint ({e}); retrain or restore the file"
         ) from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict(renamed_keys(state), strict=False)
     if missing or unexpected:
         raise CheckpointError(
             f"{path}: does not match the model (missing {list(missing)[:3]}, unexpected "
@@ -159,7 +181,7 @@ def restore_train_state(state: dict, model, opt, sched, gen: torch.Generator, pa
     """Put model, optimizer, scheduler and every RNG back as they were after ``state['epoch']``;
     returns it."""
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(renamed_keys(state["model"]))
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
     except (RuntimeError, ValueError, KeyError) as e:

@@ -19,7 +19,7 @@ import copy
 import logging
 import queue
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -51,6 +51,43 @@ class Batch:
     rows: np.ndarray | None = None  # (S,) store rows of the batch's segments
 
 
+@dataclass
+class LeftOut:
+    """What :class:`CallData` leaves out of a cache, for the log."""
+
+    unlabelled: int = 0
+    held_out_variants: int = 0
+    skipped_segments: int = 0
+    dropped: list[str] = field(default_factory=list)
+
+    def log(self, path, scheme: str) -> None:
+        if self.skipped_segments:
+            log.warning(
+                "%s: %d segments were skipped at extraction (bad input; see skip_reason in the "
+                "store) and are left out of their calls",
+                path,
+                self.skipped_segments,
+            )
+        if self.dropped:
+            log.warning(
+                "%d calls have no usable segment and are dropped: %s",
+                len(self.dropped),
+                ", ".join(self.dropped[:20]) + (" …" if len(self.dropped) > 20 else ""),
+            )
+        if self.unlabelled:
+            log.info(
+                "%d calls without a %s label or a train/valid/test split are not used",
+                self.unlabelled,
+                scheme,
+            )
+        if self.held_out_variants:
+            log.info(
+                "%d augmented variants of validation/test calls are not used (evaluation is on "
+                "originals)",
+                self.held_out_variants,
+            )
+
+
 class CallData:
     """Calls of one cache with their row indices (segment order), labels and splits.
 
@@ -63,13 +100,13 @@ class CallData:
         """``scoring=True`` (``msmtfn-predict --cache``): calls without a label or a
         train/valid/test split are kept too (``labelled`` says which are), and no split is required;
         training never uses this."""
-        self.store = store
+        self.store, self.scoring = store, scoring
         done, skipped = store.done(), store.skipped()
         pending = int((~done & ~skipped).sum())
         if pending:
             raise TrainError(
-                f"{store.path}: {pending} of {store.n} segments are not extracted yet; re-run the same "
-                "msmtfn-extract command to resume it first"
+                f"{store.path}: {pending} of {store.n} segments are not extracted yet; re-run the "
+                "same msmtfn-extract command to resume it first"
             )
         try:  # the store's own scheme: a custom one is defined in the store, not in a file
             self.scheme: LabelScheme = store.scheme
@@ -77,119 +114,21 @@ class CallData:
             raise TrainError(str(e)) from None
         # "call": one label per call | "segment": one per segment (utterance)
         self.level = self.scheme.level
-        t = store.table()
-        rows_by_call: dict[tuple[str, str], list[int]] = {}
-        for i, (cid, var) in enumerate(zip(t["call_id"], t["variant"])):
-            rows_by_call.setdefault((cid, var or "orig"), []).append(i)
-        self.calls: list[str] = []
-        self.variants: list[str] = []
-        self.rows: list[np.ndarray] = []
-        self.split: list[str] = []
-        base: list[str] = []
-        self.labelled: list[bool] = []
-        dropped, unlabelled, held_out_variants = [], 0, 0
-        n_skipped_segments = 0
-        usable = done & ~skipped
-        for (cid, variant), rows in rows_by_call.items():
-            rows = sorted(rows, key=lambda r: (t["segment_index"][r], r))
-            labels = {t["label"][r] for r in rows}
-            splits = {t["split"][r] for r in rows}
-            # each segment its own label; the call needs one labelled segment
-            if self.level == "segment":
-                if len(splits) > 1:
-                    raise TrainError(
-                        f"{store.path}: call {cid!r} has segments in different splits "
-                        f"({', '.join(sorted(splits))}); a call (video, dialogue) belongs to one split: "
-                        "fix the dataset and re-run msmtfn-extract"
-                    )
-                labels = {next((lab for lab in labels if self.scheme.is_valid(lab)), "")}
-            if len(labels) > 1 or len(splits) > 1:
-                raise TrainError(
-                    f"{store.path}: call {cid!r} has segments with different labels or splits "
-                    f"({', '.join(sorted(labels))} / {', '.join(sorted(splits))}); a label belongs to a "
-                    "whole call: fix the dataset and re-run msmtfn-extract"
-                )
-            label, split = labels.pop(), splits.pop()
-            has_label = split in SPLITS and self.scheme.is_valid(label)
-            if not has_label and not (scoring and variant == "orig"):
-                unlabelled += 1
-                continue  # unlabelled calls (e.g. new calls to predict) are not training data
-            if variant != "orig" and split != "train":
-                held_out_variants += 1
-                continue
-            keep = [r for r in rows if usable[r]]
-            n_skipped_segments += len(rows) - len(keep)
-            if not keep:
-                dropped.append(cid if variant == "orig" else f"{cid} ({variant})")
-                continue
-            self.calls.append(cid)
-            self.variants.append(variant)
-            self.rows.append(np.asarray(keep, dtype=np.int64))
-            self.split.append(split if split in SPLITS else "")
-            base.append(label)
-            self.labelled.append(self.scheme.is_valid(label))
-        if n_skipped_segments:
-            log.warning(
-                "%s: %d segments were skipped at extraction (bad input; see skip_reason in the store) and "
-                "are left out of their calls",
-                store.path,
-                n_skipped_segments,
-            )
-        if dropped:
-            log.warning(
-                "%d calls have no usable segment and are dropped: %s",
-                len(dropped),
-                ", ".join(dropped[:20]) + (" …" if len(dropped) > 20 else ""),
-            )
-        if unlabelled:
-            log.info(
-                "%d calls without a %s label or a train/valid/test split are not used",
-                unlabelled,
-                self.scheme.name,
-            )
-        if held_out_variants:
-            log.info(
-                "%d augmented variants of validation/test calls are not used (evaluation is on originals)",
-                held_out_variants,
-            )
-        if not self.calls:
-            raise TrainError(
-                f"{store.path}: no labelled calls in train/valid/test"
-                if not scoring
-                else f"{store.path}: no call with a usable segment"
-            )
+        table = store.table()
+        base = self._collect_calls(table, done & ~skipped)
         # unlabelled calls (scoring only) carry any valid label as a stand-in, never scored against
         stand_in = (
             next((b for b, ok in zip(base, self.labelled) if ok), None)
-            or next((x for x in t["label"] if self.scheme.is_valid(x)), None)
+            or next((x for x in table["label"] if self.scheme.is_valid(x)), None)
             or (self.scheme.base_labels[0] if self.scheme.base_labels else "0")
         )
-        base = [b if ok else stand_in for b, ok in zip(base, self.labelled)]
-        self.base_labels = base
+        self.base_labels = [b if ok else stand_in for b, ok in zip(base, self.labelled)]
         if self.level == "segment":
-            # per store row; a row without a valid label stays in its call as context but is never
-            # scored
-            mask = np.array([self.scheme.is_valid(x) for x in t["label"]], dtype=bool)
-            # a call with no label at all: every segment is scored
-            for c, ok in enumerate(self.labelled):
-                if not ok:
-                    mask[self.rows[c]] = True
-            self.labelled_row = torch.as_tensor(
-                np.array([self.scheme.is_valid(x) for x in t["label"]], dtype=bool)
-            )
-            self.mask = torch.as_tensor(mask)
-            filled = [x if self.scheme.is_valid(x) else stand_in for x in t["label"]]
-            self.labels = {k: torch.as_tensor(v) for k, v in self.scheme.encode_all(filled).items()}
-            n_scored = int(self.mask[torch.as_tensor(self.used_rows())].sum())
-            if n_scored < len(self.used_rows()):
-                log.info(
-                    "%d segments without a %s label are used as context only",
-                    len(self.used_rows()) - n_scored,
-                    self.scheme.name,
-                )
+            self._segment_labels(table["label"], stand_in)
         else:
             self.mask = None
-            self.labels = {k: torch.as_tensor(v) for k, v in self.scheme.encode_all(base).items()}
+            encoded = self.scheme.encode_all(self.base_labels)
+            self.labels = {k: torch.as_tensor(v) for k, v in encoded.items()}
         for s in ("train", "valid") if not scoring else ():
             if s not in self.split:
                 raise TrainError(
@@ -200,6 +139,89 @@ class CallData:
         self.text_tokens, self.text_dim = shape.text_tokens, shape.text_dim
         self.audio_len = torch.as_tensor(store.lengths("audio"))
         self.text_len = torch.as_tensor(store.lengths("text"))
+
+    def _call_label(self, cid: str, labels: set, splits: set) -> tuple[str, str]:
+        """The one (label, split) of a call's segments; mixed ones are a dataset error."""
+        path = self.store.path
+        # each segment its own label; the call needs one labelled segment
+        if self.level == "segment":
+            if len(splits) > 1:
+                raise TrainError(
+                    f"{path}: call {cid!r} has segments in different splits "
+                    f"({', '.join(sorted(splits))}); a call (video, dialogue) belongs to one "
+                    "split: fix the dataset and re-run msmtfn-extract"
+                )
+            labels = {next((lab for lab in labels if self.scheme.is_valid(lab)), "")}
+        if len(labels) > 1 or len(splits) > 1:
+            raise TrainError(
+                f"{path}: call {cid!r} has segments with different labels or splits "
+                f"({', '.join(sorted(labels))} / {', '.join(sorted(splits))}); a label belongs to "
+                "a whole call: fix the dataset and re-run msmtfn-extract"
+            )
+        return labels.pop(), splits.pop()
+
+    def _collect_calls(self, table: dict, usable: np.ndarray) -> list[str]:
+        """Fill calls, variants, rows, split and labelled with the calls training (or scoring)
+        uses; returns their base labels. What is left out is logged."""
+        rows_by_call: dict[tuple[str, str], list[int]] = {}
+        for i, (cid, var) in enumerate(zip(table["call_id"], table["variant"])):
+            rows_by_call.setdefault((cid, var or "orig"), []).append(i)
+        self.calls, self.variants, self.split = [], [], []
+        self.rows: list[np.ndarray] = []
+        self.labelled: list[bool] = []
+        base: list[str] = []
+        left_out = LeftOut()
+        for (cid, variant), rows in rows_by_call.items():
+            rows = sorted(rows, key=lambda r: (table["segment_index"][r], r))
+            label, split = self._call_label(
+                cid, {table["label"][r] for r in rows}, {table["split"][r] for r in rows}
+            )
+            has_label = split in SPLITS and self.scheme.is_valid(label)
+            if not has_label and not (self.scoring and variant == "orig"):
+                left_out.unlabelled += 1
+                continue  # unlabelled calls (e.g. new calls to predict) are not training data
+            if variant != "orig" and split != "train":
+                left_out.held_out_variants += 1
+                continue
+            keep = [r for r in rows if usable[r]]
+            left_out.skipped_segments += len(rows) - len(keep)
+            if not keep:
+                left_out.dropped.append(cid if variant == "orig" else f"{cid} ({variant})")
+                continue
+            self.calls.append(cid)
+            self.variants.append(variant)
+            self.rows.append(np.asarray(keep, dtype=np.int64))
+            self.split.append(split if split in SPLITS else "")
+            base.append(label)
+            self.labelled.append(self.scheme.is_valid(label))
+        left_out.log(self.store.path, self.scheme.name)
+        if not self.calls:
+            raise TrainError(
+                f"{self.store.path}: no labelled calls in train/valid/test"
+                if not self.scoring
+                else f"{self.store.path}: no call with a usable segment"
+            )
+        return base
+
+    def _segment_labels(self, row_labels: list[str], stand_in: str) -> None:
+        """Per store row: labels, and the mask of rows that are scored. A row without a valid
+        label stays in its call as context but is never scored (nor trained on)."""
+        valid = np.array([self.scheme.is_valid(x) for x in row_labels], dtype=bool)
+        mask = valid.copy()
+        for c, ok in enumerate(self.labelled):  # a call with no label at all: every segment
+            if not ok:
+                mask[self.rows[c]] = True
+        self.labelled_row = torch.as_tensor(valid)
+        self.mask = torch.as_tensor(mask)
+        filled = [x if self.scheme.is_valid(x) else stand_in for x in row_labels]
+        self.labels = {k: torch.as_tensor(v) for k, v in self.scheme.encode_all(filled).items()}
+        n_scored = int(self.mask[torch.as_tensor(self.used_rows())].sum())
+        if n_scored < len(self.used_rows()):
+            log.info(
+                "%d segments without a %s label are used as context only",
+                len(self.used_rows()) - n_scored,
+                self.scheme.name,
+            )
 
     def indices(self, split: str) -> list[int]:
         """Calls of ``split`` ("all": every call), original recordings only."""

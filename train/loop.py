@@ -41,7 +41,17 @@ from .checkpoint import (
 )
 from .config import TrainConfig, effective_threads
 from .data import Batches, CallData, FeatureSource, LoadedCache, TrainError, open_cache
-from .metrics import BOOTSTRAP, all_task_metrics, bootstrap_intervals, headline, selection_score
+from .metrics import (
+    BOOTSTRAP,
+    METRIC_TABLE,
+    all_task_metrics,
+    bootstrap_intervals,
+    headline,
+    reported_task,
+    selection_key,
+    selection_score,
+    selection_text,
+)
 from .model import MSMTFN, ModelDims, build_model
 from .normalise import feature_stats
 from .plots import confusion_matrices, learning_curves
@@ -54,6 +64,7 @@ from .predictions import (
     regression_tasks,
     run_model,
 )
+from .variants import run_name_parts
 
 log = logging.getLogger(__name__)
 
@@ -74,17 +85,7 @@ def seed_everything(seed: int) -> None:
 
 
 def default_run_dir(cfg: TrainConfig, dataset: str) -> Path:
-    flags = [cfg.modality] + [
-        n
-        for n, on in (
-            ("no-mtl", not cfg.mtl),
-            ("no-bigru", not cfg.bigru),
-            ("no-xattn", not cfg.cross_attention),
-            ("no-bottleneck", not cfg.bottleneck),
-        )
-        if on
-    ]
-    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{'-'.join(flags)}-s{cfg.seed}"
+    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{'-'.join(run_name_parts(cfg))}-s{cfg.seed}"
     return Path("runs") / (dataset or "cache") / name
 
 
@@ -163,13 +164,7 @@ def evaluate(
     return scored.loss, metrics, scored
 
 
-HISTORY_METRICS = ("accuracy", "macro_f1", "weighted_f1", "mae", "corr")
-SELECTION_TEXT = {
-    "macro_f1": "validation macro-F1 (ties: accuracy, then loss)",
-    "weighted_f1": "validation weighted F1 (ties: accuracy, then loss)",
-    "accuracy": "validation accuracy (ties: loss)",
-    "mae": "validation MAE (ties: correlation, then loss)",
-}
+HISTORY_METRICS = tuple(METRIC_TABLE)  # every task's validation figures, per epoch
 
 
 def resolve_task(cfg: TrainConfig, store) -> TrainConfig:
@@ -190,7 +185,7 @@ def resolve_task(cfg: TrainConfig, store) -> TrainConfig:
 
 
 # settings that may differ between a run and its resumption: they do not change the numbers
-RESUME_FREE = (
+RESUME_KEYS_MAY_DIFFER = (
     "device",
     "threads",
     "progress",
@@ -204,11 +199,11 @@ RESUME_FREE = (
 
 def _check_resumable(run_dir: Path, cfg: TrainConfig, fingerprint: str) -> None:
     meta = read_run_config(run_dir)
-    old = {k: v for k, v in meta.get("train", {}).items() if k not in RESUME_FREE}
+    old = {k: v for k, v in meta.get("train", {}).items() if k not in RESUME_KEYS_MAY_DIFFER}
     new = {
         k: v
         for k, v in json.loads(json.dumps(cfg.to_dict(), default=list)).items()
-        if k not in RESUME_FREE
+        if k not in RESUME_KEYS_MAY_DIFFER
     }
     changed = [
         f"{k}: {old.get(k)!r} → {new.get(k)!r}"
@@ -247,10 +242,8 @@ class TrainingRun:
         # an already finished run's metrics (resume): nothing to do
         self.finished: dict | None = None
         self.run_dir: Path | None = None
-        self.saved_epoch, self.history = (
-            0,
-            [],
-        )  # the last epoch in train_state.pt; finished epochs (Ctrl-C note)
+        # the last epoch in train_state.pt; finished epochs (Ctrl-C note)
+        self.saved_epoch, self.history = 0, []
         # (epoch, the state file before) while it is written
         self.saving: tuple[int, tuple | None] | None = None
 
@@ -274,156 +267,179 @@ class TrainingRun:
         )
 
     def start(self) -> TrainingRun:
-        cfg, loaded, resume = self.cfg, self.loaded, self.resume
-        self.device = device = loaded.device if loaded is not None else resolve_device(cfg.device)
+        """Open the cache, build the model and the run folder, or find the run finished."""
+        cfg = self._open()
+        if self.finished is not None:
+            return self
+        seed_everything(cfg.seed)
+        data = self.loaded.data if self.loaded is not None else CallData(self.store)
+        self.data, self.scheme = data, data.scheme
+        self.regression = regression_tasks(self.scheme)
+        self.selection = selection_key(self.scheme.task(cfg.task).kind, self.scheme.selection)
+        dims = ModelDims(
+            audio_dim=data.audio_dim,
+            text_dim=data.text_dim,
+            text_tokens=data.text_tokens,
+            tasks={t.name: t.num_classes for t in self.scheme.tasks},
+            level=self.scheme.level,
+        )
+        self.model = self._build_model(dims)
+        state = self._claim_run_dir()
+        self.splits = {s: data.indices(s) for s in ("train", "valid", "test")}
+        choices = data.variant_choices(self.splits["train"], cfg.augment_variants)
+        for path in self.stale:  # --overwrite: only once the run cannot be refused
+            path.unlink(missing_ok=True)
+        self._write_config(dims)
+        self._make_batches(choices)
+        self._make_optimizer()
+        self._restore(state)
+        return self
+
+    def _open(self) -> TrainConfig:
+        """Device, threads, the cache and the task; ``finished`` set when there is nothing to do."""
+        cfg, loaded = self.cfg, self.loaded
+        self.device = loaded.device if loaded is not None else resolve_device(cfg.device)
         # 0 on CPU: by core count (config.default_threads); GPU: as it was
-        if cfg.threads or device.type == "cpu":
+        if cfg.threads or self.device.type == "cpu":
             torch.set_num_threads(effective_threads(cfg.threads))
-        if resume and not cfg.out:
+        if self.resume and not cfg.out:
             raise TrainError("--resume needs the run folder (--out or --resume RUN_DIR)")
         self.run_dir = run_dir = Path(cfg.out) if cfg.out else None
-        self.store = store = loaded.store if loaded is not None else open_cache(cfg.cache)
-        self.cfg = cfg = resolve_task(cfg, store)
-        if resume and run_dir is not None and (run_dir / METRICS).is_file():
-            _check_resumable(run_dir, cfg, store.fingerprint)
+        self.store = loaded.store if loaded is not None else open_cache(cfg.cache)
+        self.cfg = cfg = resolve_task(cfg, self.store)
+        if self.resume and run_dir is not None and (run_dir / METRICS).is_file():
+            _check_resumable(run_dir, cfg, self.store.fingerprint)
             log.info("%s: already finished; nothing to resume", run_dir)
             self.finished = {
                 **json.loads((run_dir / METRICS).read_text(encoding="utf-8")),
                 "resumed": "finished",
             }
-            return self
-        seed_everything(cfg.seed)
-        self.data = data = loaded.data if loaded is not None else CallData(store)
-        self.scheme = scheme = data.scheme
-        self.regression = regression_tasks(scheme)
-        dims = ModelDims(
-            audio_dim=data.audio_dim,
-            text_dim=data.text_dim,
-            text_tokens=data.text_tokens,
-            tasks={t.name: t.num_classes for t in scheme.tasks},
-            level=scheme.level,
-        )
-        model = build_model(cfg, dims)
-        train_rows = data.used_rows(data.indices("train"))
+        return cfg
+
+    def _build_model(self, dims: ModelDims) -> MSMTFN:
+        model = build_model(self.cfg, dims)
+        train_rows = self.data.used_rows(self.data.indices("train"))
         # from the training split only; a resumed state restores the same buffers
         for m in model.modalities:
-            model.set_feature_stats(m, *feature_stats(store, train_rows, m))
-        self.model = model = model.to(device)
-        self.amp = cfg.amp and device.type == "cuda"
-        self.run_dir = run_dir = run_dir or default_run_dir(cfg, store.dataset)
-        # recorded, so that predict can find relative encoder folders from elsewhere
+            model.set_feature_stats(m, *feature_stats(self.store, train_rows, m))
+        self.amp = self.cfg.amp and self.device.type == "cuda"
+        return model.to(self.device)
+
+    def _claim_run_dir(self) -> dict | None:
+        """The run folder named (and recorded in the config, so that predict finds relative
+        encoder folders from elsewhere); the resumed state, or the old files to replace."""
+        cfg = self.cfg
+        self.run_dir = run_dir = self.run_dir or default_run_dir(cfg, self.store.dataset)
         if not cfg.out:
             self.cfg = cfg = cfg.with_(out=str(run_dir))
-        self.state_path = run_dir / STATE
-        self.weights_path = run_dir / WEIGHTS
+        self.state_path, self.weights_path = run_dir / STATE, run_dir / WEIGHTS
         state = None
-        if resume and self.state_path.is_file():
-            _check_resumable(run_dir, cfg, store.fingerprint)
+        if self.resume and self.state_path.is_file():
+            _check_resumable(run_dir, cfg, self.store.fingerprint)
             state = load_train_state(self.state_path)
-        elif resume:
+        elif self.resume:
             log.debug("%s: no %s yet; starting the run from its first epoch", run_dir, STATE)
-        stale = [] if resume else self._claim(run_dir)
-        self.splits = splits = {s: data.indices(s) for s in ("train", "valid", "test")}
-        choices = data.variant_choices(splits["train"], cfg.augment_variants)
-        for path in stale:  # --overwrite: only once the run cannot be refused
-            path.unlink(missing_ok=True)
-        # once the settings and the cache passed every check
+        self.stale = [] if self.resume else self._claim(run_dir)
+        return state
+
+    def _write_config(self, dims: ModelDims) -> None:
+        """The run folder and its config.json, once the settings and the cache passed every
+        check."""
+        run_dir, store, scheme, splits = self.run_dir, self.store, self.scheme, self.splits
         run_dir.mkdir(parents=True, exist_ok=True)
-        if cfg.plots:
+        if self.cfg.plots:
             (run_dir / "plots").mkdir(exist_ok=True)
-        n_params = sum(p.numel() for p in model.parameters())
-        write_run_config(
-            run_dir,
-            cfg,
-            dims,
-            {
-                "cache": {
-                    "path": str(store.path),
-                    "fingerprint": store.fingerprint,
-                    "settings": store.settings,
-                    "label_scheme": scheme.name,
-                    **scheme_record(scheme),
-                    "segmentation": segmentation_record(store, data, splits),
-                },
-                "parameters": n_params,
-            },
-        )
+        n_params = sum(p.numel() for p in self.model.parameters())
+        cache = {
+            "path": str(store.path),
+            "fingerprint": store.fingerprint,
+            "settings": store.settings,
+            "label_scheme": scheme.name,
+            **scheme_record(scheme),
+            "segmentation": segmentation_record(store, self.data, splits),
+        }
+        write_run_config(run_dir, self.cfg, dims, {"cache": cache, "parameters": n_params})
         log.info(
             "%d train / %d valid / %d test calls; %.2fM parameters; device %s",
             len(splits["train"]),
             len(splits["valid"]),
             len(splits["test"]),
             n_params / 1e6,
-            device,
+            self.device,
         )
+
+    def _make_batches(self, choices: list[list[int]] | None) -> None:
+        cfg, data, splits, model = self.cfg, self.data, self.splits, self.model
         if choices:
             log.info(
                 "training samples each call's original or one of %d cached variants per epoch",
                 sum(len(c) - 1 for c in choices),
             )
-        if loaded is not None:
-            source = loaded.source.view(model.modalities)
+        if self.loaded is not None:
+            source = self.loaded.source.view(model.modalities)
         else:
             needed = sorted(
                 {c for ch in (choices or []) for c in ch} | {c for v in splits.values() for c in v}
             )
             source = FeatureSource(
-                data, device, cfg.max_cache_gb, modalities=model.modalities, calls=needed
+                data, self.device, cfg.max_cache_gb, modalities=model.modalities, calls=needed
             )
         self.gen = gen = torch.Generator().manual_seed(cfg.seed)
-        full_text = model.pooling == "flatten"
 
         def make(calls, shuffle, ch=None):
-            order = gen if shuffle else None
             return Batches(
                 data,
                 source,
                 calls,
                 cfg.batch_calls,
                 shuffle,
-                order,
-                full_text=full_text,
+                gen if shuffle else None,
+                full_text=model.needs_every_text_row,
                 choices=ch,
             )
 
         self.train_b = make(splits["train"], True, choices)
         self.val_b, self.test_b = make(splits["valid"], False), make(splits["test"], False)
+
+    def _make_optimizer(self) -> None:
+        cfg, model = self.cfg, self.model
         self.weights = {t: float(cfg.loss_weights.get(t, 1.0)) for t in model.heads}
         self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         steps_per_epoch = math.ceil(len(self.train_b) / cfg.grad_accum)
         self.sched = torch.optim.lr_scheduler.LambdaLR(  # one scheduler for the whole run
             self.opt, warmup_cosine(cfg.epochs * steps_per_epoch, cfg.warmup)
         )
+
+    def _restore(self, state: dict | None) -> None:
+        """A fresh run's counters, or those of the resumed state (model, optimizer and RNGs
+        too)."""
         self.history: list[dict] = []
-        self.best_score, self.best_epoch, self.bad, self.first = None, 0, 0, 1
+        self.best_score, self.best_epoch, self.epochs_without_gain = None, 0, 0
+        self.first_epoch = 1
         self.resumed_state = state is not None
-        if state is not None:
-            self.first = (
-                restore_train_state(state, model, self.opt, self.sched, gen, self.state_path) + 1
-            )
-            self.history, self.best_epoch, self.bad = (
-                state["history"],
-                state["best_epoch"],
-                state["bad"],
-            )
-            self.best_score = (
-                tuple(state["best_score"]) if state["best_score"] is not None else None
-            )
-            self.saved_epoch = self.first - 1
-            log.info(
-                "%s: resuming after epoch %d (best so far: epoch %d)",
-                run_dir,
-                self.first - 1,
-                self.best_epoch,
-            )
         # killed after an early stop was decided
         self.stopped = state is not None and state.get("stopped", False)
-        return self
+        if state is None:
+            return
+        done = restore_train_state(
+            state, self.model, self.opt, self.sched, self.gen, self.state_path
+        )
+        self.first_epoch = done + 1
+        self.history, self.best_epoch = state["history"], state["best_epoch"]
+        self.epochs_without_gain = state["bad"]
+        self.best_score = tuple(state["best_score"]) if state["best_score"] is not None else None
+        self.saved_epoch = done
+        log.info(
+            "%s: resuming after epoch %d (best so far: epoch %d)",
+            self.run_dir,
+            done,
+            self.best_epoch,
+        )
 
     # ------------------------------------------------------------------------------------------
     # epochs
     def epochs(self) -> range:
-        return range(self.first, self.cfg.epochs + 1) if not self.stopped else range(0)
+        return range(self.first_epoch, self.cfg.epochs + 1) if not self.stopped else range(0)
 
     def epoch(self, epoch: int) -> bool:
         """Train one epoch, score validation, keep the best checkpoint; True when early stopping
@@ -450,7 +466,7 @@ class TrainingRun:
             bar.set_postfix(loss=f"{running / seen:.4f}", refresh=False)
         val_loss, val, _ = evaluate(model, self.val_b, data, self.weights, self.device, self.amp)
         sel = val[cfg.task]
-        score = selection_score(sel, self.scheme.selection, val_loss)
+        score = selection_score(sel, self.selection, val_loss)
         row = {
             "epoch": epoch,
             "train_loss": running / max(1, seen),
@@ -463,21 +479,21 @@ class TrainingRun:
         self.history.append(row)
         improved = self.best_score is None or score > self.best_score
         if improved:
-            self.best_score, self.best_epoch, self.bad = score, epoch, 0
+            self.best_score, self.best_epoch, self.epochs_without_gain = score, epoch, 0
             save_weights(model, self.weights_path)
         else:
-            self.bad += 1
+            self.epochs_without_gain += 1
         log.info(
             "epoch %d: train loss %.4f, val loss %.4f, val task %s %s%s",
             epoch,
             row["train_loss"],
             val_loss,
             cfg.task,
-            headline(sel),
+            headline(sel, self.scheme.task(cfg.task).kind),
             " *" if improved else "",
         )
         _write_history(self.run_dir / HISTORY, self.history)
-        self.stopped = self.bad >= cfg.patience
+        self.stopped = self.epochs_without_gain >= cfg.patience
         # also on every improvement, so the state never trails the best-weights file it describes;
         # written after that file: a kill between the two re-runs this epoch, which rewrites the
         # same weights
@@ -498,7 +514,7 @@ class TrainingRun:
                 history=self.history,
                 best_score=self.best_score,
                 best_epoch=self.best_epoch,
-                bad=self.bad,
+                bad=self.epochs_without_gain,
                 stopped=self.stopped,
             )
             self.saved_epoch, self.saving = epoch, None
@@ -544,17 +560,21 @@ class TrainingRun:
         else:
             log.warning("no test calls in %s; reporting validation only", self.store.path)
         history = self.history
-        selection = "mae" if cfg.task in self.regression else scheme.selection
         metrics = {
             "run_dir": str(run_dir),
             "best_epoch": self.best_epoch,
             "epochs_run": len(history),
-            "selection": {"task": cfg.task, "key": selection, "metric": SELECTION_TEXT[selection]},
+            "selection": {
+                "task": cfg.task,
+                "key": self.selection,
+                "metric": selection_text(self.selection),
+            },
             "val_loss": val_loss,
             "test_loss": test_loss,
             "val": val,
             "test": test,
             "classes": {t.name: list(t.classes) for t in scheme.tasks if not t.is_regression},
+            "kinds": {name: reported_task(scheme, name).kind for name in val},
             "level": scheme.level,
             "intervals": f"ci95: 95 % percentile bootstrap over the split's calls, {BOOTSTRAP} resamples, seed 0",
             "calls": {s: len(v) for s, v in self.splits.items()},
@@ -567,12 +587,14 @@ class TrainingRun:
             else float("nan"),
         }
         if self.resumed_state:
-            metrics["resumed_after_epoch"] = self.first - 1
+            metrics["resumed_after_epoch"] = self.first_epoch - 1
         if cfg.plots:
             classes = {t.name: t.classes for t in scheme.tasks}
             classes.update({f"{t}:head": c for t, c in classes.items()})
             plots = run_dir / "plots"
-            learning_curves(history, cfg.task, plots / "learning_curves.png")
+            learning_curves(
+                history, cfg.task, scheme.task(cfg.task).kind, plots / "learning_curves.png"
+            )
             confusion_matrices(
                 val, classes, "validation (best checkpoint)", plots / "confusion_valid.png"
             )

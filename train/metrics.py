@@ -1,41 +1,200 @@
-"""Evaluation for every task: accuracy, macro-F1, weighted-F1 and the confusion matrix
-(scikit-learn) for a classification; MAE and Pearson correlation for a regression, with the
-classification tasks derived from the predicted value the way the field reports CMU-MOSI/MOSEI (Acc2
-in both conventions, F1, Acc5, Acc7)."""
+"""Evaluation for every task, from one table of metrics (:data:`METRIC_TABLE`): accuracy, macro-F1 and
+weighted-F1 (and the confusion matrix) for a classification; MAE and Pearson correlation for a
+regression, with the classification tasks derived from the predicted value the way the field
+reports CMU-MOSI/MOSEI (Acc2 in both conventions, F1, Acc5, Acc7).
+
+Macro-F1 averages over the classes present in the truth or the predictions (scikit-learn's
+default): a class that is neither in the data nor predicted does not count as an F1 of 0.
+Adding a metric: one row in METRIC_TABLE (its one-sample and its vectorised bootstrap function); the
+history, the selection, the sweep tables, the summary and the plots read the table.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
+CLASS, REGRESSION = "class", "regression"  # pipeline.labels.Task.kind
+
+
+def _confusions(t: np.ndarray, p: np.ndarray, k: int) -> np.ndarray:
+    """(B, k, k) [true, pred] confusion matrices of the rows of (B, n) class indices."""
+    b = np.arange(len(t))[:, None]
+    flat = np.bincount((b * k * k + t * k + p).ravel(), minlength=len(t) * k * k)
+    return flat.reshape(len(t), k, k)
+
+
+def _f1s(conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(macro F1, weighted F1) of a stack of confusion matrices (B, k, k) [true, pred], as
+    scikit-learn computes them with zero_division=0: macro over the classes present in the truth
+    or the predictions, weighted by each class's support."""
+    tp = np.diagonal(conf, axis1=1, axis2=2).astype(np.float64)
+    support, predicted = conf.sum(2).astype(np.float64), conf.sum(1).astype(np.float64)
+    denom = support + predicted
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    present = (denom > 0).sum(1)
+    macro = np.divide(f1.sum(1), present, out=np.zeros(len(f1)), where=present > 0)
+    total = support.sum(1)
+    weighted = np.divide((f1 * support).sum(1), total, out=np.zeros(len(f1)), where=total > 0)
+    return macro, weighted
+
+
+def _pearson(t: np.ndarray, p: np.ndarray, k: int = 1) -> np.ndarray:
+    tc, pc = t - t.mean(1, keepdims=True), p - p.mean(1, keepdims=True)
+    den = np.sqrt((tc * tc).sum(1) * (pc * pc).sum(1))
+    return np.divide((tc * pc).sum(1), den, out=np.full(len(t), np.nan), where=den > 0)
+
+
+def _corr(t: np.ndarray, p: np.ndarray) -> float:
+    constant = len(t) < 2 or t.std() == 0 or p.std() == 0
+    return math.nan if constant else float(np.corrcoef(t, p)[0, 1])
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One figure. ``one(truth, pred, k)``: its value on one sample (scikit-learn where it has it);
+    ``resampled(truth, pred, k)``: its values on (B, n) rows of resampled items at once (the
+    bootstrap). ``ties``: the metrics that break a tie when it selects a checkpoint, then the
+    validation loss. ``percent``: shown × 100; else with ``short`` before it."""
+
+    name: str
+    label: str
+    short: str
+    kind: str
+    higher_is_better: bool
+    one: Callable[[np.ndarray, np.ndarray, int], float]
+    resampled: Callable[[np.ndarray, np.ndarray, int], np.ndarray]
+    percent: bool = True
+    ties: tuple[str, ...] = ()
+
+
+METRIC_TABLE: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric(
+            "accuracy",
+            "accuracy",
+            "acc",
+            CLASS,
+            True,
+            lambda t, p, k: float(accuracy_score(t, p)),
+            lambda t, p, k: (t == p).mean(1),
+        ),
+        Metric(
+            "macro_f1",
+            "macro-F1",
+            "mF1",
+            CLASS,
+            True,
+            lambda t, p, k: float(f1_score(t, p, average="macro", zero_division=0)),
+            lambda t, p, k: _f1s(_confusions(t, p, k))[0],
+            ties=("accuracy",),
+        ),
+        Metric(
+            "weighted_f1",
+            "weighted F1",
+            "wF1",
+            CLASS,
+            True,
+            lambda t, p, k: float(f1_score(t, p, average="weighted", zero_division=0)),
+            lambda t, p, k: _f1s(_confusions(t, p, k))[1],
+            ties=("accuracy",),
+        ),
+        Metric(
+            "mae",
+            "MAE",
+            "MAE",
+            REGRESSION,
+            False,
+            lambda t, p, k: float(np.abs(t - p).mean()) if len(t) else math.nan,
+            lambda t, p, k: np.abs(t - p).mean(1),
+            percent=False,
+            ties=("corr",),
+        ),
+        Metric(
+            "corr",
+            "correlation",
+            "r",
+            REGRESSION,
+            True,
+            lambda t, p, k: _corr(t, p),
+            _pearson,
+            percent=False,
+        ),
+    )
+}
+
+
+def metrics_for(kind: str) -> list[Metric]:
+    """The table's metrics of a task kind, in table order (the first is the headline figure)."""
+    return [m for m in METRIC_TABLE.values() if m.kind == kind]
+
+
+def selection_key(kind: str, selection: str) -> str:
+    """The metric that selects checkpoints on a task of ``kind``: the scheme's ``selection`` where
+    it is one of that kind's metrics, else the kind's default (weighted F1; MAE)."""
+    if selection in [m.name for m in metrics_for(kind)]:
+        return selection
+    return "mae" if kind == REGRESSION else "weighted_f1"
+
+
+def selection_text(key: str) -> str:
+    """How metrics.json and the summary describe the selection, e.g. "validation macro-F1 (ties:
+    accuracy, then loss)"."""
+    ties = [METRIC_TABLE[t].label for t in METRIC_TABLE[key].ties] + ["loss"]
+    return f"validation {METRIC_TABLE[key].label} (ties: {', then '.join(ties)})"
+
+
+def selection_score(m: dict, key: str, loss: float | None) -> tuple:
+    """Larger is better: the rank of a task's validation metrics ``m`` when ``key`` selects (the
+    trainer's epochs and the sweep's trials are ranked by this one rule): the metric, its ties, then
+    the lower validation loss; a missing or NaN figure ranks worst."""
+
+    def worst(x):
+        return -math.inf if x is None or (isinstance(x, float) and math.isnan(x)) else x
+
+    def signed(name):
+        v = worst(m.get(name))
+        return v if METRIC_TABLE[name].higher_is_better or v == -math.inf else -v
+
+    return (
+        signed(key),
+        *(signed(t) for t in METRIC_TABLE[key].ties),
+        worst(None if loss is None else -loss),
+    )
+
+
+def task_kind(metrics: dict, task: str) -> str:
+    """The kind of a reported task in a run's metrics.json (``kinds``; runs made before it was
+    written: a task with classes is a classification)."""
+    kinds = metrics.get("kinds") or {}
+    if task in kinds:
+        return kinds[task]
+    return CLASS if task.split(":")[0] in metrics.get("classes", {}) else REGRESSION
+
+
+def headline(m: dict, kind: str) -> str:
+    return " ".join(f"{x.short} {m.get(x.name, math.nan):.3f}" for x in metrics_for(kind))
+
 
 def task_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict:
-    labels = list(range(num_classes))
-    return {
-        "n": int(len(y_true)),
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(
-            f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)
-        ),
-        "weighted_f1": float(
-            f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)
-        ),
-        "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
-    }
+    out: dict = {"n": int(len(y_true))}
+    for metric in metrics_for(CLASS):
+        out[metric.name] = metric.one(y_true, y_pred, num_classes)
+    out["confusion"] = confusion_matrix(y_true, y_pred, labels=list(range(num_classes))).tolist()
+    return out
 
 
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     y_true, y_pred = np.asarray(y_true, dtype=np.float64), np.asarray(y_pred, dtype=np.float64)
-    constant = len(y_true) < 2 or y_true.std() == 0 or y_pred.std() == 0
-    corr = math.nan if constant else float(np.corrcoef(y_true, y_pred)[0, 1])
-    return {
-        "n": int(len(y_true)),
-        "mae": float(np.abs(y_true - y_pred).mean()) if len(y_true) else math.nan,
-        "corr": corr,
-    }
+    out: dict = {"n": int(len(y_true))}
+    for metric in metrics_for(REGRESSION):
+        out[metric.name] = metric.one(y_true, y_pred, 1)
+    return out
 
 
 def classes_from_values(
@@ -122,7 +281,7 @@ def reported_predictions(scheme, outputs: dict[str, np.ndarray]) -> dict[str, Re
     return out
 
 
-def _task_of(scheme, name: str):
+def reported_task(scheme, name: str):
     return scheme.task(name.split(":")[0])
 
 
@@ -136,7 +295,7 @@ def all_task_metrics(
     reg = next((t for t in scheme.tasks if t.is_regression and t.name in preds), None)
     for name, rep in reported_predictions(scheme, preds).items():
         p, src = rep.pred, rep.derived_from
-        task = _task_of(scheme, name)
+        task = reported_task(scheme, name)
         truth = y_true[task.name]
         if task.is_regression:
             out[name] = regression_metrics(truth, p)
@@ -156,38 +315,10 @@ def all_task_metrics(
 BOOTSTRAP = 1000
 
 
-def _f1s(conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(macro F1, weighted F1) of a stack of confusion matrices (B, k, k) [true, pred]; like
-    scikit-learn with zero_division=0 over every label."""
-    tp = np.diagonal(conf, axis1=1, axis2=2).astype(np.float64)
-    support, predicted = conf.sum(2).astype(np.float64), conf.sum(1).astype(np.float64)
-    denom = support + predicted
-    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-    total = support.sum(1, keepdims=True)
-    weighted = np.divide(
-        (f1 * support).sum(1), total[:, 0], out=np.zeros(len(f1)), where=total[:, 0] > 0
-    )
-    return f1.mean(1), weighted
-
-
 def _resampled(
     metric: str, truth: np.ndarray, pred: np.ndarray, idx: np.ndarray, k: int
 ) -> np.ndarray:
-    t, p = truth[idx], pred[idx]  # (B, n)
-    if metric == "mae":
-        return np.abs(t - p).mean(1)
-    if metric == "corr":
-        tc, pc = t - t.mean(1, keepdims=True), p - p.mean(1, keepdims=True)
-        den = np.sqrt((tc * tc).sum(1) * (pc * pc).sum(1))
-        return np.divide((tc * pc).sum(1), den, out=np.full(len(t), np.nan), where=den > 0)
-    if metric == "accuracy":
-        return (t == p).mean(1)
-    b = np.arange(len(t))[:, None]
-    conf = np.bincount((b * k * k + t * k + p).ravel(), minlength=len(t) * k * k).reshape(
-        len(t), k, k
-    )
-    macro, weighted = _f1s(conf)
-    return macro if metric == "macro_f1" else weighted
+    return METRIC_TABLE[metric].resampled(truth[idx], pred[idx], k)  # (B, n) rows
 
 
 def bootstrap_intervals(
@@ -222,9 +353,9 @@ def bootstrap_intervals(
     out: dict[str, dict[str, list[float]]] = {}
     for name, rep in reported_predictions(scheme, preds).items():
         p = rep.pred
-        task = _task_of(scheme, name)
+        task = reported_task(scheme, name)
         truth = np.asarray(y_true[task.name])
-        metrics = ("mae", "corr") if task.is_regression else ("accuracy", "macro_f1", "weighted_f1")
+        metrics = [m.name for m in metrics_for(task.kind)]
         p = np.asarray(p, dtype=np.float64 if task.is_regression else np.int64)
         truth = truth.astype(np.float64 if task.is_regression else np.int64)
         k = 1 if task.is_regression else task.num_classes
@@ -242,19 +373,3 @@ def bootstrap_intervals(
                 ]
         out[name] = ci
     return out
-
-
-def selection_score(m: dict, selection: str, loss: float) -> tuple:
-    """Larger is better: the validation score that picks the checkpoint (ties broken as the tuple
-    says)."""
-    if "mae" in m:  # a regression: lower MAE, then higher correlation
-        corr = m["corr"] if not math.isnan(m["corr"]) else -1.0
-        return (-m["mae"], corr, -loss)
-    metric = selection if selection in ("macro_f1", "weighted_f1", "accuracy") else "weighted_f1"
-    return (m[metric], m["accuracy"], -loss)
-
-
-def headline(m: dict) -> str:
-    if "mae" in m:
-        return f"MAE {m['mae']:.3f} corr {m['corr']:.3f}"
-    return f"acc {m['accuracy']:.3f} mF1 {m['macro_f1']:.3f} wF1 {m['weighted_f1']:.3f}"

@@ -3,17 +3,12 @@ docs/model.md).
 
 Per segment (all segments of a batch at once), with text as the backbone:
 
-    text (T×Dt) ─proj─► t0 = [CLS_t; text] ─► TEXT BRANCH: self-attention ×text_branch_layers
-    ──────┐
+    text (T×Dt) ─proj─► t0 = [CLS_t; text] ─► TEXT BRANCH: self-attention ×text_branch_layers ──────┐
                                           └─► CROSS-MODAL BRANCH: ×cross_layers, CHAINED:          │
-    audio (A×Da) ─proj─► [CLS_a; audio] ──────► cross-attention (queries = branch, K/V = audio),
-    │
-                                                self-attention, FFN
-                                                ────────────────────────────────┤
-         BOTTLENECK FUSION ×bottleneck_layers (Nagrani et al. 2021): each branch attends over
-         │
-         [its tokens; B] (B = bottleneck_tokens learned tokens); B ← mean of the two updates of B
-         ◄──┘
+    audio (A×Da) ─proj─► [CLS_a; audio] ──────► cross-attention (queries = branch, K/V = audio),    │
+                                                self-attention, FFN ────────────────────────────────┤
+         BOTTLENECK FUSION ×bottleneck_layers (Nagrani et al. 2021): each branch attends over        │
+         [its tokens; B] (B = bottleneck_tokens learned tokens); B ← mean of the two updates of B ◄──┘
     segment vector = join(pool(text branch), mean(B after the last layer))
 
 Audio reaches the text branch only through B: from layer 2 on the text branch attends over a B that
@@ -32,19 +27,15 @@ audio changes the output (nothing masks it out; see :func:`audio_path_problem`).
 audio keys; default 1, every frame). The segments of a batch run in length groups where that saves
 padded work (:meth:`MSMTFN.length_groups`); the result is that of one padded batch.
 
-Ablations (``TrainConfig``), each "both" variant still reads audio:
-* ``cross_attention=False``: the second branch is the audio sequence itself ([CLS_a; audio],
-self-attention
-  + FFN ×cross_layers, no text queries); the bottleneck then fuses text and audio as in Nagrani et
-  al.
-* ``bottleneck=False``: no bottleneck tokens; the segment vector joins the pooled text branch with
-the pooled
-  second branch (masked mean, or CLS under ``pooling="cls"``).
-* ``bigru=False`` mean-pools the segment vectors over the call; ``mtl=False`` keeps one head.
-* ``modality="text"``: the text branch alone (audio never read); ``modality="audio"``: the same
-single branch on
-  [CLS_a; audio] (text never read; ``flatten`` pooling becomes CLS, a 1000-row flatten being
-  absurd).
+The parts, chosen by name (train/variants.py; the ``TrainConfig`` flags name them; each "both"
+variant still reads audio):
+* second branch ``cross`` (default) | ``audio`` (``--no-cross-attention``: the audio sequence itself,
+  self-attention + FFN ×cross_layers, no text queries) | ``none`` (``--modality text`` or ``audio``:
+  the backbone alone; ``audio`` makes [CLS_a; audio] the backbone and ``flatten`` pooling CLS);
+* fusion ``bottleneck`` (default) | ``concat`` (``--no-bottleneck``: the pooled second branch, masked
+  mean or CLS under ``--pooling cls``, joins the pooled backbone);
+* pooling ``mean`` (default) | ``cls`` | ``flatten`` (the paper's; needs every text row).
+``bigru=False`` mean-pools the segment vectors over the call; ``mtl=False`` keeps one head.
 """
 
 from __future__ import annotations
@@ -58,6 +49,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .config import ConfigError, TrainConfig
+from .variants import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -73,11 +65,9 @@ class Attention(nn.Module):
     """Multi-head attention on ``F.scaled_dot_product_attention`` (fused flash/memory-efficient
     kernels)."""
 
-    # Heads narrower than this are computed zero-padded to it (same result: zeros add nothing to
-    # q·k, and the output's padded columns are dropped). Torch's CPU flash kernel is slower on a
-    # head of 4-12 than on one of 16 (8-wide heads padded: the attention 1.4x, a training step at
-    # width 32 1.2x faster; bench/fusion_speed.py --head-width). CUDA kernels take any multiple of
-    # 8: no padding there.
+    # Heads narrower than this are computed zero-padded to it (the same result): torch's CPU flash
+    # kernel is slower on heads of 4-12 than of 16 (docs/benchmarks.md, --head-width); CUDA takes any
+    # multiple of 8.
     KERNEL_HEAD_DIM = {"cpu": 16}
 
     def __init__(self, d: int, heads: int, dropout: float):
@@ -112,11 +102,9 @@ class Attention(nn.Module):
 
 
 class Dropout(nn.Dropout):
-    """``nn.Dropout`` whose mask, on CPU, is drawn as ``uniform < 1 - p``: the same Bernoulli(1 - p)
-    mask and 1 / (1 - p) scale, but torch's CPU ``bernoulli_`` draws one number at a time, 1.9x
-    slower than this draw (10 % of a training step at width 32; steps took 0.94-0.95x the time with
-    this mask, bench/fusion_speed.py --dropout). Elsewhere (CUDA's fused kernel), and in eval mode,
-    torch's own."""
+    """``nn.Dropout`` whose CPU mask is drawn as ``uniform < 1 - p``: the same Bernoulli(1 - p) mask
+    and 1 / (1 - p) scale as torch's CPU ``bernoulli_``, which draws one number at a time and is
+    slower (docs/benchmarks.md, --dropout). On CUDA, and in eval mode, torch's own."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or x.device.type != "cpu" or not 0.0 < self.p < 1.0:
@@ -256,108 +244,182 @@ def _masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return (x * m).sum(1) / m.sum(1)
 
 
-def audio_path_problem(cfg: TrainConfig) -> str | None:
-    """Why a ``modality="both"`` configuration would never let audio reach the heads, or None when
-    it does.
+def _layer_args(c: ModelConfig, d: int) -> tuple:
+    """(width, heads, FFN width, dropout, attention dropout) of every transformer layer."""
+    return d, c.heads, c.ffn or 4 * d, c.dropout, c.attn_dropout
 
-    By structure (tests/test_train_model.py checks the rule against real gradients over a grid of
-    settings): audio enters the second branch through cross-attention, or is that branch under
-    ``--no-cross-attention``; the second branch reaches the text branch's segment vector through the
-    final bottleneck tokens, or directly under ``--no-bottleneck``."""
-    if cfg.modality != "both":
-        return None
-    if cfg.cross_attention and cfg.cross_layers == 0:
-        return (
-            "--cross-layers 0 leaves the cross-modal branch without cross-attention, so no audio enters it; "
-            "use --cross-layers 1 or more, or --no-cross-attention (the second branch is then the audio)"
+
+# ------------------------------------------------------- the parts, by their train/variants.py names
+class CrossModalBranch(nn.ModuleList):
+    """ "cross": starts from the projected text, each layer's queries attend over the audio."""
+
+    def __init__(self, c: ModelConfig, d: int):
+        super().__init__(CrossModalLayer(*_layer_args(c, d)) for _ in range(c.cross_layers))
+
+    def forward(self, x, x_valid, audio, audio_valid):
+        y = x
+        for layer in self:  # chained: each takes the previous output
+            y = layer(y, x_valid, audio, audio_valid)
+        return y, x_valid
+
+
+class AudioBranch(nn.ModuleList):
+    """ "audio": the audio sequence itself, self-attention + FFN per layer."""
+
+    def __init__(self, c: ModelConfig, d: int):
+        super().__init__(SelfBlock(*_layer_args(c, d)) for _ in range(c.cross_layers))
+
+    def forward(self, x, x_valid, audio, audio_valid):
+        y = audio
+        for layer in self:
+            y = layer(y, audio_valid)
+        return y, audio_valid
+
+
+class BottleneckFusion(nn.Module):
+    """ "bottleneck": the branches exchange through learned tokens B; the final B is read."""
+
+    def __init__(self, c: ModelConfig, d: int):
+        super().__init__()
+        self.tokens = nn.Parameter(torch.randn(1, c.bottleneck_tokens, d) * 0.02)
+        self.layers = nn.ModuleList(
+            BottleneckLayer(*_layer_args(c, d)) for _ in range(c.bottleneck_layers)
         )
-    if cfg.bottleneck and cfg.bottleneck_layers == 0:
-        return (
-            "--bottleneck-layers 0 never updates the bottleneck tokens, so audio never reaches them; use "
-            "--bottleneck-layers 1 or more, or --no-bottleneck (the two branches are then joined directly)"
-        )
-    return None
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, x, x_valid, y, y_valid):
+        b = self.tokens.expand(x.shape[0], -1, -1)
+        n = len(self.layers)
+        for i, layer in enumerate(self.layers):
+            x, y, b = layer(x, x_valid, y, y_valid, b, last=i == n - 1)
+        return x, self.norm(b).mean(1)
+
+
+class ConcatFusion(nn.Module):
+    """ "concat": no exchange; the second branch is pooled (CLS under --pooling cls, else mean)."""
+
+    def __init__(self, c: ModelConfig, d: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(d)
+        self.cls_readout = c.pooling == "cls"
+
+    def forward(self, x, x_valid, y, y_valid):
+        y = self.norm(y)
+        return x, y[:, 0] if self.cls_readout else _masked_mean(y, y_valid)
+
+
+class MeanPool(nn.Module):
+    def __init__(self, c: ModelConfig, d: int, dims: ModelDims):
+        super().__init__()
+
+    def forward(self, x, valid):
+        return _masked_mean(x, valid)
+
+
+class ClsPool(MeanPool):
+    def forward(self, x, valid):
+        return x[:, 0]
+
+
+class FlattenPool(nn.Linear):
+    """Every row (padding zeroed) side by side, then one Linear: (T + 1)·d → d."""
+
+    def __init__(self, c: ModelConfig, d: int, dims: ModelDims):
+        super().__init__((dims.text_tokens + 1) * d, d)
+
+    def forward(self, x, valid):
+        return super().forward((x * valid[..., None]).flatten(1))
+
+
+SECOND_BRANCH_MODULES = {"cross": CrossModalBranch, "audio": AudioBranch}
+FUSION_MODULES = {"bottleneck": BottleneckFusion, "concat": ConcatFusion}
+POOLING_MODULES = {"mean": MeanPool, "cls": ClsPool, "flatten": FlattenPool}
+
+
+def _model_config(cfg: TrainConfig | ModelConfig) -> ModelConfig:
+    return cfg if isinstance(cfg, ModelConfig) else ModelConfig.from_train(cfg)
+
+
+def audio_path_problem(cfg: TrainConfig | ModelConfig) -> str | None:
+    """Why this configuration would never let audio reach the heads, or None when it does (each
+    part's rule: train/variants.py)."""
+    return _model_config(cfg).audio_path_problem()
+
+
+def _pad_calls(seg: torch.Tensor, seg_counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (S, d) segment vectors of B calls as (B, Smax, d), and the (B, Smax) real-segment mask."""
+    padded = nn.utils.rnn.pad_sequence(
+        list(torch.split(seg, seg_counts.tolist())), batch_first=True
+    )
+    mask = torch.arange(padded.shape[1], device=seg.device)[None, :] < seg_counts[:, None]
+    return padded, mask
 
 
 class MSMTFN(nn.Module):
-    def __init__(self, cfg: TrainConfig, dims: ModelDims):
+    def __init__(self, cfg: ModelConfig, dims: ModelDims):
         super().__init__()
         self.cfg, self.dims = cfg, dims
-        main_is_audio = cfg.modality == "audio"
-        d = cfg.d_model or (dims.audio_dim if main_is_audio else dims.text_dim)
+        d = cfg.d_model or (dims.audio_dim if cfg.backbone == "audio" else dims.text_dim)
         self.d = d
-        self.uses_text = cfg.modality in ("both", "text")
-        self.uses_audio = cfg.modality in ("both", "audio")
-        self.modalities = tuple(
-            m for m, on in (("audio", self.uses_audio), ("text", self.uses_text)) if on
-        )
-        self.two = cfg.modality == "both"
-        self.pooling = "cls" if (main_is_audio and cfg.pooling == "flatten") else cfg.pooling
+        self.modalities = cfg.modalities
+        self.needs_every_text_row = cfg.needs_every_text_row
         # each modality: standardised per dimension with the training rows' statistics
-        # (train/normalise.py; set by set_feature_stats, saved with the weights), then projected to
-        # d
-        if self.uses_text:
-            self.text_proj = nn.Linear(dims.text_dim, d)
-            self.cls_text = nn.Parameter(torch.randn(1, 1, d) * 0.02)
-            self.register_buffer("text_mean", torch.zeros(dims.text_dim))
-            self.register_buffer("text_std", torch.ones(dims.text_dim))
-        if self.uses_audio:
-            self.audio_proj = nn.Linear(dims.audio_dim * cfg.audio_stride, d)
-            self.cls_audio = nn.Parameter(torch.randn(1, 1, d) * 0.02)
-            self.register_buffer("audio_mean", torch.zeros(dims.audio_dim))
-            self.register_buffer("audio_std", torch.ones(dims.audio_dim))
-        h, f, p, pa = cfg.heads, cfg.ffn or 4 * d, cfg.dropout, cfg.attn_dropout
-        # the text branch (the audio branch when modality == "audio"): the backbone the heads read
+        # (train/normalise.py; set by set_feature_stats, saved with the weights), projected to d
+        for modality, width in (("text", dims.text_dim), ("audio", dims.audio_dim)):
+            if modality in self.modalities:
+                stride = cfg.audio_stride if modality == "audio" else 1
+                setattr(self, f"{modality}_proj", nn.Linear(width * stride, d))
+                setattr(self, f"cls_{modality}", nn.Parameter(torch.randn(1, 1, d) * 0.02))
+                self.register_buffer(f"{modality}_mean", torch.zeros(width))
+                self.register_buffer(f"{modality}_std", torch.ones(width))
+        # the backbone (the text branch, or the audio): what the heads read
         self.main_layers = nn.ModuleList(
-            SelfBlock(d, h, f, p, pa) for _ in range(cfg.text_branch_layers)
+            SelfBlock(*_layer_args(cfg, d)) for _ in range(cfg.text_branch_layers)
         )
         self.final_norm = nn.LayerNorm(d)
-        # the second branch: text querying audio, or (no cross-attention) the audio itself
-        if self.two:
-            self.second_layers = nn.ModuleList(
-                CrossModalLayer(d, h, f, p, pa)
-                if cfg.cross_attention
-                else SelfBlock(d, h, f, p, pa)
-                for _ in range(cfg.cross_layers)
-            )
-            if cfg.bottleneck:
-                self.bottleneck_tokens = nn.Parameter(
-                    torch.randn(1, cfg.bottleneck_tokens, d) * 0.02
-                )
-                self.bottleneck_layers = nn.ModuleList(
-                    BottleneckLayer(d, h, f, p, pa) for _ in range(cfg.bottleneck_layers)
-                )
-            self.second_norm = nn.LayerNorm(d)
+        self.second_branch = self.fusion = None
+        if cfg.second_branch != "none":
+            self.second_branch = SECOND_BRANCH_MODULES[cfg.second_branch](cfg, d)
+            self.fusion = FUSION_MODULES[cfg.fusion](cfg, d)
             self.join = nn.Sequential(nn.Linear(2 * d, d), nn.GELU())
-        if self.pooling == "flatten":
-            self.flatten = nn.Linear((dims.text_tokens + 1) * d, d)
-        self.seg_drop = Dropout(p)
+        self.pool = POOLING_MODULES[cfg.pooling](cfg, d, dims)
+        self.seg_drop = Dropout(cfg.dropout)
         if cfg.bigru:
-            self.gru = nn.GRU(
-                d,
-                cfg.gru_hidden,
-                num_layers=cfg.gru_layers,
-                batch_first=True,
-                bidirectional=True,
-                dropout=p if cfg.gru_layers > 1 else 0.0,
-            )
-            # the segment itself + its context: the GRU output at its position
-            if dims.level == "segment":
-                self.seg_proj = nn.Sequential(nn.Linear(d + 2 * cfg.gru_hidden, d), nn.GELU())
-            else:
-                self.call_proj = nn.Sequential(nn.Linear(4 * cfg.gru_hidden, d), nn.GELU())
+            self._build_gru(cfg, d, dims)
         tasks = dims.tasks if cfg.mtl else {cfg.task: dims.tasks[cfg.task]}
-        self.heads = nn.ModuleDict(
-            {
-                name: nn.Sequential(
-                    Dropout(p),
-                    nn.Linear(d, cfg.head_hidden),
-                    nn.GELU(),
-                    Dropout(p),
-                    nn.Linear(cfg.head_hidden, k),
-                )
-                for name, k in tasks.items()
-            }
+        self.heads = nn.ModuleDict({name: self._head(cfg, d, k) for name, k in tasks.items()})
+
+    @property
+    def uses_audio(self) -> bool:
+        return "audio" in self.modalities
+
+    @property
+    def uses_text(self) -> bool:
+        return "text" in self.modalities
+
+    def _build_gru(self, cfg: ModelConfig, d: int, dims: ModelDims) -> None:
+        self.gru = nn.GRU(
+            d,
+            cfg.gru_hidden,
+            num_layers=cfg.gru_layers,
+            batch_first=True,
+            bidirectional=True,
+            dropout=cfg.dropout if cfg.gru_layers > 1 else 0.0,
+        )
+        if dims.level == "segment":  # the segment itself + its context: the GRU output there
+            self.seg_proj = nn.Sequential(nn.Linear(d + 2 * cfg.gru_hidden, d), nn.GELU())
+        else:
+            self.call_proj = nn.Sequential(nn.Linear(4 * cfg.gru_hidden, d), nn.GELU())
+
+    @staticmethod
+    def _head(cfg: ModelConfig, d: int, k: int) -> nn.Sequential:
+        p = cfg.dropout
+        return nn.Sequential(
+            Dropout(p),
+            nn.Linear(d, cfg.head_hidden),
+            nn.GELU(),
+            Dropout(p),
+            nn.Linear(cfg.head_hidden, k),
         )
 
     def set_feature_stats(self, modality: str, mean, std) -> None:
@@ -370,36 +432,22 @@ class MSMTFN(nn.Module):
         proj, cls = getattr(self, f"{modality}_proj"), getattr(self, f"cls_{modality}")
         mean, std = getattr(self, f"{modality}_mean"), getattr(self, f"{modality}_std")
         x = (x.to(cls.dtype) - mean.to(cls.dtype)) / std.to(cls.dtype)
-        # stride frames per row: the attention over audio has stride× fewer keys
-        if modality == "audio":
+        if modality == "audio":  # stride frames per row: stride× fewer keys over audio
             x, lengths = stack_frames(x, lengths, self.cfg.audio_stride)
         x = proj(x)
         return torch.cat([cls.expand(x.shape[0], -1, -1), x], 1), _valid(lengths, x.shape[1])
 
-    def _pool(self, x, valid):
-        if self.pooling == "flatten":
-            return self.flatten((x * valid[..., None]).flatten(1))
-        if self.pooling == "cls":
-            return x[:, 0]
-        return _masked_mean(x, valid)
-
-    # Segments of a batch run in groups of similar text length, each padded only to its own longest
-    # rows: padding rows cost as much as real ones and are then thrown away. Device type -> (most
-    # groups, the fixed cost of one more group in padded row pairs): a group costs ~ its segments ×
-    # T × (A + T) row pairs (attention dominates) plus that much overhead; the contiguous split of
-    # the sorted order with the least total wins (exact: cheapest_split; steps 1-5 % faster than
-    # equal-size parts, bench/fusion_speed.py --splits). CPU: measured at width 32 before heads were
-    # padded for the kernel (a pair ~0.2 µs, a group's dispatch ~5 ms: 40 s segments gained 1.7x,
-    # 1.5-1.6x after; ~1 s segments (the demo's) stay one batch, bench/fusion_speed.py
-    # [--short-segments]); CUDA: launches ~2 ms vs ~2 ns a pair at 768, not measured yet
-    # (bench/gpu/run.sh).
+    # Segments run in groups of similar length, each padded to its own longest rows (padding rows
+    # cost as much as real ones). Device type -> (most groups, the fixed cost of one more group in
+    # padded row pairs); measured in docs/benchmarks.md ("Length groups", --splits).
     LENGTH_GROUPS = {"cpu": (9, 30_000), "cuda": (4, 1_000_000)}
 
     def length_groups(self, audio_len, text_len, device_type: str) -> list[torch.Tensor] | None:
         """Index groups (runs of the segments sorted by the backbone's length) that minimise padded
         work + per-group overhead, or None when one padded batch is cheapest."""
         most, overhead = self.LENGTH_GROUPS.get(device_type, (1, 0))
-        key = text_len if self.cfg.modality != "audio" else audio_len
+        audio_backbone = self.cfg.backbone == "audio"
+        key = audio_len if audio_backbone else text_len
         n = len(key)
         if most <= 1 or n < 2:
             return None
@@ -407,17 +455,13 @@ class MSMTFN(nn.Module):
         at = order.cpu().numpy()
         stride = self.cfg.audio_stride
         lens = key.cpu().numpy()[at].astype(np.float64)  # ascending: a part's longest is its last
-        if self.cfg.modality == "audio":
+        if audio_backbone:
             lens = np.ceil(lens / stride)
-        elif self.pooling == "flatten":  # text keeps every row: only audio is trimmed
+        elif self.needs_every_text_row:  # text keeps every row: only audio is trimmed
             lens = np.full(n, lens[-1])
-        other = (
-            np.ceil(audio_len.cpu().numpy()[at] / stride)
-            if self.cfg.modality == "both"
-            else np.zeros(n)
-        )
-        # any split costs more than the whole batch
-        if n * lens[-1] * (other.max() + lens[-1]) <= 2 * overhead:
+        reads_both = len(self.modalities) == 2
+        other = np.ceil(audio_len.cpu().numpy()[at] / stride) if reads_both else np.zeros(n)
+        if n * lens[-1] * (other.max() + lens[-1]) <= 2 * overhead:  # no split can pay
             return None
         parts = cheapest_split(lens, other, overhead, most)
         return None if len(parts) == 1 else [order[a:b] for a, b in parts]
@@ -429,9 +473,8 @@ class MSMTFN(nn.Module):
 
         The result does not depend on how the batch is padded or grouped (up to float rounding):
         padding rows are masked everywhere, so each group is trimmed to its own longest segment."""
-        groups = self.length_groups(
-            audio_len, text_len, (audio if text is None else text).device.type
-        )
+        device = (audio if text is None else text).device.type
+        groups = self.length_groups(audio_len, text_len, device)
         if groups is None:
             return self._segment_vectors(audio, audio_len, text, text_len)
         out = None
@@ -442,7 +485,7 @@ class MSMTFN(nn.Module):
             if text is not None:  # flatten pooling reads every text row (padding included, zeroed)
                 t = (
                     text[idx]
-                    if self.pooling == "flatten"
+                    if self.needs_every_text_row
                     else text[idx, : max(1, int(text_len[idx].max()))]
                 )
             v = self._segment_vectors(
@@ -457,78 +500,55 @@ class MSMTFN(nn.Module):
         return out
 
     def _segment_vectors(self, audio, audio_len, text, text_len) -> torch.Tensor:
-        if self.cfg.modality == "audio":
+        if self.cfg.backbone == "audio":
             x, x_valid = self._stream(audio, audio_len, "audio")
         else:
             x, x_valid = self._stream(text, text_len, "text")
         y = y_valid = None
-        if self.two:
+        if self.second_branch is not None:
             a, a_valid = self._stream(audio, audio_len, "audio")
-            if self.cfg.cross_attention:
-                # the cross-modal branch starts from the same projected text
-                y, y_valid = x, x_valid
-                for layer in self.second_layers:  # chained: each takes the previous output
-                    y = layer(y, y_valid, a, a_valid)
-            else:
-                y, y_valid = a, a_valid
-                for layer in self.second_layers:
-                    y = layer(y, y_valid)
+            y, y_valid = self.second_branch(x, x_valid, a, a_valid)
         for layer in self.main_layers:
             x = layer(x, x_valid)
-        if not self.two:
-            return self.seg_drop(self._pool(self.final_norm(x), x_valid))
-        if self.cfg.bottleneck:
-            b = self.bottleneck_tokens.expand(x.shape[0], -1, -1)
-            n = len(self.bottleneck_layers)
-            for i, layer in enumerate(self.bottleneck_layers):
-                x, y, b = layer(x, x_valid, y, y_valid, b, last=i == n - 1)
-            other = self.second_norm(b).mean(1)
-        else:
-            y = self.second_norm(y)
-            other = y[:, 0] if self.cfg.pooling == "cls" else _masked_mean(y, y_valid)
-        v = self._pool(self.final_norm(x), x_valid)
+        if self.fusion is None:
+            return self.seg_drop(self.pool(self.final_norm(x), x_valid))
+        x, other = self.fusion(x, x_valid, y, y_valid)
+        v = self.pool(self.final_norm(x), x_valid)
         return self.seg_drop(self.join(torch.cat([v, other], 1)))
 
     # ------------------------------------------------------------------ calls
-    def call_vectors(self, seg: torch.Tensor, seg_counts: torch.Tensor) -> torch.Tensor:
-        """(B, d) from the (S, d) segment vectors of B calls (``seg_counts`` segments each, in
-        order)."""
-        counts = seg_counts.tolist()
-        # (B, Smax, d)
-        padded = nn.utils.rnn.pad_sequence(list(torch.split(seg, counts)), batch_first=True)
-        mask = (torch.arange(padded.shape[1], device=seg.device)[None, :] < seg_counts[:, None])[
-            ..., None
-        ]
-        if not self.cfg.bigru:
-            return (padded * mask).sum(1) / seg_counts[:, None].to(padded.dtype)
+    def _gru(self, padded: torch.Tensor, seg_counts: torch.Tensor):
+        """The Bi-GRU over each call's real segments only (packed): outputs (B, Smax, 2h), h_n."""
         packed = pack_padded_sequence(
             padded, seg_counts.cpu(), batch_first=True, enforce_sorted=False
         )
         out, h_n = self.gru(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=padded.shape[1])
-        mean = (out * mask).sum(1) / seg_counts[:, None].to(out.dtype)
+        return out, h_n
+
+    def call_vectors(self, seg: torch.Tensor, seg_counts: torch.Tensor) -> torch.Tensor:
+        """(B, d) from the (S, d) segment vectors of B calls (``seg_counts`` segments each, in
+        order)."""
+        padded, mask = _pad_calls(seg, seg_counts)
+        seg_mean = _masked_mean(padded, mask)
+        if not self.cfg.bigru:
+            return seg_mean
+        out, h_n = self._gru(padded, seg_counts)
         # last layer's final states: forward direction after the last segment, backward after the
-        # first. The mean of the segment vectors rides beside the GRU (a residual path): without it
-        # the heads wait ~10 epochs for the GRU to pass anything on (docs/model.md,
-        # bench/learning_robustness.py)
-        seg_mean = (padded * mask).sum(1) / seg_counts[:, None].to(padded.dtype)
-        return seg_mean + self.call_proj(torch.cat([mean, h_n[-2], h_n[-1]], dim=1))
+        # first. The segment mean rides beside the GRU (a residual path): without it the heads wait
+        # ~10 epochs for the GRU to pass anything on (docs/model.md)
+        return seg_mean + self.call_proj(
+            torch.cat([_masked_mean(out, mask), h_n[-2], h_n[-1]], dim=1)
+        )
 
     def context_vectors(self, seg: torch.Tensor, seg_counts: torch.Tensor) -> torch.Tensor:
         """(S, d): each segment vector joined with the Bi-GRU's output at its place in its call
         (segment-level labels); without the Bi-GRU, the segment vectors alone (no context)."""
         if not self.cfg.bigru:
             return seg
-        counts = seg_counts.tolist()
-        # (B, Smax, d)
-        padded = nn.utils.rnn.pad_sequence(list(torch.split(seg, counts)), batch_first=True)
-        packed = pack_padded_sequence(
-            padded, seg_counts.cpu(), batch_first=True, enforce_sorted=False
-        )
-        out, _ = self.gru(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=padded.shape[1])
-        mask = torch.arange(padded.shape[1], device=seg.device)[None, :] < seg_counts[:, None]
-        # mask keeps call order, segments in order
+        padded, mask = _pad_calls(seg, seg_counts)
+        out, _ = self._gru(padded, seg_counts)
+        # out[mask] keeps call order, segments in order
         return self.seg_proj(torch.cat([seg, out[mask]], dim=1))
 
     def forward(self, audio, audio_len, text, text_len, seg_counts) -> dict[str, torch.Tensor]:
@@ -542,17 +562,20 @@ class MSMTFN(nn.Module):
         return {name: head(x) for name, head in self.heads.items()}
 
 
-def build_model(cfg: TrainConfig, dims: ModelDims, *, check_audio_path: bool = True) -> MSMTFN:
+def build_model(
+    cfg: TrainConfig | ModelConfig, dims: ModelDims, *, check_audio_path: bool = True
+) -> MSMTFN:
     """The model for ``cfg``; refuses settings that would silently drop audio
     (``check_audio_path=False`` only for the test that verifies that rule against real
     gradients)."""
-    if not cfg.task:  # the dataset's main task
-        cfg = cfg.with_(task=next(iter(dims.tasks)))
-    if cfg.task not in dims.tasks:
+    model_cfg = _model_config(cfg)
+    if not model_cfg.task:  # the dataset's main task
+        model_cfg = model_cfg.with_(task=next(iter(dims.tasks)))
+    if model_cfg.task not in dims.tasks:
         raise ConfigError(
-            f"task {cfg.task!r} is not one of this dataset's tasks: {', '.join(dims.tasks)}"
+            f"task {model_cfg.task!r} is not one of this dataset's tasks: {', '.join(dims.tasks)}"
         )
-    problem = audio_path_problem(cfg) if check_audio_path else None
+    problem = model_cfg.audio_path_problem() if check_audio_path else None
     if problem:
         raise ConfigError(f"--modality both: {problem}")
-    return MSMTFN(cfg, dims)
+    return MSMTFN(model_cfg, dims)

@@ -10,21 +10,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def learning_curves(history: list[dict], task: str, path: Path) -> None:
+def learning_curves(history: list[dict], task: str, kind: str, path: Path) -> None:
+    """Loss per epoch, and the first two of ``kind``'s metrics (train/metrics.py) on validation."""
+    from .metrics import metrics_for
+
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     ax1.plot(epochs, [h["train_loss"] for h in history], label="train")
     ax1.plot(epochs, [h["val_loss"] for h in history], label="validation")
     ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend(), ax1.set_title("loss")
-    regression = f"val_{task}_mae" in (history[0] if history else {})
-    keys = (
-        (("mae", "MAE"), ("corr", "correlation"))
-        if regression
-        else (("accuracy", "accuracy"), ("macro_f1", "macro-F1"))
-    )
-    for key, label in keys:
-        ax2.plot(epochs, [h.get(f"val_{task}_{key}", float("nan")) for h in history], label=label)
-    if not regression:
+    shown = metrics_for(kind)[:2]
+    for metric in shown:
+        values = [h.get(f"val_{task}_{metric.name}", float("nan")) for h in history]
+        ax2.plot(epochs, values, label=metric.label)
+    if all(metric.percent for metric in shown):  # fractions of 1
         ax2.set_ylim(0, 1)
     ax2.set_xlabel("epoch"), ax2.legend(), ax2.set_title(f"validation, task {task}")
     fig.tight_layout()

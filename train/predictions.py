@@ -338,7 +338,7 @@ def score_cache(
         batch_calls or cfg.batch_calls,
         False,
         None,
-        full_text=model.pooling == "flatten",
+        full_text=model.needs_every_text_row,
     )
     scored = run_model(model, batches, data, {}, dev, cfg.amp and dev.type == "cuda")
     return prediction_table(scored, data, output_tasks(data.scheme, head_widths(model))), len(

@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
+from .metrics import REGRESSION, metrics_for, task_kind
 
-def _cells(m: dict) -> str:
-    if "mae" in m:  # a regression: MAE and correlation in the accuracy / macro-F1 columns' place
-        return (
-            f"{'MAE ' + format(m['mae'], '.3f'):>14}{'r ' + format(m['corr'], '.3f'):>14}{'':>10}"
-        )
-    return (
-        f"{100 * m['accuracy']:>14.2f}{100 * m['macro_f1']:>14.2f}{100 * m['weighted_f1']:>10.2f}"
-    )
+WIDTHS = (14, 14, 10)  # the three figure columns of a split
 
 
-def _ci_cell(m: dict) -> str:
-    """The 95 % bootstrap interval of the accuracy (MAE for a regression) beside the test
+def _cells(m: dict, kind: str) -> str:
+    """A split's figures in the table's metric order (a regression's with their names: MAE, r)."""
+    cells = []
+    for metric, width in zip(metrics_for(kind), WIDTHS):
+        v = m.get(metric.name, float("nan"))
+        text = f"{100 * v:.2f}" if metric.percent else f"{metric.short} {v:.3f}"
+        cells.append(f"{text:>{width}}")
+    cells += [f"{'':>{w}}" for w in WIDTHS[len(cells) :]]
+    return "".join(cells)
+
+
+def _ci_cell(m: dict, kind: str) -> str:
+    """The 95 % bootstrap interval of the headline figure (accuracy; MAE) beside the test
     figures."""
     ci = m.get("ci95", {})
-    key, scale, digits = ("mae", 1, 3) if "mae" in m else ("accuracy", 100, 1)
-    if key not in ci:
+    metric = metrics_for(kind)[0]
+    scale, digits = (100, 1) if metric.percent else (1, 3)
+    if metric.name not in ci:
         return f"{'':>16}"
-    lo, hi = ci[key]
+    lo, hi = ci[metric.name]
     return f"{f'[{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]':>16}"
 
 
@@ -48,9 +54,10 @@ def format_summary(metrics: dict) -> str:
             continue
         label = f"{t}-class" if t.isdigit() else t
         name = label + ("*" if "derived_from" in v else "")
-        row = f"{name:<10}{_cells(v)}"
+        kind = task_kind(metrics, t)
+        row = f"{name:<10}{_cells(v, kind)}"
         if has_test and t in metrics["test"]:
-            row += _cells(metrics["test"][t]) + _ci_cell(metrics["test"][t])
+            row += _cells(metrics["test"][t], kind) + _ci_cell(metrics["test"][t], kind)
         lines.append(row)
         # CMU-MOSI/MOSEI's second Acc2 convention: zero-labelled items left out
         if "accuracy_nonzero" in v:
@@ -59,7 +66,7 @@ def format_summary(metrics: dict) -> str:
                 row += _nonzero_cells(metrics["test"][t])
             lines.append(row)
     derived = {v["derived_from"] for v in metrics["val"].values() if "derived_from" in v}
-    if derived & {t for t, v in metrics["val"].items() if "mae" in v}:
+    if derived & {t for t in metrics["val"] if task_kind(metrics, t) == REGRESSION}:
         lines.append(
             "* derived from the regression head's value (clipped, rounded), as the field reports them; "
             "'nz': negative vs positive, zero-labelled items left out"
@@ -69,10 +76,11 @@ def format_summary(metrics: dict) -> str:
             "* derived from the single trained head through the label maps (no multi-task learning)"
         )
     if has_test:
-        main = metrics["test"].get(sel, {})
+        headline = metrics_for(task_kind(metrics, sel))[0].label
         lines.append(
-            "mF1 = macro-F1 (classes weigh alike), wF1 = weighted F1 (by class size); test 95% CI = "
-            f"bootstrap interval of test {'MAE' if 'mae' in main else 'accuracy'} over test calls"
+            "mF1 = macro-F1 (classes weigh alike; over the classes in the truth or the predictions), "
+            f"wF1 = weighted F1 (by class size); test 95% CI = bootstrap interval of test {headline} "
+            "over test calls"
         )
     calls = metrics.get("calls", {})
     lines.append("calls: " + ", ".join(f"{k} {v}" for k, v in calls.items()))
