@@ -175,6 +175,7 @@ def _fake_sweep(
                     "val_loss": val.pop("loss"),
                     "test": {},
                     "selection": {"task": "5", "metric": metric},
+                    "kinds": {"5": "regression" if "mae" in val else "class"},
                 }
             )
         )

@@ -64,9 +64,7 @@ from .config import ConfigError, TrainConfig, normalise_keys
 log = logging.getLogger(__name__)
 
 # set by the sweep itself, never by a grid file
-RESERVED = ("cache", "out", "seed", "device", "progress")
-METRICS = ("accuracy", "macro_f1", "weighted_f1")
-REGRESSION_METRICS = ("mae", "corr")
+TRIAL_KEYS_SET_BY_SWEEP = ("cache", "out", "seed", "device", "progress")
 PRESETS = ("paper-ablation", "bottleneck-lr")
 
 
@@ -109,10 +107,10 @@ class SweepSpec:
 
 def _check_keys(settings: dict, where: str) -> dict:
     clean = normalise_keys(settings)
-    valid = [k for k in TrainConfig.keys() if k not in RESERVED]
+    valid = [k for k in TrainConfig.keys() if k not in TRIAL_KEYS_SET_BY_SWEEP]
     for key in clean:
         if key not in valid:
-            hint = " (set by msmtfn-sweep itself)" if key in RESERVED else ""
+            hint = " (set by msmtfn-sweep itself)" if key in TRIAL_KEYS_SET_BY_SWEEP else ""
             raise ConfigError(f"{where}: unknown key {key!r}{hint}; valid keys: {', '.join(valid)}")
     return clean
 
@@ -194,54 +192,15 @@ def parse_grid(
     for key in data:
         if key not in known:
             raise ConfigError(
-                f"{source or 'grid'}: unknown top-level key {key!r}; valid: {', '.join(sorted(known))} "
-                "(training settings go under [base], [grid] or [[trial]])"
+                f"{source or 'grid'}: unknown top-level key {key!r}; valid: "
+                f"{', '.join(sorted(known))} (training settings go under [base], [grid] or "
+                "[[trial]])"
             )
     source = source or "grid"
-    base = _check_keys(_table(data.get("base", {}), f"{source}: [base]"), f"{source}: [base]")
-    for k, v in base.items():
-        _check_value(f"{source}: [base]", k, v)
-    overrides = _check_keys(overrides or {}, "--set")
-    for k, v in overrides.items():
-        _check_value("--set", k, v)
-    raw_grid = _table(data.get("grid", {}), f"{source}: [grid]")
-    for k, v in raw_grid.items():
-        if not isinstance(v, list) or not v:
-            raise ConfigError(f"{source}: [grid] {k} must be a non-empty list of values, not {v!r}")
-    grid: dict[str, list] = {}
-    for (
-        k,
-        values,
-    ) in raw_grid.items():  # "no-bigru = [true, false]" negates each value, not the list
-        pairs = [normalise_keys({k: x}).popitem() for x in values]
-        grid[pairs[0][0]] = [v for _, v in pairs]
-    _check_keys(dict.fromkeys(grid), f"{source}: [grid]")
-    for k, values in grid.items():
-        for v in values:
-            _check_value(f"{source}: [grid]", k, v)
-    trials = data.get("trial", [])
-    if not isinstance(trials, list) or not all(isinstance(t, dict) for t in trials):
-        raise ConfigError(
-            f"{source}: trial must be [[trial]] tables (one per named configuration), not {trials!r}"
-        )
-    named = []
-    for i, t in enumerate(trials):
-        t = dict(t)
-        tname = str(t.pop("name", f"trial {i + 1}"))
-        where = f"{source}: trial {tname!r}"
-        paper = _table(t.pop("paper", {}) or {}, f"{where}: paper")
-        for k, v in paper.items():
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ConfigError(
-                    f"{where}: paper {k} = {v!r}: expected the published figure as a number in "
-                    "percent (e.g. acc2 = 71.23); leave out figures the paper does not give"
-                )
-        settings = _check_keys(t, where)
-        for k, v in settings.items():
-            _check_value(where, k, v)
-        named.append((tname, settings, {str(k): float(v) for k, v in paper.items()}))
-    if not named:
-        named = [("", {}, {})]
+    base = _checked_settings(data.get("base", {}), f"{source}: [base]")
+    overrides = _checked_settings(overrides or {}, "--set")
+    grid = _grid(data.get("grid", {}), source)
+    named = _named_trials(data.get("trial", []), source) or [("", {}, {})]
     configs = []
     keys = list(grid)
     for tname, tset, paper in named:
@@ -250,15 +209,7 @@ def parse_grid(
             label = ", ".join(f"{k}={_value_name(v)}" for k, v in combo.items())
             full = " | ".join(x for x in (tname, label) if x) or "base"
             settings = {**base, **tset, **combo, **overrides}
-            try:  # every configuration must be a valid TrainConfig before anything trains
-                TrainConfig.from_dict({**settings, "cache": "-"}, source=f"{source}: {full!r}")
-            except ConfigError as e:
-                msg = str(e)
-                raise ConfigError(
-                    msg if msg.startswith(f"{source}:") else f"{source}: {full!r}: {msg}"
-                ) from None
-            except (TypeError, ValueError) as e:
-                raise ConfigError(f"{source}: {full!r}: {e}") from None
+            _check_configuration(settings, source, full)
             # figures of the paper's setting
             configs.append(Configuration(full, settings, paper if not combo else {}))
     if len({c.slug for c in configs}) != len(configs):
@@ -278,6 +229,67 @@ def parse_grid(
         task=str(task) if task is not None else None,
         source=source,
     )
+
+
+def _checked_settings(table, where: str) -> dict:
+    """A table of training settings, every key and value checked."""
+    settings = _check_keys(_table(table, where), where)
+    for k, v in settings.items():
+        _check_value(where, k, v)
+    return settings
+
+
+def _grid(table, source: str) -> dict[str, list]:
+    """[grid]: each key a non-empty list of values, each value checked."""
+    raw = _table(table, f"{source}: [grid]")
+    for k, v in raw.items():
+        if not isinstance(v, list) or not v:
+            raise ConfigError(f"{source}: [grid] {k} must be a non-empty list of values, not {v!r}")
+    grid: dict[str, list] = {}
+    for k, values in raw.items():  # "no-bigru = [true, false]" negates each value, not the list
+        pairs = [normalise_keys({k: x}).popitem() for x in values]
+        grid[pairs[0][0]] = [v for _, v in pairs]
+    _check_keys(dict.fromkeys(grid), f"{source}: [grid]")
+    for k, values in grid.items():
+        for v in values:
+            _check_value(f"{source}: [grid]", k, v)
+    return grid
+
+
+def _named_trials(trials, source: str) -> list[tuple[str, dict, dict]]:
+    """[[trial]] tables: (name, settings, the paper's figures) each, checked."""
+    if not isinstance(trials, list) or not all(isinstance(t, dict) for t in trials):
+        raise ConfigError(
+            f"{source}: trial must be [[trial]] tables (one per named configuration), not {trials!r}"
+        )
+    named = []
+    for i, t in enumerate(trials):
+        t = dict(t)
+        tname = str(t.pop("name", f"trial {i + 1}"))
+        where = f"{source}: trial {tname!r}"
+        paper = _table(t.pop("paper", {}) or {}, f"{where}: paper")
+        for k, v in paper.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ConfigError(
+                    f"{where}: paper {k} = {v!r}: expected the published figure as a number in "
+                    "percent (e.g. acc2 = 71.23); leave out figures the paper does not give"
+                )
+        settings = _checked_settings(t, where)
+        named.append((tname, settings, {str(k): float(v) for k, v in paper.items()}))
+    return named
+
+
+def _check_configuration(settings: dict, source: str, full: str) -> None:
+    """Every configuration must be a valid TrainConfig before anything trains."""
+    try:
+        TrainConfig.from_dict({**settings, "cache": "-"}, source=f"{source}: {full!r}")
+    except ConfigError as e:
+        msg = str(e)
+        raise ConfigError(
+            msg if msg.startswith(f"{source}:") else f"{source}: {full!r}: {msg}"
+        ) from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{source}: {full!r}: {e}") from None
 
 
 def read_grid(grid: str | Path, seeds=None, overrides: dict | None = None) -> SweepSpec:
@@ -366,14 +378,6 @@ def resume_command(opts: SweepOptions, root: Path) -> str:
 # best.json, best
 BEST = "best.json"
 BEST_LINK = "best"
-# metrics.json's "selection" text (train.loop.SELECTION_TEXT) -> the metric it names, for runs
-# without its "key"
-_SELECTION_KEYS = (
-    ("validation macro-F1", "macro_f1"),
-    ("validation weighted F1", "weighted_f1"),
-    ("validation accuracy", "accuracy"),
-    ("validation MAE", "mae"),
-)
 
 
 class NoFinishedTrial(FileNotFoundError):
@@ -395,29 +399,29 @@ def _read_spec(root: Path) -> SweepSpec:
 
 
 def _selection_metric(runs: list[dict], task: str) -> str:
-    if any("mae" in m["val"].get(task, {}) for m in runs):
-        return "mae"
-    # one metric for every trial: the scheme's (one cache, one scheme), as the trainer selected
+    """The metric every trial was selected on (one cache, one scheme), as metrics.json records it;
+    the task's kind decides a regression (train/metrics.py)."""
+    from .metrics import METRIC_TABLE, REGRESSION, selection_key, task_kind
+
+    kind = task_kind(runs[0], task) if runs else "class"
+    if kind == REGRESSION:
+        return selection_key(kind, "")
     for m in runs:
         key = m.get("selection", {}).get("key")
-        if key in ("macro_f1", "weighted_f1", "accuracy"):
+        if key in METRIC_TABLE and METRIC_TABLE[key].kind == kind:
             return key
         text = m.get("selection", {}).get("metric", "")  # runs made before the key was recorded
-        for prefix, key in _SELECTION_KEYS:
-            if text.startswith(prefix) and key != "mae":
-                return key
+        for name, metric in METRIC_TABLE.items():
+            if metric.kind == kind and text.startswith(f"validation {metric.label} "):
+                return name
     return "macro_f1"
 
 
 def _score(m: dict, task: str, metric: str) -> tuple:
-    """Larger is better, as train.metrics.selection_score ranks a run's epochs: the metric, then
-    accuracy (for MAE: correlation), then the validation loss. NaN counts as the worst."""
-    v, loss = m["val"][task], m.get("val_loss")
-    worst = lambda x: -math.inf if x is None or (isinstance(x, float) and math.isnan(x)) else x  # noqa: E731
-    neg_loss = worst(None if loss is None else -loss)
-    if metric == "mae":
-        return (worst(-v["mae"]), worst(v.get("corr")), neg_loss)
-    return (worst(v.get(metric)), worst(v.get("accuracy")), neg_loss)
+    """Larger is better, by the rule that ranks a run's epochs (train.metrics.selection_score)."""
+    from .metrics import selection_score
+
+    return selection_score(m["val"][task], metric, m.get("val_loss"))
 
 
 def select_best(root: str | Path) -> dict | None:
@@ -455,6 +459,9 @@ def select_best(root: str | Path) -> dict | None:
     if best is None:
         return None
     config, seed, m = best
+    from .metrics import METRIC_TABLE
+
+    ties = "".join(f"{METRIC_TABLE[t].label}, " for t in METRIC_TABLE[metric].ties)
     return {
         "run_dir": trial_dir(Path("."), config, seed).as_posix(),  # relative to the sweep folder
         "configuration": config.name,
@@ -466,9 +473,8 @@ def select_best(root: str | Path) -> dict | None:
         "split": "valid",
         "trials_finished": len(finished),
         "trials": len(spec.trials()),
-        "selected_by": f"validation {metric} of task {task} (ties: "
-        f"{'correlation' if metric == 'mae' else 'accuracy'}, then validation loss, then grid "
-        f"order) over {len(finished)} finished of {len(spec.trials())} trials",
+        "selected_by": f"validation {metric} of task {task} (ties: {ties}then validation loss, "
+        f"then grid order) over {len(finished)} finished of {len(spec.trials())} trials",
     }
 
 
@@ -583,7 +589,7 @@ def _run_sweep(opts: SweepOptions, spec: SweepSpec, root: Path) -> dict:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from .data import TrainError, load_cache
-    from .loop import fit, resolve_device
+    from .loop import resolve_device
 
     manifest = root / "sweep.json"
     device = resolve_device(opts.device)
@@ -593,46 +599,9 @@ def _run_sweep(opts: SweepOptions, spec: SweepSpec, root: Path) -> dict:
             "choose another --out"
         )
     _check_value("--max-cache-gb", "max_cache_gb", opts.max_cache_gb)
-    # every trial's exact settings, made before the cache is loaded or anything is written
-    configs: dict[tuple[str, int], TrainConfig] = {}
-    for config, seed in spec.trials():
-        try:
-            configs[(config.name, seed)] = TrainConfig.from_dict(
-                {
-                    **config.settings,
-                    "cache": opts.cache,
-                    "out": str(trial_dir(root, config, seed)),
-                    "seed": seed,
-                    "device": str(device),
-                    "progress": False,
-                    "max_cache_gb": opts.max_cache_gb,
-                },
-                source=f"{spec.source}: {config.name!r} seed {seed}",
-            )
-        except (
-            TypeError,
-            ValueError,
-        ) as e:  # checked in read_grid already; a ConfigError (exit 2) all the same
-            raise ConfigError(
-                str(e) if isinstance(e, ConfigError) else f"{spec.source}: {config.name!r}: {e}"
-            ) from None
+    configs = _trial_configs(opts, spec, root, device)
     loaded = load_cache(opts.cache, device, opts.max_cache_gb)
-    record = {
-        "spec": spec.to_dict(),
-        "cache": {"path": str(loaded.store.path), "fingerprint": loaded.store.fingerprint},
-    }
-    if manifest.exists():
-        old = json.loads(manifest.read_text(encoding="utf-8"))
-        if old.get("cache", {}).get("fingerprint") != loaded.store.fingerprint:
-            was = old.get("cache", {}).get("fingerprint")
-            raise TrainError(
-                f"{root}: this sweep was run on another cache (fingerprint {was}); resume it on that "
-                "cache or use another --out"
-            )
-    _check_kept_trials(root, configs, loaded.store)
-    root.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(manifest, record)
-
+    _claim_sweep(root, spec, loaded.store, configs)
     trials = spec.trials()
     status: dict[tuple[str, int], dict] = {}
     todo = []
@@ -643,7 +612,8 @@ def _run_sweep(opts: SweepOptions, spec: SweepSpec, root: Path) -> dict:
         else:
             todo.append((config, seed))
     log.info(
-        "%s: %d trials (%d configurations × %d seeds); %d finished earlier, %d to run; cache loaded once on %s",
+        "%s: %d trials (%d configurations × %d seeds); %d finished earlier, %d to run; cache "
+        "loaded once on %s",
         root,
         len(trials),
         len(spec.configurations),
@@ -654,30 +624,7 @@ def _run_sweep(opts: SweepOptions, spec: SweepSpec, root: Path) -> dict:
     )
 
     def one(config: Configuration, seed: int) -> tuple[tuple[str, int], dict]:
-        d = trial_dir(root, config, seed)
-        t0 = time.perf_counter()
-        # every log line of this trial (this thread) is named by it
-        token = TRIAL.set(trial_name(config, seed))
-        try:
-            m = fit(configs[(config.name, seed)], resume=True, loaded=loaded)
-            st = "resumed" if m.get("resumed_after_epoch") else "done"
-            return (config.name, seed), {
-                "status": st,
-                "run_dir": str(d),
-                "seconds": time.perf_counter() - t0,
-            }
-        except Exception as e:  # noqa: BLE001 — any failure of one trial (a bad combination, out of memory, a bug
-            # it hits) must not stop the others
-            log.error("trial failed: %s (traceback: %s)", e, d / "error.txt")
-            d.mkdir(parents=True, exist_ok=True)
-            (d / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
-            return (config.name, seed), {
-                "status": f"failed: {str(e).splitlines()[0][:200]}",
-                "run_dir": str(d),
-                "seconds": time.perf_counter() - t0,
-            }
-        finally:
-            TRIAL.reset(token)
+        return _one_trial(root, config, seed, configs[(config.name, seed)], loaded)
 
     _name_trial_records()
     bar = tqdm(total=len(todo), unit="trial", desc=spec.name, disable=not opts.progress)
@@ -700,6 +647,85 @@ def _run_sweep(opts: SweepOptions, spec: SweepSpec, root: Path) -> dict:
         if st["status"].startswith("failed")
     ]
     return summary
+
+
+def _trial_configs(opts: SweepOptions, spec: SweepSpec, root: Path, device) -> dict:
+    """Every trial's exact settings, made before the cache is loaded or anything is written."""
+    configs: dict[tuple[str, int], TrainConfig] = {}
+    for config, seed in spec.trials():
+        try:
+            configs[(config.name, seed)] = TrainConfig.from_dict(
+                {
+                    **config.settings,
+                    "cache": opts.cache,
+                    "out": str(trial_dir(root, config, seed)),
+                    "seed": seed,
+                    "device": str(device),
+                    "progress": False,
+                    "max_cache_gb": opts.max_cache_gb,
+                },
+                source=f"{spec.source}: {config.name!r} seed {seed}",
+            )
+        # checked in read_grid already; a ConfigError (exit 2) all the same
+        except (TypeError, ValueError) as e:
+            raise ConfigError(
+                str(e) if isinstance(e, ConfigError) else f"{spec.source}: {config.name!r}: {e}"
+            ) from None
+    return configs
+
+
+def _claim_sweep(root: Path, spec: SweepSpec, store, configs: dict) -> None:
+    """sweep.json written, once the folder is this sweep's (the same cache) and its kept trials
+    agree with the grid."""
+    from .data import TrainError
+
+    manifest = root / "sweep.json"
+    record = {
+        "spec": spec.to_dict(),
+        "cache": {"path": str(store.path), "fingerprint": store.fingerprint},
+    }
+    if manifest.exists():
+        old = json.loads(manifest.read_text(encoding="utf-8"))
+        if old.get("cache", {}).get("fingerprint") != store.fingerprint:
+            was = old.get("cache", {}).get("fingerprint")
+            raise TrainError(
+                f"{root}: this sweep was run on another cache (fingerprint {was}); resume it on "
+                "that cache or use another --out"
+            )
+    _check_kept_trials(root, configs, store)
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(manifest, record)
+
+
+def _one_trial(root: Path, config, seed: int, cfg: TrainConfig, loaded) -> tuple:
+    """Train one trial on the loaded cache; a failure is recorded, never raised."""
+    from .loop import fit
+
+    d = trial_dir(root, config, seed)
+    t0 = time.perf_counter()
+    # every log line of this trial (this thread) is named by it
+    token = TRIAL.set(trial_name(config, seed))
+    try:
+        m = fit(cfg, resume=True, loaded=loaded)
+        state = "resumed" if m.get("resumed_after_epoch") else "done"
+        return (config.name, seed), {
+            "status": state,
+            "run_dir": str(d),
+            "seconds": time.perf_counter() - t0,
+        }
+    # any failure of one trial (a bad combination, out of memory, a bug it hits) must not stop
+    # the others
+    except Exception as e:  # noqa: BLE001
+        log.error("trial failed: %s (traceback: %s)", e, d / "error.txt")
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+        return (config.name, seed), {
+            "status": f"failed: {str(e).splitlines()[0][:200]}",
+            "run_dir": str(d),
+            "seconds": time.perf_counter() - t0,
+        }
+    finally:
+        TRIAL.reset(token)
 
 
 def _run_trials(
@@ -789,6 +815,9 @@ def aggregate(root: Path) -> tuple[SweepSpec, list[dict], list[str]]:
     never stand in for test ones."""
     import numpy as np
 
+    from .metrics import METRIC_TABLE, task_kind
+
+    figures = _figures()
     record = json.loads((root / "sweep.json").read_text(encoding="utf-8"))
     s = record["spec"]
     spec = SweepSpec(
@@ -820,9 +849,10 @@ def aggregate(root: Path) -> tuple[SweepSpec, list[dict], list[str]]:
             for t in list(m.get("test") or {}) + list(m["val"]):
                 if t not in tasks:
                     tasks.append(t)
+        row["_kinds"] = {t: task_kind(m, t) for m in runs for t in m["val"]}
         for t in tasks:
-            for k in METRICS + REGRESSION_METRICS + ("accuracy_nonzero",):
-                scale = 1 if k in REGRESSION_METRICS else 100
+            for k in figures:
+                scale = 100 if k not in METRIC_TABLE or METRIC_TABLE[k].percent else 1
                 for split, prefix in SPLITS_REPORTED:
                     vals = [
                         scale * m[split][t][k] for m in runs if k in (m.get(split) or {}).get(t, {})
@@ -869,7 +899,7 @@ def report(root: str | Path) -> dict:
     papers = sorted({k for r in rows for k in r["_paper"]})
     present = [
         k
-        for k in METRICS + REGRESSION_METRICS + ("accuracy_nonzero",)
+        for k in _figures()
         if any(f"{k}_{t}_mean" in r or f"val_{k}_{t}_mean" in r for r in rows for t in tasks)
     ]
     fields = (
@@ -895,14 +925,23 @@ def report(root: str | Path) -> dict:
         "sweep": str(root),
         "task": primary,
         "tasks": tasks,
-        "rows": [{k: v for k, v in r.items() if k != "_paper"} for r in rows],
+        "rows": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
         "markdown": md,
         "best": best,
     }
 
 
+def _figures() -> tuple[str, ...]:
+    """The figures a results table reports: the metric table's, and CMU-MOSI's zero-free Acc2."""
+    from .metrics import METRIC_TABLE
+
+    return (*METRIC_TABLE, "accuracy_nonzero")
+
+
 def _is_regression(rows: list[dict], task: str) -> bool:
-    return any(f"mae_{task}_mean" in r for r in rows)
+    from .metrics import REGRESSION
+
+    return any(r.get("_kinds", {}).get(task) == REGRESSION for r in rows)
 
 
 def _fmt(mean: float, std: float, digits: int = 2) -> str:
