@@ -1,21 +1,17 @@
 """Stage 1 of msmtfn: encode a dataset's calls with frozen audio and text encoders into a resumable
 Zarr cache.
 
-Public API (what predict/ and other callers use; the submodules are internal):
-    ExtractConfig, ExtractResult            what to extract and how (extract/config.py);
-    CacheSettings inside
-    extract(cfg, progress=True, client=None) -> ExtractResult        the whole run (extract/run.py)
-    CacheSettings                           every setting that changes the numbers
-    (pipeline/cache_settings.py)
-    load_encoders(cache, device) -> Encoders                         both frozen encoders for a
-    CacheSettings
-    SegmentSource, make_batches, make_loader    decode/tokenise one segment, length-bucketed
-    batches, its loader
-    AudioError, load_segment                one segment's audio, decoded and resampled
-    (extract/audio.py)
-    build_tiny_encoders(folder)             small random encoders for tests and the demo
-    (extract/tiny.py)
-    main                                    the ``msmtfn-extract`` click command
+Public API (what predict/ and other callers use; the submodules are internal)::
+
+    ExtractConfig, ExtractResult     what to extract and how (extract/config.py)
+    extract(cfg, progress=True, client=None) -> ExtractResult     the whole run (extract/run.py)
+    CacheSettings                    every setting that changes the numbers (pipeline/)
+    load_encoders(cache, device) -> Encoders     both frozen encoders for a CacheSettings
+    SegmentSource, make_batches, make_loader     decode/tokenise one segment, length-bucketed
+                                     batches, their loader
+    AudioError, load_segment         one segment's audio, decoded and resampled (extract/audio.py)
+    build_tiny_encoders(folder)      small random encoders for tests and the demo (extract/tiny.py)
+    main                             the ``msmtfn-extract`` click command
 
 Names are imported on first use (PEP 562), so ``import extract`` (and ``msmtfn-extract --help``)
 does not load torch, transformers or dask.

@@ -3,11 +3,10 @@
 Two sample-rate policies (both recorded in the cache fingerprint):
 
 * ``encoder`` (default): resample every file to the encoder's rate (read from its feature
-extractor).
+  extractor).
 * ``paper-8k``: the paper's public code fed 8 kHz phone audio to a 16 kHz HuBERT unresampled. For
-parity,
-  audio is brought to 8 kHz and fed as if it were at the encoder's rate (a 40 s segment → 999
-  frames).
+  parity, audio is brought to 8 kHz and fed as if it were at the encoder's rate (a 40 s segment →
+  999 frames).
 """
 
 from __future__ import annotations

@@ -7,12 +7,11 @@ row in the same batch as a single-process run would, and blocks own disjoint sha
 ``length`` chunks): zarr has no locks across processes, and none is needed when no two writers ever
 share a chunk or shard object.
 
-    driver                                    worker (one task = one block)
-    plan rows, create/resume the store   ─►   encoders loaded once per worker process (cached)
-    submit blocks still to do                 decode → batch → encode → write its shards to the
-    store (path/URL)
-    flip ``done`` of a finished block    ◄─   returns row flags, skip reasons, counts (≈ 100 B per
-    row)
+    driver                               worker (one task = one block)
+    plan rows, create/resume the store ─► encoders loaded once per worker process (cached)
+    submit blocks still to do              decode → batch → encode → write its shards to the
+                                           store (path/URL)
+    flip ``done`` of a finished block  ◄─  returns row flags, skip reasons, counts (≈ 100 B a row)
     write skip reasons + report.json
 
 Hidden states never pass through the scheduler. The driver is the only writer of

@@ -10,13 +10,11 @@ block, a shard is also written while still *partial* (the rows encoded so far, f
 others stay zero and not done):
 
 - on :meth:`close` with ``keep_partial`` (the single-process loop's Ctrl-C / error path): every
-encoded row but
-  the batch in flight is kept;
+  encoded row but the batch in flight is kept;
 - with ``checkpoint_seconds``: when a shard's oldest unwritten row has waited that long, so a
-SIGKILL loses at
-  most about that much work. Each shard is then written at most once per interval plus once when
-  complete
-  (``shard_writes`` counts them; bench/checkpoint_writes.py measures the amplification).
+  SIGKILL loses at most about that much work. Each shard is then written at most once per interval
+  plus once when complete (``shard_writes`` counts them; bench/checkpoint_writes.py measures the
+  amplification).
 
 The last write of a shard is always the whole shard from the in-memory buffer (rows of earlier
 writes and of earlier runs are kept in, or read back into, it), and zarr encodes a whole-shard write

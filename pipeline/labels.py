@@ -11,12 +11,10 @@ dialogue and every utterance has its own label; the Bi-GRU over the call's segme
 its context). Labels are strings in the store's segment table:
 
 - ``sentiment`` (CMU-MOSI, CMU-MOSEI): the sentiment score in [-3, 3] as a decimal string ("-1.4",
-"2.0");
-  tasks ``score`` (regression), ``2`` (negative < 0 vs non-negative), ``5`` and ``7`` (the score
-  clipped to
-  [-2, 2] / [-3, 3] and rounded, as in the field's code);
+  "2.0"); tasks ``score`` (regression), ``2`` (negative < 0 vs non-negative), ``5`` and ``7`` (the
+  score clipped to [-2, 2] / [-3, 3] and rounded, as in the field's code);
 - ``meld``: ``"<emotion>/<sentiment>"`` ("joy/positive"); tasks ``emotion`` (7) and ``sentiment``
-(3).
+  (3).
 """
 
 from __future__ import annotations

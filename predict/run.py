@@ -1,14 +1,13 @@
 """``predict_calls``: a trained run applied to new, unlabelled recordings.
 
-    recording ──decode (extract.audio.load_segment)──► cut as the run's training segments were made:
-    by the
-              transcript's rows, or at pauses into pieces of the training's lengths
-              (predict/segmenter.py)
+    recording ──decode (extract.audio.load_segment)──► cut as the run's training segments were
+              made: by the transcript's rows, or at pauses into pieces of the training's
+              lengths (predict/segmenter.py)
               ──► transcript per segment (CSV by time, or ASR; predict/transcripts.py)
               ──► the run's encoders, rebuilt and identity-checked from its cache settings
-              (predict/features.py)
-              ──► the run's model (train.checkpoint.load_run), whole calls per batch ──► one row per
-              call
+                  (predict/features.py)
+              ──► the run's model (train.checkpoint.load_run), whole calls per batch
+              ──► one row per call
 
 A recording that cannot be used (missing, empty, not audio, NaN samples, no transcript, no segment
 long enough for the encoder) is a row with ``status = skipped: <reason>``; the others are predicted.

@@ -13,15 +13,13 @@ registered with :func:`register`):
   options ``csv_path``, ``label_scheme`` (a built-in name or a custom ``.toml``), ``split_ratios``,
   ``no_text``;
 - ``demo`` — a generated smoke dataset in the MarketCalls format (see
-:mod:`pipeline.datasets.demo`);
-  options ``n_calls``, ``use_espeak``;
+  :mod:`pipeline.datasets.demo`); options ``n_calls``, ``use_espeak``;
 - ``mosi``, ``mosei`` — CMU-MOSI / CMU-MOSEI, MMSA ``label.csv`` or CMU SDK ``.csd`` form (see
   :mod:`pipeline.datasets.mosi`); options ``label_csv``, ``labels_csd``, ``words_csd``,
   ``audio_dir``,
   ``split_file``, ``split_ratios``;
 - ``meld`` — MELD's ``*_sent_emo.csv`` and clips (see :mod:`pipeline.datasets.meld`); options
-``csv_dir``,
-  ``clips_dir``.
+  ``csv_dir``, ``clips_dir``.
 
 Per-row problems (missing audio, a duplicate segment id, a path escaping the dataset folder, a bad
 split value) become ``manifest.issues`` and the row is left out (one missing or refused audio file

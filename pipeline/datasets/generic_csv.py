@@ -4,40 +4,32 @@ One CSV, ``DATA_DIR/calls.csv`` (else ``DATA_DIR/manifest.csv``; or name any fil
 option ``csv_path``), one row per segment. Column names are case-insensitive; other columns are
 ignored. UTF-8 (with or without BOM) and GB18030/GBK are read.
 
-============  ========
-========================================================================================== column
-required  meaning ============  ========
-==========================================================================================
+============  ========  ============================================================================
+column        required  meaning
+============  ========  ============================================================================
 ``call_id``   yes       the call (recording, conversation) the segment belongs to; the label belongs
-to the call ``audio``     yes       audio file, relative to DATA_DIR (``.wav`` may be left off);
-absolute paths and paths
-                        that leave DATA_DIR (``../x.wav``) need ``--allow-outside-paths``
+                        to the call
+``audio``     yes       audio file, relative to DATA_DIR (``.wav`` may be left off); absolute paths
+                        and paths that leave DATA_DIR (``../x.wav``) need ``--allow-outside-paths``
 ``start``     no        seconds into the file where the segment starts; empty = the beginning
 ``end``       no        seconds into the file where it ends; empty = the end. With ``start``/``end``
-one long
-                        recording can hold many segments (rows with the same ``audio``); segments
-                        longer than
-                        40 s are cut into pieces at extraction
+                        one long recording can hold many segments (rows with the same ``audio``);
+                        segments longer than 40 s are cut into pieces at extraction
 ``text``      no        the segment's transcript; empty is allowed (reported as a warning). When
-most rows have
-                        none while another column holds text (``transcript``), the read stops naming
-                        the rename;
-                        option ``no_text=true`` says the calls have no transcripts (one note, no
-                        per-row warnings)
+                        most rows have none while another column holds text (``transcript``), the
+                        read stops naming the rename; option ``no_text=true`` says the calls have no
+                        transcripts (one note, no per-row warnings)
 ``label``     no        the call's label in the label scheme (``marketcalls``: A–E, any case; a
-custom scheme:
-                        its ``classes``); empty = unlabelled
-                        (extracted, but not used for training or scoring). Segments of one call that
-                        disagree:
-                        the most frequent label wins and the call is reported
+                        custom scheme: its ``classes``); empty = unlabelled (extracted, but not used
+                        for training or scoring). Segments of one call that disagree: the most
+                        frequent label wins and the call is reported
 ``split``     no        train / valid (val, dev) / test. If the column is absent or empty
-everywhere, labelled
-                        calls get a deterministic call-level split stratified by label
-                        (``split_ratios``, default
-                        0.8,0.1,0.1, seeded by ``--seed``) and unlabelled calls get none
+                        everywhere, labelled calls get a deterministic call-level split stratified
+                        by label (``split_ratios``, default 0.8,0.1,0.1, seeded by ``--seed``) and
+                        unlabelled calls get none
 ``segment``   no        order of the segment within its call (a number); default: ``start``, then
-row order ============  ========
-==========================================================================================
+                        row order
+============  ========  ============================================================================
 
 Options: ``csv_path``, ``label_scheme`` (default ``marketcalls``; a built-in name or a custom
 scheme's ``.toml`` file, see :mod:`pipeline.labels`), ``split_ratios``, ``no_text``. A row that

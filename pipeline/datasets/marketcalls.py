@@ -6,14 +6,12 @@ CSV columns ``phone`` (call id), ``Audio_id`` (segment audio file name, with or 
 Where the data comes from, in this order:
 
 1. per-split files in DATA_DIR: ``train.csv``, ``valid.csv`` (or ``val.csv``, ``dev.csv``),
-``test.csv``;
+   ``test.csv``;
 2. the CSV named by the option ``csv_path``, or the only ``*.csv`` in DATA_DIR, with a ``split``
-column
-   (train / valid / val / dev / test);
+   column (train / valid / val / dev / test);
 3. that CSV without a ``split`` column: a deterministic call-level split stratified by label
-(80/10/10 unless
-   ``split_ratios`` says otherwise, seeded by ``seed``), recorded in ``manifest.notes``; no file is
-   written.
+   (80/10/10 unless ``split_ratios`` says otherwise, seeded by ``seed``), recorded in
+   ``manifest.notes``; no file is written.
 
 Audio files are looked up in ``DATA_DIR/audio/`` then ``DATA_DIR/``. Segment order within a call:
 the ``segment_number`` column, else the last number in the file name (``..._10`` after ``..._9``),

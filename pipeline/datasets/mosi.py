@@ -11,14 +11,12 @@ named by the option ``label_csv``) with columns ``video_id, clip_id, text, label
 up under DATA_DIR (or the option ``audio_dir``):
 
 - one file per utterance: ``wav/<video_id>/<clip_id>.wav`` (MMML),
-``Raw/<video_id>/<clip_id>.mp4|wav`` (MMSA),
+  ``Raw/<video_id>/<clip_id>.mp4|wav`` (MMSA),
   ``Raw/Audio/WAV_16000/Segmented/<video_id>_<clip_id>.wav`` (the CMU release),
   ``<video_id>/<clip_id>.wav``;
 - or, when the CSV has ``start`` and ``end`` columns (seconds), one file per video:
-``wav/<video_id>.wav``,
-  ``Raw/Audio/WAV_16000/Full/<video_id>.wav`` (MOSI), ``Raw/Audio/Full/WAV_16000/<video_id>.wav``
-  (MOSEI),
-  ``<video_id>.wav`` (``.mp4`` accepted too).
+  ``wav/<video_id>.wav``, ``Raw/Audio/WAV_16000/Full/<video_id>.wav`` (MOSI),
+  ``Raw/Audio/Full/WAV_16000/<video_id>.wav`` (MOSEI), ``<video_id>.wav`` (``.mp4`` accepted too).
 
 The community MOSI reformatting ``id,text,label,mode`` (``id`` = ``<video_id>_<clip_id>``, e.g.
 ``03bSnISJMiM_1``, clip k = row k-1 of the video's ``.csd`` intervals) is read as the same thing.
