@@ -21,7 +21,13 @@ from pipeline.cache_settings import (
     CacheSettings,
     cache_fields,
 )
-from pipeline.cli import DefaultCommandGroup, RenamedOption, UsageError, device_callback
+from pipeline.cli import (
+    DefaultCommandGroup,
+    RenamedOption,
+    UsageError,
+    device_callback,
+    parse_key_values,
+)
 from pipeline.datasets import DATASETS, dataset_options
 from pipeline.device import DEVICE_HELP
 from pipeline.labels import SchemeFileError, resolve_scheme
@@ -162,24 +168,18 @@ def main(ctx):
 
 
 def parse_options(items: tuple[str, ...], dataset: str) -> dict:
-    """``KEY=VALUE`` pairs for the dataset adapter; a VALUE that reads as JSON (48, 0.5, true) is
-    that value."""
+    """``KEY=VALUE`` pairs for the dataset adapter (pipeline.cli.parse_value reads each VALUE);
+    a key the dataset does not have is bad usage, naming its options."""
     out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"{item!r}: write KEY=VALUE", param_hint="--option")
-        key = key.strip().replace("-", "_")
+    for key, value in parse_key_values(items, "--option", example="n_calls=48").items():
+        key = key.replace("-", "_")
         if dataset in DATASETS and key not in dataset_options(dataset):
             raise click.BadParameter(
                 f"dataset {dataset!r} has no option {key!r}; its options: "
                 f"{', '.join(dataset_options(dataset)) or 'none'}",
                 param_hint="--option",
             )
-        try:
-            out[key] = json.loads(value)
-        except ValueError:
-            out[key] = value
+        out[key] = value
     return out
 
 
@@ -340,20 +340,7 @@ def run_cmd(
         level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s"
     )
     try:
-        cache = CacheSettings(**{k: kw.pop(k) for k in cache_fields()})
-        dataset_opts = with_label_scheme(
-            parse_options(options, kw["dataset"]), label_scheme, kw["dataset"], kw["data_dir"]
-        )
-        cfg = ExtractConfig(
-            cache=cache,
-            **kw,
-            storage_options=_storage_options(storage_options),
-            dataset_options=dataset_opts,
-        )
-        # missing or unusable folders are answered at once, before torch and transformers are
-        # imported
-        check_model_folders(cfg.cache)
-        check_data_dir(cfg.data_dir, DATASETS[cfg.dataset].makes_data_dir)
+        cfg = _config(kw, storage_options, options, label_scheme)
         if quiet:  # transformers' own "Loading weights" bars too
             from transformers.utils import logging as hf_logging
 
@@ -382,6 +369,30 @@ def run_cmd(
             f"interrupted: {kept}{_kept(kw)}; run the same command again to resume", err=True
         )
         sys.exit(130)
+    _print_result(res, as_json)
+    if res.skipped or res.done < res.total or res.manifest_skipped:
+        sys.exit(EXIT_SKIPPED)
+
+
+def _config(kw: dict, storage_options, options, label_scheme) -> ExtractConfig:
+    """The run's settings from the options; missing or unusable folders are answered here, before
+    torch and transformers are imported."""
+    cache = CacheSettings(**{k: kw.pop(k) for k in cache_fields()})
+    dataset_opts = with_label_scheme(
+        parse_options(options, kw["dataset"]), label_scheme, kw["dataset"], kw["data_dir"]
+    )
+    cfg = ExtractConfig(
+        cache=cache,
+        **kw,
+        storage_options=_storage_options(storage_options),
+        dataset_options=dataset_opts,
+    )
+    check_model_folders(cfg.cache)
+    check_data_dir(cfg.data_dir, DATASETS[cfg.dataset].makes_data_dir)
+    return cfg
+
+
+def _print_result(res, as_json: bool) -> None:
     summary = {
         "store": str(res.store),
         "segments_total": res.total,
@@ -395,23 +406,21 @@ def run_cmd(
     }
     if as_json:
         click.echo(json.dumps(summary))
-    else:
-        left_out = (
-            f", {res.manifest_skipped} dataset rows left out before encoding"
-            if res.manifest_skipped
-            else ""
-        )
-        click.echo(
-            f"{res.store}: {res.done}/{res.total} segments done, {res.skipped} skipped{left_out}; encoded "
-            f"{res.computed} ({res.audio_seconds:.1f} s of audio) in {res.elapsed:.1f} s "
-            f"= {res.segments_per_second:.1f} segments/s; report {res.report}"
-        )
-        for it in res.issues[:20]:
-            click.echo(f"  skipped {it.get('source')}: {it['reason']}", err=True)
-        if len(res.issues) > 20:
-            click.echo(f"  … and {len(res.issues) - 20} more in {res.report}", err=True)
-    if res.skipped or res.done < res.total or res.manifest_skipped:
-        sys.exit(EXIT_SKIPPED)
+        return
+    left_out = (
+        f", {res.manifest_skipped} dataset rows left out before encoding"
+        if res.manifest_skipped
+        else ""
+    )
+    click.echo(
+        f"{res.store}: {res.done}/{res.total} segments done, {res.skipped} skipped{left_out}; "
+        f"encoded {res.computed} ({res.audio_seconds:.1f} s of audio) in {res.elapsed:.1f} s "
+        f"= {res.segments_per_second:.1f} segments/s; report {res.report}"
+    )
+    for it in res.issues[:20]:
+        click.echo(f"  skipped {it.get('source')}: {it['reason']}", err=True)
+    if len(res.issues) > 20:
+        click.echo(f"  … and {len(res.issues) - 20} more in {res.report}", err=True)
 
 
 @main.command("info")

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli import RenamedOption, device_callback
+from pipeline.cli import RenamedOption, cli_errors, device_callback, field_options, options
 from pipeline.device import DEVICE_HELP, resolve_device
 
-from .segmenter import CUTTERS
+from .config import PredictConfig, PredictError
 
 
 def _expand(patterns: tuple[str, ...]) -> list[str]:
@@ -42,204 +42,117 @@ def _expand(patterns: tuple[str, ...]) -> list[str]:
     return out
 
 
+def _help(name: str) -> str:
+    return PredictConfig.__dataclass_fields__[name].metadata["help"]
+
+
+# options beyond a field, or placed beside one (the order of --help stays the one users know)
+_CUSTOM = {
+    "run": click.option(
+        "--run", "run_dir", required=True, type=click.Path(file_okay=False), help=_help("run")
+    ),
+    "audio": options(
+        click.option("--audio", multiple=True, help=_help("audio")),
+        # the shell expands `--audio calls/*.wav` into one --audio value followed by the other
+        # files: take those as well
+        click.argument("more_audio", nargs=-1, type=click.Path()),
+        click.option(
+            "--cache",
+            default=None,
+            help="Score the calls of an existing cache (the run's own, or new calls extracted with "
+            "the run's encoder settings) instead of recordings.",
+        ),
+        click.option(
+            "--split",
+            type=click.Choice(["test", "valid", "train", "all"]),
+            default="test",
+            show_default=True,
+            help="With --cache: which calls (all = every call, unlabelled ones included).",
+        ),
+    ),
+    "transcripts": click.option(
+        "--transcripts", default=None, type=click.Path(dir_okay=False), help=_help("transcripts")
+    ),
+    "asr": options(
+        click.option("--asr", default=None, help=_help("asr")),
+        click.option(
+            "--out",
+            required=True,
+            type=click.Path(dir_okay=False),
+            help="predictions.csv: one row per call (per scored segment with --cache on a "
+            "segment-level run).",
+        ),
+        click.option(
+            "--segments-out",
+            default=None,
+            type=click.Path(dir_okay=False),
+            help="Per-segment CSV: call, index, start, end, status, text (and segment-level "
+            "predictions).",
+        ),
+        click.option(
+            "--json",
+            "as_json",
+            is_flag=True,
+            help="Print the results as JSON instead of the summary line.",
+        ),
+    ),
+    "device": click.option(
+        "--device", default="auto", show_default=True, help=DEVICE_HELP, callback=device_callback()
+    ),
+    "num_workers": click.option(
+        "--loader-workers",
+        "--num-workers",
+        "num_workers",
+        cls=RenamedOption,
+        old="--num-workers",
+        default=0,
+        show_default=True,
+        help=_help("num_workers"),
+    ),
+}
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--run",
-    "run_dir",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="msmtfn-train run folder (config.json + model.safetensors), or a msmtfn-sweep folder (or its best): "
-    "the trial it selected on validation.",
-)
-@click.option(
-    "--audio",
-    multiple=True,
-    help="Recordings (repeatable; globs like 'calls/*.wav' are expanded). Call id = file stem.",
-)
-# the shell expands `--audio calls/*.wav` into one --audio value followed by the other files: take
-# those as well
-@click.argument("more_audio", nargs=-1, type=click.Path())
-@click.option(
-    "--cache",
-    default=None,
-    help="Score the calls of an existing cache (the run's own, or new calls extracted with the run's "
-    "encoder settings) instead of recordings.",
-)
-@click.option(
-    "--split",
-    type=click.Choice(["test", "valid", "train", "all"]),
-    default="test",
-    show_default=True,
-    help="With --cache: which calls (all = every call, unlabelled ones included).",
-)
-@click.option(
-    "--transcripts",
-    default=None,
-    type=click.Path(dir_okay=False),
-    help="CSV call_id,start,end,text (seconds into the recording).",
-)
-@click.option(
-    "--asr",
-    default=None,
-    help="Speech recognition model (hub id or folder) instead of --transcripts.",
-)
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="predictions.csv: one row per call (per scored segment with --cache on a segment-level run).",
-)
-@click.option(
-    "--segments-out",
-    default=None,
-    type=click.Path(dir_okay=False),
-    help="Per-segment CSV: call, index, start, end, status, text (and segment-level predictions).",
-)
-@click.option(
-    "--json", "as_json", is_flag=True, help="Print the results as JSON instead of the summary line."
-)
-@click.option(
-    "--device", default="auto", show_default=True, help=DEVICE_HELP, callback=device_callback()
-)
-@click.option(
-    "--dtype",
-    default="run",
-    show_default=True,
-    help="Encoders' compute dtype: run (the cache's; float32 on CPU), float32, float16, bfloat16.",
-)
-@click.option(
-    "--audio-model",
-    default=None,
-    help="Where to read the run's audio encoder (identity is checked).",
-)
-@click.option(
-    "--text-model", default=None, help="Where to read the run's text encoder (identity is checked)."
-)
-@click.option(
-    "--cut",
-    type=click.Choice(["auto", "rows", "pauses"]),
-    default="auto",
-    show_default=True,
-    help="How recordings are cut into segments: auto = as the run's training segments were made (by the "
-    "transcript's rows when training used timed rows and --transcripts is given, else at pauses "
-    "into pieces of the training's lengths); rows = one segment per transcript row; pauses.",
-)
-@click.option(
-    "--cutter",
-    type=click.Choice(CUTTERS),
-    default="energy",
-    show_default=True,
-    help="Where long recordings are cut: quietest frames (energy) or Silero VAD non-speech (vad).",
-)
-@click.option(
-    "--search-seconds",
-    default=10.0,
-    show_default=True,
-    help="How far before the segment limit a pause is looked for.",
-)
-@click.option(
-    "--batch-calls", default=0, show_default=True, help="Calls per model batch (0 = the run's)."
-)
-@click.option(
-    "--loader-workers",
-    "--num-workers",
-    "num_workers",
-    cls=RenamedOption,
-    old="--num-workers",
-    default=0,
-    show_default=True,
-    help="Decode/tokenise processes for the encoders.",
-)
-@click.option(
-    "--threads",
-    default=0,
-    show_default=True,
-    help="CPU threads for torch (0 = the run's --threads, else torch's default).",
-)
-@click.option(
-    "--trust-remote-code", is_flag=True, help="Allow model code from the hub (encoders, ASR)."
-)
+@field_options(PredictConfig, skip=("group_calls", "batch_seconds", "progress"), custom=_CUSTOM)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, warnings only.")
-def main(
-    run_dir,
-    audio,
-    more_audio,
-    cache,
-    split,
-    transcripts,
-    asr,
-    out,
-    segments_out,
-    as_json,
-    device,
-    dtype,
-    audio_model,
-    text_model,
-    cut,
-    cutter,
-    search_seconds,
-    batch_calls,
-    num_workers,
-    threads,
-    trust_remote_code,
-    quiet,
-):
+def main(run_dir, audio, more_audio, cache, split, out, segments_out, as_json, quiet, **kw):
     """Predict purchase intent (the run's tasks) for new recordings: --audio FILE… (files may
     follow); or for the calls of a cache: --cache STORE [--split test|valid|train|all]."""
     audio = tuple(audio) + tuple(more_audio)
     if cache:
-        if audio or transcripts or asr:
+        if audio or kw["transcripts"] or kw["asr"]:
             raise click.UsageError(
                 "--cache scores a cache's calls: give it without --audio/--transcripts/--asr"
             )
         run_dir = _run_folder(run_dir)
         _check_paths(run_dir, cache, None)
-        logging.basicConfig(
-            level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s"
-        )
-        _score_cache(run_dir, cache, split, out, device, batch_calls, threads)
+        _log(quiet)
+        _score_cache(run_dir, cache, split, out, kw["device"], kw["batch_calls"], kw["threads"])
         return
     if not audio:
         raise click.UsageError("no recordings: give --audio FILE (or a glob such as 'calls/*.wav')")
-    if bool(transcripts) == bool(asr):
+    if bool(kw["transcripts"]) == bool(kw["asr"]):
         raise click.UsageError("give exactly one of --transcripts CSV or --asr MODEL")
     recordings = tuple(_expand(audio))
     run_dir = _run_folder(run_dir)
-    _check_paths(run_dir, None, transcripts)  # before torch is imported: a typo answers at once
-    logging.basicConfig(
-        level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s"
-    )
-    # torch, transformers and the trained model's code: imported once the options are read (fast
-    # --help)
-    from .run import PredictConfig, PredictError, predict_calls, result_json, write_outputs
+    _check_paths(run_dir, None, kw["transcripts"])  # before torch is imported: a typo answers fast
+    _log(quiet)
+    # torch, transformers and the trained model's code: imported once the options are read
+    from .run import predict_calls, result_json, write_outputs
 
     if quiet:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    try:
+    with cli_errors(user=(PredictError, OSError)):
         cfg = PredictConfig(
             run=run_dir,
             audio=recordings,
-            transcripts=transcripts,
-            asr=asr,
-            device=str(resolve_device(device)),
-            dtype=dtype,
-            audio_model=audio_model,
-            text_model=text_model,
-            cut=cut,
-            cutter=cutter,
-            search_seconds=search_seconds,
-            batch_calls=batch_calls,
-            num_workers=num_workers,
-            threads=threads,
-            trust_remote_code=trust_remote_code,
+            **{**kw, "device": str(resolve_device(kw["device"]))},
             progress=not quiet,
         )
         result = predict_calls(cfg)
         write_outputs(result, out, segments_out)
-    except (PredictError, OSError) as e:
-        _fail(e)
     if as_json:
         click.echo(result_json(result))
     else:
@@ -247,10 +160,15 @@ def main(
     sys.exit(0 if result.predicted else 1)
 
 
+def _log(quiet: bool) -> None:
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s"
+    )
+
+
 def _fail(message) -> None:
     """One line, exit status 1: an error that stopped the run (README, exit status)."""
-    click.echo(f"Error: {message}", err=True)
-    sys.exit(1)
+    raise click.ClickException(str(message))
 
 
 def _run_folder(run_dir: str) -> str:

@@ -48,6 +48,7 @@ from train.predictions import (
     use_threads,
 )
 
+from .config import CUTS, PredictConfig, PredictError  # noqa: F401 — re-exported
 from .features import ModelMismatch, RunEncoders, SegmentFeatures, run_settings, trained_from
 from .segmenter import CutterConfig, CutterError, cut_recording
 from .transcripts import (
@@ -62,44 +63,8 @@ from .transcripts import (
 log = logging.getLogger(__name__)
 
 CUT_RATE = 16000  # the rate recordings are decoded at for cutting (and for ASR)
-CUTS = ("auto", "rows", "pauses")
 # a transcript reaching further past the end of its recording is flagged in the status
 OVERRUN_SECONDS = 1.0
-
-
-class PredictError(Exception):
-    """Something that stops the whole prediction (a bad run folder, wrong encoders, unusable
-    transcripts)."""
-
-
-@dataclass(frozen=True)
-class PredictConfig:
-    run: str  # msmtfn-train run folder (config.json + model.safetensors)
-    audio: tuple[str, ...]  # recordings; call id = file stem
-    transcripts: str | None = None  # CSV call_id,start,end,text
-    asr: str | None = None  # or: a speech recognition model (hub id or folder)
-    device: str = "cpu"
-    dtype: str = "run"  # encoders' compute dtype: run = the cache's (float32 on CPU)
-    # override where the run's encoders are read from (identity checked)
-    audio_model: str | None = None
-    text_model: str | None = None
-    cut: str = "auto"  # auto (as the run's training segments) | rows | pauses
-    cutter: str = "energy"  # energy | vad
-    search_seconds: float = 10.0  # window before the limit in which a pause is looked for
-    batch_calls: int = 0  # calls per model batch; 0 = the run's --batch-calls
-    group_calls: int = 32  # calls decoded and encoded together (bounds memory)
-    batch_seconds: float = 0.0  # padded audio seconds per encoder batch (0: 1280 CUDA, 160 CPU)
-    num_workers: int = 0  # decode/tokenise processes for the encoders
-    threads: int = 0  # CPU threads for torch; 0 = the run's --threads (else torch's default)
-    trust_remote_code: bool = False
-    progress: bool = True
-
-    def __post_init__(self):
-        object.__setattr__(self, "audio", tuple(str(a) for a in self.audio))
-        if bool(self.transcripts) == bool(self.asr):
-            raise PredictError("give exactly one of --transcripts CSV or --asr MODEL")
-        if self.cut not in CUTS:
-            raise PredictError(f"--cut {self.cut}: valid are {', '.join(CUTS)}")
 
 
 @dataclass

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import tomllib
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+
+from pipeline.cli import option_field
 
 MODALITIES = ("both", "text", "audio")
 POOLINGS = ("flatten", "cls", "mean")
@@ -60,7 +62,6 @@ def effective_threads(threads: int) -> int:
     return threads or default_threads()
 
 
-NEGATABLE = ("mtl", "bigru", "cross_attention", "bottleneck", "plots", "amp")
 # older run folders' config.json; not the extractor's --text-layer
 RENAMED = {"text_layers": "text_branch_layers"}
 
@@ -124,51 +125,104 @@ def _parses(text: str, annotation: str) -> bool:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    cache: str
-    out: str | None = None  # run folder; default runs/<dataset>/<run-name>
-    device: str = "auto"  # auto = cuda when available
-    seed: int = 0
-    epochs: int = 60
-    patience: int = 8  # epochs without a better validation score before stopping
-    lr: float = 3e-4  # paper 1e-5 is too slow for layers trained from scratch (train/__init__.py)
-    weight_decay: float = 0.01
-    warmup: float = 0.05  # fraction of steps with linear warm-up (then cosine decay)
-    batch_calls: int = 8  # calls per optimizer step (before accumulation)
-    grad_accum: int = 1
-    clip_norm: float = 1.0
-    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
-    task: str = ""  # task that selects the checkpoint; "" = the dataset's main task (first)
-    modality: str = "both"  # both | text | audio
-    mtl: bool = True  # False: only the --task head trains
-    bigru: bool = True  # False: segment vectors are mean-pooled over the call
-    cross_attention: bool = True
-    bottleneck: bool = True
-    d_model: int = 0  # 0 = the text encoder's width from the cache
-    heads: int = 12
-    ffn: int = 0  # 0 = 4 × d_model (3072 at the paper's 768)
-    dropout: float = 0.3  # residual, FFN, segment-vector and head dropout (paper: 0.3)
-    attn_dropout: float = 0.0  # dropout on attention weights (cheap on GPU, slow on CPU)
-    cross_layers: int = 4  # chained cross-modal layers of the second branch (text queries audio)
-    # audio frames stacked side by side into one row (4: HuBERT's 20 ms → 80 ms)
-    audio_stride: int = 1
-    # self-attention layers of the text branch (the backbone the heads read)
-    text_branch_layers: int = 1
-    bottleneck_tokens: int = 4
-    bottleneck_layers: int = 2
-    # segment vector: mean (masked) | cls | flatten (paper; see train/__init__.py)
-    pooling: str = "mean"
-    gru_hidden: int = 128
-    gru_layers: int = 2
-    head_hidden: int = 512
-    loss_weights: dict = field(default_factory=dict)  # task -> weight; missing tasks weigh 1
-    # cached augmentation variants sampled in training: () none, ("all",), names
-    augment_variants: tuple = ()
-    # 0 = auto: load to the device when it fits, else stream from the store
-    max_cache_gb: float = 0.0
-    plots: bool = True  # PNG learning curves + confusion matrices in <run>/plots
-    threads: int = 0  # CPU threads for torch; 0 = default_threads() by core count (above)
-    state_every: int = 1  # epochs between resumable training states (train_state.pt); 0 = none
-    progress: bool = True
+    """Every training setting; each field is a ``msmtfn-train`` option of the same name (help and
+    default here, train/cli.py generates the options)."""
+
+    cache: str = option_field(
+        help="Cache store made by msmtfn-extract (required here or in --config)."
+    )
+    out: str | None = option_field(
+        None, "Run folder (default runs/<dataset>/<time>-<flags>-s<seed>)."
+    )
+    device: str = option_field("auto", "auto | cpu | cuda | cuda:N (auto = cuda when available)")
+    seed: int = option_field(0, "Seed of the initial weights, the batch order and dropout.")
+    epochs: int = option_field(60, "Training epochs at most.")
+    patience: int = option_field(
+        8, "Stop after this many epochs without a better validation score."
+    )
+    # the paper's 1e-5 is too slow for layers trained from scratch (docs/model.md)
+    lr: float = option_field(3e-4, "AdamW learning rate (paper: 1e-5).")
+    weight_decay: float = option_field(0.01, "AdamW weight decay.")
+    warmup: float = option_field(0.05, "Warm-up fraction of all steps (linear, then cosine decay).")
+    batch_calls: int = option_field(8, "Calls per step.")
+    grad_accum: int = option_field(1, "Steps accumulated.")
+    clip_norm: float = option_field(1.0, "Gradient norm clipped to this before each step.")
+    amp: bool = option_field(True, "bf16 autocast on CUDA.")
+    task: str = option_field(
+        "",
+        "Task that selects the checkpoint and is reported first: 5|4|3|2 for MarketCalls, "
+        "score|2|5|7 for CMU-MOSI/MOSEI, emotion|sentiment for MELD (default: the first).",
+        show_default=False,
+    )
+    modality: str = option_field("both", "Which inputs the model reads.", choices=MODALITIES)
+    mtl: bool = option_field(True, "--no-mtl: only the --task head trains.")
+    bigru: bool = option_field(True, "--no-bigru: segment vectors are mean-pooled over the call.")
+    cross_attention: bool = option_field(
+        True, "--no-cross-attention: the second branch is the audio itself (no text queries)."
+    )
+    bottleneck: bool = option_field(
+        True, "--no-bottleneck: the pooled text and second branches are joined directly."
+    )
+    d_model: int = option_field(0, "0 = text encoder width.")
+    heads: int = option_field(12, "Attention heads.")
+    ffn: int = option_field(0, "FFN width; 0 = 4 x d_model.")
+    dropout: float = option_field(0.3, "Residual/FFN/segment-vector/head dropout.")
+    attn_dropout: float = option_field(0.0, "Dropout on attention weights (slow on CPU).")
+    cross_layers: int = option_field(
+        4,
+        "Chained layers of the cross-modal branch (cross-attention to audio, self-attention, FFN).",
+    )
+    audio_stride: int = option_field(
+        1,
+        "Audio frames stacked side by side into one row before the model reads them: 4 makes "
+        "HuBERT's 20 ms frames 80 ms rows and the attention over audio ~4x cheaper (1 = every "
+        "frame, the paper's; docs/model.md has its measured cost).",
+    )
+    text_branch_layers: int = option_field(
+        1, "Self-attention layers of the text branch (the backbone the heads read)."
+    )
+    bottleneck_tokens: int = option_field(
+        4, "Learned tokens B through which the branches exchange."
+    )
+    bottleneck_layers: int = option_field(
+        2, "Bottleneck fusion layers (each branch attends over [its tokens; B])."
+    )
+    pooling: str = option_field(
+        "mean", "Segment vector: flatten (paper), CLS or mean (masked).", choices=POOLINGS
+    )
+    gru_hidden: int = option_field(128, "Bi-GRU width per direction.")
+    gru_layers: int = option_field(2, "Bi-GRU layers.")
+    head_hidden: int = option_field(512, "Hidden width of each task head.")
+    loss_weights: dict = option_field(
+        help="Weight of a task's loss (repeatable; default 1 each).", factory=dict
+    )
+    augment_variants: tuple = option_field(
+        (),
+        "Cached augmentation variants to sample for training calls (repeatable or "
+        "comma-separated; default none). Validation and test always use the original recordings.",
+    )
+    max_cache_gb: float = option_field(
+        0.0,
+        "Features kept on the device at most (0 = auto); beyond it they stream from the store.",
+    )
+    plots: bool = option_field(True, "PNG plots in <run>/plots.")
+    threads: int = option_field(
+        0,
+        "CPU threads for torch; 0 = by core count: 1 up to 2 cores, else half the cores, at most "
+        "8 (docs/benchmarks.md).",
+    )
+    state_every: int = option_field(
+        1, "Epochs between resumable training states (model + optimizer + RNGs); 0 = none."
+    )
+    progress: bool = option_field(True, "Progress bars and per-epoch log lines.")
+
+    @classmethod
+    def help(cls, name: str) -> str:
+        return cls.__dataclass_fields__[name].metadata["help"]
+
+    @classmethod
+    def default(cls, name: str):
+        return cls.__dataclass_fields__[name].default
 
     def __post_init__(self):
         if isinstance(self.task, int) and not isinstance(self.task, bool):
@@ -281,3 +335,7 @@ class TrainConfig:
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> TrainConfig:
         return cls.from_dict({**cls.read_file(path), **overrides}, source=str(path))
+
+
+# the settings a config file may negate (``no-bigru = true``): every true-by-default switch
+NEGATABLE = tuple(f.name for f in fields(TrainConfig) if f.default is True)

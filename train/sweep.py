@@ -55,6 +55,7 @@ from importlib import resources
 from pathlib import Path
 
 from pipeline.atomic import atomic_write_bytes, atomic_write_json
+from pipeline.cli import option_field
 
 from .config import ConfigError, TrainConfig, normalise_keys
 
@@ -304,16 +305,31 @@ def read_grid(grid: str | Path, seeds=None, overrides: dict | None = None) -> Sw
 # --------------------------------------------------------------------------- running
 @dataclass(frozen=True)
 class SweepOptions:
-    cache: str
-    grid: str
-    out: str | None = None  # default runs/sweeps/<name>
-    seeds: int | list | None = None  # overrides the grid file
-    device: str = "auto"
-    resume: bool = False
-    parallel: int = 1  # trials trained at once (threads sharing the loaded cache)
-    overrides: dict = field(default_factory=dict)  # --set KEY=VALUE over every trial
-    max_cache_gb: float = 0.0
-    progress: bool = True
+    """A sweep's settings; each field is a ``msmtfn-sweep`` option (train/sweep_cli.py)."""
+
+    cache: str = option_field(help="Cache store made by msmtfn-extract.", required=True)
+    grid: str = option_field(
+        help="Grid TOML file, or a preset: paper-ablation, bottleneck-lr.", required=True
+    )
+    out: str | None = option_field(None, "Sweep folder (default runs/sweeps/<grid name>).")
+    # overrides the grid file
+    seeds: int | list | None = option_field(
+        None, "Seeds 0..N-1 for every configuration (default: the grid's)."
+    )
+    device: str = option_field("auto", "auto | cpu | cuda | cuda:N")
+    resume: bool = option_field(
+        False, "Continue a sweep: finished trials are kept, interrupted ones continue."
+    )
+    parallel: int = option_field(
+        1, "Trials trained at once in threads on the one loaded cache (see docs/benchmarks.md)."
+    )
+    overrides: dict = option_field(
+        help="Override a training setting in every trial (repeatable), e.g. --set epochs=20; "
+        "true/false/yes/no (any case) are booleans: --set bigru=False.",
+        factory=dict,
+    )
+    max_cache_gb: float = option_field(0.0, "Features kept on the device (0 = auto).")
+    progress: bool = option_field(True, "A progress bar and log lines.")
 
 
 def trial_dir(root: Path, config: Configuration, seed: int) -> Path:

@@ -9,41 +9,21 @@ import sys
 
 import click
 
-from pipeline.cli import DefaultCommandGroup, UsageError, device_callback
+from pipeline.cli import (
+    DefaultCommandGroup,
+    cli_errors,
+    device_callback,
+    field_options,
+    parse_key_values,
+)
 
 from .config import ConfigError, store_path_problem
-
-# a command line's words are strings: these are booleans there (json.loads knows only lower-case
-# true/false)
-BOOLEANS = {"true": True, "yes": True, "false": False, "no": False}
-
-
-def _number(raw: str):
-    """A number as the command line's own options read it (``--lr .001``), else the text itself."""
-    for kind in (int, float):
-        try:
-            return kind(raw)
-        except ValueError:
-            pass
-    return raw
+from .sweep import SweepOptions
 
 
 def _parse_set(items: tuple[str, ...]) -> dict:
-    out = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. epochs=20")
-        if raw.strip().lower() in BOOLEANS:
-            out[key.strip()] = BOOLEANS[raw.strip().lower()]
-            continue
-        try:
-            # numbers and lists: lr=1e-4, augment_variants=["noise"]
-            out[key.strip()] = json.loads(raw)
-        except ValueError:
-            # .001, 020 (not JSON), or a plain string such as modality=text
-            out[key.strip()] = _number(raw)
-    return out
+    """``--set KEY=VALUE`` items (pipeline.cli.parse_value reads each VALUE)."""
+    return parse_key_values(items, "--set", example="epochs=20")
 
 
 @click.group(
@@ -65,46 +45,33 @@ def main(ctx):
         click.echo(ctx.get_help())
 
 
+def _field(name: str):
+    return SweepOptions.__dataclass_fields__[name]
+
+
 @main.command("run", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--cache", required=True, help="Cache store made by msmtfn-extract.")
-@click.option(
-    "--grid", required=True, help="Grid TOML file, or a preset: paper-ablation, bottleneck-lr."
-)
-@click.option(
-    "--seeds",
-    default=None,
-    type=int,
-    help="Seeds 0..N-1 for every configuration (default: the grid's).",
-)
-@click.option("--out", default=None, help="Sweep folder (default runs/sweeps/<grid name>).")
-@click.option(
-    "--device",
-    default="auto",
-    show_default=True,
-    help="auto | cpu | cuda | cuda:N",
-    callback=device_callback(allow_auto=True),
-)
-@click.option(
-    "--resume",
-    is_flag=True,
-    help="Continue a sweep: finished trials are kept, interrupted ones continue.",
-)
-@click.option(
-    "--parallel",
-    default=1,
-    show_default=True,
-    help="Trials trained at once in threads on the one loaded cache (see docs/benchmarks.md).",
-)
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Override a training setting in every trial (repeatable), e.g. --set epochs=20; "
-    "true/false/yes/no (any case) are booleans: --set bigru=False.",
-)
-@click.option(
-    "--max-cache-gb", default=0.0, show_default=True, help="Features kept on the device (0 = auto)."
+@field_options(
+    SweepOptions,
+    skip=("progress",),
+    custom={
+        "seeds": click.option(
+            "--seeds", default=None, type=int, help=_field("seeds").metadata["help"]
+        ),
+        "device": click.option(
+            "--device",
+            default=_field("device").default,
+            show_default=True,
+            help=_field("device").metadata["help"],
+            callback=device_callback(allow_auto=True),
+        ),
+        "overrides": click.option(
+            "--set",
+            "overrides",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help=_field("overrides").metadata["help"],
+        ),
+    },
 )
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the summary as JSON instead of the table."
@@ -121,11 +88,12 @@ def run_cmd(
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s"
     )
-    from .sweep import SweepOptions, read_grid, run_sweep  # light: reads and checks grids, no torch
+    from .sweep import read_grid, run_sweep  # light: reads and checks grids, no torch
 
     # the grid, --set, --seeds and the cache path: checked before torch is imported (one line at
     # once)
-    try:
+    # settings that cannot work: bad usage, exit 2 as in msmtfn-train
+    with cli_errors(usage=(ConfigError,)):
         opts = SweepOptions(
             cache=cache,
             grid=grid,
@@ -139,8 +107,6 @@ def run_cmd(
             progress=not quiet,
         )
         read_grid(opts.grid, seeds=opts.seeds, overrides=opts.overrides)
-    except ConfigError as e:  # settings that cannot work: bad usage, exit 2 as in msmtfn-train
-        raise UsageError(str(e)) from None
     problem = store_path_problem(cache)
     if problem:
         raise click.ClickException(problem)
@@ -148,18 +114,9 @@ def run_cmd(
     from .checkpoint import CheckpointError
     from .data import TrainError
 
-    try:
+    # sweep.SweepInterrupted carries what is kept and the command that resumes (exit 130)
+    with cli_errors(user=(TrainError, CheckpointError), usage=(ConfigError,)):
         summary = run_sweep(opts)
-    except ConfigError as e:
-        raise UsageError(str(e)) from None
-    except (TrainError, CheckpointError) as e:
-        raise click.ClickException(str(e)) from None
-    # sweep.SweepInterrupted: what is kept and the command that resumes
-    except KeyboardInterrupt as e:
-        click.echo(
-            str(e) or "interrupted: finished trials are kept; --resume continues the rest", err=True
-        )
-        sys.exit(130)
     failed = summary.get("failed") or []
     # nothing to compare: an error, not 3
     if failed and not any(r.get("seeds_done") for r in summary["rows"]):

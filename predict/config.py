@@ -1,0 +1,84 @@
+"""``msmtfn-predict``'s settings: one frozen dataclass whose fields are the command's options
+(predict/cli.py generates them). torch-free, so ``--help`` and bad options answer at once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.cli import option_field
+
+from .segmenter import CUTTERS
+
+CUTS = ("auto", "rows", "pauses")
+
+
+class PredictError(Exception):
+    """Something that stops the whole prediction (a bad run folder, wrong encoders, unusable
+    transcripts)."""
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    run: str = option_field(
+        help="msmtfn-train run folder (config.json + model.safetensors), or a msmtfn-sweep folder "
+        "(or its best): the trial it selected on validation."
+    )
+    audio: tuple[str, ...] = option_field(
+        (),
+        "Recordings (repeatable; globs like 'calls/*.wav' are expanded). Call id = file stem.",
+    )
+    transcripts: str | None = option_field(
+        None, "CSV call_id,start,end,text (seconds into the recording)."
+    )
+    asr: str | None = option_field(
+        None, "Speech recognition model (hub id or folder) instead of --transcripts."
+    )
+    device: str = option_field("auto", "auto | cpu | cuda | cuda:N (auto = cuda when available)")
+    dtype: str = option_field(
+        "run",
+        "Encoders' compute dtype: run (the cache's; float32 on CPU), float32, float16, bfloat16.",
+    )
+    audio_model: str | None = option_field(
+        None, "Where to read the run's audio encoder (identity is checked)."
+    )
+    text_model: str | None = option_field(
+        None, "Where to read the run's text encoder (identity is checked)."
+    )
+    cut: str = option_field(
+        "auto",
+        "How recordings are cut into segments: auto = as the run's training segments were made "
+        "(by the transcript's rows when training used timed rows and --transcripts is given, else "
+        "at pauses into pieces of the training's lengths); rows = one segment per transcript row; "
+        "pauses.",
+        choices=CUTS,
+    )
+    cutter: str = option_field(
+        "energy",
+        "Where long recordings are cut: quietest frames (energy) or Silero VAD non-speech (vad).",
+        choices=CUTTERS,
+    )
+    search_seconds: float = option_field(
+        10.0, "How far before the segment limit a pause is looked for."
+    )
+    batch_calls: int = option_field(0, "Calls per model batch (0 = the run's).")
+    group_calls: int = option_field(32, "Calls decoded and encoded together (bounds memory).")
+    batch_seconds: float = option_field(
+        0.0, "Padded audio seconds per encoder batch (0: 1280 on CUDA, 160 on CPU)."
+    )
+    num_workers: int = option_field(0, "Decode/tokenise processes for the encoders.")
+    threads: int = option_field(
+        0, "CPU threads for torch (0 = the run's --threads, else torch's default)."
+    )
+    trust_remote_code: bool = option_field(False, "Allow model code from the hub (encoders, ASR).")
+    progress: bool = option_field(True, "A progress bar and info lines.")
+
+    def __post_init__(self):
+        object.__setattr__(self, "audio", tuple(str(a) for a in self.audio))
+        if bool(self.transcripts) == bool(self.asr):
+            raise PredictError("give exactly one of --transcripts CSV or --asr MODEL")
+        if self.cut not in CUTS:
+            raise PredictError(f"--cut {self.cut}: valid are {', '.join(CUTS)}")
+        if self.device == "auto":  # as the command line: cuda when available
+            from pipeline.device import resolve_device
+
+            object.__setattr__(self, "device", str(resolve_device(self.device)))
