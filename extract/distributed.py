@@ -326,36 +326,11 @@ def extract_distributed(plan: ExtractPlan, client=None) -> ExtractResult:
                     len(cl.scheduler_info().get("workers", {})),
                     cl.scheduler.address,
                 )
-            futures = {}
-            # keys unique per run: a resumed run never gets an older run's result
-            run = uuid.uuid4().hex[:8]
-            for blk, batches in pending:
-                args = (
-                    spec,
-                    blk.start,
-                    rows[blk.start : blk.stop],
-                    batches,
-                    done[blk.start : blk.stop].copy(),
-                    len(rows),
-                )
-                # ms per block; says what the scheduler carries
-                totals.task_bytes += len(pickle.dumps(args))
-                f = cl.submit(
-                    encode_block, *args, pure=False, key=f"msmtfn-block-{run}-{blk.start}"
-                )
-                futures[f] = blk
+            futures = _submit_blocks(cl, spec, pending, rows, done, totals)
             n_workers = len(cl.scheduler_info().get("workers", {})) if pending else 0
             for fut in as_completed(list(futures)) if futures else ():
                 blk = futures[fut]
-                try:
-                    res = fut.result()
-                except Exception as e:
-                    for other in futures:
-                        other.cancel()
-                    raise DistributedError(
-                        f"{out}: rows {blk.start}–{blk.stop - 1} failed on a dask worker: {type(e).__name__}: {e}; "
-                        "every block marked done is intact — fix the cause and run the same command to resume"
-                    ) from e
+                res = _block_result(fut, blk, futures, out)
                 _commit(store, res, totals)
                 totals.result_bytes += len(pickle.dumps(res))
                 totals.hidden_bytes += res["stats"].computed * row_bytes
@@ -367,8 +342,8 @@ def extract_distributed(plan: ExtractPlan, client=None) -> ExtractResult:
     finally:
         bar.close()
     log.info(
-        "%s: rows encoded per worker: %s; the scheduler carried %d B of tasks and %d B of results for %d B of "
-        "hidden states",
+        "%s: rows encoded per worker: %s; the scheduler carried %d B of tasks and %d B of results "
+        "for %d B of hidden states",
         out,
         totals.per_worker,
         totals.task_bytes,
@@ -388,6 +363,41 @@ def extract_distributed(plan: ExtractPlan, client=None) -> ExtractResult:
         }
     }
     return finish_run(plan, store, totals.skipped, totals.stats, loop_seconds, extra)
+
+
+def _submit_blocks(cl, spec, pending, rows, done, totals: _Totals) -> dict:
+    """One task per block still to do; {future: block}."""
+    futures = {}
+    # keys unique per run: a resumed run never gets an older run's result
+    run = uuid.uuid4().hex[:8]
+    for blk, batches in pending:
+        args = (
+            spec,
+            blk.start,
+            rows[blk.start : blk.stop],
+            batches,
+            done[blk.start : blk.stop].copy(),
+            len(rows),
+        )
+        # ms per block; says what the scheduler carries
+        totals.task_bytes += len(pickle.dumps(args))
+        f = cl.submit(encode_block, *args, pure=False, key=f"msmtfn-block-{run}-{blk.start}")
+        futures[f] = blk
+    return futures
+
+
+def _block_result(fut, blk, futures: dict, out) -> dict:
+    """A finished block's result; a failed one cancels the rest and stops the run, naming it."""
+    try:
+        return fut.result()
+    except Exception as e:
+        for other in futures:
+            other.cancel()
+        raise DistributedError(
+            f"{out}: rows {blk.start}–{blk.stop - 1} failed on a dask worker: "
+            f"{type(e).__name__}: {e}; every block marked done is intact — fix the cause and run "
+            "the same command to resume"
+        ) from e
 
 
 def _commit(store: CacheStore, res: dict, totals: _Totals) -> None:

@@ -189,6 +189,16 @@ def by_file(skipped_rows: list[dict], rows: list[Segment]) -> list[dict]:
     return out
 
 
+def _record_skip_reasons(store: CacheStore, skipped: dict, done: np.ndarray) -> dict[int, str]:
+    """This run's failures into the store; rows done since earlier runs lose their old reason."""
+    reasons = {int(i): r for i, r in skipped.items()}
+    old = store.skip_reasons()
+    stale = {int(i): "" for i in np.flatnonzero((old != "") & done)}
+    store.set_skip_reasons({**stale, **reasons})
+    store.touch()
+    return reasons
+
+
 def finish_run(
     plan: ExtractPlan,
     store: CacheStore,
@@ -198,23 +208,11 @@ def finish_run(
     extra: dict | None = None,
 ) -> ExtractResult:
     """Skip reasons into the store, report.json beside the data, the result."""
-    cfg, out, rows = plan.cfg, plan.out, plan.rows
+    out, rows = plan.out, plan.rows
     elapsed = time.perf_counter() - plan.t0
-    computed, audio_seconds, truncated, warnings = (
-        stats.computed,
-        stats.audio_seconds,
-        stats.truncated,
-        stats.warnings,
-    )
-
-    # skip reasons: this run's failures; rows done since earlier runs lose their old reason
+    computed, audio_seconds = stats.computed, stats.audio_seconds
     final_done = store.done()
-    reasons = {int(i): r for i, r in skipped.items()}
-    old = store.skip_reasons()
-    stale = {int(i): "" for i in np.flatnonzero((old != "") & final_done)}
-    store.set_skip_reasons({**stale, **reasons})
-    store.touch()
-
+    reasons = _record_skip_reasons(store, skipped, final_done)
     skipped_rows = [
         {
             "row": i,
@@ -233,19 +231,19 @@ def finish_run(
         "store": str(out),
         "fingerprint": plan.fingerprint,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "config": asdict(cfg),
+        "config": asdict(plan.cfg),
         "segments_total": len(rows),
         "segments_done": int(final_done.sum()),
         "segments_encoded_this_run": computed,
         "segments_skipped": len(reasons),
-        "text_truncated": truncated,
+        "text_truncated": stats.truncated,
         "audio_seconds_this_run": round(audio_seconds, 3),
         "elapsed_s": round(elapsed, 3),
         "segments_per_s": round(computed / elapsed, 3) if elapsed else None,
         "skipped": skipped_rows,
         "skipped_by_file": skipped_lines,
         "manifest_issues": manifest_issues,
-        "warnings": warnings,
+        "warnings": stats.warnings,
         **(extra or {}),
     }
     report_path = store.write_text("report.json", json.dumps(report, indent=2, ensure_ascii=False))

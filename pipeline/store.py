@@ -176,6 +176,66 @@ def _dir_bytes(path: Path) -> int:
     return total
 
 
+def _create_feature_arrays(group, shape: StoreShape, codec: str) -> None:
+    """Hidden states (one chunk per row, sharded), lengths and the row flags."""
+    n, s = shape.n, max(1, min(shape.shard_size, shape.n or 1))
+    comp = make_compressors(codec)
+    for mod, rows, dim in (
+        ("audio", shape.audio_frames, shape.audio_dim),
+        ("text", shape.text_tokens, shape.text_dim),
+    ):
+        group.create_array(
+            f"{mod}/hidden",
+            shape=(n, rows, dim),
+            chunks=(1, rows, dim),
+            shards=(s, rows, dim),
+            dtype="float16",
+            compressors=comp,
+            fill_value=0,
+        )
+        group.create_array(f"{mod}/length", shape=(n,), chunks=(s,), dtype="int32", fill_value=0)
+    group.create_array("done", shape=(n,), chunks=(s,), dtype="bool", fill_value=False)
+    group.create_array("skipped", shape=(n,), chunks=(s,), dtype="bool", fill_value=False)
+    group.create_array("skip_reason", shape=(n,), chunks=(max(1, n),), dtype=str, fill_value="")
+
+
+def _create_table(group, n: int, segments: list[Segment], seconds) -> None:
+    """The per-row table: text columns, then numbers (NaN where unknown)."""
+    cols = {
+        "call_id": [x.call_id for x in segments],
+        "split": [x.split for x in segments],
+        "label": [x.label for x in segments],
+        "source_path": [x.audio_path for x in segments],
+        "variant": [x.variant for x in segments],
+        "segment_id": [x.segment_id for x in segments],
+    }
+    chunk = max(1, n)
+    for name, values in cols.items():
+        a = group.create_array(
+            f"table/{name}", shape=(n,), chunks=(chunk,), dtype=str, fill_value=""
+        )
+        if segments:
+            a[:] = np.array(values, dtype=object).astype(str)
+    num = {
+        "segment_index": np.array([x.index for x in segments], dtype=np.int32),
+        "start": np.array(
+            [np.nan if x.start is None else x.start for x in segments], dtype=np.float64
+        ),
+        "end": np.array([np.nan if x.end is None else x.end for x in segments], dtype=np.float64),
+        "seconds": np.full(n, np.nan) if seconds is None else np.asarray(seconds, dtype=np.float64),
+    }
+    for name, values in num.items():
+        a = group.create_array(
+            f"table/{name}",
+            shape=(n,),
+            chunks=(chunk,),
+            dtype=values.dtype,
+            fill_value=0 if values.dtype.kind == "i" else np.nan,
+        )
+        if segments:
+            a[:] = values
+
+
 class CacheStore:
     """Read/write access to one cache store. Create with :meth:`create`, open with :meth:`open`."""
 
@@ -241,64 +301,8 @@ class CacheStore:
         # marked until the last write below, so a creation cut short (disk full, kill) is known to
         # be ours and rebuilt by the next run instead of refused as a foreign store
         group = _open_zarr_group(path, "w", storage_options, attributes={CREATING: True})
-        n, s = shape.n, max(1, min(shape.shard_size, shape.n or 1))
-        comp = make_compressors(codec)
-        for mod, rows, dim in (
-            ("audio", shape.audio_frames, shape.audio_dim),
-            ("text", shape.text_tokens, shape.text_dim),
-        ):
-            group.create_array(
-                f"{mod}/hidden",
-                shape=(n, rows, dim),
-                chunks=(1, rows, dim),
-                shards=(s, rows, dim),
-                dtype="float16",
-                compressors=comp,
-                fill_value=0,
-            )
-            group.create_array(
-                f"{mod}/length", shape=(n,), chunks=(s,), dtype="int32", fill_value=0
-            )
-        group.create_array("done", shape=(n,), chunks=(s,), dtype="bool", fill_value=False)
-        group.create_array("skipped", shape=(n,), chunks=(s,), dtype="bool", fill_value=False)
-        group.create_array("skip_reason", shape=(n,), chunks=(max(1, n),), dtype=str, fill_value="")
-        cols = {
-            "call_id": [x.call_id for x in segments],
-            "split": [x.split for x in segments],
-            "label": [x.label for x in segments],
-            "source_path": [x.audio_path for x in segments],
-            "variant": [x.variant for x in segments],
-            "segment_id": [x.segment_id for x in segments],
-        }
-        chunk = max(1, n)
-        for name, values in cols.items():
-            a = group.create_array(
-                f"table/{name}", shape=(n,), chunks=(chunk,), dtype=str, fill_value=""
-            )
-            if segments:
-                a[:] = np.array(values, dtype=object).astype(str)
-        num = {
-            "segment_index": np.array([x.index for x in segments], dtype=np.int32),
-            "start": np.array(
-                [np.nan if x.start is None else x.start for x in segments], dtype=np.float64
-            ),
-            "end": np.array(
-                [np.nan if x.end is None else x.end for x in segments], dtype=np.float64
-            ),
-            "seconds": np.full(n, np.nan)
-            if seconds is None
-            else np.asarray(seconds, dtype=np.float64),
-        }
-        for name, values in num.items():
-            a = group.create_array(
-                f"table/{name}",
-                shape=(n,),
-                chunks=(chunk,),
-                dtype=values.dtype,
-                fill_value=0 if values.dtype.kind == "i" else np.nan,
-            )
-            if segments:
-                a[:] = values
+        _create_feature_arrays(group, shape, codec)
+        _create_table(group, shape.n, segments, seconds)
         group.attrs.put(
             {  # replaces the CREATING mark in the same write
                 "schema_version": SCHEMA_VERSION,

@@ -56,6 +56,7 @@ import logging
 import math
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -383,6 +384,62 @@ def _clip_seconds(clip: str) -> float | None:
     return float(f"{m.group(1)}.{m.group(2) or 0}")
 
 
+@dataclass(frozen=True)
+class _CsvRowColumns:
+    """How a ``label.csv`` row finds its split, times and audio (per utterance, or a timed part of
+    its video's file)."""
+
+    split_col: str | None
+    start_col: str | None  # None: the CSV has no start/end columns
+    end_col: str | None
+    per_utt: AudioFinder
+    per_video: AudioFinder
+
+    def resolve(self, path: Path, row: dict, vid: str, clip: str):
+        """(split, start, end, audio, problem, unread) of one row."""
+        split = start = end = audio = problem = None
+        s_col, e_col = self.start_col, self.end_col
+        if not _safe_id(vid) or not _safe_id(clip):
+            unread = f"video_id {vid!r} / clip_id {clip!r} empty or not a plain name; row skipped"
+            return split, start, end, audio, problem, unread
+        if self.split_col is not None and (split := normalise_split(row[self.split_col])) is None:
+            problem = (
+                f"unknown {self.split_col} {row[self.split_col]!r} (use train, valid or test); "
+                "row skipped"
+            )
+        elif s_col is not None and (row[s_col] or row[e_col]):
+            start, end = _seconds(row[s_col]), _seconds(row[e_col])
+            audio = self.per_video.find(v=vid)
+            if start is None or end is None or end <= start:
+                problem = (
+                    f"{s_col}/{e_col} {row[s_col]!r}/{row[e_col]!r} are not seconds with end "
+                    "after start; row skipped"
+                )
+            elif audio is None:
+                problem = (
+                    f"audio of video {vid} not found; looked for "
+                    f"{self.per_video.expected(v=vid)}; row skipped"
+                )
+        else:
+            audio = self.per_utt.find(v=vid, c=clip)
+            if audio is None:
+                problem = self._missing_utterance(path, vid, clip)
+        return split, start, end, audio, problem, None
+
+    def _missing_utterance(self, path: Path, vid: str, clip: str) -> str:
+        whole = self.per_video.find(v=vid)
+        hint = (
+            f"; only the whole video {whole.name} is there: add start,end columns (seconds) to "
+            f"{path.name}"
+            if whole is not None
+            else ""
+        )
+        return (
+            f"audio of utterance {vid}_{clip} not found; looked for "
+            f"{self.per_utt.expected(v=vid, c=clip)}{hint}; row skipped"
+        )
+
+
 def _parse_csv_form(path: Path, audio_root: Path) -> Parsed:
     """The utterances of a ``label.csv`` (``notes["split"]`` is "column" when it has a mode/split
     column)."""
@@ -401,40 +458,9 @@ def _parse_csv_form(path: Path, audio_root: Path) -> Parsed:
     rows: list[RawRow] = []
     for order, (line, row) in enumerate(table):
         vid, clip = row[cols["video"]], row[cols["clip"]]
-        seg_id, audio, problem, unread = f"{vid}_{clip}", None, None, None
-        split = start = end = None
-        if not _safe_id(vid) or not _safe_id(clip):
-            unread = f"video_id {vid!r} / clip_id {clip!r} empty or not a plain name; row skipped"
-        elif split_col is not None and (split := normalise_split(row[split_col])) is None:
-            problem = (
-                f"unknown {split_col} {row[split_col]!r} (use train, valid or test); row skipped"
-            )
-        elif timed and (row[start_col] or row[end_col]):
-            start, end = _seconds(row[start_col]), _seconds(row[end_col])
-            audio = per_video.find(v=vid)
-            if start is None or end is None or end <= start:
-                problem = (
-                    f"{start_col}/{end_col} {row[start_col]!r}/{row[end_col]!r} are not seconds with end "
-                    "after start; row skipped"
-                )
-            elif audio is None:
-                problem = f"audio of video {vid} not found; looked for {per_video.expected(v=vid)}; row skipped"
-        else:
-            audio = per_utt.find(v=vid, c=clip)
-            if audio is None:
-                whole = per_video.find(v=vid)
-                hint = (
-                    (
-                        f"; only the whole video {whole.name} is there: add start,end columns (seconds) to "
-                        f"{path.name}"
-                    )
-                    if whole is not None
-                    else ""
-                )
-                problem = (
-                    f"audio of utterance {seg_id} not found; looked for {per_utt.expected(v=vid, c=clip)}"
-                    f"{hint}; row skipped"
-                )
+        seg_id = f"{vid}_{clip}"
+        cut = _CsvRowColumns(split_col, start_col if timed else None, end_col, per_utt, per_video)
+        split, start, end, audio, problem, unread = cut.resolve(path, row, vid, clip)
         key = start if start is not None else _clip_seconds(clip)
         rows.append(
             RawRow(
@@ -599,6 +625,49 @@ def _read_words(path: Path, issues: list[Issue]) -> dict[str, list[tuple[float, 
     return words
 
 
+def _sdk_utterances(labels_path, key, vid, clip, feats, ivs, audio, dur, words) -> list[RawRow]:
+    """The rows of one labels .csd entry: each interval an utterance, its text the words whose
+    midpoints fall inside it."""
+    rows = []
+    mids = [m for m, _ in words.get(vid, ())]
+    for r in range(ivs.shape[0]):
+        if clip is None:  # one entry per video: row r is utterance r
+            seg_id = f"{vid}[{r}]"
+        else:  # one entry per utterance (SDK-aligned keys)
+            seg_id = key if ivs.shape[0] == 1 else f"{key}#{r}"
+        start, end = float(ivs[r, 0]), float(ivs[r, 1])
+        problem, text, warnings = None, "", ()
+        if not (math.isfinite(start) and math.isfinite(end)) or end <= start or start < 0:
+            problem = f"interval [{start}, {end}] is not a time span; utterance skipped"
+        elif dur is not None and start >= dur:
+            problem = (
+                f"starts at {start:g} s, past the end of {audio.name} ({dur:.2f} s); utterance "
+                "skipped (is it the right audio?)"
+            )
+        else:
+            # the words whose midpoints are in [start, end)
+            lo, hi = bisect.bisect_left(mids, start), bisect.bisect_left(mids, end)
+            text = " ".join(w for _, w in words.get(vid, [])[lo:hi])
+            if not text and vid in words:
+                warnings = ("warning: no words inside the interval; empty transcript (kept)",)
+        rows.append(
+            RawRow(
+                call_id=vid,
+                segment_id=seg_id,
+                audio=str(audio),
+                where=f"{labels_path.name}:{seg_id}",
+                label=score_label(feats[r, 0]),
+                text=text,
+                start=start,
+                end=end,
+                order=start,
+                problem=problem,
+                warnings=warnings,
+            )
+        )
+    return rows
+
+
 def _parse_sdk_form(
     data_dir: Path, dataset: str, labels_csd: Path | None, words_csd: Path | None, audio_root: Path
 ) -> Parsed:
@@ -639,44 +708,7 @@ def _parse_sdk_form(
                     )
                 )
             dur = audio_seconds(audio, seconds)
-            mids = [m for m, _ in words.get(vid, ())]
-            for r in range(ivs.shape[0]):
-                if clip is None:  # one entry per video: row r is utterance r
-                    seg_id = f"{vid}[{r}]"
-                else:  # one entry per utterance (SDK-aligned keys)
-                    seg_id = key if ivs.shape[0] == 1 else f"{key}#{r}"
-                start, end = float(ivs[r, 0]), float(ivs[r, 1])
-                problem, text, warnings = None, "", ()
-                if not (math.isfinite(start) and math.isfinite(end)) or end <= start or start < 0:
-                    problem = f"interval [{start}, {end}] is not a time span; utterance skipped"
-                elif dur is not None and start >= dur:
-                    problem = (
-                        f"starts at {start:g} s, past the end of {audio.name} ({dur:.2f} s); utterance "
-                        "skipped (is it the right audio?)"
-                    )
-                else:
-                    # the words whose midpoints are in [start, end)
-                    lo, hi = bisect.bisect_left(mids, start), bisect.bisect_left(mids, end)
-                    text = " ".join(w for _, w in words.get(vid, [])[lo:hi])
-                    if not text and vid in words:
-                        warnings = (
-                            "warning: no words inside the interval; empty transcript (kept)",
-                        )
-                rows.append(
-                    RawRow(
-                        call_id=vid,
-                        segment_id=seg_id,
-                        audio=str(audio),
-                        where=f"{labels_path.name}:{seg_id}",
-                        label=score_label(feats[r, 0]),
-                        text=text,
-                        start=start,
-                        end=end,
-                        order=start,
-                        problem=problem,
-                        warnings=warnings,
-                    )
-                )
+            rows += _sdk_utterances(labels_path, key, vid, clip, feats, ivs, audio, dur, words)
     notes = {
         "form": "sdk",
         "sources": [labels_path.name, words_path.name],

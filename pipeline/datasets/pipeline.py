@@ -145,6 +145,55 @@ def split_or_problem(given: str, allow_empty: bool) -> tuple[str, str | None]:
     return split, None
 
 
+def _row_audio(parsed: Parsed, row, allow_outside_paths: bool, audio_issues) -> Path | None:
+    """The row's audio file, or None (the reason added to ``audio_issues``)."""
+    where = row.where
+    try:
+        audio = (
+            Path(row.audio)
+            if parsed.found_by_parser
+            else resolve_audio(
+                row.audio,
+                parsed.data_dir,
+                search=parsed.search,
+                allow_outside=allow_outside_paths,
+            )
+        )
+    except PathRefused as e:
+        audio_issues.add(where, f"{e}; row skipped")
+        return None
+    if audio is None:
+        audio_issues.add(
+            where,
+            parsed.not_found.replace("{audio}", row.audio).replace(
+                "{data_dir}", str(parsed.data_dir)
+            ),
+        )
+    return audio
+
+
+def _times_fit_the_file(parsed: Parsed, row, audio: Path, checks: RowChecks) -> bool:
+    """False (the row skipped, named) when it starts past the end of its file; an end past it is
+    a warning."""
+    start, end, where = row.start, row.end, row.where
+    dur = checks.seconds(audio) if start is not None or end is not None else None
+    shown = audio.name if parsed.found_by_parser else row.audio
+    if dur is not None and start is not None and start >= dur:
+        checks.issues.append(
+            Issue(where, f"start {start:g} s is past the end of {shown} ({dur:.2f} s); row skipped")
+        )
+        return False
+    if dur is not None and end is not None and end > dur + 0.05 and parsed.warn_end_past_file:
+        checks.issues.append(
+            Issue(
+                where,
+                f"warning: end {end:g} s is past the end of {shown} ({dur:.2f} s); "
+                "the segment stops at the end of the file",
+            )
+        )
+    return True
+
+
 def _segments(
     parsed: Parsed,
     checks: RowChecks,
@@ -166,47 +215,12 @@ def _segments(
         if row.problem:
             issues.append(Issue(where, row.problem))
             continue
-        try:
-            audio = (
-                Path(row.audio)
-                if parsed.found_by_parser
-                else resolve_audio(
-                    row.audio,
-                    parsed.data_dir,
-                    search=parsed.search,
-                    allow_outside=allow_outside_paths,
-                )
-            )
-        except PathRefused as e:
-            audio_issues.add(where, f"{e}; row skipped")
-            continue
+        audio = _row_audio(parsed, row, allow_outside_paths, audio_issues)
         if audio is None:
-            audio_issues.add(
-                where,
-                parsed.not_found.replace("{audio}", row.audio).replace(
-                    "{data_dir}", str(parsed.data_dir)
-                ),
-            )
             continue
         start, end = row.start, row.end
-        dur = checks.seconds(audio) if start is not None or end is not None else None
-        shown = audio.name if parsed.found_by_parser else row.audio
-        if dur is not None and start is not None and start >= dur:
-            issues.append(
-                Issue(
-                    where,
-                    f"start {start:g} s is past the end of {shown} ({dur:.2f} s); row skipped",
-                )
-            )
+        if not _times_fit_the_file(parsed, row, audio, checks):
             continue
-        if dur is not None and end is not None and end > dur + 0.05 and parsed.warn_end_past_file:
-            issues.append(
-                Issue(
-                    where,
-                    f"warning: end {end:g} s is past the end of {shown} ({dur:.2f} s); "
-                    "the segment stops at the end of the file",
-                )
-            )
         key = (row.call_id, str(audio), start, end) if parsed.same_by_audio else row.segment_id
         if not checks.first_time(
             key,
