@@ -5,7 +5,7 @@
 :data:`DATASETS` (each an :class:`Adapter`; a new dataset is one module that parses its files into
 :class:`~pipeline.datasets.pipeline.RawRow` records and passes them to
 :func:`~pipeline.datasets.pipeline.to_manifest`, which makes every shared check; its ``load`` is
-registered with :func:`register`):
+registered beside it with ``@register_dataset(NAME, scheme=...)``, naming its label scheme once):
 
 - ``marketcalls`` — the released MarketCalls CSVs (see :mod:`pipeline.datasets.marketcalls`);
   options ``csv_path``, ``split_ratios``, ``no_text``;
@@ -32,60 +32,15 @@ no CSV, nothing usable) raise :class:`ManifestError` with one line naming the fi
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..manifest import Manifest
+
+# importing an adapter registers it (registry.register_dataset, beside its load); in this order
+from . import demo, generic_csv, marketcalls, meld, mosi  # noqa: F401, I001
 from ._common import ManifestError, stratified_split
-from .demo import generate_demo, load_demo
-from .generic_csv import load_generic_csv
-from .marketcalls import load_marketcalls
-from .meld import load_meld
-from .mosi import load_mosei, load_mosi
-
-COMMON_PARAMETERS = ("data_dir", "allow_outside_paths", "seed", "dataset")
-
-
-@dataclass(frozen=True)
-class Adapter:
-    """What the registry knows of a dataset.
-
-    ``load(data_dir, *, allow_outside_paths, seed, **options) -> Manifest`` reads it (its keyword
-    parameters besides those three are the dataset's options); ``label_scheme`` is the scheme its
-    labels are in (the default one where an option chooses); ``makes_data_dir`` is True for a
-    dataset that generates its folder rather than reading an existing one.
-    """
-
-    name: str
-    load: Callable[..., Manifest]
-    label_scheme: str
-    makes_data_dir: bool = False
-
-    @property
-    def options(self) -> list[str]:
-        return [p for p in inspect.signature(self.load).parameters if p not in COMMON_PARAMETERS]
-
-
-DATASETS: dict[str, Adapter] = {}
-
-
-def register(adapter: Adapter) -> Adapter:
-    """Add a dataset to :data:`DATASETS` (``--dataset NAME``, ``load_manifest(NAME, ...)``)."""
-    DATASETS[adapter.name] = adapter
-    return adapter
-
-
-for _adapter in (
-    Adapter("marketcalls", load_marketcalls, "marketcalls"),
-    Adapter("csv", load_generic_csv, "marketcalls"),
-    Adapter("demo", load_demo, "marketcalls", makes_data_dir=True),
-    Adapter("mosi", load_mosi, "sentiment"),
-    Adapter("mosei", load_mosei, "sentiment"),
-    Adapter("meld", load_meld, "meld"),
-):
-    register(_adapter)
+from .demo import generate_demo
+from .registry import DATASETS, Adapter, register, register_dataset
 
 
 def dataset_options(name: str) -> list[str]:
@@ -122,5 +77,6 @@ __all__ = [
     "generate_demo",
     "load_manifest",
     "register",
+    "register_dataset",
     "stratified_split",
 ]

@@ -51,7 +51,8 @@ import soundfile as sf
 import soxr
 
 from ..manifest import Manifest
-from .marketcalls import load_marketcalls
+from .marketcalls import SCHEME, load_marketcalls
+from .registry import register_dataset
 
 log = logging.getLogger(__name__)
 
@@ -378,6 +379,7 @@ def _needs_generation(
     )
 
 
+@register_dataset("demo", scheme=SCHEME, makes_data_dir=True)
 def load_demo(
     data_dir: Path,
     *,

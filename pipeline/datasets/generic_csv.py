@@ -63,6 +63,9 @@ from ._common import (
     transcript_column_check,
 )
 from .pipeline import Parsed, RawRow, no_text_note, split_or_problem, to_manifest
+from .registry import register_dataset
+
+DEFAULT_SCHEME = "marketcalls"  # label_scheme= chooses another
 
 COLUMNS = {"call": ("call_id",), "audio": ("audio",)}
 OURS = {"call_id", "audio", "start", "end", "text", "label", "split", "segment"}
@@ -165,13 +168,14 @@ def parse_generic_csv(
     )
 
 
+@register_dataset("csv", scheme=DEFAULT_SCHEME)
 def load_generic_csv(
     data_dir: Path,
     *,
     allow_outside_paths: bool = False,
     seed: int = 0,
     csv_path: str | Path | None = None,
-    label_scheme: str | LabelScheme = "marketcalls",
+    label_scheme: str | LabelScheme = DEFAULT_SCHEME,
     split_ratios=None,
     no_text: bool = False,
 ) -> Manifest:

@@ -35,6 +35,9 @@ from ._common import (
     transcript_column_check,
 )
 from .pipeline import Parsed, RawRow, no_text_note, split_or_problem, to_manifest
+from .registry import register_dataset
+
+SCHEME = "marketcalls"
 
 SPLIT_FILES = {
     "train": ("train.csv",),
@@ -154,6 +157,7 @@ def parse_marketcalls(
     )
 
 
+@register_dataset("marketcalls", scheme=SCHEME)
 def load_marketcalls(
     data_dir: Path,
     *,
@@ -167,7 +171,7 @@ def load_marketcalls(
     parsed = parse_marketcalls(Path(data_dir), csv_path, no_text=bool_option(no_text))
     return to_manifest(
         dataset,
-        "marketcalls",
+        SCHEME,
         parsed,
         allow_outside_paths=allow_outside_paths,
         split_ratios=split_ratios,

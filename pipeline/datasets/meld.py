@@ -30,6 +30,7 @@ from ..labels import MELD_EMOTIONS, MELD_SENTIMENTS
 from ..manifest import Issue, Manifest
 from ._common import WESTERN_ENCODINGS, ManifestError, option_path, read_csv, require_columns
 from .pipeline import Parsed, RawRow, to_manifest
+from .registry import register_dataset
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +223,7 @@ def parse_meld(
     )
 
 
+@register_dataset("meld", scheme=SCHEME)
 def load_meld(
     data_dir: Path,
     *,

@@ -74,6 +74,7 @@ from ._common import (
     stratified_split,
 )
 from .pipeline import Parsed, RawRow, to_manifest
+from .registry import register_dataset
 
 log = logging.getLogger(__name__)
 
@@ -733,6 +734,7 @@ def _parse_sdk_form(
 # adapter
 
 
+@register_dataset("mosi", scheme=SCHEME)
 def load_mosi(
     data_dir: Path,
     *,
@@ -807,6 +809,7 @@ def load_mosi(
     return manifest
 
 
+@register_dataset("mosei", scheme=SCHEME)
 def load_mosei(
     data_dir: Path,
     *,
