@@ -8,13 +8,14 @@ cut is not counted twice, and joins a segment's pieces in time order. Cuts are p
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from pipeline.datasets._common import ManifestError, read_csv, seconds
 
 log = logging.getLogger(__name__)
 
@@ -38,22 +39,13 @@ def read_transcript_csv(path: str | Path) -> dict[str, list[Piece]]:
     the beginning and an empty ``end`` the end of the recording (``end`` = inf here). Returns pieces
     by call id, in time order."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise TranscriptError(
-            f"{path}: cannot read the transcripts ({e.strerror or e}); check --transcripts"
-        ) from None
-    for enc in ("utf-8-sig", "gb18030"):
-        try:
-            text = raw.decode(enc)
-            break
-        except UnicodeDecodeError:
-            continue
-    else:
-        raise TranscriptError(f"{path}: neither UTF-8 nor GB18030; save the transcripts as UTF-8")
-    reader = csv.DictReader(text.splitlines())
-    fields = {(f or "").strip().lower(): f for f in (reader.fieldnames or [])}
+    issues: list = []
+    try:  # the adapters' one CSV reader (UTF-8 or GB18030, header case-insensitive)
+        fields, table, _ = read_csv(path, issues)
+    except ManifestError as e:
+        raise TranscriptError(f"{e}; check --transcripts") from None
+    for issue in issues:
+        log.warning("%s: %s", issue.where, issue.reason)
     missing = [c for c in REQUIRED if c not in fields]
     if missing:
         raise TranscriptError(
@@ -62,22 +54,15 @@ def read_transcript_csv(path: str | Path) -> dict[str, list[Piece]]:
         )
     out: dict[str, list[Piece]] = {}
     bad = []
-    for n, row in enumerate(reader, start=2):
-        cid = (row[fields["call_id"]] or "").strip()
-        try:
-            raw_start, raw_end = (
-                (row[fields["start"]] or "").strip(),
-                (row[fields["end"]] or "").strip(),
-            )
-            start = float(raw_start) if raw_start else 0.0
-            end = float(raw_end) if raw_end else math.inf
-            if not (math.isfinite(start) and not math.isnan(end) and end >= start >= 0):
-                raise ValueError
-        except (TypeError, ValueError):
-            bad.append(n)
+    for line, row in table:
+        raw_start, raw_end = row["start"], row["end"]
+        start = seconds(raw_start) if raw_start else 0.0
+        end = seconds(raw_end) if raw_end else math.inf
+        if start is None or end is None or end < start:
+            bad.append(line)
             continue
-        if cid:
-            out.setdefault(cid, []).append(Piece(start, end, (row[fields["text"]] or "").strip()))
+        if row["call_id"]:
+            out.setdefault(row["call_id"], []).append(Piece(start, end, row["text"]))
     if bad:
         log.warning(
             "%s: %d rows without valid start/end seconds are ignored (lines %s)",

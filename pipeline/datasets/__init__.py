@@ -35,12 +35,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..manifest import Manifest
-
-# importing an adapter registers it (registry.register_dataset, beside its load); in this order
-from . import demo, generic_csv, marketcalls, meld, mosi  # noqa: F401, I001
 from ._common import ManifestError, stratified_split
-from .demo import generate_demo
 from .registry import DATASETS, Adapter, register, register_dataset
+
+# isort: split
+# importing an adapter registers it (@register_dataset beside its load), in the order --help lists
+from . import marketcalls  # noqa: F401
+
+# isort: split
+from . import generic_csv  # noqa: F401
+
+# isort: split
+from . import demo, mosi  # noqa: F401
+
+# isort: split
+from . import meld  # noqa: F401
+from .demo import generate_demo
 
 
 def dataset_options(name: str) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -123,6 +124,16 @@ class CsvTable(NamedTuple):
     header: list[str]  # lower-cased, stripped column names
     rows: list[tuple[int, dict[str, str]]]  # (line where the row starts, {column: value})
     encoding: str
+
+
+def seconds(value: str) -> float | None:
+    """A time in seconds as the CSVs write it (``12.5``, ``3``): a finite number ≥ 0, else None.
+    The one reader of seconds of every adapter and of predict's transcripts CSV."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) and x >= 0 else None
 
 
 def read_csv(

@@ -49,7 +49,6 @@ Example::
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from ..labels import LabelScheme
@@ -60,6 +59,7 @@ from ._common import (
     read_csv,
     require_columns,
     scheme_or_error,
+    seconds,
     transcript_column_check,
 )
 from .pipeline import Parsed, RawRow, no_text_note, split_or_problem, to_manifest
@@ -76,11 +76,8 @@ def _seconds(value: str, name: str) -> tuple[float | None, str | None]:
     """(seconds or None for empty, problem)."""
     if value == "":
         return None, None
-    try:
-        x = float(value)
-    except ValueError:
-        x = math.nan
-    if not math.isfinite(x) or x < 0:
+    x = seconds(value)
+    if x is None:
         return None, f"{name} {value!r} is not a number of seconds ≥ 0; row skipped"
     return x, None
 

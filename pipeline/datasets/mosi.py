@@ -70,6 +70,7 @@ from ._common import (
     parse_ratios,
     read_csv,
     require_columns,
+    seconds,
     split_counts,
     stratified_split,
 )
@@ -361,14 +362,6 @@ def _generated_split(
 # CSV form
 
 
-def _seconds(value: str) -> float | None:
-    try:
-        x = float(value)
-    except ValueError:
-        return None
-    return x if math.isfinite(x) and x >= 0 else None
-
-
 def _split_id(row: dict[str, str]) -> dict[str, str]:
     """``id`` = ``VIDEO_CLIP`` (``03bSnISJMiM_1``; video ids may hold ``_`` themselves, the clip
     never does)."""
@@ -409,7 +402,7 @@ class _CsvRowColumns:
                 "row skipped"
             )
         elif s_col is not None and (row[s_col] or row[e_col]):
-            start, end = _seconds(row[s_col]), _seconds(row[e_col])
+            start, end = seconds(row[s_col]), seconds(row[e_col])
             audio = self.per_video.find(v=vid)
             if start is None or end is None or end <= start:
                 problem = (
@@ -679,7 +672,7 @@ def _parse_sdk_form(
     words = _read_words(words_path, issues)
     finder = AudioFinder(audio_root, PER_VIDEO)
     audio_of: dict[str, Path | None] = {}
-    seconds: dict[Path, float | None] = {}
+    durations: dict[Path, float | None] = {}
     rows: list[RawRow] = []
     widths: set[int] = set()
     no_words: set[str] = set()
@@ -708,7 +701,7 @@ def _parse_sdk_form(
                         f"warning: no words for video {vid}; its transcripts are empty",
                     )
                 )
-            dur = audio_seconds(audio, seconds)
+            dur = audio_seconds(audio, durations)
             rows += _sdk_utterances(labels_path, key, vid, clip, feats, ivs, audio, dur, words)
     notes = {
         "form": "sdk",
