@@ -9,6 +9,7 @@ Public API (what predict/ and other callers use; the submodules are internal)::
     load_encoders(cache, device) -> Encoders     both frozen encoders for a CacheSettings
     SegmentSource, make_batches, make_loader     decode/tokenise one segment, length-bucketed
                                      batches, their loader
+    encode_loader(loader, audio, text)   the one encode loop (extraction and predict)
     AudioError, load_segment         one segment's audio, decoded and resampled (extract/audio.py)
     build_tiny_encoders(folder)      small random encoders for tests and the demo (extract/tiny.py)
     main                             the ``msmtfn-extract`` click command
@@ -31,6 +32,7 @@ _WHERE = {
     "SegmentSource": "encode",
     "make_batches": "encode",
     "make_loader": "encode",
+    "encode_loader": "encode",
     "AudioError": "audio",
     "load_segment": "audio",
     "build_tiny_encoders": "tiny",

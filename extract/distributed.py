@@ -162,14 +162,8 @@ def encode_block(
     proxy = _FlagsToDriver(store, done_all)
     window = _Window(rows, start, n)
     c = spec.cache
-    source = SegmentSource(
-        window,
-        enc.policy.input_rate,
-        enc.max_samples,
-        enc.audio.min_samples(),
-        enc.audio.feature_extractor,
-        enc.text,
-        Augmenter(c.augment, c.seed) if c.augment else None,
+    source = SegmentSource.for_encoders(
+        window, enc, Augmenter(c.augment, c.seed) if c.augment else None
     )
     # dask worker processes are daemons unless configured otherwise, and daemons cannot start loader
     # processes

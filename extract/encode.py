@@ -40,6 +40,20 @@ class SegmentSource(torch.utils.data.Dataset):
         self.fe = feature_extractor
         self.tokenize = text_encoder.tokenize
 
+    @classmethod
+    def for_encoders(cls, segments, encoders, augmenter=None) -> SegmentSource:
+        """A source for ``encoders`` (anything with ``policy``, ``max_samples``, ``audio`` and
+        ``text``, as extract's Encoders and predict's RunEncoders have)."""
+        return cls(
+            segments,
+            encoders.policy.input_rate,
+            encoders.max_samples,
+            encoders.audio.min_samples(),
+            encoders.audio.feature_extractor,
+            encoders.text,
+            augmenter,
+        )
+
     def __len__(self):
         return len(self.rows)
 
@@ -126,6 +140,41 @@ class EncodeStats:
     computed: int = 0
 
 
+@dataclass
+class EncodedBatch:
+    """One loader batch through both encoders: every item (errors included), the items kept, and
+    their hidden states as float16 arrays (as the store keeps them and training reads them)."""
+
+    items: list[dict]
+    kept: list[dict]
+    audio: np.ndarray | None = None  # (kept, A, Da)
+    audio_len: np.ndarray | None = None
+    text: np.ndarray | None = None  # (kept, T, Dt)
+    text_len: np.ndarray | None = None
+
+
+def encode_loader(loader, audio: AudioEncoder, text: TextEncoder, keep=None):
+    """The one encode loop of extraction and prediction: for each batch the loader yields, the
+    readable items through both frozen encoders; ``keep(row)`` chooses whose states are returned
+    (default all)."""
+    for items in loader:
+        ok = [it for it in items if "error" not in it]
+        if not ok:
+            yield EncodedBatch(items, [])
+            continue
+        a_hidden, a_len = audio.encode([it["wave"] for it in ok])
+        t_hidden, t_len = text.encode([it["ids"] for it in ok])
+        idx = [j for j, it in enumerate(ok) if keep is None or keep(it["row"])]
+        yield EncodedBatch(
+            items,
+            [ok[j] for j in idx],
+            a_hidden[idx].to(torch.float16).cpu().numpy(),
+            np.asarray(a_len[idx]),
+            t_hidden[idx].to(torch.float16).cpu().numpy(),
+            np.asarray(t_len[idx]),
+        )
+
+
 def encode_batches(
     loader,
     rows,
@@ -139,26 +188,23 @@ def encode_batches(
     """Encode every batch the loader yields and hand the rows still to do to ``writer`` (which does
     not wait)."""
     st = EncodeStats()
-    for items in loader:
-        ok = [it for it in items if "error" not in it]
-        for it in items:
+    for batch in encode_loader(loader, audio, text, keep=lambda row: todo[row]):
+        for it in batch.items:
             for w in it["warnings"]:
                 st.warnings.append(
                     {"row": it["row"], "segment_id": rows[it["row"]].segment_id, "warning": w}
                 )
             if "error" in it and todo[it["row"]]:
                 writer.skip(it["row"], it["error"])
-        if ok:
-            a_hidden, a_len = audio.encode([it["wave"] for it in ok])
-            t_hidden, t_len = text.encode([it["ids"] for it in ok])
-            keep = [j for j, it in enumerate(ok) if todo[it["row"]]]
-            a_np = a_hidden[keep].to(torch.float16).cpu().numpy()
-            t_np = t_hidden[keep].to(torch.float16).cpu().numpy()
-            writer.put([ok[j]["row"] for j in keep], a_np, a_len[keep], t_np, t_len[keep])
-            st.truncated += sum(1 for j in keep if ok[j]["truncated"])
-            st.audio_seconds += float(sum(len(ok[j]["wave"]) for j in keep)) / input_rate
-            st.computed += len(keep)
+        if batch.kept:
+            kept = batch.kept
+            writer.put(
+                [it["row"] for it in kept], batch.audio, batch.audio_len, batch.text, batch.text_len
+            )
+            st.truncated += sum(1 for it in kept if it["truncated"])
+            st.audio_seconds += float(sum(len(it["wave"]) for it in kept)) / input_rate
+            st.computed += len(kept)
         if bar is not None:
-            bar.update(sum(1 for it in items if todo[it["row"]]))
+            bar.update(sum(1 for it in batch.items if todo[it["row"]]))
             bar.set_postfix(skipped=len(writer.skipped), refresh=False)
     return st

@@ -58,14 +58,8 @@ def _extract_into(plan: ExtractPlan) -> ExtractResult:
     batches = [b for _, bs in plan_blocks(plan, store) for b in bs if todo[b].any()]
 
     c = cfg.cache
-    source = SegmentSource(
-        plan.rows,
-        enc.policy.input_rate,
-        enc.max_samples,
-        enc.audio.min_samples(),
-        enc.audio.feature_extractor,
-        enc.text,
-        Augmenter(c.augment, c.seed) if c.augment else None,
+    source = SegmentSource.for_encoders(
+        plan.rows, enc, Augmenter(c.augment, c.seed) if c.augment else None
     )
     loader = make_loader(source, batches, cfg.num_workers)
 

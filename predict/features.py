@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from extract import SegmentSource, load_encoders, make_batches, make_loader
+from extract import SegmentSource, encode_loader, load_encoders, make_batches, make_loader
 from pipeline.cache_settings import (
     MAX_BATCH,
     CacheSettings,
@@ -182,14 +182,7 @@ class RunEncoders:
         num_workers: int = 0,
     ) -> list[SegmentFeatures | str]:
         """Features of each segment, or the reason it cannot be encoded (unreadable, too short)."""
-        source = SegmentSource(
-            segments,
-            self.policy.input_rate,
-            self.max_samples,
-            self.min_samples,
-            self.audio.feature_extractor,
-            self.text,
-        )
+        source = SegmentSource.for_encoders(segments, self)
         rate = self.policy.input_rate
         # an open end (to the end of the recording) counts as the longest, as extraction's plan
         # counts it
@@ -208,22 +201,14 @@ class RunEncoders:
         )
         loader = make_loader(source, batches, num_workers)
         out: list[SegmentFeatures | str | None] = [None] * len(segments)
-        for items in loader:
-            ok = [it for it in items if "error" not in it]
-            for it in items:
+        for batch in encode_loader(loader, self.audio, self.text):
+            for it in batch.items:
                 if "error" in it:
                     out[it["row"]] = it["error"]
-            if not ok:
-                continue
-            a_hidden, a_len = self.audio.encode([it["wave"] for it in ok])
-            t_hidden, t_len = self.text.encode([it["ids"] for it in ok])
-            # float16, as the store keeps them and training read them
-            a_np = a_hidden.half().cpu().numpy()
-            t_np = t_hidden.half().cpu().numpy()
-            for j, it in enumerate(ok):
+            for j, it in enumerate(batch.kept):
                 out[it["row"]] = SegmentFeatures(
-                    audio=a_np[j, : a_len[j]].copy(),
-                    text=t_np[j, : t_len[j]].copy(),
+                    audio=batch.audio[j, : batch.audio_len[j]].copy(),
+                    text=batch.text[j, : batch.text_len[j]].copy(),
                     warnings=it["warnings"],
                     text_truncated=it["truncated"],
                 )
