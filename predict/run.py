@@ -37,7 +37,7 @@ from pipeline.labels import get_scheme
 from pipeline.manifest import Segment
 from pipeline.segment_profile import SegmentProfile
 from train.checkpoint import CheckpointError, load_run, read_run_config
-from train.data import pad_segments
+from train.data import segments_batch
 from train.predictions import (
     decode,
     head_widths,
@@ -222,30 +222,13 @@ class Predictor:
         m = self.model
         bc = self.cfg.batch_calls or self.train_cfg.batch_calls
         out: list[dict[str, torch.Tensor]] = []
-        full_text = m.needs_every_text_row  # as in training
         for i in range(0, len(calls), bc):
             group = calls[i : i + bc]
             segs = [s for call in group for s in call]
-            a_len = torch.as_tensor([len(s.audio) for s in segs], dtype=torch.int32)
-            t_len = torch.as_tensor([len(s.text) for s in segs], dtype=torch.int32)
-            # padded by the trainer's own routine, exactly as training and evaluation batches are
-            audio = (
-                pad_segments([s.audio for s in segs], int(a_len.max()), self.device)
-                if m.uses_audio
-                else None
-            )
-            width = self.text_tokens if full_text else int(t_len.max())
-            text = pad_segments([s.text for s in segs], width, self.device) if m.uses_text else None
-            counts = torch.as_tensor([len(c) for c in group], device=self.device)
+            # assembled by the trainer's own routine, exactly as training and evaluation batches
+            b = segments_batch(group, m, self.text_tokens, self.device)
             logits = model_outputs(
-                m,
-                audio,
-                a_len.to(self.device),
-                text,
-                t_len.to(self.device),
-                counts,
-                self.device,
-                self.amp,
+                m, b.audio, b.audio_len, b.text, b.text_len, b.seg_counts, self.device, self.amp
             )
             logits = {k: v.float().cpu() for k, v in logits.items()}
             seg_start = 0

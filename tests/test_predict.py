@@ -621,7 +621,7 @@ def test_segment_level_and_regression_heads_give_per_segment_rows(tiny_run, tmp_
     from predict.run import output_tasks, segments_csv
 
     class SegmentHeads(torch.nn.Module):
-        uses_audio = uses_text = True
+        modalities = ("audio", "text")
         needs_every_text_row = False
 
         def __init__(self):
@@ -680,7 +680,7 @@ def test_single_head_run_reports_coarser_tasks_through_the_label_maps(tiny_run, 
     from predict.run import output_tasks
 
     class OneHead(torch.nn.Module):
-        uses_audio = uses_text = True
+        modalities = ("audio", "text")
         needs_every_text_row = False
 
         def __init__(self):

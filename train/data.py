@@ -318,6 +318,32 @@ def pad_packed(
     return out
 
 
+def batch_widths(audio_len, text_len, text_tokens: int, full_text: bool) -> tuple[int, int]:
+    """The widths a batch is padded to: its longest audio, and its longest text (every text row
+    where the model needs them all, e.g. flatten pooling). Training, evaluation and predict."""
+    return int(audio_len.max()), text_tokens if full_text else int(text_len.max())
+
+
+def segments_batch(calls, model, text_tokens: int, device: torch.device) -> Batch:
+    """A model batch of in-memory segments (msmtfn-predict: ``calls`` lists each call's features,
+    ``.audio`` (rows, Da) and ``.text`` (rows, Dt)), assembled as training's batches are: the same
+    widths, padding and per-call counts; modalities the model does not read are None."""
+    segs = [s for call in calls for s in call]
+    a_len = torch.as_tensor([len(s.audio) for s in segs], dtype=torch.int32)
+    t_len = torch.as_tensor([len(s.text) for s in segs], dtype=torch.int32)
+    a_max, t_max = batch_widths(a_len, t_len, text_tokens, model.needs_every_text_row)
+    reads = model.modalities
+    return Batch(
+        audio=pad_segments([s.audio for s in segs], a_max, device) if "audio" in reads else None,
+        audio_len=a_len.to(device),
+        text=pad_segments([s.text for s in segs], t_max, device) if "text" in reads else None,
+        text_len=t_len.to(device),
+        seg_counts=torch.as_tensor([len(c) for c in calls], device=device),
+        labels={},
+        calls=list(range(len(calls))),
+    )
+
+
 def pad_segments(rows: list[np.ndarray], width: int, device: torch.device) -> torch.Tensor:
     """(S, width, d) float16 batch of in-memory segments (each (valid rows, d)), through
     :func:`pad_packed`."""
@@ -540,9 +566,7 @@ class Batches:
         d = self.data
         rows = np.concatenate([d.rows[c] for c in group])
         a_len, t_len = d.audio_len[rows], d.text_len[rows]
-        a_max = int(a_len.max())
-        # flatten pooling needs all T rows
-        t_max = d.text_tokens if self.full_text else int(t_len.max())
+        a_max, t_max = batch_widths(a_len, t_len, d.text_tokens, self.full_text)
         audio, text = self.source.get(rows, a_max, t_max)
         dev = self.source.device
         labels, mask = d.targets(group, rows)

@@ -389,14 +389,6 @@ class MSMTFN(nn.Module):
         tasks = dims.tasks if cfg.mtl else {cfg.task: dims.tasks[cfg.task]}
         self.heads = nn.ModuleDict({name: self._head(cfg, d, k) for name, k in tasks.items()})
 
-    @property
-    def uses_audio(self) -> bool:
-        return "audio" in self.modalities
-
-    @property
-    def uses_text(self) -> bool:
-        return "text" in self.modalities
-
     def _build_gru(self, cfg: ModelConfig, d: int, dims: ModelDims) -> None:
         self.gru = nn.GRU(
             d,
