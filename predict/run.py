@@ -227,9 +227,7 @@ class Predictor:
             segs = [s for call in group for s in call]
             # assembled by the trainer's own routine, exactly as training and evaluation batches
             b = segments_batch(group, m, self.text_tokens, self.device)
-            logits = model_outputs(
-                m, b.audio, b.audio_len, b.text, b.text_len, b.seg_counts, self.device, self.amp
-            )
+            logits = model_outputs(m, b, self.device, self.amp)
             logits = {k: v.float().cpu() for k, v in logits.items()}
             seg_start = 0
             for k, call in enumerate(group):

@@ -85,11 +85,11 @@ def regression_tasks(scheme) -> frozenset:
     return frozenset(t.name for t in scheme.tasks if t.is_regression)
 
 
-def model_outputs(model, audio, audio_len, text, text_len, seg_counts, device, amp: bool) -> dict:
-    """The model's raw head outputs, under bf16 autocast on CUDA when ``amp``: the one forward call
-    of training, evaluation and msmtfn-predict."""
+def model_outputs(model, batch, device, amp: bool) -> dict:
+    """The model's raw head outputs for a :class:`~train.data.Batch`, under bf16 autocast on CUDA
+    when ``amp``: the one forward call of training, evaluation and msmtfn-predict."""
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-        return model(audio, audio_len, text, text_len, seg_counts)
+        return model(batch.audio, batch.audio_len, batch.text, batch.text_len, batch.seg_counts)
 
 
 @dataclass
@@ -117,16 +117,7 @@ def run_model(model, batches, data, weights: dict, device, amp: bool, loss_fn=No
     lab, calls, segs = [], [], []
     total, n = 0.0, 0
     for batch in batches:
-        logits = model_outputs(
-            model,
-            batch.audio,
-            batch.audio_len,
-            batch.text,
-            batch.text_len,
-            batch.seg_counts,
-            device,
-            amp,
-        )
+        logits = model_outputs(model, batch, device, amp)
         counts = batch.seg_counts.cpu().numpy()
         if batch.mask is not None:  # segment level: the scored segments
             keep = batch.mask.cpu().numpy()
