@@ -26,6 +26,7 @@ VARIANTS, METRICS = "train/variants.py", "train/metrics.py"
 T_MODEL, T_GUARDS = "tests/test_train_model.py", "tests/test_train_guards.py"
 T_CUT = "tests/test_predict_cut.py"
 T_TABLE, T_VARIANTS = "tests/test_metric_table.py", "tests/test_variants.py"
+T_DIRECT = "tests/test_training_direct.py"
 
 
 @dataclass(frozen=True)
@@ -276,6 +277,70 @@ MUTANTS = [
         'second_branch=("cross" if cfg.cross_attention else "audio") if both else "none",',
         'second_branch="cross" if both else "none",',
         (T_VARIANTS, T_MODEL),
+    ),
+    Mutant(
+        "warm-up starts one step late",
+        LOOP,
+        "            return (step + 1) / w",
+        "            return step / w",
+        (T_DIRECT,),
+    ),
+    Mutant(
+        "scheduler steps twice per optimizer step",
+        LOOP,
+        "                self.sched.step()\n",
+        "                self.sched.step()\n                self.sched.step()\n",
+        (T_DIRECT,),
+    ),
+    Mutant(
+        "gradients not clipped",
+        LOOP,
+        "                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)\n",
+        "",
+        (T_DIRECT,),
+    ),
+    Mutant(
+        "patience allows one epoch too many",
+        LOOP,
+        "        self.stopped = self.epochs_without_gain >= cfg.patience",
+        "        self.stopped = self.epochs_without_gain > cfg.patience",
+        (T_DIRECT,),
+    ),
+    Mutant(
+        "the selection reads the first task, not --task",
+        LOOP,
+        "        sel = val[cfg.task]",
+        "        sel = val[next(iter(val))]",
+        (T_DIRECT,),
+    ),
+    Mutant(
+        "the seed does not set the batch order",
+        LOOP,
+        "        self.gen = gen = torch.Generator().manual_seed(cfg.seed)",
+        "        self.gen = gen = torch.Generator().manual_seed(0)",
+        (T_DIRECT,),
+    ),
+    Mutant(
+        "input statistics from every split",
+        LOOP,
+        '        train_rows = self.data.used_rows(self.data.indices("train"))',
+        '        train_rows = self.data.used_rows(self.data.indices("all"))',
+        (T_DIRECT,),
+    ),
+    Mutant(
+        "input std not applied",
+        MODEL,
+        "        x = (x.to(cls.dtype) - mean.to(cls.dtype)) / std.to(cls.dtype)",
+        "        x = x.to(cls.dtype) - mean.to(cls.dtype)",
+        (T_DIRECT,),
+    ),
+    Mutant(
+        "padded segments fed to the Bi-GRU",
+        MODEL,
+        "        out, h_n = self.gru(packed)\n"
+        "        out, _ = pad_packed_sequence(out, batch_first=True, total_length=padded.shape[1])",
+        "        out, h_n = self.gru(padded)",
+        (T_DIRECT,),
     ),
 ]
 
