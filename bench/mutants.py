@@ -342,6 +342,20 @@ MUTANTS = [
         "        out, h_n = self.gru(padded)",
         (T_DIRECT,),
     ),
+    Mutant(
+        "the loss reads context utterances",
+        LOOP,
+        "            out, y = out[mask], y[mask]",
+        "            pass",
+        (T_DIRECT,),
+    ),
+    Mutant(
+        "context utterances marked as labelled",
+        "train/data.py",
+        "        mask = valid.copy()",
+        "        mask = np.ones_like(valid)",
+        (T_DIRECT,),
+    ),
 ]
 
 

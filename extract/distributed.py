@@ -161,9 +161,9 @@ def encode_block(
     todo[start:stop] = ~done_before
     proxy = _FlagsToDriver(store, done_all)
     window = _Window(rows, start, n)
-    c = spec.cache
+    settings = spec.cache
     source = SegmentSource.for_encoders(
-        window, enc, Augmenter(c.augment, c.seed) if c.augment else None
+        window, enc, Augmenter(settings.augment, settings.seed) if settings.augment else None
     )
     # dask worker processes are daemons unless configured otherwise, and daemons cannot start loader
     # processes

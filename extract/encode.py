@@ -187,11 +187,11 @@ def encode_batches(
 ) -> EncodeStats:
     """Encode every batch the loader yields and hand the rows still to do to ``writer`` (which does
     not wait)."""
-    st = EncodeStats()
+    stats = EncodeStats()
     for batch in encode_loader(loader, audio, text, keep=lambda row: todo[row]):
         for it in batch.items:
             for w in it["warnings"]:
-                st.warnings.append(
+                stats.warnings.append(
                     {"row": it["row"], "segment_id": rows[it["row"]].segment_id, "warning": w}
                 )
             if "error" in it and todo[it["row"]]:
@@ -201,10 +201,10 @@ def encode_batches(
             writer.put(
                 [it["row"] for it in kept], batch.audio, batch.audio_len, batch.text, batch.text_len
             )
-            st.truncated += sum(1 for it in kept if it["truncated"])
-            st.audio_seconds += float(sum(len(it["wave"]) for it in kept)) / input_rate
-            st.computed += len(kept)
+            stats.truncated += sum(1 for it in kept if it["truncated"])
+            stats.audio_seconds += float(sum(len(it["wave"]) for it in kept)) / input_rate
+            stats.computed += len(kept)
         if bar is not None:
             bar.update(sum(1 for it in batch.items if todo[it["row"]]))
             bar.set_postfix(skipped=len(writer.skipped), refresh=False)
-    return st
+    return stats

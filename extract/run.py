@@ -57,9 +57,9 @@ def _extract_into(plan: ExtractPlan) -> ExtractResult:
     )
     batches = [b for _, bs in plan_blocks(plan, store) for b in bs if todo[b].any()]
 
-    c = cfg.cache
+    settings = cfg.cache
     source = SegmentSource.for_encoders(
-        plan.rows, enc, Augmenter(c.augment, c.seed) if c.augment else None
+        plan.rows, enc, Augmenter(settings.augment, settings.seed) if settings.augment else None
     )
     loader = make_loader(source, batches, cfg.num_workers)
 

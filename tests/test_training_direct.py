@@ -175,3 +175,40 @@ def test_padding_segments_never_reach_the_bigru():
     alone = seg_model.context_vectors(seg[:2], torch.tensor([2]))
     together = seg_model.context_vectors(seg, torch.tensor([2, 5]))
     torch.testing.assert_close(together[:2], alone)
+
+
+def _context_first_call(rng, index, n, shape):
+    """MELD-like dialogue whose first utterance has no label: context only."""
+    from synthetic import SyntheticCall
+
+    return SyntheticCall(
+        label="",
+        audio=rng.standard_normal((n, shape.audio_frames, shape.audio_dim)),
+        audio_len=np.full(n, shape.audio_frames),
+        text=rng.standard_normal((n, shape.text_tokens, shape.text_dim)),
+        text_len=np.full(n, shape.text_tokens),
+        segment_labels=[""] + ["joy/positive"] * (n - 1),
+    )
+
+
+def test_unlabelled_context_utterances_are_never_trained_on(tmp_path):
+    store = write_synthetic_store(
+        tmp_path / "meld.zarr",
+        calls=12,
+        segments_per_call=(2, 4),
+        fill=_context_first_call,
+        label_scheme="meld",
+    )
+    run = TrainingRun(TrainConfig(cache=str(store.path), out=str(tmp_path / "r"), **SMALL)).start()
+    batch = next(iter(run.train_b))
+    firsts = np.cumsum([0] + batch.seg_counts.tolist()[:-1])
+    assert not batch.mask[torch.as_tensor(firsts)].any() and batch.mask.sum() == len(
+        batch.mask
+    ) - len(firsts)
+    logits = {t: torch.randn(len(batch.mask), k) for t, k in run.model.dims.tasks.items()}
+    base = loop._loss(logits, batch.labels, run.weights, batch.mask, run.regression)
+    for t in logits:  # anything at a context row leaves the loss as it is
+        rows = torch.as_tensor(firsts)
+        logits[t][rows] = 10 * torch.randn(len(rows), logits[t].shape[1])
+    moved = loop._loss(logits, batch.labels, run.weights, batch.mask, run.regression)
+    assert torch.allclose(base, moved)
