@@ -27,6 +27,7 @@ T_MODEL, T_GUARDS = "tests/test_train_model.py", "tests/test_train_guards.py"
 T_CUT = "tests/test_predict_cut.py"
 T_TABLE, T_VARIANTS = "tests/test_metric_table.py", "tests/test_variants.py"
 T_DIRECT = "tests/test_training_direct.py"
+EXPLAIN, T_EXPLAIN = "train/explain.py", "tests/test_explain.py"
 
 
 @dataclass(frozen=True)
@@ -355,6 +356,49 @@ MUTANTS = [
         "        mask = valid.copy()",
         "        mask = np.ones_like(valid)",
         (T_DIRECT,),
+    ),
+    # explanations (train/explain.py): what a wrong explanation would be
+    Mutant(
+        "explain: the left-out segment is still fed to the Bi-GRU",
+        EXPLAIN,
+        'v.add("loo", c, s, [real[i] for i in others], others)',
+        'v.add("loo", c, s, [real[i] for i in range(n)][: len(others)], others)',
+        (T_EXPLAIN,),
+    ),
+    Mutant(
+        "explain: audio and text baselines swapped",
+        EXPLAIN,
+        '        if modality == "audio":\n            versions.append(',
+        '        if modality == "text":\n            versions.append(',
+        (T_EXPLAIN,),
+    ),
+    Mutant(
+        "explain: contribution sign flipped",
+        EXPLAIN,
+        "effect[name][key] = float(p[key[1]] - virt[name][0][j])",
+        "effect[name][key] = float(virt[name][0][j] - p[key[1]])",
+        (T_EXPLAIN,),
+    ),
+    Mutant(
+        "explain: another class than the predicted one explained",
+        EXPLAIN,
+        "cls = r.pred if chosen is None else chosen[name]",
+        "cls = (r.pred + 1) % r.probs.shape[1] if chosen is None else chosen[name]",
+        (T_EXPLAIN,),
+    ),
+    Mutant(
+        "explain: baseline of zeros instead of the training mean frame",
+        EXPLAIN,
+        'return getattr(model, f"{modality}_mean").float().expand(*x.shape[:-1], -1)',
+        "return torch.zeros_like(x, dtype=torch.float32)",
+        (T_EXPLAIN,),
+    ),
+    Mutant(
+        "explain: segment level, a neighbour's effect read at the wrong utterance",
+        EXPLAIN,
+        'by_neighbour = {s: moved[("loo", c, s)][u] for s in range(n) if s != u}',
+        'by_neighbour = {s: moved[("loo", c, s)][s - 1 if s else 1] for s in range(n) if s != u}',
+        (T_EXPLAIN,),
     ),
 ]
 

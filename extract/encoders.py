@@ -383,6 +383,22 @@ class AudioEncoder:
         return out
 
 
+def tokenizer_hash(tokenizer) -> str:
+    """The hash of a tokenizer's vocabulary and settings that a cache records (``text.tokenizer``)."""
+    import hashlib
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load_tokenizer(model_id: str, revision: str | None = None, trust_remote_code: bool = False):
+    """A text encoder's tokenizer alone (a folder or a hub id), as :class:`TextEncoder` loads it."""
+    from transformers import AutoTokenizer
+
+    return _load(AutoTokenizer, model_id, revision, trust_remote_code, "--text-model")
+
+
 class TextEncoder:
     def __init__(
         self,
@@ -412,15 +428,7 @@ class TextEncoder:
         self.tokenizer_hash = self._tokenizer_hash()
 
     def _tokenizer_hash(self) -> str:
-        import hashlib
-
-        backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        text = (
-            backend.to_str()
-            if backend is not None
-            else repr(sorted(self.tokenizer.get_vocab().items()))
-        )
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return tokenizer_hash(self.tokenizer)
 
     @torch.inference_mode()
     def encode(self, ids: list[list[int]]) -> tuple[torch.Tensor, np.ndarray]:

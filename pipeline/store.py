@@ -8,7 +8,7 @@ Layout (docs/cache-format.md; the settings in pipeline/cache_settings.py):
     text/hidden   float16 (N, T, Dt)   text/length  int32 (N,)    T = text tokens per segment (199
     by default)
     table/<field> (N,)                 call_id, segment_index, split, label, source_path, start,
-    end, variant, segment_id
+    end, variant, segment_id, seconds, text (the transcript; stores made before it lack it)
     done          bool (N,)            a row counts only once its hidden states are written
     skipped       bool (N,), skip_reason str (N,)   rows whose input was bad; the reason says why
     attrs         schema_version, fingerprint, settings, manifest_digest, package version,
@@ -208,6 +208,7 @@ def _create_table(group, n: int, segments: list[Segment], seconds) -> None:
         "source_path": [x.audio_path for x in segments],
         "variant": [x.variant for x in segments],
         "segment_id": [x.segment_id for x in segments],
+        "text": [x.text for x in segments],  # the transcript, for explanations (table/text)
     }
     chunk = max(1, n)
     for name, values in cols.items():
@@ -478,6 +479,12 @@ class CacheStore:
         return np.asarray(table["end"][:], dtype=np.float64) - np.asarray(
             table["start"][:], dtype=np.float64
         )
+
+    def segment_texts(self) -> np.ndarray | None:
+        """Each row's transcript (``table/text``), or None for a store made before it was kept."""
+        if "text" not in self.group["table"]:
+            return None
+        return np.asarray(self.group["table/text"][:]).astype(object)
 
     def lengths(self, modality: str) -> np.ndarray:
         return np.asarray(self.group[f"{modality}/length"][:], dtype=np.int32)

@@ -125,9 +125,9 @@ def main(run_dir, audio, more_audio, cache, split, out, segments_out, as_json, q
                 "--cache scores a cache's calls: give it without --audio/--transcripts/--asr"
             )
         run_dir = _run_folder(run_dir)
-        _check_paths(run_dir, cache, None)
+        _check_paths(run_dir, cache, None, kw["explain"])
         _log(quiet)
-        _score_cache(run_dir, cache, split, out, kw["device"], kw["batch_calls"], kw["threads"])
+        _score_cache(run_dir, cache, split, out, kw)
         return
     if not audio:
         raise click.UsageError("no recordings: give --audio FILE (or a glob such as 'calls/*.wav')")
@@ -135,7 +135,8 @@ def main(run_dir, audio, more_audio, cache, split, out, segments_out, as_json, q
         raise click.UsageError("give exactly one of --transcripts CSV or --asr MODEL")
     recordings = tuple(_expand(audio))
     run_dir = _run_folder(run_dir)
-    _check_paths(run_dir, None, kw["transcripts"])  # before torch is imported: a typo answers fast
+    # before torch is imported: a typo answers fast
+    _check_paths(run_dir, None, kw["transcripts"], kw["explain"])
     _log(quiet)
     # torch, transformers and the trained model's code: imported once the options are read
     from .run import predict_calls, result_json, write_outputs
@@ -156,7 +157,10 @@ def main(run_dir, audio, more_audio, cache, split, out, segments_out, as_json, q
     if as_json:
         click.echo(result_json(result))
     else:
-        click.echo(f"{result.summary()} → {out}" + (f", {segments_out}" if segments_out else ""))
+        more = (f", {segments_out}" if segments_out else "") + (
+            f"; report {result.report}" if result.report else ""
+        )
+        click.echo(f"{result.summary()} → {out}{more}")
     sys.exit(0 if result.predicted else 1)
 
 
@@ -185,9 +189,11 @@ def _run_folder(run_dir: str) -> str:
     return str(run)
 
 
-def _check_paths(run_dir: str, cache: str | None, transcripts: str | None) -> None:
-    """The paths a prediction reads, checked before the models load (one line each, exit status
-    1)."""
+def _check_paths(
+    run_dir: str, cache: str | None, transcripts: str | None, explain: str | None = None
+) -> None:
+    """The paths a prediction reads (and the --explain folder it writes), checked before the models
+    load (one line each, exit status 1)."""
     run = Path(run_dir)
     if not run.is_dir():
         _fail(
@@ -204,24 +210,43 @@ def _check_paths(run_dir: str, cache: str | None, transcripts: str | None) -> No
         _fail(
             f"{transcripts}: no such transcripts CSV (call_id,start,end,text); check --transcripts"
         )
+    if explain:
+        from .explain import check_report_dir
+
+        try:
+            check_report_dir(explain)
+        except PredictError as e:
+            _fail(e)
 
 
-def _score_cache(run_dir, cache, split, out, device, batch_calls, threads) -> None:
+def _score_cache(run_dir, cache, split, out, kw) -> None:
     """The same inference path as training's evaluation (train.predictions): one CSV row per call or
-    segment."""
+    segment; with --explain, the report of the same pass."""
     from pipeline.atomic import atomic_write_text
     from train.checkpoint import CheckpointError
     from train.data import TrainError
-    from train.predictions import score_cache
+
+    from .explain import explain_cache
 
     try:
-        text, rows = score_cache(
-            run_dir, cache, split, str(resolve_device(device)), batch_calls, threads=threads
+        text, rows, report = explain_cache(
+            run_dir,
+            cache,
+            split,
+            str(resolve_device(kw["device"])),
+            kw["batch_calls"],
+            kw["threads"],
+            kw["explain"],
+            kw["explain_segments"],
+            kw["explain_steps"],
+            kw["text_model"],
+            kw["explain_method"],
         )
         atomic_write_text(out, text)
-    except (TrainError, CheckpointError, OSError) as e:
+    except (TrainError, CheckpointError, PredictError, OSError) as e:
         _fail(e)
-    click.echo(f"scored {rows} {'rows' if rows != 1 else 'row'} of {cache} ({split}) → {out}")
+    more = f"; report {report.index_path}" if report else ""
+    click.echo(f"scored {rows} {'rows' if rows != 1 else 'row'} of {cache} ({split}) → {out}{more}")
 
 
 if __name__ == "__main__":

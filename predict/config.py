@@ -69,6 +69,25 @@ class PredictConfig:
     threads: int = option_field(
         0, "CPU threads for torch (0 = the run's --threads, else torch's default)."
     )
+    explain: str | None = option_field(
+        None,
+        "Folder for why each call scored so: explanations.csv (per segment and task: its "
+        "contribution, split into audio and text, and its top words and audio spans) and an "
+        "offline HTML report (index.html, calls/<call_id>.html).",
+    )
+    explain_segments: int = option_field(
+        1,
+        "With --explain: segments per call whose words and audio spans are attributed (integrated "
+        "gradients; the strongest first; -1: all, 0: none).",
+    )
+    explain_method: str = option_field(
+        "ablation",
+        "With --explain: how words and audio stretches are attributed: ablation (p minus p with "
+        "one token / one stretch replaced by the training mean frame) or ig (integrated gradients; "
+        "additive, but unstable where the probability saturates).",
+        choices=("ablation", "ig"),
+    )
+    explain_steps: int = option_field(16, "With --explain-method ig: integrated-gradient steps.")
     trust_remote_code: bool = option_field(False, "Allow model code from the hub (encoders, ASR).")
     progress: bool = option_field(True, "A progress bar and info lines.")
 
@@ -76,6 +95,8 @@ class PredictConfig:
         object.__setattr__(self, "audio", tuple(str(a) for a in self.audio))
         if bool(self.transcripts) == bool(self.asr):
             raise PredictError("give exactly one of --transcripts CSV or --asr MODEL")
+        if self.explain_steps < 1:
+            raise PredictError(f"--explain-steps {self.explain_steps}: give at least 1")
         if self.cut not in CUTS:
             raise PredictError(f"--cut {self.cut}: valid are {', '.join(CUTS)}")
         if self.device == "auto":  # as the command line: cuda when available

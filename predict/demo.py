@@ -139,6 +139,13 @@ def check_demo(
                 f"--out {runs}: {runs / modality} holds files that are not a demo run; the demo "
                 "would retrain over it: pass another --out (default runs/demo)"
             )
+    from .config import PredictError
+    from .explain import check_report_dir
+
+    try:
+        check_report_dir(runs / "report")
+    except PredictError as e:
+        raise DemoError(f"--out {runs}: {e}") from None
     if fresh and data_dir.exists() and _demo_data_files(data_dir) is None and _has_files(data_dir):
         raise DemoError(
             f"--data-dir {data_dir}: holds files that are not the demo's generated data (no demo.json "
@@ -231,9 +238,25 @@ def run_demo(
         audio_model, text_model = audio_model or str(a), text_model or str(t)
     _extract_demo(data_dir, cache, runs, audio_model, text_model, device, calls, seed, progress)
     out = _train_demo_models(cache, configs, say)
+    out["report"], out["report_call"] = _demo_report(cache, runs, out, device, say)
     out["demo_seconds"] = time.perf_counter() - t0
     out["cache"] = str(cache)
     return out
+
+
+def _demo_report(cache: Path, runs: Path, result: dict, device: str, say) -> tuple[str, str]:
+    """The fused model's test calls explained (msmtfn-predict --explain): (index.html, the page of
+    the call whose top segment moves it most)."""
+    from pipeline.device import resolve_device
+
+    from .explain import explain_cache
+
+    device = str(resolve_device(device))
+    say(f"explaining the fused model's test calls → {runs / 'report'}")
+    _, _, report = explain_cache(
+        result["both"]["run_dir"], str(cache), "test", device, explain=str(runs / "report")
+    )
+    return str(report.index_path), str(report.most_telling_page() or "")
 
 
 def _extract_demo(data_dir, cache, runs, audio_model, text_model, device, calls, seed, progress):
@@ -426,6 +449,10 @@ def main(
         click.echo(json.dumps({k: result[k] for k in MODALITIES}, indent=2, default=str))
         return
     click.echo(format_demo_table(result))
+    click.echo(
+        f"why each test call scored so: {result['report']} (e.g. {result['report_call']}; "
+        "open it in a browser, it works offline)"
+    )
     click.echo(f"cache: {cache}   total {result['demo_seconds']:.1f} s")
 
 

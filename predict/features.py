@@ -82,6 +82,27 @@ def locate_model(recorded: str, base: Path | None) -> str | None:
     return str(there) if there.is_dir() else None
 
 
+def run_tokenizer(meta: dict, run_dir, text_model: str | None = None):
+    """(tokenizer, max tokens) of the run's text encoder, hash-checked against the run's cache:
+    what maps a cache's text rows back to words (``--explain --cache``). Raises ModelMismatch."""
+    from extract.encoders import EncoderLoadError, load_tokenizer, tokenizer_hash
+
+    settings = meta.get("cache", {}).get("settings", {})
+    try:
+        chosen, facts = CacheSettings.from_attrs(settings)
+    except (KeyError, TypeError, ValueError):
+        raise ModelMismatch(f"{run_dir}/config.json records no text encoder") from None
+    base = trained_from(run_dir, meta.get("train", {}).get("out"))
+    where = text_model or locate_model(chosen.text_model, base) or chosen.text_model
+    try:
+        tok = load_tokenizer(where, None if text_model else chosen.text_revision)
+    except (EncoderLoadError, OSError, ValueError) as e:
+        raise ModelMismatch(f"{run_dir}: cannot load the run's tokenizer ({e})") from None
+    if facts.tokenizer and tokenizer_hash(tok) != facts.tokenizer:
+        raise ModelMismatch(f"{run_dir}: {where}'s tokenizer is not the one the run's cache used")
+    return tok, chosen.max_text_tokens
+
+
 class RunEncoders:
     """Audio and text encoders exactly as the run's cache was extracted (or refused)."""
 

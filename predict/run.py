@@ -109,6 +109,7 @@ class PredictResult:
     run: str
     elapsed: float
     cut: str = ""  # how the recordings were cut (the policy and why)
+    report: str | None = None  # --explain: the report's index.html
 
     @property
     def predicted(self) -> int:
@@ -212,34 +213,54 @@ class Predictor:
             self.encoders.cfg.text_model,
         )
         self.amp = self.train_cfg.amp and self.device.type == "cuda"
+        self.explainer = None
+        if cfg.explain:
+            from train.explain import Explainer, ExplainOptions
+
+            opts = ExplainOptions(
+                row_segments=cfg.explain_segments,
+                method=cfg.explain_method,
+                steps=cfg.explain_steps,
+            )
+            self.explainer = Explainer(self.scheme, self.tasks, meta.get("priors", {}), opts)
 
     # -------------------------------------------------------------------------------- model over
     # calls
-    @torch.inference_mode()
-    def predict_features(self, calls: list[list[SegmentFeatures]]) -> list[dict[str, torch.Tensor]]:
-        """Per call, the raw head outputs: {task: (C,) call-level or (segments, C)
-        segment-level}."""
+    def predict_features(
+        self, calls: list[list[SegmentFeatures]], explain: bool = False
+    ) -> tuple[list[dict[str, torch.Tensor]], list]:
+        """Per call, the raw head outputs ({task: (C,) call-level or (segments, C) segment-level}),
+        and with ``explain`` its train.explain.CallExplanation (else an empty list)."""
         m = self.model
         bc = self.cfg.batch_calls or self.train_cfg.batch_calls
         out: list[dict[str, torch.Tensor]] = []
-        for i in range(0, len(calls), bc):
-            group = calls[i : i + bc]
-            segs = [s for call in group for s in call]
-            # assembled by the trainer's own routine, exactly as training and evaluation batches
-            b = segments_batch(group, m, self.text_tokens, self.device)
-            logits = model_outputs(m, b, self.device, self.amp)
-            logits = {k: v.float().cpu() for k, v in logits.items()}
-            seg_start = 0
-            for k, call in enumerate(group):
-                per = {}
-                for name, v in logits.items():
-                    if self.scheme.level == "segment" and v.shape[0] == len(segs):
-                        # segment-level head: (segments, C)
-                        per[name] = v[seg_start : seg_start + len(call)]
-                    else:
-                        per[name] = v[k]
-                out.append(per)
-                seg_start += len(call)
+        explained: list = []
+        # integrated gradients need autograd: no_grad, not inference mode, when explaining
+        with torch.no_grad() if explain else torch.inference_mode():
+            for i in range(0, len(calls), bc):
+                group = calls[i : i + bc]
+                # assembled by the trainer's own routine, exactly as training and evaluation batches
+                b = segments_batch(group, m, self.text_tokens, self.device)
+                if explain:
+                    logits, ex = self.explainer(m, b, self.amp)
+                    explained += ex
+                else:
+                    logits = model_outputs(m, b, self.device, self.amp)
+                out += self._per_call(group, {k: v.float().cpu() for k, v in logits.items()})
+        return out, explained
+
+    def _per_call(self, group, logits) -> list[dict[str, torch.Tensor]]:
+        n_segs = sum(len(call) for call in group)
+        out, seg_start = [], 0
+        for k, call in enumerate(group):
+            per = {}
+            for name, v in logits.items():
+                if self.scheme.level == "segment" and v.shape[0] == n_segs:
+                    per[name] = v[seg_start : seg_start + len(call)]  # (segments, C)
+                else:
+                    per[name] = v[k]
+            out.append(per)
+            seg_start += len(call)
         return out
 
 
@@ -397,8 +418,11 @@ def _plan_call(
     return result, segs
 
 
-def _finish_group(pred: Predictor, group: list[tuple[CallResult, list[Segment]]]) -> None:
-    """Encode the group's segments, run the model over its calls, fill in the results."""
+def _finish_group(
+    pred: Predictor, group: list[tuple[CallResult, list[Segment]]], report=None
+) -> None:
+    """Encode the group's segments, run the model over its calls, fill in the results (and with a
+    predict.explain.ReportWriter, explain them into it)."""
     segs = [s for _, ss in group for s in ss]
     feats = (
         pred.encoders.encode(
@@ -431,7 +455,7 @@ def _finish_group(pred: Predictor, group: list[tuple[CallResult, list[Segment]]]
                 len(result.segment_rows),
             )
         usable.append((result, fs, kept))
-    outputs = pred.predict_features([fs for _, fs, _ in usable])
+    outputs, explained = pred.predict_features([fs for _, fs, _ in usable], report is not None)
     for (result, fs, kept), out in zip(usable, outputs):
         result.segments = len(fs)
         lengths = [row.end - row.start for row in kept]
@@ -445,6 +469,29 @@ def _finish_group(pred: Predictor, group: list[tuple[CallResult, list[Segment]]]
                 row.predictions.update(answer)
         if call_level:
             result.predictions.update(decode(pred.scheme, pred.tasks, call_level)[0])
+    for (result, _, kept), e in zip(usable, explained):
+        report.add(_call_view(pred, result, kept, e))
+
+
+def _call_view(pred: Predictor, result: CallResult, kept: list[SegmentResult], explanation):
+    """A predicted call as the report shows it: its encoded segments, each with its audio."""
+    from .explain import CallView, SegmentView, attach, audio_clip, lay_out
+
+    segs = [
+        SegmentView(
+            row.index,
+            row.start,
+            row.end,
+            row.text,
+            clip=audio_clip(result.source, row.start, row.end),
+            predictions=row.predictions,
+        )
+        for row in kept
+    ]
+    lay_out(segs, [result.source] * len(segs))
+    view = CallView(result.call_id, result.source, result.status, result.predictions, segs)
+    text = pred.encoders.text
+    return attach(view, explanation, text.tokenizer, text.max_tokens)
 
 
 def predict_calls(cfg: PredictConfig, predictor: Predictor | None = None) -> PredictResult:
@@ -470,6 +517,18 @@ def predict_calls(cfg: PredictConfig, predictor: Predictor | None = None) -> Pre
             )
     except TranscriptError as e:
         raise PredictError(str(e)) from None
+    report = None
+    if cfg.explain:
+        from train.explain import main_task
+
+        from .explain import ReportWriter
+
+        report = ReportWriter(
+            cfg.explain,
+            str(cfg.run),
+            pred.tasks,
+            main_task(pred.model.cfg.task, pred.explainer.names),
+        )
     results: list[CallResult] = []
     seen: dict[str, str] = {}
     group: list[tuple[CallResult, list[Segment]]] = []
@@ -487,19 +546,26 @@ def predict_calls(cfg: PredictConfig, predictor: Predictor | None = None) -> Pre
             continue
         group.append((result, segs))
         if len(group) >= cfg.group_calls:
-            _finish_group(pred, group)
+            _finish_group(pred, group, report)
             group = []
     if group:
-        _finish_group(pred, group)
+        _finish_group(pred, group, report)
     for r in results:
         if not r.ok:
             log.warning("%s: %s", r.source, r.status)
+    if report is not None:
+        from .explain import CallView
+
+        for r in results:
+            if not r.ok:
+                report.add(CallView(r.call_id, r.source, r.status, {}, []))
     return PredictResult(
         calls=results,
         tasks=[{k: t[k] for k in ("name", "classes", "kind", "level")} for t in pred.tasks],
         run=str(cfg.run),
         elapsed=time.perf_counter() - t0,
         cut=pred.cut_note,
+        report=str(report.close()) if report is not None else None,
     )
 
 

@@ -318,6 +318,26 @@ def pad_packed(
     return out
 
 
+def training_priors(data: CallData) -> dict:
+    """Per task, the training items' class frequencies (a regression: their mean): what a call
+    with nothing to leave out is compared with (train/explain.py), kept in config.json."""
+    calls = [c for c in data.indices("train") if data.labelled[c]]
+    if data.level == "segment":
+        rows = torch.as_tensor(data.used_rows(calls))
+        idx = rows[data.labelled_row[rows]]
+    else:
+        idx = torch.as_tensor(calls, dtype=torch.long)
+    out = {}
+    for t in data.scheme.tasks:
+        y = data.labels[t.name][idx].numpy()
+        if t.is_regression:
+            out[t.name] = float(y.mean()) if len(y) else 0.0
+        else:
+            counts = np.bincount(y.astype(np.int64), minlength=t.num_classes)
+            out[t.name] = (counts / max(1, counts.sum())).round(6).tolist()
+    return out
+
+
 def batch_widths(audio_len, text_len, text_tokens: int, full_text: bool) -> tuple[int, int]:
     """The widths a batch is padded to: its longest audio, and its longest text (every text row
     where the model needs them all, e.g. flatten pooling). Training, evaluation and predict."""

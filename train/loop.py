@@ -40,7 +40,15 @@ from .checkpoint import (
     write_run_config,
 )
 from .config import TrainConfig, effective_threads
-from .data import Batches, CallData, FeatureSource, LoadedCache, TrainError, open_cache
+from .data import (
+    Batches,
+    CallData,
+    FeatureSource,
+    LoadedCache,
+    TrainError,
+    open_cache,
+    training_priors,
+)
 from .metrics import (
     BOOTSTRAP,
     METRIC_TABLE,
@@ -350,7 +358,8 @@ class TrainingRun:
             **scheme_record(scheme),
             "segmentation": segmentation_record(store, self.data, splits),
         }
-        write_run_config(run_dir, self.cfg, dims, {"cache": cache, "parameters": n_params})
+        extra = {"cache": cache, "parameters": n_params, "priors": training_priors(self.data)}
+        write_run_config(run_dir, self.cfg, dims, extra)
         log.info(
             "%d train / %d valid / %d test calls; %.2fM parameters; device %s",
             len(splits["train"]),

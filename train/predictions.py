@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -103,12 +103,17 @@ class Scored:
     calls: np.ndarray  # (items,) CallData index
     segments: np.ndarray | None  # (items,) position in the call (segment-level), else None
     loss: float | None  # mean loss per labelled item
+    # with an explainer: (CallData index, train.explain.CallExplanation) per call
+    explanations: list = field(default_factory=list)
 
 
 @torch.no_grad()
-def run_model(model, batches, data, weights: dict, device, amp: bool, loss_fn=None) -> Scored:
+def run_model(
+    model, batches, data, weights: dict, device, amp: bool, loss_fn=None, explainer=None
+) -> Scored:
     """The model over ``batches`` (eval mode): per-item outputs, targets and identities; ``loss_fn``
-    as in training (train.loop._loss), on the labelled items only (None: no loss)."""
+    as in training (train.loop._loss), on the labelled items only (None: no loss). ``explainer``
+    (a train.explain.Explainer): each call's explanation too, from the same forward pass."""
     model.eval()
     scheme = data.scheme
     regression = regression_tasks(scheme)
@@ -116,8 +121,13 @@ def run_model(model, batches, data, weights: dict, device, amp: bool, loss_fn=No
     y: dict[str, list] = {t: [] for t in data.labels}
     lab, calls, segs = [], [], []
     total, n = 0.0, 0
+    explained = []
     for batch in batches:
-        logits = model_outputs(model, batch, device, amp)
+        if explainer is None:
+            logits = model_outputs(model, batch, device, amp)
+        else:
+            logits, calls_explained = explainer(model, batch, amp)
+            explained += [(batch.calls[e.call], e) for e in calls_explained]
         counts = batch.seg_counts.cpu().numpy()
         if batch.mask is not None:  # segment level: the scored segments
             keep = batch.mask.cpu().numpy()
@@ -165,6 +175,7 @@ def run_model(model, batches, data, weights: dict, device, amp: bool, loss_fn=No
         calls=cat(calls).astype(np.int64),
         segments=cat(segs).astype(np.int64) if segs else None,
         loss=total / n if n else None,
+        explanations=explained,
     )
 
 
@@ -269,6 +280,19 @@ def use_threads(n: int, device: str = "cpu") -> None:
         torch.set_num_threads(n)
 
 
+@dataclass
+class CacheScores:
+    """A trained run over calls of a cache: the scored items, the calls, the reported tasks."""
+
+    scored: Scored
+    data: object  # train.data.CallData
+    tasks: list[dict]
+    meta: dict  # the run's config.json
+
+    def table(self) -> str:
+        return prediction_table(self.scored, self.data, self.tasks)
+
+
 def score_cache(
     run_dir,
     cache: str,
@@ -282,19 +306,17 @@ def score_cache(
     (its ``--split test`` output equals the run's predictions_test.csv) or a cache of new calls
     extracted with the run's encoder settings (unlabelled calls are scored too; their ``true_*``
     cells stay empty)."""
+    r = score_cache_calls(run_dir, cache, split, device, batch_calls, storage_options, threads)
+    return r.table(), len(r.scored.calls)
+
+
+def _check_cache(run_dir, cache: str, meta: dict, store) -> None:
+    """The cache has the run's label scheme and encoder settings, or one line says what differs."""
     from pipeline.cache_settings import encoder_identity
     from pipeline.fingerprint import diff_settings
 
-    from .checkpoint import load_run, read_run_config
-    from .data import Batches, CallData, FeatureSource, TrainError, open_cache
+    from .data import TrainError
 
-    if split not in SCORE_SPLITS:
-        raise TrainError(f"--split {split}: valid are {', '.join(SCORE_SPLITS)}")
-    meta = read_run_config(run_dir)
-    dev = torch.device(device)
-    model, cfg = load_run(run_dir, dev)
-    use_threads(threads or cfg.threads, device)
-    store = open_cache(cache, storage_options)
     run_cache = meta.get("cache", {})
     if (store.label_scheme, store.label_scheme_def) != (
         run_cache.get("label_scheme"),
@@ -317,6 +339,31 @@ def score_cache(
             f"{'; '.join(named[:5])}{more}); extract the calls with the run's encoder settings "
             "(msmtfn-extract info shows them)"
         )
+
+
+def score_cache_calls(
+    run_dir,
+    cache: str,
+    split: str = "test",
+    device: str = "cpu",
+    batch_calls: int = 0,
+    storage_options: dict | None = None,
+    threads: int = 0,
+    explain=None,
+) -> CacheScores:
+    """:func:`score_cache`'s scores before they become a table; ``explain`` (a
+    train.explain.ExplainOptions): each call's explanation too."""
+    from .checkpoint import load_run, read_run_config
+    from .data import Batches, CallData, FeatureSource, TrainError, open_cache
+
+    if split not in SCORE_SPLITS:
+        raise TrainError(f"--split {split}: valid are {', '.join(SCORE_SPLITS)}")
+    meta = read_run_config(run_dir)
+    dev = torch.device(device)
+    model, cfg = load_run(run_dir, dev)
+    use_threads(threads or cfg.threads, device)
+    store = open_cache(cache, storage_options)
+    _check_cache(run_dir, cache, meta, store)
     data = CallData(store, scoring=True)
     calls = data.indices(split)
     if not calls:
@@ -331,7 +378,12 @@ def score_cache(
         None,
         full_text=model.needs_every_text_row,
     )
-    scored = run_model(model, batches, data, {}, dev, cfg.amp and dev.type == "cuda")
-    return prediction_table(scored, data, output_tasks(data.scheme, head_widths(model))), len(
-        scored.calls
-    )
+    tasks = output_tasks(data.scheme, head_widths(model))
+    explainer = None
+    if explain is not None:
+        from .explain import Explainer
+
+        explainer = Explainer(data.scheme, tasks, meta.get("priors", {}), explain)
+    amp = cfg.amp and dev.type == "cuda"
+    scored = run_model(model, batches, data, {}, dev, amp, explainer=explainer)
+    return CacheScores(scored, data, tasks, meta)
