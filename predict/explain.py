@@ -57,7 +57,7 @@ class SegmentView:
     start: float
     end: float
     text: str
-    # every word in order: (word, attribution, first character, end character) in ``text``
+    # the words (or phrases) in order: (text, effect, first character, end character) in ``text``
     words: list[tuple[str, float, int, int]] = field(default_factory=list)
     spans: list[tuple[float, float, float]] = field(default_factory=list)  # (from s, to s, attr)
     at: float = 0.0  # where the timeline draws it (its own file's segments: one after another)
@@ -78,22 +78,35 @@ class CallView:
 
 # ------------------------------------------------------------------------------ rows → words
 def word_attributions(
-    tokenizer, text: str, max_tokens: int, rows
+    tokenizer, text: str, max_tokens: int, stretches
 ) -> list[tuple[str, float, int, int]]:
-    """Every word of ``text`` with the summed attribution of its tokens; ``rows[j]`` belongs to token
-    j as the extraction tokenised the text (special tokens carry no word)."""
-    enc = tokenizer(text, truncation=True, max_length=max_tokens, return_offsets_mapping=True)
-    offsets = enc["offset_mapping"]
-    words = [(m.start(), m.end(), m.group()) for m in WORD.finditer(text)]
-    sums = [0.0] * len(words)
-    starts = [a for a, _, _ in words]
-    for j, (a, b) in enumerate(offsets[: len(rows)]):
-        if b <= a:
-            continue  # a special token
-        k = int(np.searchsorted(starts, a, side="right")) - 1
-        if k >= 0 and a < words[k][1]:
-            sums[k] += float(rows[j])
-    return [(w, s, a, b) for (a, b, w), s in zip(words, sums)]
+    """The transcript's words (or phrases: a stretch of several tokens) with their effects:
+    (text, effect, first character, end character), in order. ``stretches`` (first row, end row,
+    effect) index the tokens as the extraction tokenised the text; the stretches that fall on the
+    same words are summed (a word's subword tokens), special tokens carry no word."""
+    offsets = tokenizer(text, truncation=True, max_length=max_tokens, return_offsets_mapping=True)[
+        "offset_mapping"
+    ]
+    words = [(m.start(), m.end()) for m in WORD.finditer(text)]
+    starts = [a for a, _ in words]
+
+    def word_of(char: int) -> int:
+        return int(np.searchsorted(starts, char, side="right")) - 1
+
+    spans: dict[tuple[int, int], float] = {}
+    for r0, r1, effect in np.asarray(stretches, dtype=np.float64).reshape(-1, 3):
+        chars = [(a, b) for a, b in offsets[int(r0) : int(r1)] if b > a]
+        if not chars:
+            continue  # special tokens only
+        first, last = word_of(chars[0][0]), word_of(chars[-1][1] - 1)
+        if first < 0:
+            continue
+        spans[(first, last)] = spans.get((first, last), 0.0) + float(effect)
+    out = []
+    for (first, last), effect in sorted(spans.items()):
+        a, b = words[first][0], words[last][1]
+        out.append((text[a:b], effect, a, b))
+    return out
 
 
 def audio_spans(start: float, end: float, windows) -> list[tuple[float, float, float]]:
@@ -124,7 +137,7 @@ def csv_rows(view: CallView) -> list[list]:
         seg = view.segments[it.segment]
         rows_of = view.attributed.get(it.segment) == it.task
         words = (
-            " ".join(f"{w[0]}:{w[1]:+.4f}" for w in top(seg.words, key=lambda w: w[1]))
+            "; ".join(f"{w[0]}:{w[1]:+.4f}" for w in top(seg.words, key=lambda w: w[1]))
             if rows_of and seg.words
             else ""
         )

@@ -188,6 +188,8 @@ def _marked_text(seg) -> str:
     marked = {(w[2], w[3]) for w in strongest if w[1] != 0}
     out, at = [], 0
     for word, attr, a, b in seg.words:
+        if a < at:  # a phrase overlapping the previous one (a word split across two stretches)
+            continue
         out.append(escape(seg.text[at:a]))
         if (a, b) in marked:
             colour = "31,157,85" if attr > 0 else "214,69,69"

@@ -13,7 +13,13 @@ import torch
 from pipeline.labels import get_scheme
 from train.config import TrainConfig
 from train.data import segments_batch
-from train.explain import AUDIO_WINDOWS, ExplainOptions, explain_batch, explained_tasks
+from train.explain import (
+    AUDIO_WINDOWS,
+    TEXT_STRETCHES,
+    ExplainOptions,
+    explain_batch,
+    explained_tasks,
+)
 from train.model import ModelDims, build_model
 from train.predictions import head_widths, output_tasks
 
@@ -182,7 +188,27 @@ def test_unscored_segments_are_context_only():
 
 
 # --------------------------------------------------------------------------------- rows
-def test_ablation_rows_are_the_answer_with_that_row_or_stretch_replaced():
+def replaced(model, calls, s, modality, a, b):
+    """The call with rows a:b of segment s's ``modality`` replaced by the training mean frame."""
+    seg = calls[s]
+    x = getattr(seg, modality).copy()
+    x[a:b] = getattr(model, f"{modality}_mean").numpy()
+    return [
+        c if k != s else SimpleNamespace(**{**vars(seg), modality: x}) for k, c in enumerate(calls)
+    ]
+
+
+def check_stretches(model, calls, r, s, cls, full):
+    for modality, stretches in (("text", r.text), ("audio", r.audio)):
+        rows = len(getattr(calls[s], modality))
+        assert stretches[0, 0] == 0 and stretches[-1, 1] == rows, "the stretches cover the rows"
+        assert np.all(stretches[1:, 0] == stretches[:-1, 1]), "and tile them"
+        for a, b, effect in stretches:
+            p = forward(model, [replaced(model, calls, s, modality, int(a), int(b))])["5"][0][cls]
+            assert effect == pytest.approx(full[cls] - p, abs=1e-5), (modality, a, b)
+
+
+def test_ablation_effects_are_the_answer_with_that_token_or_stretch_replaced():
     model, scheme = tiny_model()
     calls = random_calls([3], seed=6, a_rows=(30, 41))
     e = explain(model, scheme, calls, row_segments=-1)[0]
@@ -190,26 +216,20 @@ def test_ablation_rows_are_the_answer_with_that_row_or_stretch_replaced():
     cls = int(full.argmax())
     for s, seg in enumerate(calls[0]):
         r = e.rows[s]
-        assert r.task == "5" and len(r.text) == len(seg.text)
-        for j in range(len(seg.text)):
-            t = seg.text.copy()
-            t[j] = model.text_mean.numpy()
-            changed = [
-                x if k != s else SimpleNamespace(audio=seg.audio, text=t)
-                for k, x in enumerate(calls[0])
-            ]
-            assert r.text[j] == pytest.approx(
-                full[cls] - forward(model, [changed])["5"][0][cls], abs=1e-5
-            )
-        assert len(r.audio) == AUDIO_WINDOWS and r.audio[-1, 1] == len(seg.audio)
-        assert np.all(r.audio[1:, 0] == r.audio[:-1, 1]), "the stretches tile the valid frames"
-        a0, a1, effect = r.audio[3]
-        a = seg.audio.copy()
-        a[int(a0) : int(a1)] = model.audio_mean.numpy()
-        changed = [
-            x if k != s else SimpleNamespace(audio=a, text=seg.text) for k, x in enumerate(calls[0])
-        ]
-        assert effect == pytest.approx(full[cls] - forward(model, [changed])["5"][0][cls], abs=1e-5)
+        assert r.task == "5" and r.method == "ablation"
+        assert len(r.text) == len(seg.text), "a short text: every token alone"
+        assert len(r.audio) == AUDIO_WINDOWS
+        check_stretches(model, calls[0], r, s, cls, full)
+
+
+def test_a_long_text_is_ablated_in_stretches_of_tokens():
+    model, scheme = tiny_model()
+    calls = random_calls([2], seed=8, t_rows=(70, 80))
+    e = explain(model, scheme, calls, row_segments=1)[0]
+    ((s, r),) = e.rows.items()
+    full = forward(model, calls)["5"][0]
+    assert len(r.text) == TEXT_STRETCHES
+    check_stretches(model, calls[0], r, s, int(full.argmax()), full)
 
 
 @pytest.mark.parametrize("level", ["marketcalls", "meld"])
@@ -223,6 +243,7 @@ def test_integrated_gradients_are_complete(level):
     for s, r in e.rows.items():
         it = item(e, s, task)
         assert abs(r.text_delta) < 1e-6 and abs(r.audio_delta) < 1e-6
-        assert r.text.sum() == pytest.approx(it.text_contribution, rel=1e-3, abs=1e-7)
+        assert len(r.text) == len(calls[0][s].text), "ig: every token alone"
+        assert r.text[:, 2].sum() == pytest.approx(it.text_contribution, rel=1e-3, abs=1e-7)
         assert r.audio[:, 2].sum() == pytest.approx(it.audio_contribution, rel=1e-3, abs=1e-7)
         assert min(abs(it.text_contribution), abs(it.audio_contribution)) > 1e-5, "could not tell"

@@ -83,7 +83,7 @@ def test_recordings_explanations_cover_every_segment_and_task_and_agree(recordin
             (r for r in mine if r["task"] == "5"), key=lambda r: abs(float(r["contribution"]))
         )
         assert worded[0]["segment"] == strongest["segment"]
-        for pair in worded[0]["top_words"].split():
+        for pair in worded[0]["top_words"].split("; "):
             assert pair.rsplit(":", 1)[0] in worded[0]["text"]
         assert worded[0]["top_audio"], "the audio stretches that carried it"
     agree_with_predictions(ex, rows(root / "p.csv"))
@@ -135,7 +135,7 @@ def test_cache_mode_explains_the_runs_calls_with_their_transcripts(tiny_run, tmp
     worded = [r for r in ex if r["top_words"]]
     assert len(worded) == len({(r["call_id"], r["segment"]) for r in ex}), "-1: every segment"
     for r in worded:
-        assert all(p.rsplit(":", 1)[0] in r["text"] for p in r["top_words"].split())
+        assert all(p.rsplit(":", 1)[0] in r["text"] for p in r["top_words"].split("; "))
     assert len(list((report / "calls").glob("*.html"))) == len(preds)
 
 
@@ -241,3 +241,24 @@ def test_segment_level_runs_explain_each_scored_utterance(tmp_path):
     for r in ex:
         assert r["context_contribution"] and r["top_neighbour"] != r["segment"]
         assert r["top_neighbour"] and r["neighbour_contribution"]
+
+
+def test_token_stretches_become_the_transcripts_words_and_phrases(tiny_encoders):
+    from transformers import AutoTokenizer
+
+    from predict.explain import audio_spans, word_attributions
+
+    tok = AutoTokenizer.from_pretrained(tiny_encoders["text"])
+    text = "好的 not 谢谢"  # tokens: [CLS] 好 的 not 谢 谢 [SEP]; each CJK character is a word
+    per_token = [(0, 1, 9.0), (1, 2, 0.1), (2, 3, 0.2), (3, 4, 0.3), (4, 5, 0.4), (5, 6, 0.5)]
+    assert word_attributions(tok, text, 32, per_token) == [
+        ("好", 0.1, 0, 1), ("的", 0.2, 1, 2), ("not", 0.3, 3, 6), ("谢", 0.4, 7, 8),
+        ("谢", 0.5, 8, 9),
+    ], "the special token carries no word"  # fmt: skip
+    stretches = [(0, 2, 0.1), (2, 4, 0.2), (4, 7, 0.3)]
+    assert word_attributions(tok, text, 32, stretches) == [
+        ("好", 0.1, 0, 1), ("的 not", 0.2, 1, 6), ("谢谢", 0.3, 7, 9),
+    ], "a stretch of several words is one phrase"  # fmt: skip
+    assert audio_spans(10.0, 12.0, [(0, 50, 0.1), (50, 100, -0.2)]) == [
+        (10.0, 11.0, 0.1), (11.0, 12.0, -0.2),
+    ]  # fmt: skip

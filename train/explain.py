@@ -37,6 +37,9 @@ NAN = float("nan")
 
 ROW_METHODS = ("ablation", "ig")
 AUDIO_WINDOWS = 20  # a segment's valid audio frames are attributed in this many equal stretches
+# ablation: a text of more tokens is attributed in this many equal stretches of tokens (each a few
+# words), which bounds the cost at AUDIO_WINDOWS + TEXT_STRETCHES fusion runs per segment
+TEXT_STRETCHES = 32
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,9 @@ class RowAttribution:
 
     task: str
     method: str  # "ablation" | "ig"
-    text: np.ndarray | None  # (text rows,): row 0 is the tokenizer's first (special) token
+    # (stretches, 3): first row, end row, effect; rows are tokens (row 0: the tokenizer's first,
+    # special one), each alone up to TEXT_STRETCHES of them (ig: always)
+    text: np.ndarray | None
     # (AUDIO_WINDOWS, 3): equal stretches of the valid audio frames: first row, end row, effect
     audio: np.ndarray | None
     text_delta: float = NAN  # ig: captum's convergence delta (the completeness gap)
@@ -423,7 +428,7 @@ class _SegmentTarget:
                     rows, delta = self._integrate(modality, opts.steps)
             else:
                 rows, delta = self._ablate(modality), NAN
-            got[modality] = (rows if modality == "text" else self._windows(rows, modality), delta)
+            got[modality] = (self._windows(rows, modality), delta)
         return RowAttribution(
             self.task, opts.method, got["text"][0], got["audio"][0], got["text"][1], got["audio"][1]
         )
@@ -433,20 +438,21 @@ class _SegmentTarget:
             return self.text, self.audio, lambda t, a: self.score(t, a)
         return self.audio, self.text, lambda a, t: self.score(t, a)
 
-    def _groups(self, modality: str, n: int) -> np.ndarray:
-        """Per row, its group: each text row alone; the audio in AUDIO_WINDOWS equal stretches."""
-        if modality == "text":
-            return np.arange(n)
-        valid = int(self.a_len)
-        k = np.minimum(np.arange(n) * min(AUDIO_WINDOWS, valid) // max(valid, 1), AUDIO_WINDOWS)
-        return np.where(np.arange(n) < valid, k, AUDIO_WINDOWS)  # padding: its own, inert group
+    def _groups(self, modality: str, n: int) -> tuple[np.ndarray, int]:
+        """(per row its group, the number of groups): the valid rows in at most AUDIO_WINDOWS /
+        TEXT_STRETCHES equal stretches (ig: each text row alone); padding rows one more group."""
+        valid = max(1, int(self.t_len if modality == "text" else self.a_len))
+        most = AUDIO_WINDOWS if modality == "audio" else TEXT_STRETCHES
+        k = min(valid, most if modality == "audio" or self._method == "ablation" else valid)
+        rows = np.arange(n)
+        return np.where(rows < valid, rows * k // valid, k), k
 
     @torch.no_grad()
     def _ablate(self, modality: str) -> np.ndarray:
         from captum.attr import FeatureAblation
 
         x, other, f = self._forward(modality)
-        groups = self._groups(modality, x.shape[1])
+        groups, _ = self._groups(modality, x.shape[1])
         mask = torch.as_tensor(groups, device=x.device)[None, :, None]
         attr = FeatureAblation(f).attribute(
             x,
@@ -459,11 +465,11 @@ class _SegmentTarget:
         return attr[0, :, 0].detach().cpu().numpy().astype(np.float64)
 
     def _windows(self, rows: np.ndarray, modality: str) -> np.ndarray:
-        """(windows, 3): each audio stretch's first row, end row and effect (ablation: the
-        stretch's own; ig: the sum of its rows)."""
-        groups = self._groups(modality, len(rows))
+        """(stretches, 3): each stretch's first row, end row and effect (ablation: the stretch's
+        own; ig: the sum of its rows)."""
+        groups, count = self._groups(modality, len(rows))
         out = []
-        for g in range(min(AUDIO_WINDOWS, int(self.a_len))):
+        for g in range(count):
             at = np.flatnonzero(groups == g)
             if not len(at):
                 continue
