@@ -76,9 +76,10 @@ class PredictConfig:
         "offline HTML report (index.html, calls/<call_id>.html).",
     )
     explain_segments: int = option_field(
-        1,
-        "With --explain: segments per call whose words and audio spans are attributed (integrated "
-        "gradients; the strongest first; -1: all, 0: none).",
+        0,
+        "With --explain: segments per call whose words and audio stretches are attributed too (the "
+        "strongest first; -1: all). Each costs ~50 single-segment model runs: on CPU --explain "
+        "takes ~2.3x a plain predict's time, ~7.8x with 1 (docs/benchmarks.md).",
     )
     explain_method: str = option_field(
         "ablation",

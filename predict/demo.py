@@ -253,9 +253,11 @@ def _demo_report(cache: Path, runs: Path, result: dict, device: str, say) -> tup
 
     device = str(resolve_device(device))
     say(f"explaining the fused model's test calls → {runs / 'report'}")
+    # the demo's calls are short: the words and audio stretches of each call's top segment too
     _, _, report = explain_cache(
-        result["both"]["run_dir"], str(cache), "test", device, explain=str(runs / "report")
-    )
+        result["both"]["run_dir"], str(cache), "test", device, explain=str(runs / "report"),
+        segments=1,
+    )  # fmt: skip
     return str(report.index_path), str(report.most_telling_page() or "")
 
 

@@ -387,7 +387,7 @@ def explain_cache(
     batch_calls=0,
     threads=0,
     explain=None,
-    segments=1,
+    segments=0,
     steps=16,
     text_model=None,
     method="ablation",

@@ -31,6 +31,7 @@ r.sort((x,y)=>{const a=v(x),c=v(y);return (a<c?-1:a>c?1:0)*(d==='a'?1:-1)});
 r.forEach(x=>b.appendChild(x))}));
 """
 GREEN, RED, BLUE, ORANGE = "#1f9d55", "#d64545", "#4a7bd0", "#e08a1e"
+MARK_AT = 0.01  # the least change of probability a marked word stands for
 
 
 def _page(title: str, body: str, script: str = "") -> str:
@@ -185,7 +186,8 @@ def _marked_text(seg) -> str:
         return escape(seg.text)
     strongest = sorted(seg.words, key=lambda w: -abs(w[1]))[:5]
     peak = max((abs(w[1]) for w in strongest), default=0) or 1.0
-    marked = {(w[2], w[3]) for w in strongest if w[1] != 0}
+    # words that move p by less than MARK_AT stay unmarked: a colour would claim what is not there
+    marked = {(w[2], w[3]) for w in strongest if abs(w[1]) >= MARK_AT}
     out, at = [], 0
     for word, attr, a, b in seg.words:
         if a < at:  # a phrase overlapping the previous one (a word split across two stretches)
@@ -252,14 +254,31 @@ def _segment_block(view, k: int, seg, items: list, main: str, top_k: int | None)
         parts.append(
             "<br><span class=muted>audio that carried it: "
             + ", ".join(f"{a:.1f}–{b:.1f} s ({x:+.4f})" for a, b, x in strongest)
+            + _spread_note(strongest[0][2], m.audio_contribution if m else float("nan"), "voice")
             + "</span>"
         )
+    if seg.words and view.attributed.get(k) and m is not None:
+        top_word = max(seg.words, key=lambda w: abs(w[1]))[1]
+        note = _spread_note(top_word, m.text_contribution, "words")
+        if note:
+            parts.append(f"<br><span class=muted>{note.removeprefix(' · ')}</span>")
     if seg.clip:
         data = base64.b64encode(seg.clip).decode("ascii")
         parts.append(
             f"<br><audio controls preload=none src='data:audio/flac;base64,{data}'></audio>"
         )
     return "".join(parts) + "</div>"
+
+
+def _spread_note(strongest: float, whole: float, what: str) -> str:
+    """When no single stretch or word moves p much but the modality as a whole does, say so (the
+    cue is spread over the segment: removing any one piece leaves the rest to carry it)."""
+    if math.isfinite(whole) and abs(whole) >= 0.05 and abs(strongest) < 0.1 * abs(whole):
+        return (
+            f" · no single {'stretch' if what == 'voice' else 'word'} matters: the {what} "
+            f"throughout carries it ({_f(whole)})"
+        )
+    return ""
 
 
 def call_page(view, tasks: list[dict], main: str, run: str) -> str:

@@ -148,6 +148,7 @@ class PredictResult:
             "cut": self.cut,
             "predicted": self.predicted,
             "skipped": self.skipped,
+            "report": self.report,
             "calls": [asdict(c) for c in self.calls],
         }
 

@@ -51,7 +51,7 @@ def recordings_report(tiny_run, tmp_path_factory):  # noqa: F811
         [
             "--run", str(tiny_run["run"]), "--audio", *paths, "--transcripts", str(transcripts),
             "--out", str(root / "p.csv"), "--segments-out", str(root / "s.csv"),
-            "--explain", str(root / "report"),
+            "--explain", str(root / "report"), "--explain-segments", "1",
         ]
     )  # fmt: skip
     assert r.exit_code == 0, r.output
@@ -156,6 +156,7 @@ def test_a_folder_with_other_files_is_refused_and_a_previous_report_replaced(
             [*base, "--split", split, "--out", str(tmp_path / "p.csv"), "--explain", str(report)]
         )
         assert r.exit_code == 0, r.output
+    assert not any(r["top_words"] for r in rows(report / "explanations.csv")), "default: no words"
     pages = {p.name for p in (report / "calls").glob("*.html")}
     test_calls = {p["call_id"] for p in rows(tmp_path / "p.csv")}
     assert pages == {f"{c}.html" for c in test_calls}, "the previous report's pages are gone"

@@ -46,7 +46,7 @@ TEXT_STRETCHES = 32
 class ExplainOptions:
     # per call, how many segments (largest |contribution| of the main task first) get row
     # attributions; 0: none, -1: every segment
-    row_segments: int = 1
+    row_segments: int = 0
     # "ablation": p − p(one text row / one audio stretch replaced by the baseline), captum's
     # FeatureAblation; "ig": integrated gradients (additive, but unstable where p saturates)
     method: str = "ablation"
