@@ -249,6 +249,14 @@ def _segment_block(view, k: int, seg, items: list, main: str, top_k: int | None)
                 f"({_f(m.neighbour_contribution)})"
             )
     parts = [f"<div class='seg{' top' if k == top_k else ''}'>{head}<br>{_marked_text(seg)}"]
+    if seg.predictions:  # labels of segments: this utterance's own answer for every task
+        parts.append(
+            "<br><span class=muted>"
+            + " · ".join(
+                f"{escape(t)}: {escape(_answer_text(a))}" for t, a in seg.predictions.items()
+            )
+            + "</span>"
+        )
     if seg.spans and view.attributed.get(k):
         strongest = sorted(seg.spans, key=lambda s: -abs(s[2]))[:3]
         parts.append(

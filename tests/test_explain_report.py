@@ -55,6 +55,12 @@ def recordings_report(tiny_run, tmp_path_factory):  # noqa: F811
         ]
     )  # fmt: skip
     assert r.exit_code == 0, r.output
+    plain = predict(
+        ["--run", str(tiny_run["run"]), "--audio", *paths, "--transcripts", str(transcripts),
+         "--out", str(root / "plain.csv")]
+    )  # fmt: skip
+    assert plain.exit_code == 0, plain.output
+    assert (root / "p.csv").read_bytes() == (root / "plain.csv").read_bytes(), "same predictions"
     return {"root": root, "report": root / "report", "output": r.output}
 
 
@@ -114,11 +120,13 @@ def test_recordings_pages_link_embed_audio_and_request_nothing(recordings_report
 
 def test_cache_mode_explains_the_runs_calls_with_their_transcripts(tiny_run, tmp_path):  # noqa: F811
     out, report = tmp_path / "p.csv", tmp_path / "report"
-    r = predict(
-        ["--run", str(tiny_run["run"]), "--cache", str(tiny_run["cache"]), "--split", "all",
-         "--out", str(out), "--explain", str(report), "--explain-segments", "-1"]
-    )  # fmt: skip
+    base = ["--run", str(tiny_run["run"]), "--cache", str(tiny_run["cache"]), "--split", "all"]
+    r = predict([*base, "--out", str(out), "--explain", str(report), "--explain-segments", "-1"])
     assert r.exit_code == 0, r.output
+    assert predict([*base, "--out", str(tmp_path / "plain.csv")]).exit_code == 0
+    assert out.read_bytes() == (tmp_path / "plain.csv").read_bytes(), (
+        "--explain changes no prediction"
+    )
     ex = rows(report / "explanations.csv")
     preds = rows(out)
     assert {r["call_id"] for r in ex} == {p["call_id"] for p in preds}
