@@ -41,7 +41,7 @@ def one_hot_call(rng, index, n_segments, shape):
 @pytest.fixture(scope="module")
 def random_store(tmp_path_factory):
     return write_synthetic_store(
-        tmp_path_factory.mktemp("stats") / "r.zarr", calls=10, segments_per_call=(1, 3), seed=5
+        tmp_path_factory.mktemp("stats") / "r.zarr", calls=40, segments_per_call=(1, 3), seed=5
     )
 
 
