@@ -100,3 +100,14 @@ def test_a_memoised_result_is_never_another_stores(random_store, tmp_path):
     assert copied.fingerprint == random_store.fingerprint
     second, _ = feature_stats(copied, rows, "text")
     assert not np.allclose(first, second)
+
+
+def test_a_constant_dimension_gets_a_floor_of_a_thousandth_of_the_median_std(one_hot_store):
+    rows = np.arange(SEGMENTS)
+    x = valid_rows(one_hot_store, "text", rows)
+    raw = x.std(0)
+    assert (raw[SEGMENTS:] == 0).all() and 0 < np.median(raw) < 1  # dims 12-15 never lit
+    mean, std = feature_stats(one_hot_store, rows, "text")
+    np.testing.assert_allclose(std[SEGMENTS:], 1e-3 * np.median(raw), rtol=1e-6)
+    np.testing.assert_allclose(std[:SEGMENTS], raw[:SEGMENTS], rtol=1e-6)
+    assert np.isfinite((x - mean) / std).all()
