@@ -28,6 +28,7 @@ T_CUT = "tests/test_predict_cut.py"
 T_TABLE, T_VARIANTS = "tests/test_metric_table.py", "tests/test_variants.py"
 T_DIRECT = "tests/test_training_direct.py"
 EXPLAIN, T_EXPLAIN = "train/explain.py", "tests/test_explain.py"
+SEARCH, T_SEARCH = "train/search.py", "tests/test_search.py"
 
 
 @dataclass(frozen=True)
@@ -399,6 +400,34 @@ MUTANTS = [
         'by_neighbour = {s: moved[("loo", c, s)][u] for s in range(n) if s != u}',
         'by_neighbour = {s: moved[("loo", c, s)][s - 1 if s else 1] for s in range(n) if s != u}',
         (T_EXPLAIN,),
+    ),
+    Mutant(
+        "search: trials score the test split",
+        SEARCH,
+        "run = TrainingRun(cfg, loaded=loaded, score_test=False).start()",
+        "run = TrainingRun(cfg, loaded=loaded).start()",
+        (T_SEARCH,),
+    ),
+    Mutant(
+        "search: a killed run's trial left running on resume (never replaced)",
+        SEARCH,
+        "orphans = fail_orphans(study) if opts.resume else []",
+        "orphans = []",
+        (T_SEARCH,),
+    ),
+    Mutant(
+        "search: a failed trial counted as finished",
+        SEARCH,
+        "states=(TrialState.COMPLETE, TrialState.PRUNED))",
+        "states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))",
+        (T_SEARCH,),
+    ),
+    Mutant(
+        "search: the pruner compares from the first epoch",
+        SEARCH,
+        "n_startup_trials=5, n_warmup_steps=2",
+        "n_startup_trials=5, n_warmup_steps=1",
+        (T_SEARCH,),
     ),
 ]
 

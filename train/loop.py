@@ -236,8 +236,11 @@ class TrainingRun:
         resume: bool = False,
         overwrite: bool = False,
         loaded: LoadedCache | None = None,
+        score_test: bool = True,
     ):
         self.cfg, self.resume, self.overwrite, self.loaded = cfg, resume, overwrite, loaded
+        # False: a search trial, whose test split must stay unseen until the search has chosen
+        self.score_test = score_test
         self.t_start = time.perf_counter()
         # an already finished run's metrics (resume): nothing to do
         self.finished: dict | None = None
@@ -468,6 +471,7 @@ class TrainingRun:
         val_loss, val, _ = evaluate(model, self.val_b, data, self.weights, self.device, self.amp)
         sel = val[cfg.task]
         score = selection_score(sel, self.selection, val_loss)
+        self.last_score = score  # this epoch's, for a search's pruner
         row = {
             "epoch": epoch,
             "train_loss": running / max(1, seen),
@@ -551,7 +555,9 @@ class TrainingRun:
             run_dir / "predictions_valid.csv", prediction_table(val_scored, data, tasks)
         )
         test, test_loss = {}, None
-        if self.splits["test"]:
+        if self.splits["test"] and not self.score_test:
+            log.info("test split not scored (a search trial)")
+        elif self.splits["test"]:
             test_loss, test, test_scored = evaluate(
                 model, self.test_b, data, weights, device, amp, intervals=True
             )  # once, at the end

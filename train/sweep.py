@@ -308,13 +308,15 @@ class SweepOptions:
     """A sweep's settings; each field is a ``msmtfn-sweep`` option (train/sweep_cli.py)."""
 
     cache: str = option_field(help="Cache store made by msmtfn-extract.", required=True)
-    grid: str = option_field(
-        help="Grid TOML file, or a preset: paper-ablation, bottleneck-lr.", required=True
+    grid: str | None = option_field(
+        None, "Grid TOML file, or a preset: paper-ablation, bottleneck-lr (or --search)."
     )
     out: str | None = option_field(None, "Sweep folder (default runs/sweeps/<grid name>).")
     # overrides the grid file
     seeds: int | list | None = option_field(
-        None, "Seeds 0..N-1 for every configuration (default: the grid's)."
+        None,
+        "Seeds 0..N-1 for every configuration (default: the grid's); with --search, the seeds the "
+        "best setting is trained again with, with test figures (default 3).",
     )
     device: str = option_field("auto", "auto | cpu | cuda | cuda:N")
     resume: bool = option_field(
@@ -330,6 +332,19 @@ class SweepOptions:
     )
     max_cache_gb: float = option_field(0.0, "Features kept on the device (0 = auto).")
     progress: bool = option_field(True, "A progress bar and log lines.")
+    # an Optuna search instead of a grid (train/search.py)
+    search: str | None = option_field(
+        None, "Search space TOML file ([base] and [search]): an Optuna study instead of a grid."
+    )
+    trials: int = option_field(20, "--search: finished (complete or pruned) trials wanted.")
+    sampler: str = option_field("tpe", "--search: the sampler.", choices=("tpe", "random"))
+    pruner: str = option_field(
+        "median", "--search: stops bad trials early.", choices=("median", "hyperband", "none")
+    )
+    storage: str | None = option_field(
+        None, "--search: the study's storage, an RDB URL or a journal file (default OUT/study.db)."
+    )
+    sampler_seed: int = option_field(0, "--search: the sampler's seed.")
 
 
 def trial_dir(root: Path, config: Configuration, seed: int) -> Path:
@@ -547,6 +562,24 @@ def _write_best_quietly(root: Path) -> None:
         log.warning("%s: could not write %s: %s", root, BEST, e)
 
 
+def _searched_run(root: Path) -> tuple[Path, str]:
+    try:
+        rec = json.loads((root / BEST).read_text(encoding="utf-8"))
+        run = root / rec["run_dir"]
+        if (run / "metrics.json").is_file():
+            return run, (
+                f"search {root}: using {rec['configuration']}, seed {rec['seed']} (validation "
+                f"{rec['metric']} of {rec['task']} = {rec['value']:.3g})"
+            )
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    raise NoFinishedTrial(
+        f"{root}: a search folder whose best setting has not been trained yet; finish the search "
+        f"(msmtfn-sweep --search ... --out {root} --resume) or give a trial's run folder "
+        f"({root / 'trials'}/<number>)"
+    )
+
+
 def resolve_run(path: str | Path) -> tuple[Path, str | None]:
     """The run folder ``path`` names, and a note saying how it was chosen (None when ``path`` is
     taken as it is).
@@ -563,6 +596,8 @@ def resolve_run(path: str | Path) -> tuple[Path, str | None]:
         root = p.parent
     elif (p / "sweep.json").is_file():
         root = p
+    elif (p / "search.json").is_file():  # a search (train/search.py): its best.json only
+        return _searched_run(p)
     else:
         return p, None
     rec = None

@@ -78,7 +78,23 @@ def _field(name: str):
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or log lines.")
 def run_cmd(
-    cache, grid, seeds, out, device, resume, parallel, overrides, max_cache_gb, as_json, quiet
+    cache,
+    grid,
+    seeds,
+    out,
+    device,
+    resume,
+    parallel,
+    overrides,
+    max_cache_gb,
+    search,
+    trials,
+    sampler,
+    pruner,
+    storage,
+    sampler_seed,
+    as_json,
+    quiet,
 ):
     """Run a sweep (the default command). Exit status 0; 3 when some trial failed (named in
     trials.csv); 1 when every trial failed; 2 for bad usage (a bad grid file, --set or --seeds
@@ -105,8 +121,27 @@ def run_cmd(
             overrides=_parse_set(overrides),
             max_cache_gb=max_cache_gb,
             progress=not quiet,
+            search=search,
+            trials=trials,
+            sampler=sampler,
+            pruner=pruner,
+            storage=storage,
+            sampler_seed=sampler_seed,
         )
-        read_grid(opts.grid, seeds=opts.seeds, overrides=opts.overrides)
+        if (grid is None) == (search is None):
+            raise ConfigError(
+                "give --grid FILE (a grid of trials) or --search FILE (a search), one of them"
+            )
+        if search is not None:
+            from .search import read_space
+
+            read_space(search, overrides=opts.overrides)
+            if trials < 1:
+                raise ConfigError(f"--trials {trials}: give 1 or more finished trials")
+            if seeds is not None and seeds < 1:
+                raise ConfigError(f"--seeds {seeds}: give 1 or more seeds for the best setting")
+        else:
+            read_grid(opts.grid, seeds=opts.seeds, overrides=opts.overrides)
     problem = store_path_problem(cache)
     if problem:
         raise click.ClickException(problem)
@@ -115,6 +150,13 @@ def run_cmd(
     from .data import TrainError
 
     # sweep.SweepInterrupted carries what is kept and the command that resumes (exit 130)
+    if search is not None:
+        from .search import run_search
+
+        with cli_errors(user=(TrainError, CheckpointError), usage=(ConfigError,)):
+            summary = run_search(opts)
+        _print_search(summary, as_json)
+        return
     with cli_errors(user=(TrainError, CheckpointError), usage=(ConfigError,)):
         summary = run_sweep(opts)
     failed = summary.get("failed") or []
@@ -144,6 +186,20 @@ def report_cmd(sweep_dir, as_json):
         _print(report(sweep_dir), as_json)
     except (TrainError, OSError, ValueError) as e:
         raise click.ClickException(str(e)) from None
+
+
+def _print_search(summary: dict, as_json: bool) -> None:
+    if as_json:
+        _print(summary, True)
+        return
+    click.echo(summary["markdown"])
+    best = summary["best"]
+    click.echo(
+        f"written: {summary['search']}/results.csv, results.md, best.json, history.png; best by "
+        f"validation: {best['run_dir']} ({best['configuration']}, seed {best['seed']}: validation "
+        f"{best['metric']} of {best['task']} = {best['value']:.3g}); msmtfn-predict --run "
+        f"{summary['search']} uses it"
+    )
 
 
 def _print(summary: dict, as_json: bool) -> None:
