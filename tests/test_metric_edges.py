@@ -1,0 +1,93 @@
+"""train/metrics.py at its edges, by hand: the bootstrap's vectorised correlation, the correlation of
+tiny or constant samples (a value, or NaN without a numpy warning in the user's log), the
+"negative vs positive" Acc2/F1 convention, classes from predicted values, and the kind of a task in
+an older run's metrics.json (docs/testing.md lists the mutants these kill)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+from pipeline.labels import SENTIMENT
+from train.metrics import (
+    CLASS,
+    REGRESSION,
+    _corr,
+    _pearson,
+    classes_from_values,
+    nonzero_binary,
+    task_kind,
+)
+
+
+@pytest.fixture(autouse=True)
+def numpy_warnings_are_errors():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        yield
+
+
+def test_the_bootstrap_correlation_is_pearsons_per_row():
+    rng = np.random.default_rng(0)
+    t = rng.normal(size=(6, 9))
+    p = 0.5 * t + rng.normal(size=(6, 9))
+    t[3], p[4] = 0.01 * t[3] + 2.0, 0.003 * p[4]  # a small scale (den < 1) and an offset
+    want = [np.corrcoef(a, b)[0, 1] for a, b in zip(t, p)]
+    np.testing.assert_allclose(_pearson(t, p), want, rtol=1e-12)
+
+
+def test_the_bootstrap_correlation_of_a_constant_row_is_nan_without_a_warning():
+    t = np.array([[1.0, 2.0, 3.0], [2.0, 2.0, 2.0], [1.0, 2.0, 4.0]])
+    p = np.array([[3.0, 1.0, 2.0], [1.0, 2.0, 3.0], [5.0, 5.0, 5.0]])
+    got = _pearson(t, p)
+    assert got[0] == pytest.approx(np.corrcoef(t[0], p[0])[0, 1])
+    assert math.isnan(got[1]) and math.isnan(got[2])
+
+
+def test_the_correlation_of_two_items_is_one_and_of_constants_nan_without_a_warning():
+    assert _corr(np.array([0.0, 1.0]), np.array([2.0, 5.0])) == pytest.approx(1.0)
+    assert _corr(np.array([0.0, 1.0]), np.array([5.0, 2.0])) == pytest.approx(-1.0)
+    for t, p in (([1.0], [2.0]), ([1.0, 1.0, 1.0], [0.0, 1.0, 2.0]), ([0.0, 1.0, 2.0], [3.0] * 3)):
+        assert math.isnan(_corr(np.array(t), np.array(p)))
+    # a std of exactly one is not a constant
+    assert _corr(np.array([-1.0, 1.0]), np.array([1.0, 3.0])) == pytest.approx(1.0)
+
+
+def test_nonzero_acc2_leaves_out_true_zeros_and_counts_a_predicted_zero_as_negative():
+    y_true = np.array([1.0, -1.0, 2.0, 0.0, -2.0, 0.5])
+    y_pred = np.array([0.0, -0.5, 0.5, 3.0, 0.2, 0.8])
+    got = nonzero_binary(y_true, y_pred)
+    t = np.array([True, False, True, False, True])
+    p = np.array([False, False, True, True, True])
+    assert got["n_nonzero"] == 5
+    assert got["accuracy_nonzero"] == pytest.approx(3 / 5)
+    assert got["weighted_f1_nonzero"] == pytest.approx(f1_score(t, p, average="weighted"))
+    # weighted over both classes, not the positive class's F1 alone
+    assert got["weighted_f1_nonzero"] != pytest.approx(f1_score(t, p))
+
+
+def test_nonzero_f1_is_zero_for_a_class_never_predicted():
+    got = nonzero_binary(np.array([1.0, -1.0, 2.0]), np.array([1.0, 1.0, 1.0]))
+    # negatives: never predicted, F1 0 (not 1) with weight 1/3; positives: F1 0.8, weight 2/3
+    assert got["weighted_f1_nonzero"] == pytest.approx(2 / 3 * 0.8)
+    assert nonzero_binary(np.zeros(3), np.ones(3))["n_nonzero"] == 0
+
+
+def test_classes_from_values_clip_into_the_range_and_stay_whole_numbers():
+    seven, two = SENTIMENT.task("7"), SENTIMENT.task("2")
+    got = classes_from_values(seven, np.array([-9.0, -0.4, 0.6, 9.0]), (-3.0, 3.0))
+    assert got.tolist() == [0, 3, 4, 6] and got.dtype == np.int64
+    assert classes_from_values(two, np.array([-1.5, 0.0, 2.0]), None).tolist() == [0, 1, 1]
+    assert classes_from_values(two, np.array([]), (-3.0, 3.0)).dtype == np.int64
+
+
+def test_the_kind_of_a_task_in_an_older_runs_metrics():
+    old = {"classes": {"5": list("ABCDE"), "2": ["ABC", "DE"]}}
+    assert task_kind(old, "5") == CLASS and task_kind(old, "5:head") == CLASS
+    assert task_kind(old, "score") == REGRESSION
+    assert task_kind({}, "score") == REGRESSION
+    assert task_kind({"kinds": {"score": REGRESSION}, **old}, "score") == REGRESSION
