@@ -29,6 +29,7 @@ T_TABLE, T_VARIANTS = "tests/test_metric_table.py", "tests/test_variants.py"
 T_DIRECT = "tests/test_training_direct.py"
 EXPLAIN, T_EXPLAIN = "train/explain.py", "tests/test_explain.py"
 SEARCH, T_SEARCH = "train/search.py", "tests/test_search.py"
+DATA, T_CURVE = "train/data.py", "tests/test_learning_curve.py"
 
 
 @dataclass(frozen=True)
@@ -428,6 +429,27 @@ MUTANTS = [
         "n_startup_trials=5, n_warmup_steps=2",
         "n_startup_trials=5, n_warmup_steps=1",
         (T_SEARCH,),
+    ),
+    Mutant(
+        "learning curve: statistics from the whole training split",
+        LOOP,
+        'train_rows = self.data.used_rows(self.splits["train"])',
+        'train_rows = self.data.used_rows(self.data.indices("train"))',
+        (T_CURVE,),
+    ),
+    Mutant(
+        "learning curve: one draw over all calls, not per label",
+        DATA,
+        'key = (data.base_labels[c] if data.labelled[c] else "") if data.level == "call" else ""',
+        'key = ""',
+        (T_CURVE,),
+    ),
+    Mutant(
+        "learning curve: priors from the whole training split",
+        LOOP,
+        '"priors": training_priors(self.data, self.splits["train"])',
+        '"priors": training_priors(self.data)',
+        (T_CURVE,),
     ),
 ]
 

@@ -205,6 +205,11 @@ class TrainConfig:
         0.0,
         "Features kept on the device at most (0 = auto); beyond it they stream from the store.",
     )
+    train_fraction: float = option_field(
+        1.0,
+        "Fraction of the training calls used: whole calls, the same fraction of each label, "
+        "drawn by --seed (a learning curve; validation and test stay whole).",
+    )
     plots: bool = option_field(True, "PNG plots in <run>/plots.")
     threads: int = option_field(
         0,
@@ -265,6 +270,11 @@ class TrainConfig:
         if not 0 <= self.warmup <= 1:  # 1: the whole run warms up
             raise ConfigError(
                 f"warmup is the fraction of the steps that warm up, from 0 to 1, not {self.warmup}"
+            )
+        if not 0 < self.train_fraction <= 1:
+            raise ConfigError(
+                f"train_fraction is the fraction of training calls used, above 0 and at most 1, "
+                f"not {self.train_fraction}"
             )
         for name in ("dropout", "attn_dropout"):
             if not 0 <= getattr(self, name) < 1:

@@ -318,10 +318,31 @@ def pad_packed(
     return out
 
 
-def training_priors(data: CallData) -> dict:
+def training_calls(data: CallData, fraction: float = 1.0, seed: int = 0) -> list[int]:
+    """The training split's calls, or a ``fraction`` of them: whole calls, drawn per label (the
+    call's label where labels belong to calls; one draw over all calls where they belong to
+    segments) so each label keeps its share, at least one call of each label, from ``seed``."""
+    calls = data.indices("train")
+    if fraction >= 1:
+        return calls
+    rng = np.random.default_rng(seed)
+    groups: dict[str, list[int]] = {}
+    for c in calls:
+        key = (data.base_labels[c] if data.labelled[c] else "") if data.level == "call" else ""
+        groups.setdefault(key, []).append(c)
+    keep = []
+    for key in sorted(groups):
+        members = groups[key]
+        n = max(1, round(fraction * len(members)))
+        keep.extend(int(c) for c in rng.choice(members, size=n, replace=False))
+    return sorted(keep)
+
+
+def training_priors(data: CallData, calls: list[int] | None = None) -> dict:
     """Per task, the training items' class frequencies (a regression: their mean): what a call
-    with nothing to leave out is compared with (train/explain.py), kept in config.json."""
-    calls = [c for c in data.indices("train") if data.labelled[c]]
+    with nothing to leave out is compared with (train/explain.py), kept in config.json.
+    ``calls``: the training calls used (default: the whole training split)."""
+    calls = [c for c in (data.indices("train") if calls is None else calls) if data.labelled[c]]
     if data.level == "segment":
         rows = torch.as_tensor(data.used_rows(calls))
         idx = rows[data.labelled_row[rows]]

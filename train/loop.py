@@ -47,6 +47,7 @@ from .data import (
     LoadedCache,
     TrainError,
     open_cache,
+    training_calls,
     training_priors,
 )
 from .metrics import (
@@ -286,9 +287,13 @@ class TrainingRun:
             tasks={t.name: t.num_classes for t in self.scheme.tasks},
             level=self.scheme.level,
         )
+        self.splits = {
+            "train": training_calls(data, cfg.train_fraction, cfg.seed),
+            "valid": data.indices("valid"),
+            "test": data.indices("test"),
+        }
         self.model = self._build_model(dims)
         state = self._claim_run_dir()
-        self.splits = {s: data.indices(s) for s in ("train", "valid", "test")}
         choices = data.variant_choices(self.splits["train"], cfg.augment_variants)
         for path in self.stale:  # --overwrite: only once the run cannot be refused
             path.unlink(missing_ok=True)
@@ -321,7 +326,7 @@ class TrainingRun:
 
     def _build_model(self, dims: ModelDims) -> MSMTFN:
         model = build_model(self.cfg, dims)
-        train_rows = self.data.used_rows(self.data.indices("train"))
+        train_rows = self.data.used_rows(self.splits["train"])
         # from the training split only; a resumed state restores the same buffers
         for m in model.modalities:
             model.set_feature_stats(m, *feature_stats(self.store, train_rows, m))
@@ -361,7 +366,11 @@ class TrainingRun:
             **scheme_record(scheme),
             "segmentation": segmentation_record(store, self.data, splits),
         }
-        extra = {"cache": cache, "parameters": n_params, "priors": training_priors(self.data)}
+        extra = {
+            "cache": cache,
+            "parameters": n_params,
+            "priors": training_priors(self.data, self.splits["train"]),
+        }
         write_run_config(run_dir, self.cfg, dims, extra)
         log.info(
             "%d train / %d valid / %d test calls; %.2fM parameters; device %s",

@@ -66,7 +66,7 @@ log = logging.getLogger(__name__)
 
 # set by the sweep itself, never by a grid file
 TRIAL_KEYS_SET_BY_SWEEP = ("cache", "out", "seed", "device", "progress")
-PRESETS = ("paper-ablation", "bottleneck-lr")
+PRESETS = ("paper-ablation", "bottleneck-lr", "paper-capacity", "learning-curve")
 
 
 @dataclass(frozen=True)
@@ -309,7 +309,8 @@ class SweepOptions:
 
     cache: str = option_field(help="Cache store made by msmtfn-extract.", required=True)
     grid: str | None = option_field(
-        None, "Grid TOML file, or a preset: paper-ablation, bottleneck-lr (or --search)."
+        None,
+        "Grid TOML file, or a preset: paper-ablation, bottleneck-lr, paper-capacity, learning-curve (or --search).",
     )
     out: str | None = option_field(None, "Sweep folder (default runs/sweeps/<grid name>).")
     # overrides the grid file
