@@ -91,3 +91,25 @@ def test_the_kind_of_a_task_in_an_older_runs_metrics():
     assert task_kind(old, "score") == REGRESSION
     assert task_kind({}, "score") == REGRESSION
     assert task_kind({"kinds": {"score": REGRESSION}, **old}, "score") == REGRESSION
+
+
+def test_bootstrap_intervals_of_two_items_and_of_nothing():
+    from pipeline.labels import MARKETCALLS
+    from train.metrics import bootstrap_intervals
+
+    assert bootstrap_intervals(MARKETCALLS, {}, {}) == {}
+    one = bootstrap_intervals(MARKETCALLS, MARKETCALLS.encode_all(["A"]), {"5": np.array([0])})
+    assert one == {}  # one item has no spread to show
+    # two items, the first one wrong: every item can be drawn, so the interval spans 0 to 1
+    truth = MARKETCALLS.encode_all(["A", "B"])
+    ci = bootstrap_intervals(MARKETCALLS, truth, {"5": np.array([2, 1])})
+    assert ci["5"]["accuracy"] == [0.0, 1.0]
+
+
+def test_the_cluster_bootstrap_draws_every_call():
+    from pipeline.labels import MARKETCALLS
+    from train.metrics import bootstrap_intervals
+
+    truth, pred = MARKETCALLS.encode_all(list("AABBB")), np.array([3, 3, 1, 1, 1])
+    ci = bootstrap_intervals(MARKETCALLS, truth, {"5": pred}, groups=np.array([7, 7, 9, 9, 9]))
+    assert ci["5"]["accuracy"] == [0.0, 1.0]  # the wrong call (the first group) is drawn too
