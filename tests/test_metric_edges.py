@@ -113,3 +113,29 @@ def test_the_cluster_bootstrap_draws_every_call():
     truth, pred = MARKETCALLS.encode_all(list("AABBB")), np.array([3, 3, 1, 1, 1])
     ci = bootstrap_intervals(MARKETCALLS, truth, {"5": pred}, groups=np.array([7, 7, 9, 9, 9]))
     assert ci["5"]["accuracy"] == [0.0, 1.0]  # the wrong call (the first group) is drawn too
+
+
+@pytest.mark.parametrize("level", [0.95, 0.8])
+def test_a_regressions_interval_is_the_percentiles_of_the_seeded_resamples(level):
+    from train.metrics import bootstrap_intervals
+
+    rng = np.random.default_rng(3)
+    truth = rng.uniform(-3, 3, size=12).round(1) + 0.05  # not whole numbers
+    pred = truth + rng.normal(scale=0.7, size=12)
+    scheme_truth = {
+        "score": truth,
+        **{
+            t: SENTIMENT.encode([repr(float(x)) for x in np.clip(truth, -3, 3)], t)
+            for t in ("2", "5", "7")
+        },
+    }
+    ci = bootstrap_intervals(
+        SENTIMENT, scheme_truth, {"score": pred}, resamples=200, seed=5, level=level
+    )
+    # the documented draw: items with replacement, ``resamples`` rows from ``seed``
+    idx = np.random.default_rng(5).integers(0, 12, size=(200, 12))
+    mae = np.abs(truth[idx] - pred[idx]).mean(1)
+    lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+    assert ci["score"]["mae"] == pytest.approx(
+        [np.percentile(mae, lo), np.percentile(mae, hi)], rel=1e-12
+    )
