@@ -139,3 +139,15 @@ def test_a_regressions_interval_is_the_percentiles_of_the_seeded_resamples(level
     assert ci["score"]["mae"] == pytest.approx(
         [np.percentile(mae, lo), np.percentile(mae, hi)], rel=1e-12
     )
+
+
+def test_vectorised_f1_of_a_resample_holding_one_class_is_one():
+    from train.metrics import _confusions, _f1s
+
+    t = np.array([[2, 2, 2], [0, 1, 2]])
+    p = np.array([[2, 2, 2], [0, 1, 1]])
+    macro, weighted = _f1s(_confusions(t, p, 4))
+    assert macro[0] == 1.0 and weighted[0] == 1.0
+    assert macro[1] == pytest.approx((1 + 2 / 3 + 0) / 3) and weighted[1] == pytest.approx(
+        (1 + 2 / 3) / 3
+    )
