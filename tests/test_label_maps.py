@@ -85,8 +85,10 @@ def test_class_map_only_between_tasks_that_both_map_base_labels():
 
 
 def test_label_counts_count_calls_once_for_call_labels():
-    got = label_counts("marketcalls", ["c1", "c1", "c2", "c3", "c4"], ["B", "B", "A", "", "B"])
-    assert got == {"calls per label": {"(none)": 1, "A": 1, "B": 2}}
+    got = label_counts(
+        "marketcalls", ["c1", "c1", "c2", "c3", "c4", "c5"], ["B", "B", "A", "", "B", ""]
+    )
+    assert got == {"calls per label": {"(none)": 2, "A": 1, "B": 2}}
     # an unknown scheme name (a custom scheme before it is read) counts calls too
     assert label_counts("nosuch", ["x", "x"], ["k", "k"]) == {"calls per label": {"k": 1}}
 
