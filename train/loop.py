@@ -479,8 +479,7 @@ class TrainingRun:
             bar.set_postfix(loss=f"{running / seen:.4f}", refresh=False)
         val_loss, val, _ = evaluate(model, self.val_b, data, self.weights, self.device, self.amp)
         sel = val[cfg.task]
-        score = selection_score(sel, self.selection, val_loss)
-        self.last_score = score  # this epoch's, for a search's pruner
+        self.last_score = score = selection_score(sel, self.selection, val_loss)  # also: pruning
         row = {
             "epoch": epoch,
             "train_loss": running / max(1, seen),

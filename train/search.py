@@ -376,28 +376,11 @@ def _trial_config(
     )
 
 
-def run_search(opts) -> dict:
-    """Run the study to ``opts.trials`` finished trials, then the best setting over ``opts.seeds``
-    seeds with test figures; returns the summary (also written as results.csv/.md, best.json)."""
-    import optuna
+def _claim_search(root: Path, spec: SearchSpec, opts, store) -> None:
+    """search.json written, once the folder is this search's: the same cache and the same space."""
+    from .data import TrainError
 
-    from .data import TrainError, load_cache
-    from .loop import resolve_device
-
-    spec = read_space(opts.search, overrides=opts.overrides)
-    root = Path(opts.out) if opts.out else Path("runs") / "searches" / spec.name
-    if not isinstance(opts.trials, int) or opts.trials < 1:
-        raise ConfigError(
-            f"--trials {opts.trials!r}: give the number of finished trials wanted (1 or more)"
-        )
     manifest = root / MANIFEST
-    if manifest.exists() and not opts.resume:
-        raise TrainError(
-            f"{root}: a search is already there; add --resume to finish its study, or choose another --out"
-        )
-    device = resolve_device(opts.device)
-    loaded = load_cache(opts.cache, device, opts.max_cache_gb)
-    store = loaded.store
     record = {
         "spec": spec.to_dict(),
         "study": spec.name,
@@ -423,6 +406,30 @@ def run_search(opts) -> dict:
             )
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(manifest, record)
+
+
+def run_search(opts) -> dict:
+    """Run the study to ``opts.trials`` finished trials, then the best setting over ``opts.seeds``
+    seeds with test figures; returns the summary (also written as results.csv/.md, best.json)."""
+    import optuna
+
+    from .data import TrainError, load_cache
+    from .loop import resolve_device
+
+    spec = read_space(opts.search, overrides=opts.overrides)
+    root = Path(opts.out) if opts.out else Path("runs") / "searches" / spec.name
+    if not isinstance(opts.trials, int) or opts.trials < 1:
+        raise ConfigError(
+            f"--trials {opts.trials!r}: give the number of finished trials wanted (1 or more)"
+        )
+    manifest = root / MANIFEST
+    if manifest.exists() and not opts.resume:
+        raise TrainError(
+            f"{root}: a search is already there; add --resume to finish its study, or choose another --out"
+        )
+    device = resolve_device(opts.device)
+    loaded = load_cache(opts.cache, device, opts.max_cache_gb)
+    _claim_search(root, spec, opts, loaded.store)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     probe = _trial_config(
         opts, spec, root, {p.name: p.corners()[0] for p in spec.params}, 0, device
@@ -556,11 +563,9 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def write_results(root: Path, study, spec: SearchSpec, finals: list[dict], best) -> dict:
-    """results.csv (every trial, best validation first), results.md, best.json (and the link
-    ``best``: the final run with the best validation score) and the study's plots."""
-    import numpy as np
-
+def _trial_rows(study, spec: SearchSpec) -> tuple[list[dict], list[str]]:
+    """Every trial as a results.csv row, complete ones first by validation (a pruned trial shows
+    its last reported score)."""
     trials = sorted(
         study.get_trials(deepcopy=False),
         key=lambda t: (
@@ -572,44 +577,34 @@ def write_results(root: Path, study, spec: SearchSpec, finals: list[dict], best)
     names = [p.name for p in spec.params]
     rows = []
     for t in trials:
-        value = (
-            t.value
-            if t.value is not None
-            else (
-                t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
-            )
-        )
+        last = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
         rows.append(
             {
                 "trial": t.number,
                 "state": t.state.name.lower(),
-                "validation": value,
+                "validation": t.value if t.value is not None else last,
                 "epochs": t.user_attrs.get("epochs", ""),
                 **{n: t.params.get(n, "") for n in names},
                 "run_dir": trial_folder(Path("."), t.number).as_posix(),
                 "error": t.user_attrs.get("error", ""),
             }
         )
-    header = ["trial", "state", "validation", "epochs", *names, "run_dir", "error"]
-    with open(root / "results.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=header)
-        w.writeheader()
-        w.writerows(rows)
+    return rows, ["trial", "state", "validation", "epochs", *names, "run_dir", "error"]
+
+
+def _best_record(root: Path, spec: SearchSpec, finals: list[dict], best) -> dict:
+    """best.json: of the best trial's seeds, the one with the best validation score."""
     m0 = finals[0]["metrics"]
     task, key = m0["selection"]["task"], m0["selection"]["key"]
+    sign = -1 if key == "mae" else 1
     val = [f["metrics"]["val"][task][key] for f in finals]
-    test = [f["metrics"]["test"].get(task, {}).get(key, math.nan) for f in finals]
     pick = max(
-        range(len(finals)),
-        key=lambda i: (
-            (val[i] if math.isfinite(val[i]) else -math.inf) * (1 if key != "mae" else -1)
-        ),
+        range(len(finals)), key=lambda i: sign * val[i] if math.isfinite(val[i]) else -math.inf
     )
-    chosen = finals[pick]
-    rec = {
-        "run_dir": chosen["run_dir"].relative_to(root).as_posix(),
+    return {
+        "run_dir": finals[pick]["run_dir"].relative_to(root).as_posix(),
         "configuration": f"trial {best.number} (best of the search)",
-        "seed": chosen["seed"],
+        "seed": finals[pick]["seed"],
         "settings": {**spec.base, **best.params},
         "task": task,
         "metric": key,
@@ -618,17 +613,19 @@ def write_results(root: Path, study, spec: SearchSpec, finals: list[dict], best)
         "selected_by": f"validation {key} of task {task}: the study's best trial, then the best of "
         f"its {len(finals)} seeds",
     }
-    atomic_write_json(root / BEST, rec)
-    _link(root / "best-run", rec["run_dir"])
-    counts = {
-        s: sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "fail", "running")
-    }
+
+
+def _markdown(spec: SearchSpec, rows, header, finals, best, task: str, key: str) -> str:
+    import numpy as np
+
+    counts = {s: sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "fail")}
+    val = [f["metrics"]["val"][task][key] for f in finals]
+    test = [f["metrics"]["test"].get(task, {}).get(key, math.nan) for f in finals]
     lines = [
         f"# Search {spec.name}",
         "",
         f"{len(rows)} trials: {counts['complete']} complete, {counts['pruned']} pruned, "
-        f"{counts['fail']} failed{', ' + str(counts['running']) + ' running' if counts['running'] else ''}. "
-        f"Objective: validation {key} of task {task}"
+        f"{counts['fail']} failed. Objective: validation {key} of task {task}"
         + (" (negated: larger is better)" if key == "mae" else "")
         + "; the test split was not scored during the search.",
         "",
@@ -643,36 +640,52 @@ def write_results(root: Path, study, spec: SearchSpec, finals: list[dict], best)
     ]
     for f, v, t in zip(finals, val, test):
         ci = (f["metrics"]["test"].get(task, {}).get("ci95") or {}).get(key)
-        lines.append(
-            f"| {f['seed']} | {_fmt(v)} | {_fmt(t)} | {'[' + ', '.join(_fmt(x) for x in ci) + ']' if ci else ''} |"
-        )
+        shown = "[" + ", ".join(_fmt(x) for x in ci) + "]" if ci else ""
+        lines.append(f"| {f['seed']} | {_fmt(v)} | {_fmt(t)} | {shown} |")
     finite = [t for t in test if math.isfinite(t)]
     if finite:
         lines.append(
-            f"| mean ± std | {np.mean(val):.4g} ± {np.std(val):.2g} | {np.mean(finite):.4g} ± {np.std(finite):.2g} | |"
+            f"| mean ± std | {np.mean(val):.4g} ± {np.std(val):.2g} | "
+            f"{np.mean(finite):.4g} ± {np.std(finite):.2g} | |"
         )
-    lines += [
-        "",
-        "## Every trial, best validation first",
-        "",
-        "| " + " | ".join(header[:-2]) + " |",
-        "|" + "---|" * (len(header) - 2),
-    ]
+    shown = header[:-2]
+    lines += ["", "## Every trial, best validation first", ""]
+    lines += ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
     for r in rows:
-        lines.append(
-            "| " + " | ".join(_fmt(r[h]) if r[h] is not None else "" for h in header[:-2]) + " |"
-        )
-    markdown = "\n".join(lines) + "\n"
+        lines.append("| " + " | ".join("" if r[h] is None else _fmt(r[h]) for h in shown) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(root: Path, study, spec: SearchSpec, finals: list[dict], best) -> dict:
+    """results.csv (every trial, best validation first), results.md, best.json (and the link
+    ``best-run``: the final run with the best validation score) and the study's plots."""
+    rows, header = _trial_rows(study, spec)
+    with open(root / "results.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=header)
+        w.writeheader()
+        w.writerows(rows)
+    rec = _best_record(root, spec, finals, best)
+    atomic_write_json(root / BEST, rec)
+    _link(root / "best-run", rec["run_dir"])
+    task, key = rec["task"], rec["metric"]
+    markdown = _markdown(spec, rows, header, finals, best, task, key)
     atomic_write_text(root / "results.md", markdown)
     _plots(root, study)
+    counts = {s: sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "fail")}
+    final = [
+        {
+            "seed": f["seed"],
+            "validation": f["metrics"]["val"][task][key],
+            "test": f["metrics"]["test"].get(task, {}).get(key, math.nan),
+        }
+        for f in finals
+    ]
     return {
         "search": str(root),
         "markdown": markdown,
         "best": rec,
         "trials": counts,
-        "final": [
-            {"seed": f["seed"], "validation": v, "test": t} for f, v, t in zip(finals, val, test)
-        ],
+        "final": final,
     }
 
 

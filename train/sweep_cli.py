@@ -77,71 +77,23 @@ def _field(name: str):
     "--json", "as_json", is_flag=True, help="Print the summary as JSON instead of the table."
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or log lines.")
-def run_cmd(
-    cache,
-    grid,
-    seeds,
-    out,
-    device,
-    resume,
-    parallel,
-    overrides,
-    max_cache_gb,
-    search,
-    trials,
-    sampler,
-    pruner,
-    storage,
-    sampler_seed,
-    as_json,
-    quiet,
-):
+def run_cmd(overrides, as_json, quiet, **kw):
     """Run a sweep (the default command). Exit status 0; 3 when some trial failed (named in
-    trials.csv); 1 when every trial failed; 2 for bad usage (a bad grid file, --set or --seeds
-    value), before anything is written.
+    trials.csv); 1 when every trial failed; 2 for bad usage (a bad grid or space file, --set or
+    --seeds value), before anything is written.
 
     `msmtfn-sweep report SWEEP_DIR` rebuilds a sweep folder's tables and chart."""
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s"
     )
-    from .sweep import read_grid, run_sweep  # light: reads and checks grids, no torch
+    from .sweep import run_sweep  # light: reads and checks grids, no torch
 
-    # the grid, --set, --seeds and the cache path: checked before torch is imported (one line at
-    # once)
-    # settings that cannot work: bad usage, exit 2 as in msmtfn-train
+    # the grid or space, --set, --seeds and the cache path: checked before torch is imported (one
+    # line at once); settings that cannot work: bad usage, exit 2 as in msmtfn-train
     with cli_errors(usage=(ConfigError,)):
-        opts = SweepOptions(
-            cache=cache,
-            grid=grid,
-            out=out,
-            seeds=seeds,
-            device=device,
-            resume=resume,
-            parallel=parallel,
-            overrides=_parse_set(overrides),
-            max_cache_gb=max_cache_gb,
-            progress=not quiet,
-            search=search,
-            trials=trials,
-            sampler=sampler,
-            pruner=pruner,
-            storage=storage,
-            sampler_seed=sampler_seed,
-        )
-        if (grid is None) == (search is None):
-            raise ConfigError(
-                "give --grid FILE (a grid of trials) or --search FILE (a search), one of them"
-            )
-        if search is not None:
-            from .search import read_space
-
-            read_space(search, overrides=opts.overrides)
-            if trials < 1:
-                raise ConfigError(f"--trials {trials}: give 1 or more finished trials")
-            if seeds is not None and seeds < 1:
-                raise ConfigError(f"--seeds {seeds}: give 1 or more seeds for the best setting")
-        else:
-            read_grid(opts.grid, seeds=opts.seeds, overrides=opts.overrides)
+        opts = SweepOptions(**kw, overrides=_parse_set(overrides), progress=not quiet)
+        _check_options(opts)
+    cache, search = opts.cache, opts.search
     problem = store_path_problem(cache)
     if problem:
         raise click.ClickException(problem)
@@ -186,6 +138,26 @@ def report_cmd(sweep_dir, as_json):
         _print(report(sweep_dir), as_json)
     except (TrainError, OSError, ValueError) as e:
         raise click.ClickException(str(e)) from None
+
+
+def _check_options(opts: SweepOptions) -> None:
+    """A grid or a search space, one of them, read and checked whole (ConfigError: one line)."""
+    from .sweep import read_grid
+
+    if (opts.grid is None) == (opts.search is None):
+        raise ConfigError(
+            "give --grid FILE (a grid of trials) or --search FILE (a search), one of them"
+        )
+    if opts.search is None:
+        read_grid(opts.grid, seeds=opts.seeds, overrides=opts.overrides)
+        return
+    from .search import read_space
+
+    read_space(opts.search, overrides=opts.overrides)
+    if opts.trials < 1:
+        raise ConfigError(f"--trials {opts.trials}: give 1 or more finished trials")
+    if opts.seeds is not None and opts.seeds < 1:
+        raise ConfigError(f"--seeds {opts.seeds}: give 1 or more seeds for the best setting")
 
 
 def _print_search(summary: dict, as_json: bool) -> None:
