@@ -326,7 +326,7 @@ MUTANTS = [
     Mutant(
         "input statistics from every split",
         LOOP,
-        '        train_rows = self.data.used_rows(self.data.indices("train"))',
+        '        train_rows = self.data.used_rows(self.splits["train"])',
         '        train_rows = self.data.used_rows(self.data.indices("all"))',
         (T_DIRECT,),
     ),
