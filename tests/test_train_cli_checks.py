@@ -79,7 +79,7 @@ GRID = "[base]\nepochs = 1\n"
             "train.sweep_cli",
             ["--cache", "cache/nope.zarr", "--grid", "missing.toml"],
             2,
-            "Error: missing.toml: no such grid file; give a TOML file or a preset (paper-ablation, bottleneck-lr)",
+            "Error: missing.toml: no such grid file; give a TOML file or a preset (paper-ablation, bottleneck-lr, paper-capacity, learning-curve)",
         ),
         (
             "train.sweep_cli",
