@@ -29,6 +29,7 @@ T_TABLE, T_VARIANTS = "tests/test_metric_table.py", "tests/test_variants.py"
 T_DIRECT = "tests/test_training_direct.py"
 EXPLAIN, T_EXPLAIN = "train/explain.py", "tests/test_explain.py"
 SEARCH, T_SEARCH = "train/search.py", "tests/test_search.py"
+TRACKING, T_TRACK = "train/tracking.py", "tests/test_tracking.py"
 DATA, T_CURVE = "train/data.py", "tests/test_learning_curve.py"
 
 
@@ -450,6 +451,41 @@ MUTANTS = [
         '"priors": training_priors(self.data, self.splits["train"])',
         '"priors": training_priors(self.data)',
         (T_CURVE,),
+    ),
+    Mutant(
+        "tracking: per-epoch metrics not recorded",
+        LOOP,
+        "self.tracked.log_metrics(epoch_scalars(row), step=epoch)",
+        "pass",
+        (T_TRACK,),
+    ),
+    Mutant(
+        "tracking: a failing tracker stops the run",
+        TRACKING,
+        "            self.broken = True\n",
+        "            raise\n",
+        (T_TRACK,),
+    ),
+    Mutant(
+        "tracking: a failing tracker warns on every call",
+        TRACKING,
+        "        if self.broken:\n            return None\n",
+        "",
+        (T_TRACK,),
+    ),
+    Mutant(
+        "tracking: trials are not children of the sweep's run",
+        TRACKING,
+        'tags["mlflow.parentRunId"] = parent.run_id',
+        "pass",
+        (T_TRACK,),
+    ),
+    Mutant(
+        "tracking: the interval bounds swapped",
+        TRACKING,
+        'out[f"{split}/{task}/{name}_ci_low"] = float(low)',
+        'out[f"{split}/{task}/{name}_ci_low"] = float(high)',
+        (T_TRACK,),
     ),
 ]
 

@@ -30,6 +30,7 @@ from .config import (
     normalise_keys,
     store_path_problem,
 )
+from .tracking import TrackingOptions
 
 
 def _check_task(value, cache=None):
@@ -126,6 +127,7 @@ _CUSTOM = {
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @field_options(TrainConfig, skip=("progress",), custom=_CUSTOM)
+@field_options(TrackingOptions)
 @click.option(
     "--resume",
     "resume_dir",
@@ -154,12 +156,16 @@ def main(ctx, config_file, resume_dir, overwrite, as_json, quiet, **opts):
       runs/ablation-1
       msmtfn-train --config my-run.toml --seed 2
       msmtfn-train --resume runs/marketcalls/20261125-101500-both-s0     # after a crash or Ctrl-C
+      msmtfn-train --cache cache/marketcalls.zarr --tracking mlflow      # runs/mlflow.db
     """
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s"
     )
     check_paths(None, resume_dir)  # the run folder, before its config.json is read
     # settings that cannot work: bad usage, exit 2 like click's own usage errors
+    tracking = TrackingOptions(
+        **{k: opts.pop(k) for k in ("tracking", "tracking_uri", "experiment")}
+    )
     with cli_errors(usage=(ConfigError,)):
         cfg = _settings(ctx, config_file, resume_dir, overwrite, quiet, opts)
     if not resume_dir:  # with --resume, the run's own cache is checked by the trainer
@@ -172,7 +178,7 @@ def main(ctx, config_file, resume_dir, overwrite, as_json, quiet, **opts):
 
     # Ctrl-C: what is kept and the command that continues (loop.TrainInterrupted), exit 130
     with cli_errors(user=(TrainError, CheckpointError), usage=(ConfigError,)):
-        metrics = fit(cfg, resume=bool(resume_dir), overwrite=overwrite)
+        metrics = fit(cfg, resume=bool(resume_dir), overwrite=overwrite, tracking=tracking)
     click.echo(json.dumps(metrics, indent=2, default=str) if as_json else format_summary(metrics))
 
 

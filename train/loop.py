@@ -73,6 +73,14 @@ from .predictions import (
     regression_tasks,
     run_model,
 )
+from .tracking import (
+    NULL,
+    TrackedRun,
+    TrackingOptions,
+    epoch_scalars,
+    final_scalars,
+    open_run,
+)
 from .variants import run_name_parts
 
 log = logging.getLogger(__name__)
@@ -238,8 +246,12 @@ class TrainingRun:
         overwrite: bool = False,
         loaded: LoadedCache | None = None,
         score_test: bool = True,
+        tracking: TrackingOptions | None = None,
+        parent: TrackedRun | None = None,
     ):
         self.cfg, self.resume, self.overwrite, self.loaded = cfg, resume, overwrite, loaded
+        # the tracker: its own run (tracking), or a child of a sweep's or search's run (parent)
+        self.tracking, self.parent, self.tracked = tracking, parent, NULL
         # False: a search trial, whose test split must stay unseen until the search has chosen
         self.score_test = score_test
         self.t_start = time.perf_counter()
@@ -301,7 +313,26 @@ class TrainingRun:
         self._make_batches(choices)
         self._make_optimizer()
         self._restore(state)
+        self._track_start()
         return self
+
+    def _track_start(self) -> None:
+        run_dir, first = self.run_dir, self.first_epoch
+        if self.parent is not None:
+            self.tracked = self.parent.child(run_dir.name, run_dir, first_step=first)
+        else:
+            self.tracked = open_run(self.tracking, run_dir, run_dir.name, first_step=first)
+        store = self.store
+        self.tracked.log_params(
+            {
+                **self.cfg.to_dict(),
+                "cache_path": str(store.path),
+                "cache_fingerprint": store.fingerprint,
+            }
+        )
+        self.tracked.set_tags(
+            {"msmtfn.dataset": store.dataset, "msmtfn.label_scheme": self.scheme.name}
+        )
 
     def _open(self) -> TrainConfig:
         """Device, threads, the cache and the task; ``finished`` set when there is nothing to do."""
@@ -490,6 +521,7 @@ class TrainingRun:
         for t, m in val.items():
             row.update({f"val_{t}_{k}": m[k] for k in HISTORY_METRICS if k in m})
         self.history.append(row)
+        self.tracked.log_metrics(epoch_scalars(row), step=epoch)
         improved = self.best_score is None or score > self.best_score
         if improved:
             self.best_score, self.best_epoch, self.epochs_without_gain = score, epoch, 0
@@ -619,6 +651,9 @@ class TrainingRun:
                 )
         atomic_write_json(run_dir / METRICS, metrics)  # last: its presence marks the run finished
         self.state_path.unlink(missing_ok=True)  # optimizer state is 3x the model; not needed now
+        self.tracked.log_metrics(final_scalars(metrics))
+        self.tracked.log_artifacts(run_dir)
+        self.tracked.end("FINISHED")
         return metrics
 
 
@@ -641,6 +676,8 @@ def fit(
     resume: bool = False,
     overwrite: bool = False,
     loaded: LoadedCache | None = None,
+    tracking: TrackingOptions | None = None,
+    parent: TrackedRun | None = None,
 ) -> dict:
     """Train one configuration; writes the run folder and returns its metrics
     (``metrics['run_dir']``).
@@ -649,8 +686,11 @@ def fit(
     (``train_state.pt``) and gives the same result as an uninterrupted run on CPU; a finished run is
     returned as it is. Without it a folder that holds a run already is refused, unless
     ``overwrite=True``. ``loaded`` is a cache already in memory (:func:`train.data.load_cache`),
-    shared by the trials of a sweep."""
-    run = TrainingRun(cfg, resume=resume, overwrite=overwrite, loaded=loaded)
+    shared by the trials of a sweep. ``tracking`` records the run in MLflow or TensorBoard
+    (train/tracking.py), ``parent`` as a child of a sweep's tracked run."""
+    run = TrainingRun(
+        cfg, resume=resume, overwrite=overwrite, loaded=loaded, tracking=tracking, parent=parent
+    )
     try:
         run.start()
         if run.finished is not None:
@@ -660,7 +700,11 @@ def fit(
                 break
         return run.finish()
     except KeyboardInterrupt:  # Ctrl-C: say what is kept and how to go on (TrainInterrupted is one)
+        run.tracked.end("KILLED")
         raise TrainInterrupted(run.interrupt_note()) from None
+    except Exception:
+        run.tracked.end("FAILED")
+        raise
 
 
 def _file_id(path: Path) -> tuple | None:

@@ -59,6 +59,7 @@ from .sweep import (
     _name_trial_records,
     _table,
 )
+from .tracking import NULL, TrackingOptions, open_run
 
 log = logging.getLogger(__name__)
 
@@ -338,22 +339,32 @@ class _Pruned(Exception):
         self.epoch, self.value = epoch, value
 
 
-def _train_trial(trial, cfg: TrainConfig, loaded) -> tuple[float, int]:
+def _train_trial(trial, cfg: TrainConfig, loaded, parent=NULL) -> tuple[float, int]:
     """Train one trial, reporting each epoch's validation score; (the selected epoch's score, epochs
     run). Raises :class:`_Pruned` when the pruner stops it."""
     from .loop import TrainingRun
 
-    run = TrainingRun(cfg, loaded=loaded, score_test=False).start()
-    for epoch in run.epochs():
-        stop = run.epoch(epoch)
-        value = run.last_score[0]
-        if math.isfinite(value):
-            trial.report(value, epoch)
-            if trial.should_prune():
-                raise _Pruned(epoch, value)
-        if stop:
-            break
-    run.finish()
+    run = TrainingRun(cfg, loaded=loaded, score_test=False, parent=parent)
+    try:
+        run.start()
+        run.tracked.set_tags({"optuna.trial": trial.number})
+        for epoch in run.epochs():
+            stop = run.epoch(epoch)
+            value = run.last_score[0]
+            if math.isfinite(value):
+                trial.report(value, epoch)
+                if trial.should_prune():
+                    raise _Pruned(epoch, value)
+            if stop:
+                break
+        run.finish()
+    except _Pruned:
+        run.tracked.set_tags({"optuna.state": "PRUNED"})
+        run.tracked.end("KILLED")
+        raise
+    except BaseException:
+        run.tracked.end("FAILED")
+        raise
     return run.best_score[0], len(run.history)
 
 
@@ -451,7 +462,30 @@ def run_search(opts) -> dict:
         )
     t0 = time.perf_counter()
     _name_trial_records()
-    failures = _optimise(opts, spec, root, study, loaded, device)
+    tracked = open_run(TrackingOptions.of(opts), root, root.name)
+    tracked.log_params({"sampler": opts.sampler, "pruner": opts.pruner, **spec.to_dict()})
+    try:
+        summary = _search(opts, spec, root, study, loaded, device, tracked)
+    except BaseException:
+        tracked.end("KILLED")
+        raise
+    summary["seconds"] = time.perf_counter() - t0
+    tracked.log_metrics({"best_validation": summary["best"]["value"]})
+    tracked.log_artifacts(root, SEARCH_ARTIFACTS)
+    tracked.end("FINISHED")
+    return summary
+
+
+# a search folder's files kept in the tracker's parent run
+SEARCH_ARTIFACTS = (MANIFEST, "results.csv", "results.md", "best.json", "history.png")
+SEARCH_ARTIFACTS += ("importances.png",)
+
+
+def _search(opts, spec: SearchSpec, root: Path, study, loaded, device, tracked) -> dict:
+    """The study to its trials, then the best setting's seeds and the results."""
+    from .data import TrainError
+
+    failures = _optimise(opts, spec, root, study, loaded, device, tracked)
     done = finished_trials(study)
     complete = [t for t in done if t.state.name == "COMPLETE"]
     if not complete:
@@ -460,14 +494,13 @@ def run_search(opts) -> dict:
             f"{root / 'trials'}/<number>/error.txt); fix the cause and run the same command with --resume"
         )
     best = study.best_trial
-    finals = _final_runs(opts, spec, root, best, loaded, device)
+    finals = _final_runs(opts, spec, root, best, loaded, device, tracked)
     summary = write_results(root, study, spec, finals, best)
-    summary["seconds"] = time.perf_counter() - t0
     summary["failed"] = failures
     return summary
 
 
-def _optimise(opts, spec: SearchSpec, root: Path, study, loaded, device) -> int:
+def _optimise(opts, spec: SearchSpec, root: Path, study, loaded, device, tracked=NULL) -> int:
     """Ask, train and tell until ``opts.trials`` trials have finished; at most ``opts.parallel`` at
     once. Returns the number of failed trials of this run (a failure is replaced, never counted)."""
     from optuna.trial import TrialState
@@ -481,7 +514,7 @@ def _optimise(opts, spec: SearchSpec, root: Path, study, loaded, device) -> int:
         folder = trial_folder(root, trial.number)
         try:
             cfg = _trial_config(opts, spec, folder, trial.params, 0, device)
-            value, epochs = _train_trial(trial, cfg, loaded)
+            value, epochs = _train_trial(trial, cfg, loaded, tracked)
             trial.set_user_attr("epochs", epochs)
             return trial, TrialState.COMPLETE, value
         except _Pruned as p:
@@ -539,7 +572,9 @@ def _optimise(opts, spec: SearchSpec, root: Path, study, loaded, device) -> int:
     return failures
 
 
-def _final_runs(opts, spec: SearchSpec, root: Path, best, loaded, device) -> list[dict]:
+def _final_runs(
+    opts, spec: SearchSpec, root: Path, best, loaded, device, tracked=NULL
+) -> list[dict]:
     """The best trial's setting trained again over ``opts.seeds`` seeds, now with test figures
     (resumable: a finished seed is kept)."""
     from .loop import fit
@@ -552,7 +587,11 @@ def _final_runs(opts, spec: SearchSpec, root: Path, best, loaded, device) -> lis
         try:
             cfg = _trial_config(opts, spec, folder, best.params, seed, device)
             out.append(
-                {"seed": seed, "run_dir": folder, "metrics": fit(cfg, resume=True, loaded=loaded)}
+                {
+                    "seed": seed,
+                    "run_dir": folder,
+                    "metrics": fit(cfg, resume=True, loaded=loaded, parent=tracked),
+                }
             )
         finally:
             TRIAL.reset(token)

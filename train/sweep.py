@@ -58,6 +58,14 @@ from pipeline.atomic import atomic_write_bytes, atomic_write_json
 from pipeline.cli import option_field
 
 from .config import ConfigError, TrainConfig, normalise_keys
+from .tracking import (
+    NULL,
+    TrackingOptions,
+    experiment_field,
+    open_run,
+    tracking_field,
+    tracking_uri_field,
+)
 
 # torch, numpy and the trainer are imported where they are used: reading and checking a grid file,
 # and finding a sweep's selected trial (msmtfn-predict --run SWEEP), answer without them
@@ -346,6 +354,10 @@ class SweepOptions:
         None, "--search: the study's storage, an RDB URL or a journal file (default OUT/study.db)."
     )
     sampler_seed: int = option_field(0, "--search: the sampler's seed.")
+    # a parent run for the sweep or search, a child per trial (train/tracking.py)
+    tracking: str = tracking_field()
+    tracking_uri: str = tracking_uri_field()
+    experiment: str = experiment_field()
 
 
 def trial_dir(root: Path, config: Configuration, seed: int) -> Path:
@@ -675,8 +687,11 @@ def _run_sweep(opts: SweepOptions, spec: SweepSpec, root: Path) -> dict:
         device,
     )
 
+    tracked = open_run(TrackingOptions.of(opts), root, root.name)
+    tracked.log_params({**spec.to_dict(), "cache_fingerprint": loaded.store.fingerprint})
+
     def one(config: Configuration, seed: int) -> tuple[tuple[str, int], dict]:
-        return _one_trial(root, config, seed, configs[(config.name, seed)], loaded)
+        return _one_trial(root, config, seed, configs[(config.name, seed)], loaded, tracked)
 
     _name_trial_records()
     bar = tqdm(total=len(todo), unit="trial", desc=spec.name, disable=not opts.progress)
@@ -686,11 +701,16 @@ def _run_sweep(opts: SweepOptions, spec: SweepSpec, root: Path) -> dict:
     try:
         with redirect:
             _run_trials(opts, todo, one, status, bar, root, spec)
+    except BaseException:
+        tracked.end("KILLED")
+        raise
     finally:
         bar.close()
         _write_trials(root, spec, status)
         _write_best_quietly(root)  # also after Ctrl-C: best.json follows every finished trial
     summary = report(root)
+    tracked.log_artifacts(root, SWEEP_ARTIFACTS)
+    tracked.end("FINISHED")
     summary["seconds"] = time.perf_counter() - t_start
     summary["trials_run"] = len(todo)
     summary["failed"] = [
@@ -749,7 +769,11 @@ def _claim_sweep(root: Path, spec: SweepSpec, store, configs: dict) -> None:
     atomic_write_json(manifest, record)
 
 
-def _one_trial(root: Path, config, seed: int, cfg: TrainConfig, loaded) -> tuple:
+# a sweep folder's files kept in the tracker's parent run
+SWEEP_ARTIFACTS = ("sweep.json", "trials.csv", "results.csv", "results.md", "results.png", BEST)
+
+
+def _one_trial(root: Path, config, seed: int, cfg: TrainConfig, loaded, tracked=NULL) -> tuple:
     """Train one trial on the loaded cache; a failure is recorded, never raised."""
     from .loop import fit
 
@@ -758,7 +782,7 @@ def _one_trial(root: Path, config, seed: int, cfg: TrainConfig, loaded) -> tuple
     # every log line of this trial (this thread) is named by it
     token = TRIAL.set(trial_name(config, seed))
     try:
-        m = fit(cfg, resume=True, loaded=loaded)
+        m = fit(cfg, resume=True, loaded=loaded, parent=tracked)
         state = "resumed" if m.get("resumed_after_epoch") else "done"
         return (config.name, seed), {
             "status": state,
