@@ -545,10 +545,8 @@ class TrainingRun:
         if cfg.state_every and (
             improved or self.stopped or epoch % cfg.state_every == 0 or epoch == cfg.epochs
         ):
-            self.saving = (
-                epoch,
-                _file_id(self.state_path),
-            )  # a Ctrl-C note tells a finished write by the file
+            # a Ctrl-C note tells a finished write by the file
+            self.saving = (epoch, _file_id(self.state_path))
             save_train_state(
                 self.state_path,
                 epoch=epoch,

@@ -247,6 +247,7 @@ class TensorBoardRun(TrackedRun):
         self._guard("open its event file", self._open, first_step)
 
     def _open(self, first_step):
+        _need("tensorboard")
         from torch.utils.tensorboard import SummaryWriter
 
         # a resumed run drops the epochs it trains again from the event file
@@ -273,10 +274,22 @@ class TensorBoardRun(TrackedRun):
         return TensorBoardRun(Path(folder), first_step)
 
 
+def _need(module: str):
+    """The tracker's package, or an error saying which extra brings it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise RuntimeError(
+            f'{module.split(".")[0]} is not installed: pip install -e ".[tracking]"'
+        ) from None
+
+
 def _mlflow_client(options: TrackingOptions):
     for k, v in _QUICK_HTTP.items():
         os.environ.setdefault(k, v)
-    from mlflow.tracking import MlflowClient
+    MlflowClient = _need("mlflow.tracking").MlflowClient
 
     uri = options.tracking_uri
     if uri.startswith("sqlite:///"):
