@@ -487,6 +487,20 @@ MUTANTS = [
         'out[f"{split}/{task}/{name}_ci_low"] = float(high)',
         (T_TRACK,),
     ),
+    Mutant(
+        "dask: each trial loads the cache again",
+        SEARCH,
+        "        if key not in _WORKER_CACHES:\n",
+        "        if True:\n",
+        ("tests/test_search_dask.py",),
+    ),
+    Mutant(
+        "dask: the trials run in this process, not on the workers",
+        SEARCH,
+        "    if not (opts.scheduler or opts.dask_workers):\n",
+        "    if True:\n",
+        ("tests/test_search_dask.py",),
+    ),
 ]
 
 

@@ -29,6 +29,7 @@ written.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import csv
 import json
@@ -59,7 +60,7 @@ from .sweep import (
     _name_trial_records,
     _table,
 )
-from .tracking import NULL, TrackingOptions, open_run
+from .tracking import NULL, TrackingOptions, attach, open_run
 
 log = logging.getLogger(__name__)
 
@@ -261,10 +262,15 @@ def open_storage(url: str | None, root: Path):
     path), or ``<root>/study.db``."""
     import optuna
 
+    # SQLite: trials of several processes (dask workers) wait for the file's lock, not fail
+    wait = {"connect_args": {"timeout": 60}}
     if not url:
-        return optuna.storages.RDBStorage(f"sqlite:///{(root / 'study.db').resolve()}")
+        path = (root / "study.db").resolve()
+        return optuna.storages.RDBStorage(f"sqlite:///{path}", engine_kwargs=wait)
     if "://" in url:
-        return optuna.storages.RDBStorage(url)
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=wait if url.startswith("sqlite") else None
+        )
     from optuna.storages.journal import JournalFileBackend
 
     return optuna.storages.JournalStorage(JournalFileBackend(str(Path(url).expanduser())))
@@ -500,39 +506,107 @@ def _search(opts, spec: SearchSpec, root: Path, study, loaded, device, tracked) 
     return summary
 
 
+def _run_trial(trial, opts, spec: SearchSpec, root: Path, loaded, device, tracked) -> tuple:
+    """Train one asked trial: (state, value); a failure is recorded in its folder, never raised."""
+    from optuna.trial import TrialState
+
+    token = TRIAL.set(f"trial {trial.number}")
+    folder = trial_folder(root, trial.number)
+    try:
+        cfg = _trial_config(opts, spec, folder, trial.params, 0, device)
+        value, epochs = _train_trial(trial, cfg, loaded, tracked)
+        trial.set_user_attr("epochs", epochs)
+        return TrialState.COMPLETE, value
+    except _Pruned as p:
+        trial.set_user_attr("epochs", p.epoch)
+        log.info("pruned after epoch %d (validation score %.4g)", p.epoch, p.value)
+        return TrialState.PRUNED, p.value
+    # any failure of one trial (a bad combination, out of memory) must not stop the study
+    except Exception as e:  # noqa: BLE001
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+        log.error("trial failed: %s (traceback: %s)", e, folder / "error.txt")
+        trial.set_user_attr("error", str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+        return TrialState.FAIL, None
+    finally:
+        TRIAL.reset(token)
+
+
+# a dask worker's caches, loaded once per process and kept for every trial it runs
+_WORKER_CACHES: dict[tuple, object] = {}
+_WORKER_LOADS: dict[tuple, int] = {}  # loads per cache in this process (1: reused by every trial)
+_WORKER_LOCK = threading.Lock()
+
+
+def _worker_cache(opts):
+    """The cache in this worker process: loaded by its first trial, reused by the others."""
+    from .data import load_cache
+    from .loop import resolve_device
+
+    key = (opts.cache, opts.device, opts.max_cache_gb)
+    with _WORKER_LOCK:
+        if key not in _WORKER_CACHES:
+            device = resolve_device(opts.device)
+            _WORKER_CACHES[key] = load_cache(opts.cache, device, opts.max_cache_gb)
+            _WORKER_LOADS[key] = _WORKER_LOADS.get(key, 0) + 1
+        return _WORKER_CACHES[key], _WORKER_LOADS[key]
+
+
+def _dask_trial(opts, spec: SearchSpec, root: Path, trial_id: int, epochs: int) -> tuple:
+    """One trial on a dask worker: the study reopened from its shared storage (the trial's reports
+    and the pruner's decisions go through it), the worker's own copy of the cache."""
+    import optuna
+
+    loaded, loads = _worker_cache(opts)
+    study = optuna.load_study(
+        study_name=spec.name,
+        storage=open_storage(opts.storage, root),
+        pruner=make_pruner(opts.pruner, epochs),
+    )
+    trial = optuna.trial.Trial(study, trial_id)
+    trial.set_user_attr("worker", _owner())
+    trial.set_user_attr("worker_cache_loads", loads)
+    tracked = attach(TrackingOptions.of(opts), root)
+    state, value = _run_trial(trial, opts, spec, root, loaded, loaded.device, tracked)
+    return state.name, value
+
+
+@contextlib.contextmanager
+def _executor(opts):
+    """Where trials run: threads of this process, or a dask cluster (``--scheduler`` or a local
+    one of ``--dask-workers`` processes); and how many at once."""
+    if not (opts.scheduler or opts.dask_workers):
+        with ThreadPoolExecutor(max_workers=max(1, opts.parallel)) as ex:
+            yield ex, max(1, opts.parallel)
+        return
+    from distributed import Client, LocalCluster
+
+    if opts.scheduler:
+        cluster, client = None, Client(opts.scheduler)
+    else:  # one thread each: a worker trains one trial at a time, torch uses the cores
+        cluster = LocalCluster(
+            n_workers=opts.dask_workers, threads_per_worker=1, dashboard_address=None
+        )
+        client = Client(cluster)
+    try:
+        slots = max(1, sum(client.nthreads().values()))
+        log.info("dask: %d worker thread(s) at %s", slots, client.scheduler.address)
+        yield client.get_executor(pure=False), slots
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
 def _optimise(opts, spec: SearchSpec, root: Path, study, loaded, device, tracked=NULL) -> int:
-    """Ask, train and tell until ``opts.trials`` trials have finished; at most ``opts.parallel`` at
-    once. Returns the number of failed trials of this run (a failure is replaced, never counted)."""
+    """Ask, train and tell until ``opts.trials`` trials have finished; at most ``opts.parallel``
+    (or the dask cluster's threads) at once. Returns the number of failed trials of this run (a
+    failure is replaced, never counted)."""
     from optuna.trial import TrialState
     from tqdm.auto import tqdm
 
     lock = threading.Lock()
     failures = 0
-
-    def one(trial) -> tuple:
-        token = TRIAL.set(f"trial {trial.number}")
-        folder = trial_folder(root, trial.number)
-        try:
-            cfg = _trial_config(opts, spec, folder, trial.params, 0, device)
-            value, epochs = _train_trial(trial, cfg, loaded, tracked)
-            trial.set_user_attr("epochs", epochs)
-            return trial, TrialState.COMPLETE, value
-        except _Pruned as p:
-            trial.set_user_attr("epochs", p.epoch)
-            log.info("pruned after epoch %d (validation score %.4g)", p.epoch, p.value)
-            return trial, TrialState.PRUNED, p.value
-        # any failure of one trial (a bad combination, out of memory) must not stop the study
-        except Exception as e:  # noqa: BLE001
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
-            log.error("trial failed: %s (traceback: %s)", e, folder / "error.txt")
-            trial.set_user_attr(
-                "error", str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-            )
-            return trial, TrialState.FAIL, None
-        finally:
-            TRIAL.reset(token)
-
     bar = tqdm(
         total=opts.trials,
         initial=min(opts.trials, len(finished_trials(study))),
@@ -540,8 +614,9 @@ def _optimise(opts, spec: SearchSpec, root: Path, study, loaded, device, tracked
         desc=spec.name,
         disable=not opts.progress,
     )
-    with ThreadPoolExecutor(max_workers=max(1, opts.parallel)) as ex:
-        running = set()
+    epochs = _trial_config(opts, spec, root, {}, 0, device).epochs
+    with _executor(opts) as (ex, slots):
+        running: dict = {}
         while True:
             with lock:
                 n_done = len(finished_trials(study))
@@ -551,21 +626,32 @@ def _optimise(opts, spec: SearchSpec, root: Path, study, loaded, device, tracked
                     for p in spec.params:
                         p.suggest(trial)
                     trial.set_user_attr(OWNER, _owner())
-                ctx = contextvars.copy_context()
-                running.add(ex.submit(ctx.run, one, trial))
-                if len(running) < max(1, opts.parallel):
+                if opts.scheduler or opts.dask_workers:
+                    future = ex.submit(_dask_trial, opts, spec, root, trial._trial_id, epochs)
+                else:
+                    ctx = contextvars.copy_context()
+                    args = (trial, opts, spec, root, loaded, device, tracked)
+                    future = ex.submit(ctx.run, _run_trial, *args)
+                running[future] = trial
+                if len(running) < slots:
                     continue
             if not running:
                 break
-            finished, running = wait(running, return_when=FIRST_COMPLETED)
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
             for f in finished:
-                trial, state, value = f.result()
+                trial = running.pop(f)
+                try:
+                    state, value = f.result()
+                # a dask worker that died with its trial (killed, out of memory): that trial fails
+                except Exception as e:  # noqa: BLE001
+                    log.error("trial %d lost: %s", trial.number, e)
+                    trial.set_user_attr("error", f"lost: {str(e)[:180] or type(e).__name__}")
+                    state, value = TrialState.FAIL, None
+                state = TrialState[state] if isinstance(state, str) else state
                 with lock:
                     if state == TrialState.COMPLETE and not math.isfinite(value):
                         state, value = TrialState.FAIL, None
-                        failures += 1
-                    elif state == TrialState.FAIL:
-                        failures += 1
+                    failures += state == TrialState.FAIL
                     study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
                 bar.update(0 if state == TrialState.FAIL else 1)
     bar.close()

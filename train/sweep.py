@@ -354,6 +354,14 @@ class SweepOptions:
         None, "--search: the study's storage, an RDB URL or a journal file (default OUT/study.db)."
     )
     sampler_seed: int = option_field(0, "--search: the sampler's seed.")
+    scheduler: str | None = option_field(
+        None,
+        "--search: run the trials on this dask cluster (tcp://HOST:PORT); each worker loads the "
+        "cache once; the cache, OUT and the study's storage must be reachable from every worker.",
+    )
+    dask_workers: int = option_field(
+        0, "--search: run the trials on a local dask cluster of N worker processes."
+    )
     # a parent run for the sweep or search, a child per trial (train/tracking.py)
     tracking: str = tracking_field()
     tracking_uri: str = tracking_uri_field()

@@ -149,6 +149,10 @@ def _check_options(opts: SweepOptions) -> None:
             "give --grid FILE (a grid of trials) or --search FILE (a search), one of them"
         )
     if opts.search is None:
+        if opts.scheduler or opts.dask_workers:
+            raise ConfigError(
+                "--scheduler and --dask-workers spread a --search's trials; a grid runs in threads (--parallel)"
+            )
         read_grid(opts.grid, seeds=opts.seeds, overrides=opts.overrides)
         return
     from .search import read_space
@@ -158,6 +162,15 @@ def _check_options(opts: SweepOptions) -> None:
         raise ConfigError(f"--trials {opts.trials}: give 1 or more finished trials")
     if opts.seeds is not None and opts.seeds < 1:
         raise ConfigError(f"--seeds {opts.seeds}: give 1 or more seeds for the best setting")
+    if opts.dask_workers < 0 or (opts.scheduler and opts.dask_workers):
+        raise ConfigError(
+            "--dask-workers N starts a local cluster of N (1 or more) workers, --scheduler joins "
+            "a running one: pass one of them"
+        )
+    if opts.scheduler and "://" not in opts.scheduler:
+        raise ConfigError(
+            f"--scheduler {opts.scheduler}: give the scheduler's address, e.g. tcp://HOST:8786"
+        )
 
 
 def _print_search(summary: dict, as_json: bool) -> None:

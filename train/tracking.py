@@ -243,15 +243,19 @@ class TensorBoardRun(TrackedRun):
 
     def __init__(self, folder: Path, first_step: int = 0):
         super().__init__(f"in {folder / 'tensorboard'}")
-        self.folder, self.writer = folder, None
-        self._guard("open its event file", self._open, first_step)
+        self.folder, self.first_step, self._open_writer = folder, first_step, None
 
-    def _open(self, first_step):
-        _need("tensorboard")
-        from torch.utils.tensorboard import SummaryWriter
+    @property
+    def writer(self):
+        """The event file, opened by the first record (a sweep's own run writes none)."""
+        if self._open_writer is None:
+            _need("tensorboard")
+            from torch.utils.tensorboard import SummaryWriter
 
-        # a resumed run drops the epochs it trains again from the event file
-        self.writer = SummaryWriter(str(self.folder / "tensorboard"), purge_step=first_step or None)
+            # a resumed run drops the epochs it trains again from the event file
+            path = str(self.folder / "tensorboard")
+            self._open_writer = SummaryWriter(path, purge_step=self.first_step or None)
+        return self._open_writer
 
     def _params(self, params):
         text = "\n".join(f"    {k} = {v}" for k, v in flat_params(params).items())
@@ -267,8 +271,9 @@ class TensorBoardRun(TrackedRun):
         self.writer.add_text("tags", "\n".join(f"    {k} = {v}" for k, v in tags.items()))
 
     def _end(self, status):
-        self.writer.add_text("status", status)
-        self.writer.close()
+        if self._open_writer is not None:
+            self.writer.add_text("status", status)
+            self.writer.close()
 
     def child(self, name, folder, first_step=0):
         return TensorBoardRun(Path(folder), first_step)
@@ -362,3 +367,14 @@ def open_run(
     run = MLflowRun(options, None)
     run._guard("start a run", _start_mlflow, run, Path(folder), name, parent)
     return run if not run.broken else NULL
+
+
+def attach(options: TrackingOptions | None, folder: Path) -> TrackedRun:
+    """The tracked run another process opened for the sweep or search in ``folder`` (a dask
+    worker's view of it: only for its trials' child runs), or ``NULL``."""
+    if options is None or options.tracking == "none":
+        return NULL
+    if options.tracking == "tensorboard":
+        return TensorBoardRun(Path(folder))
+    run_id = _recorded_id(Path(folder), options)
+    return MLflowRun(options, run_id) if run_id else NULL
