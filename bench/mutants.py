@@ -501,6 +501,13 @@ MUTANTS = [
         "    if True:\n",
         ("tests/test_search_dask.py",),
     ),
+    Mutant(
+        "tracking: a resumed run starts a new tracked run",
+        TRACKING,
+        "    if old is not None:  # --resume",
+        "    if False:  # --resume",
+        (T_TRACK,),
+    ),
 ]
 
 

@@ -194,3 +194,25 @@ def test_a_search_tracks_its_trials_and_the_best_settings_seeds(cache, tmp_path)
     assert parent.data.metrics["best_validation"] == pytest.approx(
         json.loads((out / "best.json").read_text())["value"]
     )
+
+
+def test_a_resumed_run_continues_the_same_tracked_run(cache, tmp_path):
+    from train.config import TrainConfig
+    from train.loop import TrainingRun, fit
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking = TrackingOptions("mlflow", uri, "msmtfn")
+    cfg = TrainConfig.from_dict(
+        {"cache": str(cache), "out": str(tmp_path / "run"), "epochs": 3, "patience": 9,
+         "state_every": 1, "d_model": 16, "heads": 2, "ffn": 32, "gru_hidden": 8,
+         "head_hidden": 16, "cross_layers": 1, "bottleneck_layers": 1, "threads": 1,
+         "plots": False, "progress": False}
+    )  # fmt: skip
+    run = TrainingRun(cfg, tracking=tracking).start()
+    run.epoch(1)  # then the process dies: the tracked run is left RUNNING
+    first = run.tracked.run_id
+    fit(cfg, resume=True, tracking=tracking)
+    client, runs = _runs(uri)
+    assert [r.info.run_id for r in runs] == [first] and runs[0].info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(first, "train_loss")]
+    assert sorted(steps) == [1, 2, 3]
