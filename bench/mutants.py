@@ -406,8 +406,8 @@ MUTANTS = [
     Mutant(
         "search: trials score the test split",
         SEARCH,
-        "run = TrainingRun(cfg, loaded=loaded, score_test=False).start()",
-        "run = TrainingRun(cfg, loaded=loaded).start()",
+        "run = TrainingRun(cfg, loaded=loaded, score_test=False, parent=parent)",
+        "run = TrainingRun(cfg, loaded=loaded, parent=parent)",
         (T_SEARCH,),
     ),
     Mutant(
