@@ -31,6 +31,8 @@ EXPLAIN, T_EXPLAIN = "train/explain.py", "tests/test_explain.py"
 SEARCH, T_SEARCH = "train/search.py", "tests/test_search.py"
 TRACKING, T_TRACK = "train/tracking.py", "tests/test_tracking.py"
 DATA, T_CURVE = "train/data.py", "tests/test_learning_curve.py"
+SERVE, SERVICE, T_SERVE = "predict/serve.py", "predict/service.py", "tests/test_serve.py"
+DECODING = "predict/decoding.py"
 
 
 @dataclass(frozen=True)
@@ -507,6 +509,76 @@ MUTANTS = [
         "    if old is not None:  # --resume",
         "    if False:  # --resume",
         (T_TRACK,),
+    ),
+    Mutant(
+        "serve: any API key is accepted",
+        SERVE,
+        'scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode())',
+        'scheme.lower() == "bearer" or True',
+        (f"{T_SERVE}::test_api_key_is_required_and_compared",),
+    ),
+    Mutant(
+        "serve: the upload limit is checked only from Content-Length",
+        SERVE,
+        "            if self.received > self.limit:\n",
+        "            if False:\n",
+        (f"{T_SERVE}::test_upload_limit_is_enforced_while_the_body_streams",),
+    ),
+    Mutant(
+        "serve: uploads are left in the temporary folder",
+        SERVE,
+        "                up.audio.unlink(missing_ok=True)",
+        "                pass",
+        (f"{T_SERVE}::test_upload_limit_is_enforced_while_the_body_streams",),
+    ),
+    Mutant(
+        "serve: every call is its own model batch",
+        SERVICE,
+        "            while len(jobs) < self.max_batch:",
+        "            while False:",
+        (f"{T_SERVE}::test_concurrent_requests_share_batches_and_each_gets_its_own_answer",),
+    ),
+    Mutant(
+        "serve: a batch's answers go to the wrong requests",
+        SERVICE,
+        "            j.done.set_result((j.result, rows))",
+        "            j.done.set_result((jobs[0].result, rows))",
+        (f"{T_SERVE}::test_concurrent_requests_share_batches_and_each_gets_its_own_answer",),
+    ),
+    Mutant(
+        "serve: errors name the server's upload path",
+        SERVICE,
+        '.replace(path, "the upload")',
+        "",
+        (f"{T_SERVE}::test_hostile_and_broken_files_get_one_line_4xx_and_the_server_goes_on",),
+    ),
+    Mutant(
+        "serve: a non-loopback host without a key is allowed",
+        "predict/serve_config.py",
+        "    if key is None and not cfg.insecure and not is_loopback(cfg.host):",
+        "    if False:",
+        (f"{T_SERVE}::test_exposed_host_without_a_key_is_refused",),
+    ),
+    Mutant(
+        "decoding: a worker past its time is kept (still busy with the old file)",
+        DECODING,
+        "            if not p.conn.poll(self.limits.timeout_s):\n                p = self._replace(p)",
+        "            if not p.conn.poll(self.limits.timeout_s):\n                pass",
+        (f"{T_SERVE}::test_bounded_decoder_times_out_caps_memory_and_survives_a_dead_worker",),
+    ),
+    Mutant(
+        "decoding: no memory cap on the workers",
+        DECODING,
+        "    _limit_memory(limits.memory_mb)\n",
+        "",
+        (f"{T_SERVE}::test_bounded_decoder_times_out_caps_memory_and_survives_a_dead_worker",),
+    ),
+    Mutant(
+        "decoding: a truncated WAV is decoded as far as it goes",
+        DECODING,
+        "            if reason:\n                raise AudioError(reason)",
+        "            if False:\n                raise AudioError(reason)",
+        (f"{T_SERVE}::test_hostile_and_broken_files_get_one_line_4xx_and_the_server_goes_on",),
     ),
 ]
 

@@ -94,7 +94,8 @@ class PredictConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "audio", tuple(str(a) for a in self.audio))
-        if bool(self.transcripts) == bool(self.asr):
+        # no source and no recordings: the model alone (msmtfn-serve: the text comes per request)
+        if (self.transcripts and self.asr) or not (self.transcripts or self.asr or not self.audio):
             raise PredictError("give exactly one of --transcripts CSV or --asr MODEL")
         if self.explain_steps < 1:
             raise PredictError(f"--explain-steps {self.explain_steps}: give at least 1")

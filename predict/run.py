@@ -67,6 +67,13 @@ CUT_RATE = 16000  # the rate recordings are decoded at for cutting (and for ASR)
 OVERRUN_SECONDS = 1.0
 
 
+@dataclass(frozen=True)
+class CutPlan:
+    cut: str  # rows | pauses
+    note: str  # what the summary says of it
+    cutter: CutterConfig  # where --cut pauses cuts
+
+
 @dataclass
 class SegmentResult:
     call_id: str
@@ -191,39 +198,56 @@ class Predictor:
             )
         except ModelMismatch as e:
             raise PredictError(str(e)) from None
-        self.max_seconds = max_s = self.encoders.max_seconds
+        self.max_seconds = self.encoders.max_seconds
         self.profile = SegmentProfile.from_record(meta["cache"].get("segmentation"))
-        self.cut, self.cut_note = choose_cut(cfg, self.profile, max_s)
-        limit = self.profile.pause_limit if self.profile and self.cut == "pauses" else max_s
-        try:
-            self.cutter = CutterConfig(
-                method=cfg.cutter,
-                max_seconds=limit,
-                search_seconds=min(cfg.search_seconds, limit / 2),
-                min_seconds=min(1.0, limit / 4),
-            )
-        except CutterError as e:
-            raise PredictError(str(e)) from None
+        self._plans: dict[bool, CutPlan] = {}
+        # the command line's plan (a service's requests choose theirs: with or without transcript)
+        self.plan = self.cut_plan(bool(cfg.transcripts))
         self.device = torch.device(cfg.device)
         log.info(
             "%s: tasks %s; %s; encoders %s, %s",
             run,
             ", ".join(t["name"] for t in self.tasks),
-            self.cut_note,
+            self.plan.note,
             self.encoders.cfg.audio_model,
             self.encoders.cfg.text_model,
         )
         self.amp = self.train_cfg.amp and self.device.type == "cuda"
+        self.meta = meta
         self.explainer = None
         if cfg.explain:
-            from train.explain import Explainer, ExplainOptions
+            self.enable_explain()
 
-            opts = ExplainOptions(
-                row_segments=cfg.explain_segments,
-                method=cfg.explain_method,
-                steps=cfg.explain_steps,
-            )
-            self.explainer = Explainer(self.scheme, self.tasks, meta.get("priors", {}), opts)
+    def enable_explain(self) -> None:
+        """Build the explainer (--explain; a service builds it for its explain=true requests)."""
+        if self.explainer is not None:
+            return
+        from train.explain import Explainer, ExplainOptions
+
+        cfg = self.cfg
+        opts = ExplainOptions(
+            row_segments=cfg.explain_segments, method=cfg.explain_method, steps=cfg.explain_steps
+        )
+        self.explainer = Explainer(self.scheme, self.tasks, self.meta.get("priors", {}), opts)
+
+    def cut_plan(self, timed_transcript: bool) -> CutPlan:
+        """How a recording is cut when its text comes from a timed transcript (True) or from the
+        speech recognizer (False): the rule of :func:`choose_cut`, its summary note, the cutter."""
+        if timed_transcript not in self._plans:
+            cfg, max_s = self.cfg, self.max_seconds
+            cut, note = choose_cut(cfg.cut, timed_transcript, self.profile, max_s)
+            limit = self.profile.pause_limit if self.profile and cut == "pauses" else max_s
+            try:
+                cutter = CutterConfig(
+                    method=cfg.cutter,
+                    max_seconds=limit,
+                    search_seconds=min(cfg.search_seconds, limit / 2),
+                    min_seconds=min(1.0, limit / 4),
+                )
+            except CutterError as e:
+                raise PredictError(str(e)) from None
+            self._plans[timed_transcript] = CutPlan(cut, note, cutter)
+        return self._plans[timed_transcript]
 
     # -------------------------------------------------------------------------------- model over
     # calls
@@ -266,19 +290,20 @@ class Predictor:
 
 
 def choose_cut(
-    cfg: PredictConfig, profile: SegmentProfile | None, max_seconds: float
+    cut: str, timed_transcript: bool, profile: SegmentProfile | None, max_seconds: float
 ) -> tuple[str, str]:
     """(``rows`` | ``pauses``, what the summary says of it): ``--cut auto`` cuts as the run's
     training segments were made — by the transcript's rows where the training rows were timed rows
     of longer recordings and a transcripts CSV is given, else at pauses into pieces of the
-    training's lengths."""
-    cut = cfg.cut
+    training's lengths. ``cut``: the --cut option; ``timed_transcript``: the text comes from a
+    transcript (else from the speech recognizer)."""
+    asked = cut
     if cut == "auto":
         timed_rows = profile is not None and profile.policy == "rows"
-        cut = "rows" if timed_rows and cfg.transcripts else "pauses"
+        cut = "rows" if timed_rows and timed_transcript else "pauses"
     if cut == "rows":
         what = (
-            "the transcript's rows" if cfg.transcripts else "the speech recognizer's timed chunks"
+            "the transcript's rows" if timed_transcript else "the speech recognizer's timed chunks"
         )
         why = (
             "as the run's training segments were"
@@ -294,7 +319,7 @@ def choose_cut(
     note = (
         f"cut at pauses into pieces of ≤ {profile.pause_limit:g} s (training: {profile.describe()})"
     )
-    if profile.policy == "rows" and cfg.cut == "auto":
+    if profile.policy == "rows" and asked == "auto":
         note += (
             "; the run was trained on the timed rows of its recordings: --transcripts cuts alike"
         )
@@ -369,13 +394,20 @@ def _plan_call(
     transcripts: dict | None,
     transcripts_path: str | None,
     asr: AsrTranscriber | None,
+    audio=None,
 ) -> tuple[CallResult, list[Segment]]:
+    """The call's segments (not yet encoded) and its result row. ``audio``: the recording already
+    decoded at CUT_RATE, or an AudioError (a service decodes in a bounded process), else it is
+    decoded here."""
     result = CallResult(call_id=call_id, source=path, status="ok")
     try:
-        x, _ = load_segment(path, None, None, CUT_RATE)
+        if isinstance(audio, AudioError):
+            raise audio
+        x = audio if audio is not None else load_segment(path, None, None, CUT_RATE)[0]
     except AudioError as e:
         result.status = f"skipped: {e}"
         return result, []
+    plan = pred.cut_plan(transcripts is not None)
     duration = len(x) / CUT_RATE
     if transcripts is not None:
         pieces: list[Piece] | None = transcripts.get(call_id)
@@ -387,7 +419,7 @@ def _plan_call(
     else:
         pieces = asr(x, CUT_RATE)
     pieces = _past_the_end(result, pieces, duration)
-    if pred.cut == "rows":
+    if plan.cut == "rows":
         if not pieces:
             result.status = (
                 f"skipped: no transcript row inside the recording's {duration:.1f} s (--cut rows)"
@@ -395,7 +427,7 @@ def _plan_call(
             return result, []
         bounds, texts = row_bounds(pieces, duration, pred.max_seconds)
     else:
-        bounds = cut_recording(x, CUT_RATE, pred.cutter)
+        bounds = cut_recording(x, CUT_RATE, plan.cutter)
         texts = assign_text(pieces, bounds)
     segs = [
         Segment(
@@ -565,7 +597,7 @@ def predict_calls(cfg: PredictConfig, predictor: Predictor | None = None) -> Pre
         tasks=[{k: t[k] for k in ("name", "classes", "kind", "level")} for t in pred.tasks],
         run=str(cfg.run),
         elapsed=time.perf_counter() - t0,
-        cut=pred.cut_note,
+        cut=pred.plan.note,
         report=str(report.close()) if report is not None else None,
     )
 

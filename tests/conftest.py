@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -123,3 +124,147 @@ epochs = {epochs}
 plots = false
 threads = 1
 """
+
+
+def build_tiny_run(root: Path, tiny_encoders: dict, max_seconds: float = 8.0) -> dict:
+    """A marketcalls-format dataset of 4-7.5 s segment files extracted with the tiny encoders (segment limit ``max_seconds``)
+    and a 2-epoch run; predict cuts new recordings at pauses into pieces of at most the training's 95th
+    percentile (~7.3 s)."""
+    data = write_marketcalls(root / "data", calls=9, segments=2, seconds=(4.0, 7.5))
+    cache = root / "cache.zarr"
+    from extract.run import ExtractConfig, extract
+    from train.config import TrainConfig
+    from train.loop import fit
+
+    extract(
+        ExtractConfig(
+            dataset="marketcalls",
+            data_dir=str(data),
+            out=str(cache),
+            audio_model=str(tiny_encoders["group"]),
+            text_model=str(tiny_encoders["text"]),
+            num_workers=0,
+            max_text_tokens=32,
+            max_seconds=max_seconds,
+        ),
+        progress=False,
+    )
+    m = fit(
+        TrainConfig(
+            cache=str(cache),
+            out=str(root / "run"),
+            d_model=32,
+            heads=4,
+            ffn=64,
+            gru_hidden=16,
+            head_hidden=32,
+            cross_layers=1,
+            bottleneck_layers=1,
+            epochs=2,
+            patience=2,
+            lr=1e-3,
+            batch_calls=4,
+            device="cpu",
+            plots=False,
+            progress=False,
+        )
+    )
+    return {"root": root, "data": data, "cache": cache, "run": Path(m["run_dir"]), **tiny_encoders}
+
+
+def _byte_symbols() -> list[str]:
+    """GPT-2's byte → printable-character table (what a byte-level BPE vocabulary is made of)."""
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+def build_tiny_whisper(folder: Path) -> Path:
+    """A randomly initialised Whisper (16 wide, 1+1 layers) with a byte-level tokenizer (no merges) carrying
+    Whisper's special and timestamp tokens, saved like a hub checkpoint: the real ASR pipeline code path, offline.
+    Its transcripts are random bytes; only the timing structure is meaningful."""
+    import torch
+    from transformers import (
+        GenerationConfig,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperTokenizer,
+    )
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(
+        json.dumps({t: i for i, t in enumerate(_byte_symbols())}), encoding="utf-8"
+    )
+    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    eot = "<|endoftext|>"
+    tok = WhisperTokenizer(
+        str(folder / "vocab.json"),
+        str(folder / "merges.txt"),
+        unk_token=eot,
+        bos_token=eot,
+        eos_token=eot,
+        pad_token=eot,
+    )
+    tok.add_special_tokens(
+        {
+            "additional_special_tokens": [
+                "<|startoftranscript|>",
+                "<|en|>",
+                "<|zh|>",
+                "<|translate|>",
+                "<|transcribe|>",
+                "<|startoflm|>",
+                "<|startofprev|>",
+                "<|nocaptions|>",
+                "<|notimestamps|>",
+            ]
+        }
+    )
+    tok.add_tokens([f"<|{i * 0.02:.2f}|>" for i in range(1501)])
+    ids = tok.convert_tokens_to_ids
+    torch.manual_seed(0)
+    cfg = WhisperConfig(
+        vocab_size=len(tok),
+        num_mel_bins=80,
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        max_source_positions=1500,
+        max_target_positions=64,
+        decoder_start_token_id=ids("<|startoftranscript|>"),
+        eos_token_id=ids(eot),
+        pad_token_id=ids(eot),
+        bos_token_id=ids(eot),
+    )
+    model = WhisperForConditionalGeneration(cfg).eval()
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=ids("<|startoftranscript|>"),
+        eos_token_id=ids(eot),
+        pad_token_id=ids(eot),
+        bos_token_id=ids(eot),
+        no_timestamps_token_id=ids("<|notimestamps|>"),
+        is_multilingual=False,
+        max_initial_timestamp_index=50,
+        max_length=32,
+        begin_suppress_tokens=[ids(eot)],
+        suppress_tokens=[],
+    )
+    model.save_pretrained(folder)
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
