@@ -25,6 +25,7 @@ COMMANDS = {  # console script -> entry point (setup.cfg [options.entry_points])
     "msmtfn-train": "train.cli:main",
     "msmtfn-sweep": "train.sweep_cli:main",
     "msmtfn-predict": "predict.cli:main",
+    "msmtfn-serve": "predict.serve_cli:main",
     "msmtfn-demo": "predict.demo:main",
 }
 HEAVY = (

@@ -47,6 +47,7 @@ _CUSTOM = {
     default="info",
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
+    help="info: a line per request and per scored call; warning: problems only.",
 )
 def main(log_level: str, **kw):
     """Score calls over HTTP: POST /v1/predict with a recording (and its transcript), as

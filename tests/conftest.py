@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -268,3 +274,81 @@ def build_tiny_whisper(folder: Path) -> Path:
     WhisperFeatureExtractor(feature_size=80).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+# --------------------------------------------------------------------------- msmtfn-serve
+REPO = Path(__file__).resolve().parents[1]
+KEY = "k3y-for-tests"
+
+
+class ServeProcess:
+    """``msmtfn-serve`` in a child process (port 0, CPU, 1 thread, ``TMPDIR`` = ``tmp``), ``url`` once
+    /readyz answers 200; ``predict`` posts a recording as a client would (tests, bench/serve_load.py)."""
+
+    def __init__(
+        self,
+        run: Path,
+        tmp: Path,
+        *args: str,
+        env: dict | None = None,
+        device: str = "cpu",
+        threads: str = "1",
+    ):
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.tmp = tmp
+        cmd = [sys.executable, "-m", "predict.serve_cli", "--run", str(run), "--port", "0"]
+        cmd += ["--device", device, "--threads", threads, *args]
+        env = {**os.environ, "TMPDIR": str(tmp), "PYTHONPATH": str(REPO), **(env or {})}
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        )
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+        port = self.wait_for(r"Uvicorn running on http://127\.0\.0\.1:(\d+)").group(1)
+        self.url = f"http://127.0.0.1:{port}"
+        import requests
+
+        deadline = time.monotonic() + 120
+        while requests.get(self.url + "/readyz", timeout=5).status_code != 200:
+            assert time.monotonic() < deadline and self.proc.poll() is None, self.log
+            time.sleep(0.2)
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, pattern: str, seconds: float = 120):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if m := re.search(pattern, line):
+                    return m
+            assert self.proc.poll() is None, self.log
+            time.sleep(0.05)
+        raise AssertionError(f"no {pattern!r} in:\n{self.log}")
+
+    def predict(self, audio: Path, transcript=None, key: str | None = KEY, **fields):
+        import requests
+
+        data = {k: str(v) for k, v in fields.items()}
+        if transcript is not None:
+            data["transcript"] = json.dumps(transcript)
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        with open(audio, "rb") as f:
+            r = requests.post(
+                self.url + "/v1/predict",
+                files={"audio": (audio.name, f)},
+                data=data,
+                headers=headers,
+                timeout=120,
+            )
+        return r.status_code, r.json()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(60)

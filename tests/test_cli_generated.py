@@ -12,6 +12,8 @@ from click.testing import CliRunner
 from pipeline.cli import UsageError, cli_errors, parse_key_values, parse_value
 from predict.cli import main as predict_main
 from predict.config import PredictConfig
+from predict.serve_cli import main as serve_main
+from predict.serve_config import ServeConfig
 from train.cli import main as train_main
 from train.config import NEGATABLE, POOLINGS, TrainConfig
 from train.sweep import SweepOptions
@@ -23,13 +25,19 @@ NOT_OPTIONS = {
     TrainConfig: {"progress"},
     SweepOptions: {"progress"},
     PredictConfig: {"group_calls", "batch_seconds", "progress"},
+    ServeConfig: set(),
 }
-DEST = {"run": "run_dir"}
+DEST = {PredictConfig: {"run": "run_dir"}}
 
 
 @pytest.mark.parametrize(
     "cls, command",
-    [(TrainConfig, train_main), (SweepOptions, sweep_run), (PredictConfig, predict_main)],
+    [
+        (TrainConfig, train_main),
+        (SweepOptions, sweep_run),
+        (PredictConfig, predict_main),
+        (ServeConfig, serve_main),
+    ],
 )
 def test_every_field_is_an_option_with_the_fields_default(cls, command):
     params = {p.name: p for p in command.params}
@@ -37,7 +45,7 @@ def test_every_field_is_an_option_with_the_fields_default(cls, command):
         if f.name in NOT_OPTIONS[cls]:
             assert f.name not in params
             continue
-        p = params[DEST.get(f.name, f.name)]
+        p = params[DEST.get(cls, {}).get(f.name, f.name)]
         assert p.help or isinstance(p, click.Argument), f.name
         if p.multiple or f.default is dataclasses.MISSING:
             continue

@@ -11,8 +11,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI_MODULES = ("extract.cli", "train.cli", "train.sweep_cli", "predict.cli", "predict.demo")
-HEAVY = ("torch", "transformers", "dask", "distributed", "zarr", "sklearn", "matplotlib")
+CLI_MODULES = (
+    "extract.cli",
+    "train.cli",
+    "train.sweep_cli",
+    "predict.cli",
+    "predict.serve_cli",
+    "predict.demo",
+)
+HEAVY = ("torch", "transformers", "dask", "distributed", "zarr", "sklearn", "matplotlib", "fastapi")
 
 
 @pytest.mark.parametrize("module", CLI_MODULES)

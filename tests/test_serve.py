@@ -10,13 +10,11 @@ import csv
 import http.client
 import json
 import os
-import re
 import signal
 import stat
 import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,7 +23,7 @@ import pytest
 import requests
 import soundfile as sf
 from click.testing import CliRunner
-from conftest import build_tiny_run, build_tiny_whisper
+from conftest import KEY, ServeProcess, build_tiny_run, build_tiny_whisper
 
 from predict.cli import main as predict_cli
 from predict.decoding import BoundedDecoder, DecodeLimits, wav_truncation
@@ -35,72 +33,11 @@ from predict.serve_cli import main as serve_cli
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 REPO = Path(__file__).resolve().parents[1]
-KEY = "k3y-for-tests"
 TRANSCRIPTS = {
     "callA": [(0.0, 3.0, "你好我想了解一下"), (3.5, 9.0, "价格多少"), (12.0, 19.5, "好的谢谢")],
     "callB": [(0.5, 18.0, "不需要谢谢再见")],
     "callC": [(1.0, 6.0, "在吗"), (7.0, 15.0, "我考虑一下")],
 }
-
-
-class Served:
-    """``msmtfn-serve`` in a child process; ``url`` once it is ready."""
-
-    def __init__(self, run: Path, tmp: Path, *args: str, env: dict | None = None):
-        tmp.mkdir(parents=True, exist_ok=True)
-        self.tmp = tmp
-        cmd = [sys.executable, "-m", "predict.serve_cli", "--run", str(run), "--port", "0"]
-        cmd += ["--device", "cpu", "--threads", "1", *args]
-        env = {**os.environ, "TMPDIR": str(tmp), "PYTHONPATH": str(REPO), **(env or {})}
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-        )
-        self.lines: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-        port = self.wait_for(r"Uvicorn running on http://127\.0\.0\.1:(\d+)").group(1)
-        self.url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while requests.get(self.url + "/readyz", timeout=5).status_code != 200:
-            assert time.monotonic() < deadline and self.proc.poll() is None, self.log
-            time.sleep(0.2)
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    @property
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    def wait_for(self, pattern: str, seconds: float = 120):
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                if m := re.search(pattern, line):
-                    return m
-            assert self.proc.poll() is None, self.log
-            time.sleep(0.05)
-        raise AssertionError(f"no {pattern!r} in:\n{self.log}")
-
-    def predict(self, audio: Path, transcript=None, key: str | None = KEY, **fields):
-        data = {k: str(v) for k, v in fields.items()}
-        if transcript is not None:
-            data["transcript"] = json.dumps(transcript)
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        with open(audio, "rb") as f:
-            r = requests.post(
-                self.url + "/v1/predict",
-                files={"audio": (audio.name, f)},
-                data=data,
-                headers=headers,
-                timeout=120,
-            )
-        return r.status_code, r.json()
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(60)
 
 
 def bursty(seconds: float, rate: int, seed: int) -> np.ndarray:
@@ -125,7 +62,7 @@ def served(tiny_encoders, tmp_path_factory):
     for i, name in enumerate(TRANSCRIPTS):
         sf.write(calls / f"{name}.wav", bursty(20.0, 8000, 10 + i), 8000)  # 320 kB each
     (root / "key").write_text(KEY + "\n")
-    server = Served(
+    server = ServeProcess(
         run,
         root / "tmp",
         "--api-key-file",
@@ -358,20 +295,24 @@ def test_explain_true_gives_each_segments_contribution_inline(served):
         assert isinstance(r["contribution"], float)
 
 
-def test_exposed_host_without_a_key_is_refused(served, monkeypatch):
+def test_exposed_host_without_a_key_is_refused(tmp_path, monkeypatch):
+    """Refused before anything loads (the run folder here does not even exist: checked later)."""
     monkeypatch.delenv("MSMTFN_API_KEY", raising=False)
-    res = CliRunner().invoke(serve_cli, ["--run", str(served["run"]), "--host", "0.0.0.0"])
+    run = str(tmp_path / "no-run")
+    res = CliRunner().invoke(serve_cli, ["--run", run, "--host", "0.0.0.0"])
     assert res.exit_code == 2 and "no API key is set" in res.output, res.output
     assert res.output.strip().count("\n") == 0
-    res = CliRunner().invoke(
-        serve_cli, ["--run", str(served["run"]), "--api-key-file", str(served["root"] / "nope")]
-    )
+    res = CliRunner().invoke(serve_cli, ["--run", run, "--api-key-file", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "cannot read the API key" in res.output
+    # with a key (or --insecure) the same host passes that check and reaches the run's
+    monkeypatch.setenv("MSMTFN_API_KEY", "k")
+    res = CliRunner().invoke(serve_cli, ["--run", run, "--host", "0.0.0.0"])
+    assert res.exit_code == 1 and "no such run folder" in res.output, res.output
 
 
 def test_asr_requests_and_sigterm_finishes_the_request_in_flight(served, tmp_path):
     whisper = build_tiny_whisper(tmp_path / "whisper")
-    server = Served(served["run"], tmp_path / "tmp", "--asr", str(whisper))
+    server = ServeProcess(served["run"], tmp_path / "tmp", "--asr", str(whisper))
     try:
         wav = served["calls"] / "callB.wav"
         status, body = server.predict(wav, key=None)
@@ -450,3 +391,21 @@ def test_bounded_decoder_times_out_caps_memory_and_survives_a_dead_worker(tmp_pa
     finally:
         d.close()
     assert wav_truncation(str(ok)) is None
+
+
+def test_a_run_that_cannot_be_loaded_stops_the_server_with_one_line(served, tmp_path):
+    import shutil
+
+    bad = tmp_path / "run"
+    shutil.copytree(served["run"], bad)
+    (bad / "model.safetensors").write_bytes(b"not a checkpoint")
+    r = subprocess.run(
+        [sys.executable, "-m", "predict.serve_cli", "--run", str(bad), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert r.returncode == 1, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("msmtfn-serve: ") and "model.safetensors" in last, r.stderr

@@ -13,8 +13,9 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 dest="${WHEELS:-$here/wheels}"
 limit_mib=60
-# with their dependencies: what pipeline/, extract/ and train/ import, + pynvml for torch.cuda.utilization
-main=(zarr numcodecs dask distributed soundfile soxr matplotlib nvidia-ml-py)
+# with their dependencies: what pipeline/, extract/ and train/ import, + pynvml for torch.cuda.utilization,
+# + what msmtfn-serve and its load benchmark need
+main=(zarr numcodecs dask distributed soundfile soxr matplotlib nvidia-ml-py fastapi uvicorn python-multipart requests)
 # without dependencies: audiomentations and the part of its dependency tree that importing it needs
 nodeps=(audiomentations numpy-minmax numpy-rms python-stretch librosa lazy_loader audioread decorator pooch
         platformdirs standard-aifc standard-sunau audioop-lts)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One call on a device lent for a few minutes: print what the image has, install what it lacks from the carried
-# wheel folder, measure everything issue 15 asks for (bench/gpu/measure.py), write results.json + results.md.
+# wheel folder, measure everything issue 15 asks for (bench/gpu/measure.py), write results.json + results.md,
+# then msmtfn-serve under load (bench/serve_load.py: serve_load.json/.txt).
 #
 #   bash bench/gpu/fetch-wheels.sh                        # here, with internet: -> bench/gpu/wheels/ (<= 60 MiB)
 #   bash bench/gpu/run.sh                                 # on the device, carrying bench/gpu/wheels
@@ -33,7 +34,7 @@ try:
 except Exception as e:
     print(f"torch: not usable ({e})")
 for m in ("transformers", "numpy", "scipy", "sklearn", "h5py", "click", "tqdm", "zarr", "numcodecs", "dask",
-          "distributed", "soundfile", "soxr", "audiomentations", "matplotlib", "pynvml"):
+          "distributed", "soundfile", "soxr", "audiomentations", "matplotlib", "pynvml", "fastapi", "uvicorn"):
     try:
         mod = __import__(m)
         print(f"  {m} {getattr(mod, '__version__', '?')}")
@@ -47,7 +48,8 @@ missing=$("$PY" - <<'PYEOF'
 import importlib.util as u
 mods = {"zarr": "zarr", "numcodecs": "numcodecs", "dask": "dask", "distributed": "distributed",
         "soundfile": "soundfile", "soxr": "soxr", "matplotlib": "matplotlib", "pynvml": "nvidia-ml-py",
-        "audiomentations": "audiomentations"}
+        "audiomentations": "audiomentations", "fastapi": "fastapi", "uvicorn": "uvicorn",
+        "python_multipart": "python-multipart", "requests": "requests"}
 print(" ".join(p for m, p in mods.items() if u.find_spec(m) is None))
 PYEOF
 )
@@ -100,5 +102,17 @@ fi
 timeout --signal=INT --kill-after=10 $(( ${budget%.*} + 25 )) "$PY" "$root/bench/gpu/measure.py" "${args[@]}" \
     --budget "$budget"
 rc=$?
+
+# msmtfn-serve under load (bench/serve_load.py): a part of its own, after the others, with its own bound
+echo "== serve load"
+if [[ -n "$dry" ]]; then
+    serve_args=(--device cpu --encoders tiny --seconds 10 --requests 4 --clients 1,4 --threads 1)
+else
+    serve_args=(--device cuda --encoders base --seconds 120 --requests 64)
+fi
+timeout --signal=INT --kill-after=10 "${SERVE_BUDGET:-120}" "$PY" "$root/bench/serve_load.py" \
+    "${serve_args[@]}" --json "$OUT/serve_load.json" 2>"$OUT/serve_load.err" | tee "$OUT/serve_load.txt"
+src=${PIPESTATUS[0]}
+(( src == 0 )) || { echo "serve load: rc $src"; tail -5 "$OUT/serve_load.err"; rc=$(( rc ? rc : src )); }
 echo "== results in $OUT (results.json, results.md); rc $rc; $(( $(date +%s) - t0 )) s in all"
 exit $rc
