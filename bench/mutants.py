@@ -580,6 +580,34 @@ MUTANTS = [
         "            if False:\n                raise AudioError(reason)",
         (f"{T_SERVE}::test_hostile_and_broken_files_get_one_line_4xx_and_the_server_goes_on",),
     ),
+    Mutant(
+        "store: chunks written without checksums",
+        "pipeline/store.py",
+        "    return (*compressors, zarr.codecs.Crc32cCodec())",
+        "    return tuple(compressors)",
+        ("tests/test_store_verify.py",),
+    ),
+    Mutant(
+        "verify: --repair leaves damaged rows marked done",
+        "pipeline/verify.py",
+        "            flags[r - start] = skipped[r - start] = False",
+        "            skipped[r - start] = False",
+        ("tests/test_store_verify.py",),
+    ),
+    Mutant(
+        "verify: padding past a row's length not checked",
+        "pipeline/verify.py",
+        "            elif np.any(hidden[i, n:]):",
+        "            elif False:",
+        ("tests/test_store_verify.py",),
+    ),
+    Mutant(
+        "verify: --repair leaves the damaged chunk in place",
+        "pipeline/verify.py",
+        "        store.write_slab(\n",
+        "        (lambda *a: None)(\n",
+        ("tests/test_store_verify.py",),
+    ),
 ]
 
 

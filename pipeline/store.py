@@ -51,7 +51,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+# 2: every chunk carries a CRC32C checksum (zarr's crc32c codec); 1 (still read): none
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 CREATING = "msmtfn_creating"  # root attribute present only while CacheStore.create is still writing
 TABLE_STR_FIELDS = ("call_id", "split", "label", "source_path", "variant", "segment_id")
 TABLE_FIELDS = TABLE_STR_FIELDS + ("segment_index", "start", "end")
@@ -63,6 +65,27 @@ class StoreError(Exception):
 
 class FingerprintMismatch(StoreError):
     pass
+
+
+class DamagedStore(StoreError):
+    """Chunks whose bytes fail their checksum or do not decode; ``rows``: the store rows."""
+
+    def __init__(self, message: str, rows: list[int]):
+        super().__init__(message)
+        self.rows = rows
+
+
+def checksummed(compressors) -> tuple:
+    """A chunk's codec chain ending in a CRC32C of the encoded bytes (checked on every read)."""
+    import zarr.codecs
+
+    return (*compressors, zarr.codecs.Crc32cCodec())
+
+
+def _plain():
+    import zarr.codecs
+
+    return (zarr.codecs.ZstdCodec(level=0),)  # zarr's own default for these arrays
 
 
 @dataclass(frozen=True)
@@ -179,7 +202,8 @@ def _dir_bytes(path: Path) -> int:
 def _create_feature_arrays(group, shape: StoreShape, codec: str) -> None:
     """Hidden states (one chunk per row, sharded), lengths and the row flags."""
     n, s = shape.n, max(1, min(shape.shard_size, shape.n or 1))
-    comp = make_compressors(codec)
+    comp = checksummed(make_compressors(codec))
+    small = checksummed(_plain())
     for mod, rows, dim in (
         ("audio", shape.audio_frames, shape.audio_dim),
         ("text", shape.text_tokens, shape.text_dim),
@@ -193,10 +217,16 @@ def _create_feature_arrays(group, shape: StoreShape, codec: str) -> None:
             compressors=comp,
             fill_value=0,
         )
-        group.create_array(f"{mod}/length", shape=(n,), chunks=(s,), dtype="int32", fill_value=0)
-    group.create_array("done", shape=(n,), chunks=(s,), dtype="bool", fill_value=False)
-    group.create_array("skipped", shape=(n,), chunks=(s,), dtype="bool", fill_value=False)
-    group.create_array("skip_reason", shape=(n,), chunks=(max(1, n),), dtype=str, fill_value="")
+        group.create_array(
+            f"{mod}/length", shape=(n,), chunks=(s,), dtype="int32", fill_value=0, compressors=small
+        )
+    for flag in ("done", "skipped"):
+        group.create_array(
+            flag, shape=(n,), chunks=(s,), dtype="bool", fill_value=False, compressors=small
+        )
+    group.create_array(
+        "skip_reason", shape=(n,), chunks=(max(1, n),), dtype=str, fill_value="", compressors=small
+    )
 
 
 def _create_table(group, n: int, segments: list[Segment], seconds) -> None:
@@ -213,7 +243,12 @@ def _create_table(group, n: int, segments: list[Segment], seconds) -> None:
     chunk = max(1, n)
     for name, values in cols.items():
         a = group.create_array(
-            f"table/{name}", shape=(n,), chunks=(chunk,), dtype=str, fill_value=""
+            f"table/{name}",
+            shape=(n,),
+            chunks=(chunk,),
+            dtype=str,
+            fill_value="",
+            compressors=checksummed(_plain()),
         )
         if segments:
             a[:] = np.array(values, dtype=object).astype(str)
@@ -232,6 +267,7 @@ def _create_table(group, n: int, segments: list[Segment], seconds) -> None:
             chunks=(chunk,),
             dtype=values.dtype,
             fill_value=0 if values.dtype.kind == "i" else np.nan,
+            compressors=checksummed(_plain()),
         )
         if segments:
             a[:] = values
@@ -399,12 +435,59 @@ class CacheStore:
                 f"{self.path}: schema version {v} is newer than this msmtfn understands "
                 f"({SCHEMA_VERSION}); upgrade msmtfn"
             )
-        if v != SCHEMA_VERSION:
+        if v not in READABLE_SCHEMAS:
             raise StoreError(
                 f"{self.path}: unknown schema version {v}; rebuild with msmtfn-extract --overwrite"
             )
 
     # --------------------------------------------------------------- properties
+    @property
+    def checksums(self) -> bool:
+        """Whether the hidden states' chunks carry CRC32C checksums (schema 2 on)."""
+        import zarr.codecs
+
+        codecs = list(self.group["audio/hidden"].metadata.codecs)
+        inner = [c for x in codecs for c in getattr(x, "codecs", ())]
+        return any(isinstance(c, zarr.codecs.Crc32cCodec) for c in codecs + inner)
+
+    def read_rows(self, name: str, rows) -> np.ndarray:
+        """Rows of a feature array (``audio/hidden`` …), one slice read where they are contiguous.
+        A chunk that fails its checksum or does not decode is a :class:`DamagedStore` naming the
+        array, the segments and the fix, never the codec's traceback nor bytes used as features."""
+        arr = self.group[name]
+        rows = np.asarray(rows, dtype=np.int64)
+        try:
+            if len(rows) and rows[-1] - rows[0] + 1 == len(rows) and np.all(np.diff(rows) == 1):
+                return arr[int(rows[0]) : int(rows[-1]) + 1]
+            return arr.get_orthogonal_selection((rows,) + (slice(None),) * (arr.ndim - 1))
+        except Exception as e:
+            if isinstance(e, (KeyboardInterrupt, MemoryError)):
+                raise
+            bad = self.damaged_rows(name, rows)
+            if not bad:
+                raise
+        ids = self.group["table/segment_id"][:][bad]
+        shown = ", ".join(map(str, ids[:5])) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+        raise DamagedStore(
+            f"{self.path}: {name} is damaged for {len(bad)} segment{'s' if len(bad) != 1 else ''} "
+            f"({shown}): its chunks fail their checksum or do not decode; run `msmtfn-extract "
+            f"verify {self.path} --repair`, then the msmtfn-extract command that made the store "
+            "(it re-encodes only those rows)",
+            [int(r) for r in bad],
+        ) from None
+
+    def damaged_rows(self, name: str, rows) -> list[int]:
+        """Which of ``rows`` of ``name`` cannot be read back (checksum, decoding), one at a time."""
+        arr, bad = self.group[name], []
+        for r in np.asarray(rows, dtype=np.int64).tolist():
+            try:
+                arr[r]
+            except Exception as e:
+                if isinstance(e, (KeyboardInterrupt, MemoryError)):
+                    raise
+                bad.append(r)
+        return bad
+
     @property
     def attrs(self) -> dict:
         return dict(self.group.attrs)
@@ -592,6 +675,7 @@ class CacheStore:
             "updated": a.get("updated"),
             "settings": a["settings"],
             "codec": a.get("codec"),
+            "checksums": self.checksums,
             "shape": asdict(shape),
             "segments_total": shape.n,
             "segments_done": int(done.sum()),

@@ -223,6 +223,7 @@ def _score_cache(run_dir, cache, split, out, kw) -> None:
     """The same inference path as training's evaluation (train.predictions): one CSV row per call or
     segment; with --explain, the report of the same pass."""
     from pipeline.atomic import atomic_write_text
+    from pipeline.store import StoreError
     from train.checkpoint import CheckpointError
     from train.data import TrainError
 
@@ -243,7 +244,7 @@ def _score_cache(run_dir, cache, split, out, kw) -> None:
             kw["explain_method"],
         )
         atomic_write_text(out, text)
-    except (TrainError, CheckpointError, PredictError, OSError) as e:
+    except (TrainError, CheckpointError, PredictError, StoreError, OSError) as e:
         _fail(e)
     more = f"; report {report.index_path}" if report else ""
     click.echo(f"scored {rows} {'rows' if rows != 1 else 'row'} of {cache} ({split}) → {out}{more}")

@@ -31,6 +31,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from .serve_config import ServeConfig
 from .service import RequestError, transcript_pieces
@@ -132,6 +133,7 @@ class _Upload:
 
     async def read(self, request: Request) -> None:
         from python_multipart import MultipartParser
+        from python_multipart.exceptions import FormParserError
         from python_multipart.multipart import parse_options_header
 
         kind, params = parse_options_header(request.headers.get("content-type", ""))
@@ -141,12 +143,22 @@ class _Upload:
             )
         callbacks = {n: getattr(self, n) for n in dir(self) if n.startswith("on_")}
         parser = MultipartParser(params[b"boundary"], callbacks)
+        try:
+            async for chunk in self._chunks(request):
+                parser.write(chunk)
+            parser.finalize()
+        except ClientDisconnect:
+            raise RequestError("the client went away before its upload was complete", 400) from None
+        except FormParserError as e:
+            line = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise RequestError(f"malformed multipart body ({line})", 400) from None
+
+    async def _chunks(self, request: Request):
         async for chunk in request.stream():
             self.received += len(chunk)
             if self.received > self.limit:
                 raise RequestError(_too_large(self.limit), 413)
-            parser.write(chunk)
-        parser.finalize()
+            yield chunk
 
 
 def _too_large(limit: int) -> str:

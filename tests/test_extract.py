@@ -421,7 +421,8 @@ def test_info_command(tmp_path, tiny_encoders):
     r = CliRunner().invoke(extract_cli, ["info", str(res.store)])
     assert r.exit_code == 0, r.output
     for needle in (
-        "schema version   1",
+        f"schema version   {SCHEMA_VERSION}",
+        "chunks checksummed (CRC32C)",
         "fingerprint",
         "12/12 done",
         "per split:",

@@ -409,3 +409,21 @@ def test_a_run_that_cannot_be_loaded_stops_the_server_with_one_line(served, tmp_
     assert r.returncode == 1, r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("msmtfn-serve: ") and "model.safetensors" in last, r.stderr
+
+
+def test_a_malformed_multipart_body_is_400(served):
+    server = served["server"]
+    body = b"--b\r\nnot a header line at all\r\n\r\nxx\r\n--b--\r\n"
+    headers = {
+        "Authorization": f"Bearer {KEY}",
+        "Content-Type": "multipart/form-data; boundary=b",
+        "Content-Length": str(len(body)),
+    }
+    r = _raw_post(server.url, headers, body).getresponse()
+    assert r.status == 400 and "malformed multipart" in json.loads(r.read())["error"]
+    r = requests.post(
+        server.url + "/v1/predict", data=b"{}", headers={"Authorization": f"Bearer {KEY}"}
+    )
+    assert r.status_code == 415 and "multipart/form-data" in r.json()["error"]
+    status, _ = server.predict(served["calls"] / "callA.wav", as_json("callA"))
+    assert status == 200

@@ -171,13 +171,15 @@ def main(ctx, config_file, resume_dir, overwrite, as_json, quiet, **opts):
     if not resume_dir:  # with --resume, the run's own cache is checked by the trainer
         check_paths(cfg.cache, None)  # a wrong path: one line before torch is imported
     # torch and the model: imported once the options are checked (--help and mistakes answer fast)
+    from pipeline.store import StoreError
+
     from .checkpoint import CheckpointError
     from .data import TrainError
     from .loop import fit
     from .report import format_summary
 
     # Ctrl-C: what is kept and the command that continues (loop.TrainInterrupted), exit 130
-    with cli_errors(user=(TrainError, CheckpointError), usage=(ConfigError,)):
+    with cli_errors(user=(TrainError, CheckpointError, StoreError), usage=(ConfigError,)):
         metrics = fit(cfg, resume=bool(resume_dir), overwrite=overwrite, tracking=tracking)
     click.echo(json.dumps(metrics, indent=2, default=str) if as_json else format_summary(metrics))
 

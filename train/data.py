@@ -518,13 +518,8 @@ class FeatureSource:
         return int(sum(t.numel() * t.element_size() for t in tensors))
 
     def _read(self, name: str, rows: np.ndarray) -> torch.Tensor:
-        arr = self.data.store.array(name)
-        # one slice read
-        if len(rows) and rows[-1] - rows[0] + 1 == len(rows) and np.all(np.diff(rows) == 1):
-            out = arr[int(rows[0]) : int(rows[-1]) + 1]
-        else:
-            out = arr.get_orthogonal_selection((rows, slice(None), slice(None)))
-        return torch.from_numpy(np.ascontiguousarray(out))
+        # a damaged chunk: one line naming the segments (pipeline.store.DamagedStore)
+        return torch.from_numpy(np.ascontiguousarray(self.data.store.read_rows(name, rows)))
 
     def view(self, modalities: tuple[str, ...]) -> FeatureSource:
         """The same loaded features serving a model that uses fewer modalities (a sweep loads the

@@ -36,9 +36,7 @@ def feature_stats(
     total, total_sq, n = np.zeros(dim), np.zeros(dim), 0
     for i in range(0, len(rows), 32):
         part = rows[i : i + 32]
-        block = np.asarray(
-            hidden.get_orthogonal_selection((part, slice(None), slice(None))), dtype=np.float64
-        )
+        block = np.asarray(store.read_rows(f"{modality}/hidden", part), dtype=np.float64)
         valid = np.arange(block.shape[1])[None, :] < lengths[i : i + 32, None]
         x = block[valid]
         total += x.sum(0)

@@ -98,6 +98,8 @@ def run_cmd(overrides, as_json, quiet, **kw):
     if problem:
         raise click.ClickException(problem)
     # torch and the trainer: imported once the options are read (``--help`` answers at once)
+    from pipeline.store import StoreError
+
     from .checkpoint import CheckpointError
     from .data import TrainError
 
@@ -105,11 +107,11 @@ def run_cmd(overrides, as_json, quiet, **kw):
     if search is not None:
         from .search import run_search
 
-        with cli_errors(user=(TrainError, CheckpointError), usage=(ConfigError,)):
+        with cli_errors(user=(TrainError, CheckpointError, StoreError), usage=(ConfigError,)):
             summary = run_search(opts)
         _print_search(summary, as_json)
         return
-    with cli_errors(user=(TrainError, CheckpointError), usage=(ConfigError,)):
+    with cli_errors(user=(TrainError, CheckpointError, StoreError), usage=(ConfigError,)):
         summary = run_sweep(opts)
     failed = summary.get("failed") or []
     # nothing to compare: an error, not 3
