@@ -195,8 +195,10 @@ def load_segment(
     if data.shape[1] > 1:
         data = data.mean(axis=1, keepdims=True)
     x = np.ascontiguousarray(data[:, 0])
+    del data  # a view of it remains in x until the resampled copy replaces it
     if sr != rate:
         x = soxr.resample(x, sr, rate, quality="HQ").astype(np.float32, copy=False)
-    if not np.any(np.abs(x) > 1e-6):
+    # max/min, not abs(x): no temporary the size of the recording (hours of audio in predict)
+    if not (x.max() > 1e-6 or x.min() < -1e-6):
         warnings.append("silent audio (encoded as is)")
     return x, warnings

@@ -66,12 +66,19 @@ def _smooth(x: np.ndarray, width: int) -> np.ndarray:
     return np.convolve(xp, np.ones(width) / width, mode="valid")
 
 
+BLOCK_SAMPLES = 1 << 22  # samples per block of energy_score (~4 min at 16 kHz)
+
+
 def energy_score(x: np.ndarray, rate: int, hop_seconds: float) -> tuple[np.ndarray, float]:
     """(RMS level in dB per frame, frame hop in seconds)."""
     hop = max(1, int(round(hop_seconds * rate)))
     n = len(x) // hop
-    frames = x[: n * hop].astype(np.float64).reshape(n, hop)
-    rms = np.sqrt((frames**2).mean(axis=1))
+    rms = np.empty(n)
+    # a block of frames at a time: float64 copies of a 3-hour recording would be 2 × 1.4 GB
+    step = max(1, BLOCK_SAMPLES // hop)
+    for i in range(0, n, step):
+        frames = x[i * hop : min(n, i + step) * hop].astype(np.float64).reshape(-1, hop)
+        rms[i : i + len(frames)] = np.sqrt((frames**2).mean(axis=1))
     if len(x) > n * hop:  # the last partial frame counts too
         rms = np.append(rms, np.sqrt((x[n * hop :].astype(np.float64) ** 2).mean()))
     return 20 * np.log10(rms + 1e-6), hop / rate

@@ -413,3 +413,18 @@ def test_an_unusable_asr_model_is_one_line_before_the_run_loads(rows_run, tmp_pa
         ), res.output
         assert says in lines[0] and "--transcripts CSV" in lines[0], lines[0]
         assert time.perf_counter() - t0 < 5 and not loaded
+
+
+def test_energy_score_in_blocks_equals_the_whole_recording_at_once(monkeypatch):
+    """Frame energies are computed a block at a time (bounded memory on hours of audio), with the same
+    numbers as one pass over the whole recording, whatever the block and the last partial frame."""
+    from predict import segmenter
+
+    x = np.random.default_rng(0).standard_normal(16000 * 7 + 123).astype(np.float32)
+    monkeypatch.setattr(segmenter, "BLOCK_SAMPLES", 10**12)
+    whole, hop = segmenter.energy_score(x, 16000, 0.02)
+    for block in (320, 16000, 16000 * 3 + 7):
+        monkeypatch.setattr(segmenter, "BLOCK_SAMPLES", block)
+        got, hop2 = segmenter.energy_score(x, 16000, 0.02)
+        assert hop2 == hop and len(got) == len(whole) == 351
+        np.testing.assert_array_equal(got, whole)
