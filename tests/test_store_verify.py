@@ -19,6 +19,7 @@ import pipeline.store as store_module
 from extract.cli import main as extract_cli
 from extract.run import ExtractConfig, extract
 from pipeline.store import SCHEMA_VERSION, CacheStore, DamagedStore
+from predict.cli import main as predict_cli
 from train.cli import main as train_cli
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -105,6 +106,38 @@ def test_a_flipped_bit_is_found_stops_training_and_is_repaired_bit_for_bit(made,
     assert "\n" not in line and "Traceback" not in line, r.output
     assert str(damaged) in line and "audio/hidden" in line and sid in line and "--repair" in line
     assert not (tmp_path / "run" / "model.safetensors").exists()
+    # a run trained on the intact store scoring the damaged one (msmtfn-predict --cache): the same line
+    r = CliRunner().invoke(
+        train_cli,
+        [
+            "--cache",
+            str(made["store"]),
+            "--out",
+            str(tmp_path / "ok"),
+            "--epochs",
+            "1",
+            "--heads",
+            "4",
+        ]
+        + ["--d-model", "32", "--ffn", "64", "--gru-hidden", "16", "--head-hidden", "32", "-q"],
+    )
+    assert r.exit_code == 0, r.output
+    run = next((tmp_path / "ok").glob("**/model.safetensors")).parent
+    r = CliRunner().invoke(
+        predict_cli,
+        [
+            "--run",
+            str(run),
+            "--cache",
+            str(damaged),
+            "--split",
+            "all",
+            "--out",
+            str(tmp_path / "p.csv"),
+        ],
+    )
+    assert r.exit_code == 1 and sid in r.output and "--repair" in r.output, r.output
+    assert r.output.strip().count("\n") == 0 and not (tmp_path / "p.csv").exists()
 
     code, report = verify(damaged, "--repair")
     assert code == 1 and report["repaired"] == 1
