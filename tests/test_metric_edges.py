@@ -74,7 +74,10 @@ def test_nonzero_f1_is_zero_for_a_class_never_predicted():
     got = nonzero_binary(np.array([1.0, -1.0, 2.0]), np.array([1.0, 1.0, 1.0]))
     # negatives: never predicted, F1 0 (not 1) with weight 1/3; positives: F1 0.8, weight 2/3
     assert got["weighted_f1_nonzero"] == pytest.approx(2 / 3 * 0.8)
-    assert nonzero_binary(np.zeros(3), np.ones(3))["n_nonzero"] == 0
+    empty = nonzero_binary(np.zeros(3), np.ones(3))
+    # every true value 0: the same keys as any other case (tables read them), figures NaN
+    assert empty.keys() == got.keys() and empty["n_nonzero"] == 0
+    assert np.isnan(empty["accuracy_nonzero"]) and np.isnan(empty["weighted_f1_nonzero"])
 
 
 def test_classes_from_values_clip_into_the_range_and_stay_whole_numbers():
