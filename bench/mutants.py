@@ -608,6 +608,27 @@ MUTANTS = [
         "        (lambda *a: None)(\n",
         ("tests/test_store_verify.py",),
     ),
+    Mutant(
+        "channel: left and right swapped",
+        "extract/audio.py",
+        'CHANNEL_INDEX = {"left": 0, "right": 1}',
+        'CHANNEL_INDEX = {"left": 1, "right": 0}',
+        ("tests/test_channels.py",),
+    ),
+    Mutant(
+        "channel: --channel customer ignores each call's column",
+        "extract/encode.py",
+        "    return seg.channel\n",
+        '    return "left"\n',
+        ("tests/test_channels.py",),
+    ),
+    Mutant(
+        "channel: predict mixes the channels whatever the run was trained on",
+        "predict/run.py",
+        "    channel = channel or pred.channel or pred.audio_channel(None)\n",
+        '    channel = "mix"\n',
+        ("tests/test_channels.py",),
+    ),
 ]
 
 

@@ -29,6 +29,7 @@ class AudioError(Exception):
 class AudioPolicy:
     rate_policy: str  # "encoder" | "paper-8k"
     encoder_rate: int  # the rate the encoder was trained on
+    channel: str = "mix"  # which channel is encoded (CacheSettings.channel)
 
     @property
     def input_rate(self) -> int:
@@ -165,10 +166,34 @@ def _first_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
+CHANNEL_INDEX = {"left": 0, "right": 1}
+
+
+def pick_channel(data: np.ndarray, channel: str) -> tuple[np.ndarray, list[str]]:
+    """(frames × channels) → (frames × 1): their mean (``mix``), or the one channel named (left =
+    0, right = 1, or its number). A mono recording is used as it is, with a warning."""
+    if channel == "mix" or not channel:
+        return (data.mean(axis=1, keepdims=True) if data.shape[1] > 1 else data), []
+    if data.shape[1] == 1:
+        return data, [f"mono recording: --channel {channel} has nothing to choose (used as it is)"]
+    k = CHANNEL_INDEX.get(channel)
+    if k is None:
+        if not str(channel).isdigit():
+            raise AudioError(
+                f"channel {channel!r}: give left, right or a channel number (0, 1, …); for "
+                "--channel customer, the call's customer_channel"
+            )
+        k = int(channel)
+    if k >= data.shape[1]:
+        raise AudioError(f"has {data.shape[1]} channels; channel {channel} is not one of them")
+    return data[:, k : k + 1], []
+
+
 def load_segment(
-    path: str, start: float | None, end: float | None, rate: int
+    path: str, start: float | None, end: float | None, rate: int, channel: str = "mix"
 ) -> tuple[np.ndarray, list[str]]:
-    """Decode [start, end) of ``path`` as mono float32 at ``rate``. Returns (samples, warnings).
+    """Decode [start, end) of ``path`` as mono float32 at ``rate`` (the channels mixed, or the one
+    ``channel`` names: :func:`pick_channel`). Returns (samples, warnings).
 
     Raises AudioError for what cannot be encoded: unreadable, empty, non-finite samples.
     Silence is kept (the paper found silent stretches informative) but named as a warning.
@@ -192,8 +217,8 @@ def load_segment(
     if not np.isfinite(data).all():
         bad = int((~np.isfinite(data)).sum())
         raise AudioError(f"audio has {bad} NaN/inf samples")
-    if data.shape[1] > 1:
-        data = data.mean(axis=1, keepdims=True)
+    data, picked = pick_channel(data, channel)
+    warnings += picked
     x = np.ascontiguousarray(data[:, 0])
     del data  # a view of it remains in x until the resampled copy replaces it
     if sr != rate:

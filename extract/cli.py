@@ -62,7 +62,8 @@ def format_info(info: dict) -> str:
         f"created/updated  {info.get('created')} / {info.get('updated')}",
         f"audio encoder    {s['audio']['model']}  layer {s['audio']['layer']}  weights {s['audio']['weights']}",
         f"                 rate policy {s['audio']['rate_policy']} ({s['audio']['input_rate']} Hz in), "
-        f"pool {s['audio']['pool']}, ≤{info['shape']['audio_frames']}×{info['shape']['audio_dim']} per segment",
+        f"pool {s['audio']['pool']}, ≤{info['shape']['audio_frames']}×{info['shape']['audio_dim']} per segment, "
+        f"channel {s['audio'].get('channel', 'mix')}",
         f"text encoder     {s['text']['model']}  layer {s['text']['layer']}  weights {s['text']['weights']}",
         f"                 ≤{info['shape']['text_tokens']}×{info['shape']['text_dim']} tokens per segment",
         f"compute dtype    {s['compute_dtype']} (stored float16); segments ≤ {s['segmentation']['max_seconds']} s",
@@ -128,6 +129,15 @@ def _run_default(name: str):
     return ExtractConfig.__dataclass_fields__[name].default
 
 
+def _refuse_with(problem):
+    def check(ctx, param, value):
+        if value is not None and (why := problem(value)):
+            raise click.BadParameter(f"{value!r}: {why}")
+        return value
+
+    return check
+
+
 def cache_options(command):
     """The options of every :class:`CacheSettings` field, in field order (name, default, choices,
     help from the field): a new cache setting is a new option without touching this file."""
@@ -142,6 +152,8 @@ def cache_options(command):
             kw["type"] = click.Choice(m["choices"])
         if "metavar" in m:
             kw["metavar"] = m["metavar"]
+        if "problem" in m:  # a value no run can use is bad usage (exit 2), said at once
+            kw["callback"] = _refuse_with(m["problem"])
         if f.name == "augment":
             kw["help"] += ": " + ", ".join(TRANSFORMS) + "."
             kw["show_default"] = False

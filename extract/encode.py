@@ -17,6 +17,18 @@ from .encoders import AudioEncoder, TextEncoder
 from .writer import ShardWriter
 
 
+def segment_channel(seg: Segment, setting: str) -> str:
+    """The channel a segment's audio is read from: the setting's, or with ``customer`` its call's
+    ``customer_channel`` (an AudioError where the call has none)."""
+    if setting != "customer":
+        return setting
+    if not seg.channel:
+        raise AudioError(
+            "--channel customer: this call has no customer_channel (left/right/0/1) in its CSV row"
+        )
+    return seg.channel
+
+
 class SegmentSource(torch.utils.data.Dataset):
     """Decodes, resamples, normalises and tokenises one planned row; runs in DataLoader workers."""
 
@@ -29,6 +41,7 @@ class SegmentSource(torch.utils.data.Dataset):
         feature_extractor,
         text_encoder: TextEncoder,
         augmenter: Augmenter | None = None,
+        channel: str = "mix",
     ):
         self.rows, self.rate, self.max_samples, self.min_samples = (
             rows,
@@ -37,6 +50,7 @@ class SegmentSource(torch.utils.data.Dataset):
             min_samples,
         )
         self.augmenter = augmenter
+        self.channel = channel
         self.fe = feature_extractor
         self.tokenize = text_encoder.tokenize
 
@@ -52,6 +66,7 @@ class SegmentSource(torch.utils.data.Dataset):
             encoders.audio.feature_extractor,
             encoders.text,
             augmenter,
+            getattr(encoders.policy, "channel", "mix"),
         )
 
     def __len__(self):
@@ -61,7 +76,9 @@ class SegmentSource(torch.utils.data.Dataset):
         seg = self.rows[i]
         item = {"row": i, "warnings": []}
         try:
-            x, warnings = load_segment(seg.audio_path, seg.start, seg.end, self.rate)
+            x, warnings = load_segment(
+                seg.audio_path, seg.start, seg.end, self.rate, segment_channel(seg, self.channel)
+            )
             if seg.variant != "orig":
                 x = self.augmenter(x, self.rate, seg)
                 # a slowed-down copy of a full-length segment: cut, as planned

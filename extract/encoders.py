@@ -483,7 +483,7 @@ def load_encoders(
         max_tokens=cache.max_text_tokens,
         trust_remote_code=trust_remote_code,
     )
-    policy = AudioPolicy(cache.rate_policy, audio.sampling_rate)
+    policy = AudioPolicy(cache.rate_policy, audio.sampling_rate, cache.channel)
     max_samples = int(round(cache.max_seconds * policy.input_rate))
     facts = EncoderFacts(
         audio_weights=audio.weights_hash,

@@ -61,6 +61,16 @@ def resolve_dtype(name: str, device: str) -> str:
     return name
 
 
+CHANNELS = ("mix", "left", "right", "customer")  # or a 0-based channel number
+
+
+def channel_problem(value: str) -> str | None:
+    """What is wrong with a channel setting no recording can have (None: nothing)."""
+    if value in CHANNELS or str(value).isdigit():
+        return None
+    return "give mix, left, right, a channel number (0, 1, …) or customer"
+
+
 def _opt(default, help: str, **cli):
     """A field that is also a ``msmtfn-extract`` option (``cli``: flag=, choices=, metavar=,
     cli_default=)."""
@@ -96,6 +106,13 @@ class CacheSettings:
     max_text_tokens: int = _opt(
         MAX_TEXT_TOKENS, "Text rows stored per segment (longer transcripts are cut)."
     )
+    channel: str = _opt(
+        "mix",
+        "Which channel of a multi-channel recording is encoded: mix (their mean), left, right, "
+        "N (0-based), or customer (each call's customer_channel column: left/right/0/1).",
+        metavar="mix|left|right|N|customer",
+        problem=channel_problem,
+    )
     # augmented copies of the training rows (extract/augment.py validates the names)
     augment: tuple[str, ...] = _opt(
         (),
@@ -124,6 +141,8 @@ class CacheSettings:
             )
         if self.dtype not in DTYPE_CHOICES:
             raise ValueError(f"unknown --dtype {self.dtype!r}; valid: {', '.join(DTYPE_CHOICES)}")
+        if problem := channel_problem(self.channel):
+            raise ValueError(f"--channel {self.channel!r}: {problem}")
         if self.augment and self.variants < 1:
             raise ValueError(f"--variants must be at least 1, not {self.variants}")
 
@@ -147,6 +166,8 @@ class CacheSettings:
                 "pool": self.pool,
                 "frames": facts.audio_frames,
                 "normalize": facts.normalize,
+                # only when chosen: stores made before the setting (all mixed) keep their fingerprint
+                **({"channel": self.channel} if self.channel != "mix" else {}),
             },
             "text": {
                 "model": self.text_model,
@@ -183,6 +204,7 @@ class CacheSettings:
             rate_policy=a.get("rate_policy", d["rate_policy"]),
             audio_pool=int(a.get("pool", d["audio_pool"])),
             max_text_tokens=int(t.get("max_tokens", d["max_text_tokens"])),
+            channel=str(a.get("channel", d["channel"])),
             augment=transforms,
             variants=len(aug.get("variants", ())) // len(transforms)
             if transforms

@@ -30,6 +30,8 @@ class Segment:
     end: float | None = None  # None = to the end
     variant: str = "orig"  # "orig" or an augmentation's name
     source_row: str = ""  # where it came from ("train.csv:17"), for error messages
+    # the customer's channel of a stereo call (left/right/N) where its CSV says; "" = not given
+    channel: str = ""
 
     def with_(self, **changes) -> Segment:
         return replace(self, **changes)
@@ -99,6 +101,8 @@ class Manifest:
         for s in self.segments:
             row = asdict(s)
             row.pop("source_row")
+            if not row["channel"]:  # manifests made before the column keep their digest
+                row.pop("channel")
             h.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())
             if with_file_stats and s.audio_path not in stats:
                 try:

@@ -44,6 +44,11 @@ class PredictConfig:
     text_model: str | None = option_field(
         None, "Where to read the run's text encoder (identity is checked)."
     )
+    customer_channel: str | None = option_field(
+        None,
+        "The customer's channel of the new recordings (left, right or N), for a run trained with "
+        "--channel customer (other runs read the channel they were trained on).",
+    )
     cut: str = option_field(
         "auto",
         "How recordings are cut into segments: auto = as the run's training segments were made "

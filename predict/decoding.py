@@ -89,7 +89,7 @@ def _worker(conn, limits: DecodeLimits, rate: int) -> None:
     conn.send("ready")  # the timeout counts decoding only, not this process's start
     while True:
         try:
-            path = conn.recv()
+            path, channel = conn.recv()
         except EOFError:
             return
         try:
@@ -102,7 +102,7 @@ def _worker(conn, limits: DecodeLimits, rate: int) -> None:
                     f"recording is {seconds / 60:.0f} min long; this server takes at most "
                     f"{limits.max_audio_minutes:g} min (--max-audio-minutes)"
                 )
-            x, _ = load_segment(path, None, None, rate)
+            x, _ = load_segment(path, None, None, rate, channel)
             conn.send(("ok", x))
         except AudioError as e:
             conn.send(("error", str(e)))
@@ -133,7 +133,7 @@ class _Process:
 
 
 class BoundedDecoder:
-    """``decode(path)`` → samples (float32 at ``rate``) or an AudioError; safe from many threads
+    """``decode(path, channel)`` → samples (float32 at ``rate``) or an AudioError; safe from many threads
     (each call takes a free worker, waiting for one if all are busy)."""
 
     def __init__(self, limits: DecodeLimits, rate: int):
@@ -159,13 +159,13 @@ class BoundedDecoder:
             self._all.remove(p)
         return self._start()
 
-    def decode(self, path: str):
+    def decode(self, path: str, channel: str = "mix"):
         from extract.audio import AudioError
 
         p = self._free.get()
         try:
             p.wait_ready()
-            p.conn.send(path)
+            p.conn.send((path, channel))
             if not p.conn.poll(self.limits.timeout_s):
                 p = self._replace(p)
                 return AudioError(

@@ -214,6 +214,8 @@ class Predictor:
         )
         self.amp = self.train_cfg.amp and self.device.type == "cuda"
         self.meta = meta
+        # the run's channel setting; with "customer", the recordings' customer channel
+        self.channel = self.audio_channel(cfg.customer_channel) if cfg.audio else None
         self.explainer = None
         if cfg.explain:
             self.enable_explain()
@@ -229,6 +231,20 @@ class Predictor:
             row_segments=cfg.explain_segments, method=cfg.explain_method, steps=cfg.explain_steps
         )
         self.explainer = Explainer(self.scheme, self.tasks, self.meta.get("priors", {}), opts)
+
+    def audio_channel(self, customer: str | None) -> str:
+        """The channel recordings are read from: the run's setting (mix, left, right, N), or with
+        a run trained on each call's customer channel, ``customer``."""
+        setting = self.encoders.policy.channel
+        if setting != "customer":
+            return setting
+        chosen = (customer or "").strip().lower()
+        if chosen not in ("left", "right") and not chosen.isdigit():
+            raise PredictError(
+                f"{self.cfg.run} was trained on each call's customer channel (--channel customer): "
+                "give the new recordings' customer channel with --customer-channel left|right|N"
+            )
+        return chosen
 
     def cut_plan(self, timed_transcript: bool) -> CutPlan:
         """How a recording is cut when its text comes from a timed transcript (True) or from the
@@ -395,15 +411,17 @@ def _plan_call(
     transcripts_path: str | None,
     asr: AsrTranscriber | None,
     audio=None,
+    channel: str | None = None,
 ) -> tuple[CallResult, list[Segment]]:
     """The call's segments (not yet encoded) and its result row. ``audio``: the recording already
     decoded at CUT_RATE, or an AudioError (a service decodes in a bounded process), else it is
-    decoded here."""
+    decoded here; ``channel``: the one to read (else the run's, :meth:`Predictor.audio_channel`)."""
     result = CallResult(call_id=call_id, source=path, status="ok")
+    channel = channel or pred.channel or pred.audio_channel(None)
     try:
         if isinstance(audio, AudioError):
             raise audio
-        x = audio if audio is not None else load_segment(path, None, None, CUT_RATE)[0]
+        x = audio if audio is not None else load_segment(path, None, None, CUT_RATE, channel)[0]
     except AudioError as e:
         result.status = f"skipped: {e}"
         return result, []
@@ -441,6 +459,7 @@ def _plan_call(
             start=a,
             end=b,
             source_row=path,
+            channel=channel,
         )
         for i, ((a, b), t) in enumerate(zip(bounds, texts))
     ]

@@ -59,6 +59,11 @@ PREDICT_BODY = {
                         },
                         "call_id": {"type": "string"},
                         "explain": {"type": "boolean", "default": False},
+                        "customer_channel": {
+                            "type": "string",
+                            "description": "left | right | N, for a run trained on each call's "
+                            "customer channel",
+                        },
                     },
                 }
             }
@@ -165,8 +170,9 @@ def _too_large(limit: int) -> str:
     return f"request body is over {limit / 2**20:g} MB (--max-upload-mb)"
 
 
-def _form(up: _Upload) -> tuple[list | None, str, bool]:
-    """The request's transcript, call id and explain flag from its text fields."""
+def _form(up: _Upload) -> tuple[list | None, str, bool, str | None]:
+    """The request's transcript, call id, explain flag and customer channel from its text
+    fields."""
     transcript = None
     if "transcript" in up.fields:
         try:
@@ -179,7 +185,8 @@ def _form(up: _Upload) -> tuple[list | None, str, bool]:
     flag = up.fields.get("explain", b"false").decode("ascii", "replace").strip().lower()
     if flag not in ("true", "false", "1", "0", "yes", "no", ""):
         raise RequestError(f"explain: {flag!r}; give true or false")
-    return transcript, call_id, flag in ("true", "1", "yes")
+    customer = up.fields.get("customer_channel", b"").decode("ascii", "replace").strip() or None
+    return transcript, call_id, flag in ("true", "1", "yes"), customer
 
 
 class _State:
@@ -265,9 +272,11 @@ def create_app(cfg: ServeConfig, key: str | None, load) -> FastAPI:
             await up.read(request)
             if up.audio is None:
                 raise RequestError("no audio part: send the recording in a field named audio")
-            transcript, call_id, explain = _form(up)
+            transcript, call_id, explain, customer = _form(up)
             pieces = None if transcript is None else transcript_pieces(transcript)
-            return await run_in_threadpool(s.score, str(up.audio), call_id, pieces, explain)
+            return await run_in_threadpool(
+                s.score, str(up.audio), call_id, pieces, explain, customer
+            )
         finally:
             up.close()
             if up.audio is not None:

@@ -197,15 +197,28 @@ class Scorer:
             },
         }
 
-    def score(self, path: str, call_id: str, pieces: list[Piece] | None, explain: bool) -> dict:
+    def score(
+        self,
+        path: str,
+        call_id: str,
+        pieces: list[Piece] | None,
+        explain: bool,
+        customer_channel: str | None = None,
+    ) -> dict:
         """One uploaded recording → the response's body (RequestError for what cannot be used)."""
+        try:
+            channel = self.pred.audio_channel(customer_channel)
+        except PredictError as e:
+            raise RequestError(
+                f"{e}".replace("--customer-channel", "the customer_channel field")
+            ) from None
         if pieces is None and self.asr is None:
             raise RequestError(
                 "no transcript in the request and this server has no --asr model: send a "
                 '"transcript" field (a JSON list of {"start", "end", "text"})'
             )
         log.info("call %s: scoring (%d bytes)", call_id, os.path.getsize(path))
-        audio = self.decoder.decode(path)
+        audio = self.decoder.decode(path, channel)
         key = uuid.uuid4().hex  # internal id: two clients may send the same call_id
         with self._asr_lock if pieces is None else contextlib.nullcontext():
             result, segs = _plan_call(
@@ -216,6 +229,7 @@ class Scorer:
                 "the request's transcript",
                 self.asr,
                 audio=audio,
+                channel=channel,
             )
         if result.ok:
             job = _Job(result, segs, explain, Future())

@@ -137,7 +137,7 @@ def test_numbers_equal_msmtfn_predict_for_the_same_file_and_transcript(served, t
         for task, p in body["predictions"].items():
             assert row[f"pred_{task}"] == p["class"]
             for c, v in p["probabilities"].items():
-                assert abs(float(row[f"p_{task}_{c}"]) - v) <= 5e-7 + 1e-9, (task, c)
+                assert abs(float(row[f"p_{task}_{c}"]) - v) <= 1e-6, (task, c)
 
 
 def test_concurrent_requests_share_batches_and_each_gets_its_own_answer(served):
@@ -338,7 +338,7 @@ def test_asr_requests_and_sigterm_finishes_the_request_in_flight(served, tmp_pat
         assert [s["text"] for s in body["segments"]] == texts and any(texts)
         (row,) = csv.DictReader(open(out, encoding="utf-8"))
         for c, v in body["predictions"]["5"]["probabilities"].items():
-            assert abs(float(row[f"p_5_{c}"]) - v) <= 5e-7 + 1e-9
+            assert abs(float(row[f"p_5_{c}"]) - v) <= 1e-6
 
         long = tmp_path / "long.wav"
         sf.write(long, bursty(240.0, 8000, 3), 8000)

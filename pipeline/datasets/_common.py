@@ -364,6 +364,23 @@ class RowChecks:
 # values
 
 
+CHANNEL_WORDS = {"left": "left", "l": "left", "right": "right", "r": "right"}
+
+
+def customer_channel(value: str) -> tuple[str, tuple[str, ...]]:
+    """A ``customer_channel`` cell → (``left`` | ``right`` | a channel number | "", warnings)."""
+    v = (value or "").strip().lower()
+    if not v:
+        return "", ()
+    if v in CHANNEL_WORDS:
+        return CHANNEL_WORDS[v], ()
+    if v.isdigit():
+        return str(int(v)), ()
+    return "", (
+        f"warning: customer_channel {value!r} is not left, right or a channel number; ignored",
+    )
+
+
 def normalise_split(value: str) -> str | None:
     return SPLIT_ALIASES.get(value.strip().lower())
 

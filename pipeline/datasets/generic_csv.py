@@ -29,6 +29,8 @@ column        required  meaning
                         unlabelled calls get none
 ``segment``   no        order of the segment within its call (a number); default: ``start``, then
                         row order
+``customer_`` no        ``customer_channel``: the customer's channel of a stereo recording (left,
+``channel``             right, or a channel number), read with ``--channel customer``
 ============  ========  ============================================================================
 
 Options: ``csv_path``, ``label_scheme`` (default ``marketcalls``; a built-in name or a custom
@@ -56,6 +58,7 @@ from ..manifest import Issue, Manifest
 from ._common import (
     ManifestError,
     bool_option,
+    customer_channel,
     read_csv,
     require_columns,
     scheme_or_error,
@@ -105,6 +108,8 @@ def _row(row: dict[str, str], cols: dict[str, str], where: str, any_split: bool)
             warnings = (
                 f"warning: segment {row['segment']!r} is not a number; ordered by start, then row order",
             )
+    channel, more = customer_channel(row.get("customer_channel", ""))
+    warnings += more
     seg_id = f"{call_id}/{audio_name.replace(chr(92), '/')}"
     if start is not None or end is not None:
         seg_id += f"@{start or 0.0:g}-" + (f"{end:g}" if end is not None else "end")
@@ -122,6 +127,7 @@ def _row(row: dict[str, str], cols: dict[str, str], where: str, any_split: bool)
         unread=unread,
         problem=problem,
         warnings=warnings,
+        channel=channel,
     )
 
 

@@ -29,6 +29,7 @@ from ..manifest import Issue, Manifest
 from ._common import (
     ManifestError,
     bool_option,
+    customer_channel,
     last_int,
     read_csv,
     require_columns,
@@ -124,6 +125,8 @@ def parse_marketcalls(
             split, problem = file_split or "", None
             if split_mode == "column":
                 split, problem = split_or_problem(row.get("split", ""), allow_empty=False)
+            channel, more = customer_channel(row.get("customer_channel", ""))
+            warnings += more
             rows.append(
                 RawRow(
                     call_id=call_id,
@@ -137,6 +140,7 @@ def parse_marketcalls(
                     unread=unread,
                     problem=problem,
                     warnings=tuple(warnings),
+                    channel=channel,
                 )
             )
     notes: dict = {"split": split_mode, "sources": [p.name for p, _ in sources]}

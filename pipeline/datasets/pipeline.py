@@ -54,6 +54,7 @@ class RawRow:
     unread: str | None = None
     problem: str | None = None
     warnings: tuple[str, ...] = ()
+    channel: str = ""  # the customer's channel (a customer_channel column), normalised
 
 
 @dataclass
@@ -250,6 +251,7 @@ def _segments(
             start=start,
             end=end,
             source_row=where,
+            channel=row.channel,
         )
         calls.setdefault(row.call_id, []).append((row.order, order, seg))
     audio_issues.flush()
