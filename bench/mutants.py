@@ -629,6 +629,20 @@ MUTANTS = [
         '    channel = "mix"\n',
         ("tests/test_channels.py",),
     ),
+    Mutant(
+        "roles: predict gives new transcripts without the speakers",
+        "predict/run.py",
+        '    if pred.encoders.cfg.roles == "prefix":  # as the run\'s training text was written',
+        "    if False:",
+        ("tests/test_roles.py",),
+    ),
+    Mutant(
+        "roles: --roles prefix writes nothing before the utterances",
+        "pipeline/manifest.py",
+        '    return f"{speaker}: {text}" if speaker else text',
+        "    return text",
+        ("tests/test_roles.py",),
+    ),
 ]
 
 

@@ -19,7 +19,7 @@ from pipeline.datasets import load_manifest
 from pipeline.datasets.pipeline import short_rows
 from pipeline.device import resolve_device
 from pipeline.fingerprint import compute_fingerprint
-from pipeline.manifest import Manifest, Segment
+from pipeline.manifest import Manifest, Segment, role_text
 from pipeline.store import CODECS, CacheStore, StoreShape, remove_partial_writes
 
 from .augment import add_variant_rows
@@ -73,6 +73,8 @@ def make_plan(
     )
     rows, durations = plan_segments(manifest, c.max_seconds, workers=max(1, cfg.num_workers))
     rows, durations = add_variant_rows(rows, durations, c.augment, c.variants, c.max_seconds)
+    if c.roles == "prefix":  # after splitting: every piece of a long row keeps its speaker
+        rows = [r.with_(text=role_text(r.speaker, r.text)) for r in rows]
     log.info(
         "%s: %d calls, %d segments (%d rows with long segments split and augmented copies), %d manifest issues",
         cfg.dataset,

@@ -62,6 +62,7 @@ def resolve_dtype(name: str, device: str) -> str:
 
 
 CHANNELS = ("mix", "left", "right", "customer")  # or a 0-based channel number
+ROLES = ("none", "prefix")
 
 
 def channel_problem(value: str) -> str | None:
@@ -106,6 +107,12 @@ class CacheSettings:
     max_text_tokens: int = _opt(
         MAX_TEXT_TOKENS, "Text rows stored per segment (longer transcripts are cut)."
     )
+    roles: str = _opt(
+        "none",
+        "prefix: the speaker's name (a speaker column) is written before each utterance in the "
+        "text the text encoder reads ('customer: 我想了解一下'); none: the text as it is.",
+        choices=ROLES,
+    )
     channel: str = _opt(
         "mix",
         "Which channel of a multi-channel recording is encoded: mix (their mean), left, right, "
@@ -141,6 +148,8 @@ class CacheSettings:
             )
         if self.dtype not in DTYPE_CHOICES:
             raise ValueError(f"unknown --dtype {self.dtype!r}; valid: {', '.join(DTYPE_CHOICES)}")
+        if self.roles not in ROLES:
+            raise ValueError(f"--roles {self.roles!r}: valid are {', '.join(ROLES)}")
         if problem := channel_problem(self.channel):
             raise ValueError(f"--channel {self.channel!r}: {problem}")
         if self.augment and self.variants < 1:
@@ -176,6 +185,7 @@ class CacheSettings:
                 "tokenizer": facts.tokenizer,
                 "layer": self.text_layer,
                 "max_tokens": self.max_text_tokens,
+                **({"roles": self.roles} if self.roles != "none" else {}),
             },
             "compute_dtype": facts.compute_dtype,
             "store_dtype": STORE_DTYPE,
@@ -205,6 +215,7 @@ class CacheSettings:
             audio_pool=int(a.get("pool", d["audio_pool"])),
             max_text_tokens=int(t.get("max_tokens", d["max_text_tokens"])),
             channel=str(a.get("channel", d["channel"])),
+            roles=str(t.get("roles", d["roles"])),
             augment=transforms,
             variants=len(aug.get("variants", ())) // len(transforms)
             if transforms

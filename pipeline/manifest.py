@@ -32,9 +32,15 @@ class Segment:
     source_row: str = ""  # where it came from ("train.csv:17"), for error messages
     # the customer's channel of a stereo call (left/right/N) where its CSV says; "" = not given
     channel: str = ""
+    speaker: str = ""  # who speaks (a speaker column: agent, customer, …); "" = not given
 
     def with_(self, **changes) -> Segment:
         return replace(self, **changes)
+
+
+def role_text(speaker: str, text: str) -> str:
+    """An utterance as ``--roles prefix`` gives it to the text encoder: ``speaker: text``."""
+    return f"{speaker}: {text}" if speaker else text
 
 
 @dataclass(frozen=True)
@@ -101,8 +107,9 @@ class Manifest:
         for s in self.segments:
             row = asdict(s)
             row.pop("source_row")
-            if not row["channel"]:  # manifests made before the column keep their digest
-                row.pop("channel")
+            for key in ("channel", "speaker"):  # manifests made before these keep their digest
+                if not row[key]:
+                    row.pop(key)
             h.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())
             if with_file_stats and s.audio_path not in stats:
                 try:

@@ -24,7 +24,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -34,7 +34,7 @@ from extract import AudioError, load_segment
 from extract.segmentation import split_text
 from pipeline.atomic import atomic_write_text
 from pipeline.labels import get_scheme
-from pipeline.manifest import Segment
+from pipeline.manifest import Segment, role_text
 from pipeline.segment_profile import SegmentProfile
 from train.checkpoint import CheckpointError, load_run, read_run_config
 from train.data import segments_batch
@@ -437,6 +437,8 @@ def _plan_call(
     else:
         pieces = asr(x, CUT_RATE)
     pieces = _past_the_end(result, pieces, duration)
+    if pred.encoders.cfg.roles == "prefix":  # as the run's training text was written
+        pieces = [replace(p, text=role_text(p.speaker, p.text)) for p in pieces]
     if plan.cut == "rows":
         if not pieces:
             result.status = (

@@ -45,8 +45,9 @@ class RequestError(Exception):
 
 
 def transcript_pieces(items) -> list[Piece]:
-    """A request's transcript: a JSON list of ``{"start", "end", "text"}`` (seconds; ``end`` null =
-    to the end of the recording, as an empty end in predict's CSV), in time order."""
+    """A request's transcript: a JSON list of ``{"start", "end", "text"[, "speaker"]}`` (seconds;
+    ``end`` null = to the end of the recording, as an empty end in predict's CSV), in time
+    order."""
     if not isinstance(items, list):
         raise RequestError('transcript: expected a JSON list of {"start", "end", "text"}')
     out = []
@@ -63,7 +64,10 @@ def transcript_pieces(items) -> list[Piece]:
             raise RequestError(
                 f"transcript item {i}: start {start:g}, end {end:g}: need 0 ≤ start ≤ end"
             )
-        out.append(Piece(start, end, item.get("text", "")))
+        speaker = item.get("speaker") or ""
+        if not isinstance(speaker, str):
+            raise RequestError(f"transcript item {i}: speaker must be text")
+        out.append(Piece(start, end, item.get("text", ""), speaker.strip()))
     return sorted(out, key=lambda p: (p.start, p.end))
 
 

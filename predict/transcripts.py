@@ -31,10 +31,11 @@ class Piece:
     start: float
     end: float
     text: str
+    speaker: str = ""  # a speaker column (agent, customer, …); "" = not given
 
 
 def read_transcript_csv(path: str | Path) -> dict[str, list[Piece]]:
-    """``call_id,start,end,text`` (call_id = the recording's file stem; other columns are ignored;
+    """``call_id,start,end,text[,speaker]`` (call_id = the recording's file stem; other columns are ignored;
     header names case-insensitive; UTF-8 or GB18030). As in the extract CSV, an empty ``start`` is
     the beginning and an empty ``end`` the end of the recording (``end`` = inf here). Returns pieces
     by call id, in time order."""
@@ -62,7 +63,8 @@ def read_transcript_csv(path: str | Path) -> dict[str, list[Piece]]:
             bad.append(line)
             continue
         if row["call_id"]:
-            out.setdefault(row["call_id"], []).append(Piece(start, end, row["text"]))
+            piece = Piece(start, end, row["text"], row.get("speaker", "").strip())
+            out.setdefault(row["call_id"], []).append(piece)
     if bad:
         log.warning(
             "%s: %d rows without valid start/end seconds are ignored (lines %s)",

@@ -31,6 +31,8 @@ column        required  meaning
                         row order
 ``customer_`` no        ``customer_channel``: the customer's channel of a stereo recording (left,
 ``channel``             right, or a channel number), read with ``--channel customer``
+``speaker``   no        who speaks in the row (agent, customer, …); with ``--roles prefix`` the text
+                        encoder reads ``speaker: text``
 ============  ========  ============================================================================
 
 Options: ``csv_path``, ``label_scheme`` (default ``marketcalls``; a built-in name or a custom
@@ -128,6 +130,7 @@ def _row(row: dict[str, str], cols: dict[str, str], where: str, any_split: bool)
         problem=problem,
         warnings=warnings,
         channel=channel,
+        speaker=row.get("speaker", "").strip(),
     )
 
 

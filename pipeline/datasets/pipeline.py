@@ -55,6 +55,7 @@ class RawRow:
     problem: str | None = None
     warnings: tuple[str, ...] = ()
     channel: str = ""  # the customer's channel (a customer_channel column), normalised
+    speaker: str = ""  # who speaks in the row (a speaker column)
 
 
 @dataclass
@@ -252,6 +253,7 @@ def _segments(
             end=end,
             source_row=where,
             channel=row.channel,
+            speaker=row.speaker,
         )
         calls.setdefault(row.call_id, []).append((row.order, order, seg))
     audio_issues.flush()

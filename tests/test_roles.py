@@ -1,0 +1,130 @@
+"""Speaker roles: a ``speaker`` column in the generic CSV (and in predict's transcripts) and ``--roles
+prefix``, which writes the speaker's name before each utterance in the text the text encoder reads;
+a cache setting, so the fingerprint and ``info`` carry it, and predict writes new transcripts alike."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from extract.cli import main as extract_cli
+from pipeline.store import CacheStore
+from predict.run import PredictConfig, Predictor, _plan_call
+from predict.transcripts import read_transcript_csv
+from train.config import TrainConfig
+from train.loop import fit
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+RATE = 16000
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("roles")
+    (root / "audio").mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(6):
+        sf.write(
+            root / "audio" / f"c{i}.wav",
+            0.2 * rng.standard_normal(3 * RATE).astype(np.float32),
+            RATE,
+        )
+        split = ("train", "train", "valid", "valid", "test", "test")[i]
+        label = "ABCDE"[i % 5]
+        rows.append(
+            [f"c{i}", f"audio/c{i}.wav", 0, 1.5, "您好请问有什么需要", label, split, "agent"]
+        )
+        rows.append(
+            [f"c{i}", f"audio/c{i}.wav", 1.5, 3.0, "我想了解一下价格", label, split, "customer"]
+        )
+    with open(root / "calls.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["call_id", "audio", "start", "end", "text", "label", "split", "speaker"])
+        w.writerows(rows)
+    return root
+
+
+def _extract(data: Path, out: Path, enc: dict, *extra: str) -> CacheStore:
+    args = ["--dataset", "csv", "--data-dir", str(data), "--out", str(out), "-q"]
+    args += ["--audio-model", str(enc["group"]), "--text-model", str(enc["text"])]
+    r = CliRunner().invoke(
+        extract_cli, args + ["--loader-workers", "0", "--max-text-tokens", "24", *extra]
+    )
+    assert r.exit_code == 0, r.output
+    return CacheStore.open(out)
+
+
+@pytest.fixture(scope="module")
+def stores(data, tiny_encoders, tmp_path_factory):
+    root = tmp_path_factory.mktemp("role-stores")
+    return {
+        "none": _extract(data, root / "none.zarr", tiny_encoders),
+        "prefix": _extract(data, root / "prefix.zarr", tiny_encoders, "--roles", "prefix"),
+        "split": _extract(
+            data, root / "split.zarr", tiny_encoders, "--roles", "prefix", "--max-seconds", "1"
+        ),
+    }
+
+
+def test_roles_prefix_writes_the_speaker_before_each_utterance(stores):
+    none, prefix = stores["none"].segment_texts(), stores["prefix"].segment_texts()
+    assert set(none) == {"您好请问有什么需要", "我想了解一下价格"}
+    assert set(prefix) == {"agent: 您好请问有什么需要", "customer: 我想了解一下价格"}
+    # what the text encoder read differs; the audio does not
+    a, b = stores["none"], stores["prefix"]
+    assert not np.array_equal(a.array("text/hidden")[:], b.array("text/hidden")[:])
+    np.testing.assert_array_equal(a.array("audio/hidden")[:], b.array("audio/hidden")[:])
+    assert a.fingerprint != b.fingerprint
+    assert "roles" not in a.settings["text"] and b.settings["text"]["roles"] == "prefix"
+    # a row cut into pieces: every piece keeps its speaker
+    pieces = stores["split"].segment_texts()
+    assert len(pieces) == 24 and all(t.startswith(("agent: ", "customer: ")) for t in pieces)
+
+
+def test_predict_writes_new_transcripts_as_the_run_was_trained(stores, data, tmp_path):
+    m = fit(
+        TrainConfig(
+            cache=str(stores["prefix"].path), out=str(tmp_path / "run"), d_model=32, heads=4, ffn=64,
+            gru_hidden=16, head_hidden=32, cross_layers=1, bottleneck_layers=1, epochs=1,
+            batch_calls=2, device="cpu", plots=False, progress=False,
+        )
+    )  # fmt: skip
+    csv_path = tmp_path / "t.csv"
+    csv_path.write_text(
+        "call_id,start,end,text,speaker\nc0,0,1.5,您好请问有什么需要,agent\nc0,1.5,3,我想了解一下价格,customer\n",
+        encoding="utf-8",
+    )
+    wav = str(data / "audio" / "c0.wav")
+    pred = Predictor(
+        PredictConfig(
+            run=m["run_dir"], audio=(wav,), transcripts=str(csv_path), cut="rows", progress=False
+        )
+    )
+    result, segs = _plan_call(pred, wav, "c0", read_transcript_csv(csv_path), str(csv_path), None)
+    assert result.ok, result.status
+    assert [s.text for s in segs] == ["agent: 您好请问有什么需要", "customer: 我想了解一下价格"]
+    feats = pred.encoders.encode(segs)
+    stored = stores["prefix"].array("text/hidden")[:2]
+    for f, row in zip(feats, stored):
+        np.testing.assert_allclose(
+            f.text.astype(np.float32), row[: len(f.text)].astype(np.float32), atol=1e-3
+        )
+
+
+def test_an_unknown_roles_value_is_bad_usage(data, tiny_encoders, tmp_path):
+    args = ["--dataset", "csv", "--data-dir", str(data), "--out", str(tmp_path / "x.zarr")]
+    args += [
+        "--audio-model",
+        str(tiny_encoders["group"]),
+        "--text-model",
+        str(tiny_encoders["text"]),
+    ]
+    r = CliRunner().invoke(extract_cli, args + ["--roles", "suffix"])
+    assert r.exit_code == 2 and "--roles" in r.output
