@@ -583,7 +583,7 @@ MUTANTS = [
     Mutant(
         "store: chunks written without checksums",
         "pipeline/store.py",
-        "    return (*compressors, zarr.codecs.Crc32cCodec())",
+        "    return (*(compressors or ()), zarr.codecs.Crc32cCodec())",
         "    return tuple(compressors)",
         ("tests/test_store_verify.py",),
     ),

@@ -79,7 +79,7 @@ def checksummed(compressors) -> tuple:
     """A chunk's codec chain ending in a CRC32C of the encoded bytes (checked on every read)."""
     import zarr.codecs
 
-    return (*compressors, zarr.codecs.Crc32cCodec())
+    return (*(compressors or ()), zarr.codecs.Crc32cCodec())
 
 
 def _plain():

@@ -192,42 +192,23 @@ def _form(up: _Upload) -> tuple[list | None, str, bool, str | None]:
 class _State:
     """The app's scorer, loaded in the background so that /healthz answers while it loads."""
 
-    def __init__(self):
+    def __init__(self, key: str | None):
+        self.key = key
         self.scorer = None
         self.error: str | None = None
         self.ready = threading.Event()
 
-
-def create_app(cfg: ServeConfig, key: str | None, load) -> FastAPI:
-    """The app; ``load()`` returns the :class:`Scorer` (called once, in a thread, at start-up).
-    ``key``: the API key /v1/ requires (None: none)."""
-    state = _State()
-    folder = Path(tempfile.mkdtemp(prefix="msmtfn-serve-"))  # mkdtemp: mode 0700
-    limit = int(cfg.max_upload_mb * 2**20)
-
-    def load_in_background():
+    def load(self, load, run: str) -> None:
         try:
-            state.scorer = load()
-            log.info("ready: %s", cfg.run)
+            self.scorer = load()
+            log.info("ready: %s", run)
         except Exception as e:  # the reason on /readyz and in the log, once
-            state.error = str(e).splitlines()[0] if str(e) else type(e).__name__
-            log.error("cannot load %s: %s", cfg.run, state.error)
-        state.ready.set()
+            self.error = str(e).splitlines()[0] if str(e) else type(e).__name__
+            log.error("cannot load %s: %s", run, self.error)
+        self.ready.set()
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app):
-        threading.Thread(target=load_in_background, name="msmtfn-load", daemon=True).start()
-        yield
-        if state.scorer is not None:  # after uvicorn finished the requests in flight
-            await run_in_threadpool(state.scorer.close)
-        shutil.rmtree(folder, ignore_errors=True)
-
-    app = FastAPI(title="msmtfn-serve", version="1", lifespan=lifespan)
-    app.state.serve = state
-    app.state.upload_folder = folder
-    _errors_as_json(app)
-
-    def authorise(request: Request) -> None:
+    def authorise(self, request: Request) -> None:
+        key = self.key
         if key is None:
             return
         given = request.headers.get("authorization", "")
@@ -237,12 +218,35 @@ def create_app(cfg: ServeConfig, key: str | None, load) -> FastAPI:
         ):
             raise RequestError("missing or wrong API key: send 'Authorization: Bearer KEY'", 401)
 
-    def scorer():
-        if state.error:
-            raise RequestError(f"the model could not be loaded: {state.error}", 503)
-        if state.scorer is None:
+    def loaded(self):
+        if self.error:
+            raise RequestError(f"the model could not be loaded: {self.error}", 503)
+        if self.scorer is None:
             raise RequestError("the model is still loading; retry in a few seconds", 503)
-        return state.scorer
+        return self.scorer
+
+
+def create_app(cfg: ServeConfig, key: str | None, load) -> FastAPI:
+    """The app; ``load()`` returns the :class:`Scorer` (called once, in a thread, at start-up).
+    ``key``: the API key /v1/ requires (None: none)."""
+    state = _State(key)
+    folder = Path(tempfile.mkdtemp(prefix="msmtfn-serve-"))  # mkdtemp: mode 0700
+    limit = int(cfg.max_upload_mb * 2**20)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        threading.Thread(
+            target=state.load, args=(load, cfg.run), name="msmtfn-load", daemon=True
+        ).start()
+        yield
+        if state.scorer is not None:  # after uvicorn finished the requests in flight
+            await run_in_threadpool(state.scorer.close)
+        shutil.rmtree(folder, ignore_errors=True)
+
+    app = FastAPI(title="msmtfn-serve", version="1", lifespan=lifespan)
+    app.state.serve = state
+    app.state.upload_folder = folder
+    _errors_as_json(app)
 
     @app.get("/healthz")
     def healthz():
@@ -257,13 +261,13 @@ def create_app(cfg: ServeConfig, key: str | None, load) -> FastAPI:
 
     @app.get("/v1/info")
     def info(request: Request):
-        authorise(request)
-        return scorer().info()
+        state.authorise(request)
+        return state.loaded().info()
 
     @app.post("/v1/predict", openapi_extra=PREDICT_BODY)
     async def predict(request: Request):
-        authorise(request)
-        s = scorer()
+        state.authorise(request)
+        s = state.loaded()
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise RequestError(_too_large(limit), 413)

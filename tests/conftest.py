@@ -321,10 +321,11 @@ class ServeProcess:
     def log(self) -> str:
         return "".join(self.lines)
 
-    def wait_for(self, pattern: str, seconds: float = 120):
+    def wait_for(self, pattern: str, seconds: float = 120, after: int = 0):
+        """The first log line from line ``after`` on that matches ``pattern``."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            for line in list(self.lines):
+            for line in list(self.lines)[after:]:
                 if m := re.search(pattern, line):
                     return m
             assert self.proc.poll() is None, self.log

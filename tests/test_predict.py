@@ -435,7 +435,10 @@ def test_csv_helpers_round_trip_quotes(tmp_path):
         w.writerow(["c1", "0", "1", "first", "client"])
         w.writerow(["c1", "x", "1", "bad row", "client"])
     got = read_transcript_csv(p)
-    assert got == {"c1": [Piece(0.0, 1.0, "first"), Piece(2.5, 4.0, 'he said "yes, please"')]}
+    # the optional speaker column is read (for runs made with --roles prefix)
+    assert got == {
+        "c1": [Piece(0.0, 1.0, "first", "client"), Piece(2.5, 4.0, 'he said "yes, please"', "agent")]
+    }
 
 
 # ------------------------------------------------------------------------------------ speech recognition

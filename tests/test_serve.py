@@ -347,9 +347,10 @@ def test_asr_requests_and_sigterm_finishes_the_request_in_flight(served, tmp_pat
         def call():
             answer["r"] = server.predict(long, [{"start": 0, "end": 5, "text": "好"}], key=None)
 
+        seen = len(server.lines)  # the scoring line of this request, not of the one above
         t = threading.Thread(target=call)
         t.start()
-        server.wait_for(r"call \S+: scoring")
+        server.wait_for(r"call \S+: scoring", after=seen)
         server.proc.send_signal(signal.SIGTERM)
         t.join(120)
         status, body = answer["r"]
