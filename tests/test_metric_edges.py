@@ -20,6 +20,7 @@ from train.metrics import (
     _pearson,
     classes_from_values,
     nonzero_binary,
+    selection_score,
     task_kind,
 )
 
@@ -154,3 +155,16 @@ def test_vectorised_f1_of_a_resample_holding_one_class_is_one():
     assert macro[1] == pytest.approx((1 + 2 / 3 + 0) / 3) and weighted[1] == pytest.approx(
         (1 + 2 / 3) / 3
     )
+
+
+def test_a_missing_figure_or_loss_ranks_worst_whichever_way_the_metric_points():
+    """MAE is lower-is-better: a missing or NaN MAE must still rank below any real one (not be negated
+    into the best), and a missing validation loss below a real one."""
+    for missing in ({}, {"mae": float("nan")}):
+        assert selection_score({"mae": 10.0, "corr": 0.0}, "mae", 0.5) > selection_score(
+            missing, "mae", 0.5
+        )
+    assert selection_score({"mae": 0.2}, "mae", 0.5)[0] == -0.2
+    f1 = {"macro_f1": 0.5, "accuracy": 0.5}
+    assert selection_score(f1, "macro_f1", 1.0) > selection_score(f1, "macro_f1", None)
+    assert selection_score(f1, "macro_f1", None)[-1] == -math.inf
