@@ -437,7 +437,10 @@ def test_csv_helpers_round_trip_quotes(tmp_path):
     got = read_transcript_csv(p)
     # the optional speaker column is read (for runs made with --roles prefix)
     assert got == {
-        "c1": [Piece(0.0, 1.0, "first", "client"), Piece(2.5, 4.0, 'he said "yes, please"', "agent")]
+        "c1": [
+            Piece(0.0, 1.0, "first", "client"),
+            Piece(2.5, 4.0, 'he said "yes, please"', "agent"),
+        ]
     }
 
 
