@@ -215,7 +215,7 @@ MUTANTS = [
     Mutant(
         "predict cuts at pauses whatever the training segments were",
         "predict/run.py",
-        'cut = "rows" if timed_rows and cfg.transcripts else "pauses"',
+        'cut = "rows" if timed_rows and timed_transcript else "pauses"',
         'cut = "pauses"',
         (T_CUT,),
     ),
