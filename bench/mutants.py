@@ -632,8 +632,8 @@ MUTANTS = [
     Mutant(
         "roles: predict gives new transcripts without the speakers",
         "predict/run.py",
-        '    if pred.encoders.cfg.roles == "prefix":  # as the run\'s training text was written',
-        "    if False:",
+        "    roles = pred.encoders.cfg.roles  # as the run's training text was written",
+        '    roles = "none"',
         ("tests/test_roles.py",),
     ),
     Mutant(
@@ -642,6 +642,41 @@ MUTANTS = [
         '    return f"{speaker}: {text}" if speaker else text',
         "    return text",
         ("tests/test_roles.py",),
+    ),
+    Mutant(
+        "roles: predict writes the speaker before a long row's first piece only",
+        "predict/run.py",
+        '        texts += [role_text(p.speaker, t) if roles == "prefix" else t for t in shares]',
+        '        texts += [role_text(p.speaker, t) if roles == "prefix" and not i else t for i, t in enumerate(shares)]',
+        ("tests/test_roles.py",),
+    ),
+    Mutant(
+        "units: a customer's reply starts a unit of its own",
+        "pipeline/units.py",
+        '        if not units or (role == "agent" and not same_turn):',
+        "        if not units or not same_turn:",
+        ("tests/test_units.py",),
+    ),
+    Mutant(
+        "units: merged past the segment limit",
+        "pipeline/units.py",
+        "            if not open_before and math.isfinite(end) and end - start <= max_seconds + 1e-9:",
+        "            if not open_before and math.isfinite(end):",
+        ("tests/test_units.py",),
+    ),
+    Mutant(
+        "units: predict cuts by rows whatever the run's units were",
+        "predict/run.py",
+        '        self.units = self.encoders.cfg.units if cfg.units == "auto" else cfg.units',
+        '        self.units = "rows" if cfg.units == "auto" else cfg.units',
+        ("tests/test_units.py",),
+    ),
+    Mutant(
+        "units: a unit's audio ends at its first row",
+        "extract/segmentation.py",
+        "        end=last.end,",
+        "        end=first.end,",
+        ("tests/test_units.py",),
     ),
 ]
 

@@ -27,7 +27,7 @@ from .augment import settings as augment_settings
 from .config import ExtractConfig, ExtractResult
 from .encode import EncodeStats, make_batches
 from .encoders import Encoders, check_model_folders, load_encoders
-from .segmentation import plan_segments
+from .segmentation import plan_segments, unite_turns
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,8 @@ def make_plan(
         seed=c.seed,
         **cfg.dataset_options,
     )
+    if c.units == "turns":  # before the split: a unit over the limit is cut as a long row
+        manifest = unite_turns(manifest, c.max_seconds, c.roles)
     rows, durations = plan_segments(manifest, c.max_seconds, workers=max(1, cfg.num_workers))
     rows, durations = add_variant_rows(rows, durations, c.augment, c.variants, c.max_seconds)
     if c.roles == "prefix":  # after splitting: every piece of a long row keeps its speaker

@@ -12,8 +12,10 @@ from __future__ import annotations
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
-from pipeline.manifest import Manifest, Segment
+from pipeline.manifest import Manifest, Segment, role_text
+from pipeline.units import join_texts, turn_units
 
 from .audio import probe_duration
 
@@ -68,3 +70,73 @@ def plan_segments(
                 durations[piece.segment_id] = piece.end - piece.start
         rows.extend(seg.with_(index=i) for i, seg in enumerate(out))
     return rows, durations
+
+
+def _timed_runs(segs: list[Segment]) -> list[list[Segment]]:
+    """A call's segments as runs: consecutive timed rows of one recording together, every other
+    segment (a file of its own) alone."""
+    runs: list[list[Segment]] = []
+    for s in segs:
+        timed = s.start is not None or s.end is not None
+        prev = runs[-1][-1] if runs else None
+        if (
+            timed
+            and prev is not None
+            and prev.audio_path == s.audio_path
+            and prev.start is not None
+        ):
+            runs[-1].append(s)
+        else:
+            runs.append([s])
+    return runs
+
+
+def _unit_segment(parts: list[Segment], roles: str) -> Segment:
+    first, last = parts[0], parts[-1]
+    text = join_texts(
+        [role_text(p.speaker, p.text) if roles == "prefix" else p.text for p in parts]
+    )
+    return first.with_(
+        segment_id=f"{first.segment_id}..{last.segment_id}",
+        end=last.end,
+        text=text,
+        speaker="",  # several speakers: their names are in the text under --roles prefix
+        source_row=f"{first.source_row} (+{len(parts) - 1} rows)",
+    )
+
+
+def unite_turns(manifest: Manifest, max_seconds: float, roles: str = "none") -> Manifest:
+    """``--units turns``: each recording's timed rows grouped into conversation units
+    (pipeline/units.py); a unit of several rows becomes one segment (their texts joined, each with
+    its speaker before it under ``--roles prefix``), a unit of one row stays as it was. Raises
+    ValueError (one line) for a dataset that has no units to make."""
+    if manifest.scheme.level == "segment":
+        raise ValueError(
+            f"--units turns: {manifest.dataset}'s labels are per utterance "
+            f"({manifest.label_scheme}); a unit would merge differently labelled rows"
+        )
+    out: list[Segment] = []
+    for segs in manifest.calls().values():
+        for run in _timed_runs(segs):
+            if len(run) == 1:
+                out.append(run[0])
+                continue
+            if missing := next((s for s in run if not s.speaker), None):
+                raise ValueError(
+                    f"{missing.source_row}: no speaker; --units turns needs a speaker column "
+                    "(agent, customer, …) on every timed row of a recording"
+                )
+            spans = [(s.start or 0.0, math.inf if s.end is None else s.end) for s in run]
+            for unit in turn_units(spans, [s.speaker for s in run], max_seconds):
+                parts = [run[i] for i in unit]
+                out.append(parts[0] if len(parts) == 1 else _unit_segment(parts, roles))
+    if not any(s.start is not None or s.end is not None for s in manifest.segments):
+        raise ValueError(
+            f"--units turns: {manifest.dataset}'s segments are files of their own, not timed rows "
+            "of a recording (a CSV with start/end and speaker columns)"
+        )
+    calls: dict[str, int] = {}
+    for i, s in enumerate(out):  # renumber each call's segments in order
+        out[i] = s.with_(index=calls.setdefault(s.call_id, 0))
+        calls[s.call_id] += 1
+    return replace(manifest, segments=out)

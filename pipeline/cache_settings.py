@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
+from .units import UNITS
+
 # --------------------------------------------------------------------------- constants used in
 # several stages
 PAPER_AUDIO_MODEL = "TencentGameMate/chinese-hubert-base"
@@ -113,6 +115,13 @@ class CacheSettings:
         "text the text encoder reads ('customer: 我想了解一下'); none: the text as it is.",
         choices=ROLES,
     )
+    units: str = _opt(
+        "rows",
+        "turns: a recording's timed rows with speakers are grouped into conversation units (an "
+        "agent turn and the customer's reply), merged up to --max-seconds; rows: each row is a "
+        "segment.",
+        choices=UNITS,
+    )
     channel: str = _opt(
         "mix",
         "Which channel of a multi-channel recording is encoded: mix (their mean), left, right, "
@@ -150,6 +159,8 @@ class CacheSettings:
             raise ValueError(f"unknown --dtype {self.dtype!r}; valid: {', '.join(DTYPE_CHOICES)}")
         if self.roles not in ROLES:
             raise ValueError(f"--roles {self.roles!r}: valid are {', '.join(ROLES)}")
+        if self.units not in UNITS:
+            raise ValueError(f"--units {self.units!r}: valid are {', '.join(UNITS)}")
         if problem := channel_problem(self.channel):
             raise ValueError(f"--channel {self.channel!r}: {problem}")
         if self.augment and self.variants < 1:
@@ -189,7 +200,11 @@ class CacheSettings:
             },
             "compute_dtype": facts.compute_dtype,
             "store_dtype": STORE_DTYPE,
-            "segmentation": {"max_seconds": self.max_seconds, "long_segments": "equal pieces"},
+            "segmentation": {
+                "max_seconds": self.max_seconds,
+                "long_segments": "equal pieces",
+                **({"units": self.units} if self.units != "rows" else {}),
+            },
             "augmentation": augmentation,
         }
 
@@ -216,6 +231,7 @@ class CacheSettings:
             max_text_tokens=int(t.get("max_tokens", d["max_text_tokens"])),
             channel=str(a.get("channel", d["channel"])),
             roles=str(t.get("roles", d["roles"])),
+            units=str(seg.get("units", d["units"])),
             augment=transforms,
             variants=len(aug.get("variants", ())) // len(transforms)
             if transforms

@@ -10,6 +10,7 @@ from pipeline.cli import option_field
 from .segmenter import CUTTERS
 
 CUTS = ("auto", "rows", "pauses")
+UNIT_CHOICES = ("auto", "rows", "turns")
 
 
 class PredictError(Exception):
@@ -56,6 +57,14 @@ class PredictConfig:
         "at pauses into pieces of the training's lengths); rows = one segment per transcript row; "
         "pauses.",
         choices=CUTS,
+    )
+    units: str = option_field(
+        "auto",
+        "With --cut rows (or auto): turns = the transcript's rows grouped into conversation units "
+        "(an agent turn and the customer's reply, merged up to the run's segment limit; its speaker "
+        "column says who speaks), rows = one segment per row; auto = as the run's training "
+        "segments were made (--units of msmtfn-extract).",
+        choices=UNIT_CHOICES,
     )
     cutter: str = option_field(
         "energy",
@@ -106,6 +115,10 @@ class PredictConfig:
             raise PredictError(f"--explain-steps {self.explain_steps}: give at least 1")
         if self.cut not in CUTS:
             raise PredictError(f"--cut {self.cut}: valid are {', '.join(CUTS)}")
+        if self.units not in UNIT_CHOICES:
+            raise PredictError(f"--units {self.units}: valid are {', '.join(UNIT_CHOICES)}")
+        if self.units == "turns" and self.cut == "pauses":
+            raise PredictError("--units turns groups the transcript's rows: not with --cut pauses")
         if self.device == "auto":  # as the command line: cuda when available
             from pipeline.device import resolve_device
 

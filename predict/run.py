@@ -36,6 +36,7 @@ from pipeline.atomic import atomic_write_text
 from pipeline.labels import get_scheme
 from pipeline.manifest import Segment, role_text
 from pipeline.segment_profile import SegmentProfile
+from pipeline.units import join_texts, turn_units
 from train.checkpoint import CheckpointError, load_run, read_run_config
 from train.data import segments_batch
 from train.predictions import (
@@ -200,6 +201,8 @@ class Predictor:
             raise PredictError(str(e)) from None
         self.max_seconds = self.encoders.max_seconds
         self.profile = SegmentProfile.from_record(meta["cache"].get("segmentation"))
+        # conversation units (pipeline/units.py): as the run's training segments, unless chosen
+        self.units = self.encoders.cfg.units if cfg.units == "auto" else cfg.units
         self._plans: dict[bool, CutPlan] = {}
         # the command line's plan (a service's requests choose theirs: with or without transcript)
         self.plan = self.cut_plan(bool(cfg.transcripts))
@@ -252,6 +255,17 @@ class Predictor:
         if timed_transcript not in self._plans:
             cfg, max_s = self.cfg, self.max_seconds
             cut, note = choose_cut(cfg.cut, timed_transcript, self.profile, max_s)
+            if self.units == "turns" and timed_transcript and cfg.cut != "pauses":
+                cut = "rows"
+                why = (
+                    "as the run's training segments were made"
+                    if cfg.units == "auto"
+                    else "as --units turns asks"
+                )
+                note = (
+                    "cut into conversation units (an agent turn and the customer's reply, merged up "
+                    f"to {max_s:g} s) of the transcript's rows, {why}"
+                )
             limit = self.profile.pause_limit if self.profile and cut == "pauses" else max_s
             try:
                 cutter = CutterConfig(
@@ -343,12 +357,13 @@ def choose_cut(
 
 
 def row_bounds(
-    pieces: list[Piece], duration: float, max_seconds: float
+    pieces: list[Piece], duration: float, max_seconds: float, roles: str = "none"
 ) -> tuple[list[tuple[float, float | None]], list[str]]:
     """Segments cut by the transcript's rows, as extraction cuts a CSV's timed rows: each row is a
     segment (its end clipped to the recording; an empty end = to the end); a row over
-    ``max_seconds`` becomes equal pieces with its text shared out (extract.segmentation). Rows
-    starting after the end are left out by the caller."""
+    ``max_seconds`` becomes equal pieces with its text shared out (extract.segmentation), each
+    piece with its row's speaker written before it under ``--roles prefix``, as extraction writes
+    them. Rows starting after the end are left out by the caller."""
     bounds: list[tuple[float, float | None]] = []
     texts: list[str] = []
     for p in pieces:
@@ -363,15 +378,34 @@ def row_bounds(
             )
             continue
         n = max(1, math.ceil(span / max_seconds - 1e-9))
+        shares = split_text(p.text, n)
+        texts += [role_text(p.speaker, t) if roles == "prefix" else t for t in shares]
         if n == 1:
             bounds.append((p.start, None if math.isinf(p.end) else end))
-            texts.append(p.text)
             continue
         step = span / n
-        for i, text in enumerate(split_text(p.text, n)):
-            bounds.append((p.start + i * step, p.start + (i + 1) * step if i < n - 1 else end))
-            texts.append(text)
+        bounds += [
+            (p.start + i * step, p.start + (i + 1) * step if i < n - 1 else end) for i in range(n)
+        ]
     return bounds, texts
+
+
+def unite_pieces(pieces: list[Piece], max_seconds: float, roles: str = "none") -> list[Piece]:
+    """``--units turns``: the transcript's rows grouped into conversation units as extraction
+    groups a CSV's (pipeline/units.py); a unit of several rows has their texts joined (each with its
+    speaker before it under ``--roles prefix``) and no one speaker."""
+    spans = [(p.start, p.end) for p in pieces]
+    out = []
+    for unit in turn_units(spans, [p.speaker for p in pieces], max_seconds):
+        if len(unit) == 1:
+            out.append(pieces[unit[0]])
+            continue
+        parts = [pieces[i] for i in unit]
+        text = join_texts(
+            [role_text(q.speaker, q.text) if roles == "prefix" else q.text for q in parts]
+        )
+        out.append(Piece(parts[0].start, max(q.end for q in parts), text))
+    return out
 
 
 def _past_the_end(result: CallResult, pieces: list[Piece], duration: float) -> list[Piece]:
@@ -401,6 +435,17 @@ def _past_the_end(result: CallResult, pieces: list[Piece], duration: float) -> l
             + (" …" if len(after) > 5 else ""),
         )
     return inside
+
+
+def _units_or_rows(
+    result: CallResult, pieces: list[Piece], max_seconds: float, roles: str
+) -> list[Piece]:
+    """The call's conversation units; a transcript without speakers has none to group by, so its
+    rows are the segments, with a warning in the call's row of the report."""
+    if any(not p.speaker for p in pieces):
+        result.warn("--units turns: transcript rows without a speaker; cut by its rows instead")
+        return pieces
+    return unite_pieces(pieces, max_seconds, roles)
 
 
 def _plan_call(
@@ -437,16 +482,19 @@ def _plan_call(
     else:
         pieces = asr(x, CUT_RATE)
     pieces = _past_the_end(result, pieces, duration)
-    if pred.encoders.cfg.roles == "prefix":  # as the run's training text was written
-        pieces = [replace(p, text=role_text(p.speaker, p.text)) for p in pieces]
+    roles = pred.encoders.cfg.roles  # as the run's training text was written
     if plan.cut == "rows":
         if not pieces:
             result.status = (
                 f"skipped: no transcript row inside the recording's {duration:.1f} s (--cut rows)"
             )
             return result, []
-        bounds, texts = row_bounds(pieces, duration, pred.max_seconds)
+        if pred.units == "turns":
+            pieces = _units_or_rows(result, pieces, pred.max_seconds, roles)
+        bounds, texts = row_bounds(pieces, duration, pred.max_seconds, roles)
     else:
+        if roles == "prefix":
+            pieces = [replace(p, text=role_text(p.speaker, p.text)) for p in pieces]
         bounds = cut_recording(x, CUT_RATE, plan.cutter)
         texts = assign_text(pieces, bounds)
     segs = [

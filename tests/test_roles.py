@@ -128,3 +128,17 @@ def test_an_unknown_roles_value_is_bad_usage(data, tiny_encoders, tmp_path):
     ]
     r = CliRunner().invoke(extract_cli, args + ["--roles", "suffix"])
     assert r.exit_code == 2 and "--roles" in r.output
+
+
+def test_predict_writes_every_piece_of_a_long_row_as_extraction_does(stores):
+    from predict.run import row_bounds
+    from predict.transcripts import Piece
+
+    rows = [
+        Piece(0.0, 1.5, "您好请问有什么需要", "agent"),
+        Piece(1.5, 3.0, "我想了解一下价格", "customer"),
+    ]
+    bounds, texts = row_bounds(rows, 3.0, 1.0, roles="prefix")
+    # the 1-s store cut each 1.5-s row into two pieces, each with its speaker
+    assert list(stores["split"].segment_texts()[:4]) == texts
+    assert [b for b in bounds] == [(0.0, 0.75), (0.75, 1.5), (1.5, 2.25), (2.25, 3.0)]
