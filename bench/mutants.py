@@ -678,6 +678,27 @@ MUTANTS = [
         "        end=first.end,",
         ("tests/test_units.py",),
     ),
+    Mutant(
+        "remote data: the fingerprint ignores an object's ETag",
+        "pipeline/remote_files.py",
+        '    return [int(info.get("size") or 0), str(tag or "")]',
+        '    return [int(info.get("size") or 0)]',
+        ("tests/test_remote_data.py",),
+    ),
+    Mutant(
+        "remote data: a CSV may name objects outside the dataset's prefix",
+        "pipeline/manifest.py",
+        "            if not allow_outside and posixpath.commonpath([root, key]) != root:",
+        "            if False:",
+        ("tests/test_remote_data.py",),
+    ),
+    Mutant(
+        "remote data: predict lists no objects for a URL glob",
+        "predict/cli.py",
+        "            hits = _url_glob(p)",
+        "            hits = sorted(glob.glob(p))",
+        ("tests/test_remote_data.py",),
+    ),
 ]
 
 

@@ -19,6 +19,7 @@ import soundfile as sf
 import soxr
 
 from pipeline.cache_settings import PAPER_RATE, RATE_POLICIES  # noqa: F401 — re-exported
+from pipeline.remote_files import file_size, opened
 
 
 class AudioError(Exception):
@@ -52,7 +53,8 @@ def probe_duration(path: str) -> float | None:
     try:
         if _is_container(path):
             return _av_duration(path)
-        info = sf.info(path)
+        with opened(path) as src:  # a URL: read through fsspec, its header only
+            info = sf.info(src)
     except Exception:
         return None
     if info.samplerate <= 0:
@@ -87,7 +89,7 @@ def _av():
 
 def _av_duration(path: str) -> float | None:
     av = _av()
-    with av.open(path) as c:
+    with opened(path) as src, av.open(src) as c:
         if not c.streams.audio:
             return None
         st = c.streams.audio[0]
@@ -104,7 +106,7 @@ def _read_av(path: str, start: float | None, end: float | None) -> tuple[np.ndar
     timestamps) and the padding of the last AAC frame (past the stream's duration) are cut off.
     """
     av = _av()
-    with av.open(path) as c:
+    with opened(path) as src, av.open(src) as c:
         if not c.streams.audio:
             raise AudioError("no audio track in the file (a video without sound)")
         st = c.streams.audio[0]
@@ -150,7 +152,7 @@ def _read_av(path: str, start: float | None, end: float | None) -> tuple[np.ndar
 
 
 def _read_sf(path: str, start: float | None, end: float | None) -> tuple[np.ndarray, int]:
-    with sf.SoundFile(path) as f:
+    with opened(path) as src, sf.SoundFile(src) as f:
         sr = f.samplerate
         first = 0 if start is None else max(0, int(round(start * sr)))
         last = f.frames if end is None else min(f.frames, int(round(end * sr)))
@@ -199,9 +201,10 @@ def load_segment(
     Silence is kept (the paper found silent stretches informative) but named as a warning.
     """
     warnings: list[str] = []
-    if not os.path.isfile(path):
+    size = file_size(path)  # a local file, or an object at a URL
+    if size is None:
         raise AudioError("audio file not found")
-    if os.path.getsize(path) == 0:
+    if size == 0:
         raise AudioError("empty file (0 bytes)")
     try:
         data, sr = _read_av(path, start, end) if _is_container(path) else _read_sf(path, start, end)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.remote_files import is_url
+
 ARCHIVES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".7z")
 # any one of these lets AutoTokenizer build a tokenizer (fast, WordPiece, BPE, SentencePiece)
 TOKENIZER_FILES = (
@@ -117,6 +119,8 @@ def check_model_folders(cache) -> None:
 
 def check_data_dir(data_dir, makes_data_dir: bool) -> None:
     """The dataset folder must exist, unless the dataset generates it (the demo)."""
+    if is_url(data_dir):  # read (and refused where it cannot be) by the dataset adapter
+        return
     if not makes_data_dir and not Path(data_dir).expanduser().is_dir():
         what = "a file, not a folder" if Path(data_dir).expanduser().is_file() else "no such folder"
         raise InputPathError(

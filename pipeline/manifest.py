@@ -10,8 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+
+from .remote_files import data_root, file_identity, is_remote, is_url
 
 SPLITS = ("train", "valid", "test")
 
@@ -112,11 +115,8 @@ class Manifest:
                     row.pop(key)
             h.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())
             if with_file_stats and s.audio_path not in stats:
-                try:
-                    st = os.stat(s.audio_path)
-                    stats[s.audio_path] = [st.st_size, st.st_mtime_ns]
-                except OSError:
-                    stats[s.audio_path] = ["missing"]
+                # size and mtime (local), size and ETag (an object at a URL)
+                stats[s.audio_path] = file_identity(s.audio_path)
         h.update(json.dumps(sorted(stats.items())).encode())
         return h.hexdigest()
 
@@ -145,6 +145,34 @@ class PathRefused(ValueError):
     """A CSV named a path outside the dataset directory without the user allowing it."""
 
 
+def _wav_options(c):
+    return (c,) if c.suffix.lower() == ".wav" else (c, c.with_name(c.name + ".wav"))
+
+
+def _resolve_remote(name: str, data_dir, search: tuple[str, ...], allow_outside: bool):
+    """:func:`resolve_audio` under a URL folder (a UPath): the same rules on the object keys (a
+    recording at another URL, or a local absolute path, needs ``allow_outside``)."""
+    if is_url(name) or Path(name).is_absolute():
+        if not allow_outside:
+            raise PathRefused(f"absolute path {name} (pass --allow-outside-paths to permit it)")
+        c = data_root(name)
+        return next((cand for cand in _wav_options(c) if cand.is_file()), None)
+    root = posixpath.normpath("/" + data_dir.path)
+    for sub in search:
+        c = data_dir / sub / name if sub else data_dir / name
+        for cand in _wav_options(c):
+            key = posixpath.normpath("/" + cand.path)  # `..` collapsed: object stores do not
+            if not allow_outside and posixpath.commonpath([root, key]) != root:
+                raise PathRefused(
+                    f"path {name} escapes the dataset directory {data_dir} "
+                    f"(pass --allow-outside-paths to permit it)"
+                )
+            cand = data_root(f"{data_dir.protocol}://{key.lstrip('/')}")
+            if cand.is_file():
+                return cand
+    return None
+
+
 def resolve_audio(
     name: str, data_dir: Path, search: tuple[str, ...] = ("audio", ""), allow_outside: bool = False
 ) -> Path | None:
@@ -157,6 +185,8 @@ def resolve_audio(
     dataset's owner (``audio/`` on another disk) are theirs to make. Returns None when nothing
     exists (the caller reports it).
     """
+    if is_remote(data_dir) or is_url(name):
+        return _resolve_remote(name, data_dir, search, allow_outside)
     p = Path(name)
     root = os.path.abspath(data_dir)
     if p.is_absolute():

@@ -17,6 +17,7 @@ import click
 
 from pipeline.cli import RenamedOption, cli_errors, device_callback, field_options, options
 from pipeline.device import DEVICE_HELP, resolve_device
+from pipeline.remote_files import is_url
 
 from .config import PredictConfig, PredictError
 
@@ -27,11 +28,14 @@ def _expand(patterns: tuple[str, ...]) -> list[str]:
     nothing is bad usage (one line, exit 2), not a recording whose call id is its stem ``*``."""
     out: list[str] = []
     for p in patterns:
+        if is_url(p):  # s3://bucket/calls/*.wav: the objects it names, read through fsspec
+            hits = _url_glob(p)
         # a file may have [ or ? in its name
-        if not any(ch in p for ch in "*?[") or Path(p).exists():
+        elif not any(ch in p for ch in "*?[") or Path(p).exists():
             out.append(p)
             continue
-        hits = sorted(glob.glob(p))
+        else:
+            hits = sorted(glob.glob(p))
         if not hits:
             raise click.BadParameter(
                 f"{p!r}: no files match this pattern; check the folder and the file "
@@ -40,6 +44,17 @@ def _expand(patterns: tuple[str, ...]) -> list[str]:
             )
         out.extend(hits)
     return out
+
+
+def _url_glob(pattern: str) -> list[str]:
+    from pipeline.remote_files import glob_urls
+
+    try:
+        return glob_urls(pattern)
+    except (OSError, ValueError) as e:  # no such bucket, refused credentials, an unreachable host
+        raise click.BadParameter(
+            f"{pattern!r}: cannot be listed ({e})", param_hint="'--audio'"
+        ) from None
 
 
 def _help(name: str) -> str:

@@ -22,7 +22,6 @@ import io
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -35,6 +34,7 @@ from extract.segmentation import split_text
 from pipeline.atomic import atomic_write_text
 from pipeline.labels import get_scheme
 from pipeline.manifest import Segment, role_text
+from pipeline.remote_files import absolute
 from pipeline.segment_profile import SegmentProfile
 from pipeline.units import join_texts, turn_units
 from train.checkpoint import CheckpointError, load_run, read_run_config
@@ -504,7 +504,7 @@ def _plan_call(
             index=i,
             split="",
             label="",
-            audio_path=os.path.abspath(path),
+            audio_path=absolute(path),
             text=t,
             start=a,
             end=b,

@@ -353,3 +353,38 @@ class ServeProcess:
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(60)
+
+
+S3_BUCKET = "msmtfn-test"
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A local S3 endpoint (a moto server on 127.0.0.1; nothing leaves the machine) with one bucket;
+    the AWS_* variables point every client (s3fs, dask workers) at it."""
+    pytest.importorskip("s3fs")
+    ThreadedMotoServer = pytest.importorskip("moto.server").ThreadedMotoServer
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import s3fs
+
+    s3fs.S3FileSystem(skip_instance_cache=True).mkdir(S3_BUCKET)
+    yield f"s3://{S3_BUCKET}"
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    server.stop()

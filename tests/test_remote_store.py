@@ -4,14 +4,13 @@ it, refuse a stale one exactly like a local store, one writer per store (a lock 
 from __future__ import annotations
 
 import json
-import logging
-import os
 import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import S3_BUCKET as BUCKET
 from conftest import assert_same_features, write_marketcalls
 
 from extract.cli import main as extract_cli
@@ -20,7 +19,7 @@ from pipeline.lock import StoreLock, StoreLocked
 from pipeline.store import CacheStore, StoreError
 
 pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 
 ARRAYS = [
     "audio/hidden",
@@ -31,34 +30,6 @@ ARRAYS = [
     "skipped",
     "skip_reason",
 ]
-BUCKET = "msmtfn-test"
-
-
-@pytest.fixture(scope="module")
-def s3():
-    """A local S3 endpoint; the AWS_* variables point every client (s3fs, dask workers) at it."""
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    import s3fs
-
-    s3fs.S3FileSystem(skip_instance_cache=True).mkdir(BUCKET)
-    yield f"s3://{BUCKET}"
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    server.stop()
 
 
 def _cfg(data: Path, out, enc: dict, **kw) -> ExtractConfig:

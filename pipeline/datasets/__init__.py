@@ -35,6 +35,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..manifest import Manifest
+from ..remote_files import data_root, is_url
 from ._common import ManifestError, stratified_split
 from .registry import DATASETS, Adapter, register, register_dataset
 
@@ -73,8 +74,17 @@ def load_manifest(
             f"dataset {name!r} has no option(s) {', '.join(unknown)}; valid: "
             f"{', '.join(dataset_options(name)) or 'none'}"
         )
-    data_dir = Path(data_dir)
-    if not adapter.makes_data_dir and not data_dir.is_dir():
+    if is_url(data_dir) and not adapter.reads_urls:
+        raise ManifestError(
+            f"--data-dir {data_dir}: the {name} adapter reads a local folder only (the csv and "
+            "marketcalls adapters read URLs); copy the dataset to a local disk"
+        )
+    data_dir = data_root(data_dir)
+    try:
+        found = adapter.makes_data_dir or data_dir.is_dir()
+    except OSError as e:  # an unreachable endpoint, refused credentials
+        raise ManifestError(f"--data-dir {data_dir}: cannot be read ({e})") from None
+    if not found:
         raise ManifestError(f"{data_dir}: no such folder (pass the dataset's folder as --data-dir)")
     return adapter.load(data_dir, allow_outside_paths=allow_outside_paths, seed=seed, **options)
 

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 from ..labels import LabelScheme, SchemeFileError, resolve_scheme
 from ..manifest import SPLITS, Issue, Manifest, Segment
+from ..remote_files import opened
 
 SPLIT_ALIASES = {
     "train": "train",
@@ -287,14 +288,15 @@ def option_path(base: Path, option: str | Path | None) -> Path | None:
     return p if p.is_absolute() else base / p
 
 
-def audio_seconds(path: Path, cache: dict[Path, float | None]) -> float | None:
+def audio_seconds(path, cache: dict[Path, float | None]) -> float | None:
     """Seconds of a soundfile-readable file; None for containers (mp4) and unreadable files, which
     the extraction decodes or reports."""
     if path not in cache:
         try:
             import soundfile as sf
 
-            info = sf.info(str(path))
+            with opened(str(path)) as f:  # a URL: its header read through fsspec
+                info = sf.info(f)
             cache[path] = info.frames / info.samplerate if info.samplerate > 0 else None
         except Exception:
             cache[path] = None

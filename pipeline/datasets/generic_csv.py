@@ -57,6 +57,7 @@ from pathlib import Path
 
 from ..labels import LabelScheme
 from ..manifest import Issue, Manifest
+from ..remote_files import data_root, is_remote, is_url
 from ._common import (
     ManifestError,
     bool_option,
@@ -139,7 +140,8 @@ def parse_generic_csv(
 ) -> Parsed:
     """The rows of the generic CSV (see the module docstring)."""
     if csv_path:
-        path = Path(csv_path) if Path(csv_path).is_absolute() else data_dir / csv_path
+        path = data_root(csv_path)
+        path = path if is_url(csv_path) or path.is_absolute() else data_dir / csv_path
     else:
         path = next(
             (data_dir / n for n in DEFAULT_NAMES if (data_dir / n).is_file()),
@@ -174,7 +176,7 @@ def parse_generic_csv(
     )
 
 
-@register_dataset("csv", scheme=DEFAULT_SCHEME)
+@register_dataset("csv", reads_urls=True, scheme=DEFAULT_SCHEME)
 def load_generic_csv(
     data_dir: Path,
     *,
@@ -186,11 +188,12 @@ def load_generic_csv(
     no_text: bool = False,
 ) -> Manifest:
     # a bad scheme is named before the files are read
-    scheme = scheme_or_error(label_scheme, Path(data_dir))
+    data_dir = data_root(data_dir)  # a local Path, or a UPath for a URL
+    scheme = scheme_or_error(label_scheme, None if is_remote(data_dir) else data_dir)
     return to_manifest(
         "csv",
         scheme,
-        parse_generic_csv(Path(data_dir), csv_path, no_text=bool_option(no_text)),
+        parse_generic_csv(data_dir, csv_path, no_text=bool_option(no_text)),
         allow_outside_paths=allow_outside_paths,
         allow_empty_labels=True,
         split_ratios=split_ratios,

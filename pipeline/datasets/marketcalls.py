@@ -26,6 +26,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..manifest import Issue, Manifest
+from ..remote_files import data_root, is_url
 from ._common import (
     ManifestError,
     bool_option,
@@ -51,8 +52,8 @@ OURS = {"phone", "audio_id", "text", "label", "split", "segment_number"}
 
 def _find_csvs(data_dir: Path, csv_path: str | Path | None) -> list[tuple[Path, str | None]]:
     if csv_path:
-        p = Path(csv_path)
-        p = p if p.is_absolute() else data_dir / p
+        p = data_root(csv_path)
+        p = p if is_url(csv_path) or p.is_absolute() else data_dir / csv_path
         if not p.is_file():
             raise ManifestError(f"{p}: no such CSV (check the csv_path option)")
         return [(p, None)]
@@ -161,7 +162,7 @@ def parse_marketcalls(
     )
 
 
-@register_dataset("marketcalls", scheme=SCHEME)
+@register_dataset("marketcalls", reads_urls=True, scheme=SCHEME)
 def load_marketcalls(
     data_dir: Path,
     *,
@@ -172,7 +173,7 @@ def load_marketcalls(
     no_text: bool = False,
     dataset: str = "marketcalls",
 ) -> Manifest:
-    parsed = parse_marketcalls(Path(data_dir), csv_path, no_text=bool_option(no_text))
+    parsed = parse_marketcalls(data_root(data_dir), csv_path, no_text=bool_option(no_text))
     return to_manifest(
         dataset,
         SCHEME,

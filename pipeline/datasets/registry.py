@@ -19,13 +19,15 @@ class Adapter:
     ``load(data_dir, *, allow_outside_paths, seed, **options) -> Manifest`` reads it (its keyword
     parameters besides those three are the dataset's options); ``label_scheme`` is the scheme its labels
     are in (the default one where an option chooses); ``makes_data_dir`` is True for a dataset that
-    generates its folder rather than reading an existing one.
+    generates its folder rather than reading an existing one; ``reads_urls`` for one whose folder may be
+    a URL (``s3://bucket/prefix``, pipeline/remote_files.py).
     """
 
     name: str
     load: Callable[..., Manifest]
     label_scheme: str
     makes_data_dir: bool = False
+    reads_urls: bool = False
 
     @property
     def options(self) -> list[str]:
@@ -43,13 +45,13 @@ def register(adapter: Adapter) -> Adapter:
 
 
 def register_dataset(
-    name: str, *, scheme: str, makes_data_dir: bool = False
+    name: str, *, scheme: str, makes_data_dir: bool = False, reads_urls: bool = False
 ) -> Callable[[Callable[..., Manifest]], Callable[..., Manifest]]:
     """Decorator: add ``load`` to :data:`DATASETS` as dataset ``name`` (``--dataset NAME``,
     ``load_manifest(NAME, ...)``) whose labels are in label scheme ``scheme``; ``load`` is returned as is."""
 
     def add(load: Callable[..., Manifest]) -> Callable[..., Manifest]:
-        register(Adapter(name, load, scheme, makes_data_dir))
+        register(Adapter(name, load, scheme, makes_data_dir, reads_urls))
         return load
 
     return add
