@@ -699,6 +699,27 @@ MUTANTS = [
         "            hits = sorted(glob.glob(p))",
         ("tests/test_remote_data.py",),
     ),
+    Mutant(
+        "faults: storage retries are not counted",
+        "pipeline/retries.py",
+        "                self._counts[key] += 1",
+        "                pass",
+        ("tests/test_s3_faults.py",),
+    ),
+    Mutant(
+        "faults: a lock this process let go of is never taken over",
+        "pipeline/lock.py",
+        "        return str(path) not in _HELD",
+        "        return False",
+        ("tests/test_s3_faults.py",),
+    ),
+    Mutant(
+        "faults: a failed lock removal hides the error that stopped the run",
+        "pipeline/lock.py",
+        "            except OSError as e:  # the store unreachable: the error that stopped the run matters more",
+        "            except KeyError as e:  # mutated",
+        ("tests/test_s3_faults.py",),
+    ),
 ]
 
 

@@ -31,6 +31,7 @@ from pipeline.cli import (
 from pipeline.datasets import DATASETS, dataset_options
 from pipeline.device import DEVICE_HELP
 from pipeline.labels import SchemeFileError, resolve_scheme
+from pipeline.remote_files import is_url
 from pipeline.store import CODECS, CacheStore, StoreError, resolve_storage_options
 
 from .augment import TRANSFORMS
@@ -365,9 +366,17 @@ def run_cmd(
         res = extract(cfg, progress=not quiet)
     except (StoreError, ValueError) as e:
         raise click.ClickException(str(e)) from None
-    except OSError as e:  # e.g. the disk filled up while the store was being created
+    except (
+        OSError
+    ) as e:  # e.g. the disk filled up, or object storage answered errors past its retries
+        remote = any(is_url(kw.get(k) or "") for k in ("out", "data_dir"))
+        cause = (
+            "object storage, after the retries: its endpoint, credentials, request rate"
+            if remote
+            else "disk space, permissions"
+        )
         raise click.ClickException(
-            f"{e}; fix the cause (disk space, permissions) and run the same command again: "
+            f"{e}; fix the cause ({cause}) and run the same command again: "
             "every segment marked done is kept"
         ) from None
     except KeyboardInterrupt:

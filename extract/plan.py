@@ -20,6 +20,7 @@ from pipeline.datasets.pipeline import short_rows
 from pipeline.device import resolve_device
 from pipeline.fingerprint import compute_fingerprint
 from pipeline.manifest import Manifest, Segment, role_text
+from pipeline.retries import active_counts
 from pipeline.store import CODECS, CacheStore, StoreShape, remove_partial_writes
 
 from .augment import add_variant_rows
@@ -250,6 +251,8 @@ def finish_run(
         "warnings": stats.warnings,
         **(extra or {}),
     }
+    if (retries := active_counts()) is not None:  # reads and writes of object storage
+        report["storage_retries"] = retries
     report_path = store.write_text("report.json", json.dumps(report, indent=2, ensure_ascii=False))
     return ExtractResult(
         store=out,

@@ -14,12 +14,15 @@ circle).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
 from tqdm.auto import tqdm
 
 from pipeline.lock import StoreLock
+from pipeline.remote_files import is_url
+from pipeline.retries import RetryCounter
 
 from .augment import Augmenter
 from .config import ExtractConfig, ExtractResult
@@ -34,13 +37,16 @@ def extract(cfg: ExtractConfig, progress: bool = True, client=None) -> ExtractRe
     """Encode ``cfg.dataset`` into ``cfg.out``. With ``cfg.scheduler``/``cfg.workers`` (or a dask
     ``client``) the encoding fans out to dask workers (extract/distributed.py); the store comes out
     the same."""
-    plan = make_plan(cfg, progress, on_workers=client is not None)
-    with StoreLock(plan.out, storage_options=cfg.storage_options):
-        if client is not None or cfg.distributed:
-            from .distributed import extract_distributed  # dask is imported only when asked for
+    remote = is_url(cfg.data_dir) or is_url(cfg.out or "")
+    # object storage: the SDKs' retries counted for report.json (pipeline/retries.py)
+    with RetryCounter() if remote else contextlib.nullcontext():
+        plan = make_plan(cfg, progress, on_workers=client is not None)
+        with StoreLock(plan.out, storage_options=cfg.storage_options):
+            if client is not None or cfg.distributed:
+                from .distributed import extract_distributed  # dask only when asked for
 
-            return extract_distributed(plan, client=client)
-        return _extract_into(plan)
+                return extract_distributed(plan, client=client)
+            return _extract_into(plan)
 
 
 def _extract_into(plan: ExtractPlan) -> ExtractResult:

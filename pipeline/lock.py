@@ -15,6 +15,7 @@ does not close it (docs/scaling.md says so). The owner rules are the same.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
@@ -22,9 +23,25 @@ from pathlib import Path
 
 from .store import StoreError, is_url, remote_fs
 
+log = logging.getLogger(__name__)
+
 
 class StoreLocked(StoreError):
     pass
+
+
+# the locks this process holds now: a lock object naming this process but not in here was left by
+# an earlier run in this process whose release failed (the store unreachable), and is stale
+_HELD: set[str] = set()
+
+
+def _stale(owner: dict, me: dict, path) -> bool:
+    """A lock whose process is gone (or is this process, which no longer holds it)."""
+    if owner.get("host") != me["host"] or not isinstance(owner.get("pid"), int):
+        return False
+    if owner["pid"] == me["pid"]:
+        return str(path) not in _HELD
+    return not _alive(owner["pid"])
 
 
 def _alive(pid: int) -> bool:
@@ -66,15 +83,12 @@ class StoreLock:
                     owner = json.loads(fs.cat_file(key) or b"{}")
                 except (OSError, ValueError):
                     owner = {}
-                if (
-                    owner.get("host") == me["host"]
-                    and isinstance(owner.get("pid"), int)
-                    and not _alive(owner["pid"])
-                ):
+                if _stale(owner, me, self.path):
                     fs.rm_file(key)  # stale: its process is gone
                     continue
                 raise self._refuse(owner) from None
             self.owned = True
+            _HELD.add(str(self.path))
             return self
         raise StoreLocked(f"{self.path}: could not take the lock")
 
@@ -95,31 +109,38 @@ class StoreLock:
                     owner = json.loads(self.path.read_text() or "{}")
                 except (OSError, ValueError):
                     owner = {}
-                if (
-                    owner.get("host") == me["host"]
-                    and isinstance(owner.get("pid"), int)
-                    and not _alive(owner["pid"])
-                ):
+                if _stale(owner, me, self.path):
                     self.path.unlink(missing_ok=True)  # stale: its process is gone
                     continue
                 raise self._refuse(owner) from None
             with os.fdopen(fd, "w") as f:
                 json.dump(me, f)
             self.owned = True
+            _HELD.add(str(self.path))
             return self
         raise StoreLocked(f"{self.path}: could not take the lock")
 
     def release(self) -> None:
         if self.owned:
-            if self.remote:
-                fs, key = remote_fs(self.path, self.storage_options)
-                try:
-                    fs.rm_file(key)
-                except FileNotFoundError:
-                    pass
-            else:
-                self.path.unlink(missing_ok=True)
             self.owned = False
+            _HELD.discard(str(self.path))
+            if not self.remote:
+                self.path.unlink(missing_ok=True)
+                return
+            try:
+                fs, key = remote_fs(self.path, self.storage_options)
+                fs.rm_file(key)
+            except FileNotFoundError:
+                pass
+            except (
+                OSError
+            ) as e:  # the store unreachable: the error that stopped the run matters more
+                log.warning(
+                    "could not remove the lock %s (%s); the next run on this host takes it over "
+                    "once this process has exited",
+                    self.path,
+                    str(e).splitlines()[0] if str(e) else type(e).__name__,
+                )
 
     def __enter__(self) -> StoreLock:
         return self.acquire()

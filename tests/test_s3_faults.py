@@ -1,0 +1,131 @@
+"""Object storage under faults: extraction reading its dataset from S3 and writing its store to S3
+through a proxy that injects 503 SlowDown, 500s, connection resets in the middle of PUTs and GETs and
+latency spikes (tests/fault_proxy.py, in front of a moto server on loopback). The SDKs' retries
+(botocore's standard mode, s3fs's loop) carry it through: the store equals a fault-free run's, and
+report.json counts the retries. When the retries run out: one line, and the same command resumes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import write_marketcalls
+from fault_proxy import FaultProxy
+
+from extract.cli import main as extract_cli
+from pipeline.store import CacheStore
+
+pytest.importorskip("s3fs")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+ARRAYS = ["audio/hidden", "audio/length", "text/hidden", "text/length", "done", "skipped"]
+
+
+def _fs():
+    import s3fs
+
+    return s3fs.S3FileSystem(skip_instance_cache=True)
+
+
+def _args(data: str, out: str, enc: dict) -> list[str]:
+    return [
+        "--dataset", "marketcalls", "--data-dir", data, "--out", out, "-q",
+        "--audio-model", str(enc["group"]), "--text-model", str(enc["text"]),
+        "--loader-workers", "0", "--shard-size", "4", "--max-text-tokens", "24",
+    ]  # fmt: skip
+
+
+def _arrays(url) -> dict[str, np.ndarray]:
+    s = CacheStore.open(url)
+    return {n: np.asarray(s.array(n)[:]) for n in ARRAYS}
+
+
+@pytest.fixture
+def faulty(s3, monkeypatch):
+    """Every S3 client of this process goes through a fault proxy (none injected until asked)."""
+    import os
+
+    import s3fs
+
+    with FaultProxy(os.environ["AWS_ENDPOINT_URL"], seed=0, latency=0.05) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        monkeypatch.setenv("AWS_RETRY_MODE", "standard")
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "6")
+        s3fs.S3FileSystem.clear_instance_cache()  # no client made for the direct endpoint
+        yield proxy
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def _dataset(tmp_path, s3, name: str, enc: dict, calls: int = 4) -> tuple[str, str]:
+    """The dataset in the bucket, and the store a fault-free run makes from its files on disk
+    (tests/test_remote_data.py shows the two runs' stores equal)."""
+    local = write_marketcalls(tmp_path / "data", calls=calls, segments=2)
+    data = f"{s3}/{name}-data"
+    _fs().put(str(local), data.removeprefix("s3://"), recursive=True)
+    ref = tmp_path / "ref.zarr"
+    r = CliRunner().invoke(extract_cli, _args(str(local), str(ref), enc))
+    assert r.exit_code == 0, r.output
+    return data, ref
+
+
+def _faults_run(tmp_path, enc, s3, proxy, p: float, name: str, calls: int) -> None:
+    data, ref = _dataset(tmp_path, s3, name, enc, calls=calls)
+    proxy.heal(p=p)
+    out = f"{s3}/{name}.zarr"
+    r = CliRunner().invoke(extract_cli, _args(data, out, enc))
+    assert r.exit_code == 0, r.output
+    faulty = proxy
+    print(f"p={p}: {faulty.requests} requests, faults {dict(faulty.faults)}")
+    assert sum(faulty.faults.values()) >= 10, faulty.faults
+    assert {"503", "500", "reset-put", "reset-get"} <= set(faulty.faults), faulty.faults
+    faulty.heal()
+    a, b = _arrays(ref), _arrays(out)
+    for k in ARRAYS:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    report = json.loads(_fs().cat_file(f"{out.removeprefix('s3://')}/report.json"))
+    retries = report["storage_retries"]
+    print("retries counted:", retries)
+    # the faults answered by retries, counted; bounded (no retry storm)
+    failed = sum(faulty.faults.values()) - faulty.faults["latency"]
+    assert failed / 2 <= sum(retries.values()) <= 2 * failed + 2, (retries, faulty.faults)
+    # a run without faults counts none; a local run has no such entry
+    faulty.faults.clear()
+    again = CliRunner().invoke(extract_cli, _args(data, f"{s3}/{name}-clean.zarr", enc))
+    assert again.exit_code == 0, again.output
+    clean = json.loads(_fs().cat_file(f"{s3.removeprefix('s3://')}/{name}-clean.zarr/report.json"))
+    assert clean["storage_retries"] == {"botocore": 0, "s3fs": 0}
+    assert "storage_retries" not in json.loads((ref / "report.json").read_text())
+
+
+def test_faults_on_reads_and_writes_leave_the_store_as_a_fault_free_run(
+    tmp_path, tiny_encoders, s3, faulty
+):
+    _faults_run(tmp_path, tiny_encoders, s3, faulty, 0.1, "faults", calls=3)
+
+
+@pytest.mark.slow
+def test_many_faults_leave_the_store_as_a_fault_free_run(tmp_path, tiny_encoders, s3, faulty):
+    _faults_run(tmp_path, tiny_encoders, s3, faulty, 0.2, "many-faults", calls=8)
+
+
+def test_when_the_retries_run_out_one_line_and_the_same_command_resumes(
+    tmp_path, tiny_encoders, s3, faulty, monkeypatch
+):
+    data, ref = _dataset(tmp_path, s3, "outage", tiny_encoders, calls=3)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    out = f"{s3}/outage.zarr"
+    faulty.fail_after(120)  # the store is created and some shards written; then S3 is down
+    r = CliRunner().invoke(extract_cli, _args(data, out, tiny_encoders))
+    assert r.exit_code == 1, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in r.output, r.output
+    print(lines[0])
+    assert "run the same command again" in lines[0] and "object storage" in lines[0], lines[0]
+    faulty.heal()
+    r = CliRunner().invoke(extract_cli, _args(data, out, tiny_encoders))
+    assert r.exit_code == 0, r.output
+    a, b = _arrays(ref), _arrays(out)
+    for k in ARRAYS:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
