@@ -132,9 +132,8 @@ class StoreLock:
                 fs.rm_file(key)
             except FileNotFoundError:
                 pass
-            except (
-                OSError
-            ) as e:  # the store unreachable: the error that stopped the run matters more
+            # the store unreachable: the error that stopped the run matters more
+            except OSError as e:
                 log.warning(
                     "could not remove the lock %s (%s); the next run on this host takes it over "
                     "once this process has exited",
