@@ -111,7 +111,7 @@ def test_many_faults_leave_the_store_as_a_fault_free_run(tmp_path, tiny_encoders
 
 
 def test_when_the_retries_run_out_one_line_and_the_same_command_resumes(
-    tmp_path, tiny_encoders, s3, faulty, monkeypatch
+    tmp_path, tiny_encoders, s3, faulty, monkeypatch, caplog
 ):
     data, ref = _dataset(tmp_path, s3, "outage", tiny_encoders, calls=3)
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
@@ -123,6 +123,8 @@ def test_when_the_retries_run_out_one_line_and_the_same_command_resumes(
     assert len(lines) == 1 and "Traceback" not in r.output, r.output
     print(lines[0])
     assert "run the same command again" in lines[0] and "object storage" in lines[0], lines[0]
+    # the lock object could not be removed either: said, not raised over the error that stopped it
+    assert any("could not remove the lock" in m for m in caplog.messages), caplog.messages
     faulty.heal()
     r = CliRunner().invoke(extract_cli, _args(data, out, tiny_encoders))
     assert r.exit_code == 0, r.output
