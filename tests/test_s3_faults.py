@@ -90,19 +90,14 @@ def _faults_run(tmp_path, enc, s3, proxy, p: float, name: str, calls: int) -> No
     # the faults answered by retries, counted; bounded (no retry storm)
     failed = sum(faulty.faults.values()) - faulty.faults["latency"]
     assert failed / 2 <= sum(retries.values()) <= 2 * failed + 2, (retries, faulty.faults)
-    # a run without faults counts none; a local run has no such entry
-    faulty.faults.clear()
-    again = CliRunner().invoke(extract_cli, _args(data, f"{s3}/{name}-clean.zarr", enc))
-    assert again.exit_code == 0, again.output
-    clean = json.loads(_fs().cat_file(f"{s3.removeprefix('s3://')}/{name}-clean.zarr/report.json"))
-    assert clean["storage_retries"] == {"botocore": 0, "s3fs": 0}
+    # a local run has no such entry (a fault-free S3 run counts none: tests/test_remote_data.py)
     assert "storage_retries" not in json.loads((ref / "report.json").read_text())
 
 
 def test_faults_on_reads_and_writes_leave_the_store_as_a_fault_free_run(
     tmp_path, tiny_encoders, s3, faulty
 ):
-    _faults_run(tmp_path, tiny_encoders, s3, faulty, 0.1, "faults", calls=3)
+    _faults_run(tmp_path, tiny_encoders, s3, faulty, 0.12, "faults", calls=2)
 
 
 @pytest.mark.slow
@@ -113,8 +108,8 @@ def test_many_faults_leave_the_store_as_a_fault_free_run(tmp_path, tiny_encoders
 def test_when_the_retries_run_out_one_line_and_the_same_command_resumes(
     tmp_path, tiny_encoders, s3, faulty, monkeypatch, caplog
 ):
-    data, ref = _dataset(tmp_path, s3, "outage", tiny_encoders, calls=3)
-    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    data, ref = _dataset(tmp_path, s3, "outage", tiny_encoders, calls=2)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore gives up at once; s3fs tries 5 times
     out = f"{s3}/outage.zarr"
     faulty.fail_after(120)  # the store is created and some shards written; then S3 is down
     r = CliRunner().invoke(extract_cli, _args(data, out, tiny_encoders))

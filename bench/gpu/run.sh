@@ -106,7 +106,7 @@ rc=$?
 # msmtfn-serve under load (bench/serve_load.py): a part of its own, after the others, with its own bound
 echo "== serve load"
 if [[ -n "$dry" ]]; then
-    serve_args=(--device cpu --encoders tiny --seconds 10 --requests 4 --clients 1,4 --threads 1)
+    serve_args=(--device cpu --encoders tiny --seconds 5 --requests 2 --clients 1,2 --threads 1)
 else
     serve_args=(--device cuda --encoders base --seconds 120 --requests 64)
 fi
