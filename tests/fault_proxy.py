@@ -33,9 +33,12 @@ _ERRORS = {
 
 class FaultProxy:
     def __init__(self, upstream: str, p: float = 0.0, kinds=KINDS, seed: int = 0, latency=0.2):
+        """``p``: each request's chance of a fault (``heal(p, put_p)`` changes it; ``put_p``: a
+        PUT's, where the writes must surely meet some)."""
         u = urlsplit(upstream)
         self.upstream = (u.hostname, u.port)
         self.p, self.kinds, self.latency = p, tuple(kinds), latency
+        self.put_p: float | None = None
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self.requests = 0
@@ -76,16 +79,18 @@ class FaultProxy:
         with self._lock:
             self._fail_after = self.requests + n
 
-    def heal(self, p: float = 0.0) -> None:
+    def heal(self, p: float = 0.0, put_p: float | None = None) -> None:
         with self._lock:
-            self._fail_after, self.p = None, p
+            self._fail_after, self.p, self.put_p = None, p, put_p
 
     def _draw(self, method: str) -> str | None:
         with self._lock:
             self.requests += 1
             if self._fail_after is not None and self.requests > self._fail_after:
                 kind = "503"
-            elif self._rng.random() < self.p:
+            elif self._rng.random() < (
+                self.put_p if method == "PUT" and self.put_p is not None else self.p
+            ):
                 # the faults a request of this method can meet (a reset needs a body)
                 fits = [
                     k
@@ -93,7 +98,8 @@ class FaultProxy:
                     if (k != "reset-put" or method == "PUT")
                     and (k != "reset-get" or method == "GET")
                 ]
-                kind = self._rng.choice(fits)
+                unseen = [k for k in fits if not self.faults[k]]  # every kind early, then any
+                kind = self._rng.choice(unseen or fits)
             else:
                 return None
             self.faults[kind] += 1
