@@ -366,9 +366,8 @@ def run_cmd(
         res = extract(cfg, progress=not quiet)
     except (StoreError, ValueError) as e:
         raise click.ClickException(str(e)) from None
-    except (
-        OSError
-    ) as e:  # e.g. the disk filled up, or object storage answered errors past its retries
+    # e.g. the disk filled up, or object storage answered errors past its retries
+    except OSError as e:
         remote = any(is_url(kw.get(k) or "") for k in ("out", "data_dir"))
         cause = (
             "object storage, after the retries: its endpoint, credentials, request rate"

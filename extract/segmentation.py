@@ -72,19 +72,18 @@ def plan_segments(
     return rows, durations
 
 
+def _timed(s: Segment) -> bool:
+    """A row cut from a longer recording by its start/end (not a file of its own)."""
+    return s.start is not None or s.end is not None
+
+
 def _timed_runs(segs: list[Segment]) -> list[list[Segment]]:
     """A call's segments as runs: consecutive timed rows of one recording together, every other
     segment (a file of its own) alone."""
     runs: list[list[Segment]] = []
     for s in segs:
-        timed = s.start is not None or s.end is not None
         prev = runs[-1][-1] if runs else None
-        if (
-            timed
-            and prev is not None
-            and prev.audio_path == s.audio_path
-            and prev.start is not None
-        ):
+        if _timed(s) and prev is not None and _timed(prev) and prev.audio_path == s.audio_path:
             runs[-1].append(s)
         else:
             runs.append([s])
@@ -130,7 +129,7 @@ def unite_turns(manifest: Manifest, max_seconds: float, roles: str = "none") -> 
             for unit in turn_units(spans, [s.speaker for s in run], max_seconds):
                 parts = [run[i] for i in unit]
                 out.append(parts[0] if len(parts) == 1 else _unit_segment(parts, roles))
-    if not any(s.start is not None or s.end is not None for s in manifest.segments):
+    if not any(_timed(s) for s in manifest.segments):
         raise ValueError(
             f"--units turns: {manifest.dataset}'s segments are files of their own, not timed rows "
             "of a recording (a CSV with start/end and speaker columns)"

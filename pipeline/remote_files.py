@@ -15,14 +15,12 @@ import contextlib
 import os
 from pathlib import Path
 
-REMOTE_PROTOCOLS = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "http", "https", "memory")
-
 
 def is_url(path) -> bool:
-    """True for a remote location (``s3://bucket/key``); a local path or ``file://`` is not."""
+    """An fsspec URL (s3://, gs://, memory://…). Local paths, and file:// URLs, take the local code
+    path. (The one test for stores, datasets and recordings alike.)"""
     s = str(path)
-    proto, sep, _ = s.partition("://")
-    return bool(sep) and proto.lower() in REMOTE_PROTOCOLS
+    return "://" in s and not s.startswith("file://")
 
 
 def _options() -> dict:

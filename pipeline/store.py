@@ -45,6 +45,7 @@ from .cache_settings import SHARD_SIZE
 from .fingerprint import diff_settings
 from .labels import LabelScheme, label_counts, scheme_from_record
 from .manifest import Segment
+from .remote_files import is_url  # noqa: F401 — re-exported (extract/config.py, lock.py)
 
 if TYPE_CHECKING:
     import zarr
@@ -121,13 +122,6 @@ def _now() -> str:
 
 
 STORAGE_OPTIONS_ENV = "MSMTFN_STORAGE_OPTIONS"
-
-
-def is_url(path) -> bool:
-    """An fsspec URL (s3://, gs://, memory://…). Local paths, and file:// URLs, take the local code
-    path."""
-    s = str(path)
-    return "://" in s and not s.startswith("file://")
 
 
 def _location(path) -> Path | str:
