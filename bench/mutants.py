@@ -33,6 +33,7 @@ TRACKING, T_TRACK = "train/tracking.py", "tests/test_tracking.py"
 DATA, T_CURVE = "train/data.py", "tests/test_learning_curve.py"
 SERVE, SERVICE, T_SERVE = "predict/serve.py", "predict/service.py", "tests/test_serve.py"
 DECODING = "predict/decoding.py"
+T_TEXT_AUG = "tests/test_text_variants.py"
 
 
 @dataclass(frozen=True)
@@ -719,6 +720,56 @@ MUTANTS = [
         "            except OSError as e:",
         "            except KeyError as e:",
         ("tests/test_s3_faults.py",),
+    ),
+    Mutant(
+        "text variants: resident audio of a text row read from its own (empty) row",
+        DATA,
+        "                self._amap = at[torch.as_tensor(data.audio_row)]",
+        "                at[torch.as_tensor(data.audio_row[audio_rows])] = torch.arange(len(audio_rows))\n"
+        "                self._amap = at",
+        (T_TEXT_AUG,),
+    ),
+    Mutant(
+        "text variants: streamed audio of a text row read from its own (empty) row",
+        DATA,
+        "        if np.array_equal(src, rows):",
+        "        if True:",
+        (T_TEXT_AUG,),
+    ),
+    Mutant(
+        "text variants: a variant of an original without audio is trained on",
+        DATA,
+        "        base = self._collect_calls(table, usable & usable[self.audio_row])",
+        "        base = self._collect_calls(table, usable)",
+        (T_TEXT_AUG,),
+    ),
+    Mutant(
+        "text variants: copies per class ignored",
+        "extract/augment.py",
+        "        return (self.per_class or {}).get(label, self.variants)",
+        "        return self.variants",
+        (T_TEXT_AUG,),
+    ),
+    Mutant(
+        "text variants: the audio of every row is encoded and stored",
+        "extract/encode.py",
+        "        if seg.audio_of:  # a text variant: its audio rows are its original's, never read here",
+        "        if False:",
+        (T_TEXT_AUG,),
+    ),
+    Mutant(
+        "text variants: the swap ignores the reading in context",
+        "extract/text_augment.py",
+        "    for ch, (reading, *_) in zip(text, readings):",
+        "    for ch, (reading, *_) in zip(text, readings[1:] + readings[:1]):",
+        (T_TEXT_AUG,),
+    ),
+    Mutant(
+        "text variants: verify accepts audio of its own in a text row",
+        "pipeline/verify.py",
+        "                if n or np.any(hidden[i]):",
+        "                if False:",
+        (T_TEXT_AUG,),
     ),
 ]
 

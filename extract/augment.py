@@ -8,6 +8,10 @@ writes the same numbers; the transforms and their ranges are part of the cache f
 
 Transforms come from ``audiomentations`` (``speed`` is Kaldi-style speed perturbation: resampling
 that changes tempo and pitch together, as in ASR practice; ``tempo`` keeps the pitch).
+
+Text variants (``--augment-text``, extract/text_augment.py) are planned here too: rows with a new
+transcript that point at their original's audio rows. ``--variants-per-class`` sets the copies per
+call label for both kinds.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import numpy as np
 import soxr
 
 from pipeline.manifest import Segment
+
+from .text_augment import TEXT_TRANSFORMS, augment_text, split_spec
 
 
 @dataclass(frozen=True)
@@ -123,43 +129,104 @@ def parse_augment(names) -> tuple[str, ...]:
 
 
 def variant_names(augment: tuple[str, ...], variants: int) -> list[str]:
-    return [f"{name}-{k}" for name in augment for k in range(1, variants + 1)]
+    """``augment``: audio transform names, or text specs ("pinyin-swap:0.3"); the family is the
+    name."""
+    return [f"{name.split(':')[0]}-{k}" for name in augment for k in range(1, variants + 1)]
 
 
-def settings(augment: tuple[str, ...], variants: int, seed: int) -> dict:
-    """The fingerprint's ``augmentation`` entry."""
-    if not augment:
+def parse_per_class(spec) -> dict[str, int]:
+    """``"D=1,A=3"`` → {"D": 1, "A": 3}: copies per call label (``--variants-per-class``)."""
+    if isinstance(spec, dict):
+        return {str(k): int(v) for k, v in spec.items()}
+    out: dict[str, int] = {}
+    for item in str(spec or "").split(","):
+        if not item.strip():
+            continue
+        label, eq, k = item.partition("=")
+        try:
+            n = int(k) if eq else -1
+        except ValueError:
+            n = -1
+        if not label.strip() or n < 0:
+            raise AugmentError(
+                f"--variants-per-class {item.strip()!r}: write LABEL=COPIES, e.g. D=1,A=3"
+            )
+        out[label.strip()] = n
+    return out
+
+
+def settings(
+    augment: tuple[str, ...],
+    variants: int,
+    seed: int,
+    augment_text: tuple[str, ...] = (),
+    per_class: dict[str, int] | None = None,
+) -> dict:
+    """The fingerprint's ``augmentation`` entry (the text and per-class keys only when used: older
+    stores keep their fingerprint)."""
+    if not augment and not augment_text:
         return {"variants": []}
-    return {
-        "variants": variant_names(augment, variants),
+    most = max([variants, *(per_class or {}).values()])
+    out = {
+        "variants": variant_names(augment + augment_text, most),
         "seed": seed,
         "splits": ["train"],
         "transforms": {n: TRANSFORMS[n].params for n in augment},
     }
+    if augment_text or per_class:
+        out["copies"] = variants
+        out["text_transforms"] = {
+            n: {"p": p} for n, p in (split_spec(spec) for spec in augment_text)
+        }
+        if per_class:
+            out["per_class"] = dict(sorted(per_class.items()))
+    return out
+
+
+@dataclass(frozen=True)
+class VariantPlan:
+    """Which augmented copies each training row gets: ``--augment``, ``--augment-text``,
+    ``--variants`` and ``--variants-per-class`` together."""
+
+    augment: tuple[str, ...] = ()
+    augment_text: tuple[str, ...] = ()  # "pinyin-swap:0.3", …
+    variants: int = 1
+    per_class: dict[str, int] | None = None
+    seed: int = 0
+
+    def copies(self, label: str) -> int:
+        return (self.per_class or {}).get(label, self.variants)
 
 
 def add_variant_rows(
     rows: list[Segment],
     durations: dict[str, float],
-    augment: tuple[str, ...],
-    variants: int,
+    plan: VariantPlan,
     max_seconds: float,
 ) -> tuple[list[Segment], dict[str, float]]:
-    """Append one augmented copy of every training row per variant (originals keep their row
-    numbers)."""
-    if not augment:
+    """Append the augmented copies of every training row (originals keep their row numbers):
+    audio variants are re-encoded rows; text variants carry a new transcript and point at the
+    original's audio rows (``audio_of``), so their audio is never stored twice."""
+    if not plan.augment and not plan.augment_text:
         return rows, durations
     durations = dict(durations)
     extra: list[Segment] = []
-    for v in variant_names(augment, variants):
-        stretch = 1.0 / 0.9 if v.split("-")[0] in ("speed", "tempo") else 1.0
-        for s in rows:
-            if s.split != "train" or s.variant != "orig":
-                continue
-            seg = s.with_(segment_id=f"{s.segment_id}~{v}", variant=v)
-            extra.append(seg)
-            if s.segment_id in durations:
-                durations[seg.segment_id] = min(max_seconds, durations[s.segment_id] * stretch)
+    most = max([plan.variants, *(plan.per_class or {}).values()])
+    for spec in plan.augment + plan.augment_text:
+        family = spec.split(":")[0]
+        stretch = 1.0 / 0.9 if family in ("speed", "tempo") else 1.0
+        for k in range(1, most + 1):
+            v = f"{family}-{k}"
+            for s in rows:
+                if s.split != "train" or s.variant != "orig" or k > plan.copies(s.label):
+                    continue
+                seg = s.with_(segment_id=f"{s.segment_id}~{v}", variant=v)
+                if family in TEXT_TRANSFORMS:
+                    text = augment_text(s.text, spec, plan.seed, seg.segment_id)
+                    seg = seg.with_(text=text, audio_of=s.segment_id)
+                extra.append(seg)
+                if s.segment_id in durations:
+                    durations[seg.segment_id] = min(max_seconds, durations[s.segment_id] * stretch)
     return rows + extra, durations
 
 

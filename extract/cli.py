@@ -79,7 +79,12 @@ def format_info(info: dict) -> str:
             ).items()
         ),
         "variants         "
-        + ", ".join(f"{k} {v}" for k, v in sorted(info["segments_per_variant"].items())),
+        + ", ".join(f"{k} {v}" for k, v in sorted(info["segments_per_variant"].items()))
+        + (
+            f"  ({info['rows_sharing_audio']} text-variant rows use their original's audio)"
+            if info.get("rows_sharing_audio")
+            else ""
+        ),
         f"on disk          {_fmt_bytes(info['bytes_on_disk'])} (codec {info.get('codec')}); "
         f"compression ratio {info['compression_ratio_written']:.2f}× on written rows",
     ]

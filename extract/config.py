@@ -12,7 +12,8 @@ from pathlib import Path
 from pipeline.cache_settings import MAX_BATCH, SHARD_SIZE, CacheSettings, cache_fields
 from pipeline.store import is_url
 
-from .augment import AugmentError, parse_augment
+from .augment import AugmentError, parse_augment, parse_per_class
+from .text_augment import parse_text_augment
 
 
 @dataclass(frozen=True, init=False)
@@ -50,8 +51,16 @@ class ExtractConfig:
         names = cache_fields()
         chosen = {k: kw.pop(k) for k in list(kw) if k in names}
         cache = replace(cache or CacheSettings(), **chosen)
-        cache = replace(cache, augment=parse_augment(cache.augment))
-        if cache.augment and cache.variants < 1:
+        cache = replace(
+            cache,
+            augment=parse_augment(cache.augment),
+            augment_text=parse_text_augment(cache.augment_text),
+            # one spelling: "A=3,D=1" and "D=1, A=3" are one setting (and one fingerprint)
+            variants_per_class=",".join(
+                f"{k}={v}" for k, v in sorted(parse_per_class(cache.variants_per_class).items())
+            ),
+        )
+        if (cache.augment or cache.augment_text) and cache.variants < 1:
             raise AugmentError(f"--variants must be at least 1, not {cache.variants}")
         own = {f.name: f for f in fields(self) if f.name not in ("dataset", "data_dir", "cache")}
         unknown = set(kw) - set(own)

@@ -75,6 +75,9 @@ class SegmentSource(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         seg = self.rows[i]
         item = {"row": i, "warnings": []}
+        if seg.audio_of:  # a text variant: its audio rows are its original's, never read here
+            item["ids"], item["truncated"] = self.tokenize(seg.text)
+            return item
         try:
             x, warnings = load_segment(
                 seg.audio_path, seg.start, seg.end, self.rate, segment_channel(seg, self.channel)
@@ -179,17 +182,34 @@ def encode_loader(loader, audio: AudioEncoder, text: TextEncoder, keep=None):
         if not ok:
             yield EncodedBatch(items, [])
             continue
-        a_hidden, a_len = audio.encode([it["wave"] for it in ok])
+        a_hidden, a_len = _encode_audio(audio, ok)
         t_hidden, t_len = text.encode([it["ids"] for it in ok])
         idx = [j for j, it in enumerate(ok) if keep is None or keep(it["row"])]
         yield EncodedBatch(
             items,
             [ok[j] for j in idx],
-            a_hidden[idx].to(torch.float16).cpu().numpy(),
-            np.asarray(a_len[idx]),
+            a_hidden[idx],
+            a_len[idx],
             t_hidden[idx].to(torch.float16).cpu().numpy(),
             np.asarray(t_len[idx]),
         )
+
+
+def _encode_audio(audio: AudioEncoder, ok: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """float16 (items, frames, Da) and lengths; rows of text variants (no ``wave``) stay zero with
+    length 0, and the audio encoder never sees them."""
+    with_audio = [j for j, it in enumerate(ok) if "wave" in it]
+    if len(with_audio) == len(ok):
+        hidden, lengths = audio.encode([it["wave"] for it in ok])
+        return hidden.to(torch.float16).cpu().numpy(), np.asarray(lengths)
+    lengths = np.zeros(len(ok), dtype=np.int32)
+    if not with_audio:
+        return np.zeros((len(ok), 1, audio.hidden_size), np.float16), lengths
+    hidden, n = audio.encode([ok[j]["wave"] for j in with_audio])
+    out = np.zeros((len(ok),) + tuple(hidden.shape[1:]), np.float16)
+    out[with_audio] = hidden.to(torch.float16).cpu().numpy()
+    lengths[with_audio] = n
+    return out, lengths
 
 
 def encode_batches(
@@ -219,7 +239,7 @@ def encode_batches(
                 [it["row"] for it in kept], batch.audio, batch.audio_len, batch.text, batch.text_len
             )
             stats.truncated += sum(1 for it in kept if it["truncated"])
-            stats.audio_seconds += float(sum(len(it["wave"]) for it in kept)) / input_rate
+            stats.audio_seconds += float(sum(len(it.get("wave", ())) for it in kept)) / input_rate
             stats.computed += len(kept)
         if bar is not None:
             bar.update(sum(1 for it in batch.items if todo[it["row"]]))

@@ -6,6 +6,7 @@ write the report."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -23,7 +24,7 @@ from pipeline.manifest import Manifest, Segment, role_text
 from pipeline.retries import active_counts
 from pipeline.store import CODECS, CacheStore, StoreShape, remove_partial_writes
 
-from .augment import add_variant_rows
+from .augment import AugmentError, VariantPlan, add_variant_rows, parse_per_class
 from .augment import settings as augment_settings
 from .config import ExtractConfig, ExtractResult
 from .encode import EncodeStats, make_batches
@@ -75,7 +76,8 @@ def make_plan(
     if c.units == "turns":  # before the split: a unit over the limit is cut as a long row
         manifest = unite_turns(manifest, c.max_seconds, c.roles)
     rows, durations = plan_segments(manifest, c.max_seconds, workers=max(1, cfg.num_workers))
-    rows, durations = add_variant_rows(rows, durations, c.augment, c.variants, c.max_seconds)
+    variants = variant_plan(c, manifest)
+    rows, durations = add_variant_rows(rows, durations, variants, c.max_seconds)
     if c.roles == "prefix":  # after splitting: every piece of a long row keeps its speaker
         rows = [r.with_(text=role_text(r.speaker, r.text)) for r in rows]
     log.info(
@@ -91,7 +93,13 @@ def make_plan(
     device = "cpu" if on_workers or cfg.distributed else cfg.device
     c_dev = replace(c, dtype=resolve_dtype(c.dtype, cfg.device))
     enc = load_encoders(c_dev, device, trust_remote_code=cfg.trust_remote_code)
-    settings = c.to_attrs(cfg.dataset, enc.facts, augment_settings(c.augment, c.variants, c.seed))
+    augmentation = augment_settings(
+        c.augment, c.variants, c.seed, c.augment_text, variants.per_class
+    )
+    # the planned texts themselves: a pypinyin with other readings is another cache
+    if c.augment_text:
+        augmentation["text_digest"] = _texts_digest(rows)
+    settings = c.to_attrs(cfg.dataset, enc.facts, augmentation)
     digest = manifest.digest()
     shape = StoreShape(
         n=len(rows),
@@ -115,6 +123,34 @@ def make_plan(
         t0,
         progress,
     )
+
+
+def variant_plan(c, manifest: Manifest) -> VariantPlan:
+    """The settings' augmented copies; ``--variants-per-class`` labels checked against the
+    dataset's (one line naming the unknown ones, or why the dataset's labels cannot be used)."""
+    per_class = parse_per_class(c.variants_per_class)
+    if per_class:
+        scheme = manifest.scheme
+        if scheme.level != "call" or not scheme.base_labels:
+            raise AugmentError(
+                f"--variants-per-class: {manifest.dataset}'s labels belong to segments or are "
+                "scores; it needs one class label per call (use --variants)"
+            )
+        unknown = sorted(set(per_class) - set(scheme.base_labels))
+        if unknown:
+            raise AugmentError(
+                f"--variants-per-class: no label {', '.join(map(repr, unknown))} in "
+                f"{scheme.name}; its labels: {', '.join(scheme.base_labels)}"
+            )
+    return VariantPlan(c.augment, c.augment_text, c.variants, per_class, c.seed)
+
+
+def _texts_digest(rows: list[Segment]) -> str:
+    h = hashlib.sha256()
+    for r in rows:
+        if r.audio_of:
+            h.update(json.dumps([r.segment_id, r.text], ensure_ascii=False).encode())
+    return h.hexdigest()[:16]
 
 
 def open_store(plan: ExtractPlan) -> CacheStore:
@@ -149,7 +185,9 @@ def plan_blocks(plan: ExtractPlan, store: CacheStore) -> list[tuple[range, list[
     # fast)
     lengths = np.array(
         [
-            min(
+            0  # a text variant: no audio is read (it uses its original's rows)
+            if s.audio_of
+            else min(
                 max_samples,
                 int(round(plan.durations.get(s.segment_id, cfg.cache.max_seconds) * rate)),
             )

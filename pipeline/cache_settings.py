@@ -136,7 +136,22 @@ class CacheSettings:
         metavar="NAME,…",
         cli_default="",
     )
+    # text copies pointing at the original's audio rows (extract/text_augment.py validates them)
+    augment_text: tuple[str, ...] = _opt(
+        (),
+        "Text-augmented copies of the training rows, cached as text rows that use the original's "
+        "audio: pinyin-swap (same-pinyin character swaps, p 0.3; pinyin-swap:0.2 sets p), "
+        "word-dropout (p 0.1).",
+        metavar="NAME[:P],…",
+        cli_default="",
+    )
     variants: int = _opt(1, "Copies per training row and augmentation.")
+    variants_per_class: str = _opt(
+        "",
+        "Copies per call label instead of --variants for the labels named (D=1,A=3: the paper "
+        "gave its class D fewer).",
+        metavar="LABEL=K,…",
+    )
     # also seeds a dataset's generated train/valid/test split (which the manifest digest covers)
     seed: int = _opt(0, "Seed of a generated train/valid/test split and of the augmentation draws.")
 
@@ -163,8 +178,10 @@ class CacheSettings:
             raise ValueError(f"--units {self.units!r}: valid are {', '.join(UNITS)}")
         if problem := channel_problem(self.channel):
             raise ValueError(f"--channel {self.channel!r}: {problem}")
-        if self.augment and self.variants < 1:
+        if (self.augment or self.augment_text) and self.variants < 1:
             raise ValueError(f"--variants must be at least 1, not {self.variants}")
+        if self.variants_per_class and not (self.augment or self.augment_text):
+            raise ValueError("--variants-per-class needs --augment or --augment-text")
 
     # ------------------------------------------------------------------ the store's ``settings``
     # attribute
@@ -216,6 +233,8 @@ class CacheSettings:
         a, t = settings["audio"], settings["text"]
         seg, aug = settings.get("segmentation", {}), settings.get("augmentation", {}) or {}
         transforms = tuple((aug.get("transforms") or {}).keys())
+        text = tuple(f"{n}:{v['p']:g}" for n, v in (aug.get("text_transforms") or {}).items())
+        families = len(transforms) + len(text)
         d = {f.name: f.default for f in fields(cls)}
         chosen = cls(
             audio_model=a["model"],
@@ -233,9 +252,16 @@ class CacheSettings:
             roles=str(t.get("roles", d["roles"])),
             units=str(seg.get("units", d["units"])),
             augment=transforms,
-            variants=len(aug.get("variants", ())) // len(transforms)
-            if transforms
+            augment_text=text,
+            # "copies" where text or per-class variants are recorded; before them, names / families
+            variants=int(aug["copies"])
+            if "copies" in aug
+            else len(aug.get("variants", ())) // families
+            if families
             else d["variants"],
+            variants_per_class=",".join(
+                f"{k}={v}" for k, v in (aug.get("per_class") or {}).items()
+            ),
             seed=int(aug.get("seed", d["seed"])),
         )
         facts = EncoderFacts(

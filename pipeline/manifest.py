@@ -36,6 +36,8 @@ class Segment:
     # the customer's channel of a stereo call (left/right/N) where its CSV says; "" = not given
     channel: str = ""
     speaker: str = ""  # who speaks (a speaker column: agent, customer, …); "" = not given
+    # a text variant's original: the segment whose audio rows this row uses; "" = its own
+    audio_of: str = ""
 
     def with_(self, **changes) -> Segment:
         return replace(self, **changes)
@@ -110,7 +112,7 @@ class Manifest:
         for s in self.segments:
             row = asdict(s)
             row.pop("source_row")
-            for key in ("channel", "speaker"):  # manifests made before these keep their digest
+            for key in ("channel", "speaker", "audio_of"):  # older manifests keep their digest
                 if not row[key]:
                     row.pop(key)
             h.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())

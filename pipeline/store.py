@@ -5,6 +5,9 @@ Layout (docs/cache-format.md; the settings in pipeline/cache_settings.py):
 
     audio/hidden  float16 (N, A, Da)   audio/length int32 (N,)    A = audio frames per segment (999
     by default)
+    audio/source  int32 (N,)           the row whose audio rows this row uses: itself, or for a
+                                       text variant its original (whose own audio rows stay
+                                       unwritten: no bytes); schema 3 on
     text/hidden   float16 (N, T, Dt)   text/length  int32 (N,)    T = text tokens per segment (199
     by default)
     table/<field> (N,)                 call_id, segment_index, split, label, source_path, start,
@@ -52,9 +55,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# 2: every chunk carries a CRC32C checksum (zarr's crc32c codec); 1 (still read): none
-SCHEMA_VERSION = 2
-READABLE_SCHEMAS = (1, 2)
+# 3: audio/source (rows that use another row's audio: text variants); 2: every chunk carries a
+# CRC32C checksum (zarr's crc32c codec); 1: none. All three are read.
+SCHEMA_VERSION = 3
+READABLE_SCHEMAS = (1, 2, 3)
 CREATING = "msmtfn_creating"  # root attribute present only while CacheStore.create is still writing
 TABLE_STR_FIELDS = ("call_id", "split", "label", "source_path", "variant", "segment_id")
 TABLE_FIELDS = TABLE_STR_FIELDS + ("segment_index", "start", "end")
@@ -254,6 +258,16 @@ def _create_table(group, n: int, segments: list[Segment], seconds) -> None:
         "end": np.array([np.nan if x.end is None else x.end for x in segments], dtype=np.float64),
         "seconds": np.full(n, np.nan) if seconds is None else np.asarray(seconds, dtype=np.float64),
     }
+    group.create_array(
+        "audio/source",
+        shape=(n,),
+        chunks=(chunk,),
+        dtype="int32",
+        fill_value=-1,
+        compressors=checksummed(_plain()),
+    )
+    if segments:
+        group["audio/source"][:] = audio_sources(segments)
     for name, values in num.items():
         a = group.create_array(
             f"table/{name}",
@@ -265,6 +279,23 @@ def _create_table(group, n: int, segments: list[Segment], seconds) -> None:
         )
         if segments:
             a[:] = values
+
+
+def audio_sources(segments: list[Segment]) -> np.ndarray:
+    """Each row's audio row: its own, or the row of the segment its ``audio_of`` names (which must
+    be planned, and use its own audio)."""
+    at = {x.segment_id: i for i, x in enumerate(segments)}
+    out = np.arange(len(segments), dtype=np.int32)
+    for i, x in enumerate(segments):
+        if x.audio_of:
+            j = at.get(x.audio_of)
+            if j is None or segments[j].audio_of:
+                raise StoreError(
+                    f"row {x.segment_id}: its audio is that of {x.audio_of}, which is not a planned "
+                    "row with audio of its own"
+                )
+            out[i] = j
+    return out
 
 
 class CacheStore:
@@ -564,7 +595,19 @@ class CacheStore:
         return np.asarray(self.group["table/text"][:]).astype(object)
 
     def lengths(self, modality: str) -> np.ndarray:
+        """Each row's valid rows as stored (0 in ``audio`` for a row using another's audio:
+        :meth:`audio_lengths`)."""
         return np.asarray(self.group[f"{modality}/length"][:], dtype=np.int32)
+
+    def audio_source(self) -> np.ndarray:
+        """Each row's audio row (``audio/source``); every row its own in stores before schema 3."""
+        if "source" not in self.group["audio"]:
+            return np.arange(self.n, dtype=np.int64)
+        return np.asarray(self.group["audio/source"][:], dtype=np.int64)
+
+    def audio_lengths(self) -> np.ndarray:
+        """Each row's valid audio rows, read through :meth:`audio_source`."""
+        return self.lengths("audio")[self.audio_source()]
 
     # ----------------------------------------------------------------- writing
     def shard_ranges(self) -> list[range]:
@@ -649,10 +692,10 @@ class CacheStore:
             hidden_disk = _dir_bytes(self.path / "audio" / "hidden") + _dir_bytes(
                 self.path / "text" / "hidden"
             )
-        written_raw = (
-            2
-            * int(done.sum())
-            * (shape.audio_frames * shape.audio_dim + shape.text_tokens * shape.text_dim)
+        own_audio = self.audio_source() == np.arange(shape.n)
+        written_raw = 2 * (
+            int((done & own_audio).sum()) * shape.audio_frames * shape.audio_dim
+            + int(done.sum()) * shape.text_tokens * shape.text_dim
         )
         a = self.attrs
         return {
@@ -681,6 +724,8 @@ class CacheStore:
             # calls per label, or segments per class of each task (segment-level labels)
             "labels": labels,
             "segments_per_variant": seg_per_variant,
+            # text variants: rows that read their original's audio rows (none stored for them)
+            "rows_sharing_audio": int((~own_audio).sum()),
             "bytes_on_disk": _remote_bytes(self.path, self.storage_options)
             if self.remote
             else _dir_bytes(self.path),

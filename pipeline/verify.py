@@ -4,7 +4,7 @@ what is damaged for re-encoding.
 Per shard (in threads): both hidden-state arrays and their lengths are read back, which checks every
 chunk's CRC32C (schema 2 stores; older ones carry none, so only chunks that no longer decode are
 found); for each done row the row invariants hold: its lengths within 1 … the array's rows, zeros past
-them (the padding), no NaN/inf. ``repair`` (under the store's lock, as a writer) marks exactly the
+them (the padding), no NaN/inf; a text variant's row holds no audio of its own. ``repair`` (under the store's lock, as a writer) marks exactly the
 damaged rows not done and rewrites their rows as zeros (so the shard reads back whole), in that
 order: a repair cut short leaves rows not done, never bad rows marked done. The ``msmtfn-extract``
 command that made the store then re-encodes them through its resume path, in the same batches as
@@ -57,9 +57,13 @@ def _read(store: CacheStore, name: str, start: int, stop: int, bad: dict[int, tu
     return out
 
 
-def check_shard(store: CacheStore, rows: range, done: np.ndarray) -> dict[int, tuple]:
-    """The damaged rows of one shard: row → (array, reason)."""
+def check_shard(
+    store: CacheStore, rows: range, done: np.ndarray, source: np.ndarray | None = None
+) -> dict[int, tuple]:
+    """The damaged rows of one shard: row → (array, reason). A row using another row's audio
+    (``source``, a text variant) must hold none of its own: length 0, zeros."""
     bad: dict[int, tuple] = {}
+    source = np.arange(store.n) if source is None else source
     start, stop = rows.start, rows.stop
     for mod in MODALITIES:
         before = set(bad)
@@ -74,6 +78,10 @@ def check_shard(store: CacheStore, rows: range, done: np.ndarray) -> dict[int, t
             if r in bad or not done[r]:
                 continue
             n = int(lengths[i])
+            if mod == "audio" and source[r] != r:
+                if n or np.any(hidden[i]):
+                    bad[r] = (f"{mod}/hidden", f"audio of its own (it uses row {source[r]}'s)")
+                continue
             if not 1 <= n <= width:
                 bad[r] = (f"{mod}/length", f"length {n} outside 1–{width}")
             elif not np.isfinite(hidden[i, :n]).all():
@@ -90,10 +98,10 @@ def verify_store(
     """Check every chunk and row of the store at ``path``; with ``repair``, mark the damaged rows
     for re-encoding. Returns the report (``damaged``: one entry per damaged row)."""
     store = CacheStore.open(path, "r+" if repair else "r", storage_options)
-    done, shards = store.done(), store.shard_ranges()
+    done, shards, source = store.done(), store.shard_ranges(), store.audio_source()
     bad: dict[int, tuple] = {}
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        work = pool.map(lambda rows: check_shard(store, rows, done), shards)
+        work = pool.map(lambda rows: check_shard(store, rows, done, source), shards)
         for found in tqdm(
             work, total=len(shards), desc="verify", unit="shard", disable=not progress
         ):

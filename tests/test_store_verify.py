@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from conftest import write_marketcalls
 
@@ -42,7 +43,14 @@ def made(tiny_encoders, tmp_path_factory):
     root = tmp_path_factory.mktemp("verify")
     data = write_marketcalls(root / "data", calls=6, segments=2, seconds=(1.0, 2.0))
     out = root / "c.zarr"
-    r = CliRunner().invoke(extract_cli, _args(data, out, tiny_encoders))
+    # the thread count the tests re-encode with (one_torch_thread applies only inside each test):
+    # bit for bit holds for one machine and one setting, and BLAS sums in another order on 2 threads
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        r = CliRunner().invoke(extract_cli, _args(data, out, tiny_encoders))
+    finally:
+        torch.set_num_threads(before)
     assert r.exit_code == 0, r.output
     return {"root": root, "data": data, "store": out, "enc": tiny_encoders}
 
@@ -68,7 +76,7 @@ def verify(path: Path, *extra: str):
 
 def test_new_stores_checksum_every_chunk_and_verify_clean(made):
     s = CacheStore.open(made["store"])
-    assert s.attrs["schema_version"] == SCHEMA_VERSION == 2 and s.checksums
+    assert s.attrs["schema_version"] == SCHEMA_VERSION >= 2 and s.checksums
     assert s.info()["checksums"] is True
     code, report = verify(made["store"])
     assert code == 0 and report["damaged"] == [] and report["done"] == report["rows"] == 12

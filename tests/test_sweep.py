@@ -316,6 +316,7 @@ def test_paper_ablation_preset(cache, tmp_path):
     names = [c.name for c in spec.configurations]
     assert names == [
         "full model",
+        "full model + text augmentation",
         "w/o multi-task learning",
         "w/o Bi-GRU",
         "w/o cross-attention",
@@ -324,12 +325,14 @@ def test_paper_ablation_preset(cache, tmp_path):
         "audio only",
     ]
     assert spec.configurations[0].paper == {"acc2": 76.60, "acc5": 49.04}
-    assert spec.configurations[1].settings["mtl"] is False and spec.configurations[1].paper == {
+    # the paper's text augmentation: the cached pinyin-swap copies (the file says how to make them)
+    assert spec.configurations[1].settings["augment_variants"] == ["pinyin-swap"]
+    assert spec.configurations[2].settings["mtl"] is False and spec.configurations[2].paper == {
         "acc2": 71.23
     }
     # every row is selected on the same validation criterion (the base's task 5), so the ACC2 column compares alike
     assert all(c.settings.get("task", "5") == "5" for c in spec.configurations)
-    assert spec.configurations[2].paper == {"acc2": 73.29} and spec.seeds == (0, 1, 2, 3, 4)
+    assert spec.configurations[3].paper == {"acc2": 73.29} and spec.seeds == (0, 1, 2, 3, 4)
     for c in spec.configurations:  # every row is a valid training configuration
         TrainConfig.from_dict({**c.settings, "cache": str(cache)})
 

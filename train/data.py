@@ -115,7 +115,10 @@ class CallData:
         # "call": one label per call | "segment": one per segment (utterance)
         self.level = self.scheme.level
         table = store.table()
-        base = self._collect_calls(table, done & ~skipped)
+        # each row's audio row: itself, or a text variant's original (whose rows must be usable too)
+        self.audio_row = store.audio_source()
+        usable = done & ~skipped
+        base = self._collect_calls(table, usable & usable[self.audio_row])
         # unlabelled calls (scoring only) carry any valid label as a stand-in, never scored against
         stand_in = (
             next((b for b, ok in zip(base, self.labelled) if ok), None)
@@ -137,7 +140,7 @@ class CallData:
         shape = store.shape
         self.audio_frames, self.audio_dim = shape.audio_frames, shape.audio_dim
         self.text_tokens, self.text_dim = shape.text_tokens, shape.text_dim
-        self.audio_len = torch.as_tensor(store.lengths("audio"))
+        self.audio_len = torch.as_tensor(store.lengths("audio")[self.audio_row])
         self.text_len = torch.as_tensor(store.lengths("text"))
 
     def _call_label(self, cid: str, labels: set, splits: set) -> tuple[str, str]:
@@ -284,8 +287,9 @@ class CallData:
         aside)."""
         rows = torch.as_tensor(self.used_rows(calls))
         n = 0
-        if "audio" in modalities:
-            n += int(self.audio_len[rows].clamp(max=self.audio_frames).sum()) * self.audio_dim
+        if "audio" in modalities:  # each audio row once, however many text variants share it
+            own = torch.as_tensor(self.audio_rows(calls))
+            n += int(self.audio_len[own].clamp(max=self.audio_frames).sum()) * self.audio_dim
         if "text" in modalities:
             n += int(self.text_len[rows].clamp(max=self.text_tokens).sum()) * self.text_dim
         return 2 * n
@@ -293,11 +297,14 @@ class CallData:
     def used_bytes(
         self, modalities: tuple[str, ...] = ("audio", "text"), calls: list[int] | None = None
     ) -> int:
-        per_row = 2 * (
-            ("audio" in modalities) * self.audio_frames * self.audio_dim
-            + ("text" in modalities) * self.text_tokens * self.text_dim
-        )
-        return int(len(self.used_rows(calls)) * per_row)
+        audio = ("audio" in modalities) * len(self.audio_rows(calls)) * self.audio_frames
+        text = ("text" in modalities) * len(self.used_rows(calls)) * self.text_tokens
+        return int(2 * (audio * self.audio_dim + text * self.text_dim))
+
+    def audio_rows(self, calls: list[int] | None = None) -> np.ndarray:
+        """The distinct store rows holding the audio of ``calls`` (text variants share their
+        original's)."""
+        return np.unique(self.audio_row[self.used_rows(calls)])
 
 
 def pad_packed(
@@ -429,7 +436,7 @@ class FeatureSource:
         need = (data.packed_bytes if packed else data.used_bytes)(self.modalities, calls)
         budget = max_gb * 2**30 if max_gb else self._auto_budget(device)
         self.resident = need <= budget
-        self._map = None
+        self._map = self._amap = None
         self.audio = self.text = None
         # packed: modality -> (rows + 1,) start of each row's block
         self._offsets: dict[str, torch.Tensor] = {}
@@ -446,8 +453,13 @@ class FeatureSource:
             )
             self._map = torch.full((data.store.n,), -1, dtype=torch.long)
             self._map[torch.as_tensor(rows)] = torch.arange(len(rows))
+            # each audio row once; text variants index their source's
             if "audio" in self.modalities:
-                self.audio = self._load("audio/hidden", rows)
+                audio_rows = data.audio_rows(calls)
+                at = torch.full((data.store.n,), -1, dtype=torch.long)
+                at[torch.as_tensor(audio_rows)] = torch.arange(len(audio_rows))
+                self._amap = at[torch.as_tensor(data.audio_row)]
+                self.audio = self._load("audio/hidden", audio_rows)
             if "text" in self.modalities:
                 self.text = self._load("text/hidden", rows)
         else:
@@ -517,6 +529,16 @@ class FeatureSource:
         tensors += [t for m, t in self._lengths.items() if m in self.modalities]
         return int(sum(t.numel() * t.element_size() for t in tensors))
 
+    def _read_rows(self, mod: str, rows: np.ndarray) -> torch.Tensor:
+        """Hidden states of ``rows``, audio through each row's audio row (each read once)."""
+        if mod != "audio":
+            return self._read("text/hidden", rows)
+        src = self.data.audio_row[rows]
+        if np.array_equal(src, rows):
+            return self._read("audio/hidden", rows)
+        own, back = np.unique(src, return_inverse=True)
+        return self._read("audio/hidden", own)[torch.as_tensor(back)]
+
     def _read(self, name: str, rows: np.ndarray) -> torch.Tensor:
         # a damaged chunk: one line naming the segments (pipeline.store.DamagedStore)
         return torch.from_numpy(np.ascontiguousarray(self.data.store.read_rows(name, rows)))
@@ -542,14 +564,16 @@ class FeatureSource:
         modality; rows cut to the batch's longest."""
         if self.resident:
             idx = self._map[torch.as_tensor(rows)]
-            if bool((idx < 0).any()):  # a row that was not loaded would silently read another row
+            aidx = self._amap[torch.as_tensor(rows)] if self.audio is not None else idx
+            # a row that was not loaded would silently read another row
+            if bool((idx < 0).any()) or bool((aidx < 0).any()):
                 raise TrainError("internal: batch asks for cache rows that were not loaded")
-            idx = idx.to(self.device)
+            idx, aidx = idx.to(self.device), aidx.to(self.device)
             if self.packed:
-                a = self._unpack("audio", idx, a_max) if self.audio is not None else None
+                a = self._unpack("audio", aidx, a_max) if self.audio is not None else None
                 t = self._unpack("text", idx, t_max) if self.text is not None else None
                 return a, t
-            a = self.audio[idx, :a_max] if self.audio is not None else None
+            a = self.audio[aidx, :a_max] if self.audio is not None else None
             t = self.text[idx, :t_max] if self.text is not None else None
             return a, t
         pin = self.device.type == "cuda"
@@ -558,7 +582,7 @@ class FeatureSource:
             if mod not in self.modalities:
                 out.append(None)
                 continue
-            x = self._read(f"{mod}/hidden", rows)[:, :width]
+            x = self._read_rows(mod, rows)[:, :width]
             if pin:
                 x = x.pin_memory()
             out.append(x.to(self.device, non_blocking=pin))
