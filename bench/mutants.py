@@ -771,6 +771,20 @@ MUTANTS = [
         "                if False:",
         (T_TEXT_AUG,),
     ),
+    Mutant(
+        "asr channels: a stereo recording is transcribed mixed",
+        "predict/run.py",
+        '    if channel is None or pred.cfg.asr_channels != "split":',
+        "    if True:",
+        ("tests/test_roles.py",),
+    ),
+    Mutant(
+        "asr channels: the customer's channel is not used to name the speakers",
+        "predict/run.py",
+        "    speakers = channel_speakers(len(channels), index)",
+        "    speakers = channel_speakers(len(channels), None)",
+        ("tests/test_roles.py",),
+    ),
 ]
 
 

@@ -11,6 +11,7 @@ Public API (what predict/ and other callers use; the submodules are internal)::
                                      batches, their loader
     encode_loader(loader, audio, text)   the one encode loop (extraction and predict)
     AudioError, load_segment         one segment's audio, decoded and resampled (extract/audio.py)
+    load_channels(path, rate)        every channel of a recording on its own (predict --asr)
     build_tiny_encoders(folder)      small random encoders for tests and the demo (extract/tiny.py)
     main                             the ``msmtfn-extract`` click command
 
@@ -35,6 +36,7 @@ _WHERE = {
     "encode_loader": "encode",
     "AudioError": "audio",
     "load_segment": "audio",
+    "load_channels": "audio",
     "build_tiny_encoders": "tiny",
     "main": "cli",
 }

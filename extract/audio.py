@@ -200,7 +200,29 @@ def load_segment(
     Raises AudioError for what cannot be encoded: unreadable, empty, non-finite samples.
     Silence is kept (the paper found silent stretches informative) but named as a warning.
     """
-    warnings: list[str] = []
+    data, sr = _decoded(path, start, end)
+    data, warnings = pick_channel(data, channel)
+    x = np.ascontiguousarray(data[:, 0])
+    del data  # a view of it remains in x until the resampled copy replaces it
+    return _at_rate(x, sr, rate, warnings)
+
+
+def load_channels(path: str, rate: int) -> tuple[list[np.ndarray], list[str]]:
+    """Every channel of ``path`` on its own, as mono float32 at ``rate`` (one array for a mono
+    file): what ``msmtfn-predict --asr`` transcribes channel by channel. AudioError as
+    :func:`load_segment`."""
+    data, sr = _decoded(path, None, None)
+    out, warnings = [], []
+    for k in range(data.shape[1]):
+        x, w = _at_rate(np.ascontiguousarray(data[:, k]), sr, rate, [])
+        out.append(x)
+        warnings += [f"channel {k}: {m}" for m in w] if data.shape[1] > 1 else w
+    return out, warnings
+
+
+def _decoded(path: str, start: float | None, end: float | None) -> tuple[np.ndarray, int]:
+    """[start, end) of ``path`` as (frames × channels float32, rate), checked: present, not empty,
+    decodable, finite."""
     size = file_size(path)  # a local file, or an object at a URL
     if size is None:
         raise AudioError("audio file not found")
@@ -220,10 +242,11 @@ def load_segment(
     if not np.isfinite(data).all():
         bad = int((~np.isfinite(data)).sum())
         raise AudioError(f"audio has {bad} NaN/inf samples")
-    data, picked = pick_channel(data, channel)
-    warnings += picked
-    x = np.ascontiguousarray(data[:, 0])
-    del data  # a view of it remains in x until the resampled copy replaces it
+    return data, sr
+
+
+def _at_rate(x: np.ndarray, sr: int, rate: int, warnings: list[str]):
+    """Mono samples at ``rate`` (soxr), with a warning for a silent recording."""
     if sr != rate:
         x = soxr.resample(x, sr, rate, quality="HQ").astype(np.float32, copy=False)
     # max/min, not abs(x): no temporary the size of the recording (hours of audio in predict)

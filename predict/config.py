@@ -11,6 +11,7 @@ from .segmenter import CUTTERS
 
 CUTS = ("auto", "rows", "pauses")
 UNIT_CHOICES = ("auto", "rows", "turns")
+ASR_CHANNELS = ("split", "mix")
 
 
 class PredictError(Exception):
@@ -33,6 +34,15 @@ class PredictConfig:
     )
     asr: str | None = option_field(
         None, "Speech recognition model (hub id or folder) instead of --transcripts."
+    )
+    asr_channels: str = option_field(
+        "split",
+        "With --asr, a recording of 2+ channels (agent and customer recorded apart): split = each "
+        "channel transcribed on its own, each utterance named by its channel (customer/agent where "
+        "the customer's channel is known: --customer-channel or the run's --channel; else "
+        "left/right), so --units turns and --roles prefix have speakers; mix = one transcript of "
+        "the channels mixed.",
+        choices=ASR_CHANNELS,
     )
     device: str = option_field("auto", "auto | cpu | cuda | cuda:N (auto = cuda when available)")
     dtype: str = option_field(

@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from extract import AudioError, load_segment
+from extract import AudioError, load_channels, load_segment
+from extract.audio import CHANNEL_INDEX
 from extract.segmentation import split_text
 from pipeline.atomic import atomic_write_text
 from pipeline.labels import get_scheme
@@ -57,8 +58,10 @@ from .transcripts import (
     Piece,
     TranscriptError,
     assign_text,
+    channel_speakers,
     check_asr_model,
     read_transcript_csv,
+    transcribe_channels,
 )
 
 log = logging.getLogger(__name__)
@@ -448,6 +451,24 @@ def _units_or_rows(
     return unite_pieces(pieces, max_seconds, roles)
 
 
+def _recognise(pred: Predictor, asr, path: str, x, channel: str | None) -> tuple[list[Piece], bool]:
+    """The speech recognizer's pieces, and whether they carry their speakers: with
+    ``--asr-channels split`` each channel of a multi-channel recording is transcribed on its own
+    (``channel``: the one read for the features, None when the recording came decoded: mixed)."""
+    if channel is None or pred.cfg.asr_channels != "split":
+        return asr(x, CUT_RATE), False
+    channels, _ = load_channels(path, CUT_RATE)
+    if len(channels) < 2:
+        return asr(x, CUT_RATE), False
+    # the customer's channel: the one a customer-channel run reads, or --customer-channel
+    known = channel if pred.encoders.policy.channel == "customer" else pred.cfg.customer_channel
+    index = CHANNEL_INDEX.get(str(known or "").lower())
+    if index is None and str(known or "").isdigit():
+        index = int(known)
+    speakers = channel_speakers(len(channels), index)
+    return transcribe_channels(asr, channels, CUT_RATE, speakers), True
+
+
 def _plan_call(
     pred: Predictor,
     path: str,
@@ -470,7 +491,6 @@ def _plan_call(
     except AudioError as e:
         result.status = f"skipped: {e}"
         return result, []
-    plan = pred.cut_plan(transcripts is not None)
     duration = len(x) / CUT_RATE
     if transcripts is not None:
         pieces: list[Piece] | None = transcripts.get(call_id)
@@ -479,8 +499,12 @@ def _plan_call(
                 f"skipped: no transcript rows for call_id {call_id} in {transcripts_path}"
             )
             return result, []
+        by_speaker = True
     else:
-        pieces = asr(x, CUT_RATE)
+        pieces, by_speaker = _recognise(pred, asr, path, x, channel if audio is None else None)
+    # timed rows with their speakers (a transcript, or each channel recognised on its own) are cut
+    # as a transcript's rows
+    plan = pred.cut_plan(by_speaker)
     pieces = _past_the_end(result, pieces, duration)
     roles = pred.encoders.cfg.roles  # as the run's training text was written
     if plan.cut == "rows":

@@ -214,3 +214,24 @@ def pieces_from_chunks(chunks: list[dict], duration: float, fallback_text: str =
     if not pieces and fallback_text.strip():
         pieces.append(Piece(0.0, duration, fallback_text.strip()))
     return pieces
+
+
+def channel_speakers(channels: int, customer: int | None) -> list[str]:
+    """The speaker of each channel of a recording: customer and agent where the customer's channel
+    is known, else left/right (two channels) or ``channel N``."""
+    if customer is not None and 0 <= customer < channels:
+        return ["customer" if k == customer else "agent" for k in range(channels)]
+    if channels == 2:
+        return ["left", "right"]
+    return [f"channel {k}" for k in range(channels)]
+
+
+def transcribe_channels(asr, channels: list, rate: int, speakers: list[str]) -> list[Piece]:
+    """Each channel through the speech recognizer on its own, its pieces named by that channel's
+    speaker, merged in time order (at equal starts, channel order)."""
+    pieces = [
+        Piece(p.start, p.end, p.text, who)
+        for x, who in zip(channels, speakers)
+        for p in asr(x, rate)
+    ]
+    return sorted(pieces, key=lambda p: p.start)  # stable: ties keep channel order
