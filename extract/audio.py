@@ -220,6 +220,51 @@ def load_channels(path: str, rate: int) -> tuple[list[np.ndarray], list[str]]:
     return out, warnings
 
 
+STREAM_FRAMES = 1 << 20  # native-rate frames per block of stream_recording (~2 min at 8 kHz)
+
+
+def streams(path: str) -> bool:
+    """Whether :func:`stream_recording` reads ``path`` block by block (what soundfile reads: WAV,
+    FLAC, OGG…); containers (mp3, m4a, video) are decoded whole."""
+    return not _is_container(path)
+
+
+def stream_recording(path: str, rate: int, channel: str = "mix", block_frames: int = 0):
+    """The whole of ``path`` as :func:`load_segment` gives it (mono float32 at ``rate``, the same
+    samples), yielded in blocks, so that a 3-hour recording never sits in memory (msmtfn-predict
+    cuts it at pauses from its frame levels). AudioError as load_segment: a NaN anywhere, counted
+    over the file, is raised after the last block."""
+    size = file_size(path)
+    if size is None:
+        raise AudioError("audio file not found")
+    if size == 0:
+        raise AudioError("empty file (0 bytes)")
+    try:
+        with opened(path) as src, sf.SoundFile(src) as f:
+            sr, frames, bad = f.samplerate, 0, 0
+            stream = soxr.ResampleStream(sr, rate, 1, dtype="float32", quality="HQ")
+            size = block_frames or STREAM_FRAMES
+            blocks = f.blocks(blocksize=size, dtype="float32", always_2d=True)
+            for data in blocks:
+                frames += data.shape[0]
+                bad += int((~np.isfinite(data)).sum())
+                data, _ = pick_channel(data, channel)
+                x = np.ascontiguousarray(data[:, 0])
+                yield stream.resample_chunk(x) if sr != rate else x
+            if sr != rate:  # the resampler's tail
+                yield stream.resample_chunk(np.zeros(0, np.float32), last=True)
+    except (AudioError, GeneratorExit):
+        raise
+    except FileNotFoundError:
+        raise AudioError("audio file not found") from None
+    except Exception as e:  # as load_segment: a corrupt or non-audio file is one line
+        raise AudioError(f"cannot decode audio ({_first_line(e)})") from None
+    if frames == 0:
+        raise AudioError("empty audio (0 samples)")
+    if bad:
+        raise AudioError(f"audio has {bad} NaN/inf samples")
+
+
 def _decoded(path: str, start: float | None, end: float | None) -> tuple[np.ndarray, int]:
     """[start, end) of ``path`` as (frames × channels float32, rate), checked: present, not empty,
     decodable, finite."""

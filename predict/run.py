@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from extract import AudioError, load_channels, load_segment
-from extract.audio import CHANNEL_INDEX
+from extract.audio import CHANNEL_INDEX, stream_recording, streams
 from extract.segmentation import split_text
 from pipeline.atomic import atomic_write_text
 from pipeline.labels import get_scheme
@@ -52,7 +52,7 @@ from train.predictions import (
 
 from .config import CUTS, PredictConfig, PredictError  # noqa: F401 — re-exported
 from .features import ModelMismatch, RunEncoders, SegmentFeatures, run_settings, trained_from
-from .segmenter import CutterConfig, CutterError, cut_recording
+from .segmenter import CutterConfig, CutterError, Levels, cut_levels, cut_recording
 from .transcripts import (
     AsrTranscriber,
     Piece,
@@ -451,6 +451,21 @@ def _units_or_rows(
     return unite_pieces(pieces, max_seconds, roles)
 
 
+def _decode_for_cut(pred: Predictor, path: str, audio, asr, channel: str):
+    """What cutting the recording needs: its frame levels, read block by block (a transcript, the
+    energy cutter and a file soundfile streams: memory stays flat however long the call), else its
+    samples at CUT_RATE (the speech recognizer and the VAD cutter read them whole). ``audio``: the
+    recording already decoded, or the AudioError of its decoding."""
+    if isinstance(audio, AudioError):
+        raise audio
+    if audio is not None:
+        return audio
+    if asr is None and pred.cfg.cutter == "energy" and streams(path):
+        hop = CutterConfig.hop_seconds
+        return Levels.of_blocks(stream_recording(path, CUT_RATE, channel), CUT_RATE, hop)
+    return load_segment(path, None, None, CUT_RATE, channel)[0]
+
+
 def _recognise(pred: Predictor, asr, path: str, x, channel: str | None) -> tuple[list[Piece], bool]:
     """The speech recognizer's pieces, and whether they carry their speakers: with
     ``--asr-channels split`` each channel of a multi-channel recording is transcribed on its own
@@ -485,13 +500,11 @@ def _plan_call(
     result = CallResult(call_id=call_id, source=path, status="ok")
     channel = channel or pred.channel or pred.audio_channel(None)
     try:
-        if isinstance(audio, AudioError):
-            raise audio
-        x = audio if audio is not None else load_segment(path, None, None, CUT_RATE, channel)[0]
+        x = _decode_for_cut(pred, path, audio, asr, channel)
     except AudioError as e:
         result.status = f"skipped: {e}"
         return result, []
-    duration = len(x) / CUT_RATE
+    duration = x.duration if isinstance(x, Levels) else len(x) / CUT_RATE
     if transcripts is not None:
         pieces: list[Piece] | None = transcripts.get(call_id)
         if pieces is None:
@@ -519,7 +532,11 @@ def _plan_call(
     else:
         if roles == "prefix":
             pieces = [replace(p, text=role_text(p.speaker, p.text)) for p in pieces]
-        bounds = cut_recording(x, CUT_RATE, plan.cutter)
+        bounds = (
+            cut_levels(x, plan.cutter)
+            if isinstance(x, Levels)
+            else cut_recording(x, CUT_RATE, plan.cutter)
+        )
         texts = assign_text(pieces, bounds)
     segs = [
         Segment(

@@ -158,6 +158,44 @@ def choose_cuts(
     return cuts
 
 
+@dataclass(frozen=True)
+class Levels:
+    """A recording's RMS level per frame (dB) and its length: all the energy cutter needs, computed
+    block by block from :func:`extract.audio.stream_recording` so the samples are never held."""
+
+    score: np.ndarray
+    hop: float  # seconds per frame
+    duration: float  # seconds
+
+    @classmethod
+    def of_blocks(cls, blocks, rate: int, hop_seconds: float) -> Levels:
+        """The frames of the blocks joined, as :func:`energy_score` frames the whole: the samples
+        of a frame cut by a block's end wait for the next block."""
+        hop = max(1, int(round(hop_seconds * rate)))
+        parts, carry, total = [], np.zeros(0, np.float32), 0
+        for block in blocks:
+            total += len(block)
+            x = np.concatenate([carry, block]) if len(carry) else block
+            n = len(x) // hop
+            if n:
+                frames = x[: n * hop].astype(np.float64).reshape(-1, hop)
+                parts.append(np.sqrt((frames**2).mean(axis=1)))
+            carry = x[n * hop :]
+        if len(carry):  # the last partial frame counts too
+            parts.append(np.array([np.sqrt((carry.astype(np.float64) ** 2).mean())]))
+        rms = np.concatenate(parts) if parts else np.zeros(0)
+        return cls(20 * np.log10(rms + 1e-6), hop / rate, total / rate)
+
+
+def cut_levels(levels: Levels, cfg: CutterConfig) -> list[tuple[float, float]]:
+    """:func:`cut_recording` with the energy cutter, from a recording's :class:`Levels`."""
+    if cfg.method != "energy":
+        raise CutterError(f"cutting from frame levels needs the energy cutter, not {cfg.method!r}")
+    if levels.duration <= cfg.max_seconds:
+        return [(0.0, levels.duration)]
+    return _cuts(levels.score, levels.hop, levels.duration, cfg)
+
+
 def cut_recording(x: np.ndarray, rate: int, cfg: CutterConfig) -> list[tuple[float, float]]:
     """Segments ``[(start, end), …]`` in seconds covering the whole recording, each at most
     max_seconds."""
@@ -171,6 +209,10 @@ def cut_recording(x: np.ndarray, rate: int, cfg: CutterConfig) -> list[tuple[flo
         prob, vad_hop = vad_score(x, rate)
         idx = np.minimum((np.arange(len(score)) * hop / vad_hop).astype(np.int64), len(prob) - 1)
         score = score + VAD_WEIGHT * prob[idx]
+    return _cuts(score, hop, duration, cfg)
+
+
+def _cuts(score: np.ndarray, hop: float, duration: float, cfg: CutterConfig):
     score = _smooth(score, max(1, int(round(cfg.smooth_seconds / hop))))
     # 3 dB: the quiet frames of one pause differ by noise, speech is tens of dB louder
     bounds = [0.0, *choose_cuts(score, hop, duration, cfg, tolerance=3.0), duration]

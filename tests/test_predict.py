@@ -759,3 +759,47 @@ def test_a_run_made_with_relative_paths_predicts_from_another_folder(
     assert res.exit_code == 1 and "enc/audio" in res.output and "--audio-model" in res.output, (
         res.output
     )
+
+
+def test_a_long_call_with_a_transcript_is_cut_without_decoding_it_whole(
+    tiny_run, tmp_path, monkeypatch
+):
+    """With a transcript and the energy cutter, predict reads the recording block by block (its
+    frame levels, never all its samples: memory stays flat on hours of audio) and cuts it exactly
+    where the whole recording decoded at once is cut."""
+    import extract.audio
+    from predict import run as predict_run
+    from predict.segmenter import Levels
+
+    x, _ = bursty(150.0, 8000, seed=4, burst=(2.0, 5.0))
+    wav = tmp_path / "long.wav"
+    sf.write(wav, x, 8000)
+    transcripts = tmp_path / "t.csv"
+    transcripts.write_text(
+        "call_id,start,end,text\nlong,0,60,你好我想了解一下\nlong,70,140,价格多少\n",
+        encoding="utf-8",
+    )
+    monkeypatch.setattr(extract.audio, "STREAM_FRAMES", 7919)  # many blocks
+    cfg = PredictConfig(
+        run=tiny_run["run"], audio=(str(wav),), transcripts=str(transcripts), progress=False
+    )
+    pred = Predictor(cfg)
+    table = read_transcript_csv(transcripts)
+
+    def plan():
+        result, segs = _plan_call(pred, str(wav), "long", table, str(transcripts), None)
+        assert result.ok, result.status
+        return [(s.start, s.end, s.text) for s in segs]
+
+    assert isinstance(predict_run._decode_for_cut(pred, str(wav), None, None, "mix"), Levels)
+    real = predict_run.load_segment
+
+    def whole_decode_forbidden(path, start, end, rate, channel="mix"):
+        assert start is not None, "the whole recording was decoded"
+        return real(path, start, end, rate, channel)
+
+    monkeypatch.setattr(predict_run, "load_segment", whole_decode_forbidden)
+    streamed = plan()
+    monkeypatch.setattr(predict_run, "load_segment", real)
+    monkeypatch.setattr(predict_run, "streams", lambda path: False)  # the whole-recording route
+    assert streamed == plan() and len(streamed) > 10

@@ -428,3 +428,44 @@ def test_energy_score_in_blocks_equals_the_whole_recording_at_once(monkeypatch):
         got, hop2 = segmenter.energy_score(x, 16000, 0.02)
         assert hop2 == hop and len(got) == len(whole) == 351
         np.testing.assert_array_equal(got, whole)
+
+
+def test_a_recording_streamed_in_blocks_is_the_recording_decoded_whole(tmp_path):
+    """msmtfn-predict reads long recordings block by block (flat memory): the samples, the frame
+    levels and the cuts are those of the whole recording decoded at once; bad files fail alike."""
+    import soundfile as sf
+
+    from extract.audio import AudioError, load_segment, stream_recording
+    from predict.segmenter import CutterConfig, Levels, cut_levels, cut_recording, energy_score
+
+    rng = np.random.default_rng(3)
+    stereo = 0.3 * rng.standard_normal((8000 * 95 + 17, 2)) * (rng.random((1, 2)) + 0.5)
+    sf.write(tmp_path / "s.wav", stereo.astype(np.float32), 8000, subtype="PCM_16")
+    sf.write(tmp_path / "m16.wav", stereo[:, 0].astype(np.float32), 16000, subtype="PCM_16")
+    for name, channel in (("s.wav", "mix"), ("s.wav", "left"), ("s.wav", "1"), ("m16.wav", "mix")):
+        path = str(tmp_path / name)
+        whole = load_segment(path, None, None, 16000, channel)[0]
+        for block in (997, 4099, 10**7):
+            blocks = list(stream_recording(path, 16000, channel, block_frames=block))
+            np.testing.assert_array_equal(np.concatenate(blocks), whole)
+        levels = Levels.of_blocks(stream_recording(path, 16000, channel, 7919), 16000, 0.01)
+        score, hop = energy_score(whole, 16000, 0.01)
+        np.testing.assert_array_equal(levels.score, score)
+        assert levels.hop == hop and levels.duration == len(whole) / 16000
+        cfg = CutterConfig(max_seconds=8.0, search_seconds=4.0)
+        cuts = cut_levels(levels, cfg)
+        assert cuts == cut_recording(whole, 16000, cfg) and len(cuts) > 5
+    bad = stereo.astype(np.float32)
+    bad[40000, 1] = np.nan
+    sf.write(tmp_path / "nan.wav", bad, 8000, subtype="FLOAT")
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "junk.wav").write_bytes(b"not audio at all" * 10)
+    for name in ("nan.wav", "empty.wav", "junk.wav", "missing.wav"):
+        path = str(tmp_path / name)
+        with pytest.raises(AudioError) as whole_error:
+            load_segment(path, None, None, 16000)
+        with pytest.raises(AudioError) as streamed_error:
+            list(stream_recording(path, 16000, block_frames=4099))
+        assert str(streamed_error.value) == str(whole_error.value), name
+    with pytest.raises(AudioError, match="channel 3 is not one of them"):
+        list(stream_recording(str(tmp_path / "s.wav"), 16000, "3"))
