@@ -785,6 +785,27 @@ MUTANTS = [
         "    speakers = channel_speakers(len(channels), None)",
         ("tests/test_roles.py",),
     ),
+    Mutant(
+        "long recordings: predict decodes the whole recording to cut it",
+        "predict/run.py",
+        '    if asr is None and pred.cfg.cutter == "energy" and streams(path):',
+        "    if False:",
+        ("tests/test_predict.py",),
+    ),
+    Mutant(
+        "long recordings: a frame cut by a block's end is dropped",
+        "predict/segmenter.py",
+        "            x = np.concatenate([carry, block]) if len(carry) else block",
+        "            x = block",
+        (T_CUT,),
+    ),
+    Mutant(
+        "long recordings: the resampler's tail is not flushed",
+        "extract/audio.py",
+        "            if sr != rate:  # the resampler's tail",
+        "            if False:",
+        (T_CUT,),
+    ),
 ]
 
 
