@@ -806,6 +806,20 @@ MUTANTS = [
         "            if False:",
         (T_CUT,),
     ),
+    Mutant(
+        "long recordings: a call's segments all encoded before any is reduced to its vector",
+        "predict/run.py",
+        "    step = len(segs) if explain else STREAM_SEGMENTS",
+        "    step = len(segs)",
+        ("tests/test_predict.py",),
+    ),
+    Mutant(
+        "long recordings: a chunk's segment vectors out of order",
+        "predict/run.py",
+        "            vectors = iter(pred.vectors_of(ok))",
+        "            vectors = iter(pred.vectors_of(ok).flip(0))",
+        ("tests/test_predict.py",),
+    ),
 ]
 
 

@@ -45,6 +45,8 @@ from train.predictions import (
     head_widths,
     model_outputs,
     output_tasks,
+    outputs_of_vectors,
+    segment_vectors_of,
     task_columns,
     task_values,
     use_threads,
@@ -307,6 +309,29 @@ class Predictor:
                 out += self._per_call(group, {k: v.float().cpu() for k, v in logits.items()})
         return out, explained
 
+    def vectors_of(self, feats: list[SegmentFeatures]) -> torch.Tensor:
+        """(n, d) segment vectors of in-memory segments, on the CPU: what a call keeps of its
+        segments' features once they are encoded (a 3-hour call's hidden states never sit in
+        memory at once)."""
+        m = self.model
+        with torch.inference_mode():
+            b = segments_batch([feats], m, self.text_tokens, self.device)
+            return segment_vectors_of(m, b, self.device, self.amp).cpu()
+
+    def predict_vectors(self, calls: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """As :meth:`predict_features` without explanations, from each call's (segments, d)
+        vectors (:meth:`vectors_of`)."""
+        bc = self.cfg.batch_calls or self.train_cfg.batch_calls
+        out: list[dict[str, torch.Tensor]] = []
+        with torch.inference_mode():
+            for i in range(0, len(calls), bc):
+                group = calls[i : i + bc]
+                seg = torch.cat(group).to(self.device)
+                counts = torch.as_tensor([len(c) for c in group], device=self.device)
+                logits = outputs_of_vectors(self.model, seg, counts, self.device, self.amp)
+                out += self._per_call(group, {k: v.float().cpu() for k, v in logits.items()})
+        return out
+
     def _per_call(self, group, logits) -> list[dict[str, torch.Tensor]]:
         n_segs = sum(len(call) for call in group)
         out, seg_start = [], 0
@@ -561,19 +586,36 @@ def _plan_call(
     return result, segs
 
 
+STREAM_SEGMENTS = 128  # segments encoded at a time, then reduced to their vectors
+
+
+def _encoded(pred: Predictor, segs: list[Segment], explain: bool) -> list:
+    """Per segment, the reason it cannot be encoded, else its features (explaining reads them)
+    or, by default, its segment vector: the segments are encoded STREAM_SEGMENTS at a time and
+    only their vectors kept, so a long call's memory does not grow with its hidden states."""
+    step = len(segs) if explain else STREAM_SEGMENTS
+    out: list = []
+    for i in range(0, len(segs), max(step, 1)):
+        feats = pred.encoders.encode(
+            segs[i : i + step],
+            batch_seconds=pred.cfg.batch_seconds,
+            num_workers=pred.cfg.num_workers,
+        )
+        ok = [f for f in feats if isinstance(f, SegmentFeatures)]
+        if not explain and ok:
+            vectors = iter(pred.vectors_of(ok))
+            feats = [next(vectors) if isinstance(f, SegmentFeatures) else f for f in feats]
+        out += feats
+    return out
+
+
 def _finish_group(
     pred: Predictor, group: list[tuple[CallResult, list[Segment]]], report=None
 ) -> None:
     """Encode the group's segments, run the model over its calls, fill in the results (and with a
     predict.explain.ReportWriter, explain them into it)."""
     segs = [s for _, ss in group for s in ss]
-    feats = (
-        pred.encoders.encode(
-            segs, batch_seconds=pred.cfg.batch_seconds, num_workers=pred.cfg.num_workers
-        )
-        if segs
-        else []
-    )
+    feats = _encoded(pred, segs, explain=report is not None)
     usable: list[tuple[CallResult, list[SegmentFeatures], list[SegmentResult]]] = []
     k = 0
     for result, _ in group:
@@ -581,7 +623,7 @@ def _finish_group(
         for row in result.segment_rows:
             f = feats[k]
             k += 1
-            if isinstance(f, SegmentFeatures):
+            if not isinstance(f, str):
                 fs.append(f)
                 kept.append(row)
             else:
@@ -598,7 +640,10 @@ def _finish_group(
                 len(result.segment_rows),
             )
         usable.append((result, fs, kept))
-    outputs, explained = pred.predict_features([fs for _, fs, _ in usable], report is not None)
+    if report is None:
+        outputs, explained = pred.predict_vectors([torch.stack(fs) for _, fs, _ in usable]), []
+    else:
+        outputs, explained = pred.predict_features([fs for _, fs, _ in usable], True)
     for (result, fs, kept), out in zip(usable, outputs):
         result.segments = len(fs)
         lengths = [row.end - row.start for row in kept]

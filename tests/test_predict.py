@@ -504,9 +504,13 @@ def test_segment_level_and_regression_heads_give_per_segment_rows(tiny_run, tmp_
                 }
             )
 
-        def forward(self, audio, audio_len, text, text_len, seg_counts):
-            assert int(seg_counts.sum()) == audio.shape[0] == text.shape[0]
-            v = text.float().sum(1)[:, :7] / text_len[:, None]  # (S, 7): one row per segment
+        # predict runs the model's two halves apart (segment vectors, then the heads over calls)
+        def segment_vectors(self, audio, audio_len, text, text_len):
+            assert audio.shape[0] == text.shape[0]
+            return text.float().sum(1)[:, :7] / text_len[:, None]  # (S, 7): one row per segment
+
+        def outputs_of(self, v, seg_counts):
+            assert int(seg_counts.sum()) == v.shape[0]
             return {"score": v[:, :1], "2": v[:, :2], "5": v[:, :5], "7": v}
 
     paths, csv_path, _ = _new_calls(tmp_path / "calls", ["callA", "callB"])
@@ -556,8 +560,10 @@ def test_single_head_run_reports_coarser_tasks_through_the_label_maps(tiny_run, 
             super().__init__()
             self.heads = torch.nn.ModuleDict({"5": torch.nn.Identity()})
 
-        def forward(self, audio, audio_len, text, text_len, seg_counts):
-            per_seg = text.float().sum(1)[:, :5] / text_len[:, None]
+        def segment_vectors(self, audio, audio_len, text, text_len):
+            return text.float().sum(1)[:, :5] / text_len[:, None]
+
+        def outputs_of(self, per_seg, seg_counts):
             return {
                 "5": torch.stack([c.mean(0) for c in torch.split(per_seg, seg_counts.tolist())])
             }
@@ -803,3 +809,46 @@ def test_a_long_call_with_a_transcript_is_cut_without_decoding_it_whole(
     monkeypatch.setattr(predict_run, "load_segment", real)
     monkeypatch.setattr(predict_run, "streams", lambda path: False)  # the whole-recording route
     assert streamed == plan() and len(streamed) > 10
+
+
+def test_a_long_calls_segments_are_encoded_a_few_at_a_time_and_scored_as_one_call(
+    tiny_run, tmp_path, monkeypatch
+):
+    """A call's segments are encoded STREAM_SEGMENTS at a time and only their segment vectors kept
+    (a 3-hour call's hidden states never sit in memory at once); the call is scored exactly as
+    the model's one forward pass over all its segments' features scores it."""
+    import torch
+
+    from predict import run as predict_run
+    from train.predictions import decode
+
+    x, _ = bursty(150.0, 8000, seed=5, burst=(2.0, 5.0))
+    wav = tmp_path / "long.wav"
+    sf.write(wav, x, 8000)
+    transcripts = tmp_path / "t.csv"
+    transcripts.write_text(
+        "call_id,start,end,text\nlong,0,80,你好我想了解一下\nlong,80,150,价格多少不需要\n",
+        encoding="utf-8",
+    )
+    cfg = PredictConfig(
+        run=tiny_run["run"], audio=(str(wav),), transcripts=str(transcripts), progress=False
+    )
+    pred = Predictor(cfg)
+    sizes, encode = [], pred.encoders.encode
+
+    def spy(segments, **kw):
+        sizes.append(len(segments))
+        return encode(segments, **kw)
+
+    monkeypatch.setattr(pred.encoders, "encode", spy)
+    monkeypatch.setattr(predict_run, "STREAM_SEGMENTS", 4)
+    (result,) = predict_calls(cfg, predictor=pred).calls
+    assert result.ok and result.segments > 12 and max(sizes) == 4 and len(sizes) > 3
+    _, segs = _plan_call(pred, str(wav), "long", read_transcript_csv(transcripts), None, None)
+    whole = pred.predict_features([encode(segs)])[0][0]
+    (expected,) = decode(pred.scheme, pred.tasks, {h: v[None] for h, v in whole.items()})
+    for task, answer in expected.items():
+        assert result.predictions[task]["label"] == answer["label"]
+        got = torch.tensor(list(result.predictions[task]["probs"].values()))
+        want = torch.tensor(list(answer["probs"].values()))
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)

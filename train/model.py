@@ -547,6 +547,11 @@ class MSMTFN(nn.Module):
         """{task: (B, k)} for call-level labels, {task: (S, k)} for segment-level ones (k = 1: a
         regression)."""
         seg = self.segment_vectors(audio, audio_len, text, text_len)
+        return self.outputs_of(seg, seg_counts)
+
+    def outputs_of(self, seg: torch.Tensor, seg_counts: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The heads' outputs from the (S, d) segment vectors of the calls (``forward`` after
+        :meth:`segment_vectors`; msmtfn-predict runs the two apart on long calls)."""
         if self.dims.level == "segment":
             x = self.context_vectors(seg, seg_counts)
         else:

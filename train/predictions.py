@@ -92,6 +92,21 @@ def model_outputs(model, batch, device, amp: bool) -> dict:
         return model(batch.audio, batch.audio_len, batch.text, batch.text_len, batch.seg_counts)
 
 
+def segment_vectors_of(model, batch, device, amp: bool) -> torch.Tensor:
+    """(S, d) float32 segment vectors of a batch's segments, under the autocast of
+    :func:`model_outputs` (the first half of its forward call)."""
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+        v = model.segment_vectors(batch.audio, batch.audio_len, batch.text, batch.text_len)
+    return v.float()
+
+
+def outputs_of_vectors(model, seg: torch.Tensor, seg_counts: torch.Tensor, device, amp: bool):
+    """The head outputs of calls from their segment vectors (the second half of
+    :func:`model_outputs`)."""
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+        return model.outputs_of(seg, seg_counts)
+
+
 @dataclass
 class Scored:
     """One split (or any calls) through the model: one entry per scored item — a call, or a scored
