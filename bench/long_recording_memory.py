@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from conftest import build_tiny_run  # noqa: E402
+
 from extract.tiny import build_tiny_encoders  # noqa: E402
 
 RATE = 8000
@@ -81,9 +82,21 @@ def predict_cmd(run: Path, wav: Path, work: Path) -> list[str]:
         f"call_id,start,end,text\n{wav.stem},0,{end:.3f},你好我想了解一下价格\n", encoding="utf-8"
     )
     return [
-        sys.executable, "-m", "predict.cli", "--run", str(run), "--audio", str(wav),
-        "--transcripts", str(table), "--out", str(work / f"{wav.stem}.predictions.csv"),
-        "--device", "cpu", "--threads", "1",
+        sys.executable,
+        "-m",
+        "predict.cli",
+        "--run",
+        str(run),
+        "--audio",
+        str(wav),
+        "--transcripts",
+        str(table),
+        "--out",
+        str(work / f"{wav.stem}.predictions.csv"),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
     ]
 
 
@@ -96,10 +109,28 @@ def extract_cmd(tiny: dict, wav: Path, work: Path) -> list[str]:
         encoding="utf-8",
     )
     return [
-        sys.executable, "-m", "extract.cli", "--dataset", "csv", "--data-dir", str(data),
-        "--out", str(work / f"{wav.stem}.zarr"), "--audio-model", str(tiny["group"]),
-        "--text-model", str(tiny["text"]), "--device", "cpu", "--loader-workers", "0",
-        "--max-text-tokens", "32", "--max-seconds", "8", "--allow-outside-paths",
+        sys.executable,
+        "-m",
+        "extract.cli",
+        "--dataset",
+        "csv",
+        "--data-dir",
+        str(data),
+        "--out",
+        str(work / f"{wav.stem}.zarr"),
+        "--audio-model",
+        str(tiny["group"]),
+        "--text-model",
+        str(tiny["text"]),
+        "--device",
+        "cpu",
+        "--loader-workers",
+        "0",
+        "--max-text-tokens",
+        "32",
+        "--max-seconds",
+        "8",
+        "--allow-outside-paths",
     ]
 
 
@@ -115,20 +146,32 @@ def main() -> None:
         group, text = build_tiny_encoders(work / "encoders", norm="group")
         tiny = {"group": group, "text": text}
         run = build_tiny_run(work / "tiny", tiny)["run"]
-        waves = {m: write_bursty(work / f"rec{int(m)}min.wav", m, seed=1) for m in
-                 (args.short_min, args.long_min)}
+        waves = {
+            m: write_bursty(work / f"rec{int(m)}min.wav", m, seed=1)
+            for m in (args.short_min, args.long_min)
+        }
         print("| command | recording | file MB | peak RSS MB | wall s |\n|---|---|---|---|---|")
         for name in ("predict", "extract"):
             if args.only not in (None, name):
                 continue
             peaks = []
             for minutes, wav in waves.items():
-                cmd = predict_cmd(run, wav, work) if name == "predict" else extract_cmd(tiny, wav, work)
+                cmd = (
+                    predict_cmd(run, wav, work)
+                    if name == "predict"
+                    else extract_cmd(tiny, wav, work)
+                )
                 mb, wall = peak_rss_mb(cmd, work / f"{name}-{wav.stem}.log")
                 peaks.append(mb)
-                print(f"| msmtfn-{name} | {minutes:g} min | {wav.stat().st_size / 1e6:.1f} | "
-                      f"{mb:,.0f} | {wall:.0f} |", flush=True)
-            print(f"| msmtfn-{name} | ratio long/short | | **{peaks[1] / peaks[0]:.2f}** | |", flush=True)
+                print(
+                    f"| msmtfn-{name} | {minutes:g} min | {wav.stat().st_size / 1e6:.1f} | "
+                    f"{mb:,.0f} | {wall:.0f} |",
+                    flush=True,
+                )
+            print(
+                f"| msmtfn-{name} | ratio long/short | | **{peaks[1] / peaks[0]:.2f}** | |",
+                flush=True,
+            )
     finally:
         if args.keep:
             print(f"work folder: {work}")
