@@ -31,6 +31,7 @@ from pipeline.cache_settings import (
 )
 from pipeline.fingerprint import diff_settings
 from pipeline.manifest import Segment
+from pipeline.memory import release_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -233,4 +234,5 @@ class RunEncoders:
                     warnings=it["warnings"],
                     text_truncated=it["truncated"],
                 )
+            release_freed_memory()  # batches of changing shapes: keep the heap from growing
         return out

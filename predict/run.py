@@ -35,6 +35,7 @@ from extract.segmentation import split_text
 from pipeline.atomic import atomic_write_text
 from pipeline.labels import get_scheme
 from pipeline.manifest import Segment, role_text
+from pipeline.memory import release_freed_memory
 from pipeline.remote_files import absolute
 from pipeline.segment_profile import SegmentProfile
 from pipeline.units import join_texts, turn_units
@@ -605,6 +606,7 @@ def _encoded(pred: Predictor, segs: list[Segment], explain: bool) -> list:
         if not explain and ok:
             vectors = iter(pred.vectors_of(ok))
             feats = [next(vectors) if isinstance(f, SegmentFeatures) else f for f in feats]
+            release_freed_memory()  # the chunk's hidden states are gone: their pages too
         out += feats
     return out
 

@@ -1,0 +1,33 @@
+"""Giving freed memory back to the operating system between the chunks of a long job.
+
+glibc keeps the heap pages of freed arrays for reuse; with batches of ever-changing shapes (each chunk
+of a call's segments) the kept pages grow with the job instead of being reused, so a 3-hour call's
+peak RSS grew with its length although each chunk's arrays were freed (docs/reliability.md).
+``malloc_trim(0)`` returns them; elsewhere than glibc it is a no-op.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+
+
+@functools.cache
+def _libc():
+    name = ctypes.util.find_library("c")
+    try:
+        lib = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return lib if lib is not None and hasattr(lib, "malloc_trim") else None
+
+
+def release_freed_memory() -> bool:
+    """Return the heap's free pages to the system (glibc ``malloc_trim``); False where there is
+    no such call (macOS, musl)."""
+    lib = _libc()
+    if lib is None:
+        return False
+    lib.malloc_trim(0)
+    return True
