@@ -820,6 +820,13 @@ MUTANTS = [
         "            vectors = iter(pred.vectors_of(ok).flip(0))",
         ("tests/test_predict.py",),
     ),
+    Mutant(
+        "long recordings: freed heap pages kept (no malloc_trim)",
+        "pipeline/memory.py",
+        "    lib.malloc_trim(0)",
+        "    pass",
+        ("tests/test_memory.py",),
+    ),
 ]
 
 
