@@ -827,6 +827,13 @@ MUTANTS = [
         "    pass",
         ("tests/test_memory.py",),
     ),
+    Mutant(
+        "long recordings: large arrays left on the heap (no fixed mmap threshold)",
+        "pipeline/memory.py",
+        "    return lib is not None and bool(lib.mallopt(M_MMAP_THRESHOLD, int(threshold)))",
+        "    return lib is not None",
+        ("tests/test_memory.py",),
+    ),
 ]
 
 

@@ -1,9 +1,10 @@
-"""Giving freed memory back to the operating system between the chunks of a long job.
+"""Giving freed memory back to the operating system during a long job.
 
 glibc keeps the heap pages of freed arrays for reuse; with batches of ever-changing shapes (each chunk
 of a call's segments) the kept pages grow with the job instead of being reused, so a 3-hour call's
 peak RSS grew with its length although each chunk's arrays were freed (docs/reliability.md).
-``malloc_trim(0)`` returns them; elsewhere than glibc it is a no-op.
+``malloc_trim(0)`` returns them, and a fixed mmap threshold gives every large array its own mapping,
+unmapped when it is freed; elsewhere than glibc both are no-ops.
 """
 
 from __future__ import annotations
@@ -31,3 +32,16 @@ def release_freed_memory() -> bool:
         return False
     lib.malloc_trim(0)
     return True
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MAP_LARGE_BYTES = 256 * 1024
+
+
+def map_large_allocations(threshold: int = MAP_LARGE_BYTES) -> bool:
+    """Allocate every block of ``threshold`` bytes or more with its own mapping, returned to the
+    system when freed (glibc ``mallopt(M_MMAP_THRESHOLD)``; fixing it also stops glibc raising it
+    after each free, which is what lets the heap grow). Process-wide: the CLIs that score long
+    recordings call it at start. False where there is no such call."""
+    lib = _libc()
+    return lib is not None and bool(lib.mallopt(M_MMAP_THRESHOLD, int(threshold)))

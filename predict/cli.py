@@ -154,7 +154,11 @@ def main(run_dir, audio, more_audio, cache, split, out, segments_out, as_json, q
     _check_paths(run_dir, None, kw["transcripts"], kw["explain"])
     _log(quiet)
     # torch, transformers and the trained model's code: imported once the options are read
+    from pipeline.memory import map_large_allocations
+
     from .run import predict_calls, result_json, write_outputs
+
+    map_large_allocations()  # a long call's batches come and go: flat peak memory
 
     if quiet:
         from transformers.utils import logging as hf_logging

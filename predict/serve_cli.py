@@ -61,6 +61,9 @@ def main(log_level: str, **kw):
     run = _run_folder(cfg.run)
     _check_paths(run, None, None)
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    from pipeline.memory import map_large_allocations
+
+    map_large_allocations()  # request after request of changing shapes: a heap that does not grow
     sys.exit(serve(cfg, key, run))
 
 
