@@ -31,6 +31,7 @@ from pipeline.cli import (
 from pipeline.datasets import DATASETS, dataset_options
 from pipeline.device import DEVICE_HELP
 from pipeline.labels import SchemeFileError, resolve_scheme
+from pipeline.memory import map_large_allocations
 from pipeline.remote_files import is_url
 from pipeline.store import CODECS, CacheStore, StoreError, resolve_storage_options
 
@@ -368,6 +369,7 @@ def run_cmd(
             logging.getLogger("distributed").setLevel(logging.WARNING)
         from .run import extract  # torch and transformers: imported once the options are read
 
+        map_large_allocations()  # batch after batch of changing shapes: a heap that does not grow
         res = extract(cfg, progress=not quiet)
     except (StoreError, ValueError) as e:
         raise click.ClickException(str(e)) from None
