@@ -431,8 +431,9 @@ class MSMTFN(nn.Module):
 
     # Segments run in groups of similar length, each padded to its own longest rows (padding rows
     # cost as much as real ones). Device type -> (most groups, the fixed cost of one more group in
-    # padded row pairs); measured in docs/benchmarks.md ("Length groups", --splits).
-    LENGTH_GROUPS = {"cpu": (9, 30_000), "cuda": (4, 1_000_000)}
+    # padded row pairs); measured in docs/benchmarks.md ("Length groups", --splits). On an H200 one
+    # padded batch was fastest (47 ms a step; 70 ms in 2 groups, 126 ms in 4: part train_groups).
+    LENGTH_GROUPS = {"cpu": (9, 30_000), "cuda": (1, 0)}
 
     def length_groups(self, audio_len, text_len, device_type: str) -> list[torch.Tensor] | None:
         """Index groups (runs of the segments sorted by the backbone's length) that minimise padded

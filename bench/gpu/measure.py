@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import platform
 import resource
@@ -507,12 +508,18 @@ def train_config(cache: Path, out: Path, device: str, epochs: int, overrides: di
     return TrainConfig(**{k: v for k, v in wanted.items() if k in names})
 
 
+# what the running part has measured so far: kept in results.json when the hard limit interrupts it
+PROGRESS: dict = {}
+
+
 def part_train(sz: Sizes, device: str, tmp: Path) -> dict:
     from train.loop import fit
 
     t0 = time.perf_counter()
     cache = training_cache(tmp / "train-cache.zarr", sz)
     write_s = time.perf_counter() - t0
+    PROGRESS.update(cache_write_s=write_s, fit_started_at_s=write_s)
+    print(f"   training cache written in {write_s:.1f} s; fit starts", flush=True)
     cfg = train_config(cache, tmp / "train-run", device, sz.epochs, sz.train_overrides)
     reset_peak(device)
     cpu0, t0 = time.process_time(), time.perf_counter()
@@ -601,7 +608,9 @@ def part_train_groups(sz: Sizes, device: str) -> dict:
         MSMTFN.LENGTH_GROUPS = saved
     most, overhead = saved.get(kind, (1, 0))
     out["shipped"] = (
-        f"up to {most} groups, {overhead:,} row pairs a group; here {len(chosen or [0])}"
+        "one padded batch"
+        if most <= 1
+        else f"up to {most} groups, {overhead:,} row pairs a group; here {len(chosen or [0])}"
     )
     return out
 
@@ -698,12 +707,10 @@ def markdown(res: dict) -> str:
         lines.append(f"| {part} | {what} | {value} |")
 
     for k, p in res["parts"].items():
-        if "error" in p or "skipped" in p:
-            row(
-                k,
-                "not measured",
-                (p.get("error") or p.get("skipped")).splitlines()[0][:200].replace("|", "/"),
-            )
+        if "error" in p or "skipped" in p or "interrupted" in p:
+            why = p.get("error") or p.get("skipped") or p["interrupted"]
+            got = {n: round(v, 1) for n, v in p.items() if n.endswith("_s")}
+            row(k, "not measured", why.splitlines()[0][:200].replace("|", "/") + f" {got or ''}")
             continue
         if k.startswith("extract_"):
             st = p["stages_per_segment"]
@@ -795,6 +802,8 @@ def main() -> int:
         "--parts", default="extract_paper-8k,extract_encoder,writer,train,train_groups,sweep"
     )
     args = ap.parse_args()
+    # the trainer's per-epoch lines, timestamped: where a part's time went even if it is cut short
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     sz = DRY if args.dry_run else DEVICE
     device = args.device or ("cpu" if args.dry_run or not torch.cuda.is_available() else "cuda")
     budget = args.budget or sz.budget_s
@@ -839,6 +848,7 @@ def main() -> int:
                 continue
             print(f"== {part} ({left:.0f} s of the budget left)", flush=True)
             t0 = time.perf_counter()
+            PROGRESS.clear()
             try:
                 if part.startswith("extract_"):
                     if encoders is None:
@@ -859,6 +869,16 @@ def main() -> int:
                     p = part_sweep(sz, device, tmp)
                 else:
                     raise ValueError(f"unknown part {part!r}")
+            except (
+                KeyboardInterrupt
+            ) as e:  # run.sh's hard limit: keep what the part got to, then stop
+                res["parts"][part] = {
+                    "interrupted": f"{e.__class__.__name__} after {time.perf_counter() - t0:.0f} s",
+                    **PROGRESS,
+                    "part_s": time.perf_counter() - t0,
+                }
+                print(f"   {part} interrupted: {res['parts'][part]}", flush=True)
+                break
             except Exception as e:  # one part failing must not cost the others their device time
                 p = {
                     "error": f"{e.__class__.__name__}: {e}",
@@ -880,7 +900,9 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
         save()
     print((out / "results.md").read_text(encoding="utf-8"))
-    return 0 if all("error" not in p for p in res["parts"].values()) else 1
+    return (
+        0 if all("error" not in p and "interrupted" not in p for p in res["parts"].values()) else 1
+    )
 
 
 if __name__ == "__main__":
