@@ -834,6 +834,20 @@ MUTANTS = [
         "    return lib is not None",
         ("tests/test_memory.py",),
     ),
+    Mutant(
+        "units: a unit over the limit kept whole (cut into equal pieces downstream)",
+        "pipeline/units.py",
+        "        if math.isfinite(span) and span > max_seconds + 1e-9:",
+        "        if False:",
+        ("tests/test_units.py",),
+    ),
+    Mutant(
+        "units: a split unit's last piece merged with the next unit",
+        "pipeline/units.py",
+        "            closed = True\n            continue",
+        "            closed = False\n            continue",
+        ("tests/test_units.py",),
+    ),
 ]
 
 

@@ -220,7 +220,11 @@ class CacheSettings:
             "segmentation": {
                 "max_seconds": self.max_seconds,
                 "long_segments": "equal pieces",
-                **({"units": self.units} if self.units != "rows" else {}),
+                **(
+                    {"units": self.units, "long_units": "split between utterances"}
+                    if self.units != "rows"
+                    else {}
+                ),
             },
             "augmentation": augmentation,
         }

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from extract.cli import main as extract_cli
 from pipeline.store import CacheStore
-from pipeline.units import speaker_roles, turn_units
+from pipeline.units import speaker_roles, split_long_unit, turn_units
 from predict.run import PredictConfig, Predictor, _plan_call
 from predict.transcripts import read_transcript_csv
 from train.config import TrainConfig
@@ -42,19 +42,35 @@ def test_turns_pair_each_agent_turn_with_the_customers_reply():
     assert turn_units(spans, speakers, 4.5) == [[0, 1, 2, 3], [4]]
     assert turn_units(spans, speakers, 40) == [[0, 1, 2, 3, 4]]
     # one speaker's consecutive rows are one turn; a call opening with the customer
-    assert turn_units([(0, 1), (1, 2), (2, 3), (3, 4)], ["agent"] * 2 + ["customer"] * 2, 1) == [
+    assert turn_units([(0, 1), (1, 2), (2, 3), (3, 4)], ["agent"] * 2 + ["customer"] * 2, 40) == [
         [0, 1, 2, 3]
     ]
-    assert turn_units([(0, 1), (1, 2), (2, 3)], ["caller", "rep", "Caller"], 1) == [[0], [1, 2]]
+    assert turn_units([(0, 1), (1, 2), (2, 3)], ["caller", "rep", "Caller"], 2) == [[0], [1, 2]]
     # an open end (to the end of the recording) is never merged with what follows
     spans = [(0, 1), (1, math.inf), (5, 6)]
     assert turn_units(spans, ["agent", "customer", "agent"], 40) == [[0, 1], [2]]
 
 
+def test_a_unit_over_the_limit_is_cut_between_its_utterances():
+    # agent 0-10 and 10-25, customer 26-30: one 30 s unit over 20 s; then a 20 s unit that fits
+    spans = [(0, 10), (10, 25), (26, 30), (30, 45), (45, 50)]
+    speakers = ["agent", "agent", "customer", "agent", "customer"]
+    assert turn_units(spans, speakers, 20) == [[0], [1, 2], [3, 4]]
+    # pieces are never merged with the units around them, even where the sum would fit
+    assert turn_units([(0, 3), (3, 6), (6, 7)], ["agent", "customer", "agent"], 5) == [
+        [0],
+        [1],
+        [2],
+    ]
+    # one utterance over the limit stays whole (the caller cuts it into equal pieces)
+    assert turn_units([(0, 50), (50, 55)], ["agent", "customer"], 40) == [[0], [1]]
+    assert split_long_unit([(0, 1), (1, 2), (2, 3), (3, 4)], [0, 1, 2, 3], 2) == [[0, 1], [2, 3]]
+
+
 def test_without_a_customer_name_the_first_speaker_is_the_agent():
     assert speaker_roles(["A", "B", "A", "C"]) == ["agent", "customer", "agent", "customer"]
     assert speaker_roles(["客服", "Customer"]) == ["agent", "customer"]
-    assert turn_units([(0, 1), (1, 2), (2, 3), (3, 4)], ["B", "A", "B", "A"], 1.5) == [
+    assert turn_units([(0, 1), (1, 2), (2, 3), (3, 4)], ["B", "A", "B", "A"], 2.5) == [
         [0, 1],
         [2, 3],
     ]
@@ -125,6 +141,25 @@ def test_extraction_cuts_the_audio_at_the_units(stores):
     a, b, c = (int(frames[i]) for i in c0)
     assert b > a > c > 0
     assert abs(a / b - 2.0 / 2.5) < 0.1
+
+
+def test_extraction_cuts_a_unit_over_the_limit_where_its_rows_end(data, tiny_encoders, tmp_path):
+    # 1.6 s: the 2.5 s unit (rows 2-3 and 3-4.5) is two segments ending where its rows end, each with
+    # its own row's text, not two equal halves sharing the characters out
+    st = _extract(
+        data, tmp_path / "short.zarr", tiny_encoders, "--units", "turns", "--max-seconds", "1.6"
+    )
+    table, texts = st.table(), st.segment_texts()
+    c0 = [i for i, c in enumerate(table["call_id"]) if c == "c0"]
+    assert [(table["start"][i], table["end"][i]) for i in c0] == [
+        (0, 1),
+        (1, 2),
+        (2, 3),
+        (3, 4.5),
+        (4.5, 5),
+    ]
+    assert [texts[i] for i in c0] == [t for _, _, _, t in TURNS]
+    assert st.settings["segmentation"]["long_units"] == "split between utterances"
 
 
 def test_roles_are_written_before_each_utterance_of_a_unit(stores):
