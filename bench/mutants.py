@@ -848,6 +848,20 @@ MUTANTS = [
         "            closed = False\n            continue",
         ("tests/test_units.py",),
     ),
+    Mutant(
+        "asr channels: msmtfn-serve transcribes an upload mixed",
+        "predict/run.py",
+        "        pieces, by_speaker = _recognise(pred, asr, path, x, channel, customer)",
+        "        pieces, by_speaker = _recognise(pred, asr, path, x, None, customer)",
+        ("tests/test_roles.py",),
+    ),
+    Mutant(
+        "asr channels: the request's customer channel does not name the speakers",
+        "predict/run.py",
+        "    known = channel if own else (customer or pred.cfg.customer_channel)",
+        "    known = channel if own else pred.cfg.customer_channel",
+        ("tests/test_roles.py",),
+    ),
 ]
 
 

@@ -492,17 +492,21 @@ def _decode_for_cut(pred: Predictor, path: str, audio, asr, channel: str):
     return load_segment(path, None, None, CUT_RATE, channel)[0]
 
 
-def _recognise(pred: Predictor, asr, path: str, x, channel: str | None) -> tuple[list[Piece], bool]:
+def _recognise(
+    pred: Predictor, asr, path: str, x, channel: str | None, customer: str | None = None
+) -> tuple[list[Piece], bool]:
     """The speech recognizer's pieces, and whether they carry their speakers: with
     ``--asr-channels split`` each channel of a multi-channel recording is transcribed on its own
-    (``channel``: the one read for the features, None when the recording came decoded: mixed)."""
+    (``channel``: the one read for the features; None: one transcript of ``x``)."""
     if channel is None or pred.cfg.asr_channels != "split":
         return asr(x, CUT_RATE), False
     channels, _ = load_channels(path, CUT_RATE)
     if len(channels) < 2:
         return asr(x, CUT_RATE), False
-    # the customer's channel: the one a customer-channel run reads, or --customer-channel
-    known = channel if pred.encoders.policy.channel == "customer" else pred.cfg.customer_channel
+    # the customer's channel: the one a customer-channel run reads, else the request's or
+    # --customer-channel
+    own = pred.encoders.policy.channel == "customer"
+    known = channel if own else (customer or pred.cfg.customer_channel)
     index = CHANNEL_INDEX.get(str(known or "").lower())
     if index is None and str(known or "").isdigit():
         index = int(known)
@@ -519,10 +523,13 @@ def _plan_call(
     asr: AsrTranscriber | None,
     audio=None,
     channel: str | None = None,
+    customer: str | None = None,
 ) -> tuple[CallResult, list[Segment]]:
     """The call's segments (not yet encoded) and its result row. ``audio``: the recording already
     decoded at CUT_RATE, or an AudioError (a service decodes in a bounded process), else it is
-    decoded here; ``channel``: the one to read (else the run's, :meth:`Predictor.audio_channel`)."""
+    decoded here; ``channel``: the one to read (else the run's, :meth:`Predictor.audio_channel`);
+    ``customer``: the customer's channel, naming the speakers of a recording recognised channel by
+    channel (else --customer-channel)."""
     result = CallResult(call_id=call_id, source=path, status="ok")
     channel = channel or pred.channel or pred.audio_channel(None)
     try:
@@ -540,7 +547,9 @@ def _plan_call(
             return result, []
         by_speaker = True
     else:
-        pieces, by_speaker = _recognise(pred, asr, path, x, channel if audio is None else None)
+        # a service hands ``audio`` decoded in its bounded worker; channel by channel, the file is
+        # read again here (it decoded there within the limits)
+        pieces, by_speaker = _recognise(pred, asr, path, x, channel, customer)
     # timed rows with their speakers (a transcript, or each channel recognised on its own) are cut
     # as a transcript's rows
     plan = pred.cut_plan(by_speaker)

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from pipeline.cli import option_field
 
+from .config import ASR_CHANNELS
+
 API_KEY_ENV = "MSMTFN_API_KEY"
 
 
@@ -33,6 +35,14 @@ class ServeConfig:
     )
     asr: str | None = option_field(
         None, "Speech recognition model for requests that send no transcript (else 422)."
+    )
+    asr_channels: str = option_field(
+        "split",
+        "With --asr, an upload of 2+ channels: split = each channel transcribed on its own, each "
+        "utterance named by its channel (customer/agent where the customer's channel is known: the "
+        "request's customer_channel or the run's --channel), as msmtfn-predict does; mix = the "
+        "channels mixed, one transcript.",
+        choices=ASR_CHANNELS,
     )
     batch_window_ms: float = option_field(
         20.0,

@@ -153,6 +153,7 @@ class Scorer:
                     device=device,
                     batch_calls=cfg.batch_calls,
                     threads=cfg.threads,
+                    asr_channels=cfg.asr_channels,
                     trust_remote_code=cfg.trust_remote_code,
                     progress=False,
                 )
@@ -194,6 +195,7 @@ class Scorer:
             ],
             "encoders": {"audio": enc.audio_model, "text": enc.text_model},
             "asr": self.cfg.asr,
+            "asr_channels": self.cfg.asr_channels if self.cfg.asr else None,
             "served": dict(self.served),
             "cut": {
                 "with transcript": self.pred.cut_plan(True).note,
@@ -234,6 +236,7 @@ class Scorer:
                 self.asr,
                 audio=audio,
                 channel=channel,
+                customer=customer_channel,
             )
         if result.ok:
             job = _Job(result, segs, explain, Future())

@@ -235,3 +235,36 @@ def test_predict_asr_on_stereo_writes_the_speakers_as_the_run_was_trained(
     assert "agent: " in words and "customer: " in words  # --roles prefix, as in training
     mixed = segment_texts("--asr-channels", "mix")
     assert mixed and not any(w in " ".join(mixed) for w in ("agent: ", "customer: "))
+
+
+def test_serve_asr_transcribes_each_channel_as_predict_does(stereo, prefix_run, tmp_path):
+    from conftest import ServeProcess
+
+    from predict.cli import main as predict_cli
+
+    out, segs = tmp_path / "p.csv", tmp_path / "s.csv"
+    r = CliRunner().invoke(
+        predict_cli,
+        ["--run", prefix_run, "--audio", stereo["wav"], "--asr", stereo["whisper"],
+         "--customer-channel", "right", "--device", "cpu", "--threads", "1",
+         "--out", str(out), "--segments-out", str(segs), "-q"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    expected = [s["text"] for s in csv.DictReader(open(segs, encoding="utf-8"))]
+    words = " ".join(expected)
+    assert "agent: " in words and "customer: " in words
+    for channels in ("split", "mix"):
+        server = ServeProcess(
+            Path(prefix_run), tmp_path / channels, "--asr", stereo["whisper"],
+            "--asr-channels", channels,
+        )  # fmt: skip
+        try:
+            status, body = server.predict(Path(stereo["wav"]), key=None, customer_channel="right")
+        finally:
+            server.stop()
+        assert status == 200, body
+        texts = [s["text"] for s in body["segments"]]
+        if channels == "split":  # the request's customer channel names the speakers
+            assert texts == expected
+        else:
+            assert any(texts) and not any(w in " ".join(texts) for w in ("agent: ", "customer: "))
