@@ -4,7 +4,7 @@ zarr skips storing a chunk equal to the fill value (``write_empty_chunks=False``
 every chunk on its single event-loop thread, which all writer threads share. The cache's hidden-state rows
 always hold data, so pipeline.store writes them with the check off (``CacheStore._hidden_for_writing``).
 This prints both writers' MiB/s on base-size rows (bench/extract_throughput.write_throughput) and their
-ratio, alternating the two for ``--rounds`` rounds and reporting medians (docs/benchmarks.md, "Shard writer").
+ratio, alternating the two for ``--rounds`` rounds and reporting medians (docs/benchmarks.md, "Cache writing").
 
     python bench/writer_fill_check.py --segments 96 --threads 2 --rounds 3
 """

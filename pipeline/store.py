@@ -633,7 +633,7 @@ class CacheStore:
     def _hidden_for_writing(self, name: str):
         """The array, set to store every chunk it is given: a written row always holds data, and
         zarr's check of each chunk against the fill value (on its one event-loop thread, which all
-        writer threads share) cost a third of the write time (docs/benchmarks.md, "Shard writer")."""
+        writer threads share) halved the writer's MiB/s (docs/benchmarks.md, "Cache writing")."""
         return self.group[name].with_config({"write_empty_chunks": True})
 
     def read_slab(
