@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import os
 import pickle
 import threading
 import time
@@ -37,6 +38,7 @@ from tqdm.auto import tqdm
 
 from pipeline.cache_settings import CacheSettings, EncoderFacts
 from pipeline.manifest import Segment
+from pipeline.retries import active_counts, process_counts, worker_retries
 from pipeline.store import CacheStore, StoreError
 
 from .augment import Augmenter
@@ -66,6 +68,7 @@ class WorkerSpec:
     trust_remote_code: bool
     num_workers: int
     write_threads: int
+    count_retries: bool = False  # object storage: the task sends its process's retry counts
 
     @property
     def encoder_key(self) -> tuple:
@@ -151,6 +154,7 @@ def encode_block(
     """A dask task: encode rows [start, start + len(rows)) in ``batches`` and write their shards.
     Returns small metadata only."""
     t0 = time.perf_counter()
+    retries_before = process_counts() if spec.count_retries else None
     enc = worker_encoders(spec)
     t_loaded = time.perf_counter()
     stop = start + len(rows)
@@ -185,7 +189,11 @@ def encode_block(
         worker = get_worker().address
     except (ImportError, ValueError):
         worker = "local"
+    retries = None
+    if retries_before is not None:  # keyed by process: a restarted worker counts from 0 again
+        retries = (f"{worker}/{os.getpid()}", retries_before, process_counts())
     return {
+        "retries": retries,
         "start": start,
         "stop": stop,
         "flags": sorted(proxy.flags, key=lambda f: f[0]),
@@ -264,6 +272,8 @@ def worker_spec(plan: ExtractPlan) -> WorkerSpec:
         trust_remote_code=cfg.trust_remote_code,
         num_workers=cfg.num_workers,
         write_threads=cfg.write_threads,
+        # the driver counts its own retries only where it counts at all (object storage)
+        count_retries=active_counts() is not None,
     )
 
 
@@ -276,6 +286,7 @@ class _Totals:
     result_bytes: int = 0  # pickled results sent back
     hidden_bytes: int = 0  # float16 hidden states the workers wrote themselves (uncompressed)
     blocks: int = 0
+    retry_windows: list = field(default_factory=list)  # (worker process, counts before, after)
     task_seconds: float = 0.0  # summed time inside the tasks (encoder load + encode + write)
 
 
@@ -356,6 +367,8 @@ def extract_distributed(plan: ExtractPlan, client=None) -> ExtractResult:
             "task_seconds": round(totals.task_seconds, 3),
         }
     }
+    if spec.count_retries:
+        extra["distributed"]["storage_retries_on_workers"] = worker_retries(totals.retry_windows)
     return finish_run(plan, store, totals.skipped, totals.stats, loop_seconds, extra)
 
 
@@ -405,4 +418,6 @@ def _commit(store: CacheStore, res: dict, totals: _Totals) -> None:
     totals.stats.audio_seconds += st.audio_seconds
     totals.stats.computed += st.computed
     totals.skipped.update(res["skipped"])
+    if res["retries"] is not None:
+        totals.retry_windows.append(res["retries"])
     totals.per_worker[res["worker"]] = totals.per_worker.get(res["worker"], 0) + st.computed

@@ -290,7 +290,9 @@ def finish_run(
         **(extra or {}),
     }
     if (retries := active_counts()) is not None:  # reads and writes of object storage
-        report["storage_retries"] = retries
+        # a distributed run adds its workers' (the breakdown stays under "distributed")
+        workers = report.get("distributed", {}).get("storage_retries_on_workers", {})
+        report["storage_retries"] = {k: v + workers.get(k, 0) for k, v in retries.items()}
     report_path = store.write_text("report.json", json.dumps(report, indent=2, ensure_ascii=False))
     return ExtractResult(
         store=out,

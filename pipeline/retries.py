@@ -5,8 +5,10 @@ The retrying itself is the SDKs': botocore's retry modes (``AWS_RETRY_MODE=stand
 call (connection resets, a body cut short, SlowDown that botocore gave up on). Neither returns a
 count, but each logs every retry it makes at DEBUG; :class:`RetryCounter` counts those records in
 this process and drops them (they never reach the user's console), so a run can say how many
-retries its reads and writes took. Workers of a dask cluster count their own, which this process
-does not see.
+retries its reads and writes took. A dask worker process keeps one counter for its lifetime
+(:func:`process_counts`); each task sends the counts before and after it, and the driver adds up, per
+worker process, the last minus the first (:func:`worker_retries`), which stays right when a worker
+runs several tasks at once.
 """
 
 from __future__ import annotations
@@ -77,3 +79,39 @@ _active: RetryCounter | None = None
 def active_counts() -> dict[str, int] | None:
     """The counts of the counter open in this process, or None."""
     return _active.counts() if _active is not None else None
+
+
+_process: RetryCounter | None = None
+_process_lock = threading.Lock()
+
+
+def process_counts() -> dict[str, int] | None:
+    """This process's counts since its first call, for a dask task to send back; None where a run's
+    own counter is open here (an in-process worker: the driver already counts these retries)."""
+    global _process
+    if _active is not None:
+        return None
+    with _process_lock:
+        if _process is None:
+            _process = RetryCounter()
+            for name in RETRY_LOGS:  # as __enter__, but never exited and not the run's counter
+                lg = logging.getLogger(name)
+                _process._saved[name] = lg.level
+                lg.setLevel(logging.DEBUG)
+                lg.addFilter(_process)
+    return _process.counts()
+
+
+def worker_retries(windows: list[tuple[str, dict, dict]]) -> dict[str, int]:
+    """``[(process key, counts before a task, after it), …]`` → the retries all the tasks' processes
+    made between the first task's start and the last one's end, summed over processes."""
+    first: dict[str, dict] = {}
+    last: dict[str, dict] = {}
+    for key, before, after in windows:
+        first[key] = {k: min(v, first.get(key, before)[k]) for k, v in before.items()}
+        last[key] = {k: max(v, last.get(key, after)[k]) for k, v in after.items()}
+    total = {"botocore": 0, "s3fs": 0}
+    for key, end in last.items():
+        for k in total:
+            total[k] += end.get(k, 0) - first[key].get(k, 0)
+    return total

@@ -105,6 +105,44 @@ def test_many_faults_leave_the_store_as_a_fault_free_run(tmp_path, tiny_encoders
     _faults_run(tmp_path, tiny_encoders, s3, faulty, 0.2, "many-faults", calls=8)
 
 
+def test_dask_workers_retries_are_counted_in_the_report(tmp_path, tiny_encoders, s3, faulty):
+    """Workers read the dataset and write their shards through the faults themselves: their
+    retries reach report.json (per process, under "distributed", and in the total)."""
+    distributed = pytest.importorskip("distributed")
+    from extract.run import ExtractConfig, extract
+
+    data, ref = _dataset(tmp_path, s3, "dask-faults", tiny_encoders, calls=2)
+    out = f"{s3}/dask-faults.zarr"
+    # workers started after the proxy's endpoint is set, as on nodes whose AWS_* variables say so
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as lc,
+        distributed.Client(lc) as client,
+    ):
+        faulty.heal(p=0.12, put_p=0.2)
+        cfg = dict(
+            dataset="marketcalls", data_dir=data, out=out, audio_model=str(tiny_encoders["group"]),
+            text_model=str(tiny_encoders["text"]), num_workers=0, shard_size=2, block_shards=1,
+            max_text_tokens=24,
+        )  # fmt: skip
+        got = extract(ExtractConfig(**cfg), progress=False, client=client)
+    faults = dict(faulty.faults)
+    faulty.heal()
+    assert got.done == got.total == 4
+    a, b = _arrays(ref), _arrays(out)
+    for k in ARRAYS:  # other processes, other thread counts: float rounding only
+        np.testing.assert_allclose(a[k].astype(np.float32), b[k].astype(np.float32), atol=2e-3)
+    report = json.loads(_fs().cat_file(f"{out.removeprefix('s3://')}/report.json"))
+    on_workers = report["distributed"]["storage_retries_on_workers"]
+    total = report["storage_retries"]
+    print("faults", faults, "retries", total, "on workers", on_workers)
+    assert sum(on_workers.values()) >= 1, (on_workers, faults)
+    assert all(total[k] >= on_workers[k] for k in on_workers), (total, on_workers)
+    failed = sum(faults.values()) - faults.get("latency", 0)
+    assert failed / 2 <= sum(total.values()) <= 2 * failed + 2, (total, faults)
+
+
 def test_when_the_retries_run_out_one_line_and_the_same_command_resumes(
     tmp_path, tiny_encoders, s3, faulty, monkeypatch, caplog
 ):
@@ -126,3 +164,17 @@ def test_when_the_retries_run_out_one_line_and_the_same_command_resumes(
     a, b = _arrays(ref), _arrays(out)
     for k in ARRAYS:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_worker_retries_add_up_per_process_whatever_the_tasks_overlap():
+    from pipeline.retries import worker_retries
+
+    c = lambda b, s: {"botocore": b, "s3fs": s}  # noqa: E731
+    windows = [
+        ("w1/10", c(2, 0), c(5, 1)),  # two tasks at once in one process: counted once, not twice
+        ("w1/10", c(3, 0), c(6, 1)),
+        ("w2/11", c(0, 0), c(4, 0)),
+        ("w1/12", c(0, 0), c(1, 2)),  # w1 restarted: a new process counts from 0
+    ]
+    assert worker_retries(windows) == c(4 + 4 + 1, 1 + 0 + 2)
+    assert worker_retries([]) == c(0, 0)
