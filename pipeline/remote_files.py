@@ -104,6 +104,26 @@ def glob_urls(pattern: str) -> list[str]:
     return sorted(f"{proto}://{p}" for p in fs.glob(inner) if fs.isfile(p))
 
 
+def list_names(folder) -> list[str]:
+    """The names in a folder (a ``Path`` or a URL folder's ``UPath``) from one listing, [] when
+    there is none: an object store answers one LIST per 1,000 names, not a HEAD per file."""
+    if not is_remote(folder):
+        try:
+            return os.listdir(folder)
+        except OSError:
+            return []
+    try:
+        return [p.rstrip("/").rpartition("/")[2] for p in folder.fs.ls(folder.path, detail=False)]
+    except (OSError, ValueError):
+        return []
+
+
+def located(path) -> str:
+    """A file found in a dataset folder as a segment records it: the absolute local path (links
+    resolved), or the object's URL."""
+    return str(path) if is_remote(path) else str(Path(path).resolve())
+
+
 def absolute(path: str) -> str:
     """A recording's location as a segment records it: an absolute local path, or the URL."""
     return str(path) if is_url(path) else os.path.abspath(path)

@@ -13,10 +13,19 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 from conftest import build_tiny_run, write_marketcalls
+from test_datasets_benchmarks import (
+    FOLDS_PY,
+    MMSA_HEADER,
+    make_meld,
+    make_sdk,
+    mmsa_rows,
+    tone_mp4,
+    tone_wav,
+    write_csv,
+)
 
-from extract.cli import main as extract_cli
 from extract.run import ExtractConfig, extract
-from pipeline.datasets import ManifestError, load_manifest
+from pipeline.datasets import DATASETS, Adapter, ManifestError, load_manifest, register
 from pipeline.store import CacheStore, StoreError
 from predict.cli import main as predict_cli
 
@@ -74,15 +83,33 @@ def _arrays(path) -> dict[str, np.ndarray]:
     return {n: np.asarray(s.array(n)[:]) for n in ARRAYS}
 
 
-@pytest.mark.parametrize("dataset", ["csv", "marketcalls"])
-def test_a_dataset_in_s3_makes_the_store_its_files_on_disk_make(
-    dataset, tmp_path, tiny_encoders, s3
-):
-    if dataset == "csv":
+def _mosi_csv_form(root: Path) -> Path:
+    """MMSA's label.csv: clips as wav/<video>/<clip>.wav and Raw/<video>/<clip>.mp4, one missing."""
+    rows = mmsa_rows()
+    write_csv(root / "label.csv", rows, MMSA_HEADER)
+    for r in rows[1:]:
+        if r["video_id"] == "1DmNV9C1hbY":
+            tone_mp4(root / "Raw" / r["video_id"] / f"{r['clip_id']}.mp4", 0.6)
+        else:
+            tone_wav(root / "wav" / r["video_id"] / f"{r['clip_id']}.wav", 0.5)
+    return root
+
+
+@pytest.mark.parametrize("form", ["csv", "marketcalls", "meld", "mosi-csv", "mosi-sdk"])
+def test_a_dataset_in_s3_makes_the_store_its_files_on_disk_make(form, tmp_path, tiny_encoders, s3):
+    dataset = form.partition("-")[0]
+    if form == "csv":
         local = _timed_csv(tmp_path / "data")
+    elif form == "meld":  # CSVs in MELD.Raw/, wav and AAC-in-mp4 clips, a clip missing
+        local = make_meld(tmp_path / "data" / "MELD.Raw").parent
+    elif form == "mosi-csv":
+        local = _mosi_csv_form(tmp_path / "data")
+    elif form == "mosi-sdk":  # HDF5 .csd labels and words, one WAV per video, a folds file
+        local = make_sdk(tmp_path / "data")
+        (local / "cmu_mosi_std_folds.py").write_text(FOLDS_PY, encoding="utf-8")
     else:
         local = write_marketcalls(tmp_path / "data", calls=6, segments=3)
-    url = _upload(local, f"{s3}/{dataset}-data")
+    url = _upload(local, f"{s3}/{form}-data")
     ref = extract(_cfg(dataset, local, tmp_path / "local.zarr", tiny_encoders), progress=False)
     # marketcalls: decoded in 2 loader processes (the command's default), each opening the objects
     loaders = 2 if dataset == "marketcalls" else 0
@@ -90,6 +117,10 @@ def test_a_dataset_in_s3_makes_the_store_its_files_on_disk_make(
         _cfg(dataset, url, tmp_path / "s3.zarr", tiny_encoders, num_workers=loaders), progress=False
     )
     assert got.done == ref.done == got.total and got.skipped == 0
+    # the same rows left out, for the same reasons (a folder named by its URL, not its path)
+    issues = [load_manifest(dataset, d).issues for d in (local, url)]
+    assert [i.where for i in issues[0]] == [i.where for i in issues[1]]
+    assert [i.reason.split()[:2] for i in issues[0]] == [i.reason.split()[:2] for i in issues[1]]
     a, b = _arrays(ref.store), _arrays(got.store)
     for k in ARRAYS:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
@@ -98,6 +129,25 @@ def test_a_dataset_in_s3_makes_the_store_its_files_on_disk_make(
     # read again: the same fingerprint (resume finds nothing to do)
     again = extract(_cfg(dataset, url, tmp_path / "s3.zarr", tiny_encoders), progress=False)
     assert again.computed == 0
+
+
+def test_the_demo_generated_into_s3_makes_the_store_a_local_demo_makes(tmp_path, tiny_encoders, s3):
+    opts = {"dataset_options": {"n_calls": 15, "use_espeak": False}}
+    url = f"{s3}/demo-data"
+    ref = extract(_cfg("demo", tmp_path / "demo", tmp_path / "local.zarr", tiny_encoders, **opts))
+    got = extract(_cfg("demo", url, tmp_path / "s3.zarr", tiny_encoders, **opts), progress=False)
+    assert got.done == ref.done == got.total > 15 and got.skipped == 0
+    a, b = _arrays(ref.store), _arrays(got.store)
+    for k in ARRAYS:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    names = sorted(p.rpartition("/")[2] for p in _fs().ls(f"{url.removeprefix('s3://')}/audio"))
+    assert names == sorted(p.name for p in (tmp_path / "demo" / "audio").iterdir())
+    # a smaller generation asked for (another seed): the objects the new CSVs do not name are gone
+    smaller = {"dataset_options": {"n_calls": 15, "use_espeak": False, "seed": 1}}
+    m = load_manifest("demo", url, **smaller["dataset_options"])
+    assert all(s.audio_path.startswith(f"{url}/audio/") for s in m.segments)
+    left = {p.rpartition("/")[2] for p in _fs().ls(f"{url.removeprefix('s3://')}/audio")}
+    assert left == {s.audio_path.rpartition("/")[2] for s in m.segments}
 
 
 def test_the_fingerprint_follows_the_objects(tmp_path, tiny_encoders, s3):
@@ -117,7 +167,7 @@ def test_the_fingerprint_follows_the_objects(tmp_path, tiny_encoders, s3):
         extract(_cfg("csv", url, out, tiny_encoders), progress=False)
 
 
-def test_missing_objects_and_local_only_adapters_are_one_line(tmp_path, tiny_encoders, s3):
+def test_missing_objects_and_local_only_adapters_are_one_line(tmp_path, s3):
     local = _timed_csv(tmp_path / "data")
     (local / "audio" / "r1.wav").unlink()
     # a row naming an object outside the dataset's prefix (which exists)
@@ -130,23 +180,15 @@ def test_missing_objects_and_local_only_adapters_are_one_line(tmp_path, tiny_enc
     assert any("r1.wav not found" in str(i) for i in m.issues)
     assert any("escapes the dataset directory" in str(i) for i in m.issues)
     assert len(load_manifest("csv", url, allow_outside_paths=True).calls()) == 4
-    with pytest.raises(ManifestError, match="reads a local folder only"):
-        load_manifest("mosi", url)
     with pytest.raises(ManifestError, match="no such folder"):
         load_manifest("csv", f"{s3}/nothing-here")
-    # the command line: one line, nothing written
-    r = CliRunner().invoke(
-        extract_cli,
-        ["--dataset", "meld", "--data-dir", url, "--out", str(tmp_path / "x.zarr"), "-q"]
-        + [
-            "--audio-model",
-            str(tiny_encoders["group"]),
-            "--text-model",
-            str(tiny_encoders["text"]),
-        ],
-    )
-    assert r.exit_code == 1 and "local folder only" in r.output and "Traceback" not in r.output
-    assert not (tmp_path / "x.zarr").exists()
+    # an adapter of the user's own that reads through Path only: refused by name, before it reads
+    register(Adapter("local-only", lambda data_dir, **kw: None, "marketcalls"))
+    try:
+        with pytest.raises(ManifestError, match="the local-only adapter reads a local folder only"):
+            load_manifest("local-only", url)
+    finally:
+        DATASETS.pop("local-only")
 
 
 def test_dask_workers_read_the_dataset_from_s3(tmp_path, tiny_encoders, s3):

@@ -76,8 +76,8 @@ def load_manifest(
         )
     if is_url(data_dir) and not adapter.reads_urls:
         raise ManifestError(
-            f"--data-dir {data_dir}: the {name} adapter reads a local folder only (the csv and "
-            "marketcalls adapters read URLs); copy the dataset to a local disk"
+            f"--data-dir {data_dir}: the {name} adapter reads a local folder only (the built-in "
+            "adapters read URLs); copy the dataset to a local disk"
         )
     data_dir = data_root(data_dir)
     try:

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from ..labels import LabelScheme, SchemeFileError, resolve_scheme
 from ..manifest import SPLITS, Issue, Manifest, Segment
-from ..remote_files import opened
+from ..remote_files import data_root, is_url, opened
 
 SPLIT_ALIASES = {
     "train": "train",
@@ -284,6 +284,8 @@ def option_path(base: Path, option: str | Path | None) -> Path | None:
     relative to the dataset folder; None when the option is not given."""
     if option is None or option == "":
         return None
+    if is_url(option):
+        return data_root(option)
     p = Path(option)
     return p if p.is_absolute() else base / p
 

@@ -51,6 +51,7 @@ import soundfile as sf
 import soxr
 
 from ..manifest import Manifest
+from ..remote_files import data_root, is_remote
 from .marketcalls import SCHEME, load_marketcalls
 from .registry import register_dataset
 
@@ -379,7 +380,29 @@ def _needs_generation(
     )
 
 
-@register_dataset("demo", scheme=SCHEME, makes_data_dir=True)
+def _generate_into_url(data_dir, **kw) -> None:
+    """:func:`generate_demo` for a URL folder: written locally, then uploaded, the audio first and
+    ``demo.json`` last, so an upload cut short leaves CSVs naming only uploaded audio (or no CSVs:
+    generated again)."""
+    with tempfile.TemporaryDirectory(prefix="msmtfn-demo-") as tmp:
+        generate_demo(tmp, **kw)
+        local = Path(tmp)
+        new = set(json.loads((local / "demo.json").read_text(encoding="utf-8"))["audio"])
+        old = data_dir / "demo.json"
+        if old.is_file():  # as generate_demo does on a disk: an earlier generation's extra audio
+            try:
+                for name in json.loads(old.read_text(encoding="utf-8")).get("audio", []):
+                    if Path(name).name not in new:
+                        (data_dir / "audio" / Path(name).name).unlink(missing_ok=True)
+            except (ValueError, OSError):
+                pass
+        fs, root = data_dir.fs, data_dir.path.rstrip("/")
+        fs.put(f"{local / 'audio'}/", f"{root}/audio/", recursive=True)
+        for name in ("train.csv", "valid.csv", "test.csv", "demo.json"):
+            fs.put_file(str(local / name), f"{root}/{name}")
+
+
+@register_dataset("demo", scheme=SCHEME, makes_data_dir=True, reads_urls=True)
 def load_demo(
     data_dir: Path,
     *,
@@ -396,9 +419,10 @@ def load_demo(
     when ``n_calls`` is given and differs, or when ``use_espeak`` is True/False and the other
     backend made it. CSVs without ``demo.json`` are someone else's: they are read as they are.
     """
-    data_dir = Path(data_dir)
+    data_dir = data_root(data_dir)
     if _needs_generation(data_dir, n_calls, seed, use_espeak):
-        generate_demo(data_dir, n_calls=n_calls or 48, seed=seed, use_espeak=use_espeak)
+        make = _generate_into_url if is_remote(data_dir) else generate_demo
+        make(data_dir, n_calls=n_calls or 48, seed=seed, use_espeak=use_espeak)
     return load_marketcalls(
         data_dir, allow_outside_paths=allow_outside_paths, seed=seed, dataset="demo"
     )

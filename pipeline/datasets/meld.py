@@ -19,15 +19,21 @@ up next to the CSVs, in DATA_DIR and in ``DATA_DIR/MELD.Raw`` (option ``clips_di
 holding the split folders). A missing or empty clip (MELD lacks a few, e.g. ``dev/dia110_utt7``) is
 named in ``manifest.issues`` and left out; a clip that exists but cannot be decoded is reported by
 the extraction and skipped there.
+
+DATA_DIR may be a URL (``s3://bucket/MELD``, pipeline/remote_files.py): each clip folder is listed
+once, and the clips are read through fsspec.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import posixpath
 from pathlib import Path
 
 from ..labels import MELD_EMOTIONS, MELD_SENTIMENTS
 from ..manifest import Issue, Manifest
+from ..remote_files import data_root, is_remote, located
 from ._common import WESTERN_ENCODINGS, ManifestError, option_path, read_csv, require_columns
 from .pipeline import Parsed, RawRow, to_manifest
 from .registry import register_dataset
@@ -116,6 +122,18 @@ def _find_clip_dir(roots: list[Path], folders: tuple[str, ...]) -> Path | None:
     return None
 
 
+def _clip_sizes(clip_dir: Path) -> dict[str, int]:
+    """{file name: bytes} of a clip folder from one listing (an object store: one LIST per 1,000
+    clips instead of a HEAD per utterance)."""
+    if is_remote(clip_dir):
+        return {
+            posixpath.basename(e["name"].rstrip("/")): int(e.get("size") or 0)
+            for e in clip_dir.fs.ls(clip_dir.path, detail=True)
+            if e.get("type") == "file"
+        }
+    return {e.name: e.stat().st_size for e in os.scandir(clip_dir) if e.is_file()}
+
+
 def _int(value: str) -> int | None:
     try:
         x = float(value)
@@ -129,13 +147,18 @@ def _int(value: str) -> int | None:
 
 
 def _row(
-    row: dict[str, str], cols: dict[str, str], where: str, name: str, split: str, clip_dir: Path
+    row: dict[str, str],
+    cols: dict[str, str],
+    where: str,
+    name: str,
+    split: str,
+    clip_dir: Path,
+    sizes: dict[str, int],
 ) -> RawRow:
     dia, utt = _int(row[cols["dialogue"]]), _int(row[cols["utterance"]])
     stem = f"dia{dia}_utt{utt}"
-    clip = next(
-        (clip_dir / (stem + ext) for ext in CLIP_EXTS if (clip_dir / (stem + ext)).is_file()), None
-    )
+    found = next((stem + ext for ext in CLIP_EXTS if stem + ext in sizes), None)
+    clip = clip_dir / found if found else None
     problem = None
     if dia is None or utt is None:
         problem = (
@@ -144,12 +167,12 @@ def _row(
         )
     elif clip is None:
         problem = f"clip {stem}.mp4 (or .wav) not found in {clip_dir}; row skipped"
-    elif clip.stat().st_size == 0:
+    elif sizes[found] == 0:
         problem = f"clip {clip.name} is empty (0 bytes); row skipped (download it again)"
     return RawRow(
         call_id=f"{name}/dia{dia}",
         segment_id=f"{name}/{stem}",
-        audio=str(clip.resolve()) if clip is not None and problem is None else stem,
+        audio=located(clip) if clip is not None and problem is None else stem,
         where=where,
         label=f"{row[cols['emotion']].lower()}/{row[cols['sentiment']].lower()}",
         split=split,
@@ -201,9 +224,11 @@ def parse_meld(
                 )
             )
             continue
-        notes["clip_dirs"][name] = str(clip_dir.resolve())
+        notes["clip_dirs"][name] = located(clip_dir)
+        sizes = _clip_sizes(clip_dir)
         rows += [
-            _row(row, cols, f"{path.name}:{line}", name, split, clip_dir) for line, row in table
+            _row(row, cols, f"{path.name}:{line}", name, split, clip_dir, sizes)
+            for line, row in table
         ]
     if not notes["clip_dirs"]:
         raise ManifestError(
@@ -223,7 +248,7 @@ def parse_meld(
     )
 
 
-@register_dataset("meld", scheme=SCHEME)
+@register_dataset("meld", reads_urls=True, scheme=SCHEME)
 def load_meld(
     data_dir: Path,
     *,
@@ -234,7 +259,7 @@ def load_meld(
 ) -> Manifest:
     """MELD from its CSVs and clips (see the module docstring). The split is MELD's own (``seed`` is
     unused)."""
-    manifest = to_manifest("meld", SCHEME, parse_meld(Path(data_dir), csv_dir, clips_dir))
+    manifest = to_manifest("meld", SCHEME, parse_meld(data_root(data_dir), csv_dir, clips_dir))
     log.info(
         "meld: %d dialogues, %d utterances, %d issues",
         len({s.call_id for s in manifest.segments}),

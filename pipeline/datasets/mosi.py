@@ -45,16 +45,19 @@ columns, a JSON ``{"train": [ids], "valid": [...], "test": [...]}`` or ``{id: sp
 ``splits.csv``/``splits.json``); else a deterministic video-level split stratified by the sign of
 the video's mean score (``split_ratios``, default 0.8,0.1,0.1, seeded by ``seed``), which
 ``manifest.notes`` records as NOT the standard folds.
+
+DATA_DIR may be a URL (``s3://bucket/MOSI``): folders are listed, not probed per row, and the
+``.csd`` files are read by h5py through fsspec's ranged reads.
 """
 
 from __future__ import annotations
 
 import ast
 import bisect
+import contextlib
 import json
 import logging
 import math
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +65,7 @@ from pathlib import Path
 import numpy as np
 
 from ..manifest import Issue, Manifest
+from ..remote_files import data_root, is_remote, list_names, opened
 from ._common import (
     ManifestError,
     audio_seconds,
@@ -152,10 +156,7 @@ class AudioFinder:
         # one listdir per folder instead of ~40 stat calls per row: a dataset with audio for a few
         # of its 20k rows (a partial download) is read in a second, not in half a minute
         if folder not in self._listings:
-            try:
-                self._listings[folder] = frozenset(os.listdir(self.root / folder))
-            except OSError:
-                self._listings[folder] = frozenset()
+            self._listings[folder] = frozenset(list_names(self.root / folder))
         return self._listings[folder]
 
     def find(self, **names: str) -> Path | None:
@@ -170,7 +171,7 @@ class AudioFinder:
                 p = self.root / (rel + ext)
                 if p.is_file():
                     self.hit = t
-                    return p.resolve()
+                    return p if is_remote(p) else p.resolve()
         return None
 
     def expected(self, **names: str) -> str:
@@ -551,15 +552,20 @@ def _csd_data(f, path: Path):
     return f[groups[0]]["data"]
 
 
+@contextlib.contextmanager
 def _open_csd(path: Path):
+    """The open HDF5 file; an object's through fsspec's ranged reads (never the whole file)."""
     import h5py
 
-    try:
-        return h5py.File(path, "r")
-    except OSError as e:
-        raise ManifestError(
-            f"{path}: not an HDF5 computational sequence ({e}); download it again"
-        ) from None
+    with opened(str(path)) as src:
+        try:
+            f = h5py.File(src, "r")
+        except OSError as e:
+            raise ManifestError(
+                f"{path}: not an HDF5 computational sequence ({e}); download it again"
+            ) from None
+        with f:
+            yield f
 
 
 def _entries(data, path: Path, issues: list[Issue]):
@@ -727,7 +733,7 @@ def _parse_sdk_form(
 # adapter
 
 
-@register_dataset("mosi", scheme=SCHEME)
+@register_dataset("mosi", reads_urls=True, scheme=SCHEME)
 def load_mosi(
     data_dir: Path,
     *,
@@ -747,7 +753,7 @@ def load_mosi(
     ``allow_outside_paths`` is accepted for the common signature: paths here come from ids, never
     from the files.
     """
-    data_dir = Path(data_dir)
+    data_dir = data_root(data_dir)
     audio_root = option_path(data_dir, audio_dir) or data_dir
     if audio_dir is not None and not audio_root.is_dir():
         raise ManifestError(f"{audio_root}: no such folder (check the audio_dir option)")
@@ -802,7 +808,7 @@ def load_mosi(
     return manifest
 
 
-@register_dataset("mosei", scheme=SCHEME)
+@register_dataset("mosei", reads_urls=True, scheme=SCHEME)
 def load_mosei(
     data_dir: Path,
     *,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..labels import LabelScheme
 from ..manifest import Issue, Manifest, PathRefused, Segment, resolve_audio
+from ..remote_files import data_root
 from ._common import (
     RowChecks,
     build_manifest,
@@ -152,7 +153,7 @@ def _row_audio(parsed: Parsed, row, allow_outside_paths: bool, audio_issues) -> 
     where = row.where
     try:
         audio = (
-            Path(row.audio)
+            data_root(row.audio)  # a URL stays one (Path would fold its //)
             if parsed.found_by_parser
             else resolve_audio(
                 row.audio,
