@@ -1,6 +1,7 @@
 """Peak memory of msmtfn-predict and msmtfn-extract on a short vs a long recording (flat: ratio ≤ 1.2).
 
     python bench/long_recording_memory.py --short-min 10 --long-min 180     # ~15 minutes on 2 CPU cores
+    python bench/long_recording_memory.py --format m4a     # the same calls as AAC in an m4a container
 
 Builds the tests' tiny run (tiny random encoders, a 2-epoch model; tests/conftest.py), writes two 8 kHz PCM-16
 recordings of speech-like bursts between pauses, block by block, then runs in a child process each:
@@ -33,6 +34,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from conftest import build_tiny_run  # noqa: E402
 
+from extract.audio import probe_duration  # noqa: E402
 from extract.tiny import build_tiny_encoders  # noqa: E402
 
 RATE = 8000
@@ -52,6 +54,29 @@ def write_bursty(path: Path, minutes: float, seed: int) -> Path:
             p = min(int(rng.uniform(0.4, 1.5) * RATE), left - n)
             f.write((0.002 * rng.standard_normal(p)).astype(np.float32))
             left -= n + p
+    return path
+
+
+def to_m4a(wav: Path, path: Path) -> Path:
+    """The recording as AAC in an m4a container (what phones and call recorders export), encoded a
+    block at a time with PyAV."""
+    import av
+
+    with sf.SoundFile(wav) as src, av.open(str(path), "w", format="mp4") as c:
+        st = c.add_stream("aac", rate=RATE)
+        st.layout = "mono"
+        pts = 0
+        for block in src.blocks(blocksize=1024 * 64, dtype="float32"):
+            for i in range(0, len(block), 1024):
+                frame = av.AudioFrame.from_ndarray(
+                    np.ascontiguousarray(block[None, i : i + 1024]), format="fltp", layout="mono"
+                )
+                frame.sample_rate, frame.pts = RATE, pts
+                pts += frame.samples
+                for packet in st.encode(frame):
+                    c.mux(packet)
+        for packet in st.encode(None):
+            c.mux(packet)
     return path
 
 
@@ -77,7 +102,7 @@ def peak_rss_mb(cmd: list[str], log: Path) -> tuple[float, float]:
 
 def predict_cmd(run: Path, wav: Path, work: Path) -> list[str]:
     table = work / f"{wav.stem}.transcripts.csv"
-    end = sf.info(str(wav)).duration
+    end = probe_duration(str(wav))  # WAV or container
     table.write_text(
         f"call_id,start,end,text\n{wav.stem},0,{end:.3f},你好我想了解一下价格\n", encoding="utf-8"
     )
@@ -140,6 +165,9 @@ def main() -> None:
     ap.add_argument("--long-min", type=float, default=180.0)
     ap.add_argument("--only", choices=["predict", "extract"], default=None)
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    ap.add_argument(
+        "--format", choices=["wav", "m4a"], default="wav", help="the recordings' format"
+    )
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="msmtfn-longmem-"))
     try:
@@ -150,6 +178,8 @@ def main() -> None:
             m: write_bursty(work / f"rec{int(m)}min.wav", m, seed=1)
             for m in (args.short_min, args.long_min)
         }
+        if args.format == "m4a":
+            waves = {m: to_m4a(w, w.with_suffix(".m4a")) for m, w in waves.items()}
         print("| command | recording | file MB | peak RSS MB | wall s |\n|---|---|---|---|---|")
         for name in ("predict", "extract"):
             if args.only not in (None, name):

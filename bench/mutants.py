@@ -788,7 +788,7 @@ MUTANTS = [
     Mutant(
         "long recordings: predict decodes the whole recording to cut it",
         "predict/run.py",
-        '    if asr is None and pred.cfg.cutter == "energy" and streams(path):',
+        '    if asr is None and pred.cfg.cutter == "energy":',
         "    if False:",
         ("tests/test_predict.py",),
     ),
@@ -802,8 +802,22 @@ MUTANTS = [
     Mutant(
         "long recordings: the resampler's tail is not flushed",
         "extract/audio.py",
-        "            if sr != rate:  # the resampler's tail",
-        "            if False:",
+        "        if stream is not None:  # the resampler's tail",
+        "        if False:",
+        (T_CUT,),
+    ),
+    Mutant(
+        "long recordings: a streamed container keeps the padding past its duration",
+        "extract/audio.py",
+        "                stop = None if t1 is None else max(skip, int(round((t1 - first) * sr)))",
+        "                stop = None",
+        (T_CUT,),
+    ),
+    Mutant(
+        "long recordings: a streamed container's last partial block is dropped",
+        "extract/audio.py",
+        "        if pending:\n            yield np.concatenate(pending, axis=1).T, sr",
+        "        if False:\n            yield np.concatenate(pending, axis=1).T, sr",
         (T_CUT,),
     ),
     Mutant(

@@ -223,36 +223,83 @@ def load_channels(path: str, rate: int) -> tuple[list[np.ndarray], list[str]]:
 STREAM_FRAMES = 1 << 20  # native-rate frames per block of stream_recording (~2 min at 8 kHz)
 
 
-def streams(path: str) -> bool:
-    """Whether :func:`stream_recording` reads ``path`` block by block (what soundfile reads: WAV,
-    FLAC, OGG…); containers (mp3, m4a, video) are decoded whole."""
-    return not _is_container(path)
+def _av_blocks(path: str, size: int):
+    """(frames × channels float32, rate) blocks of about ``size`` frames of a container's first
+    audio track: the samples :func:`_read_av` gives for the whole file (encoder priming before 0 s
+    and the padding past the stated duration cut off alike), decoded a packet at a time."""
+    av = _av()
+    with opened(path) as src, av.open(src) as c:
+        if not c.streams.audio:
+            raise AudioError("no audio track in the file (a video without sound)")
+        st = c.streams.audio[0]
+        t1 = float(st.duration * st.time_base) if st.duration is not None and st.time_base else None
+        conv = av.AudioResampler(format="fltp")  # as _read_av: format conversion only
+        first, sr, n, skip, stop = None, 0, 0, 0, None
+        pending: list[np.ndarray] = []
+        held = 0
+
+        def keep(outs):
+            nonlocal n, held
+            for out in outs:
+                a = out.to_ndarray().reshape(-1, out.samples)
+                lo, n = n, n + out.samples
+                hi = n if stop is None else min(n, stop)
+                if hi > max(lo, skip):
+                    pending.append(a[:, max(lo, skip) - lo : hi - lo])
+                    held += hi - max(lo, skip)
+
+        for frame in c.decode(st):
+            if first is None:
+                first = float(frame.time) if frame.time is not None else 0.0
+                sr = frame.sample_rate
+                skip = max(0, int(round(-first * sr)))
+                stop = None if t1 is None else max(skip, int(round((t1 - first) * sr)))
+            keep(conv.resample(frame))
+            if held >= size:
+                yield np.concatenate(pending, axis=1).T, sr
+                pending, held = [], 0
+            if t1 is not None and first + n / sr >= t1:
+                break
+        else:
+            keep(conv.resample(None))  # flush
+        if pending:
+            yield np.concatenate(pending, axis=1).T, sr
+
+
+def _native_blocks(path: str, size: int):
+    """(frames × channels float32, native rate) blocks of the whole of ``path``: soundfile's blocks,
+    or a container's decoded packets gathered into blocks."""
+    if _is_container(path):
+        yield from _av_blocks(path, size)
+        return
+    with opened(path) as src, sf.SoundFile(src) as f:
+        for data in f.blocks(blocksize=size, dtype="float32", always_2d=True):
+            yield data, f.samplerate
 
 
 def stream_recording(path: str, rate: int, channel: str = "mix", block_frames: int = 0):
     """The whole of ``path`` as :func:`load_segment` gives it (mono float32 at ``rate``, the same
     samples), yielded in blocks, so that a 3-hour recording never sits in memory (msmtfn-predict
-    cuts it at pauses from its frame levels). AudioError as load_segment: a NaN anywhere, counted
-    over the file, is raised after the last block."""
+    cuts it at pauses from its frame levels); WAV, FLAC… and containers (mp3, m4a, video) alike.
+    AudioError as load_segment: a NaN anywhere, counted over the file, is raised after the last
+    block."""
     size = file_size(path)
     if size is None:
         raise AudioError("audio file not found")
     if size == 0:
         raise AudioError("empty file (0 bytes)")
     try:
-        with opened(path) as src, sf.SoundFile(src) as f:
-            sr, frames, bad = f.samplerate, 0, 0
-            stream = soxr.ResampleStream(sr, rate, 1, dtype="float32", quality="HQ")
-            size = block_frames or STREAM_FRAMES
-            blocks = f.blocks(blocksize=size, dtype="float32", always_2d=True)
-            for data in blocks:
-                frames += data.shape[0]
-                bad += int((~np.isfinite(data)).sum())
-                data, _ = pick_channel(data, channel)
-                x = np.ascontiguousarray(data[:, 0])
-                yield stream.resample_chunk(x) if sr != rate else x
-            if sr != rate:  # the resampler's tail
-                yield stream.resample_chunk(np.zeros(0, np.float32), last=True)
+        stream, sr, frames, bad = None, 0, 0, 0
+        for data, sr in _native_blocks(path, block_frames or STREAM_FRAMES):
+            if stream is None and sr != rate:
+                stream = soxr.ResampleStream(sr, rate, 1, dtype="float32", quality="HQ")
+            frames += data.shape[0]
+            bad += int((~np.isfinite(data)).sum())
+            data, _ = pick_channel(data, channel)
+            x = np.ascontiguousarray(data[:, 0])
+            yield stream.resample_chunk(x) if stream is not None else x
+        if stream is not None:  # the resampler's tail
+            yield stream.resample_chunk(np.zeros(0, np.float32), last=True)
     except (AudioError, GeneratorExit):
         raise
     except FileNotFoundError:

@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from extract import AudioError, load_channels, load_segment
-from extract.audio import CHANNEL_INDEX, stream_recording, streams
+from extract.audio import CHANNEL_INDEX, stream_recording
 from extract.segmentation import split_text
 from pipeline.atomic import atomic_write_text
 from pipeline.labels import get_scheme
@@ -479,14 +479,14 @@ def _units_or_rows(
 
 def _decode_for_cut(pred: Predictor, path: str, audio, asr, channel: str):
     """What cutting the recording needs: its frame levels, read block by block (a transcript, the
-    energy cutter and a file soundfile streams: memory stays flat however long the call), else its
+    energy cutter: memory stays flat however long the call, WAV or container), else its
     samples at CUT_RATE (the speech recognizer and the VAD cutter read them whole). ``audio``: the
     recording already decoded, or the AudioError of its decoding."""
     if isinstance(audio, AudioError):
         raise audio
     if audio is not None:
         return audio
-    if asr is None and pred.cfg.cutter == "energy" and streams(path):
+    if asr is None and pred.cfg.cutter == "energy":
         hop = CutterConfig.hop_seconds
         return Levels.of_blocks(stream_recording(path, CUT_RATE, channel), CUT_RATE, hop)
     return load_segment(path, None, None, CUT_RATE, channel)[0]

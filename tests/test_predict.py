@@ -807,7 +807,12 @@ def test_a_long_call_with_a_transcript_is_cut_without_decoding_it_whole(
     monkeypatch.setattr(predict_run, "load_segment", whole_decode_forbidden)
     streamed = plan()
     monkeypatch.setattr(predict_run, "load_segment", real)
-    monkeypatch.setattr(predict_run, "streams", lambda path: False)  # the whole-recording route
+    # the whole-recording route
+    monkeypatch.setattr(
+        predict_run,
+        "_decode_for_cut",
+        lambda pred, path, audio, asr, channel: real(path, None, None, predict_run.CUT_RATE, channel)[0],
+    )
     assert streamed == plan() and len(streamed) > 10
 
 

@@ -430,6 +430,24 @@ def test_energy_score_in_blocks_equals_the_whole_recording_at_once(monkeypatch):
         np.testing.assert_array_equal(got, whole)
 
 
+def _aac(path, x: np.ndarray, rate: int) -> None:
+    """frames × 2 float32 samples as AAC in an m4a container (PyAV), as phones and CRMs export."""
+    import av
+
+    with av.open(str(path), "w", format="mp4") as c:
+        st = c.add_stream("aac", rate=rate)
+        st.layout = "stereo"
+        for i in range(0, len(x), 1024):
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(x[i : i + 1024].T), format="fltp", layout="stereo"
+            )
+            frame.sample_rate, frame.pts = rate, i
+            for packet in st.encode(frame):
+                c.mux(packet)
+        for packet in st.encode(None):
+            c.mux(packet)
+
+
 def test_a_recording_streamed_in_blocks_is_the_recording_decoded_whole(tmp_path):
     """msmtfn-predict reads long recordings block by block (flat memory): the samples, the frame
     levels and the cuts are those of the whole recording decoded at once; bad files fail alike."""
@@ -442,7 +460,9 @@ def test_a_recording_streamed_in_blocks_is_the_recording_decoded_whole(tmp_path)
     stereo = 0.3 * rng.standard_normal((8000 * 95 + 17, 2)) * (rng.random((1, 2)) + 0.5)
     sf.write(tmp_path / "s.wav", stereo.astype(np.float32), 8000, subtype="PCM_16")
     sf.write(tmp_path / "m16.wav", stereo[:, 0].astype(np.float32), 16000, subtype="PCM_16")
-    for name, channel in (("s.wav", "mix"), ("s.wav", "left"), ("s.wav", "1"), ("m16.wav", "mix")):
+    _aac(tmp_path / "s.m4a", stereo[: 8000 * 40].astype(np.float32), 8000)  # a container
+    cases = [("s.wav", "mix"), ("s.wav", "left"), ("s.wav", "1"), ("m16.wav", "mix")]
+    for name, channel in cases + [("s.m4a", "mix"), ("s.m4a", "right")]:
         path = str(tmp_path / name)
         whole = load_segment(path, None, None, 16000, channel)[0]
         for block in (997, 4099, 10**7):
@@ -460,7 +480,8 @@ def test_a_recording_streamed_in_blocks_is_the_recording_decoded_whole(tmp_path)
     sf.write(tmp_path / "nan.wav", bad, 8000, subtype="FLOAT")
     (tmp_path / "empty.wav").write_bytes(b"")
     (tmp_path / "junk.wav").write_bytes(b"not audio at all" * 10)
-    for name in ("nan.wav", "empty.wav", "junk.wav", "missing.wav"):
+    (tmp_path / "junk.m4a").write_bytes(b"not audio at all" * 10)
+    for name in ("nan.wav", "empty.wav", "junk.wav", "missing.wav", "junk.m4a"):
         path = str(tmp_path / name)
         with pytest.raises(AudioError) as whole_error:
             load_segment(path, None, None, 16000)
