@@ -811,7 +811,9 @@ def test_a_long_call_with_a_transcript_is_cut_without_decoding_it_whole(
     monkeypatch.setattr(
         predict_run,
         "_decode_for_cut",
-        lambda pred, path, audio, asr, channel: real(path, None, None, predict_run.CUT_RATE, channel)[0],
+        lambda pred, path, audio, asr, channel: real(
+            path, None, None, predict_run.CUT_RATE, channel
+        )[0],
     )
     assert streamed == plan() and len(streamed) > 10
 
