@@ -5,6 +5,8 @@ for the survivors of mutmut on train/predictions.py (docs/testing.md)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -123,6 +125,7 @@ def test_scoring_threads():
     try:
         use_threads(1, "cpu")
         assert torch.get_num_threads() == 1
+        torch.set_num_threads(effective_threads(0) + 1)
         use_threads(0, "cpu")  # training's default count on the CPU
         assert torch.get_num_threads() == effective_threads(0)
         use_threads(1, "cpu")
@@ -132,3 +135,37 @@ def test_scoring_threads():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_scoring_a_cache_through_the_library_defaults(tmp_path):
+    """score_cache_calls(run, cache) as a notebook calls it: the test split on the CPU, the run's batch
+    size and thread count, its config beside the scores; the same table as every argument spelled out."""
+    from test_run_predictions import SMALL
+
+    from train.checkpoint import read_run_config
+    from train.config import TrainConfig
+    from train.loop import fit
+    from train.predictions import score_cache_calls
+
+    store = write_synthetic_store(
+        tmp_path / "c.zarr", calls=24, seed=3, audio_frames=12, text_tokens=6
+    )
+    run = fit(
+        TrainConfig(
+            cache=str(store.path), out=str(tmp_path / "run"), **{**SMALL, "epochs": 1, "threads": 3}
+        )
+    )["run_dir"]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        got = score_cache_calls(run, str(store.path))
+        # the run's own count (its numbers to the last digit), not the default of a run without one
+        assert torch.get_num_threads() == 3 != effective_threads(0)
+        spelled = score_cache_calls(run, str(store.path), "test", "cpu", 0, None, 3)
+    finally:
+        torch.set_num_threads(before)
+    assert got.table() == spelled.table()
+    test_calls = got.data.indices("test")
+    assert len(test_calls) and sorted(got.scored.calls.tolist()) == sorted(test_calls)
+    assert got.meta == read_run_config(run)
+    assert got.table() == (Path(run) / "predictions_test.csv").read_text(encoding="utf-8")
