@@ -169,3 +169,34 @@ def test_scoring_a_cache_through_the_library_defaults(tmp_path):
     assert len(test_calls) and sorted(got.scored.calls.tolist()) == sorted(test_calls)
     assert got.meta == read_run_config(run)
     assert got.table() == (Path(run) / "predictions_test.csv").read_text(encoding="utf-8")
+
+
+def test_the_one_forward_call_runs_in_float32_without_amp():
+    """model_outputs and its two halves under autocast only when asked (bf16 on CUDA): on the CPU
+    without amp the outputs are the plain float32 forward pass, to the bit."""
+    from types import SimpleNamespace
+
+    from test_train_model import inputs, model_for
+
+    from train.predictions import model_outputs, outputs_of_vectors, segment_vectors_of
+
+    model = model_for()
+    audio, alen, text, tlen, counts = inputs([2, 1, 3])
+    batch = SimpleNamespace(
+        audio=audio, audio_len=alen, text=text, text_len=tlen, seg_counts=counts
+    )
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        plain = model(audio, alen, text, tlen, counts)
+        got = model_outputs(model, batch, cpu, amp=False)
+        vectors = segment_vectors_of(model, batch, cpu, amp=False)
+        halves = outputs_of_vectors(model, vectors, counts, cpu, amp=False)
+        plain_vectors = model.segment_vectors(audio, alen, text, tlen)
+    assert set(got) == set(plain) == set(halves)
+    for k in plain:
+        assert got[k].dtype == halves[k].dtype == torch.float32
+        torch.testing.assert_close(got[k], plain[k], rtol=0, atol=0)
+        torch.testing.assert_close(
+            halves[k], model.outputs_of(plain_vectors, counts)[k], rtol=0, atol=0
+        )
+    torch.testing.assert_close(vectors, plain_vectors, rtol=0, atol=0)
