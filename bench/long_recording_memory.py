@@ -32,7 +32,7 @@ import soundfile as sf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from conftest import build_tiny_run  # noqa: E402
+from conftest import build_tiny_run, write_aac  # noqa: E402
 
 from extract.audio import probe_duration  # noqa: E402
 from extract.tiny import build_tiny_encoders  # noqa: E402
@@ -59,25 +59,9 @@ def write_bursty(path: Path, minutes: float, seed: int) -> Path:
 
 def to_m4a(wav: Path, path: Path) -> Path:
     """The recording as AAC in an m4a container (what phones and call recorders export), encoded a
-    block at a time with PyAV."""
-    import av
-
-    with sf.SoundFile(wav) as src, av.open(str(path), "w", format="mp4") as c:
-        st = c.add_stream("aac", rate=RATE)
-        st.layout = "mono"
-        pts = 0
-        for block in src.blocks(blocksize=1024 * 64, dtype="float32"):
-            for i in range(0, len(block), 1024):
-                frame = av.AudioFrame.from_ndarray(
-                    np.ascontiguousarray(block[None, i : i + 1024]), format="fltp", layout="mono"
-                )
-                frame.sample_rate, frame.pts = RATE, pts
-                pts += frame.samples
-                for packet in st.encode(frame):
-                    c.mux(packet)
-        for packet in st.encode(None):
-            c.mux(packet)
-    return path
+    block at a time."""
+    with sf.SoundFile(wav) as src:
+        return write_aac(path, src.blocks(blocksize=1024 * 64, dtype="float32"), RATE)
 
 
 def peak_rss_mb(cmd: list[str], log: Path) -> tuple[float, float]:

@@ -104,18 +104,25 @@ def glob_urls(pattern: str) -> list[str]:
     return sorted(f"{proto}://{p}" for p in fs.glob(inner) if fs.isfile(p))
 
 
-def list_names(folder) -> list[str]:
-    """The names in a folder (a ``Path`` or a URL folder's ``UPath``) from one listing, [] when
-    there is none: an object store answers one LIST per 1,000 names, not a HEAD per file."""
+def file_sizes(folder) -> dict[str, int]:
+    """{name: bytes} of the files in a folder (a ``Path`` or a URL folder's ``UPath``) from one
+    listing, {} when there is none: an object store answers one LIST per 1,000 names, not a HEAD
+    per file."""
     if not is_remote(folder):
         try:
-            return os.listdir(folder)
+            with os.scandir(folder) as entries:
+                return {e.name: e.stat().st_size for e in entries if e.is_file()}
         except OSError:
-            return []
+            return {}
     try:
-        return [p.rstrip("/").rpartition("/")[2] for p in folder.fs.ls(folder.path, detail=False)]
+        listing = folder.fs.ls(folder.path, detail=True)
     except (OSError, ValueError):
-        return []
+        return {}
+    return {
+        e["name"].rstrip("/").rpartition("/")[2]: int(e.get("size") or 0)
+        for e in listing
+        if e.get("type") == "file"
+    }
 
 
 def located(path) -> str:

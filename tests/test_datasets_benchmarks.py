@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import write_aac
 
 from pipeline.datasets import DATASETS, ManifestError, load_manifest
 from pipeline.labels import get_scheme
@@ -34,25 +35,9 @@ def tone_mp4(
 ) -> Path:
     """A sine tone encoded to AAC in an mp4 container with PyAV (what MELD's clips carry)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    layout = "stereo" if channels == 2 else "mono"
     t = np.arange(int(round(seconds * rate))) / rate
     x = (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-    x = np.ascontiguousarray(np.stack([x] * channels))
-    with av.open(str(path), "w", format="mp4") as c:
-        stream = c.add_stream("aac", rate=rate)
-        stream.layout = layout
-        pts = 0
-        for i in range(0, x.shape[1], 1024):
-            frame = av.AudioFrame.from_ndarray(
-                np.ascontiguousarray(x[:, i : i + 1024]), format="fltp", layout=layout
-            )
-            frame.sample_rate, frame.pts = rate, pts
-            pts += frame.samples
-            for packet in stream.encode(frame):
-                c.mux(packet)
-        for packet in stream.encode(None):
-            c.mux(packet)
-    return path
+    return write_aac(path, [np.stack([x] * channels, axis=1)], rate)
 
 
 def write_csd(path: Path, name: str, entries: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:

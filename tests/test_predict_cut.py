@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import write_wav
+from conftest import write_aac, write_wav
 
 from extract.run import ExtractConfig, extract
 from pipeline.segment_profile import SegmentProfile, profile_rows
@@ -430,24 +430,6 @@ def test_energy_score_in_blocks_equals_the_whole_recording_at_once(monkeypatch):
         np.testing.assert_array_equal(got, whole)
 
 
-def _aac(path, x: np.ndarray, rate: int) -> None:
-    """frames × 2 float32 samples as AAC in an m4a container (PyAV), as phones and CRMs export."""
-    import av
-
-    with av.open(str(path), "w", format="mp4") as c:
-        st = c.add_stream("aac", rate=rate)
-        st.layout = "stereo"
-        for i in range(0, len(x), 1024):
-            frame = av.AudioFrame.from_ndarray(
-                np.ascontiguousarray(x[i : i + 1024].T), format="fltp", layout="stereo"
-            )
-            frame.sample_rate, frame.pts = rate, i
-            for packet in st.encode(frame):
-                c.mux(packet)
-        for packet in st.encode(None):
-            c.mux(packet)
-
-
 def test_a_recording_streamed_in_blocks_is_the_recording_decoded_whole(tmp_path):
     """msmtfn-predict reads long recordings block by block (flat memory): the samples, the frame
     levels and the cuts are those of the whole recording decoded at once; bad files fail alike."""
@@ -460,7 +442,7 @@ def test_a_recording_streamed_in_blocks_is_the_recording_decoded_whole(tmp_path)
     stereo = 0.3 * rng.standard_normal((8000 * 95 + 17, 2)) * (rng.random((1, 2)) + 0.5)
     sf.write(tmp_path / "s.wav", stereo.astype(np.float32), 8000, subtype="PCM_16")
     sf.write(tmp_path / "m16.wav", stereo[:, 0].astype(np.float32), 16000, subtype="PCM_16")
-    _aac(tmp_path / "s.m4a", stereo[: 8000 * 40].astype(np.float32), 8000)  # a container
+    write_aac(tmp_path / "s.m4a", [stereo[: 8000 * 40]], 8000)  # AAC in m4a, as phones export
     cases = [("s.wav", "mix"), ("s.wav", "left"), ("s.wav", "1"), ("m16.wav", "mix")]
     for name, channel in cases + [("s.m4a", "mix"), ("s.m4a", "right")]:
         path = str(tmp_path / name)

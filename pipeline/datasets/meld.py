@@ -27,13 +27,11 @@ once, and the clips are read through fsspec.
 from __future__ import annotations
 
 import logging
-import os
-import posixpath
 from pathlib import Path
 
 from ..labels import MELD_EMOTIONS, MELD_SENTIMENTS
 from ..manifest import Issue, Manifest
-from ..remote_files import data_root, is_remote, located
+from ..remote_files import data_root, file_sizes, located
 from ._common import WESTERN_ENCODINGS, ManifestError, option_path, read_csv, require_columns
 from .pipeline import Parsed, RawRow, to_manifest
 from .registry import register_dataset
@@ -120,18 +118,6 @@ def _find_clip_dir(roots: list[Path], folders: tuple[str, ...]) -> Path | None:
             if (root / name).is_dir():
                 return root / name
     return None
-
-
-def _clip_sizes(clip_dir: Path) -> dict[str, int]:
-    """{file name: bytes} of a clip folder from one listing (an object store: one LIST per 1,000
-    clips instead of a HEAD per utterance)."""
-    if is_remote(clip_dir):
-        return {
-            posixpath.basename(e["name"].rstrip("/")): int(e.get("size") or 0)
-            for e in clip_dir.fs.ls(clip_dir.path, detail=True)
-            if e.get("type") == "file"
-        }
-    return {e.name: e.stat().st_size for e in os.scandir(clip_dir) if e.is_file()}
 
 
 def _int(value: str) -> int | None:
@@ -225,7 +211,7 @@ def parse_meld(
             )
             continue
         notes["clip_dirs"][name] = located(clip_dir)
-        sizes = _clip_sizes(clip_dir)
+        sizes = file_sizes(clip_dir)  # one listing, not a probe per utterance
         rows += [
             _row(row, cols, f"{path.name}:{line}", name, split, clip_dir, sizes)
             for line, row in table

@@ -65,7 +65,7 @@ from pathlib import Path
 import numpy as np
 
 from ..manifest import Issue, Manifest
-from ..remote_files import data_root, is_remote, list_names, opened
+from ..remote_files import data_root, file_sizes, is_remote, opened
 from ._common import (
     ManifestError,
     audio_seconds,
@@ -156,7 +156,7 @@ class AudioFinder:
         # one listdir per folder instead of ~40 stat calls per row: a dataset with audio for a few
         # of its 20k rows (a partial download) is read in a second, not in half a minute
         if folder not in self._listings:
-            self._listings[folder] = frozenset(list_names(self.root / folder))
+            self._listings[folder] = frozenset(file_sizes(self.root / folder))
         return self._listings[folder]
 
     def find(self, **names: str) -> Path | None:
